@@ -1,0 +1,66 @@
+/* Configuration: one table of options drives the defaults, the `key = value` file parser,
+ * the command line (`-kraken key value`, `--key value`, `--key=value`, `--config FILE`),
+ * `--help`, and (later) the admin socket's `config get/set`.
+ *
+ * A struct kr_cfg is a plain value: build it on the control thread before any other thread
+ * starts, then treat it as read-only. */
+#ifndef KR_CFG_H
+#define KR_CFG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define KR_CFG_STR_MAX 256
+
+struct kr_cfg {
+    char listen_ip[KR_CFG_STR_MAX];          /* 127.0.0.1 */
+    uint32_t tcp_server_port;                /* 12355 (0 = ephemeral, the bound port is logged) */
+    uint32_t max_tcp_clients;                /* 10000 */
+    uint32_t num_router_shards;              /* CPUs available */
+    uint32_t num_net_threads;                /* CPUs available */
+    uint32_t router_min_fanout_to_warn;      /* 1000 */
+    uint32_t router_min_publish_to_topics_to_warn; /* 1000 */
+    uint32_t messages_stored_per_router_shard;     /* 10000 */
+    uint64_t max_queued_messages;            /* 100000 */
+    uint64_t max_queued_bytes;               /* 64 MiB */
+    uint64_t max_message_bytes;              /* 1 MiB */
+    uint64_t max_request_bytes;              /* 16 MiB */
+    uint32_t max_topic_bytes;                /* 1024 */
+    uint32_t max_line_bytes;                 /* 8192 */
+    uint64_t client_idle_timeout_ms;         /* 3600000 (0 = never) */
+    int log_level;                           /* enum kr_log_level, info */
+    char log_file[KR_CFG_STR_MAX];           /* "" = stderr */
+    char pid_file[KR_CFG_STR_MAX];           /* "" = none */
+};
+
+/* Fill `cfg` with every default. Control thread. */
+void kr_cfg_defaults(struct kr_cfg *cfg);
+
+/* Parse a command line into `cfg` (which holds defaults on entry).
+ * argv[0] is the program name; the first non-option word is the subcommand, returned in
+ * *subcommand (NULL when none; points into argv). Further positional words are returned in
+ * *rest / *nrest (pointing into argv) for subcommands that take arguments.
+ * Accepted forms: `-kraken KEY VALUE`, `--KEY VALUE`, `--KEY=VALUE`, `--config FILE`,
+ * `-config FILE`, `-h`/`--help`. Precedence: defaults < config file < command line, whatever
+ * the order of the words. Returns 0, 1 when help was asked for (nothing else done), or
+ * -EINVAL with a one-line message in `err` (unknown key, bad value, unreadable file).
+ * Control thread. */
+int kr_cfg_parse_args(struct kr_cfg *cfg, int argc, char **argv, const char **subcommand,
+                      char ***rest, int *nrest, char *err, size_t errlen);
+
+/* Load a `key = value` file (inih; `#`/`;` comments; no sections needed) into `cfg`.
+ * Returns 0 or -EINVAL/-errno with a message in `err` naming the file and line. */
+int kr_cfg_load_file(struct kr_cfg *cfg, const char *path, char *err, size_t errlen);
+
+/* Set one option by name from its textual value, validating type and bounds.
+ * Returns 0, -ENOENT (unknown key) or -EINVAL (bad value) with a message in `err`. */
+int kr_cfg_set(struct kr_cfg *cfg, const char *key, const char *value, char *err, size_t errlen);
+
+/* Write the current value of `key` as text into buf. Returns 0 or -ENOENT. */
+int kr_cfg_get(const struct kr_cfg *cfg, const char *key, char *buf, size_t buflen);
+
+/* Print usage, subcommands and every key with its type, default and description. */
+void kr_cfg_print_help(FILE *out, const char *prog);
+
+#endif

@@ -1,0 +1,102 @@
+/* The Kraken wire protocol (memcached text framing): a pure, incremental request parser
+ * and the parsers for the data blocks of `publish`, `subscribe` and `retro_subscribe`.
+ *
+ * Everything here is pure: no allocation, no I/O, no globals. Results point into the
+ * caller's buffer. Any thread may call any function. */
+#ifndef KR_PROTO_H
+#define KR_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct kr_proto_limits {
+    uint64_t max_request_bytes; /* largest <bytes> of a set */
+    uint64_t max_message_bytes; /* largest payload of one publish entry */
+    uint32_t max_line_bytes;    /* longest command line, "\r\n" included */
+    uint32_t max_topic_bytes;   /* longest topic */
+};
+
+enum kr_req_type {
+    KR_REQ_SUBSCRIBE = 1,
+    KR_REQ_UNSUBSCRIBE,
+    KR_REQ_PUBLISH,
+    KR_REQ_REGISTER,
+    KR_REQ_RETRO_SUBSCRIBE,
+    KR_REQ_GET_MESSAGES,
+    KR_REQ_QUIT,
+    KR_REQ_VERSION,
+    KR_REQ_STATS,
+};
+
+struct kr_request {
+    enum kr_req_type type;
+    int noreply;      /* set ... noreply */
+    const char *data; /* data block of a set (not including its trailing "\r\n") */
+    size_t data_len;
+};
+
+/* Return codes. Errors are negative; each maps to one exact reply (kr_proto_error_reply). */
+enum kr_proto_status {
+    KR_PROTO_OK = 0,
+    KR_PROTO_NEED_MORE = 1,
+    KR_PERR_UNKNOWN = -1,        /* "ERROR": unknown command, get key or set key */
+    KR_PERR_BAD_LINE = -2,       /* "CLIENT_ERROR bad command line format" */
+    KR_PERR_BAD_CHUNK = -3,      /* "CLIENT_ERROR bad data chunk" */
+    KR_PERR_BAD_PUBLISH = -4,    /* "CLIENT_ERROR bad publish block" */
+    KR_PERR_BAD_TOPIC = -5,      /* "CLIENT_ERROR bad topic" */
+    KR_PERR_LINE_TOO_LONG = -6,  /* "CLIENT_ERROR line too long" */
+    KR_PERR_TOO_LARGE = -7,      /* "SERVER_ERROR object too large" */
+    KR_PERR_BAD_FORMAT = -8,     /* "CLIENT_ERROR bad data chunk" for a malformed retro block */
+};
+
+/* Parse one request from the front of buf[0..len).
+ * - KR_PROTO_OK: *req is filled, *consumed = bytes the request used (line, block and the
+ *   block's "\r\n").
+ * - KR_PROTO_NEED_MORE: nothing consumed; *consumed = total bytes the request needs when the
+ *   command line is complete and names a data block (so the caller can size its buffer),
+ *   else 0.
+ * - error < 0: *consumed = bytes to discard (the connection is closed after the reply anyway).
+ *   An unknown set key is reported only once its data block has arrived (memcached reads it).
+ *   `<bytes>` over max_request_bytes is reported as soon as the line is complete. */
+int kr_proto_parse(const char *buf, size_t len, const struct kr_proto_limits *lim,
+                   struct kr_request *req, size_t *consumed);
+
+/* The exact reply line, "\r\n" included, for an error code. */
+const char *kr_proto_error_reply(int err);
+
+/* Topic tokenizer over a space-separated list: skips empty tokens (trailing or doubled
+ * spaces). Returns 1 and sets *tok/*toklen for the next topic, 0 at the end. *pos is the
+ * cursor (start it at 0). Does not validate. */
+int kr_proto_next_topic(const char *s, size_t len, size_t *pos, const char **tok, size_t *toklen);
+
+/* Validate a space-separated topic list: every token 1..max_topic_bytes bytes with no
+ * '\r', '\n' or NUL. Returns the number of topics (>= 0) or KR_PERR_BAD_TOPIC. */
+int kr_proto_check_topics(const char *s, size_t len, uint32_t max_topic_bytes);
+
+/* One entry of a publish block. */
+struct kr_pub_entry {
+    const char *topics; /* the space-separated topics between "MESSAGE " and " <len>" */
+    size_t topics_len;
+    uint32_t ntopics;   /* non-empty topics in it */
+    const char *payload;
+    size_t payload_len;
+};
+
+/* Called for each entry of a valid publish block, in order. Return 0 to go on, non-zero to
+ * stop (that value is returned by kr_proto_parse_publish). */
+typedef int (*kr_proto_entry_cb)(void *ctx, const struct kr_pub_entry *entry);
+
+/* Parse a whole publish block. The block is validated completely before the callback runs
+ * at all, so on any error nothing has been handed to it: returns KR_PERR_BAD_PUBLISH,
+ * KR_PERR_BAD_TOPIC or KR_PERR_TOO_LARGE (payload over max_message_bytes). On success
+ * returns 0 and sets *nentries (cb may be NULL to validate only). An empty block is valid. */
+int kr_proto_parse_publish(const char *block, size_t len, const struct kr_proto_limits *lim,
+                           kr_proto_entry_cb cb, void *ctx, size_t *nentries);
+
+/* Parse a retro_subscribe block "<horizon>\r\n<topics>": horizon in Unix seconds, integer or
+ * with a decimal fraction (kept to the microsecond). Returns 0 with *horizon_us set and the
+ * topics span, KR_PERR_BAD_FORMAT for a malformed horizon, or KR_PERR_BAD_TOPIC. */
+int kr_proto_parse_retro(const char *block, size_t len, uint32_t max_topic_bytes,
+                         uint64_t *horizon_us, const char **topics, size_t *topics_len);
+
+#endif
