@@ -1,0 +1,1515 @@
+/* Net module: acceptor, net threads, connections and the request handlers. See kr_net.h. */
+#include "kr_net.h"
+
+#include <arpa/inet.h>
+#include <ck_pr.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+#include <xxhash.h>
+
+#include "kr_log.h"
+#include "kr_proto.h"
+#include "kr_queue.h"
+#include "kr_router.h"
+
+#define KR_READ_BUF (64 * 1024)
+#define KR_DRAIN_BUDGET 4096      /* events taken from the shards per wake-up before yielding */
+#define KR_OUT_HIGH (4u << 20)    /* stop reading a client whose unsent replies exceed this */
+#define KR_WARN_BURST 10          /* warnings of one kind per interval */
+#define KR_WARN_INTERVAL_MS 10000
+
+struct kr_server;
+struct kr_nt;
+
+/* An event a connection could not hand to a shard yet (ring full). */
+struct kr_parked {
+    uint32_t shard;
+    struct kr_event ev;
+};
+
+enum kr_wait { KR_WAIT_NONE = 0, KR_WAIT_SENT, KR_WAIT_ACKS };
+
+/* A multi-shard message still being completed, and the queue position of its entry. */
+struct kr_incomplete {
+    struct kr_msg *msg;
+    uint64_t seq;
+};
+
+struct kr_conn {
+    uv_tcp_t h; /* first: handle.data is unused, the handle address is the connection */
+    struct kr_nt *nt;
+    uint64_t id;
+    uint32_t slot;
+    /* input not parsed yet (NULL while everything arrived was consumed) */
+    char *in;
+    size_t in_len;
+    size_t in_cap;
+    size_t need; /* bytes the next request needs, when known */
+    /* output */
+    char *out;
+    size_t out_len;
+    size_t out_cap;
+    char *wbuf; /* buffer owned by the write in flight */
+    uv_write_t wreq;
+    /* deliveries */
+    struct kr_cq q;
+    uint64_t seq_head; /* sequence number of the queue head */
+    struct kr_incomplete *inc;
+    uint32_t ninc;
+    uint32_t inc_cap;
+    /* requests waiting on the router */
+    struct kr_parked *parked;
+    uint32_t nparked;
+    uint32_t parked_cap;
+    uint32_t acks_left;
+    enum kr_wait wait;
+    bool wait_noreply;
+    /* state */
+    bool closing;
+    bool overflowed;
+    bool reading;
+    bool writing;
+    bool close_after_write;
+    bool blocked; /* on the net thread's blocked list */
+    bool subscribed; /* ever sent a subscription: shards must be told on close */
+    uint32_t nsubs_requests;
+    uint64_t created_ms;
+    uint64_t last_active_ms;
+    uint64_t last_poll_ms;
+    struct kr_conn *blocked_next;
+    char peer[64];
+};
+
+struct kr_nt_stats {
+    uint64_t curr_connections;
+    uint64_t total_connections;
+    uint64_t rejected_connections;
+    uint64_t cmd_get;
+    uint64_t cmd_set;
+    uint64_t messages_published;
+    uint64_t messages_delivered; /* entries handed to clients by `get messages` */
+    uint64_t deliveries_queued;
+    uint64_t queued_messages;
+    uint64_t queued_bytes;
+    uint64_t queue_overflows;
+    uint64_t protocol_errors;
+    uint64_t idle_timeouts;
+    uint64_t bytes_read;
+    uint64_t bytes_written;
+    uint64_t subscribe_requests;
+    uint64_t unsubscribe_requests;
+    uint64_t publish_requests;
+    uint64_t publish_topic_warnings;
+    uint64_t fanout_warnings;
+};
+
+struct kr_nt {
+    struct kr_server *srv;
+    uint32_t idx;
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_async_t wake;
+    uv_tcp_t listener;
+    uv_timer_t sweep;
+    uv_check_t check;
+    int listen_fd;
+    bool stopping;
+    struct kr_conn **slots;
+    uint32_t *gens;
+    uint32_t nslots;
+    uint32_t *free_slots;
+    uint32_t nfree;
+    struct kr_conn *blocked_head; /* clients to look at again after this iteration */
+    struct kr_parked *ctl;        /* control events waiting for ring space */
+    uint32_t nctl;
+    uint32_t ctl_cap;
+    /* scratch for building messages */
+    const char **topics;
+    uint32_t *topic_lens;
+    uint32_t topics_cap;
+    uint64_t last_time_us;
+    struct kr_log_ratelimit rl_errors;
+    struct kr_log_ratelimit rl_overflow;
+    struct kr_log_ratelimit rl_fanout;
+    struct kr_log_ratelimit rl_topics;
+    struct kr_nt_stats st;
+    char readbuf[KR_READ_BUF];
+};
+
+struct kr_server {
+    const struct kr_cfg *cfg;
+    struct kr_router *router;
+    struct kr_nt **nts;
+    uint32_t nnet;
+    uint16_t port;
+    uint32_t nconns; /* process-wide, for max_tcp_clients */
+    struct kr_proto_limits lim;
+    time_t started;
+};
+
+#define KR_ST_INC(nt, field, n) ck_pr_store_64(&(nt)->st.field, (nt)->st.field + (n))
+#define KR_ST_DEC(nt, field, n) ck_pr_store_64(&(nt)->st.field, (nt)->st.field - (n))
+
+static void *kr_net_xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q) {
+        fprintf(stderr, "kraken: out of memory (%zu bytes) in a net thread\n", n);
+        abort();
+    }
+    return q;
+}
+
+static void kr_conn_close(struct kr_conn *c);
+static void kr_conn_process(struct kr_conn *c);
+static void kr_conn_flush(struct kr_conn *c);
+static void kr_nt_drain(struct kr_nt *nt);
+
+/* ---------------------------------------------------------------- output */
+
+static void kr_out_reserve(struct kr_conn *c, size_t n)
+{
+    if (c->out_len + n > c->out_cap) {
+        size_t cap = c->out_cap ? c->out_cap : 256;
+        while (cap < c->out_len + n)
+            cap *= 2;
+        c->out = kr_net_xrealloc(c->out, cap);
+        c->out_cap = cap;
+    }
+}
+
+static void kr_out_add(struct kr_conn *c, const void *p, size_t n)
+{
+    kr_out_reserve(c, n);
+    memcpy(c->out + c->out_len, p, n);
+    c->out_len += n;
+}
+
+static void kr_out_str(struct kr_conn *c, const char *s)
+{
+    kr_out_add(c, s, strlen(s));
+}
+
+static void kr_out_fmt(struct kr_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void kr_out_fmt(struct kr_conn *c, const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        kr_out_add(c, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+}
+
+static void kr_conn_write_cb(uv_write_t *req, int status)
+{
+    struct kr_conn *c = req->data;
+    free(c->wbuf);
+    c->wbuf = NULL;
+    c->writing = false;
+    if (status < 0) {
+        kr_conn_close(c);
+        return;
+    }
+    if (c->closing)
+        return;
+    kr_conn_flush(c);
+    if (!c->closing && !c->writing && !c->close_after_write)
+        kr_conn_process(c); /* reading may have been paused on a big backlog */
+}
+
+/* Send what is buffered: try a direct write first, hand the rest to libuv. */
+static void kr_conn_flush(struct kr_conn *c)
+{
+    if (c->closing || c->writing)
+        return;
+    if (c->out_len) {
+        uv_buf_t b = uv_buf_init(c->out, (unsigned)c->out_len);
+        int n = uv_try_write((uv_stream_t *)&c->h, &b, 1);
+        if (n < 0 && n != UV_EAGAIN) {
+            kr_conn_close(c);
+            return;
+        }
+        size_t done = n > 0 ? (size_t)n : 0;
+        KR_ST_INC(c->nt, bytes_written, done);
+        if (done < c->out_len) {
+            /* hand the buffer itself to the write; a new one collects later replies */
+            memmove(c->out, c->out + done, c->out_len - done);
+            c->wbuf = c->out;
+            b = uv_buf_init(c->wbuf, (unsigned)(c->out_len - done));
+            KR_ST_INC(c->nt, bytes_written, c->out_len - done);
+            c->out = NULL;
+            c->out_len = 0;
+            c->out_cap = 0;
+            c->wreq.data = c;
+            c->writing = true;
+            int rc = uv_write(&c->wreq, (uv_stream_t *)&c->h, &b, 1, kr_conn_write_cb);
+            if (rc < 0) {
+                c->writing = false;
+                kr_conn_close(c);
+            }
+            return;
+        }
+        c->out_len = 0;
+        if (c->out_cap > 64 * 1024) { /* keep idle clients small */
+            free(c->out);
+            c->out = NULL;
+            c->out_cap = 0;
+        }
+    }
+    if (c->close_after_write)
+        kr_conn_close(c);
+}
+
+/* Reply with an error line, count and log it, and close once the reply is out. */
+static void kr_conn_fail(struct kr_conn *c, const char *reply)
+{
+    struct kr_nt *nt = c->nt;
+    KR_ST_INC(nt, protocol_errors, 1);
+    uint64_t suppressed = 0;
+    if (kr_log_enabled(KR_LOG_WARN) &&
+        kr_log_ratelimit(&nt->rl_errors, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed)) {
+        size_t n = strlen(reply);
+        KR_WARN("client %s (id %llu): %.*s; closing%s%llu%s", c->peer, (unsigned long long)c->id,
+                (int)(n >= 2 ? n - 2 : n), reply, suppressed ? " (suppressed " : "",
+                (unsigned long long)suppressed, suppressed ? " similar)" : "");
+    }
+    kr_out_str(c, reply);
+    c->close_after_write = true;
+}
+
+/* ---------------------------------------------------------------- connections */
+
+static struct kr_conn *kr_nt_conn(struct kr_nt *nt, uint64_t id)
+{
+    uint32_t slot = (uint32_t)id;
+    uint32_t gen = (uint32_t)(id >> 32) & 0xffffff;
+    if (slot >= nt->nslots)
+        return NULL;
+    struct kr_conn *c = nt->slots[slot];
+    if (!c || nt->gens[slot] != gen || c->closing)
+        return NULL;
+    return c;
+}
+
+static void kr_nt_unblock_all(struct kr_nt *nt);
+
+static void kr_conn_block(struct kr_conn *c)
+{
+    if (!c->blocked) {
+        c->blocked = true;
+        c->blocked_next = c->nt->blocked_head;
+        c->nt->blocked_head = c;
+    }
+}
+
+static void kr_conn_closed_cb(uv_handle_t *h)
+{
+    struct kr_conn *c = (struct kr_conn *)h;
+    free(c->in);
+    free(c->out);
+    free(c->wbuf);
+    free(c->inc);
+    free(c->parked);
+    free(c);
+}
+
+static void kr_conn_release_parked(struct kr_conn *c)
+{
+    for (uint32_t i = 0; i < c->nparked; i++) {
+        struct kr_event *ev = &c->parked[i].ev;
+        if (ev->type == KR_EV_PUBLISH)
+            kr_msg_unref(ev->ptr);
+        else if (ev->type == KR_EV_SUBSCRIBE || ev->type == KR_EV_UNSUBSCRIBE)
+            free(ev->ptr);
+    }
+    c->nparked = 0;
+}
+
+static void kr_conn_queue_clear(struct kr_conn *c)
+{
+    KR_ST_DEC(c->nt, queued_messages, c->q.count);
+    KR_ST_DEC(c->nt, queued_bytes, c->q.bytes);
+    c->seq_head += c->q.count;
+    kr_cq_clear(&c->q);
+    c->ninc = 0;
+}
+
+/* Send the net thread's parked control events in order; true when none is left. */
+static bool kr_nt_send_ctl(struct kr_nt *nt)
+{
+    uint32_t i = 0;
+    while (i < nt->nctl && kr_router_send(nt->srv->router, nt->idx, nt->ctl[i].shard, &nt->ctl[i].ev))
+        i++;
+    if (i) {
+        memmove(nt->ctl, nt->ctl + i, (nt->nctl - i) * sizeof(*nt->ctl));
+        nt->nctl -= i;
+    }
+    return nt->nctl == 0;
+}
+
+/* Tell every shard to forget the client. Never lost: when a ring is full the event waits
+ * on the net thread and is retried after each loop iteration. */
+static void kr_nt_send_disconnect(struct kr_nt *nt, uint64_t id)
+{
+    struct kr_router *r = nt->srv->router;
+    struct kr_event ev = {.type = KR_EV_DISCONNECT, .src = (uint16_t)nt->idx, .conn = id};
+    for (uint32_t s = 0; s < kr_router_nshards(r); s++) {
+        if (nt->nctl == 0 && kr_router_send(r, nt->idx, s, &ev))
+            continue;
+        if (nt->nctl == nt->ctl_cap) {
+            nt->ctl_cap = nt->ctl_cap ? nt->ctl_cap * 2 : 64;
+            nt->ctl = kr_net_xrealloc(nt->ctl, nt->ctl_cap * sizeof(*nt->ctl));
+        }
+        nt->ctl[nt->nctl].shard = s;
+        nt->ctl[nt->nctl].ev = ev;
+        nt->nctl++;
+    }
+}
+
+static void kr_conn_close(struct kr_conn *c)
+{
+    if (c->closing)
+        return;
+    struct kr_nt *nt = c->nt;
+    c->closing = true;
+    kr_conn_release_parked(c);
+    kr_conn_queue_clear(c);
+    if (c->subscribed)
+        kr_nt_send_disconnect(nt, c->id);
+    nt->slots[c->slot] = NULL;
+    nt->free_slots[nt->nfree++] = c->slot;
+    KR_ST_DEC(nt, curr_connections, 1);
+    ck_pr_dec_32(&nt->srv->nconns);
+    if (c->blocked) {
+        /* unlink from the blocked list */
+        struct kr_conn **pp = &nt->blocked_head;
+        while (*pp && *pp != c)
+            pp = &(*pp)->blocked_next;
+        if (*pp)
+            *pp = c->blocked_next;
+        c->blocked = false;
+    }
+    uv_close((uv_handle_t *)&c->h, kr_conn_closed_cb);
+}
+
+static void kr_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct kr_conn *c = (struct kr_conn *)h;
+    *buf = uv_buf_init(c->nt->readbuf, sizeof(c->nt->readbuf));
+}
+
+static void kr_conn_pause(struct kr_conn *c)
+{
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->h);
+        c->reading = false;
+    }
+}
+
+static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void kr_conn_resume(struct kr_conn *c)
+{
+    if (!c->reading && !c->closing && !c->close_after_write) {
+        if (uv_read_start((uv_stream_t *)&c->h, kr_conn_alloc_cb, kr_conn_read_cb) == 0)
+            c->reading = true;
+    }
+}
+
+/* Append bytes to the connection's unparsed input. */
+static void kr_conn_stash(struct kr_conn *c, const char *p, size_t n)
+{
+    if (c->in_len + n > c->in_cap) {
+        size_t cap = c->in_cap ? c->in_cap : 1024;
+        while (cap < c->in_len + n)
+            cap *= 2;
+        c->in = kr_net_xrealloc(c->in, cap);
+        c->in_cap = cap;
+    }
+    memcpy(c->in + c->in_len, p, n);
+    c->in_len += n;
+}
+
+/* ---------------------------------------------------------------- router hand-off */
+
+/* Hand parked events to the shards in order. Returns true when all went. */
+static bool kr_conn_send_parked(struct kr_conn *c)
+{
+    struct kr_nt *nt = c->nt;
+    uint32_t i = 0;
+    while (i < c->nparked &&
+           kr_router_send(nt->srv->router, nt->idx, c->parked[i].shard, &c->parked[i].ev))
+        i++;
+    if (i) {
+        memmove(c->parked, c->parked + i, (c->nparked - i) * sizeof(*c->parked));
+        c->nparked -= i;
+    }
+    return c->nparked == 0;
+}
+
+static void kr_conn_park(struct kr_conn *c, uint32_t shard, const struct kr_event *ev)
+{
+    if (c->nparked == c->parked_cap) {
+        c->parked_cap = c->parked_cap ? c->parked_cap * 2 : 8;
+        c->parked = kr_net_xrealloc(c->parked, c->parked_cap * sizeof(*c->parked));
+    }
+    c->parked[c->nparked].shard = shard;
+    c->parked[c->nparked].ev = *ev;
+    c->nparked++;
+}
+
+/* Send now when nothing is parked ahead of it and the ring has room, else park it. */
+static void kr_conn_send(struct kr_conn *c, uint32_t shard, const struct kr_event *ev)
+{
+    if (c->nparked == 0 && kr_router_send(c->nt->srv->router, c->nt->idx, shard, ev))
+        return;
+    kr_conn_park(c, shard, ev);
+}
+
+/* ---------------------------------------------------------------- requests */
+
+static void kr_reply_stored(struct kr_conn *c, bool noreply)
+{
+    if (!noreply)
+        kr_out_str(c, "STORED\r\n");
+}
+
+static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, uint16_t type)
+{
+    struct kr_nt *nt = c->nt;
+    struct kr_server *srv = nt->srv;
+    int n = kr_proto_check_topics(req->data, req->data_len, srv->cfg->max_topic_bytes);
+    if (n < 0) {
+        kr_conn_fail(c, kr_proto_error_reply(n));
+        return;
+    }
+    if (type == KR_EV_SUBSCRIBE)
+        KR_ST_INC(nt, subscribe_requests, 1);
+    else
+        KR_ST_INC(nt, unsubscribe_requests, 1);
+    if (n == 0) {
+        kr_reply_stored(c, req->noreply);
+        return;
+    }
+    uint32_t nshards = kr_router_nshards(srv->router);
+    struct kr_router_cmd *cmds[64] = {0}; /* num_router_shards is at most 64 */
+    size_t pos = 0, len;
+    const char *t;
+    while (kr_proto_next_topic(req->data, req->data_len, &pos, &t, &len)) {
+        uint32_t s = kr_router_shard_of(srv->router, t, len);
+        if (!cmds[s])
+            cmds[s] = kr_router_cmd_new((uint32_t)(req->data_len / nshards + 64));
+        cmds[s] = kr_router_cmd_add(cmds[s], t, (uint32_t)len);
+    }
+    c->acks_left = 0;
+    for (uint32_t s = 0; s < nshards; s++) {
+        if (!cmds[s])
+            continue;
+        struct kr_event ev = {.type = type, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = cmds[s]};
+        kr_conn_send(c, s, &ev);
+        c->acks_left++;
+    }
+    if (type == KR_EV_SUBSCRIBE)
+        c->subscribed = true;
+    c->wait = KR_WAIT_ACKS;
+    c->wait_noreply = req->noreply;
+}
+
+/* Current time in microseconds since the epoch, never going backwards on this thread. */
+static uint64_t kr_nt_now_us(struct kr_nt *nt)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    if (us <= nt->last_time_us)
+        us = nt->last_time_us + 1;
+    nt->last_time_us = us;
+    return us;
+}
+
+struct kr_pub_ctx {
+    struct kr_conn *c;
+    uint64_t now_us;
+};
+
+static int kr_pub_entry(void *arg, const struct kr_pub_entry *e)
+{
+    struct kr_pub_ctx *ctx = arg;
+    struct kr_conn *c = ctx->c;
+    struct kr_nt *nt = c->nt;
+    struct kr_server *srv = nt->srv;
+    struct kr_router *r = srv->router;
+
+    if (e->ntopics > nt->topics_cap) {
+        nt->topics_cap = e->ntopics;
+        nt->topics = kr_net_xrealloc(nt->topics, e->ntopics * sizeof(*nt->topics));
+        nt->topic_lens = kr_net_xrealloc(nt->topic_lens, e->ntopics * sizeof(*nt->topic_lens));
+    }
+    /* Collect the topics, dropping repeats (a subscriber lists each matched topic once). */
+    uint32_t n = 0;
+    size_t pos = 0, len;
+    const char *t;
+    while (kr_proto_next_topic(e->topics, e->topics_len, &pos, &t, &len)) {
+        bool dup = false;
+        if (e->ntopics <= 32) {
+            for (uint32_t i = 0; i < n && !dup; i++)
+                dup = nt->topic_lens[i] == len && memcmp(nt->topics[i], t, len) == 0;
+        } else {
+            /* large entries: compare only against topics with the same hash bucket would
+             * need a table; a memmem-free linear scan is bounded by the warning threshold
+             * in practice, so keep it simple but avoid quadratic work on huge lists */
+            for (uint32_t i = 0; i < n && !dup; i++)
+                dup = nt->topic_lens[i] == len && nt->topics[i][0] == t[0] &&
+                      memcmp(nt->topics[i], t, len) == 0;
+        }
+        if (!dup) {
+            nt->topics[n] = t;
+            nt->topic_lens[n] = (uint32_t)len;
+            n++;
+        }
+    }
+    if (n >= srv->cfg->router_min_publish_to_topics_to_warn &&
+        srv->cfg->router_min_publish_to_topics_to_warn) {
+        KR_ST_INC(nt, publish_topic_warnings, 1);
+        uint64_t suppressed = 0;
+        if (kr_log_enabled(KR_LOG_WARN) &&
+            kr_log_ratelimit(&nt->rl_topics, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed)) {
+            KR_WARN("publish to %u topics from %s (id %llu), first topics: %.*s%s%.*s%s%.*s "
+                    "(suppressed %llu similar)",
+                    n, c->peer, (unsigned long long)c->id, (int)nt->topic_lens[0], nt->topics[0],
+                    n > 1 ? " " : "", n > 1 ? (int)nt->topic_lens[1] : 0, n > 1 ? nt->topics[1] : "",
+                    n > 2 ? " " : "", n > 2 ? (int)nt->topic_lens[2] : 0, n > 2 ? nt->topics[2] : "",
+                    (unsigned long long)suppressed);
+        }
+    }
+    KR_ST_INC(nt, messages_published, 1);
+    if (n == 0)
+        return 0;
+
+    /* Which shards own these topics. */
+    uint32_t nshards = kr_router_nshards(r);
+    uint64_t shardset[1] = {0};
+    uint8_t bigset[256];
+    uint32_t involved = 0;
+    if (nshards <= 64) {
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t s = kr_router_shard_of(r, nt->topics[i], nt->topic_lens[i]);
+            if (!(shardset[0] & (UINT64_C(1) << s))) {
+                shardset[0] |= UINT64_C(1) << s;
+                involved++;
+            }
+        }
+    } else {
+        memset(bigset, 0, sizeof(bigset));
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t s = kr_router_shard_of(r, nt->topics[i], nt->topic_lens[i]);
+            if (!bigset[s]) {
+                bigset[s] = 1;
+                involved++;
+            }
+        }
+    }
+    struct kr_msg *m = kr_msg_create(c->id, ctx->now_us, n, nt->topics, nt->topic_lens,
+                                     e->payload, (uint32_t)e->payload_len,
+                                     involved > 1 ? srv->nnet : 0);
+    kr_msg_set_nshards(m, involved);
+    if (involved > 1)
+        kr_msg_ref(m, involved - 1);
+    for (uint32_t s = 0; s < nshards; s++) {
+        bool in = nshards <= 64 ? (shardset[0] >> s) & 1 : bigset[s];
+        if (!in)
+            continue;
+        struct kr_event ev = {.type = KR_EV_PUBLISH, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = m};
+        kr_conn_send(c, s, &ev);
+    }
+    return 0;
+}
+
+static void kr_req_publish(struct kr_conn *c, const struct kr_request *req)
+{
+    struct kr_nt *nt = c->nt;
+    KR_ST_INC(nt, publish_requests, 1);
+    size_t nentries = 0;
+    int rc = kr_proto_parse_publish(req->data, req->data_len, &nt->srv->lim, NULL, NULL, &nentries);
+    if (rc < 0) {
+        kr_conn_fail(c, kr_proto_error_reply(rc));
+        return;
+    }
+    struct kr_pub_ctx ctx = {.c = c, .now_us = kr_nt_now_us(nt)};
+    rc = kr_proto_parse_publish(req->data, req->data_len, &nt->srv->lim, kr_pub_entry, &ctx, &nentries);
+    if (rc < 0) { /* cannot happen: validated above */
+        kr_conn_fail(c, kr_proto_error_reply(rc));
+        return;
+    }
+    if (c->nparked) {
+        c->wait = KR_WAIT_SENT;
+        c->wait_noreply = req->noreply;
+    } else {
+        kr_reply_stored(c, req->noreply);
+    }
+}
+
+static uint32_t kr_digits(uint64_t v)
+{
+    uint32_t d = 1;
+    while (v >= 10) {
+        v /= 10;
+        d++;
+    }
+    return d;
+}
+
+/* Bytes an entry adds to a `get messages` reply:
+ * "MESSAGE " + each matched topic and a space + <len> "\r\n" <payload> "\r\n". */
+static uint32_t kr_entry_bytes(const struct kr_cq_entry *e)
+{
+    uint32_t nt = kr_msg_ntopics(e->msg), plen, tlen;
+    kr_msg_payload(e->msg, &plen);
+    uint64_t b = 8 + kr_digits(plen) + 2 + (uint64_t)plen + 2;
+    for (uint32_t i = 0; i < nt; i++) {
+        if (kr_cq_entry_has(e, nt, i)) {
+            kr_msg_topic(e->msg, i, &tlen);
+            b += tlen + 1;
+        }
+    }
+    return b > UINT32_MAX ? UINT32_MAX : (uint32_t)b;
+}
+
+static bool kr_entry_complete(struct kr_cq_entry *e)
+{
+    if (!e->pend)
+        return true;
+    if (e->pend->arrived < e->pend->expected)
+        return false;
+    kr_pend_unref(e->pend);
+    e->pend = NULL;
+    return true;
+}
+
+static void kr_req_get_messages(struct kr_conn *c)
+{
+    struct kr_nt *nt = c->nt;
+    KR_ST_INC(nt, cmd_get, 1);
+    c->last_poll_ms = kr_log_now_ms();
+    kr_nt_drain(nt); /* take what the shards have sent so far */
+    if (c->closing)
+        return;
+    uint32_t n = 0;
+    uint64_t bytes = 0;
+    while (n < c->q.count) {
+        struct kr_cq_entry *e = kr_cq_at(&c->q, n);
+        if (!kr_entry_complete(e))
+            break;
+        e->reply_bytes = kr_entry_bytes(e);
+        bytes += e->reply_bytes;
+        n++;
+    }
+    if (n == 0) {
+        kr_out_str(c, "END\r\n");
+        return;
+    }
+    kr_out_fmt(c, "VALUE messages 0 %llu\r\n", (unsigned long long)(bytes - 2));
+    kr_out_reserve(c, bytes + 5);
+    uint64_t qbytes_before = c->q.bytes;
+    for (uint32_t k = 0; k < n; k++) {
+        struct kr_cq_entry *e = kr_cq_at(&c->q, 0);
+        struct kr_msg *m = e->msg;
+        uint32_t ntop = kr_msg_ntopics(m), plen, tlen;
+        const char *payload = kr_msg_payload(m, &plen);
+        char *o = c->out + c->out_len;
+        memcpy(o, "MESSAGE ", 8);
+        o += 8;
+        for (uint32_t i = 0; i < ntop; i++) {
+            if (kr_cq_entry_has(e, ntop, i)) {
+                const char *t = kr_msg_topic(m, i, &tlen);
+                memcpy(o, t, tlen);
+                o += tlen;
+                *o++ = ' ';
+            }
+        }
+        o += sprintf(o, "%u\r\n", plen);
+        memcpy(o, payload, plen);
+        o += plen;
+        *o++ = '\r';
+        *o++ = '\n';
+        c->out_len = (size_t)(o - c->out);
+        if (ntop > 64)
+            free(e->bits);
+        kr_msg_unref(m);
+        kr_cq_pop(&c->q);
+        c->seq_head++;
+    }
+    kr_out_add(c, "END\r\n", 5);
+    KR_ST_DEC(nt, queued_messages, n);
+    KR_ST_DEC(nt, queued_bytes, qbytes_before - c->q.bytes);
+    KR_ST_INC(nt, messages_delivered, n);
+}
+
+static void kr_req_stats(struct kr_conn *c)
+{
+    struct kr_server *srv = c->nt->srv;
+    struct kr_nt_stats sum;
+    memset(&sum, 0, sizeof(sum));
+    for (uint32_t i = 0; i < srv->nnet; i++) {
+        uint64_t *dst = (uint64_t *)&sum;
+        uint64_t *src = (uint64_t *)&srv->nts[i]->st;
+        for (size_t k = 0; k < sizeof(sum) / sizeof(uint64_t); k++)
+            dst[k] += ck_pr_load_64(&src[k]);
+    }
+    struct kr_router_stats rs;
+    kr_router_stats(srv->router, &rs);
+    time_t now = time(NULL);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+#define S(name, fmt, val) kr_out_fmt(c, "STAT " name " " fmt "\r\n", val)
+    S("pid", "%d", (int)getpid());
+    S("uptime", "%lld", (long long)(now - srv->started));
+    S("time", "%lld", (long long)now);
+    S("version", "%s", KR_VERSION);
+    S("pointer_size", "%d", (int)(8 * sizeof(void *)));
+    kr_out_fmt(c, "STAT rusage_user %ld.%06ld\r\n", (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
+    kr_out_fmt(c, "STAT rusage_system %ld.%06ld\r\n", (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec);
+    S("max_connections", "%u", srv->cfg->max_tcp_clients);
+    S("curr_connections", "%llu", (unsigned long long)sum.curr_connections);
+    S("total_connections", "%llu", (unsigned long long)sum.total_connections);
+    S("rejected_connections", "%llu", (unsigned long long)sum.rejected_connections);
+    S("cmd_get", "%llu", (unsigned long long)sum.cmd_get);
+    S("cmd_set", "%llu", (unsigned long long)sum.cmd_set);
+    S("bytes_read", "%llu", (unsigned long long)sum.bytes_read);
+    S("bytes_written", "%llu", (unsigned long long)sum.bytes_written);
+    S("threads", "%u", srv->nnet);
+    S("router_shards", "%u", kr_router_nshards(srv->router));
+    S("subscribe_requests", "%llu", (unsigned long long)sum.subscribe_requests);
+    S("unsubscribe_requests", "%llu", (unsigned long long)sum.unsubscribe_requests);
+    S("publish_requests", "%llu", (unsigned long long)sum.publish_requests);
+    S("messages_published", "%llu", (unsigned long long)sum.messages_published);
+    S("messages_routed", "%llu", (unsigned long long)rs.messages_routed);
+    S("deliveries", "%llu", (unsigned long long)rs.deliveries);
+    S("messages_delivered", "%llu", (unsigned long long)sum.messages_delivered);
+    S("queued_messages", "%llu", (unsigned long long)sum.queued_messages);
+    S("queued_bytes", "%llu", (unsigned long long)sum.queued_bytes);
+    S("queue_overflows", "%llu", (unsigned long long)sum.queue_overflows);
+    S("topics", "%llu", (unsigned long long)rs.topics);
+    S("subscriptions", "%llu", (unsigned long long)rs.subscriptions);
+    S("shard_overflow_events", "%llu", (unsigned long long)rs.overflow_events);
+    S("fanout_warnings", "%llu", (unsigned long long)rs.fanout_warnings);
+    S("publish_topic_warnings", "%llu", (unsigned long long)sum.publish_topic_warnings);
+    S("protocol_errors", "%llu", (unsigned long long)sum.protocol_errors);
+    S("idle_timeouts", "%llu", (unsigned long long)sum.idle_timeouts);
+#undef S
+    kr_out_str(c, "END\r\n");
+}
+
+/* Handle one parsed request. */
+static void kr_conn_request(struct kr_conn *c, const struct kr_request *req)
+{
+    struct kr_nt *nt = c->nt;
+    if (c->overflowed) {
+        kr_out_str(c, "SERVER_ERROR queue overflow\r\n");
+        c->close_after_write = true;
+        return;
+    }
+    switch (req->type) {
+    case KR_REQ_SUBSCRIBE:
+        KR_ST_INC(nt, cmd_set, 1);
+        kr_req_subscribe(c, req, KR_EV_SUBSCRIBE);
+        break;
+    case KR_REQ_UNSUBSCRIBE:
+        KR_ST_INC(nt, cmd_set, 1);
+        kr_req_subscribe(c, req, KR_EV_UNSUBSCRIBE);
+        break;
+    case KR_REQ_PUBLISH:
+        KR_ST_INC(nt, cmd_set, 1);
+        kr_req_publish(c, req);
+        break;
+    case KR_REQ_REGISTER:
+    case KR_REQ_RETRO_SUBSCRIBE:
+        KR_ST_INC(nt, cmd_set, 1);
+        kr_conn_fail(c, "ERROR\r\n");
+        break;
+    case KR_REQ_GET_MESSAGES:
+        kr_req_get_messages(c);
+        break;
+    case KR_REQ_QUIT:
+        c->close_after_write = true;
+        break;
+    case KR_REQ_VERSION:
+        kr_out_str(c, "VERSION " KR_VERSION "\r\n");
+        break;
+    case KR_REQ_STATS:
+        kr_req_stats(c);
+        break;
+    }
+}
+
+/* Finish a request that waited on the router, if it is done. Returns true when the
+ * connection may go on with its next request. */
+static bool kr_conn_wait_done(struct kr_conn *c)
+{
+    if (c->nparked && !kr_conn_send_parked(c))
+        return false;
+    switch (c->wait) {
+    case KR_WAIT_NONE:
+        return true;
+    case KR_WAIT_SENT:
+        kr_reply_stored(c, c->wait_noreply);
+        c->wait = KR_WAIT_NONE;
+        return true;
+    case KR_WAIT_ACKS:
+        if (c->acks_left)
+            return false;
+        kr_reply_stored(c, c->wait_noreply);
+        c->wait = KR_WAIT_NONE;
+        return true;
+    }
+    return true;
+}
+
+/* Parse and handle as many requests as possible from buf; returns bytes consumed. */
+static size_t kr_conn_parse(struct kr_conn *c, const char *buf, size_t len)
+{
+    size_t off = 0;
+    while (!c->closing && !c->close_after_write && off < len) {
+        if (c->wait != KR_WAIT_NONE || c->nparked) {
+            if (!kr_conn_wait_done(c))
+                break;
+            continue;
+        }
+        if (c->need && len - off < c->need)
+            break;
+        struct kr_request req;
+        size_t used = 0;
+        int rc = kr_proto_parse(buf + off, len - off, &c->nt->srv->lim, &req, &used);
+        if (rc == KR_PROTO_NEED_MORE) {
+            c->need = used;
+            break;
+        }
+        c->need = 0;
+        if (rc < 0) {
+            kr_conn_fail(c, kr_proto_error_reply(rc));
+            off = len;
+            break;
+        }
+        off += used;
+        kr_conn_request(c, &req);
+    }
+    return off;
+}
+
+/* Work through stashed input; called after reads and whenever a wait ends. */
+static void kr_conn_process(struct kr_conn *c)
+{
+    if (c->closing)
+        return;
+    if (c->wait != KR_WAIT_NONE || c->nparked)
+        (void)kr_conn_wait_done(c);
+    if (c->in_len && c->wait == KR_WAIT_NONE && !c->nparked) {
+        size_t used = kr_conn_parse(c, c->in, c->in_len);
+        if (used) {
+            memmove(c->in, c->in + used, c->in_len - used);
+            c->in_len -= used;
+        }
+        if (c->in_len == 0 && c->in_cap > 64 * 1024) {
+            free(c->in);
+            c->in = NULL;
+            c->in_cap = 0;
+        }
+    }
+    if (c->closing)
+        return;
+    bool waiting = c->wait != KR_WAIT_NONE || c->nparked;
+    if (c->nparked)
+        kr_conn_block(c);
+    if (waiting || c->out_len + (c->writing ? KR_OUT_HIGH : 0) > KR_OUT_HIGH ||
+        c->close_after_write)
+        kr_conn_pause(c);
+    else
+        kr_conn_resume(c);
+    kr_conn_flush(c);
+}
+
+static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct kr_conn *c = (struct kr_conn *)s;
+    struct kr_nt *nt = c->nt;
+    if (nread < 0) {
+        kr_conn_close(c);
+        return;
+    }
+    if (nread == 0)
+        return;
+    KR_ST_INC(nt, bytes_read, (uint64_t)nread);
+    c->last_active_ms = kr_log_now_ms();
+    if (c->close_after_write)
+        return; /* discard input after a final reply */
+    size_t n = (size_t)nread;
+    if (c->in_len == 0 && c->wait == KR_WAIT_NONE && !c->nparked) {
+        /* fast path: parse straight from the shared read buffer */
+        size_t used = kr_conn_parse(c, buf->base, n);
+        if (!c->closing && used < n && !c->close_after_write)
+            kr_conn_stash(c, buf->base + used, n - used);
+    } else {
+        kr_conn_stash(c, buf->base, n);
+    }
+    kr_conn_process(c);
+}
+
+/* ---------------------------------------------------------------- deliveries */
+
+static void kr_conn_overflow(struct kr_conn *c)
+{
+    struct kr_nt *nt = c->nt;
+    KR_ST_INC(nt, queue_overflows, 1);
+    uint64_t suppressed = 0;
+    if (kr_log_enabled(KR_LOG_WARN) &&
+        kr_log_ratelimit(&nt->rl_overflow, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
+        KR_WARN("client %s (id %llu): queue overflow (%u messages, %llu bytes); discarding its "
+                "queue, it will be told and disconnected (suppressed %llu similar)",
+                c->peer, (unsigned long long)c->id, c->q.count, (unsigned long long)c->q.bytes,
+                (unsigned long long)suppressed);
+    kr_conn_queue_clear(c);
+    c->overflowed = true;
+}
+
+static void kr_release_delivery(struct kr_event *ev)
+{
+    if (kr_msg_ntopics(ev->ptr) > 64)
+        free((void *)(uintptr_t)ev->mask);
+    kr_msg_unref(ev->ptr);
+}
+
+static void kr_nt_deliver(struct kr_nt *nt, struct kr_event *ev)
+{
+    struct kr_msg *m = ev->ptr;
+    struct kr_conn *c = kr_nt_conn(nt, ev->conn);
+    struct kr_pend *pend = NULL;
+    uint32_t ntop = kr_msg_ntopics(m);
+    if (kr_msg_nshards(m) > 1) {
+        void **slot = kr_msg_slot(m, nt->idx);
+        if (!*slot) {
+            struct kr_pend *p = calloc(1, sizeof(*p));
+            if (!p)
+                abort();
+            p->expected = kr_msg_nshards(m);
+            p->refs = 1; /* the message slot's */
+            *slot = p;
+        }
+        pend = *slot;
+    }
+    if (!c || c->overflowed) {
+        kr_release_delivery(ev);
+        return;
+    }
+    if (pend) {
+        /* merge with the entry another shard already queued for this message */
+        uint32_t keep = 0;
+        struct kr_cq_entry *found = NULL;
+        for (uint32_t i = 0; i < c->ninc; i++) {
+            struct kr_incomplete *inc = &c->inc[i];
+            if (inc->seq < c->seq_head)
+                continue; /* already handed to the client */
+            struct kr_cq_entry *e = kr_cq_at(&c->q, (uint32_t)(inc->seq - c->seq_head));
+            if (inc->msg == m)
+                found = e;
+            if (e->pend && e->pend->arrived < e->pend->expected)
+                c->inc[keep++] = *inc;
+        }
+        c->ninc = keep;
+        if (found) {
+            uint32_t before = found->reply_bytes;
+            if (ntop <= 64) {
+                found->mask |= ev->mask;
+            } else {
+                uint64_t *bits = (uint64_t *)(uintptr_t)ev->mask;
+                for (uint32_t w = 0; w < (ntop + 63) / 64; w++)
+                    found->bits[w] |= bits[w];
+            }
+            found->reply_bytes = kr_entry_bytes(found);
+            c->q.bytes += found->reply_bytes - before;
+            KR_ST_INC(nt, queued_bytes, found->reply_bytes - before);
+            kr_release_delivery(ev);
+            return;
+        }
+    }
+    struct kr_cq_entry e = {.msg = m, .pend = pend};
+    e.mask = ev->mask; /* or the bitmap pointer, taken over */
+    e.reply_bytes = kr_entry_bytes(&e);
+    const struct kr_cfg *cfg = nt->srv->cfg;
+    if (c->q.count + 1 > cfg->max_queued_messages || c->q.bytes + e.reply_bytes > cfg->max_queued_bytes) {
+        kr_release_delivery(ev);
+        kr_conn_overflow(c);
+        return;
+    }
+    if (pend) {
+        pend->refs++;
+        if (c->ninc == c->inc_cap) {
+            c->inc_cap = c->inc_cap ? c->inc_cap * 2 : 4;
+            c->inc = kr_net_xrealloc(c->inc, c->inc_cap * sizeof(*c->inc));
+        }
+        c->inc[c->ninc].msg = m;
+        c->inc[c->ninc].seq = c->seq_head + c->q.count;
+        c->ninc++;
+    }
+    kr_cq_push(&c->q, &e);
+    KR_ST_INC(nt, queued_messages, 1);
+    KR_ST_INC(nt, queued_bytes, e.reply_bytes);
+    KR_ST_INC(nt, deliveries_queued, 1);
+}
+
+static void kr_nt_fanout_warn(struct kr_nt *nt, struct kr_msg *m, uint32_t fanout)
+{
+    KR_ST_INC(nt, fanout_warnings, 1);
+    uint64_t suppressed = 0;
+    if (!kr_log_enabled(KR_LOG_WARN) ||
+        !kr_log_ratelimit(&nt->rl_fanout, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
+        return;
+    struct kr_conn *pub = kr_nt_conn(nt, kr_msg_publisher(m));
+    uint32_t ntop = kr_msg_ntopics(m), l0 = 0, l1 = 0;
+    const char *t0 = ntop > 0 ? kr_msg_topic(m, 0, &l0) : "";
+    const char *t1 = ntop > 1 ? kr_msg_topic(m, 1, &l1) : "";
+    KR_WARN("publish from %s (id %llu) fanned out to %u clients, %u topics, first topics: %.*s%s%.*s "
+            "(suppressed %llu similar)",
+            pub ? pub->peer : "(disconnected)", (unsigned long long)kr_msg_publisher(m), fanout, ntop,
+            (int)(l0 > 200 ? 200 : l0), t0, ntop > 1 ? " " : "", (int)(l1 > 200 ? 200 : l1), t1,
+            (unsigned long long)suppressed);
+}
+
+static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
+{
+    switch (ev->type) {
+    case KR_EV_DELIVER:
+        kr_nt_deliver(nt, ev);
+        break;
+    case KR_EV_END: {
+        struct kr_msg *m = ev->ptr;
+        void **slot = kr_msg_slot(m, nt->idx);
+        if (!*slot) {
+            struct kr_pend *p = calloc(1, sizeof(*p));
+            if (!p)
+                abort();
+            p->expected = kr_msg_nshards(m);
+            p->refs = 1;
+            *slot = p;
+        }
+        struct kr_pend *p = *slot;
+        p->arrived++;
+        p->fanout += ev->aux;
+        if (p->arrived == p->expected) {
+            uint32_t warn = nt->srv->cfg->router_min_fanout_to_warn;
+            if (warn && p->fanout >= warn && KR_CONN_NET(kr_msg_publisher(m)) == nt->idx)
+                kr_nt_fanout_warn(nt, m, p->fanout);
+            *slot = NULL;
+            kr_pend_unref(p);
+        }
+        kr_msg_unref(m);
+        break;
+    }
+    case KR_EV_FANOUT_WARN:
+        kr_nt_fanout_warn(nt, ev->ptr, ev->aux);
+        kr_msg_unref(ev->ptr);
+        break;
+    case KR_EV_ACK: {
+        free(ev->ptr);
+        struct kr_conn *c = kr_nt_conn(nt, ev->conn);
+        if (c && c->acks_left) {
+            c->acks_left--;
+            if (c->acks_left == 0)
+                kr_conn_block(c); /* resumed after this loop iteration */
+        }
+        break;
+    }
+    default:
+        KR_ERROR("net thread %u: unexpected event %u", nt->idx, ev->type);
+        abort();
+    }
+}
+
+/* Take everything the shards sent (up to a budget), round-robin over the shards. */
+static void kr_nt_drain(struct kr_nt *nt)
+{
+    struct kr_router *r = nt->srv->router;
+    uint32_t nshards = kr_router_nshards(r), budget = KR_DRAIN_BUDGET;
+    bool more = true;
+    while (more && budget) {
+        more = false;
+        for (uint32_t s = 0; s < nshards && budget; s++) {
+            struct kr_event ev;
+            for (uint32_t k = 0; k < 64 && budget && kr_router_recv(r, nt->idx, s, &ev); k++) {
+                kr_nt_handle(nt, &ev);
+                budget--;
+                more = true;
+            }
+        }
+    }
+    if (!budget)
+        uv_async_send(&nt->wake); /* come back after serving I/O */
+}
+
+static void kr_nt_unblock_all(struct kr_nt *nt)
+{
+    struct kr_conn *list = nt->blocked_head;
+    nt->blocked_head = NULL;
+    while (list) {
+        struct kr_conn *c = list;
+        list = c->blocked_next;
+        c->blocked = false;
+        kr_conn_process(c); /* re-blocks itself if still stuck */
+    }
+}
+
+static void kr_nt_wake_cb(uv_async_t *a)
+{
+    struct kr_nt *nt = a->data;
+    if (ck_pr_load_8((uint8_t *)&nt->stopping)) {
+        uv_stop(&nt->loop);
+        return;
+    }
+    kr_nt_drain(nt);
+}
+
+/* After each loop iteration's callbacks: wake the shards we pushed to, retry blocked
+ * clients. */
+static void kr_nt_check_cb(uv_check_t *h)
+{
+    struct kr_nt *nt = h->data;
+    if (nt->nctl)
+        kr_nt_send_ctl(nt);
+    if (nt->blocked_head)
+        kr_nt_unblock_all(nt);
+    kr_router_flush(nt->srv->router, nt->idx);
+}
+
+static void kr_nt_sweep_cb(uv_timer_t *t)
+{
+    struct kr_nt *nt = t->data;
+    uint64_t timeout = nt->srv->cfg->client_idle_timeout_ms;
+    uint64_t now = kr_log_now_ms();
+    if (nt->nctl)
+        kr_nt_send_ctl(nt);
+    if (nt->blocked_head)
+        kr_nt_unblock_all(nt);
+    if (!timeout)
+        return;
+    for (uint32_t i = 0; i < nt->nslots; i++) {
+        struct kr_conn *c = nt->slots[i];
+        if (c && !c->closing && now - c->last_active_ms >= timeout) {
+            KR_ST_INC(nt, idle_timeouts, 1);
+            KR_DEBUG("client %s (id %llu): idle for %llu ms; closing", c->peer,
+                     (unsigned long long)c->id, (unsigned long long)(now - c->last_active_ms));
+            kr_conn_close(c);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- accepting */
+
+static void kr_peer_name(uv_tcp_t *h, char *out, size_t outlen)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (uv_tcp_getpeername(h, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+            uv_ip4_name(a, ip, sizeof(ip));
+            port = ntohs(a->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+            uv_ip6_name(a, ip, sizeof(ip));
+            port = ntohs(a->sin6_port);
+        }
+    }
+    snprintf(out, outlen, "%s:%d", ip, port);
+}
+
+static void kr_reject_closed_cb(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void kr_nt_accept_cb(uv_stream_t *server, int status)
+{
+    struct kr_nt *nt = server->data;
+    if (status < 0) {
+        KR_WARN("accept failed: %s", uv_strerror(status));
+        return;
+    }
+    struct kr_server *srv = nt->srv;
+    if (ck_pr_faa_32(&srv->nconns, 1) >= srv->cfg->max_tcp_clients) {
+        ck_pr_dec_32(&srv->nconns);
+        uv_tcp_t *tmp = malloc(sizeof(*tmp));
+        if (!tmp)
+            abort();
+        uv_tcp_init(&nt->loop, tmp);
+        if (uv_accept(server, (uv_stream_t *)tmp) == 0) {
+            static const char msg[] = "SERVER_ERROR Too many clients\r\n";
+            uv_buf_t b = uv_buf_init((char *)msg, sizeof(msg) - 1);
+            (void)uv_try_write((uv_stream_t *)tmp, &b, 1);
+            KR_ST_INC(nt, rejected_connections, 1);
+            uint64_t suppressed = 0;
+            if (kr_log_ratelimit(&nt->rl_errors, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
+                KR_WARN("rejected a connection: max_tcp_clients (%u) reached (suppressed %llu similar)",
+                        srv->cfg->max_tcp_clients, (unsigned long long)suppressed);
+        }
+        uv_close((uv_handle_t *)tmp, kr_reject_closed_cb);
+        return;
+    }
+    struct kr_conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        abort();
+    c->nt = nt;
+    uv_tcp_init(&nt->loop, &c->h);
+    if (uv_accept(server, (uv_stream_t *)&c->h) != 0) {
+        ck_pr_dec_32(&srv->nconns);
+        c->closing = true;
+        uv_close((uv_handle_t *)&c->h, kr_conn_closed_cb);
+        return;
+    }
+    uv_tcp_nodelay(&c->h, 1);
+    if (nt->nfree == 0) {
+        uint32_t ncap = nt->nslots ? nt->nslots * 2 : 256;
+        nt->slots = kr_net_xrealloc(nt->slots, ncap * sizeof(*nt->slots));
+        nt->gens = kr_net_xrealloc(nt->gens, ncap * sizeof(*nt->gens));
+        nt->free_slots = kr_net_xrealloc(nt->free_slots, ncap * sizeof(*nt->free_slots));
+        for (uint32_t i = ncap; i > nt->nslots; i--) {
+            nt->slots[i - 1] = NULL;
+            nt->gens[i - 1] = 0;
+            nt->free_slots[nt->nfree++] = i - 1;
+        }
+        nt->nslots = ncap;
+    }
+    uint32_t slot = nt->free_slots[--nt->nfree];
+    nt->gens[slot] = (nt->gens[slot] + 1) & 0xffffff;
+    nt->slots[slot] = c;
+    c->slot = slot;
+    c->id = ((uint64_t)nt->idx << 56) | ((uint64_t)nt->gens[slot] << 32) | slot;
+    c->created_ms = c->last_active_ms = kr_log_now_ms();
+    kr_peer_name(&c->h, c->peer, sizeof(c->peer));
+    KR_ST_INC(nt, curr_connections, 1);
+    KR_ST_INC(nt, total_connections, 1);
+    KR_DEBUG("client %s connected (id %llu, net thread %u)", c->peer, (unsigned long long)c->id, nt->idx);
+    kr_conn_resume(c);
+}
+
+/* ---------------------------------------------------------------- net threads */
+
+static void kr_nt_main(void *arg)
+{
+    struct kr_nt *nt = arg;
+    char name[16];
+    snprintf(name, sizeof(name), "kr-net-%u", nt->idx);
+    pthread_setname_np(pthread_self(), name);
+    uv_run(&nt->loop, UV_RUN_DEFAULT);
+}
+
+static void kr_nt_close_walk(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL); /* clients were closed already; these are the thread's own handles */
+}
+
+/* Open one SO_REUSEPORT listening socket. */
+static int kr_listen_socket(const struct kr_cfg *cfg, uint16_t port, uint16_t *bound, char *err,
+                            size_t errlen)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    int family;
+    socklen_t slen;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, cfg->listen_ip, &a4->sin_addr) == 1) {
+        family = AF_INET;
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons(port);
+        slen = sizeof(*a4);
+    } else if (inet_pton(AF_INET6, cfg->listen_ip, &a6->sin6_addr) == 1) {
+        family = AF_INET6;
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons(port);
+        slen = sizeof(*a6);
+    } else {
+        snprintf(err, errlen, "listen_ip '%s' is not an IPv4 or IPv6 address", cfg->listen_ip);
+        return -EINVAL;
+    }
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -errno;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+        bind(fd, (struct sockaddr *)&ss, slen) != 0 || listen(fd, 1024) != 0) {
+        int e = errno;
+        snprintf(err, errlen, "cannot listen on %s:%u: %s", cfg->listen_ip, port, strerror(e));
+        close(fd);
+        return -e;
+    }
+    slen = sizeof(ss);
+    getsockname(fd, (struct sockaddr *)&ss, &slen);
+    *bound = ntohs(family == AF_INET ? a4->sin_port : a6->sin6_port);
+    return fd;
+}
+
+static void kr_server_wake_net(void *arg, uint32_t net)
+{
+    struct kr_server *s = arg;
+    uv_async_send(&s->nts[net]->wake);
+}
+
+int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err, size_t errlen)
+{
+    struct kr_server *s = calloc(1, sizeof(*s));
+    if (!s)
+        abort();
+    s->cfg = cfg;
+    s->nnet = cfg->num_net_threads;
+    s->lim.max_request_bytes = cfg->max_request_bytes;
+    s->lim.max_message_bytes = cfg->max_message_bytes;
+    s->lim.max_line_bytes = cfg->max_line_bytes;
+    s->lim.max_topic_bytes = cfg->max_topic_bytes;
+    s->nts = calloc(s->nnet, sizeof(*s->nts));
+    if (!s->nts)
+        abort();
+    uint16_t port = (uint16_t)cfg->tcp_server_port;
+    for (uint32_t i = 0; i < s->nnet; i++) {
+        struct kr_nt *nt = calloc(1, sizeof(*nt));
+        if (!nt)
+            abort();
+        nt->srv = s;
+        nt->idx = i;
+        s->nts[i] = nt;
+        uint16_t bound = 0;
+        int fd = kr_listen_socket(cfg, port, &bound, err, errlen);
+        if (fd < 0) {
+            for (uint32_t k = 0; k < i; k++) {
+                close(s->nts[k]->listen_fd);
+                free(s->nts[k]);
+            }
+            free(nt);
+            free(s->nts);
+            free(s);
+            return fd;
+        }
+        nt->listen_fd = fd;
+        port = bound; /* an ephemeral port is chosen once, then shared */
+    }
+    s->port = port;
+    struct kr_router_opts ro = {
+        .nshards = cfg->num_router_shards,
+        .nnet = s->nnet,
+        .mailbox_capacity = 8192,
+        .fanout_warn = cfg->router_min_fanout_to_warn,
+        .pin_cpus = true,
+        .wake_net = kr_server_wake_net,
+        .wake_arg = s,
+    };
+    s->router = kr_router_create(&ro);
+    for (uint32_t i = 0; i < s->nnet; i++) {
+        struct kr_nt *nt = s->nts[i];
+        uv_loop_init(&nt->loop);
+        uv_async_init(&nt->loop, &nt->wake, kr_nt_wake_cb);
+        nt->wake.data = nt;
+        uv_check_init(&nt->loop, &nt->check);
+        nt->check.data = nt;
+        uv_check_start(&nt->check, kr_nt_check_cb);
+        uv_timer_init(&nt->loop, &nt->sweep);
+        nt->sweep.data = nt;
+        uv_tcp_init(&nt->loop, &nt->listener);
+        nt->listener.data = nt;
+        int rc = uv_tcp_open(&nt->listener, nt->listen_fd);
+        if (rc == 0)
+            rc = uv_listen((uv_stream_t *)&nt->listener, 1024, kr_nt_accept_cb);
+        if (rc < 0) {
+            snprintf(err, errlen, "listen: %s", uv_strerror(rc));
+            return rc; /* process exits on this path */
+        }
+    }
+    *out = s;
+    return 0;
+}
+
+int kr_server_start(struct kr_server *s)
+{
+    s->started = time(NULL);
+    int rc = kr_router_start(s->router);
+    if (rc < 0)
+        return rc;
+    uint64_t timeout = s->cfg->client_idle_timeout_ms;
+    uint64_t period = timeout ? (timeout / 4 < 1000 ? (timeout / 4 ? timeout / 4 : 1) : 1000) : 100;
+    for (uint32_t i = 0; i < s->nnet; i++) {
+        struct kr_nt *nt = s->nts[i];
+        /* the sweep also retries clients blocked on a full ring */
+        uv_timer_start(&nt->sweep, kr_nt_sweep_cb, period < 100 ? period : 100,
+                       period < 100 ? period : 100);
+        rc = uv_thread_create(&nt->thread, kr_nt_main, nt);
+        if (rc < 0)
+            return rc;
+    }
+    KR_INFO("kraken %s listening on %s:%u (%u net threads, %u router shards)", KR_VERSION,
+            s->cfg->listen_ip, s->port, s->nnet, kr_router_nshards(s->router));
+    return 0;
+}
+
+uint16_t kr_server_port(const struct kr_server *s)
+{
+    return s->port;
+}
+
+void kr_server_stop(struct kr_server *s)
+{
+    for (uint32_t i = 0; i < s->nnet; i++) {
+        ck_pr_store_8((uint8_t *)&s->nts[i]->stopping, 1);
+        uv_async_send(&s->nts[i]->wake);
+    }
+    for (uint32_t i = 0; i < s->nnet; i++)
+        uv_thread_join(&s->nts[i]->thread);
+    kr_router_stop(s->router);
+}
+
+void kr_server_destroy(struct kr_server *s)
+{
+    if (!s)
+        return;
+    for (uint32_t i = 0; i < s->nnet; i++) {
+        struct kr_nt *nt = s->nts[i];
+        for (uint32_t k = 0; k < nt->nslots; k++) {
+            struct kr_conn *c = nt->slots[k];
+            if (c) {
+                c->subscribed = false; /* shards are stopped; the router frees everything */
+                kr_conn_close(c);
+            }
+        }
+        uv_walk(&nt->loop, kr_nt_close_walk, NULL);
+        uv_run(&nt->loop, UV_RUN_DEFAULT);
+    }
+    kr_router_destroy(s->router);
+    for (uint32_t i = 0; i < s->nnet; i++) {
+        struct kr_nt *nt = s->nts[i];
+        uv_loop_close(&nt->loop);
+        free(nt->slots);
+        free(nt->gens);
+        free(nt->free_slots);
+        free(nt->topics);
+        free(nt->topic_lens);
+        free(nt->ctl);
+        free(nt);
+    }
+    free(s->nts);
+    free(s);
+}

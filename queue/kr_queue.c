@@ -1,0 +1,333 @@
+/* Queue module implementation: messages, mailboxes, waiters, client queues. */
+#include "kr_queue.h"
+
+#include <ck_pr.h>
+#include <ck_ring.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#if defined(__SANITIZE_THREAD__)
+#define KR_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define KR_TSAN 1
+#endif
+#endif
+#ifdef KR_TSAN
+/* ck_ring's ordering is done with inline assembly that TSan cannot see: tell it about the
+ * hand-off explicitly. */
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define KR_TSAN_RELEASE(p) __tsan_release(p)
+#define KR_TSAN_ACQUIRE(p) __tsan_acquire(p)
+#else
+#define KR_TSAN_RELEASE(p) ((void)0)
+#define KR_TSAN_ACQUIRE(p) ((void)0)
+#endif
+
+static void *kr_xmalloc(size_t n)
+{
+    void *p = malloc(n);
+    if (!p && n) {
+        fprintf(stderr, "kraken: out of memory allocating %zu bytes\n", n);
+        abort();
+    }
+    return p;
+}
+
+/* ---------------------------------------------------------------- messages */
+
+struct kr_msg {
+    uint32_t refs;
+    uint32_t ntopics;
+    uint64_t publisher;
+    uint64_t time_us;
+    uint32_t payload_len;
+    uint32_t nshards;
+    uint32_t nslots;
+    uint32_t size;
+    /* then: void *slots[nslots]; uint32_t topic_off[ntopics + 1]; topic bytes; payload */
+    char data[];
+};
+
+static inline void **kr_msg_slots(const struct kr_msg *m)
+{
+    return (void **)(uintptr_t)m->data;
+}
+
+static inline uint32_t *kr_msg_offs(const struct kr_msg *m)
+{
+    return (uint32_t *)(uintptr_t)(m->data + m->nslots * sizeof(void *));
+}
+
+static inline char *kr_msg_bytes(const struct kr_msg *m)
+{
+    return (char *)(uintptr_t)(m->data + m->nslots * sizeof(void *) +
+                               (m->ntopics + 1) * sizeof(uint32_t));
+}
+
+struct kr_msg *kr_msg_create(uint64_t publisher, uint64_t time_us, uint32_t ntopics,
+                             const char *const *topics, const uint32_t *topic_lens,
+                             const char *payload, uint32_t payload_len, uint32_t nslots)
+{
+    size_t tbytes = 0;
+    for (uint32_t i = 0; i < ntopics; i++)
+        tbytes += topic_lens[i];
+    size_t size = sizeof(struct kr_msg) + nslots * sizeof(void *) +
+                  (ntopics + 1) * sizeof(uint32_t) + tbytes + payload_len;
+    struct kr_msg *m = kr_xmalloc(size);
+    m->refs = 1;
+    m->ntopics = ntopics;
+    m->publisher = publisher;
+    m->time_us = time_us;
+    m->payload_len = payload_len;
+    m->nshards = 1;
+    m->nslots = nslots;
+    m->size = (uint32_t)(size > UINT32_MAX ? UINT32_MAX : size);
+    if (nslots)
+        memset(kr_msg_slots(m), 0, nslots * sizeof(void *));
+    uint32_t *offs = kr_msg_offs(m);
+    char *b = kr_msg_bytes(m);
+    uint32_t off = 0;
+    for (uint32_t i = 0; i < ntopics; i++) {
+        offs[i] = off;
+        memcpy(b + off, topics[i], topic_lens[i]);
+        off += topic_lens[i];
+    }
+    offs[ntopics] = off;
+    if (payload_len)
+        memcpy(b + off, payload, payload_len);
+    return m;
+}
+
+void kr_msg_ref(struct kr_msg *m, uint32_t n)
+{
+    ck_pr_add_32(&m->refs, n);
+}
+
+void kr_msg_unref(struct kr_msg *m)
+{
+    bool zero;
+    ck_pr_dec_32_zero(&m->refs, &zero);
+    if (zero)
+        free(m);
+}
+
+uint64_t kr_msg_publisher(const struct kr_msg *m) { return m->publisher; }
+uint64_t kr_msg_time_us(const struct kr_msg *m) { return m->time_us; }
+uint32_t kr_msg_ntopics(const struct kr_msg *m) { return m->ntopics; }
+size_t kr_msg_size(const struct kr_msg *m) { return m->size; }
+void kr_msg_set_nshards(struct kr_msg *m, uint32_t nshards) { m->nshards = nshards; }
+uint32_t kr_msg_nshards(const struct kr_msg *m) { return m->nshards; }
+
+const char *kr_msg_topic(const struct kr_msg *m, uint32_t i, uint32_t *len)
+{
+    const uint32_t *offs = kr_msg_offs(m);
+    *len = offs[i + 1] - offs[i];
+    return kr_msg_bytes(m) + offs[i];
+}
+
+const char *kr_msg_payload(const struct kr_msg *m, uint32_t *len)
+{
+    *len = m->payload_len;
+    return kr_msg_bytes(m) + kr_msg_offs(m)[m->ntopics];
+}
+
+void **kr_msg_slot(struct kr_msg *m, uint32_t i)
+{
+    return &kr_msg_slots(m)[i];
+}
+
+/* ---------------------------------------------------------------- mailboxes */
+
+CK_RING_PROTOTYPE(kr_event, kr_event)
+
+struct kr_mailbox {
+    struct ck_ring ring; /* producer and consumer indexes on their own cache lines */
+    struct kr_event *buf;
+};
+
+struct kr_mailbox *kr_mailbox_create(uint32_t capacity)
+{
+    uint32_t size = 2;
+    while (size < capacity + 1)
+        size <<= 1;
+    struct kr_mailbox *mb;
+    if (posix_memalign((void **)&mb, 64, sizeof(*mb)) != 0)
+        mb = NULL;
+    if (!mb) {
+        fprintf(stderr, "kraken: out of memory allocating a mailbox\n");
+        abort();
+    }
+    mb->buf = kr_xmalloc(sizeof(struct kr_event) * size);
+    ck_ring_init(&mb->ring, size);
+    return mb;
+}
+
+void kr_mailbox_destroy(struct kr_mailbox *mb)
+{
+    if (!mb)
+        return;
+    free(mb->buf);
+    free(mb);
+}
+
+bool kr_mailbox_push(struct kr_mailbox *mb, const struct kr_event *ev)
+{
+    KR_TSAN_RELEASE(mb);
+    return ck_ring_enqueue_spsc_kr_event(&mb->ring, mb->buf, (struct kr_event *)ev);
+}
+
+bool kr_mailbox_pop(struct kr_mailbox *mb, struct kr_event *ev)
+{
+    bool ok = ck_ring_dequeue_spsc_kr_event(&mb->ring, mb->buf, ev);
+    if (ok)
+        KR_TSAN_ACQUIRE(mb);
+    return ok;
+}
+
+uint32_t kr_mailbox_depth(const struct kr_mailbox *mb)
+{
+    return ck_ring_size(&mb->ring);
+}
+
+uint32_t kr_mailbox_capacity(const struct kr_mailbox *mb)
+{
+    return ck_ring_capacity(&mb->ring) - 1;
+}
+
+/* ---------------------------------------------------------------- waiter */
+
+int kr_waiter_init(struct kr_waiter *w)
+{
+    w->sleeping = 0;
+    w->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return w->efd < 0 ? -errno : 0;
+}
+
+void kr_waiter_destroy(struct kr_waiter *w)
+{
+    if (w->efd >= 0)
+        close(w->efd);
+    w->efd = -1;
+}
+
+void kr_waiter_wake(struct kr_waiter *w)
+{
+    /* Pair with the consumer's store of `sleeping` then re-check of the mailboxes: the
+     * producer's push happened before this load (full fence), so either the consumer sees
+     * the event or we see it sleeping. */
+    ck_pr_fence_memory();
+    if (ck_pr_load_int(&w->sleeping) && ck_pr_fas_int(&w->sleeping, 0)) {
+        uint64_t one = 1;
+        ssize_t r = write(w->efd, &one, sizeof(one));
+        (void)r; /* EAGAIN means the counter is already non-zero: a wake-up is pending */
+    }
+}
+
+void kr_waiter_prepare(struct kr_waiter *w)
+{
+    ck_pr_store_int(&w->sleeping, 1);
+    ck_pr_fence_memory();
+}
+
+void kr_waiter_cancel(struct kr_waiter *w)
+{
+    ck_pr_store_int(&w->sleeping, 0);
+}
+
+void kr_waiter_sleep(struct kr_waiter *w, int timeout_ms)
+{
+    struct pollfd pfd = {.fd = w->efd, .events = POLLIN};
+    if (ck_pr_load_int(&w->sleeping))
+        (void)poll(&pfd, 1, timeout_ms);
+    uint64_t v;
+    ssize_t r = read(w->efd, &v, sizeof(v));
+    (void)r;
+    ck_pr_store_int(&w->sleeping, 0);
+}
+
+/* ---------------------------------------------------------------- client queues */
+
+struct kr_cq_entry *kr_cq_push(struct kr_cq *q, const struct kr_cq_entry *e)
+{
+    if (q->count == q->cap) {
+        uint32_t ncap = q->cap ? q->cap * 2 : 8;
+        struct kr_cq_entry *n = kr_xmalloc(sizeof(*n) * ncap);
+        for (uint32_t i = 0; i < q->count; i++)
+            n[i] = q->ring[(q->head + i) & (q->cap - 1)];
+        free(q->ring);
+        q->ring = n;
+        q->cap = ncap;
+        q->head = 0;
+    }
+    struct kr_cq_entry *slot = &q->ring[(q->head + q->count) & (q->cap - 1)];
+    *slot = *e;
+    q->count++;
+    q->bytes += e->reply_bytes;
+    return slot;
+}
+
+struct kr_cq_entry *kr_cq_at(struct kr_cq *q, uint32_t i)
+{
+    return &q->ring[(q->head + i) & (q->cap - 1)];
+}
+
+void kr_cq_pop(struct kr_cq *q)
+{
+    q->bytes -= q->ring[q->head].reply_bytes;
+    q->head = (q->head + 1) & (q->cap - 1);
+    q->count--;
+    if (q->count == 0) {
+        q->head = 0;
+        if (q->cap > 64) { /* give memory of a burst back; idle clients stay small */
+            free(q->ring);
+            q->ring = NULL;
+            q->cap = 0;
+        }
+    }
+}
+
+void kr_pend_unref(struct kr_pend *p)
+{
+    if (--p->refs == 0)
+        free(p);
+}
+
+void kr_cq_clear(struct kr_cq *q)
+{
+    while (q->count) {
+        struct kr_cq_entry *e = kr_cq_at(q, 0);
+        if (kr_msg_ntopics(e->msg) > 64)
+            free(e->bits);
+        if (e->pend)
+            kr_pend_unref(e->pend);
+        kr_msg_unref(e->msg);
+        kr_cq_pop(q);
+    }
+    free(q->ring);
+    q->ring = NULL;
+    q->cap = 0;
+    q->head = 0;
+    q->bytes = 0;
+}
+
+bool kr_cq_entry_has(const struct kr_cq_entry *e, uint32_t ntopics, uint32_t i)
+{
+    if (ntopics <= 64)
+        return (e->mask >> i) & 1;
+    return (e->bits[i / 64] >> (i % 64)) & 1;
+}
+
+void kr_cq_entry_set(struct kr_cq_entry *e, uint32_t ntopics, uint32_t i)
+{
+    if (ntopics <= 64)
+        e->mask |= UINT64_C(1) << i;
+    else
+        e->bits[i / 64] |= UINT64_C(1) << (i % 64);
+}

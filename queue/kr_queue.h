@@ -1,0 +1,145 @@
+/* Queue module: the pieces that carry messages between threads.
+ *
+ *  - struct kr_msg: one published entry, stored once in an immutable, reference-counted
+ *    buffer (topics, payload, publisher id, publish time) shared by every delivery.
+ *  - struct kr_mailbox: a single-producer/single-consumer Concurrency Kit ring of fixed-size
+ *    events, copied by value (no allocation per event).
+ *  - struct kr_waiter: the sleep/wake-up of a consumer thread (eventfd) with a "sleeping"
+ *    flag so producers only make a syscall when the consumer really sleeps.
+ *  - struct kr_cq: a per-client delivery queue (owned by one net thread).
+ *
+ * This module includes neither router/ nor net/. */
+#ifndef KR_QUEUE_H
+#define KR_QUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---------------------------------------------------------------- messages */
+
+struct kr_msg;
+
+/* Create a message with `ntopics` topics (their bytes and lengths) and a payload.
+ * `nslots` per-thread pointer slots are reserved for the net threads' bookkeeping of
+ * multi-shard messages (0 when not needed). Topics must already be de-duplicated.
+ * The message starts with one reference, owned by the caller. Aborts on out of memory.
+ * Any thread. */
+struct kr_msg *kr_msg_create(uint64_t publisher, uint64_t time_us, uint32_t ntopics,
+                             const char *const *topics, const uint32_t *topic_lens,
+                             const char *payload, uint32_t payload_len, uint32_t nslots);
+/* Add `n` references. Any thread holding a reference. */
+void kr_msg_ref(struct kr_msg *m, uint32_t n);
+/* Drop one reference; frees the message with the last one. Any thread holding a reference. */
+void kr_msg_unref(struct kr_msg *m);
+/* Accessors (immutable fields: any thread holding a reference). */
+uint64_t kr_msg_publisher(const struct kr_msg *m);
+uint64_t kr_msg_time_us(const struct kr_msg *m);
+uint32_t kr_msg_ntopics(const struct kr_msg *m);
+const char *kr_msg_topic(const struct kr_msg *m, uint32_t i, uint32_t *len);
+const char *kr_msg_payload(const struct kr_msg *m, uint32_t *len);
+/* Bytes held by the message buffer (for memory accounting). */
+size_t kr_msg_size(const struct kr_msg *m);
+/* Number of distinct shards the topics map to; set once by the publisher's thread before
+ * the message is shared. */
+void kr_msg_set_nshards(struct kr_msg *m, uint32_t nshards);
+uint32_t kr_msg_nshards(const struct kr_msg *m);
+/* Slot `i` (< nslots) of the per-thread bookkeeping array: only thread `i` touches it. */
+void **kr_msg_slot(struct kr_msg *m, uint32_t i);
+
+/* ---------------------------------------------------------------- mailboxes */
+
+/* One event between a net thread and a shard. 32 bytes, copied by value. */
+struct kr_event {
+    uint16_t type;  /* module-defined */
+    uint16_t src;   /* sender index (shard or net thread) */
+    uint32_t aux;   /* small argument */
+    uint64_t conn;  /* client id */
+    void *ptr;      /* payload (message, command block, ...) */
+    uint64_t mask;  /* small argument (e.g. matched-topic bitmap) */
+};
+
+struct kr_mailbox;
+
+/* Create a mailbox holding at least `capacity` events (rounded up to a power of two).
+ * Aborts on out of memory. Any thread, before the mailbox is shared. */
+struct kr_mailbox *kr_mailbox_create(uint32_t capacity);
+void kr_mailbox_destroy(struct kr_mailbox *mb);
+/* Enqueue a copy of *ev; false when full (never blocks). Producer thread only. */
+bool kr_mailbox_push(struct kr_mailbox *mb, const struct kr_event *ev);
+/* Dequeue into *ev; false when empty. Consumer thread only. */
+bool kr_mailbox_pop(struct kr_mailbox *mb, struct kr_event *ev);
+/* Events currently queued (approximate from any other thread). */
+uint32_t kr_mailbox_depth(const struct kr_mailbox *mb);
+uint32_t kr_mailbox_capacity(const struct kr_mailbox *mb);
+
+/* ---------------------------------------------------------------- waiter */
+
+/* Sleep/wake-up for a consumer thread that waits on several mailboxes. */
+struct kr_waiter {
+    int efd;
+    int sleeping; /* 1 while the consumer is (about to be) blocked */
+};
+
+/* Returns 0 or -errno. Any thread, before sharing. */
+int kr_waiter_init(struct kr_waiter *w);
+void kr_waiter_destroy(struct kr_waiter *w);
+/* Wake the consumer if it is sleeping (one syscall only then). Any producer thread, after
+ * its pushes. */
+void kr_waiter_wake(struct kr_waiter *w);
+/* Consumer: announce the intent to sleep. After this, re-check every mailbox; if one has
+ * work call kr_waiter_cancel(), else kr_waiter_sleep(). */
+void kr_waiter_prepare(struct kr_waiter *w);
+void kr_waiter_cancel(struct kr_waiter *w);
+/* Block until woken or `timeout_ms` elapsed (-1 = no timeout). Consumer thread only. */
+void kr_waiter_sleep(struct kr_waiter *w, int timeout_ms);
+
+/* ---------------------------------------------------------------- client queues */
+
+/* Completion record of a message whose topics span several shards: a delivery to one
+ * client is complete once every involved shard has reported. Owned by one net thread. */
+struct kr_pend {
+    uint32_t arrived;  /* shards that reported */
+    uint32_t expected; /* shards involved */
+    uint32_t refs;     /* queue entries + the message slot pointing here */
+    uint32_t fanout;   /* deliveries summed over the shards */
+};
+
+/* One queued delivery. `mask` holds matched-topic bits when the message has at most 64
+ * topics, else `bits` points to an owned bitmap of ceil(ntopics/64) words. */
+struct kr_cq_entry {
+    struct kr_msg *msg;
+    union {
+        uint64_t mask;
+        uint64_t *bits;
+    };
+    struct kr_pend *pend; /* NULL when complete */
+    uint32_t reply_bytes; /* bytes this entry adds to a `get messages` reply */
+};
+
+/* Per-client queue: a growable ring of entries. Owned by one net thread; zero-init is an
+ * empty queue. */
+struct kr_cq {
+    struct kr_cq_entry *ring;
+    uint32_t cap; /* power of two, 0 when nothing allocated */
+    uint32_t head;
+    uint32_t count;
+    uint64_t bytes; /* sum of reply_bytes */
+};
+
+/* Append an entry (takes over the references it carries). Aborts on out of memory. */
+struct kr_cq_entry *kr_cq_push(struct kr_cq *q, const struct kr_cq_entry *e);
+/* Entry `i` from the head (i < count). */
+struct kr_cq_entry *kr_cq_at(struct kr_cq *q, uint32_t i);
+/* Remove the head entry (the caller has taken or released what it references). */
+void kr_cq_pop(struct kr_cq *q);
+/* Release every entry (message references, bitmaps, pend records) and the storage. */
+void kr_cq_clear(struct kr_cq *q);
+
+/* Matched-topic bitmap helpers for an entry of message m. */
+bool kr_cq_entry_has(const struct kr_cq_entry *e, uint32_t ntopics, uint32_t i);
+void kr_cq_entry_set(struct kr_cq_entry *e, uint32_t ntopics, uint32_t i);
+/* Drop one reference to a pend record, freeing it with the last. */
+void kr_pend_unref(struct kr_pend *p);
+
+#endif

@@ -1,0 +1,493 @@
+/* Router module: shard threads, mailboxes and fanout. See kr_router.h. */
+#include "kr_router.h"
+
+#include <ck_pr.h>
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <urcu/urcu-memb.h>
+#include <xxhash.h>
+
+#include "kr_log.h"
+#include "kr_topics.h"
+
+#define KR_SHARD_BATCH 256 /* events taken from one ring before looking at the next */
+
+/* Events a shard could not push because the ring towards a net thread was full, kept in
+ * order until the ring has room again. */
+struct kr_fifo {
+    struct kr_event *buf;
+    uint32_t head;
+    uint32_t count;
+    uint32_t cap;
+};
+
+struct kr_shard {
+    struct kr_router *r;
+    uint32_t idx;
+    pthread_t thread;
+    bool started;
+    struct kr_waiter waiter;
+    struct kr_topics *topics;
+    struct kr_mailbox **in;  /* [nnet] net -> shard */
+    struct kr_mailbox **out; /* [nnet] shard -> net */
+    struct kr_fifo *fifo;    /* [nnet] overflow towards each net thread */
+    uint8_t *wake;           /* [nnet] pushed towards net n since its last wake-up */
+    uint64_t stamp;          /* fanout generation (one per routed message) */
+    struct kr_sconn **touched;
+    uint32_t ntouched;
+    uint32_t touched_cap;
+    /* statistics: written by the shard only */
+    uint64_t routed;
+    uint64_t deliveries;
+    uint64_t overflow_events;
+    uint64_t fanout_warnings;
+} __attribute__((aligned(64)));
+
+struct kr_router {
+    struct kr_router_opts o;
+    struct kr_shard *shards;
+    uint8_t *dirty; /* [nnet * nshards]: net n pushed to shard s since its last flush */
+    int stop;
+};
+
+static void *kr_router_xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size);
+    if (!p) {
+        fprintf(stderr, "kraken: out of memory in the router\n");
+        abort();
+    }
+    return p;
+}
+
+/* ---------------------------------------------------------------- commands */
+
+struct kr_router_cmd *kr_router_cmd_new(uint32_t cap_hint)
+{
+    struct kr_router_cmd *c = malloc(sizeof(*c) + cap_hint);
+    if (!c)
+        abort();
+    c->ntopics = 0;
+    c->used = 0;
+    c->cap = cap_hint;
+    c->pad = 0;
+    return c;
+}
+
+struct kr_router_cmd *kr_router_cmd_add(struct kr_router_cmd *c, const char *topic, uint32_t len)
+{
+    uint32_t need = c->used + (uint32_t)sizeof(uint32_t) + len;
+    if (need > c->cap) {
+        uint32_t ncap = c->cap * 2 > need ? c->cap * 2 : need;
+        c = realloc(c, sizeof(*c) + ncap);
+        if (!c)
+            abort();
+        c->cap = ncap;
+    }
+    memcpy(c->data + c->used, &len, sizeof(len));
+    memcpy(c->data + c->used + sizeof(len), topic, len);
+    c->used = need;
+    c->ntopics++;
+    return c;
+}
+
+int kr_router_cmd_next(const struct kr_router_cmd *c, uint32_t *pos, const char **topic,
+                       uint32_t *len)
+{
+    if (*pos >= c->used)
+        return 0;
+    memcpy(len, c->data + *pos, sizeof(*len));
+    *topic = c->data + *pos + sizeof(*len);
+    *pos += (uint32_t)sizeof(*len) + *len;
+    return 1;
+}
+
+/* ---------------------------------------------------------------- routing */
+
+uint32_t kr_router_nshards(const struct kr_router *r)
+{
+    return r->o.nshards;
+}
+
+uint32_t kr_router_shard_of(const struct kr_router *r, const char *topic, size_t len)
+{
+    /* High bits pick the shard; the tables' buckets use the low bits of the same hash. */
+    return (uint32_t)((XXH3_64bits(topic, len) >> 32) % r->o.nshards);
+}
+
+/* Push an event towards net thread n, keeping order behind anything already parked. */
+static void kr_shard_emit(struct kr_shard *sh, uint32_t n, const struct kr_event *ev)
+{
+    struct kr_fifo *f = &sh->fifo[n];
+    if (f->count == 0 && kr_mailbox_push(sh->out[n], ev)) {
+        sh->wake[n] = 1;
+        return;
+    }
+    if (f->count == f->cap) {
+        uint32_t ncap = f->cap ? f->cap * 2 : 1024;
+        struct kr_event *nb = kr_router_xcalloc(ncap, sizeof(*nb));
+        for (uint32_t i = 0; i < f->count; i++)
+            nb[i] = f->buf[(f->head + i) % f->cap];
+        free(f->buf);
+        f->buf = nb;
+        f->head = 0;
+        f->cap = ncap;
+    }
+    f->buf[(f->head + f->count) % f->cap] = *ev;
+    f->count++;
+    ck_pr_store_64(&sh->overflow_events, sh->overflow_events + 1);
+}
+
+/* Move parked events into the rings as space allows. Returns events still parked. */
+static uint32_t kr_shard_flush_fifos(struct kr_shard *sh)
+{
+    uint32_t left = 0;
+    for (uint32_t n = 0; n < sh->r->o.nnet; n++) {
+        struct kr_fifo *f = &sh->fifo[n];
+        while (f->count && kr_mailbox_push(sh->out[n], &f->buf[f->head])) {
+            f->head = (f->head + 1) % f->cap;
+            f->count--;
+            sh->wake[n] = 1;
+        }
+        left += f->count;
+    }
+    return left;
+}
+
+static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
+{
+    struct kr_router *r = sh->r;
+    uint32_t ntopics = kr_msg_ntopics(m);
+    uint64_t publisher = kr_msg_publisher(m);
+    uint64_t stamp = ++sh->stamp;
+    uint32_t words = (ntopics + 63) / 64;
+
+    sh->ntouched = 0;
+    for (uint32_t i = 0; i < ntopics; i++) {
+        uint32_t len;
+        const char *t = kr_msg_topic(m, i, &len);
+        if (r->o.nshards > 1 && kr_router_shard_of(r, t, len) != sh->idx)
+            continue;
+        struct kr_topic *tp = kr_topics_find(sh->topics, t, len);
+        if (!tp)
+            continue;
+        uint32_t nsubs = kr_topic_nsubs(tp);
+        for (uint32_t j = 0; j < nsubs; j++) {
+            struct kr_sconn *c = kr_topic_sub(tp, j);
+            if (kr_sconn_id(c) == publisher)
+                continue;
+            uint64_t *word = kr_sconn_word(c);
+            if (*kr_sconn_stamp(c) != stamp) {
+                *kr_sconn_stamp(c) = stamp;
+                *word = ntopics <= 64 ? 0 : (uint64_t)(uintptr_t)kr_router_xcalloc(words, 8);
+                if (sh->ntouched == sh->touched_cap) {
+                    sh->touched_cap = sh->touched_cap ? sh->touched_cap * 2 : 64;
+                    sh->touched = realloc(sh->touched, sh->touched_cap * sizeof(*sh->touched));
+                    if (!sh->touched)
+                        abort();
+                }
+                sh->touched[sh->ntouched++] = c;
+            }
+            if (ntopics <= 64)
+                *word |= UINT64_C(1) << i;
+            else
+                ((uint64_t *)(uintptr_t)*word)[i / 64] |= UINT64_C(1) << (i % 64);
+        }
+    }
+
+    uint32_t fanout = sh->ntouched;
+    bool multi = kr_msg_nshards(m) > 1;
+    bool warn = !multi && r->o.fanout_warn && fanout >= r->o.fanout_warn;
+    /* One atomic add for every reference handed out below. */
+    uint32_t refs = fanout + (multi ? r->o.nnet : 0) + (warn ? 1 : 0);
+    if (refs)
+        kr_msg_ref(m, refs);
+    for (uint32_t k = 0; k < fanout; k++) {
+        struct kr_sconn *c = sh->touched[k];
+        uint64_t id = kr_sconn_id(c);
+        struct kr_event ev = {.type = KR_EV_DELIVER, .src = (uint16_t)sh->idx, .conn = id,
+                              .ptr = m, .mask = *kr_sconn_word(c)};
+        kr_shard_emit(sh, KR_CONN_NET(id), &ev);
+    }
+    if (multi) {
+        for (uint32_t n = 0; n < r->o.nnet; n++) {
+            struct kr_event ev = {.type = KR_EV_END, .src = (uint16_t)sh->idx, .aux = fanout,
+                                  .ptr = m};
+            kr_shard_emit(sh, n, &ev);
+        }
+    }
+    if (warn) {
+        struct kr_event ev = {.type = KR_EV_FANOUT_WARN, .src = (uint16_t)sh->idx,
+                              .aux = fanout, .conn = publisher, .ptr = m};
+        kr_shard_emit(sh, KR_CONN_NET(publisher), &ev);
+        ck_pr_store_64(&sh->fanout_warnings, sh->fanout_warnings + 1);
+    }
+    ck_pr_store_64(&sh->routed, sh->routed + 1);
+    ck_pr_store_64(&sh->deliveries, sh->deliveries + fanout);
+    kr_msg_unref(m); /* the reference the PUBLISH event carried */
+}
+
+static void kr_shard_handle(struct kr_shard *sh, struct kr_event *ev)
+{
+    switch (ev->type) {
+    case KR_EV_PUBLISH:
+        kr_shard_publish(sh, ev->ptr);
+        break;
+    case KR_EV_SUBSCRIBE:
+    case KR_EV_UNSUBSCRIBE: {
+        struct kr_router_cmd *c = ev->ptr;
+        uint32_t pos = 0, len;
+        const char *t;
+        while (kr_router_cmd_next(c, &pos, &t, &len)) {
+            if (ev->type == KR_EV_SUBSCRIBE)
+                kr_topics_subscribe(sh->topics, t, len, ev->conn);
+            else
+                kr_topics_unsubscribe(sh->topics, t, len, ev->conn);
+        }
+        struct kr_event ack = {.type = KR_EV_ACK, .src = (uint16_t)sh->idx, .aux = ev->type,
+                               .conn = ev->conn, .ptr = c};
+        kr_shard_emit(sh, KR_CONN_NET(ev->conn), &ack);
+        break;
+    }
+    case KR_EV_DISCONNECT:
+        kr_topics_drop_conn(sh->topics, ev->conn);
+        break;
+    default:
+        KR_ERROR("shard %u: unknown event type %u", sh->idx, ev->type);
+        abort();
+    }
+}
+
+static void kr_shard_wake_nets(struct kr_shard *sh)
+{
+    for (uint32_t n = 0; n < sh->r->o.nnet; n++) {
+        if (sh->wake[n]) {
+            sh->wake[n] = 0;
+            sh->r->o.wake_net(sh->r->o.wake_arg, n);
+        }
+    }
+}
+
+static void kr_shard_pin(struct kr_shard *sh)
+{
+    cpu_set_t allowed, one;
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
+        return;
+    int count = CPU_COUNT(&allowed);
+    if (count <= 0)
+        return;
+    int want = (int)(sh->idx % (uint32_t)count), seen = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, &allowed))
+            continue;
+        if (seen++ == want) {
+            CPU_ZERO(&one);
+            CPU_SET(cpu, &one);
+            int rc = pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
+            if (rc)
+                KR_WARN("shard %u: cannot pin to CPU %d: %s", sh->idx, cpu, strerror(rc));
+            return;
+        }
+    }
+}
+
+static void *kr_shard_main(void *arg)
+{
+    struct kr_shard *sh = arg;
+    struct kr_router *r = sh->r;
+    char name[16];
+    snprintf(name, sizeof(name), "kr-shard-%u", sh->idx);
+    pthread_setname_np(pthread_self(), name);
+    if (r->o.pin_cpus)
+        kr_shard_pin(sh);
+    urcu_memb_register_thread();
+
+    while (!ck_pr_load_int(&r->stop)) {
+        uint32_t parked = kr_shard_flush_fifos(sh);
+        uint32_t work = 0;
+        for (uint32_t n = 0; n < r->o.nnet; n++) {
+            struct kr_event ev;
+            for (uint32_t k = 0; k < KR_SHARD_BATCH && kr_mailbox_pop(sh->in[n], &ev); k++) {
+                kr_shard_handle(sh, &ev);
+                work++;
+            }
+        }
+        kr_shard_wake_nets(sh);
+        if (work)
+            continue;
+        kr_waiter_prepare(&sh->waiter);
+        bool ready = ck_pr_load_int(&r->stop);
+        for (uint32_t n = 0; n < r->o.nnet && !ready; n++)
+            ready = kr_mailbox_depth(sh->in[n]) > 0;
+        if (ready) {
+            kr_waiter_cancel(&sh->waiter);
+            continue;
+        }
+        /* With events parked, retry soon: the net thread frees ring space as it drains. */
+        kr_waiter_sleep(&sh->waiter, parked ? 1 : -1);
+    }
+    urcu_memb_unregister_thread();
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+struct kr_router *kr_router_create(const struct kr_router_opts *opts)
+{
+    struct kr_router *r = kr_router_xcalloc(1, sizeof(*r));
+    r->o = *opts;
+    if (r->o.mailbox_capacity == 0)
+        r->o.mailbox_capacity = 4096;
+    r->shards = aligned_alloc(64, sizeof(struct kr_shard) * r->o.nshards);
+    if (!r->shards)
+        abort();
+    memset(r->shards, 0, sizeof(struct kr_shard) * r->o.nshards);
+    r->dirty = kr_router_xcalloc((size_t)r->o.nnet * r->o.nshards, 1);
+    for (uint32_t s = 0; s < r->o.nshards; s++) {
+        struct kr_shard *sh = &r->shards[s];
+        sh->r = r;
+        sh->idx = s;
+        if (kr_waiter_init(&sh->waiter) != 0) {
+            fprintf(stderr, "kraken: eventfd: %s\n", strerror(errno));
+            abort();
+        }
+        sh->topics = kr_topics_create();
+        sh->in = kr_router_xcalloc(r->o.nnet, sizeof(*sh->in));
+        sh->out = kr_router_xcalloc(r->o.nnet, sizeof(*sh->out));
+        sh->fifo = kr_router_xcalloc(r->o.nnet, sizeof(*sh->fifo));
+        sh->wake = kr_router_xcalloc(r->o.nnet, 1);
+        for (uint32_t n = 0; n < r->o.nnet; n++) {
+            sh->in[n] = kr_mailbox_create(r->o.mailbox_capacity);
+            sh->out[n] = kr_mailbox_create(r->o.mailbox_capacity);
+        }
+    }
+    return r;
+}
+
+int kr_router_start(struct kr_router *r)
+{
+    for (uint32_t s = 0; s < r->o.nshards; s++) {
+        int rc = pthread_create(&r->shards[s].thread, NULL, kr_shard_main, &r->shards[s]);
+        if (rc)
+            return -rc;
+        r->shards[s].started = true;
+    }
+    return 0;
+}
+
+void kr_router_stop(struct kr_router *r)
+{
+    ck_pr_store_int(&r->stop, 1);
+    for (uint32_t s = 0; s < r->o.nshards; s++) {
+        struct kr_shard *sh = &r->shards[s];
+        if (!sh->started)
+            continue;
+        ck_pr_store_int(&sh->waiter.sleeping, 1);
+        kr_waiter_wake(&sh->waiter);
+        pthread_join(sh->thread, NULL);
+        sh->started = false;
+    }
+}
+
+/* Release what an undelivered event holds. */
+static void kr_router_release_event(struct kr_event *ev)
+{
+    switch (ev->type) {
+    case KR_EV_PUBLISH:
+    case KR_EV_END:
+    case KR_EV_FANOUT_WARN:
+        kr_msg_unref(ev->ptr);
+        break;
+    case KR_EV_DELIVER:
+        if (kr_msg_ntopics(ev->ptr) > 64)
+            free((void *)(uintptr_t)ev->mask);
+        kr_msg_unref(ev->ptr);
+        break;
+    case KR_EV_SUBSCRIBE:
+    case KR_EV_UNSUBSCRIBE:
+    case KR_EV_ACK:
+        free(ev->ptr);
+        break;
+    default:
+        break;
+    }
+}
+
+void kr_router_destroy(struct kr_router *r)
+{
+    if (!r)
+        return;
+    urcu_memb_register_thread();
+    for (uint32_t s = 0; s < r->o.nshards; s++) {
+        struct kr_shard *sh = &r->shards[s];
+        struct kr_event ev;
+        for (uint32_t n = 0; n < r->o.nnet; n++) {
+            while (kr_mailbox_pop(sh->in[n], &ev))
+                kr_router_release_event(&ev);
+            while (kr_mailbox_pop(sh->out[n], &ev))
+                kr_router_release_event(&ev);
+            struct kr_fifo *f = &sh->fifo[n];
+            for (uint32_t i = 0; i < f->count; i++)
+                kr_router_release_event(&f->buf[(f->head + i) % f->cap]);
+            free(f->buf);
+            kr_mailbox_destroy(sh->in[n]);
+            kr_mailbox_destroy(sh->out[n]);
+        }
+        kr_topics_destroy(sh->topics);
+        kr_waiter_destroy(&sh->waiter);
+        free(sh->in);
+        free(sh->out);
+        free(sh->fifo);
+        free(sh->wake);
+        free(sh->touched);
+    }
+    urcu_memb_barrier(); /* run pending call_rcu frees */
+    urcu_memb_unregister_thread();
+    free(r->shards);
+    free(r->dirty);
+    free(r);
+}
+
+/* ---------------------------------------------------------------- net-thread side */
+
+bool kr_router_send(struct kr_router *r, uint32_t net, uint32_t shard, const struct kr_event *ev)
+{
+    if (!kr_mailbox_push(r->shards[shard].in[net], ev))
+        return false;
+    r->dirty[(size_t)net * r->o.nshards + shard] = 1;
+    return true;
+}
+
+void kr_router_flush(struct kr_router *r, uint32_t net)
+{
+    uint8_t *d = &r->dirty[(size_t)net * r->o.nshards];
+    for (uint32_t s = 0; s < r->o.nshards; s++) {
+        if (d[s]) {
+            d[s] = 0;
+            kr_waiter_wake(&r->shards[s].waiter);
+        }
+    }
+}
+
+bool kr_router_recv(struct kr_router *r, uint32_t net, uint32_t shard, struct kr_event *ev)
+{
+    return kr_mailbox_pop(r->shards[shard].out[net], ev);
+}
+
+void kr_router_stats(const struct kr_router *r, struct kr_router_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (uint32_t s = 0; s < r->o.nshards; s++) {
+        struct kr_shard *sh = &r->shards[s];
+        out->topics += kr_topics_count(sh->topics);
+        out->subscriptions += kr_topics_subscriptions(sh->topics);
+        out->messages_routed += ck_pr_load_64(&sh->routed);
+        out->deliveries += ck_pr_load_64(&sh->deliveries);
+        out->overflow_events += ck_pr_load_64(&sh->overflow_events);
+        out->fanout_warnings += ck_pr_load_64(&sh->fanout_warnings);
+    }
+}

@@ -1,0 +1,112 @@
+/* Router module: the shard threads and everything they own.
+ *
+ * Each of `nshards` shard threads (pinned to a CPU) owns the topics whose
+ * hash(topic) % nshards equals its index: the topic -> subscribers table and the fanout.
+ * Net threads talk to a shard only through the mailboxes of this module: one ring per
+ * (net thread, shard) pair in each direction, single producer and single consumer each.
+ *
+ * Protocol between net threads and shards (events, see struct kr_event in kr_queue.h):
+ *   net -> shard  KR_EV_SUBSCRIBE / KR_EV_UNSUBSCRIBE (ptr = struct kr_router_cmd, conn);
+ *                 the shard answers KR_EV_ACK (conn, ptr = the same cmd, to be freed by the
+ *                 net thread).
+ *                 KR_EV_PUBLISH (ptr = struct kr_msg, one reference handed over).
+ *                 KR_EV_DISCONNECT (conn): drop every subscription of the client.
+ *   shard -> net  KR_EV_DELIVER (conn, ptr = message with one reference handed over,
+ *                 mask = matched-topic bits, or for messages of more than 64 topics a
+ *                 malloc'ed bitmap in `mask` the net thread frees).
+ *                 KR_EV_END (ptr = message, one reference; aux = deliveries made by this
+ *                 shard): sent to every net thread after a shard finished a message whose
+ *                 topics span several shards (kr_msg_nshards() > 1), after its deliveries.
+ *                 KR_EV_FANOUT_WARN (conn = publisher, ptr = message with a reference,
+ *                 aux = fanout): the single shard of a message reached the warning threshold;
+ *                 the publisher's net thread logs it with the client's address.
+ */
+#ifndef KR_ROUTER_H
+#define KR_ROUTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kr_queue.h"
+
+enum kr_router_event {
+    KR_EV_SUBSCRIBE = 1,
+    KR_EV_UNSUBSCRIBE,
+    KR_EV_PUBLISH,
+    KR_EV_DISCONNECT,
+    KR_EV_ACK,
+    KR_EV_DELIVER,
+    KR_EV_END,
+    KR_EV_FANOUT_WARN,
+};
+
+/* A subscribe/unsubscribe command for one shard: the topics of one request that this shard
+ * owns, stored back to back. Allocated by the net thread with kr_router_cmd_new, travels
+ * to the shard and back in the ACK, freed by the net thread with free(). */
+struct kr_router_cmd {
+    uint32_t ntopics;
+    uint32_t used;  /* bytes used in data */
+    uint32_t cap;   /* bytes available in data */
+    uint32_t pad;
+    char data[];    /* repeated: uint32_t len; bytes */
+};
+
+/* Client ids: which net thread owns a client is in the top 8 bits. */
+#define KR_CONN_NET(id) ((uint32_t)((id) >> 56))
+
+struct kr_router_opts {
+    uint32_t nshards;
+    uint32_t nnet;                 /* net threads */
+    uint32_t mailbox_capacity;     /* events per ring */
+    uint32_t fanout_warn;          /* router_min_fanout_to_warn */
+    bool pin_cpus;                 /* pin shard i to CPU i % ncpus */
+    /* Wake net thread `net` after events were pushed towards it. Called from shard threads;
+     * must be async-signal-safe-ish and cheap (uv_async_send). */
+    void (*wake_net)(void *arg, uint32_t net);
+    void *wake_arg;
+};
+
+struct kr_router;
+
+/* Create the shards (not started). Aborts on out of memory. Control thread. */
+struct kr_router *kr_router_create(const struct kr_router_opts *opts);
+/* Start the shard threads. Returns 0 or -errno. Control thread. */
+int kr_router_start(struct kr_router *r);
+/* Stop and join the shard threads (pending events are released). Control thread. */
+void kr_router_stop(struct kr_router *r);
+/* Free everything. Control thread, after kr_router_stop. */
+void kr_router_destroy(struct kr_router *r);
+
+uint32_t kr_router_nshards(const struct kr_router *r);
+/* The shard that owns `topic`. Any thread. */
+uint32_t kr_router_shard_of(const struct kr_router *r, const char *topic, size_t len);
+
+/* Push an event from net thread `net` to shard `shard`; false when that ring is full (the
+ * caller keeps the event and retries later). Net thread `net` only. */
+bool kr_router_send(struct kr_router *r, uint32_t net, uint32_t shard, const struct kr_event *ev);
+/* Wake every shard that net thread `net` pushed to since its last flush. Net thread `net`
+ * only; call once per batch. */
+void kr_router_flush(struct kr_router *r, uint32_t net);
+/* Pop the next event from shard `shard` to net thread `net`. Net thread `net` only. */
+bool kr_router_recv(struct kr_router *r, uint32_t net, uint32_t shard, struct kr_event *ev);
+
+/* Command blocks. kr_router_cmd_add aborts on out of memory. Net threads. */
+struct kr_router_cmd *kr_router_cmd_new(uint32_t cap_hint);
+struct kr_router_cmd *kr_router_cmd_add(struct kr_router_cmd *c, const char *topic, uint32_t len);
+/* Iterate: *pos starts at 0; returns 0 at the end. Any thread owning the command. */
+int kr_router_cmd_next(const struct kr_router_cmd *c, uint32_t *pos, const char **topic,
+                       uint32_t *len);
+
+/* Statistics summed over shards (relaxed reads of per-shard counters). Any thread. */
+struct kr_router_stats {
+    uint64_t topics;          /* topics with at least one subscriber */
+    uint64_t subscriptions;   /* (topic, client) pairs */
+    uint64_t messages_routed; /* publish events processed (per shard) */
+    uint64_t deliveries;      /* deliveries made */
+    uint64_t overflow_events; /* events parked in shard-local FIFOs because a ring was full */
+    uint64_t fanout_warnings;
+};
+void kr_router_stats(const struct kr_router *r, struct kr_router_stats *out);
+
+#endif

@@ -1,0 +1,312 @@
+/* One shard's topic table: see kr_topics.h. */
+#include "kr_topics.h"
+
+#include <ck_pr.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <urcu/urcu-memb.h>
+#include <urcu/rculfhash.h>
+#include <xxhash.h>
+
+struct kr_sub {
+    struct kr_topic *topic;
+    struct kr_sconn *conn;
+    uint32_t topic_idx; /* position in topic->subs */
+    uint32_t conn_idx;  /* position in conn->subs */
+};
+
+struct kr_topic {
+    struct cds_lfht_node node;
+    struct rcu_head rcu;
+    uint32_t nsubs;
+    uint32_t cap;
+    struct kr_sub **subs;
+    uint32_t len;
+    char name[];
+};
+
+struct kr_sconn {
+    struct cds_lfht_node node;
+    struct rcu_head rcu;
+    uint64_t id;
+    uint64_t stamp;
+    uint64_t word;
+    uint32_t nsubs;
+    uint32_t cap;
+    struct kr_sub **subs;
+};
+
+struct kr_topics {
+    struct cds_lfht *topics;
+    struct cds_lfht *conns;
+    uint64_t ntopics;
+    uint64_t nsubscriptions;
+};
+
+static void *kr_topics_xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n);
+    if (!q) {
+        fprintf(stderr, "kraken: out of memory in the topic table\n");
+        abort();
+    }
+    return q;
+}
+
+static inline unsigned long kr_topics_hash(const char *s, uint32_t len)
+{
+    return (unsigned long)XXH3_64bits(s, len);
+}
+
+static inline unsigned long kr_conn_hash(uint64_t id)
+{
+    return (unsigned long)XXH3_64bits(&id, sizeof(id));
+}
+
+struct kr_topic_key {
+    const char *s;
+    uint32_t len;
+};
+
+static int kr_topic_match(struct cds_lfht_node *node, const void *key)
+{
+    const struct kr_topic *tp = caa_container_of(node, struct kr_topic, node);
+    const struct kr_topic_key *k = key;
+    return tp->len == k->len && memcmp(tp->name, k->s, k->len) == 0;
+}
+
+static int kr_conn_match(struct cds_lfht_node *node, const void *key)
+{
+    const struct kr_sconn *c = caa_container_of(node, struct kr_sconn, node);
+    return c->id == *(const uint64_t *)key;
+}
+
+struct kr_topics *kr_topics_create(void)
+{
+    struct kr_topics *t = calloc(1, sizeof(*t));
+    if (!t)
+        abort();
+    t->topics = cds_lfht_new_flavor(1024, 1024, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
+                                    &urcu_memb_flavor, NULL);
+    t->conns = cds_lfht_new_flavor(256, 256, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
+                                   &urcu_memb_flavor, NULL);
+    if (!t->topics || !t->conns)
+        abort();
+    return t;
+}
+
+static void kr_topic_free_rcu(struct rcu_head *h)
+{
+    struct kr_topic *tp = caa_container_of(h, struct kr_topic, rcu);
+    free(tp->subs);
+    free(tp);
+}
+
+static void kr_sconn_free_rcu(struct rcu_head *h)
+{
+    struct kr_sconn *c = caa_container_of(h, struct kr_sconn, rcu);
+    free(c->subs);
+    free(c);
+}
+
+void kr_topics_destroy(struct kr_topics *t)
+{
+    if (!t)
+        return;
+    struct cds_lfht_iter it;
+    struct cds_lfht_node *n;
+    urcu_memb_read_lock();
+    cds_lfht_first(t->topics, &it);
+    while ((n = cds_lfht_iter_get_node(&it)) != NULL) {
+        struct kr_topic *tp = caa_container_of(n, struct kr_topic, node);
+        cds_lfht_next(t->topics, &it);
+        cds_lfht_del(t->topics, n);
+        for (uint32_t i = 0; i < tp->nsubs; i++)
+            free(tp->subs[i]);
+        free(tp->subs);
+        free(tp);
+    }
+    cds_lfht_first(t->conns, &it);
+    while ((n = cds_lfht_iter_get_node(&it)) != NULL) {
+        struct kr_sconn *c = caa_container_of(n, struct kr_sconn, node);
+        cds_lfht_next(t->conns, &it);
+        cds_lfht_del(t->conns, n);
+        free(c->subs);
+        free(c);
+    }
+    urcu_memb_read_unlock();
+    cds_lfht_destroy(t->topics, NULL);
+    cds_lfht_destroy(t->conns, NULL);
+    free(t);
+}
+
+static struct kr_topic *kr_topics_lookup(struct kr_topics *t, const char *s, uint32_t len,
+                                         unsigned long hash)
+{
+    struct kr_topic_key key = {s, len};
+    struct cds_lfht_iter it;
+    cds_lfht_lookup(t->topics, hash, kr_topic_match, &key, &it);
+    struct cds_lfht_node *n = cds_lfht_iter_get_node(&it);
+    return n ? caa_container_of(n, struct kr_topic, node) : NULL;
+}
+
+static struct kr_sconn *kr_conns_lookup(struct kr_topics *t, uint64_t id)
+{
+    struct cds_lfht_iter it;
+    cds_lfht_lookup(t->conns, kr_conn_hash(id), kr_conn_match, &id, &it);
+    struct cds_lfht_node *n = cds_lfht_iter_get_node(&it);
+    return n ? caa_container_of(n, struct kr_sconn, node) : NULL;
+}
+
+/* The subscription of (tp, c), scanning the shorter side. */
+static struct kr_sub *kr_sub_find(struct kr_topic *tp, struct kr_sconn *c)
+{
+    if (tp->nsubs <= c->nsubs) {
+        for (uint32_t i = 0; i < tp->nsubs; i++)
+            if (tp->subs[i]->conn == c)
+                return tp->subs[i];
+    } else {
+        for (uint32_t i = 0; i < c->nsubs; i++)
+            if (c->subs[i]->topic == tp)
+                return c->subs[i];
+    }
+    return NULL;
+}
+
+static void kr_vec_push(struct kr_sub ***v, uint32_t *n, uint32_t *cap, struct kr_sub *s)
+{
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 2;
+        *v = kr_topics_xrealloc(*v, *cap * sizeof(**v));
+    }
+    (*v)[(*n)++] = s;
+}
+
+int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, uint64_t conn)
+{
+    int ret = 0;
+    urcu_memb_read_lock();
+    unsigned long hash = kr_topics_hash(topic, len);
+    struct kr_topic *tp = kr_topics_lookup(t, topic, len, hash);
+    struct kr_sconn *c = kr_conns_lookup(t, conn);
+    if (tp && c && kr_sub_find(tp, c))
+        goto out;
+    if (!tp) {
+        tp = kr_topics_xrealloc(NULL, sizeof(*tp) + len);
+        memset(tp, 0, sizeof(*tp));
+        tp->len = len;
+        memcpy(tp->name, topic, len);
+        cds_lfht_node_init(&tp->node);
+        cds_lfht_add(t->topics, hash, &tp->node);
+        ck_pr_store_64(&t->ntopics, t->ntopics + 1);
+    }
+    if (!c) {
+        c = kr_topics_xrealloc(NULL, sizeof(*c));
+        memset(c, 0, sizeof(*c));
+        c->id = conn;
+        cds_lfht_node_init(&c->node);
+        cds_lfht_add(t->conns, kr_conn_hash(conn), &c->node);
+    }
+    struct kr_sub *s = kr_topics_xrealloc(NULL, sizeof(*s));
+    s->topic = tp;
+    s->conn = c;
+    s->topic_idx = tp->nsubs;
+    s->conn_idx = c->nsubs;
+    kr_vec_push(&tp->subs, &tp->nsubs, &tp->cap, s);
+    kr_vec_push(&c->subs, &c->nsubs, &c->cap, s);
+    ck_pr_store_64(&t->nsubscriptions, t->nsubscriptions + 1);
+    ret = 1;
+out:
+    urcu_memb_read_unlock();
+    return ret;
+}
+
+/* Unlink one subscription from both sides; frees emptied topics and clients after a grace
+ * period. Caller holds the read lock. */
+static void kr_sub_remove(struct kr_topics *t, struct kr_sub *s)
+{
+    struct kr_topic *tp = s->topic;
+    struct kr_sconn *c = s->conn;
+    struct kr_sub *last = tp->subs[--tp->nsubs];
+    tp->subs[s->topic_idx] = last;
+    last->topic_idx = s->topic_idx;
+    last = c->subs[--c->nsubs];
+    c->subs[s->conn_idx] = last;
+    last->conn_idx = s->conn_idx;
+    free(s);
+    ck_pr_store_64(&t->nsubscriptions, t->nsubscriptions - 1);
+    if (tp->nsubs == 0) {
+        cds_lfht_del(t->topics, &tp->node);
+        urcu_memb_call_rcu(&tp->rcu, kr_topic_free_rcu);
+        ck_pr_store_64(&t->ntopics, t->ntopics - 1);
+    }
+    if (c->nsubs == 0) {
+        cds_lfht_del(t->conns, &c->node);
+        urcu_memb_call_rcu(&c->rcu, kr_sconn_free_rcu);
+    }
+}
+
+int kr_topics_unsubscribe(struct kr_topics *t, const char *topic, uint32_t len, uint64_t conn)
+{
+    int ret = 0;
+    urcu_memb_read_lock();
+    struct kr_topic *tp = kr_topics_lookup(t, topic, len, kr_topics_hash(topic, len));
+    struct kr_sconn *c = tp ? kr_conns_lookup(t, conn) : NULL;
+    struct kr_sub *s = c ? kr_sub_find(tp, c) : NULL;
+    if (s) {
+        kr_sub_remove(t, s);
+        ret = 1;
+    }
+    urcu_memb_read_unlock();
+    return ret;
+}
+
+uint32_t kr_topics_drop_conn(struct kr_topics *t, uint64_t conn)
+{
+    uint32_t n = 0;
+    urcu_memb_read_lock();
+    struct kr_sconn *c = kr_conns_lookup(t, conn);
+    if (c) {
+        n = c->nsubs;
+        /* The last removal frees c (after a grace period, so reading nsubs stays valid). */
+        for (uint32_t left = n; left > 0; left--)
+            kr_sub_remove(t, c->subs[left - 1]);
+    }
+    urcu_memb_read_unlock();
+    return n;
+}
+
+struct kr_topic *kr_topics_find(struct kr_topics *t, const char *topic, uint32_t len)
+{
+    urcu_memb_read_lock();
+    struct kr_topic *tp = kr_topics_lookup(t, topic, len, kr_topics_hash(topic, len));
+    urcu_memb_read_unlock();
+    /* Only the owning thread frees topics, so the pointer stays valid for it. */
+    return tp;
+}
+
+uint32_t kr_topic_nsubs(const struct kr_topic *tp) { return tp->nsubs; }
+struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i) { return tp->subs[i]->conn; }
+uint64_t kr_sconn_id(const struct kr_sconn *c) { return c->id; }
+uint64_t *kr_sconn_stamp(struct kr_sconn *c) { return &c->stamp; }
+uint64_t *kr_sconn_word(struct kr_sconn *c) { return &c->word; }
+uint32_t kr_sconn_nsubs(const struct kr_sconn *c) { return c->nsubs; }
+uint64_t kr_topics_count(const struct kr_topics *t) { return ck_pr_load_64((uint64_t *)&t->ntopics); }
+uint64_t kr_topics_subscriptions(const struct kr_topics *t)
+{
+    return ck_pr_load_64((uint64_t *)&t->nsubscriptions);
+}
+
+void kr_topics_walk(struct kr_topics *t, kr_topics_walk_cb cb, void *arg)
+{
+    struct cds_lfht_iter it;
+    struct kr_topic *tp;
+    urcu_memb_read_lock();
+    cds_lfht_for_each_entry(t->topics, &it, tp, node)
+    {
+        if (cb(arg, tp->name, tp->len, ck_pr_load_32(&tp->nsubs)))
+            break;
+    }
+    urcu_memb_read_unlock();
+}

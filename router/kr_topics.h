@@ -1,0 +1,50 @@
+/* One shard's topic table (internal to the router module; unit-tested directly).
+ *
+ * topic -> subscribers and client -> subscriptions, both in liburcu lock-free hash tables
+ * (cds_lfht, memb flavour) so other threads can walk them under RCU while the owning shard
+ * keeps writing. Each subscription is one record linked from both sides, removed in O(1).
+ *
+ * Every function except the RCU-reader walk is for the owning (writer) thread only, which
+ * must be registered with urcu-memb. */
+#ifndef KR_TOPICS_H
+#define KR_TOPICS_H
+
+#include <stdint.h>
+
+struct kr_topics;
+struct kr_topic;
+struct kr_sconn;
+
+struct kr_topics *kr_topics_create(void);
+/* Free everything at once; no reader may be walking. */
+void kr_topics_destroy(struct kr_topics *t);
+
+/* Subscribe client `conn` to a topic. Returns 1 when new, 0 when already subscribed. */
+int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, uint64_t conn);
+/* Returns 1 when removed, 0 when the client was not subscribed. */
+int kr_topics_unsubscribe(struct kr_topics *t, const char *topic, uint32_t len, uint64_t conn);
+/* Drop every subscription of a client; returns how many. */
+uint32_t kr_topics_drop_conn(struct kr_topics *t, uint64_t conn);
+
+/* Lookup for fanout; NULL when nobody is subscribed. */
+struct kr_topic *kr_topics_find(struct kr_topics *t, const char *topic, uint32_t len);
+uint32_t kr_topic_nsubs(const struct kr_topic *tp);
+struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i);
+
+uint64_t kr_sconn_id(const struct kr_sconn *c);
+/* Per-client scratch for the fanout of one message (owner only): a stamp telling whether
+ * the words belong to the message being routed, and a pointer-sized word the router uses. */
+uint64_t *kr_sconn_stamp(struct kr_sconn *c);
+uint64_t *kr_sconn_word(struct kr_sconn *c);
+uint32_t kr_sconn_nsubs(const struct kr_sconn *c);
+
+/* Counters (relaxed reads are fine from any thread). */
+uint64_t kr_topics_count(const struct kr_topics *t);
+uint64_t kr_topics_subscriptions(const struct kr_topics *t);
+
+/* Walk every topic with its subscriber count. Any thread registered with urcu-memb; takes
+ * the RCU read lock itself. Stops when cb returns non-zero. */
+typedef int (*kr_topics_walk_cb)(void *arg, const char *topic, uint32_t len, uint32_t nsubs);
+void kr_topics_walk(struct kr_topics *t, kr_topics_walk_cb cb, void *arg);
+
+#endif
