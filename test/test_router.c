@@ -1,0 +1,233 @@
+/* Unit tests of the router: shard threads driven through their mailboxes, with the test
+ * thread playing net thread 0 (and 1). */
+#include <criterion/criterion.h>
+#include <ck_pr.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "kr_router.h"
+
+static int wakes;
+static void wake_net(void *arg, uint32_t net)
+{
+    (void)arg;
+    (void)net;
+    ck_pr_inc_int(&wakes);
+}
+
+static struct kr_router *r;
+
+static void start(uint32_t nshards, uint32_t nnet)
+{
+    struct kr_router_opts o = {.nshards = nshards, .nnet = nnet, .mailbox_capacity = 64,
+                               .fanout_warn = 3, .wake_net = wake_net};
+    r = kr_router_create(&o);
+    cr_assert_eq(kr_router_start(r), 0);
+}
+
+static void stop(void)
+{
+    kr_router_stop(r);
+    kr_router_destroy(r);
+}
+
+/* Wait (bounded by a count of short sleeps) for the next event from any shard to `net`. */
+static int next_event(uint32_t net, struct kr_event *ev)
+{
+    for (int tries = 0; tries < 20000; tries++) {
+        for (uint32_t s = 0; s < kr_router_nshards(r); s++)
+            if (kr_router_recv(r, net, s, ev))
+                return 1;
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+static uint64_t conn_id(uint32_t net, uint32_t slot)
+{
+    return ((uint64_t)net << 56) | ((uint64_t)1 << 32) | slot;
+}
+
+/* Subscribe `conn` to topics through their owning shards; wait for every ack. */
+static void subscribe(uint64_t conn, const char *const *topics, int n)
+{
+    struct kr_router_cmd *cmds[8] = {0};
+    for (int i = 0; i < n; i++) {
+        uint32_t s = kr_router_shard_of(r, topics[i], strlen(topics[i]));
+        if (!cmds[s])
+            cmds[s] = kr_router_cmd_new(16);
+        cmds[s] = kr_router_cmd_add(cmds[s], topics[i], (uint32_t)strlen(topics[i]));
+    }
+    int sent = 0;
+    for (uint32_t s = 0; s < kr_router_nshards(r); s++) {
+        if (!cmds[s])
+            continue;
+        struct kr_event ev = {.type = KR_EV_SUBSCRIBE, .conn = conn, .ptr = cmds[s]};
+        cr_assert(kr_router_send(r, KR_CONN_NET(conn), s, &ev));
+        sent++;
+    }
+    kr_router_flush(r, KR_CONN_NET(conn));
+    for (int i = 0; i < sent; i++) {
+        struct kr_event ev;
+        cr_assert(next_event(KR_CONN_NET(conn), &ev), "no ack");
+        cr_assert_eq(ev.type, KR_EV_ACK);
+        cr_assert_eq(ev.conn, conn);
+        free(ev.ptr);
+    }
+}
+
+static struct kr_msg *publish(uint64_t pub, const char *const *topics, int n)
+{
+    uint32_t lens[16];
+    uint64_t shards = 0;
+    uint32_t involved = 0;
+    for (int i = 0; i < n; i++) {
+        lens[i] = (uint32_t)strlen(topics[i]);
+        uint32_t s = kr_router_shard_of(r, topics[i], lens[i]);
+        if (!(shards & (1u << s)))
+            involved++;
+        shards |= 1u << s;
+    }
+    struct kr_msg *m = kr_msg_create(pub, 1, (uint32_t)n, topics, lens, "hi", 2, 2);
+    kr_msg_set_nshards(m, involved);
+    kr_msg_ref(m, involved); /* one per shard event, plus the test's own */
+    for (uint32_t s = 0; s < kr_router_nshards(r); s++) {
+        if (!(shards & (1u << s)))
+            continue;
+        struct kr_event ev = {.type = KR_EV_PUBLISH, .conn = pub, .ptr = m};
+        cr_assert(kr_router_send(r, KR_CONN_NET(pub), s, &ev));
+    }
+    kr_router_flush(r, KR_CONN_NET(pub));
+    return m;
+}
+
+Test(router, shard_of_is_stable_and_in_range)
+{
+    start(4, 1);
+    for (int i = 0; i < 1000; i++) {
+        char t[16];
+        int n = snprintf(t, sizeof(t), "t%d", i);
+        uint32_t s = kr_router_shard_of(r, t, (size_t)n);
+        cr_assert_lt(s, 4);
+        cr_assert_eq(s, kr_router_shard_of(r, t, (size_t)n));
+    }
+    stop();
+}
+
+Test(router, single_shard_delivery_with_mask_and_no_echo)
+{
+    start(1, 1);
+    uint64_t sub = conn_id(0, 1), pub = conn_id(0, 2);
+    const char *topics[] = {"a", "b"};
+    subscribe(sub, topics, 2);
+    subscribe(pub, topics, 1); /* the publisher is subscribed too but must not get its own */
+    const char *ptopics[] = {"zzz", "b", "a"};
+    struct kr_msg *m = publish(pub, ptopics, 3);
+    struct kr_event ev;
+    cr_assert(next_event(0, &ev));
+    cr_assert_eq(ev.type, KR_EV_DELIVER);
+    cr_assert_eq(ev.conn, sub);
+    cr_assert_eq(ev.ptr, m);
+    cr_assert_eq(ev.mask, 0x6, "topics 1 and 2 matched, got mask %llx", (unsigned long long)ev.mask);
+    kr_msg_unref(ev.ptr);
+    struct kr_router_stats st;
+    kr_router_stats(r, &st);
+    cr_assert_eq(st.topics, 2);
+    cr_assert_eq(st.subscriptions, 3);
+    cr_assert_eq(st.deliveries, 1);
+    cr_assert_eq(st.messages_routed, 1);
+    kr_msg_unref(m);
+    stop();
+}
+
+Test(router, multi_shard_sends_end_to_every_net_thread)
+{
+    start(4, 2);
+    /* find two topics on different shards */
+    char a[16] = "x0", b[16];
+    uint32_t sa = kr_router_shard_of(r, a, 2);
+    for (int i = 1;; i++) {
+        int n = snprintf(b, sizeof(b), "x%d", i);
+        if (kr_router_shard_of(r, b, (size_t)n) != sa)
+            break;
+    }
+    uint64_t sub = conn_id(1, 5), pub = conn_id(0, 1);
+    const char *both[] = {a, b};
+    subscribe(sub, both, 2);
+    struct kr_msg *m = publish(pub, both, 2);
+    int delivers = 0, ends1 = 0, ends0 = 0;
+    uint64_t mask = 0;
+    while (delivers + ends1 < 4) {
+        struct kr_event ev;
+        cr_assert(next_event(1, &ev));
+        if (ev.type == KR_EV_DELIVER) {
+            cr_assert_eq(ev.conn, sub);
+            mask |= ev.mask;
+            delivers++;
+        } else {
+            cr_assert_eq(ev.type, KR_EV_END);
+            cr_assert_eq(ev.aux, 1);
+            ends1++;
+        }
+        kr_msg_unref(ev.ptr);
+    }
+    cr_assert_eq(delivers, 2, "one delivery per shard, merged by the net thread");
+    cr_assert_eq(mask, 3);
+    while (ends0 < 2) {
+        struct kr_event ev;
+        cr_assert(next_event(0, &ev));
+        cr_assert_eq(ev.type, KR_EV_END);
+        kr_msg_unref(ev.ptr);
+        ends0++;
+    }
+    kr_msg_unref(m);
+    stop();
+}
+
+Test(router, fanout_warning_and_disconnect)
+{
+    start(2, 1);
+    const char *t[] = {"hot"};
+    for (uint32_t i = 1; i <= 3; i++)
+        subscribe(conn_id(0, i), t, 1);
+    struct kr_msg *m = publish(conn_id(0, 99), t, 1);
+    int delivers = 0, warns = 0;
+    while (delivers + warns < 4) {
+        struct kr_event ev;
+        cr_assert(next_event(0, &ev));
+        if (ev.type == KR_EV_FANOUT_WARN) {
+            cr_assert_eq(ev.aux, 3);
+            cr_assert_eq(ev.conn, conn_id(0, 99));
+            warns++;
+        } else {
+            cr_assert_eq(ev.type, KR_EV_DELIVER);
+            delivers++;
+        }
+        kr_msg_unref(ev.ptr);
+    }
+    cr_assert_eq(warns, 1);
+    /* disconnect two subscribers; the next publish reaches only the third */
+    uint32_t s = kr_router_shard_of(r, "hot", 3);
+    for (uint32_t i = 1; i <= 2; i++) {
+        struct kr_event ev = {.type = KR_EV_DISCONNECT, .conn = conn_id(0, i)};
+        cr_assert(kr_router_send(r, 0, s, &ev));
+    }
+    kr_msg_unref(m);
+    m = publish(conn_id(0, 99), t, 1);
+    struct kr_event ev;
+    cr_assert(next_event(0, &ev));
+    cr_assert_eq(ev.type, KR_EV_DELIVER);
+    cr_assert_eq(ev.conn, conn_id(0, 3));
+    kr_msg_unref(ev.ptr);
+    struct timespec ts = {0, 20000000};
+    nanosleep(&ts, NULL);
+    struct kr_event extra;
+    bool more = false;
+    for (uint32_t sh = 0; sh < kr_router_nshards(r); sh++)
+        more = more || kr_router_recv(r, 0, sh, &extra);
+    cr_assert_not(more, "disconnected clients must not get deliveries");
+    kr_msg_unref(m);
+    stop();
+}

@@ -1,0 +1,123 @@
+/* Unit tests of one shard's topic table. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+#include <urcu/urcu-memb.h>
+
+#include "kr_topics.h"
+
+static struct kr_topics *t;
+
+static void setup(void)
+{
+    urcu_memb_register_thread();
+    t = kr_topics_create();
+}
+
+static void teardown(void)
+{
+    kr_topics_destroy(t);
+    urcu_memb_barrier();
+    urcu_memb_unregister_thread();
+}
+
+TestSuite(topics, .init = setup, .fini = teardown);
+
+static int has_sub(const char *topic, uint64_t conn)
+{
+    struct kr_topic *tp = kr_topics_find(t, topic, (uint32_t)strlen(topic));
+    if (!tp)
+        return 0;
+    for (uint32_t i = 0; i < kr_topic_nsubs(tp); i++)
+        if (kr_sconn_id(kr_topic_sub(tp, i)) == conn)
+            return 1;
+    return 0;
+}
+
+Test(topics, subscribe_is_idempotent)
+{
+    cr_assert_eq(kr_topics_subscribe(t, "a", 1, 1), 1);
+    cr_assert_eq(kr_topics_subscribe(t, "a", 1, 1), 0);
+    cr_assert_eq(kr_topics_subscribe(t, "a", 1, 2), 1);
+    cr_assert_eq(kr_topics_count(t), 1);
+    cr_assert_eq(kr_topics_subscriptions(t), 2);
+    cr_assert_eq(kr_topic_nsubs(kr_topics_find(t, "a", 1)), 2);
+}
+
+Test(topics, binary_safe_and_length_exact)
+{
+    cr_assert_eq(kr_topics_subscribe(t, "ab", 2, 1), 1);
+    cr_assert_null(kr_topics_find(t, "a", 1));
+    cr_assert_null(kr_topics_find(t, "abc", 3));
+    cr_assert_not_null(kr_topics_find(t, "ab", 2));
+}
+
+Test(topics, unsubscribe_removes_and_frees_empty_topics)
+{
+    kr_topics_subscribe(t, "x", 1, 1);
+    kr_topics_subscribe(t, "x", 1, 2);
+    cr_assert_eq(kr_topics_unsubscribe(t, "x", 1, 3), 0, "unknown client is ignored");
+    cr_assert_eq(kr_topics_unsubscribe(t, "nope", 4, 1), 0, "unknown topic is ignored");
+    cr_assert_eq(kr_topics_unsubscribe(t, "x", 1, 1), 1);
+    cr_assert(!has_sub("x", 1));
+    cr_assert(has_sub("x", 2));
+    cr_assert_eq(kr_topics_unsubscribe(t, "x", 1, 2), 1);
+    cr_assert_null(kr_topics_find(t, "x", 1));
+    cr_assert_eq(kr_topics_count(t), 0);
+    cr_assert_eq(kr_topics_subscriptions(t), 0);
+}
+
+Test(topics, drop_conn_removes_everything_of_one_client)
+{
+    char name[32];
+    for (int i = 0; i < 500; i++) {
+        int n = snprintf(name, sizeof(name), "topic-%d", i);
+        kr_topics_subscribe(t, name, (uint32_t)n, 10);
+        if (i % 2 == 0)
+            kr_topics_subscribe(t, name, (uint32_t)n, 11);
+    }
+    cr_assert_eq(kr_topics_subscriptions(t), 750);
+    cr_assert_eq(kr_topics_drop_conn(t, 10), 500);
+    cr_assert_eq(kr_topics_drop_conn(t, 10), 0);
+    cr_assert_eq(kr_topics_count(t), 250);
+    cr_assert(has_sub("topic-0", 11));
+    cr_assert_null(kr_topics_find(t, "topic-1", 7));
+}
+
+Test(topics, swap_remove_keeps_other_subscribers)
+{
+    for (uint64_t c = 1; c <= 100; c++)
+        kr_topics_subscribe(t, "hot", 3, c);
+    for (uint64_t c = 1; c <= 100; c += 3)
+        cr_assert_eq(kr_topics_unsubscribe(t, "hot", 3, c), 1);
+    for (uint64_t c = 1; c <= 100; c++)
+        cr_assert_eq(has_sub("hot", c), (c - 1) % 3 != 0, "client %llu", (unsigned long long)c);
+    /* the client side must still be consistent: drop everything */
+    for (uint64_t c = 1; c <= 100; c++)
+        kr_topics_drop_conn(t, c);
+    cr_assert_eq(kr_topics_subscriptions(t), 0);
+    cr_assert_eq(kr_topics_count(t), 0);
+}
+
+static int count_cb(void *arg, const char *topic, uint32_t len, uint32_t nsubs)
+{
+    uint64_t *acc = arg;
+    acc[0]++;
+    acc[1] += nsubs;
+    (void)topic;
+    (void)len;
+    return 0;
+}
+
+Test(topics, walk_sees_every_topic)
+{
+    char name[32];
+    for (int i = 0; i < 3000; i++) {
+        int n = snprintf(name, sizeof(name), "w%d", i);
+        kr_topics_subscribe(t, name, (uint32_t)n, (uint64_t)(i % 7));
+    }
+    uint64_t acc[2] = {0, 0};
+    kr_topics_walk(t, count_cb, acc);
+    cr_assert_eq(acc[0], 3000);
+    cr_assert_eq(acc[1], 3000);
+}
