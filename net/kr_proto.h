@@ -65,7 +65,7 @@ int kr_proto_parse(const char *buf, size_t len, const struct kr_proto_limits *li
 const char *kr_proto_error_reply(int err);
 
 /* Topic tokenizer over a space-separated list: skips empty tokens (trailing or doubled
- * spaces). Returns 1 and sets *tok/*toklen for the next topic, 0 at the end. *pos is the
+ * spaces). Returns 1 and sets *tok and *toklen for the next topic, 0 at the end. *pos is the
  * cursor (start it at 0). Does not validate. */
 int kr_proto_next_topic(const char *s, size_t len, size_t *pos, const char **tok, size_t *toklen);
 

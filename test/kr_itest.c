@@ -1,0 +1,282 @@
+/* Integration-test helpers: see kr_itest.h. */
+#include "kr_itest.h"
+
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define KR_IT_TIMEOUT_S 10
+
+void kr_it_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static char *kr_it_read_log(const struct kr_it_server *s)
+{
+    FILE *f = fopen(s->log_path, "r");
+    if (!f)
+        return NULL;
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    size_t n;
+    while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+        len += n;
+        if (len + 1 == cap)
+            buf = realloc(buf, cap *= 2);
+    }
+    buf[len] = 0;
+    fclose(f);
+    return buf;
+}
+
+int kr_it_log_contains(const struct kr_it_server *s, const char *needle)
+{
+    char *log = kr_it_read_log(s);
+    int found = log && strstr(log, needle) != NULL;
+    free(log);
+    return found;
+}
+
+int kr_it_wait_log(const struct kr_it_server *s, const char *needle)
+{
+    for (int i = 0; i < KR_IT_TIMEOUT_S * 100; i++) {
+        if (kr_it_log_contains(s, needle))
+            return 1;
+        kr_it_sleep_ms(10);
+    }
+    return 0;
+}
+
+void kr_it_start(struct kr_it_server *s, const char *const *extra)
+{
+    const char *bin = getenv("KRAKEN_BIN");
+    cr_assert_not_null(bin, "KRAKEN_BIN must name the server binary");
+    snprintf(s->log_path, sizeof(s->log_path), "/tmp/kraken-it-XXXXXX");
+    int lfd = mkstemp(s->log_path);
+    cr_assert_geq(lfd, 0);
+    close(lfd);
+    const char *argv[64];
+    int argc = 0;
+    argv[argc++] = bin;
+    argv[argc++] = "run";
+    argv[argc++] = "--tcp_server_port";
+    argv[argc++] = "0";
+    argv[argc++] = "--log_file";
+    argv[argc++] = s->log_path;
+    for (int i = 0; extra && extra[i] && argc < 62; i++)
+        argv[argc++] = extra[i];
+    argv[argc] = NULL;
+    s->pid = fork();
+    cr_assert_geq(s->pid, 0);
+    if (s->pid == 0) {
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    const char *tag = "listening on 127.0.0.1:";
+    for (int i = 0; i < KR_IT_TIMEOUT_S * 100; i++) {
+        char *log = kr_it_read_log(s);
+        char *p = log ? strstr(log, tag) : NULL;
+        if (p) {
+            s->port = (uint16_t)atoi(p + strlen(tag));
+            free(log);
+            return;
+        }
+        free(log);
+        int st;
+        if (waitpid(s->pid, &st, WNOHANG) == s->pid)
+            cr_fatal("server exited early (status %d); see %s", st, s->log_path);
+        kr_it_sleep_ms(10);
+    }
+    kill(s->pid, SIGKILL);
+    cr_fatal("server did not report its port");
+}
+
+void kr_it_stop(struct kr_it_server *s)
+{
+    kill(s->pid, SIGTERM);
+    int st = 0;
+    for (int i = 0; i < KR_IT_TIMEOUT_S * 100; i++) {
+        if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+            cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                      "server did not exit cleanly (status %d), log in %s", st, s->log_path);
+            unlink(s->log_path);
+            return;
+        }
+        kr_it_sleep_ms(10);
+    }
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, &st, 0);
+    cr_fatal("server did not stop on SIGTERM");
+}
+
+int kr_it_connect(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int rc = -1;
+    for (int i = 0; i < 100 && rc != 0; i++) {
+        rc = connect(fd, (struct sockaddr *)&a, sizeof(a));
+        if (rc != 0)
+            kr_it_sleep_ms(10);
+    }
+    cr_assert_eq(rc, 0, "connect: %s", strerror(errno));
+    struct timeval tv = {KR_IT_TIMEOUT_S, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return fd;
+}
+
+void kr_it_send(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        cr_assert_gt(n, 0, "send: %s", strerror(errno));
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+void kr_it_sends(int fd, const char *s)
+{
+    kr_it_send(fd, s, strlen(s));
+}
+
+size_t kr_it_read_until(int fd, char *buf, size_t cap, const char *suffix)
+{
+    size_t len = 0, sl = strlen(suffix);
+    while (len + 1 < cap) {
+        ssize_t n = recv(fd, buf + len, 1, 0);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        if (len >= sl && memcmp(buf + len - sl, suffix, sl) == 0)
+            break;
+    }
+    buf[len] = 0;
+    return len;
+}
+
+void kr_it_expect(int fd, const char *expect)
+{
+    size_t want = strlen(expect), len = 0;
+    char *buf = malloc(want + 1);
+    while (len < want) {
+        ssize_t n = recv(fd, buf + len, want - len, 0);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+    }
+    buf[len] = 0;
+    cr_assert(len == want && memcmp(buf, expect, want) == 0, "expected \"%s\", got \"%s\"",
+              expect, buf);
+    free(buf);
+}
+
+void kr_it_expect_closed(int fd)
+{
+    char c;
+    ssize_t n = recv(fd, &c, 1, 0);
+    cr_assert(n == 0 || (n < 0 && errno == ECONNRESET),
+              "expected the server to close the connection (got %zd, byte %d)", n, n > 0 ? c : -1);
+}
+
+size_t kr_it_get(int fd, char *buf, size_t cap)
+{
+    kr_it_sends(fd, "get messages\r\n");
+    size_t len = kr_it_read_until(fd, buf, cap, "\r\n");
+    cr_assert_gt(len, 0, "no reply to get messages");
+    if (strcmp(buf, "END\r\n") == 0)
+        return len;
+    unsigned long long m;
+    cr_assert_eq(sscanf(buf, "VALUE messages 0 %llu\r\n", &m), 1, "bad reply header: %s", buf);
+    size_t body = (size_t)m + 2 + 5; /* entries (m + 2) then END\r\n */
+    cr_assert_lt(len + body, cap, "reply too large for the test buffer");
+    size_t got = 0;
+    while (got < body) {
+        ssize_t n = recv(fd, buf + len + got, body - got, 0);
+        cr_assert_gt(n, 0, "short reply");
+        got += (size_t)n;
+    }
+    len += got;
+    buf[len] = 0;
+    cr_assert(memcmp(buf + len - 5, "END\r\n", 5) == 0, "reply must end with END");
+    return len;
+}
+
+size_t kr_it_collect(int fd, size_t want, char *out, size_t cap, size_t *outlen)
+{
+    size_t seen = 0;
+    *outlen = 0;
+    size_t bcap = 1 << 22;
+    char *buf = malloc(bcap);
+    for (int i = 0; i < 2000 && seen < want; i++) {
+        size_t len = kr_it_get(fd, buf, bcap);
+        if (strcmp(buf, "END\r\n") == 0) {
+            kr_it_sleep_ms(5);
+            continue;
+        }
+        char *body = strstr(buf, "\r\n") + 2;
+        size_t blen = len - (size_t)(body - buf) - 5;
+        cr_assert_lt(*outlen + blen, cap);
+        memcpy(out + *outlen, body, blen);
+        *outlen += blen;
+        out[*outlen] = 0;
+        /* count entries by walking their headers */
+        seen = 0;
+        char *p = out, *end = out + *outlen;
+        while (p < end) {
+            char *nl = memmem(p, (size_t)(end - p), "\r\n", 2);
+            cr_assert_not_null(nl);
+            char *sp = nl;
+            while (sp > p && sp[-1] != ' ')
+                sp--;
+            size_t plen = strtoul(sp, NULL, 10);
+            p = nl + 2 + plen + 2;
+            seen++;
+        }
+    }
+    free(buf);
+    return seen;
+}
+
+void kr_it_subscribe(int fd, const char *topics)
+{
+    char line[128];
+    snprintf(line, sizeof(line), "set subscribe 0 0 %zu\r\n", strlen(topics));
+    kr_it_sends(fd, line);
+    kr_it_sends(fd, topics);
+    kr_it_sends(fd, "\r\n");
+    kr_it_expect(fd, "STORED\r\n");
+}
+
+void kr_it_publish(int fd, const char *topics, const char *payload, size_t plen)
+{
+    char head[512];
+    int hl = snprintf(head, sizeof(head), "MESSAGE %s %zu\r\n", topics, plen);
+    char line[128];
+    snprintf(line, sizeof(line), "set publish 0 0 %zu\r\n", (size_t)hl + plen + 2);
+    kr_it_sends(fd, line);
+    kr_it_send(fd, head, (size_t)hl);
+    kr_it_send(fd, payload, plen);
+    kr_it_sends(fd, "\r\n\r\n");
+    kr_it_expect(fd, "STORED\r\n");
+}

@@ -1,0 +1,49 @@
+/* Helpers for integration tests: start the real server binary on an ephemeral loopback
+ * port, speak raw bytes to it. Every wait is bounded. */
+#ifndef KR_ITEST_H
+#define KR_ITEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct kr_it_server {
+    pid_t pid;
+    uint16_t port;
+    char log_path[128];
+};
+
+/* Start `kraken run` with `--tcp_server_port 0`, a temporary log file and the given extra
+ * arguments (NULL-terminated). Asserts on failure. */
+void kr_it_start(struct kr_it_server *s, const char *const *extra);
+/* SIGTERM, wait (bounded), assert a clean exit 0, remove the log. */
+void kr_it_stop(struct kr_it_server *s);
+/* Does the server log contain `needle`? */
+int kr_it_log_contains(const struct kr_it_server *s, const char *needle);
+/* Wait (bounded) until the log contains `needle`; returns 1 if it did. */
+int kr_it_wait_log(const struct kr_it_server *s, const char *needle);
+
+/* Connect to 127.0.0.1:port (asserts). Reads time out after a few seconds. */
+int kr_it_connect(uint16_t port);
+void kr_it_send(int fd, const void *buf, size_t len);
+void kr_it_sends(int fd, const char *s);
+/* Read until the received bytes end with `suffix` (or timeout/EOF). Returns bytes read
+ * into buf (NUL-terminated, cap includes the NUL). */
+size_t kr_it_read_until(int fd, char *buf, size_t cap, const char *suffix);
+/* Read exactly strlen(expect) bytes and assert they equal `expect`. */
+void kr_it_expect(int fd, const char *expect);
+/* Assert the peer closes the connection (EOF) within the timeout, with no further bytes. */
+void kr_it_expect_closed(int fd);
+/* Send `get messages` and read one whole reply into buf; returns its length. */
+size_t kr_it_get(int fd, char *buf, size_t cap);
+/* Poll with `get messages` (bounded) until the concatenated entries hold `want` entries
+ * (counting "MESSAGE " headers); the entries are appended to out. Returns entries seen. */
+size_t kr_it_collect(int fd, size_t want, char *out, size_t cap, size_t *outlen);
+/* Subscribe and wait for STORED. */
+void kr_it_subscribe(int fd, const char *topics);
+/* Publish one entry and wait for STORED. */
+void kr_it_publish(int fd, const char *topics, const char *payload, size_t plen);
+/* Sleep for ms milliseconds. */
+void kr_it_sleep_ms(int ms);
+
+#endif

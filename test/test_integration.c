@@ -1,0 +1,523 @@
+/* Integration tests: the real server on an ephemeral loopback port, raw protocol bytes.
+ * One test per PROTOCOL.md row, plus delivery semantics under concurrency. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kr_itest.h"
+
+static struct kr_it_server srv;
+static char buf[1 << 20];
+
+static void start_default(void)
+{
+    const char *args[] = {"--num_router_shards", "4", "--num_net_threads", "2", NULL};
+    kr_it_start(&srv, args);
+}
+
+static void stop(void)
+{
+    kr_it_stop(&srv);
+}
+
+TestSuite(proto, .init = start_default, .fini = stop, .timeout = 120);
+
+Test(proto, version_reply)
+{
+    int fd = kr_it_connect(srv.port);
+    kr_it_sends(fd, "version\r\n");
+    kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
+    cr_assert(strncmp(buf, "VERSION ", 8) == 0 && strlen(buf) > 10, "got %s", buf);
+    close(fd);
+}
+
+Test(proto, stats_uses_memcached_names)
+{
+    int fd = kr_it_connect(srv.port);
+    kr_it_sends(fd, "stats\r\n");
+    kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
+    const char *names[] = {"STAT pid ", "STAT uptime ", "STAT version ", "STAT curr_connections 1\r\n",
+                           "STAT total_connections ", "STAT rejected_connections 0\r\n",
+                           "STAT messages_published ", "STAT queued_messages ", "STAT topics "};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        cr_assert_not_null(strstr(buf, names[i]), "missing %s in:\n%s", names[i], buf);
+    close(fd);
+}
+
+Test(proto, quit_closes_silently)
+{
+    int fd = kr_it_connect(srv.port);
+    kr_it_sends(fd, "quit\r\n");
+    kr_it_expect_closed(fd);
+    close(fd);
+}
+
+Test(proto, empty_queue_answers_end)
+{
+    int fd = kr_it_connect(srv.port);
+    kr_it_get(fd, buf, sizeof(buf));
+    cr_assert_str_eq(buf, "END\r\n");
+    close(fd);
+}
+
+Test(proto, publish_and_poll_exact_bytes)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_sends(sub, "set subscribe 0 0 1\r\na\r\n");
+    kr_it_expect(sub, "STORED\r\n");
+    kr_it_sends(pub, "set publish 0 0 16\r\nMESSAGE a 2\r\nm1\r\n\r\n");
+    kr_it_expect(pub, "STORED\r\n");
+    char out[256];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(sub, 1, out, sizeof(out), &olen), 1);
+    cr_assert_str_eq(out, "MESSAGE a 2\r\nm1\r\n");
+    /* and the whole reply byte for byte, from PROTOCOL.md */
+    kr_it_publish(pub, "a", "m1", 2);
+    for (int i = 0; i < 500; i++) {
+        kr_it_get(sub, buf, sizeof(buf));
+        if (strcmp(buf, "END\r\n") != 0)
+            break;
+        kr_it_sleep_ms(5);
+    }
+    cr_assert_str_eq(buf, "VALUE messages 0 15\r\nMESSAGE a 2\r\nm1\r\nEND\r\n");
+    kr_it_get(sub, buf, sizeof(buf));
+    cr_assert_str_eq(buf, "END\r\n", "a poll drains the queue");
+    close(sub);
+    close(pub);
+}
+
+Test(proto, publisher_never_gets_its_own_message)
+{
+    int a = kr_it_connect(srv.port), b = kr_it_connect(srv.port);
+    kr_it_subscribe(a, "t");
+    kr_it_subscribe(b, "t");
+    kr_it_publish(a, "t", "mine", 4);
+    char out[256];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(b, 1, out, sizeof(out), &olen), 1);
+    kr_it_publish(b, "t", "second", 6); /* a receives this one, proving a was flushed */
+    cr_assert_eq(kr_it_collect(a, 1, out, sizeof(out), &olen), 1);
+    cr_assert_str_eq(out, "MESSAGE t 6\r\nsecond\r\n", "the own message must not be there");
+    close(a);
+    close(b);
+}
+
+Test(proto, lists_every_matched_topic_once_in_publish_order_across_shards)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    /* with 4 shards these ten topics spread over several shards */
+    kr_it_subscribe(sub, "t9 t1 t3 t5 t7 ");
+    kr_it_publish(pub, "t1 t2 t3 t4 t5 t6 t7 t8 t9 t0", "x", 1);
+    kr_it_publish(pub, "t2", "y", 1); /* not subscribed */
+    kr_it_publish(pub, "t7", "z", 1);
+    char out[512];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(sub, 2, out, sizeof(out), &olen), 2);
+    cr_assert_str_eq(out, "MESSAGE t1 t3 t5 t7 t9 1\r\nx\r\nMESSAGE t7 1\r\nz\r\n");
+    close(sub);
+    close(pub);
+}
+
+Test(proto, repeated_topic_in_entry_listed_once)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_subscribe(sub, "r");
+    kr_it_publish(pub, "r r r", "p", 1);
+    char out[256];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(sub, 1, out, sizeof(out), &olen), 1);
+    cr_assert_str_eq(out, "MESSAGE r 1\r\np\r\n");
+    close(sub);
+    close(pub);
+}
+
+Test(proto, noreply_suppresses_stored)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_sends(sub, "set subscribe 0 0 1 noreply\r\nn\r\n");
+    kr_it_sends(sub, "version\r\n");
+    kr_it_read_until(sub, buf, sizeof(buf), "\r\n");
+    cr_assert(strncmp(buf, "VERSION", 7) == 0, "noreply subscribe must not answer: %s", buf);
+    kr_it_sends(pub, "set publish 0 0 15 noreply\r\nMESSAGE n 1\r\nq\r\n\r\nversion\r\n");
+    kr_it_read_until(pub, buf, sizeof(buf), "\r\n");
+    cr_assert(strncmp(buf, "VERSION", 7) == 0, "noreply publish must not answer: %s", buf);
+    char out[256];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(sub, 1, out, sizeof(out), &olen), 1);
+    cr_assert_str_eq(out, "MESSAGE n 1\r\nq\r\n");
+    close(sub);
+    close(pub);
+}
+
+Test(proto, pipelined_requests_answer_in_order)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_sends(sub, "set subscribe 0 0 3\r\np q\r\nversion\r\nset unsubscribe 0 0 1\r\nq\r\nget messages\r\n");
+    kr_it_read_until(sub, buf, sizeof(buf), "END\r\n");
+    cr_assert(strncmp(buf, "STORED\r\nVERSION ", 16) == 0, "got %s", buf);
+    cr_assert(strstr(buf, "\r\nSTORED\r\nEND\r\n") != NULL, "got %s", buf);
+    /* publish twice in one write, with a poll behind it */
+    kr_it_sends(pub, "set publish 0 0 15\r\nMESSAGE p 1\r\n1\r\n\r\nset publish 0 0 15\r\nMESSAGE q 1\r\n2\r\n\r\n");
+    kr_it_expect(pub, "STORED\r\nSTORED\r\n");
+    char out[256];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(sub, 1, out, sizeof(out), &olen), 1);
+    cr_assert_str_eq(out, "MESSAGE p 1\r\n1\r\n", "unsubscribed topic q must not arrive");
+    close(sub);
+    close(pub);
+}
+
+Test(proto, requests_split_byte_by_byte)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    const char *s = "set subscribe 0 0 5\r\nsplit\r\n";
+    for (size_t i = 0; s[i]; i++) {
+        kr_it_send(sub, s + i, 1);
+        kr_it_sleep_ms(1);
+    }
+    kr_it_expect(sub, "STORED\r\n");
+    const char *p = "set publish 0 0 21\r\nMESSAGE split 4\r\na\r\nb\r\n\r\n";
+    for (size_t i = 0; p[i]; i++)
+        kr_it_send(pub, p + i, 1);
+    kr_it_expect(pub, "STORED\r\n");
+    char out[256];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(sub, 1, out, sizeof(out), &olen), 1);
+    cr_assert_str_eq(out, "MESSAGE split 4\r\na\r\nb\r\n");
+    close(sub);
+    close(pub);
+}
+
+Test(proto, binary_and_empty_payloads_and_several_entries)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_subscribe(sub, "bin");
+    /* entries: 3-byte payload with NUL and CRLF, an empty payload */
+    const char block[] = "MESSAGE bin 4\r\n\0\r\nz\r\nMESSAGE bin 0\r\n\r\n";
+    size_t blen = sizeof(block) - 1;
+    char line[64];
+    snprintf(line, sizeof(line), "set publish 0 0 %zu\r\n", blen);
+    kr_it_sends(pub, line);
+    kr_it_send(pub, block, blen);
+    kr_it_sends(pub, "\r\n");
+    kr_it_expect(pub, "STORED\r\n");
+    kr_it_sends(pub, "set publish 0 0 0\r\n\r\n"); /* empty block: valid, publishes nothing */
+    kr_it_expect(pub, "STORED\r\n");
+    char out[256];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(sub, 2, out, sizeof(out), &olen), 2);
+    cr_assert_eq(olen, blen);
+    cr_assert(memcmp(out, block, blen) == 0);
+    close(sub);
+    close(pub);
+}
+
+Test(proto, trailing_and_double_spaces_are_ignored)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_subscribe(sub, "sp1  sp2 ");
+    kr_it_sends(sub, "stats\r\n");
+    kr_it_read_until(sub, buf, sizeof(buf), "END\r\n");
+    cr_assert_not_null(strstr(buf, "STAT subscriptions 2\r\n"), "no empty topic subscribed:\n%s", buf);
+    kr_it_publish(pub, "sp2", "v", 1);
+    char out[256];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(sub, 1, out, sizeof(out), &olen), 1);
+    cr_assert_str_eq(out, "MESSAGE sp2 1\r\nv\r\n");
+    close(sub);
+    close(pub);
+}
+
+Test(proto, unsubscribe_unknown_topics_is_fine_and_queued_messages_stay)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_subscribe(sub, "u");
+    kr_it_publish(pub, "u", "before", 6);
+    /* wait until it is queued server-side: stats queued_messages */
+    for (int i = 0; i < 500; i++) {
+        kr_it_sends(pub, "stats\r\n");
+        kr_it_read_until(pub, buf, sizeof(buf), "END\r\n");
+        if (strstr(buf, "STAT queued_messages 1\r\n"))
+            break;
+        kr_it_sleep_ms(5);
+    }
+    kr_it_sends(sub, "set unsubscribe 0 0 9\r\nu unknown\r\n");
+    kr_it_expect(sub, "STORED\r\n");
+    kr_it_publish(pub, "u", "after", 5);
+    kr_it_sleep_ms(50);
+    kr_it_get(sub, buf, sizeof(buf));
+    cr_assert_str_eq(buf, "VALUE messages 0 19\r\nMESSAGE u 6\r\nbefore\r\nEND\r\n");
+    close(sub);
+    close(pub);
+}
+
+/* ------------------------------------------------------------------ errors */
+
+static void expect_error_and_close(const char *request, size_t len, const char *reply)
+{
+    int fd = kr_it_connect(srv.port);
+    kr_it_send(fd, request, len);
+    kr_it_expect(fd, reply);
+    kr_it_expect_closed(fd);
+    close(fd);
+    /* the server is fine for everybody else */
+    fd = kr_it_connect(srv.port);
+    kr_it_sends(fd, "version\r\n");
+    kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
+    cr_assert(strncmp(buf, "VERSION", 7) == 0);
+    close(fd);
+}
+#define EXPECT_ERROR(req, reply) expect_error_and_close(req, sizeof(req) - 1, reply)
+
+Test(errors, unknown_command) { EXPECT_ERROR("flush_all\r\n", "ERROR\r\n"); }
+Test(errors, unknown_get_key) { EXPECT_ERROR("get foo\r\n", "ERROR\r\n"); }
+Test(errors, unknown_set_key_after_block) { EXPECT_ERROR("set foo 0 0 3\r\nabc\r\n", "ERROR\r\n"); }
+Test(errors, set_wrong_field_count)
+{
+    EXPECT_ERROR("set subscribe 0 0\r\n", "CLIENT_ERROR bad command line format\r\n");
+}
+Test(errors, set_bytes_not_numeric)
+{
+    EXPECT_ERROR("set subscribe 0 0 x1\r\n", "CLIENT_ERROR bad command line format\r\n");
+}
+Test(errors, set_bytes_signed)
+{
+    EXPECT_ERROR("set subscribe 0 0 -1\r\n", "CLIENT_ERROR bad command line format\r\n");
+}
+Test(errors, set_bytes_overflow_64_bits)
+{
+    EXPECT_ERROR("set subscribe 0 0 99999999999999999999999\r\n", "CLIENT_ERROR bad command line format\r\n");
+}
+Test(errors, data_block_without_crlf)
+{
+    EXPECT_ERROR("set subscribe 0 0 1\r\nabc\r\n", "CLIENT_ERROR bad data chunk\r\n");
+}
+Test(errors, bad_topic_bytes)
+{
+    EXPECT_ERROR("set subscribe 0 0 3\r\na\rb\r\n", "CLIENT_ERROR bad topic\r\n");
+}
+Test(errors, line_too_long)
+{
+    char *req = malloc(9000);
+    memset(req, 'a', 9000);
+    expect_error_and_close(req, 9000, "CLIENT_ERROR line too long\r\n");
+    free(req);
+}
+Test(errors, request_too_large_without_reading_block)
+{
+    EXPECT_ERROR("set publish 0 0 999999999\r\n", "SERVER_ERROR object too large\r\n");
+}
+
+Test(proto, bad_publish_block_publishes_nothing)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_subscribe(sub, "bp");
+    /* first entry valid, second malformed: neither may be published */
+    const char block[] = "MESSAGE bp 1\r\nA\r\nMESSAGE bp 9\r\nB\r\n";
+    char line[64];
+    snprintf(line, sizeof(line), "set publish 0 0 %zu\r\n", sizeof(block) - 1);
+    kr_it_sends(pub, line);
+    kr_it_send(pub, block, sizeof(block) - 1);
+    kr_it_sends(pub, "\r\n");
+    kr_it_expect(pub, "CLIENT_ERROR bad publish block\r\n");
+    kr_it_expect_closed(pub);
+    close(pub);
+    pub = kr_it_connect(srv.port);
+    kr_it_publish(pub, "bp", "ok", 2); /* a marker behind it */
+    char out[256];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(sub, 1, out, sizeof(out), &olen), 1);
+    cr_assert_str_eq(out, "MESSAGE bp 2\r\nok\r\n");
+    close(sub);
+    close(pub);
+}
+
+/* ------------------------------------------------------------------ limits */
+
+Test(limits, message_too_large)
+{
+    const char *args[] = {"--max_message_bytes", "4", "--num_net_threads", "1", NULL};
+    kr_it_start(&srv, args);
+    int fd = kr_it_connect(srv.port);
+    kr_it_sends(fd, "set publish 0 0 18\r\nMESSAGE a 5\r\n12345\r\n\r\n");
+    kr_it_expect(fd, "SERVER_ERROR object too large\r\n");
+    kr_it_expect_closed(fd);
+    close(fd);
+    kr_it_stop(&srv);
+}
+
+Test(limits, topic_too_long)
+{
+    const char *args[] = {"--max_topic_bytes", "3", NULL};
+    kr_it_start(&srv, args);
+    int fd = kr_it_connect(srv.port);
+    kr_it_sends(fd, "set subscribe 0 0 8\r\nabc abcd\r\n");
+    kr_it_expect(fd, "CLIENT_ERROR bad topic\r\n");
+    kr_it_expect_closed(fd);
+    close(fd);
+    kr_it_stop(&srv);
+}
+
+Test(limits, too_many_clients)
+{
+    const char *args[] = {"--max_tcp_clients", "2", NULL};
+    kr_it_start(&srv, args);
+    int a = kr_it_connect(srv.port), b = kr_it_connect(srv.port);
+    kr_it_sends(a, "version\r\n");
+    kr_it_read_until(a, buf, sizeof(buf), "\r\n");
+    kr_it_sends(b, "version\r\n");
+    kr_it_read_until(b, buf, sizeof(buf), "\r\n");
+    int c = kr_it_connect(srv.port);
+    kr_it_expect(c, "SERVER_ERROR Too many clients\r\n");
+    kr_it_expect_closed(c);
+    close(c);
+    close(b);
+    /* a slot frees up: a new client gets in (bounded retries while the close lands) */
+    int ok = 0;
+    for (int i = 0; i < 100 && !ok; i++) {
+        int d = kr_it_connect(srv.port);
+        kr_it_sends(d, "version\r\n");
+        kr_it_read_until(d, buf, sizeof(buf), "\r\n");
+        ok = strncmp(buf, "VERSION", 7) == 0;
+        close(d);
+        if (!ok)
+            kr_it_sleep_ms(10);
+    }
+    cr_assert(ok);
+    kr_it_sends(a, "stats\r\n");
+    kr_it_read_until(a, buf, sizeof(buf), "END\r\n");
+    cr_assert_null(strstr(buf, "STAT rejected_connections 0\r\n"));
+    close(a);
+    kr_it_stop(&srv);
+}
+
+Test(limits, queue_overflow_is_reported_then_closed)
+{
+    const char *args[] = {"--max_queued_messages", "3", NULL};
+    kr_it_start(&srv, args);
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port), other = kr_it_connect(srv.port);
+    kr_it_subscribe(sub, "o");
+    kr_it_subscribe(other, "o");
+    for (int i = 0; i < 5; i++)
+        kr_it_publish(pub, "o", "m", 1);
+    cr_assert(kr_it_wait_log(&srv, "queue overflow"), "overflow must be logged");
+    kr_it_get(sub, buf, sizeof(buf));
+    cr_assert_str_eq(buf, "SERVER_ERROR queue overflow\r\n");
+    kr_it_expect_closed(sub);
+    close(sub);
+    kr_it_sends(pub, "stats\r\n");
+    kr_it_read_until(pub, buf, sizeof(buf), "END\r\n");
+    cr_assert_not_null(strstr(buf, "STAT queue_overflows "), "%s", buf);
+    cr_assert_null(strstr(buf, "STAT queue_overflows 0\r\n"), "%s", buf);
+    close(other);
+    close(pub);
+    kr_it_stop(&srv);
+}
+
+Test(limits, idle_clients_are_closed)
+{
+    const char *args[] = {"--client_idle_timeout_ms", "200", NULL};
+    kr_it_start(&srv, args);
+    int fd = kr_it_connect(srv.port);
+    kr_it_expect_closed(fd); /* the read timeout (10 s) bounds the wait */
+    close(fd);
+    kr_it_stop(&srv);
+}
+
+/* ------------------------------------------------------------------ concurrency */
+
+#define NPUB 4
+#define NSUB 6
+#define NMSG 500
+
+struct pub_arg {
+    uint16_t port;
+    int id;
+};
+
+static void *publisher(void *p)
+{
+    struct pub_arg *a = p;
+    int fd = kr_it_connect(a->port);
+    for (int i = 0; i < NMSG; i++) {
+        char payload[32], topics[32];
+        int n = snprintf(payload, sizeof(payload), "%d:%d", a->id, i);
+        /* every message goes to two topics that may live on different shards */
+        snprintf(topics, sizeof(topics), "c%d c%d", i % 3, 3 + (i % 2));
+        kr_it_publish(fd, topics, payload, (size_t)n);
+    }
+    close(fd);
+    return NULL;
+}
+
+Test(concurrency, many_publishers_and_subscribers_exactly_once_in_order)
+{
+    const char *args[] = {"--num_router_shards", "3", "--num_net_threads", "2", NULL};
+    kr_it_start(&srv, args);
+    int subs[NSUB];
+    for (int s = 0; s < NSUB; s++) {
+        subs[s] = kr_it_connect(srv.port);
+        kr_it_subscribe(subs[s], "c0 c1 c2 c3 c4");
+    }
+    pthread_t th[NPUB];
+    struct pub_arg pa[NPUB];
+    for (int p = 0; p < NPUB; p++) {
+        pa[p].port = srv.port;
+        pa[p].id = p;
+        pthread_create(&th[p], NULL, publisher, &pa[p]);
+    }
+    size_t cap = 1 << 21;
+    char *out = malloc(cap);
+    for (int s = 0; s < NSUB; s++) {
+        size_t olen;
+        size_t n = kr_it_collect(subs[s], NPUB * NMSG, out, cap, &olen);
+        cr_assert_eq(n, NPUB * NMSG, "subscriber %d got %zu of %d", s, n, NPUB * NMSG);
+        int next[NPUB] = {0};
+        char *p = out, *end = out + olen;
+        while (p < end) {
+            int pid, seq, t1, t2;
+            size_t plen;
+            cr_assert_eq(sscanf(p, "MESSAGE c%d c%d %zu\r\n", &t1, &t2, &plen), 3,
+                         "entry must list both topics: %.40s", p);
+            char *body = strstr(p, "\r\n") + 2;
+            cr_assert_eq(sscanf(body, "%d:%d", &pid, &seq), 2);
+            cr_assert_eq(seq, next[pid], "publisher %d: got %d want %d (loss, duplicate or reorder)",
+                         pid, seq, next[pid]);
+            cr_assert_eq(t1, seq % 3);
+            cr_assert_eq(t2, 3 + seq % 2);
+            next[pid]++;
+            p = body + plen + 2;
+        }
+        for (int k = 0; k < NPUB; k++)
+            cr_assert_eq(next[k], NMSG);
+        kr_it_get(subs[s], out, cap);
+        cr_assert_str_eq(out, "END\r\n", "nothing extra");
+    }
+    for (int p = 0; p < NPUB; p++)
+        pthread_join(th[p], NULL);
+    free(out);
+    for (int s = 0; s < NSUB; s++)
+        close(subs[s]);
+    kr_it_stop(&srv);
+}
+
+Test(logging, fanout_and_topic_count_warnings)
+{
+    const char *args[] = {"--router_min_fanout_to_warn", "2", "--router_min_publish_to_topics_to_warn", "3", NULL};
+    kr_it_start(&srv, args);
+    int a = kr_it_connect(srv.port), b = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_subscribe(a, "fan");
+    kr_it_subscribe(b, "fan");
+    kr_it_publish(pub, "fan", "x", 1);
+    cr_assert(kr_it_wait_log(&srv, "fanned out to 2 clients"), "fanout warning expected");
+    cr_assert(kr_it_log_contains(&srv, "127.0.0.1:"), "warning names the publisher's address");
+    kr_it_publish(pub, "k1 k2 k3", "y", 1);
+    cr_assert(kr_it_wait_log(&srv, "publish to 3 topics"), "topic-count warning expected");
+    close(a);
+    close(b);
+    close(pub);
+    kr_it_stop(&srv);
+}
