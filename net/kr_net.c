@@ -39,6 +39,13 @@ struct kr_parked {
 
 enum kr_wait { KR_WAIT_NONE = 0, KR_WAIT_SENT, KR_WAIT_ACKS };
 
+/* A delivery held back while a retroactive subscription completes. */
+struct kr_staged {
+    struct kr_cq_entry e;
+    bool replay;
+    uint32_t order; /* arrival order, for a stable sort */
+};
+
 /* A multi-shard message still being completed, and the queue position of its entry. */
 struct kr_incomplete {
     struct kr_msg *msg;
@@ -74,6 +81,13 @@ struct kr_conn {
     uint32_t acks_left;
     enum kr_wait wait;
     bool wait_noreply;
+    /* retroactive subscriptions */
+    uint64_t horizon_us;      /* set by `register`, used by the next subscribe (0 = none) */
+    bool retro_active;        /* a retroactive subscribe is waiting for its shards */
+    bool retro_not_found;     /* some shard's history did not reach back */
+    struct kr_staged *stage;  /* deliveries held while retro_active */
+    uint32_t nstage;
+    uint32_t stage_cap;
     /* state */
     bool closing;
     bool overflowed;
@@ -111,6 +125,10 @@ struct kr_nt_stats {
     uint64_t publish_requests;
     uint64_t publish_topic_warnings;
     uint64_t fanout_warnings;
+    uint64_t register_requests;
+    uint64_t retro_requests;
+    uint64_t retro_not_found;
+    uint64_t messages_replayed;
 };
 
 struct kr_nt {
@@ -137,7 +155,6 @@ struct kr_nt {
     const char **topics;
     uint32_t *topic_lens;
     uint32_t topics_cap;
-    uint64_t last_time_us;
     struct kr_log_ratelimit rl_errors;
     struct kr_log_ratelimit rl_overflow;
     struct kr_log_ratelimit rl_fanout;
@@ -322,6 +339,7 @@ static void kr_conn_closed_cb(uv_handle_t *h)
     free(c->wbuf);
     free(c->inc);
     free(c->parked);
+    free(c->stage);
     free(c);
 }
 
@@ -337,8 +355,20 @@ static void kr_conn_release_parked(struct kr_conn *c)
     c->nparked = 0;
 }
 
+static void kr_entry_release(struct kr_cq_entry *e)
+{
+    if (kr_msg_ntopics(e->msg) > 64)
+        free(e->bits);
+    if (e->pend)
+        kr_pend_unref(e->pend);
+    kr_msg_unref(e->msg);
+}
+
 static void kr_conn_queue_clear(struct kr_conn *c)
 {
+    for (uint32_t i = 0; i < c->nstage; i++)
+        kr_entry_release(&c->stage[i].e);
+    c->nstage = 0;
     KR_ST_DEC(c->nt, queued_messages, c->q.count);
     KR_ST_DEC(c->nt, queued_bytes, c->q.bytes);
     c->seq_head += c->q.count;
@@ -486,19 +516,39 @@ static void kr_reply_stored(struct kr_conn *c, bool noreply)
         kr_out_str(c, "STORED\r\n");
 }
 
+/* subscribe, unsubscribe and retro_subscribe: split the topics by owning shard, send one
+ * command to each, and answer once every shard acknowledged. */
 static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, uint16_t type)
 {
     struct kr_nt *nt = c->nt;
     struct kr_server *srv = nt->srv;
-    int n = kr_proto_check_topics(req->data, req->data_len, srv->cfg->max_topic_bytes);
+    const char *data = req->data;
+    size_t data_len = req->data_len;
+    uint64_t horizon = 0;
+    if (type == KR_EV_RETRO_SUBSCRIBE) {
+        int rc = kr_proto_parse_retro(req->data, req->data_len, srv->cfg->max_topic_bytes,
+                                      &horizon, &data, &data_len);
+        if (rc < 0) {
+            kr_conn_fail(c, kr_proto_error_reply(rc));
+            return;
+        }
+        KR_ST_INC(nt, retro_requests, 1);
+    } else if (type == KR_EV_SUBSCRIBE && c->horizon_us) {
+        /* the first subscribe after `register` is retroactive */
+        type = KR_EV_RETRO_SUBSCRIBE;
+        horizon = c->horizon_us;
+        c->horizon_us = 0;
+        KR_ST_INC(nt, retro_requests, 1);
+    }
+    int n = kr_proto_check_topics(data, data_len, srv->cfg->max_topic_bytes);
     if (n < 0) {
         kr_conn_fail(c, kr_proto_error_reply(n));
         return;
     }
-    if (type == KR_EV_SUBSCRIBE)
-        KR_ST_INC(nt, subscribe_requests, 1);
-    else
+    if (type == KR_EV_UNSUBSCRIBE)
         KR_ST_INC(nt, unsubscribe_requests, 1);
+    else
+        KR_ST_INC(nt, subscribe_requests, 1);
     if (n == 0) {
         kr_reply_stored(c, req->noreply);
         return;
@@ -507,10 +557,12 @@ static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, ui
     struct kr_router_cmd *cmds[64] = {0}; /* num_router_shards is at most 64 */
     size_t pos = 0, len;
     const char *t;
-    while (kr_proto_next_topic(req->data, req->data_len, &pos, &t, &len)) {
+    while (kr_proto_next_topic(data, data_len, &pos, &t, &len)) {
         uint32_t s = kr_router_shard_of(srv->router, t, len);
-        if (!cmds[s])
-            cmds[s] = kr_router_cmd_new((uint32_t)(req->data_len / nshards + 64));
+        if (!cmds[s]) {
+            cmds[s] = kr_router_cmd_new((uint32_t)(data_len / nshards + 64));
+            cmds[s]->horizon_us = horizon;
+        }
         cmds[s] = kr_router_cmd_add(cmds[s], t, (uint32_t)len);
     }
     c->acks_left = 0;
@@ -521,22 +573,14 @@ static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, ui
         kr_conn_send(c, s, &ev);
         c->acks_left++;
     }
-    if (type == KR_EV_SUBSCRIBE)
+    if (type != KR_EV_UNSUBSCRIBE)
         c->subscribed = true;
+    if (type == KR_EV_RETRO_SUBSCRIBE) {
+        c->retro_active = true;
+        c->retro_not_found = false;
+    }
     c->wait = KR_WAIT_ACKS;
     c->wait_noreply = req->noreply;
-}
-
-/* Current time in microseconds since the epoch, never going backwards on this thread. */
-static uint64_t kr_nt_now_us(struct kr_nt *nt)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-    if (us <= nt->last_time_us)
-        us = nt->last_time_us + 1;
-    nt->last_time_us = us;
-    return us;
 }
 
 struct kr_pub_ctx {
@@ -647,7 +691,7 @@ static void kr_req_publish(struct kr_conn *c, const struct kr_request *req)
         kr_conn_fail(c, kr_proto_error_reply(rc));
         return;
     }
-    struct kr_pub_ctx ctx = {.c = c, .now_us = kr_nt_now_us(nt)};
+    struct kr_pub_ctx ctx = {.c = c, .now_us = kr_msg_clock_us()};
     rc = kr_proto_parse_publish(req->data, req->data_len, &nt->srv->lim, kr_pub_entry, &ctx, &nentries);
     if (rc < 0) { /* cannot happen: validated above */
         kr_conn_fail(c, kr_proto_error_reply(rc));
@@ -806,6 +850,12 @@ static void kr_req_stats(struct kr_conn *c)
     S("shard_overflow_events", "%llu", (unsigned long long)rs.overflow_events);
     S("fanout_warnings", "%llu", (unsigned long long)rs.fanout_warnings);
     S("publish_topic_warnings", "%llu", (unsigned long long)sum.publish_topic_warnings);
+    S("register_requests", "%llu", (unsigned long long)sum.register_requests);
+    S("retro_requests", "%llu", (unsigned long long)sum.retro_requests);
+    S("retro_not_found", "%llu", (unsigned long long)sum.retro_not_found);
+    S("messages_replayed", "%llu", (unsigned long long)sum.messages_replayed);
+    S("history_messages", "%llu", (unsigned long long)rs.history_messages);
+    S("history_bytes", "%llu", (unsigned long long)rs.history_bytes);
     S("protocol_errors", "%llu", (unsigned long long)sum.protocol_errors);
     S("idle_timeouts", "%llu", (unsigned long long)sum.idle_timeouts);
 #undef S
@@ -835,9 +885,14 @@ static void kr_conn_request(struct kr_conn *c, const struct kr_request *req)
         kr_req_publish(c, req);
         break;
     case KR_REQ_REGISTER:
+        KR_ST_INC(nt, cmd_set, 1);
+        KR_ST_INC(nt, register_requests, 1);
+        c->horizon_us = kr_msg_clock_us();
+        kr_reply_stored(c, req->noreply);
+        break;
     case KR_REQ_RETRO_SUBSCRIBE:
         KR_ST_INC(nt, cmd_set, 1);
-        kr_conn_fail(c, "ERROR\r\n");
+        kr_req_subscribe(c, req, KR_EV_RETRO_SUBSCRIBE);
         break;
     case KR_REQ_GET_MESSAGES:
         kr_req_get_messages(c);
@@ -870,7 +925,13 @@ static bool kr_conn_wait_done(struct kr_conn *c)
     case KR_WAIT_ACKS:
         if (c->acks_left)
             return false;
-        kr_reply_stored(c, c->wait_noreply);
+        if (c->retro_not_found) {
+            c->retro_not_found = false;
+            if (!c->wait_noreply)
+                kr_out_str(c, "NOT_FOUND\r\n");
+        } else {
+            kr_reply_stored(c, c->wait_noreply);
+        }
         c->wait = KR_WAIT_NONE;
         return true;
     }
@@ -990,82 +1051,206 @@ static void kr_release_delivery(struct kr_event *ev)
     kr_msg_unref(ev->ptr);
 }
 
-static void kr_nt_deliver(struct kr_nt *nt, struct kr_event *ev)
+/* OR the matched topics of `from` into `into` (same message); frees from's bitmap. */
+static void kr_entry_merge(struct kr_cq_entry *into, const struct kr_cq_entry *from)
 {
-    struct kr_msg *m = ev->ptr;
-    struct kr_conn *c = kr_nt_conn(nt, ev->conn);
-    struct kr_pend *pend = NULL;
-    uint32_t ntop = kr_msg_ntopics(m);
-    if (kr_msg_nshards(m) > 1) {
-        void **slot = kr_msg_slot(m, nt->idx);
-        if (!*slot) {
-            struct kr_pend *p = calloc(1, sizeof(*p));
-            if (!p)
-                abort();
-            p->expected = kr_msg_nshards(m);
-            p->refs = 1; /* the message slot's */
-            *slot = p;
-        }
-        pend = *slot;
+    uint32_t ntop = kr_msg_ntopics(into->msg);
+    if (ntop <= 64) {
+        into->mask |= from->mask;
+    } else {
+        for (uint32_t w = 0; w < (ntop + 63) / 64; w++)
+            into->bits[w] |= from->bits[w];
+        free(from->bits);
     }
-    if (!c || c->overflowed) {
-        kr_release_delivery(ev);
-        return;
+}
+
+/* The completion record of a multi-shard message on this net thread; created on the first
+ * live delivery or END (each shard sends its deliveries before its END). */
+static struct kr_pend *kr_nt_pend(struct kr_nt *nt, struct kr_msg *m, bool create)
+{
+    void **slot = kr_msg_slot(m, nt->idx);
+    if (!*slot && create) {
+        struct kr_pend *p = calloc(1, sizeof(*p));
+        if (!p)
+            abort();
+        p->expected = kr_msg_nshards(m);
+        p->refs = 1; /* the message slot's */
+        *slot = p;
     }
-    if (pend) {
-        /* merge with the entry another shard already queued for this message */
-        uint32_t keep = 0;
-        struct kr_cq_entry *found = NULL;
-        for (uint32_t i = 0; i < c->ninc; i++) {
-            struct kr_incomplete *inc = &c->inc[i];
-            if (inc->seq < c->seq_head)
-                continue; /* already handed to the client */
-            struct kr_cq_entry *e = kr_cq_at(&c->q, (uint32_t)(inc->seq - c->seq_head));
-            if (inc->msg == m)
-                found = e;
-            if (e->pend && e->pend->arrived < e->pend->expected)
-                c->inc[keep++] = *inc;
-        }
-        c->ninc = keep;
-        if (found) {
-            uint32_t before = found->reply_bytes;
-            if (ntop <= 64) {
-                found->mask |= ev->mask;
-            } else {
-                uint64_t *bits = (uint64_t *)(uintptr_t)ev->mask;
-                for (uint32_t w = 0; w < (ntop + 63) / 64; w++)
-                    found->bits[w] |= bits[w];
-            }
-            found->reply_bytes = kr_entry_bytes(found);
-            c->q.bytes += found->reply_bytes - before;
-            KR_ST_INC(nt, queued_bytes, found->reply_bytes - before);
-            kr_release_delivery(ev);
-            return;
-        }
-    }
-    struct kr_cq_entry e = {.msg = m, .pend = pend};
-    e.mask = ev->mask; /* or the bitmap pointer, taken over */
-    e.reply_bytes = kr_entry_bytes(&e);
+    return *slot;
+}
+
+/* Queue an entry for a client (takes over its references), enforcing the limits.
+ * An entry of a multi-shard message that is not complete yet is remembered so the other
+ * shards' parts merge into it. */
+static void kr_conn_enqueue(struct kr_conn *c, struct kr_cq_entry *e)
+{
+    struct kr_nt *nt = c->nt;
     const struct kr_cfg *cfg = nt->srv->cfg;
-    if (c->q.count + 1 > cfg->max_queued_messages || c->q.bytes + e.reply_bytes > cfg->max_queued_bytes) {
-        kr_release_delivery(ev);
+    e->reply_bytes = kr_entry_bytes(e);
+    if (c->q.count + 1 > cfg->max_queued_messages || c->q.bytes + e->reply_bytes > cfg->max_queued_bytes) {
+        kr_entry_release(e);
         kr_conn_overflow(c);
         return;
     }
-    if (pend) {
-        pend->refs++;
+    if (e->pend) {
         if (c->ninc == c->inc_cap) {
             c->inc_cap = c->inc_cap ? c->inc_cap * 2 : 4;
             c->inc = kr_net_xrealloc(c->inc, c->inc_cap * sizeof(*c->inc));
         }
-        c->inc[c->ninc].msg = m;
+        c->inc[c->ninc].msg = e->msg;
         c->inc[c->ninc].seq = c->seq_head + c->q.count;
         c->ninc++;
     }
-    kr_cq_push(&c->q, &e);
+    kr_cq_push(&c->q, e);
     KR_ST_INC(nt, queued_messages, 1);
-    KR_ST_INC(nt, queued_bytes, e.reply_bytes);
+    KR_ST_INC(nt, queued_bytes, e->reply_bytes);
     KR_ST_INC(nt, deliveries_queued, 1);
+}
+
+/* The queued, still incomplete entry of multi-shard message m, if any. Drops the records
+ * of entries that completed or were handed out meanwhile. */
+static struct kr_cq_entry *kr_conn_find_incomplete(struct kr_conn *c, struct kr_msg *m)
+{
+    uint32_t keep = 0;
+    struct kr_cq_entry *found = NULL;
+    for (uint32_t i = 0; i < c->ninc; i++) {
+        struct kr_incomplete *inc = &c->inc[i];
+        if (inc->seq < c->seq_head)
+            continue; /* already handed to the client */
+        struct kr_cq_entry *e = kr_cq_at(&c->q, (uint32_t)(inc->seq - c->seq_head));
+        if (!e->pend || e->pend->arrived >= e->pend->expected)
+            continue;
+        if (inc->msg == m)
+            found = e;
+        c->inc[keep++] = *inc;
+    }
+    c->ninc = keep;
+    return found;
+}
+
+static void kr_conn_stage(struct kr_conn *c, const struct kr_cq_entry *e, bool replay)
+{
+    if (c->nstage == c->stage_cap) {
+        c->stage_cap = c->stage_cap ? c->stage_cap * 2 : 16;
+        c->stage = kr_net_xrealloc(c->stage, c->stage_cap * sizeof(*c->stage));
+    }
+    c->stage[c->nstage].e = *e;
+    c->stage[c->nstage].replay = replay;
+    c->stage[c->nstage].order = c->nstage;
+    c->nstage++;
+}
+
+/* A live delivery (DELIVER) or a replayed one (REPLAY) for one client. */
+static void kr_nt_deliver(struct kr_nt *nt, struct kr_event *ev, bool replay)
+{
+    struct kr_msg *m = ev->ptr;
+    struct kr_conn *c = kr_nt_conn(nt, ev->conn);
+    struct kr_pend *pend = NULL;
+    if (!replay && kr_msg_nshards(m) > 1)
+        pend = kr_nt_pend(nt, m, true);
+    if (!c || c->overflowed) {
+        kr_release_delivery(ev);
+        return;
+    }
+    struct kr_cq_entry e = {.msg = m, .pend = pend};
+    e.mask = ev->mask; /* or the bitmap pointer, taken over */
+    if (pend)
+        pend->refs++;
+    if (c->retro_active) {
+        kr_conn_stage(c, &e, replay);
+        return;
+    }
+    if (pend) {
+        struct kr_cq_entry *found = kr_conn_find_incomplete(c, m);
+        if (found) {
+            uint32_t before = found->reply_bytes;
+            kr_entry_merge(found, &e);
+            kr_pend_unref(pend);
+            kr_msg_unref(m);
+            found->reply_bytes = kr_entry_bytes(found);
+            c->q.bytes += found->reply_bytes - before;
+            KR_ST_INC(nt, queued_bytes, found->reply_bytes - before);
+            return;
+        }
+    }
+    kr_conn_enqueue(c, &e);
+}
+
+static int kr_staged_cmp(const void *a, const void *b)
+{
+    const struct kr_staged *x = a, *y = b;
+    if (x->replay != y->replay)
+        return x->replay ? -1 : 1; /* replayed history first, then what arrived live */
+    if (x->replay) {
+        uint64_t tx = kr_msg_time_us(x->e.msg), ty = kr_msg_time_us(y->e.msg);
+        if (tx != ty)
+            return tx < ty ? -1 : 1; /* oldest first */
+    }
+    return x->order < y->order ? -1 : x->order > y->order;
+}
+
+/* Every shard answered a retroactive subscribe: queue the replayed messages oldest first,
+ * each once (parts from several shards merged, and merged with live deliveries of the same
+ * message), then the live deliveries that arrived meanwhile. */
+static void kr_conn_retro_done(struct kr_conn *c)
+{
+    struct kr_nt *nt = c->nt;
+    c->retro_active = false;
+    if (c->nstage == 0)
+        return;
+    qsort(c->stage, c->nstage, sizeof(*c->stage), kr_staged_cmp);
+    /* message -> position in the output, open addressing on the pointer */
+    uint32_t cap = 16;
+    while (cap < c->nstage * 2)
+        cap <<= 1;
+    uint32_t *map = malloc(cap * sizeof(*map));
+    if (!map)
+        abort();
+    memset(map, 0xff, cap * sizeof(*map));
+    uint32_t nout = 0;
+    for (uint32_t i = 0; i < c->nstage; i++) {
+        struct kr_staged *st = &c->stage[i];
+        if (st->replay && c->retro_not_found) {
+            kr_entry_release(&st->e);
+            continue;
+        }
+        uint32_t h = (uint32_t)XXH3_64bits(&st->e.msg, sizeof(st->e.msg)) & (cap - 1);
+        while (map[h] != UINT32_MAX && c->stage[map[h]].e.msg != st->e.msg)
+            h = (h + 1) & (cap - 1);
+        if (map[h] == UINT32_MAX) {
+            c->stage[nout] = *st; /* compact in place: nout <= i */
+            map[h] = nout++;
+            continue;
+        }
+        struct kr_cq_entry *into = &c->stage[map[h]].e;
+        kr_entry_merge(into, &st->e);
+        if (st->e.pend && !into->pend)
+            into->pend = st->e.pend;
+        else if (st->e.pend)
+            kr_pend_unref(st->e.pend);
+        kr_msg_unref(st->e.msg);
+    }
+    free(map);
+    c->nstage = 0;
+    for (uint32_t i = 0; i < nout; i++) {
+        struct kr_cq_entry *e = &c->stage[i].e;
+        if (c->overflowed) { /* the queue was discarded: so is the rest */
+            kr_entry_release(e);
+            continue;
+        }
+        if (c->stage[i].replay)
+            KR_ST_INC(nt, messages_replayed, 1);
+        if (!e->pend && kr_msg_nshards(e->msg) > 1) {
+            /* shards still working on this message may deliver it live: join its record */
+            struct kr_pend *p = kr_nt_pend(nt, e->msg, false);
+            if (p) {
+                p->refs++;
+                e->pend = p;
+            }
+        }
+        kr_conn_enqueue(c, e);
+    }
 }
 
 static void kr_nt_fanout_warn(struct kr_nt *nt, struct kr_msg *m, uint32_t fanout)
@@ -1090,27 +1275,21 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
 {
     switch (ev->type) {
     case KR_EV_DELIVER:
-        kr_nt_deliver(nt, ev);
+        kr_nt_deliver(nt, ev, false);
+        break;
+    case KR_EV_REPLAY:
+        kr_nt_deliver(nt, ev, true);
         break;
     case KR_EV_END: {
         struct kr_msg *m = ev->ptr;
-        void **slot = kr_msg_slot(m, nt->idx);
-        if (!*slot) {
-            struct kr_pend *p = calloc(1, sizeof(*p));
-            if (!p)
-                abort();
-            p->expected = kr_msg_nshards(m);
-            p->refs = 1;
-            *slot = p;
-        }
-        struct kr_pend *p = *slot;
+        struct kr_pend *p = kr_nt_pend(nt, m, true);
         p->arrived++;
         p->fanout += ev->aux;
         if (p->arrived == p->expected) {
             uint32_t warn = nt->srv->cfg->router_min_fanout_to_warn;
             if (warn && p->fanout >= warn && KR_CONN_NET(kr_msg_publisher(m)) == nt->idx)
                 kr_nt_fanout_warn(nt, m, p->fanout);
-            *slot = NULL;
+            *kr_msg_slot(m, nt->idx) = NULL;
             kr_pend_unref(p);
         }
         kr_msg_unref(m);
@@ -1124,9 +1303,17 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
         free(ev->ptr);
         struct kr_conn *c = kr_nt_conn(nt, ev->conn);
         if (c && c->acks_left) {
+            if (ev->aux == KR_EV_RETRO_SUBSCRIBE && ev->mask)
+                c->retro_not_found = true;
             c->acks_left--;
-            if (c->acks_left == 0)
+            if (c->acks_left == 0) {
+                if (c->retro_active) {
+                    if (c->retro_not_found)
+                        KR_ST_INC(nt, retro_not_found, 1);
+                    kr_conn_retro_done(c);
+                }
                 kr_conn_block(c); /* resumed after this loop iteration */
+            }
         }
         break;
     }
@@ -1415,6 +1602,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         .nnet = s->nnet,
         .mailbox_capacity = 8192,
         .fanout_warn = cfg->router_min_fanout_to_warn,
+        .history = cfg->messages_stored_per_router_shard,
         .pin_cpus = true,
         .wake_net = kr_server_wake_net,
         .wake_arg = s,

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #if defined(__SANITIZE_THREAD__)
@@ -141,6 +142,21 @@ const char *kr_msg_payload(const struct kr_msg *m, uint32_t *len)
 void **kr_msg_slot(struct kr_msg *m, uint32_t i)
 {
     return &kr_msg_slots(m)[i];
+}
+
+static uint64_t kr_msg_clock_last;
+
+uint64_t kr_msg_clock_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    uint64_t last = ck_pr_load_64(&kr_msg_clock_last);
+    for (;;) {
+        uint64_t next = now > last ? now : last + 1;
+        if (ck_pr_cas_64_value(&kr_msg_clock_last, last, next, &last))
+            return next;
+    }
 }
 
 /* ---------------------------------------------------------------- mailboxes */

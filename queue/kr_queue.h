@@ -47,6 +47,11 @@ uint32_t kr_msg_nshards(const struct kr_msg *m);
 /* Slot `i` (< nslots) of the per-thread bookkeeping array: only thread `i` touches it. */
 void **kr_msg_slot(struct kr_msg *m, uint32_t i);
 
+/* Publish clock: microseconds since the Unix epoch, strictly increasing across the whole
+ * process (one atomic per call), so "published after this horizon" is exact between threads.
+ * Any thread. */
+uint64_t kr_msg_clock_us(void);
+
 /* ---------------------------------------------------------------- mailboxes */
 
 /* One event between a net thread and a shard. 32 bytes, copied by value. */

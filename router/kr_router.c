@@ -25,6 +25,18 @@ struct kr_fifo {
     uint32_t cap;
 };
 
+/* The most recent messages that touched a shard, oldest first, for retroactive
+ * subscriptions. Each holds a reference to the shared message buffer (no copies). */
+struct kr_history {
+    struct kr_msg **msgs;
+    uint32_t cap;
+    uint32_t head;
+    uint32_t count;
+    uint64_t bytes;
+    uint64_t evicted_max_us; /* newest publish time ever evicted */
+    uint64_t start_us;       /* nothing before this was seen */
+};
+
 struct kr_shard {
     struct kr_router *r;
     uint32_t idx;
@@ -40,11 +52,16 @@ struct kr_shard {
     struct kr_sconn **touched;
     uint32_t ntouched;
     uint32_t touched_cap;
+    uint64_t retro_stamp;
+    struct kr_history hist;
     /* statistics: written by the shard only */
     uint64_t routed;
     uint64_t deliveries;
     uint64_t overflow_events;
     uint64_t fanout_warnings;
+    uint64_t hist_count;
+    uint64_t hist_bytes;
+    uint64_t retro_not_found;
 } __attribute__((aligned(64)));
 
 struct kr_router {
@@ -75,6 +92,7 @@ struct kr_router_cmd *kr_router_cmd_new(uint32_t cap_hint)
     c->used = 0;
     c->cap = cap_hint;
     c->pad = 0;
+    c->horizon_us = 0;
     return c;
 }
 
@@ -158,6 +176,88 @@ static uint32_t kr_shard_flush_fifos(struct kr_shard *sh)
     return left;
 }
 
+static void kr_history_add(struct kr_shard *sh, struct kr_msg *m)
+{
+    struct kr_history *h = &sh->hist;
+    if (h->cap == 0) {
+        kr_msg_unref(m);
+        return;
+    }
+    if (h->count == h->cap) {
+        struct kr_msg *old = h->msgs[h->head];
+        uint64_t t = kr_msg_time_us(old);
+        if (t > h->evicted_max_us)
+            h->evicted_max_us = t;
+        h->bytes -= kr_msg_size(old);
+        kr_msg_unref(old);
+        h->msgs[h->head] = m;
+        h->head = (h->head + 1) % h->cap;
+    } else {
+        h->msgs[(h->head + h->count) % h->cap] = m;
+        h->count++;
+    }
+    h->bytes += kr_msg_size(m);
+    ck_pr_store_64(&sh->hist_count, h->count);
+    ck_pr_store_64(&sh->hist_bytes, h->bytes);
+}
+
+/* Subscribe, then replay the history on the requested topics after the horizon: one step
+ * on the owning shard, so a message is either replayed or delivered live, never both. */
+static void kr_shard_retro(struct kr_shard *sh, struct kr_event *ev)
+{
+    struct kr_router *r = sh->r;
+    struct kr_router_cmd *c = ev->ptr;
+    struct kr_history *h = &sh->hist;
+    uint64_t stamp = ++sh->retro_stamp;
+    uint32_t pos = 0, len;
+    const char *t;
+    while (kr_router_cmd_next(c, &pos, &t, &len)) {
+        kr_topics_subscribe(sh->topics, t, len, ev->conn);
+        struct kr_topic *tp = kr_topics_find(sh->topics, t, len);
+        if (tp)
+            *kr_topic_stamp(tp) = stamp;
+    }
+    uint64_t status = 0;
+    if (c->horizon_us < h->start_us || c->horizon_us < h->evicted_max_us) {
+        status = 1;
+        ck_pr_store_64(&sh->retro_not_found, sh->retro_not_found + 1);
+    } else {
+        for (uint32_t k = 0; k < h->count; k++) {
+            struct kr_msg *m = h->msgs[(h->head + k) % h->cap];
+            if (kr_msg_time_us(m) <= c->horizon_us || kr_msg_publisher(m) == ev->conn)
+                continue;
+            uint32_t ntopics = kr_msg_ntopics(m);
+            uint64_t mask = 0;
+            uint64_t *bits = NULL;
+            for (uint32_t i = 0; i < ntopics; i++) {
+                uint32_t tl;
+                const char *tt = kr_msg_topic(m, i, &tl);
+                if (r->o.nshards > 1 && kr_router_shard_of(r, tt, tl) != sh->idx)
+                    continue;
+                struct kr_topic *tp = kr_topics_find(sh->topics, tt, tl);
+                if (!tp || *kr_topic_stamp(tp) != stamp)
+                    continue;
+                if (ntopics <= 64) {
+                    mask |= UINT64_C(1) << i;
+                } else {
+                    if (!bits)
+                        bits = kr_router_xcalloc((ntopics + 63) / 64, 8);
+                    bits[i / 64] |= UINT64_C(1) << (i % 64);
+                }
+            }
+            if (!mask && !bits)
+                continue;
+            kr_msg_ref(m, 1);
+            struct kr_event rep = {.type = KR_EV_REPLAY, .src = (uint16_t)sh->idx, .conn = ev->conn,
+                                   .ptr = m, .mask = bits ? (uint64_t)(uintptr_t)bits : mask};
+            kr_shard_emit(sh, KR_CONN_NET(ev->conn), &rep);
+        }
+    }
+    struct kr_event ack = {.type = KR_EV_ACK, .src = (uint16_t)sh->idx, .aux = ev->type,
+                           .conn = ev->conn, .ptr = c, .mask = status};
+    kr_shard_emit(sh, KR_CONN_NET(ev->conn), &ack);
+}
+
 static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
 {
     struct kr_router *r = sh->r;
@@ -228,7 +328,7 @@ static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
     }
     ck_pr_store_64(&sh->routed, sh->routed + 1);
     ck_pr_store_64(&sh->deliveries, sh->deliveries + fanout);
-    kr_msg_unref(m); /* the reference the PUBLISH event carried */
+    kr_history_add(sh, m); /* takes over the reference the PUBLISH event carried */
 }
 
 static void kr_shard_handle(struct kr_shard *sh, struct kr_event *ev)
@@ -253,6 +353,9 @@ static void kr_shard_handle(struct kr_shard *sh, struct kr_event *ev)
         kr_shard_emit(sh, KR_CONN_NET(ev->conn), &ack);
         break;
     }
+    case KR_EV_RETRO_SUBSCRIBE:
+        kr_shard_retro(sh, ev);
+        break;
     case KR_EV_DISCONNECT:
         kr_topics_drop_conn(sh->topics, ev->conn);
         break;
@@ -356,6 +459,8 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
             abort();
         }
         sh->topics = kr_topics_create();
+        sh->hist.cap = r->o.history;
+        sh->hist.msgs = kr_router_xcalloc(r->o.history ? r->o.history : 1, sizeof(struct kr_msg *));
         sh->in = kr_router_xcalloc(r->o.nnet, sizeof(*sh->in));
         sh->out = kr_router_xcalloc(r->o.nnet, sizeof(*sh->out));
         sh->fifo = kr_router_xcalloc(r->o.nnet, sizeof(*sh->fifo));
@@ -370,6 +475,9 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
 
 int kr_router_start(struct kr_router *r)
 {
+    uint64_t now = kr_msg_clock_us();
+    for (uint32_t s = 0; s < r->o.nshards; s++)
+        r->shards[s].hist.start_us = now;
     for (uint32_t s = 0; s < r->o.nshards; s++) {
         int rc = pthread_create(&r->shards[s].thread, NULL, kr_shard_main, &r->shards[s]);
         if (rc)
@@ -403,12 +511,14 @@ static void kr_router_release_event(struct kr_event *ev)
         kr_msg_unref(ev->ptr);
         break;
     case KR_EV_DELIVER:
+    case KR_EV_REPLAY:
         if (kr_msg_ntopics(ev->ptr) > 64)
             free((void *)(uintptr_t)ev->mask);
         kr_msg_unref(ev->ptr);
         break;
     case KR_EV_SUBSCRIBE:
     case KR_EV_UNSUBSCRIBE:
+    case KR_EV_RETRO_SUBSCRIBE:
     case KR_EV_ACK:
         free(ev->ptr);
         break;
@@ -437,6 +547,9 @@ void kr_router_destroy(struct kr_router *r)
             kr_mailbox_destroy(sh->in[n]);
             kr_mailbox_destroy(sh->out[n]);
         }
+        for (uint32_t k = 0; k < sh->hist.count; k++)
+            kr_msg_unref(sh->hist.msgs[(sh->hist.head + k) % sh->hist.cap]);
+        free(sh->hist.msgs);
         kr_topics_destroy(sh->topics);
         kr_waiter_destroy(&sh->waiter);
         free(sh->in);
@@ -489,5 +602,8 @@ void kr_router_stats(const struct kr_router *r, struct kr_router_stats *out)
         out->deliveries += ck_pr_load_64(&sh->deliveries);
         out->overflow_events += ck_pr_load_64(&sh->overflow_events);
         out->fanout_warnings += ck_pr_load_64(&sh->fanout_warnings);
+        out->history_messages += ck_pr_load_64(&sh->hist_count);
+        out->history_bytes += ck_pr_load_64(&sh->hist_bytes);
+        out->retro_not_found += ck_pr_load_64(&sh->retro_not_found);
     }
 }

@@ -10,6 +10,11 @@
  *                 the shard answers KR_EV_ACK (conn, ptr = the same cmd, to be freed by the
  *                 net thread).
  *                 KR_EV_PUBLISH (ptr = struct kr_msg, one reference handed over).
+ *                 KR_EV_RETRO_SUBSCRIBE (ptr = cmd with horizon_us, conn): subscribe, and in
+ *                 the same step replay every stored message on those topics published
+ *                 strictly after the horizon (KR_EV_REPLAY events, oldest first), then ACK
+ *                 with mask = 0, or mask = 1 (and no replay) when this shard's history no
+ *                 longer reaches back to the horizon.
  *                 KR_EV_DISCONNECT (conn): drop every subscription of the client.
  *   shard -> net  KR_EV_DELIVER (conn, ptr = message with one reference handed over,
  *                 mask = matched-topic bits, or for messages of more than 64 topics a
@@ -17,6 +22,8 @@
  *                 KR_EV_END (ptr = message, one reference; aux = deliveries made by this
  *                 shard): sent to every net thread after a shard finished a message whose
  *                 topics span several shards (kr_msg_nshards() > 1), after its deliveries.
+ *                 KR_EV_REPLAY: like DELIVER, for a retroactive subscription; sent before
+ *                 the ACK of its request.
  *                 KR_EV_FANOUT_WARN (conn = publisher, ptr = message with a reference,
  *                 aux = fanout): the single shard of a message reached the warning threshold;
  *                 the publisher's net thread logs it with the client's address.
@@ -39,6 +46,8 @@ enum kr_router_event {
     KR_EV_DELIVER,
     KR_EV_END,
     KR_EV_FANOUT_WARN,
+    KR_EV_RETRO_SUBSCRIBE,
+    KR_EV_REPLAY,
 };
 
 /* A subscribe/unsubscribe command for one shard: the topics of one request that this shard
@@ -49,6 +58,7 @@ struct kr_router_cmd {
     uint32_t used;  /* bytes used in data */
     uint32_t cap;   /* bytes available in data */
     uint32_t pad;
+    uint64_t horizon_us; /* KR_EV_RETRO_SUBSCRIBE only */
     char data[];    /* repeated: uint32_t len; bytes */
 };
 
@@ -60,6 +70,7 @@ struct kr_router_opts {
     uint32_t nnet;                 /* net threads */
     uint32_t mailbox_capacity;     /* events per ring */
     uint32_t fanout_warn;          /* router_min_fanout_to_warn */
+    uint32_t history;              /* messages_stored_per_router_shard (0 = none) */
     bool pin_cpus;                 /* pin shard i to CPU i % ncpus */
     /* Wake net thread `net` after events were pushed towards it. Called from shard threads;
      * must be async-signal-safe-ish and cheap (uv_async_send). */
@@ -106,6 +117,9 @@ struct kr_router_stats {
     uint64_t deliveries;      /* deliveries made */
     uint64_t overflow_events; /* events parked in shard-local FIFOs because a ring was full */
     uint64_t fanout_warnings;
+    uint64_t history_messages; /* messages held for retroactive subscriptions */
+    uint64_t history_bytes;    /* bytes of the message buffers they hold */
+    uint64_t retro_not_found;  /* shard answers "history does not reach back" */
 };
 void kr_router_stats(const struct kr_router *r, struct kr_router_stats *out);
 

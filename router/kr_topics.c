@@ -19,6 +19,7 @@ struct kr_sub {
 struct kr_topic {
     struct cds_lfht_node node;
     struct rcu_head rcu;
+    uint64_t stamp;
     uint32_t nsubs;
     uint32_t cap;
     struct kr_sub **subs;
@@ -287,6 +288,7 @@ struct kr_topic *kr_topics_find(struct kr_topics *t, const char *topic, uint32_t
 }
 
 uint32_t kr_topic_nsubs(const struct kr_topic *tp) { return tp->nsubs; }
+uint64_t *kr_topic_stamp(struct kr_topic *tp) { return &tp->stamp; }
 struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i) { return tp->subs[i]->conn; }
 uint64_t kr_sconn_id(const struct kr_sconn *c) { return c->id; }
 uint64_t *kr_sconn_stamp(struct kr_sconn *c) { return &c->stamp; }

@@ -31,6 +31,9 @@ struct kr_topic *kr_topics_find(struct kr_topics *t, const char *topic, uint32_t
 uint32_t kr_topic_nsubs(const struct kr_topic *tp);
 struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i);
 
+/* A stamp the owner may set on a topic (marks the topics of one retroactive request). */
+uint64_t *kr_topic_stamp(struct kr_topic *tp);
+
 uint64_t kr_sconn_id(const struct kr_sconn *c);
 /* Per-client scratch for the fanout of one message (owner only): a stamp telling whether
  * the words belong to the message being routed, and a pointer-sized word the router uses. */
