@@ -1,0 +1,265 @@
+/* Integration tests of retroactive subscriptions (register, retro_subscribe). */
+#include <ck_pr.h>
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "kr_itest.h"
+
+static struct kr_it_server srv;
+static char buf[1 << 20];
+
+static void start(void)
+{
+    const char *args[] = {"--num_router_shards", "3", "--num_net_threads", "2", NULL};
+    kr_it_start(&srv, args);
+}
+
+static void stop(void)
+{
+    kr_it_stop(&srv);
+}
+
+TestSuite(retro, .init = start, .fini = stop, .timeout = 120);
+
+Test(retro, register_then_subscribe_replays_what_was_published_after)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_publish(pub, "ra", "before", 6);
+    kr_it_sends(sub, "set register 0 0 0\r\n\r\n");
+    kr_it_expect(sub, "STORED\r\n");
+    /* published within a millisecond of the register (same second, for sure) */
+    kr_it_publish(pub, "ra rb", "after1", 6);
+    kr_it_publish(pub, "rb", "other", 5);
+    kr_it_publish(pub, "ra", "after2", 6);
+    kr_it_subscribe(sub, "ra");
+    kr_it_publish(pub, "ra", "live", 4);
+    char out[1024];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(sub, 3, out, sizeof(out), &olen), 3);
+    cr_assert_str_eq(out, "MESSAGE ra 6\r\nafter1\r\nMESSAGE ra 6\r\nafter2\r\nMESSAGE ra 4\r\nlive\r\n");
+    /* only the first subscribe after register is retroactive */
+    kr_it_subscribe(sub, "rb");
+    kr_it_sleep_ms(50);
+    kr_it_get(sub, buf, sizeof(buf));
+    cr_assert_str_eq(buf, "END\r\n");
+    close(sub);
+    close(pub);
+}
+
+Test(retro, retro_subscribe_with_fraction_merges_topics_across_shards)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    kr_it_sleep_ms(2);
+    /* topics chosen to spread over 3 shards */
+    kr_it_publish(pub, "x1 x2 x3 x4 x5 x6", "multi", 5);
+    kr_it_publish(pub, "x9", "nope", 4);
+    char req[256], block[128];
+    int bl = snprintf(block, sizeof(block), "%ld.%06ld\r\nx6 x4 x2 x1", (long)tv.tv_sec, (long)tv.tv_usec);
+    snprintf(req, sizeof(req), "set retro_subscribe 0 0 %d\r\n%s\r\n", bl, block);
+    kr_it_sends(sub, req);
+    kr_it_expect(sub, "STORED\r\n");
+    char out[1024];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(sub, 1, out, sizeof(out), &olen), 1);
+    cr_assert_str_eq(out, "MESSAGE x1 x2 x4 x6 5\r\nmulti\r\n",
+                     "once, only the requested topics, in publish order");
+    kr_it_sleep_ms(50);
+    kr_it_get(sub, buf, sizeof(buf));
+    cr_assert_str_eq(buf, "END\r\n", "no duplicate from another shard");
+    close(sub);
+    close(pub);
+}
+
+Test(retro, own_messages_are_not_replayed)
+{
+    int c = kr_it_connect(srv.port);
+    kr_it_sends(c, "set register 0 0 0\r\n\r\n");
+    kr_it_expect(c, "STORED\r\n");
+    kr_it_publish(c, "own", "self", 4);
+    kr_it_subscribe(c, "own");
+    kr_it_sleep_ms(50);
+    kr_it_get(c, buf, sizeof(buf));
+    cr_assert_str_eq(buf, "END\r\n");
+    close(c);
+}
+
+Test(retro, bad_horizon_is_a_bad_data_chunk)
+{
+    int c = kr_it_connect(srv.port);
+    kr_it_sends(c, "set retro_subscribe 0 0 7\r\n-5\r\nabc\r\n");
+    kr_it_expect(c, "CLIENT_ERROR bad data chunk\r\n");
+    kr_it_expect_closed(c);
+    close(c);
+}
+
+Test(retro, horizon_before_start_is_not_found_but_subscribed)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_sends(sub, "set retro_subscribe 0 0 6\r\n1\r\nold\r\n");
+    kr_it_expect(sub, "NOT_FOUND\r\n");
+    kr_it_publish(pub, "old", "live", 4);
+    char out[256];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(sub, 1, out, sizeof(out), &olen), 1);
+    cr_assert_str_eq(out, "MESSAGE old 4\r\nlive\r\n");
+    kr_it_sends(sub, "stats\r\n");
+    kr_it_read_until(sub, buf, sizeof(buf), "END\r\n");
+    cr_assert_not_null(strstr(buf, "STAT retro_not_found 1\r\n"), "%s", buf);
+    cr_assert_not_null(strstr(buf, "STAT history_messages "), "%s", buf);
+    close(sub);
+    close(pub);
+}
+
+Test(retro_small, overflowed_history_gives_not_found)
+{
+    /* separate server: a history of 4 messages per shard */
+    kr_it_stop(&srv);
+    const char *args[] = {"--num_router_shards", "1", "--messages_stored_per_router_shard", "4", NULL};
+    kr_it_start(&srv, args);
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_sends(sub, "set register 0 0 0\r\n\r\n");
+    kr_it_expect(sub, "STORED\r\n");
+    for (int i = 0; i < 3; i++)
+        kr_it_publish(pub, "h", "m", 1);
+    /* still within the window */
+    int sub2 = kr_it_connect(srv.port);
+    kr_it_sends(sub2, "set register 0 0 0\r\n\r\n");
+    kr_it_expect(sub2, "STORED\r\n");
+    for (int i = 0; i < 6; i++)
+        kr_it_publish(pub, "h", "n", 1);
+    /* sub registered before 9 publishes: the 4-message window cannot cover it */
+    kr_it_sends(sub, "set subscribe 0 0 1\r\nh\r\n");
+    kr_it_expect(sub, "NOT_FOUND\r\n");
+    kr_it_sleep_ms(20);
+    kr_it_get(sub, buf, sizeof(buf));
+    cr_assert_str_eq(buf, "END\r\n", "nothing replayed");
+    /* sub2 registered before 6 publishes: also too many for 4 */
+    kr_it_sends(sub2, "set subscribe 0 0 1\r\nh\r\n");
+    kr_it_expect(sub2, "NOT_FOUND\r\n");
+    /* a fresh register is covered */
+    int sub3 = kr_it_connect(srv.port);
+    kr_it_sends(sub3, "set register 0 0 0\r\n\r\n");
+    kr_it_expect(sub3, "STORED\r\n");
+    kr_it_publish(pub, "h", "z", 1);
+    kr_it_subscribe(sub3, "h");
+    char out[256];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(sub3, 1, out, sizeof(out), &olen), 1);
+    cr_assert_str_eq(out, "MESSAGE h 1\r\nz\r\n");
+    close(sub);
+    close(sub2);
+    close(sub3);
+    close(pub);
+}
+
+/* ------------------------------------------------------------------ race */
+
+#define RACE_PUBS 3
+#define RACE_MAX 100000
+
+struct racer {
+    uint16_t port;
+    int id;
+    int stop;
+    int acked; /* last sequence number answered STORED */
+};
+
+static void *race_pub(void *p)
+{
+    struct racer *r = p;
+    int fd = kr_it_connect(r->port);
+    for (int seq = 0; seq < RACE_MAX && !ck_pr_load_int(&r->stop); seq++) {
+        char payload[32];
+        int n = snprintf(payload, sizeof(payload), "%d:%d", r->id, seq);
+        kr_it_publish(fd, "race1 race2 race3", payload, (size_t)n);
+        ck_pr_store_int(&r->acked, seq);
+    }
+    close(fd);
+    return NULL;
+}
+
+Test(retro, racing_publishers_no_loss_no_duplicates)
+{
+    struct racer rs[RACE_PUBS];
+    pthread_t th[RACE_PUBS];
+    for (int i = 0; i < RACE_PUBS; i++) {
+        rs[i] = (struct racer){.port = srv.port, .id = i, .acked = -1};
+        pthread_create(&th[i], NULL, race_pub, &rs[i]);
+    }
+    kr_it_sleep_ms(100); /* publishers running flat out */
+    int sub = kr_it_connect(srv.port);
+    int before[RACE_PUBS];
+    for (int i = 0; i < RACE_PUBS; i++)
+        before[i] = ck_pr_load_int(&rs[i].acked);
+    kr_it_sends(sub, "set register 0 0 0\r\n\r\n");
+    kr_it_expect(sub, "STORED\r\n");
+    int after[RACE_PUBS];
+    for (int i = 0; i < RACE_PUBS; i++)
+        after[i] = ck_pr_load_int(&rs[i].acked);
+    kr_it_sleep_ms(20);
+    kr_it_subscribe(sub, "race3 race1 race2");
+    kr_it_sleep_ms(100);
+    for (int i = 0; i < RACE_PUBS; i++)
+        ck_pr_store_int(&rs[i].stop, 1);
+    int total = 0, last[RACE_PUBS];
+    for (int i = 0; i < RACE_PUBS; i++) {
+        pthread_join(th[i], NULL);
+        last[i] = rs[i].acked;
+    }
+    /* every message from the first one after `register` to the last must be there once */
+    size_t cap = 1 << 23;
+    char *out = malloc(cap);
+    int next[RACE_PUBS], first[RACE_PUBS];
+    for (int i = 0; i < RACE_PUBS; i++)
+        next[i] = first[i] = -1;
+    /* collect until every publisher's last message was seen (bounded polls) */
+    for (int polls = 0; polls < 4000; polls++) {
+        int done = 1;
+        for (int i = 0; i < RACE_PUBS; i++)
+            done &= next[i] == last[i] + 1;
+        if (done)
+            break;
+        size_t len = kr_it_get(sub, out, cap);
+        if (strcmp(out, "END\r\n") == 0) {
+            kr_it_sleep_ms(2);
+            continue;
+        }
+        char *p = strstr(out, "\r\n") + 2, *end = out + len - 5;
+        while (p < end) {
+            size_t plen;
+            cr_assert_eq(sscanf(p, "MESSAGE race1 race2 race3 %zu\r\n", &plen), 1,
+                         "each message once with all three topics: %.60s", p);
+            char *body = strstr(p, "\r\n") + 2;
+            int pid, seq;
+            cr_assert_eq(sscanf(body, "%d:%d", &pid, &seq), 2);
+            if (first[pid] < 0) {
+                first[pid] = seq;
+                next[pid] = seq;
+            }
+            cr_assert_eq(seq, next[pid], "publisher %d: got %d, expected %d (loss or duplicate)",
+                         pid, seq, next[pid]);
+            next[pid]++;
+            total++;
+            p = body + plen + 2;
+        }
+    }
+    for (int i = 0; i < RACE_PUBS; i++) {
+        cr_assert_eq(next[i], last[i] + 1, "publisher %d: last seen %d of %d", i, next[i] - 1, last[i]);
+        /* acknowledged before `register` was sent: published before the horizon */
+        cr_assert_gt(first[i], before[i], "publisher %d: %d was published before register",
+                     i, first[i]);
+        /* sent after `register` was answered: published after the horizon, must be there */
+        cr_assert_leq(first[i], after[i] + 2, "publisher %d: replay started at %d, lost from %d",
+                      i, first[i], after[i] + 2);
+    }
+    cr_assert_gt(total, 0);
+    free(out);
+    close(sub);
+}
