@@ -40,27 +40,44 @@ void kr_cfg_defaults(struct kr_cfg *cfg);
 /* Parse a command line into `cfg` (which holds defaults on entry).
  * argv[0] is the program name; the first non-option word is the subcommand, returned in
  * *subcommand (NULL when none; points into argv). Further positional words are returned in
- * *rest / *nrest (pointing into argv) for subcommands that take arguments.
+ * *rest / *nrest (pointing into argv) for subcommands that take arguments. Options may come
+ * before or after the subcommand; `--` ends them. Like getopt, this reorders argv[1..]: the
+ * positional words are moved to its end, in order.
  * Accepted forms: `-kraken KEY VALUE`, `--KEY VALUE`, `--KEY=VALUE`, `--config FILE`,
- * `-config FILE`, `-h`/`--help`. Precedence: defaults < config file < command line, whatever
- * the order of the words. Returns 0, 1 when help was asked for (nothing else done), or
- * -EINVAL with a one-line message in `err` (unknown key, bad value, unreadable file).
- * Control thread. */
+ * `-config FILE`, `-h`/`--help`. Keys must be spelled in full. A config FILE that does not
+ * exist is retried as FILE.config (Erlang's -config convention). Precedence: defaults <
+ * config file < command line, whatever the order of the words. Returns 0, 1 when help was
+ * asked for (nothing else done), or -EINVAL with a one-line message in `err` (unknown key,
+ * bad value, unreadable file); `cfg` is unchanged unless 0 is returned. May be called
+ * several times (it resets getopt's state). Control thread. */
 int kr_cfg_parse_args(struct kr_cfg *cfg, int argc, char **argv, const char **subcommand,
                       char ***rest, int *nrest, char *err, size_t errlen);
 
-/* Load a `key = value` file (inih; `#`/`;` comments; no sections needed) into `cfg`.
- * Returns 0 or -EINVAL/-errno with a message in `err` naming the file and line. */
+/* Load a `key = value` file (inih; `#`/`;` comments; sections are rejected) into `cfg`.
+ * Returns 0 or -EINVAL/-errno with a message in `err` naming the file and line; `cfg` is
+ * unchanged unless the whole file was valid. Control thread. */
 int kr_cfg_load_file(struct kr_cfg *cfg, const char *path, char *err, size_t errlen);
 
 /* Set one option by name from its textual value, validating type and bounds.
- * Returns 0, -ENOENT (unknown key) or -EINVAL (bad value) with a message in `err`. */
+ * Returns 0, -ENOENT (unknown key) or -EINVAL (bad value) with a message in `err`.
+ * The thread that owns `cfg` (the control thread for the server's configuration). */
 int kr_cfg_set(struct kr_cfg *cfg, const char *key, const char *value, char *err, size_t errlen);
 
-/* Write the current value of `key` as text into buf. Returns 0 or -ENOENT. */
+/* Write the current value of `key` as text into buf (text kr_cfg_set accepts back).
+ * Returns 0, -ENOENT, or -ENOSPC when buf was too small (the text is cut).
+ * Any thread that may read `cfg`. */
 int kr_cfg_get(const struct kr_cfg *cfg, const char *key, char *buf, size_t buflen);
 
-/* Print usage, subcommands and every key with its type, default and description. */
+/* Print usage, subcommands and every key with its type, default and description.
+ * Control thread. */
 void kr_cfg_print_help(FILE *out, const char *prog);
+
+/* The i-th key of the option table (table order), or NULL past the last one; for listing
+ * every key (admin `config get`, docs). The string is static. Any thread. */
+const char *kr_cfg_key_at(size_t i);
+
+/* 1 when `key` may be changed while the server runs (admin `config set`), 0 when it only
+ * takes effect at start, -ENOENT for an unknown key. Any thread. */
+int kr_cfg_key_live(const char *key);
 
 #endif

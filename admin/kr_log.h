@@ -26,15 +26,20 @@ int kr_log_open(const char *path);
 int kr_log_reopen(void);
 /* Close the log file; later lines go to stderr. Control thread, at exit. */
 void kr_log_close(void);
-/* Set the level (any thread; takes effect for every thread at once). */
+/* Set the level (any thread; takes effect for every thread at once). Out-of-range values
+ * are clamped to debug..error. */
 void kr_log_set_level(int level);
+/* The current level. Any thread. */
 int kr_log_get_level(void);
-/* "debug"/"info"/"warn"/"error" (also "warning") -> level, or -EINVAL. */
+/* "debug"/"info"/"warn"/"error" (also "warning"; any case) -> level, or -EINVAL. Any thread. */
 int kr_log_level_parse(const char *name);
+/* Level -> static name ("unknown" when out of range). Any thread. */
 const char *kr_log_level_name(int level);
 
 /* Format and write one line (timestamp, level, message, '\n') with a single write().
- * Any thread. Use the macros below instead of calling this directly. */
+ * Under systemd (stderr is the JOURNAL_STREAM) the line is "<priority>message" instead.
+ * Lines are cut at 4 KiB (ending in "..."), control characters in the message become '?',
+ * and errno is preserved. Any thread. Use the macros below instead of calling this. */
 void kr_log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define KR_LOG(level, ...)                                                                         \
@@ -59,6 +64,11 @@ struct kr_log_ratelimit {
 };
 int kr_log_ratelimit(struct kr_log_ratelimit *rl, uint32_t burst, uint32_t interval_ms,
                      uint64_t *suppressed);
+/* The same with the caller's clock (`now_ms` from kr_log_now_ms(), or any monotonic count),
+ * for callers that already read the time, and for tests. A burst of 0 counts as 1.
+ * Owning thread. */
+int kr_log_ratelimit_at(struct kr_log_ratelimit *rl, uint32_t burst, uint32_t interval_ms,
+                        uint64_t now_ms, uint64_t *suppressed);
 
 /* Monotonic milliseconds (CLOCK_MONOTONIC_COARSE). Any thread. */
 uint64_t kr_log_now_ms(void);
