@@ -304,11 +304,15 @@ static int kr_cfg_opt_set(struct kr_cfg *cfg, const struct kr_cfg_opt *o, const 
         text[len] = '\0';
         if (o->type == KR_CFG_IP) {
             unsigned char addr[16];
-            if (inet_pton(AF_INET, text, addr) != 1 && inet_pton(AF_INET6, text, addr) != 1 &&
-                kr_cfg_parse_ip_tuple(text, text, sizeof(text)) < 0)
-                return kr_cfg_err(err, errlen, -EINVAL,
-                                  "bad value '%.100s' for %s: expected an IPv4 or IPv6 address",
-                                  value, o->name);
+            char tuple[INET6_ADDRSTRLEN];
+            if (inet_pton(AF_INET, text, addr) != 1 && inet_pton(AF_INET6, text, addr) != 1) {
+                if (kr_cfg_parse_ip_tuple(text, tuple, sizeof(tuple)) < 0)
+                    return kr_cfg_err(err, errlen, -EINVAL,
+                                      "bad value '%.100s' for %s: expected an IPv4 or IPv6 "
+                                      "address",
+                                      value, o->name);
+                memcpy(text, tuple, strlen(tuple) + 1);
+            }
         }
         memcpy(field, text, strlen(text) + 1);
         return 0;
@@ -691,8 +695,12 @@ int kr_cfg_parse_args(struct kr_cfg *cfg, int argc, char **argv, const char **su
             help = true;
             continue;
         }
+        /* -kraken KEY VALUE: getopt took KEY; VALUE is the next word, whatever it reads. */
+        const char *kraken_value = NULL;
+        if (c == KR_CFG_GETOPT_KRAKEN && optind < argc)
+            kraken_value = work[optind++];
         if (rc)
-            continue; /* keep scanning only to honour a later --help */
+            continue; /* after an error, keep scanning only to honour a later --help */
         if (c == '?' || c == ':') {
             kr_cfg_word_name(work[at], name, sizeof(name));
             bool known = false;
@@ -719,15 +727,13 @@ int kr_cfg_parse_args(struct kr_cfg *cfg, int argc, char **argv, const char **su
         } else if (c == KR_CFG_GETOPT_KRAKEN) {
             const char *key = optarg;
             const struct kr_cfg_opt *o = kr_cfg_find(key);
-            if (optind >= argc)
+            if (!kraken_value)
                 rc = kr_cfg_err(err, errlen, -EINVAL, "missing value after '%s %s'", shown,
                                 key);
             else if (!o)
                 rc = kr_cfg_err_unknown(err, errlen, key, key);
             else
-                args[nargs++] = (struct kr_cfg_arg){(int)(o - kr_cfg_opts), work[optind]};
-            if (optind < argc)
-                optind++; /* the value */
+                args[nargs++] = (struct kr_cfg_arg){(int)(o - kr_cfg_opts), kraken_value};
         } else {
             args[nargs++] = (struct kr_cfg_arg){c - KR_CFG_GETOPT_KEY, optarg};
         }

@@ -187,8 +187,10 @@ void kr_log_write(int level, const char *fmt, ...)
 
     int journal = ck_pr_load_int(&kr_log_journal);
     if (journal < 0) {
+        /* First line before any kr_log_open(): decide once, unless open/close did meanwhile. */
         journal = kr_log_detect_journal();
-        ck_pr_store_int(&kr_log_journal, journal);
+        if (!ck_pr_cas_int(&kr_log_journal, -1, journal))
+            journal = ck_pr_load_int(&kr_log_journal);
     }
     if (journal) {
         n = (size_t)snprintf(buf, sizeof(buf), "<%d>", kr_log_syslog_prio[level]);

@@ -400,6 +400,8 @@ Test(cfg_args, help)
     cr_assert_eq(p.rc, 1);
     parse(&cfg, ARGV("--bogus", "--help"), &p);
     cr_assert_eq(p.rc, 1, "help wins over errors");
+    parse(&cfg, ARGV("--bogus", "-kraken", "log_file", "--help"), &p);
+    cr_assert_eq(p.rc, -EINVAL, "a value is a value, even after an error");
     parse(&cfg, ARGV("--max_tcp_clients", "0", "-h"), &p);
     cr_assert_eq(p.rc, 1, "values are not even checked");
     cr_assert(memcmp(&cfg, &before, sizeof(cfg)) == 0, "help changes nothing");
