@@ -15,6 +15,9 @@
  *   block and its two terminator bytes have arrived, whatever those bytes are.
  * - In a publish entry line, spaces after the length are ignored like any other empty
  *   token. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memrchr */
+#endif
 #include "kr_proto.h"
 
 #include <limits.h>

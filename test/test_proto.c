@@ -629,6 +629,41 @@ Test(parse, unknown_set_key_waits_for_block_then_errors)
     cr_assert_eq(consumed, 20);
 }
 
+Test(parse, regression_bare_lf_line_is_rejected_at_once)
+{
+    /* a client ending lines with "\n" alone is told at once, not after max_line_bytes */
+    struct kr_request req;
+    size_t consumed;
+    cr_assert_eq(kr_proto_parse(S("get messages\nget messages\n"), &lim, &req, &consumed),
+                 KR_PERR_BAD_LINE);
+    cr_assert_eq(consumed, 13);
+    cr_assert_str_eq(kr_proto_error_reply(KR_PERR_BAD_LINE),
+                     "CLIENT_ERROR bad command line format\r\n");
+}
+
+Test(parse, regression_stats_with_argument_is_unknown_command)
+{
+    /* memcached has sub-stats ("stats items"); Kraken has none */
+    struct kr_request req;
+    size_t consumed;
+    cr_assert_eq(kr_proto_parse(S("stats items\r\n"), &lim, &req, &consumed), KR_PERR_UNKNOWN);
+    cr_assert_eq(consumed, 13);
+    cr_assert_eq(kr_proto_parse(S("stats \r\n"), &lim, &req, &consumed), KR_PROTO_OK);
+    cr_assert_eq(req.type, KR_REQ_STATS);
+    cr_assert_eq(kr_proto_parse(S("quit 0\r\n"), &lim, &req, &consumed), KR_PERR_UNKNOWN);
+    cr_assert_eq(kr_proto_parse(S("version x\r\n"), &lim, &req, &consumed), KR_PERR_UNKNOWN);
+}
+
+Test(parse, regression_too_large_beats_unknown_set_key)
+{
+    /* never wait for a huge block only to answer "ERROR" */
+    struct kr_request req;
+    size_t consumed;
+    cr_assert_eq(kr_proto_parse(S("set nosuchkey 0 0 100000\r\n"), &lim, &req, &consumed),
+                 KR_PERR_TOO_LARGE);
+    cr_assert_eq(consumed, 26);
+}
+
 Test(parse, too_large_reported_without_waiting_for_block)
 {
     struct kr_request req;
