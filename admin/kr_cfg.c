@@ -147,8 +147,8 @@ static int kr_cfg_err_unknown(char *err, size_t errlen, const char *shown, const
         alt[i] = key[i] == '-' ? '_' : key[i];
     alt[i] = '\0';
     if (!key[i] && strcmp(alt, key) != 0 && kr_cfg_find(alt))
-        return kr_cfg_err(err, errlen, -EINVAL, "unknown option '%s' (did you mean '%s'? see --help)",
-                          shown, alt);
+        return kr_cfg_err(err, errlen, -EINVAL,
+                          "unknown option '%s' (did you mean '%s'? see --help)", shown, alt);
     return kr_cfg_err(err, errlen, -EINVAL, "unknown option '%s' (see --help)", shown);
 }
 

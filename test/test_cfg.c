@@ -553,8 +553,10 @@ static void expect_file_error(const char *text, const char *want1, const char *w
 
 Test(cfg_file, errors_name_file_line_and_key)
 {
-    expect_file_error("max_tcp_clients = 1\n# c\nbogus_key = 1\n", ":3: ", "unknown option 'bogus_key'");
-    expect_file_error("\nmax_tcp_clients = -1\n", ":2: ", "for max_tcp_clients: expected an integer in 1..1000000");
+    expect_file_error("max_tcp_clients = 1\n# c\nbogus_key = 1\n", ":3: ",
+                      "unknown option 'bogus_key'");
+    expect_file_error("\nmax_tcp_clients = -1\n", ":2: ",
+                      "for max_tcp_clients: expected an integer in 1..1000000");
     expect_file_error("max_tcp_clients = 1\nthis line has no equals sign\n", ":2: ", "key = value");
     expect_file_error("[kraken]\nmax_tcp_clients = 1\n", ":1: ", "sections are not supported");
     expect_file_error("log_level = loud\n", ":1: ", "log_level");
