@@ -1,0 +1,580 @@
+/* kraken-bench: command line, scenario defaults and the report. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kr_bench_run.h"
+
+#define KB_EXIT_OK 0
+#define KB_EXIT_ACCOUNTING 1
+#define KB_EXIT_USAGE 2
+#define KB_EXIT_RUN 3
+
+static const char *const kb_proto_names[] = {"kraken", "redis", "nats"};
+static const char *const kb_scenario_names[] = {"fanout", "broadcast", "latency",
+                                                "churn",  "conns",     "retro"};
+
+static void kb_usage(FILE *f)
+{
+    fputs(
+        "Usage: kraken-bench [options]\n"
+        "\n"
+        "Load generator for Kraken, with Redis pub/sub and NATS for comparison. Each worker\n"
+        "thread runs one libuv loop and owns a share of the connections; requests are\n"
+        "pipelined. Every payload carries its publisher, a per-topic sequence number and its\n"
+        "send time, so subscribers count loss, duplicates and order errors, and latency is\n"
+        "measured from publish to receipt.\n"
+        "\n"
+        "Target:\n"
+        "  --proto P            kraken (default), redis (RESP SUBSCRIBE/PUBLISH) or nats\n"
+        "                       (SUB/PUB/MSG, PING/PONG as the barrier)\n"
+        "  --host H             server address (default 127.0.0.1)\n"
+        "  --port N             server port (default 12355, 6379 or 4222 per protocol)\n"
+        "\n"
+        "Scenario (--scenario S):\n"
+        "  fanout     --subs subscribers each on --topics-per-sub random topics out of\n"
+        "             --topics; --pubs publishers each publish to random topics\n"
+        "             (defaults: 100 subs, 4 pubs, 1000 topics, 10 per sub)\n"
+        "  broadcast  everyone on one topic (defaults: 200 subs, 1 pub)\n"
+        "  latency    fanout at a fixed total --rate (default 10000 msgs/s)\n"
+        "  churn      --subs connections each alternate subscribe and unsubscribe of a random\n"
+        "             topic; reports acknowledged ops/s and their latency (default 100 conns)\n"
+        "  conns      --conns idle connections, each subscribed to --topics-per-sub topics\n"
+        "             (default 1000 conns, 1 topic each), held for --duration; with\n"
+        "             --server-pid reports the server's VmRSS growth per connection\n"
+        "  retro      Kraken only: --subs connections `set register`, --pubs publishers then\n"
+        "             publish --messages messages (default 5000), then the registered\n"
+        "             connections subscribe and count the replayed messages (defaults: 10 subs\n"
+        "             x 10 of 100 topics, 1 pub). A NOT_FOUND or ERROR answer is reported.\n"
+        "\n"
+        "Shape:\n"
+        "  --subs N             subscriber connections (churn: churning connections)\n"
+        "  --pubs N             publisher connections\n"
+        "  --topics N           size of the topic space\n"
+        "  --topics-per-sub N   topics per subscriber\n"
+        "  --msg-size B         payload bytes, at least 24 (default 64)\n"
+        "  --conns N            idle connections of the conns scenario\n"
+        "  --messages N         retro: messages to publish before the replay\n"
+        "  --rate R             total publish rate in msgs/s (churn: ops/s); 0 = as fast as\n"
+        "                       the pipeline allows (default 0, latency: 10000)\n"
+        "\n"
+        "Engine:\n"
+        "  --threads N          worker threads (default 2)\n"
+        "  --pipeline N         requests in flight per connection (default 16). For NATS,\n"
+        "                       which does not acknowledge PUB, a PING follows every N/2\n"
+        "                       commands and its PONG acknowledges them\n"
+        "  --batch N            Kraken only: publish entries per `set publish` request\n"
+        "                       (default 1; in flight = pipeline x batch messages)\n"
+        "  --poll-ms N          Kraken subscribers poll with `get messages` back to back (0,\n"
+        "                       default); with N > 0 a subscriber waits N ms after an empty\n"
+        "                       poll, and polls again at once after a non-empty one\n"
+        "\n"
+        "Run:\n"
+        "  --duration S         timed phase in seconds (default 10; decimals allowed)\n"
+        "  --drain-timeout S    bound on the drain after the timed phase, where publishers\n"
+        "                       stop and subscribers keep receiving until the counts are\n"
+        "                       complete or stop changing for 1 s (default 10)\n"
+        "  --connect-timeout S  bound on connecting and subscribing (default 60)\n"
+        "  --server-pid PID     conns: process whose VmRSS (/proc/PID/status) is read before\n"
+        "                       connecting and at the end of the hold\n"
+        "  --seed N             topic assignment seed (default 1)\n"
+        "  --prefix STR         topic name prefix (default \"kb.\")\n"
+        "  --json               print one JSON line instead of the summary\n"
+        "  --quiet              no progress line each second (stderr)\n"
+        "  -h, --help           this text\n"
+        "\n"
+        "Warm-up: every connection is connected and subscribed (Kraken STORED, Redis\n"
+        "confirmations, NATS PONG after the SUBs) before the clock starts.\n"
+        "Exit status: 0 clean; 1 loss, duplicates, order errors, corrupt or unexpected\n"
+        "messages, or connection errors during the run; 2 bad options; 3 the run could not\n"
+        "be done (connection refused, no barrier, retro unsupported).\n",
+        f);
+}
+
+static int kb_bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int kb_bad(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "kraken-bench: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n(see kraken-bench --help)\n");
+    va_end(ap);
+    return KB_EXIT_USAGE;
+}
+
+static int kb_parse_uint(const char *opt, const char *s, unsigned long long lo,
+                         unsigned long long hi, unsigned long long *out)
+{
+    char *end;
+    errno = 0;
+    if (!*s || *s == '-' || *s == '+')
+        return -1;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) {
+        fprintf(stderr, "kraken-bench: %s wants an integer in %llu..%llu, not '%s'\n", opt, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int kb_parse_double(const char *opt, const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || !*s || *end || !isfinite(v) || v < lo || v > hi) {
+        fprintf(stderr, "kraken-bench: %s wants a number in %g..%g, not '%s'\n", opt, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int kb_lookup(const char *const *names, size_t n, const char *s)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(names[i], s) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* "12.3 us" style. */
+static const char *kb_fmt_ns(char *buf, size_t cap, uint64_t ns)
+{
+    if (ns < 10000)
+        snprintf(buf, cap, "%llu ns", (unsigned long long)ns);
+    else if (ns < 10000000)
+        snprintf(buf, cap, "%.1f us", (double)ns / 1e3);
+    else if (ns < UINT64_C(10000000000))
+        snprintf(buf, cap, "%.2f ms", (double)ns / 1e6);
+    else
+        snprintf(buf, cap, "%.2f s", (double)ns / 1e9);
+    return buf;
+}
+
+static double kb_rate(uint64_t n, double s)
+{
+    return s > 0 ? (double)n / s : 0.0;
+}
+
+static void kb_json_str(FILE *f, const char *key, const char *v)
+{
+    fprintf(f, "\"%s\":\"", key);
+    for (const char *p = v; *p; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch == '"' || ch == '\\')
+            fprintf(f, "\\%c", ch);
+        else if (ch < 0x20)
+            fprintf(f, "\\u%04x", ch);
+        else
+            fputc(ch, f);
+    }
+    fputs("\",", f);
+}
+
+static const char *kb_status(const struct kr_bench_result *r, int rc)
+{
+    if (r->unsupported)
+        return "unsupported";
+    if (rc < 0)
+        return "error";
+    if (r->loss || r->dups || r->order || r->corrupt || r->unexpected)
+        return "accounting_errors";
+    if (r->errors)
+        return "connection_errors";
+    return "ok";
+}
+
+static void kb_print_json(const struct kr_bench_cfg *c, const struct kr_bench_result *r, int rc)
+{
+    FILE *f = stdout;
+    fputc('{', f);
+    kb_json_str(f, "status", kb_status(r, rc));
+    kb_json_str(f, "proto", kb_proto_names[c->proto]);
+    kb_json_str(f, "scenario", kb_scenario_names[c->scenario]);
+    kb_json_str(f, "host", c->host);
+    fprintf(f, "\"port\":%u,\"threads\":%u,\"pipeline\":%u,\"batch\":%u,", c->port, c->threads,
+            c->pipeline, c->batch);
+    fprintf(f, "\"subs\":%u,\"pubs\":%u,\"topics\":%u,\"topics_per_sub\":%u,\"msg_size\":%u,",
+            c->scenario == KR_BENCH_SC_CONNS ? c->conns : c->subs,
+            c->scenario == KR_BENCH_SC_CONNS || c->scenario == KR_BENCH_SC_CHURN ? 0 : c->pubs,
+            c->topics, c->topics_per_sub, c->msg_size);
+    fprintf(f, "\"rate\":%.0f,\"poll_ms\":%u,\"connections\":%llu,\"connect_s\":%.3f,", c->rate,
+            c->poll_ms, (unsigned long long)r->connections, r->connect_s);
+    fprintf(f, "\"duration_s\":%.3f,\"drain_s\":%.3f,\"drain_timed_out\":%s,", r->run_s, r->drain_s,
+            r->drain_timed_out ? "true" : "false");
+    fprintf(f, "\"published\":%llu,\"publish_rate\":%.0f,", (unsigned long long)r->published,
+            kb_rate(r->published_timed, r->run_s));
+    fprintf(f, "\"delivered\":%llu,\"deliver_rate\":%.0f,\"expected\":%llu,",
+            (unsigned long long)r->delivered, kb_rate(r->delivered_timed, r->run_s),
+            (unsigned long long)r->expected);
+    fprintf(f,
+            "\"loss\":%llu,\"duplicates\":%llu,\"order_errors\":%llu,\"corrupt\":%llu,"
+            "\"unexpected\":%llu,\"errors\":%llu,",
+            (unsigned long long)r->loss, (unsigned long long)r->dups, (unsigned long long)r->order,
+            (unsigned long long)r->corrupt, (unsigned long long)r->unexpected,
+            (unsigned long long)r->errors);
+    fprintf(f, "\"ops\":%llu,\"ops_rate\":%.0f,", (unsigned long long)r->ops,
+            kb_rate(r->ops_timed, r->run_s));
+    fprintf(f,
+            "\"lat_count\":%llu,\"lat_p50_us\":%.1f,\"lat_p99_us\":%.1f,\"lat_p999_us\":%.1f,"
+            "\"lat_max_us\":%.1f,\"lat_mean_us\":%.1f,",
+            (unsigned long long)r->lat.count, (double)kr_bench_hist_quantile(&r->lat, 0.5) / 1e3,
+            (double)kr_bench_hist_quantile(&r->lat, 0.99) / 1e3,
+            (double)kr_bench_hist_quantile(&r->lat, 0.999) / 1e3, (double)r->lat.max / 1e3,
+            kr_bench_hist_mean(&r->lat) / 1e3);
+    long per_conn = -1;
+    if (r->rss_before_kb >= 0 && r->rss_after_kb >= 0 && r->connections)
+        per_conn = (long)((r->rss_after_kb - r->rss_before_kb) * 1024.0 / (double)r->connections);
+    fprintf(f, "\"rss_before_kb\":%ld,\"rss_after_kb\":%ld,\"rss_per_conn_bytes\":%ld,",
+            r->rss_before_kb, r->rss_after_kb, per_conn);
+    fprintf(f,
+            "\"retro_subs\":%llu,\"not_found\":%llu,\"replayed\":%llu,\"replay_s\":%.3f,"
+            "\"replay_rate\":%.0f,",
+            (unsigned long long)r->retro_subs, (unsigned long long)r->not_found,
+            (unsigned long long)r->replayed, r->replay_s, kb_rate(r->replayed, r->replay_s));
+    kb_json_str(f, "error", r->error);
+    fputs("\"version\":1}\n", f);
+    fflush(f);
+}
+
+static void kb_print_summary(const struct kr_bench_cfg *c, const struct kr_bench_result *r, int rc)
+{
+    FILE *f = stdout;
+    char a[32], b[32], d[32], e[32], m[32];
+    fprintf(f, "kraken-bench: %s scenario against %s at %s:%u (threads %u, pipeline %u", 
+            kb_scenario_names[c->scenario], kb_proto_names[c->proto], c->host, c->port, c->threads,
+            c->pipeline);
+    if (c->proto == KR_BENCH_PROTO_KRAKEN)
+        fprintf(f, ", batch %u, poll %s", c->batch, c->poll_ms ? "paced" : "back to back");
+    fprintf(f, ")\n");
+    switch (c->scenario) {
+    case KR_BENCH_SC_CHURN:
+        fprintf(f, "  setup        %u connections churning over %u topics\n", c->subs, c->topics);
+        break;
+    case KR_BENCH_SC_CONNS:
+        fprintf(f, "  setup        %u idle connections x %u of %u topics\n", c->conns,
+                c->topics_per_sub, c->topics);
+        break;
+    default:
+        fprintf(f, "  setup        %u subscribers x %u of %u topics, %u publishers, %u-byte payloads",
+                c->subs, c->topics_per_sub, c->topics, c->pubs, c->msg_size);
+        if (c->rate > 0)
+            fprintf(f, ", %.0f msgs/s", c->rate);
+        fputc('\n', f);
+    }
+    fprintf(f, "  connect      %llu connections connected and subscribed in %.2f s\n",
+            (unsigned long long)r->connections, r->connect_s);
+    if (rc < 0 && !r->run_s) {
+        fprintf(f, "  result       %s: %s\n", r->unsupported ? "UNSUPPORTED" : "FAILED", r->error);
+        return;
+    }
+    fprintf(f, "  run          %.2f s timed, then %.2f s drain%s\n", r->run_s, r->drain_s,
+            r->drain_timed_out ? " (bound reached)" : "");
+    if (c->scenario == KR_BENCH_SC_CHURN) {
+        fprintf(f, "  churn        %llu ops acknowledged, %.0f ops/s\n", (unsigned long long)r->ops,
+                kb_rate(r->ops_timed, r->run_s));
+    } else if (c->scenario == KR_BENCH_SC_CONNS) {
+        if (r->rss_before_kb >= 0 && r->rss_after_kb >= 0)
+            fprintf(f, "  server RSS   %ld KiB before, %ld KiB with the connections: %.0f bytes per connection\n",
+                    r->rss_before_kb, r->rss_after_kb,
+                    (double)(r->rss_after_kb - r->rss_before_kb) * 1024.0 / (double)r->connections);
+        else
+            fprintf(f, "  server RSS   not measured (give --server-pid)\n");
+    } else {
+        fprintf(f, "  published    %llu messages, %.0f/s\n", (unsigned long long)r->published,
+                kb_rate(r->published_timed, r->run_s));
+        if (c->scenario == KR_BENCH_SC_RETRO) {
+            fprintf(f, "  replay       %llu subscribers: %llu answered NOT_FOUND (history did not reach the horizon)\n",
+                    (unsigned long long)r->retro_subs, (unsigned long long)r->not_found);
+            fprintf(f, "               %llu messages replayed of %llu expected in %.3f s, %.0f msgs/s\n",
+                    (unsigned long long)r->replayed, (unsigned long long)r->expected, r->replay_s,
+                    kb_rate(r->replayed, r->replay_s));
+        } else {
+            fprintf(f, "  delivered    %llu of %llu expected; %.0f/s during the timed phase\n",
+                    (unsigned long long)r->delivered, (unsigned long long)r->expected,
+                    kb_rate(r->delivered_timed, r->run_s));
+        }
+        fprintf(f, "  accounting   loss %llu, duplicates %llu, order errors %llu, corrupt %llu, unexpected %llu\n",
+                (unsigned long long)r->loss, (unsigned long long)r->dups, (unsigned long long)r->order,
+                (unsigned long long)r->corrupt, (unsigned long long)r->unexpected);
+    }
+    if (r->lat.count)
+        fprintf(f, "  latency      %s: p50 %s  p99 %s  p99.9 %s  max %s  (mean %s, n=%llu)\n",
+                c->scenario == KR_BENCH_SC_CHURN ? "request -> ack" : "publish -> receive",
+                kb_fmt_ns(a, sizeof(a), kr_bench_hist_quantile(&r->lat, 0.5)),
+                kb_fmt_ns(b, sizeof(b), kr_bench_hist_quantile(&r->lat, 0.99)),
+                kb_fmt_ns(d, sizeof(d), kr_bench_hist_quantile(&r->lat, 0.999)),
+                kb_fmt_ns(e, sizeof(e), r->lat.max),
+                kb_fmt_ns(m, sizeof(m), (uint64_t)kr_bench_hist_mean(&r->lat)),
+                (unsigned long long)r->lat.count);
+    fprintf(f, "  errors       %llu connection errors%s%s\n", (unsigned long long)r->errors,
+            r->error[0] ? "; first: " : "", r->error);
+    const char *st = kb_status(r, rc);
+    fprintf(f, "  result       %s\n", strcmp(st, "ok") == 0 ? "OK" : st);
+}
+
+static void kb_sigint(int sig)
+{
+    (void)sig;
+    kr_bench_request_stop();
+}
+
+enum {
+    OPT_PROTO = 256,
+    OPT_HOST,
+    OPT_PORT,
+    OPT_SCENARIO,
+    OPT_THREADS,
+    OPT_PIPELINE,
+    OPT_BATCH,
+    OPT_SUBS,
+    OPT_PUBS,
+    OPT_TOPICS,
+    OPT_TPS,
+    OPT_MSG_SIZE,
+    OPT_CONNS,
+    OPT_MESSAGES,
+    OPT_RATE,
+    OPT_POLL_MS,
+    OPT_DURATION,
+    OPT_DRAIN,
+    OPT_CONNECT_TIMEOUT,
+    OPT_SERVER_PID,
+    OPT_SEED,
+    OPT_PREFIX,
+    OPT_JSON,
+    OPT_QUIET,
+};
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"proto", required_argument, NULL, OPT_PROTO},
+        {"host", required_argument, NULL, OPT_HOST},
+        {"port", required_argument, NULL, OPT_PORT},
+        {"scenario", required_argument, NULL, OPT_SCENARIO},
+        {"threads", required_argument, NULL, OPT_THREADS},
+        {"pipeline", required_argument, NULL, OPT_PIPELINE},
+        {"batch", required_argument, NULL, OPT_BATCH},
+        {"subs", required_argument, NULL, OPT_SUBS},
+        {"pubs", required_argument, NULL, OPT_PUBS},
+        {"topics", required_argument, NULL, OPT_TOPICS},
+        {"topics-per-sub", required_argument, NULL, OPT_TPS},
+        {"msg-size", required_argument, NULL, OPT_MSG_SIZE},
+        {"conns", required_argument, NULL, OPT_CONNS},
+        {"messages", required_argument, NULL, OPT_MESSAGES},
+        {"rate", required_argument, NULL, OPT_RATE},
+        {"poll-ms", required_argument, NULL, OPT_POLL_MS},
+        {"duration", required_argument, NULL, OPT_DURATION},
+        {"drain-timeout", required_argument, NULL, OPT_DRAIN},
+        {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
+        {"server-pid", required_argument, NULL, OPT_SERVER_PID},
+        {"seed", required_argument, NULL, OPT_SEED},
+        {"prefix", required_argument, NULL, OPT_PREFIX},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"quiet", no_argument, NULL, OPT_QUIET},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct kr_bench_cfg cfg = {
+        .proto = KR_BENCH_PROTO_KRAKEN,
+        .scenario = KR_BENCH_SC_FANOUT,
+        .threads = 2,
+        .pipeline = 16,
+        .batch = 1,
+        .msg_size = 64,
+        .duration_s = 10,
+        .drain_timeout_s = 10,
+        .connect_timeout_s = 60,
+        .seed = 1,
+        .progress = 1,
+    };
+    snprintf(cfg.host, sizeof(cfg.host), "127.0.0.1");
+    snprintf(cfg.prefix, sizeof(cfg.prefix), "kb.");
+    int json = 0, have_port = 0;
+    int set_subs = 0, set_pubs = 0, set_topics = 0, set_tps = 0, set_rate = 0, set_conns = 0,
+        set_msgs = 0, set_batch = 0;
+    unsigned long long u;
+    double d;
+    int ch;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'h':
+            kb_usage(stdout);
+            return KB_EXIT_OK;
+        case OPT_PROTO: {
+            int v = kb_lookup(kb_proto_names, 3, optarg);
+            if (v < 0)
+                return kb_bad("unknown --proto '%s' (kraken, redis or nats)", optarg);
+            cfg.proto = (enum kr_bench_proto)v;
+            break;
+        }
+        case OPT_SCENARIO: {
+            int v = kb_lookup(kb_scenario_names, 6, optarg);
+            if (v < 0)
+                return kb_bad("unknown --scenario '%s' (fanout, broadcast, latency, churn, conns, retro)",
+                              optarg);
+            cfg.scenario = (enum kr_bench_scenario)v;
+            break;
+        }
+        case OPT_HOST:
+            if (!*optarg || strlen(optarg) >= sizeof(cfg.host))
+                return kb_bad("bad --host '%s'", optarg);
+            snprintf(cfg.host, sizeof(cfg.host), "%s", optarg);
+            break;
+        case OPT_PREFIX:
+            if (strlen(optarg) > 40 || strpbrk(optarg, " \r\n\t*>"))
+                return kb_bad("bad --prefix '%s' (at most 40 bytes, no spaces, '*' or '>')", optarg);
+            snprintf(cfg.prefix, sizeof(cfg.prefix), "%s", optarg);
+            break;
+#define KB_UINT(OPT, NAME, LO, HI, DST, FLAG)                                                      \
+    case OPT:                                                                                      \
+        if (kb_parse_uint(NAME, optarg, LO, HI, &u) < 0)                                           \
+            return KB_EXIT_USAGE;                                                                  \
+        DST = (unsigned)u;                                                                         \
+        FLAG = 1;                                                                                  \
+        break;
+            KB_UINT(OPT_PORT, "--port", 1, 65535, cfg.port, have_port)
+            KB_UINT(OPT_THREADS, "--threads", 1, 256, cfg.threads, u)
+            KB_UINT(OPT_PIPELINE, "--pipeline", 1, 65536, cfg.pipeline, u)
+            KB_UINT(OPT_BATCH, "--batch", 1, KR_BENCH_MAX_BATCH, cfg.batch, set_batch)
+            KB_UINT(OPT_SUBS, "--subs", 0, 1000000, cfg.subs, set_subs)
+            KB_UINT(OPT_PUBS, "--pubs", 0, 100000, cfg.pubs, set_pubs)
+            KB_UINT(OPT_TOPICS, "--topics", 1, 100000000, cfg.topics, set_topics)
+            KB_UINT(OPT_TPS, "--topics-per-sub", 1, 100000, cfg.topics_per_sub, set_tps)
+            KB_UINT(OPT_MSG_SIZE, "--msg-size", KR_BENCH_STAMP_BYTES, 64u << 20, cfg.msg_size, u)
+            KB_UINT(OPT_CONNS, "--conns", 1, 1000000, cfg.conns, set_conns)
+            KB_UINT(OPT_POLL_MS, "--poll-ms", 0, 60000, cfg.poll_ms, u)
+#undef KB_UINT
+        case OPT_MESSAGES:
+            if (kb_parse_uint("--messages", optarg, 1, UINT64_C(1) << 40, &u) < 0)
+                return KB_EXIT_USAGE;
+            cfg.messages = u;
+            set_msgs = 1;
+            break;
+        case OPT_SEED:
+            if (kb_parse_uint("--seed", optarg, 0, UINT64_MAX, &u) < 0)
+                return KB_EXIT_USAGE;
+            cfg.seed = u;
+            break;
+        case OPT_SERVER_PID:
+            if (kb_parse_uint("--server-pid", optarg, 1, 1u << 30, &u) < 0)
+                return KB_EXIT_USAGE;
+            cfg.server_pid = (long)u;
+            break;
+        case OPT_RATE:
+            if (kb_parse_double("--rate", optarg, 0, 1e9, &d) < 0)
+                return KB_EXIT_USAGE;
+            cfg.rate = d;
+            set_rate = 1;
+            break;
+        case OPT_DURATION:
+            if (kb_parse_double("--duration", optarg, 0.001, 86400, &d) < 0)
+                return KB_EXIT_USAGE;
+            cfg.duration_s = d;
+            break;
+        case OPT_DRAIN:
+            if (kb_parse_double("--drain-timeout", optarg, 0.001, 3600, &d) < 0)
+                return KB_EXIT_USAGE;
+            cfg.drain_timeout_s = d;
+            break;
+        case OPT_CONNECT_TIMEOUT:
+            if (kb_parse_double("--connect-timeout", optarg, 0.001, 3600, &d) < 0)
+                return KB_EXIT_USAGE;
+            cfg.connect_timeout_s = d;
+            break;
+        case OPT_JSON:
+            json = 1;
+            break;
+        case OPT_QUIET:
+            cfg.progress = 0;
+            break;
+        case ':':
+            return kb_bad("option '%s' needs a value", argv[optind - 1]);
+        default:
+            return kb_bad("unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return kb_bad("unexpected argument '%s'", argv[optind]);
+
+    /* scenario defaults for what was not given */
+    unsigned dsubs = 100, dpubs = 4, dtopics = 1000, dtps = 10;
+    switch (cfg.scenario) {
+    case KR_BENCH_SC_BROADCAST:
+        dsubs = 200;
+        dpubs = 1;
+        dtopics = 1;
+        dtps = 1;
+        if ((set_topics && cfg.topics != 1) || (set_tps && cfg.topics_per_sub != 1))
+            return kb_bad("broadcast puts everyone on one topic: drop --topics/--topics-per-sub");
+        break;
+    case KR_BENCH_SC_LATENCY:
+        if (!set_rate)
+            cfg.rate = 10000;
+        break;
+    case KR_BENCH_SC_CHURN:
+        break;
+    case KR_BENCH_SC_CONNS:
+        dtps = 1;
+        if (!set_conns)
+            cfg.conns = 1000;
+        break;
+    case KR_BENCH_SC_RETRO:
+        dsubs = 10;
+        dpubs = 1;
+        dtopics = 100;
+        if (!set_msgs)
+            cfg.messages = 5000;
+        if (cfg.proto != KR_BENCH_PROTO_KRAKEN)
+            return kb_bad("the retro scenario needs --proto kraken (register and replay are "
+                          "Kraken's own)");
+        break;
+    default:
+        break;
+    }
+    if (!set_subs)
+        cfg.subs = dsubs;
+    if (!set_pubs)
+        cfg.pubs = dpubs;
+    if (!set_topics)
+        cfg.topics = dtopics;
+    if (!set_tps)
+        cfg.topics_per_sub = dtps;
+    if (!have_port)
+        cfg.port = cfg.proto == KR_BENCH_PROTO_KRAKEN ? 12355 : cfg.proto == KR_BENCH_PROTO_REDIS ? 6379 : 4222;
+    if (set_batch && cfg.proto != KR_BENCH_PROTO_KRAKEN && cfg.batch != 1)
+        return kb_bad("--batch is Kraken only (Redis and NATS publish one message per command)");
+    if (cfg.topics_per_sub > cfg.topics)
+        return kb_bad("--topics-per-sub %u exceeds --topics %u", cfg.topics_per_sub, cfg.topics);
+    uint64_t nsubs = cfg.scenario == KR_BENCH_SC_CONNS ? cfg.conns : cfg.subs;
+    if (cfg.scenario != KR_BENCH_SC_CHURN && nsubs * cfg.topics_per_sub > UINT64_C(100000000))
+        return kb_bad("subscribers x topics-per-sub is too large");
+
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGINT, kb_sigint);
+    static struct kr_bench_result res;
+    int rc = kr_bench_run(&cfg, &res);
+    if (json)
+        kb_print_json(&cfg, &res, rc);
+    else
+        kb_print_summary(&cfg, &res, rc);
+    if (rc < 0) {
+        if (json || !res.error[0])
+            fprintf(stderr, "kraken-bench: %s\n", res.error[0] ? res.error : "the run failed");
+        return KB_EXIT_RUN;
+    }
+    if (strcmp(kb_status(&res, rc), "ok") != 0)
+        return KB_EXIT_ACCOUNTING;
+    return KB_EXIT_OK;
+}

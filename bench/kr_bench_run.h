@@ -1,0 +1,92 @@
+/* kraken-bench's load engine: connection roles, worker threads (one libuv loop each), the
+ * run phases and the accounting. Private to the kraken-bench executable.
+ *
+ * kr_bench_run() is called from the main thread; it starts cfg->threads worker threads,
+ * drives them through the phases (connect and subscribe, timed run, drain, optional replay,
+ * stop), joins them and fills the result. Nothing here is shared between runs. */
+#ifndef KR_BENCH_RUN_H
+#define KR_BENCH_RUN_H
+
+#include <stdint.h>
+
+#include "kr_bench.h"
+
+enum kr_bench_proto {
+    KR_BENCH_PROTO_KRAKEN,
+    KR_BENCH_PROTO_REDIS,
+    KR_BENCH_PROTO_NATS,
+};
+
+enum kr_bench_scenario {
+    KR_BENCH_SC_FANOUT,
+    KR_BENCH_SC_BROADCAST,
+    KR_BENCH_SC_LATENCY,
+    KR_BENCH_SC_CHURN,
+    KR_BENCH_SC_CONNS,
+    KR_BENCH_SC_RETRO,
+};
+
+#define KR_BENCH_MAX_BATCH 4096
+
+struct kr_bench_cfg {
+    enum kr_bench_proto proto;
+    enum kr_bench_scenario scenario;
+    char host[256];
+    unsigned port;
+    unsigned threads;        /* worker threads, one libuv loop each */
+    unsigned pipeline;       /* requests (Redis, Kraken) or unacknowledged commands (NATS) in flight */
+    unsigned batch;          /* Kraken: publish entries per `set publish` request */
+    unsigned subs;           /* subscriber connections (churn: churning connections) */
+    unsigned pubs;           /* publisher connections */
+    unsigned topics;         /* topic space */
+    unsigned topics_per_sub; /* topics each subscriber holds */
+    unsigned msg_size;       /* payload bytes */
+    unsigned conns;          /* conns scenario: idle subscribed connections */
+    unsigned poll_ms;        /* Kraken: pause after an empty poll */
+    double duration_s;       /* timed phase */
+    double drain_timeout_s;  /* bound on the drain (and on the retro replay) */
+    double connect_timeout_s;
+    double rate;             /* messages/s over all publishers (churn: ops/s); 0 = unlimited */
+    uint64_t messages;       /* retro: messages published between register and subscribe */
+    long server_pid;         /* conns: read this process's VmRSS; 0 = none */
+    uint64_t seed;
+    char prefix[64];         /* topic name prefix */
+    int progress;            /* print a line each second on stderr */
+};
+
+struct kr_bench_result {
+    int fatal;          /* the run could not complete (message in error) */
+    int unsupported;    /* retro: the server rejected `set register` */
+    char error[512];    /* first fatal or connection error, "" when none */
+    double connect_s;   /* connect + subscribe barrier */
+    double run_s;       /* timed phase */
+    double drain_s;     /* publishers stopped .. counts settled */
+    int drain_timed_out;
+    uint64_t published; /* messages acknowledged by the server (NATS: by a PONG) */
+    uint64_t published_timed;
+    uint64_t expected;  /* deliveries owed to the subscribers */
+    uint64_t delivered; /* deliveries received, duplicates included */
+    uint64_t delivered_timed;
+    uint64_t loss, dups, order, corrupt, unexpected;
+    uint64_t errors;    /* connection or protocol errors (each closes a connection) */
+    uint64_t ops;       /* churn: subscribe + unsubscribe acknowledgements */
+    uint64_t ops_timed;
+    uint64_t connections;
+    long rss_before_kb, rss_after_kb; /* -1 when not measured */
+    uint64_t retro_subs, not_found, replayed;
+    double replay_s;
+    struct kr_bench_hist lat; /* ns: publish -> receive (churn: request -> acknowledgement) */
+};
+
+/* Run one benchmark. Returns 0 when it ran (check the result's counters), or -1 with
+ * res->error set when it could not (connection refused, the barrier never completed, ...).
+ * Main thread only; not reentrant. */
+int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res);
+
+/* Ask a running kr_bench_run to end its timed phase early (async-signal-safe). */
+void kr_bench_request_stop(void);
+
+/* VmRSS of a process in KiB from /proc/<pid>/status, or -1. */
+long kr_bench_rss_kb(long pid);
+
+#endif
