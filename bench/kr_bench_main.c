@@ -271,12 +271,14 @@ static void kb_print_summary(const struct kr_bench_cfg *c, const struct kr_bench
             fprintf(f, ", %.0f msgs/s", c->rate);
         fputc('\n', f);
     }
-    fprintf(f, "  connect      %llu connections connected and subscribed in %.2f s\n",
-            (unsigned long long)r->connections, r->connect_s);
     if (rc < 0 && !r->run_s) {
+        fprintf(f, "  connect      %llu connections: gave up after %.2f s\n",
+                (unsigned long long)r->connections, r->connect_s);
         fprintf(f, "  result       %s: %s\n", r->unsupported ? "UNSUPPORTED" : "FAILED", r->error);
         return;
     }
+    fprintf(f, "  connect      %llu connections connected and subscribed in %.2f s\n",
+            (unsigned long long)r->connections, r->connect_s);
     fprintf(f, "  run          %.2f s timed, then %.2f s drain%s\n", r->run_s, r->drain_s,
             r->drain_timed_out ? " (bound reached)" : "");
     if (c->scenario == KR_BENCH_SC_CHURN) {
@@ -570,8 +572,7 @@ int main(int argc, char **argv)
     else
         kb_print_summary(&cfg, &res, rc);
     if (rc < 0) {
-        if (json || !res.error[0])
-            fprintf(stderr, "kraken-bench: %s\n", res.error[0] ? res.error : "the run failed");
+        fprintf(stderr, "kraken-bench: %s\n", res.error[0] ? res.error : "the run failed");
         return KB_EXIT_RUN;
     }
     if (strcmp(kb_status(&res, rc), "ok") != 0)

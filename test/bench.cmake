@@ -1,0 +1,8 @@
+# kraken-bench: unit tests of its histogram and client codecs, and an integration test
+# that runs every scenario briefly against the built server.
+kr_add_test(test_bench_hist SOURCES test_bench_hist.c LIBS kr_bench_core)
+kr_add_test(test_bench_codec SOURCES test_bench_codec.c LIBS kr_bench_core)
+kr_add_test(test_bench_integration SOURCES test_bench_integration.c)
+add_dependencies(test_bench_integration kraken kraken-bench)
+set_property(TEST test_bench_integration APPEND PROPERTY
+  ENVIRONMENT "KRAKEN_BENCH_BIN=$<TARGET_FILE:kraken-bench>")

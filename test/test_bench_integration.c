@@ -1,0 +1,407 @@
+/* kraken-bench against the real server: every scenario runs for about a second on an
+ * ephemeral port and its accounting must come out clean. Timings are never asserted. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TB_WAIT_MS 10000  /* server start / stop */
+#define TB_BENCH_MS 60000 /* one bench run, everything included */
+
+struct tb_server {
+    pid_t pid;
+    unsigned port;
+    char log[64];
+};
+
+static struct tb_server srv;
+
+static void tb_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static long tb_ms_since(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (t.tv_sec - t0->tv_sec) * 1000 + (t.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+/* Port from the log line "listening on 127.0.0.1:<port>", or 0 when not there yet. */
+static unsigned tb_read_port(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char line[1024];
+    unsigned port = 0;
+    const char *tag = "listening on 127.0.0.1:";
+    while (!port && fgets(line, sizeof(line), f)) {
+        char *p = strstr(line, tag);
+        if (p)
+            port = (unsigned)strtoul(p + strlen(tag), NULL, 10);
+    }
+    fclose(f);
+    return port;
+}
+
+/* Start the server with `--tcp_server_port 0`, a temporary log file and extra arguments. */
+static void tb_start(const char *const *extra)
+{
+    const char *bin = getenv("KRAKEN_BIN");
+    cr_assert_not_null(bin, "KRAKEN_BIN must name the server binary");
+    snprintf(srv.log, sizeof(srv.log), "/tmp/kraken-bench-it-XXXXXX");
+    int fd = mkstemp(srv.log);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    const char *argv[40];
+    int argc = 0;
+    argv[argc++] = bin;
+    argv[argc++] = "run";
+    argv[argc++] = "--tcp_server_port";
+    argv[argc++] = "0";
+    argv[argc++] = "--log_file";
+    argv[argc++] = srv.log;
+    argv[argc++] = "-kraken";
+    argv[argc++] = "num_router_shards";
+    argv[argc++] = "2";
+    argv[argc++] = "-kraken";
+    argv[argc++] = "num_net_threads";
+    argv[argc++] = "2";
+    for (int i = 0; extra && extra[i] && argc < 38; i++)
+        argv[argc++] = extra[i];
+    argv[argc] = NULL;
+    srv.pid = fork();
+    cr_assert_geq(srv.pid, 0);
+    if (srv.pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0) {
+            dup2(null, 1);
+            dup2(null, 2);
+        }
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    for (int waited = 0; waited < TB_WAIT_MS; waited += 10) {
+        srv.port = tb_read_port(srv.log);
+        if (srv.port)
+            return;
+        int st;
+        if (waitpid(srv.pid, &st, WNOHANG) == srv.pid) {
+            srv.pid = 0;
+            cr_assert_fail("the server exited early (status %d); log in %s", st, srv.log);
+        }
+        tb_sleep_ms(10);
+    }
+    kill(srv.pid, SIGKILL);
+    waitpid(srv.pid, NULL, 0);
+    srv.pid = 0;
+    cr_assert_fail("the server did not log its port; log in %s", srv.log);
+}
+
+static void tb_stop(void)
+{
+    if (srv.pid <= 0)
+        return;
+    kill(srv.pid, SIGTERM);
+    int st = 0;
+    for (int waited = 0; waited < TB_WAIT_MS; waited += 10) {
+        if (waitpid(srv.pid, &st, WNOHANG) == srv.pid) {
+            srv.pid = 0;
+            unlink(srv.log);
+            return;
+        }
+        tb_sleep_ms(10);
+    }
+    kill(srv.pid, SIGKILL);
+    waitpid(srv.pid, &st, 0);
+    srv.pid = 0;
+    cr_log_warn("the server did not stop on SIGTERM; log kept in %s", srv.log);
+}
+
+static void tb_start_default(void)
+{
+    tb_start(NULL);
+}
+
+/* Run kraken-bench with the given arguments plus --json --quiet against the server (unless
+ * the arguments name a port). Captures stdout into out and stderr into err; returns the
+ * exit status (-1 when killed). */
+static int tb_bench(const char *const *args, char *out, size_t outcap, char *err, size_t errcap)
+{
+    const char *bin = getenv("KRAKEN_BENCH_BIN");
+    cr_assert_not_null(bin, "KRAKEN_BENCH_BIN must name kraken-bench");
+    char port[16];
+    snprintf(port, sizeof(port), "%u", srv.port);
+    const char *argv[64];
+    int argc = 0, has_port = 0;
+    argv[argc++] = bin;
+    for (int i = 0; args[i] && argc < 56; i++) {
+        if (strcmp(args[i], "--port") == 0)
+            has_port = 1;
+        argv[argc++] = args[i];
+    }
+    if (!has_port) {
+        argv[argc++] = "--port";
+        argv[argc++] = port;
+    }
+    argv[argc++] = "--json";
+    argv[argc++] = "--quiet";
+    argv[argc] = NULL;
+    int po[2], pe[2];
+    cr_assert_eq(pipe(po), 0);
+    cr_assert_eq(pipe(pe), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(po[1], 1);
+        dup2(pe[1], 2);
+        close(po[0]);
+        close(pe[0]);
+        close(po[1]);
+        close(pe[1]);
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    close(po[1]);
+    close(pe[1]);
+    size_t no = 0, ne = 0;
+    int open_fds = 2;
+    struct pollfd pfd[2] = {{po[0], POLLIN, 0}, {pe[0], POLLIN, 0}};
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (open_fds > 0 && tb_ms_since(&t0) < TB_BENCH_MS) {
+        if (poll(pfd, 2, 100) <= 0)
+            continue;
+        for (int i = 0; i < 2; i++) {
+            if (pfd[i].fd < 0 || !(pfd[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            char tmp[4096];
+            ssize_t n = read(pfd[i].fd, tmp, sizeof(tmp));
+            if (n <= 0) {
+                close(pfd[i].fd);
+                pfd[i].fd = -1;
+                open_fds--;
+                continue;
+            }
+            char *dst = i == 0 ? out : err;
+            size_t *len = i == 0 ? &no : &ne;
+            size_t cap = i == 0 ? outcap : errcap;
+            size_t take = (size_t)n < cap - 1 - *len ? (size_t)n : cap - 1 - *len;
+            memcpy(dst + *len, tmp, take);
+            *len += take;
+        }
+    }
+    out[no] = 0;
+    err[ne] = 0;
+    for (int i = 0; i < 2; i++)
+        if (pfd[i].fd >= 0)
+            close(pfd[i].fd);
+    int st = 0;
+    for (;;) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            break;
+        if (tb_ms_since(&t0) >= TB_BENCH_MS) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            cr_assert_fail("kraken-bench did not finish within %d ms", TB_BENCH_MS);
+        }
+        tb_sleep_ms(10);
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* A numeric field of the JSON line (asserts that it is there). */
+static double tb_num(const char *json, const char *key)
+{
+    char pat[64];
+    snprintf(pat, sizeof(pat), "\"%s\":", key);
+    const char *p = strstr(json, pat);
+    cr_assert_not_null(p, "no %s in %s", key, json);
+    return strtod(p + strlen(pat), NULL);
+}
+
+static int tb_str_is(const char *json, const char *key, const char *want)
+{
+    char pat[128];
+    snprintf(pat, sizeof(pat), "\"%s\":\"%s\"", key, want);
+    return strstr(json, pat) != NULL;
+}
+
+static char out[16384], err[16384];
+
+/* The accounting every message scenario must satisfy. */
+static void tb_assert_clean(const char *json)
+{
+    cr_assert(tb_str_is(json, "status", "ok"), "status not ok: %s\nstderr: %s", json, err);
+    cr_assert_gt(tb_num(json, "published"), 0, "%s", json);
+    cr_assert_gt(tb_num(json, "expected"), 0, "%s", json);
+    cr_assert_eq(tb_num(json, "delivered"), tb_num(json, "expected"), "%s", json);
+    cr_assert_eq(tb_num(json, "loss"), 0, "%s", json);
+    cr_assert_eq(tb_num(json, "duplicates"), 0, "%s", json);
+    cr_assert_eq(tb_num(json, "order_errors"), 0, "%s", json);
+    cr_assert_eq(tb_num(json, "corrupt"), 0, "%s", json);
+    cr_assert_eq(tb_num(json, "unexpected"), 0, "%s", json);
+    cr_assert_eq(tb_num(json, "errors"), 0, "%s", json);
+}
+
+TestSuite(bench_it, .init = tb_start_default, .fini = tb_stop, .timeout = 300);
+
+Test(bench_it, fanout)
+{
+    const char *a[] = {"--scenario", "fanout", "--subs", "10", "--pubs", "3", "--topics", "50",
+                       "--topics-per-sub", "5", "--duration", "1", "--threads", "2", NULL};
+    int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+    cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
+    tb_assert_clean(out);
+    cr_assert_eq(tb_num(out, "connections"), 13);
+    cr_assert_eq(tb_num(out, "lat_count"), tb_num(out, "delivered"), "%s", out);
+}
+
+Test(bench_it, fanout_batched_paced_polls_big_messages)
+{
+    const char *a[] = {"--scenario", "fanout", "--subs", "8", "--pubs", "2", "--topics", "20",
+                       "--topics-per-sub", "4", "--batch", "8", "--poll-ms", "2", "--msg-size",
+                       "3000", "--pipeline", "4", "--duration", "1", NULL};
+    int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+    cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
+    tb_assert_clean(out);
+}
+
+Test(bench_it, broadcast)
+{
+    const char *a[] = {"--scenario", "broadcast", "--subs", "20", "--duration", "1", NULL};
+    int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+    cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
+    tb_assert_clean(out);
+    /* everyone is on the one topic: each message reaches all 20 */
+    cr_assert_eq(tb_num(out, "expected"), 20 * tb_num(out, "published"), "%s", out);
+}
+
+Test(bench_it, latency)
+{
+    const char *a[] = {"--scenario", "latency", "--rate", "2000", "--subs", "10", "--pubs", "2",
+                       "--topics", "20", "--topics-per-sub", "4", "--duration", "1", NULL};
+    int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+    cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
+    tb_assert_clean(out);
+    cr_assert_gt(tb_num(out, "lat_p50_us"), 0);
+    cr_assert_geq(tb_num(out, "lat_max_us"), tb_num(out, "lat_p99_us"));
+}
+
+Test(bench_it, churn)
+{
+    const char *a[] = {"--scenario", "churn", "--subs", "4", "--topics", "100", "--duration", "1",
+                       NULL};
+    int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+    cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
+    cr_assert(tb_str_is(out, "status", "ok"), "%s", out);
+    cr_assert_gt(tb_num(out, "ops"), 0, "%s", out);
+    cr_assert_eq(tb_num(out, "lat_count"), tb_num(out, "ops"), "%s", out);
+    cr_assert_eq(tb_num(out, "errors"), 0, "%s", out);
+}
+
+Test(bench_it, conns_with_server_rss)
+{
+    char pid[16];
+    snprintf(pid, sizeof(pid), "%d", (int)srv.pid);
+    const char *a[] = {"--scenario", "conns", "--conns", "300", "--topics-per-sub", "2",
+                       "--duration", "0.5", "--server-pid", pid, NULL};
+    int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+    cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
+    cr_assert(tb_str_is(out, "status", "ok"), "%s", out);
+    cr_assert_eq(tb_num(out, "connections"), 300);
+    cr_assert_gt(tb_num(out, "rss_before_kb"), 0, "%s", out);
+    cr_assert_gt(tb_num(out, "rss_after_kb"), 0, "%s", out);
+    cr_assert_eq(tb_num(out, "errors"), 0, "%s", out);
+}
+
+Test(bench_it, retro_replays_everything)
+{
+    const char *a[] = {"--scenario", "retro", "--subs", "4", "--pubs", "2", "--topics", "20",
+                       "--topics-per-sub", "5", "--messages", "800", "--duration", "5", NULL};
+    int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+    if (tb_str_is(out, "status", "unsupported")) {
+        cr_assert_eq(rc, 3);
+        cr_assert(strstr(err, "register"), "the error must name the request: %s", err);
+        cr_log_warn("the server does not support retroactive subscriptions: %s", err);
+        return;
+    }
+    cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
+    tb_assert_clean(out);
+    cr_assert_eq(tb_num(out, "published"), 800, "%s", out);
+    cr_assert_eq(tb_num(out, "not_found"), 0, "%s", out);
+    cr_assert_eq(tb_num(out, "replayed"), tb_num(out, "expected"), "%s", out);
+}
+
+static void tb_start_short_history(void)
+{
+    tb_stop(); /* the suite's server, when the suite's init ran first */
+    const char *extra[] = {"-kraken", "messages_stored_per_router_shard", "10", NULL};
+    tb_start(extra);
+}
+
+/* History shorter than what was published since the register: NOT_FOUND, reported. */
+Test(bench_it, retro_not_found_is_reported, .init = tb_start_short_history)
+{
+    const char *a[] = {"--scenario", "retro", "--subs", "3", "--pubs", "1", "--topics", "10",
+                       "--topics-per-sub", "3", "--messages", "500", "--duration", "5", NULL};
+    int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+    if (tb_str_is(out, "status", "unsupported")) {
+        cr_log_warn("the server does not support retroactive subscriptions: %s", err);
+        return;
+    }
+    cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
+    cr_assert(tb_str_is(out, "status", "ok"), "%s", out);
+    cr_assert_eq(tb_num(out, "not_found"), 3, "%s", out);
+    cr_assert_eq(tb_num(out, "replayed"), 0, "%s", out);
+}
+
+Test(bench_it, connection_refused_is_a_clear_error)
+{
+    /* a port nobody listens on: bind one, learn it, close it */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a4);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&a4, sizeof(a4)), 0);
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a4, &len), 0);
+    char port[16];
+    snprintf(port, sizeof(port), "%u", ntohs(a4.sin_port));
+    close(fd);
+    const char *a[] = {"--port", port, "--subs", "2", "--pubs", "1", "--duration", "1", NULL};
+    int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+    cr_assert_eq(rc, 3, "exit %d\n%s\n%s", rc, out, err);
+    cr_assert(strstr(err, "connection refused"), "stderr: %s", err);
+    cr_assert(tb_str_is(out, "status", "error"), "%s", out);
+}
+
+Test(bench_it, bad_options_exit_2)
+{
+    const char *bad[][4] = {
+        {"--no-such-option", NULL},
+        {"--threads", "0", NULL},
+        {"--proto", "carrier-pigeon", NULL},
+        {"--msg-size", "8", NULL},
+        {"--scenario", "retro", "--proto", "redis"},
+        {"--topics", "5", "--topics-per-sub", "6"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *a[6] = {bad[i][0], bad[i][1], bad[i][2], bad[i][3], NULL, NULL};
+        int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+        cr_assert_eq(rc, 2, "case %zu: exit %d, stderr %s", i, rc, err);
+        cr_assert_gt(strlen(err), 0, "case %zu: no message", i);
+    }
+}
