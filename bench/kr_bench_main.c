@@ -224,6 +224,8 @@ static void kb_print_json(const struct kr_bench_cfg *c, const struct kr_bench_re
             (unsigned long long)r->errors);
     fprintf(f, "\"ops\":%llu,\"ops_rate\":%.0f,", (unsigned long long)r->ops,
             kb_rate(r->ops_timed, r->run_s));
+    fprintf(f, "\"polls\":%llu,\"empty_polls\":%llu,", (unsigned long long)r->polls,
+            (unsigned long long)r->empty_polls);
     fprintf(f,
             "\"lat_count\":%llu,\"lat_p50_us\":%.1f,\"lat_p99_us\":%.1f,\"lat_p999_us\":%.1f,"
             "\"lat_max_us\":%.1f,\"lat_mean_us\":%.1f,",
@@ -305,6 +307,9 @@ static void kb_print_summary(const struct kr_bench_cfg *c, const struct kr_bench
                     (unsigned long long)r->delivered, (unsigned long long)r->expected,
                     kb_rate(r->delivered_timed, r->run_s));
         }
+        if (r->polls)
+            fprintf(f, "  polls        %llu `get messages`, %.1f%% of them empty\n",
+                    (unsigned long long)r->polls, 100.0 * (double)r->empty_polls / (double)r->polls);
         fprintf(f, "  accounting   loss %llu, duplicates %llu, order errors %llu, corrupt %llu, unexpected %llu\n",
                 (unsigned long long)r->loss, (unsigned long long)r->dups, (unsigned long long)r->order,
                 (unsigned long long)r->corrupt, (unsigned long long)r->unexpected);

@@ -85,6 +85,7 @@ struct kb_conn {
     const uint32_t *topics; /* sorted topic indices, cfg.topics_per_sub of them */
     struct kr_bench_stream *streams; /* [slot * pubs + pub] */
     uint64_t received, corrupt, unexpected;
+    uint64_t polls, empty_polls; /* Kraken */
     uint64_t t_sub, t_last; /* retro: subscribe sent, last message received */
     /* churn */
     uint32_t churn_topic;
@@ -435,6 +436,8 @@ static void kb_poll_again(struct kb_conn *c, int empty)
 {
     struct kb_run *run = c->w->run;
     c->polling = 0;
+    c->polls++;
+    c->empty_polls += empty ? 1 : 0;
     int ph = c->w->phase;
     if (ph >= KB_PH_STOP)
         return;
@@ -1475,6 +1478,8 @@ out_join:
             struct kb_conn *c = &run->subs[i];
             res->corrupt += c->corrupt;
             res->unexpected += c->unexpected;
+            res->polls += c->polls;
+            res->empty_polls += c->empty_polls;
             if (cfg->scenario == KR_BENCH_SC_RETRO) {
                 res->retro_subs++;
                 if (c->not_found) {

@@ -71,6 +71,7 @@ struct kr_bench_result {
     uint64_t errors;    /* connection or protocol errors (each closes a connection) */
     uint64_t ops;       /* churn: subscribe + unsubscribe acknowledgements */
     uint64_t ops_timed;
+    uint64_t polls, empty_polls; /* Kraken subscribers: `get messages` sent, answered END */
     uint64_t connections;
     long rss_before_kb, rss_after_kb; /* -1 when not measured */
     uint64_t retro_subs, not_found, replayed;

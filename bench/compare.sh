@@ -1,0 +1,286 @@
+#!/usr/bin/env bash
+# Run the same kraken-bench scenarios against Kraken, Redis and NATS on this machine and print
+# one table. Each server is started fresh for each scenario on a free loopback port, as a
+# child of this script, and stopped by its PID afterwards. Redis and NATS come from the
+# distribution's packages (installed with apt-get when missing).
+#
+# Kraken is poll-based (its subscribers send `get messages`); Redis and NATS push to their
+# subscribers. kraken-bench's numbers include that difference: it is the protocol's cost.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: bench/compare.sh [options] [-- extra kraken-bench options]
+
+Options:
+  --build-dir DIR     where kraken and kraken-bench were built (default: build)
+  --duration S        timed phase of each run in seconds (default 10)
+  --threads N         kraken-bench worker threads (default 1)
+  --pipeline N        requests in flight per connection (default 64)
+  --scenarios LIST    space-separated subset of: fanout broadcast latency churn conns
+                      (default: all five)
+  --servers LIST      space-separated subset of: kraken redis nats (default: all three)
+  --conns N           connections of the conns scenario (default 10000)
+  --kraken-batch N    also run Kraken's fanout and broadcast with N entries per publish
+                      request (default 16; 0 = skip)
+  --scaling           instead: Kraken alone, fanout and broadcast for every combination of
+                      num_router_shards and num_net_threads in 1 2 4
+  --raw FILE          append every run's JSON line to FILE
+  -h, --help          this text
+
+Scenario shapes (the same for every server):
+  fanout     100 subscribers x 10 of 1000 topics, 4 publishers, 64-byte messages
+  broadcast  200 subscribers on one topic, 1 publisher, 64-byte messages
+  latency    the fanout shape at a fixed 10000 messages/s
+  churn      100 connections subscribing and unsubscribing random topics of 1000
+  conns      --conns idle connections subscribed to one topic each; server RSS growth
+EOF
+}
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+build="$root/build"
+duration=10
+threads=1
+pipeline=64
+scenarios="fanout broadcast latency churn conns"
+servers="kraken redis nats"
+nconns=10000
+kraken_batch=16
+scaling=0
+raw=""
+extra=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --build-dir) build=$(cd "$2" && pwd); shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --pipeline) pipeline=$2; shift 2 ;;
+    --scenarios) scenarios=$2; shift 2 ;;
+    --servers) servers=$2; shift 2 ;;
+    --conns) nconns=$2; shift 2 ;;
+    --kraken-batch) kraken_batch=$2; shift 2 ;;
+    --scaling) scaling=1; shift ;;
+    --raw) raw=$2; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    --) shift; extra=("$@"); break ;;
+    *) echo "compare.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+kraken_bin="$build/admin/kraken"
+bench_bin="$build/bench/kraken-bench"
+for b in "$kraken_bin" "$bench_bin"; do
+    if [ ! -x "$b" ]; then
+        echo "compare.sh: $b is missing; build first: cmake -S . -B build && cmake --build build" >&2
+        exit 2
+    fi
+done
+
+# --- Redis and NATS from the distribution, when missing ---------------------------------
+need_pkgs=()
+case " $servers " in *" redis "*) command -v redis-server >/dev/null || need_pkgs+=(redis-server) ;; esac
+case " $servers " in *" nats "*)
+    command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need_pkgs+=(nats-server) ;;
+esac
+if [ "$scaling" = 0 ] && [ ${#need_pkgs[@]} -gt 0 ]; then
+    echo "compare.sh: installing ${need_pkgs[*]} with apt-get" >&2
+    sudo_cmd=()
+    [ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_pkgs[@]}" >&2 ||
+        { "${sudo_cmd[@]}" apt-get update >&2 &&
+          "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_pkgs[@]}" >&2; }
+fi
+nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+
+# --- file descriptors for the conns scenario (servers inherit the limit) -----------------
+want_fds=$((nconns * 2 + 1024))
+hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt "$want_fds" ]; then
+    ulimit -Hn "$want_fds" 2>/dev/null || true
+    hard=$(ulimit -Hn)
+fi
+if [ "$hard" = unlimited ] || [ "$hard" -ge "$want_fds" ]; then
+    ulimit -Sn "$want_fds"
+else
+    ulimit -Sn "$hard"
+    echo "compare.sh: warning: open-file limit is $hard; the conns scenario may fail (raise ulimit -n)" >&2
+fi
+
+# --- server processes ----------------------------------------------------------------------
+tmp=$(mktemp -d /tmp/kraken-compare.XXXXXX)
+server_pid=""
+cleanup() {
+    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+    local p
+    for p in $(seq 21000 21999); do
+        if port_free "$p"; then echo "$p"; return 0; fi
+    done
+    echo "compare.sh: no free port in 21000..21999" >&2
+    return 1
+}
+wait_listening() {
+    local _
+    for _ in $(seq 1 500); do
+        if ! port_free "$1"; then return 0; fi
+        kill -0 "$server_pid" 2>/dev/null || return 1
+        sleep 0.02
+    done
+    return 1
+}
+
+# start_server NAME [kraken args...]: sets server_pid and server_port
+start_server() {
+    local name=$1; shift
+    : >"$tmp/$name.log"
+    case "$name" in
+    kraken)
+        "$kraken_bin" run --listen_ip 127.0.0.1 --tcp_server_port 0 --log_file "$tmp/kraken.log" \
+            --max_tcp_clients $((nconns + 1000)) "$@" >"$tmp/kraken.out" 2>&1 &
+        server_pid=$!
+        server_port=""
+        local _
+        for _ in $(seq 1 500); do
+            server_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/kraken.log" | head -n1)
+            [ -n "$server_port" ] && break
+            kill -0 "$server_pid" 2>/dev/null || break
+            sleep 0.02
+        done
+        ;;
+    redis)
+        server_port=$(free_port)
+        redis-server --port "$server_port" --bind 127.0.0.1 --save '' --appendonly no \
+            --maxclients $((nconns + 1000)) --logfile "$tmp/redis.log" >/dev/null 2>&1 &
+        server_pid=$!
+        wait_listening "$server_port" || server_port=""
+        ;;
+    nats)
+        server_port=$(free_port)
+        "$nats_bin" -a 127.0.0.1 -p "$server_port" -l "$tmp/nats.log" >/dev/null 2>&1 &
+        server_pid=$!
+        wait_listening "$server_port" || server_port=""
+        ;;
+    esac
+    if [ -z "$server_port" ]; then
+        echo "compare.sh: $name did not start; its log:" >&2
+        cat "$tmp/$name.log" "$tmp/$name.out" 2>/dev/null | tail -n 20 >&2 || true
+        stop_server
+        return 1
+    fi
+}
+
+stop_server() {
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=""
+    fi
+}
+
+scenario_args() {
+    case "$1" in
+    fanout) echo "--scenario fanout --subs 100 --pubs 4 --topics 1000 --topics-per-sub 10 --msg-size 64" ;;
+    broadcast) echo "--scenario broadcast --subs 200 --pubs 1 --msg-size 64" ;;
+    latency) echo "--scenario latency --subs 100 --pubs 4 --topics 1000 --topics-per-sub 10 --msg-size 64 --rate 10000" ;;
+    churn) echo "--scenario churn --subs 100 --topics 1000" ;;
+    conns) echo "--scenario conns --conns $nconns --topics 1000 --topics-per-sub 1" ;;
+    *) echo "compare.sh: unknown scenario '$1'" >&2; return 1 ;;
+    esac
+}
+
+field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$2"; }
+
+rows=()
+# run_one LABEL SERVER SCENARIO [extra bench args...] (server args come from $server_args)
+run_one() {
+    local label=$1 server=$2 sc=$3; shift 3
+    local args
+    args=$(scenario_args "$sc")
+    # shellcheck disable=SC2086
+    start_server "$server" ${server_args:-} || { rows+=("$sc|$label|server did not start"); return; }
+    local dur=$duration
+    local more=()
+    if [ "$sc" = conns ]; then
+        dur=$((duration < 5 ? duration : 5))
+        more=(--server-pid "$server_pid" --connect-timeout 120)
+    fi
+    echo "== $sc: $label (port $server_port)" >&2
+    local json rc=0
+    # shellcheck disable=SC2086
+    json=$("$bench_bin" --proto "$server" --port "$server_port" $args --duration "$dur" \
+        --threads "$threads" --pipeline "$pipeline" --json --quiet "${more[@]}" "$@" \
+        ${extra[@]+"${extra[@]}"}) || rc=$?
+    stop_server
+    [ -n "$raw" ] && printf '%s\n' "$json" >>"$raw"
+    if [ -z "$json" ]; then
+        rows+=("$sc|$label|kraken-bench failed (exit $rc)")
+        return
+    fi
+    local note=""
+    case "$sc" in
+    churn) note="$(field ops_rate "$json") ops/s" ;;
+    conns)
+        note="$(field connections "$json") conns in $(field connect_s "$json") s"
+        [ "$(field rss_per_conn_bytes "$json")" != -1 ] &&
+            note="$note; RSS +$(field rss_per_conn_bytes "$json") B/conn ($(field rss_before_kb "$json") -> $(field rss_after_kb "$json") KiB)"
+        ;;
+    esac
+    [ "$(field status "$json")" != ok ] && note="$note [$(field status "$json"): $(field error "$json")]"
+    [ "$(field drain_timed_out "$json")" = true ] && note="$note [drain bound reached]"
+    rows+=("$sc|$label|$(field publish_rate "$json")|$(field deliver_rate "$json")|$(field lat_p50_us "$json")|$(field lat_p99_us "$json")|$(field lat_p999_us "$json")|$(field lat_max_us "$json")|$(field loss "$json")|$(field duplicates "$json")|$(field order_errors "$json")|$(field errors "$json")|$note")
+}
+
+print_table() {
+    printf '\n%-9s  %-28s %11s %11s %9s %9s %9s %9s %6s %4s %5s %4s  %s\n' \
+        scenario server "publ/s" "deliv/s" "p50 us" "p99 us" "p99.9 us" "max us" loss dup order err note
+    local r
+    for r in "${rows[@]}"; do
+        IFS='|' read -r sc label pr dr p50 p99 p999 pmax loss dup ord err note <<<"$r"
+        if [ -z "${dr:-}" ] && [ -n "${pr:-}" ]; then
+            printf '%-9s  %-28s %s\n' "$sc" "$label" "$pr"
+            continue
+        fi
+        printf '%-9s  %-28s %11s %11s %9s %9s %9s %9s %6s %4s %5s %4s  %s\n' \
+            "$sc" "$label" "$pr" "$dr" "$p50" "$p99" "$p999" "$pmax" "$loss" "$dup" "$ord" "$err" "$note"
+    done
+}
+
+echo "compare.sh: $(nproc) CPUs; kraken-bench --threads $threads --pipeline $pipeline, ${duration} s runs" >&2
+
+if [ "$scaling" = 1 ]; then
+    for sc in fanout broadcast; do
+        for shards in 1 2 4; do
+            for net in 1 2 4; do
+                server_args="--num_router_shards $shards --num_net_threads $net"
+                run_one "kraken shards=$shards net=$net" kraken "$sc"
+                if [ "$kraken_batch" -gt 1 ]; then
+                    run_one "kraken s=$shards n=$net batch $kraken_batch" kraken "$sc" --batch "$kraken_batch"
+                fi
+            done
+        done
+    done
+    server_args=""
+    print_table
+    exit 0
+fi
+
+for sc in $scenarios; do
+    for srv in $servers; do
+        server_args=""
+        run_one "$srv" "$srv" "$sc"
+        if [ "$srv" = kraken ] && [ "$kraken_batch" -gt 1 ] && { [ "$sc" = fanout ] || [ "$sc" = broadcast ]; }; then
+            run_one "kraken (batch $kraken_batch)" kraken "$sc" --batch "$kraken_batch"
+        fi
+    done
+done
+print_table
