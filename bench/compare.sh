@@ -15,7 +15,7 @@ Usage: bench/compare.sh [options] [-- extra kraken-bench options]
 Options:
   --build-dir DIR     where kraken and kraken-bench were built (default: build)
   --duration S        timed phase of each run in seconds (default 10)
-  --threads N         kraken-bench worker threads (default 1)
+  --threads N         kraken-bench worker threads (default 2)
   --pipeline N        requests in flight per connection (default 64)
   --scenarios LIST    space-separated subset of: fanout broadcast latency churn conns
                       (default: all five)
@@ -41,7 +41,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 build="$root/build"
 duration=10
-threads=1
+threads=2
 pipeline=64
 scenarios="fanout broadcast latency churn conns"
 servers="kraken redis nats"
@@ -93,8 +93,9 @@ if [ "$scaling" = 0 ] && [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
 
-# --- file descriptors for the conns scenario (servers inherit the limit) -----------------
-want_fds=$((nconns * 2 + 1024))
+# --- file descriptors for the conns scenario (each process needs one per connection; the
+# servers inherit this limit) -------------------------------------------------------------
+want_fds=$((nconns + 1024))
 hard=$(ulimit -Hn)
 if [ "$hard" != unlimited ] && [ "$hard" -lt "$want_fds" ]; then
     ulimit -Hn "$want_fds" 2>/dev/null || true
@@ -236,6 +237,7 @@ run_one() {
         ;;
     esac
     [ "$(field status "$json")" != ok ] && note="$note [$(field status "$json"): $(field error "$json")]"
+    case "$sc" in fanout | broadcast | latency) note="drain $(field drain_s "$json") s$note" ;; esac
     [ "$(field drain_timed_out "$json")" = true ] && note="$note [drain bound reached]"
     rows+=("$sc|$label|$(field publish_rate "$json")|$(field deliver_rate "$json")|$(field lat_p50_us "$json")|$(field lat_p99_us "$json")|$(field lat_p999_us "$json")|$(field lat_max_us "$json")|$(field loss "$json")|$(field duplicates "$json")|$(field order_errors "$json")|$(field errors "$json")|$note")
 }
