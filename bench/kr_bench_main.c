@@ -297,8 +297,12 @@ static void kb_print_summary(const struct kr_bench_cfg *c, const struct kr_bench
         fprintf(f, "  published    %llu messages, %.0f/s\n", (unsigned long long)r->published,
                 kb_rate(r->published_timed, r->run_s));
         if (c->scenario == KR_BENCH_SC_RETRO) {
-            fprintf(f, "  replay       %llu subscribers: %llu answered NOT_FOUND (history did not reach the horizon)\n",
-                    (unsigned long long)r->retro_subs, (unsigned long long)r->not_found);
+            fprintf(f, "  replay       %llu subscribers", (unsigned long long)r->retro_subs);
+            if (r->not_found)
+                fprintf(f, "; %llu answered NOT_FOUND (the history no longer reached their horizon, "
+                           "so nothing was replayed to them)",
+                        (unsigned long long)r->not_found);
+            fputc('\n', f);
             fprintf(f, "               %llu messages replayed of %llu expected in %.3f s, %.0f msgs/s\n",
                     (unsigned long long)r->replayed, (unsigned long long)r->expected, r->replay_s,
                     kb_rate(r->replayed, r->replay_s));
