@@ -585,7 +585,6 @@ static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, ui
 
 struct kr_pub_ctx {
     struct kr_conn *c;
-    uint64_t now_us;
 };
 
 static int kr_pub_entry(void *arg, const struct kr_pub_entry *e)
@@ -665,7 +664,8 @@ static int kr_pub_entry(void *arg, const struct kr_pub_entry *e)
             }
         }
     }
-    struct kr_msg *m = kr_msg_create(c->id, ctx->now_us, n, nt->topics, nt->topic_lens,
+    /* each entry gets its own time: it orders one publisher's messages for subscribers */
+    struct kr_msg *m = kr_msg_create(c->id, kr_msg_clock_us(), n, nt->topics, nt->topic_lens,
                                      e->payload, (uint32_t)e->payload_len,
                                      involved > 1 ? srv->nnet : 0);
     kr_msg_set_nshards(m, involved);
@@ -691,7 +691,7 @@ static void kr_req_publish(struct kr_conn *c, const struct kr_request *req)
         kr_conn_fail(c, kr_proto_error_reply(rc));
         return;
     }
-    struct kr_pub_ctx ctx = {.c = c, .now_us = kr_msg_clock_us()};
+    struct kr_pub_ctx ctx = {.c = c};
     rc = kr_proto_parse_publish(req->data, req->data_len, &nt->srv->lim, kr_pub_entry, &ctx, &nentries);
     if (rc < 0) { /* cannot happen: validated above */
         kr_conn_fail(c, kr_proto_error_reply(rc));
@@ -1080,6 +1080,8 @@ static struct kr_pend *kr_nt_pend(struct kr_nt *nt, struct kr_msg *m, bool creat
     return *slot;
 }
 
+static struct kr_cq_entry *kr_conn_find_incomplete(struct kr_conn *c, struct kr_msg *m);
+
 /* Queue an entry for a client (takes over its references), enforcing the limits.
  * An entry of a multi-shard message that is not complete yet is remembered so the other
  * shards' parts merge into it. */
@@ -1093,16 +1095,35 @@ static void kr_conn_enqueue(struct kr_conn *c, struct kr_cq_entry *e)
         kr_conn_overflow(c);
         return;
     }
+    /* A multi-shard message's entry sits where its first part arrived. A part from another
+     * shard may arrive before an earlier message of the same publisher: only such incomplete
+     * entries can be out of order, so place this one before the first of them that the same
+     * publisher published later (per-publisher, per-topic order). */
+    uint32_t pos = c->q.count;
+    if (c->ninc) {
+        kr_conn_find_incomplete(c, NULL); /* prune */
+        uint64_t pub = kr_msg_publisher(e->msg), t = kr_msg_time_us(e->msg);
+        for (uint32_t i = 0; i < c->ninc; i++) {
+            uint32_t at = (uint32_t)(c->inc[i].seq - c->seq_head);
+            struct kr_msg *other = c->inc[i].msg;
+            if (at < pos && kr_msg_publisher(other) == pub && kr_msg_time_us(other) > t)
+                pos = at;
+        }
+        if (pos < c->q.count)
+            for (uint32_t i = 0; i < c->ninc; i++)
+                if (c->inc[i].seq - c->seq_head >= pos)
+                    c->inc[i].seq++;
+    }
     if (e->pend) {
         if (c->ninc == c->inc_cap) {
             c->inc_cap = c->inc_cap ? c->inc_cap * 2 : 4;
             c->inc = kr_net_xrealloc(c->inc, c->inc_cap * sizeof(*c->inc));
         }
         c->inc[c->ninc].msg = e->msg;
-        c->inc[c->ninc].seq = c->seq_head + c->q.count;
+        c->inc[c->ninc].seq = c->seq_head + pos;
         c->ninc++;
     }
-    kr_cq_push(&c->q, e);
+    kr_cq_insert(&c->q, pos, e);
     KR_ST_INC(nt, queued_messages, 1);
     KR_ST_INC(nt, queued_bytes, e->reply_bytes);
     KR_ST_INC(nt, deliveries_queued, 1);
@@ -1121,7 +1142,7 @@ static struct kr_cq_entry *kr_conn_find_incomplete(struct kr_conn *c, struct kr_
         struct kr_cq_entry *e = kr_cq_at(&c->q, (uint32_t)(inc->seq - c->seq_head));
         if (!e->pend || e->pend->arrived >= e->pend->expected)
             continue;
-        if (inc->msg == m)
+        if (m && inc->msg == m)
             found = e;
         c->inc[keep++] = *inc;
     }

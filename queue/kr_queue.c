@@ -314,6 +314,16 @@ struct kr_cq_entry *kr_cq_push(struct kr_cq *q, const struct kr_cq_entry *e)
     return slot;
 }
 
+struct kr_cq_entry *kr_cq_insert(struct kr_cq *q, uint32_t pos, const struct kr_cq_entry *e)
+{
+    kr_cq_push(q, e);
+    for (uint32_t i = q->count - 1; i > pos; i--)
+        q->ring[(q->head + i) & (q->cap - 1)] = q->ring[(q->head + i - 1) & (q->cap - 1)];
+    struct kr_cq_entry *slot = &q->ring[(q->head + pos) & (q->cap - 1)];
+    *slot = *e;
+    return slot;
+}
+
 struct kr_cq_entry *kr_cq_at(struct kr_cq *q, uint32_t i)
 {
     return &q->ring[(q->head + i) & (q->cap - 1)];

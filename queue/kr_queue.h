@@ -134,6 +134,8 @@ struct kr_cq {
 
 /* Append an entry (takes over the references it carries). Aborts on out of memory. */
 struct kr_cq_entry *kr_cq_push(struct kr_cq *q, const struct kr_cq_entry *e);
+/* Insert an entry at position `pos` (<= count) from the head, moving later ones back. */
+struct kr_cq_entry *kr_cq_insert(struct kr_cq *q, uint32_t pos, const struct kr_cq_entry *e);
 /* Entry `i` from the head (i < count). */
 struct kr_cq_entry *kr_cq_at(struct kr_cq *q, uint32_t i);
 /* Remove the head entry (the caller has taken or released what it references). */

@@ -2,6 +2,7 @@
  * doing what existing Kraken clients do: subscribe, publish and `get messages`. */
 #include <criterion/criterion.h>
 #include <libmemcached/memcached.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 

@@ -189,3 +189,30 @@ Test(cq, topic_bits_small_and_large)
     cr_assert_not(kr_cq_entry_has(&big, 150, 64));
     cr_assert_eq(bits[2], UINT64_C(1) << 2);
 }
+
+Test(cq, insert_in_the_middle_keeps_order_across_wrap)
+{
+    struct kr_cq q = {0};
+    struct kr_msg *m = make_msg(1, "p");
+    for (uint32_t i = 0; i < 6; i++) { /* move head so the ring wraps */
+        kr_msg_ref(m, 1);
+        kr_cq_push(&q, &(struct kr_cq_entry){.msg = m, .mask = 100 + i, .reply_bytes = 1});
+    }
+    for (uint32_t i = 0; i < 6; i++) {
+        kr_msg_unref(kr_cq_at(&q, 0)->msg);
+        kr_cq_pop(&q);
+    }
+    for (uint32_t i = 0; i < 5; i++) {
+        kr_msg_ref(m, 1);
+        kr_cq_push(&q, &(struct kr_cq_entry){.msg = m, .mask = i, .reply_bytes = 1});
+    }
+    kr_msg_ref(m, 1);
+    kr_cq_insert(&q, 2, &(struct kr_cq_entry){.msg = m, .mask = 99, .reply_bytes = 1});
+    uint64_t want[] = {0, 1, 99, 2, 3, 4};
+    cr_assert_eq(q.count, 6);
+    cr_assert_eq(q.bytes, 6);
+    for (uint32_t i = 0; i < 6; i++)
+        cr_assert_eq(kr_cq_at(&q, i)->mask, want[i], "position %u", i);
+    kr_cq_clear(&q);
+    kr_msg_unref(m);
+}
