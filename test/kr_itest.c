@@ -116,6 +116,7 @@ void kr_it_start(struct kr_it_server *s, const char *const *extra)
 
 void kr_it_stop(struct kr_it_server *s)
 {
+    cr_assert_gt(s->pid, 0, "no server was started");
     kill(s->pid, SIGTERM);
     int st = 0;
     for (int i = 0; i < KR_IT_TIMEOUT_S * 100; i++) {

@@ -119,8 +119,7 @@ Test(retro, horizon_before_start_is_not_found_but_subscribed)
 
 Test(retro_small, overflowed_history_gives_not_found)
 {
-    /* separate server: a history of 4 messages per shard */
-    kr_it_stop(&srv);
+    /* its own server: a history of 4 messages per shard */
     const char *args[] = {"--num_router_shards", "1", "--messages_stored_per_router_shard", "4", NULL};
     kr_it_start(&srv, args);
     int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
@@ -157,6 +156,7 @@ Test(retro_small, overflowed_history_gives_not_found)
     close(sub2);
     close(sub3);
     close(pub);
+    kr_it_stop(&srv);
 }
 
 /* ------------------------------------------------------------------ race */
