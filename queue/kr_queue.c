@@ -43,6 +43,8 @@ static void *kr_xmalloc(size_t n)
 
 /* ---------------------------------------------------------------- messages */
 
+void kr_pend_unref(struct kr_pend *p);
+
 struct kr_msg {
     uint32_t refs;
     uint32_t ntopics;
@@ -115,8 +117,14 @@ void kr_msg_unref(struct kr_msg *m)
 {
     bool zero;
     ck_pr_dec_32_zero(&m->refs, &zero);
-    if (zero)
-        free(m);
+    if (!zero)
+        return;
+    /* a completion record still attached (the server stopped before every shard reported):
+     * nothing else references it once the message is gone */
+    for (uint32_t i = 0; i < m->nslots; i++)
+        if (kr_msg_slots(m)[i])
+            kr_pend_unref(kr_msg_slots(m)[i]);
+    free(m);
 }
 
 uint64_t kr_msg_publisher(const struct kr_msg *m) { return m->publisher; }

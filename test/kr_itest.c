@@ -86,12 +86,17 @@ void kr_it_start(struct kr_it_server *s, const char *const *extra)
     if (s->pid == 0) {
         /* the server must not outlive a failed test, nor hold the runner's pipes */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
+        /* stderr (sanitizer reports) goes to <log>.err, kept when the test fails */
+        char errpath[160];
+        snprintf(errpath, sizeof(errpath), "%s.err", s->log_path);
         int devnull = open("/dev/null", O_RDWR);
+        int errfd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (devnull >= 0) {
             dup2(devnull, 0);
             dup2(devnull, 1);
-            dup2(devnull, 2);
         }
+        if (errfd >= 0)
+            dup2(errfd, 2);
         execv(bin, (char *const *)argv);
         _exit(127);
     }
@@ -122,7 +127,11 @@ void kr_it_stop(struct kr_it_server *s)
     for (int i = 0; i < KR_IT_TIMEOUT_S * 100; i++) {
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
             cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                      "server did not exit cleanly (status %d), log in %s", st, s->log_path);
+                      "server did not exit cleanly (status %d), log in %s, stderr in %s.err", st,
+                      s->log_path, s->log_path);
+            char errpath[160];
+            snprintf(errpath, sizeof(errpath), "%s.err", s->log_path);
+            unlink(errpath);
             unlink(s->log_path);
             return;
         }
