@@ -37,7 +37,17 @@ struct kr_parked {
     struct kr_event ev;
 };
 
-enum kr_wait { KR_WAIT_NONE = 0, KR_WAIT_SENT, KR_WAIT_ACKS };
+/* A request whose reply waits on the router: subscribe-like requests wait for every shard's
+ * acknowledgement, a publish whose events did not all fit in the rings waits until they
+ * are sent. Replies go out in request order. */
+struct kr_reply_wait {
+    uint32_t acks_left;
+    bool noreply;
+    bool retro;     /* a retroactive subscribe: answers STORED or NOT_FOUND */
+    bool sent_gate; /* a publish with parked events */
+};
+
+#define KR_MAX_PIPELINED 1024 /* replies a client may have waiting on the router */
 
 /* A delivery held back while a retroactive subscription completes. */
 struct kr_staged {
@@ -78,9 +88,12 @@ struct kr_conn {
     struct kr_parked *parked;
     uint32_t nparked;
     uint32_t parked_cap;
-    uint32_t acks_left;
-    enum kr_wait wait;
-    bool wait_noreply;
+    struct kr_reply_wait *rq; /* ring of replies waiting on the router */
+    uint32_t rq_head;
+    uint32_t rq_count;
+    uint32_t rq_cap;
+    uint32_t rq_base;          /* request number of the ring's head */
+    const char *deferred_err;  /* error reply held until earlier replies are out */
     /* retroactive subscriptions */
     uint64_t horizon_us;      /* set by `register`, used by the next subscribe (0 = none) */
     bool retro_active;        /* a retroactive subscribe is waiting for its shards */
@@ -302,8 +315,66 @@ static void kr_conn_fail(struct kr_conn *c, const char *reply)
                 (int)(n >= 2 ? n - 2 : n), reply, suppressed ? " (suppressed " : "",
                 (unsigned long long)suppressed, suppressed ? " similar)" : "");
     }
+    if (c->rq_count) {
+        c->deferred_err = reply; /* sent once the earlier requests are answered */
+        return;
+    }
     kr_out_str(c, reply);
     c->close_after_write = true;
+}
+
+/* ---------------------------------------------------------------- replies in order */
+
+static struct kr_reply_wait *kr_rq_at(struct kr_conn *c, uint32_t reqno)
+{
+    uint32_t i = reqno - c->rq_base;
+    if (i >= c->rq_count)
+        return NULL;
+    return &c->rq[(c->rq_head + i) & (c->rq_cap - 1)];
+}
+
+/* Queue a reply that waits; returns its request number. */
+static uint32_t kr_rq_push(struct kr_conn *c, uint32_t acks, bool noreply, bool retro, bool gate)
+{
+    if (c->rq_count == c->rq_cap) {
+        uint32_t ncap = c->rq_cap ? c->rq_cap * 2 : 4;
+        struct kr_reply_wait *n = kr_net_xrealloc(NULL, ncap * sizeof(*n));
+        for (uint32_t i = 0; i < c->rq_count; i++)
+            n[i] = c->rq[(c->rq_head + i) & (c->rq_cap - 1)];
+        free(c->rq);
+        c->rq = n;
+        c->rq_cap = ncap;
+        c->rq_head = 0;
+    }
+    c->rq[(c->rq_head + c->rq_count) & (c->rq_cap - 1)] =
+        (struct kr_reply_wait){.acks_left = acks, .noreply = noreply, .retro = retro, .sent_gate = gate};
+    c->rq_count++;
+    return c->rq_base + c->rq_count - 1;
+}
+
+/* Send every reply at the head that is ready, then a held error. */
+static void kr_rq_emit(struct kr_conn *c)
+{
+    while (c->rq_count) {
+        struct kr_reply_wait *w = &c->rq[c->rq_head];
+        if (w->acks_left || w->sent_gate)
+            break;
+        if (w->retro && c->retro_not_found) {
+            c->retro_not_found = false;
+            if (!w->noreply)
+                kr_out_str(c, "NOT_FOUND\r\n");
+        } else if (!w->noreply) {
+            kr_out_str(c, "STORED\r\n");
+        }
+        c->rq_head = (c->rq_head + 1) & (c->rq_cap - 1);
+        c->rq_count--;
+        c->rq_base++;
+    }
+    if (c->rq_count == 0 && c->deferred_err) {
+        kr_out_str(c, c->deferred_err);
+        c->deferred_err = NULL;
+        c->close_after_write = true;
+    }
 }
 
 /* ---------------------------------------------------------------- connections */
@@ -340,6 +411,7 @@ static void kr_conn_closed_cb(uv_handle_t *h)
     free(c->inc);
     free(c->parked);
     free(c->stage);
+    free(c->rq);
     free(c);
 }
 
@@ -550,7 +622,10 @@ static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, ui
     else
         KR_ST_INC(nt, subscribe_requests, 1);
     if (n == 0) {
-        kr_reply_stored(c, req->noreply);
+        if (c->rq_count)
+            kr_rq_push(c, 0, req->noreply, false, false);
+        else
+            kr_reply_stored(c, req->noreply);
         return;
     }
     uint32_t nshards = kr_router_nshards(srv->router);
@@ -565,22 +640,24 @@ static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, ui
         }
         cmds[s] = kr_router_cmd_add(cmds[s], t, (uint32_t)len);
     }
-    c->acks_left = 0;
+    uint32_t acks = 0;
+    for (uint32_t s = 0; s < nshards; s++)
+        acks += cmds[s] != NULL;
+    bool retro = type == KR_EV_RETRO_SUBSCRIBE;
+    uint32_t reqno = kr_rq_push(c, acks, req->noreply, retro, false);
     for (uint32_t s = 0; s < nshards; s++) {
         if (!cmds[s])
             continue;
+        cmds[s]->pad = reqno; /* comes back in the ACK */
         struct kr_event ev = {.type = type, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = cmds[s]};
         kr_conn_send(c, s, &ev);
-        c->acks_left++;
     }
     if (type != KR_EV_UNSUBSCRIBE)
         c->subscribed = true;
-    if (type == KR_EV_RETRO_SUBSCRIBE) {
+    if (retro) {
         c->retro_active = true;
         c->retro_not_found = false;
     }
-    c->wait = KR_WAIT_ACKS;
-    c->wait_noreply = req->noreply;
 }
 
 struct kr_pub_ctx {
@@ -697,12 +774,10 @@ static void kr_req_publish(struct kr_conn *c, const struct kr_request *req)
         kr_conn_fail(c, kr_proto_error_reply(rc));
         return;
     }
-    if (c->nparked) {
-        c->wait = KR_WAIT_SENT;
-        c->wait_noreply = req->noreply;
-    } else {
+    if (c->nparked || c->rq_count)
+        kr_rq_push(c, 0, req->noreply, false, c->nparked > 0);
+    else
         kr_reply_stored(c, req->noreply);
-    }
 }
 
 static uint32_t kr_digits(uint64_t v)
@@ -867,6 +942,10 @@ static void kr_conn_request(struct kr_conn *c, const struct kr_request *req)
 {
     struct kr_nt *nt = c->nt;
     if (c->overflowed) {
+        if (c->rq_count) {
+            c->deferred_err = "SERVER_ERROR queue overflow\r\n";
+            return;
+        }
         kr_out_str(c, "SERVER_ERROR queue overflow\r\n");
         c->close_after_write = true;
         return;
@@ -909,45 +988,46 @@ static void kr_conn_request(struct kr_conn *c, const struct kr_request *req)
     }
 }
 
-/* Finish a request that waited on the router, if it is done. Returns true when the
- * connection may go on with its next request. */
-static bool kr_conn_wait_done(struct kr_conn *c)
+/* Hand parked events to the shards; when all went, the publish that waited is answered. */
+static bool kr_conn_unpark(struct kr_conn *c)
 {
-    if (c->nparked && !kr_conn_send_parked(c))
+    if (!c->nparked)
+        return true;
+    if (!kr_conn_send_parked(c))
         return false;
-    switch (c->wait) {
-    case KR_WAIT_NONE:
-        return true;
-    case KR_WAIT_SENT:
-        kr_reply_stored(c, c->wait_noreply);
-        c->wait = KR_WAIT_NONE;
-        return true;
-    case KR_WAIT_ACKS:
-        if (c->acks_left)
-            return false;
-        if (c->retro_not_found) {
-            c->retro_not_found = false;
-            if (!c->wait_noreply)
-                kr_out_str(c, "NOT_FOUND\r\n");
-        } else {
-            kr_reply_stored(c, c->wait_noreply);
-        }
-        c->wait = KR_WAIT_NONE;
-        return true;
-    }
+    if (c->rq_count) /* only the newest request can have parked events */
+        c->rq[(c->rq_head + c->rq_count - 1) & (c->rq_cap - 1)].sent_gate = false;
+    kr_rq_emit(c);
     return true;
+}
+
+/* May the next request be parsed now? */
+static bool kr_conn_can_parse(struct kr_conn *c)
+{
+    return !c->closing && !c->close_after_write && !c->nparked && !c->retro_active &&
+           !c->deferred_err && c->rq_count < KR_MAX_PIPELINED;
+}
+
+/* Requests that may be answered out of the router's ack order are those whose reply waits
+ * in the reply ring; anything else waits until every earlier reply is out. */
+static bool kr_req_pipelinable(const struct kr_conn *c, const struct kr_request *req)
+{
+    switch (req->type) {
+    case KR_REQ_SUBSCRIBE:
+        return c->horizon_us == 0; /* a retroactive one runs alone */
+    case KR_REQ_UNSUBSCRIBE:
+    case KR_REQ_PUBLISH:
+        return true;
+    default:
+        return false;
+    }
 }
 
 /* Parse and handle as many requests as possible from buf; returns bytes consumed. */
 static size_t kr_conn_parse(struct kr_conn *c, const char *buf, size_t len)
 {
     size_t off = 0;
-    while (!c->closing && !c->close_after_write && off < len) {
-        if (c->wait != KR_WAIT_NONE || c->nparked) {
-            if (!kr_conn_wait_done(c))
-                break;
-            continue;
-        }
+    while (off < len && kr_conn_can_parse(c)) {
         if (c->need && len - off < c->need)
             break;
         struct kr_request req;
@@ -963,6 +1043,8 @@ static size_t kr_conn_parse(struct kr_conn *c, const char *buf, size_t len)
             off = len;
             break;
         }
+        if (c->rq_count && !kr_req_pipelinable(c, &req))
+            break; /* parsed again once the earlier replies are out */
         off += used;
         kr_conn_request(c, &req);
     }
@@ -974,9 +1056,8 @@ static void kr_conn_process(struct kr_conn *c)
 {
     if (c->closing)
         return;
-    if (c->wait != KR_WAIT_NONE || c->nparked)
-        (void)kr_conn_wait_done(c);
-    if (c->in_len && c->wait == KR_WAIT_NONE && !c->nparked) {
+    kr_rq_emit(c);
+    if (kr_conn_unpark(c) && c->in_len && kr_conn_can_parse(c)) {
         size_t used = kr_conn_parse(c, c->in, c->in_len);
         if (used) {
             memmove(c->in, c->in + used, c->in_len - used);
@@ -990,11 +1071,12 @@ static void kr_conn_process(struct kr_conn *c)
     }
     if (c->closing)
         return;
-    bool waiting = c->wait != KR_WAIT_NONE || c->nparked;
     if (c->nparked)
         kr_conn_block(c);
-    if (waiting || c->out_len + (c->writing ? KR_OUT_HIGH : 0) > KR_OUT_HIGH ||
-        c->close_after_write)
+    /* keep reading while replies wait on the router, up to a bounded amount of input */
+    bool stuck = c->nparked || (!kr_conn_can_parse(c) && c->in_len >= 256 * 1024) ||
+                 (c->rq_count && c->in_len >= 256 * 1024);
+    if (stuck || c->out_len + (c->writing ? KR_OUT_HIGH : 0) > KR_OUT_HIGH || c->close_after_write)
         kr_conn_pause(c);
     else
         kr_conn_resume(c);
@@ -1016,7 +1098,7 @@ static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->close_after_write)
         return; /* discard input after a final reply */
     size_t n = (size_t)nread;
-    if (c->in_len == 0 && c->wait == KR_WAIT_NONE && !c->nparked) {
+    if (c->in_len == 0 && kr_conn_can_parse(c)) {
         /* fast path: parse straight from the shared read buffer */
         size_t used = kr_conn_parse(c, buf->base, n);
         if (!c->closing && used < n && !c->close_after_write)
@@ -1321,19 +1403,21 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
         kr_msg_unref(ev->ptr);
         break;
     case KR_EV_ACK: {
+        uint32_t reqno = ((struct kr_router_cmd *)ev->ptr)->pad;
         free(ev->ptr);
         struct kr_conn *c = kr_nt_conn(nt, ev->conn);
-        if (c && c->acks_left) {
+        struct kr_reply_wait *w = c ? kr_rq_at(c, reqno) : NULL;
+        if (w && w->acks_left) {
             if (ev->aux == KR_EV_RETRO_SUBSCRIBE && ev->mask)
                 c->retro_not_found = true;
-            c->acks_left--;
-            if (c->acks_left == 0) {
-                if (c->retro_active) {
+            if (--w->acks_left == 0) {
+                if (w->retro) {
                     if (c->retro_not_found)
                         KR_ST_INC(nt, retro_not_found, 1);
                     kr_conn_retro_done(c);
                 }
-                kr_conn_block(c); /* resumed after this loop iteration */
+                kr_rq_emit(c);
+                kr_conn_block(c); /* flushed and resumed after this loop iteration */
             }
         }
         break;

@@ -532,3 +532,33 @@ Test(logging, fanout_and_topic_count_warnings)
     close(pub);
     kr_it_stop(&srv);
 }
+
+Test(proto, pipelined_subscriptions_answer_in_order_then_a_held_error)
+{
+    int fd = kr_it_connect(srv.port);
+    /* the error's reply must wait until the three earlier requests are answered */
+    kr_it_sends(fd, "set subscribe 0 0 5\r\np1 p2\r\nset publish 0 0 0\r\n\r\n"
+                    "set unsubscribe 0 0 2\r\np1\r\nset subscribe 0 0 3\r\na\rb\r\n");
+    kr_it_expect(fd, "STORED\r\nSTORED\r\nSTORED\r\nCLIENT_ERROR bad topic\r\n");
+    kr_it_expect_closed(fd);
+    close(fd);
+}
+
+Test(proto, many_pipelined_subscribes_then_poll)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    char req[64 * 40] = "";
+    size_t len = 0;
+    for (int i = 0; i < 40; i++)
+        len += (size_t)snprintf(req + len, sizeof(req) - len, "set subscribe 0 0 3\r\nm%02d\r\n", i);
+    kr_it_send(sub, req, len);
+    for (int i = 0; i < 40; i++)
+        kr_it_expect(sub, "STORED\r\n");
+    kr_it_publish(pub, "m39 m00", "z", 1);
+    char out[256];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(sub, 1, out, sizeof(out), &olen), 1);
+    cr_assert_str_eq(out, "MESSAGE m39 m00 1\r\nz\r\n");
+    close(sub);
+    close(pub);
+}
