@@ -780,6 +780,20 @@ static void kr_req_publish(struct kr_conn *c, const struct kr_request *req)
         kr_reply_stored(c, req->noreply);
 }
 
+/* Write v in decimal at p; returns the number of bytes (no terminator). */
+static size_t kr_fmt_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        p[i] = tmp[n - 1 - i];
+    return n;
+}
+
 static uint32_t kr_digits(uint64_t v)
 {
     uint32_t d = 1;
@@ -839,8 +853,12 @@ static void kr_req_get_messages(struct kr_conn *c)
         kr_out_str(c, "END\r\n");
         return;
     }
-    kr_out_fmt(c, "VALUE messages 0 %llu\r\n", (unsigned long long)(bytes - 2));
-    kr_out_reserve(c, bytes + 5);
+    kr_out_reserve(c, 17 + 20 + 2 + bytes + 5);
+    memcpy(c->out + c->out_len, "VALUE messages 0 ", 17);
+    c->out_len += 17;
+    c->out_len += kr_fmt_u64(c->out + c->out_len, bytes - 2);
+    memcpy(c->out + c->out_len, "\r\n", 2);
+    c->out_len += 2;
     uint64_t qbytes_before = c->q.bytes;
     for (uint32_t k = 0; k < n; k++) {
         struct kr_cq_entry *e = kr_cq_at(&c->q, 0);
@@ -858,7 +876,9 @@ static void kr_req_get_messages(struct kr_conn *c)
                 *o++ = ' ';
             }
         }
-        o += sprintf(o, "%u\r\n", plen);
+        o += kr_fmt_u64(o, plen);
+        *o++ = '\r';
+        *o++ = '\n';
         memcpy(o, payload, plen);
         o += plen;
         *o++ = '\r';
