@@ -29,6 +29,7 @@ enum kr_cfg_type {
 #define KR_CFG_LIVE 0x1u /* may be changed while the server runs (admin `config set`) */
 #define KR_CFG_SIZE 0x2u /* a byte count: a k, m or g suffix (x1024) is accepted */
 #define KR_CFG_CPUS 0x4u /* default: the number of CPUs this process may run on */
+#define KR_CFG_USERDEF 0x8u /* `def` is the default for root, `def_user` for other users */
 
 struct kr_cfg_opt {
     const char *name;
@@ -39,6 +40,7 @@ struct kr_cfg_opt {
     uint64_t min, max;
     const char *def; /* default as text, parsed like any other value */
     const char *help;
+    const char *def_user; /* KR_CFG_USERDEF: the default when not running as root */
 };
 
 #define KR_KIB 1024ull
@@ -48,7 +50,11 @@ struct kr_cfg_opt {
 
 #define KR_CFG_OPT(field, type, flags, min, max, def, help)                                        \
     {#field, type, flags, offsetof(struct kr_cfg, field), sizeof(((struct kr_cfg *)0)->field),     \
-     min, max, def, help}
+     min, max, def, help, NULL}
+/* A string key whose default depends on whether the process runs as root. */
+#define KR_CFG_OPT_BYUSER(field, def_root, def_user, help)                                         \
+    {#field, KR_CFG_STR, KR_CFG_USERDEF, offsetof(struct kr_cfg, field),                           \
+     sizeof(((struct kr_cfg *)0)->field), 0, 0, def_root, help, def_user}
 
 /* The option table: the one place a key is defined. */
 static const struct kr_cfg_opt kr_cfg_opts[] = {
@@ -97,6 +103,16 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
                "when stderr is the journal)"),
     KR_CFG_OPT(pid_file, KR_CFG_STR, 0, 0, 0, "",
                "file to write the process id to at start (removed at exit); empty = none"),
+    KR_CFG_OPT_BYUSER(admin_socket, "/run/kraken/admin.sock", "./kraken-admin.sock",
+                      "Unix socket of the admin line protocol (mode 0600; its directory is "
+                      "created); every subcommand uses it to find the server. Other users' "
+                      "default: ./kraken-admin.sock"),
+    KR_CFG_OPT(health_port, KR_CFG_U32, 0, 0, 65535, "0",
+               "TCP port on listen_ip answering one line, ok or draining, to each connection "
+               "(load-balancer health checks); 0 = off"),
+    KR_CFG_OPT(drain_timeout_ms, KR_CFG_U64, KR_CFG_LIVE, 0, 3600000, "10000",
+               "on SIGTERM or admin drain: close the clients in batches spread over this many "
+               "milliseconds, then exit"),
 };
 
 #define KR_CFG_NOPTS (sizeof(kr_cfg_opts) / sizeof(kr_cfg_opts[0]))
@@ -409,6 +425,8 @@ void kr_cfg_defaults(struct kr_cfg *cfg)
         const struct kr_cfg_opt *o = &kr_cfg_opts[i];
         char num[32], err[256];
         const char *def = o->def;
+        if ((o->flags & KR_CFG_USERDEF) && geteuid() != 0)
+            def = o->def_user;
         if (o->flags & KR_CFG_CPUS) {
             uint64_t n = kr_cfg_cpus();
             n = n < o->min ? o->min : n > o->max ? o->max : n;
@@ -519,8 +537,8 @@ static char *kr_cfg_file_reader(char *str, int num, void *stream)
     } else if (s[0] == '%' || s[0] == '{' ||
                (s[0] == '[' && (strchr(s, '{') || !strchr(s, ']')))) {
         kr_cfg_file_error(cf, cf->lineno,
-                          "this looks like an Erlang-term config; only 'key = value' files are "
-                          "read for now");
+                          "an Erlang term in a 'key = value' file (an Erlang-term config "
+                          "must be one term starting with '[{')");
         s[0] = '\0';
     } else if (s[0] == '[') {
         kr_cfg_file_error(cf, cf->lineno,
@@ -554,6 +572,42 @@ static int kr_cfg_file_handler(void *user, const char *section, const char *name
     return 1;
 }
 
+/* The rest of an Erlang-term file after its first `nhead` bytes (in head), then parse. */
+static int kr_cfg_load_eterm_file(struct kr_cfg *cfg, FILE *f, const char *path,
+                                  const char *head, size_t nhead, char *err, size_t errlen)
+{
+    const size_t max = (1u << 20) + 1; /* kr_cfg_load_eterm refuses more than 1 MiB */
+    size_t cap = nhead + 4096, len = nhead;
+    char *text = kr_cfg_xcalloc(cap, 1);
+    memcpy(text, head, nhead);
+    for (;;) {
+        if (len == cap) {
+            cap *= 2;
+            text = realloc(text, cap);
+            if (!text)
+                abort();
+        }
+        size_t n = fread(text + len, 1, cap - len, f);
+        len += n;
+        if (n == 0 || len >= max)
+            break;
+    }
+    int e = ferror(f) ? (errno ? errno : EIO) : 0;
+    fclose(f);
+    if (e) {
+        free(text);
+        return kr_cfg_err(err, errlen, -e, "cannot read config file '%s': %s", path,
+                          strerror(e));
+    }
+    char warn[256];
+    int rc = kr_cfg_load_eterm(cfg, path, text, len, warn, sizeof(warn), err, errlen);
+    free(text);
+    if (rc == 0 && warn[0])
+        fprintf(stderr, "kraken: warning: %s: ignoring the settings of other applications (%s)\n",
+                path, warn);
+    return rc;
+}
+
 int kr_cfg_load_file(struct kr_cfg *cfg, const char *path, char *err, size_t errlen)
 {
     if (!path || !path[0])
@@ -564,6 +618,18 @@ int kr_cfg_load_file(struct kr_cfg *cfg, const char *path, char *err, size_t err
         return kr_cfg_err(err, errlen, -e, "cannot open config file '%s': %s", path,
                           strerror(e));
     }
+    /* An Erlang-term file is recognised by its start (read whole: config files are small). */
+    char head[4096];
+    size_t nhead = fread(head, 1, sizeof(head), f);
+    if (ferror(f)) {
+        int e = errno ? errno : EIO;
+        fclose(f);
+        return kr_cfg_err(err, errlen, -e, "cannot read config file '%s': %s", path,
+                          strerror(e));
+    }
+    if (kr_cfg_text_is_eterm(head, nhead))
+        return kr_cfg_load_eterm_file(cfg, f, path, head, nhead, err, errlen);
+    rewind(f);
     struct kr_cfg tmp = *cfg;
     struct kr_cfg_file cf = {
         .f = f, .path = path, .cfg = &tmp, .err = err, .errlen = errlen,
@@ -828,18 +894,33 @@ void kr_cfg_print_help(FILE *out, const char *prog)
     if (!prog || !prog[0])
         prog = "kraken";
     fprintf(out,
-            "Usage: %s <run> [options]\n"
+            "Usage: %s <subcommand> [arguments] [options]\n"
             "\n"
-            "Subcommands:\n"
+            "Subcommands (each finds a running server through admin_socket):\n"
             "  run                  run the server in the foreground\n"
+            "  start                start the server in the background, write pid_file,\n"
+            "                       return once it accepts connections\n"
+            "  stop                 drain and stop the running server, wait until it exited\n"
+            "  status               exit 0 when the server runs, 3 when not (with a reason)\n"
+            "  change_log_level LEVEL\n"
+            "                       set the running server's log level (debug, info, warn,\n"
+            "                       error)\n"
+            "  dump_queues          one line per client: id, address, subscriptions, queued\n"
+            "                       messages and bytes, age, time since its last poll\n"
+            "  dump_queue_topics ID the topics client ID subscribes to\n"
+            "  dump_topics [N]      topics with their subscriber counts, most subscribed\n"
+            "                       first (the first N only)\n"
+            "  drain                drain the running server (clients closed in batches over\n"
+            "                       drain_timeout_ms), then it exits\n"
+            "  admin COMMAND...     send one admin-socket command, print the reply\n"
             "\n"
             "Options (before or after the subcommand; '--' ends the options):\n"
             "  --KEY VALUE, --KEY=VALUE, -kraken KEY VALUE\n"
             "                       set one configuration key (listed below)\n"
             "  --config FILE, -config FILE\n"
-            "                       read 'key = value' lines from FILE (or FILE.config when\n"
-            "                       FILE does not exist). Erlang-term config files are not\n"
-            "                       read yet.\n"
+            "                       read FILE (or FILE.config when FILE does not exist):\n"
+            "                       'key = value' lines, or an Erlang-term config such as\n"
+            "                       [{kraken, [{num_router_shards, 8}]}].\n"
             "  -h, --help           show this help\n"
             "\n"
             "Precedence: defaults < config file < command-line keys, whatever the order of\n"
@@ -880,6 +961,8 @@ void kr_cfg_print_help(FILE *out, const char *prog)
         }
         if (o->flags & KR_CFG_CPUS)
             snprintf(def, sizeof(def), "CPUs available, %u here", kr_cfg_cpus());
+        else if (o->flags & KR_CFG_USERDEF)
+            snprintf(def, sizeof(def), "%s as root", o->def);
         else if (!o->def[0])
             snprintf(def, sizeof(def), "empty");
         else

@@ -1,12 +1,15 @@
 /* Configuration: one table of options drives the defaults, the `key = value` file parser,
- * the command line (`-kraken key value`, `--key value`, `--key=value`, `--config FILE`),
- * `--help`, and (later) the admin socket's `config get/set`.
+ * the Erlang-term file reader, the command line (`-kraken key value`, `--key value`,
+ * `--key=value`, `--config FILE`), `--help`, and the admin socket's `config get/set`.
  *
  * A struct kr_cfg is a plain value: build it on the control thread before any other thread
- * starts, then treat it as read-only. */
+ * starts, then treat it as read-only. The keys that may change while the server runs live
+ * in a second copy, the live snapshot (kr_cfg_live below): the control thread replaces it
+ * as a whole and publishes it with RCU, other threads read it without locks. */
 #ifndef KR_CFG_H
 #define KR_CFG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,6 +35,10 @@ struct kr_cfg {
     int log_level;                           /* enum kr_log_level, info */
     char log_file[KR_CFG_STR_MAX];           /* "" = stderr */
     char pid_file[KR_CFG_STR_MAX];           /* "" = none */
+    char admin_socket[KR_CFG_STR_MAX];       /* /run/kraken/admin.sock (root), else
+                                                ./kraken-admin.sock */
+    uint32_t health_port;                    /* 0 = off */
+    uint64_t drain_timeout_ms;               /* 10000 */
 };
 
 /* Fill `cfg` with every default. Control thread. */
@@ -53,10 +60,29 @@ void kr_cfg_defaults(struct kr_cfg *cfg);
 int kr_cfg_parse_args(struct kr_cfg *cfg, int argc, char **argv, const char **subcommand,
                       char ***rest, int *nrest, char *err, size_t errlen);
 
-/* Load a `key = value` file (inih; `#`/`;` comments; sections are rejected) into `cfg`.
- * Returns 0 or -EINVAL/-errno with a message in `err` naming the file and line; `cfg` is
- * unchanged unless the whole file was valid. Control thread. */
+/* Load a config file into `cfg`: either `key = value` lines (inih; `#`/`;` comments;
+ * sections are rejected) or, when the file starts like one (`[{`, `[]`, or a `%` comment),
+ * an Erlang-term config (kr_cfg_load_eterm). Returns 0 or -EINVAL/-errno with a message in
+ * `err` naming the file and line; `cfg` is unchanged unless the whole file was valid.
+ * Other applications' sections of an Erlang-term file are skipped with a warning on
+ * stderr. Control thread. */
 int kr_cfg_load_file(struct kr_cfg *cfg, const char *path, char *err, size_t errlen);
+
+/* Read an Erlang-term config (sys.config format), `len` bytes of `text`:
+ *     [{kraken, [{num_router_shards, 8}, {pid_file, "/var/run/kraken.pid"}]}, {lager, [...]}].
+ * The kraken section's {Key, Value} pairs are set like command-line values: integers,
+ * strings ("..." or a list of character codes), binaries (<<"...">>), atoms (info), and
+ * address tuples ({0,0,0,0}). Other applications' sections are parsed and skipped; their
+ * names are listed in `warn` ("lager, sasl"; may be NULL). `%` comments, quoted atoms,
+ * Base#digits and $c integers, maps and floats (in skipped sections) are understood.
+ * Returns 0, or -EINVAL with "NAME:LINE: message" in `err` (syntax error, unknown key, bad
+ * value, included file, ...); `cfg` is unchanged unless everything was valid.
+ * Control thread. */
+int kr_cfg_load_eterm(struct kr_cfg *cfg, const char *name, const char *text, size_t len,
+                      char *warn, size_t warnlen, char *err, size_t errlen);
+/* Whether a config file's text starts like an Erlang term rather than `key = value`
+ * lines. Any thread. */
+bool kr_cfg_text_is_eterm(const char *text, size_t len);
 
 /* Set one option by name from its textual value, validating type and bounds.
  * Returns 0, -ENOENT (unknown key) or -EINVAL (bad value) with a message in `err`.
@@ -79,5 +105,31 @@ const char *kr_cfg_key_at(size_t i);
 /* 1 when `key` may be changed while the server runs (admin `config set`), 0 when it only
  * takes effect at start, -ENOENT for an unknown key. Any thread. */
 int kr_cfg_key_live(const char *key);
+
+/* ---------------------------------------------------------------- live snapshot
+ *
+ * The live configuration is a copy of the server's struct kr_cfg published through an
+ * RCU-protected pointer (liburcu, memb flavour). A change copies the current snapshot,
+ * sets one key, publishes the copy with rcu_assign_pointer and frees the old copy with
+ * call_rcu once no reader can hold it: readers never lock and never see a half-written
+ * value. */
+
+/* Publish a copy of `cfg` as the first snapshot. Control thread, before the threads that
+ * read it start. */
+void kr_cfg_live_init(const struct kr_cfg *cfg);
+/* The current snapshot, or NULL before kr_cfg_live_init. Call it between
+ * urcu_memb_read_lock() and urcu_memb_read_unlock() on a thread registered with
+ * urcu_memb_register_thread(); the pointer is valid until the unlock. Any such thread. */
+const struct kr_cfg *kr_cfg_live(void);
+/* Change one key of the snapshot: -ENOENT (unknown key), -EPERM (the key only takes effect
+ * at start; message says so), -EINVAL (bad value), or 0 once the new snapshot is published
+ * (a log_level change also sets the logger's level). The control thread, registered with
+ * urcu-memb (call_rcu frees the previous snapshot). */
+int kr_cfg_live_set(const char *key, const char *value, char *err, size_t errlen);
+/* Read one key of the current snapshot as text (kr_cfg_get). Control thread. */
+int kr_cfg_live_get(const char *key, char *buf, size_t buflen);
+/* Withdraw and free the snapshot after every reader stopped; waits for pending call_rcu
+ * frees. Control thread, at exit. */
+void kr_cfg_live_fini(void);
 
 #endif
