@@ -14,16 +14,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define TB_WAIT_MS 10000  /* server start / stop */
+#include "kr_itest.h"
+
 #define TB_BENCH_MS 60000 /* one bench run, everything included */
 
-struct tb_server {
-    pid_t pid;
-    unsigned port;
-    char log[64];
-};
-
-static struct tb_server srv;
+static struct kr_it_server srv;
 
 static void tb_sleep_ms(int ms)
 {
@@ -38,96 +33,23 @@ static long tb_ms_since(const struct timespec *t0)
     return (t.tv_sec - t0->tv_sec) * 1000 + (t.tv_nsec - t0->tv_nsec) / 1000000;
 }
 
-/* Port from the log line "listening on 127.0.0.1:<port>", or 0 when not there yet. */
-static unsigned tb_read_port(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    char line[1024];
-    unsigned port = 0;
-    const char *tag = "listening on 127.0.0.1:";
-    while (!port && fgets(line, sizeof(line), f)) {
-        char *p = strstr(line, tag);
-        if (p)
-            port = (unsigned)strtoul(p + strlen(tag), NULL, 10);
-    }
-    fclose(f);
-    return port;
-}
-
-/* Start the server with `--tcp_server_port 0`, a temporary log file and extra arguments. */
+/* Start the server (2 shards, 2 net threads) with extra arguments. */
 static void tb_start(const char *const *extra)
 {
-    const char *bin = getenv("KRAKEN_BIN");
-    cr_assert_not_null(bin, "KRAKEN_BIN must name the server binary");
-    snprintf(srv.log, sizeof(srv.log), "/tmp/kraken-bench-it-XXXXXX");
-    int fd = mkstemp(srv.log);
-    cr_assert_geq(fd, 0);
-    close(fd);
-    const char *argv[40];
-    int argc = 0;
-    argv[argc++] = bin;
-    argv[argc++] = "run";
-    argv[argc++] = "--tcp_server_port";
-    argv[argc++] = "0";
-    argv[argc++] = "--log_file";
-    argv[argc++] = srv.log;
-    argv[argc++] = "-kraken";
-    argv[argc++] = "num_router_shards";
-    argv[argc++] = "2";
-    argv[argc++] = "-kraken";
-    argv[argc++] = "num_net_threads";
-    argv[argc++] = "2";
-    for (int i = 0; extra && extra[i] && argc < 38; i++)
+    const char *argv[40] = {"-kraken", "num_router_shards", "2", "-kraken", "num_net_threads", "2"};
+    int argc = 6;
+    for (int i = 0; extra && extra[i] && argc < 39; i++)
         argv[argc++] = extra[i];
     argv[argc] = NULL;
-    srv.pid = fork();
-    cr_assert_geq(srv.pid, 0);
-    if (srv.pid == 0) {
-        int null = open("/dev/null", O_WRONLY);
-        if (null >= 0) {
-            dup2(null, 1);
-            dup2(null, 2);
-        }
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    for (int waited = 0; waited < TB_WAIT_MS; waited += 10) {
-        srv.port = tb_read_port(srv.log);
-        if (srv.port)
-            return;
-        int st;
-        if (waitpid(srv.pid, &st, WNOHANG) == srv.pid) {
-            srv.pid = 0;
-            cr_assert_fail("the server exited early (status %d); log in %s", st, srv.log);
-        }
-        tb_sleep_ms(10);
-    }
-    kill(srv.pid, SIGKILL);
-    waitpid(srv.pid, NULL, 0);
-    srv.pid = 0;
-    cr_assert_fail("the server did not log its port; log in %s", srv.log);
+    kr_it_start(&srv, argv);
 }
 
 static void tb_stop(void)
 {
     if (srv.pid <= 0)
         return;
-    kill(srv.pid, SIGTERM);
-    int st = 0;
-    for (int waited = 0; waited < TB_WAIT_MS; waited += 10) {
-        if (waitpid(srv.pid, &st, WNOHANG) == srv.pid) {
-            srv.pid = 0;
-            unlink(srv.log);
-            return;
-        }
-        tb_sleep_ms(10);
-    }
-    kill(srv.pid, SIGKILL);
-    waitpid(srv.pid, &st, 0);
+    kr_it_stop(&srv);
     srv.pid = 0;
-    cr_log_warn("the server did not stop on SIGTERM; log kept in %s", srv.log);
 }
 
 static void tb_start_default(void)
