@@ -8,9 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <urcu/urcu-memb.h>
 #include <xxhash.h>
 
+#include "kr_cfg.h"
 #include "kr_log.h"
 #include "kr_topics.h"
 
@@ -37,9 +39,25 @@ struct kr_history {
     uint64_t start_us;       /* nothing before this was seen */
 };
 
+/* A question from another thread that only the shard may answer (it reads the shard's
+ * private arrays): the topics of one client, copied into the request's own buffer so an
+ * asker that gave up waiting leaves nothing dangling. Protected by the router's req_mu. */
+struct kr_router_req {
+    struct kr_router_req *next;
+    uint64_t conn;
+    uint32_t cursor;
+    bool done;
+    bool abandoned; /* the asker timed out: the shard frees the request */
+    size_t len;
+    size_t cap;
+    char buf[];
+};
+
 struct kr_shard {
     struct kr_router *r;
     uint32_t idx;
+    struct kr_router_req *reqs; /* under r->req_mu */
+    int req_pending;            /* reqs is not empty: checked once per loop iteration */
     pthread_t thread;
     bool started;
     struct kr_waiter waiter;
@@ -69,6 +87,8 @@ struct kr_router {
     struct kr_shard *shards;
     uint8_t *dirty; /* [nnet * nshards]: net n pushed to shard s since its last flush */
     int stop;
+    pthread_mutex_t req_mu; /* requests from other threads (kr_router_client_topics) */
+    pthread_cond_t req_cv;
 };
 
 static void *kr_router_xcalloc(size_t n, size_t size)
@@ -301,7 +321,14 @@ static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
 
     uint32_t fanout = sh->ntouched;
     bool multi = kr_msg_nshards(m) > 1;
-    bool warn = !multi && r->o.fanout_warn && fanout >= r->o.fanout_warn;
+    /* the threshold may change while the server runs (admin `config set`) */
+    uint32_t fanout_warn = r->o.fanout_warn;
+    urcu_memb_read_lock();
+    const struct kr_cfg *live = kr_cfg_live();
+    if (live)
+        fanout_warn = live->router_min_fanout_to_warn;
+    urcu_memb_read_unlock();
+    bool warn = !multi && fanout_warn && fanout >= fanout_warn;
     /* One atomic add for every reference handed out below. */
     uint32_t refs = fanout + (multi ? r->o.nnet : 0) + (warn ? 1 : 0);
     if (refs)
@@ -398,6 +425,30 @@ static void kr_shard_pin(struct kr_shard *sh)
     }
 }
 
+/* Answer the requests other threads queued for this shard. */
+static void kr_shard_serve_reqs(struct kr_shard *sh)
+{
+    struct kr_router *r = sh->r;
+    pthread_mutex_lock(&r->req_mu);
+    struct kr_router_req *list = sh->reqs;
+    sh->reqs = NULL;
+    ck_pr_store_int(&sh->req_pending, 0);
+    pthread_mutex_unlock(&r->req_mu);
+    while (list) {
+        struct kr_router_req *q = list;
+        list = q->next;
+        /* the buffer belongs to the request: filling it is safe even if the asker left */
+        q->len = kr_topics_conn_topics(sh->topics, q->conn, &q->cursor, q->buf, q->cap);
+        pthread_mutex_lock(&r->req_mu);
+        q->done = true;
+        bool gone = q->abandoned;
+        pthread_cond_broadcast(&r->req_cv);
+        pthread_mutex_unlock(&r->req_mu);
+        if (gone)
+            free(q);
+    }
+}
+
 static void *kr_shard_main(void *arg)
 {
     struct kr_shard *sh = arg;
@@ -410,6 +461,8 @@ static void *kr_shard_main(void *arg)
     urcu_memb_register_thread();
 
     while (!ck_pr_load_int(&r->stop)) {
+        if (ck_pr_load_int(&sh->req_pending))
+            kr_shard_serve_reqs(sh);
         uint32_t parked = kr_shard_flush_fifos(sh);
         uint32_t work = 0;
         for (uint32_t n = 0; n < r->o.nnet; n++) {
@@ -423,7 +476,7 @@ static void *kr_shard_main(void *arg)
         if (work)
             continue;
         kr_waiter_prepare(&sh->waiter);
-        bool ready = ck_pr_load_int(&r->stop);
+        bool ready = ck_pr_load_int(&r->stop) || ck_pr_load_int(&sh->req_pending);
         for (uint32_t n = 0; n < r->o.nnet && !ready; n++)
             ready = kr_mailbox_depth(sh->in[n]) > 0;
         if (ready) {
@@ -450,6 +503,8 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
         abort();
     memset(r->shards, 0, sizeof(struct kr_shard) * r->o.nshards);
     r->dirty = kr_router_xcalloc((size_t)r->o.nnet * r->o.nshards, 1);
+    pthread_mutex_init(&r->req_mu, NULL);
+    pthread_cond_init(&r->req_cv, NULL);
     for (uint32_t s = 0; s < r->o.nshards; s++) {
         struct kr_shard *sh = &r->shards[s];
         sh->r = r;
@@ -499,6 +554,22 @@ void kr_router_stop(struct kr_router *r)
         pthread_join(sh->thread, NULL);
         sh->started = false;
     }
+    /* Requests nobody will serve any more: answer them empty. */
+    pthread_mutex_lock(&r->req_mu);
+    for (uint32_t s = 0; s < r->o.nshards; s++) {
+        struct kr_shard *sh = &r->shards[s];
+        while (sh->reqs) {
+            struct kr_router_req *q = sh->reqs;
+            sh->reqs = q->next;
+            q->len = 0;
+            q->done = true;
+            if (q->abandoned)
+                free(q);
+        }
+        sh->req_pending = 0;
+    }
+    pthread_cond_broadcast(&r->req_cv);
+    pthread_mutex_unlock(&r->req_mu);
 }
 
 /* Release what an undelivered event holds. */
@@ -560,6 +631,8 @@ void kr_router_destroy(struct kr_router *r)
     }
     urcu_memb_barrier(); /* run pending call_rcu frees */
     urcu_memb_unregister_thread();
+    pthread_mutex_destroy(&r->req_mu);
+    pthread_cond_destroy(&r->req_cv);
     free(r->shards);
     free(r->dirty);
     free(r);
@@ -606,4 +679,81 @@ void kr_router_stats(const struct kr_router *r, struct kr_router_stats *out)
         out->history_bytes += ck_pr_load_64(&sh->hist_bytes);
         out->retro_not_found += ck_pr_load_64(&sh->retro_not_found);
     }
+}
+
+/* ---------------------------------------------------------------- admin reads */
+
+uint32_t kr_router_client_nsubs(struct kr_router *r, uint64_t conn)
+{
+    uint32_t n = 0;
+    for (uint32_t s = 0; s < r->o.nshards; s++)
+        n += kr_topics_conn_nsubs(r->shards[s].topics, conn);
+    return n;
+}
+
+struct kr_router_walk_ctx {
+    kr_router_topic_cb cb;
+    void *arg;
+    int stop;
+};
+
+static int kr_router_walk_one(void *arg, const char *topic, uint32_t len, uint32_t nsubs)
+{
+    struct kr_router_walk_ctx *w = arg;
+    w->stop = w->cb(w->arg, topic, len, nsubs);
+    return w->stop;
+}
+
+void kr_router_walk_topics(struct kr_router *r, kr_router_topic_cb cb, void *arg)
+{
+    struct kr_router_walk_ctx w = {cb, arg, 0};
+    for (uint32_t s = 0; s < r->o.nshards && !w.stop; s++)
+        kr_topics_walk(r->shards[s].topics, kr_router_walk_one, &w);
+}
+
+ssize_t kr_router_client_topics(struct kr_router *r, uint32_t shard, uint64_t conn,
+                                uint32_t *cursor, char *buf, size_t cap, int timeout_ms)
+{
+    if (shard >= r->o.nshards || cap == 0)
+        return -EINVAL;
+    struct kr_shard *sh = &r->shards[shard];
+    struct kr_router_req *q = kr_router_xcalloc(1, sizeof(*q) + cap);
+    q->conn = conn;
+    q->cursor = *cursor;
+    q->cap = cap;
+    pthread_mutex_lock(&r->req_mu);
+    if (ck_pr_load_int(&r->stop)) {
+        pthread_mutex_unlock(&r->req_mu);
+        free(q);
+        return -ESHUTDOWN;
+    }
+    q->next = sh->reqs;
+    sh->reqs = q;
+    ck_pr_store_int(&sh->req_pending, 1);
+    pthread_mutex_unlock(&r->req_mu);
+    kr_waiter_wake(&sh->waiter);
+
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&r->req_mu);
+    int rc = 0;
+    while (!q->done && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&r->req_cv, &r->req_mu, &deadline);
+    if (!q->done) {
+        q->abandoned = true; /* the shard frees it when it gets to it */
+        pthread_mutex_unlock(&r->req_mu);
+        return -ETIMEDOUT;
+    }
+    pthread_mutex_unlock(&r->req_mu);
+    ssize_t n = (ssize_t)q->len;
+    memcpy(buf, q->buf, q->len);
+    *cursor = q->cursor;
+    free(q);
+    return n;
 }

@@ -34,6 +34,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "kr_queue.h"
 
@@ -69,7 +70,8 @@ struct kr_router_opts {
     uint32_t nshards;
     uint32_t nnet;                 /* net threads */
     uint32_t mailbox_capacity;     /* events per ring */
-    uint32_t fanout_warn;          /* router_min_fanout_to_warn */
+    uint32_t fanout_warn;          /* router_min_fanout_to_warn; the live configuration
+                                      snapshot (kr_cfg_live) overrides it when published */
     uint32_t history;              /* messages_stored_per_router_shard (0 = none) */
     bool pin_cpus;                 /* pin shard i to CPU i % ncpus */
     /* Wake net thread `net` after events were pushed towards it. Called from shard threads;
@@ -122,5 +124,29 @@ struct kr_router_stats {
     uint64_t retro_not_found;  /* shard answers "history does not reach back" */
 };
 void kr_router_stats(const struct kr_router *r, struct kr_router_stats *out);
+
+/* ---------------------------------------------------------------- admin reads
+ * For the admin socket's dumps, from threads that are neither shards nor net threads.
+ * They see the tables while the shards keep running: a dump is a live view, and a topic or
+ * subscription that changes during it may be missed or seen twice. */
+
+/* Subscriptions of client `conn`, summed over the shards (RCU lookups, no waiting).
+ * Any thread registered with urcu-memb. */
+uint32_t kr_router_client_nsubs(struct kr_router *r, uint64_t conn);
+
+/* Call cb for every topic of every shard with its subscriber count, shard by shard, each
+ * shard's walk inside one RCU read-side critical section (so keep cb short: no blocking
+ * I/O). Stops when cb returns non-zero. Any thread registered with urcu-memb. */
+typedef int (*kr_router_topic_cb)(void *arg, const char *topic, uint32_t len, uint32_t nsubs);
+void kr_router_walk_topics(struct kr_router *r, kr_router_topic_cb cb, void *arg);
+
+/* Ask shard `shard` for the topics client `conn` subscribes to there, from its
+ * subscription number *cursor on: the shard thread copies as many as fit in `cap` bytes,
+ * each followed by '\n', into buf and *cursor is advanced past them. `cap` must exceed
+ * the longest topic. Returns the bytes written (0 when there are no more), -ETIMEDOUT when
+ * the shard did not answer within timeout_ms, -ESHUTDOWN once the router stopped.
+ * Blocks. Any thread except shard threads (never the control thread's loop: it may wait). */
+ssize_t kr_router_client_topics(struct kr_router *r, uint32_t shard, uint64_t conn,
+                                uint32_t *cursor, char *buf, size_t cap, int timeout_ms);
 
 #endif

@@ -312,3 +312,31 @@ void kr_topics_walk(struct kr_topics *t, kr_topics_walk_cb cb, void *arg)
     }
     urcu_memb_read_unlock();
 }
+
+uint32_t kr_topics_conn_nsubs(struct kr_topics *t, uint64_t conn)
+{
+    urcu_memb_read_lock();
+    struct kr_sconn *c = kr_conns_lookup(t, conn);
+    uint32_t n = c ? ck_pr_load_32(&c->nsubs) : 0;
+    urcu_memb_read_unlock();
+    return n;
+}
+
+size_t kr_topics_conn_topics(struct kr_topics *t, uint64_t conn, uint32_t *cursor, char *buf,
+                             size_t cap)
+{
+    size_t used = 0;
+    urcu_memb_read_lock();
+    struct kr_sconn *c = kr_conns_lookup(t, conn);
+    while (c && *cursor < c->nsubs) {
+        const struct kr_topic *tp = c->subs[*cursor]->topic;
+        if (used + tp->len + 1 > cap)
+            break;
+        memcpy(buf + used, tp->name, tp->len);
+        buf[used + tp->len] = '\n';
+        used += tp->len + 1;
+        (*cursor)++;
+    }
+    urcu_memb_read_unlock();
+    return used;
+}

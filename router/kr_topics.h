@@ -9,6 +9,7 @@
 #ifndef KR_TOPICS_H
 #define KR_TOPICS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct kr_topics;
@@ -49,5 +50,15 @@ uint64_t kr_topics_subscriptions(const struct kr_topics *t);
  * the RCU read lock itself. Stops when cb returns non-zero. */
 typedef int (*kr_topics_walk_cb)(void *arg, const char *topic, uint32_t len, uint32_t nsubs);
 void kr_topics_walk(struct kr_topics *t, kr_topics_walk_cb cb, void *arg);
+
+/* Subscriptions of client `conn` in this table (0 when unknown). Any thread registered with
+ * urcu-memb; takes the RCU read lock itself. */
+uint32_t kr_topics_conn_nsubs(struct kr_topics *t, uint64_t conn);
+
+/* Copy the topics of client `conn` from its subscription number *cursor on into buf, each
+ * followed by '\n', as many as fit in `cap` bytes; advances *cursor past them. Returns the
+ * bytes written (0: no more topics, or the next one does not fit in `cap`). Owner only. */
+size_t kr_topics_conn_topics(struct kr_topics *t, uint64_t conn, uint32_t *cursor, char *buf,
+                             size_t cap);
 
 #endif

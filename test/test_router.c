@@ -339,3 +339,95 @@ Test(history, eviction_bounds_the_window_and_answers_not_found)
     cr_assert_eq(retro(conn_id(0, 3), "a", base - 1000000, times, masks, &n), 1);
     stop();
 }
+
+/* ---------------------------------------------------------------- admin reads */
+
+#include <errno.h>
+#include <urcu/urcu-memb.h>
+
+struct walk_seen {
+    int topics;
+    int subs;
+    int a_subs;
+};
+
+static int walk_cb(void *arg, const char *topic, uint32_t len, uint32_t nsubs)
+{
+    struct walk_seen *w = arg;
+    w->topics++;
+    w->subs += (int)nsubs;
+    if (len == 1 && topic[0] == 'a')
+        w->a_subs = (int)nsubs;
+    return 0;
+}
+
+static int walk_stop_cb(void *arg, const char *topic, uint32_t len, uint32_t nsubs)
+{
+    (void)topic;
+    (void)len;
+    (void)nsubs;
+    return ++*(int *)arg >= 2;
+}
+
+Test(router_admin, counts_walks_and_client_topics_while_running)
+{
+    start(4, 2);
+    urcu_memb_register_thread();
+    uint64_t c1 = conn_id(0, 1), c2 = conn_id(1, 2);
+    const char *t1[] = {"a", "b", "c", "d", "e", "f", "g", "h"};
+    const char *t2[] = {"a", "z"};
+    subscribe(c1, t1, 8);
+    subscribe(c2, t2, 2);
+    cr_assert_eq(kr_router_client_nsubs(r, c1), 8);
+    cr_assert_eq(kr_router_client_nsubs(r, c2), 2);
+    cr_assert_eq(kr_router_client_nsubs(r, conn_id(0, 77)), 0, "unknown client");
+
+    struct walk_seen w = {0};
+    kr_router_walk_topics(r, walk_cb, &w);
+    cr_assert_eq(w.topics, 9);
+    cr_assert_eq(w.subs, 10);
+    cr_assert_eq(w.a_subs, 2);
+    int calls = 0;
+    kr_router_walk_topics(r, walk_stop_cb, &calls);
+    cr_assert_eq(calls, 2, "the walk stops when asked");
+
+    /* every topic of c1 exactly once, over all shards, with a buffer that holds only a few
+     * topics per answer */
+    char all[256] = "", buf[5];
+    int answers = 0;
+    for (uint32_t s = 0; s < kr_router_nshards(r); s++) {
+        uint32_t cursor = 0;
+        ssize_t n;
+        while ((n = kr_router_client_topics(r, s, c1, &cursor, buf, sizeof(buf), 5000)) > 0) {
+            cr_assert_leq(n, (ssize_t)sizeof(buf));
+            strncat(all, buf, (size_t)n);
+            answers++;
+        }
+        cr_assert_eq(n, 0, "shard %u answered %zd", s, n);
+    }
+    cr_assert_geq(answers, 4, "answers come in chunks (%d)", answers);
+    for (int i = 0; i < 8; i++) {
+        char line[4] = {t1[i][0], '\n', 0};
+        char *at = strstr(all, line);
+        cr_assert_not_null(at, "%s missing in %s", t1[i], all);
+        cr_assert_null(strstr(at + 1, line), "%s twice in %s", t1[i], all);
+    }
+    cr_assert_eq(strlen(all), 16);
+    uint32_t cursor = 0;
+    cr_assert_eq(kr_router_client_topics(r, 0, conn_id(0, 77), &cursor, buf, sizeof(buf), 5000),
+                 0, "an unknown client has no topics");
+    cr_assert_eq(kr_router_client_topics(r, 99, c1, &cursor, buf, sizeof(buf), 5000), -EINVAL);
+    urcu_memb_unregister_thread();
+    stop();
+}
+
+Test(router_admin, requests_after_stop_are_refused)
+{
+    start(2, 1);
+    kr_router_stop(r);
+    char buf[64];
+    uint32_t cursor = 0;
+    cr_assert_eq(kr_router_client_topics(r, 0, conn_id(0, 1), &cursor, buf, sizeof(buf), 1000),
+                 -ESHUTDOWN);
+    kr_router_destroy(r);
+}
