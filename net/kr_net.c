@@ -14,10 +14,12 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <urcu/urcu-memb.h>
 #include <uv.h>
 #include <xxhash.h>
 
 #include "kr_log.h"
+#include "kr_net_int.h"
 #include "kr_proto.h"
 #include "kr_queue.h"
 #include "kr_router.h"
@@ -185,7 +187,35 @@ struct kr_server {
     uint32_t nconns; /* process-wide, for max_tcp_clients */
     struct kr_proto_limits lim;
     time_t started;
+    struct kr_net_reqq *reqq; /* requests from other threads (kr_net_admin.c) */
+    int draining;             /* kr_server_drain was called */
 };
+
+/* The settings that may change while the server runs (admin `config set`), read from the
+ * RCU-published configuration snapshot. */
+struct kr_net_live {
+    uint64_t max_queued_messages;
+    uint64_t max_queued_bytes;
+    uint64_t client_idle_timeout_ms;
+    uint32_t max_tcp_clients;
+    uint32_t fanout_warn;
+    uint32_t topics_warn;
+};
+
+static void kr_net_live(const struct kr_server *s, struct kr_net_live *out)
+{
+    urcu_memb_read_lock();
+    const struct kr_cfg *c = kr_cfg_live();
+    if (!c)
+        c = s->cfg; /* no snapshot published: the start configuration */
+    out->max_queued_messages = c->max_queued_messages;
+    out->max_queued_bytes = c->max_queued_bytes;
+    out->client_idle_timeout_ms = c->client_idle_timeout_ms;
+    out->max_tcp_clients = c->max_tcp_clients;
+    out->fanout_warn = c->router_min_fanout_to_warn;
+    out->topics_warn = c->router_min_publish_to_topics_to_warn;
+    urcu_memb_read_unlock();
+}
 
 #define KR_ST_INC(nt, field, n) ck_pr_store_64(&(nt)->st.field, (nt)->st.field + (n))
 #define KR_ST_DEC(nt, field, n) ck_pr_store_64(&(nt)->st.field, (nt)->st.field - (n))
@@ -228,18 +258,6 @@ static void kr_out_add(struct kr_conn *c, const void *p, size_t n)
 static void kr_out_str(struct kr_conn *c, const char *s)
 {
     kr_out_add(c, s, strlen(s));
-}
-
-static void kr_out_fmt(struct kr_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void kr_out_fmt(struct kr_conn *c, const char *fmt, ...)
-{
-    char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        kr_out_add(c, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
 }
 
 static void kr_conn_write_cb(uv_write_t *req, int status)
@@ -700,8 +718,9 @@ static int kr_pub_entry(void *arg, const struct kr_pub_entry *e)
             n++;
         }
     }
-    if (n >= srv->cfg->router_min_publish_to_topics_to_warn &&
-        srv->cfg->router_min_publish_to_topics_to_warn) {
+    struct kr_net_live lv;
+    kr_net_live(srv, &lv);
+    if (n >= lv.topics_warn && lv.topics_warn) {
         KR_ST_INC(nt, publish_topic_warnings, 1);
         uint64_t suppressed = 0;
         if (kr_log_enabled(KR_LOG_WARN) &&
@@ -896,9 +915,36 @@ static void kr_req_get_messages(struct kr_conn *c)
     KR_ST_INC(nt, messages_delivered, n);
 }
 
+static void kr_stat_line(kr_server_emit_cb emit, void *arg, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void kr_stat_line(kr_server_emit_cb emit, void *arg, const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        emit(arg, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+}
+
+static void kr_req_stats_emit(void *arg, const char *line, size_t len)
+{
+    struct kr_conn *c = arg;
+    kr_out_add(c, line, len);
+    kr_out_add(c, "\r\n", 2);
+}
+
 static void kr_req_stats(struct kr_conn *c)
 {
-    struct kr_server *srv = c->nt->srv;
+    kr_server_stats(c->nt->srv, kr_req_stats_emit, c);
+    kr_out_str(c, "END\r\n");
+}
+
+void kr_server_stats(struct kr_server *srv, kr_server_emit_cb emit, void *arg)
+{
+    struct kr_net_live lv;
+    kr_net_live(srv, &lv);
     struct kr_nt_stats sum;
     memset(&sum, 0, sizeof(sum));
     for (uint32_t i = 0; i < srv->nnet; i++) {
@@ -912,15 +958,15 @@ static void kr_req_stats(struct kr_conn *c)
     time_t now = time(NULL);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-#define S(name, fmt, val) kr_out_fmt(c, "STAT " name " " fmt "\r\n", val)
+#define S(name, fmt, val) kr_stat_line(emit, arg, "STAT " name " " fmt, val)
     S("pid", "%d", (int)getpid());
     S("uptime", "%lld", (long long)(now - srv->started));
     S("time", "%lld", (long long)now);
     S("version", "%s", KR_VERSION);
     S("pointer_size", "%d", (int)(8 * sizeof(void *)));
-    kr_out_fmt(c, "STAT rusage_user %ld.%06ld\r\n", (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
-    kr_out_fmt(c, "STAT rusage_system %ld.%06ld\r\n", (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec);
-    S("max_connections", "%u", srv->cfg->max_tcp_clients);
+    kr_stat_line(emit, arg, "STAT rusage_user %ld.%06ld", (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
+    kr_stat_line(emit, arg, "STAT rusage_system %ld.%06ld", (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec);
+    S("max_connections", "%u", lv.max_tcp_clients);
     S("curr_connections", "%llu", (unsigned long long)sum.curr_connections);
     S("total_connections", "%llu", (unsigned long long)sum.total_connections);
     S("rejected_connections", "%llu", (unsigned long long)sum.rejected_connections);
@@ -954,7 +1000,6 @@ static void kr_req_stats(struct kr_conn *c)
     S("protocol_errors", "%llu", (unsigned long long)sum.protocol_errors);
     S("idle_timeouts", "%llu", (unsigned long long)sum.idle_timeouts);
 #undef S
-    kr_out_str(c, "END\r\n");
 }
 
 /* Handle one parsed request. */
@@ -999,8 +1044,9 @@ static void kr_conn_request(struct kr_conn *c, const struct kr_request *req)
     case KR_REQ_QUIT:
         c->close_after_write = true;
         break;
-    case KR_REQ_VERSION:
-        kr_out_str(c, "VERSION " KR_VERSION "\r\n");
+    case KR_REQ_VERSION: /* load-balancer health checks see the drain here */
+        kr_out_str(c, ck_pr_load_int(&nt->srv->draining) ? "VERSION " KR_VERSION " draining\r\n"
+                                                          : "VERSION " KR_VERSION "\r\n");
         break;
     case KR_REQ_STATS:
         kr_req_stats(c);
@@ -1190,9 +1236,10 @@ static struct kr_cq_entry *kr_conn_find_incomplete(struct kr_conn *c, struct kr_
 static void kr_conn_enqueue(struct kr_conn *c, struct kr_cq_entry *e)
 {
     struct kr_nt *nt = c->nt;
-    const struct kr_cfg *cfg = nt->srv->cfg;
+    struct kr_net_live lv;
+    kr_net_live(nt->srv, &lv);
     e->reply_bytes = kr_entry_bytes(e);
-    if (c->q.count + 1 > cfg->max_queued_messages || c->q.bytes + e->reply_bytes > cfg->max_queued_bytes) {
+    if (c->q.count + 1 > lv.max_queued_messages || c->q.bytes + e->reply_bytes > lv.max_queued_bytes) {
         kr_entry_release(e);
         kr_conn_overflow(c);
         return;
@@ -1409,7 +1456,9 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
         p->arrived++;
         p->fanout += ev->aux;
         if (p->arrived == p->expected) {
-            uint32_t warn = nt->srv->cfg->router_min_fanout_to_warn;
+            struct kr_net_live lv;
+            kr_net_live(nt->srv, &lv);
+            uint32_t warn = lv.fanout_warn;
             if (warn && p->fanout >= warn && KR_CONN_NET(kr_msg_publisher(m)) == nt->idx)
                 kr_nt_fanout_warn(nt, m, p->fanout);
             *kr_msg_slot(m, nt->idx) = NULL;
@@ -1488,6 +1537,7 @@ static void kr_nt_wake_cb(uv_async_t *a)
         uv_stop(&nt->loop);
         return;
     }
+    kr_net_reqq_serve(nt->srv, nt->idx); /* admin requests, if any */
     kr_nt_drain(nt);
 }
 
@@ -1506,7 +1556,9 @@ static void kr_nt_check_cb(uv_check_t *h)
 static void kr_nt_sweep_cb(uv_timer_t *t)
 {
     struct kr_nt *nt = t->data;
-    uint64_t timeout = nt->srv->cfg->client_idle_timeout_ms;
+    struct kr_net_live lv;
+    kr_net_live(nt->srv, &lv);
+    uint64_t timeout = lv.client_idle_timeout_ms;
     uint64_t now = kr_log_now_ms();
     if (nt->nctl)
         kr_nt_send_ctl(nt);
@@ -1560,7 +1612,9 @@ static void kr_nt_accept_cb(uv_stream_t *server, int status)
         return;
     }
     struct kr_server *srv = nt->srv;
-    if (ck_pr_faa_32(&srv->nconns, 1) >= srv->cfg->max_tcp_clients) {
+    struct kr_net_live lv;
+    kr_net_live(srv, &lv);
+    if (ck_pr_faa_32(&srv->nconns, 1) >= lv.max_tcp_clients) {
         ck_pr_dec_32(&srv->nconns);
         uv_tcp_t *tmp = malloc(sizeof(*tmp));
         if (!tmp)
@@ -1574,7 +1628,7 @@ static void kr_nt_accept_cb(uv_stream_t *server, int status)
             uint64_t suppressed = 0;
             if (kr_log_ratelimit(&nt->rl_errors, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
                 KR_WARN("rejected a connection: max_tcp_clients (%u) reached (suppressed %llu similar)",
-                        srv->cfg->max_tcp_clients, (unsigned long long)suppressed);
+                        lv.max_tcp_clients, (unsigned long long)suppressed);
         }
         uv_close((uv_handle_t *)tmp, kr_reject_closed_cb);
         return;
@@ -1624,7 +1678,9 @@ static void kr_nt_main(void *arg)
     char name[16];
     snprintf(name, sizeof(name), "kr-net-%u", nt->idx);
     pthread_setname_np(pthread_self(), name);
+    urcu_memb_register_thread(); /* reads the live configuration snapshot */
     uv_run(&nt->loop, UV_RUN_DEFAULT);
+    urcu_memb_unregister_thread();
 }
 
 static void kr_nt_close_walk(uv_handle_t *h, void *arg)
@@ -1698,6 +1754,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
     s->nts = calloc(s->nnet, sizeof(*s->nts));
     if (!s->nts)
         abort();
+    s->reqq = kr_net_reqq_create(s->nnet);
     uint16_t port = (uint16_t)cfg->tcp_server_port;
     for (uint32_t i = 0; i < s->nnet; i++) {
         struct kr_nt *nt = calloc(1, sizeof(*nt));
@@ -1715,6 +1772,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
             }
             free(nt);
             free(s->nts);
+            kr_net_reqq_destroy(s->reqq);
             free(s);
             return fd;
         }
@@ -1792,6 +1850,7 @@ void kr_server_stop(struct kr_server *s)
     }
     for (uint32_t i = 0; i < s->nnet; i++)
         uv_thread_join(&s->nts[i]->thread);
+    kr_net_reqq_shutdown(s);
     kr_router_stop(s->router);
 }
 
@@ -1824,5 +1883,113 @@ void kr_server_destroy(struct kr_server *s)
         free(nt);
     }
     free(s->nts);
+    kr_net_reqq_destroy(s->reqq);
     free(s);
+}
+
+/* ---------------------------------------------------------------- operations
+ * The net-thread side of kr_net_admin.c's requests (kr_net_int.h) and the figures the
+ * control thread reads (kr_net.h). */
+
+uint32_t kr_server_nnet(const struct kr_server *s) { return s->nnet; }
+struct kr_router *kr_server_router(struct kr_server *s) { return s->router; }
+struct kr_net_reqq *kr_net_server_reqq(struct kr_server *s) { return s->reqq; }
+
+uint64_t kr_server_net_clients(const struct kr_server *s, uint32_t net)
+{
+    return net < s->nnet ? ck_pr_load_64(&s->nts[net]->st.curr_connections) : 0;
+}
+
+uint64_t kr_server_clients(const struct kr_server *s)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < s->nnet; i++)
+        n += kr_server_net_clients(s, i);
+    return n;
+}
+
+uint64_t kr_server_uptime(const struct kr_server *s)
+{
+    time_t now = time(NULL);
+    return s->started && now > s->started ? (uint64_t)(now - s->started) : 0;
+}
+
+void kr_net_wake(struct kr_server *s, uint32_t net)
+{
+    uv_async_send(&s->nts[net]->wake);
+}
+
+static void kr_net_conn_fill(const struct kr_conn *c, uint64_t now, struct kr_net_conn_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->id = c->id;
+    memcpy(out->peer, c->peer, sizeof(out->peer));
+    out->queued_messages = c->q.count;
+    out->queued_bytes = c->q.bytes;
+    out->age_ms = now - c->created_ms;
+    out->since_poll_ms = c->last_poll_ms ? (int64_t)(now - c->last_poll_ms) : -1;
+    out->idle_ms = now - c->last_active_ms;
+}
+
+int kr_net_conn_next(struct kr_server *s, uint32_t net, uint32_t *slot,
+                     struct kr_net_conn_info *out)
+{
+    struct kr_nt *nt = s->nts[net];
+    for (; *slot < nt->nslots; (*slot)++) {
+        struct kr_conn *c = nt->slots[*slot];
+        if (c && !c->closing) {
+            kr_net_conn_fill(c, kr_log_now_ms(), out);
+            (*slot)++;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int kr_net_conn_find(struct kr_server *s, uint64_t id, struct kr_net_conn_info *out)
+{
+    if (KR_CONN_NET(id) >= s->nnet)
+        return -ENOENT;
+    struct kr_conn *c = kr_nt_conn(s->nts[KR_CONN_NET(id)], id);
+    if (!c)
+        return -ENOENT;
+    kr_net_conn_fill(c, kr_log_now_ms(), out);
+    return 0;
+}
+
+uint32_t kr_net_close_some(struct kr_server *s, uint32_t net, uint32_t n)
+{
+    struct kr_nt *nt = s->nts[net];
+    uint32_t done = 0;
+    for (uint32_t i = 0; i < nt->nslots && done < n; i++) {
+        struct kr_conn *c = nt->slots[i];
+        if (!c || c->closing || c->close_after_write)
+            continue;
+        KR_DEBUG("client %s (id %llu): closing (drain)", c->peer, (unsigned long long)c->id);
+        c->close_after_write = true;
+        kr_conn_pause(c);
+        kr_conn_flush(c); /* closes now, or once the replies in flight are written */
+        done++;
+    }
+    return done;
+}
+
+void kr_net_stop_listening(struct kr_server *s, uint32_t net)
+{
+    struct kr_nt *nt = s->nts[net];
+    if (!uv_is_closing((uv_handle_t *)&nt->listener))
+        uv_close((uv_handle_t *)&nt->listener, NULL);
+}
+
+void kr_server_drain(struct kr_server *s)
+{
+    if (ck_pr_load_int(&s->draining))
+        return;
+    ck_pr_store_int(&s->draining, 1);
+    kr_server_stop_listening(s);
+}
+
+int kr_server_draining(const struct kr_server *s)
+{
+    return ck_pr_load_int(&s->draining);
 }

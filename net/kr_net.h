@@ -8,6 +8,7 @@
 #ifndef KR_NET_H
 #define KR_NET_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kr_cfg.h"
@@ -25,5 +26,60 @@ uint16_t kr_server_port(const struct kr_server *s);
 /* Close every connection, stop and join all threads. Control thread. */
 void kr_server_stop(struct kr_server *s);
 void kr_server_destroy(struct kr_server *s);
+
+/* ---------------------------------------------------------------- operations
+ * For the control thread and the admin socket. The settings marked live in kr_cfg are read
+ * by the net threads from the live snapshot (kr_cfg_live), so they follow `config set`. */
+
+struct kr_router;
+
+/* Number of net threads; the router. Any thread. */
+uint32_t kr_server_nnet(const struct kr_server *s);
+struct kr_router *kr_server_router(struct kr_server *s);
+/* Open client connections of net thread `net`, or of all (relaxed reads). Any thread. */
+uint64_t kr_server_net_clients(const struct kr_server *s, uint32_t net);
+uint64_t kr_server_clients(const struct kr_server *s);
+/* Seconds since kr_server_start. Any thread. */
+uint64_t kr_server_uptime(const struct kr_server *s);
+
+/* The memcached-style `stats` lines ("STAT name value", without line ends), each passed to
+ * emit. Any thread registered with urcu-memb (it reads the live configuration). */
+typedef void (*kr_server_emit_cb)(void *arg, const char *line, size_t len);
+void kr_server_stats(struct kr_server *s, kr_server_emit_cb emit, void *arg);
+
+/* What the admin socket shows of one client connection (a copy made by its net thread). */
+struct kr_net_conn_info {
+    uint64_t id;
+    char peer[64];            /* ip:port */
+    uint32_t queued_messages; /* waiting for `get messages` */
+    uint64_t queued_bytes;    /* bytes they take in a reply */
+    uint64_t age_ms;          /* since accepted */
+    int64_t since_poll_ms;    /* since the last `get messages`, -1 = never polled */
+    uint64_t idle_ms;         /* since the last bytes received */
+};
+
+/* Ask net thread `net` for up to `max` of its connections in slot order from *cursor on
+ * (0 to start); *cursor is advanced. Returns how many were copied into out (0: no more),
+ * -ETIMEDOUT (no answer within timeout_ms; <= 0 means 5 s), -ESHUTDOWN, -EINVAL (no such
+ * net thread). Blocks: any thread except net threads, and not the control thread's loop. */
+int kr_server_list_conns(struct kr_server *s, uint32_t net, uint32_t *cursor,
+                         struct kr_net_conn_info *out, uint32_t max, int timeout_ms);
+/* The connection with client id `id`: 0, -ENOENT (no such open connection), -ETIMEDOUT,
+ * -ESHUTDOWN. Blocks like kr_server_list_conns. */
+int kr_server_find_conn(struct kr_server *s, uint64_t id, struct kr_net_conn_info *out,
+                        int timeout_ms);
+
+/* Drain, step 1: from now on `version` answers "VERSION <v> draining" and no net thread
+ * accepts new connections (their listening sockets are closed). Does not wait.
+ * Control thread. */
+void kr_server_drain(struct kr_server *s);
+/* Whether kr_server_drain was called. Any thread. */
+int kr_server_draining(const struct kr_server *s);
+/* Drain, step 2: ask net thread `net` to close up to `n` of its clients (each after its
+ * pending replies are written; queued messages stay pollable until then). Does not wait.
+ * Returns 0 or -ESHUTDOWN. Control thread. */
+int kr_server_close_clients(struct kr_server *s, uint32_t net, uint32_t n);
+/* Close every net thread's listening socket (part of kr_server_drain). Control thread. */
+int kr_server_stop_listening(struct kr_server *s);
 
 #endif
