@@ -144,6 +144,7 @@ struct kr_nt_stats {
     uint64_t retro_requests;
     uint64_t retro_not_found;
     uint64_t messages_replayed;
+    uint64_t ring_full_waits; /* events that waited for space in a ring towards a shard */
 };
 
 struct kr_nt {
@@ -581,6 +582,7 @@ static bool kr_conn_send_parked(struct kr_conn *c)
 
 static void kr_conn_park(struct kr_conn *c, uint32_t shard, const struct kr_event *ev)
 {
+    KR_ST_INC(c->nt, ring_full_waits, 1);
     if (c->nparked == c->parked_cap) {
         c->parked_cap = c->parked_cap ? c->parked_cap * 2 : 8;
         c->parked = kr_net_xrealloc(c->parked, c->parked_cap * sizeof(*c->parked));
@@ -989,6 +991,7 @@ void kr_server_stats(struct kr_server *srv, kr_server_emit_cb emit, void *arg)
     S("topics", "%llu", (unsigned long long)rs.topics);
     S("subscriptions", "%llu", (unsigned long long)rs.subscriptions);
     S("shard_overflow_events", "%llu", (unsigned long long)rs.overflow_events);
+    S("ring_full_waits", "%llu", (unsigned long long)sum.ring_full_waits);
     S("fanout_warnings", "%llu", (unsigned long long)rs.fanout_warnings);
     S("publish_topic_warnings", "%llu", (unsigned long long)sum.publish_topic_warnings);
     S("register_requests", "%llu", (unsigned long long)sum.register_requests);

@@ -562,3 +562,50 @@ Test(proto, many_pipelined_subscribes_then_poll)
     close(sub);
     close(pub);
 }
+
+Test(proto, full_rings_slow_the_publisher_and_lose_nothing)
+{
+    /* one request of 30000 entries: more than a mailbox holds (8192), so the publisher's
+     * events wait for ring space and the shard may park deliveries; all must arrive once,
+     * in order */
+    enum { N = 30000 };
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_subscribe(sub, "full");
+    size_t cap = (size_t)N * 32, len = 0;
+    char *block = malloc(cap);
+    for (int i = 0; i < N; i++) {
+        char payload[16];
+        int pl = snprintf(payload, sizeof(payload), "%d", i);
+        len += (size_t)snprintf(block + len, cap - len, "MESSAGE full %d\r\n%s\r\n", pl, payload);
+    }
+    char line[64];
+    snprintf(line, sizeof(line), "set publish 0 0 %zu\r\n", len);
+    kr_it_sends(pub, line);
+    kr_it_send(pub, block, len);
+    kr_it_sends(pub, "\r\n");
+    kr_it_expect(pub, "STORED\r\n");
+    size_t ocap = (size_t)N * 40, olen;
+    char *out = malloc(ocap);
+    cr_assert_eq(kr_it_collect(sub, N, out, ocap, &olen), N);
+    char *p = out;
+    for (int i = 0; i < N; i++) {
+        int got;
+        size_t plen;
+        cr_assert_eq(sscanf(p, "MESSAGE full %zu\r\n%d", &plen, &got), 2);
+        cr_assert_eq(got, i, "message %d arrived as %d", i, got);
+        p = strstr(p, "\r\n") + 2 + plen + 2;
+    }
+    kr_it_get(sub, out, ocap);
+    cr_assert_str_eq(out, "END\r\n");
+    kr_it_sends(pub, "stats\r\n");
+    kr_it_read_until(pub, out, ocap, "END\r\n");
+    unsigned long long waits = 0;
+    char *w = strstr(out, "STAT ring_full_waits ");
+    cr_assert_not_null(w);
+    sscanf(w, "STAT ring_full_waits %llu", &waits);
+    cr_log_info("events that waited for ring space: %llu", waits);
+    free(out);
+    free(block);
+    close(sub);
+    close(pub);
+}
