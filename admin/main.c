@@ -1,23 +1,87 @@
-/* kraken: the server executable. The main thread is the control thread: it parses the
- * configuration, starts the server and runs signal handling on its own libuv loop. */
+/* kraken: the server executable and its operations subcommands.
+ *
+ * `kraken run` runs the server in the foreground; `kraken start` runs it in the background.
+ * The main thread is then the control thread: it parses the configuration, starts the
+ * server, and runs the admin socket, the health port, signals and the drain on its own
+ * libuv loop. The other subcommands (status, stop, ...) talk to a running server through
+ * its admin socket (admin/kr_admin_cli.c). */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
+#include <urcu/urcu-memb.h>
 #include <uv.h>
 
+#include "kr_admin.h"
 #include "kr_cfg.h"
 #include "kr_log.h"
 #include "kr_net.h"
 
+#define KR_START_TIMEOUT_MS 60000 /* `kraken start` waits this long for the server */
+
+struct kr_main {
+    uv_loop_t *loop;
+    struct kr_admin *admin;
+    int ready_fd; /* `kraken start`: the pipe to the waiting parent, -1 otherwise */
+};
+
+/* An error before the server runs: on stderr, and to a waiting `kraken start`. */
+__attribute__((format(printf, 2, 3))) static void kr_main_fail(struct kr_main *m,
+                                                               const char *fmt, ...)
+{
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "kraken: %s\n", msg);
+    if (m->ready_fd >= 0) {
+        char line[800];
+        int n = snprintf(line, sizeof(line), "ERR %s\n", msg);
+        ssize_t w = write(m->ready_fd, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line));
+        (void)w;
+    }
+}
+
+static void kr_main_on_exit(void *arg)
+{
+    struct kr_main *m = arg;
+    uv_stop(m->loop);
+}
+
 static void kr_main_signal_cb(uv_signal_t *h, int signum)
 {
-    KR_INFO("received %s; shutting down", strsignal(signum));
-    uv_stop(h->loop);
+    struct kr_main *m = h->data;
+    switch (signum) {
+    case SIGHUP: {
+        int rc = kr_log_reopen();
+        if (rc < 0)
+            KR_ERROR("SIGHUP: cannot reopen the log file: %s", strerror(-rc));
+        else
+            KR_INFO("SIGHUP: log file reopened");
+        break;
+    }
+    case SIGTERM:
+        if (kr_admin_drain(m->admin, "SIGTERM") == -EALREADY) {
+            KR_WARN("second SIGTERM while draining: exiting now");
+            kr_admin_notify("STOPPING=1\nSTATUS=stopping now");
+            uv_stop(m->loop);
+        }
+        break;
+    default:
+        KR_INFO("received %s; stopping now (no drain)", strsignal(signum));
+        kr_admin_notify("STOPPING=1\nSTATUS=stopping");
+        uv_stop(m->loop);
+        break;
+    }
 }
 
 /* Raise RLIMIT_NOFILE as far as allowed; warn when max_tcp_clients cannot fit. */
@@ -56,57 +120,206 @@ static int kr_main_write_pid(const char *path)
     return w == n ? 0 : -EIO;
 }
 
-static int kr_main_run(const struct kr_cfg *cfg)
+/* Run the server until a signal or the drain ends it. ready_fd: see struct kr_main. */
+static int kr_main_run(const struct kr_cfg *cfg, int ready_fd)
 {
+    struct kr_main m = {.loop = uv_default_loop(), .ready_fd = ready_fd};
     int rc = kr_log_open(cfg->log_file);
     if (rc < 0) {
-        fprintf(stderr, "kraken: cannot open log_file '%s': %s\n", cfg->log_file, strerror(-rc));
+        kr_main_fail(&m, "cannot open log_file '%s': %s", cfg->log_file, strerror(-rc));
         return 1;
     }
     kr_log_set_level(cfg->log_level);
     signal(SIGPIPE, SIG_IGN);
     kr_main_raise_nofile(cfg);
 
+    /* The control thread reads and replaces the live configuration snapshot. */
+    urcu_memb_register_thread();
+    kr_cfg_live_init(cfg);
+
     char err[512] = "";
     struct kr_server *srv = NULL;
     rc = kr_server_create(cfg, &srv, err, sizeof(err));
     if (rc < 0) {
         KR_ERROR("%s", err);
-        fprintf(stderr, "kraken: %s\n", err);
+        kr_main_fail(&m, "%s", err);
         return 1;
     }
-    rc = kr_main_write_pid(cfg->pid_file);
-    if (rc < 0) {
-        KR_ERROR("cannot write pid_file '%s': %s", cfg->pid_file, strerror(-rc));
-        fprintf(stderr, "kraken: cannot write pid_file '%s': %s\n", cfg->pid_file, strerror(-rc));
+    struct kr_admin_opts ao = {
+        .loop = m.loop, .srv = srv, .cfg = cfg, .on_exit = kr_main_on_exit, .arg = &m,
+    };
+    rc = kr_admin_create(&ao, &m.admin, err, sizeof(err));
+    if (rc == 0) {
+        rc = kr_main_write_pid(cfg->pid_file);
+        if (rc < 0)
+            snprintf(err, sizeof(err), "cannot write pid_file '%s': %s", cfg->pid_file,
+                     strerror(-rc));
+    }
+    if (rc < 0) { /* nothing runs yet: undo and exit */
+        KR_ERROR("%s", err);
+        kr_main_fail(&m, "%s", err);
+        if (m.admin) {
+            kr_admin_close(m.admin);
+            uv_run(m.loop, UV_RUN_DEFAULT);
+            kr_admin_destroy(m.admin);
+        }
+        urcu_memb_unregister_thread();
         kr_server_destroy(srv);
+        kr_cfg_live_fini();
         return 1;
     }
     rc = kr_server_start(srv);
     if (rc < 0) {
         KR_ERROR("cannot start: %s", strerror(-rc));
+        kr_main_fail(&m, "cannot start: %s", strerror(-rc));
         return 1;
     }
 
-    uv_loop_t *loop = uv_default_loop();
-    uv_signal_t sigint, sigterm;
-    uv_signal_init(loop, &sigint);
-    uv_signal_init(loop, &sigterm);
-    uv_signal_start(&sigint, kr_main_signal_cb, SIGINT);
-    uv_signal_start(&sigterm, kr_main_signal_cb, SIGTERM);
-    uv_run(loop, UV_RUN_DEFAULT);
+    uv_signal_t sigs[4];
+    const int signums[4] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+    for (int i = 0; i < 4; i++) {
+        uv_signal_init(m.loop, &sigs[i]);
+        sigs[i].data = &m;
+        uv_signal_start(&sigs[i], kr_main_signal_cb, signums[i]);
+    }
+    kr_admin_notify("READY=1\nSTATUS=serving");
+    if (ready_fd >= 0) {
+        char line[32];
+        int n = snprintf(line, sizeof(line), "OK %d\n", (int)getpid());
+        ssize_t w = write(ready_fd, line, (size_t)n);
+        (void)w;
+        close(ready_fd);
+    }
+    uv_run(m.loop, UV_RUN_DEFAULT);
 
+    kr_admin_close(m.admin); /* dumps end while net threads and shards still answer */
     kr_server_stop(srv);
+    for (int i = 0; i < 4; i++)
+        uv_close((uv_handle_t *)&sigs[i], NULL);
+    uv_run(m.loop, UV_RUN_DEFAULT);
+    kr_admin_destroy(m.admin);
+    uv_loop_close(m.loop);
+    urcu_memb_unregister_thread(); /* kr_server_destroy registers for itself */
     kr_server_destroy(srv);
-    uv_close((uv_handle_t *)&sigint, NULL);
-    uv_close((uv_handle_t *)&sigterm, NULL);
-    uv_run(loop, UV_RUN_DEFAULT);
-    uv_loop_close(loop);
+    kr_cfg_live_fini();
     if (cfg->pid_file[0])
         unlink(cfg->pid_file);
     KR_INFO("stopped");
     kr_log_close();
     return 0;
+}
+
+/* A relative path made absolute (the background server runs in "/"). */
+static int kr_main_absolute(char *path, size_t cap, const char *what)
+{
+    if (!path[0] || path[0] == '/')
+        return 0;
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof(cwd))) {
+        fprintf(stderr, "kraken: cannot resolve %s '%s': %s\n", what, path, strerror(errno));
+        return -1;
+    }
+    const char *rel = strncmp(path, "./", 2) == 0 ? path + 2 : path;
+    char abs[PATH_MAX + KR_CFG_STR_MAX];
+    int n = snprintf(abs, sizeof(abs), "%s/%s", cwd, rel);
+    if (n < 0 || (size_t)n >= cap) {
+        fprintf(stderr, "kraken: %s '%s' is too long once made absolute (%s)\n", what, path,
+                abs);
+        return -1;
+    }
+    memcpy(path, abs, (size_t)n + 1);
+    return 0;
+}
+
+/* `kraken start`: daemonize, wait until the server accepts connections (or failed), then
+ * print its status. */
+static int kr_main_start(struct kr_cfg *cfg)
+{
+    int fd = kr_admin_connect(cfg->admin_socket);
+    if (fd >= 0) {
+        close(fd);
+        fprintf(stderr, "kraken: already running (admin socket %s answers)\n",
+                cfg->admin_socket);
+        return 1;
+    }
+    if (kr_main_absolute(cfg->admin_socket, sizeof(cfg->admin_socket), "admin_socket") < 0 ||
+        kr_main_absolute(cfg->pid_file, sizeof(cfg->pid_file), "pid_file") < 0 ||
+        kr_main_absolute(cfg->log_file, sizeof(cfg->log_file), "log_file") < 0)
+        return 1;
+    if (!cfg->log_file[0])
+        fprintf(stderr, "kraken: warning: log_file is empty, so the background server's log "
+                        "lines are discarded\n");
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) {
+        fprintf(stderr, "kraken: pipe: %s\n", strerror(errno));
+        return 1;
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "kraken: fork: %s\n", strerror(errno));
+        return 1;
+    }
+    if (pid == 0) {
+        /* a new session, then a grandchild that can never reacquire a terminal */
+        close(p[0]);
+        setsid();
+        pid_t d = fork();
+        if (d != 0)
+            _exit(d < 0 ? 1 : 0);
+        if (chdir("/") != 0)
+            _exit(1);
+        int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (null >= 0) {
+            dup2(null, STDIN_FILENO);
+            dup2(null, STDOUT_FILENO);
+            dup2(null, STDERR_FILENO);
+            if (null > STDERR_FILENO)
+                close(null);
+        }
+        exit(kr_main_run(cfg, p[1]));
+    }
+    close(p[1]);
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    char buf[1024];
+    size_t len = 0;
+    for (int waited = 0; len < sizeof(buf) - 1;) {
+        struct pollfd pfd = {.fd = p[0], .events = POLLIN};
+        int pr = poll(&pfd, 1, 100);
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr == 0) {
+            waited += 100;
+            if (waited >= KR_START_TIMEOUT_MS)
+                break;
+            continue;
+        }
+        ssize_t n = read(p[0], buf + len, sizeof(buf) - 1 - len);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        if (memchr(buf, '\n', len))
+            break;
+    }
+    close(p[0]);
+    buf[len] = '\0';
+    if (strncmp(buf, "OK ", 3) == 0) {
+        int code = kr_admin_cli("status", NULL, 0, cfg);
+        return code == 0 ? 0 : 1;
+    }
+    if (strncmp(buf, "ERR ", 4) == 0) {
+        buf[strcspn(buf, "\n")] = '\0';
+        fprintf(stderr, "kraken: the server did not start: %s\n", buf + 4);
+    } else if (len == 0) {
+        fprintf(stderr, "kraken: the server exited while starting%s%s\n",
+                cfg->log_file[0] ? "; see " : "", cfg->log_file);
+    } else {
+        fprintf(stderr, "kraken: no answer from the server within %d ms\n",
+                KR_START_TIMEOUT_MS);
+    }
+    return 1;
 }
 
 int main(int argc, char **argv)
@@ -130,13 +343,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "kraken: missing subcommand (try 'kraken run', or 'kraken --help')\n");
         return 2;
     }
-    if (strcmp(sub, "run") == 0) {
+    if (strcmp(sub, "run") == 0 || strcmp(sub, "start") == 0) {
         if (nrest > 0) {
-            fprintf(stderr, "kraken: unexpected argument '%s' after 'run'\n", rest[0]);
+            fprintf(stderr, "kraken: unexpected argument '%s' after '%s'\n", rest[0], sub);
             return 2;
         }
-        return kr_main_run(&cfg);
+        return sub[0] == 'r' ? kr_main_run(&cfg, -1) : kr_main_start(&cfg);
     }
+    rc = kr_admin_cli(sub, rest, nrest, &cfg);
+    if (rc >= 0)
+        return rc;
     fprintf(stderr, "kraken: unknown subcommand '%s' (see 'kraken --help')\n", sub);
     return 2;
 }

@@ -12,8 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <stdbool.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -78,6 +80,11 @@ void kr_it_start(struct kr_it_server *s, const char *const *extra)
     argv[argc++] = "0";
     argv[argc++] = "--log_file";
     argv[argc++] = s->log_path;
+    snprintf(s->admin_path, sizeof(s->admin_path), "%s.sock", s->log_path);
+    argv[argc++] = "--admin_socket";
+    argv[argc++] = s->admin_path;
+    argv[argc++] = "--drain_timeout_ms";
+    argv[argc++] = "3000";
     for (int i = 0; extra && extra[i] && argc < 62; i++)
         argv[argc++] = extra[i];
     argv[argc] = NULL;
@@ -133,6 +140,7 @@ void kr_it_stop(struct kr_it_server *s)
             snprintf(errpath, sizeof(errpath), "%s.err", s->log_path);
             unlink(errpath);
             unlink(s->log_path);
+            unlink(s->admin_path); /* the server removes it; a crash would not */
             return;
         }
         kr_it_sleep_ms(10);
@@ -299,4 +307,105 @@ void kr_it_publish(int fd, const char *topics, const char *payload, size_t plen)
     kr_it_send(fd, payload, plen);
     kr_it_sends(fd, "\r\n\r\n");
     kr_it_expect(fd, "STORED\r\n");
+}
+
+int kr_it_cli(const struct kr_it_server *s, char *out, size_t cap, const char *const *args)
+{
+    const char *bin = getenv("KRAKEN_BIN");
+    cr_assert_not_null(bin, "KRAKEN_BIN must name the server binary");
+    const char *argv[64];
+    int argc = 0;
+    argv[argc++] = bin;
+    for (int i = 0; args && args[i] && argc < 60; i++)
+        argv[argc++] = args[i];
+    if (s) {
+        argv[argc++] = "--admin_socket";
+        argv[argc++] = s->admin_path;
+    }
+    argv[argc] = NULL;
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(p[1], 1);
+        dup2(p[1], 2);
+        close(p[0]);
+        close(p[1]);
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    close(p[1]);
+    size_t len = 0;
+    int st = 0;
+    bool exited = false;
+    fcntl(p[0], F_SETFL, O_NONBLOCK);
+    for (int i = 0; i < KR_IT_TIMEOUT_S * 2 * 100; i++) {
+        for (;;) {
+            ssize_t n = read(p[0], out + len, cap - 1 - len);
+            if (n <= 0)
+                break;
+            len += (size_t)n;
+            if (len == cap - 1)
+                break;
+        }
+        if (!exited && waitpid(pid, &st, WNOHANG) == pid)
+            exited = true;
+        if (exited) {
+            ssize_t n;
+            while (len < cap - 1 && (n = read(p[0], out + len, cap - 1 - len)) > 0)
+                len += (size_t)n;
+            break;
+        }
+        kr_it_sleep_ms(10);
+    }
+    close(p[0]);
+    out[len] = 0;
+    if (!exited) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+        cr_assert_fail("'kraken %s' did not exit; output so far:\n%s", args[0], out);
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+int kr_it_connect_unix(const char *path)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    cr_assert_lt(strlen(path), sizeof(a.sun_path));
+    strcpy(a.sun_path, path);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0, "connect %s: %s", path,
+                 strerror(errno));
+    struct timeval tv = {KR_IT_TIMEOUT_S, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    return fd;
+}
+
+size_t kr_it_admin(int fd, const char *cmd, char *buf, size_t cap)
+{
+    kr_it_sends(fd, cmd);
+    kr_it_sends(fd, "\n");
+    size_t len = 0;
+    size_t line = 0; /* start of the current line */
+    while (len + 1 < cap) {
+        ssize_t n = recv(fd, buf + len, cap - 1 - len, 0);
+        cr_assert_gt(n, 0, "admin reply to '%s' cut short after %zu bytes", cmd, len);
+        len += (size_t)n;
+        buf[len] = 0;
+        /* done when a complete line is END or ERROR ... */
+        for (;;) {
+            char *nl = memchr(buf + line, '\n', len - line);
+            if (!nl)
+                break;
+            if (strncmp(buf + line, "END\n", 4) == 0 || strncmp(buf + line, "ERROR", 5) == 0)
+                return len;
+            line = (size_t)(nl - buf) + 1;
+        }
+    }
+    cr_assert_fail("admin reply to '%s' too large for the buffer", cmd);
+    return len;
 }

@@ -11,10 +11,12 @@ struct kr_it_server {
     pid_t pid;
     uint16_t port;
     char log_path[128];
+    char admin_path[160]; /* the server's admin socket: <log_path>.sock */
 };
 
-/* Start `kraken run` with `--tcp_server_port 0`, a temporary log file and the given extra
- * arguments (NULL-terminated). Asserts on failure. */
+/* Start `kraken run` with `--tcp_server_port 0`, a temporary log file, an admin socket
+ * next to it, `--drain_timeout_ms 3000`, and the given extra arguments (NULL-terminated;
+ * they may override those). Asserts on failure. */
 void kr_it_start(struct kr_it_server *s, const char *const *extra);
 /* SIGTERM, wait (bounded), assert a clean exit 0, remove the log. */
 void kr_it_stop(struct kr_it_server *s);
@@ -45,5 +47,17 @@ void kr_it_subscribe(int fd, const char *topics);
 void kr_it_publish(int fd, const char *topics, const char *payload, size_t plen);
 /* Sleep for ms milliseconds. */
 void kr_it_sleep_ms(int ms);
+
+/* Run `$KRAKEN_BIN <args...> --admin_socket <s->admin_path>` (args NULL-terminated; with
+ * s NULL no admin socket option is added), wait for it (bounded), and return its exit
+ * status (or -1 when it did not exit normally); its stdout and stderr, merged, go to out
+ * (NUL-terminated). */
+int kr_it_cli(const struct kr_it_server *s, char *out, size_t cap, const char *const *args);
+/* Connect to a Unix socket (the admin socket); asserts. Reads time out after a few
+ * seconds. */
+int kr_it_connect_unix(const char *path);
+/* Send one admin command line and read the reply up to its terminator line ("END" or
+ * "ERROR ..."), into buf (NUL-terminated). Returns the reply length. */
+size_t kr_it_admin(int fd, const char *cmd, char *buf, size_t cap);
 
 #endif

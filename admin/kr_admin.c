@@ -1,0 +1,990 @@
+/* Admin module, server side: the admin socket, the health port, the drain sequence and
+ * systemd notifications, all on the control thread's loop. See kr_admin.h and
+ * docs/operations.md (the line protocol).
+ *
+ * Threads: everything here runs on the control thread, except the dump workers
+ * (kr_admin_dump.c), one per running dump. A worker formats its output into chunks and
+ * hands them over under job_mu; the control thread writes them to the admin client and
+ * the worker waits while more than KR_ADMIN_INFLIGHT_MAX bytes are unwritten, so a dump of
+ * millions of lines never sits in memory at once and a slow reader slows the worker. */
+#include "kr_admin.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <urcu/urcu-memb.h>
+
+#include "kr_admin_int.h"
+#include "kr_log.h"
+
+#define KR_ADMIN_MAX_CONNS 64 /* admin connections served at once */
+#define KR_DRAIN_STEPS 20     /* batches the clients are closed in */
+#define KR_DRAIN_GRACE_MS 2000 /* after the last batch: wait this long for closes to finish */
+#define KR_HEALTH_TIMEOUT_MS 2000
+
+/* ---------------------------------------------------------------- helpers */
+
+void *kr_admin_xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) {
+        fprintf(stderr, "kraken: out of memory (admin)\n");
+        abort();
+    }
+    return p;
+}
+
+__attribute__((format(printf, 4, 5))) static int kr_admin_err(char *err, size_t errlen, int rc,
+                                                              const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+int kr_admin_notify(const char *state)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (!path || !path[0])
+        return 0;
+    if (path[0] != '/' && path[0] != '@')
+        return -EAFNOSUPPORT;
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    size_t n = strlen(path);
+    if (n >= sizeof(sa.sun_path))
+        return -ENAMETOOLONG;
+    memcpy(sa.sun_path, path, n);
+    if (sa.sun_path[0] == '@')
+        sa.sun_path[0] = '\0'; /* abstract namespace */
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    ssize_t w = sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa,
+                       (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n));
+    int e = errno;
+    close(fd);
+    return w < 0 ? -e : 1;
+}
+
+__attribute__((format(printf, 1, 2))) static void kr_admin_notifyf(const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    int rc = kr_admin_notify(buf);
+    if (rc < 0)
+        KR_WARN("cannot notify systemd: %s", strerror(-rc));
+}
+
+/* ---------------------------------------------------------------- writing to clients */
+
+struct kr_admin_chunk *kr_admin_chunk_new(size_t len)
+{
+    struct kr_admin_chunk *ch = kr_admin_xcalloc(1, sizeof(*ch) + len);
+    ch->len = len;
+    return ch;
+}
+
+static void kr_admin_conn_close(struct kr_admin_conn *c);
+static void kr_admin_conn_pump(struct kr_admin_conn *c);
+static void kr_admin_conn_maybe_free(struct kr_admin_conn *c);
+static void kr_admin_job_maybe_done(struct kr_admin_job *j);
+
+static void kr_admin_write_cb(uv_write_t *req, int status)
+{
+    struct kr_admin_chunk *ch = req->data;
+    struct kr_admin_conn *c = ch->conn;
+    struct kr_admin_job *j = ch->job;
+    size_t len = ch->len;
+    free(ch);
+    c->writes--;
+    if (j)
+        kr_admin_job_sent(j, len, true);
+    if (status < 0 && !c->closing)
+        kr_admin_conn_close(c);
+    if (j) {
+        kr_admin_job_maybe_done(j); /* may free c */
+        return;
+    }
+    if (c->closing) {
+        kr_admin_conn_maybe_free(c);
+        return;
+    }
+    if (c->close_after_write && c->writes == 0) {
+        kr_admin_conn_close(c);
+        return;
+    }
+    kr_admin_conn_pump(c);
+}
+
+/* Write a chunk to the client (takes it over). */
+static void kr_admin_conn_send(struct kr_admin_conn *c, struct kr_admin_chunk *ch)
+{
+    if (c->closing) {
+        if (ch->job)
+            kr_admin_job_sent(ch->job, ch->len, false);
+        free(ch);
+        return;
+    }
+    ch->conn = c;
+    ch->req.data = ch;
+    uv_buf_t b = uv_buf_init(ch->data, (unsigned)ch->len);
+    int rc = uv_write(&ch->req, (uv_stream_t *)&c->h, &b, 1, kr_admin_write_cb);
+    if (rc < 0) {
+        if (ch->job)
+            kr_admin_job_sent(ch->job, ch->len, false);
+        free(ch);
+        kr_admin_conn_close(c);
+        return;
+    }
+    c->writes++;
+    if (ch->job)
+        kr_admin_job_writes_add(ch->job, 1);
+}
+
+void kr_admin_conn_send_job_chunk(struct kr_admin_conn *c, struct kr_admin_job *j,
+                                  struct kr_admin_chunk *ch)
+{
+    ch->job = j;
+    ch->next = NULL;
+    kr_admin_conn_send(c, ch);
+}
+
+/* A reply of the control thread. */
+static void kr_admin_reply(struct kr_admin_conn *c, const char *text, size_t len)
+{
+    struct kr_admin_chunk *ch = kr_admin_chunk_new(len);
+    memcpy(ch->data, text, len);
+    kr_admin_conn_send(c, ch);
+}
+
+/* A reply being built by the control thread: lines, then END or ERROR. */
+struct kr_admin_out {
+    char *buf;
+    size_t len;
+    size_t cap;
+};
+
+__attribute__((format(printf, 2, 3))) static void kr_admin_outf(struct kr_admin_out *o,
+                                                                const char *fmt, ...)
+{
+    for (;;) {
+        size_t room = o->cap - o->len;
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(o->buf ? o->buf + o->len : NULL, room, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return;
+        if ((size_t)n < room) {
+            o->len += (size_t)n;
+            return;
+        }
+        o->cap = (o->cap ? o->cap * 2 : 1024) + (size_t)n;
+        o->buf = realloc(o->buf, o->cap);
+        if (!o->buf)
+            abort();
+    }
+}
+
+static void kr_admin_out_send(struct kr_admin_conn *c, struct kr_admin_out *o)
+{
+    kr_admin_reply(c, o->buf, o->len);
+    free(o->buf);
+    o->buf = NULL;
+    o->len = o->cap = 0;
+}
+
+__attribute__((format(printf, 2, 3))) static void kr_admin_error(struct kr_admin_conn *c,
+                                                                 const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    /* one line, whatever the message holds */
+    for (char *p = msg; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    char line[600];
+    int n = snprintf(line, sizeof(line), "ERROR %s\n", msg);
+    kr_admin_reply(c, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+/* ---------------------------------------------------------------- commands */
+
+static const char *const kr_admin_help[] = {
+    "help                          this list",
+    "status                        STATUS running|draining pid=... version=... listen=...",
+    "stats                         STAT lines (the protocol's stats, plus draining)",
+    "log_level [LEVEL]             show or set the log level (debug, info, warn, error)",
+    "config get [KEY]              CONFIG KEY VALUE lines (every key without KEY)",
+    "config set KEY VALUE          change a live key (see docs/operations.md)",
+    "dump_queues                   CLIENT line per connection",
+    "dump_queue_topics CLIENT-ID   CLIENT line, then TOPIC line per subscription",
+    "dump_topics [N]               TOPIC SUBSCRIBERS NAME lines, most subscribed first",
+    "drain                         close clients in batches over drain_timeout_ms, exit",
+    "stop                          same as drain (kraken stop waits for the exit)",
+    "quit                          close this connection",
+};
+
+static void kr_admin_cmd_status(struct kr_admin_conn *c)
+{
+    struct kr_admin *a = c->a;
+    struct kr_admin_out o = {0};
+    kr_admin_outf(&o,
+                  "STATUS %s pid=%d version=%s listen=%s:%u clients=%" PRIu64 " uptime=%" PRIu64
+                  " admin_socket=%s health_port=%u\nEND\n",
+                  a->draining ? "draining" : "running", (int)getpid(), KR_VERSION,
+                  a->cfg->listen_ip, kr_server_port(a->srv), kr_server_clients(a->srv),
+                  kr_server_uptime(a->srv), a->path, a->cfg->health_port);
+    kr_admin_out_send(c, &o);
+}
+
+static void kr_admin_stat_emit(void *arg, const char *line, size_t len)
+{
+    struct kr_admin_out *o = arg;
+    kr_admin_outf(o, "%.*s\n", (int)len, line);
+}
+
+static void kr_admin_cmd_stats(struct kr_admin_conn *c)
+{
+    struct kr_admin_out o = {0};
+    kr_server_stats(c->a->srv, kr_admin_stat_emit, &o);
+    kr_admin_outf(&o, "STAT draining %d\nSTAT admin_connections %u\nEND\n",
+                  c->a->draining ? 1 : 0, c->a->nconns);
+    kr_admin_out_send(c, &o);
+}
+
+static void kr_admin_cmd_log_level(struct kr_admin_conn *c, int argc, char **argv)
+{
+    if (argc > 2) {
+        kr_admin_error(c, "usage: log_level [debug|info|warn|error]");
+        return;
+    }
+    if (argc == 2) {
+        int old = kr_log_get_level();
+        char err[256];
+        int rc = kr_cfg_live_set("log_level", argv[1], err, sizeof(err));
+        if (rc < 0) {
+            kr_admin_error(c, "%s", err);
+            return;
+        }
+        /* recorded whatever the new level, so the log shows who changed it */
+        kr_log_write(KR_LOG_WARN, "log level changed from %s to %s (admin socket)",
+                     kr_log_level_name(old), kr_log_level_name(kr_log_get_level()));
+    }
+    struct kr_admin_out o = {0};
+    kr_admin_outf(&o, "LOG_LEVEL %s\nEND\n", kr_log_level_name(kr_log_get_level()));
+    kr_admin_out_send(c, &o);
+}
+
+static void kr_admin_config_line(struct kr_admin_out *o, const char *key)
+{
+    char val[KR_CFG_STR_MAX + 8];
+    if (kr_cfg_live_get(key, val, sizeof(val)) < 0)
+        val[0] = '\0';
+    kr_admin_outf(o, "CONFIG %s %s\n", key, val[0] ? val : "\"\"");
+}
+
+static void kr_admin_cmd_config(struct kr_admin_conn *c, int argc, char **argv,
+                                const char *set_value)
+{
+    if (argc >= 2 && strcmp(argv[1], "get") == 0 && argc <= 3) {
+        struct kr_admin_out o = {0};
+        if (argc == 3) {
+            if (kr_cfg_key_live(argv[2]) < 0) {
+                kr_admin_error(c, "unknown option '%s' (config get lists every key)", argv[2]);
+                return;
+            }
+            kr_admin_config_line(&o, argv[2]);
+        } else {
+            for (size_t i = 0; kr_cfg_key_at(i); i++)
+                kr_admin_config_line(&o, kr_cfg_key_at(i));
+        }
+        kr_admin_outf(&o, "END\n");
+        kr_admin_out_send(c, &o);
+        return;
+    }
+    if (argc >= 4 && strcmp(argv[1], "set") == 0) {
+        const char *key = argv[2];
+        char old[KR_CFG_STR_MAX + 8] = "", err[512];
+        kr_cfg_live_get(key, old, sizeof(old));
+        int rc = kr_cfg_live_set(key, set_value, err, sizeof(err));
+        if (rc < 0) {
+            kr_admin_error(c, "%s", err);
+            return;
+        }
+        struct kr_admin_out o = {0};
+        kr_admin_config_line(&o, key);
+        char now[KR_CFG_STR_MAX + 8] = "";
+        kr_cfg_live_get(key, now, sizeof(now));
+        kr_log_write(KR_LOG_WARN, "configuration: %s changed from %s to %s (admin socket)", key,
+                     old, now);
+        kr_admin_outf(&o, "END\n");
+        kr_admin_out_send(c, &o);
+        return;
+    }
+    kr_admin_error(c, "usage: config get [KEY] | config set KEY VALUE");
+}
+
+static uint64_t kr_admin_drain_timeout(void)
+{
+    char buf[32];
+    if (kr_cfg_live_get("drain_timeout_ms", buf, sizeof(buf)) < 0)
+        return 10000;
+    return strtoull(buf, NULL, 10);
+}
+
+static void kr_admin_cmd_drain(struct kr_admin_conn *c, bool stop)
+{
+    struct kr_admin *a = c->a;
+    bool already = a->draining;
+    struct kr_admin_out o = {0};
+    if (stop)
+        kr_admin_outf(&o, "STOPPING pid=%d clients=%" PRIu64 " drain_timeout_ms=%" PRIu64 "\n",
+                      (int)getpid(), kr_server_clients(a->srv), kr_admin_drain_timeout());
+    else
+        kr_admin_outf(&o, "DRAINING clients=%" PRIu64 " drain_timeout_ms=%" PRIu64 "%s\n",
+                      kr_server_clients(a->srv), kr_admin_drain_timeout(),
+                      already ? " already=1" : "");
+    kr_admin_outf(&o, "END\n");
+    kr_admin_out_send(c, &o);
+    if (!already)
+        kr_admin_drain(a, stop ? "admin stop" : "admin drain");
+}
+
+/* Split a line into words (spaces and tabs); *rest3 gets the text after the third word's
+ * start (the VALUE of `config set KEY VALUE`, spaces included). */
+static int kr_admin_split(char *line, char **argv, int max, const char **rest3)
+{
+    int argc = 0;
+    char *p = line;
+    *rest3 = "";
+    while (*p && argc < max) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (!*p)
+            break;
+        if (argc == 3)
+            *rest3 = p;
+        argv[argc++] = p;
+        while (*p && *p != ' ' && *p != '\t')
+            p++;
+        if (*p)
+            *p++ = '\0';
+    }
+    return argc;
+}
+
+/* Handle one request line (without its '\n'). Returns false when the connection must
+ * stop processing further lines for now (a dump runs, or it closes). */
+static bool kr_admin_conn_line(struct kr_admin_conn *c, char *line, size_t len)
+{
+    if (len && line[len - 1] == '\r')
+        line[--len] = '\0';
+    if (memchr(line, '\0', len)) {
+        kr_admin_error(c, "NUL byte in the request");
+        return true;
+    }
+    char copy[KR_ADMIN_LINE_MAX];
+    memcpy(copy, line, len + 1);
+    char *argv[8];
+    const char *rest3;
+    int argc = kr_admin_split(line, argv, 8, &rest3);
+    if (argc == 0)
+        return true; /* blank line */
+    const char *cmd = argv[0];
+    if (strcmp(cmd, "help") == 0) {
+        struct kr_admin_out o = {0};
+        for (size_t i = 0; i < sizeof(kr_admin_help) / sizeof(kr_admin_help[0]); i++)
+            kr_admin_outf(&o, "HELP %s\n", kr_admin_help[i]);
+        kr_admin_outf(&o, "END\n");
+        kr_admin_out_send(c, &o);
+    } else if (strcmp(cmd, "status") == 0 && argc == 1) {
+        kr_admin_cmd_status(c);
+    } else if (strcmp(cmd, "stats") == 0 && argc == 1) {
+        kr_admin_cmd_stats(c);
+    } else if (strcmp(cmd, "log_level") == 0) {
+        kr_admin_cmd_log_level(c, argc, argv);
+    } else if (strcmp(cmd, "config") == 0) {
+        /* the value is the rest of the original line after KEY */
+        const char *value = rest3[0] ? copy + (rest3 - line) : "";
+        size_t vl = strlen(value);
+        char v[KR_ADMIN_LINE_MAX];
+        memcpy(v, value, vl + 1);
+        while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+            v[--vl] = '\0';
+        kr_admin_cmd_config(c, argc, argv, v);
+    } else if ((strcmp(cmd, "drain") == 0 || strcmp(cmd, "stop") == 0) && argc == 1) {
+        kr_admin_cmd_drain(c, cmd[0] == 's');
+    } else if (strcmp(cmd, "quit") == 0 && argc == 1) {
+        c->close_after_write = true;
+        if (c->writes == 0)
+            kr_admin_conn_close(c);
+        return false;
+    } else if (strcmp(cmd, "dump_queues") == 0 || strcmp(cmd, "dump_queue_topics") == 0 ||
+               strcmp(cmd, "dump_topics") == 0) {
+        char why[256];
+        if (!kr_admin_job_check(argc, argv, why, sizeof(why))) {
+            kr_admin_error(c, "%s", why);
+            return true;
+        }
+        struct kr_admin_job *j = kr_admin_job_start(c->a, c, argc, argv, why, sizeof(why));
+        if (!j) {
+            kr_admin_error(c, "%s", why);
+            return true;
+        }
+        c->job = j;
+        return false; /* the next line waits for the dump to finish */
+    } else if (strcmp(cmd, "status") == 0 || strcmp(cmd, "stats") == 0 ||
+               strcmp(cmd, "drain") == 0 || strcmp(cmd, "stop") == 0 ||
+               strcmp(cmd, "quit") == 0) {
+        kr_admin_error(c, "%s takes no arguments", cmd);
+    } else {
+        kr_admin_error(c, "unknown command '%.64s' (try 'help')", cmd);
+    }
+    return true;
+}
+
+/* ---------------------------------------------------------------- connections */
+
+static void kr_admin_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct kr_admin_conn *c = (struct kr_admin_conn *)h;
+    (void)suggested;
+    *buf = uv_buf_init(c->in + c->in_len, (unsigned)(sizeof(c->in) - c->in_len));
+}
+
+static void kr_admin_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void kr_admin_conn_resume(struct kr_admin_conn *c)
+{
+    if (c->reading || c->closing || c->close_after_write || c->in_len == sizeof(c->in))
+        return;
+    if (uv_read_start((uv_stream_t *)&c->h, kr_admin_conn_alloc_cb, kr_admin_conn_read_cb) == 0)
+        c->reading = true;
+}
+
+static void kr_admin_conn_pause(struct kr_admin_conn *c)
+{
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->h);
+        c->reading = false;
+    }
+}
+
+/* Handle the complete lines received, unless a dump is running. */
+static void kr_admin_conn_pump(struct kr_admin_conn *c)
+{
+    if (c->a->closed)
+        return;
+    size_t off = 0;
+    while (!c->closing && !c->close_after_write && !c->job && c->writes < 64) {
+        char *nl = memchr(c->in + off, '\n', c->in_len - off);
+        if (!nl)
+            break;
+        *nl = '\0';
+        bool go_on = kr_admin_conn_line(c, c->in + off, (size_t)(nl - (c->in + off)));
+        off = (size_t)(nl - c->in) + 1;
+        if (!go_on)
+            break;
+    }
+    if (c->closing)
+        return;
+    if (off) {
+        memmove(c->in, c->in + off, c->in_len - off);
+        c->in_len -= off;
+    }
+    if (c->in_len == sizeof(c->in) && !memchr(c->in, '\n', c->in_len) && !c->close_after_write) {
+        kr_admin_error(c, "line too long (at most %d bytes); closing", KR_ADMIN_LINE_MAX - 1);
+        c->close_after_write = true;
+        c->in_len = 0;
+    }
+    if (c->close_after_write || c->in_len == sizeof(c->in))
+        kr_admin_conn_pause(c);
+    else
+        kr_admin_conn_resume(c);
+}
+
+static void kr_admin_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct kr_admin_conn *c = (struct kr_admin_conn *)s;
+    (void)buf;
+    if (nread < 0) {
+        if (nread == UV_EOF && (c->job || c->writes)) {
+            /* half-closed: finish the replies, then close */
+            kr_admin_conn_pause(c);
+            c->close_after_write = true;
+            if (!c->job && c->writes == 0)
+                kr_admin_conn_close(c);
+            return;
+        }
+        kr_admin_conn_close(c);
+        return;
+    }
+    c->in_len += (size_t)nread;
+    kr_admin_conn_pump(c);
+}
+
+static void kr_admin_conn_closed_cb(uv_handle_t *h)
+{
+    struct kr_admin_conn *c = (struct kr_admin_conn *)h;
+    c->handle_closed = true;
+    kr_admin_conn_maybe_free(c);
+}
+
+static void kr_admin_conn_maybe_free(struct kr_admin_conn *c)
+{
+    if (!c->handle_closed || c->job || c->writes)
+        return;
+    struct kr_admin *a = c->a;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        a->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    a->nconns--;
+    free(c);
+}
+
+static void kr_admin_conn_close(struct kr_admin_conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    if (c->job)
+        kr_admin_job_cancel(c->job);
+    uv_close((uv_handle_t *)&c->h, kr_admin_conn_closed_cb);
+}
+
+static void kr_admin_accept_cb(uv_stream_t *server, int status)
+{
+    struct kr_admin *a = server->data;
+    if (status < 0) {
+        KR_WARN("admin socket: accept failed: %s", uv_strerror(status));
+        return;
+    }
+    struct kr_admin_conn *c = kr_admin_xcalloc(1, sizeof(*c));
+    c->a = a;
+    uv_pipe_init(a->loop, &c->h, 0);
+    c->next = a->conns;
+    if (a->conns)
+        a->conns->prev = c;
+    a->conns = c;
+    a->nconns++;
+    if (uv_accept(server, (uv_stream_t *)&c->h) != 0) {
+        kr_admin_conn_close(c);
+        return;
+    }
+    if (a->nconns > KR_ADMIN_MAX_CONNS) {
+        kr_admin_error(c, "too many admin connections (at most %d)", KR_ADMIN_MAX_CONNS);
+        c->close_after_write = true;
+        return;
+    }
+    kr_admin_conn_resume(c);
+}
+
+/* ---------------------------------------------------------------- dump jobs */
+
+static void kr_admin_job_maybe_done(struct kr_admin_job *j)
+{
+    struct kr_admin_conn *c = kr_admin_job_conn(j);
+    if (!kr_admin_job_reap(j))
+        return; /* still running or writing */
+    c->job = NULL;
+    if (c->closing) {
+        kr_admin_conn_maybe_free(c);
+        return;
+    }
+    if (c->close_after_write && c->writes == 0) {
+        kr_admin_conn_close(c);
+        return;
+    }
+    kr_admin_conn_pump(c);
+}
+
+/* Chunks from the workers: write them out; reap finished jobs. */
+static void kr_admin_job_async_cb(uv_async_t *h)
+{
+    struct kr_admin *a = h->data;
+    for (struct kr_admin_conn *c = a->conns, *next; c; c = next) {
+        next = c->next;
+        if (!c->job)
+            continue;
+        struct kr_admin_job *j = c->job;
+        kr_admin_job_deliver(j);
+        kr_admin_job_maybe_done(j);
+    }
+}
+
+/* ---------------------------------------------------------------- health port */
+
+struct kr_health_conn {
+    uv_tcp_t h;
+    struct kr_admin *a;
+    uv_write_t wreq;
+    uv_shutdown_t sreq;
+    uv_timer_t timer;
+    int open_handles;
+    struct kr_health_conn *next, *prev;
+    char buf[64];
+};
+
+static void kr_health_closed_cb(uv_handle_t *h)
+{
+    struct kr_health_conn *hc = h->data;
+    if (--hc->open_handles > 0)
+        return;
+    struct kr_admin *a = hc->a;
+    if (hc->prev)
+        hc->prev->next = hc->next;
+    else
+        a->health_conns = hc->next;
+    if (hc->next)
+        hc->next->prev = hc->prev;
+    free(hc);
+}
+
+static void kr_health_close(struct kr_health_conn *hc)
+{
+    if (!uv_is_closing((uv_handle_t *)&hc->h))
+        uv_close((uv_handle_t *)&hc->h, kr_health_closed_cb);
+    if (!uv_is_closing((uv_handle_t *)&hc->timer))
+        uv_close((uv_handle_t *)&hc->timer, kr_health_closed_cb);
+}
+
+static void kr_health_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct kr_health_conn *hc = h->data;
+    (void)suggested;
+    *buf = uv_buf_init(hc->buf, sizeof(hc->buf));
+}
+
+static void kr_health_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    (void)buf;
+    if (nread < 0) /* the checker closed (or failed): done */
+        kr_health_close(s->data);
+}
+
+static void kr_health_shutdown_cb(uv_shutdown_t *req, int status)
+{
+    (void)status;
+    (void)req;
+}
+
+static void kr_health_write_cb(uv_write_t *req, int status)
+{
+    struct kr_health_conn *hc = req->data;
+    if (status < 0 || uv_shutdown(&hc->sreq, (uv_stream_t *)&hc->h, kr_health_shutdown_cb) < 0)
+        kr_health_close(hc);
+}
+
+static void kr_health_timer_cb(uv_timer_t *t)
+{
+    kr_health_close(t->data);
+}
+
+static void kr_health_accept_cb(uv_stream_t *server, int status)
+{
+    struct kr_admin *a = server->data;
+    if (status < 0)
+        return;
+    struct kr_health_conn *hc = kr_admin_xcalloc(1, sizeof(*hc));
+    hc->a = a;
+    uv_tcp_init(a->loop, &hc->h);
+    uv_timer_init(a->loop, &hc->timer);
+    hc->h.data = hc->timer.data = hc->wreq.data = hc->sreq.data = hc;
+    hc->open_handles = 2;
+    hc->next = a->health_conns;
+    if (a->health_conns)
+        a->health_conns->prev = hc;
+    a->health_conns = hc;
+    if (uv_accept(server, (uv_stream_t *)&hc->h) != 0) {
+        kr_health_close(hc);
+        return;
+    }
+    /* The answer, then our side's FIN; the connection closes once the checker closes its
+     * side (reading it avoids a reset that could discard the answer), or after a timeout. */
+    static const char ok[] = "ok\n", draining[] = "draining\n";
+    uv_buf_t b = a->draining ? uv_buf_init((char *)draining, sizeof(draining) - 1)
+                             : uv_buf_init((char *)ok, sizeof(ok) - 1);
+    uv_timer_start(&hc->timer, kr_health_timer_cb, KR_HEALTH_TIMEOUT_MS, 0);
+    uv_read_start((uv_stream_t *)&hc->h, kr_health_alloc_cb, kr_health_read_cb);
+    if (uv_write(&hc->wreq, (uv_stream_t *)&hc->h, &b, 1, kr_health_write_cb) < 0)
+        kr_health_close(hc);
+}
+
+static int kr_health_listen(struct kr_admin *a, char *err, size_t errlen)
+{
+    const struct kr_cfg *cfg = a->cfg;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    int rc = uv_ip4_addr(cfg->listen_ip, (int)cfg->health_port, (struct sockaddr_in *)&ss);
+    if (rc < 0)
+        rc = uv_ip6_addr(cfg->listen_ip, (int)cfg->health_port, (struct sockaddr_in6 *)&ss);
+    if (rc < 0)
+        return kr_admin_err(err, errlen, -EINVAL, "health_port: bad listen_ip '%s'",
+                            cfg->listen_ip);
+    uv_tcp_init(a->loop, &a->health);
+    a->health.data = a;
+    a->health_on = true;
+    rc = uv_tcp_bind(&a->health, (struct sockaddr *)&ss, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&a->health, 128, kr_health_accept_cb);
+    if (rc < 0)
+        return kr_admin_err(err, errlen, rc, "cannot listen on health_port %s:%u: %s",
+                            cfg->listen_ip, cfg->health_port, uv_strerror(rc));
+    KR_INFO("health checks on %s:%u", cfg->listen_ip, cfg->health_port);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- admin socket */
+
+/* mkdir -p for the socket's directory (new directories get mode 0755). */
+static int kr_admin_mkdirs(const char *path, char *err, size_t errlen)
+{
+    char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir)
+        return 0;
+    *slash = '\0';
+    for (char *p = dir + 1; ; p++) {
+        if (*p == '/' || *p == '\0') {
+            char saved = *p;
+            *p = '\0';
+            if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+                int e = errno;
+                return kr_admin_err(err, errlen, -e,
+                                    "cannot create the admin socket's directory %s: %s", dir,
+                                    strerror(e));
+            }
+            *p = saved;
+            if (!saved)
+                break;
+        }
+    }
+    return 0;
+}
+
+static int kr_admin_bind(struct kr_admin *a, char *err, size_t errlen)
+{
+    const char *path = a->cfg->admin_socket;
+    if (!path[0])
+        return kr_admin_err(err, errlen, -EINVAL, "admin_socket is empty");
+    if (strlen(path) >= sizeof(a->path))
+        return kr_admin_err(err, errlen, -ENAMETOOLONG,
+                            "admin_socket '%s' is too long for a Unix socket (at most %zu "
+                            "bytes)",
+                            path, sizeof(a->path) - 1);
+    snprintf(a->path, sizeof(a->path), "%s", path);
+    int rc = kr_admin_mkdirs(path, err, errlen);
+    if (rc < 0)
+        return rc;
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode))
+            return kr_admin_err(err, errlen, -EEXIST,
+                                "admin_socket %s exists and is not a socket", path);
+        int fd = kr_admin_connect(path);
+        if (fd >= 0) {
+            close(fd);
+            return kr_admin_err(err, errlen, -EADDRINUSE,
+                                "another kraken server is running: it answers on admin socket "
+                                "%s (stop it, or give this one another admin_socket)",
+                                path);
+        }
+        if (fd != -ECONNREFUSED && fd != -ENOENT)
+            return kr_admin_err(err, errlen, fd, "cannot check admin socket %s: %s", path,
+                                strerror(-fd));
+        unlink(path); /* stale: left by a server that did not exit cleanly */
+    }
+    uv_pipe_init(a->loop, &a->listener, 0);
+    a->listener.data = a;
+    a->listening = true;
+    mode_t old = umask(0177); /* the socket file is created 0600 */
+    rc = uv_pipe_bind(&a->listener, path);
+    umask(old);
+    if (rc < 0)
+        return kr_admin_err(err, errlen, rc, "cannot bind admin socket %s: %s", path,
+                            uv_strerror(rc));
+    a->bound = true;
+    if (chmod(path, 0600) != 0 || lstat(path, &st) != 0) {
+        int e = errno;
+        return kr_admin_err(err, errlen, -e, "admin socket %s: %s", path, strerror(e));
+    }
+    a->dev = st.st_dev;
+    a->ino = st.st_ino;
+    rc = uv_listen((uv_stream_t *)&a->listener, 16, kr_admin_accept_cb);
+    if (rc < 0)
+        return kr_admin_err(err, errlen, rc, "cannot listen on admin socket %s: %s", path,
+                            uv_strerror(rc));
+    return 0;
+}
+
+/* Remove the socket file if it is still ours. */
+static void kr_admin_unlink(struct kr_admin *a)
+{
+    struct stat st;
+    if (a->bound && lstat(a->path, &st) == 0 && st.st_dev == a->dev && st.st_ino == a->ino)
+        unlink(a->path);
+    a->bound = false;
+}
+
+/* ---------------------------------------------------------------- drain */
+
+static void kr_admin_drain_finish(struct kr_admin *a, const char *how)
+{
+    uv_timer_stop(&a->drain_timer);
+    KR_INFO("drain finished (%s) after %" PRIu64 " ms; %" PRIu64 " clients left; exiting", how,
+            kr_log_now_ms() - a->drain_started_ms, kr_server_clients(a->srv));
+    if (a->on_exit)
+        a->on_exit(a->arg);
+}
+
+static void kr_admin_drain_tick(uv_timer_t *t)
+{
+    struct kr_admin *a = t->data;
+    uint64_t left = kr_server_clients(a->srv);
+    if (left == 0) {
+        kr_admin_drain_finish(a, "every client closed");
+        return;
+    }
+    if (a->drain_steps_left == 0) {
+        if (kr_log_now_ms() >= a->drain_grace_end_ms)
+            kr_admin_drain_finish(a, "timeout");
+        return;
+    }
+    uint32_t steps = a->drain_steps_left--;
+    for (uint32_t n = 0; n < kr_server_nnet(a->srv); n++) {
+        uint64_t have = kr_server_net_clients(a->srv, n);
+        uint64_t k = (have + steps - 1) / steps; /* the last step closes every one left */
+        if (k)
+            kr_server_close_clients(a->srv, n, k > UINT32_MAX ? UINT32_MAX : (uint32_t)k);
+    }
+    if (a->drain_steps_left == 0)
+        a->drain_grace_end_ms = kr_log_now_ms() + KR_DRAIN_GRACE_MS;
+    kr_admin_notifyf("STATUS=draining: %" PRIu64 " clients left", left);
+}
+
+int kr_admin_drain(struct kr_admin *a, const char *why)
+{
+    if (a->draining)
+        return -EALREADY;
+    a->draining = true;
+    a->drain_started_ms = kr_log_now_ms();
+    uint64_t timeout = kr_admin_drain_timeout();
+    uint64_t clients = kr_server_clients(a->srv);
+    KR_INFO("draining (%s): health checks fail from now on, no new connections; closing %" PRIu64
+            " clients over %" PRIu64 " ms",
+            why, clients, timeout);
+    kr_server_drain(a->srv);
+    kr_admin_notifyf("STOPPING=1\nSTATUS=draining: %" PRIu64 " clients", clients);
+    uint64_t interval = timeout / KR_DRAIN_STEPS;
+    a->drain_steps_left = timeout ? KR_DRAIN_STEPS : 1;
+    if (interval < 10)
+        interval = 10;
+    uv_timer_start(&a->drain_timer, kr_admin_drain_tick, 0, interval);
+    return 0;
+}
+
+bool kr_admin_draining(const struct kr_admin *a)
+{
+    return a->draining;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+int kr_admin_create(const struct kr_admin_opts *o, struct kr_admin **out, char *err,
+                    size_t errlen)
+{
+    struct kr_admin *a = kr_admin_xcalloc(1, sizeof(*a));
+    a->loop = o->loop;
+    a->srv = o->srv;
+    a->cfg = o->cfg;
+    a->on_exit = o->on_exit;
+    a->arg = o->arg;
+    pthread_mutex_init(&a->job_mu, NULL);
+    pthread_cond_init(&a->job_cv, NULL);
+    uv_async_init(a->loop, &a->job_async, kr_admin_job_async_cb);
+    a->job_async.data = a;
+    uv_timer_init(a->loop, &a->drain_timer);
+    a->drain_timer.data = a;
+    int rc = kr_admin_bind(a, err, errlen);
+    if (rc == 0 && o->cfg->health_port)
+        rc = kr_health_listen(a, err, errlen);
+    *out = a;
+    if (rc < 0) {
+        kr_admin_close(a);
+        return rc; /* the caller runs the loop and calls kr_admin_destroy */
+    }
+    KR_INFO("admin socket %s", a->path);
+    return 0;
+}
+
+void kr_admin_close(struct kr_admin *a)
+{
+    if (a->closed)
+        return;
+    a->closed = true;
+    /* dumps first: the workers may be waiting on net threads and shards, still running */
+    for (struct kr_admin_conn *c = a->conns; c; c = c->next)
+        if (c->job)
+            kr_admin_job_cancel(c->job);
+    for (struct kr_admin_conn *c = a->conns; c; c = c->next)
+        if (c->job)
+            kr_admin_job_join(c->job);
+    for (struct kr_admin_conn *c = a->conns, *next; c; c = next) {
+        next = c->next;
+        kr_admin_conn_close(c);
+        if (c->job)
+            kr_admin_job_maybe_done(c->job); /* reaped now unless writes are in flight */
+    }
+    for (struct kr_health_conn *hc = a->health_conns; hc; hc = hc->next)
+        kr_health_close(hc);
+    if (a->listening)
+        uv_close((uv_handle_t *)&a->listener, NULL);
+    if (a->health_on)
+        uv_close((uv_handle_t *)&a->health, NULL);
+    uv_close((uv_handle_t *)&a->job_async, NULL);
+    uv_close((uv_handle_t *)&a->drain_timer, NULL);
+    kr_admin_unlink(a);
+}
+
+void kr_admin_destroy(struct kr_admin *a)
+{
+    if (!a)
+        return;
+    /* every connection was freed by its close callback once its dump was reaped */
+    while (a->conns) {
+        struct kr_admin_conn *c = a->conns;
+        a->conns = c->next;
+        if (c->job)
+            kr_admin_job_free(c->job);
+        free(c);
+    }
+    pthread_mutex_destroy(&a->job_mu);
+    pthread_cond_destroy(&a->job_cv);
+    free(a);
+}

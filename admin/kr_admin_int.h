@@ -1,0 +1,108 @@
+/* Internals of the admin module shared by kr_admin.c (control thread: sockets, commands,
+ * drain) and kr_admin_dump.c (the dump workers). Not a public header. */
+#ifndef KR_ADMIN_INT_H
+#define KR_ADMIN_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <uv.h>
+
+#include "kr_admin.h"
+
+#define KR_ADMIN_CHUNK (64 * 1024)         /* a worker hands its output over in chunks */
+#define KR_ADMIN_INFLIGHT_MAX (1024 * 1024) /* unwritten bytes before a worker waits */
+#define KR_ADMIN_WAIT_MS 5000              /* answer time allowed to a net thread/shard */
+
+struct kr_admin_job;
+struct kr_health_conn;
+struct kr_admin_conn;
+
+/* Bytes on their way to an admin client: a reply of the control thread (job NULL) or a
+ * piece of a dump worker's output. */
+struct kr_admin_chunk {
+    uv_write_t req;
+    struct kr_admin_conn *conn;
+    struct kr_admin_job *job;
+    struct kr_admin_chunk *next;
+    size_t len; /* bytes used in data */
+    char data[];
+};
+
+struct kr_admin_conn {
+    uv_pipe_t h; /* first: the handle address is the connection */
+    struct kr_admin *a;
+    struct kr_admin_conn *next, *prev;
+    char in[KR_ADMIN_LINE_MAX];
+    size_t in_len;
+    uint32_t writes;          /* uv_writes not completed */
+    struct kr_admin_job *job; /* the dump running for this connection */
+    bool reading;
+    bool closing;
+    bool handle_closed;
+    bool close_after_write;
+};
+
+struct kr_admin {
+    uv_loop_t *loop;
+    struct kr_server *srv;
+    const struct kr_cfg *cfg;
+    void (*on_exit)(void *arg);
+    void *arg;
+    uv_pipe_t listener;
+    bool listening;
+    bool bound;
+    bool closed;
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    dev_t dev;
+    ino_t ino;
+    uv_tcp_t health;
+    bool health_on;
+    struct kr_health_conn *health_conns;
+    struct kr_admin_conn *conns;
+    uint32_t nconns;
+    /* dump workers: chunk hand-over */
+    uv_async_t job_async;
+    pthread_mutex_t job_mu;
+    pthread_cond_t job_cv;
+    /* drain */
+    bool draining;
+    uv_timer_t drain_timer;
+    uint32_t drain_steps_left;
+    uint64_t drain_started_ms;
+    uint64_t drain_grace_end_ms;
+};
+
+/* kr_admin.c */
+void *kr_admin_xcalloc(size_t n, size_t size);
+/* A chunk with room for `len` bytes (len set to it). Aborts on out of memory. Any thread. */
+struct kr_admin_chunk *kr_admin_chunk_new(size_t len);
+/* Write a worker's chunk to the connection (takes it over). Control thread. */
+void kr_admin_conn_send_job_chunk(struct kr_admin_conn *c, struct kr_admin_job *j,
+                                  struct kr_admin_chunk *ch);
+
+/* kr_admin_dump.c: dump jobs. All control thread unless said otherwise. */
+/* Whether the arguments of a dump command are valid; the message says why not. */
+bool kr_admin_job_check(int argc, char **argv, char *why, size_t whylen);
+/* Start the worker thread for a dump command; NULL with a message when it cannot. */
+struct kr_admin_job *kr_admin_job_start(struct kr_admin *a, struct kr_admin_conn *c, int argc,
+                                        char **argv, char *why, size_t whylen);
+struct kr_admin_conn *kr_admin_job_conn(const struct kr_admin_job *j);
+/* Ask the worker to stop early. */
+void kr_admin_job_cancel(struct kr_admin_job *j);
+/* Wait for the worker thread to return and drop the output not handed over yet. */
+void kr_admin_job_join(struct kr_admin_job *j);
+/* Write the chunks the worker handed over to the connection. */
+void kr_admin_job_deliver(struct kr_admin_job *j);
+/* A chunk of the job was written (or dropped unsent): `len` bytes less in flight. */
+void kr_admin_job_sent(struct kr_admin_job *j, size_t len, bool was_written);
+void kr_admin_job_writes_add(struct kr_admin_job *j, int n);
+/* When the worker returned and everything it wrote is out: join it, free the job and
+ * return true. */
+bool kr_admin_job_reap(struct kr_admin_job *j);
+/* Free a job whose worker was joined (kr_admin_destroy). */
+void kr_admin_job_free(struct kr_admin_job *j);
+
+#endif
