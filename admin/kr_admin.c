@@ -877,12 +877,16 @@ static void kr_admin_drain_tick(uv_timer_t *t)
         return;
     }
     uint32_t steps = a->drain_steps_left--;
+    uint64_t closing = 0;
     for (uint32_t n = 0; n < kr_server_nnet(a->srv); n++) {
         uint64_t have = kr_server_net_clients(a->srv, n);
         uint64_t k = (have + steps - 1) / steps; /* the last step closes every one left */
-        if (k)
-            kr_server_close_clients(a->srv, n, k > UINT32_MAX ? UINT32_MAX : (uint32_t)k);
+        if (k && kr_server_close_clients(a->srv, n, k > UINT32_MAX ? UINT32_MAX : (uint32_t)k) == 0)
+            closing += k;
     }
+    if (closing)
+        KR_INFO("drain: closing %" PRIu64 " of %" PRIu64 " clients (%u batches left)", closing,
+                left, a->drain_steps_left);
     if (a->drain_steps_left == 0)
         a->drain_grace_end_ms = kr_log_now_ms() + KR_DRAIN_GRACE_MS;
     kr_admin_notifyf("STATUS=draining: %" PRIu64 " clients left", left);
