@@ -798,7 +798,7 @@ static int kr_admin_bind(struct kr_admin *a, char *err, size_t errlen)
                             "admin_socket '%s' is too long for a Unix socket (at most %zu "
                             "bytes)",
                             path, sizeof(a->path) - 1);
-    snprintf(a->path, sizeof(a->path), "%s", path);
+    memcpy(a->path, path, strlen(path) + 1);
     int rc = kr_admin_mkdirs(path, err, errlen);
     if (rc < 0)
         return rc;
