@@ -821,3 +821,60 @@ Test(cfg_live, readers_see_whole_snapshots)
     pthread_join(th, &bad);
     cr_assert_eq((long)bad, 0, "a reader saw a torn snapshot");
 }
+
+/* ------------------------------------------------------------------ docs/kraken.conf */
+
+/* The sample configuration lists every key of the option table, loads without error, and
+ * states each default it does not deliberately override. */
+Test(cfg_docs, sample_config_file_is_true_to_the_option_table)
+{
+    const char *src = getenv("KRAKEN_SOURCE_DIR");
+    cr_assert_not_null(src, "KRAKEN_SOURCE_DIR must name the source tree");
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/docs/kraken.conf", src);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "%s", path);
+    static char text[1 << 16];
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    text[n] = 0;
+    fclose(f);
+    struct kr_cfg cfg, def;
+    kr_cfg_defaults(&cfg);
+    kr_cfg_defaults(&def);
+    char err[512] = "";
+    cr_assert_eq(kr_cfg_load_file(&cfg, path, err, sizeof(err)), 0, "%s", err);
+    /* deliberate production settings, explained in the file */
+    const char *overridden[] = {"listen_ip", "admin_socket", "health_port"};
+    for (size_t i = 0; kr_cfg_key_at(i); i++) {
+        const char *key = kr_cfg_key_at(i);
+        char set[128], commented[128];
+        snprintf(set, sizeof(set), "\n%s =", key);
+        snprintf(commented, sizeof(commented), "\n# %s =", key);
+        cr_assert(strstr(text, set) || strstr(text, commented), "%s is not in %s", key, path);
+        bool skip = false;
+        for (size_t k = 0; k < sizeof(overridden) / sizeof(overridden[0]); k++)
+            skip = skip || strcmp(overridden[k], key) == 0;
+        if (skip)
+            continue;
+        char a[KR_CFG_STR_MAX], b[KR_CFG_STR_MAX];
+        cr_assert_eq(kr_cfg_get(&cfg, key, a, sizeof(a)), 0);
+        cr_assert_eq(kr_cfg_get(&def, key, b, sizeof(b)), 0);
+        cr_assert_str_eq(a, b, "%s in %s is not the default", key, path);
+    }
+    /* and the file marks exactly the live keys [live] */
+    for (size_t i = 0; kr_cfg_key_at(i); i++) {
+        const char *key = kr_cfg_key_at(i);
+        char at[128];
+        snprintf(at, sizeof(at), "\n%s =", key);
+        const char *p = strstr(text, at);
+        if (!p)
+            continue; /* commented out: CPU defaults, not live */
+        /* the comment block just above the key's group */
+        const char *block = p;
+        while (block > text && !(block[-1] == '\n' && block[0] == '\n'))
+            block--;
+        bool marked = memmem(block, (size_t)(p - block), "[live]", 6) != NULL;
+        cr_assert_eq(marked, kr_cfg_key_live(key) == 1, "%s: [live] marker %s", key,
+                     marked ? "present but the key is not live" : "missing");
+    }
+}
