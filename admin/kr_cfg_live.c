@@ -10,6 +10,25 @@
 
 #include "kr_log.h"
 
+#if defined(__SANITIZE_THREAD__)
+#define KR_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define KR_TSAN 1
+#endif
+#endif
+#ifdef KR_TSAN
+/* rcu_assign_pointer / rcu_dereference order memory with barriers TSan cannot see: tell it
+ * about the hand-off of a snapshot explicitly. */
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define KR_TSAN_RELEASE(p) __tsan_release(p)
+#define KR_TSAN_ACQUIRE(p) __tsan_acquire(p)
+#else
+#define KR_TSAN_RELEASE(p) ((void)0)
+#define KR_TSAN_ACQUIRE(p) ((void)0)
+#endif
+
 struct kr_cfg_snap {
     struct kr_cfg cfg;
     struct rcu_head rcu;
@@ -37,6 +56,7 @@ static void kr_cfg_snap_free_rcu(struct rcu_head *h)
 void kr_cfg_live_init(const struct kr_cfg *cfg)
 {
     struct kr_cfg_snap *old = kr_cfg_snap_cur;
+    KR_TSAN_RELEASE(&kr_cfg_snap_cur);
     rcu_assign_pointer(kr_cfg_snap_cur, kr_cfg_snap_new(cfg));
     if (old) {
         urcu_memb_synchronize_rcu();
@@ -47,6 +67,7 @@ void kr_cfg_live_init(const struct kr_cfg *cfg)
 const struct kr_cfg *kr_cfg_live(void)
 {
     struct kr_cfg_snap *s = rcu_dereference(kr_cfg_snap_cur);
+    KR_TSAN_ACQUIRE(&kr_cfg_snap_cur);
     return s ? &s->cfg : NULL;
 }
 
@@ -78,6 +99,7 @@ int kr_cfg_live_set(const char *key, const char *value, char *err, size_t errlen
         free(s);
         return rc;
     }
+    KR_TSAN_RELEASE(&kr_cfg_snap_cur);
     rcu_assign_pointer(kr_cfg_snap_cur, s);
     if (strcmp(key, "log_level") == 0)
         kr_log_set_level(s->cfg.log_level);
