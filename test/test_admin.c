@@ -266,6 +266,37 @@ Test(admin, bad_input_gets_a_clear_error_and_harms_nothing)
     close(client);
 }
 
+Test(admin, quit_and_the_connection_limit)
+{
+    int fd = kr_it_connect_unix(srv.admin_path);
+    kr_it_sends(fd, "quit\n");
+    kr_it_expect_closed(fd);
+    close(fd);
+    /* 64 admin connections at once; the next one is told and closed */
+    int many[64];
+    for (int i = 0; i < 64; i++) {
+        many[i] = kr_it_connect_unix(srv.admin_path);
+        kr_it_admin(many[i], "log_level", buf, sizeof(buf)); /* each one is being served */
+    }
+    fd = kr_it_connect_unix(srv.admin_path);
+    kr_it_read_until(fd, buf, sizeof(buf), "\n");
+    cr_assert_str_eq(buf, "ERROR too many admin connections (at most 64)\n");
+    kr_it_expect_closed(fd);
+    close(fd);
+    for (int i = 0; i < 64; i++)
+        close(many[i]);
+    for (int i = 0; i < 500; i++) { /* the server notices the closes */
+        fd = kr_it_connect_unix(srv.admin_path);
+        kr_it_sends(fd, "status\n");
+        kr_it_read_until(fd, buf, sizeof(buf), "\n");
+        close(fd);
+        if (strncmp(buf, "STATUS running", 14) == 0)
+            break;
+        kr_it_sleep_ms(10);
+    }
+    cr_assert(strncmp(buf, "STATUS running", 14) == 0, "%s", buf);
+}
+
 Test(admin, stats_config_get_and_log_level)
 {
     int fd = kr_it_connect_unix(srv.admin_path);
