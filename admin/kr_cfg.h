@@ -121,6 +121,9 @@ void kr_cfg_live_init(const struct kr_cfg *cfg);
  * urcu_memb_read_lock() and urcu_memb_read_unlock() on a thread registered with
  * urcu_memb_register_thread(); the pointer is valid until the unlock. Any such thread. */
 const struct kr_cfg *kr_cfg_live(void);
+/* A counter bumped after every publication of a new snapshot (relaxed read, any thread):
+ * a reader that caches values from the snapshot refreshes them when it changes. */
+uint64_t kr_cfg_live_generation(void);
 /* Change one key of the snapshot: -ENOENT (unknown key), -EPERM (the key only takes effect
  * at start; message says so), -EINVAL (bad value), or 0 once the new snapshot is published
  * (a log_level change also sets the logger's level). The control thread, registered with

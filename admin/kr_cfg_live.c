@@ -2,6 +2,7 @@
  * kr_cfg.h. */
 #include "kr_cfg.h"
 
+#include <ck_pr.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -34,6 +35,9 @@ struct kr_cfg_snap {
     struct rcu_head rcu;
 };
 
+/* Bumped after every publication, so readers can tell cheaply whether to look again. */
+static uint64_t kr_cfg_live_gen;
+
 /* Written by the control thread only (rcu_assign_pointer); read with rcu_dereference. */
 static struct kr_cfg_snap *kr_cfg_snap_cur;
 
@@ -58,10 +62,17 @@ void kr_cfg_live_init(const struct kr_cfg *cfg)
     struct kr_cfg_snap *old = kr_cfg_snap_cur;
     KR_TSAN_RELEASE(&kr_cfg_snap_cur);
     rcu_assign_pointer(kr_cfg_snap_cur, kr_cfg_snap_new(cfg));
+    ck_pr_fence_store();
+    ck_pr_store_64(&kr_cfg_live_gen, kr_cfg_live_gen + 1);
     if (old) {
         urcu_memb_synchronize_rcu();
         free(old);
     }
+}
+
+uint64_t kr_cfg_live_generation(void)
+{
+    return ck_pr_load_64(&kr_cfg_live_gen);
 }
 
 const struct kr_cfg *kr_cfg_live(void)
@@ -101,6 +112,8 @@ int kr_cfg_live_set(const char *key, const char *value, char *err, size_t errlen
     }
     KR_TSAN_RELEASE(&kr_cfg_snap_cur);
     rcu_assign_pointer(kr_cfg_snap_cur, s);
+    ck_pr_fence_store();
+    ck_pr_store_64(&kr_cfg_live_gen, kr_cfg_live_gen + 1);
     if (strcmp(key, "log_level") == 0)
         kr_log_set_level(s->cfg.log_level);
     urcu_memb_call_rcu(&old->rcu, kr_cfg_snap_free_rcu);
@@ -119,6 +132,8 @@ void kr_cfg_live_fini(void)
 {
     struct kr_cfg_snap *old = kr_cfg_snap_cur;
     rcu_assign_pointer(kr_cfg_snap_cur, NULL);
+    ck_pr_fence_store();
+    ck_pr_store_64(&kr_cfg_live_gen, kr_cfg_live_gen + 1);
     urcu_memb_synchronize_rcu();
     urcu_memb_barrier(); /* earlier snapshots handed to call_rcu */
     free(old);

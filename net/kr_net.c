@@ -147,8 +147,21 @@ struct kr_nt_stats {
     uint64_t ring_full_waits; /* events that waited for space in a ring towards a shard */
 };
 
+/* The settings that may change while the server runs (admin `config set`), read from the
+ * RCU-published configuration snapshot. */
+struct kr_net_live {
+    uint64_t max_queued_messages;
+    uint64_t max_queued_bytes;
+    uint64_t client_idle_timeout_ms;
+    uint32_t max_tcp_clients;
+    uint32_t fanout_warn;
+    uint32_t topics_warn;
+};
+
 struct kr_nt {
     struct kr_server *srv;
+    struct kr_net_live live; /* cached from the snapshot, see kr_nt_refresh_live */
+    uint64_t live_gen;
     uint32_t idx;
     uv_loop_t loop;
     uv_thread_t thread;
@@ -192,16 +205,6 @@ struct kr_server {
     int draining;             /* kr_server_drain was called */
 };
 
-/* The settings that may change while the server runs (admin `config set`), read from the
- * RCU-published configuration snapshot. */
-struct kr_net_live {
-    uint64_t max_queued_messages;
-    uint64_t max_queued_bytes;
-    uint64_t client_idle_timeout_ms;
-    uint32_t max_tcp_clients;
-    uint32_t fanout_warn;
-    uint32_t topics_warn;
-};
 
 static void kr_net_live(const struct kr_server *s, struct kr_net_live *out)
 {
@@ -216,6 +219,17 @@ static void kr_net_live(const struct kr_server *s, struct kr_net_live *out)
     out->fanout_warn = c->router_min_fanout_to_warn;
     out->topics_warn = c->router_min_publish_to_topics_to_warn;
     urcu_memb_read_unlock();
+}
+
+/* Refresh the net thread's cached live settings when a new snapshot was published: one
+ * relaxed load per read batch or wake-up, no lock per delivery. */
+static void kr_nt_refresh_live(struct kr_nt *nt)
+{
+    uint64_t gen = kr_cfg_live_generation();
+    if (gen != nt->live_gen) {
+        kr_net_live(nt->srv, &nt->live);
+        nt->live_gen = gen;
+    }
 }
 
 #define KR_ST_INC(nt, field, n) ck_pr_store_64(&(nt)->st.field, (nt)->st.field + (n))
@@ -720,9 +734,8 @@ static int kr_pub_entry(void *arg, const struct kr_pub_entry *e)
             n++;
         }
     }
-    struct kr_net_live lv;
-    kr_net_live(srv, &lv);
-    if (n >= lv.topics_warn && lv.topics_warn) {
+    const struct kr_net_live *lv = &nt->live;
+    if (n >= lv->topics_warn && lv->topics_warn) {
         KR_ST_INC(nt, publish_topic_warnings, 1);
         uint64_t suppressed = 0;
         if (kr_log_enabled(KR_LOG_WARN) &&
@@ -1156,6 +1169,7 @@ static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct kr_conn *c = (struct kr_conn *)s;
     struct kr_nt *nt = c->nt;
+    kr_nt_refresh_live(nt);
     if (nread < 0) {
         kr_conn_close(c);
         return;
@@ -1239,10 +1253,9 @@ static struct kr_cq_entry *kr_conn_find_incomplete(struct kr_conn *c, struct kr_
 static void kr_conn_enqueue(struct kr_conn *c, struct kr_cq_entry *e)
 {
     struct kr_nt *nt = c->nt;
-    struct kr_net_live lv;
-    kr_net_live(nt->srv, &lv);
+    const struct kr_net_live *lv = &nt->live;
     e->reply_bytes = kr_entry_bytes(e);
-    if (c->q.count + 1 > lv.max_queued_messages || c->q.bytes + e->reply_bytes > lv.max_queued_bytes) {
+    if (c->q.count + 1 > lv->max_queued_messages || c->q.bytes + e->reply_bytes > lv->max_queued_bytes) {
         kr_entry_release(e);
         kr_conn_overflow(c);
         return;
@@ -1536,6 +1549,7 @@ static void kr_nt_unblock_all(struct kr_nt *nt)
 static void kr_nt_wake_cb(uv_async_t *a)
 {
     struct kr_nt *nt = a->data;
+    kr_nt_refresh_live(nt);
     if (ck_pr_load_8((uint8_t *)&nt->stopping)) {
         uv_stop(&nt->loop);
         return;
@@ -1549,6 +1563,7 @@ static void kr_nt_wake_cb(uv_async_t *a)
 static void kr_nt_check_cb(uv_check_t *h)
 {
     struct kr_nt *nt = h->data;
+    kr_nt_refresh_live(nt);
     if (nt->nctl)
         kr_nt_send_ctl(nt);
     if (nt->blocked_head)
@@ -1765,6 +1780,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
             abort();
         nt->srv = s;
         nt->idx = i;
+        kr_net_live(s, &nt->live);
         s->nts[i] = nt;
         uint16_t bound = 0;
         int fd = kr_listen_socket(cfg, port, &bound, err, errlen);
