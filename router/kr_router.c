@@ -71,6 +71,9 @@ struct kr_shard {
     uint32_t ntouched;
     uint32_t touched_cap;
     uint64_t retro_stamp;
+    uint32_t fanout_warn; /* cached from the live configuration */
+    bool live_read;
+    uint64_t live_gen;
     struct kr_history hist;
     /* statistics: written by the shard only */
     uint64_t routed;
@@ -321,13 +324,20 @@ static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
 
     uint32_t fanout = sh->ntouched;
     bool multi = kr_msg_nshards(m) > 1;
-    /* the threshold may change while the server runs (admin `config set`) */
-    uint32_t fanout_warn = r->o.fanout_warn;
-    urcu_memb_read_lock();
-    const struct kr_cfg *live = kr_cfg_live();
-    if (live)
-        fanout_warn = live->router_min_fanout_to_warn;
-    urcu_memb_read_unlock();
+    /* the threshold may change while the server runs (admin `config set`): re-read the
+     * snapshot only when a new one was published */
+    uint64_t gen = kr_cfg_live_generation();
+    if (gen != sh->live_gen || !sh->live_read) {
+        sh->fanout_warn = r->o.fanout_warn;
+        urcu_memb_read_lock();
+        const struct kr_cfg *live = kr_cfg_live();
+        if (live)
+            sh->fanout_warn = live->router_min_fanout_to_warn;
+        urcu_memb_read_unlock();
+        sh->live_gen = gen;
+        sh->live_read = true;
+    }
+    uint32_t fanout_warn = sh->fanout_warn;
     bool warn = !multi && fanout_warn && fanout >= fanout_warn;
     /* One atomic add for every reference handed out below. */
     uint32_t refs = fanout + (multi ? r->o.nnet : 0) + (warn ? 1 : 0);
