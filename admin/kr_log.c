@@ -269,3 +269,39 @@ uint64_t kr_log_now_ms(void)
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
+
+static void kr_oom(size_t n)
+{
+    kr_log_write(KR_LOG_ERROR, "out of memory allocating %zu bytes; aborting", n);
+    char buf[96];
+    int len = snprintf(buf, sizeof(buf), "kraken: out of memory allocating %zu bytes\n", n);
+    if (len > 0) {
+        ssize_t w = write(2, buf, (size_t)len);
+        (void)w;
+    }
+    abort();
+}
+
+void *kr_xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        kr_oom(n);
+    return p;
+}
+
+void *kr_xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p)
+        kr_oom(n * size);
+    return p;
+}
+
+void *kr_xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q)
+        kr_oom(n);
+    return q;
+}

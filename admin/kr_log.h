@@ -6,6 +6,7 @@
 #define KR_LOG_H
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <ck_pr.h>
 
@@ -69,6 +70,13 @@ int kr_log_ratelimit(struct kr_log_ratelimit *rl, uint32_t burst, uint32_t inter
  * Owning thread. */
 int kr_log_ratelimit_at(struct kr_log_ratelimit *rl, uint32_t burst, uint32_t interval_ms,
                         uint64_t now_ms, uint64_t *suppressed);
+
+/* Allocation that cannot fail: on out of memory, log one error line (and write it to stderr)
+ * naming the size, then abort. The one place where the server handles running out of
+ * memory. Any thread. */
+void *kr_xmalloc(size_t n);
+void *kr_xcalloc(size_t n, size_t size);
+void *kr_xrealloc(void *p, size_t n);
 
 /* Monotonic milliseconds (CLOCK_MONOTONIC_COARSE). Any thread. */
 uint64_t kr_log_now_ms(void);

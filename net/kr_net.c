@@ -235,16 +235,6 @@ static void kr_nt_refresh_live(struct kr_nt *nt)
 #define KR_ST_INC(nt, field, n) ck_pr_store_64(&(nt)->st.field, (nt)->st.field + (n))
 #define KR_ST_DEC(nt, field, n) ck_pr_store_64(&(nt)->st.field, (nt)->st.field - (n))
 
-static void *kr_net_xrealloc(void *p, size_t n)
-{
-    void *q = realloc(p, n ? n : 1);
-    if (!q) {
-        fprintf(stderr, "kraken: out of memory (%zu bytes) in a net thread\n", n);
-        abort();
-    }
-    return q;
-}
-
 static void kr_conn_close(struct kr_conn *c);
 static void kr_conn_process(struct kr_conn *c);
 static void kr_conn_flush(struct kr_conn *c);
@@ -258,7 +248,7 @@ static void kr_out_reserve(struct kr_conn *c, size_t n)
         size_t cap = c->out_cap ? c->out_cap : 256;
         while (cap < c->out_len + n)
             cap *= 2;
-        c->out = kr_net_xrealloc(c->out, cap);
+        c->out = kr_xrealloc(c->out, cap);
         c->out_cap = cap;
     }
 }
@@ -371,7 +361,7 @@ static uint32_t kr_rq_push(struct kr_conn *c, uint32_t acks, bool noreply, bool 
 {
     if (c->rq_count == c->rq_cap) {
         uint32_t ncap = c->rq_cap ? c->rq_cap * 2 : 4;
-        struct kr_reply_wait *n = kr_net_xrealloc(NULL, ncap * sizeof(*n));
+        struct kr_reply_wait *n = kr_xrealloc(NULL, ncap * sizeof(*n));
         for (uint32_t i = 0; i < c->rq_count; i++)
             n[i] = c->rq[(c->rq_head + i) & (c->rq_cap - 1)];
         free(c->rq);
@@ -505,7 +495,7 @@ static void kr_nt_send_disconnect(struct kr_nt *nt, uint64_t id)
             continue;
         if (nt->nctl == nt->ctl_cap) {
             nt->ctl_cap = nt->ctl_cap ? nt->ctl_cap * 2 : 64;
-            nt->ctl = kr_net_xrealloc(nt->ctl, nt->ctl_cap * sizeof(*nt->ctl));
+            nt->ctl = kr_xrealloc(nt->ctl, nt->ctl_cap * sizeof(*nt->ctl));
         }
         nt->ctl[nt->nctl].shard = s;
         nt->ctl[nt->nctl].ev = ev;
@@ -570,7 +560,7 @@ static void kr_conn_stash(struct kr_conn *c, const char *p, size_t n)
         size_t cap = c->in_cap ? c->in_cap : 1024;
         while (cap < c->in_len + n)
             cap *= 2;
-        c->in = kr_net_xrealloc(c->in, cap);
+        c->in = kr_xrealloc(c->in, cap);
         c->in_cap = cap;
     }
     memcpy(c->in + c->in_len, p, n);
@@ -599,7 +589,7 @@ static void kr_conn_park(struct kr_conn *c, uint32_t shard, const struct kr_even
     KR_ST_INC(c->nt, ring_full_waits, 1);
     if (c->nparked == c->parked_cap) {
         c->parked_cap = c->parked_cap ? c->parked_cap * 2 : 8;
-        c->parked = kr_net_xrealloc(c->parked, c->parked_cap * sizeof(*c->parked));
+        c->parked = kr_xrealloc(c->parked, c->parked_cap * sizeof(*c->parked));
     }
     c->parked[c->nparked].shard = shard;
     c->parked[c->nparked].ev = *ev;
@@ -708,8 +698,8 @@ static int kr_pub_entry(void *arg, const struct kr_pub_entry *e)
 
     if (e->ntopics > nt->topics_cap) {
         nt->topics_cap = e->ntopics;
-        nt->topics = kr_net_xrealloc(nt->topics, e->ntopics * sizeof(*nt->topics));
-        nt->topic_lens = kr_net_xrealloc(nt->topic_lens, e->ntopics * sizeof(*nt->topic_lens));
+        nt->topics = kr_xrealloc(nt->topics, e->ntopics * sizeof(*nt->topics));
+        nt->topic_lens = kr_xrealloc(nt->topic_lens, e->ntopics * sizeof(*nt->topic_lens));
     }
     /* Collect the topics, dropping repeats (a subscriber lists each matched topic once). */
     uint32_t n = 0;
@@ -1235,9 +1225,7 @@ static struct kr_pend *kr_nt_pend(struct kr_nt *nt, struct kr_msg *m, bool creat
 {
     void **slot = kr_msg_slot(m, nt->idx);
     if (!*slot && create) {
-        struct kr_pend *p = calloc(1, sizeof(*p));
-        if (!p)
-            abort();
+        struct kr_pend *p = kr_xcalloc(1, sizeof(*p));
         p->expected = kr_msg_nshards(m);
         p->refs = 1; /* the message slot's */
         *slot = p;
@@ -1282,7 +1270,7 @@ static void kr_conn_enqueue(struct kr_conn *c, struct kr_cq_entry *e)
     if (e->pend) {
         if (c->ninc == c->inc_cap) {
             c->inc_cap = c->inc_cap ? c->inc_cap * 2 : 4;
-            c->inc = kr_net_xrealloc(c->inc, c->inc_cap * sizeof(*c->inc));
+            c->inc = kr_xrealloc(c->inc, c->inc_cap * sizeof(*c->inc));
         }
         c->inc[c->ninc].msg = e->msg;
         c->inc[c->ninc].seq = c->seq_head + pos;
@@ -1319,7 +1307,7 @@ static void kr_conn_stage(struct kr_conn *c, const struct kr_cq_entry *e, bool r
 {
     if (c->nstage == c->stage_cap) {
         c->stage_cap = c->stage_cap ? c->stage_cap * 2 : 16;
-        c->stage = kr_net_xrealloc(c->stage, c->stage_cap * sizeof(*c->stage));
+        c->stage = kr_xrealloc(c->stage, c->stage_cap * sizeof(*c->stage));
     }
     c->stage[c->nstage].e = *e;
     c->stage[c->nstage].replay = replay;
@@ -1390,9 +1378,7 @@ static void kr_conn_retro_done(struct kr_conn *c)
     uint32_t cap = 16;
     while (cap < c->nstage * 2)
         cap <<= 1;
-    uint32_t *map = malloc(cap * sizeof(*map));
-    if (!map)
-        abort();
+    uint32_t *map = kr_xmalloc(cap * sizeof(*map));
     memset(map, 0xff, cap * sizeof(*map));
     uint32_t nout = 0;
     for (uint32_t i = 0; i < c->nstage; i++) {
@@ -1634,9 +1620,7 @@ static void kr_nt_accept_cb(uv_stream_t *server, int status)
     kr_net_live(srv, &lv);
     if (ck_pr_faa_32(&srv->nconns, 1) >= lv.max_tcp_clients) {
         ck_pr_dec_32(&srv->nconns);
-        uv_tcp_t *tmp = malloc(sizeof(*tmp));
-        if (!tmp)
-            abort();
+        uv_tcp_t *tmp = kr_xmalloc(sizeof(*tmp));
         uv_tcp_init(&nt->loop, tmp);
         if (uv_accept(server, (uv_stream_t *)tmp) == 0) {
             static const char msg[] = "SERVER_ERROR Too many clients\r\n";
@@ -1651,9 +1635,7 @@ static void kr_nt_accept_cb(uv_stream_t *server, int status)
         uv_close((uv_handle_t *)tmp, kr_reject_closed_cb);
         return;
     }
-    struct kr_conn *c = calloc(1, sizeof(*c));
-    if (!c)
-        abort();
+    struct kr_conn *c = kr_xcalloc(1, sizeof(*c));
     c->nt = nt;
     uv_tcp_init(&nt->loop, &c->h);
     if (uv_accept(server, (uv_stream_t *)&c->h) != 0) {
@@ -1665,9 +1647,9 @@ static void kr_nt_accept_cb(uv_stream_t *server, int status)
     uv_tcp_nodelay(&c->h, 1);
     if (nt->nfree == 0) {
         uint32_t ncap = nt->nslots ? nt->nslots * 2 : 256;
-        nt->slots = kr_net_xrealloc(nt->slots, ncap * sizeof(*nt->slots));
-        nt->gens = kr_net_xrealloc(nt->gens, ncap * sizeof(*nt->gens));
-        nt->free_slots = kr_net_xrealloc(nt->free_slots, ncap * sizeof(*nt->free_slots));
+        nt->slots = kr_xrealloc(nt->slots, ncap * sizeof(*nt->slots));
+        nt->gens = kr_xrealloc(nt->gens, ncap * sizeof(*nt->gens));
+        nt->free_slots = kr_xrealloc(nt->free_slots, ncap * sizeof(*nt->free_slots));
         for (uint32_t i = ncap; i > nt->nslots; i--) {
             nt->slots[i - 1] = NULL;
             nt->gens[i - 1] = 0;
@@ -1760,24 +1742,18 @@ static void kr_server_wake_net(void *arg, uint32_t net)
 
 int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err, size_t errlen)
 {
-    struct kr_server *s = calloc(1, sizeof(*s));
-    if (!s)
-        abort();
+    struct kr_server *s = kr_xcalloc(1, sizeof(*s));
     s->cfg = cfg;
     s->nnet = cfg->num_net_threads;
     s->lim.max_request_bytes = cfg->max_request_bytes;
     s->lim.max_message_bytes = cfg->max_message_bytes;
     s->lim.max_line_bytes = cfg->max_line_bytes;
     s->lim.max_topic_bytes = cfg->max_topic_bytes;
-    s->nts = calloc(s->nnet, sizeof(*s->nts));
-    if (!s->nts)
-        abort();
+    s->nts = kr_xcalloc(s->nnet, sizeof(*s->nts));
     s->reqq = kr_net_reqq_create(s->nnet);
     uint16_t port = (uint16_t)cfg->tcp_server_port;
     for (uint32_t i = 0; i < s->nnet; i++) {
-        struct kr_nt *nt = calloc(1, sizeof(*nt));
-        if (!nt)
-            abort();
+        struct kr_nt *nt = kr_xcalloc(1, sizeof(*nt));
         nt->srv = s;
         nt->idx = i;
         kr_net_live(s, &nt->live);

@@ -1,6 +1,8 @@
 /* Queue module implementation: messages, mailboxes, waiters, client queues. */
 #include "kr_queue.h"
 
+#include "kr_log.h"
+
 #include <ck_pr.h>
 #include <ck_ring.h>
 #include <errno.h>
@@ -30,16 +32,6 @@ void __tsan_release(void *addr);
 #define KR_TSAN_RELEASE(p) ((void)0)
 #define KR_TSAN_ACQUIRE(p) ((void)0)
 #endif
-
-static void *kr_xmalloc(size_t n)
-{
-    void *p = malloc(n);
-    if (!p && n) {
-        fprintf(stderr, "kraken: out of memory allocating %zu bytes\n", n);
-        abort();
-    }
-    return p;
-}
 
 /* ---------------------------------------------------------------- messages */
 

@@ -94,23 +94,11 @@ struct kr_router {
     pthread_cond_t req_cv;
 };
 
-static void *kr_router_xcalloc(size_t n, size_t size)
-{
-    void *p = calloc(n ? n : 1, size);
-    if (!p) {
-        fprintf(stderr, "kraken: out of memory in the router\n");
-        abort();
-    }
-    return p;
-}
-
 /* ---------------------------------------------------------------- commands */
 
 struct kr_router_cmd *kr_router_cmd_new(uint32_t cap_hint)
 {
-    struct kr_router_cmd *c = malloc(sizeof(*c) + cap_hint);
-    if (!c)
-        abort();
+    struct kr_router_cmd *c = kr_xmalloc(sizeof(*c) + cap_hint);
     c->ntopics = 0;
     c->used = 0;
     c->cap = cap_hint;
@@ -124,9 +112,7 @@ struct kr_router_cmd *kr_router_cmd_add(struct kr_router_cmd *c, const char *top
     uint32_t need = c->used + (uint32_t)sizeof(uint32_t) + len;
     if (need > c->cap) {
         uint32_t ncap = c->cap * 2 > need ? c->cap * 2 : need;
-        c = realloc(c, sizeof(*c) + ncap);
-        if (!c)
-            abort();
+        c = kr_xrealloc(c, sizeof(*c) + ncap);
         c->cap = ncap;
     }
     memcpy(c->data + c->used, &len, sizeof(len));
@@ -170,7 +156,7 @@ static void kr_shard_emit(struct kr_shard *sh, uint32_t n, const struct kr_event
     }
     if (f->count == f->cap) {
         uint32_t ncap = f->cap ? f->cap * 2 : 1024;
-        struct kr_event *nb = kr_router_xcalloc(ncap, sizeof(*nb));
+        struct kr_event *nb = kr_xcalloc(ncap, sizeof(*nb));
         for (uint32_t i = 0; i < f->count; i++)
             nb[i] = f->buf[(f->head + i) % f->cap];
         free(f->buf);
@@ -264,7 +250,7 @@ static void kr_shard_retro(struct kr_shard *sh, struct kr_event *ev)
                     mask |= UINT64_C(1) << i;
                 } else {
                     if (!bits)
-                        bits = kr_router_xcalloc((ntopics + 63) / 64, 8);
+                        bits = kr_xcalloc((ntopics + 63) / 64, 8);
                     bits[i / 64] |= UINT64_C(1) << (i % 64);
                 }
             }
@@ -306,12 +292,10 @@ static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
             uint64_t *word = kr_sconn_word(c);
             if (*kr_sconn_stamp(c) != stamp) {
                 *kr_sconn_stamp(c) = stamp;
-                *word = ntopics <= 64 ? 0 : (uint64_t)(uintptr_t)kr_router_xcalloc(words, 8);
+                *word = ntopics <= 64 ? 0 : (uint64_t)(uintptr_t)kr_xcalloc(words, 8);
                 if (sh->ntouched == sh->touched_cap) {
                     sh->touched_cap = sh->touched_cap ? sh->touched_cap * 2 : 64;
-                    sh->touched = realloc(sh->touched, sh->touched_cap * sizeof(*sh->touched));
-                    if (!sh->touched)
-                        abort();
+                    sh->touched = kr_xrealloc(sh->touched, sh->touched_cap * sizeof(*sh->touched));
                 }
                 sh->touched[sh->ntouched++] = c;
             }
@@ -504,7 +488,7 @@ static void *kr_shard_main(void *arg)
 
 struct kr_router *kr_router_create(const struct kr_router_opts *opts)
 {
-    struct kr_router *r = kr_router_xcalloc(1, sizeof(*r));
+    struct kr_router *r = kr_xcalloc(1, sizeof(*r));
     r->o = *opts;
     if (r->o.mailbox_capacity == 0)
         r->o.mailbox_capacity = 4096;
@@ -512,7 +496,7 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
     if (!r->shards)
         abort();
     memset(r->shards, 0, sizeof(struct kr_shard) * r->o.nshards);
-    r->dirty = kr_router_xcalloc((size_t)r->o.nnet * r->o.nshards, 1);
+    r->dirty = kr_xcalloc((size_t)r->o.nnet * r->o.nshards, 1);
     pthread_mutex_init(&r->req_mu, NULL);
     pthread_cond_init(&r->req_cv, NULL);
     for (uint32_t s = 0; s < r->o.nshards; s++) {
@@ -525,11 +509,11 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
         }
         sh->topics = kr_topics_create();
         sh->hist.cap = r->o.history;
-        sh->hist.msgs = kr_router_xcalloc(r->o.history ? r->o.history : 1, sizeof(struct kr_msg *));
-        sh->in = kr_router_xcalloc(r->o.nnet, sizeof(*sh->in));
-        sh->out = kr_router_xcalloc(r->o.nnet, sizeof(*sh->out));
-        sh->fifo = kr_router_xcalloc(r->o.nnet, sizeof(*sh->fifo));
-        sh->wake = kr_router_xcalloc(r->o.nnet, 1);
+        sh->hist.msgs = kr_xcalloc(r->o.history ? r->o.history : 1, sizeof(struct kr_msg *));
+        sh->in = kr_xcalloc(r->o.nnet, sizeof(*sh->in));
+        sh->out = kr_xcalloc(r->o.nnet, sizeof(*sh->out));
+        sh->fifo = kr_xcalloc(r->o.nnet, sizeof(*sh->fifo));
+        sh->wake = kr_xcalloc(r->o.nnet, 1);
         for (uint32_t n = 0; n < r->o.nnet; n++) {
             sh->in[n] = kr_mailbox_create(r->o.mailbox_capacity);
             sh->out[n] = kr_mailbox_create(r->o.mailbox_capacity);
@@ -727,7 +711,7 @@ ssize_t kr_router_client_topics(struct kr_router *r, uint32_t shard, uint64_t co
     if (shard >= r->o.nshards || cap == 0)
         return -EINVAL;
     struct kr_shard *sh = &r->shards[shard];
-    struct kr_router_req *q = kr_router_xcalloc(1, sizeof(*q) + cap);
+    struct kr_router_req *q = kr_xcalloc(1, sizeof(*q) + cap);
     q->conn = conn;
     q->cursor = *cursor;
     q->cap = cap;

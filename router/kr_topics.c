@@ -9,6 +9,8 @@
 #include <urcu/rculfhash.h>
 #include <xxhash.h>
 
+#include "kr_log.h"
+
 struct kr_sub {
     struct kr_topic *topic;
     struct kr_sconn *conn;
@@ -45,16 +47,6 @@ struct kr_topics {
     uint64_t nsubscriptions;
 };
 
-static void *kr_topics_xrealloc(void *p, size_t n)
-{
-    void *q = realloc(p, n);
-    if (!q) {
-        fprintf(stderr, "kraken: out of memory in the topic table\n");
-        abort();
-    }
-    return q;
-}
-
 static inline unsigned long kr_topics_hash(const char *s, uint32_t len)
 {
     return (unsigned long)XXH3_64bits(s, len);
@@ -85,9 +77,7 @@ static int kr_conn_match(struct cds_lfht_node *node, const void *key)
 
 struct kr_topics *kr_topics_create(void)
 {
-    struct kr_topics *t = calloc(1, sizeof(*t));
-    if (!t)
-        abort();
+    struct kr_topics *t = kr_xcalloc(1, sizeof(*t));
     t->topics = cds_lfht_new_flavor(1024, 1024, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
                                     &urcu_memb_flavor, NULL);
     t->conns = cds_lfht_new_flavor(256, 256, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
@@ -179,7 +169,7 @@ static void kr_vec_push(struct kr_sub ***v, uint32_t *n, uint32_t *cap, struct k
 {
     if (*n == *cap) {
         *cap = *cap ? *cap * 2 : 2;
-        *v = kr_topics_xrealloc(*v, *cap * sizeof(**v));
+        *v = kr_xrealloc(*v, *cap * sizeof(**v));
     }
     (*v)[(*n)++] = s;
 }
@@ -194,7 +184,7 @@ int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, ui
     if (tp && c && kr_sub_find(tp, c))
         goto out;
     if (!tp) {
-        tp = kr_topics_xrealloc(NULL, sizeof(*tp) + len);
+        tp = kr_xrealloc(NULL, sizeof(*tp) + len);
         memset(tp, 0, sizeof(*tp));
         tp->len = len;
         memcpy(tp->name, topic, len);
@@ -203,13 +193,13 @@ int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, ui
         ck_pr_store_64(&t->ntopics, t->ntopics + 1);
     }
     if (!c) {
-        c = kr_topics_xrealloc(NULL, sizeof(*c));
+        c = kr_xrealloc(NULL, sizeof(*c));
         memset(c, 0, sizeof(*c));
         c->id = conn;
         cds_lfht_node_init(&c->node);
         cds_lfht_add(t->conns, kr_conn_hash(conn), &c->node);
     }
-    struct kr_sub *s = kr_topics_xrealloc(NULL, sizeof(*s));
+    struct kr_sub *s = kr_xrealloc(NULL, sizeof(*s));
     s->topic = tp;
     s->conn = c;
     s->topic_idx = tp->nsubs;
