@@ -33,16 +33,6 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-void *kr_admin_xcalloc(size_t n, size_t size)
-{
-    void *p = calloc(n ? n : 1, size ? size : 1);
-    if (!p) {
-        fprintf(stderr, "kraken: out of memory (admin)\n");
-        abort();
-    }
-    return p;
-}
-
 __attribute__((format(printf, 4, 5))) static int kr_admin_err(char *err, size_t errlen, int rc,
                                                               const char *fmt, ...)
 {
@@ -97,7 +87,7 @@ __attribute__((format(printf, 1, 2))) static void kr_admin_notifyf(const char *f
 
 struct kr_admin_chunk *kr_admin_chunk_new(size_t len)
 {
-    struct kr_admin_chunk *ch = kr_admin_xcalloc(1, sizeof(*ch) + len);
+    struct kr_admin_chunk *ch = kr_xcalloc(1, sizeof(*ch) + len);
     ch->len = len;
     return ch;
 }
@@ -584,7 +574,7 @@ static void kr_admin_accept_cb(uv_stream_t *server, int status)
         KR_WARN("admin socket: accept failed: %s", uv_strerror(status));
         return;
     }
-    struct kr_admin_conn *c = kr_admin_xcalloc(1, sizeof(*c));
+    struct kr_admin_conn *c = kr_xcalloc(1, sizeof(*c));
     c->a = a;
     uv_pipe_init(a->loop, &c->h, 0);
     c->next = a->conns;
@@ -710,7 +700,7 @@ static void kr_health_accept_cb(uv_stream_t *server, int status)
     struct kr_admin *a = server->data;
     if (status < 0)
         return;
-    struct kr_health_conn *hc = kr_admin_xcalloc(1, sizeof(*hc));
+    struct kr_health_conn *hc = kr_xcalloc(1, sizeof(*hc));
     hc->a = a;
     uv_tcp_init(a->loop, &hc->h);
     uv_timer_init(a->loop, &hc->timer);
@@ -923,7 +913,7 @@ bool kr_admin_draining(const struct kr_admin *a)
 int kr_admin_create(const struct kr_admin_opts *o, struct kr_admin **out, char *err,
                     size_t errlen)
 {
-    struct kr_admin *a = kr_admin_xcalloc(1, sizeof(*a));
+    struct kr_admin *a = kr_xcalloc(1, sizeof(*a));
     a->loop = o->loop;
     a->srv = o->srv;
     a->cfg = o->cfg;

@@ -196,7 +196,7 @@ static int kr_dump_queues(struct kr_admin_job *j)
 {
     struct kr_server *srv = j->a->srv;
     struct kr_router *r = kr_server_router(srv);
-    struct kr_net_conn_info *ci = kr_admin_xcalloc(KR_DUMP_CONNS, sizeof(*ci));
+    struct kr_net_conn_info *ci = kr_xcalloc(KR_DUMP_CONNS, sizeof(*ci));
     int rc = 0;
     for (uint32_t net = 0; net < kr_server_nnet(srv) && rc == 0; net++) {
         uint32_t cursor = 0;
@@ -234,7 +234,7 @@ static int kr_dump_queue_topics(struct kr_admin_job *j)
     if (rc < 0)
         return kr_dump_fail(j, rc, "net thread did not answer: %s", strerror(-rc));
     rc = kr_dump_client_line(j, &ci, kr_router_client_nsubs(r, j->id));
-    char *buf = kr_admin_xcalloc(1, KR_DUMP_TOPIC_BUF);
+    char *buf = kr_xcalloc(1, KR_DUMP_TOPIC_BUF);
     for (uint32_t s = 0; s < kr_router_nshards(r) && rc == 0; s++) {
         uint32_t cursor = 0;
         for (;;) {
@@ -283,8 +283,8 @@ static void kr_dump_hist_add(struct kr_dump_hist *h, uint32_t key)
     if ((h->n + 1) * 2 > h->cap) {
         struct kr_dump_hist g = {0};
         g.cap = h->cap ? h->cap * 2 : 256;
-        g.keys = kr_admin_xcalloc(g.cap, sizeof(*g.keys));
-        g.vals = kr_admin_xcalloc(g.cap, sizeof(*g.vals));
+        g.keys = kr_xcalloc(g.cap, sizeof(*g.keys));
+        g.vals = kr_xcalloc(g.cap, sizeof(*g.vals));
         for (size_t i = 0; i < h->cap; i++) {
             if (!h->keys[i])
                 continue;
@@ -400,7 +400,7 @@ static int kr_dump_topics(struct kr_admin_job *j)
         free(w.hist.vals);
         return -ECANCELED;
     }
-    struct kr_dump_count *counts = kr_admin_xcalloc(w.hist.n, sizeof(*counts));
+    struct kr_dump_count *counts = kr_xcalloc(w.hist.n, sizeof(*counts));
     size_t nc = 0;
     for (size_t i = 0; i < w.hist.cap; i++)
         if (w.hist.keys[i])
@@ -494,7 +494,7 @@ static void *kr_dump_main(void *arg)
 struct kr_admin_job *kr_admin_job_start(struct kr_admin *a, struct kr_admin_conn *c, int argc,
                                         char **argv, char *why, size_t whylen)
 {
-    struct kr_admin_job *j = kr_admin_xcalloc(1, sizeof(*j));
+    struct kr_admin_job *j = kr_xcalloc(1, sizeof(*j));
     j->a = a;
     j->conn = c;
     if (strcmp(argv[0], "dump_queues") == 0) {

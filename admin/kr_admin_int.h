@@ -76,7 +76,6 @@ struct kr_admin {
 };
 
 /* kr_admin.c */
-void *kr_admin_xcalloc(size_t n, size_t size);
 /* A chunk with room for `len` bytes (len set to it). Aborts on out of memory. Any thread. */
 struct kr_admin_chunk *kr_admin_chunk_new(size_t len);
 /* Write a worker's chunk to the connection (takes it over). Control thread. */

@@ -122,16 +122,6 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
 #define KR_CFG_GETOPT_CONFIG (KR_CFG_GETOPT_KEY + (int)KR_CFG_NOPTS)
 #define KR_CFG_GETOPT_KRAKEN (KR_CFG_GETOPT_CONFIG + 1)
 
-static void *kr_cfg_xcalloc(size_t n, size_t size)
-{
-    void *p = calloc(n ? n : 1, size ? size : 1);
-    if (!p) {
-        fprintf(stderr, "kraken: out of memory\n");
-        abort();
-    }
-    return p;
-}
-
 __attribute__((format(printf, 4, 5))) static int kr_cfg_err(char *err, size_t errlen, int rc,
                                                             const char *fmt, ...)
 {
@@ -578,7 +568,7 @@ static int kr_cfg_load_eterm_file(struct kr_cfg *cfg, FILE *f, const char *path,
 {
     const size_t max = (1u << 20) + 1; /* kr_cfg_load_eterm refuses more than 1 MiB */
     size_t cap = nhead + 4096, len = nhead;
-    char *text = kr_cfg_xcalloc(cap, 1);
+    char *text = kr_xcalloc(cap, 1);
     memcpy(text, head, nhead);
     for (;;) {
         if (len == cap) {
@@ -688,7 +678,7 @@ static int kr_cfg_load_config_arg(struct kr_cfg *cfg, const char *path, char *er
 {
     if (path[0] && access(path, F_OK) != 0 && errno == ENOENT) {
         size_t n = strlen(path);
-        char *alt = kr_cfg_xcalloc(n + sizeof(".config"), 1);
+        char *alt = kr_xcalloc(n + sizeof(".config"), 1);
         memcpy(alt, path, n);
         memcpy(alt + n, ".config", sizeof(".config"));
         if (access(alt, F_OK) == 0) {
@@ -715,7 +705,7 @@ int kr_cfg_parse_args(struct kr_cfg *cfg, int argc, char **argv, const char **su
     if (argc <= 1)
         return 0;
 
-    struct option *lo = kr_cfg_xcalloc(KR_CFG_NOPTS + 4, sizeof(*lo));
+    struct option *lo = kr_xcalloc(KR_CFG_NOPTS + 4, sizeof(*lo));
     for (size_t i = 0; i < KR_CFG_NOPTS; i++)
         lo[i] = (struct option){kr_cfg_opts[i].name, required_argument, NULL,
                                 KR_CFG_GETOPT_KEY + (int)i};
@@ -726,10 +716,10 @@ int kr_cfg_parse_args(struct kr_cfg *cfg, int argc, char **argv, const char **su
     /* getopt_long reads a private copy of argv, in which the single-dash long words of the
      * Erlang command line are spelled with two dashes just before getopt reaches them (so a
      * value that happens to read "-config" is left alone). */
-    char **work = kr_cfg_xcalloc((size_t)argc + 1, sizeof(*work));
+    char **work = kr_xcalloc((size_t)argc + 1, sizeof(*work));
     memcpy(work, argv, (size_t)argc * sizeof(*work));
-    struct kr_cfg_arg *args = kr_cfg_xcalloc((size_t)argc, sizeof(*args));
-    bool *positional = kr_cfg_xcalloc((size_t)argc, sizeof(*positional));
+    struct kr_cfg_arg *args = kr_xcalloc((size_t)argc, sizeof(*args));
+    bool *positional = kr_xcalloc((size_t)argc, sizeof(*positional));
     int nargs = 0, npos = 0, rc = 0;
     bool help = false;
     char name[64];

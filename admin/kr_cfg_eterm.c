@@ -11,6 +11,7 @@
  * (skipped only), strings (adjacent ones concatenate) and binaries. The kraken section's
  * {Key, Value} pairs go through kr_cfg_set like command-line values; other applications'
  * sections are skipped and reported to the caller. See kr_cfg.h. */
+#include "kr_log.h"
 #include "kr_cfg.h"
 
 #include <errno.h>
@@ -55,16 +56,6 @@ struct kr_et_parser {
     bool failed;
 };
 
-static void *kr_et_xrealloc(void *p, size_t n)
-{
-    void *q = realloc(p, n ? n : 1);
-    if (!q) {
-        fprintf(stderr, "kraken: out of memory reading a config file\n");
-        abort();
-    }
-    return q;
-}
-
 __attribute__((format(printf, 3, 4))) static void kr_et_fail(struct kr_et_parser *ps, int line,
                                                              const char *fmt, ...)
 {
@@ -94,7 +85,7 @@ static void kr_et_free(struct kr_et *t)
 
 static struct kr_et *kr_et_new(enum kr_et_type type, int line)
 {
-    struct kr_et *t = kr_et_xrealloc(NULL, sizeof(*t));
+    struct kr_et *t = kr_xrealloc(NULL, sizeof(*t));
     memset(t, 0, sizeof(*t));
     t->type = type;
     t->line = line;
@@ -105,14 +96,14 @@ static void kr_et_add(struct kr_et *t, struct kr_et *item)
 {
     if (t->n == t->cap) {
         t->cap = t->cap ? t->cap * 2 : 4;
-        t->items = kr_et_xrealloc(t->items, t->cap * sizeof(*t->items));
+        t->items = kr_xrealloc(t->items, t->cap * sizeof(*t->items));
     }
     t->items[t->n++] = item;
 }
 
 static void kr_et_text_add(struct kr_et *t, const char *s, size_t n)
 {
-    t->text = kr_et_xrealloc(t->text, t->len + n + 1);
+    t->text = kr_xrealloc(t->text, t->len + n + 1);
     memcpy(t->text + t->len, s, n);
     t->len += n;
     t->text[t->len] = '\0';

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "kr_log.h"
 #include "kr_net_int.h"
 #include "kr_router.h"
 
@@ -47,25 +48,15 @@ struct kr_net_reqq {
     int *pending;             /* [nnet] */
 };
 
-static void *kr_net_reqq_xcalloc(size_t n, size_t size)
-{
-    void *p = calloc(n ? n : 1, size ? size : 1);
-    if (!p) {
-        fprintf(stderr, "kraken: out of memory (net requests)\n");
-        abort();
-    }
-    return p;
-}
-
 struct kr_net_reqq *kr_net_reqq_create(uint32_t nnet)
 {
-    struct kr_net_reqq *q = kr_net_reqq_xcalloc(1, sizeof(*q));
+    struct kr_net_reqq *q = kr_xcalloc(1, sizeof(*q));
     pthread_mutex_init(&q->mu, NULL);
     pthread_cond_init(&q->cv, NULL);
     q->nnet = nnet;
-    q->head = kr_net_reqq_xcalloc(nnet, sizeof(*q->head));
-    q->tail = kr_net_reqq_xcalloc(nnet, sizeof(*q->tail));
-    q->pending = kr_net_reqq_xcalloc(nnet, sizeof(*q->pending));
+    q->head = kr_xcalloc(nnet, sizeof(*q->head));
+    q->tail = kr_xcalloc(nnet, sizeof(*q->tail));
+    q->pending = kr_xcalloc(nnet, sizeof(*q->pending));
     return q;
 }
 
@@ -203,7 +194,7 @@ static int kr_net_req_submit(struct kr_server *s, uint32_t net, struct kr_net_re
 static struct kr_net_req *kr_net_req_new(enum kr_net_req_type type, uint32_t nout)
 {
     struct kr_net_req *r =
-        kr_net_reqq_xcalloc(1, sizeof(*r) + (size_t)nout * sizeof(struct kr_net_conn_info));
+        kr_xcalloc(1, sizeof(*r) + (size_t)nout * sizeof(struct kr_net_conn_info));
     r->type = type;
     return r;
 }
