@@ -17,6 +17,9 @@
 #include <urcu/urcu-memb.h>
 #include <uv.h>
 #include <xxhash.h>
+#ifdef KR_HAVE_JEMALLOC
+#include <jemalloc/jemalloc.h>
+#endif
 
 #include "kr_log.h"
 #include "kr_net_int.h"
@@ -969,6 +972,23 @@ void kr_server_stats(struct kr_server *srv, kr_server_emit_cb emit, void *arg)
     S("time", "%lld", (long long)now);
     S("version", "%s", KR_VERSION);
     S("pointer_size", "%d", (int)(8 * sizeof(void *)));
+#ifdef KR_HAVE_JEMALLOC
+    /* allocator figures (mallctl); refreshed by advancing the statistics epoch */
+    uint64_t epoch = 1;
+    size_t sz = sizeof(epoch);
+    mallctl("epoch", &epoch, &sz, &epoch, sz);
+    S("allocator", "%s", "jemalloc");
+    static const char *const kr_je_stats[] = {"stats.allocated", "stats.active", "stats.resident",
+                                              "stats.mapped"};
+    for (size_t i = 0; i < sizeof(kr_je_stats) / sizeof(kr_je_stats[0]); i++) {
+        size_t v = 0;
+        sz = sizeof(v);
+        if (mallctl(kr_je_stats[i], &v, &sz, NULL, 0) == 0)
+            kr_stat_line(emit, arg, "STAT jemalloc_%s %zu", kr_je_stats[i] + 6, v);
+    }
+#else
+    S("allocator", "%s", "libc");
+#endif
     kr_stat_line(emit, arg, "STAT rusage_user %ld.%06ld", (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
     kr_stat_line(emit, arg, "STAT rusage_system %ld.%06ld", (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec);
     S("max_connections", "%u", lv.max_tcp_clients);
