@@ -687,14 +687,9 @@ static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, ui
     }
 }
 
-struct kr_pub_ctx {
-    struct kr_conn *c;
-};
-
 static int kr_pub_entry(void *arg, const struct kr_pub_entry *e)
 {
-    struct kr_pub_ctx *ctx = arg;
-    struct kr_conn *c = ctx->c;
+    struct kr_conn *c = arg;
     struct kr_nt *nt = c->nt;
     struct kr_server *srv = nt->srv;
     struct kr_router *r = srv->router;
@@ -790,14 +785,10 @@ static void kr_req_publish(struct kr_conn *c, const struct kr_request *req)
     struct kr_nt *nt = c->nt;
     KR_ST_INC(nt, publish_requests, 1);
     size_t nentries = 0;
-    int rc = kr_proto_parse_publish(req->data, req->data_len, &nt->srv->lim, NULL, NULL, &nentries);
+    /* the codec validates the whole block before handing over any entry, so a bad block
+     * publishes nothing */
+    int rc = kr_proto_parse_publish(req->data, req->data_len, &nt->srv->lim, kr_pub_entry, c, &nentries);
     if (rc < 0) {
-        kr_conn_fail(c, kr_proto_error_reply(rc));
-        return;
-    }
-    struct kr_pub_ctx ctx = {.c = c};
-    rc = kr_proto_parse_publish(req->data, req->data_len, &nt->srv->lim, kr_pub_entry, &ctx, &nentries);
-    if (rc < 0) { /* cannot happen: validated above */
         kr_conn_fail(c, kr_proto_error_reply(rc));
         return;
     }
