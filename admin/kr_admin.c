@@ -33,18 +33,6 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-__attribute__((format(printf, 4, 5))) static int kr_admin_err(char *err, size_t errlen, int rc,
-                                                              const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 int kr_admin_notify(const char *state)
 {
     const char *path = getenv("NOTIFY_SOCKET");
@@ -97,6 +85,21 @@ static void kr_admin_conn_pump(struct kr_admin_conn *c);
 static void kr_admin_conn_maybe_free(struct kr_admin_conn *c);
 static void kr_admin_job_maybe_done(struct kr_admin_job *j);
 
+/* After a write or a dump job finished: free a closing connection, close one whose last
+ * reply is out, else go on with its next command. */
+static void kr_admin_conn_next(struct kr_admin_conn *c)
+{
+    if (c->closing) {
+        kr_admin_conn_maybe_free(c);
+        return;
+    }
+    if (c->close_after_write && c->writes == 0) {
+        kr_admin_conn_close(c);
+        return;
+    }
+    kr_admin_conn_pump(c);
+}
+
 static void kr_admin_write_cb(uv_write_t *req, int status)
 {
     struct kr_admin_chunk *ch = req->data;
@@ -113,15 +116,7 @@ static void kr_admin_write_cb(uv_write_t *req, int status)
         kr_admin_job_maybe_done(j); /* may free c */
         return;
     }
-    if (c->closing) {
-        kr_admin_conn_maybe_free(c);
-        return;
-    }
-    if (c->close_after_write && c->writes == 0) {
-        kr_admin_conn_close(c);
-        return;
-    }
-    kr_admin_conn_pump(c);
+    kr_admin_conn_next(c);
 }
 
 /* Write a chunk to the client (takes it over). */
@@ -602,15 +597,7 @@ static void kr_admin_job_maybe_done(struct kr_admin_job *j)
     if (!kr_admin_job_reap(j))
         return; /* still running or writing */
     c->job = NULL;
-    if (c->closing) {
-        kr_admin_conn_maybe_free(c);
-        return;
-    }
-    if (c->close_after_write && c->writes == 0) {
-        kr_admin_conn_close(c);
-        return;
-    }
-    kr_admin_conn_pump(c);
+    kr_admin_conn_next(c);
 }
 
 /* Chunks from the workers: write them out; reap finished jobs. */
@@ -734,7 +721,7 @@ static int kr_health_listen(struct kr_admin *a, char *err, size_t errlen)
     if (rc < 0)
         rc = uv_ip6_addr(cfg->listen_ip, (int)cfg->health_port, (struct sockaddr_in6 *)&ss);
     if (rc < 0)
-        return kr_admin_err(err, errlen, -EINVAL, "health_port: bad listen_ip '%s'",
+        return kr_errf(err, errlen, -EINVAL, "health_port: bad listen_ip '%s'",
                             cfg->listen_ip);
     uv_tcp_init(a->loop, &a->health);
     a->health.data = a;
@@ -743,7 +730,7 @@ static int kr_health_listen(struct kr_admin *a, char *err, size_t errlen)
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&a->health, 128, kr_health_accept_cb);
     if (rc < 0)
-        return kr_admin_err(err, errlen, rc, "cannot listen on health_port %s:%u: %s",
+        return kr_errf(err, errlen, rc, "cannot listen on health_port %s:%u: %s",
                             cfg->listen_ip, cfg->health_port, uv_strerror(rc));
     KR_INFO("health checks on %s:%u", cfg->listen_ip, cfg->health_port);
     return 0;
@@ -766,7 +753,7 @@ static int kr_admin_mkdirs(const char *path, char *err, size_t errlen)
             *p = '\0';
             if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
                 int e = errno;
-                return kr_admin_err(err, errlen, -e,
+                return kr_errf(err, errlen, -e,
                                     "cannot create the admin socket's directory %s: %s", dir,
                                     strerror(e));
             }
@@ -782,9 +769,9 @@ static int kr_admin_bind(struct kr_admin *a, char *err, size_t errlen)
 {
     const char *path = a->cfg->admin_socket;
     if (!path[0])
-        return kr_admin_err(err, errlen, -EINVAL, "admin_socket is empty");
+        return kr_errf(err, errlen, -EINVAL, "admin_socket is empty");
     if (strlen(path) >= sizeof(a->path))
-        return kr_admin_err(err, errlen, -ENAMETOOLONG,
+        return kr_errf(err, errlen, -ENAMETOOLONG,
                             "admin_socket '%s' is too long for a Unix socket (at most %zu "
                             "bytes)",
                             path, sizeof(a->path) - 1);
@@ -795,18 +782,18 @@ static int kr_admin_bind(struct kr_admin *a, char *err, size_t errlen)
     struct stat st;
     if (lstat(path, &st) == 0) {
         if (!S_ISSOCK(st.st_mode))
-            return kr_admin_err(err, errlen, -EEXIST,
+            return kr_errf(err, errlen, -EEXIST,
                                 "admin_socket %s exists and is not a socket", path);
         int fd = kr_admin_connect(path);
         if (fd >= 0) {
             close(fd);
-            return kr_admin_err(err, errlen, -EADDRINUSE,
+            return kr_errf(err, errlen, -EADDRINUSE,
                                 "another kraken server is running: it answers on admin socket "
                                 "%s (stop it, or give this one another admin_socket)",
                                 path);
         }
         if (fd != -ECONNREFUSED && fd != -ENOENT)
-            return kr_admin_err(err, errlen, fd, "cannot check admin socket %s: %s", path,
+            return kr_errf(err, errlen, fd, "cannot check admin socket %s: %s", path,
                                 strerror(-fd));
         unlink(path); /* stale: left by a server that did not exit cleanly */
     }
@@ -817,18 +804,18 @@ static int kr_admin_bind(struct kr_admin *a, char *err, size_t errlen)
     rc = uv_pipe_bind(&a->listener, path);
     umask(old);
     if (rc < 0)
-        return kr_admin_err(err, errlen, rc, "cannot bind admin socket %s: %s", path,
+        return kr_errf(err, errlen, rc, "cannot bind admin socket %s: %s", path,
                             uv_strerror(rc));
     a->bound = true;
     if (chmod(path, 0600) != 0 || lstat(path, &st) != 0) {
         int e = errno;
-        return kr_admin_err(err, errlen, -e, "admin socket %s: %s", path, strerror(e));
+        return kr_errf(err, errlen, -e, "admin socket %s: %s", path, strerror(e));
     }
     a->dev = st.st_dev;
     a->ino = st.st_ino;
     rc = uv_listen((uv_stream_t *)&a->listener, 16, kr_admin_accept_cb);
     if (rc < 0)
-        return kr_admin_err(err, errlen, rc, "cannot listen on admin socket %s: %s", path,
+        return kr_errf(err, errlen, rc, "cannot listen on admin socket %s: %s", path,
                             uv_strerror(rc));
     return 0;
 }

@@ -122,18 +122,6 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
 #define KR_CFG_GETOPT_CONFIG (KR_CFG_GETOPT_KEY + (int)KR_CFG_NOPTS)
 #define KR_CFG_GETOPT_KRAKEN (KR_CFG_GETOPT_CONFIG + 1)
 
-__attribute__((format(printf, 4, 5))) static int kr_cfg_err(char *err, size_t errlen, int rc,
-                                                            const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 static const struct kr_cfg_opt *kr_cfg_find(const char *key)
 {
     if (!key)
@@ -153,9 +141,9 @@ static int kr_cfg_err_unknown(char *err, size_t errlen, const char *shown, const
         alt[i] = key[i] == '-' ? '_' : key[i];
     alt[i] = '\0';
     if (!key[i] && strcmp(alt, key) != 0 && kr_cfg_find(alt))
-        return kr_cfg_err(err, errlen, -EINVAL,
+        return kr_errf(err, errlen, -EINVAL,
                           "unknown option '%s' (did you mean '%s'? see --help)", shown, alt);
-    return kr_cfg_err(err, errlen, -EINVAL, "unknown option '%s' (see --help)", shown);
+    return kr_errf(err, errlen, -EINVAL, "unknown option '%s' (see --help)", shown);
 }
 
 /* Number of CPUs this process may run on. */
@@ -293,7 +281,7 @@ static int kr_cfg_opt_set(struct kr_cfg *cfg, const struct kr_cfg_opt *o, const 
 {
     char *field = (char *)cfg + o->offset;
     if (!value)
-        return kr_cfg_err(err, errlen, -EINVAL, "missing value for %s", o->name);
+        return kr_errf(err, errlen, -EINVAL, "missing value for %s", o->name);
     switch (o->type) {
     case KR_CFG_STR:
     case KR_CFG_IP: {
@@ -302,7 +290,7 @@ static int kr_cfg_opt_set(struct kr_cfg *cfg, const struct kr_cfg_opt *o, const 
         size_t len;
         kr_cfg_unquote(value, &v, &len);
         if (len >= KR_CFG_STR_MAX)
-            return kr_cfg_err(err, errlen, -EINVAL,
+            return kr_errf(err, errlen, -EINVAL,
                               "value for %s is too long (%zu bytes, at most %d)", o->name, len,
                               KR_CFG_STR_MAX - 1);
         char text[KR_CFG_STR_MAX];
@@ -313,7 +301,7 @@ static int kr_cfg_opt_set(struct kr_cfg *cfg, const struct kr_cfg_opt *o, const 
             char tuple[INET6_ADDRSTRLEN];
             if (inet_pton(AF_INET, text, addr) != 1 && inet_pton(AF_INET6, text, addr) != 1) {
                 if (kr_cfg_parse_ip_tuple(text, tuple, sizeof(tuple)) < 0)
-                    return kr_cfg_err(err, errlen, -EINVAL,
+                    return kr_errf(err, errlen, -EINVAL,
                                       "bad value '%.100s' for %s: expected an IPv4 or IPv6 "
                                       "address",
                                       value, o->name);
@@ -333,12 +321,12 @@ static int kr_cfg_opt_set(struct kr_cfg *cfg, const struct kr_cfg_opt *o, const 
             if (size) {
                 kr_cfg_fmt_size(o->min, lo, sizeof(lo));
                 kr_cfg_fmt_size(o->max, hi, sizeof(hi));
-                return kr_cfg_err(err, errlen, -EINVAL,
+                return kr_errf(err, errlen, -EINVAL,
                                   "bad value '%.100s' for %s: expected a byte count in %s..%s "
                                   "(k, m or g suffix allowed)",
                                   value, o->name, lo, hi);
             }
-            return kr_cfg_err(err, errlen, -EINVAL,
+            return kr_errf(err, errlen, -EINVAL,
                               "bad value '%.100s' for %s: expected an integer in %" PRIu64
                               "..%" PRIu64,
                               value, o->name, o->min, o->max);
@@ -364,14 +352,14 @@ static int kr_cfg_opt_set(struct kr_cfg *cfg, const struct kr_cfg_opt *o, const 
             level = kr_log_level_parse(text);
         }
         if (level < 0)
-            return kr_cfg_err(err, errlen, -EINVAL,
+            return kr_errf(err, errlen, -EINVAL,
                               "bad value '%.100s' for %s: expected debug, info, warn or error",
                               value, o->name);
         memcpy(field, &level, sizeof(level));
         return 0;
     }
     }
-    return kr_cfg_err(err, errlen, -EINVAL, "internal error: bad type for %s", o->name);
+    return kr_errf(err, errlen, -EINVAL, "internal error: bad type for %s", o->name);
 }
 
 static int kr_cfg_opt_get(const struct kr_cfg *cfg, const struct kr_cfg_opt *o, char *buf,
@@ -488,7 +476,7 @@ __attribute__((format(printf, 3, 4))) static void kr_cfg_file_error(struct kr_cf
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    kr_cfg_err(cf->err, cf->errlen, -EINVAL, "%s:%d: %s", cf->path, line, msg);
+    kr_errf(cf->err, cf->errlen, -EINVAL, "%s:%d: %s", cf->path, line, msg);
 }
 
 /* The fgets-like reader inih calls for each line. Lines are handed over without their
@@ -586,7 +574,7 @@ static int kr_cfg_load_eterm_file(struct kr_cfg *cfg, FILE *f, const char *path,
     fclose(f);
     if (e) {
         free(text);
-        return kr_cfg_err(err, errlen, -e, "cannot read config file '%s': %s", path,
+        return kr_errf(err, errlen, -e, "cannot read config file '%s': %s", path,
                           strerror(e));
     }
     char warn[256];
@@ -601,11 +589,11 @@ static int kr_cfg_load_eterm_file(struct kr_cfg *cfg, FILE *f, const char *path,
 int kr_cfg_load_file(struct kr_cfg *cfg, const char *path, char *err, size_t errlen)
 {
     if (!path || !path[0])
-        return kr_cfg_err(err, errlen, -EINVAL, "empty config file name");
+        return kr_errf(err, errlen, -EINVAL, "empty config file name");
     FILE *f = fopen(path, "re");
     if (!f) {
         int e = errno;
-        return kr_cfg_err(err, errlen, -e, "cannot open config file '%s': %s", path,
+        return kr_errf(err, errlen, -e, "cannot open config file '%s': %s", path,
                           strerror(e));
     }
     /* An Erlang-term file is recognised by its start (read whole: config files are small). */
@@ -614,7 +602,7 @@ int kr_cfg_load_file(struct kr_cfg *cfg, const char *path, char *err, size_t err
     if (ferror(f)) {
         int e = errno ? errno : EIO;
         fclose(f);
-        return kr_cfg_err(err, errlen, -e, "cannot read config file '%s': %s", path,
+        return kr_errf(err, errlen, -e, "cannot read config file '%s': %s", path,
                           strerror(e));
     }
     if (kr_cfg_text_is_eterm(head, nhead))
@@ -628,14 +616,14 @@ int kr_cfg_load_file(struct kr_cfg *cfg, const char *path, char *err, size_t err
     free(cf.line);
     fclose(f);
     if (cf.read_err)
-        return kr_cfg_err(err, errlen, -cf.read_err, "cannot read config file '%s': %s", path,
+        return kr_errf(err, errlen, -cf.read_err, "cannot read config file '%s': %s", path,
                           strerror(cf.read_err));
     if (ret > 0 && (!cf.err_line || ret < cf.err_line)) {
         cf.err_line = 0;
         kr_cfg_file_error(&cf, ret, "expected 'key = value'");
     }
     if (ret < 0 && !cf.err_line)
-        return kr_cfg_err(err, errlen, -ENOMEM, "%s: cannot parse (error %d)", path, ret);
+        return kr_errf(err, errlen, -ENOMEM, "%s: cannot parse (error %d)", path, ret);
     if (cf.err_line)
         return -EINVAL;
     *cfg = tmp;
@@ -764,9 +752,9 @@ int kr_cfg_parse_args(struct kr_cfg *cfg, int argc, char **argv, const char **su
                 if (kr_cfg_word_is(work[at], lo[i].name))
                     known = true;
             if (c == '?' && known)
-                rc = kr_cfg_err(err, errlen, -EINVAL, "option '--%s' takes no value", name);
+                rc = kr_errf(err, errlen, -EINVAL, "option '--%s' takes no value", name);
             else if (c == ':' && known)
-                rc = kr_cfg_err(err, errlen, -EINVAL, "missing value after '%s'", shown);
+                rc = kr_errf(err, errlen, -EINVAL, "missing value after '%s'", shown);
             else if (work[at][0] == '-' && work[at][1] == '-')
                 rc = kr_cfg_err_unknown(err, errlen, name, name);
             else
@@ -784,7 +772,7 @@ int kr_cfg_parse_args(struct kr_cfg *cfg, int argc, char **argv, const char **su
             const char *key = optarg;
             const struct kr_cfg_opt *o = kr_cfg_find(key);
             if (!kraken_value)
-                rc = kr_cfg_err(err, errlen, -EINVAL, "missing value after '%s %s'", shown,
+                rc = kr_errf(err, errlen, -EINVAL, "missing value after '%s %s'", shown,
                                 key);
             else if (!o)
                 rc = kr_cfg_err_unknown(err, errlen, key, key);

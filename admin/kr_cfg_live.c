@@ -11,24 +11,6 @@
 
 #include "kr_log.h"
 
-#if defined(__SANITIZE_THREAD__)
-#define KR_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define KR_TSAN 1
-#endif
-#endif
-#ifdef KR_TSAN
-/* rcu_assign_pointer / rcu_dereference order memory with barriers TSan cannot see: tell it
- * about the hand-off of a snapshot explicitly. */
-void __tsan_acquire(void *addr);
-void __tsan_release(void *addr);
-#define KR_TSAN_RELEASE(p) __tsan_release(p)
-#define KR_TSAN_ACQUIRE(p) __tsan_acquire(p)
-#else
-#define KR_TSAN_RELEASE(p) ((void)0)
-#define KR_TSAN_ACQUIRE(p) ((void)0)
-#endif
 
 struct kr_cfg_snap {
     struct kr_cfg cfg;

@@ -305,3 +305,14 @@ void *kr_xrealloc(void *p, size_t n)
         kr_oom(n);
     return q;
 }
+
+int kr_errf(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}

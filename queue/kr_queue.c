@@ -14,24 +14,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#if defined(__SANITIZE_THREAD__)
-#define KR_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define KR_TSAN 1
-#endif
-#endif
-#ifdef KR_TSAN
-/* ck_ring's ordering is done with inline assembly that TSan cannot see: tell it about the
- * hand-off explicitly. */
-void __tsan_acquire(void *addr);
-void __tsan_release(void *addr);
-#define KR_TSAN_RELEASE(p) __tsan_release(p)
-#define KR_TSAN_ACQUIRE(p) __tsan_acquire(p)
-#else
-#define KR_TSAN_RELEASE(p) ((void)0)
-#define KR_TSAN_ACQUIRE(p) ((void)0)
-#endif
 
 /* ---------------------------------------------------------------- messages */
 

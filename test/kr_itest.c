@@ -409,3 +409,15 @@ size_t kr_it_admin(int fd, const char *cmd, char *buf, size_t cap)
     cr_assert_fail("admin reply to '%s' too large for the buffer", cmd);
     return len;
 }
+
+uint16_t kr_it_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    socklen_t len = sizeof(a);
+    getsockname(fd, (struct sockaddr *)&a, &len);
+    close(fd);
+    return ntohs(a.sin_port);
+}

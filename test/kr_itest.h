@@ -45,6 +45,8 @@ size_t kr_it_collect(int fd, size_t want, char *out, size_t cap, size_t *outlen)
 void kr_it_subscribe(int fd, const char *topics);
 /* Publish one entry and wait for STORED. */
 void kr_it_publish(int fd, const char *topics, const char *payload, size_t plen);
+/* A loopback TCP port nobody listens on right now (for servers a test starts itself). */
+uint16_t kr_it_free_port(void);
 /* Sleep for ms milliseconds. */
 void kr_it_sleep_ms(int ms);
 

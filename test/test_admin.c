@@ -105,18 +105,6 @@ static bool exited_by_itself(pid_t pid)
     return false;
 }
 
-/* A loopback TCP port nobody listens on right now. */
-static uint16_t free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    socklen_t len = sizeof(a);
-    getsockname(fd, (struct sockaddr *)&a, &len);
-    close(fd);
-    return ntohs(a.sin_port);
-}
 
 /* connect() to 127.0.0.1:port: 0 when accepted, else -errno. */
 static int try_connect(uint16_t port, int *out_fd)
@@ -832,7 +820,7 @@ TestSuite(drain, .timeout = 120);
 
 Test(drain, sigterm_fails_health_checks_stops_accepting_keeps_queues_then_exits)
 {
-    uint16_t hport = free_port();
+    uint16_t hport = kr_it_free_port();
     char hp[16];
     snprintf(hp, sizeof(hp), "%u", hport);
     const char *args[] = {"--num_net_threads", "2", "--health_port", hp, "--drain_timeout_ms",
@@ -934,7 +922,7 @@ Test(drain, second_sigterm_exits_at_once)
 
 Test(drain, admin_drain_and_health_port)
 {
-    uint16_t hport = free_port();
+    uint16_t hport = kr_it_free_port();
     char hp[16];
     snprintf(hp, sizeof(hp), "%u", hport);
     const char *args[] = {"--health_port", hp, NULL};

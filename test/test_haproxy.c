@@ -28,17 +28,6 @@ static pid_t haproxy_pid;
 static char hdir[64], hcfg[100], hstats[100], hlog[100];
 static char buf[1 << 16];
 
-static uint16_t free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    socklen_t len = sizeof(a);
-    getsockname(fd, (struct sockaddr *)&a, &len);
-    close(fd);
-    return ntohs(a.sin_port);
-}
 
 /* One command on HAProxy's stats socket; the answer in buf. 0, or -1 when the socket does
  * not answer (yet). */
@@ -218,7 +207,7 @@ Test(haproxy, drained_node_is_marked_down_and_its_clients_move, .fini = teardown
 {
     kr_it_start(&k1, NULL);
     kr_it_start(&k2, NULL);
-    uint16_t front = free_port();
+    uint16_t front = kr_it_free_port();
     haproxy_start(front);
     cr_assert(wait_status("k1", "UP") && wait_status("k2", "UP"),
               "both nodes up (k1 %s, k2 %s); haproxy output in %s", server_status("k1"),
