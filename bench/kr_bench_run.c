@@ -67,6 +67,9 @@ struct kb_conn {
     enum kb_cstate state;
     uint32_t idx; /* index within the role */
     unsigned tcp_open : 1, writing : 1, polling : 1, closing : 1, done : 1, ready : 1;
+    /* inside the read callback: requests made while handling replies are written once, at
+     * its end, instead of one write() per reply */
+    unsigned in_read : 1;
     unsigned draining : 1, retro_subscribed : 1, not_found : 1, churn_on : 1;
     struct kr_bench_buf in, out, wbuf;
     size_t rchunk;   /* read-buffer headroom */
@@ -338,13 +341,27 @@ static void kb_write_cb(uv_write_t *req, int status)
 
 static void kb_flush(struct kb_conn *c)
 {
-    if (c->writing || !c->out.len || c->state == KB_CS_DEAD || c->closing)
+    if (c->writing || c->in_read || !c->out.len || c->state == KB_CS_DEAD || c->closing)
         return;
+    /* Write straight away when the socket takes it all: uv_write would also re-arm the
+     * epoll registration (one more syscall per request), which a load generator cannot
+     * afford on the machine it shares with the server under test. */
+    uv_buf_t b = uv_buf_init(c->out.p, (unsigned)c->out.len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n == (int)c->out.len) {
+        c->out.len = 0;
+        return;
+    }
+    if (n < 0 && n != UV_EAGAIN) {
+        kb_conn_fail(c, "write to %s: %s", c->w->run->hostport, uv_strerror(n));
+        return;
+    }
+    size_t done = n > 0 ? (size_t)n : 0;
     struct kr_bench_buf t = c->wbuf;
     c->wbuf = c->out;
     c->out = t;
     c->out.len = 0;
-    uv_buf_t b = uv_buf_init(c->wbuf.p, (unsigned)c->wbuf.len);
+    b = uv_buf_init(c->wbuf.p + done, (unsigned)(c->wbuf.len - done));
     c->writing = 1;
     c->wreq.data = c;
     int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, kb_write_cb);
@@ -869,6 +886,7 @@ static void kb_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     c->now = kb_now();
     size_t off = 0;
     enum kr_bench_proto proto = c->w->run->cfg.proto;
+    c->in_read = 1;
     while (off < c->in.len && c->state != KB_CS_DEAD) {
         ssize_t n;
         if (proto == KR_BENCH_PROTO_KRAKEN)
@@ -881,6 +899,7 @@ static void kb_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
             break;
         off += (size_t)n;
     }
+    c->in_read = 0;
     if (c->state == KB_CS_DEAD)
         return;
     kr_bench_buf_consume(&c->in, off);
