@@ -96,6 +96,9 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
                "3600000",
                "close a client connection after this many milliseconds without a request "
                "(0 = never)"),
+    KR_CFG_OPT(poll_wait_ms, KR_CFG_U64, KR_CFG_LIVE, 0, 60000, "20",
+               "a `get messages` that finds nothing queued is answered as soon as a message "
+               "arrives, or END after this many milliseconds (0 = END at once)"),
     KR_CFG_OPT(log_level, KR_CFG_LEVEL, KR_CFG_LIVE, 0, 0, "info",
                "lowest level written: debug, info, warn or error"),
     KR_CFG_OPT(log_file, KR_CFG_STR, 0, 0, 0, "",

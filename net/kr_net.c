@@ -119,7 +119,19 @@ struct kr_conn {
     uint64_t last_active_ms;
     uint64_t last_poll_ms;
     struct kr_conn *blocked_next;
+    /* a `get messages` that found nothing and waits for a message or poll_wait_ms */
+    uint8_t poll_wait;      /* KR_PW_NONE, or the list it is on: KR_PW_HELD, KR_PW_READY */
+    uint64_t poll_since_ms; /* loop time the wait began */
+    struct kr_conn *pw_prev, *pw_next;
     char peer[64];
+};
+
+enum { KR_PW_NONE, KR_PW_HELD, KR_PW_READY };
+
+/* Connections whose poll waits, in the order their waits began. */
+struct kr_pw_list {
+    struct kr_conn *head, *tail;
+    uint32_t count;
 };
 
 struct kr_nt_stats {
@@ -130,6 +142,7 @@ struct kr_nt_stats {
     uint64_t cmd_set;
     uint64_t messages_published;
     uint64_t messages_delivered; /* entries handed to clients by `get messages` */
+    uint64_t polls_waited;       /* polls that found nothing and waited (poll_wait_ms) */
     uint64_t deliveries_queued;
     uint64_t queued_messages;
     uint64_t queued_bytes;
@@ -156,6 +169,7 @@ struct kr_net_live {
     uint64_t max_queued_messages;
     uint64_t max_queued_bytes;
     uint64_t client_idle_timeout_ms;
+    uint64_t poll_wait_ms;
     uint32_t max_tcp_clients;
     uint32_t fanout_warn;
     uint32_t topics_warn;
@@ -172,6 +186,9 @@ struct kr_nt {
     uv_tcp_t listener;
     uv_timer_t sweep;
     uv_check_t check;
+    uv_timer_t poll_timer;     /* ends the oldest waiting poll */
+    struct kr_pw_list held;    /* waiting polls with nothing to answer yet, oldest first */
+    struct kr_pw_list ready;   /* waiting polls that got a message: answered in kr_nt_check_cb */
     int listen_fd;
     bool stopping;
     struct kr_conn **slots;
@@ -218,6 +235,7 @@ static void kr_net_live(const struct kr_server *s, struct kr_net_live *out)
     out->max_queued_messages = c->max_queued_messages;
     out->max_queued_bytes = c->max_queued_bytes;
     out->client_idle_timeout_ms = c->client_idle_timeout_ms;
+    out->poll_wait_ms = c->poll_wait_ms;
     out->max_tcp_clients = c->max_tcp_clients;
     out->fanout_warn = c->router_min_fanout_to_warn;
     out->topics_warn = c->router_min_publish_to_topics_to_warn;
@@ -428,6 +446,59 @@ static void kr_conn_block(struct kr_conn *c)
     }
 }
 
+/* ---------------------------------------------------------------- waiting polls
+ * A `get messages` that finds nothing queued is not answered `END` at once when
+ * poll_wait_ms > 0 and nothing follows it in the client's input: it waits on the net
+ * thread's held list. The first message queued for the client moves it to the ready list,
+ * answered after the loop iteration's callbacks (so one reply carries everything that
+ * arrived in that iteration); poll_timer answers `END` to polls that waited poll_wait_ms.
+ * New input from the client answers its poll first, so replies stay in request order. */
+
+static void kr_pw_push(struct kr_pw_list *l, struct kr_conn *c)
+{
+    c->pw_next = NULL;
+    c->pw_prev = l->tail;
+    if (l->tail)
+        l->tail->pw_next = c;
+    else
+        l->head = c;
+    l->tail = c;
+    l->count++;
+}
+
+static void kr_pw_unlink(struct kr_pw_list *l, struct kr_conn *c)
+{
+    if (c->pw_prev)
+        c->pw_prev->pw_next = c->pw_next;
+    else
+        l->head = c->pw_next;
+    if (c->pw_next)
+        c->pw_next->pw_prev = c->pw_prev;
+    else
+        l->tail = c->pw_prev;
+    c->pw_prev = c->pw_next = NULL;
+    l->count--;
+}
+
+/* Take the connection off whichever wait list it is on. */
+static void kr_poll_unwait(struct kr_conn *c)
+{
+    if (c->poll_wait == KR_PW_NONE)
+        return;
+    kr_pw_unlink(c->poll_wait == KR_PW_HELD ? &c->nt->held : &c->nt->ready, c);
+    c->poll_wait = KR_PW_NONE;
+}
+
+/* Something arrived for a waiting poll: answer it after this loop iteration. */
+static void kr_poll_wake(struct kr_conn *c)
+{
+    if (c->poll_wait != KR_PW_HELD)
+        return;
+    kr_pw_unlink(&c->nt->held, c);
+    kr_pw_push(&c->nt->ready, c);
+    c->poll_wait = KR_PW_READY;
+}
+
 static void kr_conn_closed_cb(uv_handle_t *h)
 {
     struct kr_conn *c = (struct kr_conn *)h;
@@ -512,6 +583,7 @@ static void kr_conn_close(struct kr_conn *c)
         return;
     struct kr_nt *nt = c->nt;
     c->closing = true;
+    kr_poll_unwait(c);
     kr_conn_release_parked(c);
     kr_conn_queue_clear(c);
     if (c->subscribed)
@@ -849,24 +921,38 @@ static bool kr_entry_complete(struct kr_cq_entry *e)
     return true;
 }
 
-static void kr_req_get_messages(struct kr_conn *c)
+/* The queue overflowed: the client's request is answered with the error, then closed. */
+static void kr_reply_overflow(struct kr_conn *c)
 {
-    struct kr_nt *nt = c->nt;
-    KR_ST_INC(nt, cmd_get, 1);
-    c->last_poll_ms = kr_log_now_ms();
-    kr_nt_drain(nt); /* take what the shards have sent so far */
-    if (c->closing)
+    if (c->rq_count) { /* after the replies that wait on the router */
+        c->deferred_err = "SERVER_ERROR queue overflow\r\n";
         return;
+    }
+    kr_out_str(c, "SERVER_ERROR queue overflow\r\n");
+    c->close_after_write = true;
+}
+
+/* How many entries at the head of the queue are complete (what a poll hands out now), and
+ * the bytes they add to the reply. */
+static uint32_t kr_conn_ready_entries(struct kr_conn *c, uint64_t *bytes)
+{
     uint32_t n = 0;
-    uint64_t bytes = 0;
+    *bytes = 0;
     while (n < c->q.count) {
         struct kr_cq_entry *e = kr_cq_at(&c->q, n);
         if (!kr_entry_complete(e))
             break;
         e->reply_bytes = kr_entry_bytes(e);
-        bytes += e->reply_bytes;
+        *bytes += e->reply_bytes;
         n++;
     }
+    return n;
+}
+
+/* Answer a poll with the n complete entries at the head of the queue (`END` when n is 0). */
+static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
+{
+    struct kr_nt *nt = c->nt;
     if (n == 0) {
         kr_out_str(c, "END\r\n");
         return;
@@ -912,6 +998,50 @@ static void kr_req_get_messages(struct kr_conn *c)
     KR_ST_DEC(nt, queued_messages, n);
     KR_ST_DEC(nt, queued_bytes, qbytes_before - c->q.bytes);
     KR_ST_INC(nt, messages_delivered, n);
+}
+
+static void kr_nt_poll_timer_cb(uv_timer_t *t);
+
+/* `get messages`. `may_wait`: nothing follows the request in the client's input, so an empty
+ * answer may wait for a message (see "waiting polls" above). */
+static void kr_req_get_messages(struct kr_conn *c, bool may_wait)
+{
+    struct kr_nt *nt = c->nt;
+    KR_ST_INC(nt, cmd_get, 1);
+    c->last_poll_ms = kr_log_now_ms();
+    kr_nt_drain(nt); /* take what the shards have sent so far */
+    if (c->closing)
+        return;
+    if (c->overflowed) { /* it overflowed with what was just taken */
+        kr_reply_overflow(c);
+        return;
+    }
+    uint64_t bytes;
+    uint32_t n = kr_conn_ready_entries(c, &bytes);
+    if (n == 0 && may_wait && nt->live.poll_wait_ms && !c->close_after_write) {
+        c->poll_wait = KR_PW_HELD;
+        c->poll_since_ms = uv_now(&nt->loop);
+        kr_pw_push(&nt->held, c);
+        KR_ST_INC(nt, polls_waited, 1);
+        if (!uv_is_active((uv_handle_t *)&nt->poll_timer))
+            uv_timer_start(&nt->poll_timer, kr_nt_poll_timer_cb, nt->live.poll_wait_ms, 0);
+        return;
+    }
+    kr_poll_reply(c, n, bytes);
+}
+
+/* Answer a waiting poll now with whatever is complete in the queue, or with the overflow
+ * error. The caller then runs kr_conn_process (stashed input, flush). */
+static void kr_poll_finish(struct kr_conn *c)
+{
+    kr_poll_unwait(c);
+    if (c->overflowed) {
+        kr_reply_overflow(c);
+        return;
+    }
+    uint64_t bytes;
+    uint32_t n = kr_conn_ready_entries(c, &bytes);
+    kr_poll_reply(c, n, bytes);
 }
 
 static void kr_stat_line(kr_server_emit_cb emit, void *arg, const char *fmt, ...)
@@ -999,6 +1129,7 @@ void kr_server_stats(struct kr_server *srv, kr_server_emit_cb emit, void *arg)
     S("messages_routed", "%llu", (unsigned long long)rs.messages_routed);
     S("deliveries", "%llu", (unsigned long long)rs.deliveries);
     S("messages_delivered", "%llu", (unsigned long long)sum.messages_delivered);
+    S("polls_waited", "%llu", (unsigned long long)sum.polls_waited);
     S("queued_messages", "%llu", (unsigned long long)sum.queued_messages);
     S("queued_bytes", "%llu", (unsigned long long)sum.queued_bytes);
     S("queue_overflows", "%llu", (unsigned long long)sum.queue_overflows);
@@ -1020,16 +1151,12 @@ void kr_server_stats(struct kr_server *srv, kr_server_emit_cb emit, void *arg)
 }
 
 /* Handle one parsed request. */
-static void kr_conn_request(struct kr_conn *c, const struct kr_request *req)
+/* `last`: nothing follows the request in the client's input yet. */
+static void kr_conn_request(struct kr_conn *c, const struct kr_request *req, bool last)
 {
     struct kr_nt *nt = c->nt;
     if (c->overflowed) {
-        if (c->rq_count) {
-            c->deferred_err = "SERVER_ERROR queue overflow\r\n";
-            return;
-        }
-        kr_out_str(c, "SERVER_ERROR queue overflow\r\n");
-        c->close_after_write = true;
+        kr_reply_overflow(c);
         return;
     }
     switch (req->type) {
@@ -1056,7 +1183,7 @@ static void kr_conn_request(struct kr_conn *c, const struct kr_request *req)
         kr_req_subscribe(c, req, KR_EV_RETRO_SUBSCRIBE);
         break;
     case KR_REQ_GET_MESSAGES:
-        kr_req_get_messages(c);
+        kr_req_get_messages(c, last);
         break;
     case KR_REQ_QUIT:
         c->close_after_write = true;
@@ -1088,7 +1215,7 @@ static bool kr_conn_unpark(struct kr_conn *c)
 static bool kr_conn_can_parse(struct kr_conn *c)
 {
     return !c->closing && !c->close_after_write && !c->nparked && !c->retro_active &&
-           !c->deferred_err && c->rq_count < KR_MAX_PIPELINED;
+           !c->deferred_err && !c->poll_wait && c->rq_count < KR_MAX_PIPELINED;
 }
 
 /* Requests that may be answered out of the router's ack order are those whose reply waits
@@ -1129,7 +1256,7 @@ static size_t kr_conn_parse(struct kr_conn *c, const char *buf, size_t len)
         if (c->rq_count && !kr_req_pipelinable(c, &req))
             break; /* parsed again once the earlier replies are out */
         off += used;
-        kr_conn_request(c, &req);
+        kr_conn_request(c, &req, off == len);
     }
     return off;
 }
@@ -1181,6 +1308,8 @@ static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     c->last_active_ms = kr_log_now_ms();
     if (c->close_after_write)
         return; /* discard input after a final reply */
+    if (c->poll_wait)
+        kr_poll_finish(c); /* its reply goes before those of the new requests */
     size_t n = (size_t)nread;
     if (c->in_len == 0 && kr_conn_can_parse(c)) {
         /* fast path: parse straight from the shared read buffer */
@@ -1208,6 +1337,7 @@ static void kr_conn_overflow(struct kr_conn *c)
                 (unsigned long long)suppressed);
     kr_conn_queue_clear(c);
     c->overflowed = true;
+    kr_poll_wake(c); /* a waiting poll is answered with the error */
 }
 
 static void kr_release_delivery(struct kr_event *ev)
@@ -1291,6 +1421,7 @@ static void kr_conn_enqueue(struct kr_conn *c, struct kr_cq_entry *e)
     KR_ST_INC(nt, queued_messages, 1);
     KR_ST_INC(nt, queued_bytes, e->reply_bytes);
     KR_ST_INC(nt, deliveries_queued, 1);
+    kr_poll_wake(c);
 }
 
 /* The queued, still incomplete entry of multi-shard message m, if any. Drops the records
@@ -1555,8 +1686,45 @@ static void kr_nt_wake_cb(uv_async_t *a)
     kr_nt_drain(nt);
 }
 
+/* Answer the waiting polls that got something. One whose messages are all parts of
+ * multi-shard messages still being completed keeps waiting (the missing parts arrive
+ * through the mailboxes, which end in another loop iteration) until poll_wait_ms. */
+static void kr_nt_answer_ready(struct kr_nt *nt)
+{
+    uint64_t now = uv_now(&nt->loop), wait = nt->live.poll_wait_ms;
+    for (uint32_t k = nt->ready.count; k > 0 && nt->ready.head; k--) {
+        struct kr_conn *c = nt->ready.head;
+        uint64_t bytes;
+        if (!c->overflowed && kr_conn_ready_entries(c, &bytes) == 0 &&
+            now - c->poll_since_ms < wait) {
+            kr_pw_unlink(&nt->ready, c); /* to the back of the list */
+            kr_pw_push(&nt->ready, c);
+            continue;
+        }
+        kr_poll_finish(c);
+        kr_conn_process(c);
+    }
+}
+
+/* The oldest waiting polls have waited poll_wait_ms: answer them (`END`). */
+static void kr_nt_poll_timer_cb(uv_timer_t *t)
+{
+    struct kr_nt *nt = t->data;
+    kr_nt_refresh_live(nt);
+    uint64_t now = uv_now(&nt->loop), wait = nt->live.poll_wait_ms;
+    struct kr_conn *c;
+    while ((c = nt->held.head) && now - c->poll_since_ms >= wait) {
+        kr_poll_finish(c);
+        kr_conn_process(c);
+    }
+    if (nt->held.head)
+        uv_timer_start(t, kr_nt_poll_timer_cb, wait - (now - nt->held.head->poll_since_ms), 0);
+    else if (nt->ready.count)
+        uv_timer_start(t, kr_nt_poll_timer_cb, wait ? wait : 1, 0); /* see kr_nt_answer_ready */
+}
+
 /* After each loop iteration's callbacks: wake the shards we pushed to, retry blocked
- * clients. */
+ * clients, answer waiting polls that got a message. */
 static void kr_nt_check_cb(uv_check_t *h)
 {
     struct kr_nt *nt = h->data;
@@ -1565,6 +1733,8 @@ static void kr_nt_check_cb(uv_check_t *h)
         kr_nt_send_ctl(nt);
     if (nt->blocked_head)
         kr_nt_unblock_all(nt);
+    if (nt->ready.count)
+        kr_nt_answer_ready(nt);
     kr_router_flush(nt->srv->router, nt->idx);
 }
 
@@ -1805,6 +1975,8 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         uv_check_init(&nt->loop, &nt->check);
         nt->check.data = nt;
         uv_check_start(&nt->check, kr_nt_check_cb);
+        uv_timer_init(&nt->loop, &nt->poll_timer);
+        nt->poll_timer.data = nt;
         uv_timer_init(&nt->loop, &nt->sweep);
         nt->sweep.data = nt;
         uv_tcp_init(&nt->loop, &nt->listener);
@@ -1972,6 +2144,8 @@ uint32_t kr_net_close_some(struct kr_server *s, uint32_t net, uint32_t n)
         if (!c || c->closing || c->close_after_write)
             continue;
         KR_DEBUG("client %s (id %llu): closing (drain)", c->peer, (unsigned long long)c->id);
+        if (c->poll_wait)
+            kr_poll_finish(c);
         c->close_after_write = true;
         kr_conn_pause(c);
         kr_conn_flush(c); /* closes now, or once the replies in flight are written */
