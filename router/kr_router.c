@@ -17,6 +17,10 @@
 #include "kr_topics.h"
 
 #define KR_SHARD_BATCH 256 /* events taken from one ring before looking at the next */
+/* A shard with this many mailbox capacities' worth of events parked towards the net threads
+ * takes no more input until they drain: the net threads' rings towards it fill, and they
+ * stop reading the publishers (end-to-end backpressure instead of an ever-growing FIFO). */
+#define KR_SHARD_PARK_RINGS 4
 
 /* Events a shard could not push because the ring towards a net thread was full, kept in
  * order until the ring has room again. */
@@ -65,6 +69,7 @@ struct kr_shard {
     struct kr_mailbox **in;  /* [nnet] net -> shard */
     struct kr_mailbox **out; /* [nnet] shard -> net */
     struct kr_fifo *fifo;    /* [nnet] overflow towards each net thread */
+    uint32_t nparked;        /* events in all of fifo */
     uint8_t *wake;           /* [nnet] pushed towards net n since its last wake-up */
     uint64_t stamp;          /* fanout generation (one per routed message) */
     struct kr_sconn **touched;
@@ -166,23 +171,22 @@ static void kr_shard_emit(struct kr_shard *sh, uint32_t n, const struct kr_event
     }
     f->buf[(f->head + f->count) % f->cap] = *ev;
     f->count++;
+    sh->nparked++;
     ck_pr_store_64(&sh->overflow_events, sh->overflow_events + 1);
 }
 
-/* Move parked events into the rings as space allows. Returns events still parked. */
-static uint32_t kr_shard_flush_fifos(struct kr_shard *sh)
+/* Move parked events into the rings as space allows. */
+static void kr_shard_flush_fifos(struct kr_shard *sh)
 {
-    uint32_t left = 0;
-    for (uint32_t n = 0; n < sh->r->o.nnet; n++) {
+    for (uint32_t n = 0; n < sh->r->o.nnet && sh->nparked; n++) {
         struct kr_fifo *f = &sh->fifo[n];
         while (f->count && kr_mailbox_push(sh->out[n], &f->buf[f->head])) {
             f->head = (f->head + 1) % f->cap;
             f->count--;
+            sh->nparked--;
             sh->wake[n] = 1;
         }
-        left += f->count;
     }
-    return left;
 }
 
 static void kr_history_add(struct kr_shard *sh, struct kr_msg *m)
@@ -453,15 +457,18 @@ static void *kr_shard_main(void *arg)
     if (r->o.pin_cpus)
         kr_shard_pin(sh);
     urcu_memb_register_thread();
+    const uint32_t park_max = r->o.mailbox_capacity * KR_SHARD_PARK_RINGS;
 
     while (!ck_pr_load_int(&r->stop)) {
         if (ck_pr_load_int(&sh->req_pending))
             kr_shard_serve_reqs(sh);
-        uint32_t parked = kr_shard_flush_fifos(sh);
+        kr_shard_flush_fifos(sh);
         uint32_t work = 0;
-        for (uint32_t n = 0; n < r->o.nnet; n++) {
+        for (uint32_t n = 0; n < r->o.nnet && sh->nparked < park_max; n++) {
             struct kr_event ev;
-            for (uint32_t k = 0; k < KR_SHARD_BATCH && kr_mailbox_pop(sh->in[n], &ev); k++) {
+            for (uint32_t k = 0; k < KR_SHARD_BATCH && sh->nparked < park_max &&
+                                 kr_mailbox_pop(sh->in[n], &ev);
+                 k++) {
                 kr_shard_handle(sh, &ev);
                 work++;
             }
@@ -471,14 +478,14 @@ static void *kr_shard_main(void *arg)
             continue;
         kr_waiter_prepare(&sh->waiter);
         bool ready = ck_pr_load_int(&r->stop) || ck_pr_load_int(&sh->req_pending);
-        for (uint32_t n = 0; n < r->o.nnet && !ready; n++)
+        for (uint32_t n = 0; n < r->o.nnet && !ready && sh->nparked < park_max; n++)
             ready = kr_mailbox_depth(sh->in[n]) > 0;
         if (ready) {
             kr_waiter_cancel(&sh->waiter);
             continue;
         }
         /* With events parked, retry soon: the net thread frees ring space as it drains. */
-        kr_waiter_sleep(&sh->waiter, parked ? 1 : -1);
+        kr_waiter_sleep(&sh->waiter, sh->nparked ? 1 : -1);
     }
     urcu_memb_unregister_thread();
     return NULL;

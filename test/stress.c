@@ -140,6 +140,21 @@ static void *pub_main(void *arg)
     return NULL;
 }
 
+/* Net thread 1 while net thread 0 publishes: like a real net thread it keeps taking its
+ * deliveries (shards stop taking input while too much waits towards a net thread). */
+static int publishing;
+
+static void *drain_main(void *arg)
+{
+    struct net_state *ns = arg;
+    while (ck_pr_load_int(&publishing)) {
+        drain(ns);
+        struct timespec ts = {0, 20000};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
 int main(void)
 {
     struct kr_router_opts o = {.nshards = NSHARDS, .nnet = NNET, .mailbox_capacity = 256,
@@ -157,8 +172,12 @@ int main(void)
     for (uint32_t n = 0; n < NNET; n++)
         pthread_join(th[n], NULL);
     /* net thread 0 publishes; both consume */
+    ck_pr_store_int(&publishing, 1);
+    pthread_create(&th[1], NULL, drain_main, &ns[1]);
     pthread_create(&th[0], NULL, pub_main, &ns[0]);
     pthread_join(th[0], NULL);
+    ck_pr_store_int(&publishing, 0);
+    pthread_join(th[1], NULL);
     /* expected: every message reaches every subscriber (publisher is conn 100, not a
      * subscriber) once per shard involved */
     uint64_t want_deliveries = 0, want_ends = 0;

@@ -431,3 +431,55 @@ Test(router_admin, requests_after_stop_are_refused)
                  -ESHUTDOWN);
     kr_router_destroy(r);
 }
+
+/* Regression: a shard used to park deliveries towards a net thread that did not keep up in
+ * an ever-growing FIFO, so a fast publisher was never slowed down (the broadcast benchmark
+ * built up seconds of backlog). Now the shard stops taking input once 4 ring capacities
+ * are parked, the ring from the publisher's net thread fills, and sending fails (the net
+ * thread then stops reading the publisher). Nothing is lost: draining resumes everything. */
+Test(router, parked_deliveries_stop_the_shard_taking_input)
+{
+    start(1, 1); /* mailbox capacity 64: at most 4 * 64 events parked */
+    enum { SUBS = 10 };
+    for (uint32_t i = 0; i < SUBS; i++) {
+        const char *t[] = {"x"};
+        subscribe(conn_id(0, i), t, 1);
+    }
+    uint64_t pub = conn_id(0, 100);
+    const char *topics[] = {"x"};
+    uint32_t len = 1;
+    int published = 0, refused = 0;
+    for (int i = 0; i < 100000 && refused < 200; i++) {
+        struct kr_msg *m = kr_msg_create(pub, (uint64_t)i, 1, topics, &len, "p", 1, 1);
+        kr_msg_set_nshards(m, 1);
+        struct kr_event ev = {.type = KR_EV_PUBLISH, .conn = pub, .ptr = m};
+        if (kr_router_send(r, 0, 0, &ev)) {
+            published++;
+            refused = 0;
+        } else {
+            kr_msg_unref(m);
+            refused++;
+            struct timespec ts = {0, 100000};
+            nanosleep(&ts, NULL);
+        }
+        kr_router_flush(r, 0);
+    }
+    cr_assert_eq(refused, 200, "the shard kept taking input (%d published)", published);
+    struct kr_router_stats st;
+    kr_router_stats(r, &st);
+    /* one message is handled whole: up to SUBS deliveries and a fanout warning past the mark */
+    cr_assert_leq(st.overflow_events, 4 * 64 + SUBS + 1, "parked %llu events",
+                  (unsigned long long)st.overflow_events);
+    cr_assert_lt(published, 2000);
+    int delivered = 0;
+    struct kr_event ev;
+    while (delivered < published * SUBS && next_event(0, &ev)) {
+        if (ev.type == KR_EV_DELIVER)
+            delivered++;
+        else
+            cr_assert_eq(ev.type, KR_EV_FANOUT_WARN);
+        kr_msg_unref(ev.ptr);
+    }
+    cr_assert_eq(delivered, published * SUBS);
+    stop();
+}
