@@ -1600,9 +1600,7 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
         p->arrived++;
         p->fanout += ev->aux;
         if (p->arrived == p->expected) {
-            struct kr_net_live lv;
-            kr_net_live(nt->srv, &lv);
-            uint32_t warn = lv.fanout_warn;
+            uint32_t warn = nt->live.fanout_warn;
             if (warn && p->fanout >= warn && KR_CONN_NET(kr_msg_publisher(m)) == nt->idx)
                 kr_nt_fanout_warn(nt, m, p->fanout);
             *kr_msg_slot(m, nt->idx) = NULL;
