@@ -1023,7 +1023,9 @@ static void kr_req_get_messages(struct kr_conn *c, bool may_wait)
         c->poll_since_ms = uv_now(&nt->loop);
         kr_pw_push(&nt->held, c);
         KR_ST_INC(nt, polls_waited, 1);
-        if (!uv_is_active((uv_handle_t *)&nt->poll_timer))
+        /* armed for the oldest wait; re-armed when poll_wait_ms was lowered meanwhile */
+        if (!uv_is_active((uv_handle_t *)&nt->poll_timer) ||
+            uv_timer_get_due_in(&nt->poll_timer) > nt->live.poll_wait_ms)
             uv_timer_start(&nt->poll_timer, kr_nt_poll_timer_cb, nt->live.poll_wait_ms, 0);
         return;
     }

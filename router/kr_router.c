@@ -18,8 +18,10 @@
 
 #define KR_SHARD_BATCH 256 /* events taken from one ring before looking at the next */
 /* A shard with this many mailbox capacities' worth of events parked towards the net threads
- * takes no more input until they drain: the net threads' rings towards it fill, and they
- * stop reading the publishers (end-to-end backpressure instead of an ever-growing FIFO). */
+ * is congested: it takes no more input, and refuses new publishes at once (the net threads
+ * park them and stop reading the publishers) until half of that has drained. End-to-end
+ * backpressure instead of an ever-growing FIFO, and what waits between a publisher and its
+ * subscribers stays bounded by about this many deliveries. */
 #define KR_SHARD_PARK_RINGS 4
 
 /* Events a shard could not push because the ring towards a net thread was full, kept in
@@ -90,9 +92,16 @@ struct kr_shard {
     uint64_t retro_not_found;
 } __attribute__((aligned(64)));
 
+/* Set by a shard while it holds too many parked events (read by the net threads on each
+ * publish, written by the shard on changes only; a cache line each). */
+struct kr_congestion {
+    int on;
+} __attribute__((aligned(64)));
+
 struct kr_router {
     struct kr_router_opts o;
     struct kr_shard *shards;
+    struct kr_congestion *congested; /* [nshards] */
     uint8_t *dirty; /* [nnet * nshards]: net n pushed to shard s since its last flush */
     int stop;
     pthread_mutex_t req_mu; /* requests from other threads (kr_router_client_topics) */
@@ -187,6 +196,16 @@ static void kr_shard_flush_fifos(struct kr_shard *sh)
             sh->wake[n] = 1;
         }
     }
+}
+
+/* Raise the congestion flag at park_max parked events, lower it below half of that. */
+static void kr_shard_congestion(struct kr_shard *sh, uint32_t park_max)
+{
+    int *flag = &sh->r->congested[sh->idx].on;
+    int on = ck_pr_load_int(flag);
+    int want = sh->nparked >= park_max ? 1 : sh->nparked < park_max / 2 ? 0 : on;
+    if (want != on)
+        ck_pr_store_int(flag, want);
 }
 
 static void kr_history_add(struct kr_shard *sh, struct kr_msg *m)
@@ -473,6 +492,7 @@ static void *kr_shard_main(void *arg)
                 work++;
             }
         }
+        kr_shard_congestion(sh, park_max);
         kr_shard_wake_nets(sh);
         if (work)
             continue;
@@ -503,6 +523,10 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
     if (!r->shards)
         abort();
     memset(r->shards, 0, sizeof(struct kr_shard) * r->o.nshards);
+    r->congested = aligned_alloc(64, sizeof(struct kr_congestion) * r->o.nshards);
+    if (!r->congested)
+        abort();
+    memset(r->congested, 0, sizeof(struct kr_congestion) * r->o.nshards);
     r->dirty = kr_xcalloc((size_t)r->o.nnet * r->o.nshards, 1);
     pthread_mutex_init(&r->req_mu, NULL);
     pthread_cond_init(&r->req_cv, NULL);
@@ -635,6 +659,7 @@ void kr_router_destroy(struct kr_router *r)
     pthread_mutex_destroy(&r->req_mu);
     pthread_cond_destroy(&r->req_cv);
     free(r->shards);
+    free(r->congested);
     free(r->dirty);
     free(r);
 }
@@ -643,6 +668,8 @@ void kr_router_destroy(struct kr_router *r)
 
 bool kr_router_send(struct kr_router *r, uint32_t net, uint32_t shard, const struct kr_event *ev)
 {
+    if (ev->type == KR_EV_PUBLISH && ck_pr_load_int(&r->congested[shard].on))
+        return false;
     if (!kr_mailbox_push(r->shards[shard].in[net], ev))
         return false;
     r->dirty[(size_t)net * r->o.nshards + shard] = 1;

@@ -95,8 +95,9 @@ uint32_t kr_router_nshards(const struct kr_router *r);
 /* The shard that owns `topic`. Any thread. */
 uint32_t kr_router_shard_of(const struct kr_router *r, const char *topic, size_t len);
 
-/* Push an event from net thread `net` to shard `shard`; false when that ring is full (the
- * caller keeps the event and retries later). Net thread `net` only. */
+/* Push an event from net thread `net` to shard `shard`; false when that ring is full, or
+ * for a publish while the shard is congested (too many deliveries wait towards slow net
+ * threads): the caller keeps the event and retries later. Net thread `net` only. */
 bool kr_router_send(struct kr_router *r, uint32_t net, uint32_t shard, const struct kr_event *ev);
 /* Wake every shard that net thread `net` pushed to since its last flush. Net thread `net`
  * only; call once per batch. */
