@@ -481,5 +481,22 @@ Test(router, parked_deliveries_stop_the_shard_taking_input)
         kr_msg_unref(ev.ptr);
     }
     cr_assert_eq(delivered, published * SUBS);
+    /* drained: the shard takes publishes again */
+    struct kr_msg *m = kr_msg_create(pub, 0, 1, topics, &len, "p", 1, 1);
+    kr_msg_set_nshards(m, 1);
+    struct kr_event pev = {.type = KR_EV_PUBLISH, .conn = pub, .ptr = m};
+    bool sent = false;
+    for (int i = 0; i < 20000 && !(sent = kr_router_send(r, 0, 0, &pev)); i++) {
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert(sent, "the shard stayed congested after its parked events drained");
+    kr_router_flush(r, 0);
+    for (int got = 0; got < SUBS;) {
+        cr_assert(next_event(0, &ev), "the last publish was not delivered");
+        if (ev.type == KR_EV_DELIVER)
+            got++;
+        kr_msg_unref(ev.ptr);
+    }
     stop();
 }
