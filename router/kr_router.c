@@ -72,6 +72,7 @@ struct kr_shard {
     struct kr_mailbox **out; /* [nnet] shard -> net */
     struct kr_fifo *fifo;    /* [nnet] overflow towards each net thread */
     uint32_t nparked;        /* events in all of fifo */
+    uint32_t first_in;       /* ring served first this round (rotates: no ring starves) */
     uint8_t *wake;           /* [nnet] pushed towards net n since its last wake-up */
     uint64_t stamp;          /* fanout generation (one per routed message) */
     struct kr_sconn **touched;
@@ -244,7 +245,7 @@ static void kr_shard_retro(struct kr_shard *sh, struct kr_event *ev)
     uint32_t pos = 0, len;
     const char *t;
     while (kr_router_cmd_next(c, &pos, &t, &len)) {
-        kr_topics_subscribe(sh->topics, t, len, ev->conn);
+        kr_topics_subscribe(sh->topics, t, len, ev->conn, c->horizon_us);
         struct kr_topic *tp = kr_topics_find(sh->topics, t, len);
         if (tp)
             *kr_topic_stamp(tp) = stamp;
@@ -295,6 +296,7 @@ static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
     struct kr_router *r = sh->r;
     uint32_t ntopics = kr_msg_ntopics(m);
     uint64_t publisher = kr_msg_publisher(m);
+    uint64_t time_us = kr_msg_time_us(m);
     uint64_t stamp = ++sh->stamp;
     uint32_t words = (ntopics + 63) / 64;
 
@@ -310,8 +312,9 @@ static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
         uint32_t nsubs = kr_topic_nsubs(tp);
         for (uint32_t j = 0; j < nsubs; j++) {
             struct kr_sconn *c = kr_topic_sub(tp, j);
-            if (kr_sconn_id(c) == publisher)
-                continue;
+            uint64_t since = kr_topic_sub_since(tp, j);
+            if (kr_sconn_id(c) == publisher || (since && time_us <= since))
+                continue; /* no echo; nothing from before a retroactive horizon */
             uint64_t *word = kr_sconn_word(c);
             if (*kr_sconn_stamp(c) != stamp) {
                 *kr_sconn_stamp(c) = stamp;
@@ -388,7 +391,7 @@ static void kr_shard_handle(struct kr_shard *sh, struct kr_event *ev)
         const char *t;
         while (kr_router_cmd_next(c, &pos, &t, &len)) {
             if (ev->type == KR_EV_SUBSCRIBE)
-                kr_topics_subscribe(sh->topics, t, len, ev->conn);
+                kr_topics_subscribe(sh->topics, t, len, ev->conn, 0);
             else
                 kr_topics_unsubscribe(sh->topics, t, len, ev->conn);
         }
@@ -483,7 +486,8 @@ static void *kr_shard_main(void *arg)
             kr_shard_serve_reqs(sh);
         kr_shard_flush_fifos(sh);
         uint32_t work = 0;
-        for (uint32_t n = 0; n < r->o.nnet && sh->nparked < park_max; n++) {
+        for (uint32_t i = 0; i < r->o.nnet && sh->nparked < park_max; i++) {
+            uint32_t n = (sh->first_in + i) % r->o.nnet;
             struct kr_event ev;
             for (uint32_t k = 0; k < KR_SHARD_BATCH && sh->nparked < park_max &&
                                  kr_mailbox_pop(sh->in[n], &ev);
@@ -492,6 +496,7 @@ static void *kr_shard_main(void *arg)
                 work++;
             }
         }
+        sh->first_in = (sh->first_in + 1) % r->o.nnet;
         kr_shard_congestion(sh, park_max);
         kr_shard_wake_nets(sh);
         if (work)

@@ -16,6 +16,7 @@ struct kr_sub {
     struct kr_sconn *conn;
     uint32_t topic_idx; /* position in topic->subs */
     uint32_t conn_idx;  /* position in conn->subs */
+    uint64_t since_us;  /* live deliveries only of messages published after this */
 };
 
 struct kr_topic {
@@ -174,7 +175,8 @@ static void kr_vec_push(struct kr_sub ***v, uint32_t *n, uint32_t *cap, struct k
     (*v)[(*n)++] = s;
 }
 
-int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, uint64_t conn)
+int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, uint64_t conn,
+                        uint64_t since_us)
 {
     int ret = 0;
     urcu_memb_read_lock();
@@ -204,6 +206,7 @@ int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, ui
     s->conn = c;
     s->topic_idx = tp->nsubs;
     s->conn_idx = c->nsubs;
+    s->since_us = since_us;
     kr_vec_push(&tp->subs, &tp->nsubs, &tp->cap, s);
     kr_vec_push(&c->subs, &c->nsubs, &c->cap, s);
     ck_pr_store_64(&t->nsubscriptions, t->nsubscriptions + 1);
@@ -280,6 +283,7 @@ struct kr_topic *kr_topics_find(struct kr_topics *t, const char *topic, uint32_t
 uint32_t kr_topic_nsubs(const struct kr_topic *tp) { return tp->nsubs; }
 uint64_t *kr_topic_stamp(struct kr_topic *tp) { return &tp->stamp; }
 struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i) { return tp->subs[i]->conn; }
+uint64_t kr_topic_sub_since(const struct kr_topic *tp, uint32_t i) { return tp->subs[i]->since_us; }
 uint64_t kr_sconn_id(const struct kr_sconn *c) { return c->id; }
 uint64_t *kr_sconn_stamp(struct kr_sconn *c) { return &c->stamp; }
 uint64_t *kr_sconn_word(struct kr_sconn *c) { return &c->word; }

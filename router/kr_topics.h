@@ -20,8 +20,13 @@ struct kr_topics *kr_topics_create(void);
 /* Free everything at once; no reader may be walking. */
 void kr_topics_destroy(struct kr_topics *t);
 
-/* Subscribe client `conn` to a topic. Returns 1 when new, 0 when already subscribed. */
-int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, uint64_t conn);
+/* Subscribe client `conn` to a topic. Returns 1 when new, 0 when already subscribed (the
+ * existing subscription is kept as it is). A new subscription delivers live only messages
+ * published after `since_us` (0: every message; a retroactive subscription passes its
+ * horizon, so a message published before it that reaches the shard late is not delivered
+ * on the topics it asked for). */
+int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, uint64_t conn,
+                        uint64_t since_us);
 /* Returns 1 when removed, 0 when the client was not subscribed. */
 int kr_topics_unsubscribe(struct kr_topics *t, const char *topic, uint32_t len, uint64_t conn);
 /* Drop every subscription of a client; returns how many. */
@@ -31,6 +36,8 @@ uint32_t kr_topics_drop_conn(struct kr_topics *t, uint64_t conn);
 struct kr_topic *kr_topics_find(struct kr_topics *t, const char *topic, uint32_t len);
 uint32_t kr_topic_nsubs(const struct kr_topic *tp);
 struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i);
+/* The `since_us` of the topic's i-th subscription. */
+uint64_t kr_topic_sub_since(const struct kr_topic *tp, uint32_t i);
 
 /* A stamp the owner may set on a topic (marks the topics of one retroactive request). */
 uint64_t *kr_topic_stamp(struct kr_topic *tp);

@@ -308,6 +308,37 @@ Test(history, replays_after_horizon_oldest_first_only_requested_topics)
     stop();
 }
 
+/* Regression: a message published before a retroactive horizon but routed by the shard only
+ * after the retroactive subscription (it waited in another ring, or was parked) was
+ * delivered live, and with topics on several shards it could arrive listing only some of
+ * them. A retroactive subscription now delivers live only what was published after its
+ * horizon. */
+Test(history, late_message_from_before_the_horizon_is_not_delivered_live)
+{
+    start_hist(1, 10);
+    uint64_t base = kr_msg_clock_us();
+    uint64_t times[16], masks[16];
+    int n;
+    cr_assert_eq(retro(conn_id(0, 1), "a", base + 100, times, masks, &n), 0);
+    cr_assert_eq(n, 0);
+    const char *a[] = {"a"};
+    publish_at(conn_id(0, 9), a, 1, base + 50);  /* before the horizon, arriving late */
+    publish_at(conn_id(0, 9), a, 1, base + 150); /* after it */
+    struct kr_event ev;
+    cr_assert(next_event(0, &ev));
+    cr_assert_eq(ev.type, KR_EV_DELIVER);
+    cr_assert_eq(kr_msg_time_us(ev.ptr), base + 150, "the late pre-horizon message came through");
+    kr_msg_unref(ev.ptr);
+    /* a plain subscription of another client takes everything */
+    const char *t[] = {"a"};
+    subscribe(conn_id(0, 2), t, 1);
+    publish_at(conn_id(0, 9), a, 1, base + 60);
+    cr_assert(next_event(0, &ev));
+    cr_assert_eq(ev.conn, conn_id(0, 2));
+    kr_msg_unref(ev.ptr);
+    stop();
+}
+
 Test(history, eviction_bounds_the_window_and_answers_not_found)
 {
     start_hist(1, 3);

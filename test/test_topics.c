@@ -36,9 +36,9 @@ static int has_sub(const char *topic, uint64_t conn)
 
 Test(topics, subscribe_is_idempotent)
 {
-    cr_assert_eq(kr_topics_subscribe(t, "a", 1, 1), 1);
-    cr_assert_eq(kr_topics_subscribe(t, "a", 1, 1), 0);
-    cr_assert_eq(kr_topics_subscribe(t, "a", 1, 2), 1);
+    cr_assert_eq(kr_topics_subscribe(t, "a", 1, 1, 0), 1);
+    cr_assert_eq(kr_topics_subscribe(t, "a", 1, 1, 0), 0);
+    cr_assert_eq(kr_topics_subscribe(t, "a", 1, 2, 0), 1);
     cr_assert_eq(kr_topics_count(t), 1);
     cr_assert_eq(kr_topics_subscriptions(t), 2);
     cr_assert_eq(kr_topic_nsubs(kr_topics_find(t, "a", 1)), 2);
@@ -46,7 +46,7 @@ Test(topics, subscribe_is_idempotent)
 
 Test(topics, binary_safe_and_length_exact)
 {
-    cr_assert_eq(kr_topics_subscribe(t, "ab", 2, 1), 1);
+    cr_assert_eq(kr_topics_subscribe(t, "ab", 2, 1, 0), 1);
     cr_assert_null(kr_topics_find(t, "a", 1));
     cr_assert_null(kr_topics_find(t, "abc", 3));
     cr_assert_not_null(kr_topics_find(t, "ab", 2));
@@ -54,8 +54,8 @@ Test(topics, binary_safe_and_length_exact)
 
 Test(topics, unsubscribe_removes_and_frees_empty_topics)
 {
-    kr_topics_subscribe(t, "x", 1, 1);
-    kr_topics_subscribe(t, "x", 1, 2);
+    kr_topics_subscribe(t, "x", 1, 1, 0);
+    kr_topics_subscribe(t, "x", 1, 2, 0);
     cr_assert_eq(kr_topics_unsubscribe(t, "x", 1, 3), 0, "unknown client is ignored");
     cr_assert_eq(kr_topics_unsubscribe(t, "nope", 4, 1), 0, "unknown topic is ignored");
     cr_assert_eq(kr_topics_unsubscribe(t, "x", 1, 1), 1);
@@ -72,9 +72,9 @@ Test(topics, drop_conn_removes_everything_of_one_client)
     char name[32];
     for (int i = 0; i < 500; i++) {
         int n = snprintf(name, sizeof(name), "topic-%d", i);
-        kr_topics_subscribe(t, name, (uint32_t)n, 10);
+        kr_topics_subscribe(t, name, (uint32_t)n, 10, 0);
         if (i % 2 == 0)
-            kr_topics_subscribe(t, name, (uint32_t)n, 11);
+            kr_topics_subscribe(t, name, (uint32_t)n, 11, 0);
     }
     cr_assert_eq(kr_topics_subscriptions(t), 750);
     cr_assert_eq(kr_topics_drop_conn(t, 10), 500);
@@ -87,7 +87,7 @@ Test(topics, drop_conn_removes_everything_of_one_client)
 Test(topics, swap_remove_keeps_other_subscribers)
 {
     for (uint64_t c = 1; c <= 100; c++)
-        kr_topics_subscribe(t, "hot", 3, c);
+        kr_topics_subscribe(t, "hot", 3, c, 0);
     for (uint64_t c = 1; c <= 100; c += 3)
         cr_assert_eq(kr_topics_unsubscribe(t, "hot", 3, c), 1);
     for (uint64_t c = 1; c <= 100; c++)
@@ -114,7 +114,7 @@ Test(topics, walk_sees_every_topic)
     char name[32];
     for (int i = 0; i < 3000; i++) {
         int n = snprintf(name, sizeof(name), "w%d", i);
-        kr_topics_subscribe(t, name, (uint32_t)n, (uint64_t)(i % 7));
+        kr_topics_subscribe(t, name, (uint32_t)n, (uint64_t)(i % 7), 0);
     }
     uint64_t acc[2] = {0, 0};
     kr_topics_walk(t, count_cb, acc);
