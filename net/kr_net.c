@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <urcu/list.h>
 #include <urcu/urcu-memb.h>
 #include <uv.h>
 #include <xxhash.h>
@@ -122,7 +123,7 @@ struct kr_conn {
     /* a `get messages` that found nothing and waits for a message or poll_wait_ms */
     uint8_t poll_wait;      /* KR_PW_NONE, or the list it is on: KR_PW_HELD, KR_PW_READY */
     uint64_t poll_since_ms; /* loop time the wait began */
-    struct kr_conn *pw_prev, *pw_next;
+    struct cds_list_head pw_node; /* on nt->held or nt->ready */
     char peer[64];
 };
 
@@ -130,7 +131,7 @@ enum { KR_PW_NONE, KR_PW_HELD, KR_PW_READY };
 
 /* Connections whose poll waits, in the order their waits began. */
 struct kr_pw_list {
-    struct kr_conn *head, *tail;
+    struct cds_list_head list;
     uint32_t count;
 };
 
@@ -456,28 +457,20 @@ static void kr_conn_block(struct kr_conn *c)
 
 static void kr_pw_push(struct kr_pw_list *l, struct kr_conn *c)
 {
-    c->pw_next = NULL;
-    c->pw_prev = l->tail;
-    if (l->tail)
-        l->tail->pw_next = c;
-    else
-        l->head = c;
-    l->tail = c;
+    cds_list_add_tail(&c->pw_node, &l->list);
     l->count++;
 }
 
 static void kr_pw_unlink(struct kr_pw_list *l, struct kr_conn *c)
 {
-    if (c->pw_prev)
-        c->pw_prev->pw_next = c->pw_next;
-    else
-        l->head = c->pw_next;
-    if (c->pw_next)
-        c->pw_next->pw_prev = c->pw_prev;
-    else
-        l->tail = c->pw_prev;
-    c->pw_prev = c->pw_next = NULL;
+    cds_list_del(&c->pw_node);
     l->count--;
+}
+
+/* The connection that has waited longest; NULL when none. */
+static struct kr_conn *kr_pw_first(struct kr_pw_list *l)
+{
+    return l->count ? cds_list_first_entry(&l->list, struct kr_conn, pw_node) : NULL;
 }
 
 /* Take the connection off whichever wait list it is on. */
@@ -1692,8 +1685,8 @@ static void kr_nt_wake_cb(uv_async_t *a)
 static void kr_nt_answer_ready(struct kr_nt *nt)
 {
     uint64_t now = uv_now(&nt->loop), wait = nt->live.poll_wait_ms;
-    for (uint32_t k = nt->ready.count; k > 0 && nt->ready.head; k--) {
-        struct kr_conn *c = nt->ready.head;
+    for (uint32_t k = nt->ready.count; k > 0 && nt->ready.count; k--) {
+        struct kr_conn *c = kr_pw_first(&nt->ready);
         uint64_t bytes;
         if (!c->overflowed && kr_conn_ready_entries(c, &bytes) == 0 &&
             now - c->poll_since_ms < wait) {
@@ -1713,12 +1706,12 @@ static void kr_nt_poll_timer_cb(uv_timer_t *t)
     kr_nt_refresh_live(nt);
     uint64_t now = uv_now(&nt->loop), wait = nt->live.poll_wait_ms;
     struct kr_conn *c;
-    while ((c = nt->held.head) && now - c->poll_since_ms >= wait) {
+    while ((c = kr_pw_first(&nt->held)) && now - c->poll_since_ms >= wait) {
         kr_poll_finish(c);
         kr_conn_process(c);
     }
-    if (nt->held.head)
-        uv_timer_start(t, kr_nt_poll_timer_cb, wait - (now - nt->held.head->poll_since_ms), 0);
+    if (c)
+        uv_timer_start(t, kr_nt_poll_timer_cb, wait - (now - c->poll_since_ms), 0);
     else if (nt->ready.count)
         uv_timer_start(t, kr_nt_poll_timer_cb, wait ? wait : 1, 0); /* see kr_nt_answer_ready */
 }
@@ -1977,6 +1970,8 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         uv_check_start(&nt->check, kr_nt_check_cb);
         uv_timer_init(&nt->loop, &nt->poll_timer);
         nt->poll_timer.data = nt;
+        CDS_INIT_LIST_HEAD(&nt->held.list);
+        CDS_INIT_LIST_HEAD(&nt->ready.list);
         uv_timer_init(&nt->loop, &nt->sweep);
         nt->sweep.data = nt;
         uv_tcp_init(&nt->loop, &nt->listener);
