@@ -1145,8 +1145,7 @@ void kr_server_stats(struct kr_server *srv, kr_server_emit_cb emit, void *arg)
 #undef S
 }
 
-/* Handle one parsed request. */
-/* `last`: nothing follows the request in the client's input yet. */
+/* Handle one parsed request; `last`: nothing follows it in the client's input yet. */
 static void kr_conn_request(struct kr_conn *c, const struct kr_request *req, bool last)
 {
     struct kr_nt *nt = c->nt;
