@@ -90,9 +90,13 @@ void kr_msg_ref(struct kr_msg *m, uint32_t n)
 void kr_msg_unref(struct kr_msg *m)
 {
     bool zero;
+    /* The decrement orders this thread's reads of the message before the last holder's
+     * free; ThreadSanitizer cannot see ck's atomics, so say it. */
+    KR_TSAN_RELEASE(m);
     ck_pr_dec_32_zero(&m->refs, &zero);
     if (!zero)
         return;
+    KR_TSAN_ACQUIRE(m);
     /* a completion record still attached (the server stopped before every shard reported):
      * nothing else references it once the message is gone */
     for (uint32_t i = 0; i < m->nslots; i++)
