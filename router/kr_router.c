@@ -199,14 +199,19 @@ static void kr_shard_flush_fifos(struct kr_shard *sh)
     }
 }
 
-/* Raise the congestion flag at park_max parked events, lower it below half of that. */
+/* Raise the congestion flag at park_max parked events, lower it below half of that. When
+ * it drops, every net thread is woken: one whose publishers were refused may have nothing
+ * else to wake it, and retries them after its next loop iteration. */
 static void kr_shard_congestion(struct kr_shard *sh, uint32_t park_max)
 {
     int *flag = &sh->r->congested[sh->idx].on;
     int on = ck_pr_load_int(flag);
     int want = sh->nparked >= park_max ? 1 : sh->nparked < park_max / 2 ? 0 : on;
-    if (want != on)
-        ck_pr_store_int(flag, want);
+    if (want == on)
+        return;
+    ck_pr_store_int(flag, want);
+    if (!want)
+        memset(sh->wake, 1, sh->r->o.nnet);
 }
 
 static void kr_history_add(struct kr_shard *sh, struct kr_msg *m)
