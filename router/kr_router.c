@@ -316,8 +316,8 @@ static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
             continue;
         uint32_t nsubs = kr_topic_nsubs(tp);
         for (uint32_t j = 0; j < nsubs; j++) {
-            struct kr_sconn *c = kr_topic_sub(tp, j);
-            uint64_t since = kr_topic_sub_since(tp, j);
+            uint64_t since;
+            struct kr_sconn *c = kr_topic_sub(tp, j, &since);
             if (kr_sconn_id(c) == publisher || (since && time_us <= since))
                 continue; /* no echo; nothing from before a retroactive horizon */
             uint64_t *word = kr_sconn_word(c);

@@ -282,8 +282,13 @@ struct kr_topic *kr_topics_find(struct kr_topics *t, const char *topic, uint32_t
 
 uint32_t kr_topic_nsubs(const struct kr_topic *tp) { return tp->nsubs; }
 uint64_t *kr_topic_stamp(struct kr_topic *tp) { return &tp->stamp; }
-struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i) { return tp->subs[i]->conn; }
-uint64_t kr_topic_sub_since(const struct kr_topic *tp, uint32_t i) { return tp->subs[i]->since_us; }
+struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i, uint64_t *since_us)
+{
+    const struct kr_sub *s = tp->subs[i];
+    if (since_us)
+        *since_us = s->since_us;
+    return s->conn;
+}
 uint64_t kr_sconn_id(const struct kr_sconn *c) { return c->id; }
 uint64_t *kr_sconn_stamp(struct kr_sconn *c) { return &c->stamp; }
 uint64_t *kr_sconn_word(struct kr_sconn *c) { return &c->word; }

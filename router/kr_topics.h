@@ -35,9 +35,8 @@ uint32_t kr_topics_drop_conn(struct kr_topics *t, uint64_t conn);
 /* Lookup for fanout; NULL when nobody is subscribed. */
 struct kr_topic *kr_topics_find(struct kr_topics *t, const char *topic, uint32_t len);
 uint32_t kr_topic_nsubs(const struct kr_topic *tp);
-struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i);
-/* The `since_us` of the topic's i-th subscription. */
-uint64_t kr_topic_sub_since(const struct kr_topic *tp, uint32_t i);
+/* The topic's i-th subscriber; its subscription's `since_us` in *since_us unless NULL. */
+struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i, uint64_t *since_us);
 
 /* A stamp the owner may set on a topic (marks the topics of one retroactive request). */
 uint64_t *kr_topic_stamp(struct kr_topic *tp);

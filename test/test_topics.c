@@ -29,7 +29,7 @@ static int has_sub(const char *topic, uint64_t conn)
     if (!tp)
         return 0;
     for (uint32_t i = 0; i < kr_topic_nsubs(tp); i++)
-        if (kr_sconn_id(kr_topic_sub(tp, i)) == conn)
+        if (kr_sconn_id(kr_topic_sub(tp, i, NULL)) == conn)
             return 1;
     return 0;
 }
