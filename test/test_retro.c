@@ -42,11 +42,12 @@ Test(retro, register_then_subscribe_replays_what_was_published_after)
     size_t olen;
     cr_assert_eq(kr_it_collect(sub, 3, out, sizeof(out), &olen), 3);
     cr_assert_str_eq(out, "MESSAGE ra 6\r\nafter1\r\nMESSAGE ra 6\r\nafter2\r\nMESSAGE ra 4\r\nlive\r\n");
-    /* only the first subscribe after register is retroactive */
+    /* only the first subscribe after register is retroactive: a replay would be queued
+     * before the subscription's STORED, so before a marker published after it */
     kr_it_subscribe(sub, "rb");
-    kr_it_sleep_ms(50);
-    kr_it_get(sub, buf, sizeof(buf));
-    cr_assert_str_eq(buf, "END\r\n");
+    kr_it_publish(pub, "rb", "mark", 4);
+    cr_assert_eq(kr_it_collect(sub, 1, out, sizeof(out), &olen), 1);
+    cr_assert_str_eq(out, "MESSAGE rb 4\r\nmark\r\n");
     close(sub);
     close(pub);
 }
@@ -70,9 +71,11 @@ Test(retro, retro_subscribe_with_fraction_merges_topics_across_shards)
     cr_assert_eq(kr_it_collect(sub, 1, out, sizeof(out), &olen), 1);
     cr_assert_str_eq(out, "MESSAGE x1 x2 x4 x6 5\r\nmulti\r\n",
                      "once, only the requested topics, in publish order");
-    kr_it_sleep_ms(50);
-    kr_it_get(sub, buf, sizeof(buf));
-    cr_assert_str_eq(buf, "END\r\n", "no duplicate from another shard");
+    /* a marker on every requested topic: each shard's part of it follows any duplicate
+     * that shard could still send */
+    kr_it_publish(pub, "x1 x2 x4 x6", "mark", 4);
+    cr_assert_eq(kr_it_collect(sub, 1, out, sizeof(out), &olen), 1);
+    cr_assert_str_eq(out, "MESSAGE x1 x2 x4 x6 4\r\nmark\r\n", "no duplicate from another shard");
     close(sub);
     close(pub);
 }
@@ -84,9 +87,14 @@ Test(retro, own_messages_are_not_replayed)
     kr_it_expect(c, "STORED\r\n");
     kr_it_publish(c, "own", "self", 4);
     kr_it_subscribe(c, "own");
-    kr_it_sleep_ms(50);
-    kr_it_get(c, buf, sizeof(buf));
-    cr_assert_str_eq(buf, "END\r\n");
+    /* a replay is queued before STORED, so before a marker published after it */
+    int other = kr_it_connect(srv.port);
+    kr_it_publish(other, "own", "mark", 4);
+    char out[256];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(c, 1, out, sizeof(out), &olen), 1);
+    cr_assert_str_eq(out, "MESSAGE own 4\r\nmark\r\n");
+    close(other);
     close(c);
 }
 
@@ -136,9 +144,12 @@ Test(retro_small, overflowed_history_gives_not_found)
     /* sub registered before 9 publishes: the 4-message window cannot cover it */
     kr_it_sends(sub, "set subscribe 0 0 1\r\nh\r\n");
     kr_it_expect(sub, "NOT_FOUND\r\n");
-    kr_it_sleep_ms(20);
-    kr_it_get(sub, buf, sizeof(buf));
-    cr_assert_str_eq(buf, "END\r\n", "nothing replayed");
+    /* a replay would be queued before NOT_FOUND, so before a marker published after it */
+    kr_it_publish(pub, "h", "k", 1);
+    char mout[64];
+    size_t mlen;
+    cr_assert_eq(kr_it_collect(sub, 1, mout, sizeof(mout), &mlen), 1);
+    cr_assert_str_eq(mout, "MESSAGE h 1\r\nk\r\n", "nothing replayed");
     /* sub2 registered before 6 publishes: also too many for 4 */
     kr_it_sends(sub2, "set subscribe 0 0 1\r\nh\r\n");
     kr_it_expect(sub2, "NOT_FOUND\r\n");
