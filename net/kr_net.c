@@ -356,9 +356,11 @@ static void kr_conn_fail(struct kr_conn *c, const char *reply)
     if (kr_log_enabled(KR_LOG_WARN) &&
         kr_log_ratelimit(&nt->rl_errors, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed)) {
         size_t n = strlen(reply);
-        KR_WARN("client %s (id %llu): %.*s; closing%s%llu%s", c->peer, (unsigned long long)c->id,
-                (int)(n >= 2 ? n - 2 : n), reply, suppressed ? " (suppressed " : "",
-                (unsigned long long)suppressed, suppressed ? " similar)" : "");
+        char more[48] = "";
+        if (suppressed)
+            snprintf(more, sizeof(more), " (suppressed %llu similar)", (unsigned long long)suppressed);
+        KR_WARN("client %s (id %llu): %.*s; closing%s", c->peer, (unsigned long long)c->id,
+                (int)(n >= 2 ? n - 2 : n), reply, more);
     }
     if (c->rq_count) {
         c->deferred_err = reply; /* sent once the earlier requests are answered */

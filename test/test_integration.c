@@ -624,3 +624,19 @@ Test(proto, full_rings_slow_the_publisher_and_lose_nothing)
     close(sub);
     close(pub);
 }
+
+/* Regression: a rate-limited error line printed the suppressed count even when it was zero
+ * ("...; closing0"). */
+Test(logging, error_line_without_suppressed_count_ends_in_closing)
+{
+    kr_it_start(&srv, NULL);
+    int fd = kr_it_connect(srv.port);
+    kr_it_sends(fd, "flush_all\r\n");
+    kr_it_expect(fd, "ERROR\r\n");
+    kr_it_expect_closed(fd);
+    close(fd);
+    cr_assert(kr_it_wait_log(&srv, "ERROR; closing"), "the error is logged");
+    cr_assert(!kr_it_log_contains(&srv, "closing0"), "no zero suppressed count");
+    cr_assert(!kr_it_log_contains(&srv, "(suppressed 0"), "no zero suppressed count");
+    kr_it_stop(&srv);
+}
