@@ -64,10 +64,20 @@ int kr_it_wait_log(const struct kr_it_server *s, const char *needle)
     return 0;
 }
 
+/* KRAKEN_TEST_SERVER, when set, names another build of the server to test (the
+ * ThreadSanitizer build in CI); else KRAKEN_BIN, which ctest sets to the built binary. */
+static const char *kr_it_server_bin(void)
+{
+    const char *bin = getenv("KRAKEN_TEST_SERVER");
+    if (!bin || !bin[0])
+        bin = getenv("KRAKEN_BIN");
+    cr_assert_not_null(bin, "KRAKEN_BIN must name the server binary");
+    return bin;
+}
+
 void kr_it_start(struct kr_it_server *s, const char *const *extra)
 {
-    const char *bin = getenv("KRAKEN_BIN");
-    cr_assert_not_null(bin, "KRAKEN_BIN must name the server binary");
+    const char *bin = kr_it_server_bin();
     snprintf(s->log_path, sizeof(s->log_path), "/tmp/kraken-it-XXXXXX");
     int lfd = mkstemp(s->log_path);
     cr_assert_geq(lfd, 0);
@@ -311,8 +321,7 @@ void kr_it_publish(int fd, const char *topics, const char *payload, size_t plen)
 
 int kr_it_cli(const struct kr_it_server *s, char *out, size_t cap, const char *const *args)
 {
-    const char *bin = getenv("KRAKEN_BIN");
-    cr_assert_not_null(bin, "KRAKEN_BIN must name the server binary");
+    const char *bin = kr_it_server_bin();
     const char *argv[64];
     int argc = 0;
     argv[argc++] = bin;
