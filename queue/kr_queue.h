@@ -7,6 +7,8 @@
  *  - struct kr_waiter: the sleep/wake-up of a consumer thread (eventfd) with a "sleeping"
  *    flag so producers only make a syscall when the consumer really sleeps.
  *  - struct kr_cq: a per-client delivery queue (owned by one net thread).
+ *  - struct kr_reqq: requests from any thread to the thread that owns some state (off the
+ *    publish path).
  *
  * This module includes neither router/ nor net/. */
 #ifndef KR_QUEUE_H
@@ -148,5 +150,58 @@ bool kr_cq_entry_has(const struct kr_cq_entry *e, uint32_t ntopics, uint32_t i);
 void kr_cq_entry_set(struct kr_cq_entry *e, uint32_t ntopics, uint32_t i);
 /* Drop one reference to a pend record, freeing it with the last. */
 void kr_pend_unref(struct kr_pend *p);
+
+/* ---------------------------------------------------------------- cross-thread requests
+ *
+ * A request from any thread to the thread that owns some state (a net thread, a shard,
+ * the control thread), off the publish path: admin lists and dumps, drain steps. The owner
+ * runs it on its own loop, so the state it reads or changes needs no lock. One kr_reqq per
+ * owner: a mutex-protected FIFO and a wake-up callback; the owner pays one relaxed load per
+ * wake-up when nothing is queued.
+ *
+ * Ownership: a request is allocated by the asker (embed struct kr_req first in a larger
+ * struct and set `run` and `release`). After kr_reqq_submit returns, the asker owns it
+ * again and reads its answer, except when it returned -ETIMEDOUT or was called with
+ * wait_ms < 0: then the queue's side releases it once it was served (an asker that stopped
+ * waiting leaves nothing dangling, and the owner may still write into it safely). */
+
+struct kr_req;
+/* Runs on the owner thread with the owner's context. Returns the answer (>= 0 or -errno),
+ * or KR_REQ_LATER to answer later with kr_reqq_complete (e.g. once a write finished). */
+typedef int (*kr_req_fn)(struct kr_req *req, void *owner);
+#define KR_REQ_LATER 0x7fffffff
+
+struct kr_req {
+    kr_req_fn run;
+    void (*release)(struct kr_req *req); /* frees the request; NULL = free() */
+    int status;                          /* the answer */
+    /* the queue's (under its mutex) */
+    struct kr_req *next;
+    bool done;
+    bool abandoned;
+};
+
+struct kr_reqq;
+
+/* A queue for one owner thread; `wake(arg)` wakes that thread (uv_async_send, an eventfd
+ * write, ...) and is called after each submit. Aborts on out of memory. Any thread, before
+ * the queue is shared. */
+struct kr_reqq *kr_reqq_create(void (*wake)(void *arg), void *wake_arg);
+/* Free the queue. Requests still queued are answered -ESHUTDOWN first. After every asker
+ * and the owner stopped using it. */
+void kr_reqq_destroy(struct kr_reqq *q);
+/* Queue `r` and wake the owner. wait_ms < 0: do not wait (returns 0 or -ESHUTDOWN; r is
+ * released by the queue's side either way). Else wait up to wait_ms for the answer and
+ * return r->status, or -ETIMEDOUT (r abandoned), or -ESHUTDOWN (the queue was shut down;
+ * r is the asker's again). Blocks: any thread except the owner. */
+int kr_reqq_submit(struct kr_reqq *q, struct kr_req *r, int wait_ms);
+/* Run every queued request, in order. Returns how many ran. The owner thread, from its
+ * wake-up. */
+uint32_t kr_reqq_serve(struct kr_reqq *q, void *owner);
+/* Answer a request whose run returned KR_REQ_LATER. The owner thread. */
+void kr_reqq_complete(struct kr_reqq *q, struct kr_req *r, int status);
+/* Refuse new requests and answer the queued ones with -ESHUTDOWN (requests answered
+ * KR_REQ_LATER stay the owner's to complete). Any thread; the owner when it stops. */
+void kr_reqq_shutdown(struct kr_reqq *q);
 
 #endif
