@@ -198,6 +198,9 @@ int kr_reqq_submit(struct kr_reqq *q, struct kr_req *r, int wait_ms);
 /* Run every queued request, in order. Returns how many ran. The owner thread, from its
  * wake-up. */
 uint32_t kr_reqq_serve(struct kr_reqq *q, void *owner);
+/* Whether something is queued (a relaxed load: for an owner that checks before sleeping).
+ * Any thread. */
+bool kr_reqq_pending(const struct kr_reqq *q);
 /* Answer a request whose run returned KR_REQ_LATER. The owner thread. */
 void kr_reqq_complete(struct kr_reqq *q, struct kr_req *r, int status);
 /* Refuse new requests and answer the queued ones with -ESHUTDOWN (requests answered

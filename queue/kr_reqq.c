@@ -151,6 +151,11 @@ uint32_t kr_reqq_serve(struct kr_reqq *q, void *owner)
     return n;
 }
 
+bool kr_reqq_pending(const struct kr_reqq *q)
+{
+    return ck_pr_load_int((int *)&q->pending) != 0;
+}
+
 void kr_reqq_complete(struct kr_reqq *q, struct kr_req *r, int status)
 {
     pthread_mutex_lock(&q->mu);

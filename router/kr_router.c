@@ -47,13 +47,11 @@ struct kr_history {
 
 /* A question from another thread that only the shard may answer (it reads the shard's
  * private arrays): the topics of one client, copied into the request's own buffer so an
- * asker that gave up waiting leaves nothing dangling. Protected by the router's req_mu. */
-struct kr_router_req {
-    struct kr_router_req *next;
+ * asker that gave up waiting leaves nothing dangling (kr_reqq in queue/). */
+struct kr_topics_req {
+    struct kr_req base;
     uint64_t conn;
     uint32_t cursor;
-    bool done;
-    bool abandoned; /* the asker timed out: the shard frees the request */
     size_t len;
     size_t cap;
     char buf[];
@@ -62,8 +60,7 @@ struct kr_router_req {
 struct kr_shard {
     struct kr_router *r;
     uint32_t idx;
-    struct kr_router_req *reqs; /* under r->req_mu */
-    int req_pending;            /* reqs is not empty: checked once per loop iteration */
+    struct kr_reqq *reqq;       /* requests from other threads, served once per iteration */
     pthread_t thread;
     bool started;
     struct kr_waiter waiter;
@@ -105,8 +102,6 @@ struct kr_router {
     struct kr_congestion *congested; /* [nshards] */
     uint8_t *dirty; /* [nnet * nshards]: net n pushed to shard s since its last flush */
     int stop;
-    pthread_mutex_t req_mu; /* requests from other threads (kr_router_client_topics) */
-    pthread_cond_t req_cv;
 };
 
 /* ---------------------------------------------------------------- commands */
@@ -450,28 +445,19 @@ static void kr_shard_pin(struct kr_shard *sh)
     }
 }
 
-/* Answer the requests other threads queued for this shard. */
-static void kr_shard_serve_reqs(struct kr_shard *sh)
+/* kr_router_client_topics, on the shard: the buffer belongs to the request, so filling it
+ * is safe even if the asker stopped waiting. */
+static int kr_shard_topics_run(struct kr_req *req, void *owner)
 {
-    struct kr_router *r = sh->r;
-    pthread_mutex_lock(&r->req_mu);
-    struct kr_router_req *list = sh->reqs;
-    sh->reqs = NULL;
-    ck_pr_store_int(&sh->req_pending, 0);
-    pthread_mutex_unlock(&r->req_mu);
-    while (list) {
-        struct kr_router_req *q = list;
-        list = q->next;
-        /* the buffer belongs to the request: filling it is safe even if the asker left */
-        q->len = kr_topics_conn_topics(sh->topics, q->conn, &q->cursor, q->buf, q->cap);
-        pthread_mutex_lock(&r->req_mu);
-        q->done = true;
-        bool gone = q->abandoned;
-        pthread_cond_broadcast(&r->req_cv);
-        pthread_mutex_unlock(&r->req_mu);
-        if (gone)
-            free(q);
-    }
+    struct kr_shard *sh = owner;
+    struct kr_topics_req *q = (struct kr_topics_req *)req;
+    q->len = kr_topics_conn_topics(sh->topics, q->conn, &q->cursor, q->buf, q->cap);
+    return 0;
+}
+
+static void kr_shard_wake(void *arg)
+{
+    kr_waiter_wake(arg);
 }
 
 static void *kr_shard_main(void *arg)
@@ -487,8 +473,7 @@ static void *kr_shard_main(void *arg)
     const uint32_t park_max = r->o.mailbox_capacity * KR_SHARD_PARK_RINGS;
 
     while (!ck_pr_load_int(&r->stop)) {
-        if (ck_pr_load_int(&sh->req_pending))
-            kr_shard_serve_reqs(sh);
+        kr_reqq_serve(sh->reqq, sh);
         kr_shard_flush_fifos(sh);
         uint32_t work = 0;
         for (uint32_t i = 0; i < r->o.nnet && sh->nparked < park_max; i++) {
@@ -507,7 +492,7 @@ static void *kr_shard_main(void *arg)
         if (work)
             continue;
         kr_waiter_prepare(&sh->waiter);
-        bool ready = ck_pr_load_int(&r->stop) || ck_pr_load_int(&sh->req_pending);
+        bool ready = ck_pr_load_int(&r->stop) || kr_reqq_pending(sh->reqq);
         for (uint32_t n = 0; n < r->o.nnet && !ready && sh->nparked < park_max; n++)
             ready = kr_mailbox_depth(sh->in[n]) > 0;
         if (ready) {
@@ -538,8 +523,6 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
         abort();
     memset(r->congested, 0, sizeof(struct kr_congestion) * r->o.nshards);
     r->dirty = kr_xcalloc((size_t)r->o.nnet * r->o.nshards, 1);
-    pthread_mutex_init(&r->req_mu, NULL);
-    pthread_cond_init(&r->req_cv, NULL);
     for (uint32_t s = 0; s < r->o.nshards; s++) {
         struct kr_shard *sh = &r->shards[s];
         sh->r = r;
@@ -549,6 +532,7 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
             abort();
         }
         sh->topics = kr_topics_create();
+        sh->reqq = kr_reqq_create(kr_shard_wake, &sh->waiter);
         sh->hist.cap = r->o.history;
         sh->hist.msgs = kr_xcalloc(r->o.history ? r->o.history : 1, sizeof(struct kr_msg *));
         sh->in = kr_xcalloc(r->o.nnet, sizeof(*sh->in));
@@ -589,22 +573,9 @@ void kr_router_stop(struct kr_router *r)
         pthread_join(sh->thread, NULL);
         sh->started = false;
     }
-    /* Requests nobody will serve any more: answer them empty. */
-    pthread_mutex_lock(&r->req_mu);
-    for (uint32_t s = 0; s < r->o.nshards; s++) {
-        struct kr_shard *sh = &r->shards[s];
-        while (sh->reqs) {
-            struct kr_router_req *q = sh->reqs;
-            sh->reqs = q->next;
-            q->len = 0;
-            q->done = true;
-            if (q->abandoned)
-                free(q);
-        }
-        sh->req_pending = 0;
-    }
-    pthread_cond_broadcast(&r->req_cv);
-    pthread_mutex_unlock(&r->req_mu);
+    /* Requests nobody will serve any more: answered -ESHUTDOWN, new ones refused. */
+    for (uint32_t s = 0; s < r->o.nshards; s++)
+        kr_reqq_shutdown(r->shards[s].reqq);
 }
 
 /* Release what an undelivered event holds. */
@@ -657,6 +628,7 @@ void kr_router_destroy(struct kr_router *r)
             kr_msg_unref(sh->hist.msgs[(sh->hist.head + k) % sh->hist.cap]);
         free(sh->hist.msgs);
         kr_topics_destroy(sh->topics);
+        kr_reqq_destroy(sh->reqq);
         kr_waiter_destroy(&sh->waiter);
         free(sh->in);
         free(sh->out);
@@ -666,8 +638,6 @@ void kr_router_destroy(struct kr_router *r)
     }
     urcu_memb_barrier(); /* run pending call_rcu frees */
     urcu_memb_unregister_thread();
-    pthread_mutex_destroy(&r->req_mu);
-    pthread_cond_destroy(&r->req_cv);
     free(r->shards);
     free(r->congested);
     free(r->dirty);
@@ -754,44 +724,19 @@ ssize_t kr_router_client_topics(struct kr_router *r, uint32_t shard, uint64_t co
 {
     if (shard >= r->o.nshards || cap == 0)
         return -EINVAL;
-    struct kr_shard *sh = &r->shards[shard];
-    struct kr_router_req *q = kr_xcalloc(1, sizeof(*q) + cap);
+    struct kr_topics_req *q = kr_xcalloc(1, sizeof(*q) + cap);
+    q->base.run = kr_shard_topics_run;
     q->conn = conn;
     q->cursor = *cursor;
     q->cap = cap;
-    pthread_mutex_lock(&r->req_mu);
-    if (ck_pr_load_int(&r->stop)) {
-        pthread_mutex_unlock(&r->req_mu);
-        free(q);
-        return -ESHUTDOWN;
+    int rc = kr_reqq_submit(r->shards[shard].reqq, &q->base, timeout_ms);
+    if (rc == -ETIMEDOUT)
+        return rc; /* the shard frees it when it gets to it */
+    ssize_t n = rc < 0 ? rc : (ssize_t)q->len;
+    if (rc == 0) {
+        memcpy(buf, q->buf, q->len);
+        *cursor = q->cursor;
     }
-    q->next = sh->reqs;
-    sh->reqs = q;
-    ck_pr_store_int(&sh->req_pending, 1);
-    pthread_mutex_unlock(&r->req_mu);
-    kr_waiter_wake(&sh->waiter);
-
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&r->req_mu);
-    int rc = 0;
-    while (!q->done && rc != ETIMEDOUT)
-        rc = pthread_cond_timedwait(&r->req_cv, &r->req_mu, &deadline);
-    if (!q->done) {
-        q->abandoned = true; /* the shard frees it when it gets to it */
-        pthread_mutex_unlock(&r->req_mu);
-        return -ETIMEDOUT;
-    }
-    pthread_mutex_unlock(&r->req_mu);
-    ssize_t n = (ssize_t)q->len;
-    memcpy(buf, q->buf, q->len);
-    *cursor = q->cursor;
     free(q);
     return n;
 }
