@@ -9,6 +9,7 @@
  * millions of lines never sits in memory at once and a slow reader slows the worker. */
 #include "kr_admin.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -23,10 +24,12 @@
 #include <unistd.h>
 #include <urcu/urcu-memb.h>
 
+#include "kr_acl.h"
 #include "kr_admin_int.h"
 #include "kr_log.h"
 
 #define KR_ADMIN_MAX_CONNS 64 /* admin connections served at once */
+#define KR_ADMIN_BACKLOG 512  /* a burst of connects waits in the kernel, not refused */
 #define KR_DRAIN_STEPS 20     /* batches the clients are closed in */
 #define KR_DRAIN_GRACE_MS 2000 /* after the last batch: wait this long for closes to finish */
 #define KR_HEALTH_TIMEOUT_MS 2000
@@ -216,21 +219,6 @@ __attribute__((format(printf, 2, 3))) static void kr_admin_error(struct kr_admin
 
 /* ---------------------------------------------------------------- commands */
 
-static const char *const kr_admin_help[] = {
-    "help                          this list",
-    "status                        STATUS running|draining pid=... version=... listen=...",
-    "stats                         STAT lines (the protocol's stats, plus draining)",
-    "log_level [LEVEL]             show or set the log level (debug, info, warn, error)",
-    "config get [KEY]              CONFIG KEY VALUE lines (every key without KEY)",
-    "config set KEY VALUE          change a live key (see docs/operations.md)",
-    "dump_queues                   CLIENT line per connection",
-    "dump_queue_topics CLIENT-ID   CLIENT line, then TOPIC line per subscription",
-    "dump_topics [N]               TOPIC SUBSCRIBERS NAME lines, most subscribed first",
-    "drain                         close clients in batches over drain_timeout_ms, exit",
-    "stop                          same as drain (kraken stop waits for the exit)",
-    "quit                          close this connection",
-};
-
 static void kr_admin_cmd_status(struct kr_admin_conn *c)
 {
     struct kr_admin *a = c->a;
@@ -380,6 +368,169 @@ static int kr_admin_split(char *line, char **argv, int max, const char **rest3)
     return argc;
 }
 
+/* ---------------------------------------------------------------- command table
+ * One row per command (a row with `sub` is a two-word command such as `config get`): the
+ * dispatch, the argument-count checks and `help` all come from it. */
+
+struct kr_admin_cmd {
+    const char *name;
+    const char *sub;     /* second word, or NULL */
+    int min_args;        /* words after the command's own */
+    int max_args;        /* -1: any number (the value of config set is the rest of the line) */
+    const char *usage;
+    const char *what;    /* for help */
+    /* argv[0] is the command's first word; `value` is the text after the third word.
+     * Returns false when the connection must stop processing lines for now. */
+    bool (*fn)(struct kr_admin_conn *c, int argc, char **argv, const char *value);
+};
+
+static bool kr_admin_do_help(struct kr_admin_conn *c, int argc, char **argv, const char *value);
+
+static bool kr_admin_do_status(struct kr_admin_conn *c, int argc, char **argv, const char *value)
+{
+    (void)argc, (void)argv, (void)value;
+    kr_admin_cmd_status(c);
+    return true;
+}
+
+static bool kr_admin_do_stats(struct kr_admin_conn *c, int argc, char **argv, const char *value)
+{
+    (void)argc, (void)argv, (void)value;
+    kr_admin_cmd_stats(c);
+    return true;
+}
+
+static bool kr_admin_do_log_level(struct kr_admin_conn *c, int argc, char **argv,
+                                  const char *value)
+{
+    (void)value;
+    kr_admin_cmd_log_level(c, argc, argv);
+    return true;
+}
+
+static bool kr_admin_do_config(struct kr_admin_conn *c, int argc, char **argv, const char *value)
+{
+    kr_admin_cmd_config(c, argc, argv, value);
+    return true;
+}
+
+static bool kr_admin_do_dump(struct kr_admin_conn *c, int argc, char **argv, const char *value)
+{
+    (void)value;
+    char why[256];
+    if (!kr_admin_job_check(argc, argv, why, sizeof(why))) {
+        kr_admin_error(c, "%s", why);
+        return true;
+    }
+    struct kr_admin_job *j = kr_admin_job_start(c->a, c, argc, argv, why, sizeof(why));
+    if (!j) {
+        kr_admin_error(c, "%s", why);
+        return true;
+    }
+    c->job = j;
+    return false; /* the next line waits for the dump to finish */
+}
+
+static bool kr_admin_do_drain(struct kr_admin_conn *c, int argc, char **argv, const char *value)
+{
+    (void)argc, (void)value;
+    kr_admin_cmd_drain(c, argv[0][0] == 's');
+    return true;
+}
+
+static bool kr_admin_do_quit(struct kr_admin_conn *c, int argc, char **argv, const char *value)
+{
+    (void)argc, (void)argv, (void)value;
+    c->close_after_write = true;
+    if (c->writes == 0)
+        kr_admin_conn_close(c);
+    return false;
+}
+
+static const struct kr_admin_cmd kr_admin_cmds[] = {
+    {"help", NULL, 0, 0, "help", "this list", kr_admin_do_help},
+    {"status", NULL, 0, 0, "status", "STATUS running|draining pid=... version=... listen=...",
+     kr_admin_do_status},
+    {"stats", NULL, 0, 0, "stats", "STAT lines (the protocol's stats, plus draining)",
+     kr_admin_do_stats},
+    {"log_level", NULL, 0, 1, "log_level [LEVEL]",
+     "show or set the log level (debug, info, warn, error)", kr_admin_do_log_level},
+    {"config", "get", 0, 1, "config get [KEY]", "CONFIG KEY VALUE lines (every key without KEY)",
+     kr_admin_do_config},
+    {"config", "set", 2, -1, "config set KEY VALUE", "change a live key (see docs/operations.md)",
+     kr_admin_do_config},
+    {"dump_queues", NULL, 0, 0, "dump_queues", "CLIENT line per connection", kr_admin_do_dump},
+    {"dump_queue_topics", NULL, 1, 1, "dump_queue_topics CLIENT-ID",
+     "CLIENT line, then TOPIC line per subscription", kr_admin_do_dump},
+    {"dump_topics", NULL, 0, 1, "dump_topics [N]",
+     "TOPIC SUBSCRIBERS NAME lines, most subscribed first", kr_admin_do_dump},
+    {"drain", NULL, 0, 0, "drain", "close clients in batches over drain_timeout_ms, exit",
+     kr_admin_do_drain},
+    {"stop", NULL, 0, 0, "stop", "same as drain (kraken stop waits for the exit)",
+     kr_admin_do_drain},
+    {"quit", NULL, 0, 0, "quit", "close this connection", kr_admin_do_quit},
+};
+
+#define KR_ADMIN_NCMDS (sizeof(kr_admin_cmds) / sizeof(kr_admin_cmds[0]))
+
+static bool kr_admin_do_help(struct kr_admin_conn *c, int argc, char **argv, const char *value)
+{
+    (void)argc, (void)argv, (void)value;
+    struct kr_admin_out o = {0};
+    for (size_t i = 0; i < KR_ADMIN_NCMDS; i++)
+        kr_admin_outf(&o, "HELP %-29s %s\n", kr_admin_cmds[i].usage, kr_admin_cmds[i].what);
+    kr_admin_outf(&o, "END\n");
+    kr_admin_out_send(c, &o);
+    return true;
+}
+
+/* "usage: A | B" over every row named `name`. */
+static void kr_admin_usage_error(struct kr_admin_conn *c, const char *name)
+{
+    char text[256];
+    size_t len = 0;
+    for (size_t i = 0; i < KR_ADMIN_NCMDS; i++) {
+        if (strcmp(kr_admin_cmds[i].name, name) != 0)
+            continue;
+        int n = snprintf(text + len, sizeof(text) - len, "%s%s", len ? " | " : "",
+                         kr_admin_cmds[i].usage);
+        if (n > 0 && (size_t)n < sizeof(text) - len)
+            len += (size_t)n;
+    }
+    kr_admin_error(c, "usage: %s", text);
+}
+
+/* The row for a request's words, or NULL with the error already answered. */
+static const struct kr_admin_cmd *kr_admin_cmd_find(struct kr_admin_conn *c, int argc,
+                                                    char **argv, int *nargs)
+{
+    bool named = false;
+    for (size_t i = 0; i < KR_ADMIN_NCMDS; i++) {
+        const struct kr_admin_cmd *cmd = &kr_admin_cmds[i];
+        if (strcmp(cmd->name, argv[0]) != 0)
+            continue;
+        named = true;
+        int words = cmd->sub ? 2 : 1;
+        if (cmd->sub && (argc < 2 || strcmp(cmd->sub, argv[1]) != 0))
+            continue;
+        *nargs = argc - words;
+        if (*nargs >= cmd->min_args && (cmd->max_args < 0 || *nargs <= cmd->max_args))
+            return cmd;
+        if (cmd->max_args == 0)
+            kr_admin_error(c, "%s takes no arguments", cmd->usage);
+        else
+            kr_admin_usage_error(c, cmd->name);
+        return NULL;
+    }
+    if (named)
+        kr_admin_usage_error(c, argv[0]); /* a two-word command without a known second word */
+    else
+        kr_admin_error(c, "unknown command '%.64s' (try 'help')", argv[0]);
+    return NULL;
+}
+
+#define KR_ADMIN_MAX_WORDS 64
+
 /* Handle one request line (without its '\n'). Returns false when the connection must
  * stop processing further lines for now (a dump runs, or it closes). */
 static bool kr_admin_conn_line(struct kr_admin_conn *c, char *line, size_t len)
@@ -392,62 +543,24 @@ static bool kr_admin_conn_line(struct kr_admin_conn *c, char *line, size_t len)
     }
     char copy[KR_ADMIN_LINE_MAX];
     memcpy(copy, line, len + 1);
-    char *argv[8];
+    char *argv[KR_ADMIN_MAX_WORDS + 1];
     const char *rest3;
-    int argc = kr_admin_split(line, argv, 8, &rest3);
+    /* one word more than any command takes: a count over the limit is seen as such */
+    int argc = kr_admin_split(line, argv, KR_ADMIN_MAX_WORDS + 1, &rest3);
     if (argc == 0)
         return true; /* blank line */
-    const char *cmd = argv[0];
-    if (strcmp(cmd, "help") == 0) {
-        struct kr_admin_out o = {0};
-        for (size_t i = 0; i < sizeof(kr_admin_help) / sizeof(kr_admin_help[0]); i++)
-            kr_admin_outf(&o, "HELP %s\n", kr_admin_help[i]);
-        kr_admin_outf(&o, "END\n");
-        kr_admin_out_send(c, &o);
-    } else if (strcmp(cmd, "status") == 0 && argc == 1) {
-        kr_admin_cmd_status(c);
-    } else if (strcmp(cmd, "stats") == 0 && argc == 1) {
-        kr_admin_cmd_stats(c);
-    } else if (strcmp(cmd, "log_level") == 0) {
-        kr_admin_cmd_log_level(c, argc, argv);
-    } else if (strcmp(cmd, "config") == 0) {
-        /* the value is the rest of the original line after KEY */
-        const char *value = rest3[0] ? copy + (rest3 - line) : "";
-        size_t vl = strlen(value);
-        char v[KR_ADMIN_LINE_MAX];
-        memcpy(v, value, vl + 1);
-        while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
-            v[--vl] = '\0';
-        kr_admin_cmd_config(c, argc, argv, v);
-    } else if ((strcmp(cmd, "drain") == 0 || strcmp(cmd, "stop") == 0) && argc == 1) {
-        kr_admin_cmd_drain(c, cmd[0] == 's');
-    } else if (strcmp(cmd, "quit") == 0 && argc == 1) {
-        c->close_after_write = true;
-        if (c->writes == 0)
-            kr_admin_conn_close(c);
-        return false;
-    } else if (strcmp(cmd, "dump_queues") == 0 || strcmp(cmd, "dump_queue_topics") == 0 ||
-               strcmp(cmd, "dump_topics") == 0) {
-        char why[256];
-        if (!kr_admin_job_check(argc, argv, why, sizeof(why))) {
-            kr_admin_error(c, "%s", why);
-            return true;
-        }
-        struct kr_admin_job *j = kr_admin_job_start(c->a, c, argc, argv, why, sizeof(why));
-        if (!j) {
-            kr_admin_error(c, "%s", why);
-            return true;
-        }
-        c->job = j;
-        return false; /* the next line waits for the dump to finish */
-    } else if (strcmp(cmd, "status") == 0 || strcmp(cmd, "stats") == 0 ||
-               strcmp(cmd, "drain") == 0 || strcmp(cmd, "stop") == 0 ||
-               strcmp(cmd, "quit") == 0) {
-        kr_admin_error(c, "%s takes no arguments", cmd);
-    } else {
-        kr_admin_error(c, "unknown command '%.64s' (try 'help')", cmd);
-    }
-    return true;
+    int nargs = 0;
+    const struct kr_admin_cmd *cmd = kr_admin_cmd_find(c, argc, argv, &nargs);
+    if (!cmd)
+        return true;
+    /* the value of `config set KEY VALUE` is the rest of the original line after KEY */
+    const char *value = rest3[0] ? copy + (rest3 - line) : "";
+    size_t vl = strlen(value);
+    char v[KR_ADMIN_LINE_MAX];
+    memcpy(v, value, vl + 1);
+    while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+        v[--vl] = '\0';
+    return cmd->fn(c, argc, argv, v);
 }
 
 /* ---------------------------------------------------------------- connections */
@@ -701,6 +814,26 @@ static void kr_health_accept_cb(uv_stream_t *server, int status)
         kr_health_close(hc);
         return;
     }
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    if (uv_tcp_getpeername(&hc->h, (struct sockaddr *)&ss, &sl) != 0 ||
+        !kr_acl_allows(kr_server_acl(a->srv), (struct sockaddr *)&ss)) {
+        /* not in allow_from: closed unread, like the client port */
+        kr_server_count_refused(a->srv);
+        uint64_t suppressed = 0;
+        if (kr_log_ratelimit(&a->rl_refused, 10, 10000, &suppressed)) {
+            char ip[INET6_ADDRSTRLEN] = "?", note[64] = "";
+            if (ss.ss_family == AF_INET)
+                inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip, sizeof(ip));
+            else if (ss.ss_family == AF_INET6)
+                inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, ip, sizeof(ip));
+            if (suppressed)
+                snprintf(note, sizeof(note), " (suppressed %" PRIu64 " similar)", suppressed);
+            KR_WARN("health port: refused a connection from %s: not in allow_from%s", ip, note);
+        }
+        kr_health_close(hc);
+        return;
+    }
     /* The answer, then our side's FIN; the connection closes once the checker closes its
      * side (reading it avoids a reset that could discard the answer), or after a timeout. */
     static const char ok[] = "ok\n", draining[] = "draining\n";
@@ -813,7 +946,7 @@ static int kr_admin_bind(struct kr_admin *a, char *err, size_t errlen)
     }
     a->dev = st.st_dev;
     a->ino = st.st_ino;
-    rc = uv_listen((uv_stream_t *)&a->listener, 16, kr_admin_accept_cb);
+    rc = uv_listen((uv_stream_t *)&a->listener, KR_ADMIN_BACKLOG, kr_admin_accept_cb);
     if (rc < 0)
         return kr_errf(err, errlen, rc, "cannot listen on admin socket %s: %s", path,
                             uv_strerror(rc));

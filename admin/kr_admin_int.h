@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "kr_admin.h"
+#include "kr_log.h"
 
 #define KR_ADMIN_CHUNK (64 * 1024)         /* a worker hands its output over in chunks */
 #define KR_ADMIN_INFLIGHT_MAX (1024 * 1024) /* unwritten bytes before a worker waits */
@@ -61,6 +62,7 @@ struct kr_admin {
     uv_tcp_t health;
     bool health_on;
     struct kr_health_conn *health_conns;
+    struct kr_log_ratelimit rl_refused; /* health connections refused by allow_from */
     struct kr_admin_conn *conns;
     uint32_t nconns;
     /* dump workers: chunk hand-over */

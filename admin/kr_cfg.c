@@ -66,6 +66,16 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
     KR_CFG_OPT(max_tcp_clients, KR_CFG_U32, KR_CFG_LIVE, 1, 1000000, "10000",
                "client connections beyond this many are refused with SERVER_ERROR Too many "
                "clients"),
+    KR_CFG_OPT(tcp_keepalive_s, KR_CFG_U32, KR_CFG_LIVE, 0, 86400, "60",
+               "TCP keepalive on client sockets: first probe after this many idle seconds, then "
+               "every third of it, 3 probes before the connection is dropped (0 = off; applies "
+               "to new connections)"),
+    KR_CFG_OPT(allow_from, KR_CFG_STR, 0, 0, 0,
+               "127.0.0.0/8, ::1/128, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7, "
+               "fe80::/10",
+               "IPv4/IPv6 CIDRs (comma or space separated) that may connect to the client and "
+               "health ports; others are closed at once. 'any' (or 0.0.0.0/0,::/0) allows "
+               "everyone"),
     KR_CFG_OPT(num_router_shards, KR_CFG_U32, KR_CFG_CPUS, 1, 64, NULL,
                "router shard threads; each owns the topics that hash to it"),
     KR_CFG_OPT(num_net_threads, KR_CFG_U32, KR_CFG_CPUS, 1, 64, NULL,
@@ -918,7 +928,7 @@ void kr_cfg_print_help(FILE *out, const char *prog)
             prog, INI_MAX_LINE - 1);
     for (size_t i = 0; i < KR_CFG_NOPTS; i++) {
         const struct kr_cfg_opt *o = &kr_cfg_opts[i];
-        char lo[32], hi[32], type[96], def[64];
+        char lo[32], hi[32], type[96], def[KR_CFG_STR_MAX];
         switch (o->type) {
         case KR_CFG_STR:
             snprintf(type, sizeof(type), "string");
@@ -948,7 +958,14 @@ void kr_cfg_print_help(FILE *out, const char *prog)
             snprintf(def, sizeof(def), "empty");
         else
             snprintf(def, sizeof(def), "%s", o->def);
-        fprintf(out, "  %s (%s; default %s)\n", o->name, type, def);
+        if (strlen(o->name) + strlen(type) + strlen(def) + 15 <= 79) {
+            fprintf(out, "  %s (%s; default %s)\n", o->name, type, def);
+        } else { /* a long default (a list) goes on its own wrapped lines */
+            fprintf(out, "  %s (%s)\n", o->name, type);
+            char line[KR_CFG_STR_MAX + 16];
+            snprintf(line, sizeof(line), "default: %s", def);
+            kr_cfg_print_wrapped(out, 6, line);
+        }
         kr_cfg_print_wrapped(out, 6, o->help);
     }
 }

@@ -20,6 +20,11 @@ struct kr_cfg {
     char listen_ip[KR_CFG_STR_MAX];          /* 127.0.0.1 */
     uint32_t tcp_server_port;                /* 12355 (0 = ephemeral, the bound port is logged) */
     uint32_t max_tcp_clients;                /* 10000 */
+    uint32_t tcp_keepalive_s;                /* 60: TCP keepalive probes after this many idle
+                                                seconds on client sockets (0 = off) */
+    char allow_from[KR_CFG_STR_MAX];         /* "127.0.0.0/8, ::1/128, 10.0.0.0/8,
+                                                172.16.0.0/12, 192.168.0.0/16, fc00::/7,
+                                                fe80::/10": CIDRs that may connect (kr_acl.h) */
     uint32_t num_router_shards;              /* CPUs available */
     uint32_t num_net_threads;                /* CPUs available */
     uint32_t router_min_fanout_to_warn;      /* 1000 */

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <ck_pr.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@
 #include <jemalloc/jemalloc.h>
 #endif
 
+#include "kr_acl.h"
 #include "kr_log.h"
 #include "kr_net_int.h"
 #include "kr_proto.h"
@@ -33,6 +35,8 @@
 #define KR_OUT_HIGH (4u << 20)    /* stop reading a client whose unsent replies exceed this */
 #define KR_WARN_BURST 10          /* warnings of one kind per interval */
 #define KR_WARN_INTERVAL_MS 10000
+#define KR_ACCEPT_BATCH 64        /* connections accepted per listener wake-up */
+#define KR_ACCEPT_PAUSE_MS 100    /* accepting pauses this long when descriptors run out */
 
 struct kr_server;
 struct kr_nt;
@@ -139,6 +143,8 @@ struct kr_nt_stats {
     uint64_t curr_connections;
     uint64_t total_connections;
     uint64_t rejected_connections;
+    uint64_t accept_fd_exhausted;  /* accept() failed with EMFILE/ENFILE */
+    uint64_t refused_connections;  /* peers outside allow_from, closed unread */
     uint64_t cmd_get;
     uint64_t cmd_set;
     uint64_t messages_published;
@@ -172,6 +178,7 @@ struct kr_net_live {
     uint64_t client_idle_timeout_ms;
     uint64_t poll_wait_ms;
     uint32_t max_tcp_clients;
+    uint32_t tcp_keepalive_s;
     uint32_t fanout_warn;
     uint32_t topics_warn;
 };
@@ -184,7 +191,10 @@ struct kr_nt {
     uv_loop_t loop;
     uv_thread_t thread;
     uv_async_t wake;
-    uv_tcp_t listener;
+    uv_poll_t listener;        /* readiness of listen_fd; accept4() is ours (kr_nt_accept_cb) */
+    uv_timer_t accept_pause;   /* restarts the listener after descriptors ran out */
+    int reserve_fd;            /* held open to free one descriptor when they run out, or -1 */
+    bool listening;            /* the listener is open (not yet closed by a drain) */
     uv_timer_t sweep;
     uv_check_t check;
     uv_timer_t poll_timer;     /* ends the oldest waiting poll */
@@ -206,6 +216,8 @@ struct kr_nt {
     uint32_t *topic_lens;
     uint32_t topics_cap;
     struct kr_log_ratelimit rl_errors;
+    struct kr_log_ratelimit rl_accept;
+    struct kr_log_ratelimit rl_refused;
     struct kr_log_ratelimit rl_overflow;
     struct kr_log_ratelimit rl_fanout;
     struct kr_log_ratelimit rl_topics;
@@ -220,6 +232,10 @@ struct kr_server {
     uint32_t nnet;
     uint16_t port;
     uint32_t nconns; /* process-wide, for max_tcp_clients */
+    struct kr_acl *acl;       /* allow_from, parsed at create */
+    pthread_mutex_t accept_mu; /* net threads' accept4() and reserve swaps: no other net thread
+                                  takes the descriptor a reserve frees */
+    uint64_t refused_elsewhere; /* refusals by other listeners (the health port) */
     struct kr_proto_limits lim;
     time_t started;
     struct kr_net_reqq *reqq; /* requests from other threads (kr_net_admin.c) */
@@ -238,6 +254,7 @@ static void kr_net_live(const struct kr_server *s, struct kr_net_live *out)
     out->client_idle_timeout_ms = c->client_idle_timeout_ms;
     out->poll_wait_ms = c->poll_wait_ms;
     out->max_tcp_clients = c->max_tcp_clients;
+    out->tcp_keepalive_s = c->tcp_keepalive_s;
     out->fanout_warn = c->router_min_fanout_to_warn;
     out->topics_warn = c->router_min_publish_to_topics_to_warn;
     urcu_memb_read_unlock();
@@ -1113,6 +1130,9 @@ void kr_server_stats(struct kr_server *srv, kr_server_emit_cb emit, void *arg)
     S("curr_connections", "%llu", (unsigned long long)sum.curr_connections);
     S("total_connections", "%llu", (unsigned long long)sum.total_connections);
     S("rejected_connections", "%llu", (unsigned long long)sum.rejected_connections);
+    S("accept_fd_exhausted", "%llu", (unsigned long long)sum.accept_fd_exhausted);
+    S("refused_connections", "%llu",
+      (unsigned long long)(sum.refused_connections + ck_pr_load_64(&srv->refused_elsewhere)));
     S("cmd_get", "%llu", (unsigned long long)sum.cmd_get);
     S("cmd_set", "%llu", (unsigned long long)sum.cmd_set);
     S("bytes_read", "%llu", (unsigned long long)sum.bytes_read);
@@ -1756,70 +1776,184 @@ static void kr_nt_sweep_cb(uv_timer_t *t)
     }
 }
 
-/* ---------------------------------------------------------------- accepting */
+/* ---------------------------------------------------------------- accepting
+ *
+ * Each net thread accepts on its own listening socket with accept4() from a uv_poll_t
+ * readiness callback rather than uv_listen(): when descriptors run out, libuv's listener
+ * loops inside its own callback for as long as accept() keeps failing (its emfile trick
+ * only works while its one reserve descriptor per loop could be reopened, and it closes
+ * the pending connections silently), which spins the thread and starves its clients.
+ * Here, on EMFILE/ENFILE the thread frees its own reserve descriptor, answers the pending
+ * connections `SERVER_ERROR Too many clients`, reopens the reserve and, when connections
+ * are still waiting or the reserve could not be reopened, stops accepting for
+ * KR_ACCEPT_PAUSE_MS; existing clients are served throughout. */
 
-static void kr_peer_name(uv_tcp_t *h, char *out, size_t outlen)
+/* "ip:port" of a peer address. */
+static void kr_addr_name(const struct sockaddr_storage *ss, char *out, size_t outlen)
 {
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
     char ip[INET6_ADDRSTRLEN] = "?";
     int port = 0;
-    if (uv_tcp_getpeername(h, (struct sockaddr *)&ss, &len) == 0) {
-        if (ss.ss_family == AF_INET) {
-            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-            uv_ip4_name(a, ip, sizeof(ip));
-            port = ntohs(a->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-            uv_ip6_name(a, ip, sizeof(ip));
-            port = ntohs(a->sin6_port);
-        }
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+        port = ntohs(a->sin_port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+        port = ntohs(a->sin6_port);
     }
     snprintf(out, outlen, "%s:%d", ip, port);
 }
 
-static void kr_reject_closed_cb(uv_handle_t *h)
+/* " (suppressed N similar)" when N > 0, else "". */
+static const char *kr_suppressed_note(uint64_t n, char *buf, size_t len)
 {
-    free(h);
+    if (n == 0)
+        return "";
+    snprintf(buf, len, " (suppressed %llu similar)", (unsigned long long)n);
+    return buf;
 }
 
-static void kr_nt_accept_cb(uv_stream_t *server, int status)
+static const char kr_too_many_clients[] = "SERVER_ERROR Too many clients\r\n";
+
+/* Tell a connection we do not take that the server is full, and close it. */
+static void kr_reject_fd(int fd)
 {
-    struct kr_nt *nt = server->data;
-    if (status < 0) {
-        KR_WARN("accept failed: %s", uv_strerror(status));
-        return;
+    ssize_t w = send(fd, kr_too_many_clients, sizeof(kr_too_many_clients) - 1,
+                     MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)w;
+    close(fd);
+}
+
+static void kr_nt_accept_cb(uv_poll_t *h, int status, int events);
+
+static void kr_nt_reserve_open(struct kr_nt *nt)
+{
+    if (nt->reserve_fd < 0)
+        nt->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+static void kr_nt_accept_pause_cb(uv_timer_t *t)
+{
+    struct kr_nt *nt = t->data;
+    kr_nt_reserve_open(nt);
+    if (nt->listening)
+        uv_poll_start(&nt->listener, UV_READABLE, kr_nt_accept_cb);
+}
+
+/* Stop accepting for KR_ACCEPT_PAUSE_MS (the loop must not spin on a failing accept). */
+static void kr_nt_accept_pause(struct kr_nt *nt)
+{
+    uv_poll_stop(&nt->listener);
+    uv_timer_start(&nt->accept_pause, kr_nt_accept_pause_cb, KR_ACCEPT_PAUSE_MS, 0);
+}
+
+/* Whether allow_from lets the peer in; a refused peer's connection is closed unread. */
+static bool kr_nt_acl_check(struct kr_nt *nt, int fd, const struct sockaddr_storage *ss)
+{
+    if (kr_acl_allows(nt->srv->acl, (const struct sockaddr *)ss))
+        return true;
+    close(fd);
+    KR_ST_INC(nt, refused_connections, 1);
+    uint64_t suppressed = 0;
+    if (kr_log_ratelimit(&nt->rl_refused, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed)) {
+        char peer[64], note[64];
+        kr_addr_name(ss, peer, sizeof(peer));
+        KR_WARN("refused a connection from %s: not in allow_from%s", peer,
+                kr_suppressed_note(suppressed, note, sizeof(note)));
     }
-    struct kr_server *srv = nt->srv;
-    struct kr_net_live lv;
-    kr_net_live(srv, &lv);
-    if (ck_pr_faa_32(&srv->nconns, 1) >= lv.max_tcp_clients) {
-        ck_pr_dec_32(&srv->nconns);
-        uv_tcp_t *tmp = kr_xmalloc(sizeof(*tmp));
-        uv_tcp_init(&nt->loop, tmp);
-        if (uv_accept(server, (uv_stream_t *)tmp) == 0) {
-            static const char msg[] = "SERVER_ERROR Too many clients\r\n";
-            uv_buf_t b = uv_buf_init((char *)msg, sizeof(msg) - 1);
-            (void)uv_try_write((uv_stream_t *)tmp, &b, 1);
-            KR_ST_INC(nt, rejected_connections, 1);
-            uint64_t suppressed = 0;
-            if (kr_log_ratelimit(&nt->rl_errors, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
-                KR_WARN("rejected a connection: max_tcp_clients (%u) reached (suppressed %llu similar)",
-                        lv.max_tcp_clients, (unsigned long long)suppressed);
+    return false;
+}
+
+/* accept() failed with EMFILE or ENFILE (`err`). */
+static void kr_nt_out_of_fds(struct kr_nt *nt, int err)
+{
+    KR_ST_INC(nt, accept_fd_exhausted, 1);
+    uint32_t rejected = 0;
+    bool backlog_empty = false;
+    if (nt->reserve_fd >= 0) {
+        pthread_mutex_lock(&nt->srv->accept_mu);
+        close(nt->reserve_fd);
+        nt->reserve_fd = -1;
+        for (uint32_t i = 0; i < KR_ACCEPT_BATCH; i++) {
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof(ss);
+            int fd = accept4(nt->listen_fd, (struct sockaddr *)&ss, &sl,
+                             SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0) {
+                if (errno == EINTR || errno == ECONNABORTED)
+                    continue;
+                backlog_empty = errno == EAGAIN || errno == EWOULDBLOCK;
+                break;
+            }
+            if (!kr_nt_acl_check(nt, fd, &ss))
+                continue;
+            kr_reject_fd(fd);
+            rejected++;
         }
-        uv_close((uv_handle_t *)tmp, kr_reject_closed_cb);
+        kr_nt_reserve_open(nt);
+        pthread_mutex_unlock(&nt->srv->accept_mu);
+    }
+    KR_ST_INC(nt, rejected_connections, rejected);
+    bool pause = !backlog_empty || nt->reserve_fd < 0;
+    if (pause)
+        kr_nt_accept_pause(nt);
+    uint64_t suppressed = 0;
+    if (kr_log_ratelimit(&nt->rl_accept, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed)) {
+        char note[64];
+        KR_WARN("accept: out of file descriptors (%s): %u connection(s) answered SERVER_ERROR "
+                "Too many clients%s%s",
+                strerror(err), rejected, pause ? "; accepting again in 100 ms" : "",
+                kr_suppressed_note(suppressed, note, sizeof(note)));
+    }
+}
+
+/* Keepalive probes after `idle_s` idle seconds, then every idle_s / 3 (at least 1 s), and
+ * the connection is dropped after 3 unanswered probes (Redis's choice). */
+static void kr_conn_keepalive(struct kr_conn *c, uint32_t idle_s)
+{
+    if (uv_tcp_keepalive(&c->h, 1, idle_s) != 0)
+        return;
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&c->h, &fd) != 0)
+        return;
+    int intvl = idle_s / 3 ? (int)(idle_s / 3) : 1, cnt = 3;
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+}
+
+/* A new connection `fd` from `ss`: check it, then make it a client. */
+static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_storage *ss)
+{
+    struct kr_server *srv = nt->srv;
+    if (!kr_nt_acl_check(nt, fd, ss))
+        return;
+    const struct kr_net_live *lv = &nt->live;
+    if (ck_pr_faa_32(&srv->nconns, 1) >= lv->max_tcp_clients) {
+        ck_pr_dec_32(&srv->nconns);
+        kr_reject_fd(fd);
+        KR_ST_INC(nt, rejected_connections, 1);
+        uint64_t suppressed = 0;
+        if (kr_log_ratelimit(&nt->rl_errors, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed)) {
+            char note[64];
+            KR_WARN("rejected a connection: max_tcp_clients (%u) reached%s", lv->max_tcp_clients,
+                    kr_suppressed_note(suppressed, note, sizeof(note)));
+        }
         return;
     }
     struct kr_conn *c = kr_xcalloc(1, sizeof(*c));
     c->nt = nt;
     uv_tcp_init(&nt->loop, &c->h);
-    if (uv_accept(server, (uv_stream_t *)&c->h) != 0) {
+    if (uv_tcp_open(&c->h, fd) != 0) {
+        close(fd); /* not taken over by the handle */
         ck_pr_dec_32(&srv->nconns);
         c->closing = true;
         uv_close((uv_handle_t *)&c->h, kr_conn_closed_cb);
         return;
     }
     uv_tcp_nodelay(&c->h, 1);
+    if (lv->tcp_keepalive_s)
+        kr_conn_keepalive(c, lv->tcp_keepalive_s);
     if (nt->nfree == 0) {
         uint32_t ncap = nt->nslots ? nt->nslots * 2 : 256;
         nt->slots = kr_xrealloc(nt->slots, ncap * sizeof(*nt->slots));
@@ -1838,11 +1972,54 @@ static void kr_nt_accept_cb(uv_stream_t *server, int status)
     c->slot = slot;
     c->id = ((uint64_t)nt->idx << 56) | ((uint64_t)nt->gens[slot] << 32) | slot;
     c->created_ms = c->last_active_ms = kr_log_now_ms();
-    kr_peer_name(&c->h, c->peer, sizeof(c->peer));
+    kr_addr_name(ss, c->peer, sizeof(c->peer));
     KR_ST_INC(nt, curr_connections, 1);
     KR_ST_INC(nt, total_connections, 1);
     KR_DEBUG("client %s connected (id %llu, net thread %u)", c->peer, (unsigned long long)c->id, nt->idx);
     kr_conn_resume(c);
+}
+
+static void kr_nt_accept_cb(uv_poll_t *h, int status, int events)
+{
+    struct kr_nt *nt = h->data;
+    (void)events;
+    uint64_t suppressed = 0;
+    char note[64];
+    if (status < 0) {
+        if (kr_log_ratelimit(&nt->rl_accept, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
+            KR_WARN("listener: %s; accepting again in 100 ms%s", uv_strerror(status),
+                    kr_suppressed_note(suppressed, note, sizeof(note)));
+        kr_nt_accept_pause(nt);
+        return;
+    }
+    kr_nt_refresh_live(nt);
+    for (uint32_t i = 0; i < KR_ACCEPT_BATCH && nt->listening; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        pthread_mutex_lock(&nt->srv->accept_mu);
+        int fd = accept4(nt->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int e = errno;
+        pthread_mutex_unlock(&nt->srv->accept_mu);
+        if (fd < 0) {
+            if (e == EINTR || e == ECONNABORTED)
+                continue;
+            if (e == EAGAIN || e == EWOULDBLOCK)
+                return; /* level-triggered: called again when more arrive */
+            if (e == EMFILE || e == ENFILE) {
+                kr_nt_out_of_fds(nt, e);
+                return;
+            }
+            /* ENOBUFS, ENOMEM, a firewall's EPERM, ...: never spin on it */
+            if (kr_log_ratelimit(&nt->rl_accept, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
+                KR_WARN("accept failed: %s; accepting again in 100 ms%s", strerror(e),
+                        kr_suppressed_note(suppressed, note, sizeof(note)));
+            kr_nt_accept_pause(nt);
+            return;
+        }
+        if (nt->reserve_fd < 0)
+            kr_nt_reserve_open(nt); /* lost while descriptors ran out */
+        kr_nt_accepted(nt, fd, &ss);
+    }
 }
 
 /* ---------------------------------------------------------------- net threads */
@@ -1924,6 +2101,12 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
     s->lim.max_message_bytes = cfg->max_message_bytes;
     s->lim.max_line_bytes = cfg->max_line_bytes;
     s->lim.max_topic_bytes = cfg->max_topic_bytes;
+    int arc = kr_acl_parse(cfg->allow_from, &s->acl, err, errlen);
+    if (arc < 0) {
+        free(s);
+        return arc;
+    }
+    pthread_mutex_init(&s->accept_mu, NULL);
     s->nts = kr_xcalloc(s->nnet, sizeof(*s->nts));
     s->reqq = kr_net_reqq_create(s->nnet);
     uint16_t port = (uint16_t)cfg->tcp_server_port;
@@ -1943,6 +2126,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
             free(nt);
             free(s->nts);
             kr_net_reqq_destroy(s->reqq);
+            kr_acl_free(s->acl);
             free(s);
             return fd;
         }
@@ -1975,11 +2159,15 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         CDS_INIT_LIST_HEAD(&nt->ready.list);
         uv_timer_init(&nt->loop, &nt->sweep);
         nt->sweep.data = nt;
-        uv_tcp_init(&nt->loop, &nt->listener);
+        uv_timer_init(&nt->loop, &nt->accept_pause);
+        nt->accept_pause.data = nt;
+        nt->reserve_fd = -1;
+        kr_nt_reserve_open(nt);
+        int rc = uv_poll_init(&nt->loop, &nt->listener, nt->listen_fd);
         nt->listener.data = nt;
-        int rc = uv_tcp_open(&nt->listener, nt->listen_fd);
         if (rc == 0)
-            rc = uv_listen((uv_stream_t *)&nt->listener, 1024, kr_nt_accept_cb);
+            rc = uv_poll_start(&nt->listener, UV_READABLE, kr_nt_accept_cb);
+        nt->listening = rc == 0;
         if (rc < 0) {
             snprintf(err, errlen, "listen: %s", uv_strerror(rc));
             return rc; /* process exits on this path */
@@ -2043,6 +2231,10 @@ void kr_server_destroy(struct kr_server *s)
         }
         uv_walk(&nt->loop, kr_nt_close_walk, NULL);
         uv_run(&nt->loop, UV_RUN_DEFAULT);
+        if (nt->listen_fd >= 0)
+            close(nt->listen_fd); /* the poll handle does not own it */
+        if (nt->reserve_fd >= 0)
+            close(nt->reserve_fd);
     }
     kr_router_destroy(s->router);
     for (uint32_t i = 0; i < s->nnet; i++) {
@@ -2058,6 +2250,8 @@ void kr_server_destroy(struct kr_server *s)
     }
     free(s->nts);
     kr_net_reqq_destroy(s->reqq);
+    kr_acl_free(s->acl);
+    pthread_mutex_destroy(&s->accept_mu);
     free(s);
 }
 
@@ -2150,11 +2344,31 @@ uint32_t kr_net_close_some(struct kr_server *s, uint32_t net, uint32_t n)
     return done;
 }
 
+static void kr_nt_listener_closed_cb(uv_handle_t *h)
+{
+    struct kr_nt *nt = h->data;
+    close(nt->listen_fd);
+    nt->listen_fd = -1;
+}
+
 void kr_net_stop_listening(struct kr_server *s, uint32_t net)
 {
     struct kr_nt *nt = s->nts[net];
-    if (!uv_is_closing((uv_handle_t *)&nt->listener))
-        uv_close((uv_handle_t *)&nt->listener, NULL);
+    if (nt->listening) {
+        nt->listening = false;
+        uv_timer_stop(&nt->accept_pause);
+        uv_close((uv_handle_t *)&nt->listener, kr_nt_listener_closed_cb);
+    }
+}
+
+const struct kr_acl *kr_server_acl(const struct kr_server *s)
+{
+    return s->acl;
+}
+
+void kr_server_count_refused(struct kr_server *s)
+{
+    ck_pr_inc_64(&s->refused_elsewhere);
 }
 
 void kr_server_drain(struct kr_server *s)

@@ -82,4 +82,12 @@ int kr_server_close_clients(struct kr_server *s, uint32_t net, uint32_t n);
 /* Close every net thread's listening socket (part of kr_server_drain). Control thread. */
 int kr_server_stop_listening(struct kr_server *s);
 
+struct kr_acl;
+/* The allow_from table parsed at create (kr_acl.h), for the other TCP listeners (the
+ * health port). Valid until kr_server_destroy. Any thread. */
+const struct kr_acl *kr_server_acl(const struct kr_server *s);
+/* Count a connection another listener refused by allow_from in the `stats` figure
+ * refused_connections. Any thread. */
+void kr_server_count_refused(struct kr_server *s);
+
 #endif

@@ -12,8 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <stdbool.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -75,7 +77,22 @@ static const char *kr_it_server_bin(void)
     return bin;
 }
 
+static void kr_it_start_limited(struct kr_it_server *s, const char *const *extra,
+                                unsigned nofile);
+
 void kr_it_start(struct kr_it_server *s, const char *const *extra)
+{
+    kr_it_start_limited(s, extra, 0);
+}
+
+void kr_it_start_nofile(struct kr_it_server *s, const char *const *extra, unsigned nofile)
+{
+    cr_assert_gt(nofile, 0);
+    kr_it_start_limited(s, extra, nofile);
+}
+
+static void kr_it_start_limited(struct kr_it_server *s, const char *const *extra,
+                                unsigned nofile)
 {
     const char *bin = kr_it_server_bin();
     snprintf(s->log_path, sizeof(s->log_path), "/tmp/kraken-it-XXXXXX");
@@ -114,6 +131,11 @@ void kr_it_start(struct kr_it_server *s, const char *const *extra)
         }
         if (errfd >= 0)
             dup2(errfd, 2);
+        if (nofile) {
+            struct rlimit rl = {nofile, nofile};
+            if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+                _exit(126);
+        }
         execv(bin, (char *const *)argv);
         _exit(127);
     }
@@ -417,6 +439,48 @@ size_t kr_it_admin(int fd, const char *cmd, char *buf, size_t cap)
     }
     cr_assert_fail("admin reply to '%s' too large for the buffer", cmd);
     return len;
+}
+
+int kr_it_connect_nb(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0 && errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int kr_it_proc_cpu_ms(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    if (!p)
+        return -1;
+    unsigned long utime = 0, stime = 0;
+    /* after ") ": state(3) ... utime is field 14, stime 15 */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2)
+        return -1;
+    long hz = sysconf(_SC_CLK_TCK);
+    return (int)((utime + stime) * 1000 / (unsigned long)(hz > 0 ? hz : 100));
+}
+
+long kr_it_file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : -1;
 }
 
 uint16_t kr_it_free_port(void)

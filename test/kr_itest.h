@@ -18,6 +18,8 @@ struct kr_it_server {
  * next to it, `--drain_timeout_ms 3000`, and the given extra arguments (NULL-terminated;
  * they may override those). Asserts on failure. */
 void kr_it_start(struct kr_it_server *s, const char *const *extra);
+/* kr_it_start with the server's open-file limit (soft and hard) set to `nofile`. */
+void kr_it_start_nofile(struct kr_it_server *s, const char *const *extra, unsigned nofile);
 /* SIGTERM, wait (bounded), assert a clean exit 0, remove the log. */
 void kr_it_stop(struct kr_it_server *s);
 /* Does the server log contain `needle`? */
@@ -45,6 +47,13 @@ size_t kr_it_collect(int fd, size_t want, char *out, size_t cap, size_t *outlen)
 void kr_it_subscribe(int fd, const char *topics);
 /* Publish one entry and wait for STORED. */
 void kr_it_publish(int fd, const char *topics, const char *payload, size_t plen);
+/* Start a non-blocking connect to 127.0.0.1:port: the socket, or -errno. */
+int kr_it_connect_nb(uint16_t port);
+/* CPU time (user + system) a process used so far, in milliseconds, from /proc; -1 when
+ * unreadable. */
+int kr_it_proc_cpu_ms(pid_t pid);
+/* Size of a file in bytes, -1 when it cannot be read. */
+long kr_it_file_size(const char *path);
 /* A loopback TCP port nobody listens on right now (for servers a test starts itself). */
 uint16_t kr_it_free_port(void);
 /* Sleep for ms milliseconds. */
