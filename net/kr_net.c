@@ -1342,9 +1342,12 @@ static void kr_conn_process(struct kr_conn *c)
 {
     if (c->closing)
         return;
+    size_t used = 0;
+again:
     kr_rq_emit(c);
+    used = 0;
     if (kr_conn_unpark(c) && c->in_len && kr_conn_can_parse(c)) {
-        size_t used = kr_conn_parse(c, c->in, c->in_len);
+        used = kr_conn_parse(c, c->in, c->in_len);
         if (used) {
             memmove(c->in, c->in + used, c->in_len - used);
             c->in_len -= used;
@@ -1367,6 +1370,10 @@ static void kr_conn_process(struct kr_conn *c)
     else
         kr_conn_resume(c);
     kr_conn_flush(c);
+    /* the output high-water mark stopped the parse and the flush wrote everything out:
+     * nothing else would come back to the stashed requests */
+    if (used && !c->closing && !c->writing && c->in_len && kr_conn_can_parse(c))
+        goto again;
 }
 
 static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
