@@ -525,3 +525,59 @@ Test(drain, no_subscriber_is_closed_holding_messages_without_being_told)
     snprintf(path, sizeof(path), "%s.err", srv.log_path);
     unlink(path);
 }
+
+/* A client still holding messages at the drain's deadline (it never polls) is told
+ * `SERVER_ERROR shutting down` before the close; one with nothing queued is closed with no
+ * bytes; one that polls during the drain gets everything, then the close. */
+Test(drain, a_client_still_holding_messages_at_the_deadline_is_told)
+{
+    const char *args[] = {"--drain_timeout_ms", "300", NULL};
+    kr_it_start(&srv, args);
+    int holder = kr_it_connect(srv.port), empty = kr_it_connect(srv.port);
+    struct conn poller;
+    conn_init(&poller, kr_it_connect(srv.port));
+    kr_it_subscribe(holder, "h");
+    kr_it_subscribe(empty, "e");
+    kr_it_subscribe(poller.fd, "h");
+    int pub = kr_it_connect(srv.port);
+    publish_batch(pub, 0, 5, 20, "h");
+    kr_it_expect(pub, "STORED\r\n");
+    for (int i = 0; i < 1000 && stat_value("queued_messages") < 10; i++)
+        kr_it_sleep_ms(10);
+    cr_assert_eq(stat_value("queued_messages"), 10);
+    kill(srv.pid, SIGTERM);
+    /* the poller polls until it is closed: it gets all five, then EOF, no error */
+    for (int k = 0; k < 1000 && !poller.eof; k++) {
+        if (send(poller.fd, "get messages\r\n", 14, MSG_NOSIGNAL) != 14)
+            break;
+        while (conn_wait(&poller) == R_EMPTY && !poller.eof)
+            kr_it_sleep_ms(5);
+    }
+    conn_read(&poller, 0);
+    cr_assert(poller.eof, "the poller was not closed");
+    cr_assert(!poller.error_seen, "the poller was told: %s", poller.last_error);
+    cr_assert_eq(poller.nseq, 5);
+    assert_prefix(&poller, "poller", 0);
+    kr_it_expect(holder, "SERVER_ERROR shutting down\r\n");
+    kr_it_expect_closed(holder);
+    kr_it_expect_closed(empty);
+    cr_assert(kr_it_wait_log(&srv, "told SERVER_ERROR shutting down"));
+    int status = -1;
+    for (int i = 0; i < 1000; i++) {
+        int st;
+        if (waitpid(srv.pid, &st, WNOHANG) == srv.pid) {
+            status = st;
+            break;
+        }
+        kr_it_sleep_ms(10);
+    }
+    cr_assert(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
+    close(holder);
+    close(empty);
+    close(pub);
+    conn_free(&poller);
+    char path[200];
+    unlink(srv.log_path);
+    snprintf(path, sizeof(path), "%s.err", srv.log_path);
+    unlink(path);
+}
