@@ -973,6 +973,11 @@ static void kr_admin_drain_finish(struct kr_admin *a, const char *how)
         a->on_exit(a->arg);
 }
 
+/* Batches reach the clients over the first three quarters of drain_timeout_ms (a client
+ * with nothing queued is closed, one holding messages after the poll that empties its
+ * queue); at drain_timeout_ms every client left is closed, those still holding messages
+ * told `SERVER_ERROR shutting down`; the process exits when none is left, at the latest
+ * KR_DRAIN_GRACE_MS later. */
 static void kr_admin_drain_tick(uv_timer_t *t)
 {
     struct kr_admin *a = t->data;
@@ -981,24 +986,39 @@ static void kr_admin_drain_tick(uv_timer_t *t)
         kr_admin_drain_finish(a, "every client closed");
         return;
     }
+    uint64_t now = kr_log_now_ms();
     if (a->drain_steps_left == 0) {
-        if (kr_log_now_ms() >= a->drain_grace_end_ms)
+        if (!a->drain_deadline_sent && now >= a->drain_deadline_ms) {
+            a->drain_deadline_sent = true;
+            a->drain_grace_end_ms = a->drain_deadline_ms + KR_DRAIN_GRACE_MS;
+            KR_INFO("drain: deadline; closing the %" PRIu64 " clients left (any still holding "
+                    "messages is told SERVER_ERROR shutting down)",
+                    left);
+            for (uint32_t n = 0; n < kr_server_nnet(a->srv); n++)
+                kr_server_drain_deadline(a->srv, n);
+        }
+        uint64_t next = a->drain_deadline_sent ? a->drain_grace_end_ms : a->drain_deadline_ms;
+        if (a->drain_deadline_sent && now >= a->drain_grace_end_ms) {
             kr_admin_drain_finish(a, "timeout");
+            return;
+        }
+        /* come back at the next step in time, or sooner (closes end the drain early) */
+        uint64_t wait = next > now ? next - now : 0;
+        uint64_t rep = uv_timer_get_repeat(t);
+        uv_timer_start(t, kr_admin_drain_tick, wait < rep ? wait : rep, rep);
         return;
     }
     uint32_t steps = a->drain_steps_left--;
-    uint64_t closing = 0;
+    uint64_t reaching = 0;
     for (uint32_t n = 0; n < kr_server_nnet(a->srv); n++) {
         uint64_t have = kr_server_net_clients(a->srv, n);
-        uint64_t k = (have + steps - 1) / steps; /* the last step closes every one left */
+        uint64_t k = (have + steps - 1) / steps; /* the last step reaches every one left */
         if (k && kr_server_close_clients(a->srv, n, k > UINT32_MAX ? UINT32_MAX : (uint32_t)k) == 0)
-            closing += k;
+            reaching += k;
     }
-    if (closing)
-        KR_INFO("drain: closing %" PRIu64 " of %" PRIu64 " clients (%u batches left)", closing,
+    if (reaching)
+        KR_INFO("drain: closing %" PRIu64 " of %" PRIu64 " clients (%u batches left)", reaching,
                 left, a->drain_steps_left);
-    if (a->drain_steps_left == 0)
-        a->drain_grace_end_ms = kr_log_now_ms() + KR_DRAIN_GRACE_MS;
     kr_admin_notifyf("STATUS=draining: %" PRIu64 " clients left", left);
 }
 
@@ -1015,8 +1035,10 @@ int kr_admin_drain(struct kr_admin *a, const char *why)
             why, clients, timeout);
     kr_server_drain(a->srv);
     kr_admin_notifyf("STOPPING=1\nSTATUS=draining: %" PRIu64 " clients", clients);
-    uint64_t interval = timeout / KR_DRAIN_STEPS;
+    uint64_t interval = timeout * 3 / 4 / KR_DRAIN_STEPS;
     a->drain_steps_left = timeout ? KR_DRAIN_STEPS : 1;
+    a->drain_deadline_ms = a->drain_started_ms + timeout;
+    a->drain_deadline_sent = false;
     if (interval < 10)
         interval = 10;
     uv_timer_start(&a->drain_timer, kr_admin_drain_tick, 0, interval);

@@ -75,6 +75,8 @@ struct kr_admin {
     uint32_t drain_steps_left;
     uint64_t drain_started_ms;
     uint64_t drain_grace_end_ms;
+    uint64_t drain_deadline_ms; /* clients still holding messages are told and closed */
+    bool drain_deadline_sent;
 };
 
 /* kr_admin.c */

@@ -30,6 +30,7 @@ enum kr_cfg_type {
 #define KR_CFG_SIZE 0x2u /* a byte count: a k, m or g suffix (x1024) is accepted */
 #define KR_CFG_CPUS 0x4u /* default: the number of CPUs this process may run on */
 #define KR_CFG_USERDEF 0x8u /* `def` is the default for root, `def_user` for other users */
+#define KR_CFG_HALFRAM 0x10u /* default: half the physical memory (sysconf), `def` if unknown */
 
 struct kr_cfg_opt {
     const char *name;
@@ -94,6 +95,13 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
                "and disconnected)"),
     KR_CFG_OPT(max_queued_bytes, KR_CFG_U64, KR_CFG_LIVE | KR_CFG_SIZE, 1, KR_TIB, "64m",
                "bytes waiting for one client before its queue overflows"),
+    KR_CFG_OPT(max_poll_reply_bytes, KR_CFG_U64, KR_CFG_LIVE | KR_CFG_SIZE, 1, KR_GIB, "1m",
+               "entry bytes one `get messages` reply holds at most (always at least one "
+               "entry); the rest stays queued for the next poll"),
+    KR_CFG_OPT(max_memory, KR_CFG_U64, KR_CFG_LIVE | KR_CFG_SIZE | KR_CFG_HALFRAM, 0, 64 * KR_TIB,
+               "4g",
+               "bytes of queued messages, retroactive history and unsent replies, all clients "
+               "together; over it the clients with the largest queues overflow (0 = no bound)"),
     KR_CFG_OPT(max_message_bytes, KR_CFG_U64, KR_CFG_SIZE, 1, KR_GIB, "1m",
                "largest payload of one published message"),
     KR_CFG_OPT(max_request_bytes, KR_CFG_U64, KR_CFG_SIZE, 1, 4 * KR_GIB, "16m",
@@ -160,6 +168,15 @@ static int kr_cfg_err_unknown(char *err, size_t errlen, const char *shown, const
 }
 
 /* Number of CPUs this process may run on. */
+/* Half the physical memory in bytes, or 0 when sysconf cannot tell. */
+static uint64_t kr_cfg_half_ram(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || psize <= 0)
+        return 0;
+    return (uint64_t)pages * (uint64_t)psize / 2;
+}
+
 static unsigned kr_cfg_cpus(void)
 {
     cpu_set_t set;
@@ -420,6 +437,12 @@ void kr_cfg_defaults(struct kr_cfg *cfg)
             def = o->def_user;
         if (o->flags & KR_CFG_CPUS) {
             uint64_t n = kr_cfg_cpus();
+            n = n < o->min ? o->min : n > o->max ? o->max : n;
+            snprintf(num, sizeof(num), "%" PRIu64, n);
+            def = num;
+        }
+        if ((o->flags & KR_CFG_HALFRAM) && kr_cfg_half_ram()) {
+            uint64_t n = kr_cfg_half_ram();
             n = n < o->min ? o->min : n > o->max ? o->max : n;
             snprintf(num, sizeof(num), "%" PRIu64, n);
             def = num;
@@ -952,6 +975,9 @@ void kr_cfg_print_help(FILE *out, const char *prog)
         }
         if (o->flags & KR_CFG_CPUS)
             snprintf(def, sizeof(def), "CPUs available, %u here", kr_cfg_cpus());
+        else if ((o->flags & KR_CFG_HALFRAM) && kr_cfg_half_ram())
+            snprintf(def, sizeof(def), "half the physical memory, %" PRIu64 "m here",
+                     kr_cfg_half_ram() >> 20);
         else if (o->flags & KR_CFG_USERDEF)
             snprintf(def, sizeof(def), "%s as root", o->def);
         else if (!o->def[0])

@@ -32,6 +32,11 @@ struct kr_cfg {
     uint32_t messages_stored_per_router_shard;     /* 10000 */
     uint64_t max_queued_messages;            /* 100000 */
     uint64_t max_queued_bytes;               /* 64 MiB */
+    uint64_t max_poll_reply_bytes;           /* 1 MiB: entries one `get messages` reply holds
+                                                (at least one entry, whatever its size) */
+    uint64_t max_memory;                     /* half the physical memory (0 = no bound):
+                                                queued + history + unsent reply bytes, over
+                                                which the largest queues overflow */
     uint64_t max_message_bytes;              /* 1 MiB */
     uint64_t max_request_bytes;              /* 16 MiB */
     uint32_t max_topic_bytes;                /* 1024 */

@@ -33,6 +33,7 @@
 #define KR_READ_BUF (64 * 1024)
 #define KR_DRAIN_BUDGET 4096      /* events taken from the shards per wake-up before yielding */
 #define KR_OUT_HIGH (4u << 20)    /* stop reading a client whose unsent replies exceed this */
+#define KR_DRAIN_PAD UINT32_MAX   /* kr_router_cmd.pad of a drain barrier (not a request number) */
 #define KR_WARN_BURST 10          /* warnings of one kind per interval */
 #define KR_WARN_INTERVAL_MS 10000
 #define KR_ACCEPT_BATCH 64        /* connections accepted per listener wake-up */
@@ -40,6 +41,7 @@
 
 struct kr_server;
 struct kr_nt;
+struct kr_mem_cand;
 
 /* An event a connection could not hand to a shard yet (ring full). */
 struct kr_parked {
@@ -87,6 +89,8 @@ struct kr_conn {
     size_t out_len;
     size_t out_cap;
     char *wbuf; /* buffer owned by the write in flight */
+    size_t wbuf_len;
+    size_t out_acct; /* unsent bytes counted in the thread's output_bytes */
     uv_write_t wreq;
     /* deliveries */
     struct kr_cq q;
@@ -128,10 +132,17 @@ struct kr_conn {
     uint8_t poll_wait;      /* KR_PW_NONE, or the list it is on: KR_PW_HELD, KR_PW_READY */
     uint64_t poll_since_ms; /* loop time the wait began */
     struct cds_list_head pw_node; /* on nt->held or nt->ready */
+    /* drain (see kr_net_close_some) */
+    uint8_t drain;       /* KR_DR_NONE, KR_DR_BARRIER, KR_DR_POLL */
+    uint32_t drain_acks; /* shard acknowledgements the barrier still waits for */
     char peer[64];
 };
 
 enum { KR_PW_NONE, KR_PW_HELD, KR_PW_READY };
+/* KR_DR_BARRIER: reached by the drain, unsubscribed everywhere, waiting until every shard
+ * confirmed (then nothing more can arrive for it); KR_DR_POLL: its queue is final and it is
+ * closed after the reply that empties it. */
+enum { KR_DR_NONE, KR_DR_BARRIER, KR_DR_POLL };
 
 /* Connections whose poll waits, in the order their waits began. */
 struct kr_pw_list {
@@ -154,6 +165,9 @@ struct kr_nt_stats {
     uint64_t queued_messages;
     uint64_t queued_bytes;
     uint64_t queue_overflows;
+    uint64_t output_bytes;     /* reply bytes not written to the sockets yet */
+    uint64_t memory_overflows; /* queues discarded because max_memory was exceeded */
+    uint64_t drain_errors;     /* clients told SERVER_ERROR shutting down */
     uint64_t protocol_errors;
     uint64_t idle_timeouts;
     uint64_t bytes_read;
@@ -177,6 +191,8 @@ struct kr_net_live {
     uint64_t max_queued_bytes;
     uint64_t client_idle_timeout_ms;
     uint64_t poll_wait_ms;
+    uint64_t max_poll_reply_bytes;
+    uint64_t max_memory;
     uint32_t max_tcp_clients;
     uint32_t tcp_keepalive_s;
     uint32_t fanout_warn;
@@ -221,6 +237,14 @@ struct kr_nt {
     struct kr_log_ratelimit rl_overflow;
     struct kr_log_ratelimit rl_fanout;
     struct kr_log_ratelimit rl_topics;
+    struct kr_log_ratelimit rl_memory;
+    struct kr_log_ratelimit rl_drain;
+    /* max_memory (kr_nt_memory_check) */
+    uint64_t mem_grown;   /* queued bytes added since the last check */
+    uint64_t mem_step;    /* check again after this many */
+    uint64_t mem_largest; /* largest client here at the last check; read by other threads */
+    struct kr_mem_cand *mem_cand;
+    uint32_t mem_cand_cap;
     struct kr_nt_stats st;
     char readbuf[KR_READ_BUF];
 };
@@ -253,6 +277,8 @@ static void kr_net_live(const struct kr_server *s, struct kr_net_live *out)
     out->max_queued_bytes = c->max_queued_bytes;
     out->client_idle_timeout_ms = c->client_idle_timeout_ms;
     out->poll_wait_ms = c->poll_wait_ms;
+    out->max_poll_reply_bytes = c->max_poll_reply_bytes;
+    out->max_memory = c->max_memory;
     out->max_tcp_clients = c->max_tcp_clients;
     out->tcp_keepalive_s = c->tcp_keepalive_s;
     out->fanout_warn = c->router_min_fanout_to_warn;
@@ -278,6 +304,8 @@ static void kr_conn_close(struct kr_conn *c);
 static void kr_conn_process(struct kr_conn *c);
 static void kr_conn_flush(struct kr_conn *c);
 static void kr_nt_drain(struct kr_nt *nt);
+static uint64_t kr_server_memory_used(struct kr_server *s, uint64_t *history);
+static void kr_conn_drain_acked(struct kr_conn *c);
 
 /* ---------------------------------------------------------------- output */
 
@@ -304,12 +332,32 @@ static void kr_out_str(struct kr_conn *c, const char *s)
     kr_out_add(c, s, strlen(s));
 }
 
+/* Bring the net thread's output_bytes figure (part of max_memory's count) up to date with
+ * the connection's unsent bytes: what is buffered plus the write in flight. */
+static void kr_conn_out_account(struct kr_conn *c)
+{
+    size_t now = c->closing ? 0 : c->out_len + c->wbuf_len;
+    if (now > c->out_acct)
+        KR_ST_INC(c->nt, output_bytes, now - c->out_acct);
+    else if (now < c->out_acct)
+        KR_ST_DEC(c->nt, output_bytes, c->out_acct - now);
+    c->out_acct = now;
+}
+
+/* Unsent reply bytes of the connection. */
+static size_t kr_conn_out_pending(const struct kr_conn *c)
+{
+    return c->out_len + c->wbuf_len;
+}
+
 static void kr_conn_write_cb(uv_write_t *req, int status)
 {
     struct kr_conn *c = req->data;
     free(c->wbuf);
     c->wbuf = NULL;
+    c->wbuf_len = 0;
     c->writing = false;
+    kr_conn_out_account(c);
     if (status < 0) {
         kr_conn_close(c);
         return;
@@ -324,8 +372,12 @@ static void kr_conn_write_cb(uv_write_t *req, int status)
 /* Send what is buffered: try a direct write first, hand the rest to libuv. */
 static void kr_conn_flush(struct kr_conn *c)
 {
-    if (c->closing || c->writing)
+    if (c->closing)
         return;
+    if (c->writing) {
+        kr_conn_out_account(c); /* replies added behind the write in flight */
+        return;
+    }
     if (c->out_len) {
         uv_buf_t b = uv_buf_init(c->out, (unsigned)c->out_len);
         int n = uv_try_write((uv_stream_t *)&c->h, &b, 1);
@@ -339,6 +391,7 @@ static void kr_conn_flush(struct kr_conn *c)
             /* hand the buffer itself to the write; a new one collects later replies */
             memmove(c->out, c->out + done, c->out_len - done);
             c->wbuf = c->out;
+            c->wbuf_len = c->out_len - done;
             b = uv_buf_init(c->wbuf, (unsigned)(c->out_len - done));
             KR_ST_INC(c->nt, bytes_written, c->out_len - done);
             c->out = NULL;
@@ -351,6 +404,7 @@ static void kr_conn_flush(struct kr_conn *c)
                 c->writing = false;
                 kr_conn_close(c);
             }
+            kr_conn_out_account(c);
             return;
         }
         c->out_len = 0;
@@ -359,6 +413,7 @@ static void kr_conn_flush(struct kr_conn *c)
             c->out = NULL;
             c->out_cap = 0;
         }
+        kr_conn_out_account(c);
     }
     if (c->close_after_write)
         kr_conn_close(c);
@@ -595,6 +650,7 @@ static void kr_conn_close(struct kr_conn *c)
         return;
     struct kr_nt *nt = c->nt;
     c->closing = true;
+    kr_conn_out_account(c); /* its unsent bytes no longer count */
     kr_poll_unwait(c);
     kr_conn_release_parked(c);
     kr_conn_queue_clear(c);
@@ -944,10 +1000,12 @@ static void kr_reply_overflow(struct kr_conn *c)
     c->close_after_write = true;
 }
 
-/* How many entries at the head of the queue are complete (what a poll hands out now), and
- * the bytes they add to the reply. */
+/* How many entries at the head of the queue are complete and fit in one reply
+ * (max_poll_reply_bytes; at least one): what a poll hands out now, and the bytes they add
+ * to the reply. */
 static uint32_t kr_conn_ready_entries(struct kr_conn *c, uint64_t *bytes)
 {
+    uint64_t max = c->nt->live.max_poll_reply_bytes;
     uint32_t n = 0;
     *bytes = 0;
     while (n < c->q.count) {
@@ -955,10 +1013,26 @@ static uint32_t kr_conn_ready_entries(struct kr_conn *c, uint64_t *bytes)
         if (!kr_entry_complete(e))
             break;
         e->reply_bytes = kr_entry_bytes(e);
+        if (n && *bytes + e->reply_bytes > max)
+            break; /* the rest waits for the next poll (one entry always goes) */
         *bytes += e->reply_bytes;
         n++;
     }
     return n;
+}
+
+/* Nothing is queued for the connection and nothing more can arrive for it. */
+static bool kr_conn_queue_final_empty(const struct kr_conn *c)
+{
+    return c->drain == KR_DR_POLL && c->q.count == 0 && c->nstage == 0 && !c->retro_active;
+}
+
+/* A poll of a client the drain reached was answered: the reply that empties its final
+ * queue is its last one. */
+static void kr_conn_drain_replied(struct kr_conn *c)
+{
+    if (kr_conn_queue_final_empty(c))
+        c->close_after_write = true;
 }
 
 /* Answer a poll with the n complete entries at the head of the queue (`END` when n is 0). */
@@ -967,6 +1041,7 @@ static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
     struct kr_nt *nt = c->nt;
     if (n == 0) {
         kr_out_str(c, "END\r\n");
+        kr_conn_drain_replied(c);
         return;
     }
     kr_out_reserve(c, 17 + 20 + 2 + bytes + 5);
@@ -1010,6 +1085,7 @@ static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
     KR_ST_DEC(nt, queued_messages, n);
     KR_ST_DEC(nt, queued_bytes, qbytes_before - c->q.bytes);
     KR_ST_INC(nt, messages_delivered, n);
+    kr_conn_drain_replied(c);
 }
 
 static void kr_nt_poll_timer_cb(uv_timer_t *t);
@@ -1150,6 +1226,11 @@ void kr_server_stats(struct kr_server *srv, kr_server_emit_cb emit, void *arg)
     S("queued_messages", "%llu", (unsigned long long)sum.queued_messages);
     S("queued_bytes", "%llu", (unsigned long long)sum.queued_bytes);
     S("queue_overflows", "%llu", (unsigned long long)sum.queue_overflows);
+    S("memory_used", "%llu", (unsigned long long)kr_server_memory_used(srv, NULL));
+    S("max_memory", "%llu", (unsigned long long)lv.max_memory);
+    S("memory_overflows", "%llu", (unsigned long long)sum.memory_overflows);
+    S("output_bytes", "%llu", (unsigned long long)sum.output_bytes);
+    S("drain_errors", "%llu", (unsigned long long)sum.drain_errors);
     S("topics", "%llu", (unsigned long long)rs.topics);
     S("subscriptions", "%llu", (unsigned long long)rs.subscriptions);
     S("shard_overflow_events", "%llu", (unsigned long long)rs.overflow_events);
@@ -1231,7 +1312,8 @@ static bool kr_conn_unpark(struct kr_conn *c)
 static bool kr_conn_can_parse(struct kr_conn *c)
 {
     return !c->closing && !c->close_after_write && !c->nparked && !c->retro_active &&
-           !c->deferred_err && !c->poll_wait && c->rq_count < KR_MAX_PIPELINED;
+           !c->deferred_err && !c->poll_wait && c->rq_count < KR_MAX_PIPELINED &&
+           kr_conn_out_pending(c) < KR_OUT_HIGH; /* a reader that lags gets no more replies */
 }
 
 /* Requests that may be answered out of the router's ack order are those whose reply waits
@@ -1282,9 +1364,12 @@ static void kr_conn_process(struct kr_conn *c)
 {
     if (c->closing)
         return;
+    size_t used = 0;
+again:
     kr_rq_emit(c);
+    used = 0;
     if (kr_conn_unpark(c) && c->in_len && kr_conn_can_parse(c)) {
-        size_t used = kr_conn_parse(c, c->in, c->in_len);
+        used = kr_conn_parse(c, c->in, c->in_len);
         if (used) {
             memmove(c->in, c->in + used, c->in_len - used);
             c->in_len -= used;
@@ -1307,6 +1392,10 @@ static void kr_conn_process(struct kr_conn *c)
     else
         kr_conn_resume(c);
     kr_conn_flush(c);
+    /* the output high-water mark stopped the parse and the flush wrote everything out:
+     * nothing else would come back to the stashed requests */
+    if (used && !c->closing && !c->writing && c->in_len && kr_conn_can_parse(c))
+        goto again;
 }
 
 static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -1391,6 +1480,7 @@ static struct kr_pend *kr_nt_pend(struct kr_nt *nt, struct kr_msg *m, bool creat
 }
 
 static struct kr_cq_entry *kr_conn_find_incomplete(struct kr_conn *c, struct kr_msg *m);
+static void kr_nt_memory_check(struct kr_nt *nt);
 
 /* Queue an entry for a client (takes over its references), enforcing the limits.
  * An entry of a multi-shard message that is not complete yet is remembered so the other
@@ -1438,6 +1528,9 @@ static void kr_conn_enqueue(struct kr_conn *c, struct kr_cq_entry *e)
     KR_ST_INC(nt, queued_bytes, e->reply_bytes);
     KR_ST_INC(nt, deliveries_queued, 1);
     kr_poll_wake(c);
+    nt->mem_grown += e->reply_bytes; /* max_memory: a thread-local add and compare */
+    if (nt->mem_grown >= nt->mem_step)
+        kr_nt_memory_check(nt);
 }
 
 /* The queued, still incomplete entry of multi-shard message m, if any. Drops the records
@@ -1633,6 +1726,11 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
         uint32_t reqno = ((struct kr_router_cmd *)ev->ptr)->pad;
         free(ev->ptr);
         struct kr_conn *c = kr_nt_conn(nt, ev->conn);
+        if (reqno == KR_DRAIN_PAD) { /* a drain barrier, not a request */
+            if (c)
+                kr_conn_drain_acked(c);
+            break;
+        }
         struct kr_reply_wait *w = c ? kr_rq_at(c, reqno) : NULL;
         if (w && w->acks_left) {
             if (ev->aux == KR_EV_RETRO_SUBSCRIBE && ev->mask)
@@ -1752,6 +1850,137 @@ static void kr_nt_check_cb(uv_check_t *h)
     kr_router_flush(nt->srv->router, nt->idx);
 }
 
+/* ---------------------------------------------------------------- max_memory
+ * memory_used = every net thread's queued and unsent reply bytes plus the router's history
+ * bytes, assembled from per-thread counters with relaxed loads. Each net thread acts on its
+ * own clients only: on every sweep tick, and whenever its queues grew by mem_step bytes
+ * since its last look, it reads the total; when that is over max_memory it overflows its
+ * own largest clients (queued plus unsent bytes, largest first, only those at least half
+ * the size of the largest client of any thread) until it freed its share of the excess
+ * (the excess times its clients' part of all clients' bytes). An overflowed client is told
+ * `SERVER_ERROR queue overflow` and closed, as with max_queued_bytes. Publishers are never
+ * held back. */
+
+struct kr_mem_cand {
+    struct kr_conn *c;
+    uint64_t bytes;
+};
+
+static int kr_mem_cand_cmp(const void *a, const void *b)
+{
+    const struct kr_mem_cand *x = a, *y = b;
+    return x->bytes < y->bytes ? 1 : x->bytes > y->bytes ? -1 : 0; /* largest first */
+}
+
+/* Bytes max_memory counts now (relaxed loads; the history part in *history). Any thread. */
+static uint64_t kr_server_memory_used(struct kr_server *s, uint64_t *history)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < s->nnet; i++)
+        n += ck_pr_load_64(&s->nts[i]->st.queued_bytes) + ck_pr_load_64(&s->nts[i]->st.output_bytes);
+    struct kr_router_stats rs;
+    kr_router_stats(s->router, &rs);
+    if (history)
+        *history = rs.history_bytes;
+    return n + rs.history_bytes;
+}
+
+/* The client's queue goes (and its unsent replies, when it does not read): it is told
+ * `SERVER_ERROR queue overflow` and closed. Returns the bytes freed. */
+static uint64_t kr_conn_memory_overflow(struct kr_conn *c)
+{
+    struct kr_nt *nt = c->nt;
+    uint64_t freed = c->q.bytes;
+    KR_ST_INC(nt, memory_overflows, 1);
+    uint64_t suppressed = 0;
+    if (kr_log_enabled(KR_LOG_WARN) &&
+        kr_log_ratelimit(&nt->rl_memory, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
+        KR_WARN("client %s (id %llu): over max_memory (%llu); discarding its queue (%u messages, "
+                "%llu bytes, %llu unsent), it will be told and disconnected (suppressed %llu "
+                "similar)",
+                c->peer, (unsigned long long)c->id, (unsigned long long)nt->live.max_memory,
+                c->q.count, (unsigned long long)c->q.bytes,
+                (unsigned long long)kr_conn_out_pending(c), (unsigned long long)suppressed);
+    if (c->writing) {
+        /* it does not read what it was sent: the error could not reach it either */
+        freed += kr_conn_out_pending(c);
+        kr_conn_overflow(c);
+        kr_conn_close(c);
+        return freed;
+    }
+    if (!c->overflowed)
+        kr_conn_overflow(c); /* counted in queue_overflows too; a waiting poll gets the error */
+    if (c->poll_wait == KR_PW_NONE && !c->close_after_write && !c->deferred_err) {
+        kr_reply_overflow(c); /* now, not at its next request: it may never send one */
+        kr_conn_pause(c);
+    }
+    kr_conn_block(c); /* written and closed after this loop iteration */
+    return freed;
+}
+
+/* See above. Net thread. */
+static void kr_nt_memory_check(struct kr_nt *nt)
+{
+    struct kr_server *srv = nt->srv;
+    kr_nt_refresh_live(nt);
+    uint64_t max = nt->live.max_memory;
+    nt->mem_grown = 0;
+    if (!max) {
+        nt->mem_step = UINT64_MAX;
+        ck_pr_store_64(&nt->mem_largest, 0);
+        return;
+    }
+    nt->mem_step = max / (8 * (uint64_t)srv->nnet);
+    if (nt->mem_step < 4096)
+        nt->mem_step = 4096;
+    uint64_t history, used = kr_server_memory_used(srv, &history);
+    bool over = used > max;
+    uint64_t largest = 0, mine = 0;
+    uint32_t ncand = 0;
+    for (uint32_t i = 0; i < nt->nslots; i++) {
+        struct kr_conn *c = nt->slots[i];
+        if (!c || c->closing)
+            continue;
+        uint64_t b = c->q.bytes + kr_conn_out_pending(c);
+        if (!b)
+            continue;
+        mine += b;
+        if (b > largest)
+            largest = b;
+        if (!over || (c->close_after_write && !c->writing))
+            continue; /* on its way out */
+        if (ncand == nt->mem_cand_cap) {
+            nt->mem_cand_cap = nt->mem_cand_cap ? nt->mem_cand_cap * 2 : 64;
+            nt->mem_cand = kr_xrealloc(nt->mem_cand, nt->mem_cand_cap * sizeof(*nt->mem_cand));
+        }
+        nt->mem_cand[ncand++] = (struct kr_mem_cand){.c = c, .bytes = b};
+    }
+    ck_pr_store_64(&nt->mem_largest, largest);
+    if (!over || !ncand || used <= history)
+        return;
+    uint64_t global_largest = largest;
+    for (uint32_t i = 0; i < srv->nnet; i++) {
+        uint64_t l = ck_pr_load_64(&srv->nts[i]->mem_largest);
+        if (l > global_largest)
+            global_largest = l;
+    }
+    uint64_t excess = used - max, clients = used - history;
+    if (mine > clients)
+        mine = clients;
+    /* this thread's share of the excess, rounded up */
+    uint64_t share = (uint64_t)(((unsigned __int128)excess * mine + clients - 1) / clients);
+    qsort(nt->mem_cand, ncand, sizeof(*nt->mem_cand), kr_mem_cand_cmp);
+    uint64_t freed = 0;
+    for (uint32_t k = 0; k < ncand && freed < share; k++) {
+        if (nt->mem_cand[k].bytes * 2 < global_largest)
+            break; /* another thread holds far larger clients: they go first */
+        struct kr_conn *c = nt->mem_cand[k].c;
+        if (c->closing)
+            continue;
+        freed += kr_conn_memory_overflow(c);
+    }
+}
+
 static void kr_nt_sweep_cb(uv_timer_t *t)
 {
     struct kr_nt *nt = t->data;
@@ -1763,6 +1992,7 @@ static void kr_nt_sweep_cb(uv_timer_t *t)
         kr_nt_send_ctl(nt);
     if (nt->blocked_head)
         kr_nt_unblock_all(nt);
+    kr_nt_memory_check(nt);
     if (!timeout)
         return;
     for (uint32_t i = 0; i < nt->nslots; i++) {
@@ -2245,7 +2475,11 @@ void kr_server_destroy(struct kr_server *s)
         free(nt->free_slots);
         free(nt->topics);
         free(nt->topic_lens);
+        for (uint32_t k = 0; k < nt->nctl; k++) /* drain barriers never sent */
+            if (nt->ctl[k].ev.type == KR_EV_UNSUBSCRIBE)
+                free(nt->ctl[k].ev.ptr);
         free(nt->ctl);
+        free(nt->mem_cand);
         free(nt);
     }
     free(s->nts);
@@ -2325,23 +2559,126 @@ int kr_net_conn_find(struct kr_server *s, uint64_t id, struct kr_net_conn_info *
     return 0;
 }
 
+/* ---------------------------------------------------------------- drain
+ * When the drain reaches a client (kr_net_close_some), it is unsubscribed in every shard
+ * and a barrier (an empty unsubscribe, acknowledged in mailbox order after every delivery
+ * the shard made before) follows; once every shard acknowledged, nothing more can arrive
+ * for it. Then a client with nothing queued is closed; one holding messages is closed
+ * right after the poll reply that empties its queue (replies stay bounded by
+ * max_poll_reply_bytes, so that may take several polls). At the drain's deadline
+ * (kr_net_drain_deadline) a client still holding messages, or whose barrier is not
+ * complete, is sent `SERVER_ERROR shutting down` and closed: never closed silently with
+ * messages. */
+
+/* Send a control event to a shard in order with the thread's earlier ones (parked on the
+ * net thread while the ring is full). */
+static void kr_nt_send_ctl_event(struct kr_nt *nt, uint32_t shard, const struct kr_event *ev)
+{
+    if (nt->nctl == 0 && kr_router_send(nt->srv->router, nt->idx, shard, ev))
+        return;
+    if (nt->nctl == nt->ctl_cap) {
+        nt->ctl_cap = nt->ctl_cap ? nt->ctl_cap * 2 : 64;
+        nt->ctl = kr_xrealloc(nt->ctl, nt->ctl_cap * sizeof(*nt->ctl));
+    }
+    nt->ctl[nt->nctl].shard = shard;
+    nt->ctl[nt->nctl].ev = *ev;
+    nt->nctl++;
+}
+
+/* The queue of a client the drain reached is final: close it when it is empty. */
+static void kr_conn_drain_check(struct kr_conn *c)
+{
+    if (c->closing || c->close_after_write || !kr_conn_queue_final_empty(c))
+        return;
+    if (c->poll_wait)
+        kr_poll_finish(c); /* END, and the close (kr_conn_drain_replied) */
+    c->close_after_write = true;
+    kr_conn_pause(c);
+    kr_conn_block(c); /* written and closed after this loop iteration */
+}
+
+static void kr_conn_drain_acked(struct kr_conn *c)
+{
+    if (c->drain != KR_DR_BARRIER || --c->drain_acks)
+        return;
+    c->drain = KR_DR_POLL;
+    kr_conn_drain_check(c);
+}
+
+/* The drain reached the client. */
+static void kr_conn_drain_reach(struct kr_conn *c)
+{
+    struct kr_nt *nt = c->nt;
+    KR_DEBUG("client %s (id %llu): drain reached it (%u messages queued)", c->peer,
+             (unsigned long long)c->id, c->q.count);
+    if (!c->subscribed) {
+        c->drain = KR_DR_POLL; /* nothing can arrive for it */
+        kr_conn_drain_check(c);
+        return;
+    }
+    uint32_t nshards = kr_router_nshards(nt->srv->router);
+    c->drain = KR_DR_BARRIER;
+    c->drain_acks = nshards;
+    struct kr_event ev = {.type = KR_EV_DISCONNECT, .src = (uint16_t)nt->idx, .conn = c->id};
+    for (uint32_t s = 0; s < nshards; s++)
+        kr_nt_send_ctl_event(nt, s, &ev);
+    for (uint32_t s = 0; s < nshards; s++) {
+        struct kr_router_cmd *cmd = kr_router_cmd_new(0);
+        cmd->pad = KR_DRAIN_PAD;
+        struct kr_event b = {.type = KR_EV_UNSUBSCRIBE, .src = (uint16_t)nt->idx, .conn = c->id,
+                             .ptr = cmd};
+        kr_nt_send_ctl_event(nt, s, &b);
+    }
+}
+
 uint32_t kr_net_close_some(struct kr_server *s, uint32_t net, uint32_t n)
 {
     struct kr_nt *nt = s->nts[net];
+    kr_nt_refresh_live(nt);
     uint32_t done = 0;
     for (uint32_t i = 0; i < nt->nslots && done < n; i++) {
         struct kr_conn *c = nt->slots[i];
-        if (!c || c->closing || c->close_after_write)
+        if (!c || c->closing || c->close_after_write || c->drain != KR_DR_NONE)
             continue;
-        KR_DEBUG("client %s (id %llu): closing (drain)", c->peer, (unsigned long long)c->id);
-        if (c->poll_wait)
-            kr_poll_finish(c);
-        c->close_after_write = true;
-        kr_conn_pause(c);
-        kr_conn_flush(c); /* closes now, or once the replies in flight are written */
+        kr_conn_drain_reach(c);
         done++;
     }
     return done;
+}
+
+uint32_t kr_net_drain_deadline(struct kr_server *s, uint32_t net)
+{
+    struct kr_nt *nt = s->nts[net];
+    uint32_t told = 0;
+    for (uint32_t i = 0; i < nt->nslots; i++) {
+        struct kr_conn *c = nt->slots[i];
+        if (!c || c->closing || c->close_after_write)
+            continue;
+        bool holding = c->q.count || c->nstage || c->retro_active ||
+                       (c->subscribed && c->drain != KR_DR_POLL);
+        bool waited = c->poll_wait != KR_PW_NONE;
+        kr_poll_unwait(c);
+        if (holding) {
+            told++;
+            KR_ST_INC(nt, drain_errors, 1);
+            uint64_t suppressed = 0;
+            if (kr_log_enabled(KR_LOG_WARN) &&
+                kr_log_ratelimit(&nt->rl_drain, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
+                KR_WARN("client %s (id %llu): drain deadline with %u messages queued (%s); told "
+                        "SERVER_ERROR shutting down (suppressed %llu similar)",
+                        c->peer, (unsigned long long)c->id, c->q.count,
+                        c->drain == KR_DR_POLL ? "not polled" : "shards did not confirm",
+                        (unsigned long long)suppressed);
+            kr_conn_queue_clear(c);
+            kr_out_str(c, "SERVER_ERROR shutting down\r\n");
+        } else if (waited) {
+            kr_out_str(c, "END\r\n"); /* its waiting poll */
+        }
+        c->close_after_write = true;
+        kr_conn_pause(c);
+        kr_conn_flush(c); /* closes now, or once the bytes in flight are written */
+    }
+    return told;
 }
 
 static void kr_nt_listener_closed_cb(uv_handle_t *h)

@@ -75,10 +75,15 @@ int kr_server_find_conn(struct kr_server *s, uint64_t id, struct kr_net_conn_inf
 void kr_server_drain(struct kr_server *s);
 /* Whether kr_server_drain was called. Any thread. */
 int kr_server_draining(const struct kr_server *s);
-/* Drain, step 2: ask net thread `net` to close up to `n` of its clients (each after its
- * pending replies are written; queued messages stay pollable until then). Does not wait.
- * Returns 0 or -ESHUTDOWN. Control thread. */
+/* Drain, step 2: ask net thread `net` to close up to `n` more of its clients: each is
+ * unsubscribed and closed once nothing is queued for it; one holding messages is closed
+ * after the poll reply that empties its queue. Does not wait. Returns 0 or -ESHUTDOWN.
+ * Control thread. */
 int kr_server_close_clients(struct kr_server *s, uint32_t net, uint32_t n);
+/* Drain, step 3 (its deadline): ask net thread `net` to close every client left, after
+ * sending `SERVER_ERROR shutting down` to those still holding messages. Does not wait.
+ * Returns 0 or -ESHUTDOWN. Control thread. */
+int kr_server_drain_deadline(struct kr_server *s, uint32_t net);
 /* Close every net thread's listening socket (part of kr_server_drain). Control thread. */
 int kr_server_stop_listening(struct kr_server *s);
 

@@ -24,6 +24,7 @@ enum kr_net_req_type {
     KR_NET_REQ_FIND,     /* the connection `id` */
     KR_NET_REQ_CLOSE,    /* close up to n clients */
     KR_NET_REQ_UNLISTEN, /* close the listening socket */
+    KR_NET_REQ_DEADLINE, /* the drain's deadline: close every client, telling those holding messages */
 };
 
 struct kr_net_req {
@@ -113,6 +114,9 @@ void kr_net_reqq_serve(struct kr_server *s, uint32_t net)
             break;
         case KR_NET_REQ_UNLISTEN:
             kr_net_stop_listening(s, net);
+            break;
+        case KR_NET_REQ_DEADLINE:
+            status = (int)kr_net_drain_deadline(s, net);
             break;
         }
         pthread_mutex_lock(&q->mu);
@@ -242,6 +246,11 @@ int kr_server_close_clients(struct kr_server *s, uint32_t net, uint32_t n)
     struct kr_net_req *r = kr_net_req_new(KR_NET_REQ_CLOSE, 0);
     r->n = n;
     return kr_net_req_submit(s, net, r, -1, NULL);
+}
+
+int kr_server_drain_deadline(struct kr_server *s, uint32_t net)
+{
+    return kr_net_req_submit(s, net, kr_net_req_new(KR_NET_REQ_DEADLINE, 0), -1, NULL);
 }
 
 int kr_server_stop_listening(struct kr_server *s)

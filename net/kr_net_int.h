@@ -33,9 +33,14 @@ int kr_net_conn_next(struct kr_server *s, uint32_t net, uint32_t *slot,
                      struct kr_net_conn_info *out);
 /* The open connection `id`: 0, or -ENOENT. Net thread KR_CONN_NET(id). */
 int kr_net_conn_find(struct kr_server *s, uint64_t id, struct kr_net_conn_info *out);
-/* Close up to `n` clients of net thread `net` after their pending replies are written;
- * returns how many were told to close. Net thread `net`. */
+/* The drain reaches up to `n` more clients of net thread `net`: each is unsubscribed
+ * everywhere, then closed once nothing is queued for it (a client holding messages after
+ * the poll reply that empties its queue). Returns how many were reached. Net thread `net`. */
 uint32_t kr_net_close_some(struct kr_server *s, uint32_t net, uint32_t n);
+/* The drain's deadline: every client of net thread `net` is closed after its pending
+ * replies; one still holding messages (or whose shards did not confirm the unsubscribe) is
+ * sent `SERVER_ERROR shutting down` first. Returns how many were told. Net thread `net`. */
+uint32_t kr_net_drain_deadline(struct kr_server *s, uint32_t net);
 /* Close net thread `net`'s listening socket (no new connections). Net thread `net`. */
 void kr_net_stop_listening(struct kr_server *s, uint32_t net);
 
