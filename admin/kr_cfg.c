@@ -79,6 +79,10 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
                "(0 = never)"),
     KR_CFG_OPT(messages_stored_per_router_shard, KR_CFG_U32, 0, 1, 10000000, "10000",
                "recent messages each router shard keeps for retroactive subscriptions"),
+    KR_CFG_OPT(history_max_bytes, KR_CFG_U64, KR_CFG_SIZE, 1, KR_TIB, "64m",
+               "bytes of message buffers each router shard keeps for retroactive "
+               "subscriptions; the oldest are evicted first (a horizon older than what is "
+               "kept answers NOT_FOUND)"),
     KR_CFG_OPT(max_queued_messages, KR_CFG_U64, KR_CFG_LIVE, 1, 1000000000, "100000",
                "messages waiting for one client before its queue overflows (the client is told "
                "and disconnected)"),

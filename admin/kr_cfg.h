@@ -25,6 +25,8 @@ struct kr_cfg {
     uint32_t router_min_fanout_to_warn;      /* 1000 */
     uint32_t router_min_publish_to_topics_to_warn; /* 1000 */
     uint32_t messages_stored_per_router_shard;     /* 10000 */
+    uint64_t history_max_bytes;              /* 64 MiB: bytes of retroactive history per
+                                                router shard (oldest evicted first) */
     uint64_t max_queued_messages;            /* 100000 */
     uint64_t max_queued_bytes;               /* 64 MiB */
     uint64_t max_message_bytes;              /* 1 MiB */

@@ -1954,6 +1954,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         .mailbox_capacity = 8192,
         .fanout_warn = cfg->router_min_fanout_to_warn,
         .history = cfg->messages_stored_per_router_shard,
+        .history_bytes = cfg->history_max_bytes,
         .pin_cpus = true,
         .wake_net = kr_server_wake_net,
         .wake_arg = s,
