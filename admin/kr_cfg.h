@@ -34,8 +34,9 @@ struct kr_cfg {
     uint32_t max_topic_bytes;                /* 1024 */
     uint32_t max_line_bytes;                 /* 8192 */
     uint64_t client_idle_timeout_ms;         /* 3600000 (0 = never) */
-    uint64_t poll_wait_ms;                   /* 20: an empty `get messages` waits this long
-                                                for a message (0 = answer END at once) */
+    uint64_t poll_wait_ms;                   /* 0: an empty `get messages` is answered END
+                                                at once; > 0: it waits up to this long for a
+                                                message */
     int log_level;                           /* enum kr_log_level, info */
     char log_file[KR_CFG_STR_MAX];           /* "" = stderr */
     char pid_file[KR_CFG_STR_MAX];           /* "" = none */
