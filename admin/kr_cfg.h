@@ -75,7 +75,9 @@ int kr_cfg_load_file(struct kr_cfg *cfg, const char *path, char *err, size_t err
 
 /* Read an Erlang-term config (sys.config format), `len` bytes of `text`:
  *     [{kraken, [{num_router_shards, 8}, {pid_file, "/var/run/kraken.pid"}]}, {lager, [...]}].
- * The kraken section's {Key, Value} pairs are set like command-line values: integers,
+ * The kraken section's {Key, Value} pairs are set like command-line values (a section named
+ * octopus, the name of the Erlang server's README example, is read as kraken; several such
+ * sections apply in file order, the last value of a key winning): integers,
  * strings ("..." or a list of character codes), binaries (<<"...">>), atoms (info), and
  * address tuples ({0,0,0,0}). Other applications' sections are parsed and skipped; their
  * names are listed in `warn` ("lager, sasl"; may be NULL). `%` comments, quoted atoms,
