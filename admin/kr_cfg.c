@@ -90,6 +90,10 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
                "(0 = never)"),
     KR_CFG_OPT(messages_stored_per_router_shard, KR_CFG_U32, 0, 1, 10000000, "10000",
                "recent messages each router shard keeps for retroactive subscriptions"),
+    KR_CFG_OPT(history_max_bytes, KR_CFG_U64, KR_CFG_SIZE, 1, KR_TIB, "64m",
+               "bytes of message buffers each router shard keeps for retroactive "
+               "subscriptions; the oldest are evicted first (a horizon older than what is "
+               "kept answers NOT_FOUND)"),
     KR_CFG_OPT(max_queued_messages, KR_CFG_U64, KR_CFG_LIVE, 1, 1000000000, "100000",
                "messages waiting for one client before its queue overflows (the client is told "
                "and disconnected)"),
@@ -114,9 +118,11 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
                "3600000",
                "close a client connection after this many milliseconds without a request "
                "(0 = never)"),
-    KR_CFG_OPT(poll_wait_ms, KR_CFG_U64, KR_CFG_LIVE, 0, 60000, "20",
-               "a `get messages` that finds nothing queued is answered as soon as a message "
-               "arrives, or END after this many milliseconds (0 = END at once)"),
+    KR_CFG_OPT(poll_wait_ms, KR_CFG_U64, KR_CFG_LIVE, 0, 60000, "0",
+               "0: a `get messages` that finds nothing queued is answered END at once (as the "
+               "Erlang server did). N > 0: it is answered as soon as a message arrives, or END "
+               "after N milliseconds: fewer empty polls from clients that poll in a loop, but "
+               "a client doing one request at a time waits up to N ms on every empty poll"),
     KR_CFG_OPT(log_level, KR_CFG_LEVEL, KR_CFG_LIVE, 0, 0, "info",
                "lowest level written: debug, info, warn or error"),
     KR_CFG_OPT(log_file, KR_CFG_STR, 0, 0, 0, "",

@@ -30,6 +30,8 @@ struct kr_cfg {
     uint32_t router_min_fanout_to_warn;      /* 1000 */
     uint32_t router_min_publish_to_topics_to_warn; /* 1000 */
     uint32_t messages_stored_per_router_shard;     /* 10000 */
+    uint64_t history_max_bytes;              /* 64 MiB: bytes of retroactive history per
+                                                router shard (oldest evicted first) */
     uint64_t max_queued_messages;            /* 100000 */
     uint64_t max_queued_bytes;               /* 64 MiB */
     uint64_t max_poll_reply_bytes;           /* 1 MiB: entries one `get messages` reply holds
@@ -42,8 +44,9 @@ struct kr_cfg {
     uint32_t max_topic_bytes;                /* 1024 */
     uint32_t max_line_bytes;                 /* 8192 */
     uint64_t client_idle_timeout_ms;         /* 3600000 (0 = never) */
-    uint64_t poll_wait_ms;                   /* 20: an empty `get messages` waits this long
-                                                for a message (0 = answer END at once) */
+    uint64_t poll_wait_ms;                   /* 0: an empty `get messages` is answered END
+                                                at once; > 0: it waits up to this long for a
+                                                message */
     int log_level;                           /* enum kr_log_level, info */
     char log_file[KR_CFG_STR_MAX];           /* "" = stderr */
     char pid_file[KR_CFG_STR_MAX];           /* "" = none */
@@ -82,7 +85,9 @@ int kr_cfg_load_file(struct kr_cfg *cfg, const char *path, char *err, size_t err
 
 /* Read an Erlang-term config (sys.config format), `len` bytes of `text`:
  *     [{kraken, [{num_router_shards, 8}, {pid_file, "/var/run/kraken.pid"}]}, {lager, [...]}].
- * The kraken section's {Key, Value} pairs are set like command-line values: integers,
+ * The kraken section's {Key, Value} pairs are set like command-line values (a section named
+ * octopus, the name of the Erlang server's README example, is read as kraken; several such
+ * sections apply in file order, the last value of a key winning): integers,
  * strings ("..." or a list of character codes), binaries (<<"...">>), atoms (info), and
  * address tuples ({0,0,0,0}). Other applications' sections are parsed and skipped; their
  * names are listed in `warn` ("lager, sasl"; may be NULL). `%` comments, quoted atoms,

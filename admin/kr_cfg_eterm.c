@@ -10,7 +10,9 @@
  * (skipped only), atoms (bare or quoted), integers (with Base#digits and $c), floats
  * (skipped only), strings (adjacent ones concatenate) and binaries. The kraken section's
  * {Key, Value} pairs go through kr_cfg_set like command-line values; other applications'
- * sections are skipped and reported to the caller. See kr_cfg.h. */
+ * sections are skipped and reported to the caller. An `octopus` section is the same
+ * application as `kraken`: the Erlang server's README gives its config example under that
+ * name, so deployments copied from it use it. See kr_cfg.h. */
 #include "kr_log.h"
 #include "kr_cfg.h"
 
@@ -592,7 +594,7 @@ static bool kr_et_value_text(struct kr_et_parser *ps, const char *key, const str
     return true;
 }
 
-/* Apply the {Key, Value} pairs of the kraken section. */
+/* Apply the {Key, Value} pairs of the kraken (or octopus) section. */
 static bool kr_et_apply(struct kr_et_parser *ps, struct kr_cfg *cfg, const struct kr_et *list)
 {
     for (size_t i = 0; i < list->n; i++) {
@@ -675,7 +677,7 @@ int kr_cfg_load_eterm(struct kr_cfg *cfg, const char *name, const char *text, si
             break;
         }
         const char *aname = app->items[0]->text;
-        if (strcmp(aname, "kraken") == 0) {
+        if (strcmp(aname, "kraken") == 0 || strcmp(aname, "octopus") == 0) {
             kr_et_apply(&ps, &tmp, app->items[1]);
         } else if (warn && warnlen) {
             int n = snprintf(warn + wlen, warnlen - wlen, "%s%.64s", wlen ? ", " : "", aname);

@@ -23,6 +23,10 @@ Options:
   --conns N           connections of the conns scenario (default 10000)
   --kraken-batch N    also run Kraken's fanout and broadcast with N entries per publish
                       request (default 16; 0 = skip)
+  --kraken-poll-wait MS
+                      the Kraken server's poll_wait_ms (default 20: kraken-bench's
+                      subscribers poll in a loop, which is what waiting polls are for;
+                      the server's own default, 0, answers an empty poll at once)
   --scaling           instead: Kraken alone, fanout and broadcast for every combination of
                       num_router_shards and num_net_threads in 1 2 4
   --raw FILE          append every run's JSON line to FILE
@@ -47,6 +51,7 @@ scenarios="fanout broadcast latency churn conns"
 servers="kraken redis nats"
 nconns=10000
 kraken_batch=16
+kraken_poll_wait=20
 scaling=0
 raw=""
 extra=()
@@ -60,6 +65,7 @@ while [ $# -gt 0 ]; do
     --servers) servers=$2; shift 2 ;;
     --conns) nconns=$2; shift 2 ;;
     --kraken-batch) kraken_batch=$2; shift 2 ;;
+    --kraken-poll-wait) kraken_poll_wait=$2; shift 2 ;;
     --scaling) scaling=1; shift ;;
     --raw) raw=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -147,7 +153,8 @@ start_server() {
     case "$name" in
     kraken)
         "$kraken_bin" run --listen_ip 127.0.0.1 --tcp_server_port 0 --log_file "$tmp/kraken.log" \
-            --max_tcp_clients $((nconns + 1000)) "$@" >"$tmp/kraken.out" 2>&1 &
+            --max_tcp_clients $((nconns + 1000)) --poll_wait_ms "$kraken_poll_wait" \
+            "$@" >"$tmp/kraken.out" 2>&1 &
         server_pid=$!
         server_port=""
         local _

@@ -180,6 +180,7 @@ struct kr_nt_stats {
     uint64_t register_requests;
     uint64_t retro_requests;
     uint64_t retro_not_found;
+    uint64_t retro_future_horizons; /* retroactive horizons in the future, taken as now */
     uint64_t messages_replayed;
     uint64_t ring_full_waits; /* events that waited for space in a ring towards a shard */
 };
@@ -779,6 +780,12 @@ static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, ui
         c->horizon_us = 0;
         KR_ST_INC(nt, retro_requests, 1);
     }
+    if (type == KR_EV_RETRO_SUBSCRIBE && horizon > kr_msg_clock_us()) {
+        /* clock skew between app servers: a horizon in the future is taken as now (the live
+         * fanout skips messages older than the horizon, so it would deliver nothing) */
+        horizon = kr_msg_clock_us();
+        KR_ST_INC(nt, retro_future_horizons, 1);
+    }
     int n = kr_proto_check_topics(data, data_len, srv->cfg->max_topic_bytes);
     if (n < 0) {
         kr_conn_fail(c, kr_proto_error_reply(n));
@@ -1240,6 +1247,7 @@ void kr_server_stats(struct kr_server *srv, kr_server_emit_cb emit, void *arg)
     S("register_requests", "%llu", (unsigned long long)sum.register_requests);
     S("retro_requests", "%llu", (unsigned long long)sum.retro_requests);
     S("retro_not_found", "%llu", (unsigned long long)sum.retro_not_found);
+    S("retro_future_horizons", "%llu", (unsigned long long)sum.retro_future_horizons);
     S("messages_replayed", "%llu", (unsigned long long)sum.messages_replayed);
     S("history_messages", "%llu", (unsigned long long)rs.history_messages);
     S("history_bytes", "%llu", (unsigned long long)rs.history_bytes);
@@ -2370,6 +2378,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         .mailbox_capacity = 8192,
         .fanout_warn = cfg->router_min_fanout_to_warn,
         .history = cfg->messages_stored_per_router_shard,
+        .history_bytes = cfg->history_max_bytes,
         .pin_cpus = true,
         .wake_net = kr_server_wake_net,
         .wake_arg = s,

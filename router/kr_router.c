@@ -209,6 +209,24 @@ static void kr_shard_congestion(struct kr_shard *sh, uint32_t park_max)
         memset(sh->wake, 1, sh->r->o.nnet);
 }
 
+/* Drop the oldest held message, remembering the newest publish time ever dropped: a
+ * horizon before it can no longer be served (NOT_FOUND), whichever bound evicted it. */
+static void kr_history_evict(struct kr_history *h)
+{
+    struct kr_msg *old = h->msgs[h->head];
+    uint64_t t = kr_msg_time_us(old);
+    if (t > h->evicted_max_us)
+        h->evicted_max_us = t;
+    h->bytes -= kr_msg_size(old);
+    kr_msg_unref(old);
+    h->msgs[h->head] = NULL;
+    h->head = (h->head + 1) % h->cap;
+    h->count--;
+}
+
+/* Hold `m` (taking over one reference), then evict oldest first while the window holds more
+ * than messages_stored_per_router_shard messages or history_max_bytes bytes. A message
+ * larger than history_max_bytes by itself is evicted at once (with everything older). */
 static void kr_history_add(struct kr_shard *sh, struct kr_msg *m)
 {
     struct kr_history *h = &sh->hist;
@@ -216,20 +234,14 @@ static void kr_history_add(struct kr_shard *sh, struct kr_msg *m)
         kr_msg_unref(m);
         return;
     }
-    if (h->count == h->cap) {
-        struct kr_msg *old = h->msgs[h->head];
-        uint64_t t = kr_msg_time_us(old);
-        if (t > h->evicted_max_us)
-            h->evicted_max_us = t;
-        h->bytes -= kr_msg_size(old);
-        kr_msg_unref(old);
-        h->msgs[h->head] = m;
-        h->head = (h->head + 1) % h->cap;
-    } else {
-        h->msgs[(h->head + h->count) % h->cap] = m;
-        h->count++;
-    }
+    if (h->count == h->cap)
+        kr_history_evict(h);
+    h->msgs[(h->head + h->count) % h->cap] = m;
+    h->count++;
     h->bytes += kr_msg_size(m);
+    uint64_t max_bytes = sh->r->o.history_bytes;
+    while (max_bytes && h->bytes > max_bytes && h->count)
+        kr_history_evict(h);
     ck_pr_store_64(&sh->hist_count, h->count);
     ck_pr_store_64(&sh->hist_bytes, h->bytes);
 }

@@ -73,6 +73,9 @@ struct kr_router_opts {
     uint32_t fanout_warn;          /* router_min_fanout_to_warn; the live configuration
                                       snapshot (kr_cfg_live) overrides it when published */
     uint32_t history;              /* messages_stored_per_router_shard (0 = none) */
+    uint64_t history_bytes;        /* history_max_bytes: bytes of message buffers each shard's
+                                      history holds at most, oldest evicted first (0 = no
+                                      byte bound, only the count) */
     bool pin_cpus;                 /* pin shard i to CPU i % ncpus */
     /* Wake net thread `net` after events were pushed towards it. Called from shard threads;
      * must be async-signal-safe-ish and cheap (uv_async_send). */

@@ -52,6 +52,34 @@ Test(eterm, the_deployment_example)
     cr_assert_str_eq(r.warn, "");
 }
 
+/* Regression: the Erlang server's README gives its config example under the application
+ * name octopus; its settings were skipped with a warning ("octopus") instead of applied. */
+Test(eterm, the_erlang_readme_example_names_the_application_octopus)
+{
+    struct kr_cfg cfg;
+    kr_cfg_defaults(&cfg);
+    struct et_result r = et(&cfg, "[{octopus, [\n"
+                                  "   {pid_file, \"/var/run/kraken.pid\"},\n"
+                                  "   {log_file, \"/var/log/kraken.log\"},\n"
+                                  "   {max_tcp_clients, 30000},\n"
+                                  "   {num_router_shards, 8}]}].\n");
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_assert_str_eq(cfg.pid_file, "/var/run/kraken.pid");
+    cr_assert_str_eq(cfg.log_file, "/var/log/kraken.log");
+    cr_assert_eq(cfg.max_tcp_clients, 30000);
+    cr_assert_eq(cfg.num_router_shards, 8);
+    cr_assert_str_eq(r.warn, "", "octopus is not another application: '%s'", r.warn);
+    /* with a kraken section too, both apply in file order */
+    r = et(&cfg, "[{octopus, [{max_tcp_clients, 5}, {num_net_threads, 3}]}, {lager, []},"
+                 " {kraken, [{max_tcp_clients, 6}]}].");
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_assert_eq(cfg.max_tcp_clients, 6);
+    cr_assert_eq(cfg.num_net_threads, 3);
+    cr_assert_str_eq(r.warn, "lager");
+    /* and its keys are checked like the kraken section's */
+    et_bad("[{octopus, [{no_such_key, 1}]}].", ":1: ", "no_such_key");
+}
+
 Test(eterm, every_value_form)
 {
     struct kr_cfg cfg;

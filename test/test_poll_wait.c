@@ -1,4 +1,5 @@
-/* Integration tests of waiting polls (poll_wait_ms): a `get messages` that finds nothing
+/* Integration tests of waiting polls (poll_wait_ms > 0, set explicitly by each suite that
+ * tests waiting; the default 0 answers END at once): a `get messages` that finds nothing
  * waits for a message instead of answering END at once. The real server on an ephemeral
  * loopback port, raw bytes. The long waits configured here (a minute) are never waited out:
  * each test passes only if something other than the timer answers the poll, and a read that
@@ -162,4 +163,29 @@ Test(poll_wait_timer, an_empty_poll_is_answered_end_after_the_wait)
         cr_assert_geq(waited, 0.195, "answered after %.3f s", waited);
     }
     close(fd);
+}
+
+/* The default: an empty poll is answered END at once, as the Erlang server did (a waiting
+ * default added ~0.8 s to test suites of a client that polls one request at a time). */
+static void start_default(void)
+{
+    kr_it_start(&srv, NULL);
+}
+
+TestSuite(poll_wait_default, .init = start_default, .fini = stop, .timeout = 120);
+
+Test(poll_wait_default, an_empty_poll_is_answered_at_once_by_default)
+{
+    int fd = kr_it_connect_unix(srv.admin_path);
+    kr_it_admin(fd, "config get poll_wait_ms", buf, sizeof(buf));
+    cr_assert_str_eq(buf, "CONFIG poll_wait_ms 0\nEND\n");
+    close(fd);
+    int c = kr_it_connect(srv.port);
+    kr_it_subscribe(c, "idle");
+    for (int i = 0; i < 3; i++) {
+        kr_it_get(c, buf, sizeof(buf));
+        cr_assert_str_eq(buf, "END\r\n");
+    }
+    cr_assert_eq(stat_value("polls_waited"), 0, "an empty poll waited");
+    close(c);
 }

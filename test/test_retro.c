@@ -125,6 +125,47 @@ Test(retro, horizon_before_start_is_not_found_but_subscribed)
     close(pub);
 }
 
+static unsigned long long retro_stat(uint16_t port, const char *name)
+{
+    int fd = kr_it_connect(port);
+    kr_it_sends(fd, "stats\r\n");
+    kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
+    close(fd);
+    char key[64];
+    snprintf(key, sizeof(key), "STAT %s ", name);
+    const char *p = strstr(buf, key);
+    cr_assert_not_null(p, "no %s in stats", name);
+    return strtoull(p + strlen(key), NULL, 10);
+}
+
+/* Regression: a retro_subscribe horizon in the future (clock skew between app servers)
+ * answered STORED and then silently delivered nothing live on those topics, since the
+ * fanout skips messages older than a subscription's horizon. It is now taken as now. */
+Test(retro, future_horizon_is_taken_as_now)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_publish(pub, "fut1 fut2", "old", 3);
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    char req[256], block[128];
+    int bl = snprintf(block, sizeof(block), "%ld\r\nfut1 fut2", (long)tv.tv_sec + 3600);
+    snprintf(req, sizeof(req), "set retro_subscribe 0 0 %d\r\n%s\r\n", bl, block);
+    kr_it_sends(sub, req);
+    kr_it_expect(sub, "STORED\r\n");
+    kr_it_publish(pub, "fut2", "new", 3);
+    char out[256];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(sub, 1, out, sizeof(out), &olen), 1,
+                 "a publish after STORED must be delivered");
+    cr_assert_str_eq(out, "MESSAGE fut2 3\r\nnew\r\n", "nothing older is replayed");
+    kr_it_sleep_ms(20);
+    kr_it_get(sub, buf, sizeof(buf));
+    cr_assert_str_eq(buf, "END\r\n");
+    cr_assert_eq(retro_stat(srv.port, "retro_future_horizons"), 1);
+    close(sub);
+    close(pub);
+}
+
 Test(retro_small, overflowed_history_gives_not_found)
 {
     /* its own server: a history of 4 messages per shard */
@@ -141,6 +182,11 @@ Test(retro_small, overflowed_history_gives_not_found)
     kr_it_expect(sub2, "STORED\r\n");
     for (int i = 0; i < 6; i++)
         kr_it_publish(pub, "h", "n", 1);
+    /* STORED means handed to the router; the subscribes below may come through another net
+     * thread's ring, so wait until the shard has routed (and evicted) all nine */
+    for (int i = 0; i < 1000 && retro_stat(srv.port, "messages_routed") < 9; i++)
+        kr_it_sleep_ms(2);
+    cr_assert_eq(retro_stat(srv.port, "messages_routed"), 9);
     /* sub registered before 9 publishes: the 4-message window cannot cover it */
     kr_it_sends(sub, "set subscribe 0 0 1\r\nh\r\n");
     kr_it_expect(sub, "NOT_FOUND\r\n");
@@ -273,4 +319,63 @@ Test(retro, racing_publishers_no_loss_no_duplicates)
     cr_assert_gt(total, 0);
     free(out);
     close(sub);
+}
+
+/* ------------------------------------------------------------------ history byte bound */
+
+#define BIG_PAYLOAD 8192
+#define HIST_BOUND 65536
+
+/* Regression: the history was bounded only by messages_stored_per_router_shard, so large
+ * publishes to topics nobody subscribes to were all kept (2000 x 1 MiB = 2 GB). */
+Test(retro_bytes, history_stays_under_history_max_bytes_and_not_found_stays_exact)
+{
+    const char *args[] = {"--num_router_shards", "1", "--history_max_bytes", "64k", NULL};
+    kr_it_start(&srv, args);
+    static char payload[BIG_PAYLOAD];
+    memset(payload, 'p', sizeof(payload));
+    int pub = kr_it_connect(srv.port), old = kr_it_connect(srv.port);
+    kr_it_sends(old, "set register 0 0 0\r\n\r\n");
+    kr_it_expect(old, "STORED\r\n");
+    for (int i = 0; i < 100; i++) {
+        kr_it_publish(pub, "nobody", payload, sizeof(payload));
+        if (i % 10 == 9) {
+            unsigned long long hb = retro_stat(srv.port, "history_bytes");
+            cr_assert_leq(hb, HIST_BOUND, "after %d publishes history_bytes is %llu", i + 1, hb);
+        }
+    }
+    /* every publish was routed: the window is full, and still within the bound */
+    for (int i = 0; i < 1000 && retro_stat(srv.port, "messages_routed") < 100; i++)
+        kr_it_sleep_ms(2);
+    cr_assert_eq(retro_stat(srv.port, "messages_routed"), 100);
+    unsigned long long hb = retro_stat(srv.port, "history_bytes");
+    unsigned long long hm = retro_stat(srv.port, "history_messages");
+    cr_assert_leq(hb, HIST_BOUND);
+    cr_assert_gt(hb, HIST_BOUND - 2 * BIG_PAYLOAD, "the window is used: %llu bytes", hb);
+    cr_assert_lt(hm, 8, "held %llu messages of 8 KiB in 64 KiB", hm);
+    /* registered before 100 publishes of which only a few are kept: NOT_FOUND, nothing
+     * replayed, the live subscription in force */
+    kr_it_sends(old, "set subscribe 0 0 6\r\nnobody\r\n");
+    kr_it_expect(old, "NOT_FOUND\r\n");
+    /* a recent horizon is covered and replays what followed it */
+    int recent = kr_it_connect(srv.port);
+    kr_it_sends(recent, "set register 0 0 0\r\n\r\n");
+    kr_it_expect(recent, "STORED\r\n");
+    kr_it_publish(pub, "nobody", payload, sizeof(payload));
+    kr_it_publish(pub, "nobody", "tail", 4);
+    kr_it_sends(recent, "set subscribe 0 0 6\r\nnobody\r\n");
+    kr_it_expect(recent, "STORED\r\n");
+    static char out[4 * BIG_PAYLOAD];
+    size_t olen;
+    cr_assert_eq(kr_it_collect(recent, 2, out, sizeof(out), &olen), 2);
+    cr_assert(strncmp(out, "MESSAGE nobody 8192\r\npppp", 25) == 0, "%.40s", out);
+    cr_assert_str_eq(out + olen - 24, "MESSAGE nobody 4\r\ntail\r\n");
+    /* the NOT_FOUND subscriber gets the same two live, and nothing older */
+    cr_assert_eq(kr_it_collect(old, 2, out, sizeof(out), &olen), 2);
+    cr_assert_eq(olen, strlen("MESSAGE nobody 8192\r\n") + BIG_PAYLOAD + 2 + 24);
+    cr_assert_eq(retro_stat(srv.port, "retro_not_found"), 1);
+    close(pub);
+    close(old);
+    close(recent);
+    kr_it_stop(&srv);
 }

@@ -371,6 +371,158 @@ Test(history, eviction_bounds_the_window_and_answers_not_found)
     stop();
 }
 
+/* ---------------------------------------------------------------- history byte bound */
+
+static void start_hist_bytes(uint32_t history, uint64_t history_bytes)
+{
+    struct kr_router_opts o = {.nshards = 1, .nnet = 1, .mailbox_capacity = 64,
+                               .history = history, .history_bytes = history_bytes,
+                               .wake_net = wake_net};
+    r = kr_router_create(&o);
+    cr_assert_eq(kr_router_start(r), 0);
+}
+
+static char big_payload[1 << 16];
+
+/* A message on topic "a" with a payload of `plen` bytes; returns its buffer size. */
+static size_t publish_sized(uint64_t pub, uint64_t time_us, uint32_t plen)
+{
+    const char *a[] = {"a"};
+    uint32_t lens[] = {1};
+    cr_assert_leq(plen, sizeof(big_payload));
+    struct kr_msg *m = kr_msg_create(pub, time_us, 1, a, lens, big_payload, plen, 0);
+    size_t size = kr_msg_size(m);
+    struct kr_event ev = {.type = KR_EV_PUBLISH, .conn = pub, .ptr = m};
+    cr_assert(kr_router_send(r, 0, 0, &ev));
+    kr_router_flush(r, 0);
+    return size;
+}
+
+/* The size of a message publish_sized would make. */
+static size_t sized(uint32_t plen)
+{
+    const char *a[] = {"a"};
+    uint32_t lens[] = {1};
+    struct kr_msg *m = kr_msg_create(1, 1, 1, a, lens, big_payload, plen, 0);
+    size_t size = kr_msg_size(m);
+    kr_msg_unref(m);
+    return size;
+}
+
+/* Wait (bounded) until the shard has routed `n` messages in all. */
+static void wait_routed(uint64_t n)
+{
+    struct kr_router_stats st;
+    for (int i = 0; i < 20000; i++) {
+        kr_router_stats(r, &st);
+        if (st.messages_routed >= n)
+            return;
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_fail("the shard routed %llu of %llu messages",
+                   (unsigned long long)st.messages_routed, (unsigned long long)n);
+}
+
+/* Regression: the history was bounded only by its message count, so large messages to
+ * topics nobody subscribes to kept gigabytes. */
+Test(history_bytes, eviction_by_bytes_keeps_the_newest_under_the_bound)
+{
+    size_t one = sized(1000);
+    /* room for 3 and a half messages, a count bound far away */
+    start_hist_bytes(1000, 3 * one + one / 2);
+    uint64_t base = kr_msg_clock_us();
+    for (int i = 1; i <= 5; i++)
+        publish_sized(conn_id(0, 9), base + (uint64_t)i * 10, 1000);
+    wait_routed(5);
+    struct kr_router_stats st;
+    kr_router_stats(r, &st);
+    cr_assert_eq(st.history_messages, 3, "held %llu", (unsigned long long)st.history_messages);
+    cr_assert_eq(st.history_bytes, 3 * one);
+    /* the 3 newest are the ones kept, oldest first */
+    uint64_t times[16], masks[16];
+    int n;
+    cr_assert_eq(retro(conn_id(0, 1), "a", base + 20, times, masks, &n), 0);
+    cr_assert_eq(n, 3);
+    cr_assert_eq(times[0], base + 30);
+    cr_assert_eq(times[2], base + 50);
+    stop();
+}
+
+/* NOT_FOUND stays exact after an eviction by bytes: a horizon at the newest evicted
+ * message is served (only later messages are asked for), one just before it is not. */
+Test(history_bytes, not_found_is_exact_at_the_boundary)
+{
+    size_t one = sized(500);
+    start_hist_bytes(1000, 2 * one);
+    uint64_t base = kr_msg_clock_us();
+    for (int i = 1; i <= 4; i++)
+        publish_sized(conn_id(0, 9), base + (uint64_t)i * 10, 500);
+    /* +10 and +20 evicted by bytes, +30 and +40 held */
+    uint64_t times[16], masks[16];
+    int n;
+    cr_assert_eq(retro(conn_id(0, 1), "a", base + 19, times, masks, &n), 1,
+                 "a horizon before the evicted +20 cannot be served");
+    cr_assert_eq(n, 0, "nothing is replayed on NOT_FOUND");
+    cr_assert_eq(retro(conn_id(0, 2), "a", base + 20, times, masks, &n), 0,
+                 "a horizon at the newest evicted message is covered");
+    cr_assert_eq(n, 2);
+    cr_assert_eq(times[0], base + 30);
+    cr_assert_eq(times[1], base + 40);
+    struct kr_router_stats st;
+    kr_router_stats(r, &st);
+    cr_assert_eq(st.retro_not_found, 1);
+    cr_assert_leq(st.history_bytes, 2 * one);
+    stop();
+}
+
+/* A message larger than the whole bound is delivered live but not kept: it is evicted at
+ * once, with everything older, and the coverage moves past it. */
+Test(history_bytes, a_message_larger_than_the_bound_is_not_kept)
+{
+    size_t small = sized(100);
+    start_hist_bytes(1000, 4 * small);
+    const char *t[] = {"a"};
+    uint64_t sub = conn_id(0, 1);
+    subscribe(sub, t, 1);
+    uint64_t base = kr_msg_clock_us();
+    publish_sized(conn_id(0, 9), base + 10, 100);
+    publish_sized(conn_id(0, 9), base + 20, 100);
+    size_t big = publish_sized(conn_id(0, 9), base + 30, 8 * (uint32_t)small);
+    cr_assert_gt(big, 4 * small);
+    for (int i = 0; i < 3; i++) {
+        struct kr_event ev;
+        cr_assert(next_event(0, &ev));
+        cr_assert_eq(ev.type, KR_EV_DELIVER);
+        cr_assert_eq(ev.conn, sub);
+        cr_assert_eq(kr_msg_time_us(ev.ptr), base + 10 * (uint64_t)(i + 1));
+        kr_msg_unref(ev.ptr);
+    }
+    struct kr_router_stats st;
+    kr_router_stats(r, &st);
+    cr_assert_eq(st.history_messages, 0);
+    cr_assert_eq(st.history_bytes, 0);
+    uint64_t times[16], masks[16];
+    int n;
+    cr_assert_eq(retro(conn_id(0, 2), "a", base + 29, times, masks, &n), 1,
+                 "the big message was evicted: a horizon before it is not covered");
+    cr_assert_eq(retro(conn_id(0, 3), "a", base + 30, times, masks, &n), 0);
+    cr_assert_eq(n, 0);
+    publish_sized(conn_id(0, 9), base + 40, 100);
+    /* live to the plain subscriber and to both retroactive ones (their subscriptions stay) */
+    for (int i = 0; i < 3; i++) {
+        struct kr_event ev;
+        cr_assert(next_event(0, &ev));
+        cr_assert_eq(ev.type, KR_EV_DELIVER);
+        cr_assert_eq(kr_msg_time_us(ev.ptr), base + 40);
+        kr_msg_unref(ev.ptr);
+    }
+    cr_assert_eq(retro(conn_id(0, 4), "a", base + 30, times, masks, &n), 0);
+    cr_assert_eq(n, 1, "a later small message is kept again");
+    cr_assert_eq(times[0], base + 40);
+    stop();
+}
+
 /* ---------------------------------------------------------------- admin reads */
 
 #include <errno.h>
