@@ -1,5 +1,6 @@
 /* Unit tests of the logging module: levels, line format, files, reopen, rate limiting. */
 #include <criterion/criterion.h>
+#include <stdbool.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -454,25 +455,31 @@ Test(log_ratelimit, real_clock)
         allowed += kr_log_ratelimit(&rl, 4, 60000, &sup);
     cr_assert_eq(allowed, 4);
     cr_assert_eq(rl.suppressed, 6);
-    /* A short window really ends. */
+    /* A short window really ends. (On a loaded machine the second call may come after the
+     * window already ended: then it is allowed, and that is checked instead.) */
     struct kr_log_ratelimit fast = {0};
+    uint64_t t0 = kr_log_now_ms();
     cr_assert_eq(kr_log_ratelimit(&fast, 1, 20, &sup), 1);
-    cr_assert_eq(kr_log_ratelimit(&fast, 1, 20, &sup), 0);
+    int second = kr_log_ratelimit(&fast, 1, 20, &sup);
+    bool window_over = kr_log_now_ms() - t0 >= 20;
+    cr_assert(second == 0 || window_over, "suppressed within the window");
     sleep_ms(60);
     cr_assert_eq(kr_log_ratelimit(&fast, 1, 20, &sup), 1);
-    cr_assert_eq(sup, 1);
+    cr_assert_eq(sup, second == 0 ? 1u : 0u, "the suppressed line is counted once");
 }
 
 Test(log_clock, now_ms_is_monotonic)
 {
     uint64_t a = kr_log_now_ms();
     sleep_ms(50);
-    uint64_t b = kr_log_now_ms();
-    cr_assert_geq(b, a + 30, "%llu -> %llu", (unsigned long long)a, (unsigned long long)b);
-    cr_assert_lt(b, a + 5000);
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t mono = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-    cr_assert_leq(b, mono + 50, "same clock as CLOCK_MONOTONIC, coarsely");
-    cr_assert_geq(b + 50, mono);
+    uint64_t before = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    uint64_t b = kr_log_now_ms();
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t after = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    cr_assert_geq(b, a + 30, "%llu -> %llu", (unsigned long long)a, (unsigned long long)b);
+    /* the same clock as CLOCK_MONOTONIC, coarsely (the coarse clock lags by a tick) */
+    cr_assert_leq(b, after, "not ahead of CLOCK_MONOTONIC");
+    cr_assert_geq(b + 50, before, "at most a tick behind it");
 }
