@@ -968,7 +968,7 @@ static void kr_admin_drain_finish(struct kr_admin *a, const char *how)
 {
     uv_timer_stop(&a->drain_timer);
     KR_INFO("drain finished (%s) after %" PRIu64 " ms; %" PRIu64 " clients left; exiting", how,
-            kr_log_now_ms() - a->drain_started_ms, kr_server_clients(a->srv));
+            kr_now_ms() - a->drain_started_ms, kr_server_clients(a->srv));
     if (a->on_exit)
         a->on_exit(a->arg);
 }
@@ -986,7 +986,7 @@ static void kr_admin_drain_tick(uv_timer_t *t)
         kr_admin_drain_finish(a, "every client closed");
         return;
     }
-    uint64_t now = kr_log_now_ms();
+    uint64_t now = kr_now_ms();
     if (a->drain_steps_left == 0) {
         if (!a->drain_deadline_sent && now >= a->drain_deadline_ms) {
             a->drain_deadline_sent = true;
@@ -1027,7 +1027,7 @@ int kr_admin_drain(struct kr_admin *a, const char *why)
     if (a->draining)
         return -EALREADY;
     a->draining = true;
-    a->drain_started_ms = kr_log_now_ms();
+    a->drain_started_ms = kr_now_ms();
     uint64_t timeout = kr_admin_drain_timeout();
     uint64_t clients = kr_server_clients(a->srv);
     KR_INFO("draining (%s): health checks fail from now on, no new connections; closing %" PRIu64

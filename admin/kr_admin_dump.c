@@ -19,7 +19,7 @@
 #include <xxhash.h>
 
 #include "kr_admin_int.h"
-#include "kr_log.h"
+#include "kr_util.h"
 #include "kr_router.h"
 
 #define KR_DUMP_BAND 65536        /* topics held in memory at once by dump_topics */

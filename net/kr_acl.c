@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kr_log.h"
+#include "kr_util.h"
 
 /* One prefix over the 128-bit IPv6 form of an address. */
 struct kr_acl_entry {

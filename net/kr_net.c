@@ -1103,7 +1103,7 @@ static void kr_req_get_messages(struct kr_conn *c, bool may_wait)
 {
     struct kr_nt *nt = c->nt;
     KR_ST_INC(nt, cmd_get, 1);
-    c->last_poll_ms = kr_log_now_ms();
+    c->last_poll_ms = kr_now_ms();
     kr_nt_drain(nt); /* take what the shards have sent so far */
     if (c->closing)
         return;
@@ -1418,7 +1418,7 @@ static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0)
         return;
     KR_ST_INC(nt, bytes_read, (uint64_t)nread);
-    c->last_active_ms = kr_log_now_ms();
+    c->last_active_ms = kr_now_ms();
     if (c->close_after_write)
         return; /* discard input after a final reply */
     if (c->poll_wait)
@@ -1995,7 +1995,7 @@ static void kr_nt_sweep_cb(uv_timer_t *t)
     struct kr_net_live lv;
     kr_net_live(nt->srv, &lv);
     uint64_t timeout = lv.client_idle_timeout_ms;
-    uint64_t now = kr_log_now_ms();
+    uint64_t now = kr_now_ms();
     if (nt->nctl)
         kr_nt_send_ctl(nt);
     if (nt->blocked_head)
@@ -2209,7 +2209,7 @@ static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_stora
     nt->slots[slot] = c;
     c->slot = slot;
     c->id = ((uint64_t)nt->idx << 56) | ((uint64_t)nt->gens[slot] << 32) | slot;
-    c->created_ms = c->last_active_ms = kr_log_now_ms();
+    c->created_ms = c->last_active_ms = kr_now_ms();
     kr_addr_name(ss, c->peer, sizeof(c->peer));
     KR_ST_INC(nt, curr_connections, 1);
     KR_ST_INC(nt, total_connections, 1);
@@ -2549,7 +2549,7 @@ int kr_net_conn_next(struct kr_server *s, uint32_t net, uint32_t *slot,
     for (; *slot < nt->nslots; (*slot)++) {
         struct kr_conn *c = nt->slots[*slot];
         if (c && !c->closing) {
-            kr_net_conn_fill(c, kr_log_now_ms(), out);
+            kr_net_conn_fill(c, kr_now_ms(), out);
             (*slot)++;
             return 1;
         }
@@ -2564,7 +2564,7 @@ int kr_net_conn_find(struct kr_server *s, uint64_t id, struct kr_net_conn_info *
     struct kr_conn *c = kr_nt_conn(s->nts[KR_CONN_NET(id)], id);
     if (!c)
         return -ENOENT;
-    kr_net_conn_fill(c, kr_log_now_ms(), out);
+    kr_net_conn_fill(c, kr_now_ms(), out);
     return 0;
 }
 

@@ -15,7 +15,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "kr_log.h"
+#include "kr_util.h"
 #include "kr_net_int.h"
 #include "kr_router.h"
 

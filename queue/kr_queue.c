@@ -1,7 +1,7 @@
 /* Queue module implementation: messages, mailboxes, waiters, client queues. */
 #include "kr_queue.h"
 
-#include "kr_log.h"
+#include "kr_util.h"
 
 #include <ck_pr.h>
 #include <ck_ring.h>

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "kr_log.h"
+#include "kr_util.h"
 
 struct kr_reqq {
     pthread_mutex_t mu;

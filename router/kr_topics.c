@@ -9,7 +9,7 @@
 #include <urcu/rculfhash.h>
 #include <xxhash.h>
 
-#include "kr_log.h"
+#include "kr_util.h"
 
 struct kr_sub {
     struct kr_topic *topic;

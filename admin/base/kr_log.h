@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <ck_pr.h>
 
+#include "kr_util.h"
+
 enum kr_log_level { KR_LOG_DEBUG = 0, KR_LOG_INFO = 1, KR_LOG_WARN = 2, KR_LOG_ERROR = 3 };
 
 extern int kr_log_level_current; /* read through kr_log_enabled() only */
@@ -65,45 +67,10 @@ struct kr_log_ratelimit {
 };
 int kr_log_ratelimit(struct kr_log_ratelimit *rl, uint32_t burst, uint32_t interval_ms,
                      uint64_t *suppressed);
-/* The same with the caller's clock (`now_ms` from kr_log_now_ms(), or any monotonic count),
+/* The same with the caller's clock (`now_ms` from kr_now_ms(), or any monotonic count),
  * for callers that already read the time, and for tests. A burst of 0 counts as 1.
  * Owning thread. */
 int kr_log_ratelimit_at(struct kr_log_ratelimit *rl, uint32_t burst, uint32_t interval_ms,
                         uint64_t now_ms, uint64_t *suppressed);
-
-/* Allocation that cannot fail: on out of memory, log one error line (and write it to stderr)
- * naming the size, then abort. The one place where the server handles running out of
- * memory. Any thread. */
-void *kr_xmalloc(size_t n);
-void *kr_xcalloc(size_t n, size_t size);
-void *kr_xrealloc(void *p, size_t n);
-
-/* Format an error message into err (when err is non-NULL and errlen > 0) and return rc:
- * the "return 0 or -errno with a message" convention in one call. Any thread. */
-int kr_errf(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-/* ThreadSanitizer cannot see the ordering done by Concurrency Kit's inline assembly or
- * liburcu's barriers: KR_TSAN_RELEASE/ACQUIRE describe such a hand-off explicitly (no-ops
- * in other builds). */
-#if defined(__SANITIZE_THREAD__)
-#define KR_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define KR_TSAN 1
-#endif
-#endif
-#ifdef KR_TSAN
-void __tsan_acquire(void *addr);
-void __tsan_release(void *addr);
-#define KR_TSAN_RELEASE(p) __tsan_release(p)
-#define KR_TSAN_ACQUIRE(p) __tsan_acquire(p)
-#else
-#define KR_TSAN_RELEASE(p) ((void)0)
-#define KR_TSAN_ACQUIRE(p) ((void)0)
-#endif
-
-/* Monotonic milliseconds (CLOCK_MONOTONIC_COARSE). Any thread. */
-uint64_t kr_log_now_ms(void);
 
 #endif

@@ -13,7 +13,7 @@
  * sections are skipped and reported to the caller. An `octopus` section is the same
  * application as `kraken`: the Erlang server's README gives its config example under that
  * name, so deployments copied from it use it. See kr_cfg.h. */
-#include "kr_log.h"
+#include "kr_util.h"
 #include "kr_cfg.h"
 
 #include <errno.h>
