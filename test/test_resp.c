@@ -3,6 +3,9 @@
  * malformed case with its exact Redis error text, the limits at and past their boundary,
  * argv growth, command-name matching and the formatters' exact bytes in RESP2 and RESP3.
  *
+ * The expected error texts and formatter bytes are those a Redis 7.0 server sends for the
+ * same input (where the codec differs on purpose, net/kr_resp.c says so).
+ *
  * Every parse runs over an exactly-sized heap copy of its input, so the address sanitizer
  * catches any read past what the parser was given; resumed parses get a new copy each call,
  * so the argv rebasing after the caller's buffer moves is exercised too. */
