@@ -365,6 +365,11 @@ int main(int argc, char **argv)
     char **rest = NULL;
     int nrest = 0;
     char err[512] = "";
+    /* --help-man: the man page, generated from the option table (the build installs it) */
+    if (argc == 2 && strcmp(argv[1], "--help-man") == 0) {
+        kr_cfg_print_man(stdout, "kraken", KR_VERSION);
+        return fflush(stdout) == 0 ? 0 : 1;
+    }
     int rc = kr_cfg_parse_args(&cfg, argc, argv, &sub, &rest, &nrest, err, sizeof(err));
     if (rc == 1) {
         kr_cfg_print_help(stdout, "kraken");

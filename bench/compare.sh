@@ -2,7 +2,8 @@
 # Run the same kraken-bench scenarios against Kraken, Redis and NATS on this machine and print
 # one table. Each server is started fresh for each scenario on a free loopback port, as a
 # child of this script, and stopped by its PID afterwards. Redis and NATS come from the
-# distribution's packages (installed with apt-get when missing).
+# distribution's packages (installed with apt-get when missing). Every run's JSON line is
+# kept (--raw) and drawn as one PNG chart per scenario by bench/chart.sh (--charts).
 #
 # Kraken is poll-based (its subscribers send `get messages`); Redis and NATS push to their
 # subscribers. kraken-bench's numbers include that difference: it is the protocol's cost.
@@ -29,7 +30,14 @@ Options:
                       the server's own default, 0, answers an empty poll at once)
   --scaling           instead: Kraken alone, fanout and broadcast for every combination of
                       num_router_shards and num_net_threads in 1 2 4
-  --raw FILE          append every run's JSON line to FILE
+  --raw FILE          append every run's JSON line to FILE (kraken-bench --json, with a
+                      "label" field added first: the row's name in the table)
+  --charts DIR        write one PNG chart per scenario into DIR with bench/chart.sh
+                      (gnuplot; installed with apt-get when missing). Default: next to
+                      the raw output, FILE without .jsonl followed by -charts (with
+                      --raw FILE), else compare-charts in the current directory. Only this
+                      run's lines are drawn, even when FILE already held others.
+  --no-charts         do not draw charts
   -h, --help          this text
 
 Scenario shapes (the same for every server):
@@ -54,6 +62,8 @@ kraken_batch=16
 kraken_poll_wait=20
 scaling=0
 raw=""
+charts=""
+no_charts=0
 extra=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -68,6 +78,8 @@ while [ $# -gt 0 ]; do
     --kraken-poll-wait) kraken_poll_wait=$2; shift 2 ;;
     --scaling) scaling=1; shift ;;
     --raw) raw=$2; shift 2 ;;
+    --charts) charts=$2; shift 2 ;;
+    --no-charts) no_charts=1; shift ;;
     -h | --help) usage; exit 0 ;;
     --) shift; extra=("$@"); break ;;
     *) echo "compare.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -229,7 +241,12 @@ run_one() {
         --threads "$threads" --pipeline "$pipeline" --json --quiet "${more[@]}" "$@" \
         ${extra[@]+"${extra[@]}"}) || rc=$?
     stop_server
-    [ -n "$raw" ] && printf '%s\n' "$json" >>"$raw"
+    if [ -n "$json" ]; then
+        # the row's label first, then kraken-bench's own fields
+        local line="{\"label\":\"${label//\"/\\\"}\",${json#\{}"
+        printf '%s\n' "$line" >>"$tmp/runs.jsonl"
+        [ -n "$raw" ] && printf '%s\n' "$line" >>"$raw"
+    fi
     if [ -z "$json" ]; then
         rows+=("$sc|$label|kraken-bench failed (exit $rc)")
         return
@@ -264,6 +281,32 @@ print_table() {
     done
 }
 
+# draw_charts: this run's JSON lines ($tmp/runs.jsonl) as PNGs, with bench/chart.sh
+draw_charts() {
+    [ "$no_charts" = 1 ] && return 0
+    if [ ! -s "$tmp/runs.jsonl" ]; then
+        echo "compare.sh: no run produced a JSON line; no charts" >&2
+        return 0
+    fi
+    local dir=$charts
+    if [ -z "$dir" ]; then
+        if [ -n "$raw" ]; then
+            dir="${raw%.jsonl}-charts"
+        else
+            dir=compare-charts
+        fi
+    fi
+    echo >&2
+    echo "compare.sh: charts in $dir:" >&2
+    "$here/chart.sh" --out "$dir" \
+        --title "$(date -u +%Y-%m-%d), $(nproc) CPUs shared with the load generator, ${duration} s runs" \
+        "$tmp/runs.jsonl" >&2 || echo "compare.sh: warning: bench/chart.sh failed; no charts" >&2
+}
+
+if [ -n "$raw" ]; then
+    mkdir -p "$(dirname "$raw")"
+    : >>"$raw" || exit 2
+fi
 echo "compare.sh: $(nproc) CPUs; kraken-bench --threads $threads --pipeline $pipeline, ${duration} s runs" >&2
 
 if [ "$scaling" = 1 ]; then
@@ -280,6 +323,7 @@ if [ "$scaling" = 1 ]; then
     done
     server_args=""
     print_table
+    draw_charts
     exit 0
 fi
 
@@ -293,3 +337,4 @@ for sc in $scenarios; do
     done
 done
 print_table
+draw_charts

@@ -909,6 +909,49 @@ static void kr_cfg_print_wrapped(FILE *out, int indent, const char *text)
     }
 }
 
+/* The type (with bounds) and the default of option `o` as text, as --help and the man page
+ * show them; `here` adds this machine's CPU count to a CPU-count default. */
+static void kr_cfg_describe(const struct kr_cfg_opt *o, bool here, char *type, size_t tlen,
+                            char *def, size_t dlen)
+{
+    char lo[32], hi[32];
+    switch (o->type) {
+    case KR_CFG_STR:
+        snprintf(type, tlen, "string");
+        break;
+    case KR_CFG_IP:
+        snprintf(type, tlen, "IP address");
+        break;
+    case KR_CFG_U32:
+    case KR_CFG_U64:
+        if (o->flags & KR_CFG_SIZE) {
+            kr_cfg_fmt_size(o->min, lo, sizeof(lo));
+            kr_cfg_fmt_size(o->max, hi, sizeof(hi));
+            snprintf(type, tlen, "bytes %s..%s", lo, hi);
+        } else {
+            snprintf(type, tlen, "integer %" PRIu64 "..%" PRIu64, o->min, o->max);
+        }
+        break;
+    case KR_CFG_LEVEL:
+        snprintf(type, tlen, "debug|info|warn|error");
+        break;
+    }
+    if ((o->flags & KR_CFG_CPUS) && here)
+        snprintf(def, dlen, "CPUs available, %u here", kr_cfg_cpus());
+    else if (o->flags & KR_CFG_CPUS)
+        snprintf(def, dlen, "the number of CPUs available");
+    else if ((o->flags & KR_CFG_HALFRAM) && here && kr_cfg_half_ram())
+        snprintf(def, dlen, "half the physical memory, %" PRIu64 "m here", kr_cfg_half_ram() >> 20);
+    else if (o->flags & KR_CFG_HALFRAM)
+        snprintf(def, dlen, "half the physical memory");
+    else if (o->flags & KR_CFG_USERDEF)
+        snprintf(def, dlen, "%s as root", o->def);
+    else if (!o->def[0])
+        snprintf(def, dlen, "empty");
+    else
+        snprintf(def, dlen, "%s", o->def);
+}
+
 void kr_cfg_print_help(FILE *out, const char *prog)
 {
     if (!prog || !prog[0])
@@ -957,39 +1000,8 @@ void kr_cfg_print_help(FILE *out, const char *prog)
             prog, INI_MAX_LINE - 1);
     for (size_t i = 0; i < KR_CFG_NOPTS; i++) {
         const struct kr_cfg_opt *o = &kr_cfg_opts[i];
-        char lo[32], hi[32], type[96], def[KR_CFG_STR_MAX];
-        switch (o->type) {
-        case KR_CFG_STR:
-            snprintf(type, sizeof(type), "string");
-            break;
-        case KR_CFG_IP:
-            snprintf(type, sizeof(type), "IP address");
-            break;
-        case KR_CFG_U32:
-        case KR_CFG_U64:
-            if (o->flags & KR_CFG_SIZE) {
-                kr_cfg_fmt_size(o->min, lo, sizeof(lo));
-                kr_cfg_fmt_size(o->max, hi, sizeof(hi));
-                snprintf(type, sizeof(type), "bytes %s..%s", lo, hi);
-            } else {
-                snprintf(type, sizeof(type), "integer %" PRIu64 "..%" PRIu64, o->min, o->max);
-            }
-            break;
-        case KR_CFG_LEVEL:
-            snprintf(type, sizeof(type), "debug|info|warn|error");
-            break;
-        }
-        if (o->flags & KR_CFG_CPUS)
-            snprintf(def, sizeof(def), "CPUs available, %u here", kr_cfg_cpus());
-        else if ((o->flags & KR_CFG_HALFRAM) && kr_cfg_half_ram())
-            snprintf(def, sizeof(def), "half the physical memory, %" PRIu64 "m here",
-                     kr_cfg_half_ram() >> 20);
-        else if (o->flags & KR_CFG_USERDEF)
-            snprintf(def, sizeof(def), "%s as root", o->def);
-        else if (!o->def[0])
-            snprintf(def, sizeof(def), "empty");
-        else
-            snprintf(def, sizeof(def), "%s", o->def);
+        char type[96], def[KR_CFG_STR_MAX];
+        kr_cfg_describe(o, true, type, sizeof(type), def, sizeof(def));
         if (strlen(o->name) + strlen(type) + strlen(def) + 15 <= 79) {
             fprintf(out, "  %s (%s; default %s)\n", o->name, type, def);
         } else { /* a long default (a list) goes on its own wrapped lines */
@@ -1000,4 +1012,220 @@ void kr_cfg_print_help(FILE *out, const char *prog)
         }
         kr_cfg_print_wrapped(out, 6, o->help);
     }
+}
+
+/* ------------------------------------------------------------------ man page */
+
+/* Write `text` (n bytes) as roff body text: backslashes and hyphens escaped, a line start
+ * that roff would take for a request guarded, `quoted` spans set in bold. */
+static void kr_cfg_man_text(FILE *out, const char *text, size_t n, bool at_line_start)
+{
+    bool bold = false;
+    for (size_t i = 0; i < n; i++) {
+        char c = text[i];
+        if (at_line_start && (c == '.' || c == '\''))
+            fputs("\\&", out);
+        at_line_start = false;
+        if (c == '\\')
+            fputs("\\e", out);
+        else if (c == '-')
+            fputs("\\-", out);
+        else if (c == '`') {
+            fputs(bold ? "\\fR" : "\\fB", out);
+            bold = !bold;
+        } else if (c == '\n') {
+            fputc('\n', out);
+            at_line_start = true;
+        } else
+            fputc(c, out);
+    }
+    if (bold)
+        fputs("\\fR", out);
+}
+
+static void kr_cfg_man_str(FILE *out, const char *text)
+{
+    kr_cfg_man_text(out, text, strlen(text), true);
+}
+
+/* The help text's lines [from, to) as roff: a line indented by 2 starts a tagged paragraph
+ * (tag = up to the first run of two spaces, or up to the description column, 23, when only
+ * one space separates them; the whole line when the description is on the lines below,
+ * indented deeper); other lines continue the current paragraph. */
+static void kr_cfg_man_entries(FILE *out, char **lines, size_t from, size_t to)
+{
+    for (size_t i = from; i < to; i++) {
+        const char *l = lines[i];
+        size_t ind = strspn(l, " ");
+        if (ind == 2) {
+            const char *tag = l + 2;
+            const char *gap = strstr(tag, "  ");
+            if (!gap && strlen(l) > 23 && l[22] == ' ' && l[21] != ' ')
+                gap = l + 22;
+            fputs(".TP\n\\fB", out);
+            kr_cfg_man_text(out, tag, gap ? (size_t)(gap - tag) : strlen(tag), false);
+            fputs("\\fR\n", out);
+            if (gap) {
+                gap += strspn(gap, " ");
+                kr_cfg_man_str(out, gap);
+                fputc('\n', out);
+            }
+        } else {
+            kr_cfg_man_str(out, l + ind);
+            fputc('\n', out);
+        }
+    }
+}
+
+void kr_cfg_print_man(FILE *out, const char *prog, const char *version)
+{
+    if (!prog || !prog[0])
+        prog = "kraken";
+    /* Everything but the keys comes from --help's own text, so the two cannot drift. */
+    char *help = NULL;
+    size_t helplen = 0;
+    FILE *m = open_memstream(&help, &helplen);
+    if (!m) { /* only ENOMEM: fail like the allocation helpers */
+        fprintf(stderr, "kraken: open_memstream: %s\n", strerror(errno));
+        abort();
+    }
+    kr_cfg_print_help(m, prog);
+    fclose(m);
+    size_t nlines = 0, cap = 64;
+    char **lines = kr_xcalloc(cap, sizeof(*lines));
+    /* split help into lines (kept in place, NUL-terminated) */
+    for (char *p = help; p && *p;) {
+        char *nl = strchr(p, '\n');
+        if (nl)
+            *nl = '\0';
+        if (nlines == cap) {
+            cap *= 2;
+            lines = kr_xrealloc(lines, cap * sizeof(*lines));
+        }
+        lines[nlines++] = p;
+        p = nl ? nl + 1 : NULL;
+    }
+
+    fprintf(out,
+            ".\\\" Generated by `%s --help-man` from the option table; do not edit.\n"
+            ".TH KRAKEN 1 \"\" \"%s %s\" \"User Commands\"\n"
+            ".nh\n"
+            ".SH NAME\n"
+            "%s \\- sharded pub/sub router speaking the memcached text protocol\n"
+            ".SH SYNOPSIS\n"
+            ".B %s\n"
+            ".I subcommand\n"
+            "[\\fIarguments\\fR] [\\fIoptions\\fR]\n"
+            ".br\n"
+            ".B %s \\-\\-help\n"
+            ".br\n"
+            ".B %s \\-\\-help\\-man\n"
+            ".SH DESCRIPTION\n"
+            "Kraken routes small messages from publishers to the clients subscribed to their "
+            "topics. Clients speak the memcached text protocol over TCP "
+            "(\\fBset subscribe\\fR, \\fBset publish\\fR, \\fBget messages\\fR); the server "
+            "keeps no data, only recent messages for retroactive subscriptions. Net threads "
+            "own the connections, router shard threads own the topics.\n"
+            ".PP\n"
+            "The subcommands below start the server or talk to a running one through its "
+            "admin socket (\\fBadmin_socket\\fR). \\fB\\-\\-help\\-man\\fR prints this page "
+            "(roff) and takes no other words.\n",
+            prog, prog, version ? version : "", prog, prog, prog, prog);
+
+    /* Blocks of the help text, separated by blank lines, up to "Keys:". */
+    size_t i = 0;
+    while (i < nlines && strcmp(lines[i], "Keys:") != 0) {
+        if (!lines[i][0]) {
+            i++;
+            continue;
+        }
+        size_t end = i;
+        while (end < nlines && lines[end][0])
+            end++;
+        const char *first = lines[i];
+        if (strncmp(first, "Usage:", 6) == 0) {
+            /* the synopsis above says the same */
+        } else if (strncmp(first, "Subcommands", 11) == 0 || strncmp(first, "Options", 7) == 0) {
+            const char *paren = strchr(first, '(');
+            fprintf(out, ".SH %s\n", first[0] == 'S' ? "SUBCOMMANDS" : "OPTIONS");
+            if (paren) { /* "Subcommands (each finds ...):" -> "Each finds ...." */
+                size_t len = strlen(paren + 1);
+                if (len >= 2 && strcmp(paren + 1 + len - 2, "):") == 0)
+                    len -= 2;
+                char *t = kr_xmalloc(len + 1);
+                memcpy(t, paren + 1, len);
+                t[len] = '\0';
+                if (t[0] >= 'a' && t[0] <= 'z')
+                    t[0] = (char)(t[0] - 'a' + 'A');
+                kr_cfg_man_str(out, t);
+                fputs(".\n", out);
+                free(t);
+            }
+            kr_cfg_man_entries(out, lines, i + 1, end);
+        } else {
+            /* a paragraph, such as "Precedence: ..." */
+            fputs(".PP\n", out);
+            for (size_t k = i; k < end; k++) {
+                kr_cfg_man_str(out, lines[k]);
+                fputc('\n', out);
+            }
+        }
+        i = end;
+    }
+
+    fputs(".SH CONFIGURATION KEYS\n"
+          "Each key may be given in the configuration file (\\fIkey\\fR = \\fIvalue\\fR) or "
+          "on the command line (\\fB\\-\\-\\fR\\fIkey value\\fR). Keys marked \\fIlive\\fR "
+          "may also be changed while the server runs "
+          "(\\fBkraken admin config set\\fR \\fIkey value\\fR); the others take effect at "
+          "start.\n",
+          out);
+    for (size_t k = 0; k < KR_CFG_NOPTS; k++) {
+        const struct kr_cfg_opt *o = &kr_cfg_opts[k];
+        char type[96], def[KR_CFG_STR_MAX];
+        kr_cfg_describe(o, false, type, sizeof(type), def, sizeof(def));
+        fputs(".TP\n\\fB", out);
+        kr_cfg_man_text(out, o->name, strlen(o->name), false);
+        fputs("\\fR (", out);
+        kr_cfg_man_text(out, type, strlen(type), false);
+        fputs("; default ", out);
+        kr_cfg_man_text(out, def, strlen(def), false);
+        fputs((o->flags & KR_CFG_LIVE) ? "; \\fIlive\\fR)\n" : ")\n", out);
+        kr_cfg_man_str(out, o->help);
+        fputs(".\n", out);
+    }
+
+    fputs(".SH SIGNALS\n"
+          ".TP\n\\fBSIGTERM\\fR\n"
+          "Drain: health checks fail, no new connections, clients are closed in batches over "
+          "\\fBdrain_timeout_ms\\fR, then the server exits 0. A second SIGTERM while "
+          "draining closes every connection at once.\n"
+          ".TP\n\\fBSIGINT\\fR, \\fBSIGQUIT\\fR\n"
+          "Stop at once without a drain, exit 0.\n"
+          ".TP\n\\fBSIGHUP\\fR\n"
+          "Reopen \\fBlog_file\\fR (after log rotation).\n"
+          ".SH FILES\n"
+          ".TP\n\\fI/etc/kraken/kraken.conf\\fR\n"
+          "The packaged configuration file, every key with a comment (read with "
+          "\\fB\\-\\-config\\fR).\n"
+          ".TP\n\\fI/run/kraken/admin.sock\\fR\n"
+          "The admin socket: root's default, and the packaged configuration's "
+          "\\fBadmin_socket\\fR (systemd creates \\fI/run/kraken\\fR for the unit).\n"
+          ".TP\n\\fI/lib/systemd/system/kraken.service\\fR\n"
+          "The systemd unit: \\fBsystemctl enable \\-\\-now kraken\\fR.\n"
+          ".TP\n\\fI/usr/share/doc/kraken/\\fR\n"
+          "The protocol, operations, architecture and benchmark documents.\n"
+          ".SH EXIT STATUS\n"
+          "0 on success; 1 when the server answers \\fBERROR\\fR, the connection breaks "
+          "or \\fBstart\\fR fails; 2 for a usage error (unknown subcommand or option, bad "
+          "argument or configuration); 3 when no server runs (\\fBstatus\\fR, "
+          "\\fBstop\\fR and the other subcommands that need one); 4 when its admin socket "
+          "is not accessible.\n"
+          ".SH SEE ALSO\n"
+          ".BR kraken\\-bench (1),\n"
+          ".BR systemctl (1),\n"
+          ".BR haproxy (1)\n",
+          out);
+    free(lines);
+    free(help);
 }

@@ -115,6 +115,13 @@ int kr_cfg_get(const struct kr_cfg *cfg, const char *key, char *buf, size_t bufl
  * Control thread. */
 void kr_cfg_print_help(FILE *out, const char *prog);
 
+/* Print the man page kraken(1) in roff (man macros): synopsis, subcommands, options and
+ * the configuration paragraphs taken from kr_cfg_print_help's own text, then every key of
+ * the option table with its type, bounds, default and whether it is live, then signals,
+ * files and exit status. `version` goes into the page footer. The build runs
+ * `kraken --help-man` to make the installed kraken.1. Control thread. */
+void kr_cfg_print_man(FILE *out, const char *prog, const char *version);
+
 /* The i-th key of the option table (table order), or NULL past the last one; for listing
  * every key (admin `config get`, docs). The string is static. Any thread. */
 const char *kr_cfg_key_at(size_t i);
