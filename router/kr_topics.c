@@ -292,7 +292,6 @@ struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i, uint64_t *s
 uint64_t kr_sconn_id(const struct kr_sconn *c) { return c->id; }
 uint64_t *kr_sconn_stamp(struct kr_sconn *c) { return &c->stamp; }
 uint64_t *kr_sconn_word(struct kr_sconn *c) { return &c->word; }
-uint32_t kr_sconn_nsubs(const struct kr_sconn *c) { return c->nsubs; }
 uint64_t kr_topics_count(const struct kr_topics *t) { return ck_pr_load_64((uint64_t *)&t->ntopics); }
 uint64_t kr_topics_subscriptions(const struct kr_topics *t)
 {

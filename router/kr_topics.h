@@ -46,7 +46,6 @@ uint64_t kr_sconn_id(const struct kr_sconn *c);
  * the words belong to the message being routed, and a pointer-sized word the router uses. */
 uint64_t *kr_sconn_stamp(struct kr_sconn *c);
 uint64_t *kr_sconn_word(struct kr_sconn *c);
-uint32_t kr_sconn_nsubs(const struct kr_sconn *c);
 
 /* Counters (relaxed reads are fine from any thread). */
 uint64_t kr_topics_count(const struct kr_topics *t);
