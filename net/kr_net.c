@@ -2346,7 +2346,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
     }
     pthread_mutex_init(&s->accept_mu, NULL);
     s->nts = kr_xcalloc(s->nnet, sizeof(*s->nts));
-    s->reqq = kr_net_reqq_create(s->nnet);
+    s->reqq = kr_net_reqq_create(s, s->nnet);
     uint16_t port = (uint16_t)cfg->tcp_server_port;
     for (uint32_t i = 0; i < s->nnet; i++) {
         struct kr_nt *nt = kr_xcalloc(1, sizeof(*nt));

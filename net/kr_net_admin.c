@@ -1,22 +1,21 @@
 /* Requests from other threads (the control thread and admin workers) to net threads.
  *
  * Per-connection state belongs to its net thread, so another thread that wants a list of
- * connections, one connection's figures, or some connections closed queues a request for
- * that net thread (a mutex-protected list), wakes it with uv_async_send, and the net
- * thread runs the request in its own loop. A request owns its answer buffer: an asker that
- * stops waiting marks it abandoned and the net thread frees it after serving it. The hot
- * path only pays one relaxed load per wake-up (the `pending` flag). */
-#include <ck_pr.h>
+ * connections, one connection's figures, or some connections closed sends a request to
+ * that net thread's kr_reqq (queue/kr_queue.h: the same primitive the shards and the
+ * control thread serve), which wakes it with uv_async_send; the net thread runs the
+ * request in its own loop, from its wake-up callback. A request owns its answer buffer:
+ * an asker that stops waiting leaves it to the queue, which frees it once served. The hot
+ * path only pays one relaxed load per wake-up (kr_reqq_serve's `pending` check). */
 #include <errno.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "kr_util.h"
 #include "kr_net_int.h"
+#include "kr_queue.h"
 #include "kr_router.h"
 
 enum kr_net_req_type {
@@ -28,36 +27,42 @@ enum kr_net_req_type {
 };
 
 struct kr_net_req {
-    struct kr_net_req *next;
+    struct kr_req base; /* first: the queue's part (answer in base.status) */
     enum kr_net_req_type type;
     uint32_t n;
     uint32_t cursor;
     uint64_t id;
-    int status;     /* answer: count, 0, or -errno */
-    bool done;
-    bool abandoned; /* nobody waits: the server side frees it */
     struct kr_net_conn_info out[];
 };
 
-struct kr_net_reqq {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    uint32_t nnet;
-    bool shutdown;
-    struct kr_net_req **head; /* [nnet], FIFO */
-    struct kr_net_req **tail;
-    int *pending;             /* [nnet] */
+/* What a net thread's queue passes to kr_reqq_serve as the owner, and to its wake-up. */
+struct kr_net_reqq_owner {
+    struct kr_server *srv;
+    uint32_t net;
 };
 
-struct kr_net_reqq *kr_net_reqq_create(uint32_t nnet)
+struct kr_net_reqq {
+    uint32_t nnet;
+    struct kr_reqq **q;               /* [nnet] */
+    struct kr_net_reqq_owner *owners; /* [nnet] */
+};
+
+static void kr_net_reqq_wake(void *arg)
+{
+    struct kr_net_reqq_owner *o = arg;
+    kr_net_wake(o->srv, o->net);
+}
+
+struct kr_net_reqq *kr_net_reqq_create(struct kr_server *s, uint32_t nnet)
 {
     struct kr_net_reqq *q = kr_xcalloc(1, sizeof(*q));
-    pthread_mutex_init(&q->mu, NULL);
-    pthread_cond_init(&q->cv, NULL);
     q->nnet = nnet;
-    q->head = kr_xcalloc(nnet, sizeof(*q->head));
-    q->tail = kr_xcalloc(nnet, sizeof(*q->tail));
-    q->pending = kr_xcalloc(nnet, sizeof(*q->pending));
+    q->q = kr_xcalloc(nnet, sizeof(*q->q));
+    q->owners = kr_xcalloc(nnet, sizeof(*q->owners));
+    for (uint32_t n = 0; n < nnet; n++) {
+        q->owners[n] = (struct kr_net_reqq_owner){s, n};
+        q->q[n] = kr_reqq_create(kr_net_reqq_wake, &q->owners[n]);
+    }
     return q;
 }
 
@@ -65,87 +70,56 @@ void kr_net_reqq_destroy(struct kr_net_reqq *q)
 {
     if (!q)
         return;
-    pthread_mutex_destroy(&q->mu);
-    pthread_cond_destroy(&q->cv);
-    free(q->head);
-    free(q->tail);
-    free(q->pending);
+    for (uint32_t n = 0; n < q->nnet; n++)
+        kr_reqq_destroy(q->q[n]);
+    free(q->q);
+    free(q->owners);
     free(q);
 }
 
-/* Mark a request answered (under q->mu); frees it when nobody waits. */
-static void kr_net_req_finish(struct kr_net_reqq *q, struct kr_net_req *r, int status)
+/* Run one request on net thread o->net; the answer is the return value. */
+static int kr_net_req_run(struct kr_req *req, void *owner)
 {
-    r->status = status;
-    r->done = true;
-    if (r->abandoned)
-        free(r);
-    else
-        pthread_cond_broadcast(&q->cv);
+    struct kr_net_reqq_owner *o = owner;
+    struct kr_net_req *r = (struct kr_net_req *)req;
+    struct kr_server *s = o->srv;
+    uint32_t net = o->net;
+    switch (r->type) {
+    case KR_NET_REQ_LIST: {
+        uint32_t k = 0;
+        while (k < r->n && kr_net_conn_next(s, net, &r->cursor, &r->out[k]))
+            k++;
+        return (int)k;
+    }
+    case KR_NET_REQ_FIND:
+        return kr_net_conn_find(s, r->id, &r->out[0]);
+    case KR_NET_REQ_CLOSE:
+        return (int)kr_net_close_some(s, net, r->n);
+    case KR_NET_REQ_UNLISTEN:
+        kr_net_stop_listening(s, net);
+        return 0;
+    case KR_NET_REQ_DEADLINE:
+        return (int)kr_net_drain_deadline(s, net);
+    }
+    return -EINVAL;
 }
 
 void kr_net_reqq_serve(struct kr_server *s, uint32_t net)
 {
     struct kr_net_reqq *q = kr_net_server_reqq(s);
-    if (!ck_pr_load_int(&q->pending[net]))
-        return;
-    pthread_mutex_lock(&q->mu);
-    struct kr_net_req *list = q->head[net];
-    q->head[net] = q->tail[net] = NULL;
-    ck_pr_store_int(&q->pending[net], 0);
-    pthread_mutex_unlock(&q->mu);
-    while (list) {
-        struct kr_net_req *r = list;
-        list = r->next;
-        int status = 0;
-        switch (r->type) {
-        case KR_NET_REQ_LIST: {
-            uint32_t k = 0;
-            while (k < r->n && kr_net_conn_next(s, net, &r->cursor, &r->out[k]))
-                k++;
-            status = (int)k;
-            break;
-        }
-        case KR_NET_REQ_FIND:
-            status = kr_net_conn_find(s, r->id, &r->out[0]);
-            break;
-        case KR_NET_REQ_CLOSE:
-            status = (int)kr_net_close_some(s, net, r->n);
-            break;
-        case KR_NET_REQ_UNLISTEN:
-            kr_net_stop_listening(s, net);
-            break;
-        case KR_NET_REQ_DEADLINE:
-            status = (int)kr_net_drain_deadline(s, net);
-            break;
-        }
-        pthread_mutex_lock(&q->mu);
-        kr_net_req_finish(q, r, status);
-        pthread_mutex_unlock(&q->mu);
-    }
+    kr_reqq_serve(q->q[net], &q->owners[net]);
 }
 
 void kr_net_reqq_shutdown(struct kr_server *s)
 {
     struct kr_net_reqq *q = kr_net_server_reqq(s);
-    pthread_mutex_lock(&q->mu);
-    q->shutdown = true;
-    for (uint32_t n = 0; n < q->nnet; n++) {
-        struct kr_net_req *r = q->head[n];
-        q->head[n] = q->tail[n] = NULL;
-        q->pending[n] = 0;
-        while (r) {
-            struct kr_net_req *next = r->next;
-            kr_net_req_finish(q, r, -ESHUTDOWN);
-            r = next;
-        }
-    }
-    pthread_mutex_unlock(&q->mu);
+    for (uint32_t n = 0; n < q->nnet; n++)
+        kr_reqq_shutdown(q->q[n]);
 }
 
-/* Queue r for net thread `net` and wake it. With wait_ms < 0 nobody waits (the net thread
- * frees r) and 0 is returned; else waits up to wait_ms for the answer, returns r->status
- * and frees r, or -ETIMEDOUT (r left to the net thread). */
+/* Queue r for net thread `net` (see kr_reqq_submit): with wait_ms < 0 nobody waits (the
+ * queue frees r) and 0 or -ESHUTDOWN is returned; else waits up to wait_ms and returns the
+ * answer with *answer = r (the caller frees it), or -ETIMEDOUT (r left to the queue). */
 static int kr_net_req_submit(struct kr_server *s, uint32_t net, struct kr_net_req *r,
                              int wait_ms, struct kr_net_req **answer)
 {
@@ -154,45 +128,17 @@ static int kr_net_req_submit(struct kr_server *s, uint32_t net, struct kr_net_re
         free(r);
         return -EINVAL;
     }
-    r->abandoned = wait_ms < 0;
-    pthread_mutex_lock(&q->mu);
-    if (q->shutdown) {
-        pthread_mutex_unlock(&q->mu);
+    r->base.run = kr_net_req_run;
+    r->base.release = NULL; /* free() */
+    int rc = kr_reqq_submit(q->q[net], &r->base, wait_ms);
+    if (wait_ms < 0 || rc == -ETIMEDOUT)
+        return rc;
+    if (rc == -ESHUTDOWN) {
         free(r);
-        return -ESHUTDOWN;
+        return rc;
     }
-    r->next = NULL;
-    if (q->tail[net])
-        q->tail[net]->next = r;
-    else
-        q->head[net] = r;
-    q->tail[net] = r;
-    ck_pr_store_int(&q->pending[net], 1);
-    pthread_mutex_unlock(&q->mu);
-    kr_net_wake(s, net);
-    if (wait_ms < 0)
-        return 0;
-
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += wait_ms / 1000;
-    deadline.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&q->mu);
-    int rc = 0;
-    while (!r->done && rc != ETIMEDOUT)
-        rc = pthread_cond_timedwait(&q->cv, &q->mu, &deadline);
-    if (!r->done) {
-        r->abandoned = true;
-        pthread_mutex_unlock(&q->mu);
-        return -ETIMEDOUT;
-    }
-    pthread_mutex_unlock(&q->mu);
     *answer = r;
-    return r->status;
+    return rc;
 }
 
 static struct kr_net_req *kr_net_req_new(enum kr_net_req_type type, uint32_t nout)

@@ -12,14 +12,15 @@
 
 struct kr_net_reqq;
 
-/* Queues for `nnet` net threads. Aborts on out of memory. Control thread. */
-struct kr_net_reqq *kr_net_reqq_create(uint32_t nnet);
+/* One kr_reqq (queue/kr_queue.h) for each of the `nnet` net threads of `s`; a submit wakes
+ * the net thread with kr_net_wake. Aborts on out of memory. Control thread. */
+struct kr_net_reqq *kr_net_reqq_create(struct kr_server *s, uint32_t nnet);
 void kr_net_reqq_destroy(struct kr_net_reqq *q);
-/* Serve the requests queued for net thread `net` (one relaxed load when there are none).
- * Net thread `net`, from its wake-up callback. */
+/* Serve the requests queued for net thread `net` (kr_reqq_serve: one relaxed load when
+ * there are none). Net thread `net`, from its wake-up callback. */
 void kr_net_reqq_serve(struct kr_server *s, uint32_t net);
-/* Refuse new requests and answer the queued ones with -ESHUTDOWN. Control thread, after the
- * net threads stopped. */
+/* Refuse new requests and answer the queued ones with -ESHUTDOWN (kr_reqq_shutdown on
+ * every net thread's queue). Control thread, after the net threads stopped. */
 void kr_net_reqq_shutdown(struct kr_server *s);
 
 /* ------------------------------------------------ kr_net.c: what the requests run */
