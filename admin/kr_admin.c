@@ -151,7 +151,6 @@ void kr_admin_conn_send_job_chunk(struct kr_admin_conn *c, struct kr_admin_job *
                                   struct kr_admin_chunk *ch)
 {
     ch->job = j;
-    ch->next = NULL;
     kr_admin_conn_send(c, ch);
 }
 
@@ -713,18 +712,24 @@ static void kr_admin_job_maybe_done(struct kr_admin_job *j)
     kr_admin_conn_next(c);
 }
 
-/* Chunks from the workers: write them out; reap finished jobs. */
+/* Requests to the control thread (the workers' chunks: their runs queue the writes);
+ * then reap the finished jobs. */
 static void kr_admin_job_async_cb(uv_async_t *h)
 {
     struct kr_admin *a = h->data;
+    if (kr_reqq_serve(a->reqq, a) == 0)
+        return;
     for (struct kr_admin_conn *c = a->conns, *next; c; c = next) {
         next = c->next;
-        if (!c->job)
-            continue;
-        struct kr_admin_job *j = c->job;
-        kr_admin_job_deliver(j);
-        kr_admin_job_maybe_done(j);
+        if (c->job)
+            kr_admin_job_maybe_done(c->job);
     }
+}
+
+static void kr_admin_reqq_wake(void *arg)
+{
+    struct kr_admin *a = arg;
+    uv_async_send(&a->job_async);
 }
 
 /* ---------------------------------------------------------------- health port */
@@ -1061,8 +1066,7 @@ int kr_admin_create(const struct kr_admin_opts *o, struct kr_admin **out, char *
     a->cfg = o->cfg;
     a->on_exit = o->on_exit;
     a->arg = o->arg;
-    pthread_mutex_init(&a->job_mu, NULL);
-    pthread_cond_init(&a->job_cv, NULL);
+    a->reqq = kr_reqq_create(kr_admin_reqq_wake, a);
     uv_async_init(a->loop, &a->job_async, kr_admin_job_async_cb);
     a->job_async.data = a;
     uv_timer_init(a->loop, &a->drain_timer);
@@ -1084,10 +1088,13 @@ void kr_admin_close(struct kr_admin *a)
     if (a->closed)
         return;
     a->closed = true;
-    /* dumps first: the workers may be waiting on net threads and shards, still running */
+    /* dumps first: the workers may be waiting on net threads and shards, still running;
+     * a worker waiting for room is answered -ECANCELED, and once the queue is shut down
+     * none waits on the control thread */
     for (struct kr_admin_conn *c = a->conns; c; c = c->next)
         if (c->job)
             kr_admin_job_cancel(c->job);
+    kr_reqq_shutdown(a->reqq);
     for (struct kr_admin_conn *c = a->conns; c; c = c->next)
         if (c->job)
             kr_admin_job_join(c->job);
@@ -1120,7 +1127,6 @@ void kr_admin_destroy(struct kr_admin *a)
             kr_admin_job_free(c->job);
         free(c);
     }
-    pthread_mutex_destroy(&a->job_mu);
-    pthread_cond_destroy(&a->job_cv);
+    kr_reqq_destroy(a->reqq);
     free(a);
 }

@@ -4,10 +4,13 @@
  * from the net threads through their request queues (kr_server_list_conns), subscription
  * counts and the topic table from RCU walks of the shards' tables, a client's topic list
  * from its shards through their request queues. Its output goes to the control thread in
- * chunks of KR_ADMIN_CHUNK bytes; it waits while KR_ADMIN_INFLIGHT_MAX bytes are not yet
- * written to the client. Memory stays bounded whatever the table size: dump_topics sorts
- * by subscriber count in bands of at most KR_DUMP_BAND topics (one table walk per band
- * after a first walk that counts topics per subscriber count). */
+ * chunks of KR_ADMIN_CHUNK bytes, each one a request to the control thread's kr_reqq
+ * (queue/kr_queue.h) whose run queues the chunk's write. The worker counts the bytes not
+ * yet written; the chunk that takes them over KR_ADMIN_INFLIGHT_MAX is sent as a request
+ * the worker waits on, answered once the writes brought them down to half of it, or with
+ * -ECANCELED when the admin client left. Memory stays bounded whatever the table size:
+ * dump_topics sorts by subscriber count in bands of at most KR_DUMP_BAND topics (one table
+ * walk per band after a first walk that counts topics per subscriber count). */
 #include <ck_pr.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -19,14 +22,25 @@
 #include <xxhash.h>
 
 #include "kr_admin_int.h"
+#include "kr_queue.h"
 #include "kr_util.h"
 #include "kr_router.h"
 
 #define KR_DUMP_BAND 65536        /* topics held in memory at once by dump_topics */
 #define KR_DUMP_TOPIC_BUF (160 * 1024) /* > the longest topic (64 KiB) */
 #define KR_DUMP_CONNS 256         /* connections asked from a net thread at once */
+#define KR_DUMP_STALL_MS 60000    /* a client that reads nothing for this long ends its dump */
 
 enum kr_dump_kind { KR_DUMP_QUEUES = 1, KR_DUMP_QUEUE_TOPICS, KR_DUMP_TOPICS };
+
+/* One chunk of a worker's output on its way to the control thread. */
+struct kr_dump_req {
+    struct kr_req base;         /* first */
+    struct kr_admin_job *j;
+    struct kr_admin_chunk *ch;  /* taken over by the run; NULL for none */
+    bool final;                 /* the worker's last request: it returns after it */
+    bool wait;                  /* the worker waits for the answer */
+};
 
 struct kr_admin_job {
     struct kr_admin *a;
@@ -40,13 +54,12 @@ struct kr_admin_job {
     struct kr_admin_chunk *cur;
     size_t cur_cap;
     char err[256];
-    /* under a->job_mu */
-    struct kr_admin_chunk *ready;
-    struct kr_admin_chunk *ready_tail;
-    size_t inflight;
-    int cancelled; /* also read without the lock (atomic) */
-    bool finished;
+    /* both (atomics) */
+    size_t inflight; /* bytes handed over and not written yet */
+    int cancelled;
     /* control thread only */
+    bool finished;              /* the final request ran */
+    struct kr_dump_req *waiter; /* the request the worker waits on (answered KR_REQ_LATER) */
     uint32_t writes;
 };
 
@@ -95,42 +108,79 @@ static bool kr_dump_cancelled(struct kr_admin_job *j)
     return __atomic_load_n(&j->cancelled, __ATOMIC_ACQUIRE) != 0;
 }
 
-/* Hand the current chunk to the control thread; unless `final`, then wait while too much
- * is unwritten. -ECANCELED when the job was cancelled. Worker. */
+__attribute__((format(printf, 3, 4))) static int kr_dump_fail(struct kr_admin_job *j, int rc,
+                                                              const char *fmt, ...);
+
+/* Frees a request nobody waits for (and its chunk when the run did not take it). */
+static void kr_dump_req_release(struct kr_req *req)
+{
+    struct kr_dump_req *r = (struct kr_dump_req *)req;
+    free(r->ch);
+    free(r);
+}
+
+/* The run of a chunk request, on the control thread: queue the chunk's write; the final
+ * request marks the job finished; a request the worker waits on is answered once the
+ * bytes in flight are down to half the limit (kr_admin_job_sent). */
+static int kr_dump_req_run(struct kr_req *req, void *owner)
+{
+    struct kr_dump_req *r = (struct kr_dump_req *)req;
+    struct kr_admin_job *j = r->j;
+    (void)owner;
+    struct kr_admin_chunk *ch = r->ch;
+    r->ch = NULL;
+    if (ch)
+        kr_admin_conn_send_job_chunk(j->conn, j, ch); /* may cancel the job (write error) */
+    if (r->final) {
+        j->finished = true;
+        return 0;
+    }
+    if (!r->wait)
+        return 0;
+    if (kr_dump_cancelled(j))
+        return -ECANCELED;
+    if (__atomic_load_n(&j->inflight, __ATOMIC_ACQUIRE) <= KR_ADMIN_INFLIGHT_MAX / 2)
+        return 0;
+    j->waiter = r;
+    return KR_REQ_LATER;
+}
+
+/* Hand the current chunk to the control thread (the last request when `final`); when the
+ * bytes in flight go over the limit, wait until they are down to half of it. Returns 0,
+ * -ECANCELED (the job was cancelled), -ESHUTDOWN (the admin socket closes) or -ETIMEDOUT
+ * (the client read nothing for KR_DUMP_STALL_MS). Worker. */
 static int kr_dump_flush(struct kr_admin_job *j, bool final)
 {
-    struct kr_admin *a = j->a;
-    pthread_mutex_lock(&a->job_mu);
-    if (j->cur && j->cur->len) {
-        j->cur->next = NULL;
-        if (j->ready_tail)
-            j->ready_tail->next = j->cur;
-        else
-            j->ready = j->cur;
-        j->ready_tail = j->cur;
-        j->inflight += j->cur->len;
-        j->cur = NULL;
+    struct kr_admin_chunk *ch = j->cur;
+    j->cur = NULL;
+    if (ch && ch->len == 0) {
+        free(ch);
+        ch = NULL;
     }
-    if (final)
-        j->finished = true;
-    pthread_mutex_unlock(&a->job_mu);
-    uv_async_send(&a->job_async);
-    if (final)
-        return 0;
-    pthread_mutex_lock(&a->job_mu);
-    while (j->inflight > KR_ADMIN_INFLIGHT_MAX && !j->cancelled) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 200 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&a->job_cv, &a->job_mu, &ts);
+    if (!ch && !final)
+        return kr_dump_cancelled(j) ? -ECANCELED : 0;
+    struct kr_dump_req *r = kr_xcalloc(1, sizeof(*r));
+    r->base.run = kr_dump_req_run;
+    r->base.release = kr_dump_req_release;
+    r->j = j;
+    r->ch = ch;
+    r->final = final;
+    size_t len = ch ? ch->len : 0;
+    r->wait = !final &&
+              __atomic_add_fetch(&j->inflight, len, __ATOMIC_ACQ_REL) > KR_ADMIN_INFLIGHT_MAX;
+    if (!r->wait) {
+        int rc = kr_reqq_submit(j->a->reqq, &r->base, -1); /* r is the queue's now */
+        if (rc < 0 || final)
+            return rc;
+        return kr_dump_cancelled(j) ? -ECANCELED : 0;
     }
-    int cancelled = j->cancelled;
-    pthread_mutex_unlock(&a->job_mu);
-    return cancelled ? -ECANCELED : 0;
+    int rc = kr_reqq_submit(j->a->reqq, &r->base, KR_DUMP_STALL_MS);
+    if (rc == -ETIMEDOUT) /* abandoned: the queue's side frees r once answered */
+        return kr_dump_fail(j, rc, "the admin client read nothing for %d s",
+                            KR_DUMP_STALL_MS / 1000);
+    free(r->ch); /* not taken when the queue was shut down first */
+    free(r);
+    return rc;
 }
 
 /* Append one line (with its '\n'). Worker. */
@@ -485,9 +535,9 @@ static void *kr_dump_main(void *arg)
     urcu_memb_unregister_thread();
     if (rc == 0)
         kr_dump_put(j, "END\n", 4);
-    else if (rc != -ECANCELED)
+    else if (rc != -ECANCELED && rc != -ESHUTDOWN)
         kr_dump_printf(j, "ERROR %s\n", j->err[0] ? j->err : strerror(-rc));
-    kr_dump_flush(j, true);
+    kr_dump_flush(j, true); /* last: the control thread may join this thread after it */
     return NULL;
 }
 
@@ -523,22 +573,11 @@ struct kr_admin_conn *kr_admin_job_conn(const struct kr_admin_job *j)
 
 void kr_admin_job_cancel(struct kr_admin_job *j)
 {
-    pthread_mutex_lock(&j->a->job_mu);
     __atomic_store_n(&j->cancelled, 1, __ATOMIC_RELEASE);
-    pthread_cond_broadcast(&j->a->job_cv);
-    pthread_mutex_unlock(&j->a->job_mu);
-}
-
-static void kr_admin_job_drop_ready(struct kr_admin_job *j)
-{
-    pthread_mutex_lock(&j->a->job_mu);
-    struct kr_admin_chunk *ch = j->ready;
-    j->ready = j->ready_tail = NULL;
-    pthread_mutex_unlock(&j->a->job_mu);
-    while (ch) {
-        struct kr_admin_chunk *next = ch->next;
-        free(ch);
-        ch = next;
+    if (j->waiter) {
+        struct kr_dump_req *w = j->waiter;
+        j->waiter = NULL;
+        kr_reqq_complete(j->a->reqq, &w->base, -ECANCELED);
     }
 }
 
@@ -548,30 +587,18 @@ void kr_admin_job_join(struct kr_admin_job *j)
         return;
     pthread_join(j->thread, NULL);
     j->joined = true;
-    kr_admin_job_drop_ready(j);
-}
-
-void kr_admin_job_deliver(struct kr_admin_job *j)
-{
-    pthread_mutex_lock(&j->a->job_mu);
-    struct kr_admin_chunk *ch = j->ready;
-    j->ready = j->ready_tail = NULL;
-    pthread_mutex_unlock(&j->a->job_mu);
-    while (ch) {
-        struct kr_admin_chunk *next = ch->next;
-        kr_admin_conn_send_job_chunk(j->conn, j, ch);
-        ch = next;
-    }
 }
 
 void kr_admin_job_sent(struct kr_admin_job *j, size_t len, bool was_written)
 {
     if (was_written)
         j->writes--;
-    pthread_mutex_lock(&j->a->job_mu);
-    j->inflight -= len;
-    pthread_cond_broadcast(&j->a->job_cv);
-    pthread_mutex_unlock(&j->a->job_mu);
+    size_t left = __atomic_sub_fetch(&j->inflight, len, __ATOMIC_ACQ_REL);
+    if (j->waiter && left <= KR_ADMIN_INFLIGHT_MAX / 2) {
+        struct kr_dump_req *w = j->waiter;
+        j->waiter = NULL;
+        kr_reqq_complete(j->a->reqq, &w->base, 0);
+    }
 }
 
 void kr_admin_job_writes_add(struct kr_admin_job *j, int n)
@@ -581,12 +608,11 @@ void kr_admin_job_writes_add(struct kr_admin_job *j, int n)
 
 bool kr_admin_job_reap(struct kr_admin_job *j)
 {
-    pthread_mutex_lock(&j->a->job_mu);
-    bool done = j->finished && !j->ready;
-    pthread_mutex_unlock(&j->a->job_mu);
-    if ((!done && !j->joined) || j->writes)
+    if ((!j->finished && !j->joined) || j->writes)
         return false;
-    kr_admin_job_join(j);
+    if (j->waiter) /* abandoned by a worker that stopped waiting: the queue frees it */
+        kr_reqq_complete(j->a->reqq, &j->waiter->base, -ECANCELED);
+    kr_admin_job_join(j); /* the worker returns right after its final request */
     free(j);
     return true;
 }

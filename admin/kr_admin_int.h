@@ -12,6 +12,7 @@
 
 #include "kr_admin.h"
 #include "kr_log.h"
+#include "kr_queue.h"
 
 #define KR_ADMIN_CHUNK (64 * 1024)         /* a worker hands its output over in chunks */
 #define KR_ADMIN_INFLIGHT_MAX (1024 * 1024) /* unwritten bytes before a worker waits */
@@ -27,7 +28,6 @@ struct kr_admin_chunk {
     uv_write_t req;
     struct kr_admin_conn *conn;
     struct kr_admin_job *job;
-    struct kr_admin_chunk *next;
     size_t len; /* bytes used in data */
     char data[];
 };
@@ -65,10 +65,9 @@ struct kr_admin {
     struct kr_log_ratelimit rl_refused; /* health connections refused by allow_from */
     struct kr_admin_conn *conns;
     uint32_t nconns;
-    /* dump workers: chunk hand-over */
+    /* requests to the control thread (the dump workers' chunks), served from job_async */
     uv_async_t job_async;
-    pthread_mutex_t job_mu;
-    pthread_cond_t job_cv;
+    struct kr_reqq *reqq;
     /* drain */
     bool draining;
     uv_timer_t drain_timer;
@@ -93,17 +92,17 @@ bool kr_admin_job_check(int argc, char **argv, char *why, size_t whylen);
 struct kr_admin_job *kr_admin_job_start(struct kr_admin *a, struct kr_admin_conn *c, int argc,
                                         char **argv, char *why, size_t whylen);
 struct kr_admin_conn *kr_admin_job_conn(const struct kr_admin_job *j);
-/* Ask the worker to stop early. */
+/* Ask the worker to stop early: the request it waits on, if any, is answered -ECANCELED. */
 void kr_admin_job_cancel(struct kr_admin_job *j);
-/* Wait for the worker thread to return and drop the output not handed over yet. */
+/* Wait for the worker thread to return (after kr_reqq_shutdown of a->reqq, or once its
+ * final request ran). */
 void kr_admin_job_join(struct kr_admin_job *j);
-/* Write the chunks the worker handed over to the connection. */
-void kr_admin_job_deliver(struct kr_admin_job *j);
-/* A chunk of the job was written (or dropped unsent): `len` bytes less in flight. */
+/* A chunk of the job was written (or dropped unsent): `len` bytes less in flight; the
+ * worker waiting for room is answered once they are down to half the limit. */
 void kr_admin_job_sent(struct kr_admin_job *j, size_t len, bool was_written);
 void kr_admin_job_writes_add(struct kr_admin_job *j, int n);
-/* When the worker returned and everything it wrote is out: join it, free the job and
- * return true. */
+/* When the worker's final request ran (or it was joined) and everything it wrote is out:
+ * join it, free the job and return true. */
 bool kr_admin_job_reap(struct kr_admin_job *j);
 /* Free a job whose worker was joined (kr_admin_destroy). */
 void kr_admin_job_free(struct kr_admin_job *j);
