@@ -24,7 +24,6 @@
 #include <unistd.h>
 #include <urcu/urcu-memb.h>
 
-#include "kr_acl.h"
 #include "kr_admin_int.h"
 #include "kr_log.h"
 
@@ -32,7 +31,6 @@
 #define KR_ADMIN_BACKLOG 512  /* a burst of connects waits in the kernel, not refused */
 #define KR_DRAIN_STEPS 20     /* batches the clients are closed in */
 #define KR_DRAIN_GRACE_MS 2000 /* after the last batch: wait this long for closes to finish */
-#define KR_HEALTH_TIMEOUT_MS 2000
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -674,13 +672,10 @@ static void kr_admin_conn_close(struct kr_admin_conn *c)
     uv_close((uv_handle_t *)&c->h, kr_admin_conn_closed_cb);
 }
 
-static void kr_admin_accept_cb(uv_stream_t *server, int status)
+/* A new admin connection `fd` (kr_admin_lsock's callback). */
+static void kr_admin_accepted(struct kr_admin *a, int fd, const struct sockaddr_storage *ss)
 {
-    struct kr_admin *a = server->data;
-    if (status < 0) {
-        KR_WARN("admin socket: accept failed: %s", uv_strerror(status));
-        return;
-    }
+    (void)ss;
     struct kr_admin_conn *c = kr_xcalloc(1, sizeof(*c));
     c->a = a;
     uv_pipe_init(a->loop, &c->h, 0);
@@ -689,7 +684,8 @@ static void kr_admin_accept_cb(uv_stream_t *server, int status)
         a->conns->prev = c;
     a->conns = c;
     a->nconns++;
-    if (uv_accept(server, (uv_stream_t *)&c->h) != 0) {
+    if (uv_pipe_open(&c->h, fd) != 0) {
+        close(fd); /* not taken over by the handle */
         kr_admin_conn_close(c);
         return;
     }
@@ -732,146 +728,138 @@ static void kr_admin_reqq_wake(void *arg)
     uv_async_send(&a->job_async);
 }
 
-/* ---------------------------------------------------------------- health port */
+/* ---------------------------------------------------------------- listening sockets
+ *
+ * The admin socket and the health port are accepted with accept4() from a uv_poll_t
+ * readiness callback, as the net threads do, rather than uv_listen(): libuv's listener
+ * loops inside its callback while accept() keeps failing with EMFILE, which would spin the
+ * control thread. Here, on EMFILE/ENFILE the control thread frees its reserve descriptor,
+ * accepts and closes the waiting connections (an admin client is told why first), reopens
+ * the reserve and stops accepting on that socket for KR_LSOCK_PAUSE_MS. */
 
-struct kr_health_conn {
-    uv_tcp_t h;
-    struct kr_admin *a;
-    uv_write_t wreq;
-    uv_shutdown_t sreq;
-    uv_timer_t timer;
-    int open_handles;
-    struct kr_health_conn *next, *prev;
-    char buf[64];
-};
+#define KR_LSOCK_PAUSE_MS 100
+#define KR_LSOCK_BATCH 16 /* connections accepted per readiness callback */
 
-static void kr_health_closed_cb(uv_handle_t *h)
+static void kr_lsock_poll_cb(uv_poll_t *h, int status, int events);
+
+static void kr_admin_reserve_open(struct kr_admin *a)
 {
-    struct kr_health_conn *hc = h->data;
-    if (--hc->open_handles > 0)
-        return;
-    struct kr_admin *a = hc->a;
-    if (hc->prev)
-        hc->prev->next = hc->next;
-    else
-        a->health_conns = hc->next;
-    if (hc->next)
-        hc->next->prev = hc->prev;
-    free(hc);
+    if (a->reserve_fd < 0)
+        a->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
-static void kr_health_close(struct kr_health_conn *hc)
+static void kr_lsock_resume_cb(uv_timer_t *t)
 {
-    if (!uv_is_closing((uv_handle_t *)&hc->h))
-        uv_close((uv_handle_t *)&hc->h, kr_health_closed_cb);
-    if (!uv_is_closing((uv_handle_t *)&hc->timer))
-        uv_close((uv_handle_t *)&hc->timer, kr_health_closed_cb);
+    struct kr_admin_lsock *l = t->data;
+    kr_admin_reserve_open(l->a);
+    if (l->open)
+        uv_poll_start(&l->poll, UV_READABLE, kr_lsock_poll_cb);
 }
 
-static void kr_health_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+static void kr_lsock_pause(struct kr_admin_lsock *l)
 {
-    struct kr_health_conn *hc = h->data;
-    (void)suggested;
-    *buf = uv_buf_init(hc->buf, sizeof(hc->buf));
+    uv_poll_stop(&l->poll);
+    uv_timer_start(&l->pause, kr_lsock_resume_cb, KR_LSOCK_PAUSE_MS, 0);
 }
 
-static void kr_health_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+/* accept() failed with EMFILE or ENFILE (`err`). */
+static void kr_lsock_out_of_fds(struct kr_admin_lsock *l, int err)
 {
-    (void)buf;
-    if (nread < 0) /* the checker closed (or failed): done */
-        kr_health_close(s->data);
-}
-
-static void kr_health_shutdown_cb(uv_shutdown_t *req, int status)
-{
-    (void)status;
-    (void)req;
-}
-
-static void kr_health_write_cb(uv_write_t *req, int status)
-{
-    struct kr_health_conn *hc = req->data;
-    if (status < 0 || uv_shutdown(&hc->sreq, (uv_stream_t *)&hc->h, kr_health_shutdown_cb) < 0)
-        kr_health_close(hc);
-}
-
-static void kr_health_timer_cb(uv_timer_t *t)
-{
-    kr_health_close(t->data);
-}
-
-static void kr_health_accept_cb(uv_stream_t *server, int status)
-{
-    struct kr_admin *a = server->data;
-    if (status < 0)
-        return;
-    struct kr_health_conn *hc = kr_xcalloc(1, sizeof(*hc));
-    hc->a = a;
-    uv_tcp_init(a->loop, &hc->h);
-    uv_timer_init(a->loop, &hc->timer);
-    hc->h.data = hc->timer.data = hc->wreq.data = hc->sreq.data = hc;
-    hc->open_handles = 2;
-    hc->next = a->health_conns;
-    if (a->health_conns)
-        a->health_conns->prev = hc;
-    a->health_conns = hc;
-    if (uv_accept(server, (uv_stream_t *)&hc->h) != 0) {
-        kr_health_close(hc);
-        return;
-    }
-    struct sockaddr_storage ss;
-    int sl = sizeof(ss);
-    if (uv_tcp_getpeername(&hc->h, (struct sockaddr *)&ss, &sl) != 0 ||
-        !kr_acl_allows(kr_server_acl(a->srv), (struct sockaddr *)&ss)) {
-        /* not in allow_from: closed unread, like the client port */
-        kr_server_count_refused(a->srv);
-        uint64_t suppressed = 0;
-        if (kr_log_ratelimit(&a->rl_refused, 10, 10000, &suppressed)) {
-            char ip[INET6_ADDRSTRLEN] = "?", note[64] = "";
-            if (ss.ss_family == AF_INET)
-                inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip, sizeof(ip));
-            else if (ss.ss_family == AF_INET6)
-                inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, ip, sizeof(ip));
-            if (suppressed)
-                snprintf(note, sizeof(note), " (suppressed %" PRIu64 " similar)", suppressed);
-            KR_WARN("health port: refused a connection from %s: not in allow_from%s", ip, note);
+    struct kr_admin *a = l->a;
+    uint32_t closed = 0;
+    if (a->reserve_fd >= 0) {
+        close(a->reserve_fd);
+        a->reserve_fd = -1;
+        for (uint32_t i = 0; i < KR_LSOCK_BATCH; i++) {
+            int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0) {
+                if (errno == EINTR || errno == ECONNABORTED)
+                    continue;
+                break;
+            }
+            if (l->refusal[0]) {
+                ssize_t w = send(fd, l->refusal, strlen(l->refusal), MSG_NOSIGNAL | MSG_DONTWAIT);
+                (void)w;
+            }
+            close(fd);
+            closed++;
         }
-        kr_health_close(hc);
-        return;
+        kr_admin_reserve_open(a);
     }
-    /* The answer, then our side's FIN; the connection closes once the checker closes its
-     * side (reading it avoids a reset that could discard the answer), or after a timeout. */
-    static const char ok[] = "ok\n", draining[] = "draining\n";
-    uv_buf_t b = a->draining ? uv_buf_init((char *)draining, sizeof(draining) - 1)
-                             : uv_buf_init((char *)ok, sizeof(ok) - 1);
-    uv_timer_start(&hc->timer, kr_health_timer_cb, KR_HEALTH_TIMEOUT_MS, 0);
-    uv_read_start((uv_stream_t *)&hc->h, kr_health_alloc_cb, kr_health_read_cb);
-    if (uv_write(&hc->wreq, (uv_stream_t *)&hc->h, &b, 1, kr_health_write_cb) < 0)
-        kr_health_close(hc);
+    kr_lsock_pause(l);
+    uint64_t suppressed = 0;
+    if (kr_log_ratelimit(&l->rl, 10, 10000, &suppressed)) {
+        char note[64] = "";
+        if (suppressed)
+            snprintf(note, sizeof(note), " (suppressed %" PRIu64 " similar)", suppressed);
+        KR_WARN("%s: out of file descriptors (%s): closed %u connection(s); accepting again in "
+                "%d ms%s",
+                l->what, strerror(err), closed, KR_LSOCK_PAUSE_MS, note);
+    }
 }
 
-static int kr_health_listen(struct kr_admin *a, char *err, size_t errlen)
+static void kr_lsock_poll_cb(uv_poll_t *h, int status, int events)
 {
-    const struct kr_cfg *cfg = a->cfg;
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof(ss));
-    int rc = uv_ip4_addr(cfg->listen_ip, (int)cfg->health_port, (struct sockaddr_in *)&ss);
-    if (rc < 0)
-        rc = uv_ip6_addr(cfg->listen_ip, (int)cfg->health_port, (struct sockaddr_in6 *)&ss);
-    if (rc < 0)
-        return kr_errf(err, errlen, -EINVAL, "health_port: bad listen_ip '%s'",
-                            cfg->listen_ip);
-    uv_tcp_init(a->loop, &a->health);
-    a->health.data = a;
-    a->health_on = true;
-    rc = uv_tcp_bind(&a->health, (struct sockaddr *)&ss, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&a->health, 128, kr_health_accept_cb);
-    if (rc < 0)
-        return kr_errf(err, errlen, rc, "cannot listen on health_port %s:%u: %s",
-                            cfg->listen_ip, cfg->health_port, uv_strerror(rc));
-    KR_INFO("health checks on %s:%u", cfg->listen_ip, cfg->health_port);
-    return 0;
+    struct kr_admin_lsock *l = h->data;
+    (void)events;
+    uint64_t suppressed = 0;
+    if (status < 0) {
+        if (kr_log_ratelimit(&l->rl, 10, 10000, &suppressed))
+            KR_WARN("%s: %s; accepting again in %d ms", l->what, uv_strerror(status),
+                    KR_LSOCK_PAUSE_MS);
+        kr_lsock_pause(l);
+        return;
+    }
+    for (uint32_t i = 0; i < KR_LSOCK_BATCH && l->open; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        memset(&ss, 0, sizeof(ss));
+        int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            int e = errno;
+            if (e == EINTR || e == ECONNABORTED)
+                continue;
+            if (e == EAGAIN || e == EWOULDBLOCK)
+                return; /* level-triggered: called again when more arrive */
+            if (e == EMFILE || e == ENFILE) {
+                kr_lsock_out_of_fds(l, e);
+                return;
+            }
+            /* ENOBUFS, ENOMEM, ...: never spin on it */
+            if (kr_log_ratelimit(&l->rl, 10, 10000, &suppressed))
+                KR_WARN("%s: accept failed: %s; accepting again in %d ms", l->what, strerror(e),
+                        KR_LSOCK_PAUSE_MS);
+            kr_lsock_pause(l);
+            return;
+        }
+        kr_admin_reserve_open(l->a); /* lost while descriptors ran out */
+        l->on_accept(l->a, fd, &ss);
+    }
+}
+
+void kr_admin_lsock_start(struct kr_admin *a, struct kr_admin_lsock *l, int fd,
+                          const char *what, kr_admin_accept_fn on_accept)
+{
+    l->a = a;
+    l->fd = fd;
+    l->what = what;
+    l->on_accept = on_accept;
+    uv_poll_init(a->loop, &l->poll, fd);
+    uv_timer_init(a->loop, &l->pause);
+    l->poll.data = l->pause.data = l;
+    l->open = true;
+    uv_poll_start(&l->poll, UV_READABLE, kr_lsock_poll_cb);
+}
+
+void kr_admin_lsock_close(struct kr_admin_lsock *l)
+{
+    if (!l->open)
+        return;
+    l->open = false;
+    uv_close((uv_handle_t *)&l->poll, NULL); /* stops polling the descriptor: close it now */
+    uv_close((uv_handle_t *)&l->pause, NULL);
+    close(l->fd);
+    l->fd = -1;
 }
 
 /* ---------------------------------------------------------------- admin socket */
@@ -935,26 +923,40 @@ static int kr_admin_bind(struct kr_admin *a, char *err, size_t errlen)
                                 strerror(-fd));
         unlink(path); /* stale: left by a server that did not exit cleanly */
     }
-    uv_pipe_init(a->loop, &a->listener, 0);
-    a->listener.data = a;
-    a->listening = true;
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, path, strlen(path));
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        int e = errno;
+        return kr_errf(err, errlen, -e, "cannot bind admin socket %s: %s", path, strerror(e));
+    }
     mode_t old = umask(0177); /* the socket file is created 0600 */
-    rc = uv_pipe_bind(&a->listener, path);
+    rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? 0 : -errno;
     umask(old);
-    if (rc < 0)
+    if (rc < 0) {
+        close(fd);
         return kr_errf(err, errlen, rc, "cannot bind admin socket %s: %s", path,
-                            uv_strerror(rc));
+                       uv_strerror(rc));
+    }
     a->bound = true;
     if (chmod(path, 0600) != 0 || lstat(path, &st) != 0) {
         int e = errno;
+        close(fd);
         return kr_errf(err, errlen, -e, "admin socket %s: %s", path, strerror(e));
     }
     a->dev = st.st_dev;
     a->ino = st.st_ino;
-    rc = uv_listen((uv_stream_t *)&a->listener, KR_ADMIN_BACKLOG, kr_admin_accept_cb);
-    if (rc < 0)
+    if (listen(fd, KR_ADMIN_BACKLOG) != 0) {
+        rc = -errno;
+        close(fd);
         return kr_errf(err, errlen, rc, "cannot listen on admin socket %s: %s", path,
-                            uv_strerror(rc));
+                       uv_strerror(rc));
+    }
+    kr_admin_lsock_start(a, &a->listener, fd, "admin socket", kr_admin_accepted);
+    snprintf(a->listener.refusal, sizeof(a->listener.refusal),
+             "ERROR the server is out of file descriptors; try again\n");
     return 0;
 }
 
@@ -1067,6 +1069,8 @@ int kr_admin_create(const struct kr_admin_opts *o, struct kr_admin **out, char *
     a->on_exit = o->on_exit;
     a->arg = o->arg;
     a->reqq = kr_reqq_create(kr_admin_reqq_wake, a);
+    a->reserve_fd = -1;
+    kr_admin_reserve_open(a);
     uv_async_init(a->loop, &a->job_async, kr_admin_job_async_cb);
     a->job_async.data = a;
     uv_timer_init(a->loop, &a->drain_timer);
@@ -1104,12 +1108,8 @@ void kr_admin_close(struct kr_admin *a)
         if (c->job)
             kr_admin_job_maybe_done(c->job); /* reaped now unless writes are in flight */
     }
-    for (struct kr_health_conn *hc = a->health_conns; hc; hc = hc->next)
-        kr_health_close(hc);
-    if (a->listening)
-        uv_close((uv_handle_t *)&a->listener, NULL);
-    if (a->health_on)
-        uv_close((uv_handle_t *)&a->health, NULL);
+    kr_health_close(a);
+    kr_admin_lsock_close(&a->listener);
     uv_close((uv_handle_t *)&a->job_async, NULL);
     uv_close((uv_handle_t *)&a->drain_timer, NULL);
     kr_admin_unlink(a);
@@ -1128,5 +1128,7 @@ void kr_admin_destroy(struct kr_admin *a)
         free(c);
     }
     kr_reqq_destroy(a->reqq);
+    if (a->reserve_fd >= 0)
+        close(a->reserve_fd);
     free(a);
 }

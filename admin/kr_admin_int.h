@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <uv.h>
@@ -46,22 +47,37 @@ struct kr_admin_conn {
     bool close_after_write;
 };
 
+/* A listening socket of the control thread (kr_admin.c): accepted with accept4() from a
+ * readiness poll; on EMFILE/ENFILE the waiting connections are closed (sent `refusal`
+ * first when set) and accepting pauses for 100 ms. */
+typedef void (*kr_admin_accept_fn)(struct kr_admin *a, int fd, const struct sockaddr_storage *ss);
+struct kr_admin_lsock {
+    struct kr_admin *a;
+    uv_poll_t poll;
+    uv_timer_t pause;
+    int fd;
+    bool open;
+    const char *what; /* for the log: "admin socket", "health port" */
+    char refusal[96];
+    kr_admin_accept_fn on_accept;
+    struct kr_log_ratelimit rl;
+};
+
 struct kr_admin {
     uv_loop_t *loop;
     struct kr_server *srv;
     const struct kr_cfg *cfg;
     void (*on_exit)(void *arg);
     void *arg;
-    uv_pipe_t listener;
-    bool listening;
+    struct kr_admin_lsock listener; /* the admin socket */
     bool bound;
     bool closed;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     dev_t dev;
     ino_t ino;
-    uv_tcp_t health;
-    bool health_on;
+    struct kr_admin_lsock health; /* the health port (kr_health.c) */
     struct kr_health_conn *health_conns;
+    int reserve_fd; /* freed to accept and close connections when descriptors run out */
     struct kr_log_ratelimit rl_refused; /* health connections refused by allow_from */
     struct kr_admin_conn *conns;
     uint32_t nconns;
@@ -79,11 +95,22 @@ struct kr_admin {
 };
 
 /* kr_admin.c */
+/* Serve listening socket `fd` (non-blocking, listening) on the control thread's loop. */
+void kr_admin_lsock_start(struct kr_admin *a, struct kr_admin_lsock *l, int fd,
+                          const char *what, kr_admin_accept_fn on_accept);
+/* Stop serving it and close the descriptor (idempotent). */
+void kr_admin_lsock_close(struct kr_admin_lsock *l);
 /* A chunk with room for `len` bytes (len set to it). Aborts on out of memory. Any thread. */
 struct kr_admin_chunk *kr_admin_chunk_new(size_t len);
 /* Write a worker's chunk to the connection (takes it over). Control thread. */
 void kr_admin_conn_send_job_chunk(struct kr_admin_conn *c, struct kr_admin_job *j,
                                   struct kr_admin_chunk *ch);
+
+/* kr_health.c: the health port. Control thread. */
+/* Bind and listen on health_port; 0, or -errno with a message. */
+int kr_health_listen(struct kr_admin *a, char *err, size_t errlen);
+/* Close every health connection and the listening socket. */
+void kr_health_close(struct kr_admin *a);
 
 /* kr_admin_dump.c: dump jobs. All control thread unless said otherwise. */
 /* Whether the arguments of a dump command are valid; the message says why not. */
