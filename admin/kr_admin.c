@@ -366,60 +366,58 @@ static int kr_admin_split(char *line, char **argv, int max, const char **rest3)
 }
 
 /* ---------------------------------------------------------------- command table
- * One row per command (a row with `sub` is a two-word command such as `config get`): the
- * dispatch, the argument-count checks and `help` all come from it. */
+ * The rows are kr_admin_cmds (kr_admin_cmds.c): the dispatch, the argument-count checks
+ * and `help` all come from them; each row's op picks its handler here. */
 
-struct kr_admin_cmd {
-    const char *name;
-    const char *sub;     /* second word, or NULL */
-    int min_args;        /* words after the command's own */
-    int max_args;        /* -1: any number (the value of config set is the rest of the line) */
-    const char *usage;
-    const char *what;    /* for help */
-    /* argv[0] is the command's first word; `value` is the text after the third word.
-     * Returns false when the connection must stop processing lines for now. */
-    bool (*fn)(struct kr_admin_conn *c, int argc, char **argv, const char *value);
-};
+/* argv[0] is the command's first word; `value` is the text after the third word.
+ * Returns false when the connection must stop processing lines for now. */
+typedef bool (*kr_admin_cmd_fn)(struct kr_admin_conn *c, enum kr_admin_op op, int argc,
+                                char **argv, const char *value);
 
-static bool kr_admin_do_help(struct kr_admin_conn *c, int argc, char **argv, const char *value);
+static bool kr_admin_do_help(struct kr_admin_conn *c, enum kr_admin_op op, int argc, char **argv, const char *value);
 
-static bool kr_admin_do_status(struct kr_admin_conn *c, int argc, char **argv, const char *value)
+static bool kr_admin_do_status(struct kr_admin_conn *c, enum kr_admin_op op, int argc, char **argv, const char *value)
 {
+    (void)op;
     (void)argc, (void)argv, (void)value;
     kr_admin_cmd_status(c);
     return true;
 }
 
-static bool kr_admin_do_stats(struct kr_admin_conn *c, int argc, char **argv, const char *value)
+static bool kr_admin_do_stats(struct kr_admin_conn *c, enum kr_admin_op op, int argc, char **argv, const char *value)
 {
+    (void)op;
     (void)argc, (void)argv, (void)value;
     kr_admin_cmd_stats(c);
     return true;
 }
 
-static bool kr_admin_do_log_level(struct kr_admin_conn *c, int argc, char **argv,
+static bool kr_admin_do_log_level(struct kr_admin_conn *c, enum kr_admin_op op, int argc, char **argv,
                                   const char *value)
 {
+    (void)op;
     (void)value;
     kr_admin_cmd_log_level(c, argc, argv);
     return true;
 }
 
-static bool kr_admin_do_config(struct kr_admin_conn *c, int argc, char **argv, const char *value)
+static bool kr_admin_do_config(struct kr_admin_conn *c, enum kr_admin_op op, int argc, char **argv, const char *value)
 {
+    (void)op;
     kr_admin_cmd_config(c, argc, argv, value);
     return true;
 }
 
-static bool kr_admin_do_dump(struct kr_admin_conn *c, int argc, char **argv, const char *value)
+static bool kr_admin_do_dump(struct kr_admin_conn *c, enum kr_admin_op op, int argc, char **argv, const char *value)
 {
+    (void)op;
     (void)value;
     char why[256];
-    if (!kr_admin_job_check(argc, argv, why, sizeof(why))) {
+    if (!kr_admin_job_check(op, argc, argv, why, sizeof(why))) {
         kr_admin_error(c, "%s", why);
         return true;
     }
-    struct kr_admin_job *j = kr_admin_job_start(c->a, c, argc, argv, why, sizeof(why));
+    struct kr_admin_job *j = kr_admin_job_start(c->a, c, op, argc, argv, why, sizeof(why));
     if (!j) {
         kr_admin_error(c, "%s", why);
         return true;
@@ -428,15 +426,17 @@ static bool kr_admin_do_dump(struct kr_admin_conn *c, int argc, char **argv, con
     return false; /* the next line waits for the dump to finish */
 }
 
-static bool kr_admin_do_drain(struct kr_admin_conn *c, int argc, char **argv, const char *value)
+static bool kr_admin_do_drain(struct kr_admin_conn *c, enum kr_admin_op op, int argc, char **argv, const char *value)
 {
-    (void)argc, (void)value;
-    kr_admin_cmd_drain(c, argv[0][0] == 's');
+    (void)op;
+    (void)argc, (void)argv, (void)value;
+    kr_admin_cmd_drain(c, op == KR_ACMD_STOP);
     return true;
 }
 
-static bool kr_admin_do_quit(struct kr_admin_conn *c, int argc, char **argv, const char *value)
+static bool kr_admin_do_quit(struct kr_admin_conn *c, enum kr_admin_op op, int argc, char **argv, const char *value)
 {
+    (void)op;
     (void)argc, (void)argv, (void)value;
     c->close_after_write = true;
     if (c->writes == 0)
@@ -444,34 +444,25 @@ static bool kr_admin_do_quit(struct kr_admin_conn *c, int argc, char **argv, con
     return false;
 }
 
-static const struct kr_admin_cmd kr_admin_cmds[] = {
-    {"help", NULL, 0, 0, "help", "this list", kr_admin_do_help},
-    {"status", NULL, 0, 0, "status", "STATUS running|draining pid=... version=... listen=...",
-     kr_admin_do_status},
-    {"stats", NULL, 0, 0, "stats", "STAT lines (the protocol's stats, plus draining)",
-     kr_admin_do_stats},
-    {"log_level", NULL, 0, 1, "log_level [LEVEL]",
-     "show or set the log level (debug, info, warn, error)", kr_admin_do_log_level},
-    {"config", "get", 0, 1, "config get [KEY]", "CONFIG KEY VALUE lines (every key without KEY)",
-     kr_admin_do_config},
-    {"config", "set", 2, -1, "config set KEY VALUE", "change a live key (see docs/operations.md)",
-     kr_admin_do_config},
-    {"dump_queues", NULL, 0, 0, "dump_queues", "CLIENT line per connection", kr_admin_do_dump},
-    {"dump_queue_topics", NULL, 1, 1, "dump_queue_topics CLIENT-ID",
-     "CLIENT line, then TOPIC line per subscription", kr_admin_do_dump},
-    {"dump_topics", NULL, 0, 1, "dump_topics [N]",
-     "TOPIC SUBSCRIBERS NAME lines, most subscribed first", kr_admin_do_dump},
-    {"drain", NULL, 0, 0, "drain", "close clients in batches over drain_timeout_ms, exit",
-     kr_admin_do_drain},
-    {"stop", NULL, 0, 0, "stop", "same as drain (kraken stop waits for the exit)",
-     kr_admin_do_drain},
-    {"quit", NULL, 0, 0, "quit", "close this connection", kr_admin_do_quit},
+static const kr_admin_cmd_fn kr_admin_fns[] = {
+    [KR_ACMD_HELP] = kr_admin_do_help,
+    [KR_ACMD_STATUS] = kr_admin_do_status,
+    [KR_ACMD_STATS] = kr_admin_do_stats,
+    [KR_ACMD_LOG_LEVEL] = kr_admin_do_log_level,
+    [KR_ACMD_CONFIG] = kr_admin_do_config,
+    [KR_ACMD_DUMP_QUEUES] = kr_admin_do_dump,
+    [KR_ACMD_DUMP_QUEUE_TOPICS] = kr_admin_do_dump,
+    [KR_ACMD_DUMP_TOPICS] = kr_admin_do_dump,
+    [KR_ACMD_DRAIN] = kr_admin_do_drain,
+    [KR_ACMD_STOP] = kr_admin_do_drain,
+    [KR_ACMD_QUIT] = kr_admin_do_quit,
 };
 
-#define KR_ADMIN_NCMDS (sizeof(kr_admin_cmds) / sizeof(kr_admin_cmds[0]))
+#define KR_ADMIN_NCMDS kr_admin_ncmds
 
-static bool kr_admin_do_help(struct kr_admin_conn *c, int argc, char **argv, const char *value)
+static bool kr_admin_do_help(struct kr_admin_conn *c, enum kr_admin_op op, int argc, char **argv, const char *value)
 {
+    (void)op;
     (void)argc, (void)argv, (void)value;
     struct kr_admin_out o = {0};
     for (size_t i = 0; i < KR_ADMIN_NCMDS; i++)
@@ -557,7 +548,7 @@ static bool kr_admin_conn_line(struct kr_admin_conn *c, char *line, size_t len)
     memcpy(v, value, vl + 1);
     while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
         v[--vl] = '\0';
-    return cmd->fn(c, argc, argv, v);
+    return kr_admin_fns[cmd->op](c, cmd->op, argc, argv, v);
 }
 
 /* ---------------------------------------------------------------- connections */

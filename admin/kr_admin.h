@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <uv.h>
 
 #include "kr_cfg.h"
@@ -59,6 +60,60 @@ void kr_admin_destroy(struct kr_admin *a);
  * an abstract "@name"), as sd_notify does. Returns 1 when sent, 0 when NOTIFY_SOCKET is not
  * set, -errno on failure. Any thread. */
 int kr_admin_notify(const char *state);
+
+/* ---------------------------------------------------------------- the command table
+ * (kr_admin_cmds.c). One row per admin-socket command (a row with `sub` is a two-word
+ * command such as `config get`) and one per `kraken` subcommand, with its argument rules,
+ * help text and the admin command it sends: dispatch, `help`, the argument checks, the CLI
+ * and --help's subcommand list all read them. Constant: any thread. */
+
+enum kr_admin_op {
+    KR_ACMD_HELP = 1, KR_ACMD_STATUS, KR_ACMD_STATS, KR_ACMD_LOG_LEVEL, KR_ACMD_CONFIG,
+    KR_ACMD_DUMP_QUEUES, KR_ACMD_DUMP_QUEUE_TOPICS, KR_ACMD_DUMP_TOPICS, KR_ACMD_DRAIN,
+    KR_ACMD_STOP, KR_ACMD_QUIT,
+};
+
+struct kr_admin_cmd {
+    const char *name;
+    const char *sub;  /* second word, or NULL */
+    int min_args;     /* words after the command's own */
+    int max_args;     /* -1: any number (the value of config set is the rest of the line) */
+    const char *usage;
+    const char *what; /* for help */
+    enum kr_admin_op op;
+};
+extern const struct kr_admin_cmd kr_admin_cmds[];
+extern const size_t kr_admin_ncmds;
+
+enum kr_admin_sub_kind {
+    KR_SUB_RUN = 1, /* run and start: main.c */
+    KR_SUB_START,
+    KR_SUB_STOP,      /* sends `stop`, waits for the exit */
+    KR_SUB_STATUS,    /* sends `status`, prints a sentence */
+    KR_SUB_LOG_LEVEL, /* sends `log_level LEVEL` */
+    KR_SUB_DUMP,      /* sends the command with its arguments, prints the lines (long wait) */
+    KR_SUB_QUICK,     /* the same with a short wait */
+    KR_SUB_ADMIN,     /* sends its arguments as one admin command */
+};
+
+struct kr_admin_sub {
+    const char *name;
+    const char *synopsis; /* --help's first column */
+    int min_args, max_args; /* -1: any number */
+    const char *usage;    /* "kraken: usage: kraken <usage>"; NULL: "takes no argument" */
+    const char *sends;    /* the admin command it sends, NULL when none or its arguments */
+    enum kr_admin_sub_kind kind;
+    const char *help[3];  /* --help's description lines */
+};
+extern const struct kr_admin_sub kr_admin_subs[];
+extern const size_t kr_admin_nsubs;
+
+/* The admin command row for the words `name` and `sub` (sub may be NULL), or NULL. */
+const struct kr_admin_cmd *kr_admin_cmd_lookup(const char *name, const char *sub);
+/* The subcommand row named `name`, or NULL. */
+const struct kr_admin_sub *kr_admin_sub_lookup(const char *name);
+/* --help's subcommand lines (passed to kr_cfg_print_help). */
+void kr_admin_print_subcommands(FILE *out);
 
 /* ---------------------------------------------------------------- client side */
 

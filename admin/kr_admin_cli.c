@@ -1,6 +1,6 @@
 /* Admin module, client side: talking to a running server over its admin socket, and the
- * `kraken` subcommands built on it (status, stop, drain, change_log_level, dump_*, admin).
- * See kr_admin.h. */
+ * `kraken` subcommands built on it (status, stop, drain, change_log_level, dump_*, admin),
+ * dispatched from their rows in kr_admin_subs (kr_admin_cmds.c). See kr_admin.h. */
 #include "kr_admin.h"
 
 #include <errno.h>
@@ -270,7 +270,8 @@ static int kr_cli_call(const struct kr_cfg *cfg, const char *cmd, kr_admin_line_
 static int kr_cli_status(const struct kr_cfg *cfg)
 {
     struct kr_cli_first f = {0};
-    int code = kr_cli_call(cfg, "status", kr_cli_keep_first, &f, KR_CLI_TIMEOUT_MS);
+    int code = kr_cli_call(cfg, kr_admin_sub_lookup("status")->sends, kr_cli_keep_first, &f,
+                           KR_CLI_TIMEOUT_MS);
     if (code)
         return code;
     char pid[32], ver[64], listen[128], clients[32], up[32];
@@ -329,8 +330,8 @@ static int kr_cli_stop(const struct kr_cfg *cfg)
         fd = rc;
         struct kr_cli_first f = {0};
         char err[1024];
-        rc = kr_admin_request(fd, "stop", kr_cli_keep_first, &f, KR_CLI_TIMEOUT_MS, err,
-                              sizeof(err));
+        rc = kr_admin_request(fd, kr_admin_sub_lookup("stop")->sends, kr_cli_keep_first, &f,
+                              KR_CLI_TIMEOUT_MS, err, sizeof(err));
         close(fd);
         if (rc < 0) {
             fprintf(stderr, "kraken: stop: %s\n", err[0] ? err : strerror(-rc));
@@ -359,27 +360,35 @@ static int kr_cli_stop(const struct kr_cfg *cfg)
 
 int kr_admin_cli(const char *sub, char **args, int nargs, const struct kr_cfg *cfg)
 {
-    if (strcmp(sub, "status") == 0 || strcmp(sub, "stop") == 0 || strcmp(sub, "drain") == 0 ||
-        strcmp(sub, "dump_queues") == 0) {
-        if (nargs > 0) {
+    const struct kr_admin_sub *row = kr_admin_sub_lookup(sub);
+    if (!row || row->kind == KR_SUB_RUN || row->kind == KR_SUB_START)
+        return -1;
+    if (nargs < row->min_args || (row->max_args >= 0 && nargs > row->max_args) ||
+        (row->kind == KR_SUB_LOG_LEVEL && kr_log_level_parse(args[0]) < 0)) {
+        if (!row->usage)
             fprintf(stderr, "kraken: %s takes no argument (got '%s')\n", sub, args[0]);
-            return 2;
-        }
-        if (sub[0] == 's' && sub[2] == 'a')
-            return kr_cli_status(cfg);
-        if (sub[0] == 's')
-            return kr_cli_stop(cfg);
-        if (sub[0] == 'd' && sub[1] == 'r')
-            return kr_cli_call(cfg, "drain", kr_cli_print_line, NULL, KR_CLI_TIMEOUT_MS);
-        return kr_cli_call(cfg, "dump_queues", kr_cli_print_line, NULL, KR_CLI_DUMP_TIMEOUT_MS);
+        else
+            fprintf(stderr, "kraken: usage: kraken %s\n", row->usage);
+        return 2;
     }
+    if (row->kind == KR_SUB_STATUS)
+        return kr_cli_status(cfg);
+    if (row->kind == KR_SUB_STOP)
+        return kr_cli_stop(cfg);
+    /* the admin command: the row's own with the arguments, or the arguments themselves */
     char cmd[KR_ADMIN_LINE_MAX];
-    if (strcmp(sub, "change_log_level") == 0) {
-        if (nargs != 1 || kr_log_level_parse(args[0]) < 0) {
-            fprintf(stderr, "kraken: usage: kraken change_log_level <debug|info|warn|error>\n");
+    size_t len = 0;
+    if (row->sends)
+        len = (size_t)snprintf(cmd, sizeof(cmd), "%s", row->sends);
+    for (int i = 0; i < nargs; i++) {
+        int n = snprintf(cmd + len, sizeof(cmd) - len, "%s%s", len ? " " : "", args[i]);
+        if (n < 0 || (size_t)n >= sizeof(cmd) - len) {
+            fprintf(stderr, "kraken: admin command too long\n");
             return 2;
         }
-        snprintf(cmd, sizeof(cmd), "log_level %s", args[0]);
+        len += (size_t)n;
+    }
+    if (row->kind == KR_SUB_LOG_LEVEL) {
         struct kr_cli_first f = {0};
         int code = kr_cli_call(cfg, cmd, kr_cli_keep_first, &f, KR_CLI_TIMEOUT_MS);
         if (code == 0)
@@ -387,39 +396,6 @@ int kr_admin_cli(const char *sub, char **args, int nargs, const struct kr_cfg *c
                                                 ? f.line + 10 : f.line);
         return code;
     }
-    if (strcmp(sub, "dump_queue_topics") == 0) {
-        if (nargs != 1) {
-            fprintf(stderr, "kraken: usage: kraken dump_queue_topics <client-id> (ids: "
-                            "kraken dump_queues)\n");
-            return 2;
-        }
-        snprintf(cmd, sizeof(cmd), "dump_queue_topics %s", args[0]);
-        return kr_cli_call(cfg, cmd, kr_cli_print_line, NULL, KR_CLI_DUMP_TIMEOUT_MS);
-    }
-    if (strcmp(sub, "dump_topics") == 0) {
-        if (nargs > 1) {
-            fprintf(stderr, "kraken: usage: kraken dump_topics [N]\n");
-            return 2;
-        }
-        snprintf(cmd, sizeof(cmd), "dump_topics%s%s", nargs ? " " : "", nargs ? args[0] : "");
-        return kr_cli_call(cfg, cmd, kr_cli_print_line, NULL, KR_CLI_DUMP_TIMEOUT_MS);
-    }
-    if (strcmp(sub, "admin") == 0) {
-        if (nargs < 1) {
-            fprintf(stderr, "kraken: usage: kraken admin <command> [arguments] (try 'kraken "
-                            "admin help')\n");
-            return 2;
-        }
-        size_t len = 0;
-        for (int i = 0; i < nargs; i++) {
-            int n = snprintf(cmd + len, sizeof(cmd) - len, "%s%s", i ? " " : "", args[i]);
-            if (n < 0 || (size_t)n >= sizeof(cmd) - len) {
-                fprintf(stderr, "kraken: admin command too long\n");
-                return 2;
-            }
-            len += (size_t)n;
-        }
-        return kr_cli_call(cfg, cmd, kr_cli_print_line, NULL, KR_CLI_DUMP_TIMEOUT_MS);
-    }
-    return -1;
+    return kr_cli_call(cfg, cmd, kr_cli_print_line, NULL,
+                       row->kind == KR_SUB_QUICK ? KR_CLI_TIMEOUT_MS : KR_CLI_DUMP_TIMEOUT_MS);
 }

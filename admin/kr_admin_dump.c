@@ -31,7 +31,6 @@
 #define KR_DUMP_CONNS 256         /* connections asked from a net thread at once */
 #define KR_DUMP_STALL_MS 60000    /* a client that reads nothing for this long ends its dump */
 
-enum kr_dump_kind { KR_DUMP_QUEUES = 1, KR_DUMP_QUEUE_TOPICS, KR_DUMP_TOPICS };
 
 /* One chunk of a worker's output on its way to the control thread. */
 struct kr_dump_req {
@@ -47,7 +46,7 @@ struct kr_admin_job {
     struct kr_admin_conn *conn;
     pthread_t thread;
     bool joined;
-    enum kr_dump_kind kind;
+    enum kr_admin_op kind; /* KR_ACMD_DUMP_* */
     uint64_t id;    /* dump_queue_topics */
     uint64_t limit; /* dump_topics: 0 = all */
     /* worker only */
@@ -80,14 +79,14 @@ static bool kr_dump_parse_u64(const char *s, uint64_t *out)
     return true;
 }
 
-bool kr_admin_job_check(int argc, char **argv, char *why, size_t whylen)
+bool kr_admin_job_check(enum kr_admin_op op, int argc, char **argv, char *why, size_t whylen)
 {
     uint64_t v;
-    if (strcmp(argv[0], "dump_queues") == 0) {
+    if (op == KR_ACMD_DUMP_QUEUES) {
         if (argc == 1)
             return true;
         snprintf(why, whylen, "usage: dump_queues");
-    } else if (strcmp(argv[0], "dump_queue_topics") == 0) {
+    } else if (op == KR_ACMD_DUMP_QUEUE_TOPICS) {
         if (argc == 2 && kr_dump_parse_u64(argv[1], &v))
             return true;
         if (argc == 2)
@@ -522,10 +521,10 @@ static void *kr_dump_main(void *arg)
     urcu_memb_register_thread(); /* RCU walks of the shards' tables */
     int rc;
     switch (j->kind) {
-    case KR_DUMP_QUEUES:
+    case KR_ACMD_DUMP_QUEUES:
         rc = kr_dump_queues(j);
         break;
-    case KR_DUMP_QUEUE_TOPICS:
+    case KR_ACMD_DUMP_QUEUE_TOPICS:
         rc = kr_dump_queue_topics(j);
         break;
     default:
@@ -541,19 +540,17 @@ static void *kr_dump_main(void *arg)
     return NULL;
 }
 
-struct kr_admin_job *kr_admin_job_start(struct kr_admin *a, struct kr_admin_conn *c, int argc,
-                                        char **argv, char *why, size_t whylen)
+struct kr_admin_job *kr_admin_job_start(struct kr_admin *a, struct kr_admin_conn *c,
+                                        enum kr_admin_op op, int argc, char **argv, char *why,
+                                        size_t whylen)
 {
     struct kr_admin_job *j = kr_xcalloc(1, sizeof(*j));
     j->a = a;
     j->conn = c;
-    if (strcmp(argv[0], "dump_queues") == 0) {
-        j->kind = KR_DUMP_QUEUES;
-    } else if (strcmp(argv[0], "dump_queue_topics") == 0) {
-        j->kind = KR_DUMP_QUEUE_TOPICS;
+    j->kind = op;
+    if (op == KR_ACMD_DUMP_QUEUE_TOPICS) {
         kr_dump_parse_u64(argv[1], &j->id);
-    } else {
-        j->kind = KR_DUMP_TOPICS;
+    } else if (op == KR_ACMD_DUMP_TOPICS) {
         if (argc == 2)
             kr_dump_parse_u64(argv[1], &j->limit);
     }

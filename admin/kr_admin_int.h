@@ -113,11 +113,12 @@ int kr_health_listen(struct kr_admin *a, char *err, size_t errlen);
 void kr_health_close(struct kr_admin *a);
 
 /* kr_admin_dump.c: dump jobs. All control thread unless said otherwise. */
-/* Whether the arguments of a dump command are valid; the message says why not. */
-bool kr_admin_job_check(int argc, char **argv, char *why, size_t whylen);
+/* Whether the arguments of dump command `op` (a KR_ACMD_DUMP_* row) are valid; the message says why not. */
+bool kr_admin_job_check(enum kr_admin_op op, int argc, char **argv, char *why, size_t whylen);
 /* Start the worker thread for a dump command; NULL with a message when it cannot. */
-struct kr_admin_job *kr_admin_job_start(struct kr_admin *a, struct kr_admin_conn *c, int argc,
-                                        char **argv, char *why, size_t whylen);
+struct kr_admin_job *kr_admin_job_start(struct kr_admin *a, struct kr_admin_conn *c,
+                                        enum kr_admin_op op, int argc, char **argv, char *why,
+                                        size_t whylen);
 struct kr_admin_conn *kr_admin_job_conn(const struct kr_admin_job *j);
 /* Ask the worker to stop early: the request it waits on, if any, is answered -ECANCELED. */
 void kr_admin_job_cancel(struct kr_admin_job *j);

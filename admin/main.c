@@ -341,7 +341,7 @@ static int kr_main_start(struct kr_cfg *cfg)
     close(p[0]);
     buf[len] = '\0';
     if (strncmp(buf, "OK ", 3) == 0) {
-        int code = kr_admin_cli("status", NULL, 0, cfg);
+        int code = kr_admin_cli(kr_admin_sub_lookup("status")->name, NULL, 0, cfg);
         return code == 0 ? 0 : 1;
     }
     if (strncmp(buf, "ERR ", 4) == 0) {
@@ -367,12 +367,12 @@ int main(int argc, char **argv)
     char err[512] = "";
     /* --help-man: the man page, generated from the option table (the build installs it) */
     if (argc == 2 && strcmp(argv[1], "--help-man") == 0) {
-        kr_cfg_print_man(stdout, "kraken", KR_VERSION);
+        kr_cfg_print_man(stdout, "kraken", KR_VERSION, kr_admin_print_subcommands);
         return fflush(stdout) == 0 ? 0 : 1;
     }
     int rc = kr_cfg_parse_args(&cfg, argc, argv, &sub, &rest, &nrest, err, sizeof(err));
     if (rc == 1) {
-        kr_cfg_print_help(stdout, "kraken");
+        kr_cfg_print_help(stdout, "kraken", kr_admin_print_subcommands);
         return 0;
     }
     if (rc < 0) {
@@ -383,12 +383,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "kraken: missing subcommand (try 'kraken run', or 'kraken --help')\n");
         return 2;
     }
-    if (strcmp(sub, "run") == 0 || strcmp(sub, "start") == 0) {
-        if (nrest > 0) {
+    const struct kr_admin_sub *row = kr_admin_sub_lookup(sub);
+    if (row && (row->kind == KR_SUB_RUN || row->kind == KR_SUB_START)) {
+        if (nrest > row->max_args) {
             fprintf(stderr, "kraken: unexpected argument '%s' after '%s'\n", rest[0], sub);
             return 2;
         }
-        return sub[0] == 'r' ? kr_main_run(&cfg, -1) : kr_main_start(&cfg);
+        return row->kind == KR_SUB_RUN ? kr_main_run(&cfg, -1) : kr_main_start(&cfg);
     }
     rc = kr_admin_cli(sub, rest, nrest, &cfg);
     if (rc >= 0)

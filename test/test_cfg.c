@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kr_admin.h"
 #include "kr_cfg.h"
 #include "kr_log.h"
 
@@ -671,7 +672,7 @@ Test(cfg_help, lists_usage_and_every_key)
     size_t len = 0;
     FILE *out = open_memstream(&text, &len);
     cr_assert_not_null(out);
-    kr_cfg_print_help(out, "kraken");
+    kr_cfg_print_help(out, "kraken", kr_admin_print_subcommands);
     fclose(out);
     cr_assert_not_null(strstr(text, "kraken <subcommand> [arguments] [options]"));
     const char *subs[] = {"\n  run ", "\n  start ", "\n  stop ", "\n  status ",

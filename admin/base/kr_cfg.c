@@ -952,30 +952,18 @@ static void kr_cfg_describe(const struct kr_cfg_opt *o, bool here, char *type, s
         snprintf(def, dlen, "%s", o->def);
 }
 
-void kr_cfg_print_help(FILE *out, const char *prog)
+void kr_cfg_print_help(FILE *out, const char *prog, void (*subcommands)(FILE *out))
 {
     if (!prog || !prog[0])
         prog = "kraken";
     fprintf(out,
             "Usage: %s <subcommand> [arguments] [options]\n"
             "\n"
-            "Subcommands (each finds a running server through admin_socket):\n"
-            "  run                  run the server in the foreground\n"
-            "  start                start the server in the background, write pid_file,\n"
-            "                       return once it accepts connections\n"
-            "  stop                 drain and stop the running server, wait until it exited\n"
-            "  status               exit 0 when the server runs, 3 when not (with a reason)\n"
-            "  change_log_level LEVEL\n"
-            "                       set the running server's log level (debug, info, warn,\n"
-            "                       error)\n"
-            "  dump_queues          one line per client: id, address, subscriptions, queued\n"
-            "                       messages and bytes, age, time since its last poll\n"
-            "  dump_queue_topics ID the topics client ID subscribes to\n"
-            "  dump_topics [N]      topics with their subscriber counts, most subscribed\n"
-            "                       first (the first N only)\n"
-            "  drain                drain the running server (clients closed in batches over\n"
-            "                       drain_timeout_ms), then it exits\n"
-            "  admin COMMAND...     send one admin-socket command, print the reply\n"
+            "Subcommands (each finds a running server through admin_socket):\n",
+            prog);
+    if (subcommands)
+        subcommands(out);
+    fprintf(out,
             "\n"
             "Options (before or after the subcommand; '--' ends the options):\n"
             "  --KEY VALUE, --KEY=VALUE, -kraken KEY VALUE\n"
@@ -997,7 +985,7 @@ void kr_cfg_print_help(FILE *out, const char *prog)
             "suffix (x1024, x1024^2, x1024^3). Strings may be wrapped in double quotes.\n"
             "\n"
             "Keys:\n",
-            prog, INI_MAX_LINE - 1);
+            INI_MAX_LINE - 1);
     for (size_t i = 0; i < KR_CFG_NOPTS; i++) {
         const struct kr_cfg_opt *o = &kr_cfg_opts[i];
         char type[96], def[KR_CFG_STR_MAX];
@@ -1077,7 +1065,8 @@ static void kr_cfg_man_entries(FILE *out, char **lines, size_t from, size_t to)
     }
 }
 
-void kr_cfg_print_man(FILE *out, const char *prog, const char *version)
+void kr_cfg_print_man(FILE *out, const char *prog, const char *version,
+                      void (*subcommands)(FILE *out))
 {
     if (!prog || !prog[0])
         prog = "kraken";
@@ -1089,7 +1078,7 @@ void kr_cfg_print_man(FILE *out, const char *prog, const char *version)
         fprintf(stderr, "kraken: open_memstream: %s\n", strerror(errno));
         abort();
     }
-    kr_cfg_print_help(m, prog);
+    kr_cfg_print_help(m, prog, subcommands);
     fclose(m);
     size_t nlines = 0, cap = 64;
     char **lines = kr_xcalloc(cap, sizeof(*lines));

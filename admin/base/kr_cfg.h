@@ -111,16 +111,20 @@ int kr_cfg_set(struct kr_cfg *cfg, const char *key, const char *value, char *err
  * Any thread that may read `cfg`. */
 int kr_cfg_get(const struct kr_cfg *cfg, const char *key, char *buf, size_t buflen);
 
-/* Print usage, subcommands and every key with its type, default and description.
+/* Print usage, subcommands and every key with its type, default and description. The
+ * subcommand lines come from `subcommands(out)` (the admin module's command table:
+ * kr_admin_print_subcommands; this leaf library does not know them); NULL prints none.
  * Control thread. */
-void kr_cfg_print_help(FILE *out, const char *prog);
+void kr_cfg_print_help(FILE *out, const char *prog, void (*subcommands)(FILE *out));
 
 /* Print the man page kraken(1) in roff (man macros): synopsis, subcommands, options and
  * the configuration paragraphs taken from kr_cfg_print_help's own text, then every key of
  * the option table with its type, bounds, default and whether it is live, then signals,
  * files and exit status. `version` goes into the page footer. The build runs
- * `kraken --help-man` to make the installed kraken.1. Control thread. */
-void kr_cfg_print_man(FILE *out, const char *prog, const char *version);
+ * `kraken --help-man` to make the installed kraken.1. `subcommands` as for
+ * kr_cfg_print_help. Control thread. */
+void kr_cfg_print_man(FILE *out, const char *prog, const char *version,
+                      void (*subcommands)(FILE *out));
 
 /* The i-th key of the option table (table order), or NULL past the last one; for listing
  * every key (admin `config get`, docs). The string is static. Any thread. */
