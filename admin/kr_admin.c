@@ -1,12 +1,14 @@
-/* Admin module, server side: the admin socket, the health port, the drain sequence and
- * systemd notifications, all on the control thread's loop. See kr_admin.h and
- * docs/operations.md (the line protocol).
+/* Admin module, server side: the admin socket, the drain sequence and systemd
+ * notifications, all on the control thread's loop (the health port is kr_health.c, the
+ * command table kr_admin_cmds.c). See kr_admin.h and docs/operations.md (the line
+ * protocol).
  *
  * Threads: everything here runs on the control thread, except the dump workers
- * (kr_admin_dump.c), one per running dump. A worker formats its output into chunks and
- * hands them over under job_mu; the control thread writes them to the admin client and
- * the worker waits while more than KR_ADMIN_INFLIGHT_MAX bytes are unwritten, so a dump of
- * millions of lines never sits in memory at once and a slow reader slows the worker. */
+ * (kr_admin_dump.c), one per running dump. A worker sends its output in chunks as requests
+ * to the control thread's kr_reqq (a->reqq, served from job_async); their runs queue the
+ * writes to the admin client, and the worker waits while more than KR_ADMIN_INFLIGHT_MAX
+ * bytes are unwritten, so a dump of millions of lines never sits in memory at once and a
+ * slow reader slows the worker. */
 #include "kr_admin.h"
 
 #include <arpa/inet.h>

@@ -3,9 +3,15 @@
  *
  *  - the admin Unix socket (`admin_socket`, mode 0600): a line protocol (docs/operations.md)
  *    served on the control thread's libuv loop; commands that walk large tables (dumps)
- *    run on a worker thread that streams its output back through the loop in bounded
- *    chunks;
- *  - the health port (`health_port`): one line, "ok" or "draining", per TCP connection;
+ *    run on a worker thread that streams its output back in bounded chunks, each a
+ *    request to the control thread's kr_reqq (the request primitive the net threads and
+ *    shards serve too);
+ *  - the command table (kr_admin_cmds.c): every admin command and `kraken` subcommand with
+ *    its argument rules and help; dispatch, `help`, the CLI and --help read it;
+ *  - the health port (`health_port`, kr_health.c): one line, "ok" or "draining", per TCP
+ *    connection, to peers in allow_from, closed after a timeout;
+ *  - both listening sockets pause accepting for 100 ms when descriptors run out, instead
+ *    of spinning;
  *  - the drain sequence (SIGTERM, admin `drain`/`stop`): health checks fail at once, no new
  *    connections, clients closed in batches over `drain_timeout_ms`, then exit;
  *  - systemd notifications (READY, STATUS, STOPPING) on $NOTIFY_SOCKET.
