@@ -224,7 +224,19 @@ struct kr_server {
     time_t started;
     struct kr_net_reqq *reqq; /* requests from other threads (kr_net_admin.c) */
     int draining;             /* kr_server_drain was called */
+    /* process figures for `stats`, stored by kr_server_refresh_stats (about once a second,
+     * off the net threads) so that a stats request only loads them */
+    int pid;
+    uint64_t ru_utime_us;
+    uint64_t ru_stime_us;
+    uint64_t mem[4]; /* jemalloc stats.allocated, active, resident, mapped (kr_je_stats) */
+    uint64_t stats_refreshes;
 };
+
+#ifdef KR_HAVE_JEMALLOC
+static const char *const kr_je_stats[] = {"stats.allocated", "stats.active", "stats.resident",
+                                          "stats.mapped"};
+#endif
 
 
 static void kr_net_live(const struct kr_server *s, struct kr_net_live *out)
@@ -1046,6 +1058,17 @@ static void kr_stat_line(kr_server_emit_cb emit, void *arg, const char *fmt, ...
     char buf[256];
     va_list ap;
     va_start(ap, fmt);
+    /* most lines are "STAT <name> %llu": formatted without vsnprintf, which would cost
+     * more than the rest of a stats request */
+    size_t fl = strlen(fmt);
+    if (fl > 5 && fl < sizeof(buf) - 24 && memcmp(fmt + fl - 5, " %llu", 5) == 0 &&
+        !memchr(fmt, '%', fl - 4)) {
+        unsigned long long v = va_arg(ap, unsigned long long);
+        va_end(ap);
+        memcpy(buf, fmt, fl - 4);
+        emit(arg, buf, fl - 4 + kr_fmt_u64(buf + fl - 4, v));
+        return;
+    }
     int n = vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
     if (n > 0)
@@ -1080,33 +1103,26 @@ void kr_server_stats(struct kr_server *srv, kr_server_emit_cb emit, void *arg)
     struct kr_router_stats rs;
     kr_router_stats(srv->router, &rs);
     time_t now = time(NULL);
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
 #define S(name, fmt, val) kr_stat_line(emit, arg, "STAT " name " " fmt, val)
-    S("pid", "%d", (int)getpid());
+    S("pid", "%d", ck_pr_load_int(&srv->pid));
     S("uptime", "%lld", (long long)(now - srv->started));
     S("time", "%lld", (long long)now);
     S("version", "%s", KR_VERSION);
     S("pointer_size", "%d", (int)(8 * sizeof(void *)));
 #ifdef KR_HAVE_JEMALLOC
-    /* allocator figures (mallctl); refreshed by advancing the statistics epoch */
-    uint64_t epoch = 1;
-    size_t sz = sizeof(epoch);
-    mallctl("epoch", &epoch, &sz, &epoch, sz);
+    /* allocator figures as of the last kr_server_refresh_stats (at most a second old) */
     S("allocator", "%s", "jemalloc");
-    static const char *const kr_je_stats[] = {"stats.allocated", "stats.active", "stats.resident",
-                                              "stats.mapped"};
-    for (size_t i = 0; i < sizeof(kr_je_stats) / sizeof(kr_je_stats[0]); i++) {
-        size_t v = 0;
-        sz = sizeof(v);
-        if (mallctl(kr_je_stats[i], &v, &sz, NULL, 0) == 0)
-            kr_stat_line(emit, arg, "STAT jemalloc_%s %zu", kr_je_stats[i] + 6, v);
-    }
+    for (size_t i = 0; i < sizeof(kr_je_stats) / sizeof(kr_je_stats[0]); i++)
+        kr_stat_line(emit, arg, "STAT jemalloc_%s %llu", kr_je_stats[i] + 6,
+                     (unsigned long long)ck_pr_load_64(&srv->mem[i]));
 #else
     S("allocator", "%s", "libc");
 #endif
-    kr_stat_line(emit, arg, "STAT rusage_user %ld.%06ld", (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
-    kr_stat_line(emit, arg, "STAT rusage_system %ld.%06ld", (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec);
+    uint64_t ut = ck_pr_load_64(&srv->ru_utime_us), st = ck_pr_load_64(&srv->ru_stime_us);
+    kr_stat_line(emit, arg, "STAT rusage_user %llu.%06llu", (unsigned long long)(ut / 1000000),
+                 (unsigned long long)(ut % 1000000));
+    kr_stat_line(emit, arg, "STAT rusage_system %llu.%06llu", (unsigned long long)(st / 1000000),
+                 (unsigned long long)(st % 1000000));
     S("max_connections", "%u", lv.max_tcp_clients);
     S("curr_connections", "%llu", (unsigned long long)sum.curr_connections);
     S("total_connections", "%llu", (unsigned long long)sum.total_connections);
@@ -1142,7 +1158,33 @@ void kr_server_stats(struct kr_server *srv, kr_server_emit_cb emit, void *arg)
     S("history_bytes", "%llu", (unsigned long long)rs.history_bytes);
     S("protocol_errors", "%llu", (unsigned long long)sum.protocol_errors);
     S("idle_timeouts", "%llu", (unsigned long long)sum.idle_timeouts);
+    S("stats_refreshes", "%llu", (unsigned long long)ck_pr_load_64(&srv->stats_refreshes));
 #undef S
+}
+
+void kr_server_refresh_stats(struct kr_server *srv)
+{
+    ck_pr_store_int(&srv->pid, (int)getpid());
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0) {
+        ck_pr_store_64(&srv->ru_utime_us,
+                       (uint64_t)ru.ru_utime.tv_sec * 1000000u + (uint64_t)ru.ru_utime.tv_usec);
+        ck_pr_store_64(&srv->ru_stime_us,
+                       (uint64_t)ru.ru_stime.tv_sec * 1000000u + (uint64_t)ru.ru_stime.tv_usec);
+    }
+#ifdef KR_HAVE_JEMALLOC
+    /* advancing the epoch merges every arena's statistics (it takes their locks) */
+    uint64_t epoch = 1;
+    size_t sz = sizeof(epoch);
+    mallctl("epoch", &epoch, &sz, &epoch, sz);
+    for (size_t i = 0; i < sizeof(kr_je_stats) / sizeof(kr_je_stats[0]); i++) {
+        size_t v = 0;
+        sz = sizeof(v);
+        if (mallctl(kr_je_stats[i], &v, &sz, NULL, 0) == 0)
+            ck_pr_store_64(&srv->mem[i], (uint64_t)v);
+    }
+#endif
+    ck_pr_store_64(&srv->stats_refreshes, ck_pr_load_64(&srv->stats_refreshes) + 1);
 }
 
 /* Handle one parsed request; `last`: nothing follows it in the client's input yet. */
@@ -1990,6 +2032,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
 int kr_server_start(struct kr_server *s)
 {
     s->started = time(NULL);
+    kr_server_refresh_stats(s); /* then the control thread's timer, once a second */
     int rc = kr_router_start(s->router);
     if (rc < 0)
         return rc;
