@@ -32,6 +32,8 @@ struct kr_cfg {
     uint32_t max_topic_bytes;                /* 1024 */
     uint32_t max_line_bytes;                 /* 8192 */
     uint64_t client_idle_timeout_ms;         /* 3600000 (0 = never) */
+    uint64_t request_timeout_ms;             /* 30000: a started request must be complete
+                                                within this (0 = no limit) */
     uint64_t poll_wait_ms;                   /* 20: an empty `get messages` waits this long
                                                 for a message (0 = answer END at once) */
     int log_level;                           /* enum kr_log_level, info */
