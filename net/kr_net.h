@@ -61,7 +61,7 @@ struct kr_net_conn_info {
     uint64_t queued_bytes;    /* bytes they take in a reply */
     uint64_t age_ms;          /* since accepted */
     int64_t since_poll_ms;    /* since the last `get messages`, -1 = never polled */
-    uint64_t idle_ms;         /* since the last bytes received */
+    uint64_t idle_ms;         /* since the last complete request */
 };
 
 /* Ask net thread `net` for up to `max` of its connections in slot order from *cursor on
