@@ -31,7 +31,7 @@
 #define KR_READ_BUF (64 * 1024)
 #define KR_DRAIN_BUDGET 4096      /* events taken from the shards per wake-up before yielding */
 #define KR_OUT_HIGH (4u << 20)    /* stop reading a client whose unsent replies exceed this */
-#define KR_TURN_REQUESTS 64       /* requests one connection runs per turn before others */
+#define KR_TURN_REQUESTS 128      /* requests one connection runs per turn before others */
 #define KR_TURN_OUT_BYTES (64 * 1024) /* reply bytes one connection produces per turn */
 #define KR_WARN_BURST 10          /* warnings of one kind per interval */
 #define KR_WARN_INTERVAL_MS 10000
@@ -1384,15 +1384,19 @@ static void kr_conn_process(struct kr_conn *c)
         return;
     if (c->nparked)
         kr_conn_block(c);
-    /* keep reading while replies wait on the router, up to a bounded amount of input */
+    /* keep reading while replies wait on the router or for a turn, up to a bounded amount
+     * of input */
     bool stuck = c->nparked || (!kr_conn_can_parse(c) && c->in_len >= 256 * 1024) ||
-                 (c->rq_count && c->in_len >= 256 * 1024);
+                 ((c->rq_count || c->turn_over) && c->in_len >= 256 * 1024);
     bool out_full = kr_conn_out_full(c);
-    if (stuck || out_full || c->turn_over || c->close_after_write)
+    if (stuck || out_full || c->close_after_write)
         kr_conn_pause(c);
     else
         kr_conn_resume(c);
-    kr_conn_flush(c);
+    /* a connection that continues in its next turn writes once it has a turn's worth of
+     * replies (one write per turn would cost more than cheap requests themselves) */
+    if (!c->turn_over || c->close_after_write || c->out_len >= KR_TURN_OUT_BYTES)
+        kr_conn_flush(c);
     if (c->closing)
         return;
     if (c->writing) {
