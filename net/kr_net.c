@@ -1395,7 +1395,7 @@ static void kr_conn_process(struct kr_conn *c)
         kr_conn_resume(c);
     /* a connection that continues in its next turn writes once it has a turn's worth of
      * replies (one write per turn would cost more than cheap requests themselves) */
-    if (!c->turn_over || c->close_after_write || c->out_len >= KR_TURN_OUT_BYTES)
+    if (!c->turn_over || c->close_after_write || out_full || c->out_len >= KR_TURN_OUT_BYTES)
         kr_conn_flush(c);
     if (c->closing)
         return;
