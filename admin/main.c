@@ -85,6 +85,12 @@ __attribute__((format(printf, 2, 3))) static void kr_main_fail(struct kr_main *m
     }
 }
 
+/* The figures `stats` shows without computing them per request (allocator, rusage). */
+static void kr_main_stats_timer_cb(uv_timer_t *t)
+{
+    kr_server_refresh_stats(t->data);
+}
+
 static void kr_main_on_exit(void *arg)
 {
     struct kr_main *m = arg;
@@ -217,6 +223,11 @@ static int kr_main_run(const struct kr_cfg *cfg, int ready_fd)
         sigs[i].data = &m;
         uv_signal_start(&sigs[i], kr_main_signal_cb, signums[i]);
     }
+    uv_timer_t stats_timer;
+    uv_timer_init(m.loop, &stats_timer);
+    stats_timer.data = srv;
+    uv_timer_start(&stats_timer, kr_main_stats_timer_cb, KR_NET_STATS_REFRESH_MS,
+                   KR_NET_STATS_REFRESH_MS);
     kr_admin_notify("READY=1\nSTATUS=serving");
     if (ready_fd >= 0) {
         char line[32];
@@ -231,6 +242,7 @@ static int kr_main_run(const struct kr_cfg *cfg, int ready_fd)
     kr_server_stop(srv);
     for (int i = 0; i < 4; i++)
         uv_close((uv_handle_t *)&sigs[i], NULL);
+    uv_close((uv_handle_t *)&stats_timer, NULL);
     uv_run(m.loop, UV_RUN_DEFAULT);
     kr_admin_destroy(m.admin);
     uv_loop_close(m.loop);

@@ -34,6 +34,8 @@
 #define KR_DRAIN_BUDGET 4096      /* events taken from the shards per wake-up before yielding */
 #define KR_OUT_HIGH (4u << 20)    /* stop reading a client whose unsent replies exceed this */
 #define KR_DRAIN_PAD UINT32_MAX   /* kr_router_cmd.pad of a drain barrier (not a request number) */
+#define KR_TURN_REQUESTS 128      /* requests one connection runs per turn before others */
+#define KR_TURN_OUT_BYTES (64 * 1024) /* reply bytes one connection produces per turn */
 #define KR_WARN_BURST 10          /* warnings of one kind per interval */
 #define KR_WARN_INTERVAL_MS 10000
 #define KR_ACCEPT_BATCH 64        /* connections accepted per listener wake-up */
@@ -125,7 +127,10 @@ struct kr_conn {
     bool subscribed; /* ever sent a subscription: shards must be told on close */
     uint32_t nsubs_requests;
     uint64_t created_ms;
-    uint64_t last_active_ms;
+    uint64_t last_active_ms;  /* last complete request (what the idle timeout counts) */
+    uint64_t partial_since_ms; /* arrival of the incomplete request's first bytes (0 = none) */
+    bool turn_over;           /* stopped parsing to let others run; see kr_conn_parse */
+    bool on_turns;            /* on the net thread's turn list */
     uint64_t last_poll_ms;
     struct kr_conn *blocked_next;
     /* a `get messages` that found nothing and waits for a message or poll_wait_ms */
@@ -170,6 +175,7 @@ struct kr_nt_stats {
     uint64_t drain_errors;     /* clients told SERVER_ERROR shutting down */
     uint64_t protocol_errors;
     uint64_t idle_timeouts;
+    uint64_t request_timeouts; /* closed with a request started request_timeout_ms ago */
     uint64_t bytes_read;
     uint64_t bytes_written;
     uint64_t subscribe_requests;
@@ -191,6 +197,7 @@ struct kr_net_live {
     uint64_t max_queued_messages;
     uint64_t max_queued_bytes;
     uint64_t client_idle_timeout_ms;
+    uint64_t request_timeout_ms;
     uint64_t poll_wait_ms;
     uint64_t max_poll_reply_bytes;
     uint64_t max_memory;
@@ -214,6 +221,10 @@ struct kr_nt {
     bool listening;            /* the listener is open (not yet closed by a drain) */
     uv_timer_t sweep;
     uv_check_t check;
+    uv_idle_t turn_idle;       /* active while connections wait for a turn */
+    uint64_t *turns;           /* ids of the connections whose pipelined work continues */
+    uint32_t nturns;
+    uint32_t turns_cap;
     uv_timer_t poll_timer;     /* ends the oldest waiting poll */
     struct kr_pw_list held;    /* waiting polls with nothing to answer yet, oldest first */
     struct kr_pw_list ready;   /* waiting polls that got a message: answered in kr_nt_check_cb */
@@ -246,6 +257,7 @@ struct kr_nt {
     uint64_t mem_largest; /* largest client here at the last check; read by other threads */
     struct kr_mem_cand *mem_cand;
     uint32_t mem_cand_cap;
+    struct kr_log_ratelimit rl_timeouts;
     struct kr_nt_stats st;
     char readbuf[KR_READ_BUF];
 };
@@ -265,7 +277,19 @@ struct kr_server {
     time_t started;
     struct kr_net_reqq *reqq; /* requests from other threads (kr_net_admin.c) */
     int draining;             /* kr_server_drain was called */
+    /* process figures for `stats`, stored by kr_server_refresh_stats (about once a second,
+     * off the net threads) so that a stats request only loads them */
+    int pid;
+    uint64_t ru_utime_us;
+    uint64_t ru_stime_us;
+    uint64_t mem[4]; /* jemalloc stats.allocated, active, resident, mapped (kr_je_stats) */
+    uint64_t stats_refreshes;
 };
+
+#ifdef KR_HAVE_JEMALLOC
+static const char *const kr_je_stats[] = {"stats.allocated", "stats.active", "stats.resident",
+                                          "stats.mapped"};
+#endif
 
 
 static void kr_net_live(const struct kr_server *s, struct kr_net_live *out)
@@ -277,6 +301,7 @@ static void kr_net_live(const struct kr_server *s, struct kr_net_live *out)
     out->max_queued_messages = c->max_queued_messages;
     out->max_queued_bytes = c->max_queued_bytes;
     out->client_idle_timeout_ms = c->client_idle_timeout_ms;
+    out->request_timeout_ms = c->request_timeout_ms;
     out->poll_wait_ms = c->poll_wait_ms;
     out->max_poll_reply_bytes = c->max_poll_reply_bytes;
     out->max_memory = c->max_memory;
@@ -307,6 +332,7 @@ static void kr_conn_flush(struct kr_conn *c);
 static void kr_nt_drain(struct kr_nt *nt);
 static uint64_t kr_server_memory_used(struct kr_server *s, uint64_t *history);
 static void kr_conn_drain_acked(struct kr_conn *c);
+static void kr_nt_turn_cb(uv_idle_t *h);
 
 /* ---------------------------------------------------------------- output */
 
@@ -1148,6 +1174,17 @@ static void kr_stat_line(kr_server_emit_cb emit, void *arg, const char *fmt, ...
     char buf[256];
     va_list ap;
     va_start(ap, fmt);
+    /* most lines are "STAT <name> %llu": formatted without vsnprintf, which would cost
+     * more than the rest of a stats request */
+    size_t fl = strlen(fmt);
+    if (fl > 5 && fl < sizeof(buf) - 24 && memcmp(fmt + fl - 5, " %llu", 5) == 0 &&
+        !memchr(fmt, '%', fl - 4)) {
+        unsigned long long v = va_arg(ap, unsigned long long);
+        va_end(ap);
+        memcpy(buf, fmt, fl - 4);
+        emit(arg, buf, fl - 4 + kr_fmt_u64(buf + fl - 4, v));
+        return;
+    }
     int n = vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
     if (n > 0)
@@ -1182,33 +1219,26 @@ void kr_server_stats(struct kr_server *srv, kr_server_emit_cb emit, void *arg)
     struct kr_router_stats rs;
     kr_router_stats(srv->router, &rs);
     time_t now = time(NULL);
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
 #define S(name, fmt, val) kr_stat_line(emit, arg, "STAT " name " " fmt, val)
-    S("pid", "%d", (int)getpid());
+    S("pid", "%d", ck_pr_load_int(&srv->pid));
     S("uptime", "%lld", (long long)(now - srv->started));
     S("time", "%lld", (long long)now);
     S("version", "%s", KR_VERSION);
     S("pointer_size", "%d", (int)(8 * sizeof(void *)));
 #ifdef KR_HAVE_JEMALLOC
-    /* allocator figures (mallctl); refreshed by advancing the statistics epoch */
-    uint64_t epoch = 1;
-    size_t sz = sizeof(epoch);
-    mallctl("epoch", &epoch, &sz, &epoch, sz);
+    /* allocator figures as of the last kr_server_refresh_stats (at most a second old) */
     S("allocator", "%s", "jemalloc");
-    static const char *const kr_je_stats[] = {"stats.allocated", "stats.active", "stats.resident",
-                                              "stats.mapped"};
-    for (size_t i = 0; i < sizeof(kr_je_stats) / sizeof(kr_je_stats[0]); i++) {
-        size_t v = 0;
-        sz = sizeof(v);
-        if (mallctl(kr_je_stats[i], &v, &sz, NULL, 0) == 0)
-            kr_stat_line(emit, arg, "STAT jemalloc_%s %zu", kr_je_stats[i] + 6, v);
-    }
+    for (size_t i = 0; i < sizeof(kr_je_stats) / sizeof(kr_je_stats[0]); i++)
+        kr_stat_line(emit, arg, "STAT jemalloc_%s %llu", kr_je_stats[i] + 6,
+                     (unsigned long long)ck_pr_load_64(&srv->mem[i]));
 #else
     S("allocator", "%s", "libc");
 #endif
-    kr_stat_line(emit, arg, "STAT rusage_user %ld.%06ld", (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
-    kr_stat_line(emit, arg, "STAT rusage_system %ld.%06ld", (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec);
+    uint64_t ut = ck_pr_load_64(&srv->ru_utime_us), st = ck_pr_load_64(&srv->ru_stime_us);
+    kr_stat_line(emit, arg, "STAT rusage_user %llu.%06llu", (unsigned long long)(ut / 1000000),
+                 (unsigned long long)(ut % 1000000));
+    kr_stat_line(emit, arg, "STAT rusage_system %llu.%06llu", (unsigned long long)(st / 1000000),
+                 (unsigned long long)(st % 1000000));
     S("max_connections", "%u", lv.max_tcp_clients);
     S("curr_connections", "%llu", (unsigned long long)sum.curr_connections);
     S("total_connections", "%llu", (unsigned long long)sum.total_connections);
@@ -1253,7 +1283,34 @@ void kr_server_stats(struct kr_server *srv, kr_server_emit_cb emit, void *arg)
     S("history_bytes", "%llu", (unsigned long long)rs.history_bytes);
     S("protocol_errors", "%llu", (unsigned long long)sum.protocol_errors);
     S("idle_timeouts", "%llu", (unsigned long long)sum.idle_timeouts);
+    S("request_timeouts", "%llu", (unsigned long long)sum.request_timeouts);
+    S("stats_refreshes", "%llu", (unsigned long long)ck_pr_load_64(&srv->stats_refreshes));
 #undef S
+}
+
+void kr_server_refresh_stats(struct kr_server *srv)
+{
+    ck_pr_store_int(&srv->pid, (int)getpid());
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0) {
+        ck_pr_store_64(&srv->ru_utime_us,
+                       (uint64_t)ru.ru_utime.tv_sec * 1000000u + (uint64_t)ru.ru_utime.tv_usec);
+        ck_pr_store_64(&srv->ru_stime_us,
+                       (uint64_t)ru.ru_stime.tv_sec * 1000000u + (uint64_t)ru.ru_stime.tv_usec);
+    }
+#ifdef KR_HAVE_JEMALLOC
+    /* advancing the epoch merges every arena's statistics (it takes their locks) */
+    uint64_t epoch = 1;
+    size_t sz = sizeof(epoch);
+    mallctl("epoch", &epoch, &sz, &epoch, sz);
+    for (size_t i = 0; i < sizeof(kr_je_stats) / sizeof(kr_je_stats[0]); i++) {
+        size_t v = 0;
+        sz = sizeof(v);
+        if (mallctl(kr_je_stats[i], &v, &sz, NULL, 0) == 0)
+            ck_pr_store_64(&srv->mem[i], (uint64_t)v);
+    }
+#endif
+    ck_pr_store_64(&srv->stats_refreshes, ck_pr_load_64(&srv->stats_refreshes) + 1);
 }
 
 /* Handle one parsed request; `last`: nothing follows it in the client's input yet. */
@@ -1339,18 +1396,39 @@ static bool kr_req_pipelinable(const struct kr_conn *c, const struct kr_request 
     }
 }
 
-/* Parse and handle as many requests as possible from buf; returns bytes consumed. */
+/* Replies wait for the socket beyond KR_OUT_HIGH; while a write is in flight, anything
+ * more waits for it. Requests are not run meanwhile (a client that does not read cannot
+ * make the server buffer more replies for it), and its socket is not read. */
+static bool kr_conn_out_full(const struct kr_conn *c)
+{
+    return c->out_len + (c->writing ? KR_OUT_HIGH : 0) > KR_OUT_HIGH;
+}
+
+/* Parse and handle as many requests as possible from buf; returns bytes consumed.
+ * One call is one turn: after KR_TURN_REQUESTS requests or KR_TURN_OUT_BYTES of replies
+ * (or once the replies wait for the socket) it stops with c->turn_over set, and the rest
+ * runs in a later loop iteration, after other clients were served. */
 static size_t kr_conn_parse(struct kr_conn *c, const char *buf, size_t len)
 {
-    size_t off = 0;
+    size_t off = 0, out0 = c->out_len;
+    uint32_t done = 0;
+    bool partial = false;
     while (off < len && kr_conn_can_parse(c)) {
-        if (c->need && len - off < c->need)
+        if (done >= KR_TURN_REQUESTS || (c->out_len > out0 && c->out_len - out0 >= KR_TURN_OUT_BYTES) ||
+            kr_conn_out_full(c)) {
+            c->turn_over = true;
             break;
+        }
+        if (c->need && len - off < c->need) {
+            partial = true;
+            break;
+        }
         struct kr_request req;
         size_t used = 0;
         int rc = kr_proto_parse(buf + off, len - off, &c->nt->srv->lim, &req, &used);
         if (rc == KR_PROTO_NEED_MORE) {
             c->need = used;
+            partial = true;
             break;
         }
         c->need = 0;
@@ -1362,9 +1440,38 @@ static size_t kr_conn_parse(struct kr_conn *c, const char *buf, size_t len)
         if (c->rq_count && !kr_req_pipelinable(c, &req))
             break; /* parsed again once the earlier replies are out */
         off += used;
+        done++;
         kr_conn_request(c, &req, off == len);
     }
+    /* only complete requests are activity; a request's bytes must all arrive within
+     * request_timeout_ms of its first (an earlier one still waiting in the input gives the
+     * later one more time, never less) */
+    if (done || partial) {
+        uint64_t now = kr_now_ms();
+        if (done)
+            c->last_active_ms = now;
+        if (partial && (done || !c->partial_since_ms))
+            c->partial_since_ms = now;
+    }
+    if (!partial)
+        c->partial_since_ms = 0;
     return off;
+}
+
+/* Give the connection another turn in a later loop iteration (kr_nt_turn_cb). */
+static void kr_conn_yield(struct kr_conn *c)
+{
+    struct kr_nt *nt = c->nt;
+    if (c->on_turns)
+        return;
+    if (nt->nturns == nt->turns_cap) {
+        nt->turns_cap = nt->turns_cap ? nt->turns_cap * 2 : 64;
+        nt->turns = kr_xrealloc(nt->turns, nt->turns_cap * sizeof(*nt->turns));
+    }
+    nt->turns[nt->nturns++] = c->id;
+    c->on_turns = true;
+    if (nt->nturns == 1)
+        uv_idle_start(&nt->turn_idle, kr_nt_turn_cb); /* the loop polls without blocking */
 }
 
 /* Work through stashed input; called after reads and whenever a wait ends. */
@@ -1372,12 +1479,9 @@ static void kr_conn_process(struct kr_conn *c)
 {
     if (c->closing)
         return;
-    size_t used = 0;
-again:
     kr_rq_emit(c);
-    used = 0;
-    if (kr_conn_unpark(c) && c->in_len && kr_conn_can_parse(c)) {
-        used = kr_conn_parse(c, c->in, c->in_len);
+    if (kr_conn_unpark(c) && c->in_len && kr_conn_can_parse(c) && !c->turn_over) {
+        size_t used = kr_conn_parse(c, c->in, c->in_len);
         if (used) {
             memmove(c->in, c->in + used, c->in_len - used);
             c->in_len -= used;
@@ -1392,18 +1496,32 @@ again:
         return;
     if (c->nparked)
         kr_conn_block(c);
-    /* keep reading while replies wait on the router, up to a bounded amount of input */
+    /* keep reading while replies wait on the router or for a turn, up to a bounded amount
+     * of input */
     bool stuck = c->nparked || (!kr_conn_can_parse(c) && c->in_len >= 256 * 1024) ||
-                 (c->rq_count && c->in_len >= 256 * 1024);
-    if (stuck || c->out_len + (c->writing ? KR_OUT_HIGH : 0) > KR_OUT_HIGH || c->close_after_write)
+                 ((c->rq_count || c->turn_over) && c->in_len >= 256 * 1024);
+    bool out_full = kr_conn_out_full(c);
+    if (stuck || out_full || c->close_after_write)
         kr_conn_pause(c);
     else
         kr_conn_resume(c);
-    kr_conn_flush(c);
-    /* the output high-water mark stopped the parse and the flush wrote everything out:
-     * nothing else would come back to the stashed requests */
-    if (used && !c->closing && !c->writing && c->in_len && kr_conn_can_parse(c))
-        goto again;
+    /* a connection that continues in its next turn writes once it has a turn's worth of
+     * replies (one write per turn would cost more than cheap requests themselves) */
+    if (!c->turn_over || c->close_after_write || out_full || c->out_len >= KR_TURN_OUT_BYTES)
+        kr_conn_flush(c);
+    if (c->closing)
+        return;
+    if (c->writing) {
+        c->turn_over = false; /* kr_conn_write_cb continues once the socket took the replies */
+    } else if (out_full) {
+        /* everything was written at once: no write callback will come */
+        if (c->in_len && kr_conn_can_parse(c))
+            c->turn_over = true;
+        else if (!stuck && !c->close_after_write && !c->turn_over)
+            kr_conn_resume(c);
+    }
+    if (c->turn_over)
+        kr_conn_yield(c);
 }
 
 static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -1418,7 +1536,6 @@ static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0)
         return;
     KR_ST_INC(nt, bytes_read, (uint64_t)nread);
-    c->last_active_ms = kr_now_ms();
     if (c->close_after_write)
         return; /* discard input after a final reply */
     if (c->poll_wait)
@@ -1843,6 +1960,28 @@ static void kr_nt_poll_timer_cb(uv_timer_t *t)
         uv_timer_start(t, kr_nt_poll_timer_cb, wait ? wait : 1, 0); /* see kr_nt_answer_ready */
 }
 
+/* The connections that stopped for others get their next turn, in the order they stopped
+ * (those that stop again go to the back). While any waits, the idle handle is active, so
+ * the loop polls for I/O without blocking between turns; it stops when none is left. */
+static void kr_nt_turn_cb(uv_idle_t *h)
+{
+    struct kr_nt *nt = h->data;
+    kr_nt_refresh_live(nt);
+    uint32_t n = nt->nturns;
+    for (uint32_t i = 0; i < n; i++) {
+        struct kr_conn *c = kr_nt_conn(nt, nt->turns[i]);
+        if (!c)
+            continue; /* closed meanwhile */
+        c->on_turns = false;
+        c->turn_over = false;
+        kr_conn_process(c);
+    }
+    memmove(nt->turns, nt->turns + n, (nt->nturns - n) * sizeof(*nt->turns));
+    nt->nturns -= n;
+    if (!nt->nturns)
+        uv_idle_stop(h);
+}
+
 /* After each loop iteration's callbacks: wake the shards we pushed to, retry blocked
  * clients, answer waiting polls that got a message. */
 static void kr_nt_check_cb(uv_check_t *h)
@@ -1989,26 +2128,45 @@ static void kr_nt_memory_check(struct kr_nt *nt)
     }
 }
 
+/* Every sweep period: retry what waits for ring space, then close the clients idle for
+ * client_idle_timeout_ms (no complete request) and those whose started request is not
+ * complete request_timeout_ms after its first bytes. A request the server itself holds
+ * back (waiting on the router, a waiting poll, a turn) is not the client's delay. */
 static void kr_nt_sweep_cb(uv_timer_t *t)
 {
     struct kr_nt *nt = t->data;
     struct kr_net_live lv;
     kr_net_live(nt->srv, &lv);
-    uint64_t timeout = lv.client_idle_timeout_ms;
+    uint64_t timeout = lv.client_idle_timeout_ms, rto = lv.request_timeout_ms;
     uint64_t now = kr_now_ms();
     if (nt->nctl)
         kr_nt_send_ctl(nt);
     if (nt->blocked_head)
         kr_nt_unblock_all(nt);
     kr_nt_memory_check(nt);
-    if (!timeout)
+    if (!timeout && !rto)
         return;
     for (uint32_t i = 0; i < nt->nslots; i++) {
         struct kr_conn *c = nt->slots[i];
-        if (c && !c->closing && now - c->last_active_ms >= timeout) {
+        if (!c || c->closing)
+            continue;
+        if (timeout && now - c->last_active_ms >= timeout) {
             KR_ST_INC(nt, idle_timeouts, 1);
             KR_DEBUG("client %s (id %llu): idle for %llu ms; closing", c->peer,
                      (unsigned long long)c->id, (unsigned long long)(now - c->last_active_ms));
+            kr_conn_close(c);
+        } else if (rto && c->partial_since_ms && now - c->partial_since_ms >= rto &&
+                   kr_conn_can_parse(c) && !c->turn_over) {
+            KR_ST_INC(nt, request_timeouts, 1);
+            uint64_t suppressed = 0;
+            if (kr_log_enabled(KR_LOG_WARN) &&
+                kr_log_ratelimit(&nt->rl_timeouts, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
+                KR_WARN("client %s (id %llu): request incomplete %llu ms after its first bytes "
+                        "(%zu bytes so far; request_timeout_ms %llu); closing (suppressed %llu "
+                        "similar)",
+                        c->peer, (unsigned long long)c->id,
+                        (unsigned long long)(now - c->partial_since_ms), c->in_len,
+                        (unsigned long long)rto, (unsigned long long)suppressed);
             kr_conn_close(c);
         }
     }
@@ -2392,6 +2550,8 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         uv_check_init(&nt->loop, &nt->check);
         nt->check.data = nt;
         uv_check_start(&nt->check, kr_nt_check_cb);
+        uv_idle_init(&nt->loop, &nt->turn_idle);
+        nt->turn_idle.data = nt;
         uv_timer_init(&nt->loop, &nt->poll_timer);
         nt->poll_timer.data = nt;
         CDS_INIT_LIST_HEAD(&nt->held.list);
@@ -2419,6 +2579,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
 int kr_server_start(struct kr_server *s)
 {
     s->started = time(NULL);
+    kr_server_refresh_stats(s); /* then the control thread's timer, once a second */
     int rc = kr_router_start(s->router);
     if (rc < 0)
         return rc;
@@ -2489,6 +2650,7 @@ void kr_server_destroy(struct kr_server *s)
                 free(nt->ctl[k].ev.ptr);
         free(nt->ctl);
         free(nt->mem_cand);
+        free(nt->turns);
         free(nt);
     }
     free(s->nts);

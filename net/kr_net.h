@@ -46,6 +46,12 @@ uint64_t kr_server_uptime(const struct kr_server *s);
  * emit. Any thread registered with urcu-memb (it reads the live configuration). */
 typedef void (*kr_server_emit_cb)(void *arg, const char *line, size_t len);
 void kr_server_stats(struct kr_server *s, kr_server_emit_cb emit, void *arg);
+/* Refresh the figures `stats` shows but does not compute per request: the allocator's
+ * (jemalloc's statistics epoch, which takes every arena's lock), getrusage and the pid.
+ * kr_server_start calls it once; then about once a second (KR_NET_STATS_REFRESH_MS) from
+ * one thread that is not a net thread. Control thread. */
+#define KR_NET_STATS_REFRESH_MS 1000
+void kr_server_refresh_stats(struct kr_server *s);
 
 /* What the admin socket shows of one client connection (a copy made by its net thread). */
 struct kr_net_conn_info {
@@ -55,7 +61,7 @@ struct kr_net_conn_info {
     uint64_t queued_bytes;    /* bytes they take in a reply */
     uint64_t age_ms;          /* since accepted */
     int64_t since_poll_ms;    /* since the last `get messages`, -1 = never polled */
-    uint64_t idle_ms;         /* since the last bytes received */
+    uint64_t idle_ms;         /* since the last complete request */
 };
 
 /* Ask net thread `net` for up to `max` of its connections in slot order from *cursor on

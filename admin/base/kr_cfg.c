@@ -116,8 +116,12 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
                "longest request line, \\r\\n included"),
     KR_CFG_OPT(client_idle_timeout_ms, KR_CFG_U64, KR_CFG_LIVE, 0, 365ull * 24 * 3600 * 1000,
                "3600000",
-               "close a client connection after this many milliseconds without a request "
-               "(0 = never)"),
+               "close a client connection after this many milliseconds without a complete "
+               "request (0 = never)"),
+    KR_CFG_OPT(request_timeout_ms, KR_CFG_U64, KR_CFG_LIVE, 0, 365ull * 24 * 3600 * 1000,
+               "30000",
+               "close a client connection whose request is still incomplete this many "
+               "milliseconds after its first bytes arrived (0 = no limit)"),
     KR_CFG_OPT(poll_wait_ms, KR_CFG_U64, KR_CFG_LIVE, 0, 60000, "0",
                "0: a `get messages` that finds nothing queued is answered END at once (as the "
                "Erlang server did). N > 0: it is answered as soon as a message arrives, or END "

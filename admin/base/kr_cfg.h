@@ -44,6 +44,8 @@ struct kr_cfg {
     uint32_t max_topic_bytes;                /* 1024 */
     uint32_t max_line_bytes;                 /* 8192 */
     uint64_t client_idle_timeout_ms;         /* 3600000 (0 = never) */
+    uint64_t request_timeout_ms;             /* 30000: a started request must be complete
+                                                within this (0 = no limit) */
     uint64_t poll_wait_ms;                   /* 0: an empty `get messages` is answered END
                                                 at once; > 0: it waits up to this long for a
                                                 message */
