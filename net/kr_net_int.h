@@ -7,6 +7,18 @@
 #include <stdint.h>
 
 #include "kr_net.h"
+#include <ck_pr.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <urcu/list.h>
+#include <uv.h>
+
+#include "kr_acl.h"
+#include "kr_log.h"
+#include "kr_proto.h"
+#include "kr_queue.h"
+#include "kr_router.h"
 
 /* ------------------------------------------------ kr_net_admin.c: the request queues */
 
@@ -44,5 +56,336 @@ uint32_t kr_net_close_some(struct kr_server *s, uint32_t net, uint32_t n);
 uint32_t kr_net_drain_deadline(struct kr_server *s, uint32_t net);
 /* Close net thread `net`'s listening socket (no new connections). Net thread `net`. */
 void kr_net_stop_listening(struct kr_server *s, uint32_t net);
+
+/* ------------------------------------------------ the net threads' shared types
+ * Every net/ file that runs on a net thread sees these: the connection, the net thread and
+ * the server. Only the owning net thread touches a connection or its net thread's fields,
+ * except the counters in `st` (relaxed atomic stores, read by any thread). */
+
+#define KR_READ_BUF (64 * 1024)
+#define KR_DRAIN_BUDGET 4096      /* events taken from the shards per wake-up before yielding */
+#define KR_OUT_HIGH (4u << 20)    /* stop reading a client whose unsent replies exceed this */
+#define KR_DRAIN_PAD UINT32_MAX   /* kr_router_cmd.pad of a drain barrier (not a request number) */
+#define KR_TURN_REQUESTS 128      /* requests one connection runs per turn before others */
+#define KR_TURN_OUT_BYTES (64 * 1024) /* reply bytes one connection produces per turn */
+#define KR_WARN_BURST 10          /* warnings of one kind per interval */
+#define KR_WARN_INTERVAL_MS 10000
+#define KR_ACCEPT_BATCH 64        /* connections accepted per listener wake-up */
+#define KR_ACCEPT_PAUSE_MS 100    /* accepting pauses this long when descriptors run out */
+
+struct kr_server;
+struct kr_nt;
+struct kr_mem_cand;
+
+/* An event a connection could not hand to a shard yet (ring full). */
+struct kr_parked {
+    uint32_t shard;
+    struct kr_event ev;
+};
+
+/* A request whose reply waits on the router: subscribe-like requests wait for every shard's
+ * acknowledgement, a publish whose events did not all fit in the rings waits until they
+ * are sent. Replies go out in request order. */
+struct kr_reply_wait {
+    uint32_t acks_left;
+    bool noreply;
+    bool retro;     /* a retroactive subscribe: answers STORED or NOT_FOUND */
+    bool sent_gate; /* a publish with parked events */
+};
+
+#define KR_MAX_PIPELINED 1024 /* replies a client may have waiting on the router */
+
+/* A delivery held back while a retroactive subscription completes. */
+struct kr_staged {
+    struct kr_cq_entry e;
+    bool replay;
+    uint32_t order; /* arrival order, for a stable sort */
+};
+
+/* A multi-shard message still being completed, and the queue position of its entry. */
+struct kr_incomplete {
+    struct kr_msg *msg;
+    uint64_t seq;
+};
+
+struct kr_conn {
+    uv_tcp_t h; /* first: handle.data is unused, the handle address is the connection */
+    struct kr_nt *nt;
+    uint64_t id;
+    uint32_t slot;
+    /* input not parsed yet (NULL while everything arrived was consumed) */
+    char *in;
+    size_t in_len;
+    size_t in_cap;
+    size_t need; /* bytes the next request needs, when known */
+    /* output */
+    char *out;
+    size_t out_len;
+    size_t out_cap;
+    char *wbuf; /* buffer owned by the write in flight */
+    size_t wbuf_len;
+    size_t out_acct; /* unsent bytes counted in the thread's output_bytes */
+    uv_write_t wreq;
+    /* deliveries */
+    struct kr_cq q;
+    uint64_t seq_head; /* sequence number of the queue head */
+    struct kr_incomplete *inc;
+    uint32_t ninc;
+    uint32_t inc_cap;
+    /* requests waiting on the router */
+    struct kr_parked *parked;
+    uint32_t nparked;
+    uint32_t parked_cap;
+    struct kr_reply_wait *rq; /* ring of replies waiting on the router */
+    uint32_t rq_head;
+    uint32_t rq_count;
+    uint32_t rq_cap;
+    uint32_t rq_base;          /* request number of the ring's head */
+    const char *deferred_err;  /* error reply held until earlier replies are out */
+    /* retroactive subscriptions */
+    uint64_t horizon_us;      /* set by `register`, used by the next subscribe (0 = none) */
+    bool retro_active;        /* a retroactive subscribe is waiting for its shards */
+    bool retro_not_found;     /* some shard's history did not reach back */
+    struct kr_staged *stage;  /* deliveries held while retro_active */
+    uint32_t nstage;
+    uint32_t stage_cap;
+    /* state */
+    bool closing;
+    bool overflowed;
+    bool reading;
+    bool writing;
+    bool close_after_write;
+    bool blocked; /* on the net thread's blocked list */
+    bool subscribed; /* ever sent a subscription: shards must be told on close */
+    uint32_t nsubs_requests;
+    uint64_t created_ms;
+    uint64_t last_active_ms;  /* last complete request (what the idle timeout counts) */
+    uint64_t partial_since_ms; /* arrival of the incomplete request's first bytes (0 = none) */
+    bool turn_over;           /* stopped parsing to let others run; see kr_conn_parse */
+    bool on_turns;            /* on the net thread's turn list */
+    uint64_t last_poll_ms;
+    struct kr_conn *blocked_next;
+    /* a `get messages` that found nothing and waits for a message or poll_wait_ms */
+    uint8_t poll_wait;      /* KR_PW_NONE, or the list it is on: KR_PW_HELD, KR_PW_READY */
+    uint64_t poll_since_ms; /* loop time the wait began */
+    struct cds_list_head pw_node; /* on nt->held or nt->ready */
+    /* drain (see kr_net_close_some) */
+    uint8_t drain;       /* KR_DR_NONE, KR_DR_BARRIER, KR_DR_POLL */
+    uint32_t drain_acks; /* shard acknowledgements the barrier still waits for */
+    char peer[64];
+};
+
+enum { KR_PW_NONE, KR_PW_HELD, KR_PW_READY };
+/* KR_DR_BARRIER: reached by the drain, unsubscribed everywhere, waiting until every shard
+ * confirmed (then nothing more can arrive for it); KR_DR_POLL: its queue is final and it is
+ * closed after the reply that empties it. */
+enum { KR_DR_NONE, KR_DR_BARRIER, KR_DR_POLL };
+
+/* Connections whose poll waits, in the order their waits began. */
+struct kr_pw_list {
+    struct cds_list_head list;
+    uint32_t count;
+};
+
+struct kr_nt_stats {
+    uint64_t curr_connections;
+    uint64_t total_connections;
+    uint64_t rejected_connections;
+    uint64_t accept_fd_exhausted;  /* accept() failed with EMFILE/ENFILE */
+    uint64_t refused_connections;  /* peers outside allow_from, closed unread */
+    uint64_t cmd_get;
+    uint64_t cmd_set;
+    uint64_t messages_published;
+    uint64_t messages_delivered; /* entries handed to clients by `get messages` */
+    uint64_t polls_waited;       /* polls that found nothing and waited (poll_wait_ms) */
+    uint64_t deliveries_queued;
+    uint64_t queued_messages;
+    uint64_t queued_bytes;
+    uint64_t queue_overflows;
+    uint64_t output_bytes;     /* reply bytes not written to the sockets yet */
+    uint64_t memory_overflows; /* queues discarded because max_memory was exceeded */
+    uint64_t drain_errors;     /* clients told SERVER_ERROR shutting down */
+    uint64_t protocol_errors;
+    uint64_t idle_timeouts;
+    uint64_t request_timeouts; /* closed with a request started request_timeout_ms ago */
+    uint64_t bytes_read;
+    uint64_t bytes_written;
+    uint64_t subscribe_requests;
+    uint64_t unsubscribe_requests;
+    uint64_t publish_requests;
+    uint64_t publish_topic_warnings;
+    uint64_t fanout_warnings;
+    uint64_t register_requests;
+    uint64_t retro_requests;
+    uint64_t retro_not_found;
+    uint64_t retro_future_horizons; /* retroactive horizons in the future, taken as now */
+    uint64_t messages_replayed;
+    uint64_t ring_full_waits; /* events that waited for space in a ring towards a shard */
+};
+
+/* The settings that may change while the server runs (admin `config set`), read from the
+ * RCU-published configuration snapshot. */
+struct kr_net_live {
+    uint64_t max_queued_messages;
+    uint64_t max_queued_bytes;
+    uint64_t client_idle_timeout_ms;
+    uint64_t request_timeout_ms;
+    uint64_t poll_wait_ms;
+    uint64_t max_poll_reply_bytes;
+    uint64_t max_memory;
+    uint32_t max_tcp_clients;
+    uint32_t tcp_keepalive_s;
+    uint32_t fanout_warn;
+    uint32_t topics_warn;
+};
+
+struct kr_nt {
+    struct kr_server *srv;
+    struct kr_net_live live; /* cached from the snapshot, see kr_nt_refresh_live */
+    uint64_t live_gen;
+    uint32_t idx;
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_async_t wake;
+    uv_poll_t listener;        /* readiness of listen_fd; accept4() is ours (kr_nt_accept_cb) */
+    uv_timer_t accept_pause;   /* restarts the listener after descriptors ran out */
+    int reserve_fd;            /* held open to free one descriptor when they run out, or -1 */
+    bool listening;            /* the listener is open (not yet closed by a drain) */
+    uv_timer_t sweep;
+    uv_check_t check;
+    uv_idle_t turn_idle;       /* active while connections wait for a turn */
+    uint64_t *turns;           /* ids of the connections whose pipelined work continues */
+    uint32_t nturns;
+    uint32_t turns_cap;
+    uv_timer_t poll_timer;     /* ends the oldest waiting poll */
+    struct kr_pw_list held;    /* waiting polls with nothing to answer yet, oldest first */
+    struct kr_pw_list ready;   /* waiting polls that got a message: answered in kr_nt_check_cb */
+    int listen_fd;
+    bool stopping;
+    struct kr_conn **slots;
+    uint32_t *gens;
+    uint32_t nslots;
+    uint32_t *free_slots;
+    uint32_t nfree;
+    struct kr_conn *blocked_head; /* clients to look at again after this iteration */
+    struct kr_parked *ctl;        /* control events waiting for ring space */
+    uint32_t nctl;
+    uint32_t ctl_cap;
+    /* scratch for building messages */
+    const char **topics;
+    uint32_t *topic_lens;
+    uint32_t topics_cap;
+    struct kr_log_ratelimit rl_errors;
+    struct kr_log_ratelimit rl_accept;
+    struct kr_log_ratelimit rl_refused;
+    struct kr_log_ratelimit rl_overflow;
+    struct kr_log_ratelimit rl_fanout;
+    struct kr_log_ratelimit rl_topics;
+    struct kr_log_ratelimit rl_memory;
+    struct kr_log_ratelimit rl_drain;
+    /* max_memory (kr_nt_memory_check) */
+    uint64_t mem_grown;   /* queued bytes added since the last check */
+    uint64_t mem_step;    /* check again after this many */
+    uint64_t mem_largest; /* largest client here at the last check; read by other threads */
+    struct kr_mem_cand *mem_cand;
+    uint32_t mem_cand_cap;
+    struct kr_log_ratelimit rl_timeouts;
+    struct kr_nt_stats st;
+    char readbuf[KR_READ_BUF];
+};
+
+struct kr_server {
+    const struct kr_cfg *cfg;
+    struct kr_router *router;
+    struct kr_nt **nts;
+    uint32_t nnet;
+    uint16_t port;
+    uint32_t nconns; /* process-wide, for max_tcp_clients */
+    struct kr_acl *acl;       /* allow_from, parsed at create */
+    pthread_mutex_t accept_mu; /* net threads' accept4() and reserve swaps: no other net thread
+                                  takes the descriptor a reserve frees */
+    uint64_t refused_elsewhere; /* refusals by other listeners (the health port) */
+    struct kr_proto_limits lim;
+    time_t started;
+    struct kr_net_reqq *reqq; /* requests from other threads (kr_net_admin.c) */
+    int draining;             /* kr_server_drain was called */
+    /* process figures for `stats`, stored by kr_server_refresh_stats (about once a second,
+     * off the net threads) so that a stats request only loads them */
+    int pid;
+    uint64_t ru_utime_us;
+    uint64_t ru_stime_us;
+    uint64_t mem[4]; /* jemalloc stats.allocated, active, resident, mapped (kr_je_stats) */
+    uint64_t stats_refreshes;
+};
+
+#define KR_ST_INC(nt, field, n) ck_pr_store_64(&(nt)->st.field, (nt)->st.field + (n))
+#define KR_ST_DEC(nt, field, n) ck_pr_store_64(&(nt)->st.field, (nt)->st.field - (n))
+
+/* ------------------------------------------------ functions shared between the files */
+
+/* ---- kr_conn.c */
+void kr_out_reserve(struct kr_conn *c, size_t n);
+void kr_out_add(struct kr_conn *c, const void *p, size_t n);
+void kr_out_str(struct kr_conn *c, const char *s);
+size_t kr_conn_out_pending(const struct kr_conn *c);
+void kr_conn_flush(struct kr_conn *c);
+void kr_conn_fail(struct kr_conn *c, const char *reply);
+struct kr_reply_wait *kr_rq_at(struct kr_conn *c, uint32_t reqno);
+uint32_t kr_rq_push(struct kr_conn *c, uint32_t acks, bool noreply, bool retro, bool gate);
+void kr_rq_emit(struct kr_conn *c);
+struct kr_conn *kr_nt_conn(struct kr_nt *nt, uint64_t id);
+void kr_conn_block(struct kr_conn *c);
+void kr_pw_push(struct kr_pw_list *l, struct kr_conn *c);
+void kr_pw_unlink(struct kr_pw_list *l, struct kr_conn *c);
+struct kr_conn *kr_pw_first(struct kr_pw_list *l);
+void kr_poll_unwait(struct kr_conn *c);
+void kr_poll_wake(struct kr_conn *c);
+void kr_conn_closed_cb(uv_handle_t *h);
+bool kr_nt_send_ctl(struct kr_nt *nt);
+void kr_conn_close(struct kr_conn *c);
+void kr_conn_pause(struct kr_conn *c);
+void kr_conn_resume(struct kr_conn *c);
+void kr_conn_send(struct kr_conn *c, uint32_t shard, const struct kr_event *ev);
+bool kr_conn_can_parse(struct kr_conn *c);
+void kr_conn_process(struct kr_conn *c);
+/* ---- kr_front_mc.c */
+size_t kr_fmt_u64(char *p, uint64_t v);
+uint32_t kr_digits(uint64_t v);
+void kr_reply_overflow(struct kr_conn *c);
+void kr_poll_finish(struct kr_conn *c);
+void kr_conn_request(struct kr_conn *c, const struct kr_request *req, bool last);
+bool kr_req_pipelinable(const struct kr_conn *c, const struct kr_request *req);
+/* ---- kr_deliver.c */
+void kr_conn_queue_clear(struct kr_conn *c);
+uint32_t kr_conn_ready_entries(struct kr_conn *c, uint64_t *bytes);
+bool kr_conn_queue_final_empty(const struct kr_conn *c);
+void kr_conn_overflow(struct kr_conn *c);
+struct kr_pend *kr_nt_pend(struct kr_nt *nt, struct kr_msg *m, bool create);
+void kr_nt_deliver(struct kr_nt *nt, struct kr_event *ev, bool replay);
+void kr_conn_retro_done(struct kr_conn *c);
+/* ---- kr_loop.c */
+void kr_net_live(const struct kr_server *s, struct kr_net_live *out);
+void kr_nt_refresh_live(struct kr_nt *nt);
+void kr_nt_drain(struct kr_nt *nt);
+void kr_nt_wake_cb(uv_async_t *a);
+void kr_nt_poll_timer_cb(uv_timer_t *t);
+void kr_nt_turn_cb(uv_idle_t *h);
+void kr_nt_check_cb(uv_check_t *h);
+void kr_nt_sweep_cb(uv_timer_t *t);
+void kr_nt_main(void *arg);
+void kr_nt_close_walk(uv_handle_t *h, void *arg);
+/* ---- kr_memory.c */
+uint64_t kr_server_memory_used(struct kr_server *s, uint64_t *history);
+void kr_nt_memory_check(struct kr_nt *nt);
+/* ---- kr_accept.c */
+void kr_nt_reserve_open(struct kr_nt *nt);
+void kr_nt_accept_cb(uv_poll_t *h, int status, int events);
+int kr_listen_socket(const struct kr_cfg *cfg, uint16_t port, uint16_t *bound, char *err,
+                            size_t errlen);
+/* ---- kr_server.c */
+/* ---- kr_drain.c */
+void kr_conn_drain_replied(struct kr_conn *c);
+void kr_conn_drain_acked(struct kr_conn *c);
+/* ---- kr_stats.c */
 
 #endif

@@ -1,0 +1,632 @@
+/* Connection I/O on a net thread (libuv): output buffers and writes, replies in request
+ * order, the waiting-poll lists, close, reading, the parse loop with its per-connection
+ * turns, and the hand-off of events to the router shards. Net thread only. */
+#include "kr_net_int.h"
+
+#include <arpa/inet.h>
+#include <ck_pr.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <urcu/list.h>
+#include <urcu/urcu-memb.h>
+#include <uv.h>
+#include <xxhash.h>
+#ifdef KR_HAVE_JEMALLOC
+#include <jemalloc/jemalloc.h>
+#endif
+
+static void kr_conn_out_account(struct kr_conn *c);
+static void kr_conn_write_cb(uv_write_t *req, int status);
+static void kr_conn_release_parked(struct kr_conn *c);
+static void kr_nt_send_disconnect(struct kr_nt *nt, uint64_t id);
+static void kr_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void kr_conn_stash(struct kr_conn *c, const char *p, size_t n);
+static bool kr_conn_send_parked(struct kr_conn *c);
+static void kr_conn_park(struct kr_conn *c, uint32_t shard, const struct kr_event *ev);
+static bool kr_conn_unpark(struct kr_conn *c);
+static bool kr_conn_out_full(const struct kr_conn *c);
+static size_t kr_conn_parse(struct kr_conn *c, const char *buf, size_t len);
+static void kr_conn_yield(struct kr_conn *c);
+static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* ---------------------------------------------------------------- output */
+
+void kr_out_reserve(struct kr_conn *c, size_t n)
+{
+    if (c->out_len + n > c->out_cap) {
+        size_t cap = c->out_cap ? c->out_cap : 256;
+        while (cap < c->out_len + n)
+            cap *= 2;
+        c->out = kr_xrealloc(c->out, cap);
+        c->out_cap = cap;
+    }
+}
+
+void kr_out_add(struct kr_conn *c, const void *p, size_t n)
+{
+    kr_out_reserve(c, n);
+    memcpy(c->out + c->out_len, p, n);
+    c->out_len += n;
+}
+
+void kr_out_str(struct kr_conn *c, const char *s)
+{
+    kr_out_add(c, s, strlen(s));
+}
+
+/* Bring the net thread's output_bytes figure (part of max_memory's count) up to date with
+ * the connection's unsent bytes: what is buffered plus the write in flight. */
+static void kr_conn_out_account(struct kr_conn *c)
+{
+    size_t now = c->closing ? 0 : c->out_len + c->wbuf_len;
+    if (now > c->out_acct)
+        KR_ST_INC(c->nt, output_bytes, now - c->out_acct);
+    else if (now < c->out_acct)
+        KR_ST_DEC(c->nt, output_bytes, c->out_acct - now);
+    c->out_acct = now;
+}
+
+/* Unsent reply bytes of the connection. */
+size_t kr_conn_out_pending(const struct kr_conn *c)
+{
+    return c->out_len + c->wbuf_len;
+}
+
+static void kr_conn_write_cb(uv_write_t *req, int status)
+{
+    struct kr_conn *c = req->data;
+    free(c->wbuf);
+    c->wbuf = NULL;
+    c->wbuf_len = 0;
+    c->writing = false;
+    kr_conn_out_account(c);
+    if (status < 0) {
+        kr_conn_close(c);
+        return;
+    }
+    if (c->closing)
+        return;
+    kr_conn_flush(c);
+    if (!c->closing && !c->writing && !c->close_after_write)
+        kr_conn_process(c); /* reading may have been paused on a big backlog */
+}
+
+/* Send what is buffered: try a direct write first, hand the rest to libuv. */
+void kr_conn_flush(struct kr_conn *c)
+{
+    if (c->closing)
+        return;
+    if (c->writing) {
+        kr_conn_out_account(c); /* replies added behind the write in flight */
+        return;
+    }
+    if (c->out_len) {
+        uv_buf_t b = uv_buf_init(c->out, (unsigned)c->out_len);
+        int n = uv_try_write((uv_stream_t *)&c->h, &b, 1);
+        if (n < 0 && n != UV_EAGAIN) {
+            kr_conn_close(c);
+            return;
+        }
+        size_t done = n > 0 ? (size_t)n : 0;
+        KR_ST_INC(c->nt, bytes_written, done);
+        if (done < c->out_len) {
+            /* hand the buffer itself to the write; a new one collects later replies */
+            memmove(c->out, c->out + done, c->out_len - done);
+            c->wbuf = c->out;
+            c->wbuf_len = c->out_len - done;
+            b = uv_buf_init(c->wbuf, (unsigned)(c->out_len - done));
+            KR_ST_INC(c->nt, bytes_written, c->out_len - done);
+            c->out = NULL;
+            c->out_len = 0;
+            c->out_cap = 0;
+            c->wreq.data = c;
+            c->writing = true;
+            int rc = uv_write(&c->wreq, (uv_stream_t *)&c->h, &b, 1, kr_conn_write_cb);
+            if (rc < 0) {
+                c->writing = false;
+                kr_conn_close(c);
+            }
+            kr_conn_out_account(c);
+            return;
+        }
+        c->out_len = 0;
+        if (c->out_cap > 64 * 1024) { /* keep idle clients small */
+            free(c->out);
+            c->out = NULL;
+            c->out_cap = 0;
+        }
+        kr_conn_out_account(c);
+    }
+    if (c->close_after_write)
+        kr_conn_close(c);
+}
+
+/* Reply with an error line, count and log it, and close once the reply is out. */
+void kr_conn_fail(struct kr_conn *c, const char *reply)
+{
+    struct kr_nt *nt = c->nt;
+    KR_ST_INC(nt, protocol_errors, 1);
+    uint64_t suppressed = 0;
+    if (kr_log_enabled(KR_LOG_WARN) &&
+        kr_log_ratelimit(&nt->rl_errors, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed)) {
+        size_t n = strlen(reply);
+        char more[48] = "";
+        if (suppressed)
+            snprintf(more, sizeof(more), " (suppressed %llu similar)", (unsigned long long)suppressed);
+        KR_WARN("client %s (id %llu): %.*s; closing%s", c->peer, (unsigned long long)c->id,
+                (int)(n >= 2 ? n - 2 : n), reply, more);
+    }
+    if (c->rq_count) {
+        c->deferred_err = reply; /* sent once the earlier requests are answered */
+        return;
+    }
+    kr_out_str(c, reply);
+    c->close_after_write = true;
+}
+
+/* ---------------------------------------------------------------- replies in order */
+
+struct kr_reply_wait *kr_rq_at(struct kr_conn *c, uint32_t reqno)
+{
+    uint32_t i = reqno - c->rq_base;
+    if (i >= c->rq_count)
+        return NULL;
+    return &c->rq[(c->rq_head + i) & (c->rq_cap - 1)];
+}
+
+/* Queue a reply that waits; returns its request number. */
+uint32_t kr_rq_push(struct kr_conn *c, uint32_t acks, bool noreply, bool retro, bool gate)
+{
+    if (c->rq_count == c->rq_cap) {
+        uint32_t ncap = c->rq_cap ? c->rq_cap * 2 : 4;
+        struct kr_reply_wait *n = kr_xrealloc(NULL, ncap * sizeof(*n));
+        for (uint32_t i = 0; i < c->rq_count; i++)
+            n[i] = c->rq[(c->rq_head + i) & (c->rq_cap - 1)];
+        free(c->rq);
+        c->rq = n;
+        c->rq_cap = ncap;
+        c->rq_head = 0;
+    }
+    c->rq[(c->rq_head + c->rq_count) & (c->rq_cap - 1)] =
+        (struct kr_reply_wait){.acks_left = acks, .noreply = noreply, .retro = retro, .sent_gate = gate};
+    c->rq_count++;
+    return c->rq_base + c->rq_count - 1;
+}
+
+/* Send every reply at the head that is ready, then a held error. */
+void kr_rq_emit(struct kr_conn *c)
+{
+    while (c->rq_count) {
+        struct kr_reply_wait *w = &c->rq[c->rq_head];
+        if (w->acks_left || w->sent_gate)
+            break;
+        if (w->retro && c->retro_not_found) {
+            c->retro_not_found = false;
+            if (!w->noreply)
+                kr_out_str(c, "NOT_FOUND\r\n");
+        } else if (!w->noreply) {
+            kr_out_str(c, "STORED\r\n");
+        }
+        c->rq_head = (c->rq_head + 1) & (c->rq_cap - 1);
+        c->rq_count--;
+        c->rq_base++;
+    }
+    if (c->rq_count == 0 && c->deferred_err) {
+        kr_out_str(c, c->deferred_err);
+        c->deferred_err = NULL;
+        c->close_after_write = true;
+    }
+}
+
+/* ---------------------------------------------------------------- connections */
+
+struct kr_conn *kr_nt_conn(struct kr_nt *nt, uint64_t id)
+{
+    uint32_t slot = (uint32_t)id;
+    uint32_t gen = (uint32_t)(id >> 32) & 0xffffff;
+    if (slot >= nt->nslots)
+        return NULL;
+    struct kr_conn *c = nt->slots[slot];
+    if (!c || nt->gens[slot] != gen || c->closing)
+        return NULL;
+    return c;
+}
+
+void kr_conn_block(struct kr_conn *c)
+{
+    if (!c->blocked) {
+        c->blocked = true;
+        c->blocked_next = c->nt->blocked_head;
+        c->nt->blocked_head = c;
+    }
+}
+
+/* ---------------------------------------------------------------- waiting polls
+ * A `get messages` that finds nothing queued is not answered `END` at once when
+ * poll_wait_ms > 0 and nothing follows it in the client's input: it waits on the net
+ * thread's held list. The first message queued for the client moves it to the ready list,
+ * answered after the loop iteration's callbacks (so one reply carries everything that
+ * arrived in that iteration); poll_timer answers `END` to polls that waited poll_wait_ms.
+ * New input from the client answers its poll first, so replies stay in request order. */
+
+void kr_pw_push(struct kr_pw_list *l, struct kr_conn *c)
+{
+    cds_list_add_tail(&c->pw_node, &l->list);
+    l->count++;
+}
+
+void kr_pw_unlink(struct kr_pw_list *l, struct kr_conn *c)
+{
+    cds_list_del(&c->pw_node);
+    l->count--;
+}
+
+/* The connection that has waited longest; NULL when none. */
+struct kr_conn *kr_pw_first(struct kr_pw_list *l)
+{
+    return l->count ? cds_list_first_entry(&l->list, struct kr_conn, pw_node) : NULL;
+}
+
+/* Take the connection off whichever wait list it is on. */
+void kr_poll_unwait(struct kr_conn *c)
+{
+    if (c->poll_wait == KR_PW_NONE)
+        return;
+    kr_pw_unlink(c->poll_wait == KR_PW_HELD ? &c->nt->held : &c->nt->ready, c);
+    c->poll_wait = KR_PW_NONE;
+}
+
+/* Something arrived for a waiting poll: answer it after this loop iteration. */
+void kr_poll_wake(struct kr_conn *c)
+{
+    if (c->poll_wait != KR_PW_HELD)
+        return;
+    kr_pw_unlink(&c->nt->held, c);
+    kr_pw_push(&c->nt->ready, c);
+    c->poll_wait = KR_PW_READY;
+}
+
+void kr_conn_closed_cb(uv_handle_t *h)
+{
+    struct kr_conn *c = (struct kr_conn *)h;
+    free(c->in);
+    free(c->out);
+    free(c->wbuf);
+    free(c->inc);
+    free(c->parked);
+    free(c->stage);
+    free(c->rq);
+    free(c);
+}
+
+static void kr_conn_release_parked(struct kr_conn *c)
+{
+    for (uint32_t i = 0; i < c->nparked; i++) {
+        struct kr_event *ev = &c->parked[i].ev;
+        if (ev->type == KR_EV_PUBLISH)
+            kr_msg_unref(ev->ptr);
+        else if (ev->type == KR_EV_SUBSCRIBE || ev->type == KR_EV_UNSUBSCRIBE)
+            free(ev->ptr);
+    }
+    c->nparked = 0;
+}
+
+/* Send the net thread's parked control events in order; true when none is left. */
+bool kr_nt_send_ctl(struct kr_nt *nt)
+{
+    uint32_t i = 0;
+    while (i < nt->nctl && kr_router_send(nt->srv->router, nt->idx, nt->ctl[i].shard, &nt->ctl[i].ev))
+        i++;
+    if (i) {
+        memmove(nt->ctl, nt->ctl + i, (nt->nctl - i) * sizeof(*nt->ctl));
+        nt->nctl -= i;
+    }
+    return nt->nctl == 0;
+}
+
+/* Tell every shard to forget the client. Never lost: when a ring is full the event waits
+ * on the net thread and is retried after each loop iteration. */
+static void kr_nt_send_disconnect(struct kr_nt *nt, uint64_t id)
+{
+    struct kr_router *r = nt->srv->router;
+    struct kr_event ev = {.type = KR_EV_DISCONNECT, .src = (uint16_t)nt->idx, .conn = id};
+    for (uint32_t s = 0; s < kr_router_nshards(r); s++) {
+        if (nt->nctl == 0 && kr_router_send(r, nt->idx, s, &ev))
+            continue;
+        if (nt->nctl == nt->ctl_cap) {
+            nt->ctl_cap = nt->ctl_cap ? nt->ctl_cap * 2 : 64;
+            nt->ctl = kr_xrealloc(nt->ctl, nt->ctl_cap * sizeof(*nt->ctl));
+        }
+        nt->ctl[nt->nctl].shard = s;
+        nt->ctl[nt->nctl].ev = ev;
+        nt->nctl++;
+    }
+}
+
+void kr_conn_close(struct kr_conn *c)
+{
+    if (c->closing)
+        return;
+    struct kr_nt *nt = c->nt;
+    c->closing = true;
+    kr_conn_out_account(c); /* its unsent bytes no longer count */
+    kr_poll_unwait(c);
+    kr_conn_release_parked(c);
+    kr_conn_queue_clear(c);
+    if (c->subscribed)
+        kr_nt_send_disconnect(nt, c->id);
+    nt->slots[c->slot] = NULL;
+    nt->free_slots[nt->nfree++] = c->slot;
+    KR_ST_DEC(nt, curr_connections, 1);
+    ck_pr_dec_32(&nt->srv->nconns);
+    if (c->blocked) {
+        /* unlink from the blocked list */
+        struct kr_conn **pp = &nt->blocked_head;
+        while (*pp && *pp != c)
+            pp = &(*pp)->blocked_next;
+        if (*pp)
+            *pp = c->blocked_next;
+        c->blocked = false;
+    }
+    uv_close((uv_handle_t *)&c->h, kr_conn_closed_cb);
+}
+
+static void kr_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct kr_conn *c = (struct kr_conn *)h;
+    *buf = uv_buf_init(c->nt->readbuf, sizeof(c->nt->readbuf));
+}
+
+void kr_conn_pause(struct kr_conn *c)
+{
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->h);
+        c->reading = false;
+    }
+}
+
+void kr_conn_resume(struct kr_conn *c)
+{
+    if (!c->reading && !c->closing && !c->close_after_write) {
+        if (uv_read_start((uv_stream_t *)&c->h, kr_conn_alloc_cb, kr_conn_read_cb) == 0)
+            c->reading = true;
+    }
+}
+
+/* Append bytes to the connection's unparsed input. */
+static void kr_conn_stash(struct kr_conn *c, const char *p, size_t n)
+{
+    if (c->in_len + n > c->in_cap) {
+        size_t cap = c->in_cap ? c->in_cap : 1024;
+        while (cap < c->in_len + n)
+            cap *= 2;
+        c->in = kr_xrealloc(c->in, cap);
+        c->in_cap = cap;
+    }
+    memcpy(c->in + c->in_len, p, n);
+    c->in_len += n;
+}
+
+/* ---------------------------------------------------------------- router hand-off */
+
+/* Hand parked events to the shards in order. Returns true when all went. */
+static bool kr_conn_send_parked(struct kr_conn *c)
+{
+    struct kr_nt *nt = c->nt;
+    uint32_t i = 0;
+    while (i < c->nparked &&
+           kr_router_send(nt->srv->router, nt->idx, c->parked[i].shard, &c->parked[i].ev))
+        i++;
+    if (i) {
+        memmove(c->parked, c->parked + i, (c->nparked - i) * sizeof(*c->parked));
+        c->nparked -= i;
+    }
+    return c->nparked == 0;
+}
+
+static void kr_conn_park(struct kr_conn *c, uint32_t shard, const struct kr_event *ev)
+{
+    KR_ST_INC(c->nt, ring_full_waits, 1);
+    if (c->nparked == c->parked_cap) {
+        c->parked_cap = c->parked_cap ? c->parked_cap * 2 : 8;
+        c->parked = kr_xrealloc(c->parked, c->parked_cap * sizeof(*c->parked));
+    }
+    c->parked[c->nparked].shard = shard;
+    c->parked[c->nparked].ev = *ev;
+    c->nparked++;
+}
+
+/* Send now when nothing is parked ahead of it and the ring has room, else park it. */
+void kr_conn_send(struct kr_conn *c, uint32_t shard, const struct kr_event *ev)
+{
+    if (c->nparked == 0 && kr_router_send(c->nt->srv->router, c->nt->idx, shard, ev))
+        return;
+    kr_conn_park(c, shard, ev);
+}
+
+/* Hand parked events to the shards; when all went, the publish that waited is answered. */
+static bool kr_conn_unpark(struct kr_conn *c)
+{
+    if (!c->nparked)
+        return true;
+    if (!kr_conn_send_parked(c))
+        return false;
+    if (c->rq_count) /* only the newest request can have parked events */
+        c->rq[(c->rq_head + c->rq_count - 1) & (c->rq_cap - 1)].sent_gate = false;
+    kr_rq_emit(c);
+    return true;
+}
+
+/* May the next request be parsed now? */
+bool kr_conn_can_parse(struct kr_conn *c)
+{
+    return !c->closing && !c->close_after_write && !c->nparked && !c->retro_active &&
+           !c->deferred_err && !c->poll_wait && c->rq_count < KR_MAX_PIPELINED &&
+           kr_conn_out_pending(c) < KR_OUT_HIGH; /* a reader that lags gets no more replies */
+}
+
+/* Replies wait for the socket beyond KR_OUT_HIGH; while a write is in flight, anything
+ * more waits for it. Requests are not run meanwhile (a client that does not read cannot
+ * make the server buffer more replies for it), and its socket is not read. */
+static bool kr_conn_out_full(const struct kr_conn *c)
+{
+    return c->out_len + (c->writing ? KR_OUT_HIGH : 0) > KR_OUT_HIGH;
+}
+
+/* Parse and handle as many requests as possible from buf; returns bytes consumed.
+ * One call is one turn: after KR_TURN_REQUESTS requests or KR_TURN_OUT_BYTES of replies
+ * (or once the replies wait for the socket) it stops with c->turn_over set, and the rest
+ * runs in a later loop iteration, after other clients were served. */
+static size_t kr_conn_parse(struct kr_conn *c, const char *buf, size_t len)
+{
+    size_t off = 0, out0 = c->out_len;
+    uint32_t done = 0;
+    bool partial = false;
+    while (off < len && kr_conn_can_parse(c)) {
+        if (done >= KR_TURN_REQUESTS || (c->out_len > out0 && c->out_len - out0 >= KR_TURN_OUT_BYTES) ||
+            kr_conn_out_full(c)) {
+            c->turn_over = true;
+            break;
+        }
+        if (c->need && len - off < c->need) {
+            partial = true;
+            break;
+        }
+        struct kr_request req;
+        size_t used = 0;
+        int rc = kr_proto_parse(buf + off, len - off, &c->nt->srv->lim, &req, &used);
+        if (rc == KR_PROTO_NEED_MORE) {
+            c->need = used;
+            partial = true;
+            break;
+        }
+        c->need = 0;
+        if (rc < 0) {
+            kr_conn_fail(c, kr_proto_error_reply(rc));
+            off = len;
+            break;
+        }
+        if (c->rq_count && !kr_req_pipelinable(c, &req))
+            break; /* parsed again once the earlier replies are out */
+        off += used;
+        done++;
+        kr_conn_request(c, &req, off == len);
+    }
+    /* only complete requests are activity; a request's bytes must all arrive within
+     * request_timeout_ms of its first (an earlier one still waiting in the input gives the
+     * later one more time, never less) */
+    if (done || partial) {
+        uint64_t now = kr_now_ms();
+        if (done)
+            c->last_active_ms = now;
+        if (partial && (done || !c->partial_since_ms))
+            c->partial_since_ms = now;
+    }
+    if (!partial)
+        c->partial_since_ms = 0;
+    return off;
+}
+
+/* Give the connection another turn in a later loop iteration (kr_nt_turn_cb). */
+static void kr_conn_yield(struct kr_conn *c)
+{
+    struct kr_nt *nt = c->nt;
+    if (c->on_turns)
+        return;
+    if (nt->nturns == nt->turns_cap) {
+        nt->turns_cap = nt->turns_cap ? nt->turns_cap * 2 : 64;
+        nt->turns = kr_xrealloc(nt->turns, nt->turns_cap * sizeof(*nt->turns));
+    }
+    nt->turns[nt->nturns++] = c->id;
+    c->on_turns = true;
+    if (nt->nturns == 1)
+        uv_idle_start(&nt->turn_idle, kr_nt_turn_cb); /* the loop polls without blocking */
+}
+
+/* Work through stashed input; called after reads and whenever a wait ends. */
+void kr_conn_process(struct kr_conn *c)
+{
+    if (c->closing)
+        return;
+    kr_rq_emit(c);
+    if (kr_conn_unpark(c) && c->in_len && kr_conn_can_parse(c) && !c->turn_over) {
+        size_t used = kr_conn_parse(c, c->in, c->in_len);
+        if (used) {
+            memmove(c->in, c->in + used, c->in_len - used);
+            c->in_len -= used;
+        }
+        if (c->in_len == 0 && c->in_cap > 64 * 1024) {
+            free(c->in);
+            c->in = NULL;
+            c->in_cap = 0;
+        }
+    }
+    if (c->closing)
+        return;
+    if (c->nparked)
+        kr_conn_block(c);
+    /* keep reading while replies wait on the router or for a turn, up to a bounded amount
+     * of input */
+    bool stuck = c->nparked || (!kr_conn_can_parse(c) && c->in_len >= 256 * 1024) ||
+                 ((c->rq_count || c->turn_over) && c->in_len >= 256 * 1024);
+    bool out_full = kr_conn_out_full(c);
+    if (stuck || out_full || c->close_after_write)
+        kr_conn_pause(c);
+    else
+        kr_conn_resume(c);
+    /* a connection that continues in its next turn writes once it has a turn's worth of
+     * replies (one write per turn would cost more than cheap requests themselves) */
+    if (!c->turn_over || c->close_after_write || out_full || c->out_len >= KR_TURN_OUT_BYTES)
+        kr_conn_flush(c);
+    if (c->closing)
+        return;
+    if (c->writing) {
+        c->turn_over = false; /* kr_conn_write_cb continues once the socket took the replies */
+    } else if (out_full) {
+        /* everything was written at once: no write callback will come */
+        if (c->in_len && kr_conn_can_parse(c))
+            c->turn_over = true;
+        else if (!stuck && !c->close_after_write && !c->turn_over)
+            kr_conn_resume(c);
+    }
+    if (c->turn_over)
+        kr_conn_yield(c);
+}
+
+static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct kr_conn *c = (struct kr_conn *)s;
+    struct kr_nt *nt = c->nt;
+    kr_nt_refresh_live(nt);
+    if (nread < 0) {
+        kr_conn_close(c);
+        return;
+    }
+    if (nread == 0)
+        return;
+    KR_ST_INC(nt, bytes_read, (uint64_t)nread);
+    if (c->close_after_write)
+        return; /* discard input after a final reply */
+    if (c->poll_wait)
+        kr_poll_finish(c); /* its reply goes before those of the new requests */
+    size_t n = (size_t)nread;
+    if (c->in_len == 0 && kr_conn_can_parse(c)) {
+        /* fast path: parse straight from the shared read buffer */
+        size_t used = kr_conn_parse(c, buf->base, n);
+        if (!c->closing && used < n && !c->close_after_write)
+            kr_conn_stash(c, buf->base + used, n - used);
+    } else {
+        kr_conn_stash(c, buf->base, n);
+    }
+    kr_conn_process(c);
+}

@@ -1,0 +1,439 @@
+/* The memcached text protocol frontend: what each parsed request does (subscribe,
+ * unsubscribe, publish, register, retro_subscribe, get messages, stats, version, quit) and
+ * how its replies and the `get messages` deliveries are formatted. Net thread only. */
+#include "kr_net_int.h"
+
+#include <arpa/inet.h>
+#include <ck_pr.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <urcu/list.h>
+#include <urcu/urcu-memb.h>
+#include <uv.h>
+#include <xxhash.h>
+#ifdef KR_HAVE_JEMALLOC
+#include <jemalloc/jemalloc.h>
+#endif
+
+static void kr_reply_stored(struct kr_conn *c, bool noreply);
+static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, uint16_t type);
+static int kr_pub_entry(void *arg, const struct kr_pub_entry *e);
+static void kr_req_publish(struct kr_conn *c, const struct kr_request *req);
+static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes);
+static void kr_req_get_messages(struct kr_conn *c, bool may_wait);
+static void kr_req_stats_emit(void *arg, const char *line, size_t len);
+static void kr_req_stats(struct kr_conn *c);
+
+/* ---------------------------------------------------------------- requests */
+
+static void kr_reply_stored(struct kr_conn *c, bool noreply)
+{
+    if (!noreply)
+        kr_out_str(c, "STORED\r\n");
+}
+
+/* subscribe, unsubscribe and retro_subscribe: split the topics by owning shard, send one
+ * command to each, and answer once every shard acknowledged. */
+static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, uint16_t type)
+{
+    struct kr_nt *nt = c->nt;
+    struct kr_server *srv = nt->srv;
+    const char *data = req->data;
+    size_t data_len = req->data_len;
+    uint64_t horizon = 0;
+    if (type == KR_EV_RETRO_SUBSCRIBE) {
+        int rc = kr_proto_parse_retro(req->data, req->data_len, srv->cfg->max_topic_bytes,
+                                      &horizon, &data, &data_len);
+        if (rc < 0) {
+            kr_conn_fail(c, kr_proto_error_reply(rc));
+            return;
+        }
+        KR_ST_INC(nt, retro_requests, 1);
+    } else if (type == KR_EV_SUBSCRIBE && c->horizon_us) {
+        /* the first subscribe after `register` is retroactive */
+        type = KR_EV_RETRO_SUBSCRIBE;
+        horizon = c->horizon_us;
+        c->horizon_us = 0;
+        KR_ST_INC(nt, retro_requests, 1);
+    }
+    if (type == KR_EV_RETRO_SUBSCRIBE && horizon > kr_msg_clock_us()) {
+        /* clock skew between app servers: a horizon in the future is taken as now (the live
+         * fanout skips messages older than the horizon, so it would deliver nothing) */
+        horizon = kr_msg_clock_us();
+        KR_ST_INC(nt, retro_future_horizons, 1);
+    }
+    int n = kr_proto_check_topics(data, data_len, srv->cfg->max_topic_bytes);
+    if (n < 0) {
+        kr_conn_fail(c, kr_proto_error_reply(n));
+        return;
+    }
+    if (type == KR_EV_UNSUBSCRIBE)
+        KR_ST_INC(nt, unsubscribe_requests, 1);
+    else
+        KR_ST_INC(nt, subscribe_requests, 1);
+    if (n == 0) {
+        if (c->rq_count)
+            kr_rq_push(c, 0, req->noreply, false, false);
+        else
+            kr_reply_stored(c, req->noreply);
+        return;
+    }
+    uint32_t nshards = kr_router_nshards(srv->router);
+    struct kr_router_cmd *cmds[64] = {0}; /* num_router_shards is at most 64 */
+    size_t pos = 0, len;
+    const char *t;
+    while (kr_proto_next_topic(data, data_len, &pos, &t, &len)) {
+        uint32_t s = kr_router_shard_of(srv->router, t, len);
+        if (!cmds[s]) {
+            cmds[s] = kr_router_cmd_new((uint32_t)(data_len / nshards + 64));
+            cmds[s]->horizon_us = horizon;
+        }
+        cmds[s] = kr_router_cmd_add(cmds[s], t, (uint32_t)len);
+    }
+    uint32_t acks = 0;
+    for (uint32_t s = 0; s < nshards; s++)
+        acks += cmds[s] != NULL;
+    bool retro = type == KR_EV_RETRO_SUBSCRIBE;
+    uint32_t reqno = kr_rq_push(c, acks, req->noreply, retro, false);
+    for (uint32_t s = 0; s < nshards; s++) {
+        if (!cmds[s])
+            continue;
+        cmds[s]->pad = reqno; /* comes back in the ACK */
+        struct kr_event ev = {.type = type, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = cmds[s]};
+        kr_conn_send(c, s, &ev);
+    }
+    if (type != KR_EV_UNSUBSCRIBE)
+        c->subscribed = true;
+    if (retro) {
+        c->retro_active = true;
+        c->retro_not_found = false;
+    }
+}
+
+static int kr_pub_entry(void *arg, const struct kr_pub_entry *e)
+{
+    struct kr_conn *c = arg;
+    struct kr_nt *nt = c->nt;
+    struct kr_server *srv = nt->srv;
+    struct kr_router *r = srv->router;
+
+    if (e->ntopics > nt->topics_cap) {
+        nt->topics_cap = e->ntopics;
+        nt->topics = kr_xrealloc(nt->topics, e->ntopics * sizeof(*nt->topics));
+        nt->topic_lens = kr_xrealloc(nt->topic_lens, e->ntopics * sizeof(*nt->topic_lens));
+    }
+    /* Collect the topics, dropping repeats (a subscriber lists each matched topic once). */
+    uint32_t n = 0;
+    size_t pos = 0, len;
+    const char *t;
+    while (kr_proto_next_topic(e->topics, e->topics_len, &pos, &t, &len)) {
+        bool dup = false;
+        if (e->ntopics <= 32) {
+            for (uint32_t i = 0; i < n && !dup; i++)
+                dup = nt->topic_lens[i] == len && memcmp(nt->topics[i], t, len) == 0;
+        } else {
+            /* large entries: compare only against topics with the same hash bucket would
+             * need a table; a memmem-free linear scan is bounded by the warning threshold
+             * in practice, so keep it simple but avoid quadratic work on huge lists */
+            for (uint32_t i = 0; i < n && !dup; i++)
+                dup = nt->topic_lens[i] == len && nt->topics[i][0] == t[0] &&
+                      memcmp(nt->topics[i], t, len) == 0;
+        }
+        if (!dup) {
+            nt->topics[n] = t;
+            nt->topic_lens[n] = (uint32_t)len;
+            n++;
+        }
+    }
+    const struct kr_net_live *lv = &nt->live;
+    if (n >= lv->topics_warn && lv->topics_warn) {
+        KR_ST_INC(nt, publish_topic_warnings, 1);
+        uint64_t suppressed = 0;
+        if (kr_log_enabled(KR_LOG_WARN) &&
+            kr_log_ratelimit(&nt->rl_topics, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed)) {
+            KR_WARN("publish to %u topics from %s (id %llu), first topics: %.*s%s%.*s%s%.*s "
+                    "(suppressed %llu similar)",
+                    n, c->peer, (unsigned long long)c->id, (int)nt->topic_lens[0], nt->topics[0],
+                    n > 1 ? " " : "", n > 1 ? (int)nt->topic_lens[1] : 0, n > 1 ? nt->topics[1] : "",
+                    n > 2 ? " " : "", n > 2 ? (int)nt->topic_lens[2] : 0, n > 2 ? nt->topics[2] : "",
+                    (unsigned long long)suppressed);
+        }
+    }
+    KR_ST_INC(nt, messages_published, 1);
+    if (n == 0)
+        return 0;
+
+    /* Which shards own these topics. */
+    uint32_t nshards = kr_router_nshards(r);
+    uint64_t shardset[1] = {0};
+    uint8_t bigset[256];
+    uint32_t involved = 0;
+    if (nshards <= 64) {
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t s = kr_router_shard_of(r, nt->topics[i], nt->topic_lens[i]);
+            if (!(shardset[0] & (UINT64_C(1) << s))) {
+                shardset[0] |= UINT64_C(1) << s;
+                involved++;
+            }
+        }
+    } else {
+        memset(bigset, 0, sizeof(bigset));
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t s = kr_router_shard_of(r, nt->topics[i], nt->topic_lens[i]);
+            if (!bigset[s]) {
+                bigset[s] = 1;
+                involved++;
+            }
+        }
+    }
+    /* each entry gets its own time: it orders one publisher's messages for subscribers */
+    struct kr_msg *m = kr_msg_create(c->id, kr_msg_clock_us(), n, nt->topics, nt->topic_lens,
+                                     e->payload, (uint32_t)e->payload_len,
+                                     involved > 1 ? srv->nnet : 0);
+    kr_msg_set_nshards(m, involved);
+    if (involved > 1)
+        kr_msg_ref(m, involved - 1);
+    for (uint32_t s = 0; s < nshards; s++) {
+        bool in = nshards <= 64 ? (shardset[0] >> s) & 1 : bigset[s];
+        if (!in)
+            continue;
+        struct kr_event ev = {.type = KR_EV_PUBLISH, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = m};
+        kr_conn_send(c, s, &ev);
+    }
+    return 0;
+}
+
+static void kr_req_publish(struct kr_conn *c, const struct kr_request *req)
+{
+    struct kr_nt *nt = c->nt;
+    KR_ST_INC(nt, publish_requests, 1);
+    size_t nentries = 0;
+    /* the codec validates the whole block before handing over any entry, so a bad block
+     * publishes nothing */
+    int rc = kr_proto_parse_publish(req->data, req->data_len, &nt->srv->lim, kr_pub_entry, c, &nentries);
+    if (rc < 0) {
+        kr_conn_fail(c, kr_proto_error_reply(rc));
+        return;
+    }
+    if (c->nparked || c->rq_count)
+        kr_rq_push(c, 0, req->noreply, false, c->nparked > 0);
+    else
+        kr_reply_stored(c, req->noreply);
+}
+
+/* Write v in decimal at p; returns the number of bytes (no terminator). */
+size_t kr_fmt_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        p[i] = tmp[n - 1 - i];
+    return n;
+}
+
+uint32_t kr_digits(uint64_t v)
+{
+    uint32_t d = 1;
+    while (v >= 10) {
+        v /= 10;
+        d++;
+    }
+    return d;
+}
+
+/* The queue overflowed: the client's request is answered with the error, then closed. */
+void kr_reply_overflow(struct kr_conn *c)
+{
+    if (c->rq_count) { /* after the replies that wait on the router */
+        c->deferred_err = "SERVER_ERROR queue overflow\r\n";
+        return;
+    }
+    kr_out_str(c, "SERVER_ERROR queue overflow\r\n");
+    c->close_after_write = true;
+}
+
+/* Answer a poll with the n complete entries at the head of the queue (`END` when n is 0). */
+static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
+{
+    struct kr_nt *nt = c->nt;
+    if (n == 0) {
+        kr_out_str(c, "END\r\n");
+        kr_conn_drain_replied(c);
+        return;
+    }
+    kr_out_reserve(c, 17 + 20 + 2 + bytes + 5);
+    memcpy(c->out + c->out_len, "VALUE messages 0 ", 17);
+    c->out_len += 17;
+    c->out_len += kr_fmt_u64(c->out + c->out_len, bytes - 2);
+    memcpy(c->out + c->out_len, "\r\n", 2);
+    c->out_len += 2;
+    uint64_t qbytes_before = c->q.bytes;
+    for (uint32_t k = 0; k < n; k++) {
+        struct kr_cq_entry *e = kr_cq_at(&c->q, 0);
+        struct kr_msg *m = e->msg;
+        uint32_t ntop = kr_msg_ntopics(m), plen, tlen;
+        const char *payload = kr_msg_payload(m, &plen);
+        char *o = c->out + c->out_len;
+        memcpy(o, "MESSAGE ", 8);
+        o += 8;
+        for (uint32_t i = 0; i < ntop; i++) {
+            if (kr_cq_entry_has(e, ntop, i)) {
+                const char *t = kr_msg_topic(m, i, &tlen);
+                memcpy(o, t, tlen);
+                o += tlen;
+                *o++ = ' ';
+            }
+        }
+        o += kr_fmt_u64(o, plen);
+        *o++ = '\r';
+        *o++ = '\n';
+        memcpy(o, payload, plen);
+        o += plen;
+        *o++ = '\r';
+        *o++ = '\n';
+        c->out_len = (size_t)(o - c->out);
+        if (ntop > 64)
+            free(e->bits);
+        kr_msg_unref(m);
+        kr_cq_pop(&c->q);
+        c->seq_head++;
+    }
+    kr_out_add(c, "END\r\n", 5);
+    KR_ST_DEC(nt, queued_messages, n);
+    KR_ST_DEC(nt, queued_bytes, qbytes_before - c->q.bytes);
+    KR_ST_INC(nt, messages_delivered, n);
+    kr_conn_drain_replied(c);
+}
+
+/* `get messages`. `may_wait`: nothing follows the request in the client's input, so an empty
+ * answer may wait for a message (see "waiting polls" above). */
+static void kr_req_get_messages(struct kr_conn *c, bool may_wait)
+{
+    struct kr_nt *nt = c->nt;
+    KR_ST_INC(nt, cmd_get, 1);
+    c->last_poll_ms = kr_now_ms();
+    kr_nt_drain(nt); /* take what the shards have sent so far */
+    if (c->closing)
+        return;
+    if (c->overflowed) { /* it overflowed with what was just taken */
+        kr_reply_overflow(c);
+        return;
+    }
+    uint64_t bytes;
+    uint32_t n = kr_conn_ready_entries(c, &bytes);
+    if (n == 0 && may_wait && nt->live.poll_wait_ms && !c->close_after_write) {
+        c->poll_wait = KR_PW_HELD;
+        c->poll_since_ms = uv_now(&nt->loop);
+        kr_pw_push(&nt->held, c);
+        KR_ST_INC(nt, polls_waited, 1);
+        /* armed for the oldest wait; re-armed when poll_wait_ms was lowered meanwhile */
+        if (!uv_is_active((uv_handle_t *)&nt->poll_timer) ||
+            uv_timer_get_due_in(&nt->poll_timer) > nt->live.poll_wait_ms)
+            uv_timer_start(&nt->poll_timer, kr_nt_poll_timer_cb, nt->live.poll_wait_ms, 0);
+        return;
+    }
+    kr_poll_reply(c, n, bytes);
+}
+
+/* Answer a waiting poll now with whatever is complete in the queue, or with the overflow
+ * error. The caller then runs kr_conn_process (stashed input, flush). */
+void kr_poll_finish(struct kr_conn *c)
+{
+    kr_poll_unwait(c);
+    if (c->overflowed) {
+        kr_reply_overflow(c);
+        return;
+    }
+    uint64_t bytes;
+    uint32_t n = kr_conn_ready_entries(c, &bytes);
+    kr_poll_reply(c, n, bytes);
+}
+
+static void kr_req_stats_emit(void *arg, const char *line, size_t len)
+{
+    struct kr_conn *c = arg;
+    kr_out_add(c, line, len);
+    kr_out_add(c, "\r\n", 2);
+}
+
+static void kr_req_stats(struct kr_conn *c)
+{
+    kr_server_stats(c->nt->srv, kr_req_stats_emit, c);
+    kr_out_str(c, "END\r\n");
+}
+
+/* Handle one parsed request; `last`: nothing follows it in the client's input yet. */
+void kr_conn_request(struct kr_conn *c, const struct kr_request *req, bool last)
+{
+    struct kr_nt *nt = c->nt;
+    if (c->overflowed) {
+        kr_reply_overflow(c);
+        return;
+    }
+    switch (req->type) {
+    case KR_REQ_SUBSCRIBE:
+        KR_ST_INC(nt, cmd_set, 1);
+        kr_req_subscribe(c, req, KR_EV_SUBSCRIBE);
+        break;
+    case KR_REQ_UNSUBSCRIBE:
+        KR_ST_INC(nt, cmd_set, 1);
+        kr_req_subscribe(c, req, KR_EV_UNSUBSCRIBE);
+        break;
+    case KR_REQ_PUBLISH:
+        KR_ST_INC(nt, cmd_set, 1);
+        kr_req_publish(c, req);
+        break;
+    case KR_REQ_REGISTER:
+        KR_ST_INC(nt, cmd_set, 1);
+        KR_ST_INC(nt, register_requests, 1);
+        c->horizon_us = kr_msg_clock_us();
+        kr_reply_stored(c, req->noreply);
+        break;
+    case KR_REQ_RETRO_SUBSCRIBE:
+        KR_ST_INC(nt, cmd_set, 1);
+        kr_req_subscribe(c, req, KR_EV_RETRO_SUBSCRIBE);
+        break;
+    case KR_REQ_GET_MESSAGES:
+        kr_req_get_messages(c, last);
+        break;
+    case KR_REQ_QUIT:
+        c->close_after_write = true;
+        break;
+    case KR_REQ_VERSION: /* load-balancer health checks see the drain here */
+        kr_out_str(c, ck_pr_load_int(&nt->srv->draining) ? "VERSION " KR_VERSION " draining\r\n"
+                                                          : "VERSION " KR_VERSION "\r\n");
+        break;
+    case KR_REQ_STATS:
+        kr_req_stats(c);
+        break;
+    }
+}
+
+/* Requests that may be answered out of the router's ack order are those whose reply waits
+ * in the reply ring; anything else waits until every earlier reply is out. */
+bool kr_req_pipelinable(const struct kr_conn *c, const struct kr_request *req)
+{
+    switch (req->type) {
+    case KR_REQ_SUBSCRIBE:
+        return c->horizon_us == 0; /* a retroactive one runs alone */
+    case KR_REQ_UNSUBSCRIBE:
+    case KR_REQ_PUBLISH:
+        return true;
+    default:
+        return false;
+    }
+}

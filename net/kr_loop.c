@@ -1,0 +1,321 @@
+/* The net-thread loop (libuv): the live settings cache, events from the shards, the
+ * wake-up, check, turn, waiting-poll and sweep callbacks, fanout warnings. Net thread only. */
+#include "kr_net_int.h"
+
+#include <arpa/inet.h>
+#include <ck_pr.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <urcu/list.h>
+#include <urcu/urcu-memb.h>
+#include <uv.h>
+#include <xxhash.h>
+#ifdef KR_HAVE_JEMALLOC
+#include <jemalloc/jemalloc.h>
+#endif
+
+static void kr_nt_fanout_warn(struct kr_nt *nt, struct kr_msg *m, uint32_t fanout);
+static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev);
+static void kr_nt_unblock_all(struct kr_nt *nt);
+static void kr_nt_answer_ready(struct kr_nt *nt);
+
+void kr_net_live(const struct kr_server *s, struct kr_net_live *out)
+{
+    urcu_memb_read_lock();
+    const struct kr_cfg *c = kr_cfg_live();
+    if (!c)
+        c = s->cfg; /* no snapshot published: the start configuration */
+    out->max_queued_messages = c->max_queued_messages;
+    out->max_queued_bytes = c->max_queued_bytes;
+    out->client_idle_timeout_ms = c->client_idle_timeout_ms;
+    out->request_timeout_ms = c->request_timeout_ms;
+    out->poll_wait_ms = c->poll_wait_ms;
+    out->max_poll_reply_bytes = c->max_poll_reply_bytes;
+    out->max_memory = c->max_memory;
+    out->max_tcp_clients = c->max_tcp_clients;
+    out->tcp_keepalive_s = c->tcp_keepalive_s;
+    out->fanout_warn = c->router_min_fanout_to_warn;
+    out->topics_warn = c->router_min_publish_to_topics_to_warn;
+    urcu_memb_read_unlock();
+}
+
+/* Refresh the net thread's cached live settings when a new snapshot was published: one
+ * relaxed load per read batch or wake-up, no lock per delivery. */
+void kr_nt_refresh_live(struct kr_nt *nt)
+{
+    uint64_t gen = kr_cfg_live_generation();
+    if (gen != nt->live_gen) {
+        kr_net_live(nt->srv, &nt->live);
+        nt->live_gen = gen;
+    }
+}
+
+static void kr_nt_fanout_warn(struct kr_nt *nt, struct kr_msg *m, uint32_t fanout)
+{
+    KR_ST_INC(nt, fanout_warnings, 1);
+    uint64_t suppressed = 0;
+    if (!kr_log_enabled(KR_LOG_WARN) ||
+        !kr_log_ratelimit(&nt->rl_fanout, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
+        return;
+    struct kr_conn *pub = kr_nt_conn(nt, kr_msg_publisher(m));
+    uint32_t ntop = kr_msg_ntopics(m), l0 = 0, l1 = 0;
+    const char *t0 = ntop > 0 ? kr_msg_topic(m, 0, &l0) : "";
+    const char *t1 = ntop > 1 ? kr_msg_topic(m, 1, &l1) : "";
+    KR_WARN("publish from %s (id %llu) fanned out to %u clients, %u topics, first topics: %.*s%s%.*s "
+            "(suppressed %llu similar)",
+            pub ? pub->peer : "(disconnected)", (unsigned long long)kr_msg_publisher(m), fanout, ntop,
+            (int)(l0 > 200 ? 200 : l0), t0, ntop > 1 ? " " : "", (int)(l1 > 200 ? 200 : l1), t1,
+            (unsigned long long)suppressed);
+}
+
+static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
+{
+    switch (ev->type) {
+    case KR_EV_DELIVER:
+        kr_nt_deliver(nt, ev, false);
+        break;
+    case KR_EV_REPLAY:
+        kr_nt_deliver(nt, ev, true);
+        break;
+    case KR_EV_END: {
+        struct kr_msg *m = ev->ptr;
+        struct kr_pend *p = kr_nt_pend(nt, m, true);
+        p->arrived++;
+        p->fanout += ev->aux;
+        if (p->arrived == p->expected) {
+            uint32_t warn = nt->live.fanout_warn;
+            if (warn && p->fanout >= warn && KR_CONN_NET(kr_msg_publisher(m)) == nt->idx)
+                kr_nt_fanout_warn(nt, m, p->fanout);
+            *kr_msg_slot(m, nt->idx) = NULL;
+            kr_pend_unref(p);
+        }
+        kr_msg_unref(m);
+        break;
+    }
+    case KR_EV_FANOUT_WARN:
+        kr_nt_fanout_warn(nt, ev->ptr, ev->aux);
+        kr_msg_unref(ev->ptr);
+        break;
+    case KR_EV_ACK: {
+        uint32_t reqno = ((struct kr_router_cmd *)ev->ptr)->pad;
+        free(ev->ptr);
+        struct kr_conn *c = kr_nt_conn(nt, ev->conn);
+        if (reqno == KR_DRAIN_PAD) { /* a drain barrier, not a request */
+            if (c)
+                kr_conn_drain_acked(c);
+            break;
+        }
+        struct kr_reply_wait *w = c ? kr_rq_at(c, reqno) : NULL;
+        if (w && w->acks_left) {
+            if (ev->aux == KR_EV_RETRO_SUBSCRIBE && ev->mask)
+                c->retro_not_found = true;
+            if (--w->acks_left == 0) {
+                if (w->retro) {
+                    if (c->retro_not_found)
+                        KR_ST_INC(nt, retro_not_found, 1);
+                    kr_conn_retro_done(c);
+                }
+                kr_rq_emit(c);
+                kr_conn_block(c); /* flushed and resumed after this loop iteration */
+            }
+        }
+        break;
+    }
+    default:
+        KR_ERROR("net thread %u: unexpected event %u", nt->idx, ev->type);
+        abort();
+    }
+}
+
+/* Take everything the shards sent (up to a budget), round-robin over the shards. */
+void kr_nt_drain(struct kr_nt *nt)
+{
+    struct kr_router *r = nt->srv->router;
+    uint32_t nshards = kr_router_nshards(r), budget = KR_DRAIN_BUDGET;
+    bool more = true;
+    while (more && budget) {
+        more = false;
+        for (uint32_t s = 0; s < nshards && budget; s++) {
+            struct kr_event ev;
+            for (uint32_t k = 0; k < 64 && budget && kr_router_recv(r, nt->idx, s, &ev); k++) {
+                kr_nt_handle(nt, &ev);
+                budget--;
+                more = true;
+            }
+        }
+    }
+    if (!budget)
+        uv_async_send(&nt->wake); /* come back after serving I/O */
+}
+
+static void kr_nt_unblock_all(struct kr_nt *nt)
+{
+    struct kr_conn *list = nt->blocked_head;
+    nt->blocked_head = NULL;
+    while (list) {
+        struct kr_conn *c = list;
+        list = c->blocked_next;
+        c->blocked = false;
+        kr_conn_process(c); /* re-blocks itself if still stuck */
+    }
+}
+
+void kr_nt_wake_cb(uv_async_t *a)
+{
+    struct kr_nt *nt = a->data;
+    kr_nt_refresh_live(nt);
+    if (ck_pr_load_8((uint8_t *)&nt->stopping)) {
+        uv_stop(&nt->loop);
+        return;
+    }
+    kr_net_reqq_serve(nt->srv, nt->idx); /* admin requests, if any */
+    kr_nt_drain(nt);
+}
+
+/* Answer the waiting polls that got something. One whose messages are all parts of
+ * multi-shard messages still being completed keeps waiting (the missing parts arrive
+ * through the mailboxes, which end in another loop iteration) until poll_wait_ms. */
+static void kr_nt_answer_ready(struct kr_nt *nt)
+{
+    uint64_t now = uv_now(&nt->loop), wait = nt->live.poll_wait_ms;
+    for (uint32_t k = nt->ready.count; k > 0 && nt->ready.count; k--) {
+        struct kr_conn *c = kr_pw_first(&nt->ready);
+        uint64_t bytes;
+        if (!c->overflowed && kr_conn_ready_entries(c, &bytes) == 0 &&
+            now - c->poll_since_ms < wait) {
+            kr_pw_unlink(&nt->ready, c); /* to the back of the list */
+            kr_pw_push(&nt->ready, c);
+            continue;
+        }
+        kr_poll_finish(c);
+        kr_conn_process(c);
+    }
+}
+
+/* The oldest waiting polls have waited poll_wait_ms: answer them (`END`). */
+void kr_nt_poll_timer_cb(uv_timer_t *t)
+{
+    struct kr_nt *nt = t->data;
+    kr_nt_refresh_live(nt);
+    uint64_t now = uv_now(&nt->loop), wait = nt->live.poll_wait_ms;
+    struct kr_conn *c;
+    while ((c = kr_pw_first(&nt->held)) && now - c->poll_since_ms >= wait) {
+        kr_poll_finish(c);
+        kr_conn_process(c);
+    }
+    if (c)
+        uv_timer_start(t, kr_nt_poll_timer_cb, wait - (now - c->poll_since_ms), 0);
+    else if (nt->ready.count)
+        uv_timer_start(t, kr_nt_poll_timer_cb, wait ? wait : 1, 0); /* see kr_nt_answer_ready */
+}
+
+/* The connections that stopped for others get their next turn, in the order they stopped
+ * (those that stop again go to the back). While any waits, the idle handle is active, so
+ * the loop polls for I/O without blocking between turns; it stops when none is left. */
+void kr_nt_turn_cb(uv_idle_t *h)
+{
+    struct kr_nt *nt = h->data;
+    kr_nt_refresh_live(nt);
+    uint32_t n = nt->nturns;
+    for (uint32_t i = 0; i < n; i++) {
+        struct kr_conn *c = kr_nt_conn(nt, nt->turns[i]);
+        if (!c)
+            continue; /* closed meanwhile */
+        c->on_turns = false;
+        c->turn_over = false;
+        kr_conn_process(c);
+    }
+    memmove(nt->turns, nt->turns + n, (nt->nturns - n) * sizeof(*nt->turns));
+    nt->nturns -= n;
+    if (!nt->nturns)
+        uv_idle_stop(h);
+}
+
+/* After each loop iteration's callbacks: wake the shards we pushed to, retry blocked
+ * clients, answer waiting polls that got a message. */
+void kr_nt_check_cb(uv_check_t *h)
+{
+    struct kr_nt *nt = h->data;
+    kr_nt_refresh_live(nt);
+    if (nt->nctl)
+        kr_nt_send_ctl(nt);
+    if (nt->blocked_head)
+        kr_nt_unblock_all(nt);
+    if (nt->ready.count)
+        kr_nt_answer_ready(nt);
+    kr_router_flush(nt->srv->router, nt->idx);
+}
+
+/* Every sweep period: retry what waits for ring space, then close the clients idle for
+ * client_idle_timeout_ms (no complete request) and those whose started request is not
+ * complete request_timeout_ms after its first bytes. A request the server itself holds
+ * back (waiting on the router, a waiting poll, a turn) is not the client's delay. */
+void kr_nt_sweep_cb(uv_timer_t *t)
+{
+    struct kr_nt *nt = t->data;
+    struct kr_net_live lv;
+    kr_net_live(nt->srv, &lv);
+    uint64_t timeout = lv.client_idle_timeout_ms, rto = lv.request_timeout_ms;
+    uint64_t now = kr_now_ms();
+    if (nt->nctl)
+        kr_nt_send_ctl(nt);
+    if (nt->blocked_head)
+        kr_nt_unblock_all(nt);
+    kr_nt_memory_check(nt);
+    if (!timeout && !rto)
+        return;
+    for (uint32_t i = 0; i < nt->nslots; i++) {
+        struct kr_conn *c = nt->slots[i];
+        if (!c || c->closing)
+            continue;
+        if (timeout && now - c->last_active_ms >= timeout) {
+            KR_ST_INC(nt, idle_timeouts, 1);
+            KR_DEBUG("client %s (id %llu): idle for %llu ms; closing", c->peer,
+                     (unsigned long long)c->id, (unsigned long long)(now - c->last_active_ms));
+            kr_conn_close(c);
+        } else if (rto && c->partial_since_ms && now - c->partial_since_ms >= rto &&
+                   kr_conn_can_parse(c) && !c->turn_over) {
+            KR_ST_INC(nt, request_timeouts, 1);
+            uint64_t suppressed = 0;
+            if (kr_log_enabled(KR_LOG_WARN) &&
+                kr_log_ratelimit(&nt->rl_timeouts, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
+                KR_WARN("client %s (id %llu): request incomplete %llu ms after its first bytes "
+                        "(%zu bytes so far; request_timeout_ms %llu); closing (suppressed %llu "
+                        "similar)",
+                        c->peer, (unsigned long long)c->id,
+                        (unsigned long long)(now - c->partial_since_ms), c->in_len,
+                        (unsigned long long)rto, (unsigned long long)suppressed);
+            kr_conn_close(c);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- net threads */
+
+void kr_nt_main(void *arg)
+{
+    struct kr_nt *nt = arg;
+    char name[16];
+    snprintf(name, sizeof(name), "kr-net-%u", nt->idx);
+    pthread_setname_np(pthread_self(), name);
+    urcu_memb_register_thread(); /* reads the live configuration snapshot */
+    uv_run(&nt->loop, UV_RUN_DEFAULT);
+    urcu_memb_unregister_thread();
+}
+
+void kr_nt_close_walk(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL); /* clients were closed already; these are the thread's own handles */
+}

@@ -1,0 +1,300 @@
+/* Server lifecycle (create, start, stop, destroy; control thread) and the figures and
+ * connection lookups other threads ask for (see kr_net.h and kr_net_int.h for who may call
+ * each). */
+#include "kr_net_int.h"
+
+#include <arpa/inet.h>
+#include <ck_pr.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <urcu/list.h>
+#include <urcu/urcu-memb.h>
+#include <uv.h>
+#include <xxhash.h>
+#ifdef KR_HAVE_JEMALLOC
+#include <jemalloc/jemalloc.h>
+#endif
+
+static void kr_server_wake_net(void *arg, uint32_t net);
+static void kr_net_conn_fill(const struct kr_conn *c, uint64_t now, struct kr_net_conn_info *out);
+
+static void kr_server_wake_net(void *arg, uint32_t net)
+{
+    struct kr_server *s = arg;
+    uv_async_send(&s->nts[net]->wake);
+}
+
+int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err, size_t errlen)
+{
+    struct kr_server *s = kr_xcalloc(1, sizeof(*s));
+    s->cfg = cfg;
+    s->nnet = cfg->num_net_threads;
+    s->lim.max_request_bytes = cfg->max_request_bytes;
+    s->lim.max_message_bytes = cfg->max_message_bytes;
+    s->lim.max_line_bytes = cfg->max_line_bytes;
+    s->lim.max_topic_bytes = cfg->max_topic_bytes;
+    int arc = kr_acl_parse(cfg->allow_from, &s->acl, err, errlen);
+    if (arc < 0) {
+        free(s);
+        return arc;
+    }
+    pthread_mutex_init(&s->accept_mu, NULL);
+    s->nts = kr_xcalloc(s->nnet, sizeof(*s->nts));
+    s->reqq = kr_net_reqq_create(s, s->nnet);
+    uint16_t port = (uint16_t)cfg->tcp_server_port;
+    for (uint32_t i = 0; i < s->nnet; i++) {
+        struct kr_nt *nt = kr_xcalloc(1, sizeof(*nt));
+        nt->srv = s;
+        nt->idx = i;
+        kr_net_live(s, &nt->live);
+        s->nts[i] = nt;
+        uint16_t bound = 0;
+        int fd = kr_listen_socket(cfg, port, &bound, err, errlen);
+        if (fd < 0) {
+            for (uint32_t k = 0; k < i; k++) {
+                close(s->nts[k]->listen_fd);
+                free(s->nts[k]);
+            }
+            free(nt);
+            free(s->nts);
+            kr_net_reqq_destroy(s->reqq);
+            kr_acl_free(s->acl);
+            free(s);
+            return fd;
+        }
+        nt->listen_fd = fd;
+        port = bound; /* an ephemeral port is chosen once, then shared */
+    }
+    s->port = port;
+    struct kr_router_opts ro = {
+        .nshards = cfg->num_router_shards,
+        .nnet = s->nnet,
+        .mailbox_capacity = 8192,
+        .fanout_warn = cfg->router_min_fanout_to_warn,
+        .history = cfg->messages_stored_per_router_shard,
+        .history_bytes = cfg->history_max_bytes,
+        .pin_cpus = true,
+        .wake_net = kr_server_wake_net,
+        .wake_arg = s,
+    };
+    s->router = kr_router_create(&ro);
+    for (uint32_t i = 0; i < s->nnet; i++) {
+        struct kr_nt *nt = s->nts[i];
+        uv_loop_init(&nt->loop);
+        uv_async_init(&nt->loop, &nt->wake, kr_nt_wake_cb);
+        nt->wake.data = nt;
+        uv_check_init(&nt->loop, &nt->check);
+        nt->check.data = nt;
+        uv_check_start(&nt->check, kr_nt_check_cb);
+        uv_idle_init(&nt->loop, &nt->turn_idle);
+        nt->turn_idle.data = nt;
+        uv_timer_init(&nt->loop, &nt->poll_timer);
+        nt->poll_timer.data = nt;
+        CDS_INIT_LIST_HEAD(&nt->held.list);
+        CDS_INIT_LIST_HEAD(&nt->ready.list);
+        uv_timer_init(&nt->loop, &nt->sweep);
+        nt->sweep.data = nt;
+        uv_timer_init(&nt->loop, &nt->accept_pause);
+        nt->accept_pause.data = nt;
+        nt->reserve_fd = -1;
+        kr_nt_reserve_open(nt);
+        int rc = uv_poll_init(&nt->loop, &nt->listener, nt->listen_fd);
+        nt->listener.data = nt;
+        if (rc == 0)
+            rc = uv_poll_start(&nt->listener, UV_READABLE, kr_nt_accept_cb);
+        nt->listening = rc == 0;
+        if (rc < 0) {
+            snprintf(err, errlen, "listen: %s", uv_strerror(rc));
+            return rc; /* process exits on this path */
+        }
+    }
+    *out = s;
+    return 0;
+}
+
+int kr_server_start(struct kr_server *s)
+{
+    s->started = time(NULL);
+    kr_server_refresh_stats(s); /* then the control thread's timer, once a second */
+    int rc = kr_router_start(s->router);
+    if (rc < 0)
+        return rc;
+    uint64_t timeout = s->cfg->client_idle_timeout_ms;
+    uint64_t period = timeout ? (timeout / 4 < 1000 ? (timeout / 4 ? timeout / 4 : 1) : 1000) : 100;
+    for (uint32_t i = 0; i < s->nnet; i++) {
+        struct kr_nt *nt = s->nts[i];
+        /* the sweep also retries clients blocked on a full ring */
+        uv_timer_start(&nt->sweep, kr_nt_sweep_cb, period < 100 ? period : 100,
+                       period < 100 ? period : 100);
+        rc = uv_thread_create(&nt->thread, kr_nt_main, nt);
+        if (rc < 0)
+            return rc;
+    }
+    KR_INFO("kraken %s listening on %s:%u (%u net threads, %u router shards)", KR_VERSION,
+            s->cfg->listen_ip, s->port, s->nnet, kr_router_nshards(s->router));
+    return 0;
+}
+
+uint16_t kr_server_port(const struct kr_server *s)
+{
+    return s->port;
+}
+
+void kr_server_stop(struct kr_server *s)
+{
+    for (uint32_t i = 0; i < s->nnet; i++) {
+        ck_pr_store_8((uint8_t *)&s->nts[i]->stopping, 1);
+        uv_async_send(&s->nts[i]->wake);
+    }
+    for (uint32_t i = 0; i < s->nnet; i++)
+        uv_thread_join(&s->nts[i]->thread);
+    kr_net_reqq_shutdown(s);
+    kr_router_stop(s->router);
+}
+
+void kr_server_destroy(struct kr_server *s)
+{
+    if (!s)
+        return;
+    for (uint32_t i = 0; i < s->nnet; i++) {
+        struct kr_nt *nt = s->nts[i];
+        for (uint32_t k = 0; k < nt->nslots; k++) {
+            struct kr_conn *c = nt->slots[k];
+            if (c) {
+                c->subscribed = false; /* shards are stopped; the router frees everything */
+                kr_conn_close(c);
+            }
+        }
+        uv_walk(&nt->loop, kr_nt_close_walk, NULL);
+        uv_run(&nt->loop, UV_RUN_DEFAULT);
+        if (nt->listen_fd >= 0)
+            close(nt->listen_fd); /* the poll handle does not own it */
+        if (nt->reserve_fd >= 0)
+            close(nt->reserve_fd);
+    }
+    kr_router_destroy(s->router);
+    for (uint32_t i = 0; i < s->nnet; i++) {
+        struct kr_nt *nt = s->nts[i];
+        uv_loop_close(&nt->loop);
+        free(nt->slots);
+        free(nt->gens);
+        free(nt->free_slots);
+        free(nt->topics);
+        free(nt->topic_lens);
+        for (uint32_t k = 0; k < nt->nctl; k++) /* drain barriers never sent */
+            if (nt->ctl[k].ev.type == KR_EV_UNSUBSCRIBE)
+                free(nt->ctl[k].ev.ptr);
+        free(nt->ctl);
+        free(nt->mem_cand);
+        free(nt->turns);
+        free(nt);
+    }
+    free(s->nts);
+    kr_net_reqq_destroy(s->reqq);
+    kr_acl_free(s->acl);
+    pthread_mutex_destroy(&s->accept_mu);
+    free(s);
+}
+
+/* ---------------------------------------------------------------- operations
+ * The net-thread side of kr_net_admin.c's requests (kr_net_int.h) and the figures the
+ * control thread reads (kr_net.h). */
+
+uint32_t kr_server_nnet(const struct kr_server *s) { return s->nnet; }
+struct kr_router *kr_server_router(struct kr_server *s) { return s->router; }
+struct kr_net_reqq *kr_net_server_reqq(struct kr_server *s) { return s->reqq; }
+
+uint64_t kr_server_net_clients(const struct kr_server *s, uint32_t net)
+{
+    return net < s->nnet ? ck_pr_load_64(&s->nts[net]->st.curr_connections) : 0;
+}
+
+uint64_t kr_server_clients(const struct kr_server *s)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < s->nnet; i++)
+        n += kr_server_net_clients(s, i);
+    return n;
+}
+
+uint64_t kr_server_uptime(const struct kr_server *s)
+{
+    time_t now = time(NULL);
+    return s->started && now > s->started ? (uint64_t)(now - s->started) : 0;
+}
+
+void kr_net_wake(struct kr_server *s, uint32_t net)
+{
+    uv_async_send(&s->nts[net]->wake);
+}
+
+static void kr_net_conn_fill(const struct kr_conn *c, uint64_t now, struct kr_net_conn_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->id = c->id;
+    memcpy(out->peer, c->peer, sizeof(out->peer));
+    out->queued_messages = c->q.count;
+    out->queued_bytes = c->q.bytes;
+    out->age_ms = now - c->created_ms;
+    out->since_poll_ms = c->last_poll_ms ? (int64_t)(now - c->last_poll_ms) : -1;
+    out->idle_ms = now - c->last_active_ms;
+}
+
+int kr_net_conn_next(struct kr_server *s, uint32_t net, uint32_t *slot,
+                     struct kr_net_conn_info *out)
+{
+    struct kr_nt *nt = s->nts[net];
+    for (; *slot < nt->nslots; (*slot)++) {
+        struct kr_conn *c = nt->slots[*slot];
+        if (c && !c->closing) {
+            kr_net_conn_fill(c, kr_now_ms(), out);
+            (*slot)++;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int kr_net_conn_find(struct kr_server *s, uint64_t id, struct kr_net_conn_info *out)
+{
+    if (KR_CONN_NET(id) >= s->nnet)
+        return -ENOENT;
+    struct kr_conn *c = kr_nt_conn(s->nts[KR_CONN_NET(id)], id);
+    if (!c)
+        return -ENOENT;
+    kr_net_conn_fill(c, kr_now_ms(), out);
+    return 0;
+}
+
+const struct kr_acl *kr_server_acl(const struct kr_server *s)
+{
+    return s->acl;
+}
+
+void kr_server_count_refused(struct kr_server *s)
+{
+    ck_pr_inc_64(&s->refused_elsewhere);
+}
+
+void kr_server_drain(struct kr_server *s)
+{
+    if (ck_pr_load_int(&s->draining))
+        return;
+    ck_pr_store_int(&s->draining, 1);
+    kr_server_stop_listening(s);
+}
+
+int kr_server_draining(const struct kr_server *s)
+{
+    return ck_pr_load_int(&s->draining);
+}
