@@ -363,6 +363,53 @@ void kr_poll_finish(struct kr_conn *c)
     kr_poll_reply(c, n, bytes);
 }
 
+/* ---------------------------------------------------------------- stats lines */
+
+struct kr_stat_fmt {
+    kr_server_emit_cb emit;
+    void *arg;
+};
+
+/* One figure as a memcached `STAT <name> <value>` line (no vsnprintf: a stats request
+ * formats some 60 lines, and printf would cost more than the rest of it). */
+static void kr_stat_figure(void *arg, const struct kr_figure *f)
+{
+    struct kr_stat_fmt *sf = arg;
+    char buf[320];
+    size_t nl = strlen(f->name), n = 0;
+    if (nl > 200)
+        return;
+    memcpy(buf, "STAT ", 5);
+    memcpy(buf + 5, f->name, nl);
+    n = 5 + nl;
+    buf[n++] = ' ';
+    if (f->kind == KR_FIG_TEXT) {
+        size_t tl = strlen(f->text);
+        if (tl > sizeof(buf) - n)
+            tl = sizeof(buf) - n;
+        memcpy(buf + n, f->text, tl);
+        n += tl;
+    } else if (f->micro) { /* seconds with six decimals */
+        n += kr_fmt_u64(buf + n, f->value / 1000000);
+        char frac[8];
+        size_t fl = kr_fmt_u64(frac, f->value % 1000000);
+        buf[n++] = '.';
+        for (size_t k = fl; k < 6; k++)
+            buf[n++] = '0';
+        memcpy(buf + n, frac, fl);
+        n += fl;
+    } else {
+        n += kr_fmt_u64(buf + n, f->value);
+    }
+    sf->emit(sf->arg, buf, n);
+}
+
+void kr_server_stats(struct kr_server *s, kr_server_emit_cb emit, void *arg)
+{
+    struct kr_stat_fmt sf = {emit, arg};
+    kr_server_figures(s, kr_stat_figure, &sf);
+}
+
 static void kr_req_stats_emit(void *arg, const char *line, size_t len)
 {
     struct kr_conn *c = arg;

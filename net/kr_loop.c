@@ -256,7 +256,8 @@ void kr_nt_check_cb(uv_check_t *h)
     kr_router_flush(nt->srv->router, nt->idx);
 }
 
-/* Every sweep period: retry what waits for ring space, then close the clients idle for
+/* Every sweep tick (KR_SWEEP_MS): retry what waits for ring space, check max_memory, then
+ * look at a bounded share of the connections (see below) and close those idle for
  * client_idle_timeout_ms (no complete request) and those whose started request is not
  * complete request_timeout_ms after its first bytes. A request the server itself holds
  * back (waiting on the router, a waiting poll, a turn) is not the client's delay. */
@@ -274,7 +275,20 @@ void kr_nt_sweep_cb(uv_timer_t *t)
     kr_nt_memory_check(nt);
     if (!timeout && !rto)
         return;
-    for (uint32_t i = 0; i < nt->nslots; i++) {
+    /* a bounded share of the slots per tick, from where the last tick stopped (as Redis's
+     * clientsCron): every connection is looked at once per KR_SWEEP_TICKS ticks, and a tick
+     * costs the same whatever the number of connections */
+    uint32_t budget = nt->nslots / KR_SWEEP_TICKS + 1;
+    if (budget < KR_SWEEP_MIN)
+        budget = KR_SWEEP_MIN;
+    if (budget > nt->nslots)
+        budget = nt->nslots;
+    for (uint32_t k = 0; k < budget; k++) {
+        uint32_t i = nt->sweep_cursor++;
+        if (nt->sweep_cursor >= nt->nslots)
+            nt->sweep_cursor = 0;
+        if (i >= nt->nslots)
+            i = 0;
         struct kr_conn *c = nt->slots[i];
         if (!c || c->closing)
             continue;

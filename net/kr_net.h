@@ -42,8 +42,26 @@ uint64_t kr_server_clients(const struct kr_server *s);
 /* Seconds since kr_server_start. Any thread. */
 uint64_t kr_server_uptime(const struct kr_server *s);
 
+/* One figure of the server: a counter, a gauge, or a text (version, allocator). */
+enum kr_figure_kind { KR_FIG_COUNTER, KR_FIG_GAUGE, KR_FIG_TEXT };
+struct kr_figure {
+    const char *name; /* memcached `stats` name, e.g. "curr_connections" */
+    enum kr_figure_kind kind;
+    const char *help; /* one line */
+    uint64_t value;   /* counters and gauges */
+    const char *text; /* KR_FIG_TEXT */
+    uint32_t micro;   /* KR_FIG_COUNTER of seconds with a microsecond fraction (rusage) */
+};
+/* Every figure of the server, in the order of the `stats` output: process figures, the
+ * net threads' counters summed (net/kr_counters.h), the router's, the memory figures.
+ * Calls cb once per figure. Any thread registered with urcu-memb (it reads the live
+ * configuration). */
+typedef void (*kr_server_figure_cb)(void *arg, const struct kr_figure *f);
+void kr_server_figures(struct kr_server *s, kr_server_figure_cb cb, void *arg);
+
 /* The memcached-style `stats` lines ("STAT name value", without line ends), each passed to
- * emit. Any thread registered with urcu-memb (it reads the live configuration). */
+ * emit: kr_server_figures in the memcached frontend's format. Any thread registered with
+ * urcu-memb. */
 typedef void (*kr_server_emit_cb)(void *arg, const char *line, size_t len);
 void kr_server_stats(struct kr_server *s, kr_server_emit_cb emit, void *arg);
 /* Refresh the figures `stats` shows but does not compute per request: the allocator's

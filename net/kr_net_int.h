@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "kr_acl.h"
+#include "kr_counters.h"
 #include "kr_log.h"
 #include "kr_proto.h"
 #include "kr_queue.h"
@@ -70,6 +71,9 @@ void kr_net_stop_listening(struct kr_server *s, uint32_t net);
 #define KR_TURN_OUT_BYTES (64 * 1024) /* reply bytes one connection produces per turn */
 #define KR_WARN_BURST 10          /* warnings of one kind per interval */
 #define KR_WARN_INTERVAL_MS 10000
+#define KR_SWEEP_MS 100           /* the sweep timer's period */
+#define KR_SWEEP_TICKS 10         /* the sweep visits every connection once per this many ticks */
+#define KR_SWEEP_MIN 64           /* ... and at least this many slots per tick */
 #define KR_ACCEPT_BATCH 64        /* connections accepted per listener wake-up */
 #define KR_ACCEPT_PAUSE_MS 100    /* accepting pauses this long when descriptors run out */
 
@@ -187,41 +191,6 @@ struct kr_pw_list {
     uint32_t count;
 };
 
-struct kr_nt_stats {
-    uint64_t curr_connections;
-    uint64_t total_connections;
-    uint64_t rejected_connections;
-    uint64_t accept_fd_exhausted;  /* accept() failed with EMFILE/ENFILE */
-    uint64_t refused_connections;  /* peers outside allow_from, closed unread */
-    uint64_t cmd_get;
-    uint64_t cmd_set;
-    uint64_t messages_published;
-    uint64_t messages_delivered; /* entries handed to clients by `get messages` */
-    uint64_t polls_waited;       /* polls that found nothing and waited (poll_wait_ms) */
-    uint64_t deliveries_queued;
-    uint64_t queued_messages;
-    uint64_t queued_bytes;
-    uint64_t queue_overflows;
-    uint64_t output_bytes;     /* reply bytes not written to the sockets yet */
-    uint64_t memory_overflows; /* queues discarded because max_memory was exceeded */
-    uint64_t drain_errors;     /* clients told SERVER_ERROR shutting down */
-    uint64_t protocol_errors;
-    uint64_t idle_timeouts;
-    uint64_t request_timeouts; /* closed with a request started request_timeout_ms ago */
-    uint64_t bytes_read;
-    uint64_t bytes_written;
-    uint64_t subscribe_requests;
-    uint64_t unsubscribe_requests;
-    uint64_t publish_requests;
-    uint64_t publish_topic_warnings;
-    uint64_t fanout_warnings;
-    uint64_t register_requests;
-    uint64_t retro_requests;
-    uint64_t retro_not_found;
-    uint64_t retro_future_horizons; /* retroactive horizons in the future, taken as now */
-    uint64_t messages_replayed;
-    uint64_t ring_full_waits; /* events that waited for space in a ring towards a shard */
-};
 
 /* The settings that may change while the server runs (admin `config set`), read from the
  * RCU-published configuration snapshot. */
@@ -252,6 +221,7 @@ struct kr_nt {
     int reserve_fd;            /* held open to free one descriptor when they run out, or -1 */
     bool listening;            /* the listener is open (not yet closed by a drain) */
     uv_timer_t sweep;
+    uint32_t sweep_cursor;     /* the slot the next sweep tick starts at */
     uv_check_t check;
     uv_idle_t turn_idle;       /* active while connections wait for a turn */
     uint64_t *turns;           /* ids of the connections whose pipelined work continues */

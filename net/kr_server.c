@@ -129,13 +129,10 @@ int kr_server_start(struct kr_server *s)
     int rc = kr_router_start(s->router);
     if (rc < 0)
         return rc;
-    uint64_t timeout = s->cfg->client_idle_timeout_ms;
-    uint64_t period = timeout ? (timeout / 4 < 1000 ? (timeout / 4 ? timeout / 4 : 1) : 1000) : 100;
     for (uint32_t i = 0; i < s->nnet; i++) {
         struct kr_nt *nt = s->nts[i];
         /* the sweep also retries clients blocked on a full ring */
-        uv_timer_start(&nt->sweep, kr_nt_sweep_cb, period < 100 ? period : 100,
-                       period < 100 ? period : 100);
+        uv_timer_start(&nt->sweep, kr_nt_sweep_cb, KR_SWEEP_MS, KR_SWEEP_MS);
         rc = uv_thread_create(&nt->thread, kr_nt_main, nt);
         if (rc < 0)
             return rc;

@@ -30,112 +30,96 @@ static const char *const kr_je_stats[] = {"stats.allocated", "stats.active", "st
                                           "stats.mapped"};
 #endif
 
-static void kr_stat_line(kr_server_emit_cb emit, void *arg, const char *fmt, ...);
-
-static void kr_stat_line(kr_server_emit_cb emit, void *arg, const char *fmt, ...)
+/* Sum every net thread's counters (relaxed loads). Any thread. */
+static void kr_nt_stats_sum(struct kr_server *srv, struct kr_nt_stats *sum)
 {
-    char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    /* most lines are "STAT <name> %llu": formatted without vsnprintf, which would cost
-     * more than the rest of a stats request */
-    size_t fl = strlen(fmt);
-    if (fl > 5 && fl < sizeof(buf) - 24 && memcmp(fmt + fl - 5, " %llu", 5) == 0 &&
-        !memchr(fmt, '%', fl - 4)) {
-        unsigned long long v = va_arg(ap, unsigned long long);
-        va_end(ap);
-        memcpy(buf, fmt, fl - 4);
-        emit(arg, buf, fl - 4 + kr_fmt_u64(buf + fl - 4, v));
-        return;
+    memset(sum, 0, sizeof(*sum));
+    for (uint32_t i = 0; i < srv->nnet; i++) {
+        const struct kr_nt_stats *st = &srv->nts[i]->st;
+#define KR_NT_SUM(name, kind, help) sum->name += ck_pr_load_64((uint64_t *)&st->name);
+        KR_NT_COUNTERS(KR_NT_SUM)
+#undef KR_NT_SUM
     }
-    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        emit(arg, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
 }
 
-void kr_server_stats(struct kr_server *srv, kr_server_emit_cb emit, void *arg)
+static void kr_fig(kr_server_figure_cb cb, void *arg, const char *name, enum kr_figure_kind kind,
+                   const char *help, uint64_t value)
+{
+    struct kr_figure f = {.name = name, .kind = kind, .help = help, .value = value};
+    cb(arg, &f);
+}
+
+static void kr_fig_text(kr_server_figure_cb cb, void *arg, const char *name, const char *help,
+                        const char *text)
+{
+    struct kr_figure f = {.name = name, .kind = KR_FIG_TEXT, .help = help, .text = text};
+    cb(arg, &f);
+}
+
+void kr_server_figures(struct kr_server *srv, kr_server_figure_cb cb, void *arg)
 {
     struct kr_net_live lv;
     kr_net_live(srv, &lv);
     struct kr_nt_stats sum;
-    memset(&sum, 0, sizeof(sum));
-    for (uint32_t i = 0; i < srv->nnet; i++) {
-        uint64_t *dst = (uint64_t *)&sum;
-        uint64_t *src = (uint64_t *)&srv->nts[i]->st;
-        for (size_t k = 0; k < sizeof(sum) / sizeof(uint64_t); k++)
-            dst[k] += ck_pr_load_64(&src[k]);
-    }
+    kr_nt_stats_sum(srv, &sum);
+    sum.refused_connections += ck_pr_load_64(&srv->refused_elsewhere); /* the health port's */
     struct kr_router_stats rs;
     kr_router_stats(srv->router, &rs);
     time_t now = time(NULL);
-#define S(name, fmt, val) kr_stat_line(emit, arg, "STAT " name " " fmt, val)
-    S("pid", "%d", ck_pr_load_int(&srv->pid));
-    S("uptime", "%lld", (long long)(now - srv->started));
-    S("time", "%lld", (long long)now);
-    S("version", "%s", KR_VERSION);
-    S("pointer_size", "%d", (int)(8 * sizeof(void *)));
+    const enum kr_figure_kind C = KR_FIG_COUNTER, G = KR_FIG_GAUGE;
+    /* the process (pid, rusage and allocator figures as of the last kr_server_refresh_stats,
+     * at most a second old) */
+    kr_fig(cb, arg, "pid", G, "process id", (uint64_t)ck_pr_load_int(&srv->pid));
+    kr_fig(cb, arg, "uptime", C, "seconds since the server started", (uint64_t)(now - srv->started));
+    kr_fig(cb, arg, "time", G, "the server's clock, Unix seconds", (uint64_t)now);
+    kr_fig_text(cb, arg, "version", "the server's version", KR_VERSION);
+    kr_fig(cb, arg, "pointer_size", G, "bits of a pointer", 8 * sizeof(void *));
 #ifdef KR_HAVE_JEMALLOC
-    /* allocator figures as of the last kr_server_refresh_stats (at most a second old) */
-    S("allocator", "%s", "jemalloc");
+    kr_fig_text(cb, arg, "allocator", "the process allocator", "jemalloc");
+    static const char *const names[] = {"jemalloc_allocated", "jemalloc_active",
+                                        "jemalloc_resident", "jemalloc_mapped"};
+    static const char *const helps[] = {"bytes allocated (jemalloc stats.allocated)",
+                                        "bytes in active pages (stats.active)",
+                                        "bytes resident (stats.resident)",
+                                        "bytes mapped (stats.mapped)"};
     for (size_t i = 0; i < sizeof(kr_je_stats) / sizeof(kr_je_stats[0]); i++)
-        kr_stat_line(emit, arg, "STAT jemalloc_%s %llu", kr_je_stats[i] + 6,
-                     (unsigned long long)ck_pr_load_64(&srv->mem[i]));
+        kr_fig(cb, arg, names[i], G, helps[i], ck_pr_load_64(&srv->mem[i]));
 #else
-    S("allocator", "%s", "libc");
+    kr_fig_text(cb, arg, "allocator", "the process allocator", "libc");
 #endif
-    uint64_t ut = ck_pr_load_64(&srv->ru_utime_us), st = ck_pr_load_64(&srv->ru_stime_us);
-    kr_stat_line(emit, arg, "STAT rusage_user %llu.%06llu", (unsigned long long)(ut / 1000000),
-                 (unsigned long long)(ut % 1000000));
-    kr_stat_line(emit, arg, "STAT rusage_system %llu.%06llu", (unsigned long long)(st / 1000000),
-                 (unsigned long long)(st % 1000000));
-    S("max_connections", "%u", lv.max_tcp_clients);
-    S("curr_connections", "%llu", (unsigned long long)sum.curr_connections);
-    S("total_connections", "%llu", (unsigned long long)sum.total_connections);
-    S("rejected_connections", "%llu", (unsigned long long)sum.rejected_connections);
-    S("accept_fd_exhausted", "%llu", (unsigned long long)sum.accept_fd_exhausted);
-    S("refused_connections", "%llu",
-      (unsigned long long)(sum.refused_connections + ck_pr_load_64(&srv->refused_elsewhere)));
-    S("cmd_get", "%llu", (unsigned long long)sum.cmd_get);
-    S("cmd_set", "%llu", (unsigned long long)sum.cmd_set);
-    S("bytes_read", "%llu", (unsigned long long)sum.bytes_read);
-    S("bytes_written", "%llu", (unsigned long long)sum.bytes_written);
-    S("threads", "%u", srv->nnet);
-    S("router_shards", "%u", kr_router_nshards(srv->router));
-    S("subscribe_requests", "%llu", (unsigned long long)sum.subscribe_requests);
-    S("unsubscribe_requests", "%llu", (unsigned long long)sum.unsubscribe_requests);
-    S("publish_requests", "%llu", (unsigned long long)sum.publish_requests);
-    S("messages_published", "%llu", (unsigned long long)sum.messages_published);
-    S("messages_routed", "%llu", (unsigned long long)rs.messages_routed);
-    S("deliveries", "%llu", (unsigned long long)rs.deliveries);
-    S("messages_delivered", "%llu", (unsigned long long)sum.messages_delivered);
-    S("polls_waited", "%llu", (unsigned long long)sum.polls_waited);
-    S("queued_messages", "%llu", (unsigned long long)sum.queued_messages);
-    S("queued_bytes", "%llu", (unsigned long long)sum.queued_bytes);
-    S("queue_overflows", "%llu", (unsigned long long)sum.queue_overflows);
-    S("memory_used", "%llu", (unsigned long long)kr_server_memory_used(srv, NULL));
-    S("max_memory", "%llu", (unsigned long long)lv.max_memory);
-    S("memory_overflows", "%llu", (unsigned long long)sum.memory_overflows);
-    S("output_bytes", "%llu", (unsigned long long)sum.output_bytes);
-    S("drain_errors", "%llu", (unsigned long long)sum.drain_errors);
-    S("topics", "%llu", (unsigned long long)rs.topics);
-    S("subscriptions", "%llu", (unsigned long long)rs.subscriptions);
-    S("shard_overflow_events", "%llu", (unsigned long long)rs.overflow_events);
-    S("ring_full_waits", "%llu", (unsigned long long)sum.ring_full_waits);
-    S("fanout_warnings", "%llu", (unsigned long long)rs.fanout_warnings);
-    S("publish_topic_warnings", "%llu", (unsigned long long)sum.publish_topic_warnings);
-    S("register_requests", "%llu", (unsigned long long)sum.register_requests);
-    S("retro_requests", "%llu", (unsigned long long)sum.retro_requests);
-    S("retro_not_found", "%llu", (unsigned long long)sum.retro_not_found);
-    S("retro_future_horizons", "%llu", (unsigned long long)sum.retro_future_horizons);
-    S("messages_replayed", "%llu", (unsigned long long)sum.messages_replayed);
-    S("history_messages", "%llu", (unsigned long long)rs.history_messages);
-    S("history_bytes", "%llu", (unsigned long long)rs.history_bytes);
-    S("protocol_errors", "%llu", (unsigned long long)sum.protocol_errors);
-    S("idle_timeouts", "%llu", (unsigned long long)sum.idle_timeouts);
-    S("request_timeouts", "%llu", (unsigned long long)sum.request_timeouts);
-    S("stats_refreshes", "%llu", (unsigned long long)ck_pr_load_64(&srv->stats_refreshes));
-#undef S
+    struct kr_figure ru = {.name = "rusage_user", .kind = C, .micro = 1,
+                           .help = "CPU seconds in user mode",
+                           .value = ck_pr_load_64(&srv->ru_utime_us)};
+    cb(arg, &ru);
+    ru.name = "rusage_system";
+    ru.help = "CPU seconds in the kernel";
+    ru.value = ck_pr_load_64(&srv->ru_stime_us);
+    cb(arg, &ru);
+    kr_fig(cb, arg, "max_connections", G, "max_tcp_clients", lv.max_tcp_clients);
+    kr_fig(cb, arg, "threads", G, "net threads", srv->nnet);
+    kr_fig(cb, arg, "router_shards", G, "router shard threads", kr_router_nshards(srv->router));
+    /* the net threads' counters, summed */
+#define KR_NT_FIG(name, kind, help) kr_fig(cb, arg, #name, KR_FIG_##kind, help, sum.name);
+    KR_NT_COUNTERS(KR_NT_FIG)
+#undef KR_NT_FIG
+    /* the router's */
+    kr_fig(cb, arg, "messages_routed", C, "publish events processed, per shard", rs.messages_routed);
+    kr_fig(cb, arg, "deliveries", C, "deliveries the shards made", rs.deliveries);
+    kr_fig(cb, arg, "topics", G, "topics with at least one subscriber", rs.topics);
+    kr_fig(cb, arg, "subscriptions", G, "(topic, client) subscriptions", rs.subscriptions);
+    kr_fig(cb, arg, "shard_overflow_events", C,
+           "events a shard parked because its ring towards a net thread was full",
+           rs.overflow_events);
+    kr_fig(cb, arg, "history_messages", G, "messages held for retroactive subscriptions",
+           rs.history_messages);
+    kr_fig(cb, arg, "history_bytes", G, "bytes of the messages held for retroactive subscriptions",
+           rs.history_bytes);
+    /* memory */
+    kr_fig(cb, arg, "memory_used", G, "what max_memory bounds: queued, unsent and history bytes",
+           kr_server_memory_used(srv, NULL));
+    kr_fig(cb, arg, "max_memory", G, "the max_memory bound (0 = none)", lv.max_memory);
+    kr_fig(cb, arg, "stats_refreshes", C, "refreshes of the process figures",
+           ck_pr_load_64(&srv->stats_refreshes));
 }
 
 void kr_server_refresh_stats(struct kr_server *srv)

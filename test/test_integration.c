@@ -444,6 +444,28 @@ Test(limits, idle_clients_are_closed)
     kr_it_stop(&srv);
 }
 
+/* The idle sweep looks at a bounded share of the slots per tick and rotates: with more
+ * connections than one tick visits (on one net thread), every one is still reached. */
+Test(limits, idle_sweep_reaches_every_connection_in_turn)
+{
+    const char *args[] = {"--client_idle_timeout_ms", "300", "--num_net_threads", "1", NULL};
+    kr_it_start(&srv, args);
+    enum { N = 600 };
+    static int fds[N];
+    for (int i = 0; i < N; i++)
+        fds[i] = kr_it_connect(srv.port);
+    for (int i = 0; i < N; i++)
+        kr_it_expect_closed(fds[i]); /* each wait is bounded by the read timeout */
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    int fd = kr_it_connect(srv.port);
+    kr_it_sends(fd, "stats\r\n");
+    kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
+    cr_assert_not_null(strstr(buf, "STAT idle_timeouts 600\r\n"), "%s", buf);
+    close(fd);
+    kr_it_stop(&srv);
+}
+
 /* ------------------------------------------------------------------ concurrency */
 
 #define NPUB 4
@@ -638,5 +660,40 @@ Test(logging, error_line_without_suppressed_count_ends_in_closing)
     cr_assert(kr_it_wait_log(&srv, "ERROR; closing"), "the error is logged");
     cr_assert(!kr_it_log_contains(&srv, "closing0"), "no zero suppressed count");
     cr_assert(!kr_it_log_contains(&srv, "(suppressed 0"), "no zero suppressed count");
+    kr_it_stop(&srv);
+}
+
+/* The value of `STAT <name>` in a stats reply read from fd. */
+static unsigned long long stat_of(int fd, const char *name)
+{
+    kr_it_sends(fd, "stats\r\n");
+    kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
+    char key[96];
+    snprintf(key, sizeof(key), "STAT %s ", name);
+    const char *p = strstr(buf, key);
+    cr_assert_not_null(p, "no %s in:\n%s", name, buf);
+    return strtoull(p + strlen(key), NULL, 10);
+}
+
+/* Regression: `STAT fanout_warnings` counted only the warnings of messages on one shard; the
+ * net thread's count of multi-shard fanout warnings was incremented but never printed. */
+Test(logging, fanout_warnings_count_multi_shard_messages)
+{
+    const char *args[] = {"--num_router_shards", "4", "--router_min_fanout_to_warn", "2", NULL};
+    kr_it_start(&srv, args);
+    int a = kr_it_connect(srv.port), b = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    /* t1..t6 span several of the 4 shards (test_poll_wait relies on it too) */
+    kr_it_subscribe(a, "t1 t2 t3 t4 t5 t6");
+    kr_it_subscribe(b, "t1 t2 t3 t4 t5 t6");
+    kr_it_publish(pub, "t1 t2 t3 t4 t5 t6", "x", 1);
+    cr_assert(kr_it_wait_log(&srv, "fanned out to "), "fanout warning expected");
+    cr_assert_eq(stat_of(pub, "fanout_warnings"), 1, "one warning, counted once");
+    kr_it_publish(pub, "t1", "y", 1); /* one shard */
+    for (int i = 0; i < 500 && stat_of(pub, "fanout_warnings") < 2; i++)
+        kr_it_sleep_ms(5);
+    cr_assert_eq(stat_of(pub, "fanout_warnings"), 2, "single-shard warnings count too");
+    close(a);
+    close(b);
+    close(pub);
     kr_it_stop(&srv);
 }
