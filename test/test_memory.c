@@ -276,11 +276,15 @@ Test(poll_reply, subscribers_that_poll_without_reading_cost_references_not_copie
      * reply (1 MiB) of unsent output, plus slack; each subscriber's own copy of its queue
      * (the bug) adds NSUB * 32 MB on top */
     uint64_t bound = 2 * published + NSUB * (8ull << 20) + (16ull << 20);
-    cr_assert_lt(grown, bound,
-                 "RSS grew by %llu bytes for %llu bytes published to %d subscribers "
-                 "(bound %llu); %llu polls answered",
-                 (unsigned long long)grown, (unsigned long long)published, NSUB,
-                 (unsigned long long)bound, gets);
+    /* a ThreadSanitizer build of the server (CI's race run) has shadow memory and its own
+     * allocator: its RSS says nothing about copies, the rest of the test still runs */
+    const char *san = getenv("KRAKEN_TEST_SANITIZER");
+    if (!san || strcmp(san, "thread") != 0)
+        cr_assert_lt(grown, bound,
+                     "RSS grew by %llu bytes for %llu bytes published to %d subscribers "
+                     "(bound %llu); %llu polls answered",
+                     (unsigned long long)grown, (unsigned long long)published, NSUB,
+                     (unsigned long long)bound, gets);
     cr_log_info("poll replies: RSS grew by %llu bytes for %llu bytes published to %d "
                 "subscribers, %llu polls answered before they read",
                 (unsigned long long)grown, (unsigned long long)published, NSUB, gets);
