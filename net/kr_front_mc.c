@@ -115,8 +115,7 @@ static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, ui
     if (type != KR_EV_UNSUBSCRIBE)
         c->subscribed = true;
     if (retro) {
-        c->retro_active = true;
-        c->retro_not_found = false;
+        kr_dlv_retro_begin(&c->dlv);
     }
 }
 
@@ -281,9 +280,8 @@ static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
     c->out_len += kr_fmt_u64(c->out + c->out_len, bytes - 2);
     memcpy(c->out + c->out_len, "\r\n", 2);
     c->out_len += 2;
-    uint64_t qbytes_before = c->q.bytes;
     for (uint32_t k = 0; k < n; k++) {
-        struct kr_cq_entry *e = kr_cq_at(&c->q, 0);
+        struct kr_cq_entry *e = kr_dlv_head(&c->dlv);
         struct kr_msg *m = e->msg;
         uint32_t ntop = kr_msg_ntopics(m), plen, tlen;
         const char *payload = kr_msg_payload(m, &plen);
@@ -306,15 +304,9 @@ static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
         *o++ = '\r';
         *o++ = '\n';
         c->out_len = (size_t)(o - c->out);
-        if (ntop > 64)
-            free(e->bits);
-        kr_msg_unref(m);
-        kr_cq_pop(&c->q);
-        c->seq_head++;
+        kr_dlv_pop(&nt->dlv, &c->dlv);
     }
     kr_out_add(c, "END\r\n", 5);
-    KR_ST_DEC(nt, queued_messages, n);
-    KR_ST_DEC(nt, queued_bytes, qbytes_before - c->q.bytes);
     KR_ST_INC(nt, messages_delivered, n);
     kr_conn_drain_replied(c);
 }
@@ -329,7 +321,7 @@ static void kr_req_get_messages(struct kr_conn *c, bool may_wait)
     kr_nt_drain(nt); /* take what the shards have sent so far */
     if (c->closing)
         return;
-    if (c->overflowed) { /* it overflowed with what was just taken */
+    if (c->dlv.overflowed) { /* it overflowed with what was just taken */
         kr_reply_overflow(c);
         return;
     }
@@ -354,7 +346,7 @@ static void kr_req_get_messages(struct kr_conn *c, bool may_wait)
 void kr_poll_finish(struct kr_conn *c)
 {
     kr_poll_unwait(c);
-    if (c->overflowed) {
+    if (c->dlv.overflowed) {
         kr_reply_overflow(c);
         return;
     }
@@ -380,7 +372,7 @@ static void kr_req_stats(struct kr_conn *c)
 void kr_conn_request(struct kr_conn *c, const struct kr_request *req, bool last)
 {
     struct kr_nt *nt = c->nt;
-    if (c->overflowed) {
+    if (c->dlv.overflowed) {
         kr_reply_overflow(c);
         return;
     }

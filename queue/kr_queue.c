@@ -105,6 +105,7 @@ void kr_msg_unref(struct kr_msg *m)
     free(m);
 }
 
+uint32_t kr_msg_refs(const struct kr_msg *m) { return ck_pr_load_32(&m->refs); }
 uint64_t kr_msg_publisher(const struct kr_msg *m) { return m->publisher; }
 uint64_t kr_msg_time_us(const struct kr_msg *m) { return m->time_us; }
 uint32_t kr_msg_ntopics(const struct kr_msg *m) { return m->ntopics; }

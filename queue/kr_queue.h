@@ -34,6 +34,9 @@ struct kr_msg *kr_msg_create(uint64_t publisher, uint64_t time_us, uint32_t ntop
 void kr_msg_ref(struct kr_msg *m, uint32_t n);
 /* Drop one reference; frees the message with the last one. Any thread holding a reference. */
 void kr_msg_unref(struct kr_msg *m);
+/* References currently held (a relaxed load: exact only while no other thread changes them;
+ * for tests and assertions). Any thread holding a reference. */
+uint32_t kr_msg_refs(const struct kr_msg *m);
 /* Accessors (immutable fields: any thread holding a reference). */
 uint64_t kr_msg_publisher(const struct kr_msg *m);
 uint64_t kr_msg_time_us(const struct kr_msg *m);
