@@ -67,9 +67,9 @@ static struct kr_msg *msg(uint64_t pub, uint64_t time_us, uint32_t ntopics, uint
 {
     const char **topics = calloc(ntopics ? ntopics : 1, sizeof(*topics));
     uint32_t *lens = calloc(ntopics ? ntopics : 1, sizeof(*lens));
-    char (*names)[8] = calloc(ntopics ? ntopics : 1, 8);
+    char (*names)[16] = calloc(ntopics ? ntopics : 1, 16);
     for (uint32_t i = 0; i < ntopics; i++) {
-        snprintf(names[i], 8, "t%u", i);
+        snprintf(names[i], 16, "t%u", i);
         topics[i] = names[i];
         lens[i] = (uint32_t)strlen(names[i]);
     }
