@@ -252,6 +252,7 @@ struct kr_nt {
     /* scratch for building messages */
     const char **topics;
     uint32_t *topic_lens;
+    uint64_t *topic_hashes; /* kr_topic_hash of each */
     uint32_t topics_cap;
     struct kr_log_ratelimit rl_errors;
     struct kr_log_ratelimit rl_accept;

@@ -95,8 +95,10 @@ void kr_router_stop(struct kr_router *r);
 void kr_router_destroy(struct kr_router *r);
 
 uint32_t kr_router_nshards(const struct kr_router *r);
-/* The shard that owns `topic`. Any thread. */
+/* The shard that owns `topic`, or the topic whose kr_topic_hash (kr_queue.h) is `hash`.
+ * Any thread. */
 uint32_t kr_router_shard_of(const struct kr_router *r, const char *topic, size_t len);
+uint32_t kr_router_shard_of_hash(const struct kr_router *r, uint64_t hash);
 
 /* Push an event from net thread `net` to shard `shard`; false when that ring is full, or
  * for a publish while the shard is congested (too many deliveries wait towards slow net
