@@ -232,8 +232,8 @@ void kr_rq_emit(struct kr_conn *c)
 
 struct kr_conn *kr_nt_conn(struct kr_nt *nt, uint64_t id)
 {
-    uint32_t slot = (uint32_t)id;
-    uint32_t gen = (uint32_t)(id >> 32) & 0xffffff;
+    uint32_t slot = kr_conn_id_slot(id);
+    uint32_t gen = kr_conn_id_gen(id);
     if (slot >= nt->nslots)
         return NULL;
     struct kr_conn *c = nt->slots[slot];

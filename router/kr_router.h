@@ -63,8 +63,21 @@ struct kr_router_cmd {
     char data[];    /* repeated: uint32_t len; bytes */
 };
 
-/* Client ids: which net thread owns a client is in the top 8 bits. */
-#define KR_CONN_NET(id) ((uint32_t)((id) >> 56))
+/* Client ids, encoded and decoded only here: the owning net thread in the top 8 bits, the
+ * generation of its connection slot in the next 24 (a reused slot gets a new id), the slot
+ * in the low 32. Any thread. */
+#define KR_CONN_GEN_MASK 0xffffffu
+static inline uint64_t kr_conn_id_make(uint32_t net, uint32_t gen, uint32_t slot)
+{
+    return ((uint64_t)net << 56) | ((uint64_t)(gen & KR_CONN_GEN_MASK) << 32) | slot;
+}
+static inline uint32_t kr_conn_id_net(uint64_t id) { return (uint32_t)(id >> 56); }
+static inline uint32_t kr_conn_id_gen(uint64_t id)
+{
+    return (uint32_t)(id >> 32) & KR_CONN_GEN_MASK;
+}
+static inline uint32_t kr_conn_id_slot(uint64_t id) { return (uint32_t)id; }
+#define KR_CONN_NET(id) kr_conn_id_net(id)
 
 struct kr_router_opts {
     uint32_t nshards;
