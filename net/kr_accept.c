@@ -225,10 +225,10 @@ static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_stora
         nt->nslots = ncap;
     }
     uint32_t slot = nt->free_slots[--nt->nfree];
-    nt->gens[slot] = (nt->gens[slot] + 1) & 0xffffff;
+    nt->gens[slot] = (nt->gens[slot] + 1) & KR_CONN_GEN_MASK;
     nt->slots[slot] = c;
     c->slot = slot;
-    c->id = ((uint64_t)nt->idx << 56) | ((uint64_t)nt->gens[slot] << 32) | slot;
+    c->id = kr_conn_id_make(nt->idx, nt->gens[slot], slot);
     c->created_ms = c->last_active_ms = kr_now_ms();
     kr_addr_name(ss, c->peer, sizeof(c->peer));
     KR_ST_INC(nt, curr_connections, 1);

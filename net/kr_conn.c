@@ -210,8 +210,8 @@ void kr_rq_emit(struct kr_conn *c)
         struct kr_reply_wait *w = &c->rq[c->rq_head];
         if (w->acks_left || w->sent_gate)
             break;
-        if (w->retro && c->retro_not_found) {
-            c->retro_not_found = false;
+        if (w->retro && c->dlv.retro_not_found) {
+            c->dlv.retro_not_found = false;
             if (!w->noreply)
                 kr_out_str(c, "NOT_FOUND\r\n");
         } else if (!w->noreply) {
@@ -232,8 +232,8 @@ void kr_rq_emit(struct kr_conn *c)
 
 struct kr_conn *kr_nt_conn(struct kr_nt *nt, uint64_t id)
 {
-    uint32_t slot = (uint32_t)id;
-    uint32_t gen = (uint32_t)(id >> 32) & 0xffffff;
+    uint32_t slot = kr_conn_id_slot(id);
+    uint32_t gen = kr_conn_id_gen(id);
     if (slot >= nt->nslots)
         return NULL;
     struct kr_conn *c = nt->slots[slot];
@@ -296,15 +296,86 @@ void kr_poll_wake(struct kr_conn *c)
     c->poll_wait = KR_PW_READY;
 }
 
+/* ---------------------------------------------------------------- delivery assembly
+ * The connection side of kr_deliver.h: the callbacks of the net thread's kr_dlv_ctx and
+ * the wrappers the other net files use. */
+
+#define KR_DLV_CONN(d) ((struct kr_conn *)((char *)(d) - offsetof(struct kr_conn, dlv)))
+
+static void kr_dlv_queued_cb(struct kr_dlv_ctx *x, struct kr_dlv *d)
+{
+    (void)x;
+    kr_poll_wake(KR_DLV_CONN(d));
+}
+
+static void kr_dlv_overflow_cb(struct kr_dlv_ctx *x, struct kr_dlv *d, uint32_t count,
+                               uint64_t bytes)
+{
+    struct kr_nt *nt = x->owner;
+    struct kr_conn *c = KR_DLV_CONN(d);
+    uint64_t suppressed = 0;
+    if (kr_log_enabled(KR_LOG_WARN) &&
+        kr_log_ratelimit(&nt->rl_overflow, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
+        KR_WARN("client %s (id %llu): queue overflow (%u messages, %llu bytes); discarding its "
+                "queue, it will be told and disconnected (suppressed %llu similar)",
+                c->peer, (unsigned long long)c->id, count, (unsigned long long)bytes,
+                (unsigned long long)suppressed);
+    kr_poll_wake(c); /* a waiting poll is answered with the error */
+}
+
+static void kr_dlv_mem_check_cb(struct kr_dlv_ctx *x)
+{
+    kr_nt_memory_check(x->owner);
+}
+
+/* Set up the net thread's delivery context (limits from nt->live, refreshed by
+ * kr_nt_refresh_live). Control thread, before the net thread runs. */
+void kr_nt_dlv_init(struct kr_nt *nt)
+{
+    struct kr_dlv_ctx *x = &nt->dlv;
+    x->net = nt->idx;
+    x->max_queued_messages = nt->live.max_queued_messages;
+    x->max_queued_bytes = nt->live.max_queued_bytes;
+    x->ctr.queued_messages = &nt->st.queued_messages;
+    x->ctr.queued_bytes = &nt->st.queued_bytes;
+    x->ctr.deliveries_queued = &nt->st.deliveries_queued;
+    x->ctr.queue_overflows = &nt->st.queue_overflows;
+    x->ctr.messages_replayed = &nt->st.messages_replayed;
+    x->mem_check = kr_dlv_mem_check_cb;
+    x->queued = kr_dlv_queued_cb;
+    x->overflow = kr_dlv_overflow_cb;
+    x->owner = nt;
+}
+
+void kr_conn_queue_clear(struct kr_conn *c)
+{
+    kr_dlv_clear(&c->nt->dlv, &c->dlv);
+}
+
+uint32_t kr_conn_ready_entries(struct kr_conn *c, uint64_t *bytes)
+{
+    return kr_dlv_ready(&c->dlv, c->nt->live.max_poll_reply_bytes, bytes);
+}
+
+/* Nothing is queued for the connection and nothing more can arrive for it. */
+bool kr_conn_queue_final_empty(const struct kr_conn *c)
+{
+    return c->drain == KR_DR_POLL && kr_dlv_empty(&c->dlv);
+}
+
+void kr_conn_overflow(struct kr_conn *c)
+{
+    kr_dlv_overflow(&c->nt->dlv, &c->dlv);
+}
+
 void kr_conn_closed_cb(uv_handle_t *h)
 {
     struct kr_conn *c = (struct kr_conn *)h;
     free(c->in);
     free(c->out);
     free(c->wbuf);
-    free(c->inc);
+    kr_dlv_free(&c->dlv);
     free(c->parked);
-    free(c->stage);
     free(c->rq);
     free(c);
 }
@@ -470,7 +541,7 @@ static bool kr_conn_unpark(struct kr_conn *c)
 /* May the next request be parsed now? */
 bool kr_conn_can_parse(struct kr_conn *c)
 {
-    return !c->closing && !c->close_after_write && !c->nparked && !c->retro_active &&
+    return !c->closing && !c->close_after_write && !c->nparked && !c->dlv.retro_active &&
            !c->deferred_err && !c->poll_wait && c->rq_count < KR_MAX_PIPELINED &&
            kr_conn_out_pending(c) < KR_OUT_HIGH; /* a reader that lags gets no more replies */
 }

@@ -88,7 +88,7 @@ static void kr_conn_drain_reach(struct kr_conn *c)
 {
     struct kr_nt *nt = c->nt;
     KR_DEBUG("client %s (id %llu): drain reached it (%u messages queued)", c->peer,
-             (unsigned long long)c->id, c->q.count);
+             (unsigned long long)c->id, c->dlv.q.count);
     if (!c->subscribed) {
         c->drain = KR_DR_POLL; /* nothing can arrive for it */
         kr_conn_drain_check(c);
@@ -132,7 +132,7 @@ uint32_t kr_net_drain_deadline(struct kr_server *s, uint32_t net)
         struct kr_conn *c = nt->slots[i];
         if (!c || c->closing || c->close_after_write)
             continue;
-        bool holding = c->q.count || c->nstage || c->retro_active ||
+        bool holding = c->dlv.q.count || c->dlv.nstage || c->dlv.retro_active ||
                        (c->subscribed && c->drain != KR_DR_POLL);
         bool waited = c->poll_wait != KR_PW_NONE;
         kr_poll_unwait(c);
@@ -144,7 +144,7 @@ uint32_t kr_net_drain_deadline(struct kr_server *s, uint32_t net)
                 kr_log_ratelimit(&nt->rl_drain, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
                 KR_WARN("client %s (id %llu): drain deadline with %u messages queued (%s); told "
                         "SERVER_ERROR shutting down (suppressed %llu similar)",
-                        c->peer, (unsigned long long)c->id, c->q.count,
+                        c->peer, (unsigned long long)c->id, c->dlv.q.count,
                         c->drain == KR_DR_POLL ? "not polled" : "shards did not confirm",
                         (unsigned long long)suppressed);
             kr_conn_queue_clear(c);

@@ -4,6 +4,7 @@
 #include "kr_net_int.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <ck_pr.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -115,8 +116,7 @@ static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, ui
     if (type != KR_EV_UNSUBSCRIBE)
         c->subscribed = true;
     if (retro) {
-        c->retro_active = true;
-        c->retro_not_found = false;
+        kr_dlv_retro_begin(&c->dlv);
     }
 }
 
@@ -131,27 +131,24 @@ static int kr_pub_entry(void *arg, const struct kr_pub_entry *e)
         nt->topics_cap = e->ntopics;
         nt->topics = kr_xrealloc(nt->topics, e->ntopics * sizeof(*nt->topics));
         nt->topic_lens = kr_xrealloc(nt->topic_lens, e->ntopics * sizeof(*nt->topic_lens));
+        nt->topic_hashes = kr_xrealloc(nt->topic_hashes, e->ntopics * sizeof(*nt->topic_hashes));
     }
-    /* Collect the topics, dropping repeats (a subscriber lists each matched topic once). */
+    /* Collect the topics, dropping repeats (a subscriber lists each matched topic once).
+     * Each topic is hashed once here: the hash picks its shard, compares repeats cheaply,
+     * and travels in the message for the shard's table lookup. */
     uint32_t n = 0;
     size_t pos = 0, len;
     const char *t;
     while (kr_proto_next_topic(e->topics, e->topics_len, &pos, &t, &len)) {
+        uint64_t h = kr_topic_hash(t, len);
         bool dup = false;
-        if (e->ntopics <= 32) {
-            for (uint32_t i = 0; i < n && !dup; i++)
-                dup = nt->topic_lens[i] == len && memcmp(nt->topics[i], t, len) == 0;
-        } else {
-            /* large entries: compare only against topics with the same hash bucket would
-             * need a table; a memmem-free linear scan is bounded by the warning threshold
-             * in practice, so keep it simple but avoid quadratic work on huge lists */
-            for (uint32_t i = 0; i < n && !dup; i++)
-                dup = nt->topic_lens[i] == len && nt->topics[i][0] == t[0] &&
-                      memcmp(nt->topics[i], t, len) == 0;
-        }
+        for (uint32_t i = 0; i < n && !dup; i++)
+            dup = nt->topic_hashes[i] == h && nt->topic_lens[i] == len &&
+                  memcmp(nt->topics[i], t, len) == 0;
         if (!dup) {
             nt->topics[n] = t;
             nt->topic_lens[n] = (uint32_t)len;
+            nt->topic_hashes[n] = h;
             n++;
         }
     }
@@ -175,37 +172,26 @@ static int kr_pub_entry(void *arg, const struct kr_pub_entry *e)
 
     /* Which shards own these topics. */
     uint32_t nshards = kr_router_nshards(r);
-    uint64_t shardset[1] = {0};
-    uint8_t bigset[256];
+    assert(nshards <= 64); /* num_router_shards is at most 64: one word holds the set */
+    uint64_t shardset = 0;
     uint32_t involved = 0;
-    if (nshards <= 64) {
-        for (uint32_t i = 0; i < n; i++) {
-            uint32_t s = kr_router_shard_of(r, nt->topics[i], nt->topic_lens[i]);
-            if (!(shardset[0] & (UINT64_C(1) << s))) {
-                shardset[0] |= UINT64_C(1) << s;
-                involved++;
-            }
-        }
-    } else {
-        memset(bigset, 0, sizeof(bigset));
-        for (uint32_t i = 0; i < n; i++) {
-            uint32_t s = kr_router_shard_of(r, nt->topics[i], nt->topic_lens[i]);
-            if (!bigset[s]) {
-                bigset[s] = 1;
-                involved++;
-            }
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t s = kr_router_shard_of_hash(r, nt->topic_hashes[i]);
+        if (!(shardset & (UINT64_C(1) << s))) {
+            shardset |= UINT64_C(1) << s;
+            involved++;
         }
     }
     /* each entry gets its own time: it orders one publisher's messages for subscribers */
-    struct kr_msg *m = kr_msg_create(c->id, kr_msg_clock_us(), n, nt->topics, nt->topic_lens,
-                                     e->payload, (uint32_t)e->payload_len,
-                                     involved > 1 ? srv->nnet : 0);
+    struct kr_msg *m = kr_msg_create_hashed(c->id, kr_msg_clock_us(), n, nt->topics,
+                                            nt->topic_lens, nt->topic_hashes, e->payload,
+                                            (uint32_t)e->payload_len,
+                                            involved > 1 ? srv->nnet : 0);
     kr_msg_set_nshards(m, involved);
     if (involved > 1)
         kr_msg_ref(m, involved - 1);
     for (uint32_t s = 0; s < nshards; s++) {
-        bool in = nshards <= 64 ? (shardset[0] >> s) & 1 : bigset[s];
-        if (!in)
+        if (!((shardset >> s) & 1))
             continue;
         struct kr_event ev = {.type = KR_EV_PUBLISH, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = m};
         kr_conn_send(c, s, &ev);
@@ -281,9 +267,8 @@ static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
     c->out_len += kr_fmt_u64(c->out + c->out_len, bytes - 2);
     memcpy(c->out + c->out_len, "\r\n", 2);
     c->out_len += 2;
-    uint64_t qbytes_before = c->q.bytes;
     for (uint32_t k = 0; k < n; k++) {
-        struct kr_cq_entry *e = kr_cq_at(&c->q, 0);
+        struct kr_cq_entry *e = kr_dlv_head(&c->dlv);
         struct kr_msg *m = e->msg;
         uint32_t ntop = kr_msg_ntopics(m), plen, tlen;
         const char *payload = kr_msg_payload(m, &plen);
@@ -306,15 +291,9 @@ static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
         *o++ = '\r';
         *o++ = '\n';
         c->out_len = (size_t)(o - c->out);
-        if (ntop > 64)
-            free(e->bits);
-        kr_msg_unref(m);
-        kr_cq_pop(&c->q);
-        c->seq_head++;
+        kr_dlv_pop(&nt->dlv, &c->dlv);
     }
     kr_out_add(c, "END\r\n", 5);
-    KR_ST_DEC(nt, queued_messages, n);
-    KR_ST_DEC(nt, queued_bytes, qbytes_before - c->q.bytes);
     KR_ST_INC(nt, messages_delivered, n);
     kr_conn_drain_replied(c);
 }
@@ -329,7 +308,7 @@ static void kr_req_get_messages(struct kr_conn *c, bool may_wait)
     kr_nt_drain(nt); /* take what the shards have sent so far */
     if (c->closing)
         return;
-    if (c->overflowed) { /* it overflowed with what was just taken */
+    if (c->dlv.overflowed) { /* it overflowed with what was just taken */
         kr_reply_overflow(c);
         return;
     }
@@ -354,7 +333,7 @@ static void kr_req_get_messages(struct kr_conn *c, bool may_wait)
 void kr_poll_finish(struct kr_conn *c)
 {
     kr_poll_unwait(c);
-    if (c->overflowed) {
+    if (c->dlv.overflowed) {
         kr_reply_overflow(c);
         return;
     }
@@ -427,7 +406,7 @@ static void kr_req_stats(struct kr_conn *c)
 void kr_conn_request(struct kr_conn *c, const struct kr_request *req, bool last)
 {
     struct kr_nt *nt = c->nt;
-    if (c->overflowed) {
+    if (c->dlv.overflowed) {
         kr_reply_overflow(c);
         return;
     }

@@ -56,6 +56,8 @@ void kr_nt_refresh_live(struct kr_nt *nt)
     uint64_t gen = kr_cfg_live_generation();
     if (gen != nt->live_gen) {
         kr_net_live(nt->srv, &nt->live);
+        nt->dlv.max_queued_messages = nt->live.max_queued_messages;
+        nt->dlv.max_queued_bytes = nt->live.max_queued_bytes;
         nt->live_gen = gen;
     }
 }
@@ -82,22 +84,18 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
 {
     switch (ev->type) {
     case KR_EV_DELIVER:
-        kr_nt_deliver(nt, ev, false);
+    case KR_EV_REPLAY: {
+        struct kr_conn *c = kr_nt_conn(nt, ev->conn);
+        kr_dlv_deliver(&nt->dlv, c ? &c->dlv : NULL, ev, ev->type == KR_EV_REPLAY);
         break;
-    case KR_EV_REPLAY:
-        kr_nt_deliver(nt, ev, true);
-        break;
+    }
     case KR_EV_END: {
         struct kr_msg *m = ev->ptr;
-        struct kr_pend *p = kr_nt_pend(nt, m, true);
-        p->arrived++;
-        p->fanout += ev->aux;
-        if (p->arrived == p->expected) {
+        uint32_t fanout;
+        if (kr_dlv_end(&nt->dlv, m, ev->aux, &fanout)) {
             uint32_t warn = nt->live.fanout_warn;
-            if (warn && p->fanout >= warn && KR_CONN_NET(kr_msg_publisher(m)) == nt->idx)
-                kr_nt_fanout_warn(nt, m, p->fanout);
-            *kr_msg_slot(m, nt->idx) = NULL;
-            kr_pend_unref(p);
+            if (warn && fanout >= warn && KR_CONN_NET(kr_msg_publisher(m)) == nt->idx)
+                kr_nt_fanout_warn(nt, m, fanout);
         }
         kr_msg_unref(m);
         break;
@@ -118,12 +116,12 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
         struct kr_reply_wait *w = c ? kr_rq_at(c, reqno) : NULL;
         if (w && w->acks_left) {
             if (ev->aux == KR_EV_RETRO_SUBSCRIBE && ev->mask)
-                c->retro_not_found = true;
+                c->dlv.retro_not_found = true;
             if (--w->acks_left == 0) {
                 if (w->retro) {
-                    if (c->retro_not_found)
+                    if (c->dlv.retro_not_found)
                         KR_ST_INC(nt, retro_not_found, 1);
-                    kr_conn_retro_done(c);
+                    kr_dlv_retro_done(&nt->dlv, &c->dlv);
                 }
                 kr_rq_emit(c);
                 kr_conn_block(c); /* flushed and resumed after this loop iteration */
@@ -191,7 +189,7 @@ static void kr_nt_answer_ready(struct kr_nt *nt)
     for (uint32_t k = nt->ready.count; k > 0 && nt->ready.count; k--) {
         struct kr_conn *c = kr_pw_first(&nt->ready);
         uint64_t bytes;
-        if (!c->overflowed && kr_conn_ready_entries(c, &bytes) == 0 &&
+        if (!c->dlv.overflowed && kr_conn_ready_entries(c, &bytes) == 0 &&
             now - c->poll_since_ms < wait) {
             kr_pw_unlink(&nt->ready, c); /* to the back of the list */
             kr_pw_push(&nt->ready, c);

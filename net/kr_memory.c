@@ -67,7 +67,7 @@ uint64_t kr_server_memory_used(struct kr_server *s, uint64_t *history)
 static uint64_t kr_conn_memory_overflow(struct kr_conn *c)
 {
     struct kr_nt *nt = c->nt;
-    uint64_t freed = c->q.bytes;
+    uint64_t freed = c->dlv.q.bytes;
     KR_ST_INC(nt, memory_overflows, 1);
     uint64_t suppressed = 0;
     if (kr_log_enabled(KR_LOG_WARN) &&
@@ -76,7 +76,7 @@ static uint64_t kr_conn_memory_overflow(struct kr_conn *c)
                 "%llu bytes, %llu unsent), it will be told and disconnected (suppressed %llu "
                 "similar)",
                 c->peer, (unsigned long long)c->id, (unsigned long long)nt->live.max_memory,
-                c->q.count, (unsigned long long)c->q.bytes,
+                c->dlv.q.count, (unsigned long long)c->dlv.q.bytes,
                 (unsigned long long)kr_conn_out_pending(c), (unsigned long long)suppressed);
     if (c->writing) {
         /* it does not read what it was sent: the error could not reach it either */
@@ -85,7 +85,7 @@ static uint64_t kr_conn_memory_overflow(struct kr_conn *c)
         kr_conn_close(c);
         return freed;
     }
-    if (!c->overflowed)
+    if (!c->dlv.overflowed)
         kr_conn_overflow(c); /* counted in queue_overflows too; a waiting poll gets the error */
     if (c->poll_wait == KR_PW_NONE && !c->close_after_write && !c->deferred_err) {
         kr_reply_overflow(c); /* now, not at its next request: it may never send one */
@@ -101,15 +101,15 @@ void kr_nt_memory_check(struct kr_nt *nt)
     struct kr_server *srv = nt->srv;
     kr_nt_refresh_live(nt);
     uint64_t max = nt->live.max_memory;
-    nt->mem_grown = 0;
+    nt->dlv.mem_grown = 0;
     if (!max) {
-        nt->mem_step = UINT64_MAX;
+        nt->dlv.mem_step = UINT64_MAX;
         ck_pr_store_64(&nt->mem_largest, 0);
         return;
     }
-    nt->mem_step = max / (8 * (uint64_t)srv->nnet);
-    if (nt->mem_step < 4096)
-        nt->mem_step = 4096;
+    nt->dlv.mem_step = max / (8 * (uint64_t)srv->nnet);
+    if (nt->dlv.mem_step < 4096)
+        nt->dlv.mem_step = 4096;
     uint64_t history, used = kr_server_memory_used(srv, &history);
     bool over = used > max;
     uint64_t largest = 0, mine = 0;
@@ -118,7 +118,7 @@ void kr_nt_memory_check(struct kr_nt *nt)
         struct kr_conn *c = nt->slots[i];
         if (!c || c->closing)
             continue;
-        uint64_t b = c->q.bytes + kr_conn_out_pending(c);
+        uint64_t b = c->dlv.q.bytes + kr_conn_out_pending(c);
         if (!b)
             continue;
         mine += b;

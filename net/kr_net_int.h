@@ -16,6 +16,7 @@
 
 #include "kr_acl.h"
 #include "kr_counters.h"
+#include "kr_deliver.h"
 #include "kr_log.h"
 #include "kr_proto.h"
 #include "kr_queue.h"
@@ -99,19 +100,6 @@ struct kr_reply_wait {
 
 #define KR_MAX_PIPELINED 1024 /* replies a client may have waiting on the router */
 
-/* A delivery held back while a retroactive subscription completes. */
-struct kr_staged {
-    struct kr_cq_entry e;
-    bool replay;
-    uint32_t order; /* arrival order, for a stable sort */
-};
-
-/* A multi-shard message still being completed, and the queue position of its entry. */
-struct kr_incomplete {
-    struct kr_msg *msg;
-    uint64_t seq;
-};
-
 struct kr_conn {
     uv_tcp_t h; /* first: handle.data is unused, the handle address is the connection */
     struct kr_nt *nt;
@@ -130,12 +118,8 @@ struct kr_conn {
     size_t wbuf_len;
     size_t out_acct; /* unsent bytes counted in the thread's output_bytes */
     uv_write_t wreq;
-    /* deliveries */
-    struct kr_cq q;
-    uint64_t seq_head; /* sequence number of the queue head */
-    struct kr_incomplete *inc;
-    uint32_t ninc;
-    uint32_t inc_cap;
+    /* deliveries (kr_deliver.h): queue, incomplete entries, retro staging, overflow */
+    struct kr_dlv dlv;
     /* requests waiting on the router */
     struct kr_parked *parked;
     uint32_t nparked;
@@ -148,14 +132,8 @@ struct kr_conn {
     const char *deferred_err;  /* error reply held until earlier replies are out */
     /* retroactive subscriptions */
     uint64_t horizon_us;      /* set by `register`, used by the next subscribe (0 = none) */
-    bool retro_active;        /* a retroactive subscribe is waiting for its shards */
-    bool retro_not_found;     /* some shard's history did not reach back */
-    struct kr_staged *stage;  /* deliveries held while retro_active */
-    uint32_t nstage;
-    uint32_t stage_cap;
     /* state */
     bool closing;
-    bool overflowed;
     bool reading;
     bool writing;
     bool close_after_write;
@@ -244,6 +222,7 @@ struct kr_nt {
     /* scratch for building messages */
     const char **topics;
     uint32_t *topic_lens;
+    uint64_t *topic_hashes; /* kr_topic_hash of each */
     uint32_t topics_cap;
     struct kr_log_ratelimit rl_errors;
     struct kr_log_ratelimit rl_accept;
@@ -253,9 +232,10 @@ struct kr_nt {
     struct kr_log_ratelimit rl_topics;
     struct kr_log_ratelimit rl_memory;
     struct kr_log_ratelimit rl_drain;
+    /* delivery assembly's context (kr_deliver.h); its mem_grown / mem_step are max_memory's
+     * growth counter (kr_nt_memory_check) */
+    struct kr_dlv_ctx dlv;
     /* max_memory (kr_nt_memory_check) */
-    uint64_t mem_grown;   /* queued bytes added since the last check */
-    uint64_t mem_step;    /* check again after this many */
     uint64_t mem_largest; /* largest client here at the last check; read by other threads */
     struct kr_mem_cand *mem_cand;
     uint32_t mem_cand_cap;
@@ -325,14 +305,12 @@ void kr_reply_overflow(struct kr_conn *c);
 void kr_poll_finish(struct kr_conn *c);
 void kr_conn_request(struct kr_conn *c, const struct kr_request *req, bool last);
 bool kr_req_pipelinable(const struct kr_conn *c, const struct kr_request *req);
-/* ---- kr_deliver.c */
+/* ---- kr_conn.c: the connection side of delivery assembly (kr_deliver.h) */
+void kr_nt_dlv_init(struct kr_nt *nt);
 void kr_conn_queue_clear(struct kr_conn *c);
 uint32_t kr_conn_ready_entries(struct kr_conn *c, uint64_t *bytes);
 bool kr_conn_queue_final_empty(const struct kr_conn *c);
 void kr_conn_overflow(struct kr_conn *c);
-struct kr_pend *kr_nt_pend(struct kr_nt *nt, struct kr_msg *m, bool create);
-void kr_nt_deliver(struct kr_nt *nt, struct kr_event *ev, bool replay);
-void kr_conn_retro_done(struct kr_conn *c);
 /* ---- kr_loop.c */
 void kr_net_live(const struct kr_server *s, struct kr_net_live *out);
 void kr_nt_refresh_live(struct kr_nt *nt);

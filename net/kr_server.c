@@ -57,6 +57,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         nt->srv = s;
         nt->idx = i;
         kr_net_live(s, &nt->live);
+        kr_nt_dlv_init(nt);
         s->nts[i] = nt;
         uint16_t bound = 0;
         int fd = kr_listen_socket(cfg, port, &bound, err, errlen);
@@ -188,6 +189,7 @@ void kr_server_destroy(struct kr_server *s)
         free(nt->free_slots);
         free(nt->topics);
         free(nt->topic_lens);
+        free(nt->topic_hashes);
         for (uint32_t k = 0; k < nt->nctl; k++) /* drain barriers never sent */
             if (nt->ctl[k].ev.type == KR_EV_UNSUBSCRIBE)
                 free(nt->ctl[k].ev.ptr);
@@ -240,8 +242,8 @@ static void kr_net_conn_fill(const struct kr_conn *c, uint64_t now, struct kr_ne
     memset(out, 0, sizeof(*out));
     out->id = c->id;
     memcpy(out->peer, c->peer, sizeof(out->peer));
-    out->queued_messages = c->q.count;
-    out->queued_bytes = c->q.bytes;
+    out->queued_messages = c->dlv.q.count;
+    out->queued_bytes = c->dlv.q.bytes;
     out->age_ms = now - c->created_ms;
     out->since_poll_ms = c->last_poll_ms ? (int64_t)(now - c->last_poll_ms) : -1;
     out->idle_ms = now - c->last_active_ms;

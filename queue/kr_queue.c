@@ -13,6 +13,7 @@
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 
 /* ---------------------------------------------------------------- messages */
@@ -28,7 +29,8 @@ struct kr_msg {
     uint32_t nshards;
     uint32_t nslots;
     uint32_t size;
-    /* then: void *slots[nslots]; uint32_t topic_off[ntopics + 1]; topic bytes; payload */
+    /* then: void *slots[nslots]; uint64_t topic_hash[ntopics];
+     * uint32_t topic_off[ntopics + 1]; topic bytes; payload */
     char data[];
 };
 
@@ -37,25 +39,46 @@ static inline void **kr_msg_slots(const struct kr_msg *m)
     return (void **)(uintptr_t)m->data;
 }
 
+static inline uint64_t *kr_msg_hashes(const struct kr_msg *m)
+{
+    return (uint64_t *)(uintptr_t)(m->data + m->nslots * sizeof(void *));
+}
+
 static inline uint32_t *kr_msg_offs(const struct kr_msg *m)
 {
-    return (uint32_t *)(uintptr_t)(m->data + m->nslots * sizeof(void *));
+    return (uint32_t *)(uintptr_t)(m->data + m->nslots * sizeof(void *) +
+                                   m->ntopics * sizeof(uint64_t));
 }
 
 static inline char *kr_msg_bytes(const struct kr_msg *m)
 {
     return (char *)(uintptr_t)(m->data + m->nslots * sizeof(void *) +
+                               m->ntopics * sizeof(uint64_t) +
                                (m->ntopics + 1) * sizeof(uint32_t));
+}
+
+uint64_t kr_topic_hash(const char *topic, size_t len)
+{
+    return XXH3_64bits(topic, len);
 }
 
 struct kr_msg *kr_msg_create(uint64_t publisher, uint64_t time_us, uint32_t ntopics,
                              const char *const *topics, const uint32_t *topic_lens,
                              const char *payload, uint32_t payload_len, uint32_t nslots)
 {
+    return kr_msg_create_hashed(publisher, time_us, ntopics, topics, topic_lens, NULL, payload,
+                                payload_len, nslots);
+}
+
+struct kr_msg *kr_msg_create_hashed(uint64_t publisher, uint64_t time_us, uint32_t ntopics,
+                                    const char *const *topics, const uint32_t *topic_lens,
+                                    const uint64_t *topic_hashes, const char *payload,
+                                    uint32_t payload_len, uint32_t nslots)
+{
     size_t tbytes = 0;
     for (uint32_t i = 0; i < ntopics; i++)
         tbytes += topic_lens[i];
-    size_t size = sizeof(struct kr_msg) + nslots * sizeof(void *) +
+    size_t size = sizeof(struct kr_msg) + nslots * sizeof(void *) + ntopics * sizeof(uint64_t) +
                   (ntopics + 1) * sizeof(uint32_t) + tbytes + payload_len;
     struct kr_msg *m = kr_xmalloc(size);
     m->refs = 1;
@@ -69,9 +92,11 @@ struct kr_msg *kr_msg_create(uint64_t publisher, uint64_t time_us, uint32_t ntop
     if (nslots)
         memset(kr_msg_slots(m), 0, nslots * sizeof(void *));
     uint32_t *offs = kr_msg_offs(m);
+    uint64_t *hashes = kr_msg_hashes(m);
     char *b = kr_msg_bytes(m);
     uint32_t off = 0;
     for (uint32_t i = 0; i < ntopics; i++) {
+        hashes[i] = topic_hashes ? topic_hashes[i] : kr_topic_hash(topics[i], topic_lens[i]);
         offs[i] = off;
         memcpy(b + off, topics[i], topic_lens[i]);
         off += topic_lens[i];
@@ -105,6 +130,7 @@ void kr_msg_unref(struct kr_msg *m)
     free(m);
 }
 
+uint32_t kr_msg_refs(const struct kr_msg *m) { return ck_pr_load_32(&m->refs); }
 uint64_t kr_msg_publisher(const struct kr_msg *m) { return m->publisher; }
 uint64_t kr_msg_time_us(const struct kr_msg *m) { return m->time_us; }
 uint32_t kr_msg_ntopics(const struct kr_msg *m) { return m->ntopics; }
@@ -117,6 +143,11 @@ const char *kr_msg_topic(const struct kr_msg *m, uint32_t i, uint32_t *len)
     const uint32_t *offs = kr_msg_offs(m);
     *len = offs[i + 1] - offs[i];
     return kr_msg_bytes(m) + offs[i];
+}
+
+uint64_t kr_msg_topic_hash(const struct kr_msg *m, uint32_t i)
+{
+    return kr_msg_hashes(m)[i];
 }
 
 const char *kr_msg_payload(const struct kr_msg *m, uint32_t *len)

@@ -22,23 +22,38 @@
 
 struct kr_msg;
 
+/* The hash of a topic: picks its shard (kr_router_shard_of) and its bucket in the shard's
+ * table. Computed once per published topic and carried in the message. Any thread. */
+uint64_t kr_topic_hash(const char *topic, size_t len);
+
 /* Create a message with `ntopics` topics (their bytes and lengths) and a payload.
  * `nslots` per-thread pointer slots are reserved for the net threads' bookkeeping of
  * multi-shard messages (0 when not needed). Topics must already be de-duplicated.
  * The message starts with one reference, owned by the caller. Aborts on out of memory.
- * Any thread. */
+ * Any thread. kr_msg_create_hashed takes the topics' kr_topic_hash values (stored in the
+ * message, see kr_msg_topic_hash) when the caller computed them already; kr_msg_create
+ * computes them. */
 struct kr_msg *kr_msg_create(uint64_t publisher, uint64_t time_us, uint32_t ntopics,
                              const char *const *topics, const uint32_t *topic_lens,
                              const char *payload, uint32_t payload_len, uint32_t nslots);
+struct kr_msg *kr_msg_create_hashed(uint64_t publisher, uint64_t time_us, uint32_t ntopics,
+                                    const char *const *topics, const uint32_t *topic_lens,
+                                    const uint64_t *topic_hashes, const char *payload,
+                                    uint32_t payload_len, uint32_t nslots);
 /* Add `n` references. Any thread holding a reference. */
 void kr_msg_ref(struct kr_msg *m, uint32_t n);
 /* Drop one reference; frees the message with the last one. Any thread holding a reference. */
 void kr_msg_unref(struct kr_msg *m);
+/* References currently held (a relaxed load: exact only while no other thread changes them;
+ * for tests and assertions). Any thread holding a reference. */
+uint32_t kr_msg_refs(const struct kr_msg *m);
 /* Accessors (immutable fields: any thread holding a reference). */
 uint64_t kr_msg_publisher(const struct kr_msg *m);
 uint64_t kr_msg_time_us(const struct kr_msg *m);
 uint32_t kr_msg_ntopics(const struct kr_msg *m);
 const char *kr_msg_topic(const struct kr_msg *m, uint32_t i, uint32_t *len);
+/* kr_topic_hash of topic i, as stored at creation. */
+uint64_t kr_msg_topic_hash(const struct kr_msg *m, uint32_t i);
 const char *kr_msg_payload(const struct kr_msg *m, uint32_t *len);
 /* Bytes held by the message buffer (for memory accounting). */
 size_t kr_msg_size(const struct kr_msg *m);

@@ -152,8 +152,13 @@ uint32_t kr_router_nshards(const struct kr_router *r)
 
 uint32_t kr_router_shard_of(const struct kr_router *r, const char *topic, size_t len)
 {
+    return kr_router_shard_of_hash(r, kr_topic_hash(topic, len));
+}
+
+uint32_t kr_router_shard_of_hash(const struct kr_router *r, uint64_t hash)
+{
     /* High bits pick the shard; the tables' buckets use the low bits of the same hash. */
-    return (uint32_t)((XXH3_64bits(topic, len) >> 32) % r->o.nshards);
+    return (uint32_t)((hash >> 32) % r->o.nshards);
 }
 
 /* Push an event towards net thread n, keeping order behind anything already parked. */
@@ -277,9 +282,10 @@ static void kr_shard_retro(struct kr_shard *sh, struct kr_event *ev)
             for (uint32_t i = 0; i < ntopics; i++) {
                 uint32_t tl;
                 const char *tt = kr_msg_topic(m, i, &tl);
-                if (r->o.nshards > 1 && kr_router_shard_of(r, tt, tl) != sh->idx)
+                uint64_t th = kr_msg_topic_hash(m, i);
+                if (r->o.nshards > 1 && kr_router_shard_of_hash(r, th) != sh->idx)
                     continue;
-                struct kr_topic *tp = kr_topics_find(sh->topics, tt, tl);
+                struct kr_topic *tp = kr_topics_find_hashed(sh->topics, tt, tl, th);
                 if (!tp || *kr_topic_stamp(tp) != stamp)
                     continue;
                 if (ntopics <= 64) {
@@ -316,9 +322,10 @@ static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
     for (uint32_t i = 0; i < ntopics; i++) {
         uint32_t len;
         const char *t = kr_msg_topic(m, i, &len);
-        if (r->o.nshards > 1 && kr_router_shard_of(r, t, len) != sh->idx)
+        uint64_t h = kr_msg_topic_hash(m, i); /* hashed once, by the publisher's thread */
+        if (r->o.nshards > 1 && kr_router_shard_of_hash(r, h) != sh->idx)
             continue;
-        struct kr_topic *tp = kr_topics_find(sh->topics, t, len);
+        struct kr_topic *tp = kr_topics_find_hashed(sh->topics, t, len, h);
         if (!tp)
             continue;
         uint32_t nsubs = kr_topic_nsubs(tp);

@@ -63,8 +63,21 @@ struct kr_router_cmd {
     char data[];    /* repeated: uint32_t len; bytes */
 };
 
-/* Client ids: which net thread owns a client is in the top 8 bits. */
-#define KR_CONN_NET(id) ((uint32_t)((id) >> 56))
+/* Client ids, encoded and decoded only here: the owning net thread in the top 8 bits, the
+ * generation of its connection slot in the next 24 (a reused slot gets a new id), the slot
+ * in the low 32. Any thread. */
+#define KR_CONN_GEN_MASK 0xffffffu
+static inline uint64_t kr_conn_id_make(uint32_t net, uint32_t gen, uint32_t slot)
+{
+    return ((uint64_t)net << 56) | ((uint64_t)(gen & KR_CONN_GEN_MASK) << 32) | slot;
+}
+static inline uint32_t kr_conn_id_net(uint64_t id) { return (uint32_t)(id >> 56); }
+static inline uint32_t kr_conn_id_gen(uint64_t id)
+{
+    return (uint32_t)(id >> 32) & KR_CONN_GEN_MASK;
+}
+static inline uint32_t kr_conn_id_slot(uint64_t id) { return (uint32_t)id; }
+#define KR_CONN_NET(id) kr_conn_id_net(id)
 
 struct kr_router_opts {
     uint32_t nshards;
@@ -95,8 +108,10 @@ void kr_router_stop(struct kr_router *r);
 void kr_router_destroy(struct kr_router *r);
 
 uint32_t kr_router_nshards(const struct kr_router *r);
-/* The shard that owns `topic`. Any thread. */
+/* The shard that owns `topic`, or the topic whose kr_topic_hash (kr_queue.h) is `hash`.
+ * Any thread. */
 uint32_t kr_router_shard_of(const struct kr_router *r, const char *topic, size_t len);
+uint32_t kr_router_shard_of_hash(const struct kr_router *r, uint64_t hash);
 
 /* Push an event from net thread `net` to shard `shard`; false when that ring is full, or
  * for a publish while the shard is congested (too many deliveries wait towards slow net

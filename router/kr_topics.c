@@ -9,6 +9,7 @@
 #include <urcu/rculfhash.h>
 #include <xxhash.h>
 
+#include "kr_queue.h"
 #include "kr_util.h"
 
 struct kr_sub {
@@ -50,7 +51,7 @@ struct kr_topics {
 
 static inline unsigned long kr_topics_hash(const char *s, uint32_t len)
 {
-    return (unsigned long)XXH3_64bits(s, len);
+    return (unsigned long)kr_topic_hash(s, len);
 }
 
 static inline unsigned long kr_conn_hash(uint64_t id)
@@ -273,8 +274,14 @@ uint32_t kr_topics_drop_conn(struct kr_topics *t, uint64_t conn)
 
 struct kr_topic *kr_topics_find(struct kr_topics *t, const char *topic, uint32_t len)
 {
+    return kr_topics_find_hashed(t, topic, len, kr_topic_hash(topic, len));
+}
+
+struct kr_topic *kr_topics_find_hashed(struct kr_topics *t, const char *topic, uint32_t len,
+                                       uint64_t hash)
+{
     urcu_memb_read_lock();
-    struct kr_topic *tp = kr_topics_lookup(t, topic, len, kr_topics_hash(topic, len));
+    struct kr_topic *tp = kr_topics_lookup(t, topic, len, (unsigned long)hash);
     urcu_memb_read_unlock();
     /* Only the owning thread frees topics, so the pointer stays valid for it. */
     return tp;

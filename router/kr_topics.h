@@ -34,6 +34,9 @@ uint32_t kr_topics_drop_conn(struct kr_topics *t, uint64_t conn);
 
 /* Lookup for fanout; NULL when nobody is subscribed. */
 struct kr_topic *kr_topics_find(struct kr_topics *t, const char *topic, uint32_t len);
+/* The same with the topic's kr_topic_hash already known (a published message carries it). */
+struct kr_topic *kr_topics_find_hashed(struct kr_topics *t, const char *topic, uint32_t len,
+                                       uint64_t hash);
 uint32_t kr_topic_nsubs(const struct kr_topic *tp);
 /* The topic's i-th subscriber; its subscription's `since_us` in *since_us unless NULL. */
 struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i, uint64_t *since_us);

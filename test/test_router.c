@@ -116,6 +116,45 @@ Test(router, shard_of_is_stable_and_in_range)
     stop();
 }
 
+Test(router, carried_topic_hash_picks_the_same_shard)
+{
+    start(4, 1);
+    const char *topics[] = {"alpha", "beta", "gamma"};
+    uint32_t lens[] = {5, 4, 5};
+    struct kr_msg *m = kr_msg_create(1, 1, 3, topics, lens, "p", 1, 0);
+    for (uint32_t i = 0; i < 3; i++) {
+        cr_assert_eq(kr_msg_topic_hash(m, i), kr_topic_hash(topics[i], lens[i]));
+        cr_assert_eq(kr_router_shard_of_hash(r, kr_msg_topic_hash(m, i)),
+                     kr_router_shard_of(r, topics[i], lens[i]));
+    }
+    uint64_t given[] = {7, 8, 9};
+    struct kr_msg *h = kr_msg_create_hashed(1, 1, 3, topics, lens, given, "p", 1, 2);
+    for (uint32_t i = 0; i < 3; i++) {
+        cr_assert_eq(kr_msg_topic_hash(h, i), given[i], "the caller's hashes are stored");
+        uint32_t len;
+        cr_assert_eq(memcmp(kr_msg_topic(h, i, &len), topics[i], lens[i]), 0);
+        cr_assert_eq(len, lens[i]);
+    }
+    uint32_t plen;
+    cr_assert_eq(memcmp(kr_msg_payload(h, &plen), "p", 1), 0);
+    kr_msg_unref(m);
+    kr_msg_unref(h);
+    stop();
+}
+
+Test(router, client_id_encode_decode)
+{
+    uint64_t id = kr_conn_id_make(5, 0x123456, 77);
+    cr_assert_eq(kr_conn_id_net(id), 5);
+    cr_assert_eq(KR_CONN_NET(id), 5);
+    cr_assert_eq(kr_conn_id_gen(id), 0x123456);
+    cr_assert_eq(kr_conn_id_slot(id), 77);
+    uint64_t wide = kr_conn_id_make(255, 0xffffffu + 1, UINT32_MAX);
+    cr_assert_eq(kr_conn_id_net(wide), 255, "a generation never spills into the net bits");
+    cr_assert_eq(kr_conn_id_gen(wide), 0);
+    cr_assert_eq(kr_conn_id_slot(wide), UINT32_MAX);
+}
+
 Test(router, single_shard_delivery_with_mask_and_no_echo)
 {
     start(1, 1);

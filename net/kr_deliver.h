@@ -1,0 +1,122 @@
+/* Delivery assembly: what a net thread does with the DELIVER / END / REPLAY events its
+ * shards send, for one client at a time, with no I/O and no event loop in it.
+ *
+ *  - struct kr_dlv: one client's deliveries (embedded in the connection): the queue of
+ *    entries a poll hands out, the multi-shard entries still being completed, the
+ *    retroactive staging area and the overflow state.
+ *  - struct kr_dlv_ctx: one net thread's context: its index (the message slot of its
+ *    completion records), the queue limits (from the cached live settings), the counters it
+ *    updates, the max_memory growth counter, and the callbacks by which the connection
+ *    layer learns that an entry was queued (wake a waiting poll) or that a queue overflowed
+ *    (log with the peer, tell the client, close).
+ *
+ * Entries of a message whose topics span several shards are merged into one entry listing
+ * every matched topic, and handed out only once every shard's END arrived; entries are kept
+ * in per-publisher order; a retroactive subscription stages what arrives until its shards
+ * answered, then queues the replayed messages oldest first, each once.
+ *
+ * Everything here runs on the net thread that owns the client (and its kr_dlv_ctx). */
+#ifndef KR_DELIVER_H
+#define KR_DELIVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kr_queue.h"
+
+struct kr_dlv;
+struct kr_dlv_ctx;
+
+/* A delivery held back while a retroactive subscription completes. */
+struct kr_staged {
+    struct kr_cq_entry e;
+    bool replay;
+    uint32_t order; /* arrival order, for a stable sort */
+};
+
+/* A multi-shard message still being completed, and the queue position of its entry. */
+struct kr_incomplete {
+    struct kr_msg *msg;
+    uint64_t seq;
+};
+
+/* One client's deliveries. Zero-init is an empty, usable state. The fields are read by the
+ * connection layer (counts for its figures and drain decisions); they are changed only
+ * through the functions below (and kr_dlv_retro_begin / kr_dlv_retro_not_found). */
+struct kr_dlv {
+    struct kr_cq q;
+    uint64_t seq_head; /* sequence number of the queue head */
+    struct kr_incomplete *inc;
+    uint32_t ninc;
+    uint32_t inc_cap;
+    struct kr_staged *stage; /* deliveries held while retro_active */
+    uint32_t nstage;
+    uint32_t stage_cap;
+    bool retro_active;    /* a retroactive subscribe is waiting for its shards */
+    bool retro_not_found; /* some shard's history did not reach back */
+    bool overflowed;      /* the queue was discarded; later deliveries are dropped */
+};
+
+/* Counters a net thread publishes (relaxed atomic stores; any thread may load them). */
+struct kr_dlv_counters {
+    uint64_t *queued_messages;
+    uint64_t *queued_bytes;
+    uint64_t *deliveries_queued;
+    uint64_t *queue_overflows;
+    uint64_t *messages_replayed;
+};
+
+struct kr_dlv_ctx {
+    uint32_t net;                 /* net thread index: the message slot used */
+    uint64_t max_queued_messages; /* a client's queue overflows beyond these */
+    uint64_t max_queued_bytes;
+    struct kr_dlv_counters ctr;
+    /* max_memory: queued bytes added since the last check; mem_check is called (and is
+     * expected to reset mem_grown) when it reaches mem_step */
+    uint64_t mem_grown;
+    uint64_t mem_step;
+    void (*mem_check)(struct kr_dlv_ctx *x);
+    /* An entry was queued for `d` (a waiting poll may be answered). */
+    void (*queued)(struct kr_dlv_ctx *x, struct kr_dlv *d);
+    /* d's queue overflowed and was discarded: it held `count` entries, `bytes` bytes. Called
+     * after d->overflowed was set. */
+    void (*overflow)(struct kr_dlv_ctx *x, struct kr_dlv *d, uint32_t count, uint64_t bytes);
+    void *owner; /* the net thread, for the callbacks */
+};
+
+/* A live delivery (KR_EV_DELIVER, replay false) or a replayed one (KR_EV_REPLAY) for client
+ * `d`, or for a client that is gone (d NULL): takes over the event's message reference and
+ * topic set. Owning net thread. */
+void kr_dlv_deliver(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_event *ev, bool replay);
+/* A shard's KR_EV_END for multi-shard message m, with the deliveries it made: returns true
+ * when it was the last shard's (then *fanout is the deliveries summed over the shards and
+ * the completion record is gone). Does not take the event's message reference. Owning net
+ * thread. */
+bool kr_dlv_end(struct kr_dlv_ctx *x, struct kr_msg *m, uint32_t shard_fanout, uint32_t *fanout);
+/* A retroactive subscribe was sent: stage deliveries until kr_dlv_retro_done. */
+void kr_dlv_retro_begin(struct kr_dlv *d);
+/* Every shard answered the retroactive subscribe: queue the replayed messages oldest first,
+ * each once (parts from several shards merged, and merged with live deliveries of the same
+ * message; none when some shard's history did not reach back), then the live deliveries
+ * that arrived meanwhile. Owning net thread. */
+void kr_dlv_retro_done(struct kr_dlv_ctx *x, struct kr_dlv *d);
+/* How many entries at the head of the queue are complete and fit in one reply of at most
+ * `max_bytes` (at least one): what a poll hands out now, and in *bytes what they add to the
+ * reply. Owning net thread. */
+uint32_t kr_dlv_ready(struct kr_dlv *d, uint64_t max_bytes, uint64_t *bytes);
+/* The head entry (count > 0), and its removal once it was written out (releases its
+ * message reference and topic set). Owning net thread. */
+struct kr_cq_entry *kr_dlv_head(struct kr_dlv *d);
+void kr_dlv_pop(struct kr_dlv_ctx *x, struct kr_dlv *d);
+/* Discard d's queue for an overflow (by its limits or max_memory): counts it, clears the
+ * queue, sets d->overflowed and calls x->overflow. Owning net thread. */
+void kr_dlv_overflow(struct kr_dlv_ctx *x, struct kr_dlv *d);
+/* Release everything queued or staged for d (the storage stays for reuse). Owning net
+ * thread. */
+void kr_dlv_clear(struct kr_dlv_ctx *x, struct kr_dlv *d);
+/* Free d's storage (after kr_dlv_clear). Owning net thread. */
+void kr_dlv_free(struct kr_dlv *d);
+/* Nothing queued, staged or awaited by a retroactive subscribe. */
+bool kr_dlv_empty(const struct kr_dlv *d);
+
+#endif
