@@ -74,13 +74,12 @@ static const char *kr_suppressed_note(uint64_t n, char *buf, size_t len)
     return buf;
 }
 
-static const char kr_too_many_clients[] = "SERVER_ERROR Too many clients\r\n";
-
-/* Tell a connection we do not take that the server is full, and close it. */
+/* Tell a connection we do not take that the server is full (in the listener's protocol),
+ * and close it. */
 static void kr_reject_fd(int fd)
 {
-    ssize_t w = send(fd, kr_too_many_clients, sizeof(kr_too_many_clients) - 1,
-                     MSG_NOSIGNAL | MSG_DONTWAIT);
+    const char *line = kr_front_mc.error_line(KR_ERR_TOO_MANY);
+    ssize_t w = send(fd, line, strlen(line), MSG_NOSIGNAL | MSG_DONTWAIT);
     (void)w;
     close(fd);
 }
@@ -201,6 +200,7 @@ static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_stora
     }
     struct kr_conn *c = kr_xcalloc(1, sizeof(*c));
     c->nt = nt;
+    c->fe = &kr_front_mc; /* the client port speaks the memcached protocol */
     uv_tcp_init(&nt->loop, &c->h);
     if (uv_tcp_open(&c->h, fd) != 0) {
         close(fd); /* not taken over by the handle */

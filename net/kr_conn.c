@@ -174,6 +174,19 @@ void kr_conn_fail(struct kr_conn *c, const char *reply)
     c->close_after_write = true;
 }
 
+/* The frontend's last words for `kind` (the queue overflowed, the drain's deadline), then
+ * the close: after the replies that wait on the router, if any. */
+void kr_conn_error(struct kr_conn *c, enum kr_error_kind kind)
+{
+    const char *line = c->fe->error_line(kind);
+    if (c->rq_count) { /* after the replies that wait on the router */
+        c->deferred_err = line;
+        return;
+    }
+    kr_out_str(c, line);
+    c->close_after_write = true;
+}
+
 /* ---------------------------------------------------------------- replies in order */
 
 struct kr_reply_wait *kr_rq_at(struct kr_conn *c, uint32_t reqno)
@@ -213,9 +226,9 @@ void kr_rq_emit(struct kr_conn *c)
         if (w->retro && c->dlv.retro_not_found) {
             c->dlv.retro_not_found = false;
             if (!w->noreply)
-                kr_out_str(c, "NOT_FOUND\r\n");
+                c->fe->reply(c, KR_REPLY_NOT_FOUND);
         } else if (!w->noreply) {
-            kr_out_str(c, "STORED\r\n");
+            c->fe->reply(c, KR_REPLY_DONE);
         }
         c->rq_head = (c->rq_head + 1) & (c->rq_cap - 1);
         c->rq_count--;
@@ -286,6 +299,22 @@ void kr_poll_unwait(struct kr_conn *c)
     c->poll_wait = KR_PW_NONE;
 }
 
+/* A poll that found nothing complete: it waits on the held list until a message arrives
+ * (kr_poll_wake) or `wait_ms` passed; with 0 it is answered after this loop iteration,
+ * once kr_nt_check_cb took what the shards sent meanwhile (a request handler never drains
+ * the mailboxes itself). */
+void kr_poll_hold(struct kr_conn *c, uint64_t wait_ms)
+{
+    struct kr_nt *nt = c->nt;
+    c->poll_wait = KR_PW_HELD;
+    c->poll_since_ms = uv_now(&nt->loop);
+    kr_pw_push(&nt->held, c);
+    /* armed for the oldest wait; re-armed when poll_wait_ms was lowered meanwhile */
+    if (wait_ms && (!uv_is_active((uv_handle_t *)&nt->poll_timer) ||
+                    uv_timer_get_due_in(&nt->poll_timer) > wait_ms))
+        uv_timer_start(&nt->poll_timer, kr_nt_poll_timer_cb, wait_ms, 0);
+}
+
 /* Something arrived for a waiting poll: answer it after this loop iteration. */
 void kr_poll_wake(struct kr_conn *c)
 {
@@ -305,7 +334,8 @@ void kr_poll_wake(struct kr_conn *c)
 static void kr_dlv_queued_cb(struct kr_dlv_ctx *x, struct kr_dlv *d)
 {
     (void)x;
-    kr_poll_wake(KR_DLV_CONN(d));
+    struct kr_conn *qc = KR_DLV_CONN(d);
+    qc->fe->queued(qc);
 }
 
 static void kr_dlv_overflow_cb(struct kr_dlv_ctx *x, struct kr_dlv *d, uint32_t count,
@@ -573,25 +603,22 @@ static size_t kr_conn_parse(struct kr_conn *c, const char *buf, size_t len)
             partial = true;
             break;
         }
-        struct kr_request req;
-        size_t used = 0;
-        int rc = kr_proto_parse(buf + off, len - off, &c->nt->srv->lim, &req, &used);
-        if (rc == KR_PROTO_NEED_MORE) {
-            c->need = used;
+        size_t need = 0;
+        ssize_t used = c->fe->request(c, buf + off, len - off, c->rq_count > 0, &need);
+        if (used == KR_FE_NEED_MORE) {
+            c->need = need;
             partial = true;
             break;
         }
         c->need = 0;
-        if (rc < 0) {
-            kr_conn_fail(c, kr_proto_error_reply(rc));
+        if (used == KR_FE_FAILED) {
             off = len;
             break;
         }
-        if (c->rq_count && !kr_req_pipelinable(c, &req))
-            break; /* parsed again once the earlier replies are out */
-        off += used;
+        if (used == KR_FE_LATER)
+            break; /* asked again once the earlier replies are out */
+        off += (size_t)used;
         done++;
-        kr_conn_request(c, &req, off == len);
     }
     /* only complete requests are activity; a request's bytes must all arrive within
      * request_timeout_ms of its first (an earlier one still waiting in the input gives the
@@ -689,7 +716,7 @@ static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->close_after_write)
         return; /* discard input after a final reply */
     if (c->poll_wait)
-        kr_poll_finish(c); /* its reply goes before those of the new requests */
+        c->fe->answer(c); /* its reply goes before those of the new requests */
     size_t n = (size_t)nread;
     if (c->in_len == 0 && kr_conn_can_parse(c)) {
         /* fast path: parse straight from the shared read buffer */

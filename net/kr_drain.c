@@ -69,7 +69,7 @@ static void kr_conn_drain_check(struct kr_conn *c)
     if (c->closing || c->close_after_write || !kr_conn_queue_final_empty(c))
         return;
     if (c->poll_wait)
-        kr_poll_finish(c); /* END, and the close (kr_conn_drain_replied) */
+        c->fe->answer(c); /* END, and the close (kr_conn_drain_replied) */
     c->close_after_write = true;
     kr_conn_pause(c);
     kr_conn_block(c); /* written and closed after this loop iteration */
@@ -148,7 +148,7 @@ uint32_t kr_net_drain_deadline(struct kr_server *s, uint32_t net)
                         c->drain == KR_DR_POLL ? "not polled" : "shards did not confirm",
                         (unsigned long long)suppressed);
             kr_conn_queue_clear(c);
-            kr_out_str(c, "SERVER_ERROR shutting down\r\n");
+            kr_out_str(c, c->fe->error_line(KR_ERR_SHUTTING_DOWN));
         } else if (waited) {
             kr_out_str(c, "END\r\n"); /* its waiting poll */
         }

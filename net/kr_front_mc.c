@@ -241,16 +241,6 @@ uint32_t kr_digits(uint64_t v)
     return d;
 }
 
-/* The queue overflowed: the client's request is answered with the error, then closed. */
-void kr_reply_overflow(struct kr_conn *c)
-{
-    if (c->rq_count) { /* after the replies that wait on the router */
-        c->deferred_err = "SERVER_ERROR queue overflow\r\n";
-        return;
-    }
-    kr_out_str(c, "SERVER_ERROR queue overflow\r\n");
-    c->close_after_write = true;
-}
 
 /* Answer a poll with the n complete entries at the head of the queue (`END` when n is 0). */
 static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
@@ -305,36 +295,30 @@ static void kr_req_get_messages(struct kr_conn *c, bool may_wait)
     struct kr_nt *nt = c->nt;
     KR_ST_INC(nt, cmd_get, 1);
     c->last_poll_ms = kr_now_ms();
-    kr_nt_drain(nt); /* take what the shards have sent so far */
-    if (c->closing)
-        return;
-    if (c->dlv.overflowed) { /* it overflowed with what was just taken */
-        kr_reply_overflow(c);
+    if (c->dlv.overflowed) {
+        kr_conn_error(c, KR_ERR_QUEUE_OVERFLOW);
         return;
     }
     uint64_t bytes;
     uint32_t n = kr_conn_ready_entries(c, &bytes);
-    if (n == 0 && may_wait && nt->live.poll_wait_ms && !c->close_after_write) {
-        c->poll_wait = KR_PW_HELD;
-        c->poll_since_ms = uv_now(&nt->loop);
-        kr_pw_push(&nt->held, c);
-        KR_ST_INC(nt, polls_waited, 1);
-        /* armed for the oldest wait; re-armed when poll_wait_ms was lowered meanwhile */
-        if (!uv_is_active((uv_handle_t *)&nt->poll_timer) ||
-            uv_timer_get_due_in(&nt->poll_timer) > nt->live.poll_wait_ms)
-            uv_timer_start(&nt->poll_timer, kr_nt_poll_timer_cb, nt->live.poll_wait_ms, 0);
+    if (n == 0 && may_wait && !c->close_after_write) {
+        /* nothing queued yet: answered after this loop iteration took what the shards sent
+         * meanwhile (kr_nt_check_cb), or when a message arrives within poll_wait_ms */
+        if (nt->live.poll_wait_ms)
+            KR_ST_INC(nt, polls_waited, 1);
+        kr_poll_hold(c, nt->live.poll_wait_ms);
         return;
     }
     kr_poll_reply(c, n, bytes);
 }
 
 /* Answer a waiting poll now with whatever is complete in the queue, or with the overflow
- * error. The caller then runs kr_conn_process (stashed input, flush). */
-void kr_poll_finish(struct kr_conn *c)
+ * error (kr_frontend.answer). The caller then runs kr_conn_process (stashed input, flush). */
+static void kr_poll_finish(struct kr_conn *c)
 {
     kr_poll_unwait(c);
     if (c->dlv.overflowed) {
-        kr_reply_overflow(c);
+        kr_conn_error(c, KR_ERR_QUEUE_OVERFLOW);
         return;
     }
     uint64_t bytes;
@@ -403,11 +387,11 @@ static void kr_req_stats(struct kr_conn *c)
 }
 
 /* Handle one parsed request; `last`: nothing follows it in the client's input yet. */
-void kr_conn_request(struct kr_conn *c, const struct kr_request *req, bool last)
+static void kr_conn_request(struct kr_conn *c, const struct kr_request *req, bool last)
 {
     struct kr_nt *nt = c->nt;
     if (c->dlv.overflowed) {
-        kr_reply_overflow(c);
+        kr_conn_error(c, KR_ERR_QUEUE_OVERFLOW);
         return;
     }
     switch (req->type) {
@@ -451,7 +435,7 @@ void kr_conn_request(struct kr_conn *c, const struct kr_request *req, bool last)
 
 /* Requests that may be answered out of the router's ack order are those whose reply waits
  * in the reply ring; anything else waits until every earlier reply is out. */
-bool kr_req_pipelinable(const struct kr_conn *c, const struct kr_request *req)
+static bool kr_req_pipelinable(const struct kr_conn *c, const struct kr_request *req)
 {
     switch (req->type) {
     case KR_REQ_SUBSCRIBE:
@@ -463,3 +447,52 @@ bool kr_req_pipelinable(const struct kr_conn *c, const struct kr_request *req)
         return false;
     }
 }
+
+/* ---------------------------------------------------------------- the frontend */
+
+static ssize_t kr_mc_request(struct kr_conn *c, const char *buf, size_t len, bool pipelined,
+                             size_t *need)
+{
+    struct kr_request req;
+    size_t used = 0;
+    int rc = kr_proto_parse(buf, len, &c->nt->srv->lim, &req, &used);
+    if (rc == KR_PROTO_NEED_MORE) {
+        *need = used;
+        return KR_FE_NEED_MORE;
+    }
+    if (rc < 0) {
+        kr_conn_fail(c, kr_proto_error_reply(rc));
+        return KR_FE_FAILED;
+    }
+    if (pipelined && !kr_req_pipelinable(c, &req))
+        return KR_FE_LATER;
+    kr_conn_request(c, &req, used == len);
+    return (ssize_t)used;
+}
+
+static void kr_mc_reply(struct kr_conn *c, enum kr_reply_kind kind)
+{
+    kr_out_str(c, kind == KR_REPLY_NOT_FOUND ? "NOT_FOUND\r\n" : "STORED\r\n");
+}
+
+static const char *kr_mc_error_line(enum kr_error_kind kind)
+{
+    switch (kind) {
+    case KR_ERR_QUEUE_OVERFLOW:
+        return "SERVER_ERROR queue overflow\r\n";
+    case KR_ERR_SHUTTING_DOWN:
+        return "SERVER_ERROR shutting down\r\n";
+    case KR_ERR_TOO_MANY:
+        return "SERVER_ERROR Too many clients\r\n";
+    }
+    return "SERVER_ERROR\r\n";
+}
+
+const struct kr_frontend kr_front_mc = {
+    .name = "memcached",
+    .request = kr_mc_request,
+    .reply = kr_mc_reply,
+    .error_line = kr_mc_error_line,
+    .queued = kr_poll_wake,   /* a waiting poll is answered after this loop iteration */
+    .answer = kr_poll_finish,
+};

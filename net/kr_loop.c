@@ -195,22 +195,30 @@ static void kr_nt_answer_ready(struct kr_nt *nt)
             kr_pw_push(&nt->ready, c);
             continue;
         }
-        kr_poll_finish(c);
+        c->fe->answer(c);
         kr_conn_process(c);
     }
 }
 
 /* The oldest waiting polls have waited poll_wait_ms: answer them (`END`). */
+/* Answer the held polls that waited poll_wait_ms (all of them when it is 0); returns the
+ * oldest one left. */
+static struct kr_conn *kr_nt_answer_held(struct kr_nt *nt, uint64_t now, uint64_t wait)
+{
+    struct kr_conn *c;
+    while ((c = kr_pw_first(&nt->held)) && now - c->poll_since_ms >= wait) {
+        c->fe->answer(c);
+        kr_conn_process(c);
+    }
+    return c;
+}
+
 void kr_nt_poll_timer_cb(uv_timer_t *t)
 {
     struct kr_nt *nt = t->data;
     kr_nt_refresh_live(nt);
     uint64_t now = uv_now(&nt->loop), wait = nt->live.poll_wait_ms;
-    struct kr_conn *c;
-    while ((c = kr_pw_first(&nt->held)) && now - c->poll_since_ms >= wait) {
-        kr_poll_finish(c);
-        kr_conn_process(c);
-    }
+    struct kr_conn *c = kr_nt_answer_held(nt, now, wait);
     if (c)
         uv_timer_start(t, kr_nt_poll_timer_cb, wait - (now - c->poll_since_ms), 0);
     else if (nt->ready.count)
@@ -249,8 +257,14 @@ void kr_nt_check_cb(uv_check_t *h)
         kr_nt_send_ctl(nt);
     if (nt->blocked_head)
         kr_nt_unblock_all(nt);
+    /* polls that found nothing: first take what the shards sent during this iteration, so a
+     * poll sees every delivery already in the mailboxes when it was answered */
+    if (nt->held.count || nt->ready.count)
+        kr_nt_drain(nt);
     if (nt->ready.count)
         kr_nt_answer_ready(nt);
+    if (nt->held.count && nt->live.poll_wait_ms == 0)
+        kr_nt_answer_held(nt, uv_now(&nt->loop), 0);
     kr_router_flush(nt->srv->router, nt->idx);
 }
 

@@ -88,7 +88,7 @@ static uint64_t kr_conn_memory_overflow(struct kr_conn *c)
     if (!c->dlv.overflowed)
         kr_conn_overflow(c); /* counted in queue_overflows too; a waiting poll gets the error */
     if (c->poll_wait == KR_PW_NONE && !c->close_after_write && !c->deferred_err) {
-        kr_reply_overflow(c); /* now, not at its next request: it may never send one */
+        kr_conn_error(c, KR_ERR_QUEUE_OVERFLOW); /* now, not at its next request: it may never send one */
         kr_conn_pause(c);
     }
     kr_conn_block(c); /* written and closed after this loop iteration */

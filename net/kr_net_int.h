@@ -17,6 +17,7 @@
 #include "kr_acl.h"
 #include "kr_counters.h"
 #include "kr_deliver.h"
+#include "kr_frontend.h"
 #include "kr_log.h"
 #include "kr_proto.h"
 #include "kr_queue.h"
@@ -105,6 +106,7 @@ struct kr_conn {
     struct kr_nt *nt;
     uint64_t id;
     uint32_t slot;
+    const struct kr_frontend *fe; /* the connection's protocol */
     /* input not parsed yet (NULL while everything arrived was consumed) */
     char *in;
     size_t in_len;
@@ -280,6 +282,8 @@ void kr_out_str(struct kr_conn *c, const char *s);
 size_t kr_conn_out_pending(const struct kr_conn *c);
 void kr_conn_flush(struct kr_conn *c);
 void kr_conn_fail(struct kr_conn *c, const char *reply);
+void kr_conn_error(struct kr_conn *c, enum kr_error_kind kind);
+void kr_poll_hold(struct kr_conn *c, uint64_t wait_ms);
 struct kr_reply_wait *kr_rq_at(struct kr_conn *c, uint32_t reqno);
 uint32_t kr_rq_push(struct kr_conn *c, uint32_t acks, bool noreply, bool retro, bool gate);
 void kr_rq_emit(struct kr_conn *c);
@@ -301,10 +305,6 @@ void kr_conn_process(struct kr_conn *c);
 /* ---- kr_front_mc.c */
 size_t kr_fmt_u64(char *p, uint64_t v);
 uint32_t kr_digits(uint64_t v);
-void kr_reply_overflow(struct kr_conn *c);
-void kr_poll_finish(struct kr_conn *c);
-void kr_conn_request(struct kr_conn *c, const struct kr_request *req, bool last);
-bool kr_req_pipelinable(const struct kr_conn *c, const struct kr_request *req);
 /* ---- kr_conn.c: the connection side of delivery assembly (kr_deliver.h) */
 void kr_nt_dlv_init(struct kr_nt *nt);
 void kr_conn_queue_clear(struct kr_conn *c);
