@@ -164,8 +164,10 @@ start_server() {
     : >"$tmp/$name.log"
     case "$name" in
     kraken)
+        # its own admin socket: another server on this machine (the default socket) must not
+        # stop this one from starting
         "$kraken_bin" run --listen_ip 127.0.0.1 --tcp_server_port 0 --log_file "$tmp/kraken.log" \
-            --max_tcp_clients $((nconns + 1000)) --poll_wait_ms "$kraken_poll_wait" \
+            --admin_socket "$tmp/kraken-admin.sock" --max_tcp_clients $((nconns + 1000)) --poll_wait_ms "$kraken_poll_wait" \
             "$@" >"$tmp/kraken.out" 2>&1 &
         server_pid=$!
         server_port=""
