@@ -11,7 +11,7 @@
  *   /                  the status page (HTML, its script polls the JSON endpoints)
  *
  * Read-only: GET and HEAD only (others: 405), request headers bounded
- * (KR_HTTP_REQUEST_MAX), at most `http_max_connections` connections, peers outside
+ * (KR_HTTP_REQUEST_MAX), at most `http_max_connections` connections (more wait in the listen backlog), peers outside
  * allow_from refused at accept (counted in refused_connections). */
 #ifndef KR_HTTP_H
 #define KR_HTTP_H

@@ -147,8 +147,8 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
     KR_CFG_OPT(http_listen_ip, KR_CFG_STR, 0, 0, 0, "",
                "IPv4 or IPv6 address of the HTTP monitoring listener; empty = listen_ip"),
     KR_CFG_OPT(http_max_connections, KR_CFG_U32, 0, 1, 1024, "16",
-               "open connections the HTTP monitoring listener serves at once; more are closed "
-               "at accept"),
+               "open connections the HTTP monitoring listener serves at once; more wait in the "
+               "listen backlog until one closes"),
     KR_CFG_OPT(drain_timeout_ms, KR_CFG_U64, KR_CFG_LIVE, 0, 3600000, "10000",
                "on SIGTERM or admin drain: close the clients in batches spread over this many "
                "milliseconds, then exit"),
