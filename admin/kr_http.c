@@ -546,7 +546,9 @@ static int kr_http_api_conns(struct kr_http *h, struct MHD_Connection *c, struct
                  total, offset, limit, kr_http_sort_names[s], t.queued_bytes, t.queued_messages);
     for (size_t i = (size_t)offset; i < t.n; i++) {
         const struct kr_net_conn_info *ci = &t.v[i];
-        kr_sb_printf(b, "%s{\"id\":%" PRIu64 ",\"peer\":", i > offset ? "," : "", ci->id);
+        /* id_str too: ids use all 64 bits, more than a JavaScript number holds exactly */
+        kr_sb_printf(b, "%s{\"id\":%" PRIu64 ",\"id_str\":\"%" PRIu64 "\",\"peer\":",
+                     i > offset ? "," : "", ci->id, ci->id);
         kr_sb_json_cstr(b, ci->peer);
         kr_sb_printf(b,
                      ",\"queued_messages\":%u,\"queued_bytes\":%" PRIu64 ",\"age_ms\":%" PRIu64
