@@ -74,8 +74,8 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
     KR_CFG_OPT(allow_from, KR_CFG_STR, 0, 0, 0,
                "127.0.0.0/8, ::1/128, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7, "
                "fe80::/10",
-               "IPv4/IPv6 CIDRs (comma or space separated) that may connect to the client and "
-               "health ports; others are closed at once. 'any' (or 0.0.0.0/0,::/0) allows "
+               "IPv4/IPv6 CIDRs (comma or space separated) that may connect to the client, "
+               "health and HTTP monitoring ports; others are closed at once. 'any' (or 0.0.0.0/0,::/0) allows "
                "everyone"),
     KR_CFG_OPT(num_router_shards, KR_CFG_U32, KR_CFG_CPUS, 1, 64, NULL,
                "router shard threads; each owns the topics that hash to it"),
