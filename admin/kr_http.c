@@ -333,8 +333,8 @@ void kr_http_metric_name(const struct kr_figure *f, char *buf, size_t cap)
     /* times: the rusage figures (seconds with a fraction), uptime and the clock */
     if (f->micro || strcmp(n, "uptime") == 0 || strcmp(n, "time") == 0)
         unit = "_seconds";
-    /* memory sizes whose name does not say bytes already */
-    else if (!strstr(n, "bytes") &&
+    /* memory sizes (gauges) whose name does not say bytes already */
+    else if (f->kind == KR_FIG_GAUGE && !strstr(n, "bytes") &&
              (strncmp(n, "jemalloc_", 9) == 0 || strstr(n, "memory") != NULL))
         unit = "_bytes";
     const char *total = f->kind == KR_FIG_COUNTER && !kr_ends_with(n, "_total") ? "_total" : "";

@@ -42,7 +42,7 @@ uint16_t kr_http_port(const struct kr_http *h);
 void kr_http_stop(struct kr_http *h);
 
 /* The Prometheus name of a figure of `stats`: "kraken_" + name, a unit suffix where the
- * name implies one (_seconds for times, _bytes for memory sizes), "_total" for counters.
+ * name implies one (_seconds for times, _bytes for memory-size gauges), "_total" for counters.
  * Writes at most cap bytes (NUL included). Any thread. */
 void kr_http_metric_name(const struct kr_figure *f, char *buf, size_t cap);
 
