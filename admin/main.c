@@ -25,6 +25,7 @@
 
 #include "kr_admin.h"
 #include "kr_cfg.h"
+#include "kr_http.h"
 #include "kr_log.h"
 #include "kr_net.h"
 
@@ -196,6 +197,9 @@ static int kr_main_run(const struct kr_cfg *cfg, int ready_fd)
             snprintf(err, sizeof(err), "cannot write pid_file '%s': %s", cfg->pid_file,
                      strerror(-rc));
     }
+    struct kr_http *http = NULL; /* the monitoring listener (http_port) */
+    if (rc == 0 && cfg->http_port)
+        rc = kr_http_start(cfg, srv, &http, err, sizeof(err));
     if (rc < 0) { /* nothing runs yet: undo and exit */
         KR_ERROR("%s", err);
         kr_main_fail(&m, "%s", err);
@@ -238,6 +242,7 @@ static int kr_main_run(const struct kr_cfg *cfg, int ready_fd)
     }
     uv_run(m.loop, UV_RUN_DEFAULT);
 
+    kr_http_stop(http); /* it asks the net threads: before they stop */
     kr_admin_close(m.admin); /* dumps end while net threads and shards still answer */
     kr_server_stop(srv);
     for (int i = 0; i < 4; i++)

@@ -54,7 +54,8 @@ install(FILES ${KR_MAN_PAGE} ${KR_BENCH_MAN_PAGE} DESTINATION ${CMAKE_INSTALL_MA
 install(FILES docs/kraken.service DESTINATION ${KR_SYSTEMD_UNIT_DIR})
 install(FILES docs/kraken.conf DESTINATION ${KR_CONF_DIR})
 file(GLOB KR_DOC_MD ${CMAKE_CURRENT_SOURCE_DIR}/docs/*.md)
-install(FILES README.md ${KR_DOC_MD} docs/haproxy.cfg DESTINATION ${CMAKE_INSTALL_DOCDIR})
+install(FILES README.md ${KR_DOC_MD} docs/haproxy.cfg docs/grafana-kraken.json docs/status-page.png
+        DESTINATION ${CMAKE_INSTALL_DOCDIR})
 file(GLOB KR_DOC_PNG ${CMAKE_CURRENT_SOURCE_DIR}/docs/bench/*.png)
 if(KR_DOC_PNG)
   install(FILES ${KR_DOC_PNG} DESTINATION ${CMAKE_INSTALL_DOCDIR}/bench)

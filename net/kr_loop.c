@@ -62,20 +62,52 @@ void kr_nt_refresh_live(struct kr_nt *nt)
     }
 }
 
+/* Keep a warning for the monitoring listener (kr_server_recent_warnings). */
+static void kr_nt_warn_record(struct kr_nt *nt, const char *peer, uint64_t publisher,
+                              uint32_t fanout, uint32_t ntop, const char *t0, uint32_t l0,
+                              const char *t1, uint32_t l1, uint64_t suppressed)
+{
+    struct kr_net_warning w = {.time_ms = 0, .publisher = publisher, .fanout = fanout,
+                               .ntopics = ntop, .suppressed = suppressed};
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    w.time_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    snprintf(w.peer, sizeof(w.peer), "%s", peer);
+    snprintf(w.topics, sizeof(w.topics), "%.*s%s%.*s", (int)(l0 > 64 ? 64 : l0), t0,
+             ntop > 1 ? " " : "", (int)(l1 > 64 ? 64 : l1), t1);
+    struct kr_server *s = nt->srv;
+    pthread_mutex_lock(&s->warn_mu);
+    s->warnings[s->nwarnings++ % KR_NET_WARNINGS] = w;
+    pthread_mutex_unlock(&s->warn_mu);
+}
+
+uint32_t kr_server_recent_warnings(struct kr_server *s, struct kr_net_warning *out, uint32_t max)
+{
+    uint32_t n = 0;
+    pthread_mutex_lock(&s->warn_mu);
+    for (uint64_t i = s->nwarnings; i > 0 && n < max && s->nwarnings - i < KR_NET_WARNINGS; i--)
+        out[n++] = s->warnings[(i - 1) % KR_NET_WARNINGS];
+    pthread_mutex_unlock(&s->warn_mu);
+    return n;
+}
+
 static void kr_nt_fanout_warn(struct kr_nt *nt, struct kr_msg *m, uint32_t fanout)
 {
     KR_ST_INC(nt, fanout_warnings, 1);
     uint64_t suppressed = 0;
-    if (!kr_log_enabled(KR_LOG_WARN) ||
-        !kr_log_ratelimit(&nt->rl_fanout, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
+    if (!kr_log_ratelimit(&nt->rl_fanout, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
         return;
     struct kr_conn *pub = kr_nt_conn(nt, kr_msg_publisher(m));
     uint32_t ntop = kr_msg_ntopics(m), l0 = 0, l1 = 0;
     const char *t0 = ntop > 0 ? kr_msg_topic(m, 0, &l0) : "";
     const char *t1 = ntop > 1 ? kr_msg_topic(m, 1, &l1) : "";
+    const char *peer = pub ? pub->peer : "(disconnected)";
+    kr_nt_warn_record(nt, peer, kr_msg_publisher(m), fanout, ntop, t0, l0, t1, l1, suppressed);
+    if (!kr_log_enabled(KR_LOG_WARN))
+        return;
     KR_WARN("publish from %s (id %llu) fanned out to %u clients, %u topics, first topics: %.*s%s%.*s "
             "(suppressed %llu similar)",
-            pub ? pub->peer : "(disconnected)", (unsigned long long)kr_msg_publisher(m), fanout, ntop,
+            peer, (unsigned long long)kr_msg_publisher(m), fanout, ntop,
             (int)(l0 > 200 ? 200 : l0), t0, ntop > 1 ? " " : "", (int)(l1 > 200 ? 200 : l1), t1,
             (unsigned long long)suppressed);
 }

@@ -111,6 +111,24 @@ int kr_server_drain_deadline(struct kr_server *s, uint32_t net);
 /* Close every net thread's listening socket (part of kr_server_drain). Control thread. */
 int kr_server_stop_listening(struct kr_server *s);
 
+/* A recent fanout warning: kept (the newest KR_NET_WARNINGS of them) whenever the log line
+ * "publish from ... fanned out to N clients" is due, under the same rate limit, so that the
+ * monitoring listener can show them. */
+#define KR_NET_WARNINGS 16
+struct kr_net_warning {
+    uint64_t time_ms;    /* Unix milliseconds */
+    uint64_t publisher;  /* client id of the publisher */
+    char peer[64];       /* its ip:port, "(disconnected)" when it left */
+    uint32_t fanout;     /* clients the message reached */
+    uint32_t ntopics;    /* topics it was published to */
+    char topics[136];    /* the first (at most two) topics, space separated, cut to fit */
+    uint64_t suppressed; /* similar warnings not logged before this one */
+};
+/* Copy up to `max` of the recent fanout warnings into out, newest first; returns how many.
+ * Any thread. */
+uint32_t kr_server_recent_warnings(struct kr_server *s, struct kr_net_warning *out,
+                                   uint32_t max);
+
 struct kr_acl;
 /* The allow_from table parsed at create (kr_acl.h), for the other TCP listeners (the
  * health port). Valid until kr_server_destroy. Any thread. */

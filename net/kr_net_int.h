@@ -268,6 +268,10 @@ struct kr_server {
     uint64_t ru_stime_us;
     uint64_t mem[4]; /* jemalloc stats.allocated, active, resident, mapped (kr_je_stats) */
     uint64_t stats_refreshes;
+    /* recent fanout warnings (kr_loop.c), a ring under warn_mu: only warned messages */
+    pthread_mutex_t warn_mu;
+    struct kr_net_warning warnings[KR_NET_WARNINGS];
+    uint64_t nwarnings; /* ever recorded; the newest is at (nwarnings - 1) % KR_NET_WARNINGS */
 };
 
 #define KR_ST_INC(nt, field, n) ck_pr_store_64(&(nt)->st.field, (nt)->st.field + (n))

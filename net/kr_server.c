@@ -49,6 +49,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         return arc;
     }
     pthread_mutex_init(&s->accept_mu, NULL);
+    pthread_mutex_init(&s->warn_mu, NULL);
     s->nts = kr_xcalloc(s->nnet, sizeof(*s->nts));
     s->reqq = kr_net_reqq_create(s, s->nnet);
     uint16_t port = (uint16_t)cfg->tcp_server_port;
@@ -202,6 +203,7 @@ void kr_server_destroy(struct kr_server *s)
     kr_net_reqq_destroy(s->reqq);
     kr_acl_free(s->acl);
     pthread_mutex_destroy(&s->accept_mu);
+    pthread_mutex_destroy(&s->warn_mu);
     free(s);
 }
 

@@ -74,8 +74,8 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
     KR_CFG_OPT(allow_from, KR_CFG_STR, 0, 0, 0,
                "127.0.0.0/8, ::1/128, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7, "
                "fe80::/10",
-               "IPv4/IPv6 CIDRs (comma or space separated) that may connect to the client and "
-               "health ports; others are closed at once. 'any' (or 0.0.0.0/0,::/0) allows "
+               "IPv4/IPv6 CIDRs (comma or space separated) that may connect to the client, "
+               "health and HTTP monitoring ports; others are closed at once. 'any' (or 0.0.0.0/0,::/0) allows "
                "everyone"),
     KR_CFG_OPT(num_router_shards, KR_CFG_U32, KR_CFG_CPUS, 1, 64, NULL,
                "router shard threads; each owns the topics that hash to it"),
@@ -141,6 +141,14 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
     KR_CFG_OPT(health_port, KR_CFG_U32, 0, 0, 65535, "0",
                "TCP port on listen_ip answering one line, ok or draining, to each connection "
                "(load-balancer health checks); 0 = off"),
+    KR_CFG_OPT(http_port, KR_CFG_U32, 0, 0, 65535, "0",
+               "TCP port of the HTTP monitoring listener (Prometheus /metrics, /healthz, JSON "
+               "under /api/, the status page at /); read-only, GET and HEAD only; 0 = off"),
+    KR_CFG_OPT(http_listen_ip, KR_CFG_STR, 0, 0, 0, "",
+               "IPv4 or IPv6 address of the HTTP monitoring listener; empty = listen_ip"),
+    KR_CFG_OPT(http_max_connections, KR_CFG_U32, 0, 1, 1024, "16",
+               "open connections the HTTP monitoring listener serves at once; more wait in the "
+               "listen backlog until one closes"),
     KR_CFG_OPT(drain_timeout_ms, KR_CFG_U64, KR_CFG_LIVE, 0, 3600000, "10000",
                "on SIGTERM or admin drain: close the clients in batches spread over this many "
                "milliseconds, then exit"),

@@ -55,6 +55,11 @@ struct kr_cfg {
     char admin_socket[KR_CFG_STR_MAX];       /* /run/kraken/admin.sock (root), else
                                                 ./kraken-admin.sock */
     uint32_t health_port;                    /* 0 = off */
+    uint32_t http_port;                      /* 0 = off: the HTTP monitoring listener
+                                                (/metrics, /healthz, /api/..., the status
+                                                page; admin/kr_http.h) */
+    char http_listen_ip[KR_CFG_STR_MAX];     /* "" = listen_ip */
+    uint32_t http_max_connections;           /* 16: open monitoring connections at most */
     uint64_t drain_timeout_ms;               /* 10000 */
 };
 
