@@ -98,12 +98,13 @@ static void deliver_big(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m
                         const uint32_t *idx, uint32_t n)
 {
     uint32_t ntop = kr_msg_ntopics(m);
-    uint64_t *bits = kr_xcalloc((ntop + 63) / 64, 8);
+    struct kr_topicset set;
+    kr_topicset_init(&set, ntop);
     for (uint32_t i = 0; i < n; i++)
-        bits[idx[i] / 64] |= UINT64_C(1) << (idx[i] % 64);
+        kr_topicset_set(&set, ntop, idx[i]);
     kr_msg_ref(m, 1);
     struct kr_event ev = {.type = KR_EV_DELIVER, .conn = 1, .ptr = m,
-                          .mask = (uint64_t)(uintptr_t)bits};
+                          .mask = kr_topicset_word(set)};
     kr_dlv_deliver(x, d, &ev, false);
 }
 
@@ -123,7 +124,7 @@ static struct kr_msg *head_topics(struct kr_dlv *d, char *buf, size_t cap)
     size_t o = 0;
     buf[0] = 0;
     for (uint32_t i = 0; i < ntop; i++)
-        if (kr_cq_entry_has(e, ntop, i)) {
+        if (kr_topicset_has(&e->topics, ntop, i)) {
             const char *t = kr_msg_topic(e->msg, i, &len);
             o += (size_t)snprintf(buf + o, cap - o, "%.*s ", (int)len, t);
         }
@@ -465,4 +466,69 @@ Test(deliver, gone_client_releases_the_delivery)
     cr_assert(end(&x, m, 0));
     kr_msg_unref(m);
     kr_msg_unref(big);
+}
+
+/* ---------------------------------------------------------------- client queues */
+
+/* A message of one topic; the queue tests below store arbitrary words as its topic set
+ * (kr_cq_clear releases them: inline bits, nothing to free). */
+static struct kr_msg *one_topic_msg(void)
+{
+    const char *topics[] = {"t"};
+    uint32_t lens[] = {1};
+    return kr_msg_create(1, 42, 1, topics, lens, "p", 1, 0);
+}
+
+Test(cq, grows_wraps_and_counts_bytes)
+{
+    struct kr_cq q = {0};
+    struct kr_msg *m = one_topic_msg();
+    for (int round = 0; round < 3; round++) {
+        for (uint32_t i = 0; i < 100; i++) {
+            kr_msg_ref(m, 1);
+            struct kr_cq_entry e = {.msg = m, .topics = kr_topicset_from_word(i), .reply_bytes = 10};
+            kr_cq_push(&q, &e);
+        }
+        cr_assert_eq(q.count, 100);
+        cr_assert_eq(q.bytes, 1000);
+        for (uint32_t i = 0; i < 60; i++) {
+            cr_assert_eq(kr_cq_at(&q, 0)->topics.word, i);
+            kr_msg_unref(kr_cq_at(&q, 0)->msg);
+            kr_cq_pop(&q);
+        }
+        cr_assert_eq(q.count, 40);
+        cr_assert_eq(q.bytes, 400);
+        cr_assert_eq(kr_cq_at(&q, 39)->topics.word, 99);
+        kr_cq_clear(&q); /* releases the remaining references */
+        cr_assert_eq(q.count, 0);
+        cr_assert_eq(q.bytes, 0);
+    }
+    kr_msg_unref(m);
+}
+
+Test(cq, insert_in_the_middle_keeps_order_across_wrap)
+{
+    struct kr_cq q = {0};
+    struct kr_msg *m = one_topic_msg();
+    for (uint32_t i = 0; i < 6; i++) { /* move head so the ring wraps */
+        kr_msg_ref(m, 1);
+        kr_cq_push(&q, &(struct kr_cq_entry){.msg = m, .topics = kr_topicset_from_word(100 + i), .reply_bytes = 1});
+    }
+    for (uint32_t i = 0; i < 6; i++) {
+        kr_msg_unref(kr_cq_at(&q, 0)->msg);
+        kr_cq_pop(&q);
+    }
+    for (uint32_t i = 0; i < 5; i++) {
+        kr_msg_ref(m, 1);
+        kr_cq_push(&q, &(struct kr_cq_entry){.msg = m, .topics = kr_topicset_from_word(i), .reply_bytes = 1});
+    }
+    kr_msg_ref(m, 1);
+    kr_cq_insert(&q, 2, &(struct kr_cq_entry){.msg = m, .topics = kr_topicset_from_word(99), .reply_bytes = 1});
+    uint64_t want[] = {0, 1, 99, 2, 3, 4};
+    cr_assert_eq(q.count, 6);
+    cr_assert_eq(q.bytes, 6);
+    for (uint32_t i = 0; i < 6; i++)
+        cr_assert_eq(kr_cq_at(&q, i)->topics.word, want[i], "position %u", i);
+    kr_cq_clear(&q);
+    kr_msg_unref(m);
 }
