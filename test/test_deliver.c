@@ -209,6 +209,7 @@ Test(deliver, multi_shard_parts_merge_and_complete_on_last_end)
     cr_assert_eq(kr_msg_refs(behind), 1);
     kr_msg_unref(m);
     kr_msg_unref(behind);
+    kr_dlv_clear(&x, &d); /* the ring storage */
     kr_dlv_free(&d);
 }
 
@@ -229,6 +230,7 @@ Test(deliver, multi_shard_bitmaps_of_more_than_64_topics_merge)
     kr_dlv_pop(&x, &d);
     cr_assert_eq(kr_msg_refs(m), 1);
     kr_msg_unref(m);
+    kr_dlv_clear(&x, &d); /* the ring storage */
     kr_dlv_free(&d);
 }
 
@@ -267,6 +269,7 @@ Test(deliver, per_publisher_order_around_incomplete_entries)
         cr_assert_eq(kr_msg_refs(all[i]), 1);
         kr_msg_unref(all[i]);
     }
+    kr_dlv_clear(&x, &d); /* the ring storage */
     kr_dlv_free(&d);
 }
 
@@ -304,6 +307,7 @@ Test(deliver, overflow_by_count_discards_and_drops_later_deliveries)
     kr_msg_unref(b);
     kr_msg_unref(c);
     kr_msg_unref(multi);
+    kr_dlv_clear(&x, &d); /* the ring storage */
     kr_dlv_free(&d);
 }
 
@@ -324,6 +328,7 @@ Test(deliver, overflow_by_bytes)
     cr_assert_eq(T.queued_bytes, 0);
     cr_assert_eq(kr_msg_refs(m), 1);
     kr_msg_unref(m);
+    kr_dlv_clear(&x, &d); /* the ring storage */
     kr_dlv_free(&d);
 }
 
@@ -341,6 +346,7 @@ Test(deliver, mem_check_when_growth_reaches_the_step)
     kr_dlv_clear(&x, &d);
     cr_assert_eq(kr_msg_refs(m), 1);
     kr_msg_unref(m);
+    kr_dlv_clear(&x, &d); /* the ring storage */
     kr_dlv_free(&d);
 }
 
@@ -381,6 +387,7 @@ Test(deliver, retro_replays_sorted_merged_then_live)
         cr_assert_eq(kr_msg_refs(want[i]), 1);
         kr_msg_unref(want[i]);
     }
+    kr_dlv_clear(&x, &d); /* the ring storage */
     kr_dlv_free(&d);
 }
 
@@ -416,6 +423,7 @@ Test(deliver, retro_not_found_discards_replays_keeps_live)
     kr_msg_unref(r1);
     kr_msg_unref(r2);
     kr_msg_unref(live);
+    kr_dlv_clear(&x, &d); /* the ring storage */
     kr_dlv_free(&d);
 }
 
