@@ -15,16 +15,103 @@
 #define KR_DLV_ADD(p, n) __atomic_store_n((p), *(p) + (n), __ATOMIC_RELAXED)
 #define KR_DLV_SUB(p, n) __atomic_store_n((p), *(p) - (n), __ATOMIC_RELAXED)
 
+static void kr_pend_unref(struct kr_pend *p);
 static void kr_entry_release(struct kr_cq_entry *e);
 static uint32_t kr_entry_bytes(const struct kr_cq_entry *e);
 static bool kr_entry_complete(struct kr_cq_entry *e);
 static void kr_release_delivery(struct kr_event *ev);
-static void kr_entry_merge(struct kr_cq_entry *into, const struct kr_cq_entry *from);
+static void kr_entry_merge(struct kr_cq_entry *into, struct kr_cq_entry *from);
 static struct kr_pend *kr_dlv_pend(struct kr_dlv_ctx *x, struct kr_msg *m, bool create);
 static void kr_dlv_enqueue(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_cq_entry *e);
 static struct kr_cq_entry *kr_dlv_find_incomplete(struct kr_dlv *d, struct kr_msg *m);
 static void kr_dlv_stage(struct kr_dlv *d, const struct kr_cq_entry *e, bool replay);
 static int kr_staged_cmp(const void *a, const void *b);
+
+/* Completion record of a multi-shard message on one net thread. It sits in the message's
+ * slot for that thread from the first delivery or END until the last shard's END; queue
+ * entries of the message point to it too. Every entry holds a message reference, so once
+ * the message's last reference is gone only the slot's is left: kr_msg_unref free()s a
+ * record still in its slot (when the server stopped before every shard reported), which is
+ * why it is one plain block. */
+struct kr_pend {
+    uint32_t arrived;  /* shards that reported */
+    uint32_t expected; /* shards involved */
+    uint32_t refs;     /* queue entries + the message slot pointing here */
+    uint32_t fanout;   /* deliveries summed over the shards */
+};
+
+/* Drop one reference to a pend record, freeing it with the last. */
+static void kr_pend_unref(struct kr_pend *p)
+{
+    if (--p->refs == 0)
+        free(p);
+}
+
+/* ---------------------------------------------------------------- client queues */
+
+struct kr_cq_entry *kr_cq_push(struct kr_cq *q, const struct kr_cq_entry *e)
+{
+    if (q->count == q->cap) {
+        uint32_t ncap = q->cap ? q->cap * 2 : 8;
+        struct kr_cq_entry *n = kr_xmalloc(sizeof(*n) * ncap);
+        for (uint32_t i = 0; i < q->count; i++)
+            n[i] = q->ring[(q->head + i) & (q->cap - 1)];
+        free(q->ring);
+        q->ring = n;
+        q->cap = ncap;
+        q->head = 0;
+    }
+    struct kr_cq_entry *slot = &q->ring[(q->head + q->count) & (q->cap - 1)];
+    *slot = *e;
+    q->count++;
+    q->bytes += e->reply_bytes;
+    return slot;
+}
+
+struct kr_cq_entry *kr_cq_insert(struct kr_cq *q, uint32_t pos, const struct kr_cq_entry *e)
+{
+    kr_cq_push(q, e);
+    for (uint32_t i = q->count - 1; i > pos; i--)
+        q->ring[(q->head + i) & (q->cap - 1)] = q->ring[(q->head + i - 1) & (q->cap - 1)];
+    struct kr_cq_entry *slot = &q->ring[(q->head + pos) & (q->cap - 1)];
+    *slot = *e;
+    return slot;
+}
+
+struct kr_cq_entry *kr_cq_at(struct kr_cq *q, uint32_t i)
+{
+    return &q->ring[(q->head + i) & (q->cap - 1)];
+}
+
+void kr_cq_pop(struct kr_cq *q)
+{
+    q->bytes -= q->ring[q->head].reply_bytes;
+    q->head = (q->head + 1) & (q->cap - 1);
+    q->count--;
+    if (q->count == 0) {
+        q->head = 0;
+        if (q->cap > 64) { /* give memory of a burst back; idle clients stay small */
+            free(q->ring);
+            q->ring = NULL;
+            q->cap = 0;
+        }
+    }
+}
+
+void kr_cq_clear(struct kr_cq *q)
+{
+    while (q->count) {
+        kr_entry_release(kr_cq_at(q, 0));
+        kr_cq_pop(q);
+    }
+    free(q->ring);
+    q->ring = NULL;
+    q->cap = 0;
+    q->head = 0;
+    q->bytes = 0;
+}
+
+/* ---------------------------------------------------------------- entries */
 
 static uint32_t kr_dlv_digits(uint64_t v)
 {
@@ -38,8 +125,7 @@ static uint32_t kr_dlv_digits(uint64_t v)
 
 static void kr_entry_release(struct kr_cq_entry *e)
 {
-    if (kr_msg_ntopics(e->msg) > 64)
-        free(e->bits);
+    kr_topicset_release(&e->topics, kr_msg_ntopics(e->msg));
     if (e->pend)
         kr_pend_unref(e->pend);
     kr_msg_unref(e->msg);
@@ -75,7 +161,7 @@ static uint32_t kr_entry_bytes(const struct kr_cq_entry *e)
     kr_msg_payload(e->msg, &plen);
     uint64_t b = 8 + kr_dlv_digits(plen) + 2 + (uint64_t)plen + 2;
     for (uint32_t i = 0; i < nt; i++) {
-        if (kr_cq_entry_has(e, nt, i)) {
+        if (kr_topicset_has(&e->topics, nt, i)) {
             kr_msg_topic(e->msg, i, &tlen);
             b += tlen + 1;
         }
@@ -120,8 +206,7 @@ void kr_dlv_pop(struct kr_dlv_ctx *x, struct kr_dlv *d)
 {
     struct kr_cq_entry *e = kr_cq_at(&d->q, 0);
     uint32_t bytes = e->reply_bytes;
-    if (kr_msg_ntopics(e->msg) > 64)
-        free(e->bits);
+    kr_topicset_release(&e->topics, kr_msg_ntopics(e->msg));
     kr_msg_unref(e->msg); /* complete (kr_dlv_ready handed it out): no pend record */
     kr_cq_pop(&d->q);
     d->seq_head++;
@@ -154,22 +239,15 @@ void kr_dlv_overflow(struct kr_dlv_ctx *x, struct kr_dlv *d)
 
 static void kr_release_delivery(struct kr_event *ev)
 {
-    if (kr_msg_ntopics(ev->ptr) > 64)
-        free((void *)(uintptr_t)ev->mask);
+    struct kr_topicset ts = kr_topicset_from_word(ev->mask);
+    kr_topicset_release(&ts, kr_msg_ntopics(ev->ptr));
     kr_msg_unref(ev->ptr);
 }
 
-/* OR the matched topics of `from` into `into` (same message); frees from's bitmap. */
-static void kr_entry_merge(struct kr_cq_entry *into, const struct kr_cq_entry *from)
+/* Add the matched topics of `from` to `into` (same message); releases from's topic set. */
+static void kr_entry_merge(struct kr_cq_entry *into, struct kr_cq_entry *from)
 {
-    uint32_t ntop = kr_msg_ntopics(into->msg);
-    if (ntop <= 64) {
-        into->mask |= from->mask;
-    } else {
-        for (uint32_t w = 0; w < (ntop + 63) / 64; w++)
-            into->bits[w] |= from->bits[w];
-        free(from->bits);
-    }
+    kr_topicset_merge(&into->topics, &from->topics, kr_msg_ntopics(into->msg));
 }
 
 /* The completion record of a multi-shard message on this net thread; created on the first
@@ -292,8 +370,7 @@ void kr_dlv_deliver(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_event *ev,
         kr_release_delivery(ev);
         return;
     }
-    struct kr_cq_entry e = {.msg = m, .pend = pend};
-    e.mask = ev->mask; /* or the bitmap pointer, taken over */
+    struct kr_cq_entry e = {.msg = m, .topics = kr_topicset_from_word(ev->mask), .pend = pend};
     if (pend)
         pend->refs++;
     if (d->retro_active) {

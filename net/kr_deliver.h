@@ -27,6 +27,45 @@
 struct kr_dlv;
 struct kr_dlv_ctx;
 
+/* ---------------------------------------------------------------- client queues */
+
+/* Completion record of a message whose topics span several shards on one net thread (in
+ * the message's slot for that thread, see kr_msg_slot): a delivery to one client is
+ * complete once every involved shard has reported. Private to kr_deliver.c. */
+struct kr_pend;
+
+/* One queued delivery: a message reference and the topics it matched for this client. */
+struct kr_cq_entry {
+    struct kr_msg *msg;
+    struct kr_topicset topics; /* of kr_msg_ntopics(msg) topics, owned */
+    struct kr_pend *pend;      /* NULL when complete */
+    uint32_t reply_bytes;      /* bytes this entry adds to a `get messages` reply */
+};
+
+/* Per-client queue: a growable ring of entries. Owned by one net thread; zero-init is an
+ * empty queue. */
+struct kr_cq {
+    struct kr_cq_entry *ring;
+    uint32_t cap; /* power of two, 0 when nothing allocated */
+    uint32_t head;
+    uint32_t count;
+    uint64_t bytes; /* sum of reply_bytes */
+};
+
+/* Append an entry (takes over the references it carries). Aborts on out of memory. Owning
+ * net thread (as every kr_cq_ function). */
+struct kr_cq_entry *kr_cq_push(struct kr_cq *q, const struct kr_cq_entry *e);
+/* Insert an entry at position `pos` (<= count) from the head, moving later ones back. */
+struct kr_cq_entry *kr_cq_insert(struct kr_cq *q, uint32_t pos, const struct kr_cq_entry *e);
+/* Entry `i` from the head (i < count). */
+struct kr_cq_entry *kr_cq_at(struct kr_cq *q, uint32_t i);
+/* Remove the head entry (the caller has taken or released what it references). */
+void kr_cq_pop(struct kr_cq *q);
+/* Release every entry (message references, topic sets, pend records) and the storage. */
+void kr_cq_clear(struct kr_cq *q);
+
+/* ---------------------------------------------------------------- delivery assembly */
+
 /* A delivery held back while a retroactive subscription completes. */
 struct kr_staged {
     struct kr_cq_entry e;

@@ -266,7 +266,7 @@ static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
         memcpy(o, "MESSAGE ", 8);
         o += 8;
         for (uint32_t i = 0; i < ntop; i++) {
-            if (kr_cq_entry_has(e, ntop, i)) {
+            if (kr_topicset_has(&e->topics, ntop, i)) {
                 const char *t = kr_msg_topic(m, i, &tlen);
                 memcpy(o, t, tlen);
                 o += tlen;

@@ -1,4 +1,4 @@
-/* Queue module implementation: messages, mailboxes, waiters, client queues. */
+/* Queue module implementation: messages, topic sets, mailboxes, waiters. */
 #include "kr_queue.h"
 
 #include "kr_util.h"
@@ -17,8 +17,6 @@
 
 
 /* ---------------------------------------------------------------- messages */
-
-void kr_pend_unref(struct kr_pend *p);
 
 struct kr_msg {
     uint32_t refs;
@@ -122,11 +120,10 @@ void kr_msg_unref(struct kr_msg *m)
     if (!zero)
         return;
     KR_TSAN_ACQUIRE(m);
-    /* a completion record still attached (the server stopped before every shard reported):
-     * nothing else references it once the message is gone */
+    /* a slot's record still attached (the server stopped before every shard reported):
+     * a plain block nothing else references once the message is gone (see kr_msg_slot) */
     for (uint32_t i = 0; i < m->nslots; i++)
-        if (kr_msg_slots(m)[i])
-            kr_pend_unref(kr_msg_slots(m)[i]);
+        free(kr_msg_slots(m)[i]);
     free(m);
 }
 
@@ -159,6 +156,13 @@ const char *kr_msg_payload(const struct kr_msg *m, uint32_t *len)
 void **kr_msg_slot(struct kr_msg *m, uint32_t i)
 {
     return &kr_msg_slots(m)[i];
+}
+
+/* ---------------------------------------------------------------- topic sets */
+
+uint64_t *kr_topicset_alloc_(uint32_t ntopics)
+{
+    return kr_xcalloc((ntopics + 63) / 64, sizeof(uint64_t));
 }
 
 static uint64_t kr_msg_clock_last;
@@ -308,94 +312,4 @@ void kr_waiter_sleep(struct kr_waiter *w, int timeout_ms)
     ssize_t r = read(w->efd, &v, sizeof(v));
     (void)r;
     ck_pr_store_int(&w->sleeping, 0);
-}
-
-/* ---------------------------------------------------------------- client queues */
-
-struct kr_cq_entry *kr_cq_push(struct kr_cq *q, const struct kr_cq_entry *e)
-{
-    if (q->count == q->cap) {
-        uint32_t ncap = q->cap ? q->cap * 2 : 8;
-        struct kr_cq_entry *n = kr_xmalloc(sizeof(*n) * ncap);
-        for (uint32_t i = 0; i < q->count; i++)
-            n[i] = q->ring[(q->head + i) & (q->cap - 1)];
-        free(q->ring);
-        q->ring = n;
-        q->cap = ncap;
-        q->head = 0;
-    }
-    struct kr_cq_entry *slot = &q->ring[(q->head + q->count) & (q->cap - 1)];
-    *slot = *e;
-    q->count++;
-    q->bytes += e->reply_bytes;
-    return slot;
-}
-
-struct kr_cq_entry *kr_cq_insert(struct kr_cq *q, uint32_t pos, const struct kr_cq_entry *e)
-{
-    kr_cq_push(q, e);
-    for (uint32_t i = q->count - 1; i > pos; i--)
-        q->ring[(q->head + i) & (q->cap - 1)] = q->ring[(q->head + i - 1) & (q->cap - 1)];
-    struct kr_cq_entry *slot = &q->ring[(q->head + pos) & (q->cap - 1)];
-    *slot = *e;
-    return slot;
-}
-
-struct kr_cq_entry *kr_cq_at(struct kr_cq *q, uint32_t i)
-{
-    return &q->ring[(q->head + i) & (q->cap - 1)];
-}
-
-void kr_cq_pop(struct kr_cq *q)
-{
-    q->bytes -= q->ring[q->head].reply_bytes;
-    q->head = (q->head + 1) & (q->cap - 1);
-    q->count--;
-    if (q->count == 0) {
-        q->head = 0;
-        if (q->cap > 64) { /* give memory of a burst back; idle clients stay small */
-            free(q->ring);
-            q->ring = NULL;
-            q->cap = 0;
-        }
-    }
-}
-
-void kr_pend_unref(struct kr_pend *p)
-{
-    if (--p->refs == 0)
-        free(p);
-}
-
-void kr_cq_clear(struct kr_cq *q)
-{
-    while (q->count) {
-        struct kr_cq_entry *e = kr_cq_at(q, 0);
-        if (kr_msg_ntopics(e->msg) > 64)
-            free(e->bits);
-        if (e->pend)
-            kr_pend_unref(e->pend);
-        kr_msg_unref(e->msg);
-        kr_cq_pop(q);
-    }
-    free(q->ring);
-    q->ring = NULL;
-    q->cap = 0;
-    q->head = 0;
-    q->bytes = 0;
-}
-
-bool kr_cq_entry_has(const struct kr_cq_entry *e, uint32_t ntopics, uint32_t i)
-{
-    if (ntopics <= 64)
-        return (e->mask >> i) & 1;
-    return (e->bits[i / 64] >> (i % 64)) & 1;
-}
-
-void kr_cq_entry_set(struct kr_cq_entry *e, uint32_t ntopics, uint32_t i)
-{
-    if (ntopics <= 64)
-        e->mask |= UINT64_C(1) << i;
-    else
-        e->bits[i / 64] |= UINT64_C(1) << (i % 64);
 }

@@ -6,7 +6,8 @@
  *    events, copied by value (no allocation per event).
  *  - struct kr_waiter: the sleep/wake-up of a consumer thread (eventfd) with a "sleeping"
  *    flag so producers only make a syscall when the consumer really sleeps.
- *  - struct kr_cq: a per-client delivery queue (owned by one net thread).
+ *  - struct kr_topicset: the matched topics of one delivery (bits in one word up to 64
+ *    topics, else an owned bitmap), passed from a shard to a net thread in an event.
  *  - struct kr_reqq: requests from any thread to the thread that owns some state (off the
  *    publish path).
  *
@@ -17,6 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* ---------------------------------------------------------------- messages */
 
@@ -61,8 +63,93 @@ size_t kr_msg_size(const struct kr_msg *m);
  * the message is shared. */
 void kr_msg_set_nshards(struct kr_msg *m, uint32_t nshards);
 uint32_t kr_msg_nshards(const struct kr_msg *m);
-/* Slot `i` (< nslots) of the per-thread bookkeeping array: only thread `i` touches it. */
+/* Slot `i` (< nslots) of the per-thread bookkeeping array: only thread `i` touches it.
+ * What a slot points to is its thread's: a plain malloc'ed block that holds no other
+ * resources and is referenced by nothing once the message's last reference is gone, so
+ * kr_msg_unref free()s a pointer still in a slot with the message (the net threads'
+ * completion records, see net/kr_deliver.c, keep to this). */
 void **kr_msg_slot(struct kr_msg *m, uint32_t i);
+
+/* ---------------------------------------------------------------- topic sets
+ *
+ * The matched topics of one delivery of message m: a set over m's topic indexes
+ * 0..ntopics-1 (ntopics = kr_msg_ntopics(m), passed to every call). With at most 64 topics
+ * the set is the bits themselves, in one word, and nothing is allocated (the common case);
+ * with more, the word holds a pointer to an owned bitmap of ceil(ntopics/64) words. The
+ * rule lives here only: a set travels between threads as one word (kr_event.mask, see
+ * kr_topicset_word / kr_topicset_from_word) and whoever holds it last releases it. A set is
+ * owned by one thread at a time (the one holding the event or queue entry). */
+struct kr_topicset {
+    uint64_t word; /* the bits (ntopics <= 64), else a uint64_t * to the bitmap */
+};
+
+#define KR_TOPICSET_INLINE 64 /* topic counts up to this keep the bits in the word */
+
+/* A zeroed bitmap of ceil(ntopics/64) words. Aborts on out of memory. */
+uint64_t *kr_topicset_alloc_(uint32_t ntopics);
+
+static inline uint64_t *kr_topicset_words_(const struct kr_topicset *s)
+{
+    return (uint64_t *)(uintptr_t)s->word;
+}
+
+/* An empty set for a message of `ntopics` topics (allocates only above 64). */
+static inline void kr_topicset_init(struct kr_topicset *s, uint32_t ntopics)
+{
+    s->word = ntopics <= KR_TOPICSET_INLINE ? 0 : (uint64_t)(uintptr_t)kr_topicset_alloc_(ntopics);
+}
+
+/* Add topic index i (< ntopics). */
+static inline void kr_topicset_set(struct kr_topicset *s, uint32_t ntopics, uint32_t i)
+{
+    if (ntopics <= KR_TOPICSET_INLINE)
+        s->word |= UINT64_C(1) << i;
+    else
+        kr_topicset_words_(s)[i / 64] |= UINT64_C(1) << (i % 64);
+}
+
+/* Whether topic index i (< ntopics) is in the set. */
+static inline bool kr_topicset_has(const struct kr_topicset *s, uint32_t ntopics, uint32_t i)
+{
+    if (ntopics <= KR_TOPICSET_INLINE)
+        return (s->word >> i) & 1;
+    return (kr_topicset_words_(s)[i / 64] >> (i % 64)) & 1;
+}
+
+/* Add every topic of `from` to `into` (sets of the same message) and release `from`. */
+static inline void kr_topicset_merge(struct kr_topicset *into, struct kr_topicset *from,
+                                     uint32_t ntopics)
+{
+    if (ntopics <= KR_TOPICSET_INLINE) {
+        into->word |= from->word;
+    } else {
+        uint64_t *a = kr_topicset_words_(into), *b = kr_topicset_words_(from);
+        for (uint32_t w = 0; w < (ntopics + 63) / 64; w++)
+            a[w] |= b[w];
+        free(b);
+    }
+    from->word = 0;
+}
+
+/* Free what the set owns (nothing with at most 64 topics). The set is not used afterwards
+ * until kr_topicset_init. */
+static inline void kr_topicset_release(struct kr_topicset *s, uint32_t ntopics)
+{
+    if (ntopics > KR_TOPICSET_INLINE)
+        free(kr_topicset_words_(s));
+    s->word = 0;
+}
+
+/* The set as one word, to travel in an event (ownership goes with it), and back. */
+static inline uint64_t kr_topicset_word(struct kr_topicset s)
+{
+    return s.word;
+}
+
+static inline struct kr_topicset kr_topicset_from_word(uint64_t word)
+{
+    return (struct kr_topicset){.word = word};
+}
 
 /* Publish clock: microseconds since the Unix epoch, strictly increasing across the whole
  * process (one atomic per call), so "published after this horizon" is exact between threads.
@@ -115,56 +202,6 @@ void kr_waiter_prepare(struct kr_waiter *w);
 void kr_waiter_cancel(struct kr_waiter *w);
 /* Block until woken or `timeout_ms` elapsed (-1 = no timeout). Consumer thread only. */
 void kr_waiter_sleep(struct kr_waiter *w, int timeout_ms);
-
-/* ---------------------------------------------------------------- client queues */
-
-/* Completion record of a message whose topics span several shards: a delivery to one
- * client is complete once every involved shard has reported. Owned by one net thread. */
-struct kr_pend {
-    uint32_t arrived;  /* shards that reported */
-    uint32_t expected; /* shards involved */
-    uint32_t refs;     /* queue entries + the message slot pointing here */
-    uint32_t fanout;   /* deliveries summed over the shards */
-};
-
-/* One queued delivery. `mask` holds matched-topic bits when the message has at most 64
- * topics, else `bits` points to an owned bitmap of ceil(ntopics/64) words. */
-struct kr_cq_entry {
-    struct kr_msg *msg;
-    union {
-        uint64_t mask;
-        uint64_t *bits;
-    };
-    struct kr_pend *pend; /* NULL when complete */
-    uint32_t reply_bytes; /* bytes this entry adds to a `get messages` reply */
-};
-
-/* Per-client queue: a growable ring of entries. Owned by one net thread; zero-init is an
- * empty queue. */
-struct kr_cq {
-    struct kr_cq_entry *ring;
-    uint32_t cap; /* power of two, 0 when nothing allocated */
-    uint32_t head;
-    uint32_t count;
-    uint64_t bytes; /* sum of reply_bytes */
-};
-
-/* Append an entry (takes over the references it carries). Aborts on out of memory. */
-struct kr_cq_entry *kr_cq_push(struct kr_cq *q, const struct kr_cq_entry *e);
-/* Insert an entry at position `pos` (<= count) from the head, moving later ones back. */
-struct kr_cq_entry *kr_cq_insert(struct kr_cq *q, uint32_t pos, const struct kr_cq_entry *e);
-/* Entry `i` from the head (i < count). */
-struct kr_cq_entry *kr_cq_at(struct kr_cq *q, uint32_t i);
-/* Remove the head entry (the caller has taken or released what it references). */
-void kr_cq_pop(struct kr_cq *q);
-/* Release every entry (message references, bitmaps, pend records) and the storage. */
-void kr_cq_clear(struct kr_cq *q);
-
-/* Matched-topic bitmap helpers for an entry of message m. */
-bool kr_cq_entry_has(const struct kr_cq_entry *e, uint32_t ntopics, uint32_t i);
-void kr_cq_entry_set(struct kr_cq_entry *e, uint32_t ntopics, uint32_t i);
-/* Drop one reference to a pend record, freeing it with the last. */
-void kr_pend_unref(struct kr_pend *p);
 
 /* ---------------------------------------------------------------- cross-thread requests
  *

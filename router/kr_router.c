@@ -277,8 +277,8 @@ static void kr_shard_retro(struct kr_shard *sh, struct kr_event *ev)
             if (kr_msg_time_us(m) <= c->horizon_us || kr_msg_publisher(m) == ev->conn)
                 continue;
             uint32_t ntopics = kr_msg_ntopics(m);
-            uint64_t mask = 0;
-            uint64_t *bits = NULL;
+            struct kr_topicset set;
+            bool any = false; /* the set is made at the first match */
             for (uint32_t i = 0; i < ntopics; i++) {
                 uint32_t tl;
                 const char *tt = kr_msg_topic(m, i, &tl);
@@ -288,19 +288,16 @@ static void kr_shard_retro(struct kr_shard *sh, struct kr_event *ev)
                 struct kr_topic *tp = kr_topics_find_hashed(sh->topics, tt, tl, th);
                 if (!tp || *kr_topic_stamp(tp) != stamp)
                     continue;
-                if (ntopics <= 64) {
-                    mask |= UINT64_C(1) << i;
-                } else {
-                    if (!bits)
-                        bits = kr_xcalloc((ntopics + 63) / 64, 8);
-                    bits[i / 64] |= UINT64_C(1) << (i % 64);
-                }
+                if (!any)
+                    kr_topicset_init(&set, ntopics);
+                any = true;
+                kr_topicset_set(&set, ntopics, i);
             }
-            if (!mask && !bits)
+            if (!any)
                 continue;
             kr_msg_ref(m, 1);
             struct kr_event rep = {.type = KR_EV_REPLAY, .src = (uint16_t)sh->idx, .conn = ev->conn,
-                                   .ptr = m, .mask = bits ? (uint64_t)(uintptr_t)bits : mask};
+                                   .ptr = m, .mask = kr_topicset_word(set)};
             kr_shard_emit(sh, KR_CONN_NET(ev->conn), &rep);
         }
     }
@@ -316,7 +313,6 @@ static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
     uint64_t publisher = kr_msg_publisher(m);
     uint64_t time_us = kr_msg_time_us(m);
     uint64_t stamp = ++sh->stamp;
-    uint32_t words = (ntopics + 63) / 64;
 
     sh->ntouched = 0;
     for (uint32_t i = 0; i < ntopics; i++) {
@@ -334,20 +330,21 @@ static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
             struct kr_sconn *c = kr_topic_sub(tp, j, &since);
             if (kr_sconn_id(c) == publisher || (since && time_us <= since))
                 continue; /* no echo; nothing from before a retroactive horizon */
-            uint64_t *word = kr_sconn_word(c);
+            uint64_t *word = kr_sconn_word(c); /* the client's topic set, as one word */
+            struct kr_topicset set;
             if (*kr_sconn_stamp(c) != stamp) {
                 *kr_sconn_stamp(c) = stamp;
-                *word = ntopics <= 64 ? 0 : (uint64_t)(uintptr_t)kr_xcalloc(words, 8);
+                kr_topicset_init(&set, ntopics);
                 if (sh->ntouched == sh->touched_cap) {
                     sh->touched_cap = sh->touched_cap ? sh->touched_cap * 2 : 64;
                     sh->touched = kr_xrealloc(sh->touched, sh->touched_cap * sizeof(*sh->touched));
                 }
                 sh->touched[sh->ntouched++] = c;
+            } else {
+                set = kr_topicset_from_word(*word);
             }
-            if (ntopics <= 64)
-                *word |= UINT64_C(1) << i;
-            else
-                ((uint64_t *)(uintptr_t)*word)[i / 64] |= UINT64_C(1) << (i % 64);
+            kr_topicset_set(&set, ntopics, i);
+            *word = kr_topicset_word(set);
         }
     }
 
@@ -608,10 +605,12 @@ static void kr_router_release_event(struct kr_event *ev)
         break;
     case KR_EV_DELIVER:
     case KR_EV_REPLAY:
-        if (kr_msg_ntopics(ev->ptr) > 64)
-            free((void *)(uintptr_t)ev->mask);
+    {
+        struct kr_topicset set = kr_topicset_from_word(ev->mask);
+        kr_topicset_release(&set, kr_msg_ntopics(ev->ptr));
         kr_msg_unref(ev->ptr);
         break;
+    }
     case KR_EV_SUBSCRIBE:
     case KR_EV_UNSUBSCRIBE:
     case KR_EV_RETRO_SUBSCRIBE:

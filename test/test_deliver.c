@@ -98,12 +98,13 @@ static void deliver_big(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m
                         const uint32_t *idx, uint32_t n)
 {
     uint32_t ntop = kr_msg_ntopics(m);
-    uint64_t *bits = kr_xcalloc((ntop + 63) / 64, 8);
+    struct kr_topicset set;
+    kr_topicset_init(&set, ntop);
     for (uint32_t i = 0; i < n; i++)
-        bits[idx[i] / 64] |= UINT64_C(1) << (idx[i] % 64);
+        kr_topicset_set(&set, ntop, idx[i]);
     kr_msg_ref(m, 1);
     struct kr_event ev = {.type = KR_EV_DELIVER, .conn = 1, .ptr = m,
-                          .mask = (uint64_t)(uintptr_t)bits};
+                          .mask = kr_topicset_word(set)};
     kr_dlv_deliver(x, d, &ev, false);
 }
 
@@ -123,7 +124,7 @@ static struct kr_msg *head_topics(struct kr_dlv *d, char *buf, size_t cap)
     size_t o = 0;
     buf[0] = 0;
     for (uint32_t i = 0; i < ntop; i++)
-        if (kr_cq_entry_has(e, ntop, i)) {
+        if (kr_topicset_has(&e->topics, ntop, i)) {
             const char *t = kr_msg_topic(e->msg, i, &len);
             o += (size_t)snprintf(buf + o, cap - o, "%.*s ", (int)len, t);
         }
@@ -208,6 +209,7 @@ Test(deliver, multi_shard_parts_merge_and_complete_on_last_end)
     cr_assert_eq(kr_msg_refs(behind), 1);
     kr_msg_unref(m);
     kr_msg_unref(behind);
+    kr_dlv_clear(&x, &d); /* the ring storage */
     kr_dlv_free(&d);
 }
 
@@ -228,6 +230,7 @@ Test(deliver, multi_shard_bitmaps_of_more_than_64_topics_merge)
     kr_dlv_pop(&x, &d);
     cr_assert_eq(kr_msg_refs(m), 1);
     kr_msg_unref(m);
+    kr_dlv_clear(&x, &d); /* the ring storage */
     kr_dlv_free(&d);
 }
 
@@ -266,6 +269,7 @@ Test(deliver, per_publisher_order_around_incomplete_entries)
         cr_assert_eq(kr_msg_refs(all[i]), 1);
         kr_msg_unref(all[i]);
     }
+    kr_dlv_clear(&x, &d); /* the ring storage */
     kr_dlv_free(&d);
 }
 
@@ -303,6 +307,7 @@ Test(deliver, overflow_by_count_discards_and_drops_later_deliveries)
     kr_msg_unref(b);
     kr_msg_unref(c);
     kr_msg_unref(multi);
+    kr_dlv_clear(&x, &d); /* the ring storage */
     kr_dlv_free(&d);
 }
 
@@ -323,6 +328,7 @@ Test(deliver, overflow_by_bytes)
     cr_assert_eq(T.queued_bytes, 0);
     cr_assert_eq(kr_msg_refs(m), 1);
     kr_msg_unref(m);
+    kr_dlv_clear(&x, &d); /* the ring storage */
     kr_dlv_free(&d);
 }
 
@@ -340,6 +346,7 @@ Test(deliver, mem_check_when_growth_reaches_the_step)
     kr_dlv_clear(&x, &d);
     cr_assert_eq(kr_msg_refs(m), 1);
     kr_msg_unref(m);
+    kr_dlv_clear(&x, &d); /* the ring storage */
     kr_dlv_free(&d);
 }
 
@@ -380,6 +387,7 @@ Test(deliver, retro_replays_sorted_merged_then_live)
         cr_assert_eq(kr_msg_refs(want[i]), 1);
         kr_msg_unref(want[i]);
     }
+    kr_dlv_clear(&x, &d); /* the ring storage */
     kr_dlv_free(&d);
 }
 
@@ -415,6 +423,7 @@ Test(deliver, retro_not_found_discards_replays_keeps_live)
     kr_msg_unref(r1);
     kr_msg_unref(r2);
     kr_msg_unref(live);
+    kr_dlv_clear(&x, &d); /* the ring storage */
     kr_dlv_free(&d);
 }
 
@@ -465,4 +474,69 @@ Test(deliver, gone_client_releases_the_delivery)
     cr_assert(end(&x, m, 0));
     kr_msg_unref(m);
     kr_msg_unref(big);
+}
+
+/* ---------------------------------------------------------------- client queues */
+
+/* A message of one topic; the queue tests below store arbitrary words as its topic set
+ * (kr_cq_clear releases them: inline bits, nothing to free). */
+static struct kr_msg *one_topic_msg(void)
+{
+    const char *topics[] = {"t"};
+    uint32_t lens[] = {1};
+    return kr_msg_create(1, 42, 1, topics, lens, "p", 1, 0);
+}
+
+Test(cq, grows_wraps_and_counts_bytes)
+{
+    struct kr_cq q = {0};
+    struct kr_msg *m = one_topic_msg();
+    for (int round = 0; round < 3; round++) {
+        for (uint32_t i = 0; i < 100; i++) {
+            kr_msg_ref(m, 1);
+            struct kr_cq_entry e = {.msg = m, .topics = kr_topicset_from_word(i), .reply_bytes = 10};
+            kr_cq_push(&q, &e);
+        }
+        cr_assert_eq(q.count, 100);
+        cr_assert_eq(q.bytes, 1000);
+        for (uint32_t i = 0; i < 60; i++) {
+            cr_assert_eq(kr_cq_at(&q, 0)->topics.word, i);
+            kr_msg_unref(kr_cq_at(&q, 0)->msg);
+            kr_cq_pop(&q);
+        }
+        cr_assert_eq(q.count, 40);
+        cr_assert_eq(q.bytes, 400);
+        cr_assert_eq(kr_cq_at(&q, 39)->topics.word, 99);
+        kr_cq_clear(&q); /* releases the remaining references */
+        cr_assert_eq(q.count, 0);
+        cr_assert_eq(q.bytes, 0);
+    }
+    kr_msg_unref(m);
+}
+
+Test(cq, insert_in_the_middle_keeps_order_across_wrap)
+{
+    struct kr_cq q = {0};
+    struct kr_msg *m = one_topic_msg();
+    for (uint32_t i = 0; i < 6; i++) { /* move head so the ring wraps */
+        kr_msg_ref(m, 1);
+        kr_cq_push(&q, &(struct kr_cq_entry){.msg = m, .topics = kr_topicset_from_word(100 + i), .reply_bytes = 1});
+    }
+    for (uint32_t i = 0; i < 6; i++) {
+        kr_msg_unref(kr_cq_at(&q, 0)->msg);
+        kr_cq_pop(&q);
+    }
+    for (uint32_t i = 0; i < 5; i++) {
+        kr_msg_ref(m, 1);
+        kr_cq_push(&q, &(struct kr_cq_entry){.msg = m, .topics = kr_topicset_from_word(i), .reply_bytes = 1});
+    }
+    kr_msg_ref(m, 1);
+    kr_cq_insert(&q, 2, &(struct kr_cq_entry){.msg = m, .topics = kr_topicset_from_word(99), .reply_bytes = 1});
+    uint64_t want[] = {0, 1, 99, 2, 3, 4};
+    cr_assert_eq(q.count, 6);
+    cr_assert_eq(q.bytes, 6);
+    for (uint32_t i = 0; i < 6; i++)
+        cr_assert_eq(kr_cq_at(&q, i)->topics.word, want[i], "position %u", i);
+    kr_cq_clear(&q);
+    kr_msg_unref(m);
 }
