@@ -84,7 +84,6 @@ struct kr_shard {
     uint64_t routed;
     uint64_t deliveries;
     uint64_t overflow_events;
-    uint64_t fanout_warnings;
     uint64_t hist_count;
     uint64_t hist_bytes;
     uint64_t retro_not_found;
@@ -387,7 +386,6 @@ static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
         struct kr_event ev = {.type = KR_EV_FANOUT_WARN, .src = (uint16_t)sh->idx,
                               .aux = fanout, .conn = publisher, .ptr = m};
         kr_shard_emit(sh, KR_CONN_NET(publisher), &ev);
-        ck_pr_store_64(&sh->fanout_warnings, sh->fanout_warnings + 1);
     }
     ck_pr_store_64(&sh->routed, sh->routed + 1);
     ck_pr_store_64(&sh->deliveries, sh->deliveries + fanout);
@@ -700,7 +698,6 @@ void kr_router_stats(const struct kr_router *r, struct kr_router_stats *out)
         out->messages_routed += ck_pr_load_64(&sh->routed);
         out->deliveries += ck_pr_load_64(&sh->deliveries);
         out->overflow_events += ck_pr_load_64(&sh->overflow_events);
-        out->fanout_warnings += ck_pr_load_64(&sh->fanout_warnings);
         out->history_messages += ck_pr_load_64(&sh->hist_count);
         out->history_bytes += ck_pr_load_64(&sh->hist_bytes);
         out->retro_not_found += ck_pr_load_64(&sh->retro_not_found);

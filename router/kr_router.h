@@ -137,7 +137,6 @@ struct kr_router_stats {
     uint64_t messages_routed; /* publish events processed (per shard) */
     uint64_t deliveries;      /* deliveries made */
     uint64_t overflow_events; /* events parked in shard-local FIFOs because a ring was full */
-    uint64_t fanout_warnings;
     uint64_t history_messages; /* messages held for retroactive subscriptions */
     uint64_t history_bytes;    /* bytes of the message buffers they hold */
     uint64_t retro_not_found;  /* shard answers "history does not reach back" */
