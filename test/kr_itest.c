@@ -494,3 +494,23 @@ uint16_t kr_it_free_port(void)
     close(fd);
     return ntohs(a.sin_port);
 }
+
+unsigned long long kr_it_stat_fd(int fd, const char *name)
+{
+    static char buf[1 << 16];
+    kr_it_sends(fd, "stats\r\n");
+    kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
+    char key[96];
+    snprintf(key, sizeof(key), "STAT %s ", name);
+    const char *p = strstr(buf, key);
+    cr_assert_not_null(p, "no %s in stats:\n%s", name, buf);
+    return strtoull(p + strlen(key), NULL, 10);
+}
+
+unsigned long long kr_it_stat(uint16_t port, const char *name)
+{
+    int fd = kr_it_connect(port);
+    unsigned long long v = kr_it_stat_fd(fd, name);
+    close(fd);
+    return v;
+}

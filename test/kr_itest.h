@@ -43,6 +43,10 @@ size_t kr_it_get(int fd, char *buf, size_t cap);
 /* Poll with `get messages` (bounded) until the concatenated entries hold `want` entries
  * (counting "MESSAGE " headers); the entries are appended to out. Returns entries seen. */
 size_t kr_it_collect(int fd, size_t want, char *out, size_t cap, size_t *outlen);
+/* The value of `STAT <name>` in a `stats` reply read on fd (asserts the line is there). */
+unsigned long long kr_it_stat_fd(int fd, const char *name);
+/* The same on a new connection to 127.0.0.1:port, closed after. */
+unsigned long long kr_it_stat(uint16_t port, const char *name);
 /* Subscribe and wait for STORED. */
 void kr_it_subscribe(int fd, const char *topics);
 /* Publish one entry and wait for STORED. */

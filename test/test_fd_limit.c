@@ -26,19 +26,6 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* The value of one `stats` line. */
-static unsigned long long stat_value(int fd, const char *name)
-{
-    static char buf[1 << 16];
-    kr_it_sends(fd, "stats\r\n");
-    kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
-    char want[96];
-    snprintf(want, sizeof(want), "STAT %s ", name);
-    char *p = strstr(buf, want);
-    cr_assert_not_null(p, "no %s in stats:\n%s", name, buf);
-    return strtoull(p + strlen(want), NULL, 10);
-}
-
 enum { F_PENDING, F_REJECTED, F_SERVED };
 
 /* Read what a flood connection got so far: SERVER_ERROR Too many clients or a close marks
@@ -138,8 +125,8 @@ Test(fd_limit, flood_beyond_the_descriptor_limit)
     cr_assert_lt((uint64_t)(cpu1 - cpu0), wall / 2,
                  "server used %d ms of CPU in %llu ms of flood", cpu1 - cpu0,
                  (unsigned long long)wall);
-    cr_assert_gt(stat_value(ctl, "accept_fd_exhausted"), 0);
-    cr_assert_geq(stat_value(ctl, "rejected_connections"), (unsigned long long)rejected / 2);
+    cr_assert_gt(kr_it_stat_fd(ctl, "accept_fd_exhausted"), 0);
+    cr_assert_geq(kr_it_stat_fd(ctl, "rejected_connections"), (unsigned long long)rejected / 2);
     fprintf(stderr, "flood: server CPU %d ms in %llu ms\n", cpu1 - cpu0,
             (unsigned long long)wall);
     long logsize = kr_it_file_size(srv.log_path);

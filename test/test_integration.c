@@ -663,18 +663,6 @@ Test(logging, error_line_without_suppressed_count_ends_in_closing)
     kr_it_stop(&srv);
 }
 
-/* The value of `STAT <name>` in a stats reply read from fd. */
-static unsigned long long stat_of(int fd, const char *name)
-{
-    kr_it_sends(fd, "stats\r\n");
-    kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
-    char key[96];
-    snprintf(key, sizeof(key), "STAT %s ", name);
-    const char *p = strstr(buf, key);
-    cr_assert_not_null(p, "no %s in:\n%s", name, buf);
-    return strtoull(p + strlen(key), NULL, 10);
-}
-
 /* Regression: `STAT fanout_warnings` counted only the warnings of messages on one shard; the
  * net thread's count of multi-shard fanout warnings was incremented but never printed. */
 Test(logging, fanout_warnings_count_multi_shard_messages)
@@ -687,11 +675,11 @@ Test(logging, fanout_warnings_count_multi_shard_messages)
     kr_it_subscribe(b, "t1 t2 t3 t4 t5 t6");
     kr_it_publish(pub, "t1 t2 t3 t4 t5 t6", "x", 1);
     cr_assert(kr_it_wait_log(&srv, "fanned out to "), "fanout warning expected");
-    cr_assert_eq(stat_of(pub, "fanout_warnings"), 1, "one warning, counted once");
+    cr_assert_eq(kr_it_stat_fd(pub, "fanout_warnings"), 1, "one warning, counted once");
     kr_it_publish(pub, "t1", "y", 1); /* one shard */
-    for (int i = 0; i < 500 && stat_of(pub, "fanout_warnings") < 2; i++)
+    for (int i = 0; i < 500 && kr_it_stat_fd(pub, "fanout_warnings") < 2; i++)
         kr_it_sleep_ms(5);
-    cr_assert_eq(stat_of(pub, "fanout_warnings"), 2, "single-shard warnings count too");
+    cr_assert_eq(kr_it_stat_fd(pub, "fanout_warnings"), 2, "single-shard warnings count too");
     close(a);
     close(b);
     close(pub);

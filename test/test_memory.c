@@ -19,20 +19,6 @@
 #include "kr_itest.h"
 
 static struct kr_it_server srv;
-static char sbuf[1 << 16];
-
-static unsigned long long stat_value(const char *name)
-{
-    int fd = kr_it_connect(srv.port);
-    kr_it_sends(fd, "stats\r\n");
-    kr_it_read_until(fd, sbuf, sizeof(sbuf), "END\r\n");
-    close(fd);
-    char key[64];
-    snprintf(key, sizeof(key), "STAT %s ", name);
-    const char *p = strstr(sbuf, key);
-    cr_assert_not_null(p, "no %s in stats:\n%s", name, sbuf);
-    return strtoull(p + strlen(key), NULL, 10);
-}
 
 /* The server's resident set in bytes (VmRSS). */
 static uint64_t server_rss(void)
@@ -252,9 +238,9 @@ Test(poll_reply, subscribers_that_poll_without_reading_cost_references_not_copie
         kr_it_expect(pub, "STORED\r\n");
     }
     /* every delivery is queued */
-    for (int i = 0; i < 1000 && stat_value("queued_messages") < (unsigned long long)NSUB * NMSG; i++)
+    for (int i = 0; i < 1000 && kr_it_stat(srv.port, "queued_messages") < (unsigned long long)NSUB * NMSG; i++)
         kr_it_sleep_ms(10);
-    cr_assert_eq(stat_value("queued_messages"), (unsigned long long)NSUB * NMSG);
+    cr_assert_eq(kr_it_stat(srv.port, "queued_messages"), (unsigned long long)NSUB * NMSG);
     /* each subscriber pipelines many polls and reads nothing */
     static char polls[PIPELINED * 14];
     for (int k = 0; k < PIPELINED; k++)
@@ -264,7 +250,7 @@ Test(poll_reply, subscribers_that_poll_without_reading_cost_references_not_copie
     /* wait until the server stopped answering them: cmd_get unchanged for 20 looks */
     unsigned long long gets = 0, prev = ~0ull;
     for (int i = 0, still = 0; i < 1000 && still < 20; i++) {
-        gets = stat_value("cmd_get");
+        gets = kr_it_stat(srv.port, "cmd_get");
         still = gets == prev && gets >= NSUB ? still + 1 : 0;
         prev = gets;
         kr_it_sleep_ms(10);
@@ -288,7 +274,7 @@ Test(poll_reply, subscribers_that_poll_without_reading_cost_references_not_copie
     cr_log_info("poll replies: RSS grew by %llu bytes for %llu bytes published to %d "
                 "subscribers, %llu polls answered before they read",
                 (unsigned long long)grown, (unsigned long long)published, NSUB, gets);
-    cr_assert_leq(stat_value("output_bytes"), NSUB * (6ull << 20));
+    cr_assert_leq(kr_it_stat(srv.port, "output_bytes"), NSUB * (6ull << 20));
     /* then each reads everything: every message exactly once, in order */
     for (int i = 0; i < NSUB; i++) {
         struct conn *c = &subs[i];
@@ -323,7 +309,7 @@ Test(poll_reply, a_reply_holds_at_most_max_poll_reply_bytes_and_at_least_one_ent
     kr_it_expect(pub, "STORED\r\n");
     publish_batch(pub, 1, 20, 100, "t"); /* 20 entries of 117 reply bytes each */
     kr_it_expect(pub, "STORED\r\n");
-    for (int i = 0; i < 1000 && stat_value("queued_messages") < 21; i++)
+    for (int i = 0; i < 1000 && kr_it_stat(srv.port, "queued_messages") < 21; i++)
         kr_it_sleep_ms(10);
     kr_it_sends(sub.fd, "get messages\r\n");
     cr_assert_eq(conn_wait(&sub), R_VALUE);
@@ -362,7 +348,7 @@ Test(max_memory, largest_queues_overflow_first_pollers_and_publishers_go_on)
     conn_init(&poller, kr_it_connect(srv.port));
     kr_it_subscribe(poller.fd, "t");
     int pub = kr_it_connect(srv.port);
-    cr_assert_eq(stat_value("max_memory"), 8ull << 20);
+    cr_assert_eq(kr_it_stat(srv.port, "max_memory"), 8ull << 20);
     unsigned long long peak = 0;
     for (uint32_t i = 0; i < NMSG; i += PER_REQ) {
         publish_batch(pub, i, PER_REQ, SIZE, "t");
@@ -375,7 +361,7 @@ Test(max_memory, largest_queues_overflow_first_pollers_and_publishers_go_on)
         }
         cr_assert_eq(poller.nseq, i + PER_REQ);
         if (i % 200 == 0) {
-            unsigned long long used = stat_value("memory_used");
+            unsigned long long used = kr_it_stat(srv.port, "memory_used");
             peak = used > peak ? used : peak;
         }
     }
@@ -384,13 +370,13 @@ Test(max_memory, largest_queues_overflow_first_pollers_and_publishers_go_on)
      * each) and a batch */
     cr_log_info("max_memory 8 MiB: memory_used peaked at %llu in the samples", peak);
     cr_assert_leq(peak, (8ull << 20) + (2ull << 20), "memory_used reached %llu", peak);
-    cr_assert_leq(stat_value("memory_used"), (8ull << 20) + (2ull << 20));
+    cr_assert_leq(kr_it_stat(srv.port, "memory_used"), (8ull << 20) + (2ull << 20));
     for (int i = 0; i < NIDLE; i++) {
         kr_it_expect(idle[i], "SERVER_ERROR queue overflow\r\n");
         kr_it_expect_closed(idle[i]);
         close(idle[i]);
     }
-    cr_assert_eq(stat_value("memory_overflows"), NIDLE);
+    cr_assert_eq(kr_it_stat(srv.port, "memory_overflows"), NIDLE);
     cr_assert(kr_it_wait_log(&srv, "over max_memory"));
     /* the poller is still served */
     publish_batch(pub, NMSG, 1, SIZE, "t");
@@ -546,9 +532,9 @@ Test(drain, a_client_still_holding_messages_at_the_deadline_is_told)
     int pub = kr_it_connect(srv.port);
     publish_batch(pub, 0, 5, 20, "h");
     kr_it_expect(pub, "STORED\r\n");
-    for (int i = 0; i < 1000 && stat_value("queued_messages") < 10; i++)
+    for (int i = 0; i < 1000 && kr_it_stat(srv.port, "queued_messages") < 10; i++)
         kr_it_sleep_ms(10);
-    cr_assert_eq(stat_value("queued_messages"), 10);
+    cr_assert_eq(kr_it_stat(srv.port, "queued_messages"), 10);
     kill(srv.pid, SIGTERM);
     /* the poller polls until it is closed: it gets all five, then EOF, no error */
     for (int k = 0; k < 1000 && !poller.eof; k++) {

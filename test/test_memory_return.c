@@ -11,20 +11,6 @@
 #include "kr_itest.h"
 
 static struct kr_it_server srv;
-static char buf[1 << 16];
-
-static unsigned long long stat_value(const char *name)
-{
-    int fd = kr_it_connect(srv.port);
-    kr_it_sends(fd, "stats\r\n");
-    kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
-    close(fd);
-    char key[64];
-    snprintf(key, sizeof(key), "STAT %s ", name);
-    const char *p = strstr(buf, key);
-    cr_assert_not_null(p, "no %s in stats", name);
-    return strtoull(p + strlen(key), NULL, 10);
-}
 
 #define MEM_TOPICS 200000
 #define MEM_BATCH 10000
@@ -92,11 +78,11 @@ Test(memory, rss_falls_back_after_topics_are_unsubscribed)
     int fd = kr_it_connect(srv.port);
     long base = rss_kib(srv.pid);
     topics_request(fd, "subscribe");
-    cr_assert_eq(stat_value("topics"), MEM_TOPICS);
+    cr_assert_eq(kr_it_stat(srv.port, "topics"), MEM_TOPICS);
     long peak = rss_kib(srv.pid);
     cr_assert_gt(peak - base, 10 * 1024, "200k topics grew RSS by only %ld KiB", peak - base);
     topics_request(fd, "unsubscribe");
-    cr_assert_eq(stat_value("topics"), 0);
+    cr_assert_eq(kr_it_stat(srv.port, "topics"), 0);
     long want = peak - (peak - base) / 2, now = peak;
     for (int i = 0; i < 300 && (now = rss_kib(srv.pid)) >= want; i++)
         kr_it_sleep_ms(100); /* bounded: 30 s */
@@ -134,10 +120,10 @@ Test(memory, subscribing_and_unsubscribing_many_topics_leaves_none)
 {
     int fd = kr_it_connect(srv.port);
     topics_request(fd, "subscribe");
-    cr_assert_eq(stat_value("topics"), MEM_TOPICS);
+    cr_assert_eq(kr_it_stat(srv.port, "topics"), MEM_TOPICS);
     topics_request(fd, "unsubscribe");
-    cr_assert_eq(stat_value("topics"), 0);
-    cr_assert_eq(stat_value("subscriptions"), 0);
+    cr_assert_eq(kr_it_stat(srv.port, "topics"), 0);
+    cr_assert_eq(kr_it_stat(srv.port, "subscriptions"), 0);
     close(fd);
 }
 

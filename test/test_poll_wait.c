@@ -27,19 +27,6 @@ static void stop(void)
     kr_it_stop(&srv);
 }
 
-static unsigned long long stat_value(const char *name)
-{
-    int fd = kr_it_connect(srv.port);
-    kr_it_sends(fd, "stats\r\n");
-    kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
-    close(fd);
-    char key[64];
-    snprintf(key, sizeof(key), "STAT %s ", name);
-    const char *p = strstr(buf, key);
-    cr_assert_not_null(p, "no %s in stats", name);
-    return strtoull(p + strlen(key), NULL, 10);
-}
-
 static double now_s(void)
 {
     struct timespec ts;
@@ -53,12 +40,12 @@ Test(poll_wait, a_message_answers_a_waiting_poll)
 {
     int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
     kr_it_subscribe(sub, "a");
-    unsigned long long waited = stat_value("polls_waited");
+    unsigned long long waited = kr_it_stat(srv.port, "polls_waited");
     kr_it_sends(sub, "get messages\r\n");
     /* the poll is waiting once the server counted it; then publish */
-    for (int i = 0; i < 500 && stat_value("polls_waited") == waited; i++)
+    for (int i = 0; i < 500 && kr_it_stat(srv.port, "polls_waited") == waited; i++)
         kr_it_sleep_ms(2);
-    cr_assert_eq(stat_value("polls_waited"), waited + 1, "the empty poll did not wait");
+    cr_assert_eq(kr_it_stat(srv.port, "polls_waited"), waited + 1, "the empty poll did not wait");
     kr_it_publish(pub, "a", "m1", 2);
     kr_it_read_until(sub, buf, sizeof(buf), "END\r\n");
     cr_assert_str_eq(buf, "VALUE messages 0 15\r\nMESSAGE a 2\r\nm1\r\nEND\r\n");
@@ -125,9 +112,9 @@ Test(poll_wait, clients_that_leave_while_waiting_harm_nothing)
         close(fds[i]);
     }
     /* closes are noticed asynchronously (bounded wait, generous for sanitizer builds) */
-    for (int i = 0; i < 2000 && stat_value("curr_connections") > 2; i++)
+    for (int i = 0; i < 2000 && kr_it_stat(srv.port, "curr_connections") > 2; i++)
         kr_it_sleep_ms(5);
-    cr_assert_eq(stat_value("curr_connections"), 2, "the publisher and the stats client");
+    cr_assert_eq(kr_it_stat(srv.port, "curr_connections"), 2, "the publisher and the stats client");
     close(pub);
 }
 
@@ -187,6 +174,6 @@ Test(poll_wait_default, an_empty_poll_is_answered_at_once_by_default)
         kr_it_get(c, buf, sizeof(buf));
         cr_assert_str_eq(buf, "END\r\n");
     }
-    cr_assert_eq(stat_value("polls_waited"), 0, "an empty poll waited");
+    cr_assert_eq(kr_it_stat(srv.port, "polls_waited"), 0, "an empty poll waited");
     close(c);
 }

@@ -125,19 +125,6 @@ Test(retro, horizon_before_start_is_not_found_but_subscribed)
     close(pub);
 }
 
-static unsigned long long retro_stat(uint16_t port, const char *name)
-{
-    int fd = kr_it_connect(port);
-    kr_it_sends(fd, "stats\r\n");
-    kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
-    close(fd);
-    char key[64];
-    snprintf(key, sizeof(key), "STAT %s ", name);
-    const char *p = strstr(buf, key);
-    cr_assert_not_null(p, "no %s in stats", name);
-    return strtoull(p + strlen(key), NULL, 10);
-}
-
 /* Regression: a retro_subscribe horizon in the future (clock skew between app servers)
  * answered STORED and then silently delivered nothing live on those topics, since the
  * fanout skips messages older than a subscription's horizon. It is now taken as now. */
@@ -161,7 +148,7 @@ Test(retro, future_horizon_is_taken_as_now)
     kr_it_sleep_ms(20);
     kr_it_get(sub, buf, sizeof(buf));
     cr_assert_str_eq(buf, "END\r\n");
-    cr_assert_eq(retro_stat(srv.port, "retro_future_horizons"), 1);
+    cr_assert_eq(kr_it_stat(srv.port, "retro_future_horizons"), 1);
     close(sub);
     close(pub);
 }
@@ -184,9 +171,9 @@ Test(retro_small, overflowed_history_gives_not_found)
         kr_it_publish(pub, "h", "n", 1);
     /* STORED means handed to the router; the subscribes below may come through another net
      * thread's ring, so wait until the shard has routed (and evicted) all nine */
-    for (int i = 0; i < 1000 && retro_stat(srv.port, "messages_routed") < 9; i++)
+    for (int i = 0; i < 1000 && kr_it_stat(srv.port, "messages_routed") < 9; i++)
         kr_it_sleep_ms(2);
-    cr_assert_eq(retro_stat(srv.port, "messages_routed"), 9);
+    cr_assert_eq(kr_it_stat(srv.port, "messages_routed"), 9);
     /* sub registered before 9 publishes: the 4-message window cannot cover it */
     kr_it_sends(sub, "set subscribe 0 0 1\r\nh\r\n");
     kr_it_expect(sub, "NOT_FOUND\r\n");
@@ -340,16 +327,16 @@ Test(retro_bytes, history_stays_under_history_max_bytes_and_not_found_stays_exac
     for (int i = 0; i < 100; i++) {
         kr_it_publish(pub, "nobody", payload, sizeof(payload));
         if (i % 10 == 9) {
-            unsigned long long hb = retro_stat(srv.port, "history_bytes");
+            unsigned long long hb = kr_it_stat(srv.port, "history_bytes");
             cr_assert_leq(hb, HIST_BOUND, "after %d publishes history_bytes is %llu", i + 1, hb);
         }
     }
     /* every publish was routed: the window is full, and still within the bound */
-    for (int i = 0; i < 1000 && retro_stat(srv.port, "messages_routed") < 100; i++)
+    for (int i = 0; i < 1000 && kr_it_stat(srv.port, "messages_routed") < 100; i++)
         kr_it_sleep_ms(2);
-    cr_assert_eq(retro_stat(srv.port, "messages_routed"), 100);
-    unsigned long long hb = retro_stat(srv.port, "history_bytes");
-    unsigned long long hm = retro_stat(srv.port, "history_messages");
+    cr_assert_eq(kr_it_stat(srv.port, "messages_routed"), 100);
+    unsigned long long hb = kr_it_stat(srv.port, "history_bytes");
+    unsigned long long hm = kr_it_stat(srv.port, "history_messages");
     cr_assert_leq(hb, HIST_BOUND);
     cr_assert_gt(hb, HIST_BOUND - 2 * BIG_PAYLOAD, "the window is used: %llu bytes", hb);
     cr_assert_lt(hm, 8, "held %llu messages of 8 KiB in 64 KiB", hm);
@@ -373,7 +360,7 @@ Test(retro_bytes, history_stays_under_history_max_bytes_and_not_found_stays_exac
     /* the NOT_FOUND subscriber gets the same two live, and nothing older */
     cr_assert_eq(kr_it_collect(old, 2, out, sizeof(out), &olen), 2);
     cr_assert_eq(olen, strlen("MESSAGE nobody 8192\r\n") + BIG_PAYLOAD + 2 + 24);
-    cr_assert_eq(retro_stat(srv.port, "retro_not_found"), 1);
+    cr_assert_eq(kr_it_stat(srv.port, "retro_not_found"), 1);
     close(pub);
     close(old);
     close(recent);
