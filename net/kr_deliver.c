@@ -113,16 +113,6 @@ void kr_cq_clear(struct kr_cq *q)
 
 /* ---------------------------------------------------------------- entries */
 
-static uint32_t kr_dlv_digits(uint64_t v)
-{
-    uint32_t n = 1;
-    while (v >= 10) {
-        v /= 10;
-        n++;
-    }
-    return n;
-}
-
 static void kr_entry_release(struct kr_cq_entry *e)
 {
     kr_topicset_release(&e->topics, kr_msg_ntopics(e->msg));
@@ -159,7 +149,7 @@ static uint32_t kr_entry_bytes(const struct kr_cq_entry *e)
 {
     uint32_t nt = kr_msg_ntopics(e->msg), plen, tlen;
     kr_msg_payload(e->msg, &plen);
-    uint64_t b = 8 + kr_dlv_digits(plen) + 2 + (uint64_t)plen + 2;
+    uint64_t b = 8 + kr_u64_digits(plen) + 2 + (uint64_t)plen + 2;
     for (uint32_t i = 0; i < nt; i++) {
         if (kr_topicset_has(&e->topics, nt, i)) {
             kr_msg_topic(e->msg, i, &tlen);

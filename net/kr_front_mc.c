@@ -217,31 +217,6 @@ static void kr_req_publish(struct kr_conn *c, const struct kr_request *req)
         kr_reply_stored(c, req->noreply);
 }
 
-/* Write v in decimal at p; returns the number of bytes (no terminator). */
-size_t kr_fmt_u64(char *p, uint64_t v)
-{
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++)
-        p[i] = tmp[n - 1 - i];
-    return n;
-}
-
-uint32_t kr_digits(uint64_t v)
-{
-    uint32_t d = 1;
-    while (v >= 10) {
-        v /= 10;
-        d++;
-    }
-    return d;
-}
-
-
 /* Answer a poll with the n complete entries at the head of the queue (`END` when n is 0). */
 static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
 {
@@ -254,7 +229,7 @@ static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
     kr_out_reserve(c, 17 + 20 + 2 + bytes + 5);
     memcpy(c->out + c->out_len, "VALUE messages 0 ", 17);
     c->out_len += 17;
-    c->out_len += kr_fmt_u64(c->out + c->out_len, bytes - 2);
+    c->out_len += kr_u64_dec(c->out + c->out_len, bytes - 2);
     memcpy(c->out + c->out_len, "\r\n", 2);
     c->out_len += 2;
     for (uint32_t k = 0; k < n; k++) {
@@ -273,7 +248,7 @@ static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
                 *o++ = ' ';
             }
         }
-        o += kr_fmt_u64(o, plen);
+        o += kr_u64_dec(o, plen);
         *o++ = '\r';
         *o++ = '\n';
         memcpy(o, payload, plen);
@@ -353,16 +328,16 @@ static void kr_stat_figure(void *arg, const struct kr_figure *f)
         memcpy(buf + n, f->text, tl);
         n += tl;
     } else if (f->micro) { /* seconds with six decimals */
-        n += kr_fmt_u64(buf + n, f->value / 1000000);
+        n += kr_u64_dec(buf + n, f->value / 1000000);
         char frac[8];
-        size_t fl = kr_fmt_u64(frac, f->value % 1000000);
+        size_t fl = kr_u64_dec(frac, f->value % 1000000);
         buf[n++] = '.';
         for (size_t k = fl; k < 6; k++)
             buf[n++] = '0';
         memcpy(buf + n, frac, fl);
         n += fl;
     } else {
-        n += kr_fmt_u64(buf + n, f->value);
+        n += kr_u64_dec(buf + n, f->value);
     }
     sf->emit(sf->arg, buf, n);
 }

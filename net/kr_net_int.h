@@ -307,8 +307,6 @@ void kr_conn_send(struct kr_conn *c, uint32_t shard, const struct kr_event *ev);
 bool kr_conn_can_parse(struct kr_conn *c);
 void kr_conn_process(struct kr_conn *c);
 /* ---- kr_front_mc.c */
-size_t kr_fmt_u64(char *p, uint64_t v);
-uint32_t kr_digits(uint64_t v);
 /* ---- kr_conn.c: the connection side of delivery assembly (kr_deliver.h) */
 void kr_nt_dlv_init(struct kr_nt *nt);
 void kr_conn_queue_clear(struct kr_conn *c);

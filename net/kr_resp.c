@@ -20,6 +20,8 @@
  * arriving in many small reads is not rescanned from its start on every read. */
 #include "kr_resp.h"
 
+#include "kr_util.h"
+
 #include <limits.h>
 #include <string.h>
 
@@ -476,26 +478,12 @@ int kr_resp_cmd_find(const char *arg, size_t len, const char *const *names, size
 
 /* ------------------------------------------------------------------ formatters */
 
-/* Decimal digits of v into d (no terminator); returns how many (at most 20). */
-static size_t kr_resp_u64dec(uint64_t v, char *d)
-{
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++)
-        d[i] = tmp[n - 1 - i];
-    return n;
-}
-
 /* "<type><v>\r\n" with v unsigned. */
 static size_t kr_resp_fmt_len(char *out, size_t cap, char type, uint64_t v)
 {
     char tmp[24];
     tmp[0] = type;
-    size_t n = 1 + kr_resp_u64dec(v, tmp + 1);
+    size_t n = 1 + kr_u64_dec(tmp + 1, v);
     tmp[n++] = '\r';
     tmp[n++] = '\n';
     if (n <= cap)
@@ -557,7 +545,7 @@ size_t kr_resp_fmt_int(char *out, size_t cap, int64_t v)
     } else {
         u = (uint64_t)v;
     }
-    n += kr_resp_u64dec(u, tmp + n);
+    n += kr_u64_dec(tmp + n, u);
     tmp[n++] = '\r';
     tmp[n++] = '\n';
     if (n <= cap)

@@ -42,4 +42,30 @@ void __tsan_release(void *addr);
 /* Monotonic milliseconds (CLOCK_MONOTONIC_COARSE). Any thread. */
 uint64_t kr_now_ms(void);
 
+/* Write v in decimal at out (room for 20 bytes); returns the bytes written, without a
+ * terminator. Any thread. */
+static inline size_t kr_u64_dec(char *out, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+/* The number of decimal digits of v. Any thread. */
+static inline uint32_t kr_u64_digits(uint64_t v)
+{
+    uint32_t d = 1;
+    while (v >= 10) {
+        v /= 10;
+        d++;
+    }
+    return d;
+}
+
 #endif
