@@ -1,4 +1,5 @@
-/* The memcached text protocol frontend: what each parsed request does (subscribe,
+/* The memcached text protocol frontend: parses each request and runs it through the
+ * protocol-independent operations of kr_cmd.c (subscribe,
  * unsubscribe, publish, register, retro_subscribe, get messages, stats, version, quit) and
  * how its replies and the `get messages` deliveries are formatted. Net thread only. */
 #include "kr_net_int.h"
@@ -26,7 +27,6 @@
 #include <jemalloc/jemalloc.h>
 #endif
 
-static void kr_reply_stored(struct kr_conn *c, bool noreply);
 static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, uint16_t type);
 static int kr_pub_entry(void *arg, const struct kr_pub_entry *e);
 static void kr_req_publish(struct kr_conn *c, const struct kr_request *req);
@@ -37,14 +37,8 @@ static void kr_req_stats(struct kr_conn *c);
 
 /* ---------------------------------------------------------------- requests */
 
-static void kr_reply_stored(struct kr_conn *c, bool noreply)
-{
-    if (!noreply)
-        kr_out_str(c, "STORED\r\n");
-}
-
-/* subscribe, unsubscribe and retro_subscribe: split the topics by owning shard, send one
- * command to each, and answer once every shard acknowledged. */
+/* subscribe, unsubscribe and retro_subscribe: the data block is the topic list (after the
+ * horizon line for retro_subscribe). */
 static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, uint16_t type)
 {
     struct kr_nt *nt = c->nt;
@@ -59,143 +53,37 @@ static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, ui
             kr_conn_fail(c, kr_proto_error_reply(rc));
             return;
         }
-        KR_ST_INC(nt, retro_requests, 1);
-    } else if (type == KR_EV_SUBSCRIBE && c->horizon_us) {
-        /* the first subscribe after `register` is retroactive */
-        type = KR_EV_RETRO_SUBSCRIBE;
-        horizon = c->horizon_us;
-        c->horizon_us = 0;
-        KR_ST_INC(nt, retro_requests, 1);
-    }
-    if (type == KR_EV_RETRO_SUBSCRIBE && horizon > kr_msg_clock_us()) {
-        /* clock skew between app servers: a horizon in the future is taken as now (the live
-         * fanout skips messages older than the horizon, so it would deliver nothing) */
-        horizon = kr_msg_clock_us();
-        KR_ST_INC(nt, retro_future_horizons, 1);
     }
     int n = kr_proto_check_topics(data, data_len, srv->cfg->max_topic_bytes);
     if (n < 0) {
         kr_conn_fail(c, kr_proto_error_reply(n));
         return;
     }
-    if (type == KR_EV_UNSUBSCRIBE)
-        KR_ST_INC(nt, unsubscribe_requests, 1);
-    else
-        KR_ST_INC(nt, subscribe_requests, 1);
-    if (n == 0) {
-        if (c->rq_count)
-            kr_rq_push(c, 0, req->noreply, false, false);
-        else
-            kr_reply_stored(c, req->noreply);
-        return;
-    }
-    uint32_t nshards = kr_router_nshards(srv->router);
-    struct kr_router_cmd *cmds[64] = {0}; /* num_router_shards is at most 64 */
+    kr_nt_args(nt, (uint32_t)n);
+    uint32_t k = 0;
     size_t pos = 0, len;
     const char *t;
     while (kr_proto_next_topic(data, data_len, &pos, &t, &len)) {
-        uint32_t s = kr_router_shard_of(srv->router, t, len);
-        if (!cmds[s]) {
-            cmds[s] = kr_router_cmd_new((uint32_t)(data_len / nshards + 64));
-            cmds[s]->horizon_us = horizon;
-        }
-        cmds[s] = kr_router_cmd_add(cmds[s], t, (uint32_t)len);
+        nt->args[k] = t;
+        nt->arg_lens[k++] = (uint32_t)len;
     }
-    uint32_t acks = 0;
-    for (uint32_t s = 0; s < nshards; s++)
-        acks += cmds[s] != NULL;
-    bool retro = type == KR_EV_RETRO_SUBSCRIBE;
-    uint32_t reqno = kr_rq_push(c, acks, req->noreply, retro, false);
-    for (uint32_t s = 0; s < nshards; s++) {
-        if (!cmds[s])
-            continue;
-        cmds[s]->pad = reqno; /* comes back in the ACK */
-        struct kr_event ev = {.type = type, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = cmds[s]};
-        kr_conn_send(c, s, &ev);
-    }
-    if (type != KR_EV_UNSUBSCRIBE)
-        c->subscribed = true;
-    if (retro) {
-        kr_dlv_retro_begin(&c->dlv);
-    }
+    kr_cmd_subscribe(c, type, horizon, k, nt->args, nt->arg_lens, req->noreply);
 }
 
+/* One entry of a publish block. */
 static int kr_pub_entry(void *arg, const struct kr_pub_entry *e)
 {
     struct kr_conn *c = arg;
     struct kr_nt *nt = c->nt;
-    struct kr_server *srv = nt->srv;
-    struct kr_router *r = srv->router;
-
-    if (e->ntopics > nt->topics_cap) {
-        nt->topics_cap = e->ntopics;
-        nt->topics = kr_xrealloc(nt->topics, e->ntopics * sizeof(*nt->topics));
-        nt->topic_lens = kr_xrealloc(nt->topic_lens, e->ntopics * sizeof(*nt->topic_lens));
-        nt->topic_hashes = kr_xrealloc(nt->topic_hashes, e->ntopics * sizeof(*nt->topic_hashes));
-    }
-    /* Collect the topics, dropping repeats (a subscriber lists each matched topic once).
-     * Each topic is hashed once here: the hash picks its shard, compares repeats cheaply,
-     * and travels in the message for the shard's table lookup. */
-    uint32_t n = 0;
+    kr_nt_args(nt, e->ntopics);
+    uint32_t k = 0;
     size_t pos = 0, len;
     const char *t;
     while (kr_proto_next_topic(e->topics, e->topics_len, &pos, &t, &len)) {
-        uint64_t h = kr_topic_hash(t, len);
-        bool dup = false;
-        for (uint32_t i = 0; i < n && !dup; i++)
-            dup = nt->topic_hashes[i] == h && nt->topic_lens[i] == len &&
-                  memcmp(nt->topics[i], t, len) == 0;
-        if (!dup) {
-            nt->topics[n] = t;
-            nt->topic_lens[n] = (uint32_t)len;
-            nt->topic_hashes[n] = h;
-            n++;
-        }
+        nt->args[k] = t;
+        nt->arg_lens[k++] = (uint32_t)len;
     }
-    const struct kr_net_live *lv = &nt->live;
-    if (n >= lv->topics_warn && lv->topics_warn) {
-        KR_ST_INC(nt, publish_topic_warnings, 1);
-        uint64_t suppressed = 0;
-        if (kr_log_enabled(KR_LOG_WARN) &&
-            kr_log_ratelimit(&nt->rl_topics, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed)) {
-            KR_WARN("publish to %u topics from %s (id %llu), first topics: %.*s%s%.*s%s%.*s "
-                    "(suppressed %llu similar)",
-                    n, c->peer, (unsigned long long)c->id, (int)nt->topic_lens[0], nt->topics[0],
-                    n > 1 ? " " : "", n > 1 ? (int)nt->topic_lens[1] : 0, n > 1 ? nt->topics[1] : "",
-                    n > 2 ? " " : "", n > 2 ? (int)nt->topic_lens[2] : 0, n > 2 ? nt->topics[2] : "",
-                    (unsigned long long)suppressed);
-        }
-    }
-    KR_ST_INC(nt, messages_published, 1);
-    if (n == 0)
-        return 0;
-
-    /* Which shards own these topics. */
-    uint32_t nshards = kr_router_nshards(r);
-    assert(nshards <= 64); /* num_router_shards is at most 64: one word holds the set */
-    uint64_t shardset = 0;
-    uint32_t involved = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        uint32_t s = kr_router_shard_of_hash(r, nt->topic_hashes[i]);
-        if (!(shardset & (UINT64_C(1) << s))) {
-            shardset |= UINT64_C(1) << s;
-            involved++;
-        }
-    }
-    /* each entry gets its own time: it orders one publisher's messages for subscribers */
-    struct kr_msg *m = kr_msg_create_hashed(c->id, kr_msg_clock_us(), n, nt->topics,
-                                            nt->topic_lens, nt->topic_hashes, e->payload,
-                                            (uint32_t)e->payload_len,
-                                            involved > 1 ? srv->nnet : 0);
-    kr_msg_set_nshards(m, involved);
-    if (involved > 1)
-        kr_msg_ref(m, involved - 1);
-    for (uint32_t s = 0; s < nshards; s++) {
-        if (!((shardset >> s) & 1))
-            continue;
-        struct kr_event ev = {.type = KR_EV_PUBLISH, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = m};
-        kr_conn_send(c, s, &ev);
-    }
+    kr_cmd_publish(c, k, nt->args, nt->arg_lens, e->payload, (uint32_t)e->payload_len);
     return 0;
 }
 
@@ -211,10 +99,7 @@ static void kr_req_publish(struct kr_conn *c, const struct kr_request *req)
         kr_conn_fail(c, kr_proto_error_reply(rc));
         return;
     }
-    if (c->nparked || c->rq_count)
-        kr_rq_push(c, 0, req->noreply, false, c->nparked > 0);
-    else
-        kr_reply_stored(c, req->noreply);
+    kr_cmd_published(c, req->noreply);
 }
 
 /* Answer a poll with the n complete entries at the head of the queue (`END` when n is 0). */
@@ -384,9 +269,7 @@ static void kr_conn_request(struct kr_conn *c, const struct kr_request *req, boo
         break;
     case KR_REQ_REGISTER:
         KR_ST_INC(nt, cmd_set, 1);
-        KR_ST_INC(nt, register_requests, 1);
-        c->horizon_us = kr_msg_clock_us();
-        kr_reply_stored(c, req->noreply);
+        kr_cmd_register(c, req->noreply);
         break;
     case KR_REQ_RETRO_SUBSCRIBE:
         KR_ST_INC(nt, cmd_set, 1);

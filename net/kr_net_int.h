@@ -226,6 +226,10 @@ struct kr_nt {
     uint32_t *topic_lens;
     uint64_t *topic_hashes; /* kr_topic_hash of each */
     uint32_t topics_cap;
+    /* scratch for a frontend's topic list (kr_nt_args) */
+    const char **args;
+    uint32_t *arg_lens;
+    uint32_t args_cap;
     struct kr_log_ratelimit rl_errors;
     struct kr_log_ratelimit rl_accept;
     struct kr_log_ratelimit rl_refused;
@@ -306,6 +310,24 @@ void kr_conn_resume(struct kr_conn *c);
 void kr_conn_send(struct kr_conn *c, uint32_t shard, const struct kr_event *ev);
 bool kr_conn_can_parse(struct kr_conn *c);
 void kr_conn_process(struct kr_conn *c);
+/* ---- kr_cmd.c: the protocol-independent operations a frontend runs (net thread) */
+/* Room for n topics in the net thread's argument scratch (nt->args, nt->arg_lens). */
+void kr_nt_args(struct kr_nt *nt, uint32_t n);
+/* Subscribe (KR_EV_SUBSCRIBE), unsubscribe or retroactively subscribe (KR_EV_RETRO_SUBSCRIBE,
+ * `horizon_us`) the n validated topics; the first subscribe after kr_cmd_register is
+ * retroactive. Its reply (fe->reply, DONE or NOT_FOUND) comes in request order once every
+ * shard acknowledged, unless noreply. */
+void kr_cmd_subscribe(struct kr_conn *c, uint16_t type, uint64_t horizon_us, uint32_t n,
+                      const char *const *topics, const uint32_t *lens, bool noreply);
+/* Publish one entry to n validated topics (repeats are dropped): one message, one event per
+ * owning shard. */
+void kr_cmd_publish(struct kr_conn *c, uint32_t n, const char *const *topics,
+                    const uint32_t *lens, const char *payload, uint32_t payload_len);
+/* The reply of a publish request, after its entries: DONE in request order. */
+void kr_cmd_published(struct kr_conn *c, bool noreply);
+/* Record the horizon "now" for the next subscribe; DONE. */
+void kr_cmd_register(struct kr_conn *c, bool noreply);
+
 /* ---- kr_front_mc.c */
 /* ---- kr_conn.c: the connection side of delivery assembly (kr_deliver.h) */
 void kr_nt_dlv_init(struct kr_nt *nt);

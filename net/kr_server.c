@@ -191,6 +191,8 @@ void kr_server_destroy(struct kr_server *s)
         free(nt->topics);
         free(nt->topic_lens);
         free(nt->topic_hashes);
+        free(nt->args);
+        free(nt->arg_lens);
         for (uint32_t k = 0; k < nt->nctl; k++) /* drain barriers never sent */
             if (nt->ctl[k].ev.type == KR_EV_UNSUBSCRIBE)
                 free(nt->ctl[k].ev.ptr);
