@@ -37,6 +37,7 @@ static void kr_server_wake_net(void *arg, uint32_t net)
 int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err, size_t errlen)
 {
     struct kr_server *s = kr_xcalloc(1, sizeof(*s));
+    s->started = time(NULL); /* before any other thread may read it (uptime) */
     s->cfg = cfg;
     s->nnet = cfg->num_net_threads;
     s->lim.max_request_bytes = cfg->max_request_bytes;
@@ -126,7 +127,6 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
 
 int kr_server_start(struct kr_server *s)
 {
-    s->started = time(NULL);
     kr_server_refresh_stats(s); /* then the control thread's timer, once a second */
     int rc = kr_router_start(s->router);
     if (rc < 0)
