@@ -107,6 +107,8 @@ struct kr_conn {
     uint64_t id;
     uint32_t slot;
     const struct kr_frontend *fe; /* the connection's protocol */
+    void *fe_state;               /* the frontend's per-connection state (NULL: none yet) */
+    bool fe_chosen;               /* the protocol was decided (first request, or listener) */
     /* input not parsed yet (NULL while everything arrived was consumed) */
     char *in;
     size_t in_len;
@@ -305,6 +307,7 @@ void kr_conn_process(struct kr_conn *c);
 /* ---- kr_front_mc.c */
 size_t kr_fmt_u64(char *p, uint64_t v);
 uint32_t kr_digits(uint64_t v);
+int kr_pub_entry(void *arg, const struct kr_pub_entry *e);
 /* ---- kr_conn.c: the connection side of delivery assembly (kr_deliver.h) */
 void kr_nt_dlv_init(struct kr_nt *nt);
 void kr_conn_queue_clear(struct kr_conn *c);
