@@ -746,9 +746,8 @@ static void kr_rs_client(struct kr_conn *c, struct kr_rs_state *s, const struct 
         kr_rs_client_line(c, s, line, sizeof(line));
         kr_rs_bulkz(&o, line);
     } else {
-        char name[65];
-        kr_rs_lower(sub, name, sizeof(name));
-        kr_rs_errf(&o, "ERR unknown subcommand or wrong number of arguments for '%s'. Try CLIENT HELP.", name);
+        kr_rs_errf(&o, "ERR unknown subcommand '%.*s'. Try CLIENT HELP.",
+                   (int)(sub->len > 64 ? 64 : sub->len), sub->p);
     }
 }
 
@@ -932,9 +931,8 @@ static void kr_rs_run(struct kr_conn *c, struct kr_rs_state *s, int k,
         } else if (kr_resp_cmd_is(argv[1].p, argv[1].len, "DOCS")) {
             kr_rs_map(&o, 0);
         } else {
-            char name[65];
-            kr_rs_lower(&argv[1], name, sizeof(name));
-            kr_rs_errf(&o, "ERR unknown subcommand '%s'. Try COMMAND HELP.", name);
+            kr_rs_errf(&o, "ERR unknown subcommand '%.*s'. Try COMMAND HELP.",
+                       (int)(argv[1].len > 64 ? 64 : argv[1].len), argv[1].p);
         }
         break;
     case C_PUBSUB:
@@ -1043,6 +1041,8 @@ static ssize_t kr_rs_request(struct kr_conn *c, const char *buf, size_t len, boo
 
 /* ---------------------------------------------------------------- deliveries */
 
+static void kr_rs_queued(struct kr_conn *c);
+
 /* Write the complete entries at the head of the queue as message frames, one per matched
  * channel, until the output holds KR_OUT_HIGH (the rest waits for kr_rs_writable, and an
  * unread queue overflows by its limits). */
@@ -1051,6 +1051,8 @@ static void kr_rs_answer(struct kr_conn *c)
     struct kr_nt *nt = c->nt;
     struct kr_rs_state *s = kr_rs(c);
     kr_poll_unwait(c);
+    if (c->close_after_write || c->deferred_err)
+        return; /* its last words are said */
     if (c->dlv.overflowed) {
         kr_conn_error(c, KR_ERR_QUEUE_OVERFLOW);
         return;
@@ -1089,6 +1091,11 @@ static void kr_rs_answer(struct kr_conn *c)
         KR_ST_INC(nt, messages_delivered, n);
     }
     (void)frames;
+    if (kr_conn_out_pending(c) < KR_OUT_HIGH && c->dlv.q.count) {
+        /* the head is a multi-shard message whose other parts are still on their way: look
+         * again after the next loop iteration (the shards' END events complete it) */
+        kr_rs_queued(c);
+    }
     kr_conn_drain_replied(c);
 }
 
