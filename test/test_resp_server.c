@@ -3,6 +3,7 @@
  * against redis-server). Also cross-protocol delivery with memcached-protocol clients. */
 #include <criterion/criterion.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <netinet/in.h>
@@ -377,4 +378,162 @@ Test(resp_overflow, told_and_closed, .init = start_small_queue, .fini = stop)
     cr_assert((n - strlen(tail)) / frame < 600);
     close(sub);
     close(pub);
+}
+
+/* ---------------------------------------------------------------- stock clients
+ * Each is a process the test starts and stops by its PID; a client that is not installed
+ * skips its test with a message saying so. */
+
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+static bool have_exe(const char *path)
+{
+    return access(path, X_OK) == 0;
+}
+
+/* Start argv with stdout and stderr to `out`. */
+static pid_t spawn(char *const argv[], const char *out)
+{
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        FILE *f = freopen(out, "w", stdout);
+        (void)f;
+        dup2(1, 2);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Wait (bounded) for pid to exit; returns its exit status or -1. */
+static int wait_exit(pid_t pid)
+{
+    for (int i = 0; i < 1000; i++) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        kr_it_sleep_ms(10);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
+static void stop_pid(pid_t pid)
+{
+    kill(pid, SIGTERM);
+    if (wait_exit(pid) == -1 && kill(pid, 0) == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+}
+
+/* Wait (bounded) until file `path` contains needle. */
+static bool file_has(const char *path, const char *needle)
+{
+    for (int i = 0; i < 500; i++) {
+        FILE *f = fopen(path, "r");
+        if (f) {
+            size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+            buf[n] = 0;
+            fclose(f);
+            if (strstr(buf, needle))
+                return true;
+        }
+        kr_it_sleep_ms(10);
+    }
+    return false;
+}
+
+static void redis_cli_case(const char *proto_flag)
+{
+    if (!have_exe("/usr/bin/redis-cli"))
+        cr_skip_test("redis-cli is not installed (Debian package redis-tools)");
+    char port[16], out[256], pout[256];
+    snprintf(port, sizeof(port), "%u", srv.port);
+    snprintf(out, sizeof(out), "%s.cli-sub", srv.log_path);
+    snprintf(pout, sizeof(pout), "%s.cli-pub", srv.log_path);
+    char *sub_argv[] = {"/usr/bin/redis-cli", (char *)proto_flag, "-p", port, "subscribe", "clit", NULL};
+    pid_t sub = spawn(sub_argv, out);
+    cr_assert(file_has(out, "subscribe\nclit\n1\n"), "redis-cli subscribe printed: %s", buf);
+    char *pub_argv[] = {"/usr/bin/redis-cli", "-p", port, "publish", "clit", "from-cli", NULL};
+    cr_assert_eq(wait_exit(spawn(pub_argv, pout)), 0);
+    cr_assert(file_has(pout, "1\n"), "redis-cli publish printed: %s", buf);
+    cr_assert(file_has(out, "message\nclit\nfrom-cli\n"), "redis-cli subscribe printed: %s", buf);
+    /* from a memcached-protocol publisher */
+    int mc = kr_it_connect(srv.port);
+    kr_it_publish(mc, "clit", "from-mc", 7);
+    close(mc);
+    cr_assert(file_has(out, "message\nclit\nfrom-mc\n"), "redis-cli subscribe printed: %s", buf);
+    stop_pid(sub);
+    unlink(out);
+    unlink(pout);
+}
+
+Test(resp_server, redis_cli_resp2)
+{
+    redis_cli_case("-2");
+}
+
+Test(resp_server, redis_cli_resp3)
+{
+    redis_cli_case("-3");
+}
+
+/* redis-cli publishes; a memcached-protocol subscriber gets the entry. */
+Test(resp_server, redis_cli_to_memcached_subscriber)
+{
+    if (!have_exe("/usr/bin/redis-cli"))
+        cr_skip_test("redis-cli is not installed (Debian package redis-tools)");
+    int mc = kr_it_connect(srv.port);
+    kr_it_subscribe(mc, "mct");
+    char port[16], pout[256];
+    snprintf(port, sizeof(port), "%u", srv.port);
+    snprintf(pout, sizeof(pout), "%s.cli-pub", srv.log_path);
+    char *pub_argv[] = {"/usr/bin/redis-cli", "-p", port, "publish", "mct", "via-resp", NULL};
+    cr_assert_eq(wait_exit(spawn(pub_argv, pout)), 0);
+    char got[4096];
+    size_t outlen = 0;
+    cr_assert_eq(kr_it_collect(mc, 1, got, sizeof(got), &outlen), 1);
+    cr_assert(strstr(got, "MESSAGE mct 8\r\nvia-resp\r\n"), "%s", got);
+    close(mc);
+    unlink(pout);
+}
+
+static void redis_py_case(const char *proto)
+{
+    if (!have_exe("/usr/bin/python3") || system("/usr/bin/python3 -c 'import redis' 2>/dev/null") != 0)
+        cr_skip_test("redis-py is not installed (Debian package python3-redis)");
+    const char *src = getenv("KRAKEN_SOURCE_DIR");
+    cr_assert_not_null(src);
+    char script[512], port[16], out[256];
+    snprintf(script, sizeof(script), "%s/test/clients/redis_py_check.py", src);
+    snprintf(port, sizeof(port), "%u", srv.port);
+    snprintf(out, sizeof(out), "%s.py", srv.log_path);
+    char *argv[] = {"/usr/bin/python3", script, port, (char *)proto, NULL};
+    int rc = wait_exit(spawn(argv, out));
+    FILE *f = fopen(out, "r");
+    size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+    buf[n] = 0;
+    if (f)
+        fclose(f);
+    unlink(out);
+    cr_assert_eq(rc, 0, "redis-py: %s", buf);
+    if (strstr(buf, "SKIP"))
+        cr_skip_test("this redis-py has no RESP3 (protocol=3 needs redis-py 5)");
+    cr_assert(strstr(buf, "OK\n"), "redis-py: %s", buf);
+}
+
+Test(resp_server, redis_py_resp2)
+{
+    redis_py_case("2");
+}
+
+Test(resp_server, redis_py_resp3)
+{
+    redis_py_case("3");
 }
