@@ -537,3 +537,29 @@ Test(resp_server, redis_py_resp3)
 {
     redis_py_case("3");
 }
+
+/* ioredis (npm, pinned in test/node/package-lock.json; `npm ci` in test/node installs it). */
+Test(resp_server, ioredis)
+{
+    if (!have_exe("/usr/bin/node"))
+        cr_skip_test("node is not installed (Debian package nodejs): the ioredis check did not run");
+    const char *src = getenv("KRAKEN_SOURCE_DIR");
+    cr_assert_not_null(src);
+    char script[512], mod[512], port[16], out[256];
+    snprintf(script, sizeof(script), "%s/test/node/ioredis_check.js", src);
+    snprintf(mod, sizeof(mod), "%s/test/node/node_modules/ioredis/package.json", src);
+    struct stat st;
+    cr_assert_eq(stat(mod, &st), 0, "ioredis is not installed: run `npm ci` in %s/test/node", src);
+    snprintf(port, sizeof(port), "%u", srv.port);
+    snprintf(out, sizeof(out), "%s.node", srv.log_path);
+    char *argv[] = {"/usr/bin/node", script, port, NULL};
+    int rc = wait_exit(spawn(argv, out));
+    FILE *f = fopen(out, "r");
+    size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+    buf[n] = 0;
+    if (f)
+        fclose(f);
+    unlink(out);
+    cr_assert_eq(rc, 0, "ioredis: %s", buf);
+    cr_assert(strstr(buf, "OK\n"), "ioredis: %s", buf);
+}
