@@ -64,7 +64,7 @@ static struct kr_rs_state *kr_rs(struct kr_conn *c)
     if (!s) {
         s = kr_xcalloc(1, sizeof(*s));
         s->proto = 2;
-        s->authed = true;
+        s->authed = c->nt->srv->cfg->requirepass[0] == 0;
         kr_resp_req_init(&s->req);
         s->argv_cap = 16;
         s->argv = kr_xcalloc(s->argv_cap, sizeof(*s->argv));
@@ -652,6 +652,52 @@ static void kr_rs_pubsub(struct kr_conn *c, struct kr_rs_state *s, const struct 
 
 /* ---------------------------------------------------------------- connection commands */
 
+/* Does (user, pass) match requirepass? The user must be absent or `default` (the one user
+ * there is). Compared in time independent of where the bytes differ. */
+static bool kr_rs_auth_ok(const struct kr_conn *c, const struct kr_resp_arg *user,
+                          const struct kr_resp_arg *pass)
+{
+    const char *want = c->nt->srv->cfg->requirepass;
+    size_t wl = strlen(want);
+    if (user && !(user->len == 7 && memcmp(user->p, "default", 7) == 0))
+        return false;
+    unsigned char diff = (unsigned char)(pass->len != wl);
+    for (size_t i = 0; i < pass->len; i++)
+        diff |= (unsigned char)(pass->p[i] ^ (i < wl ? want[i] : 0));
+    return diff == 0;
+}
+
+#define KR_RS_WRONGPASS "WRONGPASS invalid username-password pair or user is disabled."
+
+static void kr_rs_auth(struct kr_conn *c, struct kr_rs_state *s, const struct kr_resp_arg *argv,
+                       size_t argc)
+{
+    struct kr_rs_out o = {c, s, false};
+    if (argc > 3) {
+        kr_rs_err(&o, "ERR syntax error");
+        return;
+    }
+    if (!c->nt->srv->cfg->requirepass[0]) {
+        if (argc == 2) {
+            kr_rs_err(&o, "ERR AUTH <password> called without any password configured for the "
+                          "default user. Are you sure your configuration is correct?");
+            return;
+        }
+        /* AUTH default <anything> with no password: Redis accepts it */
+        if (argv[1].len == 7 && memcmp(argv[1].p, "default", 7) == 0)
+            kr_rs_simple(&o, "OK");
+        else
+            kr_rs_err(&o, KR_RS_WRONGPASS);
+        return;
+    }
+    if (kr_rs_auth_ok(c, argc == 3 ? &argv[1] : NULL, &argv[argc - 1])) {
+        s->authed = true;
+        kr_rs_simple(&o, "OK");
+    } else {
+        kr_rs_err(&o, KR_RS_WRONGPASS);
+    }
+}
+
 static void kr_rs_hello(struct kr_conn *c, struct kr_rs_state *s, const struct kr_resp_arg *argv,
                         size_t argc)
 {
@@ -678,7 +724,12 @@ static void kr_rs_hello(struct kr_conn *c, struct kr_rs_state *s, const struct k
     }
     for (; i < argc; i++) {
         if (kr_resp_cmd_is(argv[i].p, argv[i].len, "AUTH") && i + 2 < argc) {
-            i += 2; /* no requirepass: any credentials are accepted, as Redis does */
+            if (c->nt->srv->cfg->requirepass[0] && !kr_rs_auth_ok(c, &argv[i + 1], &argv[i + 2])) {
+                kr_rs_err(&o, KR_RS_WRONGPASS);
+                return;
+            }
+            s->authed = true; /* without requirepass any credentials do, as in Redis */
+            i += 2;
         } else if (kr_resp_cmd_is(argv[i].p, argv[i].len, "SETNAME") && i + 1 < argc) {
             free(s->name);
             s->name = strndup(argv[i + 1].p, argv[i + 1].len);
@@ -688,6 +739,13 @@ static void kr_rs_hello(struct kr_conn *c, struct kr_rs_state *s, const struct k
                        (int)(argv[i].len > 64 ? 64 : argv[i].len), argv[i].p);
             return;
         }
+    }
+    if (!s->authed) {
+        kr_rs_err(&o, "NOAUTH HELLO must be called with the client already authenticated, "
+                      "otherwise the HELLO <proto> AUTH <user> <pass> option can be used to "
+                      "authenticate the client and select the RESP protocol version at the same "
+                      "time");
+        return;
     }
     s->proto = proto;
     kr_rs_map(&o, 7);
@@ -816,17 +874,17 @@ static void kr_rs_unknown(struct kr_rs_out *o, const struct kr_resp_arg *argv, s
 enum {
     C_SUBSCRIBE, C_UNSUBSCRIBE, C_PUBLISH, C_SSUBSCRIBE, C_SUNSUBSCRIBE, C_SPUBLISH,
     C_PSUBSCRIBE, C_PUNSUBSCRIBE, C_PING, C_ECHO, C_QUIT, C_RESET, C_SELECT, C_HELLO,
-    C_CLIENT, C_INFO, C_COMMAND, C_PUBSUB, C_KPUBLISH, C_KREGISTER, C_KRETRO, C_NCMDS
+    C_CLIENT, C_INFO, C_COMMAND, C_PUBSUB, C_KPUBLISH, C_KREGISTER, C_KRETRO, C_AUTH, C_NCMDS
 };
 static const char *const kr_rs_names[C_NCMDS] = {
     "SUBSCRIBE", "UNSUBSCRIBE", "PUBLISH", "SSUBSCRIBE", "SUNSUBSCRIBE", "SPUBLISH",
     "PSUBSCRIBE", "PUNSUBSCRIBE", "PING", "ECHO", "QUIT", "RESET", "SELECT", "HELLO",
     "CLIENT", "INFO", "COMMAND", "PUBSUB", "KRAKEN.PUBLISH", "KRAKEN.REGISTER",
-    "KRAKEN.RETRO_SUBSCRIBE",
+    "KRAKEN.RETRO_SUBSCRIBE", "AUTH",
 };
 /* least argc (negative: exactly -n) */
 static const int kr_rs_arity_of[C_NCMDS] = {
-    2, 1, -3, 2, 1, -3, 2, 1, 1, -2, 1, -1, -2, 1, 2, 1, 1, 2, 3, -1, 3,
+    2, 1, -3, 2, 1, -3, 2, 1, 1, -2, 1, -1, -2, 1, 2, 1, 1, 2, 3, -1, 3, 2,
 };
 
 /* Commands whose reply waits in the reply ring: they may run while earlier replies wait. */
@@ -943,6 +1001,9 @@ static void kr_rs_run(struct kr_conn *c, struct kr_rs_state *s, int k,
         c->horizon_us = kr_msg_clock_us();
         kr_rs_simple(&o, "OK");
         break;
+    case C_AUTH:
+        kr_rs_auth(c, s, argv, argc);
+        break;
     case C_KRETRO: {
         char v[24];
         size_t n = argv[1].len;
@@ -1024,6 +1085,10 @@ static ssize_t kr_rs_request(struct kr_conn *c, const char *buf, size_t len, boo
     int ar = kr_rs_arity_of[k];
     if ((ar < 0 && argc != (size_t)-ar) || (ar > 0 && argc < (size_t)ar)) {
         kr_rs_arity(&o, &argv[0]);
+        return (ssize_t)used;
+    }
+    if (!s->authed && k != C_AUTH && k != C_HELLO && k != C_QUIT) {
+        kr_rs_err(&o, "NOAUTH Authentication required.");
         return (ssize_t)used;
     }
     if (s->proto == 2 && (s->nreg || s->nshard) && k != C_SUBSCRIBE && k != C_UNSUBSCRIBE &&

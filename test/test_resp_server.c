@@ -89,7 +89,7 @@ Test(resp_server, connection_commands_resp2)
     kr_it_read_until(fd, buf, sizeof(buf), "\n\r\n");
     cr_assert(strstr(buf, " name=n1 ") && strstr(buf, " resp=2"), "CLIENT INFO: %s", buf);
     cmd(fd, "COMMAND", "COUNT", NULL);
-    kr_it_expect(fd, ":21\r\n");
+    kr_it_expect(fd, ":22\r\n");
     cmd(fd, "COMMAND", "DOCS", NULL);
     kr_it_expect(fd, "*0\r\n");
     cmd(fd, "COMMAND", NULL);
@@ -562,4 +562,57 @@ Test(resp_server, ioredis)
     unlink(out);
     cr_assert_eq(rc, 0, "ioredis: %s", buf);
     cr_assert(strstr(buf, "OK\n"), "ioredis: %s", buf);
+}
+
+static void start_password(void)
+{
+    const char *args[] = {"--requirepass", "s3cret", NULL};
+    kr_it_start(&srv, args);
+}
+
+Test(resp_auth, requirepass, .init = start_password, .fini = stop)
+{
+    int fd = kr_it_connect(srv.port);
+    cmd(fd, "PING", NULL);
+    kr_it_expect(fd, "-NOAUTH Authentication required.\r\n");
+    cmd(fd, "SUBSCRIBE", "a", NULL);
+    kr_it_expect(fd, "-NOAUTH Authentication required.\r\n");
+    cmd(fd, "HELLO", "3", NULL);
+    kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
+    cr_assert(strncmp(buf, "-NOAUTH HELLO must be called with the client already authenticated", 66) == 0, "%s", buf);
+    cmd(fd, "AUTH", "wrong", NULL);
+    kr_it_expect(fd, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    cmd(fd, "AUTH", "other", "s3cret", NULL);
+    kr_it_expect(fd, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    cmd(fd, "AUTH", "s3cre", NULL);
+    kr_it_expect(fd, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    cmd(fd, "AUTH", "s3cret", NULL);
+    kr_it_expect(fd, "+OK\r\n");
+    cmd(fd, "PING", NULL);
+    kr_it_expect(fd, "+PONG\r\n");
+    close(fd);
+    fd = kr_it_connect(srv.port);
+    cmd(fd, "AUTH", "default", "s3cret", NULL);
+    kr_it_expect(fd, "+OK\r\n");
+    close(fd);
+    fd = kr_it_connect(srv.port);
+    cmd(fd, "HELLO", "3", "AUTH", "default", "nope", NULL);
+    kr_it_expect(fd, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    cmd(fd, "HELLO", "3", "AUTH", "default", "s3cret", NULL);
+    kr_it_read_until(fd, buf, sizeof(buf), "$7\r\nmodules\r\n*0\r\n");
+    cr_assert(strncmp(buf, "%7\r\n", 4) == 0, "%s", buf);
+    cmd(fd, "PING", NULL);
+    kr_it_expect(fd, "+PONG\r\n");
+    close(fd);
+}
+
+Test(resp_server, auth_without_password)
+{
+    int fd = kr_it_connect(srv.port);
+    cmd(fd, "AUTH", "x", NULL);
+    kr_it_expect(fd, "-ERR AUTH <password> called without any password configured for the "
+                     "default user. Are you sure your configuration is correct?\r\n");
+    cmd(fd, "PING", NULL);
+    kr_it_expect(fd, "+PONG\r\n");
+    close(fd);
 }
