@@ -223,7 +223,8 @@ scenario_args() {
 field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$2"; }
 
 rows=()
-# run_one LABEL SERVER SCENARIO [extra bench args...] (server args come from $server_args)
+# run_one LABEL SERVER SCENARIO [extra bench args...] (server args come from $server_args;
+# $bench_proto, when set, is the protocol kraken-bench speaks instead of SERVER's own)
 run_one() {
     local label=$1 server=$2 sc=$3; shift 3
     local args
@@ -239,7 +240,7 @@ run_one() {
     echo "== $sc: $label (port $server_port)" >&2
     local json rc=0
     # shellcheck disable=SC2086
-    json=$("$bench_bin" --proto "$server" --port "$server_port" $args --duration "$dur" \
+    json=$("$bench_bin" --proto "${bench_proto:-$server}" --port "$server_port" $args --duration "$dur" \
         --threads "$threads" --pipeline "$pipeline" --json --quiet "${more[@]}" "$@" \
         ${extra[@]+"${extra[@]}"}) || rc=$?
     stop_server
@@ -335,6 +336,10 @@ for sc in $scenarios; do
         run_one "$srv" "$srv" "$sc"
         if [ "$srv" = kraken ] && [ "$kraken_batch" -gt 1 ] && { [ "$sc" = fanout ] || [ "$sc" = broadcast ]; }; then
             run_one "kraken (batch $kraken_batch)" kraken "$sc" --batch "$kraken_batch"
+        fi
+        if [ "$srv" = kraken ] && [ "$sc" != retro ]; then
+            # the same server spoken to as Redis clients do (RESP, pushed deliveries)
+            bench_proto=redis run_one "kraken (resp)" kraken "$sc"
         fi
     done
 done

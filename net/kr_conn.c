@@ -97,6 +97,8 @@ static void kr_conn_write_cb(uv_write_t *req, int status)
     if (c->closing)
         return;
     kr_conn_flush(c);
+    if (!c->closing && c->fe->writable)
+        c->fe->writable(c);
     if (!c->closing && !c->writing && !c->close_after_write)
         kr_conn_process(c); /* reading may have been paused on a big backlog */
 }
@@ -350,7 +352,7 @@ static void kr_dlv_overflow_cb(struct kr_dlv_ctx *x, struct kr_dlv *d, uint32_t 
                 "queue, it will be told and disconnected (suppressed %llu similar)",
                 c->peer, (unsigned long long)c->id, count, (unsigned long long)bytes,
                 (unsigned long long)suppressed);
-    kr_poll_wake(c); /* a waiting poll is answered with the error */
+    c->fe->queued(c); /* a waiting poll (or the pushes) is answered with the error */
 }
 
 static void kr_dlv_mem_check_cb(struct kr_dlv_ctx *x)
@@ -401,6 +403,8 @@ void kr_conn_overflow(struct kr_conn *c)
 void kr_conn_closed_cb(uv_handle_t *h)
 {
     struct kr_conn *c = (struct kr_conn *)h;
+    if (c->fe->close)
+        c->fe->close(c);
     free(c->in);
     free(c->out);
     free(c->wbuf);

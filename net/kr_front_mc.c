@@ -28,7 +28,6 @@
 #endif
 
 static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, uint16_t type);
-static int kr_pub_entry(void *arg, const struct kr_pub_entry *e);
 static void kr_req_publish(struct kr_conn *c, const struct kr_request *req);
 static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes);
 static void kr_req_get_messages(struct kr_conn *c, bool may_wait);
@@ -311,6 +310,14 @@ static bool kr_req_pipelinable(const struct kr_conn *c, const struct kr_request 
 static ssize_t kr_mc_request(struct kr_conn *c, const char *buf, size_t len, bool pipelined,
                              size_t *need)
 {
+    if (!c->fe_chosen) {
+        /* the first byte decides the protocol: memcached requests never start with '*' */
+        c->fe_chosen = true;
+        if (buf[0] == '*') {
+            c->fe = &kr_front_resp;
+            return kr_front_resp.request(c, buf, len, pipelined, need);
+        }
+    }
     struct kr_request req;
     size_t used = 0;
     int rc = kr_proto_parse(buf, len, &c->nt->srv->lim, &req, &used);

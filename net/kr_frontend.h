@@ -56,9 +56,16 @@ struct kr_frontend {
     /* Answer now, after the loop iteration's deliveries were taken from the shards: the
      * waiting poll, or the pushes. The caller then runs kr_conn_process. */
     void (*answer)(struct kr_conn *c);
+    /* Optional (NULL: nothing to do). A write completed: the output has room again (a
+     * pushing frontend resumes the deliveries it held back). */
+    void (*writable)(struct kr_conn *c);
+    /* Optional. The connection is being freed: release c->fe_state. */
+    void (*close)(struct kr_conn *c);
 };
 
 /* The memcached text protocol (kr_front_mc.c). */
 extern const struct kr_frontend kr_front_mc;
+/* The Redis serialization protocol, RESP2/RESP3, with push delivery (kr_front_resp.c). */
+extern const struct kr_frontend kr_front_resp;
 
 #endif

@@ -107,6 +107,8 @@ struct kr_conn {
     uint64_t id;
     uint32_t slot;
     const struct kr_frontend *fe; /* the connection's protocol */
+    void *fe_state;               /* the frontend's per-connection state (NULL: none yet) */
+    bool fe_chosen;               /* the protocol was decided (first request, or listener) */
     /* input not parsed yet (NULL while everything arrived was consumed) */
     char *in;
     size_t in_len;

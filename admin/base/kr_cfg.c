@@ -77,6 +77,9 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
                "IPv4/IPv6 CIDRs (comma or space separated) that may connect to the client, "
                "health and HTTP monitoring ports; others are closed at once. 'any' (or 0.0.0.0/0,::/0) allows "
                "everyone"),
+    KR_CFG_OPT(requirepass, KR_CFG_STR, 0, 0, 0, "",
+               "password Redis-protocol (RESP) clients must give with AUTH or HELLO ... AUTH "
+               "before any other command (\"\" = off); the memcached protocol has none"),
     KR_CFG_OPT(num_router_shards, KR_CFG_U32, KR_CFG_CPUS, 1, 64, NULL,
                "router shard threads; each owns the topics that hash to it"),
     KR_CFG_OPT(num_net_threads, KR_CFG_U32, KR_CFG_CPUS, 1, 64, NULL,

@@ -25,6 +25,8 @@ struct kr_cfg {
     char allow_from[KR_CFG_STR_MAX];         /* "127.0.0.0/8, ::1/128, 10.0.0.0/8,
                                                 172.16.0.0/12, 192.168.0.0/16, fc00::/7,
                                                 fe80::/10": CIDRs that may connect (kr_acl.h) */
+    char requirepass[KR_CFG_STR_MAX];        /* "" = off: the password RESP clients give
+                                                with AUTH or HELLO ... AUTH */
     uint32_t num_router_shards;              /* CPUs available */
     uint32_t num_net_threads;                /* CPUs available */
     uint32_t router_min_fanout_to_warn;      /* 1000 */

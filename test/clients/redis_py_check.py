@@ -1,0 +1,37 @@
+"""redis-py against Kraken's RESP side: subscribe, publish from another client, get the
+message; argv: port, protocol (2 or 3). Prints OK and exits 0 when every step held."""
+import sys
+import time
+
+import redis
+
+port = int(sys.argv[1])
+proto = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+kw = {"protocol": proto} if proto == 3 else {}
+try:
+    sub = redis.Redis(host="127.0.0.1", port=port, **kw)
+except TypeError:  # redis-py without RESP3 support
+    print("SKIP redis-py has no RESP3")
+    sys.exit(0)
+pub = redis.Redis(host="127.0.0.1", port=port)
+assert pub.ping() is True
+assert pub.echo("x") == b"x"
+ps = sub.pubsub()
+ps.subscribe("pyt")
+m = None
+for _ in range(100):
+    m = ps.get_message(timeout=0.1)
+    if m:
+        break
+assert m and m["type"] == "subscribe" and m["channel"] == b"pyt" and m["data"] == 1, m
+assert pub.publish("pyt", "hello") == 1
+got = None
+for _ in range(100):
+    got = ps.get_message(timeout=0.1)
+    if got:
+        break
+assert got and got["type"] == "message" and got["data"] == b"hello", got
+assert pub.pubsub_numsub("pyt") == [(b"pyt", 1)], pub.pubsub_numsub("pyt")
+ps.unsubscribe("pyt")
+ps.close()
+print("OK")

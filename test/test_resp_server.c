@@ -1,0 +1,618 @@
+/* Integration tests of the RESP frontend: the real server on an ephemeral loopback port,
+ * raw RESP bytes, every reply compared byte for byte (the shapes are Redis's, checked
+ * against redis-server). Also cross-protocol delivery with memcached-protocol clients. */
+#include <criterion/criterion.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kr_itest.h"
+
+static struct kr_it_server srv;
+static char buf[1 << 16];
+
+static void start(void)
+{
+    const char *args[] = {"--num_router_shards", "3", "--num_net_threads", "2", NULL};
+    kr_it_start(&srv, args);
+}
+
+static void stop(void)
+{
+    kr_it_stop(&srv);
+}
+
+/* A RESP request from NULL-terminated arguments. */
+static void cmd(int fd, const char *a0, ...)
+{
+    const char *argv[32];
+    size_t n = 0;
+    va_list ap;
+    va_start(ap, a0);
+    for (const char *a = a0; a && n < 32; a = va_arg(ap, const char *))
+        argv[n++] = a;
+    va_end(ap);
+    char req[8192];
+    size_t len = (size_t)snprintf(req, sizeof(req), "*%zu\r\n", n);
+    for (size_t i = 0; i < n; i++)
+        len += (size_t)snprintf(req + len, sizeof(req) - len, "$%zu\r\n%s\r\n", strlen(argv[i]), argv[i]);
+    kr_it_send(fd, req, len);
+}
+
+#define CONF(kind, ch, n) "*3\r\n$" kind "\r\n" ch "\r\n:" n "\r\n"
+
+TestSuite(resp_server, .init = start, .fini = stop);
+
+Test(resp_server, connection_commands_resp2)
+{
+    int fd = kr_it_connect(srv.port);
+    cmd(fd, "PING", NULL);
+    kr_it_expect(fd, "+PONG\r\n");
+    cmd(fd, "PING", "x", NULL);
+    kr_it_expect(fd, "$1\r\nx\r\n");
+    cmd(fd, "ECHO", "hello", NULL);
+    kr_it_expect(fd, "$5\r\nhello\r\n");
+    cmd(fd, "ECHO", NULL);
+    kr_it_expect(fd, "-ERR wrong number of arguments for 'echo' command\r\n");
+    cmd(fd, "SELECT", "0", NULL);
+    kr_it_expect(fd, "+OK\r\n");
+    cmd(fd, "SELECT", "1", NULL);
+    kr_it_expect(fd, "-ERR DB index is out of range\r\n");
+    cmd(fd, "SELECT", "a", NULL);
+    kr_it_expect(fd, "-ERR value is not an integer or out of range\r\n");
+    cmd(fd, "HELLO", "4", NULL);
+    kr_it_expect(fd, "-NOPROTO unsupported protocol version\r\n");
+    cmd(fd, "HELLO", "x", NULL);
+    kr_it_expect(fd, "-ERR Protocol version is not an integer or out of range\r\n");
+    cmd(fd, "CLIENT", "GETNAME", NULL);
+    kr_it_expect(fd, "$-1\r\n");
+    cmd(fd, "CLIENT", "SETNAME", "a b", NULL);
+    kr_it_expect(fd, "-ERR Client names cannot contain spaces, newlines or special characters.\r\n");
+    cmd(fd, "CLIENT", "SETNAME", "n1", NULL);
+    kr_it_expect(fd, "+OK\r\n");
+    cmd(fd, "CLIENT", "GETNAME", NULL);
+    kr_it_expect(fd, "$2\r\nn1\r\n");
+    cmd(fd, "CLIENT", "SETINFO", "lib-name", "x", NULL);
+    kr_it_expect(fd, "+OK\r\n");
+    cmd(fd, "CLIENT", "FOO", NULL);
+    kr_it_expect(fd, "-ERR unknown subcommand 'FOO'. Try CLIENT HELP.\r\n");
+    cmd(fd, "CLIENT", "ID", NULL);
+    size_t n = kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
+    cr_assert(n > 3 && buf[0] == ':', "CLIENT ID: %s", buf);
+    cmd(fd, "CLIENT", "INFO", NULL);
+    kr_it_read_until(fd, buf, sizeof(buf), "\n\r\n");
+    cr_assert(strstr(buf, " name=n1 ") && strstr(buf, " resp=2"), "CLIENT INFO: %s", buf);
+    cmd(fd, "COMMAND", "COUNT", NULL);
+    kr_it_expect(fd, ":22\r\n");
+    cmd(fd, "COMMAND", "DOCS", NULL);
+    kr_it_expect(fd, "*0\r\n");
+    cmd(fd, "COMMAND", NULL);
+    kr_it_expect(fd, "*0\r\n");
+    cmd(fd, "PUBSUB", "NUMPAT", NULL);
+    kr_it_expect(fd, ":0\r\n");
+    cmd(fd, "PUBSUB", "NUMSUB", NULL);
+    kr_it_expect(fd, "*0\r\n");
+    cmd(fd, "PSUBSCRIBE", "x*", NULL);
+    kr_it_expect(fd, "-ERR pattern subscriptions are not supported by Kraken (PSUBSCRIBE, "
+                     "PUNSUBSCRIBE): subscribe to each channel\r\n");
+    cmd(fd, "INFO", "server", NULL);
+    kr_it_read_until(fd, buf, sizeof(buf), "\r\n\r\n");
+    cr_assert(strstr(buf, "# Server\r\nredis_version:") && strstr(buf, "kraken_version:"), "%s", buf);
+    cr_assert_null(strstr(buf, "# Clients"), "%s", buf);
+    cmd(fd, "QUIT", NULL);
+    kr_it_expect(fd, "+OK\r\n");
+    kr_it_expect_closed(fd);
+    close(fd);
+}
+
+Test(resp_server, unknown_command_keeps_connection)
+{
+    int fd = kr_it_connect(srv.port);
+    cmd(fd, "FOO", NULL);
+    kr_it_expect(fd, "-ERR unknown command 'FOO', with args beginning with: \r\n");
+    cmd(fd, "GET", "k", "x y", NULL);
+    kr_it_expect(fd, "-ERR unknown command 'GET', with args beginning with: 'k' 'x y' \r\n");
+    cmd(fd, "PING", NULL);
+    kr_it_expect(fd, "+PONG\r\n");
+    close(fd);
+}
+
+Test(resp_server, hello3_and_pushes)
+{
+    int fd = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    cmd(fd, "HELLO", "3", NULL);
+    kr_it_expect(fd, "%7\r\n$6\r\nserver\r\n$6\r\nkraken\r\n$7\r\nversion\r\n");
+    kr_it_read_until(fd, buf, sizeof(buf), "$7\r\nmodules\r\n*0\r\n");
+    cr_assert(strstr(buf, "$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:"), "%s", buf);
+    cr_assert(strstr(buf, "$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"), "%s", buf);
+    cmd(fd, "CLIENT", "GETNAME", NULL);
+    kr_it_expect(fd, "_\r\n");
+    cmd(fd, "COMMAND", "DOCS", NULL);
+    kr_it_expect(fd, "%0\r\n");
+    cmd(fd, "UNSUBSCRIBE", NULL);
+    kr_it_expect(fd, ">3\r\n$11\r\nunsubscribe\r\n_\r\n:0\r\n");
+    cmd(fd, "SUBSCRIBE", "a", "b", NULL);
+    kr_it_expect(fd, ">3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n>3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n");
+    /* RESP3: any command in the subscribed state */
+    cmd(fd, "PING", NULL);
+    kr_it_expect(fd, "+PONG\r\n");
+    cmd(fd, "ECHO", "e", NULL);
+    kr_it_expect(fd, "$1\r\ne\r\n");
+    cmd(pub, "PUBLISH", "b", "hi", NULL);
+    kr_it_expect(pub, ":1\r\n");
+    kr_it_expect(fd, ">3\r\n$7\r\nmessage\r\n$1\r\nb\r\n$2\r\nhi\r\n");
+    cmd(fd, "HELLO", "2", NULL);
+    kr_it_read_until(fd, buf, sizeof(buf), "$7\r\nmodules\r\n*0\r\n");
+    cr_assert(strncmp(buf, "*14\r\n", 5) == 0, "%s", buf);
+    cmd(pub, "PUBLISH", "a", "x", NULL);
+    kr_it_expect(pub, ":1\r\n");
+    kr_it_expect(fd, "*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nx\r\n");
+    close(fd);
+    close(pub);
+}
+
+Test(resp_server, subscribed_state_resp2)
+{
+    int fd = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    cmd(fd, "SUBSCRIBE", "a", "b", "a", NULL);
+    kr_it_expect(fd, CONF("9\r\nsubscribe", "$1\r\na", "1") CONF("9\r\nsubscribe", "$1\r\nb", "2")
+                         CONF("9\r\nsubscribe", "$1\r\na", "2"));
+    cmd(fd, "PING", NULL);
+    kr_it_expect(fd, "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    cmd(fd, "PING", "m", NULL);
+    kr_it_expect(fd, "*2\r\n$4\r\npong\r\n$1\r\nm\r\n");
+    cmd(fd, "ECHO", "x", NULL);
+    kr_it_expect(fd, "-ERR Can't execute 'echo': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / "
+                     "QUIT / RESET are allowed in this context\r\n");
+    cmd(pub, "PUBLISH", "a", "hello", NULL);
+    kr_it_expect(pub, ":1\r\n");
+    kr_it_expect(fd, "*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$5\r\nhello\r\n");
+    cmd(fd, "UNSUBSCRIBE", "a", "zz", NULL);
+    kr_it_expect(fd, CONF("11\r\nunsubscribe", "$1\r\na", "1") CONF("11\r\nunsubscribe", "$2\r\nzz", "1"));
+    cmd(pub, "PUBLISH", "a", "gone", NULL);
+    kr_it_expect(pub, ":1\r\n");
+    cmd(pub, "PUBLISH", "b", "kept", NULL);
+    kr_it_expect(pub, ":1\r\n");
+    kr_it_expect(fd, "*3\r\n$7\r\nmessage\r\n$1\r\nb\r\n$4\r\nkept\r\n");
+    cmd(fd, "UNSUBSCRIBE", NULL);
+    kr_it_expect(fd, CONF("11\r\nunsubscribe", "$1\r\nb", "0"));
+    cmd(fd, "UNSUBSCRIBE", NULL);
+    kr_it_expect(fd, "*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n");
+    cmd(fd, "ECHO", "x", NULL); /* out of the subscribed state */
+    kr_it_expect(fd, "$1\r\nx\r\n");
+    cmd(fd, "SUBSCRIBE", "q", NULL);
+    kr_it_expect(fd, CONF("9\r\nsubscribe", "$1\r\nq", "1"));
+    cmd(fd, "RESET", NULL);
+    kr_it_expect(fd, "+RESET\r\n");
+    cmd(fd, "ECHO", "y", NULL);
+    kr_it_expect(fd, "$1\r\ny\r\n");
+    cmd(pub, "PUBLISH", "q", "after reset", NULL);
+    kr_it_expect(pub, ":1\r\n");
+    cmd(fd, "PING", NULL);
+    kr_it_expect(fd, "+PONG\r\n"); /* nothing delivered after RESET */
+    close(fd);
+    close(pub);
+}
+
+Test(resp_server, sharded_pubsub)
+{
+    int fd = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    cmd(fd, "SSUBSCRIBE", "s1", NULL);
+    kr_it_expect(fd, CONF("10\r\nssubscribe", "$2\r\ns1", "1"));
+    cmd(pub, "SPUBLISH", "s1", "x", NULL);
+    kr_it_expect(pub, ":1\r\n");
+    kr_it_expect(fd, "*3\r\n$8\r\nsmessage\r\n$2\r\ns1\r\n$1\r\nx\r\n");
+    cmd(fd, "SUNSUBSCRIBE", NULL);
+    kr_it_expect(fd, CONF("12\r\nsunsubscribe", "$2\r\ns1", "0"));
+    cmd(fd, "PING", NULL);
+    kr_it_expect(fd, "+PONG\r\n");
+    close(fd);
+    close(pub);
+}
+
+Test(resp_server, no_echo_to_publisher)
+{
+    int fd = kr_it_connect(srv.port), other = kr_it_connect(srv.port);
+    cmd(fd, "HELLO", "3", NULL);
+    kr_it_read_until(fd, buf, sizeof(buf), "$7\r\nmodules\r\n*0\r\n");
+    cmd(fd, "SUBSCRIBE", "t", NULL);
+    kr_it_expect(fd, ">3\r\n$9\r\nsubscribe\r\n$1\r\nt\r\n:1\r\n");
+    cmd(fd, "PUBLISH", "t", "mine", NULL);
+    kr_it_expect(fd, ":1\r\n");
+    cmd(other, "PUBLISH", "t", "theirs", NULL);
+    kr_it_expect(other, ":1\r\n");
+    /* its own message never comes: the first push is the other's */
+    kr_it_expect(fd, ">3\r\n$7\r\nmessage\r\n$1\r\nt\r\n$6\r\ntheirs\r\n");
+    close(fd);
+    close(other);
+}
+
+Test(resp_server, cross_protocol)
+{
+    int rs = kr_it_connect(srv.port), mc = kr_it_connect(srv.port), rpub = kr_it_connect(srv.port);
+    kr_it_subscribe(mc, "x");
+    cmd(rs, "SUBSCRIBE", "x", "y", NULL);
+    kr_it_expect(rs, CONF("9\r\nsubscribe", "$1\r\nx", "1") CONF("9\r\nsubscribe", "$1\r\ny", "2"));
+    /* RESP publisher -> memcached subscriber and RESP subscriber */
+    cmd(rpub, "PUBLISH", "x", "from resp", NULL);
+    kr_it_expect(rpub, ":1\r\n");
+    kr_it_expect(rs, "*3\r\n$7\r\nmessage\r\n$1\r\nx\r\n$9\r\nfrom resp\r\n");
+    char out[4096];
+    size_t outlen = 0;
+    cr_assert_eq(kr_it_collect(mc, 1, out, sizeof(out), &outlen), 1);
+    cr_assert(strstr(out, "MESSAGE x 9\r\nfrom resp\r\n"), "%s", out);
+    /* a memcached publisher's multi-topic entry -> one frame per matched channel, in order */
+    kr_it_publish(mc, "y z x", "multi", 5);
+    kr_it_expect(rs, "*3\r\n$7\r\nmessage\r\n$1\r\ny\r\n$5\r\nmulti\r\n"
+                     "*3\r\n$7\r\nmessage\r\n$1\r\nx\r\n$5\r\nmulti\r\n");
+    /* KRAKEN.PUBLISH: one entry to many topics; the memcached subscriber gets it once */
+    cmd(rpub, "KRAKEN.PUBLISH", "x", "y", "x", "k", NULL);
+    kr_it_expect(rpub, ":2\r\n");
+    kr_it_expect(rs, "*3\r\n$7\r\nmessage\r\n$1\r\nx\r\n$1\r\nk\r\n"
+                     "*3\r\n$7\r\nmessage\r\n$1\r\ny\r\n$1\r\nk\r\n");
+    outlen = 0;
+    cr_assert_eq(kr_it_collect(mc, 1, out, sizeof(out), &outlen), 1);
+    cr_assert(strstr(out, "MESSAGE x 1\r\nk\r\n"), "%s", out);
+    close(rs);
+    close(mc);
+    close(rpub);
+}
+
+Test(resp_server, pubsub_introspection)
+{
+    int fd = kr_it_connect(srv.port), q = kr_it_connect(srv.port);
+    cmd(fd, "SUBSCRIBE", "chan.one", "chan.two", "other", NULL);
+    kr_it_read_until(fd, buf, sizeof(buf), "other\r\n:3\r\n");
+    cmd(q, "PUBSUB", "NUMSUB", "chan.one", "nobody", NULL);
+    kr_it_expect(q, "*4\r\n$8\r\nchan.one\r\n:1\r\n$6\r\nnobody\r\n:0\r\n");
+    cmd(q, "PUBSUB", "CHANNELS", "chan.*", NULL);
+    kr_it_read_until(q, buf, sizeof(buf), "*2\r\n");
+    size_t n = kr_it_read_until(q, buf, sizeof(buf), "\r\n");
+    n += kr_it_read_until(q, buf + n, sizeof(buf) - n, "\r\n");
+    n += kr_it_read_until(q, buf + n, sizeof(buf) - n, "\r\n");
+    n += kr_it_read_until(q, buf + n, sizeof(buf) - n, "\r\n");
+    cr_assert(strstr(buf, "$8\r\nchan.one\r\n") && strstr(buf, "$8\r\nchan.two\r\n"), "%s", buf);
+    cmd(q, "PUBSUB", "CHANNELS", "nomatch*", NULL);
+    kr_it_expect(q, "*0\r\n");
+    close(fd);
+    close(q);
+}
+
+Test(resp_server, retro_subscribe)
+{
+    int pub = kr_it_connect(srv.port), fd = kr_it_connect(srv.port);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    char horizon[32];
+    snprintf(horizon, sizeof(horizon), "%llu",
+             (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+    kr_it_sleep_ms(2);
+    cmd(pub, "PUBLISH", "h1", "old", NULL);
+    kr_it_expect(pub, ":1\r\n");
+    cmd(fd, "KRAKEN.RETRO_SUBSCRIBE", horizon, "h1", NULL);
+    kr_it_expect(fd, CONF("9\r\nsubscribe", "$2\r\nh1", "1") "*3\r\n$7\r\nmessage\r\n$2\r\nh1\r\n$3\r\nold\r\n");
+    cmd(pub, "PUBLISH", "h1", "new", NULL);
+    kr_it_expect(pub, ":1\r\n");
+    kr_it_expect(fd, "*3\r\n$7\r\nmessage\r\n$2\r\nh1\r\n$3\r\nnew\r\n");
+    cmd(fd, "KRAKEN.REGISTER", NULL); /* not allowed in the RESP2 subscribed state */
+    kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
+    cr_assert(strncmp(buf, "-ERR Can't execute 'kraken.register'", 36) == 0, "%s", buf);
+    close(fd);
+    close(pub);
+}
+
+Test(resp_server, malformed_resp_closes)
+{
+    int fd = kr_it_connect(srv.port);
+    kr_it_sends(fd, "*1\r\n$x\r\n");
+    kr_it_expect(fd, "-ERR Protocol error: invalid bulk length\r\n");
+    kr_it_expect_closed(fd);
+    close(fd);
+    fd = kr_it_connect(srv.port);
+    kr_it_sends(fd, "*2\r\n:1\r\n");
+    kr_it_expect(fd, "-ERR Protocol error: expected '$', got ':'\r\n");
+    kr_it_expect_closed(fd);
+    close(fd);
+    /* a memcached client is not affected: its first byte is not '*' */
+    fd = kr_it_connect(srv.port);
+    kr_it_sends(fd, "version\r\n");
+    kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
+    cr_assert(strncmp(buf, "VERSION ", 8) == 0, "%s", buf);
+    close(fd);
+}
+
+static void start_small_queue(void)
+{
+    const char *args[] = {"--num_router_shards", "1", "--num_net_threads", "1",
+                          "--max_queued_messages", "50", NULL};
+    kr_it_start(&srv, args);
+}
+
+/* A subscriber that does not read: what it already has, then -ERR queue overflow, then the
+ * close. */
+Test(resp_overflow, told_and_closed, .init = start_small_queue, .fini = stop)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int one = 1; /* a request's last segment is not held back for the previous one's ACK */
+    setsockopt(pub, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    cmd(sub, "SUBSCRIBE", "o", NULL);
+    kr_it_expect(sub, CONF("9\r\nsubscribe", "$1\r\no", "1"));
+    /* each request in one send (no small trailing segment for Nagle to hold back) */
+    static char req[65536 + 64];
+    size_t plen = 65535;
+    size_t rl = (size_t)snprintf(req, sizeof(req), "*3\r\n$7\r\nPUBLISH\r\n$1\r\no\r\n$%zu\r\n", plen);
+    memset(req + rl, 'p', plen);
+    rl += plen;
+    memcpy(req + rl, "\r\n", 2);
+    rl += 2;
+    /* 600 x 64 KiB: far beyond the 4 MiB output bound, the socket buffers and 50 queued
+     * entries */
+    for (int i = 0; i < 600; i++) {
+        kr_it_send(pub, req, rl);
+        kr_it_expect(pub, ":1\r\n");
+    }
+    /* now read everything the subscriber was sent, up to the close */
+    static char all[64 << 20];
+    size_t n = 0;
+    for (int i = 0; i < 100000 && n < sizeof(all); i++) {
+        ssize_t r = recv(sub, all + n, sizeof(all) - n, 0);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    const char *tail = "-ERR queue overflow\r\n";
+    cr_assert(n > strlen(tail), "got %zu bytes", n);
+    cr_assert(memcmp(all + n - strlen(tail), tail, strlen(tail)) == 0, "the last bytes: %.40s",
+              all + (n > 40 ? n - 40 : 0));
+    /* what came before is whole message frames */
+    char head[64];
+    size_t frame = (size_t)snprintf(head, sizeof(head), "*3\r\n$7\r\nmessage\r\n$1\r\no\r\n$%zu\r\n",
+                                    plen) + plen + 2;
+    cr_assert_eq((n - strlen(tail)) % frame, 0, "%zu bytes before the error", n - strlen(tail));
+    cr_assert((n - strlen(tail)) / frame < 600);
+    close(sub);
+    close(pub);
+}
+
+/* ---------------------------------------------------------------- stock clients
+ * Each is a process the test starts and stops by its PID; a client that is not installed
+ * skips its test with a message saying so. */
+
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+static bool have_exe(const char *path)
+{
+    return access(path, X_OK) == 0;
+}
+
+/* Start argv with stdout and stderr to `out`. */
+static pid_t spawn(char *const argv[], const char *out)
+{
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        FILE *f = freopen(out, "w", stdout);
+        (void)f;
+        dup2(1, 2);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Wait (bounded) for pid to exit; returns its exit status or -1. */
+static int wait_exit(pid_t pid)
+{
+    for (int i = 0; i < 1000; i++) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        kr_it_sleep_ms(10);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
+static void stop_pid(pid_t pid)
+{
+    kill(pid, SIGTERM);
+    if (wait_exit(pid) == -1 && kill(pid, 0) == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+}
+
+/* Wait (bounded) until file `path` contains needle. */
+static bool file_has(const char *path, const char *needle)
+{
+    for (int i = 0; i < 500; i++) {
+        FILE *f = fopen(path, "r");
+        if (f) {
+            size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+            buf[n] = 0;
+            fclose(f);
+            if (strstr(buf, needle))
+                return true;
+        }
+        kr_it_sleep_ms(10);
+    }
+    return false;
+}
+
+static void redis_cli_case(const char *proto_flag)
+{
+    if (!have_exe("/usr/bin/redis-cli"))
+        cr_skip_test("redis-cli is not installed (Debian package redis-tools)");
+    char port[16], out[256], pout[256];
+    snprintf(port, sizeof(port), "%u", srv.port);
+    snprintf(out, sizeof(out), "%s.cli-sub", srv.log_path);
+    snprintf(pout, sizeof(pout), "%s.cli-pub", srv.log_path);
+    char *sub_argv[] = {"/usr/bin/redis-cli", (char *)proto_flag, "-p", port, "subscribe", "clit", NULL};
+    pid_t sub = spawn(sub_argv, out);
+    cr_assert(file_has(out, "subscribe\nclit\n1\n"), "redis-cli subscribe printed: %s", buf);
+    char *pub_argv[] = {"/usr/bin/redis-cli", "-p", port, "publish", "clit", "from-cli", NULL};
+    cr_assert_eq(wait_exit(spawn(pub_argv, pout)), 0);
+    cr_assert(file_has(pout, "1\n"), "redis-cli publish printed: %s", buf);
+    cr_assert(file_has(out, "message\nclit\nfrom-cli\n"), "redis-cli subscribe printed: %s", buf);
+    /* from a memcached-protocol publisher */
+    int mc = kr_it_connect(srv.port);
+    kr_it_publish(mc, "clit", "from-mc", 7);
+    close(mc);
+    cr_assert(file_has(out, "message\nclit\nfrom-mc\n"), "redis-cli subscribe printed: %s", buf);
+    stop_pid(sub);
+    unlink(out);
+    unlink(pout);
+}
+
+Test(resp_server, redis_cli_resp2)
+{
+    redis_cli_case("-2");
+}
+
+Test(resp_server, redis_cli_resp3)
+{
+    redis_cli_case("-3");
+}
+
+/* redis-cli publishes; a memcached-protocol subscriber gets the entry. */
+Test(resp_server, redis_cli_to_memcached_subscriber)
+{
+    if (!have_exe("/usr/bin/redis-cli"))
+        cr_skip_test("redis-cli is not installed (Debian package redis-tools)");
+    int mc = kr_it_connect(srv.port);
+    kr_it_subscribe(mc, "mct");
+    char port[16], pout[256];
+    snprintf(port, sizeof(port), "%u", srv.port);
+    snprintf(pout, sizeof(pout), "%s.cli-pub", srv.log_path);
+    char *pub_argv[] = {"/usr/bin/redis-cli", "-p", port, "publish", "mct", "via-resp", NULL};
+    cr_assert_eq(wait_exit(spawn(pub_argv, pout)), 0);
+    char got[4096];
+    size_t outlen = 0;
+    cr_assert_eq(kr_it_collect(mc, 1, got, sizeof(got), &outlen), 1);
+    cr_assert(strstr(got, "MESSAGE mct 8\r\nvia-resp\r\n"), "%s", got);
+    close(mc);
+    unlink(pout);
+}
+
+static void redis_py_case(const char *proto)
+{
+    if (!have_exe("/usr/bin/python3") || system("/usr/bin/python3 -c 'import redis' 2>/dev/null") != 0)
+        cr_skip_test("redis-py is not installed (Debian package python3-redis)");
+    const char *src = getenv("KRAKEN_SOURCE_DIR");
+    cr_assert_not_null(src);
+    char script[512], port[16], out[256];
+    snprintf(script, sizeof(script), "%s/test/clients/redis_py_check.py", src);
+    snprintf(port, sizeof(port), "%u", srv.port);
+    snprintf(out, sizeof(out), "%s.py", srv.log_path);
+    char *argv[] = {"/usr/bin/python3", script, port, (char *)proto, NULL};
+    int rc = wait_exit(spawn(argv, out));
+    FILE *f = fopen(out, "r");
+    size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+    buf[n] = 0;
+    if (f)
+        fclose(f);
+    unlink(out);
+    cr_assert_eq(rc, 0, "redis-py: %s", buf);
+    if (strstr(buf, "SKIP"))
+        cr_skip_test("this redis-py has no RESP3 (protocol=3 needs redis-py 5)");
+    cr_assert(strstr(buf, "OK\n"), "redis-py: %s", buf);
+}
+
+Test(resp_server, redis_py_resp2)
+{
+    redis_py_case("2");
+}
+
+Test(resp_server, redis_py_resp3)
+{
+    redis_py_case("3");
+}
+
+/* ioredis (npm, pinned in test/node/package-lock.json; `npm ci` in test/node installs it). */
+Test(resp_server, ioredis)
+{
+    if (!have_exe("/usr/bin/node"))
+        cr_skip_test("node is not installed (Debian package nodejs): the ioredis check did not run");
+    const char *src = getenv("KRAKEN_SOURCE_DIR");
+    cr_assert_not_null(src);
+    char script[512], mod[512], port[16], out[256];
+    snprintf(script, sizeof(script), "%s/test/node/ioredis_check.js", src);
+    snprintf(mod, sizeof(mod), "%s/test/node/node_modules/ioredis/package.json", src);
+    struct stat st;
+    cr_assert_eq(stat(mod, &st), 0, "ioredis is not installed: run `npm ci` in %s/test/node", src);
+    snprintf(port, sizeof(port), "%u", srv.port);
+    snprintf(out, sizeof(out), "%s.node", srv.log_path);
+    char *argv[] = {"/usr/bin/node", script, port, NULL};
+    int rc = wait_exit(spawn(argv, out));
+    FILE *f = fopen(out, "r");
+    size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+    buf[n] = 0;
+    if (f)
+        fclose(f);
+    unlink(out);
+    cr_assert_eq(rc, 0, "ioredis: %s", buf);
+    cr_assert(strstr(buf, "OK\n"), "ioredis: %s", buf);
+}
+
+static void start_password(void)
+{
+    const char *args[] = {"--requirepass", "s3cret", NULL};
+    kr_it_start(&srv, args);
+}
+
+Test(resp_auth, requirepass, .init = start_password, .fini = stop)
+{
+    int fd = kr_it_connect(srv.port);
+    cmd(fd, "PING", NULL);
+    kr_it_expect(fd, "-NOAUTH Authentication required.\r\n");
+    cmd(fd, "SUBSCRIBE", "a", NULL);
+    kr_it_expect(fd, "-NOAUTH Authentication required.\r\n");
+    cmd(fd, "HELLO", "3", NULL);
+    kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
+    cr_assert(strncmp(buf, "-NOAUTH HELLO must be called with the client already authenticated", 66) == 0, "%s", buf);
+    cmd(fd, "AUTH", "wrong", NULL);
+    kr_it_expect(fd, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    cmd(fd, "AUTH", "other", "s3cret", NULL);
+    kr_it_expect(fd, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    cmd(fd, "AUTH", "s3cre", NULL);
+    kr_it_expect(fd, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    cmd(fd, "AUTH", "s3cret", NULL);
+    kr_it_expect(fd, "+OK\r\n");
+    cmd(fd, "PING", NULL);
+    kr_it_expect(fd, "+PONG\r\n");
+    close(fd);
+    fd = kr_it_connect(srv.port);
+    cmd(fd, "AUTH", "default", "s3cret", NULL);
+    kr_it_expect(fd, "+OK\r\n");
+    close(fd);
+    fd = kr_it_connect(srv.port);
+    cmd(fd, "HELLO", "3", "AUTH", "default", "nope", NULL);
+    kr_it_expect(fd, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    cmd(fd, "HELLO", "3", "AUTH", "default", "s3cret", NULL);
+    kr_it_read_until(fd, buf, sizeof(buf), "$7\r\nmodules\r\n*0\r\n");
+    cr_assert(strncmp(buf, "%7\r\n", 4) == 0, "%s", buf);
+    cmd(fd, "PING", NULL);
+    kr_it_expect(fd, "+PONG\r\n");
+    close(fd);
+}
+
+Test(resp_server, auth_without_password)
+{
+    int fd = kr_it_connect(srv.port);
+    cmd(fd, "AUTH", "x", NULL);
+    kr_it_expect(fd, "-ERR AUTH <password> called without any password configured for the "
+                     "default user. Are you sure your configuration is correct?\r\n");
+    cmd(fd, "PING", NULL);
+    kr_it_expect(fd, "+PONG\r\n");
+    close(fd);
+}
