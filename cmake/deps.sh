@@ -4,7 +4,7 @@
 set -eu
 pkgs="build-essential cmake pkg-config libuv1-dev libck-dev liburcu-dev libjemalloc-dev
 libinih-dev libxxhash-dev libcriterion-dev libmemcached-dev haproxy libmicrohttpd-dev redis-tools
-python3-redis"
+python3-redis nats-server libnats-dev"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
