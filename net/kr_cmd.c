@@ -71,6 +71,16 @@ void kr_cmd_subscribe(struct kr_conn *c, uint16_t type, uint64_t horizon, uint32
     uint32_t acks = 0;
     for (uint32_t s = 0; s < nshards; s++)
         acks += cmds[s] != NULL;
+    /* in a cluster, a subscribe is answered once the cluster holds its interest too: the
+     * link's barrier is one more acknowledgement, with every topic of the request */
+    struct kr_router_cmd *barrier = NULL;
+    if (srv->cluster && type != KR_EV_UNSUBSCRIBE) {
+        barrier = kr_router_cmd_new((uint32_t)(total + 4 * n + 16));
+        barrier->horizon_us = horizon;
+        for (uint32_t i = 0; i < n; i++)
+            barrier = kr_router_cmd_add(barrier, topics[i], lens[i]);
+        acks++;
+    }
     bool retro = type == KR_EV_RETRO_SUBSCRIBE;
     uint32_t reqno = kr_rq_push(c, acks, noreply, retro, false);
     for (uint32_t s = 0; s < nshards; s++) {
@@ -79,6 +89,11 @@ void kr_cmd_subscribe(struct kr_conn *c, uint16_t type, uint64_t horizon, uint32
         cmds[s]->pad = reqno; /* comes back in the ACK */
         struct kr_event ev = {.type = type, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = cmds[s]};
         kr_conn_send(c, s, &ev);
+    }
+    if (barrier) {
+        barrier->pad = reqno;
+        struct kr_event ev = {.type = type, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = barrier};
+        kr_conn_send(c, KR_DEST_LINK, &ev);
     }
     if (type != KR_EV_UNSUBSCRIBE)
         c->subscribed = true;
@@ -154,13 +169,17 @@ void kr_cmd_publish(struct kr_conn *c, uint32_t ntopics, const char *const *topi
                                             payload_len,
                                             involved > 1 ? srv->nnet : 0);
     kr_msg_set_nshards(m, involved);
-    if (involved > 1)
-        kr_msg_ref(m, involved - 1);
+    if (involved > 1 || srv->cluster)
+        kr_msg_ref(m, involved - 1 + (srv->cluster != NULL));
     for (uint32_t s = 0; s < nshards; s++) {
         if (!((shardset >> s) & 1))
             continue;
         struct kr_event ev = {.type = KR_EV_PUBLISH, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = m};
         kr_conn_send(c, s, &ev);
+    }
+    if (srv->cluster) { /* forwarded to the other nodes, after the local fanout's events */
+        struct kr_event ev = {.type = KR_EV_PUBLISH, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = m};
+        kr_conn_send(c, KR_DEST_LINK, &ev);
     }
 }
 

@@ -525,12 +525,19 @@ static void kr_conn_stash(struct kr_conn *c, const char *p, size_t n)
 /* ---------------------------------------------------------------- router hand-off */
 
 /* Hand parked events to the shards in order. Returns true when all went. */
+/* To a shard, or (KR_DEST_LINK) to the cluster link. */
+static bool kr_nt_send_to(struct kr_nt *nt, uint32_t dest, const struct kr_event *ev)
+{
+    if (dest == KR_DEST_LINK)
+        return kr_cluster_send(nt->srv->cluster, nt->idx, ev);
+    return kr_router_send(nt->srv->router, nt->idx, dest, ev);
+}
+
 static bool kr_conn_send_parked(struct kr_conn *c)
 {
     struct kr_nt *nt = c->nt;
     uint32_t i = 0;
-    while (i < c->nparked &&
-           kr_router_send(nt->srv->router, nt->idx, c->parked[i].shard, &c->parked[i].ev))
+    while (i < c->nparked && kr_nt_send_to(nt, c->parked[i].shard, &c->parked[i].ev))
         i++;
     if (i) {
         memmove(c->parked, c->parked + i, (c->nparked - i) * sizeof(*c->parked));
@@ -554,7 +561,7 @@ static void kr_conn_park(struct kr_conn *c, uint32_t shard, const struct kr_even
 /* Send now when nothing is parked ahead of it and the ring has room, else park it. */
 void kr_conn_send(struct kr_conn *c, uint32_t shard, const struct kr_event *ev)
 {
-    if (c->nparked == 0 && kr_router_send(c->nt->srv->router, c->nt->idx, shard, ev))
+    if (c->nparked == 0 && kr_nt_send_to(c->nt, shard, ev))
         return;
     kr_conn_park(c, shard, ev);
 }

@@ -46,7 +46,9 @@
     X(messages_replayed, COUNTER, "entries replayed by retroactive subscribes")                   \
     X(protocol_errors, COUNTER, "requests answered with an error (the connection is closed)")     \
     X(idle_timeouts, COUNTER, "connections closed after client_idle_timeout_ms")                  \
-    X(request_timeouts, COUNTER, "connections closed with a request incomplete after request_timeout_ms")
+    X(request_timeouts, COUNTER, "connections closed with a request incomplete after request_timeout_ms") \
+    X(cluster_resyncs, COUNTER,                                                                   \
+      "subscribers told to resync because the cluster link may have lost messages for them")
 
 struct kr_nt_stats {
 #define KR_NT_FIELD(name, kind, help) uint64_t name;

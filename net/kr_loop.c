@@ -136,6 +136,14 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
         kr_nt_fanout_warn(nt, ev->ptr, ev->aux);
         kr_msg_unref(ev->ptr);
         break;
+    case KR_EV_KICK: { /* the cluster link may have lost messages for it: told, then closed */
+        struct kr_conn *c = kr_nt_conn(nt, ev->conn);
+        if (c && !c->dlv.overflowed && !c->closing) {
+            KR_ST_INC(nt, cluster_resyncs, 1);
+            kr_conn_overflow(c);
+        }
+        break;
+    }
     case KR_EV_ACK: {
         uint32_t reqno = ((struct kr_router_cmd *)ev->ptr)->pad;
         free(ev->ptr);
@@ -182,6 +190,14 @@ void kr_nt_drain(struct kr_nt *nt)
                 budget--;
                 more = true;
             }
+        }
+    }
+    struct kr_cluster *cl = nt->srv->cluster;
+    if (cl) { /* the cluster link's answers to subscribe barriers */
+        struct kr_event ev;
+        while (budget && kr_cluster_recv(cl, nt->idx, &ev)) {
+            kr_nt_handle(nt, &ev);
+            budget--;
         }
     }
     if (!budget)
@@ -298,6 +314,8 @@ void kr_nt_check_cb(uv_check_t *h)
     if (nt->held.count && nt->live.poll_wait_ms == 0)
         kr_nt_answer_held(nt, uv_now(&nt->loop), 0);
     kr_router_flush(nt->srv->router, nt->idx);
+    if (nt->srv->cluster)
+        kr_cluster_flush(nt->srv->cluster, nt->idx);
 }
 
 /* Every sweep tick (KR_SWEEP_MS): retry what waits for ring space, check max_memory, then

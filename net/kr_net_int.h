@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "kr_acl.h"
+#include "kr_cluster.h"
 #include "kr_counters.h"
 #include "kr_deliver.h"
 #include "kr_frontend.h"
@@ -69,6 +70,7 @@ void kr_net_stop_listening(struct kr_server *s, uint32_t net);
 #define KR_DRAIN_BUDGET 4096      /* events taken from the shards per wake-up before yielding */
 #define KR_OUT_HIGH (4u << 20)    /* stop reading a client whose unsent replies exceed this */
 #define KR_DRAIN_PAD UINT32_MAX   /* kr_router_cmd.pad of a drain barrier (not a request number) */
+#define KR_DEST_LINK UINT32_MAX   /* kr_conn_send's destination: the cluster link, not a shard */
 #define KR_TURN_REQUESTS 128      /* requests one connection runs per turn before others */
 #define KR_TURN_OUT_BYTES (64 * 1024) /* reply bytes one connection produces per turn */
 #define KR_WARN_BURST 10          /* warnings of one kind per interval */
@@ -255,6 +257,7 @@ struct kr_nt {
 struct kr_server {
     const struct kr_cfg *cfg;
     struct kr_router *router;
+    struct kr_cluster *cluster; /* NULL on a single node */
     struct kr_nt **nts;
     uint32_t nnet;
     uint16_t port;

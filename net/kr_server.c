@@ -31,7 +31,10 @@ static void kr_net_conn_fill(const struct kr_conn *c, uint64_t now, struct kr_ne
 static void kr_server_wake_net(void *arg, uint32_t net)
 {
     struct kr_server *s = arg;
-    uv_async_send(&s->nts[net]->wake);
+    if (net < s->nnet)
+        uv_async_send(&s->nts[net]->wake);
+    else if (s->cluster) /* the link's index (its delivery thread's is never woken) */
+        kr_cluster_wake(s->cluster);
 }
 
 int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err, size_t errlen)
@@ -79,9 +82,14 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         port = bound; /* an ephemeral port is chosen once, then shared */
     }
     s->port = port;
+    bool cluster = cfg->cluster_nats_url[0] != 0;
     struct kr_router_opts ro = {
         .nshards = cfg->num_router_shards,
-        .nnet = s->nnet,
+        /* in a cluster, two more indexes: the link's delivery thread and the link thread */
+        .nnet = s->nnet + (cluster ? 2 : 0),
+        .nend = s->nnet,
+        .interest = cluster,
+        .interest_net = s->nnet + 1,
         .mailbox_capacity = 8192,
         .fanout_warn = cfg->router_min_fanout_to_warn,
         .history = cfg->messages_stored_per_router_shard,
@@ -91,6 +99,15 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         .wake_arg = s,
     };
     s->router = kr_router_create(&ro);
+    if (cluster) {
+        struct kr_cluster_opts co = {.cfg = cfg, .router = s->router, .nnet = s->nnet,
+                                     .in_idx = s->nnet, .ctl_idx = s->nnet + 1,
+                                     .mailbox_capacity = 8192, .client_port = port,
+                                     .wake_net = kr_server_wake_net, .wake_arg = s};
+        int rc = kr_cluster_create(&co, &s->cluster, err, errlen);
+        if (rc < 0)
+            return rc; /* process exits on this path */
+    }
     for (uint32_t i = 0; i < s->nnet; i++) {
         struct kr_nt *nt = s->nts[i];
         uv_loop_init(&nt->loop);
@@ -131,6 +148,8 @@ int kr_server_start(struct kr_server *s)
     int rc = kr_router_start(s->router);
     if (rc < 0)
         return rc;
+    if (s->cluster && (rc = kr_cluster_start(s->cluster)) < 0)
+        return rc;
     for (uint32_t i = 0; i < s->nnet; i++) {
         struct kr_nt *nt = s->nts[i];
         /* the sweep also retries clients blocked on a full ring */
@@ -158,6 +177,7 @@ void kr_server_stop(struct kr_server *s)
     for (uint32_t i = 0; i < s->nnet; i++)
         uv_thread_join(&s->nts[i]->thread);
     kr_net_reqq_shutdown(s);
+    kr_cluster_stop(s->cluster); /* before the shards: its delivery thread may wait on them */
     kr_router_stop(s->router);
 }
 
@@ -182,6 +202,7 @@ void kr_server_destroy(struct kr_server *s)
             close(nt->reserve_fd);
     }
     kr_router_destroy(s->router);
+    kr_cluster_destroy(s->cluster);
     for (uint32_t i = 0; i < s->nnet; i++) {
         struct kr_nt *nt = s->nts[i];
         uv_loop_close(&nt->loop);

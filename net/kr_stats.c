@@ -120,6 +120,48 @@ void kr_server_figures(struct kr_server *srv, kr_server_figure_cb cb, void *arg)
     kr_fig(cb, arg, "max_memory", G, "the max_memory bound (0 = none)", lv.max_memory);
     kr_fig(cb, arg, "stats_refreshes", C, "refreshes of the process figures",
            ck_pr_load_64(&srv->stats_refreshes));
+    /* the cluster link (zeros on a single node) */
+    struct kr_cluster_stats cs;
+    memset(&cs, 0, sizeof(cs));
+    if (srv->cluster)
+        kr_cluster_stats(srv->cluster, &cs);
+    kr_fig(cb, arg, "cluster_enabled", G, "1 when this node is part of a cluster",
+           srv->cluster != NULL);
+    kr_fig(cb, arg, "cluster_connected", G, "1 while the cluster link is connected to a NATS server",
+           cs.connected);
+    if (srv->cluster) {
+        kr_fig_text(cb, arg, "cluster_node", "this node's name in the cluster", cs.node);
+        kr_fig_text(cb, arg, "cluster_server", "the NATS server the link is connected to",
+                    cs.server[0] ? cs.server : "-");
+    }
+    kr_fig(cb, arg, "cluster_reconnects", C, "reconnections of the cluster link", cs.reconnects);
+    kr_fig(cb, arg, "cluster_subjects", G, "topic subscriptions the link holds in the cluster",
+           cs.subjects);
+    kr_fig(cb, arg, "cluster_peers", G, "other nodes heard from in the last seconds", cs.peers);
+    kr_fig(cb, arg, "cluster_msgs_out", C, "entries forwarded to the cluster", cs.msgs_out);
+    kr_fig(cb, arg, "cluster_copies_out", C,
+           "NATS messages the forwarded entries took (one per distinct topic)", cs.copies_out);
+    kr_fig(cb, arg, "cluster_msgs_in", C, "entries from other nodes fanned out here", cs.msgs_in);
+    kr_fig(cb, arg, "cluster_duplicates", C,
+           "further copies of an entry already received from the cluster, dropped", cs.duplicates);
+    kr_fig(cb, arg, "cluster_lost_forwards", C,
+           "copies that could not be forwarded (link down and its buffer full)", cs.lost_forwards);
+    kr_fig(cb, arg, "cluster_resyncs_sent", C, "lost-forward notices sent to the other nodes",
+           cs.resyncs_sent);
+    kr_fig(cb, arg, "cluster_resyncs_received", C, "lost-forward notices from other nodes",
+           cs.resyncs_received);
+    kr_fig(cb, arg, "cluster_resync_topics", C,
+           "topics whose local subscribers were told to resync", cs.resync_topics);
+    kr_fig(cb, arg, "cluster_barriers", C,
+           "subscribe requests that waited for the cluster to hold their interest", cs.barriers);
+    struct kr_figure bw = {.name = "cluster_barrier_seconds", .kind = C, .micro = 1,
+                           .help = "total time subscribe requests waited for the cluster",
+                           .value = cs.barrier_us};
+    cb(arg, &bw);
+    kr_fig(cb, arg, "cluster_barrier_timeouts", C, "probes a node did not answer in time",
+           cs.barrier_timeouts);
+    kr_fig(cb, arg, "cluster_bad_messages", C, "messages from the cluster that did not decode",
+           cs.bad_bodies);
 }
 
 void kr_server_refresh_stats(struct kr_server *srv)

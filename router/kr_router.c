@@ -80,6 +80,8 @@ struct kr_shard {
     bool live_read;
     uint64_t live_gen;
     struct kr_history hist;
+    struct kr_router_cmd *interest; /* topic transitions of the event being handled */
+    bool interest_on;
     /* statistics: written by the shard only */
     uint64_t routed;
     uint64_t deliveries;
@@ -102,6 +104,8 @@ struct kr_router {
     uint8_t *dirty; /* [nnet * nshards]: net n pushed to shard s since its last flush */
     int stop;
 };
+
+static void kr_shard_interest_flush(struct kr_shard *sh);
 
 /* ---------------------------------------------------------------- commands */
 
@@ -365,7 +369,7 @@ static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
     uint32_t fanout_warn = sh->fanout_warn;
     bool warn = !multi && fanout_warn && fanout >= fanout_warn;
     /* One atomic add for every reference handed out below. */
-    uint32_t refs = fanout + (multi ? r->o.nnet : 0) + (warn ? 1 : 0);
+    uint32_t refs = fanout + (multi ? r->o.nend : 0) + (warn ? 1 : 0);
     if (refs)
         kr_msg_ref(m, refs);
     for (uint32_t k = 0; k < fanout; k++) {
@@ -376,7 +380,7 @@ static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
         kr_shard_emit(sh, KR_CONN_NET(id), &ev);
     }
     if (multi) {
-        for (uint32_t n = 0; n < r->o.nnet; n++) {
+        for (uint32_t n = 0; n < r->o.nend; n++) {
             struct kr_event ev = {.type = KR_EV_END, .src = (uint16_t)sh->idx, .aux = fanout,
                                   .ptr = m};
             kr_shard_emit(sh, n, &ev);
@@ -390,6 +394,52 @@ static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
     ck_pr_store_64(&sh->routed, sh->routed + 1);
     ck_pr_store_64(&sh->deliveries, sh->deliveries + fanout);
     kr_history_add(sh, m); /* takes over the reference the PUBLISH event carried */
+}
+
+/* KR_EV_RESYNC: every subscriber of these topics is kicked, once. */
+static void kr_shard_resync(struct kr_shard *sh, struct kr_router_cmd *c)
+{
+    uint64_t stamp = ++sh->stamp; /* the fanout's per-client stamps mark who was kicked */
+    uint32_t pos = 0, len;
+    const char *t;
+    while (kr_router_cmd_next(c, &pos, &t, &len)) {
+        struct kr_topic *tp = kr_topics_find(sh->topics, t, len);
+        uint32_t nsubs = tp ? kr_topic_nsubs(tp) : 0;
+        for (uint32_t j = 0; j < nsubs; j++) {
+            struct kr_sconn *sc = kr_topic_sub(tp, j, NULL);
+            if (*kr_sconn_stamp(sc) == stamp)
+                continue;
+            *kr_sconn_stamp(sc) = stamp;
+            struct kr_event k = {.type = KR_EV_KICK, .src = (uint16_t)sh->idx,
+                                 .conn = kr_sconn_id(sc)};
+            kr_shard_emit(sh, KR_CONN_NET(k.conn), &k);
+        }
+    }
+    free(c);
+}
+
+/* kr_topics hook: collect the topics that gained their first or lost their last subscriber
+ * while one event is handled (all in one direction), sent after it (kr_shard_interest). */
+static void kr_shard_interest_hook(void *arg, const char *topic, uint32_t len, bool on)
+{
+    struct kr_shard *sh = arg;
+    if (sh->interest && sh->interest_on != on)
+        kr_shard_interest_flush(sh);
+    if (!sh->interest) {
+        sh->interest = kr_router_cmd_new(len + 64);
+        sh->interest_on = on;
+    }
+    sh->interest = kr_router_cmd_add(sh->interest, topic, len);
+}
+
+static void kr_shard_interest_flush(struct kr_shard *sh)
+{
+    if (!sh->interest)
+        return;
+    struct kr_event ev = {.type = KR_EV_INTEREST, .src = (uint16_t)sh->idx, .ptr = sh->interest,
+                          .mask = sh->interest_on};
+    sh->interest = NULL;
+    kr_shard_emit(sh, sh->r->o.interest_net, &ev);
 }
 
 static void kr_shard_handle(struct kr_shard *sh, struct kr_event *ev)
@@ -419,6 +469,9 @@ static void kr_shard_handle(struct kr_shard *sh, struct kr_event *ev)
         break;
     case KR_EV_DISCONNECT:
         kr_topics_drop_conn(sh->topics, ev->conn);
+        break;
+    case KR_EV_RESYNC:
+        kr_shard_resync(sh, ev->ptr);
         break;
     default:
         KR_ERROR("shard %u: unknown event type %u", sh->idx, ev->type);
@@ -497,6 +550,7 @@ static void *kr_shard_main(void *arg)
                                  kr_mailbox_pop(sh->in[n], &ev);
                  k++) {
                 kr_shard_handle(sh, &ev);
+                kr_shard_interest_flush(sh);
                 work++;
             }
         }
@@ -528,6 +582,8 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
     r->o = *opts;
     if (r->o.mailbox_capacity == 0)
         r->o.mailbox_capacity = 4096;
+    if (r->o.nend == 0 || r->o.nend > r->o.nnet)
+        r->o.nend = r->o.nnet;
     r->shards = aligned_alloc(64, sizeof(struct kr_shard) * r->o.nshards);
     if (!r->shards)
         abort();
@@ -546,6 +602,8 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
             abort();
         }
         sh->topics = kr_topics_create();
+        if (r->o.interest)
+            kr_topics_set_hook(sh->topics, kr_shard_interest_hook, sh);
         sh->reqq = kr_reqq_create(kr_shard_wake, &sh->waiter);
         sh->hist.cap = r->o.history;
         sh->hist.msgs = kr_xcalloc(r->o.history ? r->o.history : 1, sizeof(struct kr_msg *));
@@ -613,6 +671,8 @@ static void kr_router_release_event(struct kr_event *ev)
     case KR_EV_UNSUBSCRIBE:
     case KR_EV_RETRO_SUBSCRIBE:
     case KR_EV_ACK:
+    case KR_EV_INTEREST:
+    case KR_EV_RESYNC:
         free(ev->ptr);
         break;
     default:
@@ -651,6 +711,7 @@ void kr_router_destroy(struct kr_router *r)
         free(sh->fifo);
         free(sh->wake);
         free(sh->touched);
+        free(sh->interest);
     }
     urcu_memb_barrier(); /* run pending call_rcu frees */
     urcu_memb_unregister_thread();

@@ -27,6 +27,17 @@
  *                 KR_EV_FANOUT_WARN (conn = publisher, ptr = message with a reference,
  *                 aux = fanout): the single shard of a message reached the warning threshold;
  *                 the publisher's net thread logs it with the client's address.
+ *                 KR_EV_KICK (conn): the client may have missed messages (the cluster link
+ *                 lost some, see below); its net thread treats it as a queue overflow.
+ *
+ * With opts.interest set, index opts.interest_net is a consumer that follows which topics
+ * have subscribers (the cluster link):
+ *   shard -> it   KR_EV_INTEREST (ptr = command block with topics, mask = 1 when they got
+ *                 their first subscriber, 0 when they lost their last; in order per topic,
+ *                 since one shard owns a topic); the receiver frees the block.
+ *   it -> shard   KR_EV_RESYNC (ptr = command block with topics, freed by the shard): every
+ *                 subscriber of these topics is sent KR_EV_KICK.
+ * Indexes at or past opts.nend (when set) are not net threads: they get no KR_EV_END.
  */
 #ifndef KR_ROUTER_H
 #define KR_ROUTER_H
@@ -49,6 +60,9 @@ enum kr_router_event {
     KR_EV_FANOUT_WARN,
     KR_EV_RETRO_SUBSCRIBE,
     KR_EV_REPLAY,
+    KR_EV_INTEREST,
+    KR_EV_RESYNC,
+    KR_EV_KICK,
 };
 
 /* A subscribe/unsubscribe command for one shard: the topics of one request that this shard
@@ -90,6 +104,9 @@ struct kr_router_opts {
                                       history holds at most, oldest evicted first (0 = no
                                       byte bound, only the count) */
     bool pin_cpus;                 /* pin shard i to CPU i % ncpus */
+    uint32_t nend;                 /* indexes below this get KR_EV_END (0: all of nnet) */
+    bool interest;                 /* send KR_EV_INTEREST to interest_net */
+    uint32_t interest_net;
     /* Wake net thread `net` after events were pushed towards it. Called from shard threads;
      * must be async-signal-safe-ish and cheap (uv_async_send). */
     void (*wake_net)(void *arg, uint32_t net);

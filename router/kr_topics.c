@@ -47,6 +47,8 @@ struct kr_topics {
     struct cds_lfht *conns;
     uint64_t ntopics;
     uint64_t nsubscriptions;
+    kr_topics_hook_cb hook; /* a topic got its first subscriber or lost its last */
+    void *hook_arg;
 };
 
 static inline unsigned long kr_topics_hash(const char *s, uint32_t len)
@@ -176,6 +178,12 @@ static void kr_vec_push(struct kr_sub ***v, uint32_t *n, uint32_t *cap, struct k
     (*v)[(*n)++] = s;
 }
 
+void kr_topics_set_hook(struct kr_topics *t, kr_topics_hook_cb cb, void *arg)
+{
+    t->hook = cb;
+    t->hook_arg = arg;
+}
+
 int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, uint64_t conn,
                         uint64_t since_us)
 {
@@ -194,6 +202,8 @@ int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, ui
         cds_lfht_node_init(&tp->node);
         cds_lfht_add(t->topics, hash, &tp->node);
         ck_pr_store_64(&t->ntopics, t->ntopics + 1);
+        if (t->hook)
+            t->hook(t->hook_arg, topic, len, true);
     }
     if (!c) {
         c = kr_xrealloc(NULL, sizeof(*c));
@@ -232,6 +242,8 @@ static void kr_sub_remove(struct kr_topics *t, struct kr_sub *s)
     free(s);
     ck_pr_store_64(&t->nsubscriptions, t->nsubscriptions - 1);
     if (tp->nsubs == 0) {
+        if (t->hook)
+            t->hook(t->hook_arg, tp->name, tp->len, false);
         cds_lfht_del(t->topics, &tp->node);
         urcu_memb_call_rcu(&tp->rcu, kr_topic_free_rcu);
         ck_pr_store_64(&t->ntopics, t->ntopics - 1);

@@ -9,6 +9,7 @@
 #ifndef KR_TOPICS_H
 #define KR_TOPICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,6 +20,12 @@ struct kr_sconn;
 struct kr_topics *kr_topics_create(void);
 /* Free everything at once; no reader may be walking. */
 void kr_topics_destroy(struct kr_topics *t);
+
+/* Called by the owner's own calls below when a topic gets its first subscriber (on = true)
+ * or loses its last (on = false), with the topic's bytes (valid during the call). */
+typedef void (*kr_topics_hook_cb)(void *arg, const char *topic, uint32_t len, bool on);
+/* Set (or clear, cb = NULL) the hook. Owner only. */
+void kr_topics_set_hook(struct kr_topics *t, kr_topics_hook_cb cb, void *arg);
 
 /* Subscribe client `conn` to a topic. Returns 1 when new, 0 when already subscribed (the
  * existing subscription is kept as it is). A new subscription delivers live only messages

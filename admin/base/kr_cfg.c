@@ -155,6 +155,35 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
     KR_CFG_OPT(drain_timeout_ms, KR_CFG_U64, KR_CFG_LIVE, 0, 3600000, "10000",
                "on SIGTERM or admin drain: close the clients in batches spread over this many "
                "milliseconds, then exit"),
+    KR_CFG_OPT(cluster_nats_url, KR_CFG_STR, 0, 0, 0, "",
+               "NATS servers of the cluster this node joins (comma-separated nats://host:port; "
+               "empty = a single node, no cluster)"),
+    KR_CFG_OPT(cluster_node_name, KR_CFG_STR, 0, 0, 0, "",
+               "this node's name in the cluster (logs, stats); empty = host name:client port"),
+    KR_CFG_OPT(cluster_subject_prefix, KR_CFG_STR, 0, 0, 0, "kraken",
+               "first token of every NATS subject the cluster uses; nodes with the same prefix "
+               "form one Kraken cluster"),
+    KR_CFG_OPT(cluster_user, KR_CFG_STR, 0, 0, 0, "", "user name for the NATS servers"),
+    KR_CFG_OPT(cluster_password, KR_CFG_STR, 0, 0, 0, "", "password for the NATS servers"),
+    KR_CFG_OPT(cluster_token, KR_CFG_STR, 0, 0, 0, "", "token for the NATS servers"),
+    KR_CFG_OPT(cluster_creds_file, KR_CFG_STR, 0, 0, 0, "",
+               "NATS credentials file (user JWT and NKey seed) for the NATS servers"),
+    KR_CFG_OPT(cluster_tls, KR_CFG_U32, 0, 0, 1, "0", "1 = connect to the NATS servers with TLS"),
+    KR_CFG_OPT(cluster_tls_ca_file, KR_CFG_STR, 0, 0, 0, "",
+               "CA certificates (PEM) that sign the NATS servers' certificates"),
+    KR_CFG_OPT(cluster_tls_cert_file, KR_CFG_STR, 0, 0, 0, "",
+               "client certificate chain (PEM) for TLS to the NATS servers"),
+    KR_CFG_OPT(cluster_tls_key_file, KR_CFG_STR, 0, 0, 0, "",
+               "private key (PEM) of cluster_tls_cert_file"),
+    KR_CFG_OPT(cluster_start_degraded, KR_CFG_U32, 0, 0, 1, "0",
+               "1 = start serving local clients when no NATS server answers, and keep trying; "
+               "0 = exit non-zero"),
+    KR_CFG_OPT(cluster_linger_ms, KR_CFG_U64, 0, 0, 3600000, "2000",
+               "a topic's cluster subscription is dropped this long after its last local "
+               "subscriber left"),
+    KR_CFG_OPT(cluster_reconnect_buf_bytes, KR_CFG_U64, KR_CFG_SIZE, 64 * KR_KIB, KR_GIB, "8m",
+               "messages to forward that are held while the link reconnects; past it they "
+               "are announced lost"),
 };
 
 #define KR_CFG_NOPTS (sizeof(kr_cfg_opts) / sizeof(kr_cfg_opts[0]))

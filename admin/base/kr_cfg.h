@@ -63,6 +63,23 @@ struct kr_cfg {
     char http_listen_ip[KR_CFG_STR_MAX];     /* "" = listen_ip */
     uint32_t http_max_connections;           /* 16: open monitoring connections at most */
     uint64_t drain_timeout_ms;               /* 10000 */
+    /* the cluster link (router/cluster/kr_cluster.h); empty cluster_nats_url = one node */
+    char cluster_nats_url[KR_CFG_STR_MAX];   /* "": comma-separated nats://host:port list */
+    char cluster_node_name[KR_CFG_STR_MAX];  /* "": host name and client port */
+    char cluster_subject_prefix[KR_CFG_STR_MAX]; /* "kraken" */
+    char cluster_user[KR_CFG_STR_MAX];       /* "" */
+    char cluster_password[KR_CFG_STR_MAX];   /* "" */
+    char cluster_token[KR_CFG_STR_MAX];      /* "" */
+    char cluster_creds_file[KR_CFG_STR_MAX]; /* "": a NATS .creds file (JWT and seed) */
+    uint32_t cluster_tls;                    /* 0: 1 = TLS to the NATS servers */
+    char cluster_tls_ca_file[KR_CFG_STR_MAX];   /* "" */
+    char cluster_tls_cert_file[KR_CFG_STR_MAX]; /* "" */
+    char cluster_tls_key_file[KR_CFG_STR_MAX];  /* "" */
+    uint32_t cluster_start_degraded;         /* 0: 1 = start even when no NATS server answers */
+    uint64_t cluster_linger_ms;              /* 2000: a topic's cluster interest outlives its
+                                                last local subscriber by this long */
+    uint64_t cluster_reconnect_buf_bytes;    /* 8 MiB: forwards libnats holds while it
+                                                reconnects */
 };
 
 /* Fill `cfg` with every default. Control thread. */

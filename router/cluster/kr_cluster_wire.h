@@ -1,0 +1,73 @@
+/* The cluster link's wire formats (internal to the cluster module; pure, unit-tested).
+ *
+ * Subjects. A topic travels on `<prefix>.t.<topic>` where the topic is escaped into one
+ * literal NATS token: bytes 0x21..0x7e other than '.', '*', '>' and '%' stand for
+ * themselves, every other byte is '%' and two upper-case hex digits; the empty topic is a
+ * lone '%'. Reversible and total: every topic has exactly one subject and back.
+ * Control subjects: `<prefix>.ctl.hb` (heartbeats), `<prefix>.ctl.probe` (barrier probes),
+ * `<prefix>.ctl.lost` (topics whose forwards were lost), `<prefix>.node.<origin, 16 hex
+ * digits>` (a node's own inbox: probe answers).
+ *
+ * Bodies (integers little-endian):
+ *   entry   'E' 1 | origin u64 | seq u64 | ntopics u32 | (len u32, bytes)* | payload
+ *           (the payload runs to the end of the body)
+ *   control 'H' 1 | origin u64 | name (to the end)          heartbeat
+ *           'P' 1 | origin u64 | probe u64                  probe
+ *           'A' 1 | origin u64 | probe u64                  answer to a probe (to its origin)
+ *           'L' 1 | origin u64 | ntopics u32 | (len u32, bytes)*   lost forwards
+ * Any thread. */
+#ifndef KR_CLUSTER_WIRE_H
+#define KR_CLUSTER_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define KR_CL_VERSION 1
+
+/* Subject of `topic` under `prefix` into out (NUL-terminated); returns its length, or 0
+ * when it does not fit in `cap` bytes. */
+size_t kr_cl_subject(char *out, size_t cap, const char *prefix, const char *topic, uint32_t len);
+/* Bytes kr_cl_subject needs at most for a topic of `len` bytes (with the NUL). */
+size_t kr_cl_subject_max(size_t prefix_len, uint32_t len);
+/* The topic of a topic subject: decodes into out (at most cap bytes), sets *len; returns 0,
+ * or -EINVAL when `subj` is not `<prefix>.t.<escaped topic>`, -E2BIG when out is short. */
+int kr_cl_subject_topic(const char *subj, const char *prefix, char *out, size_t cap,
+                        uint32_t *len);
+
+/* An entry's encoded size and encoding (out must hold kr_cl_entry_size bytes). */
+size_t kr_cl_entry_size(uint32_t ntopics, const uint32_t *lens, uint32_t payload_len);
+void kr_cl_entry_encode(char *out, uint64_t origin, uint64_t seq, uint32_t ntopics,
+                        const char *const *topics, const uint32_t *lens, const char *payload,
+                        uint32_t payload_len);
+
+/* A decoded entry or control body: pointers into the body. */
+struct kr_cl_body {
+    char kind; /* 'E', 'H', 'P', 'A', 'L' */
+    uint64_t origin;
+    uint64_t seq;      /* E: sequence; P, A: the probe */
+    uint32_t ntopics;  /* E, L */
+    const char *rest;  /* E, L: the first (len, bytes) pair; H: the name */
+    size_t rest_len;   /* E, L: bytes of the pairs; H: of the name */
+    const char *payload; /* E */
+    uint32_t payload_len;
+};
+/* Decode and validate a body: 0, or -EINVAL (unknown kind or version, truncated, a count
+ * or length running past the end). */
+int kr_cl_decode(const char *body, size_t len, struct kr_cl_body *out);
+/* Iterate the topics of a decoded E or L body: *pos starts at 0; returns false at the end.
+ * Any pair kr_cl_decode validated. */
+bool kr_cl_next_topic(const struct kr_cl_body *b, size_t *pos, const char **topic,
+                      uint32_t *len);
+
+/* Control bodies: return the encoded size (out must hold it: 17 bytes, plus the name or
+ * the topics' pairs). */
+size_t kr_cl_ctl_encode(char *out, char kind, uint64_t origin, uint64_t probe);
+size_t kr_cl_hb_encode(char *out, size_t cap, uint64_t origin, const char *name);
+/* A lost-forwards body: the 14-byte header, then kr_cl_pair for each topic (4 + len bytes
+ * each). */
+#define KR_CL_LOST_HEADER 14
+void kr_cl_lost_header(char *out, uint64_t origin, uint32_t ntopics);
+size_t kr_cl_pair(char *out, const char *topic, uint32_t len);
+
+#endif
