@@ -10,6 +10,7 @@
  * bytes are unwritten, so a dump of millions of lines never sits in memory at once and a
  * slow reader slows the worker. */
 #include "kr_admin.h"
+#include "kr_cluster.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -222,12 +223,18 @@ static void kr_admin_cmd_status(struct kr_admin_conn *c)
 {
     struct kr_admin *a = c->a;
     struct kr_admin_out o = {0};
+    struct kr_cluster_stats cs;
+    char cluster[320] = "off";
+    if (kr_server_cluster(a->srv, &cs))
+        snprintf(cluster, sizeof(cluster), "%s node=%s server=%s peers=%" PRIu64,
+                 cs.connected ? "linked" : "unlinked", cs.node, cs.server[0] ? cs.server : "-",
+                 cs.peers);
     kr_admin_outf(&o,
                   "STATUS %s pid=%d version=%s listen=%s:%u clients=%" PRIu64 " uptime=%" PRIu64
-                  " admin_socket=%s health_port=%u\nEND\n",
+                  " admin_socket=%s health_port=%u cluster=%s\nEND\n",
                   a->draining ? "draining" : "running", (int)getpid(), KR_VERSION,
                   a->cfg->listen_ip, kr_server_port(a->srv), kr_server_clients(a->srv),
-                  kr_server_uptime(a->srv), a->path, a->cfg->health_port);
+                  kr_server_uptime(a->srv), a->path, a->cfg->health_port, cluster);
     kr_admin_out_send(c, &o);
 }
 

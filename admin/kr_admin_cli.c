@@ -280,11 +280,24 @@ static int kr_cli_status(const struct kr_cfg *cfg)
     kr_cli_field(f.line, "listen", listen, sizeof(listen));
     kr_cli_field(f.line, "clients", clients, sizeof(clients));
     kr_cli_field(f.line, "uptime", up, sizeof(up));
+    char cl[32], node[80], server[160], peers[32];
+    kr_cli_field(f.line, "cluster", cl, sizeof(cl));
+    kr_cli_field(f.line, "node", node, sizeof(node));
+    kr_cli_field(f.line, "server", server, sizeof(server));
+    kr_cli_field(f.line, "peers", peers, sizeof(peers));
     bool draining = strncmp(f.line, "STATUS draining", 15) == 0;
     printf("kraken is %s: pid %s, version %s, listening on %s, %s clients, up %s s, admin "
            "socket %s\n",
            draining ? "draining (it exits once its clients are closed)" : "running", pid, ver,
            listen, clients, up, cfg->admin_socket);
+    if (strcmp(cl, "linked") == 0)
+        printf("cluster: node %s, linked to %s, %s other nodes heard from\n", node, server,
+               peers);
+    else if (strcmp(cl, "unlinked") == 0)
+        printf("cluster: node %s, NOT linked to any NATS server (reconnecting; local clients "
+               "only)\n", node);
+    else
+        printf("cluster: none (a single node)\n");
     return 0;
 }
 

@@ -64,6 +64,11 @@ void kr_server_figures(struct kr_server *s, kr_server_figure_cb cb, void *arg);
  * urcu-memb. */
 typedef void (*kr_server_emit_cb)(void *arg, const char *line, size_t len);
 void kr_server_stats(struct kr_server *s, kr_server_emit_cb emit, void *arg);
+
+/* The cluster link's figures into *out: true when the node is in a cluster, false (and
+ * *out zeroed) on a single node. Any thread. */
+struct kr_cluster_stats;
+bool kr_server_cluster(struct kr_server *s, struct kr_cluster_stats *out);
 /* Refresh the figures `stats` shows but does not compute per request: the allocator's
  * (jemalloc's statistics epoch, which takes every arena's lock), getrusage and the pid.
  * kr_server_start calls it once; then about once a second (KR_NET_STATS_REFRESH_MS) from

@@ -243,6 +243,15 @@ uint64_t kr_server_net_clients(const struct kr_server *s, uint32_t net)
     return net < s->nnet ? ck_pr_load_64(&s->nts[net]->st.curr_connections) : 0;
 }
 
+bool kr_server_cluster(struct kr_server *s, struct kr_cluster_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!s->cluster)
+        return false;
+    kr_cluster_stats(s->cluster, out);
+    return true;
+}
+
 uint64_t kr_server_clients(const struct kr_server *s)
 {
     uint64_t n = 0;
