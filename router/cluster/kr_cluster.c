@@ -34,8 +34,9 @@
 #define KR_CL_TICK_MS 100
 #define KR_CL_HB_MS 1000          /* heartbeat period */
 #define KR_CL_PEER_DEAD_MS 3500   /* a node not heard from this long has left */
-#define KR_CL_PROBE_TIMEOUT_MS 5000
-#define KR_CL_BATCH 4096          /* events taken per wake-up before other work */
+#define KR_CL_PROBE_TIMEOUT_MS 30000 /* interest floods take the routes seconds */
+#define KR_CL_BATCH 16384         /* events (a block counts its topics) per pass */
+#define KR_CL_DROPS_PER_TICK 4096 /* lingering subscriptions dropped per tick at most */
 #define KR_CL_MAX_ORIGINS 256     /* origins the duplicate filter remembers */
 #define KR_CL_LOST_CHUNK (256 * 1024)
 
@@ -470,7 +471,10 @@ static void kr_cl_drop(struct kr_cluster *cl, struct kr_cl_topic *e)
 /* Drop the topics whose linger ran out with no local subscriber back. */
 static void kr_cl_lingers(struct kr_cluster *cl, uint64_t now)
 {
-    while (cl->lq_n) {
+    /* bounded per tick: a million topics leaving at once must not stall the link (its
+     * heartbeats, the probes) nor flood its NATS server with unsubscribes */
+    uint32_t drops = 0;
+    while (cl->lq_n && drops < KR_CL_DROPS_PER_TICK) {
         struct kr_cl_topic *e = cl->lq[cl->lq_head];
         if (!e->shard_on && e->linger_until_ms > now)
             break; /* deadlines are in append order */
@@ -484,6 +488,7 @@ static void kr_cl_lingers(struct kr_cluster *cl, uint64_t now)
             continue;
         }
         kr_cl_drop(cl, e);
+        drops++;
     }
 }
 
@@ -569,8 +574,9 @@ static void kr_cl_send_probe(struct kr_cluster *cl)
 /* The probe in flight is complete once every node known when it was sent answered it (a
  * node that left since does not count). Then its topics are in force, and the requests
  * that waited for it are answered. */
-static void kr_cl_probe_check(struct kr_cluster *cl, uint64_t now)
+static void kr_cl_probe_check(struct kr_cluster *cl)
 {
+    uint64_t now = kr_cl_now_ms();
     if (cl->probe_done == cl->probe_sent) {
         if (cl->need_probe)
             kr_cl_send_probe(cl);
@@ -585,7 +591,7 @@ static void kr_cl_probe_check(struct kr_cluster *cl, uint64_t now)
     for (uint32_t i = 0; i < cl->npeers && complete; i++)
         if (cl->peers[i].first_ms <= cl->probe_sent_ms && cl->peers[i].acked < cl->probe_sent)
             complete = false;
-    if (!complete && now - cl->probe_sent_ms >= KR_CL_PROBE_TIMEOUT_MS) {
+    if (!complete && now >= cl->probe_sent_ms + KR_CL_PROBE_TIMEOUT_MS) {
         KR_CL_INC(cl, barrier_timeouts, 1);
         uint64_t suppressed = 0;
         static struct kr_log_ratelimit rl;
@@ -647,7 +653,7 @@ static struct kr_cl_peer *kr_cl_peer(struct kr_cluster *cl, uint64_t origin, uin
 static void kr_cl_peers_expire(struct kr_cluster *cl, uint64_t now)
 {
     for (uint32_t i = 0; i < cl->npeers;) {
-        if (now - cl->peers[i].last_ms > KR_CL_PEER_DEAD_MS) {
+        if (now > cl->peers[i].last_ms + KR_CL_PEER_DEAD_MS) {
             KR_WARN("cluster: node %s (%016" PRIx64 ") not heard from for %d ms: it left",
                     cl->peers[i].name, cl->peers[i].origin, KR_CL_PEER_DEAD_MS);
             cl->peers[i] = cl->peers[--cl->npeers];
@@ -951,6 +957,9 @@ static void kr_cl_run(struct kr_cluster *cl)
             budget--;
             switch (ev.type) {
             case KR_EV_INTEREST:
+                budget -= budget > ((struct kr_router_cmd *)ev.ptr)->ntopics
+                              ? ((struct kr_router_cmd *)ev.ptr)->ntopics
+                              : budget;
                 kr_cl_interest(cl, &ev);
                 break;
             case KR_EV_FANOUT_WARN:
@@ -970,11 +979,13 @@ static void kr_cl_run(struct kr_cluster *cl)
                 kr_cl_forward(cl, ev.ptr);
                 kr_msg_unref(ev.ptr);
             } else {
+                uint32_t nt = ((struct kr_router_cmd *)ev.ptr)->ntopics;
+                budget -= budget > nt ? nt : budget;
                 kr_cl_barrier(cl, &ev);
             }
         }
     }
-    kr_cl_probe_check(cl, now);
+    kr_cl_probe_check(cl);
     kr_cl_unpark(cl);
     kr_cl_wake_nets(cl);
     if (!budget)
@@ -1040,6 +1051,10 @@ static int kr_cl_options(struct kr_cluster *cl, char *err, size_t errlen)
         s = natsOptions_SetName(cl->nopts, cl->name);
     if (s == NATS_OK)
         s = natsOptions_SetNoEcho(cl->nopts, true);
+    if (s == NATS_OK) /* the first reachable server of the list, in order: the operator's */
+        s = natsOptions_SetNoRandomize(cl->nopts, true);
+    if (s == NATS_OK) /* only the servers listed, not those the cluster advertises */
+        s = natsOptions_SetIgnoreDiscoveredServers(cl->nopts, true);
     if (s == NATS_OK)
         s = natsOptions_UseGlobalMessageDelivery(cl->nopts, true);
     if (s == NATS_OK)
@@ -1049,7 +1064,9 @@ static int kr_cl_options(struct kr_cluster *cl, char *err, size_t errlen)
     if (s == NATS_OK)
         s = natsOptions_SetReconnectBufSize(cl->nopts, (int)cfg->cluster_reconnect_buf_bytes);
     if (s == NATS_OK)
-        s = natsOptions_SetPingInterval(cl->nopts, 2000);
+        s = natsOptions_SetPingInterval(cl->nopts, 5000); /* a silent server: 4 pings */
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxPingsOut(cl->nopts, 4);
     if (s == NATS_OK)
         s = natsOptions_SetTimeout(cl->nopts, 2000);
     if (s == NATS_OK)

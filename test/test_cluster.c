@@ -1,0 +1,554 @@
+/* Kraken nodes federated over a NATS cluster: real nats-server processes on loopback
+ * (routed to each other), real Kraken nodes each on its own NATS server, raw protocol
+ * bytes. Exactly-once and order are checked by sequence numbers in the payloads. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "kr_itest.h"
+
+#define NN 3 /* NATS servers, and Kraken nodes: node i on server i */
+
+struct cluster {
+    struct kr_it_nats nats[NN];
+    struct kr_it_server node[NN];
+    int nnodes;
+};
+
+/* Start a Kraken node whose first cluster URL is NATS server `on`, then the others (for
+ * fail-over), with extra arguments. */
+static void node_start(struct cluster *c, int i, int on, const char *const *extra)
+{
+    char urls[512] = "", one[64], name[16];
+    kr_it_nats_url(&c->nats[on], one, sizeof(one));
+    snprintf(urls, sizeof(urls), "%s", one);
+    for (int k = 0; k < NN; k++) {
+        if (k == on || !c->nats[k].pid)
+            continue;
+        kr_it_nats_url(&c->nats[k], one, sizeof(one));
+        strncat(urls, ",", sizeof(urls) - strlen(urls) - 1);
+        strncat(urls, one, sizeof(urls) - strlen(urls) - 1);
+    }
+    snprintf(name, sizeof(name), "node%d", i);
+    const char *args[32] = {"--cluster_nats_url", urls, "--cluster_node_name", name,
+                            "--cluster_linger_ms", "300"};
+    int n = 6;
+    for (int k = 0; extra && extra[k] && n < 30; k++)
+        args[n++] = extra[k];
+    args[n] = NULL;
+    kr_it_start(&c->node[i], args);
+}
+
+/* Every node has heard from every other (heartbeats), so a subscribe's barrier asks them
+ * all. */
+static void wait_peers(struct cluster *c, int want)
+{
+    for (int i = 0; i < c->nnodes; i++) {
+        unsigned long long peers = 0;
+        for (int k = 0; k < 300 && peers < (unsigned long long)want; k++) {
+            peers = kr_it_stat(c->node[i].port, "cluster_peers");
+            if (peers < (unsigned long long)want)
+                kr_it_sleep_ms(20);
+        }
+        cr_assert_geq(peers, (unsigned long long)want, "node %d hears from %d other nodes", i,
+                      want);
+    }
+}
+
+static void cluster_up(struct cluster *c, int nodes, const char *const *extra)
+{
+    memset(c, 0, sizeof(*c));
+    kr_it_nats_cluster_start(c->nats, NN);
+    c->nnodes = nodes;
+    for (int i = 0; i < nodes; i++)
+        node_start(c, i, i % NN, extra);
+    wait_peers(c, nodes - 1);
+}
+
+static void cluster_down(struct cluster *c)
+{
+    for (int i = 0; i < c->nnodes; i++)
+        if (c->node[i].pid)
+            kr_it_stop(&c->node[i]);
+    kr_it_nats_cluster_stop(c->nats, NN);
+}
+
+/* One publish request with one entry; waits for STORED. */
+static void publish(int fd, const char *topics, const char *payload)
+{
+    kr_it_publish(fd, topics, payload, strlen(payload));
+}
+
+/* Parse `get messages` entries: calls back with topics and payload of each. */
+typedef void (*entry_cb)(void *arg, const char *topics, size_t tlen, const char *payload,
+                         size_t plen);
+static size_t parse_entries(const char *buf, size_t len, entry_cb cb, void *arg)
+{
+    size_t n = 0;
+    const char *p = buf, *end = buf + len;
+    while (p < end) {
+        const char *m = memmem(p, (size_t)(end - p), "MESSAGE ", 8);
+        if (!m)
+            break;
+        const char *eol = memmem(m, (size_t)(end - m), "\r\n", 2);
+        cr_assert_not_null(eol);
+        const char *sp = eol;
+        while (sp > m && sp[-1] != ' ')
+            sp--;
+        size_t plen = strtoul(sp, NULL, 10);
+        const char *topics = m + 8;
+        size_t tlen = (size_t)(sp - 1 - topics);
+        if (cb)
+            cb(arg, topics, tlen, eol + 2, plen);
+        p = eol + 2 + plen + 2;
+        n++;
+    }
+    return n;
+}
+
+/* ------------------------------------------------------------------------------------- */
+
+struct seqcheck {
+    int pubs;
+    long next[8]; /* the next sequence expected from each publisher */
+    long dups, gaps;
+    char topics[64];
+};
+
+static void seq_cb(void *arg, const char *topics, size_t tlen, const char *payload, size_t plen)
+{
+    struct seqcheck *s = arg;
+    int pub;
+    long seq;
+    char copy[64];
+    snprintf(copy, sizeof(copy), "%.*s", (int)plen, payload);
+    cr_assert_eq(sscanf(copy, "p%d-%ld", &pub, &seq), 2, "payload %s", copy);
+    cr_assert(pub >= 0 && pub < s->pubs);
+    if (seq < s->next[pub])
+        s->dups++;
+    else if (seq > s->next[pub])
+        s->gaps++;
+    s->next[pub] = seq + 1;
+    snprintf(s->topics, sizeof(s->topics), "%.*s", (int)tlen, topics);
+}
+
+/* Publishers on two nodes, subscribers on all three: every subscriber gets every entry of
+ * every publisher once, in order; the publishing connection never gets its own. */
+Test(cluster, entries_cross_nodes_once_and_in_order)
+{
+    struct cluster c;
+    cluster_up(&c, 3, NULL);
+    int subs[3], pubs[2];
+    for (int i = 0; i < 3; i++) {
+        subs[i] = kr_it_connect(c.node[i].port);
+        kr_it_subscribe(subs[i], "orders");
+    }
+    pubs[0] = kr_it_connect(c.node[0].port);
+    pubs[1] = kr_it_connect(c.node[1].port);
+    kr_it_subscribe(pubs[0], "orders"); /* no echo: it must not get its own entries */
+    const int N = 300;
+    char payload[64];
+    for (int k = 0; k < N; k++)
+        for (int p = 0; p < 2; p++) {
+            snprintf(payload, sizeof(payload), "p%d-%d", p, k);
+            publish(pubs[p], "orders", payload);
+        }
+    static char buf[1 << 20];
+    for (int i = 0; i < 3; i++) {
+        size_t len = 0;
+        size_t got = kr_it_collect(subs[i], 2 * N, buf, sizeof(buf), &len);
+        struct seqcheck s = {.pubs = 2};
+        parse_entries(buf, len, seq_cb, &s);
+        cr_assert_eq(got, (size_t)(2 * N), "node %d's subscriber got %zu of %d", i, got, 2 * N);
+        cr_assert_eq(s.dups, 0, "node %d: duplicates", i);
+        cr_assert_eq(s.gaps, 0, "node %d: out of order", i);
+        cr_assert_eq(s.next[0], N);
+        cr_assert_eq(s.next[1], N);
+    }
+    /* publisher 0 got only publisher 1's entries */
+    size_t len = 0;
+    size_t got = kr_it_collect(pubs[0], N, buf, sizeof(buf), &len);
+    struct seqcheck s = {.pubs = 2};
+    parse_entries(buf, len, seq_cb, &s);
+    cr_assert_eq(got, (size_t)N);
+    cr_assert_eq(s.next[0], 0, "no echo to the publishing connection");
+    cr_assert_eq(s.next[1], N);
+    cr_assert_geq(kr_it_stat(c.node[2].port, "cluster_msgs_in"), (unsigned long long)(2 * N));
+    cr_assert_geq(kr_it_stat(c.node[0].port, "cluster_msgs_out"), (unsigned long long)N);
+    for (int i = 0; i < 3; i++)
+        close(subs[i]);
+    close(pubs[0]);
+    close(pubs[1]);
+    cluster_down(&c);
+}
+
+/* An entry to three topics reaches another node's subscriber of two of them as one entry
+ * listing both; the second copy is dropped there as a duplicate. */
+Test(cluster, multi_topic_entry_is_one_entry_listing_the_matched_topics)
+{
+    struct cluster c;
+    cluster_up(&c, 3, NULL);
+    int sub = kr_it_connect(c.node[2].port), pub = kr_it_connect(c.node[0].port);
+    kr_it_subscribe(sub, "alpha gamma");
+    unsigned long long dups0 = kr_it_stat(c.node[2].port, "cluster_duplicates");
+    publish(pub, "alpha beta gamma", "p0-0");
+    static char buf[1 << 16];
+    size_t len = 0;
+    cr_assert_eq(kr_it_collect(sub, 1, buf, sizeof(buf), &len), 1);
+    struct seqcheck s = {.pubs = 1};
+    cr_assert_eq(parse_entries(buf, len, seq_cb, &s), 1);
+    cr_assert_str_eq(s.topics, "alpha gamma");
+    /* nothing more arrives: the other copies were dropped */
+    publish(pub, "alpha", "p0-1");
+    len = 0;
+    cr_assert_eq(kr_it_collect(sub, 1, buf, sizeof(buf), &len), 1);
+    s.topics[0] = 0;
+    cr_assert_eq(parse_entries(buf, len, seq_cb, &s), 1);
+    cr_assert_str_eq(s.topics, "alpha");
+    cr_assert_eq(s.dups, 0);
+    cr_assert_eq(s.next[0], 2);
+    cr_assert_geq(kr_it_stat(c.node[2].port, "cluster_duplicates"), dups0 + 1);
+    close(sub);
+    close(pub);
+    cluster_down(&c);
+}
+
+/* "After STORED, every later publish is delivered", with the subscriber's node and the
+ * publisher's node on different NATS servers: a flush to the subscriber's own server is
+ * not enough (interest reaches the other servers asynchronously); the barrier is. */
+Test(cluster, after_stored_a_publish_on_another_server_is_delivered)
+{
+    struct cluster c;
+    cluster_up(&c, 3, NULL);
+    int sub = kr_it_connect(c.node[2].port), pub = kr_it_connect(c.node[0].port);
+    static char buf[1 << 16];
+    for (int k = 0; k < 40; k++) {
+        char topic[32], payload[32];
+        snprintf(topic, sizeof(topic), "fresh%d", k);
+        snprintf(payload, sizeof(payload), "p0-%d", k);
+        kr_it_subscribe(sub, topic);
+        publish(pub, topic, payload); /* at once */
+        size_t len = 0;
+        cr_assert_eq(kr_it_collect(sub, 1, buf, sizeof(buf), &len), 1,
+                     "round %d: the publish right after STORED was delivered", k);
+    }
+    cr_assert_geq(kr_it_stat(c.node[2].port, "cluster_barriers"), 40);
+    close(sub);
+    close(pub);
+    cluster_down(&c);
+}
+
+/* Retro across nodes: a topic this node held since before the horizon is replayed; a
+ * topic it only starts holding now answers NOT_FOUND, with the live subscription in force. */
+Test(cluster, retro_covers_topics_from_when_the_node_held_them)
+{
+    struct cluster c;
+    cluster_up(&c, 2, NULL);
+    int holder = kr_it_connect(c.node[1].port), pub = kr_it_connect(c.node[0].port);
+    kr_it_subscribe(holder, "held");
+    int x = kr_it_connect(c.node[1].port);
+    kr_it_sends(x, "set register 0 0 0\r\n\r\n");
+    kr_it_expect(x, "STORED\r\n");
+    kr_it_sleep_ms(5);
+    publish(pub, "held", "p0-0");
+    publish(pub, "fresh", "p0-1");
+    static char buf[1 << 16];
+    size_t len = 0;
+    cr_assert_eq(kr_it_collect(holder, 1, buf, sizeof(buf), &len), 1);
+    /* the first subscribe after register is retroactive */
+    kr_it_sends(x, "set subscribe 0 0 4\r\nheld\r\n");
+    kr_it_expect(x, "STORED\r\n");
+    len = 0;
+    cr_assert_eq(kr_it_collect(x, 1, buf, sizeof(buf), &len), 1, "held: replayed");
+    cr_assert_not_null(strstr(buf, "p0-0"));
+    int y = kr_it_connect(c.node[1].port);
+    char req[128];
+    snprintf(req, sizeof(req), "set retro_subscribe 0 0 %d\r\n1\r\nfresh\r\n", 8);
+    kr_it_sends(y, req);
+    kr_it_expect(y, "NOT_FOUND\r\n");
+    publish(pub, "fresh", "p0-2");
+    len = 0;
+    cr_assert_eq(kr_it_collect(y, 1, buf, sizeof(buf), &len), 1, "live subscription in force");
+    cr_assert_not_null(strstr(buf, "p0-2"));
+    close(holder);
+    close(pub);
+    close(x);
+    close(y);
+    cluster_down(&c);
+}
+
+/* The cluster subscription goes a linger after the last local subscriber. */
+Test(cluster, interest_is_released_a_linger_after_the_last_subscriber)
+{
+    struct cluster c;
+    cluster_up(&c, 2, NULL);
+    uint16_t port = c.node[1].port;
+    unsigned long long base = kr_it_stat(port, "cluster_subjects");
+    int a = kr_it_connect(port), b = kr_it_connect(port);
+    kr_it_subscribe(a, "flap");
+    kr_it_subscribe(b, "flap");
+    cr_assert_eq(kr_it_stat(port, "cluster_subjects"), base + 1, "one subscription per topic");
+    close(a);
+    kr_it_sleep_ms(600); /* past the 300 ms linger: b still holds it */
+    cr_assert_eq(kr_it_stat(port, "cluster_subjects"), base + 1);
+    close(b);
+    unsigned long long now = base + 1;
+    for (int k = 0; k < 200 && now != base; k++) {
+        kr_it_sleep_ms(20);
+        now = kr_it_stat(port, "cluster_subjects");
+    }
+    cr_assert_eq(now, base, "released after the linger");
+    cluster_down(&c);
+}
+
+/* stats, the admin status line and `kraken status` show the link. */
+Test(cluster, status_and_stats_show_the_link)
+{
+    struct cluster c;
+    cluster_up(&c, 2, NULL);
+    cr_assert_eq(kr_it_stat(c.node[0].port, "cluster_enabled"), 1);
+    cr_assert_eq(kr_it_stat(c.node[0].port, "cluster_connected"), 1);
+    int fd = kr_it_connect_unix(c.node[0].admin_path);
+    char buf[4096];
+    kr_it_admin(fd, "status", buf, sizeof(buf));
+    close(fd);
+    cr_assert_not_null(strstr(buf, "cluster=linked node=node0 server=nats://127.0.0.1:"), "%s", buf);
+    cr_assert_not_null(strstr(buf, "peers=1"), "%s", buf);
+    const char *args[] = {"status", NULL};
+    char out[4096];
+    cr_assert_eq(kr_it_cli(&c.node[0], out, sizeof(out), args), 0, "%s", out);
+    cr_assert_not_null(strstr(out, "cluster: node node0, linked to nats://127.0.0.1:"), "%s", out);
+    cluster_down(&c);
+}
+
+/* A node that reaches no NATS server at start says so and exits non-zero; told to start
+ * degraded, it serves local clients and links up once a server answers. */
+Test(cluster, no_server_at_start)
+{
+    uint16_t dead = kr_it_free_port();
+    char url[64];
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%u", dead);
+    const char *args[] = {"run", "--tcp_server_port", "0", "--cluster_nats_url", url,
+                          "--admin_socket", "/tmp/kr_it_cluster_nosrv.sock", NULL};
+    char out[4096];
+    int rc = kr_it_cli(NULL, out, sizeof(out), args);
+    cr_assert_neq(rc, 0, "exits non-zero: %s", out);
+    cr_assert_not_null(strstr(out, "cannot reach any NATS server"), "%s", out);
+    cr_assert_not_null(strstr(out, "cluster_start_degraded"), "%s", out);
+
+    struct kr_it_server srv;
+    const char *extra[] = {"--cluster_nats_url", url, "--cluster_start_degraded", "1", NULL};
+    kr_it_start(&srv, extra);
+    cr_assert_eq(kr_it_stat(srv.port, "cluster_connected"), 0);
+    int a = kr_it_connect(srv.port), b = kr_it_connect(srv.port);
+    kr_it_subscribe(b, "local");
+    publish(a, "local", "p0-0"); /* local delivery works while unlinked */
+    char buf[4096];
+    size_t len = 0;
+    cr_assert_eq(kr_it_collect(b, 1, buf, sizeof(buf), &len), 1);
+    close(a);
+    close(b);
+    kr_it_stop(&srv);
+}
+
+/* ------------------------------------------------------------------------- faults */
+
+struct faultcheck {
+    long next;
+    long dups, gaps;
+    bool told;
+};
+
+/* Poll a subscriber until it was told (SERVER_ERROR, then closed) or `want` entries came
+ * or nothing more arrives for a while; checks order and exactly-once on the way. */
+static void poll_until(int fd, long want, struct faultcheck *f)
+{
+    static char buf[1 << 20];
+    int quiet = 0;
+    while (!f->told && f->next < want && quiet < 150) {
+        kr_it_sends(fd, "get messages\r\n");
+        size_t n = kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
+        if (n == 0 || strstr(buf, "SERVER_ERROR")) {
+            f->told = strstr(buf, "SERVER_ERROR") != NULL;
+            cr_assert(f->told, "the connection closed without SERVER_ERROR: %s", buf);
+            break;
+        }
+        struct seqcheck s = {.pubs = 1, .next = {f->next}};
+        size_t got = parse_entries(buf, n, seq_cb, &s);
+        f->dups += s.dups;
+        f->gaps += s.gaps;
+        f->next = s.next[0];
+        if (got == 0) {
+            quiet++;
+            kr_it_sleep_ms(20);
+        } else {
+            quiet = 0;
+        }
+    }
+}
+
+/* Kill the subscriber node's NATS server under load: the node reconnects to another server
+ * of its list; each subscriber either got everything in order, or was told and closed. */
+Test(cluster, nats_server_killed_subscribers_complete_or_told)
+{
+    struct cluster c;
+    cluster_up(&c, 2, NULL);
+    int subs[4];
+    for (int i = 0; i < 4; i++) {
+        subs[i] = kr_it_connect(c.node[1].port);
+        kr_it_subscribe(subs[i], "load");
+    }
+    int pub = kr_it_connect(c.node[0].port);
+    const long N = 3000;
+    char payload[32];
+    for (long k = 0; k < N; k++) {
+        snprintf(payload, sizeof(payload), "p0-%ld", k);
+        publish(pub, "load", payload);
+        if (k == N / 3)
+            kr_it_nats_kill(&c.nats[1]); /* node 1's server */
+    }
+    int told = 0, complete = 0;
+    for (int i = 0; i < 4; i++) {
+        struct faultcheck f = {0};
+        poll_until(subs[i], N, &f);
+        cr_assert_eq(f.dups, 0, "subscriber %d: duplicates", i);
+        if (f.told) {
+            told++;
+        } else {
+            cr_assert_eq(f.gaps, 0, "subscriber %d lost messages without being told", i);
+            cr_assert_eq(f.next, N, "subscriber %d got %ld of %ld without being told", i, f.next, N);
+            complete++;
+        }
+        close(subs[i]);
+    }
+    cr_assert_eq(told + complete, 4);
+    cr_assert_geq(kr_it_stat(c.node[1].port, "cluster_reconnects"), 1);
+    cr_assert_eq(kr_it_stat(c.node[1].port, "cluster_connected"), 1, "linked again");
+    /* after the reconnect the node works across the cluster again */
+    int s2 = kr_it_connect(c.node[1].port);
+    kr_it_subscribe(s2, "after");
+    publish(pub, "after", "p0-0");
+    char buf[4096];
+    size_t len = 0;
+    cr_assert_eq(kr_it_collect(s2, 1, buf, sizeof(buf), &len), 1);
+    close(s2);
+    close(pub);
+    cluster_down(&c);
+}
+
+/* SIGKILL the publishers' Kraken node mid-load: what other nodes' subscribers got is a
+ * prefix of each publisher's entries, in order, without duplicates (what the dead node had
+ * not forwarded is lost: docs/cluster.md); the other nodes go on and see it leave. */
+Test(cluster, kraken_node_killed_others_keep_order_and_go_on)
+{
+    struct cluster c;
+    cluster_up(&c, 3, NULL);
+    int sub = kr_it_connect(c.node[1].port);
+    kr_it_subscribe(sub, "load");
+    int pub = kr_it_connect(c.node[0].port);
+    char payload[32];
+    for (long k = 0; k < 2000; k++) {
+        snprintf(payload, sizeof(payload), "p0-%ld", k);
+        publish(pub, "load", payload);
+    }
+    /* and without waiting for the answers: pipelined when the node dies */
+    static char big[1 << 20];
+    size_t used = 0;
+    for (long k = 2000; k < 12000; k++) {
+        char e[96];
+        snprintf(payload, sizeof(payload), "p0-%ld", k);
+        int el = snprintf(e, sizeof(e), "MESSAGE load %zu\r\n%s\r\n", strlen(payload), payload);
+        used += (size_t)snprintf(big + used, sizeof(big) - used, "set publish 0 0 %d\r\n%s\r\n",
+                                 el, e);
+    }
+    kr_it_send(pub, big, used);
+    kill(c.node[0].pid, SIGKILL);
+    waitpid(c.node[0].pid, NULL, 0);
+    c.node[0].pid = 0;
+    close(pub);
+    struct faultcheck f = {0};
+    poll_until(sub, 12000, &f);
+    cr_assert_not(f.told);
+    cr_assert_eq(f.dups, 0);
+    cr_assert_eq(f.gaps, 0, "a prefix, in order");
+    cr_assert_geq(f.next, 2000, "everything acknowledged before the kill and forwarded");
+    /* node 2 and node 1 go on */
+    int p2 = kr_it_connect(c.node[2].port);
+    kr_it_subscribe(sub, "later");
+    publish(p2, "later", "p0-0");
+    char buf[4096];
+    size_t len = 0;
+    cr_assert_eq(kr_it_collect(sub, 1, buf, sizeof(buf), &len), 1);
+    unsigned long long peers = 2;
+    for (int k = 0; k < 400 && peers != 1; k++) {
+        kr_it_sleep_ms(20);
+        peers = kr_it_stat(c.node[1].port, "cluster_peers");
+    }
+    cr_assert_eq(peers, 1, "node 1 saw node 0 leave");
+    cr_assert(kr_it_wait_log(&c.node[1], "it left"));
+    close(p2);
+    close(sub);
+    unlink(c.node[0].log_path);
+    cluster_down(&c);
+}
+
+/* The publisher node's only NATS server goes away while it publishes: libnats' reconnect
+ * buffer (64 KiB here) overflows; after the reconnect the node announces the lost topic and
+ * the other node's subscriber of it is told. */
+Test(cluster, reconnect_buffer_overflow_is_announced_and_subscribers_told)
+{
+    struct cluster c;
+    memset(&c, 0, sizeof(c));
+    kr_it_nats_cluster_start(c.nats, 2);
+    c.nnodes = 2;
+    char u0[64], u1[64];
+    kr_it_nats_url(&c.nats[0], u0, sizeof(u0));
+    kr_it_nats_url(&c.nats[1], u1, sizeof(u1));
+    const char *a0[] = {"--cluster_nats_url", u0, "--cluster_node_name", "pubnode",
+                        "--cluster_reconnect_buf_bytes", "64k", NULL};
+    const char *a1[] = {"--cluster_nats_url", u1, "--cluster_node_name", "subnode", NULL};
+    kr_it_start(&c.node[0], a0);
+    kr_it_start(&c.node[1], a1);
+    wait_peers(&c, 1);
+    int sub = kr_it_connect(c.node[1].port), pub = kr_it_connect(c.node[0].port);
+    kr_it_subscribe(sub, "burst");
+    publish(pub, "burst", "p0-0");
+    kr_it_nats_stop(&c.nats[0]);
+    unsigned long long conn = 1;
+    for (int k = 0; k < 300 && conn; k++) {
+        kr_it_sleep_ms(10);
+        conn = kr_it_stat(c.node[0].port, "cluster_connected");
+    }
+    cr_assert_eq(conn, 0, "the publisher's node saw its server go");
+    char payload[2048];
+    memset(payload, 'x', sizeof(payload) - 1);
+    payload[sizeof(payload) - 1] = 0;
+    for (int k = 0; k < 100; k++) /* 200 KiB: past the 64 KiB buffer */
+        publish(pub, "burst", payload);
+    cr_assert_gt(kr_it_stat(c.node[0].port, "cluster_lost_forwards"), 0);
+    kr_it_nats_restart(c.nats, 2, 0);
+    struct faultcheck f = {0};
+    static char buf[1 << 16];
+    size_t len = 0;
+    cr_assert_eq(kr_it_collect(sub, 1, buf, sizeof(buf), &len), 1); /* p0-0 */
+    f.next = 1;
+    for (int k = 0; k < 500 && !f.told; k++) {
+        kr_it_sends(sub, "get messages\r\n");
+        size_t n = kr_it_read_until(sub, buf, sizeof(buf), "END\r\n");
+        f.told = strstr(buf, "SERVER_ERROR") != NULL;
+        cr_assert(n > 0 || f.told, "closed without being told");
+        if (!f.told)
+            kr_it_sleep_ms(20);
+    }
+    cr_assert(f.told, "the subscriber on the other node was told");
+    cr_assert_geq(kr_it_stat(c.node[0].port, "cluster_resyncs_sent"), 1);
+    cr_assert_geq(kr_it_stat(c.node[1].port, "cluster_resyncs_received"), 1);
+    close(sub);
+    close(pub);
+    cluster_down(&c);
+}
