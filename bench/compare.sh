@@ -30,6 +30,14 @@ Options:
                       the server's own default, 0, answers an empty poll at once)
   --scaling           instead: Kraken alone, fanout and broadcast for every combination of
                       num_router_shards and num_net_threads in 1 2 4
+  --cluster           also the cross-node rows (after the others, in the same table): for
+                      fanout and broadcast, two routed nats-servers and two Kraken nodes
+                      linked through them (node 1 on server 1, node 2 on server 2), with the
+                      publishers on node 1 and the subscribers on node 2; and the same load
+                      against the bare NATS servers, publishers on server 1, subscribers on
+                      server 2. Every row starts its servers fresh. A Kraken node that
+                      refuses the cluster options makes its row say so; the others go on
+  --cluster-only      the cross-node rows alone
   --raw FILE          append every run's JSON line to FILE (kraken-bench --json, with a
                       "label" field added first: the row's name in the table)
   --charts DIR        write one PNG chart per scenario into DIR with bench/chart.sh
@@ -61,6 +69,7 @@ nconns=10000
 kraken_batch=16
 kraken_poll_wait=20
 scaling=0
+cluster=0
 raw=""
 charts=""
 no_charts=0
@@ -77,6 +86,8 @@ while [ $# -gt 0 ]; do
     --kraken-batch) kraken_batch=$2; shift 2 ;;
     --kraken-poll-wait) kraken_poll_wait=$2; shift 2 ;;
     --scaling) scaling=1; shift ;;
+    --cluster) cluster=1; shift ;;
+    --cluster-only) cluster=2; shift ;;
     --raw) raw=$2; shift 2 ;;
     --charts) charts=$2; shift 2 ;;
     --no-charts) no_charts=1; shift ;;
@@ -98,9 +109,9 @@ done
 # --- Redis and NATS from the distribution, when missing ---------------------------------
 need_pkgs=()
 case " $servers " in *" redis "*) command -v redis-server >/dev/null || need_pkgs+=(redis-server) ;; esac
-case " $servers " in *" nats "*)
-    command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need_pkgs+=(nats-server) ;;
-esac
+if [[ " $servers " == *" nats "* ]] || [ "$cluster" != 0 ]; then
+    command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need_pkgs+=(nats-server)
+fi
 if [ "$scaling" = 0 ] && [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "compare.sh: installing ${need_pkgs[*]} with apt-get" >&2
     sudo_cmd=()
@@ -134,6 +145,7 @@ cleanup() {
         kill "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
     fi
+    stop_cluster
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -244,6 +256,12 @@ run_one() {
         --threads "$threads" --pipeline "$pipeline" --json --quiet "${more[@]}" "$@" \
         ${extra[@]+"${extra[@]}"}) || rc=$?
     stop_server
+    add_row "$label" "$sc" "$json" "$rc"
+}
+
+# add_row LABEL SCENARIO JSON RC: keep the run's JSON line and add its row to the table
+add_row() {
+    local label=$1 sc=$2 json=$3 rc=$4
     if [ -n "$json" ]; then
         # the row's label first, then kraken-bench's own fields
         local line="{\"label\":\"${label//\"/\\\"}\",${json#\{}"
@@ -267,6 +285,148 @@ run_one() {
     case "$sc" in fanout | broadcast | latency) note="drain $(field drain_s "$json") s$note" ;; esac
     [ "$(field drain_timed_out "$json")" = true ] && note="$note [drain bound reached]"
     rows+=("$sc|$label|$(field publish_rate "$json")|$(field deliver_rate "$json")|$(field lat_p50_us "$json")|$(field lat_p99_us "$json")|$(field lat_p999_us "$json")|$(field lat_max_us "$json")|$(field loss "$json")|$(field duplicates "$json")|$(field order_errors "$json")|$(field errors "$json")|$note")
+}
+
+# --- cross-node runs (--cluster) -------------------------------------------------------------
+# Two nats-servers routed to each other (client and route port each, free loopback ports),
+# and for the Kraken rows two Kraken nodes, node 1 linked to server 1 and node 2 to server 2.
+# Their PIDs are in cluster_pids; stop_cluster ends them by PID.
+cluster_pids=()
+stop_cluster() {
+    local p
+    for p in ${cluster_pids[@]+"${cluster_pids[@]}"}; do
+        kill "$p" 2>/dev/null || true
+    done
+    for p in ${cluster_pids[@]+"${cluster_pids[@]}"}; do
+        wait "$p" 2>/dev/null || true
+    done
+    cluster_pids=()
+}
+
+# free_ports N: N distinct free loopback ports, one a line
+free_ports() {
+    local p n=0
+    for p in $(seq 21000 21999); do
+        if port_free "$p"; then echo "$p"; n=$((n + 1)); fi
+        [ "$n" -ge "$1" ] && return 0
+    done
+    echo "compare.sh: fewer than $1 free ports in 21000..21999" >&2
+    return 1
+}
+
+# wait_port PORT PID: until PORT listens (bounded), or PID exits
+wait_port() {
+    local _
+    for _ in $(seq 1 500); do
+        if ! port_free "$1"; then return 0; fi
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.02
+    done
+    return 1
+}
+
+# start_nats_pair: sets nats1_port nats2_port (client ports) once both servers listen and
+# each has its route to the other (bounded)
+start_nats_pair() {
+    local ports
+    ports=($(free_ports 4)) || return 1
+    nats1_port=${ports[0]}
+    nats2_port=${ports[1]}
+    local r1=${ports[2]} r2=${ports[3]}
+    : >"$tmp/nats1.log"
+    : >"$tmp/nats2.log"
+    "$nats_bin" -a 127.0.0.1 -p "$nats1_port" -n cmp-nats-1 --cluster "nats://127.0.0.1:$r1" \
+        --cluster_name kraken-compare --routes "nats-route://127.0.0.1:$r2" -l "$tmp/nats1.log" \
+        >/dev/null 2>&1 &
+    cluster_pids+=($!)
+    "$nats_bin" -a 127.0.0.1 -p "$nats2_port" -n cmp-nats-2 --cluster "nats://127.0.0.1:$r2" \
+        --cluster_name kraken-compare --routes "nats-route://127.0.0.1:$r1" -l "$tmp/nats2.log" \
+        >/dev/null 2>&1 &
+    cluster_pids+=($!)
+    wait_port "$nats1_port" "${cluster_pids[0]}" && wait_port "$nats2_port" "${cluster_pids[1]}" ||
+        { echo "compare.sh: nats-server did not start; its logs:" >&2
+          tail -n 5 "$tmp/nats1.log" "$tmp/nats2.log" >&2; return 1; }
+    local _ i
+    for _ in $(seq 1 500); do
+        # "Route connection created" in both logs: the route is up both ways
+        i=0
+        grep -q "Route connection created" "$tmp/nats1.log" && i=$((i + 1))
+        grep -q "Route connection created" "$tmp/nats2.log" && i=$((i + 1))
+        [ "$i" = 2 ] && return 0
+        sleep 0.02
+    done
+    echo "compare.sh: the two nats-servers did not route to each other" >&2
+    return 1
+}
+
+# start_kraken_node N NATS_PORT: sets node_port; the node's own log and admin socket
+start_kraken_node() {
+    local n=$1 np=$2 log="$tmp/kraken-node$1.log"
+    : >"$log"
+    "$kraken_bin" run --listen_ip 127.0.0.1 --tcp_server_port 0 --log_file "$log" \
+        --admin_socket "$tmp/kraken-node$n-admin.sock" --poll_wait_ms "$kraken_poll_wait" \
+        --cluster_nats_url "nats://127.0.0.1:$np" --cluster_node_name "node$n" \
+        >"$tmp/kraken-node$n.out" 2>&1 &
+    local pid=$!
+    cluster_pids+=($pid)
+    node_port=""
+    local _
+    for _ in $(seq 1 500); do
+        node_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -n1)
+        [ -n "$node_port" ] && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.02
+    done
+    node_error=$(cat "$log" "$tmp/kraken-node$n.out" 2>/dev/null | grep -v '^$' | tail -n 1 | cut -c1-120)
+    [ -n "$node_error" ] || node_error="no 'listening on' line"
+    return 1
+}
+
+# run_cross LABEL KIND SCENARIO: KIND kraken (two nodes over two routed nats-servers) or
+# nats (the two servers bare); publishers on the first, subscribers on the second
+run_cross() {
+    local label=$1 kind=$2 sc=$3
+    local args pub_port sub_port proto=$kind
+    args=$(scenario_args "$sc")
+    if ! start_nats_pair; then
+        stop_cluster
+        rows+=("$sc|$label|failed: the nats-servers did not start")
+        return
+    fi
+    if [ "$kind" = kraken ]; then
+        node_error=""
+        if ! start_kraken_node 1 "$nats1_port"; then
+            stop_cluster
+            rows+=("$sc|$label|failed: node 1 did not start: $node_error")
+            return
+        fi
+        pub_port=$node_port
+        if ! start_kraken_node 2 "$nats2_port"; then
+            stop_cluster
+            rows+=("$sc|$label|failed: node 2 did not start: $node_error")
+            return
+        fi
+        sub_port=$node_port
+    else
+        pub_port=$nats1_port
+        sub_port=$nats2_port
+    fi
+    echo "== $sc: $label (publishers on port $pub_port, subscribers on port $sub_port)" >&2
+    local json rc=0
+    # shellcheck disable=SC2086
+    json=$("$bench_bin" --proto "$proto" --port "$pub_port" --sub-port "$sub_port" $args \
+        --duration "$duration" --threads "$threads" --pipeline "$pipeline" --connect-timeout 30 \
+        --json --quiet ${extra[@]+"${extra[@]}"}) || rc=$?
+    stop_cluster
+    add_row "$label" "$sc" "$json" "$rc"
+}
+
+run_cluster_rows() {
+    local sc
+    for sc in fanout broadcast; do
+        run_cross "kraken pub@node1 sub@node2" kraken "$sc"
+        run_cross "nats pub@srv1 sub@srv2" nats "$sc"
+    done
 }
 
 print_table() {
@@ -330,6 +490,7 @@ if [ "$scaling" = 1 ]; then
     exit 0
 fi
 
+[ "$cluster" = 2 ] && scenarios=""
 for sc in $scenarios; do
     for srv in $servers; do
         server_args=""
@@ -343,5 +504,6 @@ for sc in $scenarios; do
         fi
     done
 done
+[ "$cluster" != 0 ] && run_cluster_rows
 print_table
 draw_charts

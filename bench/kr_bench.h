@@ -98,6 +98,19 @@ struct kr_bench_stream {
 int kr_bench_stream_see(struct kr_bench_stream *st, uint64_t seq);
 
 /* ------------------------------------------------------------------------------------------
+ * Interest probes: when subscribers and publishers are on different servers (cluster nodes),
+ * each subscriber also subscribes to its own probe subject "<prefix>probe.<sub>" and a
+ * publisher publishes there until it arrives, so the timed phase starts only once every
+ * subscriber's interest is in force where the publishers are. Probe subjects never equal a
+ * topic name ("<prefix><decimal>"). */
+
+/* Write the probe subject of subscriber `sub` (NUL-terminated, cut to cap); returns the
+ * length it has in full. */
+size_t kr_bench_probe_name(char *dst, size_t cap, const char *prefix, uint32_t sub);
+/* Is s[0..len) a probe subject under prefix? 1 with *sub set, else 0. */
+int kr_bench_probe_parse(const char *s, size_t len, const char *prefix, uint32_t *sub);
+
+/* ------------------------------------------------------------------------------------------
  * Kraken (memcached text framing, see the protocol document). */
 enum kr_bench_kr_kind {
     KR_BENCH_KR_STORED = 1,

@@ -628,3 +628,33 @@ void kr_bench_nats_put_unsub(struct kr_bench_buf *b, uint64_t sid)
     kr_bench_buf_addu(b, sid);
     kr_bench_buf_add(b, "\r\n", 2);
 }
+
+/* ------------------------------------------------------------------ interest probes */
+
+#define KB_PROBE_TAG "probe."
+
+size_t kr_bench_probe_name(char *dst, size_t cap, const char *prefix, uint32_t sub)
+{
+    int n = snprintf(dst, cap, "%s" KB_PROBE_TAG "%u", prefix, sub);
+    return n > 0 ? (size_t)n : 0;
+}
+
+int kr_bench_probe_parse(const char *s, size_t len, const char *prefix, uint32_t *sub)
+{
+    size_t pl = strlen(prefix), tl = sizeof(KB_PROBE_TAG) - 1;
+    if (len <= pl + tl || memcmp(s, prefix, pl) != 0 || memcmp(s + pl, KB_PROBE_TAG, tl) != 0)
+        return 0;
+    const char *d = s + pl + tl, *end = s + len;
+    if (end - d > 10 || (*d == '0' && end - d > 1))
+        return 0; /* at most 10 digits, no leading zero */
+    uint64_t v = 0;
+    for (; d < end; d++) {
+        if (*d < '0' || *d > '9')
+            return 0;
+        v = v * 10 + (uint64_t)(*d - '0');
+    }
+    if (v > UINT32_MAX)
+        return 0;
+    *sub = (uint32_t)v;
+    return 1;
+}

@@ -35,6 +35,17 @@ static void kb_usage(FILE *f)
         "                       (SUB/PUB/MSG, PING/PONG as the barrier)\n"
         "  --host H             server address (default 127.0.0.1)\n"
         "  --port N             server port (default 12355, 6379 or 4222 per protocol)\n"
+        "  --sub-host H         subscribers connect here instead (default: --host); with\n"
+        "  --sub-port N         a different --sub-host/--sub-port (default: --port) the\n"
+        "                       subscribers are on one server or cluster node and the\n"
+        "                       publishers (and churn connections) on another\n"
+        "  --probe, --no-probe  before the timed phase, publish to each subscriber's own\n"
+        "                       probe subject (<prefix>probe.<n>, subscribed with its\n"
+        "                       topics) from a publisher until every subscriber has received\n"
+        "                       one, bounded by --connect-timeout: the subscriptions are then\n"
+        "                       in force where the publishers are (NATS routes propagate\n"
+        "                       interest asynchronously). Default: on when subscribers and\n"
+        "                       publishers use different servers (fanout, broadcast, latency)\n"
         "\n"
         "Scenario (--scenario S):\n"
         "  fanout     --subs subscribers each on --topics-per-sub random topics out of\n"
@@ -92,7 +103,8 @@ static void kb_usage(FILE *f)
         "  -h, --help           this text\n"
         "\n"
         "Warm-up: every connection is connected and subscribed (Kraken STORED, Redis\n"
-        "confirmations, NATS PONG after the SUBs) before the clock starts.\n"
+        "confirmations, NATS PONG after the SUBs) before the clock starts, and with probes\n"
+        "every subscriber has received its probe.\n"
         "Exit status: 0 clean; 1 loss, duplicates, order errors, corrupt or unexpected\n"
         "messages, or connection errors during the run; 2 bad options; 3 the run could not\n"
         "be done (connection refused, no barrier, retro unsupported).\n",
@@ -204,6 +216,10 @@ static void kb_print_json(const struct kr_bench_cfg *c, const struct kr_bench_re
     kb_json_str(f, "proto", kb_proto_names[c->proto]);
     kb_json_str(f, "scenario", kb_scenario_names[c->scenario]);
     kb_json_str(f, "host", c->host);
+    kb_json_str(f, "sub_host", c->sub_host[0] ? c->sub_host : c->host);
+    fprintf(f, "\"sub_port\":%u,\"probe\":%s,\"probe_s\":%.3f,\"probes\":%llu,",
+            c->sub_port ? c->sub_port : c->port, c->probe ? "true" : "false", r->probe_s,
+            (unsigned long long)r->probes);
     fprintf(f, "\"port\":%u,\"threads\":%u,\"pipeline\":%u,\"batch\":%u,", c->port, c->threads,
             c->pipeline, c->batch);
     fprintf(f, "\"subs\":%u,\"pubs\":%u,\"topics\":%u,\"topics_per_sub\":%u,\"msg_size\":%u,",
@@ -261,6 +277,9 @@ static void kb_print_summary(const struct kr_bench_cfg *c, const struct kr_bench
     if (c->proto == KR_BENCH_PROTO_KRAKEN)
         fprintf(f, ", batch %u, poll %s", c->batch, c->poll_ms ? "paced" : "back to back");
     fprintf(f, ")\n");
+    if ((c->sub_host[0] && strcmp(c->sub_host, c->host) != 0) || (c->sub_port && c->sub_port != c->port))
+        fprintf(f, "  topology     publishers at %s:%u, subscribers at %s:%u\n", c->host, c->port,
+                c->sub_host[0] ? c->sub_host : c->host, c->sub_port ? c->sub_port : c->port);
     switch (c->scenario) {
     case KR_BENCH_SC_CHURN:
         fprintf(f, "  setup        %u connections churning over %u topics\n", c->subs, c->topics);
@@ -284,6 +303,10 @@ static void kb_print_summary(const struct kr_bench_cfg *c, const struct kr_bench
     }
     fprintf(f, "  connect      %llu connections connected and subscribed in %.2f s\n",
             (unsigned long long)r->connections, r->connect_s);
+    if (r->probes)
+        fprintf(f, "  probe        every subscriber's interest reached the publishers' server in "
+                   "%.3f s (%llu probes)\n",
+                r->probe_s, (unsigned long long)r->probes);
     fprintf(f, "  run          %.2f s timed, then %.2f s drain%s\n", r->run_s, r->drain_s,
             r->drain_timed_out ? " (bound reached)" : "");
     if (c->scenario == KR_BENCH_SC_CHURN) {
@@ -367,6 +390,10 @@ enum {
     OPT_PREFIX,
     OPT_JSON,
     OPT_QUIET,
+    OPT_SUB_HOST,
+    OPT_SUB_PORT,
+    OPT_PROBE,
+    OPT_NO_PROBE,
 };
 
 int main(int argc, char **argv)
@@ -395,6 +422,10 @@ int main(int argc, char **argv)
         {"seed", required_argument, NULL, OPT_SEED},
         {"prefix", required_argument, NULL, OPT_PREFIX},
         {"json", no_argument, NULL, OPT_JSON},
+        {"sub-host", required_argument, NULL, OPT_SUB_HOST},
+        {"sub-port", required_argument, NULL, OPT_SUB_PORT},
+        {"probe", no_argument, NULL, OPT_PROBE},
+        {"no-probe", no_argument, NULL, OPT_NO_PROBE},
         {"quiet", no_argument, NULL, OPT_QUIET},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -414,7 +445,7 @@ int main(int argc, char **argv)
     };
     snprintf(cfg.host, sizeof(cfg.host), "127.0.0.1");
     snprintf(cfg.prefix, sizeof(cfg.prefix), "kb.");
-    int json = 0, have_port = 0;
+    int json = 0, have_port = 0, probe = -1, have_sub_port = 0;
     int set_subs = 0, set_pubs = 0, set_topics = 0, set_tps = 0, set_rate = 0, set_conns = 0,
         set_msgs = 0, set_batch = 0;
     unsigned long long u;
@@ -446,6 +477,15 @@ int main(int argc, char **argv)
                 return kb_bad("bad --host '%s'", optarg);
             snprintf(cfg.host, sizeof(cfg.host), "%s", optarg);
             break;
+        case OPT_SUB_HOST:
+            if (!*optarg || strlen(optarg) >= sizeof(cfg.sub_host))
+                return kb_bad("bad --sub-host '%s'", optarg);
+            snprintf(cfg.sub_host, sizeof(cfg.sub_host), "%s", optarg);
+            break;
+        case OPT_PROBE:
+        case OPT_NO_PROBE:
+            probe = ch == OPT_PROBE;
+            break;
         case OPT_PREFIX:
             if (strlen(optarg) > 40 || strpbrk(optarg, " \r\n\t*>"))
                 return kb_bad("bad --prefix '%s' (at most 40 bytes, no spaces, '*' or '>')", optarg);
@@ -459,6 +499,7 @@ int main(int argc, char **argv)
         FLAG = 1;                                                                                  \
         break;
             KB_UINT(OPT_PORT, "--port", 1, 65535, cfg.port, have_port)
+            KB_UINT(OPT_SUB_PORT, "--sub-port", 1, 65535, cfg.sub_port, have_sub_port)
             KB_UINT(OPT_THREADS, "--threads", 1, 256, cfg.threads, u)
             KB_UINT(OPT_PIPELINE, "--pipeline", 1, 65536, cfg.pipeline, u)
             KB_UINT(OPT_BATCH, "--batch", 1, KR_BENCH_MAX_BATCH, cfg.batch, set_batch)
@@ -567,6 +608,10 @@ int main(int argc, char **argv)
         cfg.topics_per_sub = dtps;
     if (!have_port)
         cfg.port = cfg.proto == KR_BENCH_PROTO_KRAKEN ? 12355 : cfg.proto == KR_BENCH_PROTO_REDIS ? 6379 : 4222;
+    /* probes: by default when subscribers and publishers use different servers */
+    int split = (cfg.sub_host[0] && strcmp(cfg.sub_host, cfg.host) != 0) ||
+                (have_sub_port && cfg.sub_port != cfg.port);
+    cfg.probe = probe >= 0 ? probe : split;
     if (set_batch && cfg.proto != KR_BENCH_PROTO_KRAKEN && cfg.batch != 1)
         return kb_bad("--batch is Kraken only (Redis and NATS publish one message per command)");
     if (cfg.topics_per_sub > cfg.topics)

@@ -27,6 +27,7 @@ _Static_assert(KR_BENCH_MAX_BATCH <= 65536, "batch array lives on the stack");
 
 enum kb_phase {
     KB_PH_CONNECT,
+    KB_PH_PROBE, /* cross-server runs: interest probes until every subscriber got one */
     KB_PH_RUN,
     KB_PH_DRAIN,
     KB_PH_REPLAY,
@@ -90,6 +91,9 @@ struct kb_conn {
     uint64_t received, corrupt, unexpected;
     uint64_t polls, empty_polls; /* Kraken */
     uint64_t t_sub, t_last; /* retro: subscribe sent, last message received */
+    /* interest probes: subscriber got its probe; publisher 0: probes published */
+    unsigned probed : 1;
+    uint64_t probes;
     /* churn */
     uint32_t churn_topic;
     uint64_t churn_sid;
@@ -117,8 +121,8 @@ struct kb_worker {
 struct kb_run {
     struct kr_bench_cfg cfg;
     struct kr_bench_result *res;
-    struct sockaddr_storage addr;
-    char hostport[300];
+    struct sockaddr_storage addr, sub_addr; /* publishers (and churn), subscribers */
+    char hostport[300], sub_hostport[300];
     unsigned ntopics, k, nsubs, npubs, nchurn;
     char **topic;        /* names */
     size_t *topic_len;
@@ -130,6 +134,8 @@ struct kb_run {
     _Atomic unsigned ready, done;
     _Atomic unsigned answered; /* retro: subscribers whose replay subscribe was answered */
     _Atomic int fatal;
+    _Atomic unsigned char *probe_seen; /* [nsubs]: written by the subscriber's worker */
+    _Atomic unsigned probed;           /* subscribers whose probe arrived */
     uv_mutex_t err_lock;
     char first_error[512];
     uint64_t nerrors_reported;
@@ -249,6 +255,12 @@ static const char *kb_role_name(enum kb_role r)
     return r == KB_SUB ? "subscriber" : r == KB_PUB ? "publisher" : "churn connection";
 }
 
+/* Where this connection goes: subscribers to --sub-host/--sub-port, the rest to --host/--port. */
+static const char *kb_hostport(const struct kb_conn *c)
+{
+    return c->role == KB_SUB ? c->w->run->sub_hostport : c->w->run->hostport;
+}
+
 static void kb_close_cb(uv_handle_t *h)
 {
     (void)h;
@@ -333,7 +345,7 @@ static void kb_write_cb(uv_write_t *req, int status)
     c->wbuf.len = 0;
     if (status < 0) {
         if (!c->closing)
-            kb_conn_fail(c, "write to %s: %s", c->w->run->hostport, uv_strerror(status));
+            kb_conn_fail(c, "write to %s: %s", kb_hostport(c), uv_strerror(status));
         return;
     }
     kb_flush(c);
@@ -353,7 +365,7 @@ static void kb_flush(struct kb_conn *c)
         return;
     }
     if (n < 0 && n != UV_EAGAIN) {
-        kb_conn_fail(c, "write to %s: %s", c->w->run->hostport, uv_strerror(n));
+        kb_conn_fail(c, "write to %s: %s", kb_hostport(c), uv_strerror(n));
         return;
     }
     size_t done = n > 0 ? (size_t)n : 0;
@@ -394,11 +406,18 @@ static void kb_send_subscribe(struct kb_conn *c)
 {
     struct kb_run *run = c->w->run;
     unsigned k = run->k;
+    /* with probes, the subscriber's own probe subject comes last */
+    char probe[96];
+    size_t plen = 0;
+    if (run->cfg.probe && run->probe_seen)
+        plen = kr_bench_probe_name(probe, sizeof(probe), run->cfg.prefix, c->idx);
     switch (run->cfg.proto) {
     case KR_BENCH_PROTO_KRAKEN: {
         size_t bytes = 0;
         for (unsigned i = 0; i < k; i++)
             bytes += run->topic_len[c->topics[i]] + (i ? 1 : 0);
+        if (plen)
+            bytes += plen + 1;
         kr_bench_buf_adds(&c->out, "set subscribe 0 0 ");
         kr_bench_buf_addu(&c->out, bytes);
         kr_bench_buf_add(&c->out, "\r\n", 2);
@@ -407,13 +426,17 @@ static void kb_send_subscribe(struct kb_conn *c)
                 kr_bench_buf_add(&c->out, " ", 1);
             kr_bench_buf_add(&c->out, run->topic[c->topics[i]], run->topic_len[c->topics[i]]);
         }
+        if (plen) {
+            kr_bench_buf_add(&c->out, " ", 1);
+            kr_bench_buf_add(&c->out, probe, plen);
+        }
         kr_bench_buf_add(&c->out, "\r\n", 2);
         c->acks_wanted = 1;
         break;
     }
     case KR_BENCH_PROTO_REDIS: {
         kr_bench_buf_add(&c->out, "*", 1);
-        kr_bench_buf_addu(&c->out, k + 1);
+        kr_bench_buf_addu(&c->out, k + 1 + (plen ? 1 : 0));
         kr_bench_buf_adds(&c->out, "\r\n$9\r\nSUBSCRIBE\r\n");
         for (unsigned i = 0; i < k; i++) {
             uint32_t t = c->topics[i];
@@ -423,13 +446,22 @@ static void kb_send_subscribe(struct kb_conn *c)
             kr_bench_buf_add(&c->out, run->topic[t], run->topic_len[t]);
             kr_bench_buf_add(&c->out, "\r\n", 2);
         }
-        c->acks_wanted = k;
+        if (plen) {
+            kr_bench_buf_add(&c->out, "$", 1);
+            kr_bench_buf_addu(&c->out, plen);
+            kr_bench_buf_add(&c->out, "\r\n", 2);
+            kr_bench_buf_add(&c->out, probe, plen);
+            kr_bench_buf_add(&c->out, "\r\n", 2);
+        }
+        c->acks_wanted = k + (plen ? 1 : 0);
         break;
     }
     case KR_BENCH_PROTO_NATS:
         for (unsigned i = 0; i < k; i++)
             kr_bench_nats_put_sub(&c->out, run->topic[c->topics[i]], run->topic_len[c->topics[i]],
                                   i + 1);
+        if (plen)
+            kr_bench_nats_put_sub(&c->out, probe, plen, k + 1);
         break;
     }
 }
@@ -644,6 +676,18 @@ static void kb_sub_message(struct kb_conn *c, const char *topic, size_t tlen, co
 {
     struct kb_run *run = c->w->run;
     struct kr_bench_stamp st;
+    uint32_t who;
+    if (run->probe_seen && kr_bench_probe_parse(topic, tlen, run->cfg.prefix, &who)) {
+        /* an interest probe: not a delivery; late ones (after the first) are dropped */
+        if (who != c->idx) {
+            c->unexpected++;
+        } else if (!c->probed) {
+            c->probed = 1;
+            atomic_store_explicit(&run->probe_seen[c->idx], 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&run->probed, 1, memory_order_release);
+        }
+        return;
+    }
     c->p_del++;
     c->received++;
     c->t_last = c->now;
@@ -917,7 +961,7 @@ static void kb_connect_cb(uv_connect_t *req, int status)
     w->connecting--;
     if (status < 0) {
         if (status != UV_ECANCELED)
-            kb_conn_fail(c, "cannot connect to %s: %s", run->hostport, uv_strerror(status));
+            kb_conn_fail(c, "cannot connect to %s: %s", kb_hostport(c), uv_strerror(status));
         return;
     }
     kb_worker_connect_more(w);
@@ -965,13 +1009,62 @@ static void kb_worker_connect_more(struct kb_worker *w)
         c->tcp.data = c;
         c->creq.data = c;
         c->state = KB_CS_CONNECTING;
-        rc = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&run->addr, kb_connect_cb);
+        const struct sockaddr_storage *to = c->role == KB_SUB ? &run->sub_addr : &run->addr;
+        rc = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)to, kb_connect_cb);
         if (rc < 0) {
-            kb_conn_fail(c, "cannot connect to %s: %s", run->hostport, uv_strerror(rc));
+            kb_conn_fail(c, "cannot connect to %s: %s", kb_hostport(c), uv_strerror(rc));
             continue;
         }
         w->connecting++;
     }
+}
+
+/* Probe phase, on publisher 0's worker: publish a probe to every subscriber that has not
+ * received one yet (one round per tick; Kraken and Redis: only once the previous round was
+ * acknowledged). Probe requests count as acknowledged requests of 0 messages. */
+static void kb_probe_tick_cb(uv_timer_t *t)
+{
+    struct kb_worker *w = t->data;
+    struct kb_run *run = w->run;
+    struct kb_conn *c = &run->pubs[0];
+    if (w->phase != KB_PH_PROBE || c->state != KB_CS_READY || c->closing || c->inflight)
+        return;
+    enum kr_bench_proto proto = run->cfg.proto;
+    char name[96];
+    static const char body[] = "probe";
+    size_t blen = sizeof(body) - 1, entries = 0;
+    if (proto == KR_BENCH_PROTO_KRAKEN) {
+        for (unsigned i = 0; i < run->nsubs; i++)
+            if (!atomic_load_explicit(&run->probe_seen[i], memory_order_relaxed))
+                entries += kr_bench_kr_entry_size(
+                    kr_bench_probe_name(name, sizeof(name), run->cfg.prefix, i), blen);
+        if (!entries)
+            return;
+        kr_bench_kr_put_publish_begin(&c->out, entries);
+    }
+    for (unsigned i = 0; i < run->nsubs; i++) {
+        if (atomic_load_explicit(&run->probe_seen[i], memory_order_relaxed))
+            continue;
+        size_t n = kr_bench_probe_name(name, sizeof(name), run->cfg.prefix, i);
+        char *p;
+        if (proto == KR_BENCH_PROTO_KRAKEN) {
+            p = kr_bench_kr_put_entry(&c->out, name, n, blen);
+        } else if (proto == KR_BENCH_PROTO_REDIS) {
+            p = kr_bench_resp_put_publish(&c->out, name, n, blen);
+            c->inflight++;
+            kb_ring_push(&c->pend, 0);
+        } else {
+            p = kr_bench_nats_put_pub(&c->out, name, n, blen); /* not acknowledged */
+        }
+        memcpy(p, body, blen);
+        c->probes++;
+    }
+    if (proto == KR_BENCH_PROTO_KRAKEN) {
+        kr_bench_kr_put_publish_end(&c->out);
+        c->inflight++;
+        kb_ring_push(&c->pend, 0);
+    }
+    kb_flush(c);
 }
 
 static void kb_tick_cb(uv_timer_t *t)
@@ -986,7 +1079,19 @@ static void kb_worker_enter(struct kb_worker *w, int phase)
     struct kb_run *run = w->run;
     w->phase = phase;
     switch (phase) {
+    case KB_PH_PROBE:
+        if (!run->probe_seen)
+            break;
+        for (size_t i = 0; i < w->nconns; i++) {
+            struct kb_conn *c = w->conns[i];
+            if (c->role == KB_SUB && run->cfg.proto == KR_BENCH_PROTO_KRAKEN)
+                kb_poll(c);
+            if (c->role == KB_PUB && c->idx == 0)
+                uv_timer_start(&w->tick, kb_probe_tick_cb, 0, 20);
+        }
+        break;
     case KB_PH_RUN:
+        uv_timer_stop(&w->tick); /* the probe ticks, when there were any */
         w->t_start = kb_now();
         if (run->per_conn_rate > 0)
             uv_timer_start(&w->tick, kb_tick_cb, 1, 1);
@@ -1066,25 +1171,37 @@ static void kb_worker_main(void *arg)
 
 /* ------------------------------------------------------------------ setup */
 
-static int kb_resolve(struct kb_run *run)
+static int kb_resolve_one(struct kb_run *run, const char *host, unsigned portno,
+                          struct sockaddr_storage *addr, char *hostport, size_t cap)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     struct addrinfo *ai = NULL;
     char port[16];
-    snprintf(port, sizeof(port), "%u", run->cfg.port);
-    int rc = getaddrinfo(run->cfg.host, port, &hints, &ai);
+    snprintf(port, sizeof(port), "%u", portno);
+    int rc = getaddrinfo(host, port, &hints, &ai);
     if (rc != 0 || !ai) {
-        snprintf(run->res->error, sizeof(run->res->error), "cannot resolve '%s': %s", run->cfg.host,
+        snprintf(run->res->error, sizeof(run->res->error), "cannot resolve '%s': %s", host,
                  gai_strerror(rc));
         return -1;
     }
-    memcpy(&run->addr, ai->ai_addr, ai->ai_addrlen);
+    memcpy(addr, ai->ai_addr, ai->ai_addrlen);
     freeaddrinfo(ai);
-    if (strchr(run->cfg.host, ':'))
-        snprintf(run->hostport, sizeof(run->hostport), "[%s]:%u", run->cfg.host, run->cfg.port);
+    if (strchr(host, ':'))
+        snprintf(hostport, cap, "[%s]:%u", host, portno);
     else
-        snprintf(run->hostport, sizeof(run->hostport), "%s:%u", run->cfg.host, run->cfg.port);
+        snprintf(hostport, cap, "%s:%u", host, portno);
     return 0;
+}
+
+static int kb_resolve(struct kb_run *run)
+{
+    const struct kr_bench_cfg *cfg = &run->cfg;
+    if (kb_resolve_one(run, cfg->host, cfg->port, &run->addr, run->hostport,
+                       sizeof(run->hostport)) < 0)
+        return -1;
+    return kb_resolve_one(run, cfg->sub_host[0] ? cfg->sub_host : cfg->host,
+                          cfg->sub_port ? cfg->sub_port : cfg->port, &run->sub_addr,
+                          run->sub_hostport, sizeof(run->sub_hostport));
 }
 
 static int kb_raise_nofile(struct kb_run *run, uint64_t need)
@@ -1337,6 +1454,11 @@ int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res)
         run->topic_len[t] = (size_t)n;
     }
     kb_assign_topics(run);
+    /* interest probes: message scenarios with both sides only */
+    if (cfg->probe && run->nsubs && run->npubs &&
+        (cfg->scenario == KR_BENCH_SC_FANOUT || cfg->scenario == KR_BENCH_SC_BROADCAST ||
+         cfg->scenario == KR_BENCH_SC_LATENCY))
+        run->probe_seen = kb_calloc(run->nsubs, sizeof(*run->probe_seen));
 
     /* connections, spread round-robin over the workers */
     run->workers = kb_calloc(cfg->threads, sizeof(struct kb_worker));
@@ -1406,6 +1528,40 @@ int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res)
             snprintf(run->first_error, sizeof(run->first_error), "interrupted");
         kb_set_phase(run, KB_PH_STOP);
         goto out_join;
+    }
+
+    /* phase 0b: every subscriber's interest is in force where the publishers are */
+    if (run->probe_seen) {
+        uint64_t t_probe = kb_now();
+        uint64_t probe_deadline = t_probe + (uint64_t)(cfg->connect_timeout_s * 1e9);
+        last_report = t_probe;
+        kb_set_phase(run, KB_PH_PROBE);
+        while (atomic_load_explicit(&run->probed, memory_order_acquire) < run->nsubs) {
+            uint64_t now = kb_now();
+            if (atomic_load(&run->fatal) || kb_stop_requested || now >= probe_deadline)
+                break;
+            if (cfg->progress && now - last_report >= 1000000000u) {
+                last_report = now;
+                fprintf(stderr, "[probe] %u of %u subscribers' interest reached %s\n",
+                        atomic_load(&run->probed), run->nsubs, run->hostport);
+            }
+            kb_sleep_ms(2);
+        }
+        res->probe_s = (double)(kb_now() - t_probe) / 1e9;
+        unsigned got = atomic_load(&run->probed);
+        if (got < run->nsubs || atomic_load(&run->fatal) || kb_stop_requested) {
+            if (got < run->nsubs && !kb_stop_requested && !atomic_load(&run->fatal))
+                kb_note_error(run, 1,
+                              "the interest of only %u of %u subscribers (at %s) reached the "
+                              "publishers' server (%s) within %.0f s",
+                              got, run->nsubs, run->sub_hostport, run->hostport,
+                              cfg->connect_timeout_s);
+            res->fatal = 1;
+            if (kb_stop_requested && !run->first_error[0])
+                snprintf(run->first_error, sizeof(run->first_error), "interrupted");
+            kb_set_phase(run, KB_PH_STOP);
+            goto out_join;
+        }
     }
 
     /* phase 1: the timed run */
@@ -1489,6 +1645,8 @@ out_join:
     res->delivered = del;
     res->errors = err;
     res->ops = ops;
+    if (run->npubs)
+        res->probes = run->pubs[0].probes;
     for (unsigned i = 0; i < cfg->threads; i++)
         kr_bench_hist_merge(&res->lat, &run->workers[i].hist);
     if (ret == 0) {
@@ -1552,6 +1710,7 @@ out_free:
     free(run->topic_len);
     free(run->sub_topics);
     free(run->topic_subs);
+    free((void *)run->probe_seen);
     free(run->subs);
     free(run->pubs);
     free(run->churn);

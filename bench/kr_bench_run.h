@@ -33,6 +33,10 @@ struct kr_bench_cfg {
     enum kr_bench_scenario scenario;
     char host[256];
     unsigned port;
+    char sub_host[256];      /* subscribers connect here ("" = host) */
+    unsigned sub_port;       /* 0 = port */
+    int probe;               /* 1: probe subscriber interest before the timed phase (on by
+                              * default when subscribers and publishers use different servers) */
     unsigned threads;        /* worker threads, one libuv loop each */
     unsigned pipeline;       /* requests (Redis, Kraken) or unacknowledged commands (NATS) in flight */
     unsigned batch;          /* Kraken: publish entries per `set publish` request */
@@ -59,6 +63,8 @@ struct kr_bench_result {
     int unsupported;    /* retro: the server rejected `set register` */
     char error[512];    /* first fatal or connection error, "" when none */
     double connect_s;   /* connect + subscribe barrier */
+    double probe_s;     /* interest probes until every subscriber received one (0: none) */
+    uint64_t probes;    /* probe messages published */
     double run_s;       /* timed phase */
     double drain_s;     /* publishers stopped .. counts settled */
     int drain_timed_out;

@@ -7,10 +7,12 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <stdbool.h>
@@ -513,4 +515,421 @@ unsigned long long kr_it_stat(uint16_t port, const char *name)
     unsigned long long v = kr_it_stat_fd(fd, name);
     close(fd);
     return v;
+}
+
+/* ------------------------------------------------------------------ NATS clusters */
+
+/* nats-server: $NATS_SERVER_BIN, else the first one on PATH, else /usr/sbin/nats-server. */
+static const char *kr_it_nats_bin(void)
+{
+    static char path[512];
+    const char *env = getenv("NATS_SERVER_BIN");
+    if (env && env[0]) {
+        cr_assert_eq(access(env, X_OK), 0, "NATS_SERVER_BIN=%s is not an executable", env);
+        return env;
+    }
+    const char *p = getenv("PATH");
+    char dirs[4096];
+    snprintf(dirs, sizeof(dirs), "%s:/usr/sbin:/usr/local/sbin", p ? p : "/usr/bin:/bin");
+    char *save = NULL;
+    for (char *d = strtok_r(dirs, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+        snprintf(path, sizeof(path), "%s/nats-server", d);
+        if (access(path, X_OK) == 0)
+            return path;
+    }
+    cr_assert_fail("nats-server is not installed (Debian package nats-server; cmake/deps.sh "
+                   "installs it), or name it with NATS_SERVER_BIN");
+    return NULL;
+}
+
+/* A free loopback port not in used[0..n). */
+static uint16_t kr_it_free_port_not(const uint16_t *used, int n)
+{
+    for (int tries = 0; tries < 100; tries++) {
+        uint16_t p = kr_it_free_port();
+        int dup = 0;
+        for (int i = 0; i < n; i++)
+            dup |= used[i] == p;
+        if (!dup)
+            return p;
+    }
+    cr_assert_fail("no distinct free loopback port");
+    return 0;
+}
+
+static int kr_it_nats_log_has(const struct kr_it_nats *one, const char *needle)
+{
+    struct kr_it_server tmp;
+    snprintf(tmp.log_path, sizeof(tmp.log_path), "%s", one->log_path);
+    return kr_it_log_contains(&tmp, needle);
+}
+
+/* Fork and exec v[which] with routes to every other server of v[0..n). */
+static void kr_it_nats_spawn(struct kr_it_nats *v, int n, int which)
+{
+    const char *bin = kr_it_nats_bin();
+    struct kr_it_nats *one = &v[which];
+    char port[8], mport[8], cluster_url[64], routes[KR_IT_NATS_MAX * 40] = "";
+    snprintf(port, sizeof(port), "%u", one->port);
+    snprintf(mport, sizeof(mport), "%u", one->mport);
+    snprintf(cluster_url, sizeof(cluster_url), "nats://127.0.0.1:%u", one->cport);
+    size_t rl = 0;
+    for (int i = 0; i < n; i++) {
+        if (i == which)
+            continue;
+        rl += (size_t)snprintf(routes + rl, sizeof(routes) - rl, "%snats-route://127.0.0.1:%u",
+                               rl ? "," : "", v[i].cport);
+    }
+    const char *argv[24];
+    int argc = 0;
+    argv[argc++] = bin;
+    argv[argc++] = "-a";
+    argv[argc++] = "127.0.0.1";
+    argv[argc++] = "-p";
+    argv[argc++] = port;
+    argv[argc++] = "-m";
+    argv[argc++] = mport;
+    argv[argc++] = "-n";
+    argv[argc++] = one->name;
+    argv[argc++] = "-l";
+    argv[argc++] = one->log_path;
+    argv[argc++] = "--cluster";
+    argv[argc++] = cluster_url;
+    argv[argc++] = "--cluster_name";
+    argv[argc++] = one->cluster;
+    if (rl) {
+        argv[argc++] = "--routes";
+        argv[argc++] = routes;
+    }
+    argv[argc] = NULL;
+    /* a fresh log each start, so the readiness lines read below are this run's */
+    int lfd = open(one->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    cr_assert_geq(lfd, 0, "cannot create %s", one->log_path);
+    close(lfd);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int devnull = open("/dev/null", O_RDWR);
+        int errfd = open(one->log_path, O_WRONLY | O_APPEND);
+        if (devnull >= 0) {
+            dup2(devnull, 0);
+            dup2(devnull, 1);
+        }
+        if (errfd >= 0)
+            dup2(errfd, 2);
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    one->pid = pid;
+}
+
+/* Wait (bounded) until the server listens for clients and routes: 0; -EADDRINUSE when it
+ * exited over a port taken meanwhile; other exits fail the test. */
+static int kr_it_nats_wait_up(struct kr_it_nats *one)
+{
+    for (int i = 0; i < KR_IT_TIMEOUT_S * 100; i++) {
+        if (kr_it_nats_log_has(one, "Server is ready") &&
+            kr_it_nats_log_has(one, "Listening for route connections"))
+            return 0;
+        int st;
+        if (waitpid(one->pid, &st, WNOHANG) == one->pid) {
+            one->pid = 0;
+            if (kr_it_nats_log_has(one, "address already in use"))
+                return -EADDRINUSE;
+            cr_assert_fail("nats-server %s exited at start (status %d); its log: %s", one->name, st,
+                           one->log_path);
+        }
+        kr_it_sleep_ms(10);
+    }
+    kr_it_nats_kill(one);
+    cr_assert_fail("nats-server %s did not come up; its log: %s", one->name, one->log_path);
+    return -ETIMEDOUT;
+}
+
+void kr_it_nats_cluster_start(struct kr_it_nats *v, int n)
+{
+    static unsigned clusters;
+    cr_assert(n >= 1 && n <= KR_IT_NATS_MAX, "1..%d NATS servers, not %d", KR_IT_NATS_MAX, n);
+    kr_it_nats_bin(); /* fails the test at once when it is missing */
+    char cname[48];
+    snprintf(cname, sizeof(cname), "kr-it-%d-%u", (int)getpid(), clusters++);
+    for (int attempt = 0; attempt < 5; attempt++) {
+        uint16_t used[3 * KR_IT_NATS_MAX];
+        int nused = 0;
+        memset(v, 0, sizeof(*v) * (size_t)n);
+        for (int i = 0; i < n; i++) {
+            struct kr_it_nats *one = &v[i];
+            one->index = i;
+            one->n = n;
+            snprintf(one->name, sizeof(one->name), "kr-it-nats-%d", i + 1);
+            snprintf(one->cluster, sizeof(one->cluster), "%s", cname);
+            snprintf(one->log_path, sizeof(one->log_path), "/tmp/kraken-it-nats-XXXXXX");
+            int lfd = mkstemp(one->log_path);
+            cr_assert_geq(lfd, 0);
+            close(lfd);
+            one->port = kr_it_free_port_not(used, nused);
+            used[nused++] = one->port;
+            one->cport = kr_it_free_port_not(used, nused);
+            used[nused++] = one->cport;
+            one->mport = kr_it_free_port_not(used, nused);
+            used[nused++] = one->mport;
+        }
+        int lost_race = 0;
+        for (int i = 0; i < n && !lost_race; i++) {
+            kr_it_nats_spawn(v, n, i);
+            lost_race = kr_it_nats_wait_up(&v[i]) == -EADDRINUSE;
+        }
+        if (lost_race) {
+            kr_it_nats_cluster_stop(v, n); /* and again on other ports */
+            continue;
+        }
+        cr_assert(kr_it_nats_wait_routes(v, n, n - 1),
+                  "the %d NATS servers did not form a full mesh (logs: %s ...)", n, v[0].log_path);
+        return;
+    }
+    cr_assert_fail("could not start %d NATS servers on free ports", n);
+}
+
+void kr_it_nats_stop(struct kr_it_nats *one)
+{
+    if (one->pid <= 0)
+        return;
+    kill(one->pid, SIGTERM);
+    int st;
+    for (int i = 0; i < KR_IT_TIMEOUT_S * 100; i++) {
+        if (waitpid(one->pid, &st, WNOHANG) == one->pid) {
+            one->pid = 0;
+            return;
+        }
+        kr_it_sleep_ms(10);
+    }
+    kr_it_nats_kill(one);
+}
+
+void kr_it_nats_kill(struct kr_it_nats *one)
+{
+    if (one->pid <= 0)
+        return;
+    kill(one->pid, SIGKILL);
+    int st;
+    waitpid(one->pid, &st, 0);
+    one->pid = 0;
+}
+
+void kr_it_nats_cluster_stop(struct kr_it_nats *v, int n)
+{
+    for (int i = 0; i < n; i++) {
+        kr_it_nats_stop(&v[i]);
+        if (v[i].log_path[0])
+            unlink(v[i].log_path);
+    }
+}
+
+void kr_it_nats_restart(struct kr_it_nats *v, int n, int which)
+{
+    cr_assert(which >= 0 && which < n);
+    cr_assert_eq(v[which].pid, 0, "%s is still running", v[which].name);
+    int rc = -EADDRINUSE;
+    /* the same ports: another process may hold one for a moment (bounded retries) */
+    for (int attempt = 0; attempt < 50 && rc == -EADDRINUSE; attempt++) {
+        if (attempt)
+            kr_it_sleep_ms(100);
+        kr_it_nats_spawn(v, n, which);
+        rc = kr_it_nats_wait_up(&v[which]);
+    }
+    cr_assert_eq(rc, 0, "%s could not listen on its ports again", v[which].name);
+    cr_assert(kr_it_nats_wait_routes(v, n, n - 1), "%s did not rejoin the mesh (log %s)",
+              v[which].name, v[which].log_path);
+}
+
+void kr_it_nats_url(const struct kr_it_nats *one, char *buf, size_t len)
+{
+    snprintf(buf, len, "nats://127.0.0.1:%u", one->port);
+}
+
+void kr_it_nats_urls(const struct kr_it_nats *v, int n, char *buf, size_t len)
+{
+    size_t off = 0;
+    buf[0] = 0;
+    for (int i = 0; i < n && off < len; i++)
+        off += (size_t)snprintf(buf + off, len - off, "%snats://127.0.0.1:%u", i ? "," : "",
+                                v[i].port);
+    cr_assert_lt(off, len, "URL buffer too small");
+}
+
+int kr_it_nats_routes(const struct kr_it_nats *one)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(one->mport)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct timeval tv = {2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        close(fd);
+        return -1;
+    }
+    static const char req[] = "GET /routez HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (send(fd, req, sizeof(req) - 1, MSG_NOSIGNAL) != (ssize_t)sizeof(req) - 1) {
+        close(fd);
+        return -1;
+    }
+    /* HTTP/1.0: the server closes after the reply */
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    ssize_t r;
+    while (len + 1 < cap && (r = recv(fd, buf + len, cap - 1 - len, 0)) > 0)
+        len += (size_t)r;
+    buf[len] = 0;
+    close(fd);
+    int routes = -1;
+    const char *p = strstr(buf, "\"num_routes\"");
+    if (strncmp(buf, "HTTP/1.", 7) == 0 && strstr(buf, " 200 ") && p) {
+        p += strlen("\"num_routes\"");
+        while (*p == ' ' || *p == ':')
+            p++;
+        if (*p >= '0' && *p <= '9')
+            routes = atoi(p);
+    }
+    free(buf);
+    return routes;
+}
+
+int kr_it_nats_wait_routes(const struct kr_it_nats *v, int n, int want)
+{
+    for (int i = 0; i < KR_IT_TIMEOUT_S * 3 * 20; i++) {
+        int all = 1;
+        for (int j = 0; j < n && all; j++)
+            if (v[j].pid > 0 && kr_it_nats_routes(&v[j]) != want)
+                all = 0;
+        if (all)
+            return 1;
+        kr_it_sleep_ms(50);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ raw NATS client */
+
+/* One control line without its "\r\n" into buf (asserts on EOF, timeout or overlong). */
+static size_t kr_it_natsc_line(int fd, char *buf, size_t cap)
+{
+    size_t len = kr_it_read_until(fd, buf, cap, "\r\n");
+    cr_assert(len >= 2 && buf[len - 2] == '\r' && buf[len - 1] == '\n',
+              "NATS: no complete line from the server (got \"%s\")", buf);
+    len -= 2;
+    buf[len] = 0;
+    return len;
+}
+
+/* Handle the lines a client may see at any time: 1 when `line` was one of them. */
+static int kr_it_natsc_common(int fd, const char *line)
+{
+    if (strcasecmp(line, "PING") == 0) {
+        kr_it_sends(fd, "PONG\r\n");
+        return 1;
+    }
+    if (strcasecmp(line, "+OK") == 0)
+        return 1;
+    cr_assert(strncasecmp(line, "-ERR", 4) != 0, "NATS server said: %s", line);
+    return 0;
+}
+
+int kr_it_natsc_connect(uint16_t port)
+{
+    int fd = kr_it_connect(port);
+    char line[8192];
+    kr_it_natsc_line(fd, line, sizeof(line));
+    cr_assert(strncasecmp(line, "INFO ", 5) == 0, "NATS: expected INFO, got \"%s\"", line);
+    kr_it_sends(fd, "CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"kraken-it\"}\r\n");
+    kr_it_natsc_flush(fd);
+    return fd;
+}
+
+void kr_it_natsc_flush(int fd)
+{
+    kr_it_sends(fd, "PING\r\n");
+    char line[8192];
+    for (int i = 0; i < 100; i++) {
+        kr_it_natsc_line(fd, line, sizeof(line));
+        if (strcasecmp(line, "PONG") == 0)
+            return;
+        if (kr_it_natsc_common(fd, line))
+            continue;
+        cr_assert_fail("NATS: expected PONG, got \"%s\"", line);
+    }
+    cr_assert_fail("NATS: no PONG");
+}
+
+void kr_it_natsc_sub(int fd, const char *subject, unsigned sid)
+{
+    char line[512];
+    snprintf(line, sizeof(line), "SUB %s %u\r\n", subject, sid);
+    kr_it_sends(fd, line);
+    kr_it_natsc_flush(fd);
+}
+
+void kr_it_natsc_unsub(int fd, unsigned sid)
+{
+    char line[64];
+    snprintf(line, sizeof(line), "UNSUB %u\r\n", sid);
+    kr_it_sends(fd, line);
+}
+
+void kr_it_natsc_pub(int fd, const char *subject, const void *payload, size_t len)
+{
+    char line[512];
+    snprintf(line, sizeof(line), "PUB %s %zu\r\n", subject, len);
+    kr_it_sends(fd, line);
+    kr_it_send(fd, payload, len);
+    kr_it_sends(fd, "\r\n");
+}
+
+int kr_it_natsc_next(int fd, int timeout_ms, struct kr_it_natsc_msg *m)
+{
+    char line[8192];
+    for (int i = 0; i < 100; i++) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int pr = poll(&pfd, 1, timeout_ms);
+        cr_assert_geq(pr, 0, "poll: %s", strerror(errno));
+        if (pr == 0)
+            return 0;
+        kr_it_natsc_line(fd, line, sizeof(line));
+        if (kr_it_natsc_common(fd, line))
+            continue;
+        cr_assert(strncasecmp(line, "MSG", 3) == 0 && (line[3] == ' ' || line[3] == '\t'),
+                  "NATS: expected MSG, got \"%s\"", line);
+        char *tok[5];
+        int nt = 0;
+        char *save = NULL;
+        for (char *t = strtok_r(line + 4, " \t", &save); t && nt < 5; t = strtok_r(NULL, " \t", &save))
+            tok[nt++] = t;
+        cr_assert(nt == 3 || nt == 4, "NATS: bad MSG line");
+        cr_assert_lt(strlen(tok[0]), sizeof(m->subject));
+        snprintf(m->subject, sizeof(m->subject), "%s", tok[0]);
+        m->sid = (unsigned)strtoul(tok[1], NULL, 10);
+        m->reply[0] = 0;
+        if (nt == 4) {
+            cr_assert_lt(strlen(tok[2]), sizeof(m->reply));
+            snprintf(m->reply, sizeof(m->reply), "%s", tok[2]);
+        }
+        m->len = strtoul(tok[nt - 1], NULL, 10);
+        cr_assert_lt(m->len + 2, sizeof(m->payload), "NATS: a %zu-byte payload is too long here",
+                     m->len);
+        size_t got = 0;
+        while (got < m->len + 2) {
+            ssize_t n = recv(fd, m->payload + got, m->len + 2 - got, 0);
+            cr_assert_gt(n, 0, "NATS: MSG payload cut short");
+            got += (size_t)n;
+        }
+        cr_assert(m->payload[m->len] == '\r' && m->payload[m->len + 1] == '\n',
+                  "NATS: MSG payload not followed by CRLF");
+        m->payload[m->len] = 0;
+        return 1;
+    }
+    cr_assert_fail("NATS: only control lines for a long time");
+    return 0;
 }

@@ -75,4 +75,73 @@ int kr_it_connect_unix(const char *path);
  * "ERROR ..."), into buf (NUL-terminated). Returns the reply length. */
 size_t kr_it_admin(int fd, const char *cmd, char *buf, size_t cap);
 
+/* ------------------------------------------------------------------------------------------
+ * NATS clusters for the cluster-link tests: real `nats-server` processes (from PATH, else
+ * /usr/sbin/nats-server; NATS_SERVER_BIN names another) on 127.0.0.1, each with its own
+ * client, route and monitoring port and its own log file under /tmp, every server routed to
+ * every other (`--routes`, one `--cluster_name`). Ports are picked free (bind to port 0 and
+ * release); when a server loses the race for one and exits, the whole cluster is started
+ * again on new ports (bounded). These helpers are for the test's own thread (Criterion
+ * runs each test in one thread); they assert on failure, and every wait is bounded. */
+#define KR_IT_NATS_MAX 8
+
+struct kr_it_nats {
+    pid_t pid;        /* 0 while stopped */
+    uint16_t port;    /* client port */
+    uint16_t cport;   /* route (cluster) port */
+    uint16_t mport;   /* HTTP monitoring port (/routez, /varz) */
+    int index, n;     /* position in the cluster and its size (for restarts) */
+    char log_path[128];
+    char name[32];    /* server name: kr-it-nats-<index> */
+    char cluster[48]; /* cluster name shared by the servers of one cluster */
+};
+
+/* Start n (1..KR_IT_NATS_MAX) servers as one cluster into v[0..n) and wait until the full
+ * mesh is up (num_routes == n - 1 on every server). Fails the test, saying so, when
+ * nats-server is not installed. */
+void kr_it_nats_cluster_start(struct kr_it_nats *v, int n);
+/* Stop every running server of the cluster (as kr_it_nats_stop) and remove the logs. */
+void kr_it_nats_cluster_stop(struct kr_it_nats *v, int n);
+/* SIGTERM one server, wait for it to exit (bounded), SIGKILL when it does not. */
+void kr_it_nats_stop(struct kr_it_nats *one);
+/* SIGKILL one server and reap it. */
+void kr_it_nats_kill(struct kr_it_nats *one);
+/* Start v[which] again (it must be stopped or killed) on the same three ports and routes,
+ * then wait until the full mesh of the n servers is up again. */
+void kr_it_nats_restart(struct kr_it_nats *v, int n, int which);
+/* The server's client URL, "nats://127.0.0.1:<port>". */
+void kr_it_nats_url(const struct kr_it_nats *one, char *buf, size_t len);
+/* Comma-separated client URLs of all n servers (the form --cluster_nats_url takes). */
+void kr_it_nats_urls(const struct kr_it_nats *v, int n, char *buf, size_t len);
+/* num_routes from the server's /routez (a plain HTTP GET), or -1 when it does not answer. */
+int kr_it_nats_routes(const struct kr_it_nats *one);
+/* Wait (bounded) until each running server of v[0..n) has `want` routes: 1 if it happened. */
+int kr_it_nats_wait_routes(const struct kr_it_nats *v, int n, int want);
+
+/* A tiny raw NATS client (text protocol, no library): connect to 127.0.0.1:port, read INFO,
+ * send CONNECT {"verbose":false,"pedantic":false} and a PING, wait for its PONG; returns
+ * the socket (asserts). Reads time out after a few seconds. */
+int kr_it_natsc_connect(uint16_t port);
+/* SUB <subject> <sid>, then a PING/PONG round trip so the server has taken it (interest
+ * reaches the other servers of a cluster later, asynchronously). */
+void kr_it_natsc_sub(int fd, const char *subject, unsigned sid);
+void kr_it_natsc_unsub(int fd, unsigned sid);
+/* PUB <subject> <len> and the payload (not flushed: see kr_it_natsc_flush). */
+void kr_it_natsc_pub(int fd, const char *subject, const void *payload, size_t len);
+/* PING and wait for its PONG: the server has processed everything sent before. Asserts
+ * that no MSG arrives in between (use it on connections without pending deliveries). */
+void kr_it_natsc_flush(int fd);
+
+struct kr_it_natsc_msg {
+    char subject[256];
+    unsigned sid;
+    char reply[256]; /* "" when none */
+    size_t len;
+    char payload[4096]; /* NUL-terminated; a longer payload fails the test */
+};
+
+/* Wait up to timeout_ms for the next MSG (a server PING on the way is answered with PONG;
+ * +OK is skipped; -ERR fails the test). 1 with *m filled, 0 when nothing came in time. */
+int kr_it_natsc_next(int fd, int timeout_ms, struct kr_it_natsc_msg *m);
+
 #endif

@@ -444,3 +444,31 @@ Test(bench_buf, growth_and_consume)
     cr_assert_eq(kr_bench_digits(UINT64_MAX), 20);
     kr_bench_buf_free(&b);
 }
+
+Test(bench_probe, names_round_trip_and_never_match_topics)
+{
+    char name[64];
+    cr_assert_eq(kr_bench_probe_name(name, sizeof(name), "kb.", 0), 10);
+    cr_assert_str_eq(name, "kb.probe.0");
+    cr_assert_eq(kr_bench_probe_name(name, sizeof(name), "kb.", 123456), 15);
+    cr_assert_str_eq(name, "kb.probe.123456");
+    uint32_t sub = 7;
+    cr_assert_eq(kr_bench_probe_parse(name, strlen(name), "kb.", &sub), 1);
+    cr_assert_eq(sub, 123456);
+    cr_assert_eq(kr_bench_probe_name(name, sizeof(name), "", UINT32_MAX), 16);
+    cr_assert_eq(kr_bench_probe_parse(name, strlen(name), "", &sub), 1);
+    cr_assert_eq(sub, UINT32_MAX);
+    /* cut to the buffer, the full length returned */
+    char small[6];
+    cr_assert_eq(kr_bench_probe_name(small, sizeof(small), "kb.", 42), 11);
+    cr_assert_str_eq(small, "kb.pr");
+    /* topics, other prefixes and malformed numbers are not probes */
+    const char *no[] = {"kb.0", "kb.17", "kb.probe.", "kb.probe", "xx.probe.1", "kb.probe.1x",
+                        "kb.probe.01", "kb.probe.4294967296", "kb.probe.-1", "kb.probe.99999999999",
+                        "kb.probe 1"};
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+        cr_assert_eq(kr_bench_probe_parse(no[i], strlen(no[i]), "kb.", &sub), 0, "%s", no[i]);
+    /* only the given length counts */
+    cr_assert_eq(kr_bench_probe_parse("kb.probe.12 kb.3", 11, "kb.", &sub), 1);
+    cr_assert_eq(sub, 12);
+}

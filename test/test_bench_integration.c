@@ -331,3 +331,79 @@ Test(bench_it, bad_options_exit_2)
         cr_assert_gt(strlen(err), 0, "case %zu: no message", i);
     }
 }
+
+/* Across servers: subscribers on one NATS server, publishers on another routed to it. The
+ * probes make sure every subscriber's interest reached the publishers' server before the
+ * clock starts, so nothing published in the timed phase is lost to interest still on its
+ * way (the accounting must come out clean). */
+static struct kr_it_nats tb_nats[2];
+
+static void tb_nats_stop(void)
+{
+    kr_it_nats_cluster_stop(tb_nats, 2);
+}
+
+Test(bench_cross, nats_fanout_across_two_routed_servers, .fini = tb_nats_stop, .timeout = 300)
+{
+    kr_it_nats_cluster_start(tb_nats, 2);
+    char pport[16], sport[16];
+    snprintf(pport, sizeof(pport), "%u", tb_nats[0].port);
+    snprintf(sport, sizeof(sport), "%u", tb_nats[1].port);
+    const char *a[] = {"--proto", "nats", "--port", pport, "--sub-port", sport, "--scenario",
+                       "fanout", "--subs", "20", "--pubs", "2", "--topics", "100",
+                       "--topics-per-sub", "10", "--rate", "5000", "--duration", "1", NULL};
+    int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+    cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
+    tb_assert_clean(out);
+    cr_assert_eq(tb_num(out, "sub_port"), tb_nats[1].port, "%s", out);
+    cr_assert_eq(tb_num(out, "port"), tb_nats[0].port, "%s", out);
+    cr_assert(strstr(out, "\"probe\":true"), "probes are on by default across servers: %s", out);
+    cr_assert_geq(tb_num(out, "probes"), 20, "one probe per subscriber at least: %s", out);
+    /* the subscribers really were on the other server: kraken-bench names both ends */
+    const char *b[] = {"--proto", "nats", "--port", pport, "--sub-port", sport, "--scenario",
+                       "broadcast", "--subs", "5", "--rate", "2000", "--duration", "0.5", NULL};
+    rc = tb_bench(b, out, sizeof(out), err, sizeof(err));
+    cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
+    tb_assert_clean(out);
+    cr_assert_geq(tb_num(out, "probes"), 5, "%s", out);
+}
+
+/* A subscriber server nobody listens on: a clear connection error, exit 3. */
+Test(bench_cross, sub_port_refused_is_a_clear_error, .init = tb_start_default, .fini = tb_stop)
+{
+    char pport[16], sport[16];
+    snprintf(pport, sizeof(pport), "%u", srv.port);
+    snprintf(sport, sizeof(sport), "%u", kr_it_free_port());
+    const char *a[] = {"--port", pport, "--sub-port", sport, "--subs", "2", "--pubs", "1",
+                       "--duration", "1", NULL};
+    int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+    cr_assert_eq(rc, 3, "exit %d\n%s\n%s", rc, out, err);
+    char want[64];
+    snprintf(want, sizeof(want), ": cannot connect to 127.0.0.1:%s", sport);
+    cr_assert(strstr(err, "subscriber ") && strstr(err, want), "stderr: %s", err);
+}
+
+/* The probe path of each protocol against one Kraken server (forced with --probe; Kraken's
+ * subscribers poll for their probe, RESP ones get it pushed): clean accounting, the probes
+ * neither delivered nor counted as publishes. */
+Test(bench_cross, probes_over_kraken_and_resp, .init = tb_start_default, .fini = tb_stop)
+{
+    const char *protos[] = {"kraken", "redis"};
+    for (int i = 0; i < 2; i++) {
+        const char *a[] = {"--proto", protos[i], "--probe", "--scenario", "fanout", "--subs", "6",
+                           "--pubs", "2", "--topics", "30", "--topics-per-sub", "3", "--batch",
+                           i == 0 ? "4" : "1", "--duration", "0.5", NULL};
+        int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+        cr_assert_eq(rc, 0, "%s: exit %d\n%s\n%s", protos[i], rc, out, err);
+        tb_assert_clean(out);
+        cr_assert(strstr(out, "\"probe\":true"), "%s", out);
+        cr_assert_geq(tb_num(out, "probes"), 6, "%s: %s", protos[i], out);
+    }
+    /* and off by default on one server */
+    const char *b[] = {"--scenario", "fanout", "--subs", "2", "--pubs", "1", "--duration", "0.3",
+                       NULL};
+    int rc = tb_bench(b, out, sizeof(out), err, sizeof(err));
+    cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
+    cr_assert(strstr(out, "\"probe\":false"), "%s", out);
+    cr_assert_eq(tb_num(out, "probes"), 0, "%s", out);
+}
