@@ -341,19 +341,36 @@ Test(cluster, no_server_at_start)
     cr_assert_not_null(strstr(out, "cannot reach any NATS server"), "%s", out);
     cr_assert_not_null(strstr(out, "cluster_start_degraded"), "%s", out);
 
+    /* a NATS server that is down when the node starts, and comes up later */
+    struct kr_it_nats nats[1];
+    kr_it_nats_cluster_start(nats, 1);
+    kr_it_nats_stop(&nats[0]);
+    kr_it_nats_url(&nats[0], url, sizeof(url));
     struct kr_it_server srv;
     const char *extra[] = {"--cluster_nats_url", url, "--cluster_start_degraded", "1", NULL};
     kr_it_start(&srv, extra);
     cr_assert_eq(kr_it_stat(srv.port, "cluster_connected"), 0);
     int a = kr_it_connect(srv.port), b = kr_it_connect(srv.port);
-    kr_it_subscribe(b, "local");
+    kr_it_subscribe(b, "local"); /* answered while unlinked */
     publish(a, "local", "p0-0"); /* local delivery works while unlinked */
     char buf[4096];
     size_t len = 0;
     cr_assert_eq(kr_it_collect(b, 1, buf, sizeof(buf), &len), 1);
+    kr_it_nats_restart(nats, 1, 0);
+    unsigned long long linked = 0;
+    for (int k = 0; k < 500 && !linked; k++) {
+        kr_it_sleep_ms(20);
+        linked = kr_it_stat(srv.port, "cluster_connected");
+    }
+    cr_assert_eq(linked, 1, "linked once the server answers");
+    /* b may have missed what other nodes published while unlinked: it is told */
+    kr_it_sends(b, "get messages\r\n");
+    kr_it_read_until(b, buf, sizeof(buf), "\r\n");
+    cr_assert_not_null(strstr(buf, "SERVER_ERROR"), "%s", buf);
     close(a);
     close(b);
     kr_it_stop(&srv);
+    kr_it_nats_cluster_stop(nats, 1);
 }
 
 /* ------------------------------------------------------------------------- faults */
@@ -518,6 +535,9 @@ Test(cluster, reconnect_buffer_overflow_is_announced_and_subscribers_told)
     int sub = kr_it_connect(c.node[1].port), pub = kr_it_connect(c.node[0].port);
     kr_it_subscribe(sub, "burst");
     publish(pub, "burst", "p0-0");
+    static char buf[1 << 16];
+    size_t len = 0;
+    cr_assert_eq(kr_it_collect(sub, 1, buf, sizeof(buf), &len), 1); /* p0-0 */
     kr_it_nats_stop(&c.nats[0]);
     unsigned long long conn = 1;
     for (int k = 0; k < 300 && conn; k++) {
@@ -532,11 +552,7 @@ Test(cluster, reconnect_buffer_overflow_is_announced_and_subscribers_told)
         publish(pub, "burst", payload);
     cr_assert_gt(kr_it_stat(c.node[0].port, "cluster_lost_forwards"), 0);
     kr_it_nats_restart(c.nats, 2, 0);
-    struct faultcheck f = {0};
-    static char buf[1 << 16];
-    size_t len = 0;
-    cr_assert_eq(kr_it_collect(sub, 1, buf, sizeof(buf), &len), 1); /* p0-0 */
-    f.next = 1;
+    struct faultcheck f = {.next = 1};
     for (int k = 0; k < 500 && !f.told; k++) {
         kr_it_sends(sub, "get messages\r\n");
         size_t n = kr_it_read_until(sub, buf, sizeof(buf), "END\r\n");

@@ -819,7 +819,11 @@ static void kr_cl_barrier(struct kr_cluster *cl, const struct kr_event *ev)
         if (e->since_us == 0 && e->probe > wait)
             wait = e->probe;
     }
-    if (wait == 0) {
+    /* Unlinked (a degraded start, a reconnect): the local subscription is in force and the
+     * cluster's will be once linked; answered now rather than held for an unknown time.
+     * Linking up resyncs every subscriber of a held topic (kr_cl_items), so what it may miss
+     * meanwhile is never lost silently. A retroactive horizon is not covered (NOT_FOUND). */
+    if (wait == 0 || !cl->connected) {
         kr_cl_answer(cl, (struct kr_event *)ev);
         return;
     }
@@ -906,11 +910,12 @@ static void kr_cl_items(struct kr_cluster *cl, uint64_t now)
             ck_pr_store_64(&cl->st.connected, 1);
             char url[128] = "";
             natsConnection_GetConnectedUrl(cl->nc, url, sizeof(url));
-            if (re) {
-                KR_CL_INC(cl, reconnects, 1);
-                KR_WARN("cluster: reconnected to %s; local subscribers of the %zu topics held "
-                        "may have missed messages and are told to resync",
-                        url, cl->ntopics);
+            if (re || cl->ntopics) { /* linked after a time unlinked: resync */
+                if (re)
+                    KR_CL_INC(cl, reconnects, 1);
+                KR_WARN("cluster: %s %s; local subscribers of the %zu topics held may have "
+                        "missed messages and are told to resync",
+                        re ? "reconnected to" : "linked up with", url, cl->ntopics);
                 /* coverage restarts now: older retroactive horizons answer NOT_FOUND */
                 uint64_t now_us = kr_msg_clock_us();
                 for (size_t i = 0; i < cl->nbuckets; i++)
