@@ -1225,21 +1225,30 @@ void kr_cluster_stop(struct kr_cluster *cl)
         uv_thread_join(&cl->thread);
         cl->started = false;
     }
+    /* Drain: libnats unsubscribes, hands what its delivery thread still holds to the
+     * callbacks (which drop it now), then closes; a plain close would leave those messages
+     * in the delivery pool's queue. Bounded; then closed in any case. */
+    if (cl->nc && natsConnection_Status(cl->nc) == NATS_CONN_STATUS_CONNECTED &&
+        natsConnection_DrainTimeout(cl->nc, 3000) == NATS_OK) {
+        for (int i = 0; i < 400 && natsConnection_Status(cl->nc) != NATS_CONN_STATUS_CLOSED; i++) {
+            struct timespec ts = {0, 10000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (cl->nc)
+        natsConnection_Close(cl->nc);
     for (int i = 0; i < 4; i++)
         if (cl->ctl_subs[i]) {
-            natsSubscription_Unsubscribe(cl->ctl_subs[i]);
             natsSubscription_Destroy(cl->ctl_subs[i]);
             cl->ctl_subs[i] = NULL;
         }
     for (size_t i = 0; i < cl->nbuckets; i++)
         for (struct kr_cl_topic *e = cl->buckets[i]; e; e = e->next)
             if (e->sub) {
-                natsSubscription_Unsubscribe(e->sub);
                 natsSubscription_Destroy(e->sub);
                 e->sub = NULL;
             }
     if (cl->nc) {
-        natsConnection_Close(cl->nc);
         natsConnection_Destroy(cl->nc);
         cl->nc = NULL;
     }
