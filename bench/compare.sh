@@ -436,8 +436,8 @@ run_cross() {
 run_cluster_rows() {
     local sc
     for sc in $cluster_scenarios; do
-        run_cross "kraken pub@node1 sub@node2" kraken "$sc"
-        run_cross "nats pub@srv1 sub@srv2" nats "$sc"
+        run_cross "kraken pub node1 sub node2" kraken "$sc"
+        run_cross "nats pub srv1 sub srv2" nats "$sc"
     done
 }
 
