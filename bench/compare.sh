@@ -38,6 +38,9 @@ Options:
                       server 2. Every row starts its servers fresh. A Kraken node that
                       refuses the cluster options makes its row say so; the others go on
   --cluster-only      the cross-node rows alone
+  --cluster-scenarios LIST
+                      scenarios of the cross-node rows (default: fanout broadcast; any of
+                      fanout broadcast latency)
   --raw FILE          append every run's JSON line to FILE (kraken-bench --json, with a
                       "label" field added first: the row's name in the table)
   --charts DIR        write one PNG chart per scenario into DIR with bench/chart.sh
@@ -70,6 +73,7 @@ kraken_batch=16
 kraken_poll_wait=20
 scaling=0
 cluster=0
+cluster_scenarios="fanout broadcast"
 raw=""
 charts=""
 no_charts=0
@@ -88,6 +92,7 @@ while [ $# -gt 0 ]; do
     --scaling) scaling=1; shift ;;
     --cluster) cluster=1; shift ;;
     --cluster-only) cluster=2; shift ;;
+    --cluster-scenarios) cluster_scenarios=$2; shift 2 ;;
     --raw) raw=$2; shift 2 ;;
     --charts) charts=$2; shift 2 ;;
     --no-charts) no_charts=1; shift ;;
@@ -419,13 +424,20 @@ run_cross() {
         --json --quiet ${extra[@]+"${extra[@]}"}) || rc=$?
     stop_cluster
     add_row "$label" "$sc" "$json" "$rc"
+    # NATS core drops what a slow consumer (a subscriber or a route) cannot take: say so
+    local f
+    for f in "$tmp/nats1.log" "$tmp/nats2.log"; do
+        if grep -q "Slow Consumer" "$f"; then
+            rows[${#rows[@]}-1]+=" [$(basename "$f" .log): $(grep -c "Slow Consumer" "$f") slow consumer events$(grep -q "Slow Consumer.*rid:" "$f" && echo ", a route among them")]"
+        fi
+    done
 }
 
 run_cluster_rows() {
     local sc
-    for sc in fanout broadcast; do
-        run_cross "kraken pub@node1 sub@node2" kraken "$sc"
-        run_cross "nats pub@srv1 sub@srv2" nats "$sc"
+    for sc in $cluster_scenarios; do
+        run_cross "kraken pub node1 sub node2" kraken "$sc"
+        run_cross "nats pub srv1 sub srv2" nats "$sc"
     done
 }
 
