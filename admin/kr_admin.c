@@ -224,10 +224,11 @@ static void kr_admin_cmd_status(struct kr_admin_conn *c)
     struct kr_admin_out o = {0};
     kr_admin_outf(&o,
                   "STATUS %s pid=%d version=%s listen=%s:%u clients=%" PRIu64 " uptime=%" PRIu64
-                  " admin_socket=%s health_port=%u\nEND\n",
+                  " admin_socket=%s health_port=%u resp_port=%u\nEND\n",
                   a->draining ? "draining" : "running", (int)getpid(), KR_VERSION,
                   a->cfg->listen_ip, kr_server_port(a->srv), kr_server_clients(a->srv),
-                  kr_server_uptime(a->srv), a->path, a->cfg->health_port);
+                  kr_server_uptime(a->srv), a->path, a->cfg->health_port,
+                  kr_server_resp_port(a->srv));
     kr_admin_out_send(c, &o);
 }
 

@@ -833,8 +833,8 @@ static void kr_rs_info(struct kr_conn *c, struct kr_rs_state *s, const struct kr
     if (want[0])
         n += (size_t)snprintf(buf + n, sizeof(buf) - n,
                               "# Server\r\nredis_version:7.0.0\r\nkraken_version:%s\r\nredis_mode:standalone\r\n"
-                              "process_id:%d\r\ntcp_port:%u\r\nuptime_in_seconds:%llu\r\n\r\n",
-                              KR_VERSION, srv->pid, srv->port,
+                              "process_id:%d\r\ntcp_port:%u\r\nkraken_resp_port:%u\r\nuptime_in_seconds:%llu\r\n\r\n",
+                              KR_VERSION, srv->pid, srv->port, srv->resp_port,
                               (unsigned long long)(time(NULL) - srv->started));
     if (want[1] && n < sizeof(buf))
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "# Clients\r\nconnected_clients:%u\r\n\r\n",
