@@ -321,7 +321,8 @@ void kr_conn_process(struct kr_conn *c);
 void kr_nt_args(struct kr_nt *nt, uint32_t n);
 /* Subscribe (KR_EV_SUBSCRIBE), unsubscribe or retroactively subscribe (KR_EV_RETRO_SUBSCRIBE,
  * `horizon_us`) the n validated topics; the first subscribe after kr_cmd_register is
- * retroactive. Its reply (fe->reply, DONE or NOT_FOUND) comes in request order once every
+ * retroactive. The one subscription path of every frontend (the frontend keeps only its own
+ * reply formatting and, for RESP, its channel set). Its reply (fe->reply, DONE or NOT_FOUND) comes in request order once every
  * shard acknowledged, unless noreply. */
 void kr_cmd_subscribe(struct kr_conn *c, uint16_t type, uint64_t horizon_us, uint32_t n,
                       const char *const *topics, const uint32_t *lens, bool noreply);
