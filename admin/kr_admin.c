@@ -231,10 +231,11 @@ static void kr_admin_cmd_status(struct kr_admin_conn *c)
                  cs.peers);
     kr_admin_outf(&o,
                   "STATUS %s pid=%d version=%s listen=%s:%u clients=%" PRIu64 " uptime=%" PRIu64
-                  " admin_socket=%s health_port=%u cluster=%s\nEND\n",
+                  " admin_socket=%s health_port=%u resp_port=%u cluster=%s\nEND\n",
                   a->draining ? "draining" : "running", (int)getpid(), KR_VERSION,
                   a->cfg->listen_ip, kr_server_port(a->srv), kr_server_clients(a->srv),
-                  kr_server_uptime(a->srv), a->path, a->cfg->health_port, cluster);
+                  kr_server_uptime(a->srv), a->path, a->cfg->health_port,
+                  kr_server_resp_port(a->srv), cluster);
     kr_admin_out_send(c, &o);
 }
 

@@ -462,12 +462,14 @@ static void kr_http_api_server(struct kr_http *h, struct kr_sb *b)
     kr_sb_printf(b,
                  "{\"version\":\"%s\",\"uptime_seconds\":%" PRIu64 ",\"time_ms\":%" PRIu64
                  ",\"state\":\"%s\",\"draining\":%s,\"clients\":%" PRIu64
-                 ",\"net_threads\":%u,\"router_shards\":%u,\"figures\":{",
+                 ",\"net_threads\":%u,\"router_shards\":%u,\"port\":%u,\"resp_port\":%u"
+                 ",\"figures\":{",
                  KR_VERSION, kr_server_uptime(h->srv),
                  (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u,
                  kr_server_draining(h->srv) ? "draining" : "serving",
                  kr_server_draining(h->srv) ? "true" : "false", kr_server_clients(h->srv),
-                 kr_server_nnet(h->srv), kr_router_nshards(kr_server_router(h->srv)));
+                 kr_server_nnet(h->srv), kr_router_nshards(kr_server_router(h->srv)),
+                 kr_server_port(h->srv), kr_server_resp_port(h->srv));
     struct kr_json_figs j = {.b = b, .first = true};
     kr_server_figures(h->srv, kr_json_fig, &j);
     kr_sb_add(b, "},\"fanout_warnings\":[", 21);

@@ -27,13 +27,14 @@
 
 static void kr_addr_name(const struct sockaddr_storage *ss, char *out, size_t outlen);
 static const char *kr_suppressed_note(uint64_t n, char *buf, size_t len);
-static void kr_reject_fd(int fd);
+static void kr_reject_fd(int fd, const struct kr_frontend *fe);
 static void kr_nt_accept_pause_cb(uv_timer_t *t);
 static void kr_nt_accept_pause(struct kr_nt *nt);
 static bool kr_nt_acl_check(struct kr_nt *nt, int fd, const struct sockaddr_storage *ss);
-static void kr_nt_out_of_fds(struct kr_nt *nt, int err);
+static void kr_nt_out_of_fds(struct kr_nt *nt, int err, int lfd, const struct kr_frontend *fe);
 static void kr_conn_keepalive(struct kr_conn *c, uint32_t idle_s);
-static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_storage *ss);
+static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_storage *ss,
+                           const struct kr_frontend *fe);
 static void kr_nt_listener_closed_cb(uv_handle_t *h);
 
 /* ---------------------------------------------------------------- accepting
@@ -74,11 +75,11 @@ static const char *kr_suppressed_note(uint64_t n, char *buf, size_t len)
     return buf;
 }
 
-/* Tell a connection we do not take that the server is full (in the listener's protocol),
- * and close it. */
-static void kr_reject_fd(int fd)
+/* Tell a connection we do not take that the server is full (in the listener's protocol,
+ * `fe`), and close it. */
+static void kr_reject_fd(int fd, const struct kr_frontend *fe)
 {
-    const char *line = kr_front_mc.error_line(KR_ERR_TOO_MANY);
+    const char *line = fe->error_line(KR_ERR_TOO_MANY);
     ssize_t w = send(fd, line, strlen(line), MSG_NOSIGNAL | MSG_DONTWAIT);
     (void)w;
     close(fd);
@@ -96,12 +97,17 @@ static void kr_nt_accept_pause_cb(uv_timer_t *t)
     kr_nt_reserve_open(nt);
     if (nt->listening)
         uv_poll_start(&nt->listener, UV_READABLE, kr_nt_accept_cb);
+    if (nt->resp_listening)
+        uv_poll_start(&nt->resp_listener, UV_READABLE, kr_nt_accept_cb);
 }
 
-/* Stop accepting for KR_ACCEPT_PAUSE_MS (the loop must not spin on a failing accept). */
+/* Stop accepting for KR_ACCEPT_PAUSE_MS (the loop must not spin on a failing accept), on
+ * both listeners: they share the thread's descriptors. */
 static void kr_nt_accept_pause(struct kr_nt *nt)
 {
     uv_poll_stop(&nt->listener);
+    if (nt->resp_listening)
+        uv_poll_stop(&nt->resp_listener);
     uv_timer_start(&nt->accept_pause, kr_nt_accept_pause_cb, KR_ACCEPT_PAUSE_MS, 0);
 }
 
@@ -122,8 +128,9 @@ static bool kr_nt_acl_check(struct kr_nt *nt, int fd, const struct sockaddr_stor
     return false;
 }
 
-/* accept() failed with EMFILE or ENFILE (`err`). */
-static void kr_nt_out_of_fds(struct kr_nt *nt, int err)
+/* accept() on listening socket `lfd` (whose clients speak `fe`) failed with EMFILE or
+ * ENFILE (`err`). */
+static void kr_nt_out_of_fds(struct kr_nt *nt, int err, int lfd, const struct kr_frontend *fe)
 {
     KR_ST_INC(nt, accept_fd_exhausted, 1);
     uint32_t rejected = 0;
@@ -135,8 +142,7 @@ static void kr_nt_out_of_fds(struct kr_nt *nt, int err)
         for (uint32_t i = 0; i < KR_ACCEPT_BATCH; i++) {
             struct sockaddr_storage ss;
             socklen_t sl = sizeof(ss);
-            int fd = accept4(nt->listen_fd, (struct sockaddr *)&ss, &sl,
-                             SOCK_NONBLOCK | SOCK_CLOEXEC);
+            int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
             if (fd < 0) {
                 if (errno == EINTR || errno == ECONNABORTED)
                     continue;
@@ -145,7 +151,7 @@ static void kr_nt_out_of_fds(struct kr_nt *nt, int err)
             }
             if (!kr_nt_acl_check(nt, fd, &ss))
                 continue;
-            kr_reject_fd(fd);
+            kr_reject_fd(fd, fe);
             rejected++;
         }
         kr_nt_reserve_open(nt);
@@ -179,8 +185,11 @@ static void kr_conn_keepalive(struct kr_conn *c, uint32_t idle_s)
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 }
 
-/* A new connection `fd` from `ss`: check it, then make it a client. */
-static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_storage *ss)
+/* A new connection `fd` from `ss`: check it, then make it a client speaking `fe` (the
+ * main port's memcached frontend, which hands a first byte '*' over to RESP, or the RESP
+ * frontend itself on resp_port). */
+static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_storage *ss,
+                           const struct kr_frontend *fe)
 {
     struct kr_server *srv = nt->srv;
     if (!kr_nt_acl_check(nt, fd, ss))
@@ -188,7 +197,7 @@ static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_stora
     const struct kr_net_live *lv = &nt->live;
     if (ck_pr_faa_32(&srv->nconns, 1) >= lv->max_tcp_clients) {
         ck_pr_dec_32(&srv->nconns);
-        kr_reject_fd(fd);
+        kr_reject_fd(fd, fe);
         KR_ST_INC(nt, rejected_connections, 1);
         uint64_t suppressed = 0;
         if (kr_log_ratelimit(&nt->rl_errors, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed)) {
@@ -200,7 +209,8 @@ static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_stora
     }
     struct kr_conn *c = kr_xcalloc(1, sizeof(*c));
     c->nt = nt;
-    c->fe = &kr_front_mc; /* the client port speaks the memcached protocol */
+    c->fe = fe;
+    c->fe_chosen = fe != &kr_front_mc; /* the main port decides by the first byte */
     uv_tcp_init(&nt->loop, &c->h);
     if (uv_tcp_open(&c->h, fd) != 0) {
         close(fd); /* not taken over by the handle */
@@ -241,6 +251,9 @@ void kr_nt_accept_cb(uv_poll_t *h, int status, int events)
 {
     struct kr_nt *nt = h->data;
     (void)events;
+    bool resp = h == &nt->resp_listener;
+    const bool *open = resp ? &nt->resp_listening : &nt->listening;
+    const struct kr_frontend *fe = resp ? &kr_front_resp : &kr_front_mc;
     uint64_t suppressed = 0;
     char note[64];
     if (status < 0) {
@@ -251,11 +264,12 @@ void kr_nt_accept_cb(uv_poll_t *h, int status, int events)
         return;
     }
     kr_nt_refresh_live(nt);
-    for (uint32_t i = 0; i < KR_ACCEPT_BATCH && nt->listening; i++) {
+    for (uint32_t i = 0; i < KR_ACCEPT_BATCH && *open; i++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
+        int lfd = resp ? nt->resp_listen_fd : nt->listen_fd;
         pthread_mutex_lock(&nt->srv->accept_mu);
-        int fd = accept4(nt->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         int e = errno;
         pthread_mutex_unlock(&nt->srv->accept_mu);
         if (fd < 0) {
@@ -264,7 +278,7 @@ void kr_nt_accept_cb(uv_poll_t *h, int status, int events)
             if (e == EAGAIN || e == EWOULDBLOCK)
                 return; /* level-triggered: called again when more arrive */
             if (e == EMFILE || e == ENFILE) {
-                kr_nt_out_of_fds(nt, e);
+                kr_nt_out_of_fds(nt, e, lfd, fe);
                 return;
             }
             /* ENOBUFS, ENOMEM, a firewall's EPERM, ...: never spin on it */
@@ -276,7 +290,7 @@ void kr_nt_accept_cb(uv_poll_t *h, int status, int events)
         }
         if (nt->reserve_fd < 0)
             kr_nt_reserve_open(nt); /* lost while descriptors ran out */
-        kr_nt_accepted(nt, fd, &ss);
+        kr_nt_accepted(nt, fd, &ss, fe);
     }
 }
 
@@ -327,6 +341,11 @@ int kr_listen_socket(const struct kr_cfg *cfg, uint16_t port, uint16_t *bound, c
 static void kr_nt_listener_closed_cb(uv_handle_t *h)
 {
     struct kr_nt *nt = h->data;
+    if (h == (uv_handle_t *)&nt->resp_listener) {
+        close(nt->resp_listen_fd);
+        nt->resp_listen_fd = -1;
+        return;
+    }
     close(nt->listen_fd);
     nt->listen_fd = -1;
 }
@@ -338,5 +357,9 @@ void kr_net_stop_listening(struct kr_server *s, uint32_t net)
         nt->listening = false;
         uv_timer_stop(&nt->accept_pause);
         uv_close((uv_handle_t *)&nt->listener, kr_nt_listener_closed_cb);
+    }
+    if (nt->resp_listening) {
+        nt->resp_listening = false;
+        uv_close((uv_handle_t *)&nt->resp_listener, kr_nt_listener_closed_cb);
     }
 }

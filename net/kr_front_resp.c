@@ -128,11 +128,11 @@ static struct kr_rs_chan *kr_rs_add(struct kr_rs_state *s, const char *p, size_t
     return ch;
 }
 
-static void kr_rs_remove(struct kr_rs_state *s, struct kr_rs_chan *ch)
+/* Take ch out of the set; the caller frees it. */
+static void kr_rs_unlink(struct kr_rs_state *s, struct kr_rs_chan *ch)
 {
     struct kr_rs_chan **pp = kr_rs_slot(s, ch->name, ch->len, ch->hash);
     *pp = ch->next;
-    free(ch);
     s->nentries--;
 }
 
@@ -260,10 +260,9 @@ static void kr_rs_arity(struct kr_rs_out *o, const struct kr_resp_arg *cmd)
 
 /* ---------------------------------------------------------------- waiting replies */
 
-/* Queue the reply collected in sb behind the shards' `acks` acknowledgements; the events
- * then carry the returned request number. */
-static uint32_t kr_rs_wait(struct kr_conn *c, struct kr_rs_state *s, uint32_t acks, bool retro,
-                           bool gate)
+/* Set the reply collected in sb aside as the next reply that waits (kr_rs_reply sends it
+ * when the connection layer answers the request: kr_rq_push or kr_cmd_subscribe). */
+static void kr_rs_pend(struct kr_rs_state *s)
 {
     if (s->pq_count == s->pq_cap) {
         uint32_t ncap = s->pq_cap ? s->pq_cap * 2 : 4;
@@ -281,6 +280,14 @@ static uint32_t kr_rs_wait(struct kr_conn *c, struct kr_rs_state *s, uint32_t ac
     p->len = s->sb_len;
     s->pq_count++;
     s->sb_len = 0;
+}
+
+/* Queue the reply collected in sb behind the shards' `acks` acknowledgements; the events
+ * then carry the returned request number. */
+static uint32_t kr_rs_wait(struct kr_conn *c, struct kr_rs_state *s, uint32_t acks, bool retro,
+                           bool gate)
+{
+    kr_rs_pend(s);
     return kr_rq_push(c, acks, false, retro, gate);
 }
 
@@ -315,52 +322,14 @@ static bool kr_rs_channel_ok(const struct kr_conn *c, const struct kr_resp_arg *
     return true;
 }
 
-struct kr_rs_cmds {
-    struct kr_router_cmd *cmd[64]; /* num_router_shards is at most 64 */
-    uint32_t data_hint;
-    uint64_t horizon;
-};
-
-static void kr_rs_cmd_add(struct kr_conn *c, struct kr_rs_cmds *k, const char *t, size_t len)
-{
-    struct kr_router *r = c->nt->srv->router;
-    uint32_t sh = kr_router_shard_of(r, t, len);
-    if (!k->cmd[sh]) {
-        k->cmd[sh] = kr_router_cmd_new(k->data_hint);
-        k->cmd[sh]->horizon_us = k->horizon;
-    }
-    k->cmd[sh] = kr_router_cmd_add(k->cmd[sh], t, (uint32_t)len);
-}
-
-/* Send the commands, the reply collected in sb waiting for their acknowledgements. */
-static void kr_rs_cmds_send(struct kr_conn *c, struct kr_rs_state *s, struct kr_rs_cmds *k,
-                            uint16_t type)
-{
-    struct kr_nt *nt = c->nt;
-    uint32_t nshards = kr_router_nshards(nt->srv->router), acks = 0;
-    for (uint32_t i = 0; i < nshards; i++)
-        acks += k->cmd[i] != NULL;
-    bool retro = type == KR_EV_RETRO_SUBSCRIBE;
-    uint32_t reqno = kr_rs_wait(c, s, acks, retro, false);
-    for (uint32_t i = 0; i < nshards; i++) {
-        if (!k->cmd[i])
-            continue;
-        k->cmd[i]->pad = reqno;
-        struct kr_event ev = {.type = type, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = k->cmd[i]};
-        kr_conn_send(c, i, &ev);
-    }
-    if (acks && type != KR_EV_UNSUBSCRIBE)
-        c->subscribed = true;
-    if (retro && acks)
-        kr_dlv_retro_begin(&c->dlv);
-    kr_rq_emit(c); /* a reply that waits on nothing goes out now, in order */
-}
-
-/* SUBSCRIBE / SSUBSCRIBE / KRAKEN.RETRO_SUBSCRIBE (horizon > 0) of argv[first..argc). */
+/* SUBSCRIBE / SSUBSCRIBE / KRAKEN.RETRO_SUBSCRIBE (horizon > 0) of argv[first..argc): the
+ * confirmations are formatted here, the subscription is kr_cmd_subscribe's (the first one
+ * after KRAKEN.REGISTER is retroactive there). */
 static void kr_rs_subscribe(struct kr_conn *c, struct kr_rs_state *s, const struct kr_resp_arg *argv,
                             size_t first, size_t argc, uint8_t flag, uint64_t horizon)
 {
     struct kr_rs_out o = {c, s, false};
+    struct kr_nt *nt = c->nt;
     for (size_t i = first; i < argc; i++) {
         if (!kr_rs_channel_ok(c, &argv[i])) {
             kr_rs_err(&o, "ERR invalid channel name (Kraken channels are 1..max_topic_bytes "
@@ -368,16 +337,19 @@ static void kr_rs_subscribe(struct kr_conn *c, struct kr_rs_state *s, const stru
             return;
         }
     }
-    KR_ST_INC(c->nt, subscribe_requests, 1);
     const char *kind = flag == KR_RS_SHARD ? "ssubscribe" : "subscribe";
-    struct kr_rs_cmds k = {.data_hint = 256, .horizon = horizon};
+    bool retro = horizon || c->horizon_us;
+    uint32_t n = 0;
+    kr_nt_args(nt, (uint32_t)(argc - first));
     o.to_sb = true;
     s->sb_len = 0;
     for (size_t i = first; i < argc; i++) {
         struct kr_rs_chan *ch = kr_rs_add(s, argv[i].p, argv[i].len);
         /* a retroactive subscribe replays even for a channel already taken */
-        if (!ch->flags || horizon)
-            kr_rs_cmd_add(c, &k, argv[i].p, argv[i].len);
+        if (!ch->flags || retro) {
+            nt->args[n] = argv[i].p;
+            nt->arg_lens[n++] = (uint32_t)argv[i].len;
+        }
         if (!(ch->flags & flag)) {
             ch->flags |= flag;
             if (flag == KR_RS_SHARD)
@@ -387,11 +359,18 @@ static void kr_rs_subscribe(struct kr_conn *c, struct kr_rs_state *s, const stru
         }
         kr_rs_count(&o, kind, argv[i].p, argv[i].len, flag == KR_RS_SHARD ? s->nshard : s->nreg);
     }
-    kr_rs_cmds_send(c, s, &k, horizon ? KR_EV_RETRO_SUBSCRIBE : KR_EV_SUBSCRIBE);
+    kr_rs_pend(s);
+    kr_cmd_subscribe(c, horizon ? KR_EV_RETRO_SUBSCRIBE : KR_EV_SUBSCRIBE, horizon, n,
+                     nt->args, nt->arg_lens, false);
+    kr_rq_emit(c); /* a reply that waits on nothing goes out now, in order */
 }
 
+/* Unsubscribe one channel of the kind `flag`: its confirmation, and when the channel has no
+ * kind left, its name in nt->args[*nargs] and the entry unlinked onto *dead (freed by the
+ * caller once the router was told). */
 static void kr_rs_unsub_one(struct kr_conn *c, struct kr_rs_state *s, struct kr_rs_out *o,
-                            struct kr_rs_cmds *k, const char *p, size_t n, uint8_t flag)
+                            uint32_t *nargs, struct kr_rs_chan **dead, const char *p, size_t n,
+                            uint8_t flag)
 {
     struct kr_rs_chan *ch = kr_rs_find(s, p, n);
     if (ch && (ch->flags & flag)) {
@@ -404,45 +383,54 @@ static void kr_rs_unsub_one(struct kr_conn *c, struct kr_rs_state *s, struct kr_
     kr_rs_count(o, flag == KR_RS_SHARD ? "sunsubscribe" : "unsubscribe", p, n,
                 flag == KR_RS_SHARD ? s->nshard : s->nreg);
     if (ch && !ch->flags) {
-        kr_rs_cmd_add(c, k, ch->name, ch->len);
-        kr_rs_remove(s, ch);
+        struct kr_nt *nt = c->nt;
+        nt->args[*nargs] = ch->name;
+        nt->arg_lens[(*nargs)++] = ch->len;
+        kr_rs_unlink(s, ch);
+        ch->next = *dead;
+        *dead = ch;
     }
 }
 
-/* UNSUBSCRIBE / SUNSUBSCRIBE of argv[first..argc), or of every channel of the kind. */
+/* UNSUBSCRIBE / SUNSUBSCRIBE of argv[first..argc), or of every channel of the kind; the
+ * router is told by kr_cmd_subscribe. `quiet`: no confirmations (RESET). */
 static void kr_rs_unsubscribe(struct kr_conn *c, struct kr_rs_state *s,
                               const struct kr_resp_arg *argv, size_t first, size_t argc,
-                              uint8_t flag)
+                              uint8_t flag, bool quiet)
 {
     struct kr_rs_out o = {c, s, true};
-    struct kr_rs_cmds k = {.data_hint = 256};
-    KR_ST_INC(c->nt, unsubscribe_requests, 1);
+    struct kr_nt *nt = c->nt;
+    struct kr_rs_chan *dead = NULL;
+    uint32_t n = 0;
+    kr_nt_args(nt, (uint32_t)(first < argc ? argc - first : s->nentries));
     s->sb_len = 0;
     if (first < argc) {
         for (size_t i = first; i < argc; i++)
-            kr_rs_unsub_one(c, s, &o, &k, argv[i].p, argv[i].len, flag);
+            kr_rs_unsub_one(c, s, &o, &n, &dead, argv[i].p, argv[i].len, flag);
     } else if ((flag == KR_RS_SHARD ? s->nshard : s->nreg) == 0) {
         kr_rs_count(&o, flag == KR_RS_SHARD ? "sunsubscribe" : "unsubscribe", NULL, 0, 0);
     } else {
-        /* every channel of the kind; names are copied as entries go away */
+        /* every channel of the kind (an entry that goes away stays allocated on `dead`) */
         for (uint32_t b = 0; b < s->tab_cap; b++) {
             struct kr_rs_chan *ch = s->tab[b];
             while (ch) {
                 struct kr_rs_chan *next = ch->next;
-                if (ch->flags & flag) {
-                    char tmp[256];
-                    char *name = ch->len <= sizeof(tmp) ? tmp : kr_xmalloc(ch->len);
-                    size_t n = ch->len;
-                    memcpy(name, ch->name, n);
-                    kr_rs_unsub_one(c, s, &o, &k, name, n, flag);
-                    if (name != tmp)
-                        free(name);
-                }
+                if (ch->flags & flag)
+                    kr_rs_unsub_one(c, s, &o, &n, &dead, ch->name, ch->len, flag);
                 ch = next;
             }
         }
     }
-    kr_rs_cmds_send(c, s, &k, KR_EV_UNSUBSCRIBE);
+    if (quiet)
+        s->sb_len = 0;
+    kr_rs_pend(s);
+    kr_cmd_subscribe(c, KR_EV_UNSUBSCRIBE, 0, n, nt->args, nt->arg_lens, false);
+    while (dead) {
+        struct kr_rs_chan *next = dead->next;
+        free(dead);
+        dead = next;
+    }
+    kr_rq_emit(c); /* a reply that waits on nothing goes out now, in order */
 }
 
 /* PUBLISH / SPUBLISH / KRAKEN.PUBLISH: one entry to the topics argv[first..last), payload
@@ -833,8 +821,8 @@ static void kr_rs_info(struct kr_conn *c, struct kr_rs_state *s, const struct kr
     if (want[0])
         n += (size_t)snprintf(buf + n, sizeof(buf) - n,
                               "# Server\r\nredis_version:7.0.0\r\nkraken_version:%s\r\nredis_mode:standalone\r\n"
-                              "process_id:%d\r\ntcp_port:%u\r\nuptime_in_seconds:%llu\r\n\r\n",
-                              KR_VERSION, srv->pid, srv->port,
+                              "process_id:%d\r\ntcp_port:%u\r\nkraken_resp_port:%u\r\nuptime_in_seconds:%llu\r\n\r\n",
+                              KR_VERSION, srv->pid, srv->port, srv->resp_port,
                               (unsigned long long)(time(NULL) - srv->started));
     if (want[1] && n < sizeof(buf))
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "# Clients\r\nconnected_clients:%u\r\n\r\n",
@@ -895,10 +883,8 @@ static void kr_rs_reset(struct kr_conn *c, struct kr_rs_state *s)
     for (uint8_t flag = KR_RS_REG; flag <= KR_RS_SHARD; flag <<= 1) {
         if (!(flag == KR_RS_SHARD ? s->nshard : s->nreg))
             continue;
-        kr_rs_unsubscribe(c, s, NULL, 0, 0, flag);
         /* the confirmations are not sent: RESET answers +RESET alone */
-        if (s->pq_count)
-            s->pq[(s->pq_head + s->pq_count - 1) & (s->pq_cap - 1)].len = 0;
+        kr_rs_unsubscribe(c, s, NULL, 0, 0, flag, true);
     }
 }
 
@@ -915,10 +901,10 @@ static void kr_rs_run(struct kr_conn *c, struct kr_rs_state *s, int k,
         kr_rs_subscribe(c, s, argv, 1, argc, KR_RS_SHARD, 0);
         break;
     case C_UNSUBSCRIBE:
-        kr_rs_unsubscribe(c, s, argv, 1, argc, KR_RS_REG);
+        kr_rs_unsubscribe(c, s, argv, 1, argc, KR_RS_REG, false);
         break;
     case C_SUNSUBSCRIBE:
-        kr_rs_unsubscribe(c, s, argv, 1, argc, KR_RS_SHARD);
+        kr_rs_unsubscribe(c, s, argv, 1, argc, KR_RS_SHARD, false);
         break;
     case C_PUBLISH:
     case C_SPUBLISH:
@@ -1014,12 +1000,7 @@ static void kr_rs_run(struct kr_conn *c, struct kr_rs_state *s, int k,
             kr_rs_err(&o, "ERR the horizon is not an integer (microseconds since the epoch)");
             break;
         }
-        KR_ST_INC(nt, retro_requests, 1);
-        uint64_t now = kr_msg_clock_us();
-        if (h > now) {
-            h = now;
-            KR_ST_INC(nt, retro_future_horizons, 1);
-        }
+        /* counted, and a horizon in the future taken as now, by kr_cmd_subscribe */
         kr_rs_subscribe(c, s, argv, 2, argc, KR_RS_REG, h ? h : 1);
         break;
     }

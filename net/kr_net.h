@@ -23,6 +23,8 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
 int kr_server_start(struct kr_server *s);
 /* The bound TCP port (useful with tcp_server_port 0). Any thread. */
 uint16_t kr_server_port(const struct kr_server *s);
+/* The RESP-only listener's port (resp_port), 0 when it is off. Any thread. */
+uint16_t kr_server_resp_port(const struct kr_server *s);
 /* Close every connection, stop and join all threads. Control thread. */
 void kr_server_stop(struct kr_server *s);
 void kr_server_destroy(struct kr_server *s);

@@ -204,6 +204,9 @@ struct kr_nt {
     uv_timer_t accept_pause;   /* restarts the listener after descriptors ran out */
     int reserve_fd;            /* held open to free one descriptor when they run out, or -1 */
     bool listening;            /* the listener is open (not yet closed by a drain) */
+    uv_poll_t resp_listener;   /* readiness of resp_listen_fd (resp_port; unused when off) */
+    int resp_listen_fd;        /* the RESP-only listening socket, or -1 (resp_port 0) */
+    bool resp_listening;       /* resp_listener is open */
     uv_timer_t sweep;
     uint32_t sweep_cursor;     /* the slot the next sweep tick starts at */
     uv_check_t check;
@@ -261,6 +264,7 @@ struct kr_server {
     struct kr_nt **nts;
     uint32_t nnet;
     uint16_t port;
+    uint16_t resp_port; /* the RESP-only listener's port (0: off) */
     uint32_t nconns; /* process-wide, for max_tcp_clients */
     struct kr_acl *acl;       /* allow_from, parsed at create */
     pthread_mutex_t accept_mu; /* net threads' accept4() and reserve swaps: no other net thread
@@ -320,7 +324,8 @@ void kr_conn_process(struct kr_conn *c);
 void kr_nt_args(struct kr_nt *nt, uint32_t n);
 /* Subscribe (KR_EV_SUBSCRIBE), unsubscribe or retroactively subscribe (KR_EV_RETRO_SUBSCRIBE,
  * `horizon_us`) the n validated topics; the first subscribe after kr_cmd_register is
- * retroactive. Its reply (fe->reply, DONE or NOT_FOUND) comes in request order once every
+ * retroactive. The one subscription path of every frontend (the frontend keeps only its own
+ * reply formatting and, for RESP, its channel set). Its reply (fe->reply, DONE or NOT_FOUND) comes in request order once every
  * shard acknowledged, unless noreply. */
 void kr_cmd_subscribe(struct kr_conn *c, uint16_t type, uint64_t horizon_us, uint32_t n,
                       const char *const *topics, const uint32_t *lens, bool noreply);

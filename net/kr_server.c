@@ -66,9 +66,29 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         s->nts[i] = nt;
         uint16_t bound = 0;
         int fd = kr_listen_socket(cfg, port, &bound, err, errlen);
+        nt->resp_listen_fd = -1;
+        if (fd >= 0 && cfg->resp_port == bound) {
+            /* SO_REUSEPORT would let both listeners share it and split the clients */
+            snprintf(err, errlen, "resp_port %u is the client port (tcp_server_port)",
+                     cfg->resp_port);
+            close(fd);
+            fd = -EINVAL;
+        }
+        if (fd >= 0 && cfg->resp_port) {
+            /* the RESP-only port: one SO_REUSEPORT socket per net thread, as the main one */
+            uint16_t rbound = 0;
+            nt->resp_listen_fd = kr_listen_socket(cfg, (uint16_t)cfg->resp_port, &rbound, err,
+                                                  errlen);
+            if (nt->resp_listen_fd < 0) {
+                close(fd);
+                fd = nt->resp_listen_fd;
+            }
+        }
         if (fd < 0) {
             for (uint32_t k = 0; k < i; k++) {
                 close(s->nts[k]->listen_fd);
+                if (s->nts[k]->resp_listen_fd >= 0)
+                    close(s->nts[k]->resp_listen_fd);
                 free(s->nts[k]);
             }
             free(nt);
@@ -82,6 +102,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         port = bound; /* an ephemeral port is chosen once, then shared */
     }
     s->port = port;
+    s->resp_port = (uint16_t)cfg->resp_port;
     bool cluster = cfg->cluster_nats_url[0] != 0;
     struct kr_router_opts ro = {
         .nshards = cfg->num_router_shards,
@@ -133,6 +154,13 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         if (rc == 0)
             rc = uv_poll_start(&nt->listener, UV_READABLE, kr_nt_accept_cb);
         nt->listening = rc == 0;
+        if (rc == 0 && nt->resp_listen_fd >= 0) {
+            rc = uv_poll_init(&nt->loop, &nt->resp_listener, nt->resp_listen_fd);
+            nt->resp_listener.data = nt;
+            if (rc == 0)
+                rc = uv_poll_start(&nt->resp_listener, UV_READABLE, kr_nt_accept_cb);
+            nt->resp_listening = rc == 0;
+        }
         if (rc < 0) {
             snprintf(err, errlen, "listen: %s", uv_strerror(rc));
             return rc; /* process exits on this path */
@@ -160,12 +188,19 @@ int kr_server_start(struct kr_server *s)
     }
     KR_INFO("kraken %s listening on %s:%u (%u net threads, %u router shards)", KR_VERSION,
             s->cfg->listen_ip, s->port, s->nnet, kr_router_nshards(s->router));
+    if (s->resp_port)
+        KR_INFO("RESP-only clients on %s:%u (resp_port)", s->cfg->listen_ip, s->resp_port);
     return 0;
 }
 
 uint16_t kr_server_port(const struct kr_server *s)
 {
     return s->port;
+}
+
+uint16_t kr_server_resp_port(const struct kr_server *s)
+{
+    return s->resp_port;
 }
 
 void kr_server_stop(struct kr_server *s)
@@ -198,6 +233,8 @@ void kr_server_destroy(struct kr_server *s)
         uv_run(&nt->loop, UV_RUN_DEFAULT);
         if (nt->listen_fd >= 0)
             close(nt->listen_fd); /* the poll handle does not own it */
+        if (nt->resp_listen_fd >= 0)
+            close(nt->resp_listen_fd);
         if (nt->reserve_fd >= 0)
             close(nt->reserve_fd);
     }

@@ -575,3 +575,34 @@ Test(cluster, reconnect_buffer_overflow_is_announced_and_subscribers_told)
     close(pub);
     cluster_down(&c);
 }
+
+/* RESP subscribers are nodes' subscribers like any other: a Redis client on node 1 gets a
+ * memcached-protocol publish from node 0 as a push, and a RESP PUBLISH on node 1 reaches a
+ * memcached-protocol subscriber on node 2. */
+Test(cluster, resp_subscribers_and_publishers_across_nodes)
+{
+    struct cluster c;
+    cluster_up(&c, 3, NULL);
+    int rs = kr_it_connect(c.node[1].port);
+    kr_it_sends(rs, "*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\nnews\r\n");
+    kr_it_expect(rs, "*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n");
+    int mp = kr_it_connect(c.node[0].port);
+    publish(mp, "news", "p0-0");
+    kr_it_expect(rs, "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$4\r\np0-0\r\n");
+    int ms = kr_it_connect(c.node[2].port);
+    kr_it_subscribe(ms, "sports");
+    int rp = kr_it_connect(c.node[1].port);
+    kr_it_sends(rp, "*3\r\n$7\r\nPUBLISH\r\n$6\r\nsports\r\n$4\r\np0-1\r\n");
+    char line[64];
+    kr_it_read_until(rp, line, sizeof(line), "\r\n");
+    cr_assert_eq(line[0], ':', "PUBLISH answers an integer: %s", line);
+    static char buf[1 << 16];
+    size_t len = 0;
+    cr_assert_eq(kr_it_collect(ms, 1, buf, sizeof(buf), &len), 1);
+    cr_assert_not_null(strstr(buf, "MESSAGE sports 4\r\np0-1\r\n"), "%s", buf);
+    close(rs);
+    close(mp);
+    close(ms);
+    close(rp);
+    cluster_down(&c);
+}

@@ -307,6 +307,31 @@ Test(resp_server, retro_subscribe)
     close(pub);
 }
 
+/* Regression: KRAKEN.REGISTER makes the next SUBSCRIBE retroactive (as `set register` does
+ * in the memcached protocol); it used to be recorded and then ignored by SUBSCRIBE. */
+Test(resp_server, register_makes_next_subscribe_retroactive)
+{
+    int pub = kr_it_connect(srv.port), fd = kr_it_connect(srv.port);
+    cmd(fd, "KRAKEN.REGISTER", NULL);
+    kr_it_expect(fd, "+OK\r\n");
+    kr_it_sleep_ms(2);
+    cmd(pub, "PUBLISH", "rg1", "before-sub", NULL);
+    kr_it_expect(pub, ":1\r\n");
+    cmd(fd, "SUBSCRIBE", "rg1", NULL);
+    kr_it_expect(fd, CONF("9\r\nsubscribe", "$3\r\nrg1", "1")
+                     "*3\r\n$7\r\nmessage\r\n$3\r\nrg1\r\n$10\r\nbefore-sub\r\n");
+    /* only the first subscribe after the register replays */
+    cmd(pub, "PUBLISH", "rg2", "old2", NULL);
+    kr_it_expect(pub, ":1\r\n");
+    cmd(fd, "SUBSCRIBE", "rg2", NULL);
+    kr_it_expect(fd, CONF("9\r\nsubscribe", "$3\r\nrg2", "2"));
+    cmd(pub, "PUBLISH", "rg2", "live", NULL);
+    kr_it_expect(pub, ":1\r\n");
+    kr_it_expect(fd, "*3\r\n$7\r\nmessage\r\n$3\r\nrg2\r\n$4\r\nlive\r\n");
+    close(fd);
+    close(pub);
+}
+
 Test(resp_server, malformed_resp_closes)
 {
     int fd = kr_it_connect(srv.port);

@@ -64,6 +64,9 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
                "read too)"),
     KR_CFG_OPT(tcp_server_port, KR_CFG_U32, 0, 0, 65535, "12355",
                "TCP port for clients; 0 picks a free port and logs it"),
+    KR_CFG_OPT(resp_port, KR_CFG_U32, 0, 0, 65535, "0",
+               "TCP port on listen_ip whose clients speak only RESP (the Redis protocol), "
+               "beside tcp_server_port; same allow_from, max_tcp_clients and limits; 0 = off"),
     KR_CFG_OPT(max_tcp_clients, KR_CFG_U32, KR_CFG_LIVE, 1, 1000000, "10000",
                "client connections beyond this many are refused with SERVER_ERROR Too many "
                "clients"),

@@ -19,6 +19,7 @@
 struct kr_cfg {
     char listen_ip[KR_CFG_STR_MAX];          /* 127.0.0.1 */
     uint32_t tcp_server_port;                /* 12355 (0 = ephemeral, the bound port is logged) */
+    uint32_t resp_port;                      /* 0 = off: a RESP-only client port on listen_ip */
     uint32_t max_tcp_clients;                /* 10000 */
     uint32_t tcp_keepalive_s;                /* 60: TCP keepalive probes after this many idle
                                                 seconds on client sockets (0 = off) */
