@@ -111,6 +111,37 @@ static size_t parse_entries(const char *buf, size_t len, entry_cb cb, void *arg)
     return n;
 }
 
+
+/* Poll (bounded) until the server tells the client SERVER_ERROR (then closes); every other
+ * answer must be an empty `END` (nothing else may arrive meanwhile). */
+static bool wait_told(int fd)
+{
+    static char buf[1 << 16];
+    for (int k = 0; k < 500; k++) {
+        kr_it_sends(fd, "get messages\r\n");
+        size_t n = kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
+        if (strstr(buf, "SERVER_ERROR"))
+            return true;
+        cr_assert(n && strcmp(buf, "END\r\n") == 0, "%s", buf);
+        kr_it_sleep_ms(20);
+    }
+    return false;
+}
+
+/* A fresh subscriber on node `sn` gets what a fresh publisher on node `pn` publishes. */
+static void one_delivery(struct cluster *c, int sn, int pn, const char *topic)
+{
+    int sub = kr_it_connect(c->node[sn].port), pub = kr_it_connect(c->node[pn].port);
+    kr_it_subscribe(sub, topic);
+    publish(pub, topic, "p0-0");
+    char buf[4096];
+    size_t len = 0;
+    cr_assert_eq(kr_it_collect(sub, 1, buf, sizeof(buf), &len), 1, "%s: node %d to node %d",
+                 topic, pn, sn);
+    close(sub);
+    close(pub);
+}
+
 /* ------------------------------------------------------------------------------------- */
 
 struct seqcheck {
@@ -364,16 +395,7 @@ Test(cluster, no_server_at_start)
     }
     cr_assert_eq(linked, 1, "linked once the server answers");
     /* b may have missed what other nodes published while unlinked: it is told */
-    bool told = false;
-    for (int k = 0; k < 250 && !told; k++) {
-        kr_it_sends(b, "get messages\r\n");
-        size_t n = kr_it_read_until(b, buf, sizeof(buf), "\r\n");
-        told = strstr(buf, "SERVER_ERROR") != NULL;
-        cr_assert(told || (n && strcmp(buf, "END\r\n") == 0), "%s", buf);
-        if (!told)
-            kr_it_sleep_ms(20);
-    }
-    cr_assert(told, "told to resync once linked");
+    cr_assert(wait_told(b), "told to resync once linked");
     close(a);
     close(b);
     kr_it_stop(&srv);
@@ -454,13 +476,7 @@ Test(cluster, nats_server_killed_subscribers_complete_or_told)
     cr_assert_geq(kr_it_stat(c.node[1].port, "cluster_reconnects"), 1);
     cr_assert_eq(kr_it_stat(c.node[1].port, "cluster_connected"), 1, "linked again");
     /* after the reconnect the node works across the cluster again */
-    int s2 = kr_it_connect(c.node[1].port);
-    kr_it_subscribe(s2, "after");
-    publish(pub, "after", "p0-0");
-    char buf[4096];
-    size_t len = 0;
-    cr_assert_eq(kr_it_collect(s2, 1, buf, sizeof(buf), &len), 1);
-    close(s2);
+    one_delivery(&c, 1, 0, "after");
     close(pub);
     cluster_down(&c);
 }
@@ -502,12 +518,7 @@ Test(cluster, kraken_node_killed_others_keep_order_and_go_on)
     cr_assert_eq(f.gaps, 0, "a prefix, in order");
     cr_assert_geq(f.next, 2000, "everything acknowledged before the kill and forwarded");
     /* node 2 and node 1 go on */
-    int p2 = kr_it_connect(c.node[2].port);
-    kr_it_subscribe(sub, "later");
-    publish(p2, "later", "p0-0");
-    char buf[4096];
-    size_t len = 0;
-    cr_assert_eq(kr_it_collect(sub, 1, buf, sizeof(buf), &len), 1);
+    one_delivery(&c, 1, 2, "later");
     unsigned long long peers = 2;
     for (int k = 0; k < 400 && peers != 1; k++) {
         kr_it_sleep_ms(20);
@@ -515,7 +526,6 @@ Test(cluster, kraken_node_killed_others_keep_order_and_go_on)
     }
     cr_assert_eq(peers, 1, "node 1 saw node 0 leave");
     cr_assert(kr_it_wait_log(&c.node[1], "it left"));
-    close(p2);
     close(sub);
     unlink(c.node[0].log_path);
     cluster_down(&c);
@@ -559,16 +569,7 @@ Test(cluster, reconnect_buffer_overflow_is_announced_and_subscribers_told)
         publish(pub, "burst", payload);
     cr_assert_gt(kr_it_stat(c.node[0].port, "cluster_lost_forwards"), 0);
     kr_it_nats_restart(c.nats, 2, 0);
-    struct faultcheck f = {.next = 1};
-    for (int k = 0; k < 500 && !f.told; k++) {
-        kr_it_sends(sub, "get messages\r\n");
-        size_t n = kr_it_read_until(sub, buf, sizeof(buf), "END\r\n");
-        f.told = strstr(buf, "SERVER_ERROR") != NULL;
-        cr_assert(n > 0 || f.told, "closed without being told");
-        if (!f.told)
-            kr_it_sleep_ms(20);
-    }
-    cr_assert(f.told, "the subscriber on the other node was told");
+    cr_assert(wait_told(sub), "the subscriber on the other node was told");
     cr_assert_geq(kr_it_stat(c.node[0].port, "cluster_resyncs_sent"), 1);
     cr_assert_geq(kr_it_stat(c.node[1].port, "cluster_resyncs_received"), 1);
     close(sub);
