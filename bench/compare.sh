@@ -428,7 +428,7 @@ run_cross() {
     local f
     for f in "$tmp/nats1.log" "$tmp/nats2.log"; do
         if grep -q "Slow Consumer" "$f"; then
-            rows[${#rows[@]}-1]+=" [$(basename "$f" .log): $(grep -c "Slow Consumer" "$f") slow consumer events$(grep -q "Slow Consumer.*rid:" "$f" && echo ", a route among them")]"
+            rows[${#rows[@]}-1]+=" [$(basename "$f" .log): $(grep -c "Slow Consumer" "$f") slow consumer events$(grep -q "Slow Consumer.*rid:" "$f" && echo ", a route among them" || true)]"
         fi
     done
 }
