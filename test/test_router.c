@@ -767,3 +767,165 @@ Test(history, deliveries_of_more_than_64_topics_carry_a_bitmap_set)
     kr_topicset_release(&rep, NT);
     stop();
 }
+
+/* ---------------------------------------------------------------- the cluster link's side */
+
+static void start_interest(uint32_t nshards, uint32_t nnet, uint32_t nend, uint32_t interest_net)
+{
+    struct kr_router_opts o = {.nshards = nshards, .nnet = nnet, .mailbox_capacity = 64,
+                               .fanout_warn = 0, .wake_net = wake_net, .nend = nend,
+                               .interest = true, .interest_net = interest_net};
+    r = kr_router_create(&o);
+    cr_assert_eq(kr_router_start(r), 0);
+}
+
+/* Collect the topics of KR_EV_INTEREST events to `net` until `want` topics came. */
+static int interest_topics(uint32_t net, uint64_t on, int want, char *out, size_t cap)
+{
+    int got = 0;
+    out[0] = 0;
+    while (got < want) {
+        struct kr_event ev;
+        cr_assert(next_event(net, &ev), "no interest event");
+        cr_assert_eq(ev.type, KR_EV_INTEREST);
+        cr_assert_eq(ev.mask, on);
+        struct kr_router_cmd *c = ev.ptr;
+        uint32_t pos = 0, len;
+        const char *t;
+        while (kr_router_cmd_next(c, &pos, &t, &len)) {
+            strncat(out, t, len < cap - strlen(out) - 2 ? len : 0);
+            strcat(out, " ");
+            got++;
+        }
+        free(c);
+    }
+    return got;
+}
+
+static void unsubscribe_all(uint64_t conn)
+{
+    for (uint32_t s = 0; s < kr_router_nshards(r); s++) {
+        struct kr_event ev = {.type = KR_EV_DISCONNECT, .conn = conn};
+        cr_assert(kr_router_send(r, KR_CONN_NET(conn), s, &ev));
+    }
+    kr_router_flush(r, KR_CONN_NET(conn));
+}
+
+Test(cluster_side, interest_follows_first_and_last_subscriber_in_order)
+{
+    start_interest(1, 3, 2, 2); /* nets 0 and 1, the link on 2 */
+    uint64_t a = conn_id(0, 1), b = conn_id(1, 2);
+    const char *t1[] = {"red", "blue"};
+    subscribe(a, t1, 2);
+    char got[256];
+    interest_topics(2, 1, 2, got, sizeof(got));
+    cr_assert_str_eq(got, "red blue ");
+    const char *t2[] = {"red", "green"}; /* red is held already: only green is new */
+    subscribe(b, t2, 2);
+    interest_topics(2, 1, 1, got, sizeof(got));
+    cr_assert_str_eq(got, "green ");
+    unsubscribe_all(a); /* blue loses its last subscriber; red keeps b */
+    interest_topics(2, 0, 1, got, sizeof(got));
+    cr_assert_str_eq(got, "blue ");
+    unsubscribe_all(b);
+    interest_topics(2, 0, 2, got, sizeof(got));
+    cr_assert(strstr(got, "red ") && strstr(got, "green "), "%s", got);
+    stop();
+}
+
+Test(cluster_side, resync_kicks_each_subscriber_of_the_topics_once)
+{
+    start_interest(2, 3, 2, 2);
+    uint64_t a = conn_id(0, 1), b = conn_id(1, 2), c = conn_id(1, 3);
+    const char *ta[] = {"t1", "t2"}, *tb[] = {"t2"}, *tc[] = {"t3"};
+    subscribe(a, ta, 2);
+    subscribe(b, tb, 1);
+    subscribe(c, tc, 1);
+    char got[256];
+    interest_topics(2, 1, 3, got, sizeof(got));
+    /* the link asks for t1 and t2 (each shard gets the topics it owns) */
+    const char *ask[] = {"t1", "t2"};
+    for (uint32_t s = 0; s < kr_router_nshards(r); s++) {
+        struct kr_router_cmd *cmd = kr_router_cmd_new(16);
+        for (int i = 0; i < 2; i++)
+            if (kr_router_shard_of(r, ask[i], 2) == s)
+                cmd = kr_router_cmd_add(cmd, ask[i], 2);
+        struct kr_event ev = {.type = KR_EV_RESYNC, .ptr = cmd};
+        cr_assert(kr_router_send(r, 2, s, &ev));
+    }
+    kr_router_flush(r, 2);
+    int kicks_a = 0, kicks_b = 0;
+    struct kr_event ev;
+    /* a holds t1 and t2: once per shard at most (t1 and t2 may be on the same shard) */
+    while (kicks_a + kicks_b < 2 || next_event(0, &ev)) {
+        if (kicks_a + kicks_b < 2) {
+            uint32_t net = kicks_a ? 1 : 0;
+            if (!next_event(net, &ev)) {
+                net = 1 - net;
+                cr_assert(next_event(net, &ev), "no kick");
+            }
+        }
+        cr_assert_eq(ev.type, KR_EV_KICK);
+        if (ev.conn == a)
+            kicks_a++;
+        else if (ev.conn == b)
+            kicks_b++;
+        else
+            cr_assert_fail("kicked %llx, not a subscriber of t1 or t2", (unsigned long long)ev.conn);
+        if (kicks_a + kicks_b >= 2 && kr_router_nshards(r) == 1)
+            break;
+    }
+    cr_assert_geq(kicks_a, 1);
+    cr_assert_eq(kicks_b, 1);
+    cr_assert_leq(kicks_a, 2, "at most once per shard");
+    stop();
+}
+
+Test(cluster_side, end_goes_only_to_net_threads)
+{
+    start_interest(4, 4, 2, 3); /* nets 0 and 1; 2 = an injector, 3 = the link */
+    char a[16] = "x0", b[16];
+    uint32_t sa = kr_router_shard_of(r, a, 2);
+    for (int i = 1;; i++) {
+        int n = snprintf(b, sizeof(b), "x%d", i);
+        if (kr_router_shard_of(r, b, (size_t)n) != sa)
+            break;
+    }
+    uint64_t sub = conn_id(1, 5);
+    const char *both[] = {a, b};
+    subscribe(sub, both, 2);
+    char got[256];
+    interest_topics(3, 1, 2, got, sizeof(got));
+    /* an entry injected on index 2 (as the cluster's delivery thread does) */
+    uint64_t injector = conn_id(3, 0);
+    struct kr_msg *m = kr_msg_create(injector, 1, 2, both, (uint32_t[]){2, (uint32_t)strlen(b)},
+                                     "p", 1, 2);
+    kr_msg_set_nshards(m, 2);
+    kr_msg_ref(m, 1);
+    for (int k = 0; k < 2; k++) {
+        struct kr_event ev = {.type = KR_EV_PUBLISH, .conn = injector, .ptr = m};
+        cr_assert(kr_router_send(r, 2, kr_router_shard_of(r, both[k], strlen(both[k])), &ev));
+    }
+    kr_router_flush(r, 2);
+    int delivers = 0, ends = 0;
+    while (delivers + ends < 4) {
+        struct kr_event ev;
+        cr_assert(next_event(1, &ev));
+        cr_assert(ev.type == KR_EV_DELIVER || ev.type == KR_EV_END);
+        delivers += ev.type == KR_EV_DELIVER;
+        ends += ev.type == KR_EV_END;
+        kr_msg_unref(ev.ptr);
+    }
+    for (int k = 0; k < 2; k++) {
+        struct kr_event ev;
+        cr_assert(next_event(0, &ev));
+        cr_assert_eq(ev.type, KR_EV_END);
+        kr_msg_unref(ev.ptr);
+    }
+    struct kr_event ev;
+    for (uint32_t s = 0; s < 4; s++) {
+        cr_assert_not(kr_router_recv(r, 2, s, &ev), "no END to the injector");
+        cr_assert_not(kr_router_recv(r, 3, s, &ev), "no END to the link");
+    }
+    stop();
+}
