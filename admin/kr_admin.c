@@ -1016,6 +1016,12 @@ static void kr_admin_drain_tick(uv_timer_t *t)
         uv_timer_start(t, kr_admin_drain_tick, wait < rep ? wait : rep, rep);
         return;
     }
+    if (!kr_server_drain_flushed(a->srv) && now < a->drain_deadline_ms) {
+        /* the shards first route what was handed to them before the drain (see
+         * kr_server_drain_flushed): look again shortly */
+        uv_timer_start(t, kr_admin_drain_tick, 5, uv_timer_get_repeat(t));
+        return;
+    }
     uint32_t steps = a->drain_steps_left--;
     uint64_t reaching = 0;
     for (uint32_t n = 0; n < kr_server_nnet(a->srv); n++) {

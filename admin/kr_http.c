@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -384,17 +385,24 @@ static void kr_prom_fig(void *arg, const struct kr_figure *f)
     kr_sb_add(pr->b, "\n", 1);
 }
 
-/* Descriptors open and the limit, for the "near the fd limit" alert. */
+/* Descriptors open and the limit, for the "near the fd limit" alert. The directory is
+ * opened with open() and fdopendir(), not opendir(): the number it gets is often one a net
+ * thread just closed, and ThreadSanitizer (which does not see libuv's raw close syscall,
+ * nor a descriptor opendir creates) reported the closedir as a race with the net thread's
+ * last read of that number; open() tells it the descriptor is a new one. */
 static void kr_http_fds(uint64_t *open_fds, uint64_t *max_fds)
 {
     *open_fds = 0;
-    DIR *d = opendir("/proc/self/fd");
+    int dfd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
     if (d) {
         for (struct dirent *e; (e = readdir(d));)
             if (e->d_name[0] != '.')
                 (*open_fds)++;
         closedir(d);
-        (*open_fds)--; /* the one opendir holds */
+        (*open_fds)--; /* the one the directory stream holds */
+    } else if (dfd >= 0) {
+        close(dfd);
     }
     struct rlimit rl;
     *max_fds = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (uint64_t)rl.rlim_cur : 0;

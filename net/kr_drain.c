@@ -109,6 +109,23 @@ static void kr_conn_drain_reach(struct kr_conn *c)
     }
 }
 
+/* Behind everything this net thread handed the shards so far (publishes answered STORED
+ * among them): once every net thread's barrier is acknowledged by every shard, their
+ * deliveries are in the rings towards the subscribers' net threads, ahead of any
+ * acknowledgement of a client's drain barrier sent later. */
+void kr_net_drain_flush(struct kr_server *s, uint32_t net)
+{
+    struct kr_nt *nt = s->nts[net];
+    uint32_t nshards = kr_router_nshards(s->router);
+    for (uint32_t sh = 0; sh < nshards; sh++) {
+        struct kr_router_cmd *cmd = kr_router_cmd_new(0);
+        cmd->pad = KR_DRAIN_FLUSH_PAD;
+        struct kr_event b = {.type = KR_EV_UNSUBSCRIBE, .src = (uint16_t)net,
+                             .conn = kr_conn_id_make(net, 0, 0), .ptr = cmd};
+        kr_nt_send_ctl_event(nt, sh, &b);
+    }
+}
+
 uint32_t kr_net_close_some(struct kr_server *s, uint32_t net, uint32_t n)
 {
     struct kr_nt *nt = s->nts[net];

@@ -147,6 +147,10 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
     case KR_EV_ACK: {
         uint32_t reqno = ((struct kr_router_cmd *)ev->ptr)->pad;
         free(ev->ptr);
+        if (reqno == KR_DRAIN_FLUSH_PAD) { /* the drain's first barrier */
+            ck_pr_dec_int(&nt->srv->drain_flush_left);
+            break;
+        }
         struct kr_conn *c = kr_nt_conn(nt, ev->conn);
         if (reqno == KR_DRAIN_PAD) { /* a drain barrier, not a request */
             if (c)

@@ -106,6 +106,13 @@ int kr_server_find_conn(struct kr_server *s, uint64_t id, struct kr_net_conn_inf
 void kr_server_drain(struct kr_server *s);
 /* Whether kr_server_drain was called. Any thread. */
 int kr_server_draining(const struct kr_server *s);
+/* Whether every shard has routed everything the net threads handed it before
+ * kr_server_drain (a barrier from each net thread to each shard, acknowledged): the drain
+ * reaches clients only then, so that a publish already answered STORED is delivered to its
+ * subscribers before their drain barrier completes. Any thread. */
+int kr_server_drain_flushed(const struct kr_server *s);
+/* Send that barrier (part of kr_server_drain): 0 or -ESHUTDOWN. Control thread. */
+int kr_server_drain_flush(struct kr_server *s);
 /* Drain, step 2: ask net thread `net` to close up to `n` more of its clients: each is
  * unsubscribed and closed once nothing is queued for it; one holding messages is closed
  * after the poll reply that empties its queue. Does not wait. Returns 0 or -ESHUTDOWN.

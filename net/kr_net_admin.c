@@ -24,6 +24,7 @@ enum kr_net_req_type {
     KR_NET_REQ_CLOSE,    /* close up to n clients */
     KR_NET_REQ_UNLISTEN, /* close the listening socket */
     KR_NET_REQ_DEADLINE, /* the drain's deadline: close every client, telling those holding messages */
+    KR_NET_REQ_FLUSH,    /* the drain's first barrier (kr_net_drain_flush) */
 };
 
 struct kr_net_req {
@@ -100,6 +101,9 @@ static int kr_net_req_run(struct kr_req *req, void *owner)
         return 0;
     case KR_NET_REQ_DEADLINE:
         return (int)kr_net_drain_deadline(s, net);
+    case KR_NET_REQ_FLUSH:
+        kr_net_drain_flush(s, net);
+        return 0;
     }
     return -EINVAL;
 }
@@ -197,6 +201,17 @@ int kr_server_close_clients(struct kr_server *s, uint32_t net, uint32_t n)
 int kr_server_drain_deadline(struct kr_server *s, uint32_t net)
 {
     return kr_net_req_submit(s, net, kr_net_req_new(KR_NET_REQ_DEADLINE, 0), -1, NULL);
+}
+
+int kr_server_drain_flush(struct kr_server *s)
+{
+    int rc = 0;
+    for (uint32_t n = 0; n < kr_server_nnet(s); n++) {
+        int r = kr_net_req_submit(s, n, kr_net_req_new(KR_NET_REQ_FLUSH, 0), -1, NULL);
+        if (r < 0)
+            rc = r;
+    }
+    return rc;
 }
 
 int kr_server_stop_listening(struct kr_server *s)

@@ -58,6 +58,10 @@ uint32_t kr_net_close_some(struct kr_server *s, uint32_t net, uint32_t n);
  * replies; one still holding messages (or whose shards did not confirm the unsubscribe) is
  * sent `SERVER_ERROR shutting down` first. Returns how many were told. Net thread `net`. */
 uint32_t kr_net_drain_deadline(struct kr_server *s, uint32_t net);
+/* The drain's first barrier: an empty unsubscribe to every shard, behind everything this
+ * net thread handed it before; each acknowledgement counts down s->drain_flush_left. Net
+ * thread `net`. */
+void kr_net_drain_flush(struct kr_server *s, uint32_t net);
 /* Close net thread `net`'s listening socket (no new connections). Net thread `net`. */
 void kr_net_stop_listening(struct kr_server *s, uint32_t net);
 
@@ -71,6 +75,7 @@ void kr_net_stop_listening(struct kr_server *s, uint32_t net);
 #define KR_OUT_HIGH (4u << 20)    /* stop reading a client whose unsent replies exceed this */
 #define KR_DRAIN_PAD UINT32_MAX   /* kr_router_cmd.pad of a drain barrier (not a request number) */
 #define KR_DEST_LINK UINT32_MAX   /* kr_conn_send's destination: the cluster link, not a shard */
+#define KR_DRAIN_FLUSH_PAD (UINT32_MAX - 1) /* ... of the drain's first barrier (kr_net_drain_flush) */
 #define KR_TURN_REQUESTS 128      /* requests one connection runs per turn before others */
 #define KR_TURN_OUT_BYTES (64 * 1024) /* reply bytes one connection produces per turn */
 #define KR_WARN_BURST 10          /* warnings of one kind per interval */
@@ -274,6 +279,7 @@ struct kr_server {
     time_t started;
     struct kr_net_reqq *reqq; /* requests from other threads (kr_net_admin.c) */
     int draining;             /* kr_server_drain was called */
+    int drain_flush_left;     /* shard acknowledgements kr_net_drain_flush still waits for */
     /* process figures for `stats`, stored by kr_server_refresh_stats (about once a second,
      * off the net threads) so that a stats request only loads them */
     int pid;

@@ -360,8 +360,16 @@ void kr_server_drain(struct kr_server *s)
 {
     if (ck_pr_load_int(&s->draining))
         return;
+    ck_pr_store_int(&s->drain_flush_left, (int)(s->nnet * kr_router_nshards(s->router)));
     ck_pr_store_int(&s->draining, 1);
     kr_server_stop_listening(s);
+    if (kr_server_drain_flush(s) < 0)
+        ck_pr_store_int(&s->drain_flush_left, 0); /* the net threads stopped: nothing to wait for */
+}
+
+int kr_server_drain_flushed(const struct kr_server *s)
+{
+    return ck_pr_load_int((int *)&s->drain_flush_left) <= 0;
 }
 
 int kr_server_draining(const struct kr_server *s)

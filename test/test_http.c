@@ -502,6 +502,47 @@ Test(http, allow_from_refuses)
     kr_it_stop(&srv);
 }
 
+/* process_open_fds opens /proc/self/fd: the descriptor it gets is usually one a net thread
+ * just closed. Against the ThreadSanitizer build, a descriptor opened where TSan cannot see
+ * the creation (opendir) and then closed was reported as a race with the net thread's last
+ * read of the client socket that had that number (libuv closes with a raw syscall TSan does
+ * not see), and halt_on_error ended the server in the middle of the scrape. */
+Test(http, metrics_reuses_closed_client_descriptors)
+{
+    struct kr_it_server srv;
+    uint16_t hp;
+    start_http(&srv, &hp, NULL);
+    /* clients the net threads read from, then closed: their numbers are the lowest free */
+    enum { N = 8 };
+    int fds[N];
+    for (int i = 0; i < N; i++) {
+        fds[i] = kr_it_connect(srv.port);
+        kr_it_sends(fds[i], "version\r\n");
+        char line[128];
+        cr_assert_gt(kr_it_read_until(fds[i], line, sizeof(line), "\r\n"), 0);
+    }
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    int ufd = kr_it_connect_unix(srv.admin_path);
+    bool gone = false;
+    for (int i = 0; i < 1000 && !gone; i++) {
+        kr_it_admin(ufd, "stats", body, sizeof(body));
+        gone = strstr(body, "STAT curr_connections 0\n") != NULL;
+        if (!gone)
+            kr_it_sleep_ms(10);
+    }
+    close(ufd);
+    cr_assert(gone, "the server closed the clients: %s", body);
+    /* each scrape's connection and its /proc/self/fd take reused numbers */
+    struct resp r;
+    for (int i = 0; i < N; i++) {
+        http_get(hp, "/metrics", &r);
+        cr_assert_eq(r.status, 200, "scrape %d after the clients closed", i);
+        cr_assert_gt(metric("process_open_fds"), 0);
+    }
+    kr_it_stop(&srv);
+}
+
 /* ------------------------------------------------------------------ the drain */
 
 Test(http, drain_turns_healthz_503)
