@@ -607,3 +607,44 @@ Test(cluster, resp_subscribers_and_publishers_across_nodes)
     close(rp);
     cluster_down(&c);
 }
+
+/* Kill the publishers' NATS server under load: their node reconnects to another server;
+ * what was in the dead server or on its way to it may be lost, so the node announces the
+ * topics it forwarded lately and the other nodes' subscribers of them are told. Each
+ * subscriber on the other node either got everything in order, or was told. */
+Test(cluster, publishers_nats_server_killed_other_nodes_complete_or_told)
+{
+    struct cluster c;
+    cluster_up(&c, 2, NULL);
+    int subs[4];
+    for (int i = 0; i < 4; i++) {
+        subs[i] = kr_it_connect(c.node[1].port);
+        kr_it_subscribe(subs[i], "load");
+    }
+    int pub = kr_it_connect(c.node[0].port);
+    const long N = 3000;
+    char payload[32];
+    for (long k = 0; k < N; k++) {
+        snprintf(payload, sizeof(payload), "p0-%ld", k);
+        publish(pub, "load", payload);
+        if (k == N / 3)
+            kr_it_nats_kill(&c.nats[0]); /* node 0's server */
+    }
+    int told = 0;
+    for (int i = 0; i < 4; i++) {
+        struct faultcheck f = {0};
+        poll_until(subs[i], N, &f);
+        cr_assert_eq(f.dups, 0, "subscriber %d: duplicates", i);
+        if (f.told) {
+            told++;
+        } else {
+            cr_assert_eq(f.gaps, 0, "subscriber %d lost messages without being told", i);
+            cr_assert_eq(f.next, N, "subscriber %d got %ld of %ld without being told", i, f.next, N);
+        }
+        close(subs[i]);
+    }
+    cr_assert_geq(kr_it_stat(c.node[0].port, "cluster_reconnects"), 1);
+    one_delivery(&c, 1, 0, "after");
+    close(pub);
+    cluster_down(&c);
+}

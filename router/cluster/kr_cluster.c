@@ -39,6 +39,13 @@
 #define KR_CL_DROPS_PER_TICK 4096 /* lingering subscriptions dropped per tick at most */
 #define KR_CL_MAX_ORIGINS 256     /* origins the duplicate filter remembers */
 #define KR_CL_LOST_CHUNK (256 * 1024)
+/* Topics forwarded lately, announced as possibly lost when the link reconnects (what was
+ * written to a server that died, or sat in it, is gone). Two windows of this length rotate,
+ * so what is announced covers at least this long before the reconnect: the time the link
+ * takes to notice a server that went silent (pings: 5 s, 4 unanswered). */
+#define KR_CL_RECENT_MS 25000
+#define KR_CL_RECENT_SLOTS (1u << 17) /* hashes per window (half full at most) */
+#define KR_CL_RECENT_BYTES (4u << 20) /* topic bytes per window; past either: "every topic" */
 
 struct kr_cl_topic {
     struct kr_cl_topic *next; /* hash chain */
@@ -78,6 +85,14 @@ struct kr_cl_item { /* from libnats' threads to the link thread */
 struct kr_cl_vec { /* events parked towards one net thread */
     struct kr_event *buf;
     uint32_t n, cap;
+};
+
+struct kr_cl_recent { /* the topics forwarded in one window */
+    uint64_t *slots;  /* topic hashes, open addressing (0 = empty) */
+    uint32_t n;
+    bool overflow;    /* more than the window holds: every topic */
+    char *pairs;      /* the topics, as a lost notice's pairs */
+    size_t len;
 };
 
 struct kr_cl_origin {
@@ -140,6 +155,10 @@ struct kr_cluster {
     size_t lost_len, lost_cap;
     uint32_t lost_n;
     uint64_t seq;            /* entries forwarded */
+    struct kr_cl_recent recent[2]; /* [cur] fills, the other is the window before */
+    uint32_t recent_cur;
+    uint64_t recent_since_ms;
+    bool lost_all;           /* a lost notice for every topic is due */
 
     /* from libnats' threads */
     pthread_mutex_t mu;
@@ -358,6 +377,9 @@ static void kr_cl_on_ctl(natsConnection *nc, natsSubscription *sub, natsMsg *msg
             break;
         case 'L':
             kr_cl_item_push(cl, 'L', b.origin, b.ntopics, b.rest, b.rest_len);
+            break;
+        case 'R':
+            kr_cl_item_push(cl, 'R', b.origin, 0, NULL, 0);
             break;
         default:
             break;
@@ -726,7 +748,21 @@ static void kr_cl_lost_add(struct kr_cluster *cl, const char *t, uint32_t len)
 /* After a reconnect: announce, by topic, the copies libnats refused meanwhile. */
 static void kr_cl_lost_announce(struct kr_cluster *cl)
 {
-    if (!cl->lost_n || !cl->connected)
+    if (!cl->connected)
+        return;
+    if (cl->lost_all) {
+        char body[32];
+        size_t bl = kr_cl_ctl_encode(body, 'R', cl->origin, 0);
+        natsConnection_Publish(cl->nc, cl->subj_lost, body, (int)bl);
+        KR_CL_INC(cl, resyncs_sent, 1);
+        KR_WARN("cluster: forwards on more topics than are tracked may have been lost while "
+                "the link was down; the other nodes were told to resync every subscriber");
+        cl->lost_all = false;
+        cl->lost_len = 0;
+        cl->lost_n = 0;
+        return;
+    }
+    if (!cl->lost_n)
         return;
     struct kr_cl_body b = {.kind = 'L', .ntopics = cl->lost_n, .rest = cl->lost,
                            .rest_len = cl->lost_len};
@@ -751,13 +787,73 @@ static void kr_cl_lost_announce(struct kr_cluster *cl)
         }
     }
     free(buf);
-    KR_WARN("cluster: %u forwarded copies were lost while the link was down; the other nodes "
-            "were told by topic", cl->lost_n);
+    KR_WARN("cluster: forwards on %u topics may have been lost while the link was down; the "
+            "other nodes were told by topic", cl->lost_n);
     cl->lost_len = 0;
     cl->lost_n = 0;
 }
 
 /* ---------------------------------------------------------------- the link thread */
+
+static void kr_cl_recent_add(struct kr_cluster *cl, const char *t, uint32_t len, uint64_t h)
+{
+    struct kr_cl_recent *w = &cl->recent[cl->recent_cur];
+    if (w->overflow)
+        return;
+    h |= 1; /* 0 marks an empty slot */
+    uint32_t i = (uint32_t)h & (KR_CL_RECENT_SLOTS - 1);
+    while (w->slots[i]) {
+        if (w->slots[i] == h)
+            return; /* already in (or a hash twin: announced with the other, harmless) */
+        i = (i + 1) & (KR_CL_RECENT_SLOTS - 1);
+    }
+    if (w->n >= KR_CL_RECENT_SLOTS / 2 || w->len + 4 + len > KR_CL_RECENT_BYTES) {
+        w->overflow = true;
+        return;
+    }
+    w->slots[i] = h;
+    w->n++;
+    w->len += kr_cl_pair(w->pairs + w->len, t, len);
+}
+
+static void kr_cl_recent_clear(struct kr_cl_recent *w)
+{
+    if (w->n)
+        memset(w->slots, 0, KR_CL_RECENT_SLOTS * sizeof(*w->slots));
+    w->n = 0;
+    w->len = 0;
+    w->overflow = false;
+}
+
+/* Every half of KR_CL_RECENT_MS: the older window is forgotten and refilled. */
+static void kr_cl_recent_rotate(struct kr_cluster *cl, uint64_t now)
+{
+    if (now < cl->recent_since_ms + KR_CL_RECENT_MS / 2)
+        return;
+    cl->recent_since_ms = now;
+    cl->recent_cur ^= 1;
+    kr_cl_recent_clear(&cl->recent[cl->recent_cur]);
+}
+
+/* The link lost its server: what it forwarded lately may not have reached the others. */
+static void kr_cl_recent_lost(struct kr_cluster *cl)
+{
+    for (int k = 0; k < 2; k++) {
+        struct kr_cl_recent *w = &cl->recent[k];
+        if (w->overflow) {
+            cl->lost_all = true;
+        } else if (w->len) {
+            struct kr_cl_body b = {.kind = 'L', .ntopics = w->n, .rest = w->pairs,
+                                   .rest_len = w->len};
+            size_t pos = 0;
+            const char *t;
+            uint32_t len;
+            while (kr_cl_next_topic(&b, &pos, &t, &len))
+                kr_cl_lost_add(cl, t, len);
+        }
+        kr_cl_recent_clear(w);
+    }
+}
 
 static void kr_cl_forward(struct kr_cluster *cl, struct kr_msg *m)
 {
@@ -796,6 +892,7 @@ static void kr_cl_forward(struct kr_cluster *cl, struct kr_msg *m)
             cl->sbuf = kr_xrealloc(cl->sbuf, sneed);
         }
         kr_cl_subject(cl->sbuf, cl->sbuf_cap, cl->prefix, t, l);
+        kr_cl_recent_add(cl, t, l, kr_msg_topic_hash(m, i));
         natsStatus s = natsConnection_Publish(cl->nc, cl->sbuf, cl->ebuf, (int)(p - cl->ebuf));
         if (s != NATS_OK) {
             KR_CL_INC(cl, lost_forwards, 1);
@@ -891,6 +988,13 @@ static void kr_cl_items(struct kr_cluster *cl, uint64_t now)
                 p->acked = it->seq;
             break;
         }
+        case 'R':
+            KR_CL_INC(cl, resyncs_received, 1);
+            KR_WARN("cluster: node %016" PRIx64 " may have lost forwards on any topic; every "
+                    "local subscriber of a held topic is told to resync", it->origin);
+            kr_cl_peer(cl, it->origin, now);
+            kr_cl_resync(cl, NULL, 0, 0);
+            break;
         case 'L':
             KR_CL_INC(cl, resyncs_received, 1);
             KR_WARN("cluster: node %016" PRIx64 " lost forwards on %llu topics; their local "
@@ -899,6 +1003,7 @@ static void kr_cl_items(struct kr_cluster *cl, uint64_t now)
             kr_cl_resync(cl, it->data, it->len, (uint32_t)it->seq);
             break;
         case 'd':
+            kr_cl_recent_lost(cl); /* announced once linked again */
             cl->connected = false;
             ck_pr_store_64(&cl->st.connected, 0);
             KR_WARN("cluster: disconnected from the NATS server; reconnecting");
@@ -1014,6 +1119,7 @@ static void kr_cl_tick_cb(uv_timer_t *t)
     kr_cl_peers_expire(cl, now);
     kr_cl_heartbeat(cl, now);
     kr_cl_lingers(cl, now);
+    kr_cl_recent_rotate(cl, now);
     kr_cl_run(cl);
 }
 
@@ -1152,6 +1258,10 @@ int kr_cluster_create(const struct kr_cluster_opts *o, struct kr_cluster **out, 
     for (uint32_t n = 0; n < o->nnet; n++) {
         cl->in[n] = kr_mailbox_create(cap);
         cl->out[n] = kr_mailbox_create(cap);
+    }
+    for (int k = 0; k < 2; k++) {
+        cl->recent[k].slots = kr_xcalloc(KR_CL_RECENT_SLOTS, sizeof(uint64_t));
+        cl->recent[k].pairs = kr_xmalloc(KR_CL_RECENT_BYTES);
     }
     uv_loop_init(&cl->loop);
     uv_async_init(&cl->loop, &cl->wake, kr_cl_wake_cb);
@@ -1321,6 +1431,10 @@ void kr_cluster_destroy(struct kr_cluster *cl)
     free(cl->ebuf);
     free(cl->sbuf);
     free(cl->lost);
+    for (int k = 0; k < 2; k++) {
+        free(cl->recent[k].slots);
+        free(cl->recent[k].pairs);
+    }
     free(cl->d_topics);
     free(cl->d_lens);
     free(cl->d_hashes);

@@ -203,6 +203,7 @@ int kr_cl_decode(const char *body, size_t len, struct kr_cl_body *out)
         return 0;
     case 'P':
     case 'A':
+    case 'R':
         if (len != 18)
             return -EINVAL;
         out->seq = kr_get64(body + 10);
