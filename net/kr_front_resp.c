@@ -1115,7 +1115,8 @@ static void kr_rs_answer(struct kr_conn *c)
                 if (!kr_topicset_has(&e->topics, ntop, i))
                     continue;
                 const char *t = kr_msg_topic(m, i, &tlen);
-                struct kr_rs_chan *ch = kr_rs_find(s, t, tlen);
+                /* which frames: only a connection with SSUBSCRIBE channels needs the lookup */
+                struct kr_rs_chan *ch = s->nshard ? kr_rs_find(s, t, tlen) : NULL;
                 uint8_t fl = ch && ch->flags ? ch->flags : KR_RS_REG;
                 for (uint8_t kind = KR_RS_REG; kind <= KR_RS_SHARD; kind <<= 1) {
                     if (!(fl & kind))
