@@ -28,6 +28,14 @@ Options:
                       the Kraken server's poll_wait_ms (default 20: kraken-bench's
                       subscribers poll in a loop, which is what waiting polls are for;
                       the server's own default, 0, answers an empty poll at once)
+  --kraken-rows LIST  which Kraken rows to run: a subset of poll (memcached protocol,
+                      polled), batch (the same with --kraken-batch), resp (RESP, pushed)
+                      (default: all three)
+  --rate R            the latency scenario's fixed total publish rate (default 10000)
+  --pin SCPU,BCPU     run each server under `taskset -c SCPU` and kraken-bench under
+                      `taskset -c BCPU` (CPU lists as taskset takes them, e.g. 0,1 or
+                      0-1,2-3), so the server and the load generator do not share a CPU;
+                      Kraken's default thread counts then follow the server's CPUs
   --scaling           instead: Kraken alone, fanout and broadcast for every combination of
                       num_router_shards and num_net_threads in 1 2 4
   --cluster           also the cross-node rows (after the others, in the same table): for
@@ -54,7 +62,7 @@ Options:
 Scenario shapes (the same for every server):
   fanout     100 subscribers x 10 of 1000 topics, 4 publishers, 64-byte messages
   broadcast  200 subscribers on one topic, 1 publisher, 64-byte messages
-  latency    the fanout shape at a fixed 10000 messages/s
+  latency    the fanout shape at a fixed --rate messages/s (default 10000)
   churn      100 connections subscribing and unsubscribing random topics of 1000
   conns      --conns idle connections subscribed to one topic each; server RSS growth
 EOF
@@ -74,6 +82,10 @@ kraken_poll_wait=20
 scaling=0
 cluster=0
 cluster_scenarios="fanout broadcast"
+kraken_rows="poll batch resp"
+rate=10000
+pin_server=()
+pin_bench=()
 raw=""
 charts=""
 no_charts=0
@@ -89,6 +101,13 @@ while [ $# -gt 0 ]; do
     --conns) nconns=$2; shift 2 ;;
     --kraken-batch) kraken_batch=$2; shift 2 ;;
     --kraken-poll-wait) kraken_poll_wait=$2; shift 2 ;;
+    --kraken-rows) kraken_rows=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --pin)
+        command -v taskset >/dev/null || { echo "compare.sh: --pin needs taskset (util-linux)" >&2; exit 2; }
+        pin_server=(taskset -c "${2%%,*}")
+        pin_bench=(taskset -c "${2#*,}")
+        shift 2 ;;
     --scaling) scaling=1; shift ;;
     --cluster) cluster=1; shift ;;
     --cluster-only) cluster=2; shift ;;
@@ -183,7 +202,7 @@ start_server() {
     kraken)
         # its own admin socket: another server on this machine (the default socket) must not
         # stop this one from starting
-        "$kraken_bin" run --listen_ip 127.0.0.1 --tcp_server_port 0 --log_file "$tmp/kraken.log" \
+        ${pin_server[@]+"${pin_server[@]}"} "$kraken_bin" run --listen_ip 127.0.0.1 --tcp_server_port 0 --log_file "$tmp/kraken.log" \
             --admin_socket "$tmp/kraken-admin.sock" --max_tcp_clients $((nconns + 1000)) --poll_wait_ms "$kraken_poll_wait" \
             "$@" >"$tmp/kraken.out" 2>&1 &
         server_pid=$!
@@ -198,14 +217,14 @@ start_server() {
         ;;
     redis)
         server_port=$(free_port)
-        redis-server --port "$server_port" --bind 127.0.0.1 --save '' --appendonly no \
+        ${pin_server[@]+"${pin_server[@]}"} redis-server --port "$server_port" --bind 127.0.0.1 --save '' --appendonly no \
             --maxclients $((nconns + 1000)) --logfile "$tmp/redis.log" >/dev/null 2>&1 &
         server_pid=$!
         wait_listening "$server_port" || server_port=""
         ;;
     nats)
         server_port=$(free_port)
-        "$nats_bin" -a 127.0.0.1 -p "$server_port" -l "$tmp/nats.log" >/dev/null 2>&1 &
+        ${pin_server[@]+"${pin_server[@]}"} "$nats_bin" -a 127.0.0.1 -p "$server_port" -l "$tmp/nats.log" >/dev/null 2>&1 &
         server_pid=$!
         wait_listening "$server_port" || server_port=""
         ;;
@@ -230,7 +249,7 @@ scenario_args() {
     case "$1" in
     fanout) echo "--scenario fanout --subs 100 --pubs 4 --topics 1000 --topics-per-sub 10 --msg-size 64" ;;
     broadcast) echo "--scenario broadcast --subs 200 --pubs 1 --msg-size 64" ;;
-    latency) echo "--scenario latency --subs 100 --pubs 4 --topics 1000 --topics-per-sub 10 --msg-size 64 --rate 10000" ;;
+    latency) echo "--scenario latency --subs 100 --pubs 4 --topics 1000 --topics-per-sub 10 --msg-size 64 --rate $rate" ;;
     churn) echo "--scenario churn --subs 100 --topics 1000" ;;
     conns) echo "--scenario conns --conns $nconns --topics 1000 --topics-per-sub 1" ;;
     *) echo "compare.sh: unknown scenario '$1'" >&2; return 1 ;;
@@ -257,7 +276,7 @@ run_one() {
     echo "== $sc: $label (port $server_port)" >&2
     local json rc=0
     # shellcheck disable=SC2086
-    json=$("$bench_bin" --proto "${bench_proto:-$server}" --port "$server_port" $args --duration "$dur" \
+    json=$(${pin_bench[@]+"${pin_bench[@]}"} "$bench_bin" --proto "${bench_proto:-$server}" --port "$server_port" $args --duration "$dur" \
         --threads "$threads" --pipeline "$pipeline" --json --quiet "${more[@]}" "$@" \
         ${extra[@]+"${extra[@]}"}) || rc=$?
     stop_server
@@ -506,11 +525,14 @@ fi
 for sc in $scenarios; do
     for srv in $servers; do
         server_args=""
-        run_one "$srv" "$srv" "$sc"
-        if [ "$srv" = kraken ] && [ "$kraken_batch" -gt 1 ] && { [ "$sc" = fanout ] || [ "$sc" = broadcast ]; }; then
+        if [ "$srv" != kraken ] || [[ " $kraken_rows " == *" poll "* ]]; then
+            run_one "$srv" "$srv" "$sc"
+        fi
+        if [ "$srv" = kraken ] && [[ " $kraken_rows " == *" batch "* ]] && [ "$kraken_batch" -gt 1 ] &&
+            { [ "$sc" = fanout ] || [ "$sc" = broadcast ]; }; then
             run_one "kraken (batch $kraken_batch)" kraken "$sc" --batch "$kraken_batch"
         fi
-        if [ "$srv" = kraken ] && [ "$sc" != retro ]; then
+        if [ "$srv" = kraken ] && [[ " $kraken_rows " == *" resp "* ]] && [ "$sc" != retro ]; then
             # the same server spoken to as Redis clients do (RESP, pushed deliveries)
             bench_proto=redis run_one "kraken (resp)" kraken "$sc"
         fi

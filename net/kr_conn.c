@@ -64,11 +64,73 @@ void kr_out_str(struct kr_conn *c, const char *s)
     kr_out_add(c, s, strlen(s));
 }
 
+void kr_out_ref(struct kr_conn *c, const char *p, uint32_t n, struct kr_msg *m)
+{
+    if (c->nrefs == KR_OUT_MAX_REFS) {
+        kr_out_add(c, p, n);
+        return;
+    }
+    if (c->nrefs == c->refs_cap) {
+        c->refs_cap = c->refs_cap ? c->refs_cap * 2 : 16;
+        c->refs = kr_xrealloc(c->refs, c->refs_cap * sizeof(*c->refs));
+    }
+    kr_msg_ref(m, 1);
+    c->refs[c->nrefs++] = (struct kr_out_ref){.at = c->out_len, .p = p, .len = n, .m = m};
+    c->refs_bytes += n;
+}
+
+/* Drop the output's message references. */
+static void kr_out_refs_release(struct kr_conn *c)
+{
+    for (uint32_t i = 0; i < c->nrefs; i++)
+        kr_msg_unref(c->refs[i].m);
+    c->nrefs = 0;
+    c->refs_bytes = 0;
+}
+
+/* The output as pieces in order (out up to each reference, the reference, ... the rest of
+ * out), at most 2 * KR_OUT_MAX_REFS + 1 of them. Returns how many. */
+static unsigned kr_out_pieces(const struct kr_conn *c, uv_buf_t *b)
+{
+    unsigned n = 0;
+    size_t from = 0;
+    for (uint32_t i = 0; i < c->nrefs; i++) {
+        const struct kr_out_ref *r = &c->refs[i];
+        if (r->at > from)
+            b[n++] = uv_buf_init(c->out + from, (unsigned)(r->at - from));
+        if (r->len)
+            b[n++] = uv_buf_init((char *)r->p, r->len);
+        from = r->at;
+    }
+    if (c->out_len > from)
+        b[n++] = uv_buf_init(c->out + from, (unsigned)(c->out_len - from));
+    return n;
+}
+
+/* The `done` first bytes of a referencing output were written: copy the rest into a buffer
+ * of its own as `out` (a write that waits for the socket owns one flat buffer) and drop the
+ * references. */
+static void kr_out_flatten(struct kr_conn *c, const uv_buf_t *b, unsigned nb, size_t done)
+{
+    size_t rest = c->out_len + c->refs_bytes - done, at = 0;
+    char *flat = kr_xmalloc(rest ? rest : 1);
+    for (unsigned i = 0; i < nb; i++) {
+        size_t len = b[i].len, skip = done < len ? done : len;
+        done -= skip;
+        memcpy(flat + at, b[i].base + skip, len - skip);
+        at += len - skip;
+    }
+    kr_out_refs_release(c);
+    free(c->out);
+    c->out = flat;
+    c->out_len = c->out_cap = rest;
+}
+
 /* Bring the net thread's output_bytes figure (part of max_memory's count) up to date with
  * the connection's unsent bytes: what is buffered plus the write in flight. */
 static void kr_conn_out_account(struct kr_conn *c)
 {
-    size_t now = c->closing ? 0 : c->out_len + c->wbuf_len;
+    size_t now = c->closing ? 0 : c->out_len + c->refs_bytes + c->wbuf_len;
     if (now > c->out_acct)
         KR_ST_INC(c->nt, output_bytes, now - c->out_acct);
     else if (now < c->out_acct)
@@ -79,7 +141,7 @@ static void kr_conn_out_account(struct kr_conn *c)
 /* Unsent reply bytes of the connection. */
 size_t kr_conn_out_pending(const struct kr_conn *c)
 {
-    return c->out_len + c->wbuf_len;
+    return c->out_len + c->refs_bytes + c->wbuf_len;
 }
 
 static void kr_conn_write_cb(uv_write_t *req, int status)
@@ -112,9 +174,31 @@ void kr_conn_flush(struct kr_conn *c)
         kr_conn_out_account(c); /* replies added behind the write in flight */
         return;
     }
+    bool tried = false; /* the socket took what it could already */
+    if (c->nrefs) {
+        /* one writev of the output and the shared payloads it references */
+        uv_buf_t pieces[2 * KR_OUT_MAX_REFS + 1];
+        unsigned np = kr_out_pieces(c, pieces);
+        size_t total = c->out_len + c->refs_bytes;
+        int n = uv_try_write((uv_stream_t *)&c->h, pieces, np);
+        if (n < 0 && n != UV_EAGAIN) {
+            kr_conn_close(c);
+            return;
+        }
+        size_t done = n > 0 ? (size_t)n : 0;
+        KR_ST_INC(c->nt, bytes_written, done);
+        if (done < total) {
+            kr_out_flatten(c, pieces, np, done); /* the rest goes the single-buffer way */
+            tried = true;
+        } else {
+            kr_out_refs_release(c);
+            c->out_len = 0;
+            kr_conn_out_account(c);
+        }
+    }
     if (c->out_len) {
         uv_buf_t b = uv_buf_init(c->out, (unsigned)c->out_len);
-        int n = uv_try_write((uv_stream_t *)&c->h, &b, 1);
+        int n = tried ? 0 : uv_try_write((uv_stream_t *)&c->h, &b, 1);
         if (n < 0 && n != UV_EAGAIN) {
             kr_conn_close(c);
             return;
@@ -406,6 +490,8 @@ void kr_conn_closed_cb(uv_handle_t *h)
     if (c->fe->close)
         c->fe->close(c);
     free(c->in);
+    kr_out_refs_release(c);
+    free(c->refs);
     free(c->out);
     free(c->wbuf);
     kr_dlv_free(&c->dlv);
@@ -592,7 +678,7 @@ bool kr_conn_can_parse(struct kr_conn *c)
  * make the server buffer more replies for it), and its socket is not read. */
 static bool kr_conn_out_full(const struct kr_conn *c)
 {
-    return c->out_len + (c->writing ? KR_OUT_HIGH : 0) > KR_OUT_HIGH;
+    return c->out_len + c->refs_bytes + (c->writing ? KR_OUT_HIGH : 0) > KR_OUT_HIGH;
 }
 
 /* Parse and handle as many requests as possible from buf; returns bytes consumed.

@@ -21,6 +21,10 @@
 #define KR_RS_REG 1u   /* taken with SUBSCRIBE (or KRAKEN.RETRO_SUBSCRIBE) */
 #define KR_RS_SHARD 2u /* taken with SSUBSCRIBE */
 #define KR_RS_MAX_ARGS (1024u * 1024u)
+/* Payloads of at least this many bytes are pushed by reference to the shared message (one
+ * writev per connection) instead of copied into its output; smaller ones are copied, which
+ * costs less than the reference count and the iovec (docs/benchmarks.md). */
+#define KR_RS_SHARE_MIN 2048u
 
 /* A channel the connection subscribes to. */
 struct kr_rs_chan {
@@ -1111,18 +1115,24 @@ static void kr_rs_answer(struct kr_conn *c)
                 if (!kr_topicset_has(&e->topics, ntop, i))
                     continue;
                 const char *t = kr_msg_topic(m, i, &tlen);
-                struct kr_rs_chan *ch = kr_rs_find(s, t, tlen);
+                /* which frames: only a connection with SSUBSCRIBE channels needs the lookup */
+                struct kr_rs_chan *ch = s->nshard ? kr_rs_find(s, t, tlen) : NULL;
                 uint8_t fl = ch && ch->flags ? ch->flags : KR_RS_REG;
                 for (uint8_t kind = KR_RS_REG; kind <= KR_RS_SHARD; kind <<= 1) {
                     if (!(fl & kind))
                         continue;
                     size_t cap = tlen + 96;
-                    kr_out_reserve(c, cap + plen + 2);
+                    bool share = plen >= KR_RS_SHARE_MIN;
+                    kr_out_reserve(c, cap + (share ? 0 : plen) + 2);
                     c->out_len += kr_resp_fmt_message_head(c->out + c->out_len, cap, s->proto,
                                                            kind == KR_RS_SHARD ? "smessage" : "message",
                                                            t, tlen, plen);
-                    memcpy(c->out + c->out_len, payload, plen);
-                    c->out_len += plen;
+                    if (share) {
+                        kr_out_ref(c, payload, plen, m); /* written from the shared message */
+                    } else {
+                        memcpy(c->out + c->out_len, payload, plen);
+                        c->out_len += plen;
+                    }
                     memcpy(c->out + c->out_len, "\r\n", 2);
                     c->out_len += 2;
                     frames++;

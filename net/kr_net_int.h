@@ -107,6 +107,17 @@ struct kr_reply_wait {
 };
 
 #define KR_MAX_PIPELINED 1024 /* replies a client may have waiting on the router */
+#define KR_OUT_MAX_REFS 256   /* shared payloads one connection's output references at most
+                                 (then they are copied): one writev stays under IOV_MAX */
+
+/* A shared message payload the output references instead of copying (kr_out_ref): sent
+ * after the first `at` bytes of `out` that precede it, holding a message reference. */
+struct kr_out_ref {
+    size_t at;
+    const char *p;
+    uint32_t len;
+    struct kr_msg *m;
+};
 
 struct kr_conn {
     uv_tcp_t h; /* first: handle.data is unused, the handle address is the connection */
@@ -125,6 +136,10 @@ struct kr_conn {
     char *out;
     size_t out_len;
     size_t out_cap;
+    struct kr_out_ref *refs; /* shared payloads interleaved with `out`, in order */
+    uint32_t nrefs;
+    uint32_t refs_cap;
+    size_t refs_bytes; /* their payload bytes (unsent, besides out_len) */
     char *wbuf; /* buffer owned by the write in flight */
     size_t wbuf_len;
     size_t out_acct; /* unsent bytes counted in the thread's output_bytes */
@@ -302,6 +317,10 @@ struct kr_server {
 void kr_out_reserve(struct kr_conn *c, size_t n);
 void kr_out_add(struct kr_conn *c, const void *p, size_t n);
 void kr_out_str(struct kr_conn *c, const char *s);
+/* Append n bytes of message m's payload p by reference (one message reference held until
+ * the bytes are written: a writev sends them from the shared buffer); copied instead once
+ * KR_OUT_MAX_REFS are pending. Net thread. */
+void kr_out_ref(struct kr_conn *c, const char *p, uint32_t n, struct kr_msg *m);
 size_t kr_conn_out_pending(const struct kr_conn *c);
 void kr_conn_flush(struct kr_conn *c);
 void kr_conn_fail(struct kr_conn *c, const char *reply);

@@ -332,6 +332,45 @@ Test(resp_server, register_makes_next_subscribe_retroactive)
     close(pub);
 }
 
+/* Large payloads are pushed from the shared message (one writev with references), small
+ * ones copied, interleaved in order; a subscriber that does not read makes the writes
+ * partial (the rest is copied out and waits for the socket) and then gets every byte. */
+Test(resp_server, large_payloads_pushed_intact_in_order)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    cmd(sub, "SUBSCRIBE", "bg", NULL);
+    kr_it_expect(sub, CONF("9\r\nsubscribe", "$2\r\nbg", "1"));
+    enum { N = 200 };
+    size_t cap = 0;
+    for (int i = 0; i < N; i++)
+        cap += 80 + (i % 5 == 4 ? 10 : 2048 + (size_t)i * 397);
+    char *req = malloc(cap), *want = malloc(cap + 1);
+    size_t rl = 0, wl = 0;
+    for (int i = 0; i < N; i++) {
+        size_t len = i % 5 == 4 ? 10 : 2048 + (size_t)i * 397; /* both sides of the share size */
+        rl += (size_t)sprintf(req + rl, "*3\r\n$7\r\nPUBLISH\r\n$2\r\nbg\r\n$%zu\r\n", len);
+        wl += (size_t)sprintf(want + wl, "*3\r\n$7\r\nmessage\r\n$2\r\nbg\r\n$%zu\r\n", len);
+        for (size_t k = 0; k < len; k++)
+            req[rl + k] = want[wl + k] = (char)('a' + (i + k / 1000) % 26);
+        rl += len;
+        wl += len;
+        memcpy(req + rl, "\r\n", 2);
+        memcpy(want + wl, "\r\n", 2);
+        rl += 2;
+        wl += 2;
+    }
+    want[wl] = 0;
+    kr_it_send(pub, req, rl);
+    for (int i = 0; i < N; i++)
+        kr_it_expect(pub, ":1\r\n");
+    kr_it_sleep_ms(50); /* the subscriber has not read: its socket is full */
+    kr_it_expect(sub, want);
+    close(pub);
+    close(sub);
+    free(req);
+    free(want);
+}
+
 Test(resp_server, malformed_resp_closes)
 {
     int fd = kr_it_connect(srv.port);
