@@ -320,9 +320,16 @@ Test(resp_server, register_makes_next_subscribe_retroactive)
     cmd(fd, "SUBSCRIBE", "rg1", NULL);
     kr_it_expect(fd, CONF("9\r\nsubscribe", "$3\r\nrg1", "1")
                      "*3\r\n$7\r\nmessage\r\n$3\r\nrg1\r\n$10\r\nbefore-sub\r\n");
-    /* only the first subscribe after the register replays */
+    /* only the first subscribe after the register replays; a witness subscriber gets old2
+     * first, so its shard routed it before fd subscribes (else it could race the
+     * subscribe from another net thread and arrive live) */
+    int w = kr_it_connect(srv.port);
+    cmd(w, "SUBSCRIBE", "rg2", NULL);
+    kr_it_expect(w, CONF("9\r\nsubscribe", "$3\r\nrg2", "1"));
     cmd(pub, "PUBLISH", "rg2", "old2", NULL);
     kr_it_expect(pub, ":1\r\n");
+    kr_it_expect(w, "*3\r\n$7\r\nmessage\r\n$3\r\nrg2\r\n$4\r\nold2\r\n");
+    close(w);
     cmd(fd, "SUBSCRIBE", "rg2", NULL);
     kr_it_expect(fd, CONF("9\r\nsubscribe", "$3\r\nrg2", "2"));
     cmd(pub, "PUBLISH", "rg2", "live", NULL);
