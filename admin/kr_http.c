@@ -6,6 +6,7 @@
  * Requests are served one at a time: a monitoring listener needs no concurrency, and one
  * thread bounds what it can cost the server. */
 #include "kr_http.h"
+#include "kr_cluster.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -492,8 +493,23 @@ static void kr_http_api_server(struct kr_http *h, struct kr_sb *b)
         kr_sb_json_cstr(b, w[i].topics);
         kr_sb_printf(b, ",\"suppressed\":%" PRIu64 "}", w[i].suppressed);
     }
-    /* the cluster link does not exist yet: null until it does */
-    kr_sb_add(b, "],\"cluster\":null}\n", 18);
+    /* the cluster link: null on a single node */
+    struct kr_cluster_stats cs;
+    if (!kr_server_cluster(h->srv, &cs)) {
+        kr_sb_add(b, "],\"cluster\":null}\n", 18);
+        return;
+    }
+    kr_sb_printf(b, "],\"cluster\":{\"node\":");
+    kr_sb_json_cstr(b, cs.node);
+    kr_sb_printf(b, ",\"linked\":%s,\"server\":", cs.connected ? "true" : "false");
+    kr_sb_json_cstr(b, cs.server);
+    kr_sb_printf(b,
+                 ",\"peers\":%" PRIu64 ",\"subjects\":%" PRIu64 ",\"reconnects\":%" PRIu64
+                 ",\"msgs_out\":%" PRIu64 ",\"msgs_in\":%" PRIu64 ",\"duplicates\":%" PRIu64
+                 ",\"lost_forwards\":%" PRIu64 ",\"resyncs_sent\":%" PRIu64
+                 ",\"resyncs_received\":%" PRIu64 "}}\n",
+                 cs.peers, cs.subjects, cs.reconnects, cs.msgs_out, cs.msgs_in, cs.duplicates,
+                 cs.lost_forwards, cs.resyncs_sent, cs.resyncs_received);
 }
 
 /* ---------------------------------------------------------------- query arguments */

@@ -154,7 +154,7 @@ void kr_server_figures(struct kr_server *srv, kr_server_figure_cb cb, void *arg)
            "topics whose local subscribers were told to resync", cs.resync_topics);
     kr_fig(cb, arg, "cluster_barriers", C,
            "subscribe requests that waited for the cluster to hold their interest", cs.barriers);
-    struct kr_figure bw = {.name = "cluster_barrier_seconds", .kind = C, .micro = 1,
+    struct kr_figure bw = {.name = "cluster_barrier_time", .kind = C, .micro = 1,
                            .help = "total time subscribe requests waited for the cluster",
                            .value = cs.barrier_us};
     cb(arg, &bw);

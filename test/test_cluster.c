@@ -655,3 +655,32 @@ Test(cluster, publishers_nats_server_killed_other_nodes_complete_or_told)
     close(pub);
     cluster_down(&c);
 }
+
+/* /api/server carries the link (null on a single node: test_http checks that). */
+Test(cluster, api_server_shows_the_link)
+{
+    struct kr_it_nats nats[1];
+    kr_it_nats_cluster_start(nats, 1);
+    char url[64], hp[16];
+    kr_it_nats_url(&nats[0], url, sizeof(url));
+    uint16_t http = kr_it_free_port();
+    snprintf(hp, sizeof(hp), "%u", http);
+    const char *extra[] = {"--cluster_nats_url", url, "--cluster_node_name", "solo",
+                           "--http_port", hp, NULL};
+    struct kr_it_server srv;
+    kr_it_start(&srv, extra);
+    int fd = kr_it_connect(http);
+    kr_it_sends(fd, "GET /api/server HTTP/1.0\r\n\r\n");
+    static char buf[1 << 16];
+    kr_it_read_until(fd, buf, sizeof(buf), "\x01"); /* never sent: reads to EOF */
+    close(fd);
+    char want[128];
+    snprintf(want, sizeof(want), "\"cluster\":{\"node\":\"solo\",\"linked\":true,\"server\":\"%s\"",
+             url);
+    const char *cl = strstr(buf, "\"cluster\":");
+    cr_assert_not_null(cl, "no cluster object");
+    cr_assert_not_null(strstr(cl, want), "%s", cl);
+    cr_assert_not_null(strstr(cl, "\"peers\":0,"), "%s", cl);
+    kr_it_stop(&srv);
+    kr_it_nats_cluster_stop(nats, 1);
+}
