@@ -162,6 +162,10 @@ void kr_server_figures(struct kr_server *srv, kr_server_figure_cb cb, void *arg)
            cs.barrier_timeouts);
     kr_fig(cb, arg, "cluster_bad_messages", C, "messages from the cluster that did not decode",
            cs.bad_bodies);
+    kr_fig(cb, arg, "cluster_slow_consumers", C,
+           "times a topic's entries from the cluster outran the shards past cluster_max_pending "
+           "(dropped by the cluster, its subscribers told)",
+           cs.slow_consumers);
 }
 
 void kr_server_refresh_stats(struct kr_server *srv)

@@ -184,6 +184,10 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
     KR_CFG_OPT(cluster_linger_ms, KR_CFG_U64, 0, 0, 3600000, "2000",
                "a topic's cluster subscription is dropped this long after its last local "
                "subscriber left"),
+    KR_CFG_OPT(cluster_max_pending, KR_CFG_U32, 0, 1, 100000000, "65536",
+               "entries received from the cluster for one topic that may wait for the shards; "
+               "past it the cluster drops them and that topic's local subscribers are told to "
+               "resync"),
     KR_CFG_OPT(cluster_reconnect_buf_bytes, KR_CFG_U64, KR_CFG_SIZE, 64 * KR_KIB, KR_GIB, "8m",
                "messages to forward that are held while the link reconnects; past it they "
                "are announced lost"),

@@ -81,6 +81,9 @@ struct kr_cfg {
                                                 last local subscriber by this long */
     uint64_t cluster_reconnect_buf_bytes;    /* 8 MiB: forwards libnats holds while it
                                                 reconnects */
+    uint32_t cluster_max_pending;            /* 65536: entries from the cluster waiting for
+                                                the shards, per topic, before that topic's
+                                                subscribers are told to resync */
 };
 
 /* Fill `cfg` with every default. Control thread. */

@@ -102,7 +102,7 @@ struct kr_cl_origin {
 struct kr_cl_counters {
     uint64_t connected, reconnects, subjects, peers, msgs_out, copies_out, msgs_in, duplicates,
         lost_forwards, resyncs_sent, resyncs_received, resync_topics, barriers, barrier_us,
-        barrier_timeouts, bad_bodies;
+        barrier_timeouts, bad_bodies, slow_consumers;
 };
 
 struct kr_cluster {
@@ -229,8 +229,15 @@ static void kr_cl_error_cb(natsConnection *nc, natsSubscription *sub, natsStatus
                            void *closure)
 {
     (void)nc;
-    (void)sub;
-    (void)closure;
+    struct kr_cluster *cl = closure;
+    if (err == NATS_SLOW_CONSUMER && sub) {
+        /* a topic's entries arrive faster than the shards take them: libnats drops past
+         * cluster_max_pending; the link tells the topic's subscribers */
+        const char *subj = natsSubscription_GetSubject(sub);
+        if (subj)
+            kr_cl_item_push(cl, 'S', 0, 0, subj, strlen(subj) + 1);
+        return;
+    }
     static struct kr_log_ratelimit rl;
     uint64_t suppressed = 0;
     if (kr_log_enabled(KR_LOG_WARN) && kr_log_ratelimit(&rl, 10, 10000, &suppressed))
@@ -455,8 +462,8 @@ static struct kr_cl_topic *kr_cl_hold(struct kr_cluster *cl, const char *t, uint
     }
     kr_cl_subject(cl->sbuf, cl->sbuf_cap, cl->prefix, t, len);
     natsStatus s = natsConnection_Subscribe(&e->sub, cl->nc, cl->sbuf, kr_cl_on_entry, cl);
-    if (s == NATS_OK)
-        natsSubscription_SetPendingLimits(e->sub, -1, -1);
+    if (s == NATS_OK) /* bounded: past it, NATS_SLOW_CONSUMER (kr_cl_error_cb) */
+        natsSubscription_SetPendingLimits(e->sub, (int)cl->cfg->cluster_max_pending, -1);
     else
         KR_WARN("cluster: cannot subscribe to %s: %s", cl->sbuf, natsStatus_GetText(s));
     e->probe = cl->probe_sent + 1;
@@ -1002,6 +1009,27 @@ static void kr_cl_items(struct kr_cluster *cl, uint64_t now)
             kr_cl_peer(cl, it->origin, now);
             kr_cl_resync(cl, it->data, it->len, (uint32_t)it->seq);
             break;
+        case 'S': {
+            char topic[4096];
+            uint32_t tl;
+            if (kr_cl_subject_topic(it->data, cl->prefix, topic, sizeof(topic), &tl) != 0)
+                break; /* a control subject: unbounded, cannot be it */
+            KR_CL_INC(cl, slow_consumers, 1);
+            uint64_t suppressed = 0;
+            static struct kr_log_ratelimit rl;
+            if (kr_log_enabled(KR_LOG_WARN) && kr_log_ratelimit(&rl, 10, 10000, &suppressed))
+                KR_WARN("cluster: topic %.*s: more than cluster_max_pending entries from the "
+                        "cluster waited for the shards; the cluster dropped some and its "
+                        "subscribers are told to resync (suppressed %llu similar)",
+                        (int)(tl > 200 ? 200 : tl), topic, (unsigned long long)suppressed);
+            struct kr_cl_topic *e = kr_cl_find(cl, topic, tl, kr_topic_hash(topic, tl));
+            if (e && e->since_us)
+                e->since_us = kr_msg_clock_us(); /* coverage restarts: retro NOT_FOUND */
+            char pair[4096 + 4];
+            size_t pl = kr_cl_pair(pair, topic, tl);
+            kr_cl_resync(cl, pair, pl, 1);
+            break;
+        }
         case 'd':
             kr_cl_recent_lost(cl); /* announced once linked again */
             cl->connected = false;
@@ -1499,5 +1527,6 @@ void kr_cluster_stats(struct kr_cluster *cl, struct kr_cluster_stats *out)
     KR_CL_LOAD(barrier_us);
     KR_CL_LOAD(barrier_timeouts);
     KR_CL_LOAD(bad_bodies);
+    KR_CL_LOAD(slow_consumers);
 #undef KR_CL_LOAD
 }

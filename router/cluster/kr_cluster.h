@@ -92,6 +92,7 @@ struct kr_cluster_stats {
     uint64_t barrier_us;       /* total time they waited */
     uint64_t barrier_timeouts; /* probes that some node did not answer in time */
     uint64_t bad_bodies;       /* messages from the cluster that did not decode */
+    uint64_t slow_consumers;   /* topics whose entries outran the shards (cluster_max_pending) */
 };
 /* Relaxed reads of the link's counters. Any thread. */
 void kr_cluster_stats(struct kr_cluster *cl, struct kr_cluster_stats *out);
