@@ -16,16 +16,8 @@
 #include <string.h>
 
 #include "kr_cluster_wire.h"
+#include "kr_fuzz.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define KR_FUZZ_CHECK(cond)                                                                \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);       \
-            abort();                                                                       \
-        }                                                                                  \
-    } while (0)
 
 #define KR_FUZZ_MAX_SPLIT 1024
 #define KR_FUZZ_MAX_TOPICS 256

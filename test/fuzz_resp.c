@@ -20,16 +20,8 @@
 #include <string.h>
 
 #include "kr_resp.h"
+#include "kr_fuzz.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define KR_FUZZ_CHECK(cond)                                                                \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);       \
-            abort();                                                                       \
-        }                                                                                  \
-    } while (0)
 
 /* Prefix and chunk checks copy the input many times; keep them to inputs of this size. */
 #define KR_FUZZ_MAX_SPLIT 2048

@@ -181,17 +181,24 @@ Test(router, single_shard_delivery_with_mask_and_no_echo)
     stop();
 }
 
+/* b: a topic "x<n>" on another shard than a ("x0"). */
+static void two_shards(const char *a, char *b, size_t cap)
+{
+    uint32_t sa = kr_router_shard_of(r, a, strlen(a));
+    for (int i = 1; i < 100000; i++) {
+        int n = snprintf(b, cap, "x%d", i);
+        if (kr_router_shard_of(r, b, (size_t)n) != sa)
+            return;
+    }
+    cr_assert_fail("no topic on another shard than %s", a);
+}
+
 Test(router, multi_shard_sends_end_to_every_net_thread)
 {
     start(4, 2);
     /* find two topics on different shards */
     char a[16] = "x0", b[16];
-    uint32_t sa = kr_router_shard_of(r, a, 2);
-    for (int i = 1;; i++) {
-        int n = snprintf(b, sizeof(b), "x%d", i);
-        if (kr_router_shard_of(r, b, (size_t)n) != sa)
-            break;
-    }
+    two_shards(a, b, sizeof(b));
     uint64_t sub = conn_id(1, 5), pub = conn_id(0, 1);
     const char *both[] = {a, b};
     subscribe(sub, both, 2);
@@ -885,12 +892,7 @@ Test(cluster_side, end_goes_only_to_net_threads)
 {
     start_interest(4, 4, 2, 3); /* nets 0 and 1; 2 = an injector, 3 = the link */
     char a[16] = "x0", b[16];
-    uint32_t sa = kr_router_shard_of(r, a, 2);
-    for (int i = 1;; i++) {
-        int n = snprintf(b, sizeof(b), "x%d", i);
-        if (kr_router_shard_of(r, b, (size_t)n) != sa)
-            break;
-    }
+    two_shards(a, b, sizeof(b));
     uint64_t sub = conn_id(1, 5);
     const char *both[] = {a, b};
     subscribe(sub, both, 2);
