@@ -933,3 +933,16 @@ int kr_it_natsc_next(int fd, int timeout_ms, struct kr_it_natsc_msg *m)
     cr_assert_fail("NATS: only control lines for a long time");
     return 0;
 }
+
+int kr_it_exited_0(const struct kr_it_server *s)
+{
+    for (int i = 0; i < 1500; i++) {
+        siginfo_t si;
+        memset(&si, 0, sizeof(si));
+        if (waitid(P_PID, (id_t)s->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+            si.si_pid == s->pid)
+            return si.si_code == CLD_EXITED && si.si_status == 0;
+        kr_it_sleep_ms(10);
+    }
+    return 0;
+}

@@ -22,6 +22,9 @@ void kr_it_start(struct kr_it_server *s, const char *const *extra);
 void kr_it_start_nofile(struct kr_it_server *s, const char *const *extra, unsigned nofile);
 /* SIGTERM, wait (bounded), assert a clean exit 0, remove the log. */
 void kr_it_stop(struct kr_it_server *s);
+/* Wait (bounded) until the server exits by itself; 1 when it exited with status 0. It is
+ * left unreaped (kr_it_stop's SIGTERM then finds a zombie and reaps it). */
+int kr_it_exited_0(const struct kr_it_server *s);
 /* Does the server log contain `needle`? */
 int kr_it_log_contains(const struct kr_it_server *s, const char *needle);
 /* Wait (bounded) until the log contains `needle`; returns 1 if it did. */

@@ -153,19 +153,6 @@ Test(drain_barrier, publish_stored_before_the_drain_reaches_its_subscribers)
     close(pub0);
     close(pub1);
     cr_assert(kr_it_wait_log(&srv, "drain finished"));
-    /* it exits 0 by itself (left unreaped for kr_it_stop, whose SIGTERM then finds a zombie) */
-    bool exited = false;
-    for (int i = 0; i < 1500 && !exited; i++) {
-        siginfo_t si;
-        memset(&si, 0, sizeof(si));
-        if (waitid(P_PID, (id_t)srv.pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-            si.si_pid == srv.pid) {
-            cr_assert(si.si_code == CLD_EXITED && si.si_status == 0, "exit 0 after the drain");
-            exited = true;
-        } else {
-            kr_it_sleep_ms(10);
-        }
-    }
-    cr_assert(exited, "the server exits after the drain");
+    cr_assert(kr_it_exited_0(&srv), "the server exits 0 by itself after the drain");
     kr_it_stop(&srv);
 }
