@@ -597,6 +597,12 @@ static void kr_it_nats_spawn(struct kr_it_nats *v, int n, int which)
     argv[argc++] = cluster_url;
     argv[argc++] = "--cluster_name";
     argv[argc++] = one->cluster;
+    if (one->user[0]) {
+        argv[argc++] = "--user";
+        argv[argc++] = one->user;
+        argv[argc++] = "--pass";
+        argv[argc++] = one->pass;
+    }
     if (rl) {
         argv[argc++] = "--routes";
         argv[argc++] = routes;
@@ -647,6 +653,17 @@ static int kr_it_nats_wait_up(struct kr_it_nats *one)
     return -ETIMEDOUT;
 }
 
+static const char *kr_it_nats_user = "", *kr_it_nats_pass = "";
+
+void kr_it_nats_cluster_start_auth(struct kr_it_nats *v, int n, const char *user, const char *pass)
+{
+    kr_it_nats_user = user;
+    kr_it_nats_pass = pass;
+    kr_it_nats_cluster_start(v, n);
+    kr_it_nats_user = "";
+    kr_it_nats_pass = "";
+}
+
 void kr_it_nats_cluster_start(struct kr_it_nats *v, int n)
 {
     static unsigned clusters;
@@ -664,6 +681,8 @@ void kr_it_nats_cluster_start(struct kr_it_nats *v, int n)
             one->n = n;
             snprintf(one->name, sizeof(one->name), "kr-it-nats-%d", i + 1);
             snprintf(one->cluster, sizeof(one->cluster), "%s", cname);
+            snprintf(one->user, sizeof(one->user), "%s", kr_it_nats_user);
+            snprintf(one->pass, sizeof(one->pass), "%s", kr_it_nats_pass);
             snprintf(one->log_path, sizeof(one->log_path), "/tmp/kraken-it-nats-XXXXXX");
             int lfd = mkstemp(one->log_path);
             cr_assert_geq(lfd, 0);

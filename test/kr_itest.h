@@ -97,12 +97,15 @@ struct kr_it_nats {
     char log_path[128];
     char name[32];    /* server name: kr-it-nats-<index> */
     char cluster[48]; /* cluster name shared by the servers of one cluster */
+    char user[32], pass[32]; /* client authorization (--user/--pass), "" = none */
 };
 
 /* Start n (1..KR_IT_NATS_MAX) servers as one cluster into v[0..n) and wait until the full
  * mesh is up (num_routes == n - 1 on every server). Fails the test, saying so, when
  * nats-server is not installed. */
 void kr_it_nats_cluster_start(struct kr_it_nats *v, int n);
+/* The same with client authorization: clients must give `user` and `pass`. */
+void kr_it_nats_cluster_start_auth(struct kr_it_nats *v, int n, const char *user, const char *pass);
 /* Stop every running server of the cluster (as kr_it_nats_stop) and remove the logs. */
 void kr_it_nats_cluster_stop(struct kr_it_nats *v, int n);
 /* SIGTERM one server, wait for it to exit (bounded), SIGKILL when it does not. */

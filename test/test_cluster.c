@@ -704,3 +704,28 @@ Test(cluster, entries_outrunning_a_node_are_dropped_loudly)
     close(pub);
     cluster_down(&c);
 }
+
+/* NATS servers that ask for a user and password: a node giving them links; a node giving a
+ * wrong password says so and exits non-zero. */
+Test(cluster, credentials)
+{
+    struct kr_it_nats nats[1];
+    kr_it_nats_cluster_start_auth(nats, 1, "kraken", "s3cret");
+    char url[64];
+    kr_it_nats_url(&nats[0], url, sizeof(url));
+    const char *good[] = {"--cluster_nats_url", url, "--cluster_user", "kraken",
+                          "--cluster_password", "s3cret", NULL};
+    struct kr_it_server srv;
+    kr_it_start(&srv, good);
+    cr_assert_eq(kr_it_stat(srv.port, "cluster_connected"), 1);
+    kr_it_stop(&srv);
+    const char *bad[] = {"run", "--tcp_server_port", "0", "--cluster_nats_url", url,
+                         "--cluster_user", "kraken", "--cluster_password", "wrong",
+                         "--admin_socket", "/tmp/kr_it_cluster_badpass.sock", NULL};
+    char out[4096];
+    int rc = kr_it_cli(NULL, out, sizeof(out), bad);
+    cr_assert_neq(rc, 0, "exits non-zero: %s", out);
+    cr_assert_not_null(strstr(out, "cannot reach any NATS server"), "%s", out);
+    cr_assert_not_null(strcasestr(out, "authoriz"), "says why: %s", out);
+    kr_it_nats_cluster_stop(nats, 1);
+}
