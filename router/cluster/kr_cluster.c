@@ -744,6 +744,18 @@ static void kr_cl_resync(struct kr_cluster *cl, const char *pairs, size_t plen, 
 
 static void kr_cl_lost_add(struct kr_cluster *cl, const char *t, uint32_t len)
 {
+    if (cl->lost_all)
+        return;
+    if (cl->lost_len + 4 + len > KR_CL_RECENT_BYTES) {
+        /* a long outage: more lost topics than are worth listing (and repeats): the notice
+         * becomes "every topic", and what is kept stays bounded */
+        cl->lost_all = true;
+        free(cl->lost);
+        cl->lost = NULL;
+        cl->lost_len = cl->lost_cap = 0;
+        cl->lost_n = 0;
+        return;
+    }
     if (cl->lost_len + 4 + len > cl->lost_cap) {
         cl->lost_cap = (cl->lost_cap + 4 + len) * 2;
         cl->lost = kr_xrealloc(cl->lost, cl->lost_cap);
