@@ -729,3 +729,40 @@ Test(cluster, credentials)
     cr_assert_not_null(strcasestr(out, "authoriz"), "says why: %s", out);
     kr_it_nats_cluster_stop(nats, 1);
 }
+
+/* More distinct topics forwarded lately than the link tracks (65536 per window): when its
+ * server dies, the node announces "every topic", and the other node tells every subscriber
+ * of every topic it holds. */
+Test(cluster, lost_notice_for_every_topic_past_the_tracked_window)
+{
+    struct cluster c;
+    cluster_up(&c, 2, NULL);
+    int watch = kr_it_connect(c.node[1].port);
+    kr_it_subscribe(watch, "watched");
+    int pub = kr_it_connect(c.node[0].port);
+    enum { NTOP = 70000 };
+    static char big[1 << 23];
+    size_t used = 0;
+    for (int k = 0; k < NTOP; k++) {
+        char e[96];
+        int el = snprintf(e, sizeof(e), "MESSAGE u%d 2\r\nxx\r\n", k);
+        used += (size_t)snprintf(big + used, sizeof(big) - used, "set publish 0 0 %d\r\n%s\r\n",
+                                 el, e);
+    }
+    kr_it_send(pub, big, used);
+    for (int k = 0; k < NTOP; k++)
+        kr_it_expect(pub, "STORED\r\n");
+    unsigned long long out = 0;
+    for (int k = 0; k < 500 && out < NTOP; k++) {
+        out = kr_it_stat(c.node[0].port, "cluster_msgs_out");
+        if (out < NTOP)
+            kr_it_sleep_ms(20);
+    }
+    cr_assert_geq(out, NTOP, "forwarded");
+    kr_it_nats_kill(&c.nats[0]);
+    cr_assert(wait_told(watch, false), "the other node's subscriber was told");
+    cr_assert_geq(kr_it_stat(c.node[1].port, "cluster_resyncs_received"), 1);
+    cr_assert(kr_it_wait_log(&c.node[0], "forwards on more topics than are tracked"));
+    close(pub);
+    cluster_down(&c);
+}
