@@ -752,7 +752,9 @@ static void kr_admin_reserve_open(struct kr_admin *a)
 static void kr_lsock_resume_cb(uv_timer_t *t)
 {
     struct kr_admin_lsock *l = t->data;
+    kr_server_accept_lock(l->a->srv); /* not a descriptor another thread freed */
     kr_admin_reserve_open(l->a);
+    kr_server_accept_unlock(l->a->srv);
     if (l->open)
         uv_poll_start(&l->poll, UV_READABLE, kr_lsock_poll_cb);
 }
@@ -769,6 +771,7 @@ static void kr_lsock_out_of_fds(struct kr_admin_lsock *l, int err)
     struct kr_admin *a = l->a;
     uint32_t closed = 0;
     if (a->reserve_fd >= 0) {
+        kr_server_accept_lock(a->srv); /* no other thread takes the freed descriptor */
         close(a->reserve_fd);
         a->reserve_fd = -1;
         for (uint32_t i = 0; i < KR_LSOCK_BATCH; i++) {
@@ -786,6 +789,7 @@ static void kr_lsock_out_of_fds(struct kr_admin_lsock *l, int err)
             closed++;
         }
         kr_admin_reserve_open(a);
+        kr_server_accept_unlock(a->srv);
     }
     kr_lsock_pause(l);
     uint64_t suppressed = 0;
@@ -815,9 +819,13 @@ static void kr_lsock_poll_cb(uv_poll_t *h, int status, int events)
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
         memset(&ss, 0, sizeof(ss));
+        kr_server_accept_lock(l->a->srv);
         int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int e = errno;
+        if (fd >= 0)
+            kr_admin_reserve_open(l->a); /* lost while descriptors ran out */
+        kr_server_accept_unlock(l->a->srv);
         if (fd < 0) {
-            int e = errno;
             if (e == EINTR || e == ECONNABORTED)
                 continue;
             if (e == EAGAIN || e == EWOULDBLOCK)
@@ -833,7 +841,6 @@ static void kr_lsock_poll_cb(uv_poll_t *h, int status, int events)
             kr_lsock_pause(l);
             return;
         }
-        kr_admin_reserve_open(l->a); /* lost while descriptors ran out */
         l->on_accept(l->a, fd, &ss);
     }
 }

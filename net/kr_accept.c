@@ -94,7 +94,9 @@ void kr_nt_reserve_open(struct kr_nt *nt)
 static void kr_nt_accept_pause_cb(uv_timer_t *t)
 {
     struct kr_nt *nt = t->data;
+    pthread_mutex_lock(&nt->srv->accept_mu); /* not a descriptor another thread freed */
     kr_nt_reserve_open(nt);
+    pthread_mutex_unlock(&nt->srv->accept_mu);
     if (nt->listening)
         uv_poll_start(&nt->listener, UV_READABLE, kr_nt_accept_cb);
     if (nt->resp_listening)
@@ -288,8 +290,11 @@ void kr_nt_accept_cb(uv_poll_t *h, int status, int events)
             kr_nt_accept_pause(nt);
             return;
         }
-        if (nt->reserve_fd < 0)
-            kr_nt_reserve_open(nt); /* lost while descriptors ran out */
+        if (nt->reserve_fd < 0) { /* lost while descriptors ran out */
+            pthread_mutex_lock(&nt->srv->accept_mu);
+            kr_nt_reserve_open(nt);
+            pthread_mutex_unlock(&nt->srv->accept_mu);
+        }
         kr_nt_accepted(nt, fd, &ss, fe);
     }
 }

@@ -71,6 +71,14 @@ void kr_server_stats(struct kr_server *s, kr_server_emit_cb emit, void *arg);
  * *out zeroed) on a single node. Any thread. */
 struct kr_cluster_stats;
 bool kr_server_cluster(struct kr_server *s, struct kr_cluster_stats *out);
+
+/* The process-wide accept mutex: held around every accept4() and every swap of a reserve
+ * descriptor (close it, accept and refuse, open it again), so that a descriptor one thread
+ * frees to refuse a connection is never taken by another thread's accept meanwhile. Any
+ * thread that accepts connections (net threads, the control thread); s may be NULL (no
+ * server yet: nothing to exclude). */
+void kr_server_accept_lock(struct kr_server *s);
+void kr_server_accept_unlock(struct kr_server *s);
 /* Refresh the figures `stats` shows but does not compute per request: the allocator's
  * (jemalloc's statistics epoch, which takes every arena's lock), getrusage and the pid.
  * kr_server_start calls it once; then about once a second (KR_NET_STATS_REFRESH_MS) from

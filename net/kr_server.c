@@ -280,6 +280,18 @@ uint64_t kr_server_net_clients(const struct kr_server *s, uint32_t net)
     return net < s->nnet ? ck_pr_load_64(&s->nts[net]->st.curr_connections) : 0;
 }
 
+void kr_server_accept_lock(struct kr_server *s)
+{
+    if (s)
+        pthread_mutex_lock(&s->accept_mu);
+}
+
+void kr_server_accept_unlock(struct kr_server *s)
+{
+    if (s)
+        pthread_mutex_unlock(&s->accept_mu);
+}
+
 bool kr_server_cluster(struct kr_server *s, struct kr_cluster_stats *out)
 {
     memset(out, 0, sizeof(*out));
