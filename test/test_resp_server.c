@@ -505,7 +505,7 @@ Test(resp_overflow, small_messages_in_order_then_told_and_closed, .init = start_
     cr_assert(frames < NMSG, "%zu frames", frames);
     for (size_t k = 0; k < frames; k++) {
         const char *f = all + k * frame;
-        char num[8];
+        char num[24];
         snprintf(num, sizeof(num), "%06zu", k);
         cr_assert(memcmp(f, head, hl) == 0, "frame %zu's head", k);
         cr_assert(memcmp(f + hl, num, 6) == 0, "frame %zu is message %zu: %.6s", k, k, f + hl);
