@@ -1089,6 +1089,20 @@ static ssize_t kr_rs_request(struct kr_conn *c, const char *buf, size_t len, boo
 
 static void kr_rs_queued(struct kr_conn *c);
 
+/* The net thread's last formatted frame with a copied payload: a broadcast's subscribers
+ * get the same bytes (same message, channel, protocol and frame kind), so the frame is
+ * formatted once and copied to each. A message is known by its address and its publish
+ * time (the publish clock is strictly increasing across the process, so a later message
+ * at a reused address has another time). Per thread, touched only by its net thread. */
+static _Thread_local struct {
+    const struct kr_msg *m;
+    uint64_t time_us;
+    uint32_t topic;
+    uint8_t proto, kind;
+    uint32_t len;
+    char buf[KR_RS_SHARE_MIN + 160];
+} kr_rs_last;
+
 /* Append message m's frames for one client: one per matched channel (`message`, and
  * `smessage` for a channel it also holds with SSUBSCRIBE). */
 static void kr_rs_frame(struct kr_conn *c, struct kr_rs_state *s, struct kr_msg *m,
@@ -1108,6 +1122,26 @@ static void kr_rs_frame(struct kr_conn *c, struct kr_rs_state *s, struct kr_msg 
                 continue;
             size_t cap = tlen + 96;
             bool share = plen >= KR_RS_SHARE_MIN;
+            if (!share && cap + plen + 2 <= sizeof(kr_rs_last.buf)) {
+                if (kr_rs_last.m != m || kr_rs_last.time_us != kr_msg_time_us(m) ||
+                    kr_rs_last.topic != i || kr_rs_last.proto != s->proto ||
+                    kr_rs_last.kind != kind) {
+                    char *o = kr_rs_last.buf;
+                    size_t hl = kr_resp_fmt_message_head(
+                        o, cap, s->proto, kind == KR_RS_SHARD ? "smessage" : "message", t, tlen,
+                        plen);
+                    memcpy(o + hl, payload, plen);
+                    memcpy(o + hl + plen, "\r\n", 2);
+                    kr_rs_last.len = (uint32_t)(hl + plen + 2);
+                    kr_rs_last.m = m;
+                    kr_rs_last.time_us = kr_msg_time_us(m);
+                    kr_rs_last.topic = i;
+                    kr_rs_last.proto = (uint8_t)s->proto;
+                    kr_rs_last.kind = kind;
+                }
+                kr_out_add(c, kr_rs_last.buf, kr_rs_last.len);
+                continue;
+            }
             kr_out_reserve(c, cap + (share ? 0 : plen) + 2);
             c->out_len += kr_resp_fmt_message_head(c->out + c->out_len, cap, s->proto,
                                                    kind == KR_RS_SHARD ? "smessage" : "message",

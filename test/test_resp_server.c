@@ -216,6 +216,52 @@ Test(resp_server, sharded_pubsub)
     close(pub);
 }
 
+/* One message to subscribers that need different frames (RESP2, RESP3, `message` and
+ * `smessage` on one connection), several times over and interleaved with other messages
+ * of the same channel: each gets its own frames, in order. The net thread formats a
+ * broadcast's frame once and copies it; this is where reusing a frame would show. */
+Test(resp_server, one_message_framed_per_protocol_and_kind)
+{
+    enum { NSUB = 6 };
+    int sub[NSUB], pub = kr_it_connect(srv.port);
+    for (int i = 0; i < NSUB; i++) {
+        sub[i] = kr_it_connect(srv.port);
+        if (i % 3 == 1) {
+            cmd(sub[i], "HELLO", "3", NULL);
+            kr_it_read_until(sub[i], buf, sizeof(buf), "$7\r\nmodules\r\n*0\r\n");
+        }
+        cmd(sub[i], "SUBSCRIBE", "mix", NULL);
+        kr_it_expect(sub[i], i % 3 == 1 ? ">3\r\n$9\r\nsubscribe\r\n$3\r\nmix\r\n:1\r\n"
+                                        : CONF("9\r\nsubscribe", "$3\r\nmix", "1"));
+        if (i % 3 == 2) {
+            cmd(sub[i], "SSUBSCRIBE", "mix", NULL);
+            kr_it_expect(sub[i], CONF("10\r\nssubscribe", "$3\r\nmix", "1"));
+        }
+    }
+    for (int k = 0; k < 20; k++) {
+        char payload[16];
+        snprintf(payload, sizeof(payload), "p%02d", k);
+        cmd(pub, "PUBLISH", "mix", payload, NULL);
+        kr_it_read_until(pub, buf, sizeof(buf), "\r\n"); /* its integer reply */
+        for (int i = 0; i < NSUB; i++) {
+            char want[256];
+            if (i % 3 == 1)
+                snprintf(want, sizeof(want), ">3\r\n$7\r\nmessage\r\n$3\r\nmix\r\n$3\r\n%s\r\n", payload);
+            else if (i % 3 == 2)
+                snprintf(want, sizeof(want),
+                         "*3\r\n$7\r\nmessage\r\n$3\r\nmix\r\n$3\r\n%s\r\n"
+                         "*3\r\n$8\r\nsmessage\r\n$3\r\nmix\r\n$3\r\n%s\r\n",
+                         payload, payload);
+            else
+                snprintf(want, sizeof(want), "*3\r\n$7\r\nmessage\r\n$3\r\nmix\r\n$3\r\n%s\r\n", payload);
+            kr_it_expect(sub[i], want);
+        }
+    }
+    for (int i = 0; i < NSUB; i++)
+        close(sub[i]);
+    close(pub);
+}
+
 Test(resp_server, no_echo_to_publisher)
 {
     int fd = kr_it_connect(srv.port), other = kr_it_connect(srv.port);
