@@ -424,6 +424,14 @@ static void kr_dlv_queued_cb(struct kr_dlv_ctx *x, struct kr_dlv *d)
     qc->fe->queued(qc);
 }
 
+static bool kr_dlv_direct_cb(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m,
+                             const struct kr_topicset *topics)
+{
+    (void)x;
+    struct kr_conn *c = KR_DLV_CONN(d);
+    return c->fe->push && c->fe->push(c, m, topics);
+}
+
 static void kr_dlv_overflow_cb(struct kr_dlv_ctx *x, struct kr_dlv *d, uint32_t count,
                                uint64_t bytes)
 {
@@ -460,6 +468,7 @@ void kr_nt_dlv_init(struct kr_nt *nt)
     x->mem_check = kr_dlv_mem_check_cb;
     x->queued = kr_dlv_queued_cb;
     x->overflow = kr_dlv_overflow_cb;
+    x->direct = kr_dlv_direct_cb;
     x->owner = nt;
 }
 

@@ -1089,6 +1089,75 @@ static ssize_t kr_rs_request(struct kr_conn *c, const char *buf, size_t len, boo
 
 static void kr_rs_queued(struct kr_conn *c);
 
+/* The net thread's last formatted frame with a copied payload: a broadcast's subscribers
+ * get the same bytes (same message, channel, protocol and frame kind), so the frame is
+ * formatted once and copied to each. A message is known by its address and its publish
+ * time (the publish clock is strictly increasing across the process, so a later message
+ * at a reused address has another time). Per thread, touched only by its net thread. */
+static _Thread_local struct {
+    const struct kr_msg *m;
+    uint64_t time_us;
+    uint32_t topic;
+    uint8_t proto, kind;
+    uint32_t len;
+    char buf[KR_RS_SHARE_MIN + 160];
+} kr_rs_last;
+
+/* Append message m's frames for one client: one per matched channel (`message`, and
+ * `smessage` for a channel it also holds with SSUBSCRIBE). */
+static void kr_rs_frame(struct kr_conn *c, struct kr_rs_state *s, struct kr_msg *m,
+                        const struct kr_topicset *topics)
+{
+    uint32_t ntop = kr_msg_ntopics(m), plen, tlen;
+    const char *payload = kr_msg_payload(m, &plen);
+    for (uint32_t i = 0; i < ntop; i++) {
+        if (!kr_topicset_has(topics, ntop, i))
+            continue;
+        const char *t = kr_msg_topic(m, i, &tlen);
+        /* which frames: only a connection with SSUBSCRIBE channels needs the lookup */
+        struct kr_rs_chan *ch = s->nshard ? kr_rs_find(s, t, tlen) : NULL;
+        uint8_t fl = ch && ch->flags ? ch->flags : KR_RS_REG;
+        for (uint8_t kind = KR_RS_REG; kind <= KR_RS_SHARD; kind <<= 1) {
+            if (!(fl & kind))
+                continue;
+            size_t cap = tlen + 96;
+            bool share = plen >= KR_RS_SHARE_MIN;
+            if (!share && cap + plen + 2 <= sizeof(kr_rs_last.buf)) {
+                if (kr_rs_last.m != m || kr_rs_last.time_us != kr_msg_time_us(m) ||
+                    kr_rs_last.topic != i || kr_rs_last.proto != s->proto ||
+                    kr_rs_last.kind != kind) {
+                    char *o = kr_rs_last.buf;
+                    size_t hl = kr_resp_fmt_message_head(
+                        o, cap, s->proto, kind == KR_RS_SHARD ? "smessage" : "message", t, tlen,
+                        plen);
+                    memcpy(o + hl, payload, plen);
+                    memcpy(o + hl + plen, "\r\n", 2);
+                    kr_rs_last.len = (uint32_t)(hl + plen + 2);
+                    kr_rs_last.m = m;
+                    kr_rs_last.time_us = kr_msg_time_us(m);
+                    kr_rs_last.topic = i;
+                    kr_rs_last.proto = (uint8_t)s->proto;
+                    kr_rs_last.kind = kind;
+                }
+                kr_out_add(c, kr_rs_last.buf, kr_rs_last.len);
+                continue;
+            }
+            kr_out_reserve(c, cap + (share ? 0 : plen) + 2);
+            c->out_len += kr_resp_fmt_message_head(c->out + c->out_len, cap, s->proto,
+                                                   kind == KR_RS_SHARD ? "smessage" : "message",
+                                                   t, tlen, plen);
+            if (share) {
+                kr_out_ref(c, payload, plen, m); /* written from the shared message */
+            } else {
+                memcpy(c->out + c->out_len, payload, plen);
+                c->out_len += plen;
+            }
+            memcpy(c->out + c->out_len, "\r\n", 2);
+            c->out_len += 2;
+        }
+    }
+}
+
 /* Write the complete entries at the head of the queue as message frames, one per matched
  * channel, until the output holds KR_OUT_HIGH (the rest waits for kr_rs_writable, and an
  * unread queue overflows by its limits). */
@@ -1103,52 +1172,36 @@ static void kr_rs_answer(struct kr_conn *c)
         kr_conn_error(c, KR_ERR_QUEUE_OVERFLOW);
         return;
     }
-    uint64_t bytes, frames = 0;
+    uint64_t bytes;
     uint32_t n;
     while (kr_conn_out_pending(c) < KR_OUT_HIGH && (n = kr_conn_ready_entries(c, &bytes)) > 0) {
         for (uint32_t k = 0; k < n; k++) {
             struct kr_cq_entry *e = kr_dlv_head(&c->dlv);
-            struct kr_msg *m = e->msg;
-            uint32_t ntop = kr_msg_ntopics(m), plen, tlen;
-            const char *payload = kr_msg_payload(m, &plen);
-            for (uint32_t i = 0; i < ntop; i++) {
-                if (!kr_topicset_has(&e->topics, ntop, i))
-                    continue;
-                const char *t = kr_msg_topic(m, i, &tlen);
-                /* which frames: only a connection with SSUBSCRIBE channels needs the lookup */
-                struct kr_rs_chan *ch = s->nshard ? kr_rs_find(s, t, tlen) : NULL;
-                uint8_t fl = ch && ch->flags ? ch->flags : KR_RS_REG;
-                for (uint8_t kind = KR_RS_REG; kind <= KR_RS_SHARD; kind <<= 1) {
-                    if (!(fl & kind))
-                        continue;
-                    size_t cap = tlen + 96;
-                    bool share = plen >= KR_RS_SHARE_MIN;
-                    kr_out_reserve(c, cap + (share ? 0 : plen) + 2);
-                    c->out_len += kr_resp_fmt_message_head(c->out + c->out_len, cap, s->proto,
-                                                           kind == KR_RS_SHARD ? "smessage" : "message",
-                                                           t, tlen, plen);
-                    if (share) {
-                        kr_out_ref(c, payload, plen, m); /* written from the shared message */
-                    } else {
-                        memcpy(c->out + c->out_len, payload, plen);
-                        c->out_len += plen;
-                    }
-                    memcpy(c->out + c->out_len, "\r\n", 2);
-                    c->out_len += 2;
-                    frames++;
-                }
-            }
+            kr_rs_frame(c, s, e->msg, &e->topics);
             kr_dlv_pop(&nt->dlv, &c->dlv);
         }
         KR_ST_INC(nt, messages_delivered, n);
     }
-    (void)frames;
     if (kr_conn_out_pending(c) < KR_OUT_HIGH && c->dlv.q.count) {
         /* the head is a multi-shard message whose other parts are still on their way: look
          * again after the next loop iteration (the shards' END events complete it) */
         kr_rs_queued(c);
     }
     kr_conn_drain_replied(c);
+}
+
+/* A complete delivery for a connection with nothing queued: framed straight into the
+ * output while it holds less than KR_OUT_HIGH (no queue entry), flushed after this loop
+ * iteration like any answer. Past that, or once its last words are said, it is queued, and
+ * so is everything after it until the queue is written out (kr_rs_answer): order holds. */
+static bool kr_rs_push(struct kr_conn *c, struct kr_msg *m, const struct kr_topicset *topics)
+{
+    if (c->close_after_write || c->deferred_err || kr_conn_out_pending(c) >= KR_OUT_HIGH)
+        return false;
+    kr_rs_frame(c, kr_rs(c), m, topics);
+    KR_ST_INC(c->nt, messages_delivered, 1);
+    kr_rs_queued(c);
+    return true;
 }
 
 /* Entries were queued: answered after this loop iteration (kr_nt_check_cb), all at once. */
@@ -1213,6 +1266,7 @@ const struct kr_frontend kr_front_resp = {
     .error_line = kr_rs_error_line,
     .queued = kr_rs_queued,
     .answer = kr_rs_answer,
+    .push = kr_rs_push,
     .writable = kr_rs_writable,
     .close = kr_rs_close,
 };

@@ -16,6 +16,8 @@
 #include <sys/types.h>
 
 struct kr_conn;
+struct kr_msg;
+struct kr_topicset;
 
 /* Replies that wait on the router and go out in request order (kr_rq_emit). */
 enum kr_reply_kind {
@@ -56,6 +58,12 @@ struct kr_frontend {
     /* Answer now, after the loop iteration's deliveries were taken from the shards: the
      * waiting poll, or the pushes. The caller then runs kr_conn_process. */
     void (*answer)(struct kr_conn *c);
+    /* Optional (NULL: every delivery is queued and answered). A complete live delivery of
+     * message m (its matched topics in `topics`) for a client with nothing queued: write it
+     * into the output now and return true (the frontend then asks to be answered after this
+     * loop iteration, which flushes it), or return false to have it queued. Takes no
+     * reference. */
+    bool (*push)(struct kr_conn *c, struct kr_msg *m, const struct kr_topicset *topics);
     /* Optional (NULL: nothing to do). A write completed: the output has room again (a
      * pushing frontend resumes the deliveries it held back). */
     void (*writable)(struct kr_conn *c);

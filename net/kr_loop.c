@@ -234,14 +234,16 @@ void kr_nt_wake_cb(uv_async_t *a)
 
 /* Answer the waiting polls that got something. One whose messages are all parts of
  * multi-shard messages still being completed keeps waiting (the missing parts arrive
- * through the mailboxes, which end in another loop iteration) until poll_wait_ms. */
+ * through the mailboxes, which end in another loop iteration) until poll_wait_ms. One with
+ * nothing queued (its deliveries were pushed straight into its output) is answered now:
+ * that flushes them. */
 static void kr_nt_answer_ready(struct kr_nt *nt)
 {
     uint64_t now = uv_now(&nt->loop), wait = nt->live.poll_wait_ms;
     for (uint32_t k = nt->ready.count; k > 0 && nt->ready.count; k--) {
         struct kr_conn *c = kr_pw_first(&nt->ready);
         uint64_t bytes;
-        if (!c->dlv.overflowed && kr_conn_ready_entries(c, &bytes) == 0 &&
+        if (!c->dlv.overflowed && c->dlv.q.count && kr_conn_ready_entries(c, &bytes) == 0 &&
             now - c->poll_since_ms < wait) {
             kr_pw_unlink(&nt->ready, c); /* to the back of the list */
             kr_pw_push(&nt->ready, c);

@@ -71,7 +71,7 @@ void kr_net_stop_listening(struct kr_server *s, uint32_t net);
  * except the counters in `st` (relaxed atomic stores, read by any thread). */
 
 #define KR_READ_BUF (64 * 1024)
-#define KR_DRAIN_BUDGET 4096      /* events taken from the shards per wake-up before yielding */
+#define KR_DRAIN_BUDGET 16384     /* events taken from the shards per wake-up before yielding */
 #define KR_OUT_HIGH (4u << 20)    /* stop reading a client whose unsent replies exceed this */
 #define KR_DRAIN_PAD UINT32_MAX   /* kr_router_cmd.pad of a drain barrier (not a request number) */
 #define KR_DEST_LINK UINT32_MAX   /* kr_conn_send's destination: the cluster link, not a shard */

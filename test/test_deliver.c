@@ -540,3 +540,126 @@ Test(cq, insert_in_the_middle_keeps_order_across_wrap)
     kr_cq_clear(&q);
     kr_msg_unref(m);
 }
+
+/* ---------------------------------------------------------------- written out at once */
+
+static struct {
+    bool accept;     /* what the direct callback answers */
+    uint32_t calls;  /* how often it was asked */
+    struct kr_msg *got[8];
+    uint64_t words[8];
+    uint32_t refs[8]; /* the message's references while the callback ran */
+} D;
+
+static bool direct_cb(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m,
+                      const struct kr_topicset *topics)
+{
+    (void)x;
+    cr_assert_eq(d->q.count, 0, "offered only with nothing queued");
+    cr_assert_not(d->retro_active, "never while a retroactive subscribe waits");
+    cr_assert_not(d->overflowed);
+    if (D.calls < 8) {
+        D.got[D.calls] = m;
+        D.words[D.calls] = topics->word;
+        D.refs[D.calls] = kr_msg_refs(m);
+    }
+    D.calls++;
+    return D.accept;
+}
+
+static struct kr_dlv_ctx ctx_direct(bool accept)
+{
+    struct kr_dlv_ctx x = ctx_make(100, 1 << 20);
+    memset(&D, 0, sizeof(D));
+    D.accept = accept;
+    x.direct = direct_cb;
+    return x;
+}
+
+Test(deliver, direct_takes_complete_deliveries_and_releases_them)
+{
+    struct kr_dlv_ctx x = ctx_direct(true);
+    struct kr_dlv d = {0};
+    struct kr_msg *m = msg(5, 10, 2, 1, "payload");
+    deliver(&x, &d, m, 2u, false);
+    cr_assert_eq(D.calls, 1);
+    cr_assert_eq(D.got[0], m);
+    cr_assert_eq(D.words[0], 2u, "the matched topics are handed over");
+    cr_assert_eq(D.refs[0], 2, "the delivery's reference is held while the callback runs");
+    cr_assert_eq(kr_msg_refs(m), 1, "and dropped after it wrote the message out");
+    cr_assert_eq(d.q.count, 0, "nothing queued");
+    cr_assert_eq(T.queued_messages, 0);
+    cr_assert_eq(T.queued_bytes, 0);
+    cr_assert_eq(T.deliveries_queued, 1, "still counted as a delivery");
+    cr_assert_eq(T.queued_calls, 0);
+    cr_assert(kr_dlv_empty(&d));
+    kr_msg_unref(m);
+    kr_dlv_free(&d);
+}
+
+Test(deliver, direct_refused_queues_and_later_deliveries_queue_behind)
+{
+    struct kr_dlv_ctx x = ctx_direct(false);
+    struct kr_dlv d = {0};
+    struct kr_msg *a = msg(5, 10, 1, 1, "a"), *b = msg(5, 11, 1, 1, "b");
+    deliver(&x, &d, a, 1u, false);
+    cr_assert_eq(D.calls, 1, "offered");
+    cr_assert_eq(d.q.count, 1, "refused: queued");
+    D.accept = true;
+    deliver(&x, &d, b, 1u, false);
+    cr_assert_eq(D.calls, 1, "not offered while something is queued before it (order)");
+    cr_assert_eq(d.q.count, 2);
+    char buf[64];
+    cr_assert_eq(head_topics(&d, buf, sizeof(buf)), a);
+    kr_dlv_pop(&x, &d);
+    cr_assert_eq(head_topics(&d, buf, sizeof(buf)), b);
+    kr_dlv_pop(&x, &d);
+    cr_assert_eq(T.deliveries_queued, 2);
+    kr_msg_unref(a);
+    kr_msg_unref(b);
+    kr_dlv_clear(&x, &d);
+    kr_dlv_free(&d);
+}
+
+Test(deliver, direct_never_for_multi_shard_retro_replay_or_overflowed)
+{
+    struct kr_dlv_ctx x = ctx_direct(true);
+    struct kr_dlv d = {0};
+    /* a multi-shard message still needs the merge: queued, never written at once */
+    struct kr_msg *multi = msg(5, 10, 2, 2, "mm");
+    deliver(&x, &d, multi, 1u, false);
+    cr_assert_eq(D.calls, 0);
+    cr_assert_eq(d.q.count, 1);
+    deliver(&x, &d, multi, 2u, false);
+    cr_assert_eq(d.q.count, 1, "its other part merged into the entry");
+    cr_assert_not(end(&x, multi, 1));
+    cr_assert(end(&x, multi, 1));
+    cr_assert_eq(ready(&d), 1);
+    kr_dlv_pop(&x, &d);
+    kr_msg_unref(multi);
+    /* during a retroactive subscribe everything is staged */
+    struct kr_msg *r = msg(6, 5, 1, 1, "r"), *lv = msg(7, 20, 1, 1, "lv");
+    kr_dlv_retro_begin(&d);
+    deliver(&x, &d, r, 1u, true);
+    deliver(&x, &d, lv, 1u, false);
+    cr_assert_eq(D.calls, 0);
+    cr_assert_eq(d.nstage, 2);
+    kr_dlv_retro_done(&x, &d);
+    cr_assert_eq(d.q.count, 2, "replayed then live, queued");
+    cr_assert_eq(ready(&d), 2);
+    kr_dlv_pop(&x, &d);
+    kr_dlv_pop(&x, &d);
+    /* once drained, a single-shard live delivery goes straight out again */
+    deliver(&x, &d, lv, 1u, false);
+    cr_assert_eq(D.calls, 1);
+    cr_assert_eq(d.q.count, 0);
+    /* an overflowed client gets nothing */
+    d.overflowed = true;
+    deliver(&x, &d, lv, 1u, false);
+    cr_assert_eq(D.calls, 1);
+    cr_assert_eq(kr_msg_refs(lv), 1);
+    kr_msg_unref(r);
+    kr_msg_unref(lv);
+    kr_dlv_clear(&x, &d);
+    kr_dlv_free(&d);
+}

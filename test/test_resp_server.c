@@ -216,6 +216,52 @@ Test(resp_server, sharded_pubsub)
     close(pub);
 }
 
+/* One message to subscribers that need different frames (RESP2, RESP3, `message` and
+ * `smessage` on one connection), several times over and interleaved with other messages
+ * of the same channel: each gets its own frames, in order. The net thread formats a
+ * broadcast's frame once and copies it; this is where reusing a frame would show. */
+Test(resp_server, one_message_framed_per_protocol_and_kind)
+{
+    enum { NSUB = 6 };
+    int sub[NSUB], pub = kr_it_connect(srv.port);
+    for (int i = 0; i < NSUB; i++) {
+        sub[i] = kr_it_connect(srv.port);
+        if (i % 3 == 1) {
+            cmd(sub[i], "HELLO", "3", NULL);
+            kr_it_read_until(sub[i], buf, sizeof(buf), "$7\r\nmodules\r\n*0\r\n");
+        }
+        cmd(sub[i], "SUBSCRIBE", "mix", NULL);
+        kr_it_expect(sub[i], i % 3 == 1 ? ">3\r\n$9\r\nsubscribe\r\n$3\r\nmix\r\n:1\r\n"
+                                        : CONF("9\r\nsubscribe", "$3\r\nmix", "1"));
+        if (i % 3 == 2) {
+            cmd(sub[i], "SSUBSCRIBE", "mix", NULL);
+            kr_it_expect(sub[i], CONF("10\r\nssubscribe", "$3\r\nmix", "1"));
+        }
+    }
+    for (int k = 0; k < 20; k++) {
+        char payload[16];
+        snprintf(payload, sizeof(payload), "p%02d", k);
+        cmd(pub, "PUBLISH", "mix", payload, NULL);
+        kr_it_read_until(pub, buf, sizeof(buf), "\r\n"); /* its integer reply */
+        for (int i = 0; i < NSUB; i++) {
+            char want[256];
+            if (i % 3 == 1)
+                snprintf(want, sizeof(want), ">3\r\n$7\r\nmessage\r\n$3\r\nmix\r\n$3\r\n%s\r\n", payload);
+            else if (i % 3 == 2)
+                snprintf(want, sizeof(want),
+                         "*3\r\n$7\r\nmessage\r\n$3\r\nmix\r\n$3\r\n%s\r\n"
+                         "*3\r\n$8\r\nsmessage\r\n$3\r\nmix\r\n$3\r\n%s\r\n",
+                         payload, payload);
+            else
+                snprintf(want, sizeof(want), "*3\r\n$7\r\nmessage\r\n$3\r\nmix\r\n$3\r\n%s\r\n", payload);
+            kr_it_expect(sub[i], want);
+        }
+    }
+    for (int i = 0; i < NSUB; i++)
+        close(sub[i]);
+    close(pub);
+}
+
 Test(resp_server, no_echo_to_publisher)
 {
     int fd = kr_it_connect(srv.port), other = kr_it_connect(srv.port);
@@ -447,6 +493,69 @@ Test(resp_overflow, told_and_closed, .init = start_small_queue, .fini = stop)
                                     plen) + plen + 2;
     cr_assert_eq((n - strlen(tail)) % frame, 0, "%zu bytes before the error", n - strlen(tail));
     cr_assert((n - strlen(tail)) / frame < 600);
+    close(sub);
+    close(pub);
+}
+
+/* Small messages to a subscriber that does not read: they are framed straight into its
+ * output while it is below the output bound, then queued behind it until the queue limit;
+ * it gets an unbroken, in-order run of whole frames from the first message, then the
+ * error, then the close. */
+Test(resp_overflow, small_messages_in_order_then_told_and_closed, .init = start_small_queue,
+     .fini = stop)
+{
+    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    cmd(sub, "SUBSCRIBE", "o", NULL);
+    kr_it_expect(sub, CONF("9\r\nsubscribe", "$1\r\no", "1"));
+    enum { PLEN = 1000, BATCH = 100, NMSG = 30000 };
+    /* 30 000 x 1000 bytes: far beyond the 4 MiB output bound, the socket buffers and the
+     * 50 queued entries; each payload starts with its number */
+    static char req[BATCH * (PLEN + 64)];
+    static char replies[BATCH * 4 + 1];
+    for (int i = 0; i < BATCH; i++)
+        memcpy(replies + 4 * i, ":1\r\n", 4);
+    replies[BATCH * 4] = 0;
+    for (int b = 0; b < NMSG / BATCH; b++) {
+        size_t rl = 0;
+        for (int i = 0; i < BATCH; i++) {
+            rl += (size_t)snprintf(req + rl, sizeof(req) - rl,
+                                   "*3\r\n$7\r\nPUBLISH\r\n$1\r\no\r\n$%d\r\n%06d", PLEN,
+                                   b * BATCH + i);
+            memset(req + rl, 'p', PLEN - 6);
+            rl += PLEN - 6;
+            memcpy(req + rl, "\r\n", 2);
+            rl += 2;
+        }
+        kr_it_send(pub, req, rl);
+        kr_it_expect(pub, replies);
+    }
+    static char all[64 << 20];
+    size_t n = 0;
+    for (int i = 0; i < 1000000 && n < sizeof(all); i++) {
+        ssize_t r = recv(sub, all + n, sizeof(all) - n, 0);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    const char *tail = "-ERR queue overflow\r\n";
+    cr_assert(n > strlen(tail), "got %zu bytes", n);
+    cr_assert(memcmp(all + n - strlen(tail), tail, strlen(tail)) == 0, "the last bytes: %.40s",
+              all + (n > 40 ? n - 40 : 0));
+    char head[64];
+    size_t hl = (size_t)snprintf(head, sizeof(head), "*3\r\n$7\r\nmessage\r\n$1\r\no\r\n$%d\r\n",
+                                 PLEN);
+    size_t frame = hl + PLEN + 2, body = n - strlen(tail);
+    cr_assert_eq(body % frame, 0, "%zu bytes before the error", body);
+    size_t frames = body / frame;
+    cr_assert(frames > 4000, "%zu frames: more than the output bound holds", frames);
+    cr_assert(frames < NMSG, "%zu frames", frames);
+    for (size_t k = 0; k < frames; k++) {
+        const char *f = all + k * frame;
+        char num[24];
+        snprintf(num, sizeof(num), "%06zu", k);
+        cr_assert(memcmp(f, head, hl) == 0, "frame %zu's head", k);
+        cr_assert(memcmp(f + hl, num, 6) == 0, "frame %zu is message %zu: %.6s", k, k, f + hl);
+    }
     close(sub);
     close(pub);
 }
