@@ -118,8 +118,8 @@ static bool kr_nt_acl_check(struct kr_nt *nt, int fd, const struct sockaddr_stor
 {
     if (kr_acl_allows(nt->srv->acl, (const struct sockaddr *)ss))
         return true;
+    KR_ST_INC(nt, refused_connections, 1); /* counted before the peer sees the close */
     close(fd);
-    KR_ST_INC(nt, refused_connections, 1);
     uint64_t suppressed = 0;
     if (kr_log_ratelimit(&nt->rl_refused, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed)) {
         char peer[64], note[64];
@@ -153,13 +153,13 @@ static void kr_nt_out_of_fds(struct kr_nt *nt, int err, int lfd, const struct kr
             }
             if (!kr_nt_acl_check(nt, fd, &ss))
                 continue;
+            KR_ST_INC(nt, rejected_connections, 1); /* counted before the client can see it */
             kr_reject_fd(fd, fe);
             rejected++;
         }
         kr_nt_reserve_open(nt);
         pthread_mutex_unlock(&nt->srv->accept_mu);
     }
-    KR_ST_INC(nt, rejected_connections, rejected);
     bool pause = !backlog_empty || nt->reserve_fd < 0;
     if (pause)
         kr_nt_accept_pause(nt);
@@ -199,8 +199,8 @@ static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_stora
     const struct kr_net_live *lv = &nt->live;
     if (ck_pr_faa_32(&srv->nconns, 1) >= lv->max_tcp_clients) {
         ck_pr_dec_32(&srv->nconns);
+        KR_ST_INC(nt, rejected_connections, 1); /* counted before the client can see it */
         kr_reject_fd(fd, fe);
-        KR_ST_INC(nt, rejected_connections, 1);
         uint64_t suppressed = 0;
         if (kr_log_ratelimit(&nt->rl_errors, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed)) {
             char note[64];

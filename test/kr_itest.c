@@ -9,6 +9,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -964,4 +965,21 @@ int kr_it_exited_0(const struct kr_it_server *s)
         kr_it_sleep_ms(10);
     }
     return 0;
+}
+
+void kr_it_resp_cmd(int fd, const char *a0, ...)
+{
+    const char *argv[32];
+    size_t n = 0;
+    va_list ap;
+    va_start(ap, a0);
+    for (const char *a = a0; a && n < 32; a = va_arg(ap, const char *))
+        argv[n++] = a;
+    va_end(ap);
+    char req[8192];
+    size_t len = (size_t)snprintf(req, sizeof(req), "*%zu\r\n", n);
+    for (size_t i = 0; i < n; i++)
+        len += (size_t)snprintf(req + len, sizeof(req) - len, "$%zu\r\n%s\r\n", strlen(argv[i]),
+                                argv[i]);
+    kr_it_send(fd, req, len);
 }

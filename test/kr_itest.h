@@ -50,6 +50,8 @@ size_t kr_it_collect(int fd, size_t want, char *out, size_t cap, size_t *outlen)
 unsigned long long kr_it_stat_fd(int fd, const char *name);
 /* The same on a new connection to 127.0.0.1:port, closed after. */
 unsigned long long kr_it_stat(uint16_t port, const char *name);
+/* Send one RESP request (an array of bulk strings) made of the NULL-terminated arguments. */
+void kr_it_resp_cmd(int fd, const char *a0, ...);
 /* Subscribe and wait for STORED. */
 void kr_it_subscribe(int fd, const char *topics);
 /* Publish one entry and wait for STORED. */

@@ -29,23 +29,6 @@ static uint16_t start_with(struct kr_it_server *s, const char *extra_key, const 
     return port;
 }
 
-/* A RESP request from NULL-terminated arguments. */
-static void cmd(int fd, const char *a0, ...)
-{
-    const char *argv[32];
-    size_t n = 0;
-    va_list ap;
-    va_start(ap, a0);
-    for (const char *a = a0; a && n < 32; a = va_arg(ap, const char *))
-        argv[n++] = a;
-    va_end(ap);
-    char req[8192];
-    size_t len = (size_t)snprintf(req, sizeof(req), "*%zu\r\n", n);
-    for (size_t i = 0; i < n; i++)
-        len += (size_t)snprintf(req + len, sizeof(req) - len, "$%zu\r\n%s\r\n", strlen(argv[i]),
-                                argv[i]);
-    kr_it_send(fd, req, len);
-}
 
 static unsigned long long admin_stat(const struct kr_it_server *s, const char *name)
 {
@@ -64,14 +47,14 @@ Test(resp_port, raw_resp_and_cross_protocol)
     struct kr_it_server s;
     uint16_t rp = start_with(&s, NULL, NULL);
     int fd = kr_it_connect(rp);
-    cmd(fd, "PING", NULL);
+    kr_it_resp_cmd(fd, "PING", NULL);
     kr_it_expect(fd, "+PONG\r\n");
-    cmd(fd, "INFO", "server", NULL);
+    kr_it_resp_cmd(fd, "INFO", "server", NULL);
     kr_it_read_until(fd, buf, sizeof(buf), "\r\n\r\n");
     char want[64];
     snprintf(want, sizeof(want), "\r\nkraken_resp_port:%u\r\n", rp);
     cr_assert_not_null(strstr(buf, want), "%s", buf);
-    cmd(fd, "SUBSCRIBE", "rp.a", NULL);
+    kr_it_resp_cmd(fd, "SUBSCRIBE", "rp.a", NULL);
     kr_it_expect(fd, "*3\r\n$9\r\nsubscribe\r\n$4\r\nrp.a\r\n:1\r\n");
     /* a memcached-protocol publisher on the main port reaches it */
     int mc = kr_it_connect(s.port);
@@ -80,7 +63,7 @@ Test(resp_port, raw_resp_and_cross_protocol)
     /* and a RESP publisher on resp_port reaches a memcached subscriber */
     kr_it_subscribe(mc, "rp.b");
     int pub = kr_it_connect(rp);
-    cmd(pub, "PUBLISH", "rp.b", "yo", NULL);
+    kr_it_resp_cmd(pub, "PUBLISH", "rp.b", "yo", NULL);
     kr_it_expect(pub, ":1\r\n");
     char out[256];
     size_t outlen = 0;
@@ -108,7 +91,7 @@ Test(resp_port, memcached_request_is_not_taken_as_memcached)
     /* still open and still RESP (inline commands are Redis's too) */
     kr_it_sends(fd, "PING\r\n");
     kr_it_expect(fd, "+PONG\r\n");
-    cmd(fd, "PUBSUB", "NUMSUB", "rp.c", NULL);
+    kr_it_resp_cmd(fd, "PUBSUB", "NUMSUB", "rp.c", NULL);
     kr_it_expect(fd, "*2\r\n$4\r\nrp.c\r\n:0\r\n");
     close(fd);
     /* the main port still decides by the first byte */
@@ -125,7 +108,7 @@ Test(resp_port, allow_from_refuses_unread)
     struct kr_it_server s;
     uint16_t rp = start_with(&s, "--allow_from", "10.0.0.0/8");
     int fd = kr_it_connect(rp);
-    cmd(fd, "PING", NULL);
+    kr_it_resp_cmd(fd, "PING", NULL);
     kr_it_expect_closed(fd);
     close(fd);
     cr_assert_eq(admin_stat(&s, "refused_connections"), 1);
@@ -231,7 +214,7 @@ Test(resp_port, redis_cli)
     }
     cr_assert(seen, "redis-cli subscribe printed: %s", buf);
     int pub = kr_it_connect(rp);
-    cmd(pub, "PUBLISH", "rp.cli", "via-resp-port", NULL);
+    kr_it_resp_cmd(pub, "PUBLISH", "rp.cli", "via-resp-port", NULL);
     kr_it_expect(pub, ":1\r\n");
     close(pub);
     seen = false;

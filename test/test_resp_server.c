@@ -28,22 +28,6 @@ static void stop(void)
     kr_it_stop(&srv);
 }
 
-/* A RESP request from NULL-terminated arguments. */
-static void cmd(int fd, const char *a0, ...)
-{
-    const char *argv[32];
-    size_t n = 0;
-    va_list ap;
-    va_start(ap, a0);
-    for (const char *a = a0; a && n < 32; a = va_arg(ap, const char *))
-        argv[n++] = a;
-    va_end(ap);
-    char req[8192];
-    size_t len = (size_t)snprintf(req, sizeof(req), "*%zu\r\n", n);
-    for (size_t i = 0; i < n; i++)
-        len += (size_t)snprintf(req + len, sizeof(req) - len, "$%zu\r\n%s\r\n", strlen(argv[i]), argv[i]);
-    kr_it_send(fd, req, len);
-}
 
 #define CONF(kind, ch, n) "*3\r\n$" kind "\r\n" ch "\r\n:" n "\r\n"
 
@@ -52,60 +36,60 @@ TestSuite(resp_server, .init = start, .fini = stop);
 Test(resp_server, connection_commands_resp2)
 {
     int fd = kr_it_connect(srv.port);
-    cmd(fd, "PING", NULL);
+    kr_it_resp_cmd(fd, "PING", NULL);
     kr_it_expect(fd, "+PONG\r\n");
-    cmd(fd, "PING", "x", NULL);
+    kr_it_resp_cmd(fd, "PING", "x", NULL);
     kr_it_expect(fd, "$1\r\nx\r\n");
-    cmd(fd, "ECHO", "hello", NULL);
+    kr_it_resp_cmd(fd, "ECHO", "hello", NULL);
     kr_it_expect(fd, "$5\r\nhello\r\n");
-    cmd(fd, "ECHO", NULL);
+    kr_it_resp_cmd(fd, "ECHO", NULL);
     kr_it_expect(fd, "-ERR wrong number of arguments for 'echo' command\r\n");
-    cmd(fd, "SELECT", "0", NULL);
+    kr_it_resp_cmd(fd, "SELECT", "0", NULL);
     kr_it_expect(fd, "+OK\r\n");
-    cmd(fd, "SELECT", "1", NULL);
+    kr_it_resp_cmd(fd, "SELECT", "1", NULL);
     kr_it_expect(fd, "-ERR DB index is out of range\r\n");
-    cmd(fd, "SELECT", "a", NULL);
+    kr_it_resp_cmd(fd, "SELECT", "a", NULL);
     kr_it_expect(fd, "-ERR value is not an integer or out of range\r\n");
-    cmd(fd, "HELLO", "4", NULL);
+    kr_it_resp_cmd(fd, "HELLO", "4", NULL);
     kr_it_expect(fd, "-NOPROTO unsupported protocol version\r\n");
-    cmd(fd, "HELLO", "x", NULL);
+    kr_it_resp_cmd(fd, "HELLO", "x", NULL);
     kr_it_expect(fd, "-ERR Protocol version is not an integer or out of range\r\n");
-    cmd(fd, "CLIENT", "GETNAME", NULL);
+    kr_it_resp_cmd(fd, "CLIENT", "GETNAME", NULL);
     kr_it_expect(fd, "$-1\r\n");
-    cmd(fd, "CLIENT", "SETNAME", "a b", NULL);
+    kr_it_resp_cmd(fd, "CLIENT", "SETNAME", "a b", NULL);
     kr_it_expect(fd, "-ERR Client names cannot contain spaces, newlines or special characters.\r\n");
-    cmd(fd, "CLIENT", "SETNAME", "n1", NULL);
+    kr_it_resp_cmd(fd, "CLIENT", "SETNAME", "n1", NULL);
     kr_it_expect(fd, "+OK\r\n");
-    cmd(fd, "CLIENT", "GETNAME", NULL);
+    kr_it_resp_cmd(fd, "CLIENT", "GETNAME", NULL);
     kr_it_expect(fd, "$2\r\nn1\r\n");
-    cmd(fd, "CLIENT", "SETINFO", "lib-name", "x", NULL);
+    kr_it_resp_cmd(fd, "CLIENT", "SETINFO", "lib-name", "x", NULL);
     kr_it_expect(fd, "+OK\r\n");
-    cmd(fd, "CLIENT", "FOO", NULL);
+    kr_it_resp_cmd(fd, "CLIENT", "FOO", NULL);
     kr_it_expect(fd, "-ERR unknown subcommand 'FOO'. Try CLIENT HELP.\r\n");
-    cmd(fd, "CLIENT", "ID", NULL);
+    kr_it_resp_cmd(fd, "CLIENT", "ID", NULL);
     size_t n = kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
     cr_assert(n > 3 && buf[0] == ':', "CLIENT ID: %s", buf);
-    cmd(fd, "CLIENT", "INFO", NULL);
+    kr_it_resp_cmd(fd, "CLIENT", "INFO", NULL);
     kr_it_read_until(fd, buf, sizeof(buf), "\n\r\n");
     cr_assert(strstr(buf, " name=n1 ") && strstr(buf, " resp=2"), "CLIENT INFO: %s", buf);
-    cmd(fd, "COMMAND", "COUNT", NULL);
+    kr_it_resp_cmd(fd, "COMMAND", "COUNT", NULL);
     kr_it_expect(fd, ":22\r\n");
-    cmd(fd, "COMMAND", "DOCS", NULL);
+    kr_it_resp_cmd(fd, "COMMAND", "DOCS", NULL);
     kr_it_expect(fd, "*0\r\n");
-    cmd(fd, "COMMAND", NULL);
+    kr_it_resp_cmd(fd, "COMMAND", NULL);
     kr_it_expect(fd, "*0\r\n");
-    cmd(fd, "PUBSUB", "NUMPAT", NULL);
+    kr_it_resp_cmd(fd, "PUBSUB", "NUMPAT", NULL);
     kr_it_expect(fd, ":0\r\n");
-    cmd(fd, "PUBSUB", "NUMSUB", NULL);
+    kr_it_resp_cmd(fd, "PUBSUB", "NUMSUB", NULL);
     kr_it_expect(fd, "*0\r\n");
-    cmd(fd, "PSUBSCRIBE", "x*", NULL);
+    kr_it_resp_cmd(fd, "PSUBSCRIBE", "x*", NULL);
     kr_it_expect(fd, "-ERR pattern subscriptions are not supported by Kraken (PSUBSCRIBE, "
                      "PUNSUBSCRIBE): subscribe to each channel\r\n");
-    cmd(fd, "INFO", "server", NULL);
+    kr_it_resp_cmd(fd, "INFO", "server", NULL);
     kr_it_read_until(fd, buf, sizeof(buf), "\r\n\r\n");
     cr_assert(strstr(buf, "# Server\r\nredis_version:") && strstr(buf, "kraken_version:"), "%s", buf);
     cr_assert_null(strstr(buf, "# Clients"), "%s", buf);
-    cmd(fd, "QUIT", NULL);
+    kr_it_resp_cmd(fd, "QUIT", NULL);
     kr_it_expect(fd, "+OK\r\n");
     kr_it_expect_closed(fd);
     close(fd);
@@ -114,11 +98,11 @@ Test(resp_server, connection_commands_resp2)
 Test(resp_server, unknown_command_keeps_connection)
 {
     int fd = kr_it_connect(srv.port);
-    cmd(fd, "FOO", NULL);
+    kr_it_resp_cmd(fd, "FOO", NULL);
     kr_it_expect(fd, "-ERR unknown command 'FOO', with args beginning with: \r\n");
-    cmd(fd, "GET", "k", "x y", NULL);
+    kr_it_resp_cmd(fd, "GET", "k", "x y", NULL);
     kr_it_expect(fd, "-ERR unknown command 'GET', with args beginning with: 'k' 'x y' \r\n");
-    cmd(fd, "PING", NULL);
+    kr_it_resp_cmd(fd, "PING", NULL);
     kr_it_expect(fd, "+PONG\r\n");
     close(fd);
 }
@@ -126,31 +110,31 @@ Test(resp_server, unknown_command_keeps_connection)
 Test(resp_server, hello3_and_pushes)
 {
     int fd = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
-    cmd(fd, "HELLO", "3", NULL);
+    kr_it_resp_cmd(fd, "HELLO", "3", NULL);
     kr_it_expect(fd, "%7\r\n$6\r\nserver\r\n$6\r\nkraken\r\n$7\r\nversion\r\n");
     kr_it_read_until(fd, buf, sizeof(buf), "$7\r\nmodules\r\n*0\r\n");
     cr_assert(strstr(buf, "$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:"), "%s", buf);
     cr_assert(strstr(buf, "$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"), "%s", buf);
-    cmd(fd, "CLIENT", "GETNAME", NULL);
+    kr_it_resp_cmd(fd, "CLIENT", "GETNAME", NULL);
     kr_it_expect(fd, "_\r\n");
-    cmd(fd, "COMMAND", "DOCS", NULL);
+    kr_it_resp_cmd(fd, "COMMAND", "DOCS", NULL);
     kr_it_expect(fd, "%0\r\n");
-    cmd(fd, "UNSUBSCRIBE", NULL);
+    kr_it_resp_cmd(fd, "UNSUBSCRIBE", NULL);
     kr_it_expect(fd, ">3\r\n$11\r\nunsubscribe\r\n_\r\n:0\r\n");
-    cmd(fd, "SUBSCRIBE", "a", "b", NULL);
+    kr_it_resp_cmd(fd, "SUBSCRIBE", "a", "b", NULL);
     kr_it_expect(fd, ">3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n>3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n");
     /* RESP3: any command in the subscribed state */
-    cmd(fd, "PING", NULL);
+    kr_it_resp_cmd(fd, "PING", NULL);
     kr_it_expect(fd, "+PONG\r\n");
-    cmd(fd, "ECHO", "e", NULL);
+    kr_it_resp_cmd(fd, "ECHO", "e", NULL);
     kr_it_expect(fd, "$1\r\ne\r\n");
-    cmd(pub, "PUBLISH", "b", "hi", NULL);
+    kr_it_resp_cmd(pub, "PUBLISH", "b", "hi", NULL);
     kr_it_expect(pub, ":1\r\n");
     kr_it_expect(fd, ">3\r\n$7\r\nmessage\r\n$1\r\nb\r\n$2\r\nhi\r\n");
-    cmd(fd, "HELLO", "2", NULL);
+    kr_it_resp_cmd(fd, "HELLO", "2", NULL);
     kr_it_read_until(fd, buf, sizeof(buf), "$7\r\nmodules\r\n*0\r\n");
     cr_assert(strncmp(buf, "*14\r\n", 5) == 0, "%s", buf);
-    cmd(pub, "PUBLISH", "a", "x", NULL);
+    kr_it_resp_cmd(pub, "PUBLISH", "a", "x", NULL);
     kr_it_expect(pub, ":1\r\n");
     kr_it_expect(fd, "*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nx\r\n");
     close(fd);
@@ -160,41 +144,41 @@ Test(resp_server, hello3_and_pushes)
 Test(resp_server, subscribed_state_resp2)
 {
     int fd = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
-    cmd(fd, "SUBSCRIBE", "a", "b", "a", NULL);
+    kr_it_resp_cmd(fd, "SUBSCRIBE", "a", "b", "a", NULL);
     kr_it_expect(fd, CONF("9\r\nsubscribe", "$1\r\na", "1") CONF("9\r\nsubscribe", "$1\r\nb", "2")
                          CONF("9\r\nsubscribe", "$1\r\na", "2"));
-    cmd(fd, "PING", NULL);
+    kr_it_resp_cmd(fd, "PING", NULL);
     kr_it_expect(fd, "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
-    cmd(fd, "PING", "m", NULL);
+    kr_it_resp_cmd(fd, "PING", "m", NULL);
     kr_it_expect(fd, "*2\r\n$4\r\npong\r\n$1\r\nm\r\n");
-    cmd(fd, "ECHO", "x", NULL);
+    kr_it_resp_cmd(fd, "ECHO", "x", NULL);
     kr_it_expect(fd, "-ERR Can't execute 'echo': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / "
                      "QUIT / RESET are allowed in this context\r\n");
-    cmd(pub, "PUBLISH", "a", "hello", NULL);
+    kr_it_resp_cmd(pub, "PUBLISH", "a", "hello", NULL);
     kr_it_expect(pub, ":1\r\n");
     kr_it_expect(fd, "*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$5\r\nhello\r\n");
-    cmd(fd, "UNSUBSCRIBE", "a", "zz", NULL);
+    kr_it_resp_cmd(fd, "UNSUBSCRIBE", "a", "zz", NULL);
     kr_it_expect(fd, CONF("11\r\nunsubscribe", "$1\r\na", "1") CONF("11\r\nunsubscribe", "$2\r\nzz", "1"));
-    cmd(pub, "PUBLISH", "a", "gone", NULL);
+    kr_it_resp_cmd(pub, "PUBLISH", "a", "gone", NULL);
     kr_it_expect(pub, ":1\r\n");
-    cmd(pub, "PUBLISH", "b", "kept", NULL);
+    kr_it_resp_cmd(pub, "PUBLISH", "b", "kept", NULL);
     kr_it_expect(pub, ":1\r\n");
     kr_it_expect(fd, "*3\r\n$7\r\nmessage\r\n$1\r\nb\r\n$4\r\nkept\r\n");
-    cmd(fd, "UNSUBSCRIBE", NULL);
+    kr_it_resp_cmd(fd, "UNSUBSCRIBE", NULL);
     kr_it_expect(fd, CONF("11\r\nunsubscribe", "$1\r\nb", "0"));
-    cmd(fd, "UNSUBSCRIBE", NULL);
+    kr_it_resp_cmd(fd, "UNSUBSCRIBE", NULL);
     kr_it_expect(fd, "*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n");
-    cmd(fd, "ECHO", "x", NULL); /* out of the subscribed state */
+    kr_it_resp_cmd(fd, "ECHO", "x", NULL); /* out of the subscribed state */
     kr_it_expect(fd, "$1\r\nx\r\n");
-    cmd(fd, "SUBSCRIBE", "q", NULL);
+    kr_it_resp_cmd(fd, "SUBSCRIBE", "q", NULL);
     kr_it_expect(fd, CONF("9\r\nsubscribe", "$1\r\nq", "1"));
-    cmd(fd, "RESET", NULL);
+    kr_it_resp_cmd(fd, "RESET", NULL);
     kr_it_expect(fd, "+RESET\r\n");
-    cmd(fd, "ECHO", "y", NULL);
+    kr_it_resp_cmd(fd, "ECHO", "y", NULL);
     kr_it_expect(fd, "$1\r\ny\r\n");
-    cmd(pub, "PUBLISH", "q", "after reset", NULL);
+    kr_it_resp_cmd(pub, "PUBLISH", "q", "after reset", NULL);
     kr_it_expect(pub, ":1\r\n");
-    cmd(fd, "PING", NULL);
+    kr_it_resp_cmd(fd, "PING", NULL);
     kr_it_expect(fd, "+PONG\r\n"); /* nothing delivered after RESET */
     close(fd);
     close(pub);
@@ -203,14 +187,14 @@ Test(resp_server, subscribed_state_resp2)
 Test(resp_server, sharded_pubsub)
 {
     int fd = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
-    cmd(fd, "SSUBSCRIBE", "s1", NULL);
+    kr_it_resp_cmd(fd, "SSUBSCRIBE", "s1", NULL);
     kr_it_expect(fd, CONF("10\r\nssubscribe", "$2\r\ns1", "1"));
-    cmd(pub, "SPUBLISH", "s1", "x", NULL);
+    kr_it_resp_cmd(pub, "SPUBLISH", "s1", "x", NULL);
     kr_it_expect(pub, ":1\r\n");
     kr_it_expect(fd, "*3\r\n$8\r\nsmessage\r\n$2\r\ns1\r\n$1\r\nx\r\n");
-    cmd(fd, "SUNSUBSCRIBE", NULL);
+    kr_it_resp_cmd(fd, "SUNSUBSCRIBE", NULL);
     kr_it_expect(fd, CONF("12\r\nsunsubscribe", "$2\r\ns1", "0"));
-    cmd(fd, "PING", NULL);
+    kr_it_resp_cmd(fd, "PING", NULL);
     kr_it_expect(fd, "+PONG\r\n");
     close(fd);
     close(pub);
@@ -227,21 +211,21 @@ Test(resp_server, one_message_framed_per_protocol_and_kind)
     for (int i = 0; i < NSUB; i++) {
         sub[i] = kr_it_connect(srv.port);
         if (i % 3 == 1) {
-            cmd(sub[i], "HELLO", "3", NULL);
+            kr_it_resp_cmd(sub[i], "HELLO", "3", NULL);
             kr_it_read_until(sub[i], buf, sizeof(buf), "$7\r\nmodules\r\n*0\r\n");
         }
-        cmd(sub[i], "SUBSCRIBE", "mix", NULL);
+        kr_it_resp_cmd(sub[i], "SUBSCRIBE", "mix", NULL);
         kr_it_expect(sub[i], i % 3 == 1 ? ">3\r\n$9\r\nsubscribe\r\n$3\r\nmix\r\n:1\r\n"
                                         : CONF("9\r\nsubscribe", "$3\r\nmix", "1"));
         if (i % 3 == 2) {
-            cmd(sub[i], "SSUBSCRIBE", "mix", NULL);
+            kr_it_resp_cmd(sub[i], "SSUBSCRIBE", "mix", NULL);
             kr_it_expect(sub[i], CONF("10\r\nssubscribe", "$3\r\nmix", "1"));
         }
     }
     for (int k = 0; k < 20; k++) {
         char payload[16];
         snprintf(payload, sizeof(payload), "p%02d", k);
-        cmd(pub, "PUBLISH", "mix", payload, NULL);
+        kr_it_resp_cmd(pub, "PUBLISH", "mix", payload, NULL);
         kr_it_read_until(pub, buf, sizeof(buf), "\r\n"); /* its integer reply */
         for (int i = 0; i < NSUB; i++) {
             char want[256];
@@ -265,13 +249,13 @@ Test(resp_server, one_message_framed_per_protocol_and_kind)
 Test(resp_server, no_echo_to_publisher)
 {
     int fd = kr_it_connect(srv.port), other = kr_it_connect(srv.port);
-    cmd(fd, "HELLO", "3", NULL);
+    kr_it_resp_cmd(fd, "HELLO", "3", NULL);
     kr_it_read_until(fd, buf, sizeof(buf), "$7\r\nmodules\r\n*0\r\n");
-    cmd(fd, "SUBSCRIBE", "t", NULL);
+    kr_it_resp_cmd(fd, "SUBSCRIBE", "t", NULL);
     kr_it_expect(fd, ">3\r\n$9\r\nsubscribe\r\n$1\r\nt\r\n:1\r\n");
-    cmd(fd, "PUBLISH", "t", "mine", NULL);
+    kr_it_resp_cmd(fd, "PUBLISH", "t", "mine", NULL);
     kr_it_expect(fd, ":1\r\n");
-    cmd(other, "PUBLISH", "t", "theirs", NULL);
+    kr_it_resp_cmd(other, "PUBLISH", "t", "theirs", NULL);
     kr_it_expect(other, ":1\r\n");
     /* its own message never comes: the first push is the other's */
     kr_it_expect(fd, ">3\r\n$7\r\nmessage\r\n$1\r\nt\r\n$6\r\ntheirs\r\n");
@@ -283,10 +267,10 @@ Test(resp_server, cross_protocol)
 {
     int rs = kr_it_connect(srv.port), mc = kr_it_connect(srv.port), rpub = kr_it_connect(srv.port);
     kr_it_subscribe(mc, "x");
-    cmd(rs, "SUBSCRIBE", "x", "y", NULL);
+    kr_it_resp_cmd(rs, "SUBSCRIBE", "x", "y", NULL);
     kr_it_expect(rs, CONF("9\r\nsubscribe", "$1\r\nx", "1") CONF("9\r\nsubscribe", "$1\r\ny", "2"));
     /* RESP publisher -> memcached subscriber and RESP subscriber */
-    cmd(rpub, "PUBLISH", "x", "from resp", NULL);
+    kr_it_resp_cmd(rpub, "PUBLISH", "x", "from resp", NULL);
     kr_it_expect(rpub, ":1\r\n");
     kr_it_expect(rs, "*3\r\n$7\r\nmessage\r\n$1\r\nx\r\n$9\r\nfrom resp\r\n");
     char out[4096];
@@ -298,7 +282,7 @@ Test(resp_server, cross_protocol)
     kr_it_expect(rs, "*3\r\n$7\r\nmessage\r\n$1\r\ny\r\n$5\r\nmulti\r\n"
                      "*3\r\n$7\r\nmessage\r\n$1\r\nx\r\n$5\r\nmulti\r\n");
     /* KRAKEN.PUBLISH: one entry to many topics; the memcached subscriber gets it once */
-    cmd(rpub, "KRAKEN.PUBLISH", "x", "y", "x", "k", NULL);
+    kr_it_resp_cmd(rpub, "KRAKEN.PUBLISH", "x", "y", "x", "k", NULL);
     kr_it_expect(rpub, ":2\r\n");
     kr_it_expect(rs, "*3\r\n$7\r\nmessage\r\n$1\r\nx\r\n$1\r\nk\r\n"
                      "*3\r\n$7\r\nmessage\r\n$1\r\ny\r\n$1\r\nk\r\n");
@@ -313,18 +297,18 @@ Test(resp_server, cross_protocol)
 Test(resp_server, pubsub_introspection)
 {
     int fd = kr_it_connect(srv.port), q = kr_it_connect(srv.port);
-    cmd(fd, "SUBSCRIBE", "chan.one", "chan.two", "other", NULL);
+    kr_it_resp_cmd(fd, "SUBSCRIBE", "chan.one", "chan.two", "other", NULL);
     kr_it_read_until(fd, buf, sizeof(buf), "other\r\n:3\r\n");
-    cmd(q, "PUBSUB", "NUMSUB", "chan.one", "nobody", NULL);
+    kr_it_resp_cmd(q, "PUBSUB", "NUMSUB", "chan.one", "nobody", NULL);
     kr_it_expect(q, "*4\r\n$8\r\nchan.one\r\n:1\r\n$6\r\nnobody\r\n:0\r\n");
-    cmd(q, "PUBSUB", "CHANNELS", "chan.*", NULL);
+    kr_it_resp_cmd(q, "PUBSUB", "CHANNELS", "chan.*", NULL);
     kr_it_read_until(q, buf, sizeof(buf), "*2\r\n");
     size_t n = kr_it_read_until(q, buf, sizeof(buf), "\r\n");
     n += kr_it_read_until(q, buf + n, sizeof(buf) - n, "\r\n");
     n += kr_it_read_until(q, buf + n, sizeof(buf) - n, "\r\n");
     n += kr_it_read_until(q, buf + n, sizeof(buf) - n, "\r\n");
     cr_assert(strstr(buf, "$8\r\nchan.one\r\n") && strstr(buf, "$8\r\nchan.two\r\n"), "%s", buf);
-    cmd(q, "PUBSUB", "CHANNELS", "nomatch*", NULL);
+    kr_it_resp_cmd(q, "PUBSUB", "CHANNELS", "nomatch*", NULL);
     kr_it_expect(q, "*0\r\n");
     close(fd);
     close(q);
@@ -339,14 +323,14 @@ Test(resp_server, retro_subscribe)
     snprintf(horizon, sizeof(horizon), "%llu",
              (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
     kr_it_sleep_ms(2);
-    cmd(pub, "PUBLISH", "h1", "old", NULL);
+    kr_it_resp_cmd(pub, "PUBLISH", "h1", "old", NULL);
     kr_it_expect(pub, ":1\r\n");
-    cmd(fd, "KRAKEN.RETRO_SUBSCRIBE", horizon, "h1", NULL);
+    kr_it_resp_cmd(fd, "KRAKEN.RETRO_SUBSCRIBE", horizon, "h1", NULL);
     kr_it_expect(fd, CONF("9\r\nsubscribe", "$2\r\nh1", "1") "*3\r\n$7\r\nmessage\r\n$2\r\nh1\r\n$3\r\nold\r\n");
-    cmd(pub, "PUBLISH", "h1", "new", NULL);
+    kr_it_resp_cmd(pub, "PUBLISH", "h1", "new", NULL);
     kr_it_expect(pub, ":1\r\n");
     kr_it_expect(fd, "*3\r\n$7\r\nmessage\r\n$2\r\nh1\r\n$3\r\nnew\r\n");
-    cmd(fd, "KRAKEN.REGISTER", NULL); /* not allowed in the RESP2 subscribed state */
+    kr_it_resp_cmd(fd, "KRAKEN.REGISTER", NULL); /* not allowed in the RESP2 subscribed state */
     kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
     cr_assert(strncmp(buf, "-ERR Can't execute 'kraken.register'", 36) == 0, "%s", buf);
     close(fd);
@@ -358,27 +342,27 @@ Test(resp_server, retro_subscribe)
 Test(resp_server, register_makes_next_subscribe_retroactive)
 {
     int pub = kr_it_connect(srv.port), fd = kr_it_connect(srv.port);
-    cmd(fd, "KRAKEN.REGISTER", NULL);
+    kr_it_resp_cmd(fd, "KRAKEN.REGISTER", NULL);
     kr_it_expect(fd, "+OK\r\n");
     kr_it_sleep_ms(2);
-    cmd(pub, "PUBLISH", "rg1", "before-sub", NULL);
+    kr_it_resp_cmd(pub, "PUBLISH", "rg1", "before-sub", NULL);
     kr_it_expect(pub, ":1\r\n");
-    cmd(fd, "SUBSCRIBE", "rg1", NULL);
+    kr_it_resp_cmd(fd, "SUBSCRIBE", "rg1", NULL);
     kr_it_expect(fd, CONF("9\r\nsubscribe", "$3\r\nrg1", "1")
                      "*3\r\n$7\r\nmessage\r\n$3\r\nrg1\r\n$10\r\nbefore-sub\r\n");
     /* only the first subscribe after the register replays; a witness subscriber gets old2
      * first, so its shard routed it before fd subscribes (else it could race the
      * subscribe from another net thread and arrive live) */
     int w = kr_it_connect(srv.port);
-    cmd(w, "SUBSCRIBE", "rg2", NULL);
+    kr_it_resp_cmd(w, "SUBSCRIBE", "rg2", NULL);
     kr_it_expect(w, CONF("9\r\nsubscribe", "$3\r\nrg2", "1"));
-    cmd(pub, "PUBLISH", "rg2", "old2", NULL);
+    kr_it_resp_cmd(pub, "PUBLISH", "rg2", "old2", NULL);
     kr_it_expect(pub, ":1\r\n");
     kr_it_expect(w, "*3\r\n$7\r\nmessage\r\n$3\r\nrg2\r\n$4\r\nold2\r\n");
     close(w);
-    cmd(fd, "SUBSCRIBE", "rg2", NULL);
+    kr_it_resp_cmd(fd, "SUBSCRIBE", "rg2", NULL);
     kr_it_expect(fd, CONF("9\r\nsubscribe", "$3\r\nrg2", "2"));
-    cmd(pub, "PUBLISH", "rg2", "live", NULL);
+    kr_it_resp_cmd(pub, "PUBLISH", "rg2", "live", NULL);
     kr_it_expect(pub, ":1\r\n");
     kr_it_expect(fd, "*3\r\n$7\r\nmessage\r\n$3\r\nrg2\r\n$4\r\nlive\r\n");
     close(fd);
@@ -391,7 +375,7 @@ Test(resp_server, register_makes_next_subscribe_retroactive)
 Test(resp_server, large_payloads_pushed_intact_in_order)
 {
     int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
-    cmd(sub, "SUBSCRIBE", "bg", NULL);
+    kr_it_resp_cmd(sub, "SUBSCRIBE", "bg", NULL);
     kr_it_expect(sub, CONF("9\r\nsubscribe", "$2\r\nbg", "1"));
     enum { N = 200 };
     size_t cap = 0;
@@ -458,7 +442,7 @@ Test(resp_overflow, told_and_closed, .init = start_small_queue, .fini = stop)
     int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
     int one = 1; /* a request's last segment is not held back for the previous one's ACK */
     setsockopt(pub, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    cmd(sub, "SUBSCRIBE", "o", NULL);
+    kr_it_resp_cmd(sub, "SUBSCRIBE", "o", NULL);
     kr_it_expect(sub, CONF("9\r\nsubscribe", "$1\r\no", "1"));
     /* each request in one send (no small trailing segment for Nagle to hold back) */
     static char req[65536 + 64];
@@ -505,7 +489,7 @@ Test(resp_overflow, small_messages_in_order_then_told_and_closed, .init = start_
      .fini = stop)
 {
     int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
-    cmd(sub, "SUBSCRIBE", "o", NULL);
+    kr_it_resp_cmd(sub, "SUBSCRIBE", "o", NULL);
     kr_it_expect(sub, CONF("9\r\nsubscribe", "$1\r\no", "1"));
     enum { PLEN = 1000, BATCH = 100, NMSG = 30000 };
     /* 30 000 x 1000 bytes: far beyond the 4 MiB output bound, the socket buffers and the
@@ -753,35 +737,35 @@ static void start_password(void)
 Test(resp_auth, requirepass, .init = start_password, .fini = stop)
 {
     int fd = kr_it_connect(srv.port);
-    cmd(fd, "PING", NULL);
+    kr_it_resp_cmd(fd, "PING", NULL);
     kr_it_expect(fd, "-NOAUTH Authentication required.\r\n");
-    cmd(fd, "SUBSCRIBE", "a", NULL);
+    kr_it_resp_cmd(fd, "SUBSCRIBE", "a", NULL);
     kr_it_expect(fd, "-NOAUTH Authentication required.\r\n");
-    cmd(fd, "HELLO", "3", NULL);
+    kr_it_resp_cmd(fd, "HELLO", "3", NULL);
     kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
     cr_assert(strncmp(buf, "-NOAUTH HELLO must be called with the client already authenticated", 66) == 0, "%s", buf);
-    cmd(fd, "AUTH", "wrong", NULL);
+    kr_it_resp_cmd(fd, "AUTH", "wrong", NULL);
     kr_it_expect(fd, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
-    cmd(fd, "AUTH", "other", "s3cret", NULL);
+    kr_it_resp_cmd(fd, "AUTH", "other", "s3cret", NULL);
     kr_it_expect(fd, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
-    cmd(fd, "AUTH", "s3cre", NULL);
+    kr_it_resp_cmd(fd, "AUTH", "s3cre", NULL);
     kr_it_expect(fd, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
-    cmd(fd, "AUTH", "s3cret", NULL);
+    kr_it_resp_cmd(fd, "AUTH", "s3cret", NULL);
     kr_it_expect(fd, "+OK\r\n");
-    cmd(fd, "PING", NULL);
+    kr_it_resp_cmd(fd, "PING", NULL);
     kr_it_expect(fd, "+PONG\r\n");
     close(fd);
     fd = kr_it_connect(srv.port);
-    cmd(fd, "AUTH", "default", "s3cret", NULL);
+    kr_it_resp_cmd(fd, "AUTH", "default", "s3cret", NULL);
     kr_it_expect(fd, "+OK\r\n");
     close(fd);
     fd = kr_it_connect(srv.port);
-    cmd(fd, "HELLO", "3", "AUTH", "default", "nope", NULL);
+    kr_it_resp_cmd(fd, "HELLO", "3", "AUTH", "default", "nope", NULL);
     kr_it_expect(fd, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
-    cmd(fd, "HELLO", "3", "AUTH", "default", "s3cret", NULL);
+    kr_it_resp_cmd(fd, "HELLO", "3", "AUTH", "default", "s3cret", NULL);
     kr_it_read_until(fd, buf, sizeof(buf), "$7\r\nmodules\r\n*0\r\n");
     cr_assert(strncmp(buf, "%7\r\n", 4) == 0, "%s", buf);
-    cmd(fd, "PING", NULL);
+    kr_it_resp_cmd(fd, "PING", NULL);
     kr_it_expect(fd, "+PONG\r\n");
     close(fd);
 }
@@ -789,10 +773,10 @@ Test(resp_auth, requirepass, .init = start_password, .fini = stop)
 Test(resp_server, auth_without_password)
 {
     int fd = kr_it_connect(srv.port);
-    cmd(fd, "AUTH", "x", NULL);
+    kr_it_resp_cmd(fd, "AUTH", "x", NULL);
     kr_it_expect(fd, "-ERR AUTH <password> called without any password configured for the "
                      "default user. Are you sure your configuration is correct?\r\n");
-    cmd(fd, "PING", NULL);
+    kr_it_resp_cmd(fd, "PING", NULL);
     kr_it_expect(fd, "+PONG\r\n");
     close(fd);
 }
