@@ -878,7 +878,7 @@ static void kr_cl_forward(struct kr_cluster *cl, struct kr_msg *m)
 {
     uint32_t ntopics = kr_msg_ntopics(m), plen;
     const char *payload = kr_msg_payload(m, &plen);
-    size_t need = 22 + (size_t)plen;
+    size_t need = KR_CL_ENTRY_HEADER + (size_t)plen;
     for (uint32_t i = 0; i < ntopics; i++) {
         uint32_t l;
         kr_msg_topic(m, i, &l);
@@ -888,10 +888,9 @@ static void kr_cl_forward(struct kr_cluster *cl, struct kr_msg *m)
         cl->ebuf_cap = need * 2;
         cl->ebuf = kr_xrealloc(cl->ebuf, cl->ebuf_cap);
     }
-    /* the encoder takes arrays: write the pairs directly instead */
-    uint64_t seq = ++cl->seq;
-    kr_cl_entry_encode(cl->ebuf, cl->origin, seq, 0, NULL, NULL, NULL, 0);
-    char *p = cl->ebuf + 22;
+    /* the message holds its topics one by one: header, pairs, payload */
+    kr_cl_entry_header(cl->ebuf, cl->origin, ++cl->seq, ntopics);
+    char *p = cl->ebuf + KR_CL_ENTRY_HEADER;
     for (uint32_t i = 0; i < ntopics; i++) {
         uint32_t l;
         const char *t = kr_msg_topic(m, i, &l);
@@ -899,9 +898,6 @@ static void kr_cl_forward(struct kr_cluster *cl, struct kr_msg *m)
     }
     memcpy(p, payload, plen);
     p += plen;
-    /* the topic count, now known */
-    for (int k = 0; k < 4; k++)
-        cl->ebuf[18 + k] = (char)(ntopics >> (8 * k));
     for (uint32_t i = 0; i < ntopics; i++) {
         uint32_t l;
         const char *t = kr_msg_topic(m, i, &l);

@@ -127,27 +127,29 @@ static uint64_t kr_get64(const char *p)
 
 size_t kr_cl_entry_size(uint32_t ntopics, const uint32_t *lens, uint32_t payload_len)
 {
-    size_t n = 2 + 8 + 8 + 4 + payload_len;
+    size_t n = KR_CL_ENTRY_HEADER + (size_t)payload_len;
     for (uint32_t i = 0; i < ntopics; i++)
         n += 4 + lens[i];
     return n;
 }
 
-void kr_cl_entry_encode(char *out, uint64_t origin, uint64_t seq, uint32_t ntopics,
-                        const char *const *topics, const uint32_t *lens, const char *payload,
-                        uint32_t payload_len)
+void kr_cl_entry_header(char *out, uint64_t origin, uint64_t seq, uint32_t ntopics)
 {
     out[0] = 'E';
     out[1] = KR_CL_VERSION;
     kr_put64(out + 2, origin);
     kr_put64(out + 10, seq);
     kr_put32(out + 18, ntopics);
-    char *p = out + 22;
-    for (uint32_t i = 0; i < ntopics; i++) {
-        kr_put32(p, lens[i]);
-        memcpy(p + 4, topics[i], lens[i]);
-        p += 4 + lens[i];
-    }
+}
+
+void kr_cl_entry_encode(char *out, uint64_t origin, uint64_t seq, uint32_t ntopics,
+                        const char *const *topics, const uint32_t *lens, const char *payload,
+                        uint32_t payload_len)
+{
+    kr_cl_entry_header(out, origin, seq, ntopics);
+    char *p = out + KR_CL_ENTRY_HEADER;
+    for (uint32_t i = 0; i < ntopics; i++)
+        p += kr_cl_pair(p, topics[i], lens[i]);
     if (payload_len)
         memcpy(p, payload, payload_len);
 }

@@ -36,6 +36,10 @@ size_t kr_cl_subject_max(size_t prefix_len, uint32_t len);
 int kr_cl_subject_topic(const char *subj, const char *prefix, char *out, size_t cap,
                         uint32_t *len);
 
+/* An entry's header (KR_CL_ENTRY_HEADER bytes); its topic pairs (kr_cl_pair) and the
+ * payload follow. */
+#define KR_CL_ENTRY_HEADER 22
+void kr_cl_entry_header(char *out, uint64_t origin, uint64_t seq, uint32_t ntopics);
 /* An entry's encoded size and encoding (out must hold kr_cl_entry_size bytes). */
 size_t kr_cl_entry_size(uint32_t ntopics, const uint32_t *lens, uint32_t payload_len);
 void kr_cl_entry_encode(char *out, uint64_t origin, uint64_t seq, uint32_t ntopics,
