@@ -109,6 +109,7 @@ struct kr_cluster {
     struct kr_cluster_opts o;
     const struct kr_cfg *cfg;
     char prefix[KR_CFG_STR_MAX];
+    size_t prefix_len;
     char name[64];
     uint64_t origin;
     uint64_t pub_id;
@@ -455,7 +456,7 @@ static struct kr_cl_topic *kr_cl_hold(struct kr_cluster *cl, const char *t, uint
     e->hash = h;
     e->len = len;
     memcpy(e->name, t, len);
-    size_t need = kr_cl_subject_max(strlen(cl->prefix), len);
+    size_t need = kr_cl_subject_max(cl->prefix_len, len);
     if (need > cl->sbuf_cap) {
         cl->sbuf_cap = need;
         cl->sbuf = kr_xrealloc(cl->sbuf, need);
@@ -901,7 +902,7 @@ static void kr_cl_forward(struct kr_cluster *cl, struct kr_msg *m)
     for (uint32_t i = 0; i < ntopics; i++) {
         uint32_t l;
         const char *t = kr_msg_topic(m, i, &l);
-        size_t sneed = kr_cl_subject_max(strlen(cl->prefix), l);
+        size_t sneed = kr_cl_subject_max(cl->prefix_len, l);
         if (sneed > cl->sbuf_cap) {
             cl->sbuf_cap = sneed;
             cl->sbuf = kr_xrealloc(cl->sbuf, sneed);
@@ -1269,6 +1270,7 @@ int kr_cluster_create(const struct kr_cluster_opts *o, struct kr_cluster **out, 
     cl->o = *o;
     cl->cfg = o->cfg;
     snprintf(cl->prefix, sizeof(cl->prefix), "%s", o->cfg->cluster_subject_prefix);
+    cl->prefix_len = strlen(cl->prefix);
     if (o->cfg->cluster_node_name[0]) {
         snprintf(cl->name, sizeof(cl->name), "%.63s", o->cfg->cluster_node_name);
     } else {
