@@ -983,3 +983,16 @@ void kr_it_resp_cmd(int fd, const char *a0, ...)
                                 argv[i]);
     kr_it_send(fd, req, len);
 }
+
+unsigned long long kr_it_admin_stat(const struct kr_it_server *s, const char *name)
+{
+    static char buf[1 << 20];
+    int fd = kr_it_connect_unix(s->admin_path);
+    kr_it_admin(fd, "stats", buf, sizeof(buf));
+    close(fd);
+    char want[96];
+    snprintf(want, sizeof(want), "STAT %s ", name);
+    char *p = strstr(buf, want);
+    cr_assert_not_null(p, "no %s in stats:\n%s", name, buf);
+    return strtoull(p + strlen(want), NULL, 10);
+}

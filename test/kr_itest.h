@@ -76,6 +76,8 @@ int kr_it_cli(const struct kr_it_server *s, char *out, size_t cap, const char *c
 /* Connect to a Unix socket (the admin socket); asserts. Reads time out after a few
  * seconds. */
 int kr_it_connect_unix(const char *path);
+/* The value of `STAT <name>` in the admin socket's `stats` (asserts the line is there). */
+unsigned long long kr_it_admin_stat(const struct kr_it_server *s, const char *name);
 /* Send one admin command line and read the reply up to its terminator line ("END" or
  * "ERROR ..."), into buf (NUL-terminated). Returns the reply length. */
 size_t kr_it_admin(int fd, const char *cmd, char *buf, size_t cap);

@@ -17,17 +17,6 @@
 
 static char buf[1 << 20];
 
-static unsigned long long admin_stat(const struct kr_it_server *s, const char *name)
-{
-    int fd = kr_it_connect_unix(s->admin_path);
-    kr_it_admin(fd, "stats", buf, sizeof(buf));
-    close(fd);
-    char want[96];
-    snprintf(want, sizeof(want), "STAT %s ", name);
-    char *p = strstr(buf, want);
-    cr_assert_not_null(p, "no %s in stats:\n%s", name, buf);
-    return strtoull(p + strlen(want), NULL, 10);
-}
 
 /* ------------------------------------------------------------------ allow_from */
 
@@ -46,8 +35,8 @@ Test(access, refused_outside_allow_from_closed_unread_and_counted)
     fd = kr_it_connect(health);
     kr_it_expect_closed(fd); /* no "ok" for a refused health checker either */
     close(fd);
-    cr_assert_eq(admin_stat(&srv, "refused_connections"), 2);
-    cr_assert_eq(admin_stat(&srv, "curr_connections"), 0);
+    cr_assert_eq(kr_it_admin_stat(&srv, "refused_connections"), 2);
+    cr_assert_eq(kr_it_admin_stat(&srv, "curr_connections"), 0);
     cr_assert(kr_it_wait_log(&srv, "refused a connection from 127.0.0.1:"));
     cr_assert(kr_it_wait_log(&srv, "health port: refused a connection from 127.0.0.1"));
     cr_assert(!kr_it_log_contains(&srv, "suppressed 0"));

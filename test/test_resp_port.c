@@ -30,17 +30,6 @@ static uint16_t start_with(struct kr_it_server *s, const char *extra_key, const 
 }
 
 
-static unsigned long long admin_stat(const struct kr_it_server *s, const char *name)
-{
-    int fd = kr_it_connect_unix(s->admin_path);
-    kr_it_admin(fd, "stats", buf, sizeof(buf));
-    close(fd);
-    char want[96];
-    snprintf(want, sizeof(want), "STAT %s ", name);
-    char *p = strstr(buf, want);
-    cr_assert_not_null(p, "no %s in stats:\n%s", name, buf);
-    return strtoull(p + strlen(want), NULL, 10);
-}
 
 Test(resp_port, raw_resp_and_cross_protocol)
 {
@@ -111,8 +100,8 @@ Test(resp_port, allow_from_refuses_unread)
     kr_it_resp_cmd(fd, "PING", NULL);
     kr_it_expect_closed(fd);
     close(fd);
-    cr_assert_eq(admin_stat(&s, "refused_connections"), 1);
-    cr_assert_eq(admin_stat(&s, "curr_connections"), 0);
+    cr_assert_eq(kr_it_admin_stat(&s, "refused_connections"), 1);
+    cr_assert_eq(kr_it_admin_stat(&s, "curr_connections"), 0);
     cr_assert(kr_it_wait_log(&s, "refused a connection from 127.0.0.1:"));
     kr_it_stop(&s);
 }
@@ -129,7 +118,7 @@ Test(resp_port, max_tcp_clients_answered_in_resp)
     kr_it_expect_closed(fd);
     close(fd);
     close(first);
-    cr_assert_eq(admin_stat(&s, "rejected_connections"), 1);
+    cr_assert_eq(kr_it_admin_stat(&s, "rejected_connections"), 1);
     kr_it_stop(&s);
 }
 
