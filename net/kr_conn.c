@@ -283,8 +283,7 @@ struct kr_reply_wait *kr_rq_at(struct kr_conn *c, uint32_t reqno)
     return &c->rq[(c->rq_head + i) & (c->rq_cap - 1)];
 }
 
-/* Queue a reply that waits; returns its request number. */
-uint32_t kr_rq_push(struct kr_conn *c, uint32_t acks, bool noreply, bool retro, bool gate)
+uint32_t kr_rq_push(struct kr_conn *c, const struct kr_reply_wait *w)
 {
     if (c->rq_count == c->rq_cap) {
         uint32_t ncap = c->rq_cap ? c->rq_cap * 2 : 4;
@@ -296,8 +295,7 @@ uint32_t kr_rq_push(struct kr_conn *c, uint32_t acks, bool noreply, bool retro, 
         c->rq_cap = ncap;
         c->rq_head = 0;
     }
-    c->rq[(c->rq_head + c->rq_count) & (c->rq_cap - 1)] =
-        (struct kr_reply_wait){.acks_left = acks, .noreply = noreply, .retro = retro, .sent_gate = gate};
+    c->rq[(c->rq_head + c->rq_count) & (c->rq_cap - 1)] = *w;
     c->rq_count++;
     return c->rq_base + c->rq_count - 1;
 }
@@ -309,13 +307,17 @@ void kr_rq_emit(struct kr_conn *c)
         struct kr_reply_wait *w = &c->rq[c->rq_head];
         if (w->acks_left || w->sent_gate)
             break;
-        if (w->retro && c->dlv.retro_not_found) {
+        struct kr_reply r = {.kind = KR_REPLY_DONE, .bytes = w->bytes, .len = w->len};
+        if (w->count) {
+            r.kind = KR_REPLY_RECEIVERS;
+            r.receivers = w->receivers;
+        } else if (w->retro && c->dlv.retro_not_found) {
             c->dlv.retro_not_found = false;
-            if (!w->noreply)
-                c->fe->reply(c, KR_REPLY_NOT_FOUND);
-        } else if (!w->noreply) {
-            c->fe->reply(c, KR_REPLY_DONE);
+            r.kind = KR_REPLY_NOT_FOUND;
         }
+        if (!w->noreply)
+            c->fe->reply(c, &r);
+        free(w->bytes);
         c->rq_head = (c->rq_head + 1) & (c->rq_cap - 1);
         c->rq_count--;
         c->rq_base++;
@@ -401,6 +403,20 @@ void kr_poll_hold(struct kr_conn *c, uint64_t wait_ms)
         uv_timer_start(&nt->poll_timer, kr_nt_poll_timer_cb, wait_ms, 0);
 }
 
+/* Answer a connection that asked for it (kr_frontend.answer): the same overflow answer for
+ * every protocol, nothing after its last words. */
+void kr_conn_answer(struct kr_conn *c)
+{
+    kr_poll_unwait(c);
+    if (c->close_after_write || c->deferred_err)
+        return; /* its last words are said */
+    if (c->dlv.overflowed) {
+        kr_conn_error(c, KR_ERR_QUEUE_OVERFLOW);
+        return;
+    }
+    c->fe->answer(c);
+}
+
 /* Something arrived for a waiting poll: answer it after this loop iteration. */
 void kr_poll_wake(struct kr_conn *c)
 {
@@ -424,8 +440,8 @@ static void kr_dlv_queued_cb(struct kr_dlv_ctx *x, struct kr_dlv *d)
     qc->fe->queued(qc);
 }
 
-static bool kr_dlv_direct_cb(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m,
-                             const struct kr_topicset *topics)
+static bool kr_dlv_push_cb(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m,
+                           const struct kr_topicset *topics)
 {
     (void)x;
     struct kr_conn *c = KR_DLV_CONN(d);
@@ -468,7 +484,7 @@ void kr_nt_dlv_init(struct kr_nt *nt)
     x->mem_check = kr_dlv_mem_check_cb;
     x->queued = kr_dlv_queued_cb;
     x->overflow = kr_dlv_overflow_cb;
-    x->direct = kr_dlv_direct_cb;
+    x->push = kr_dlv_push_cb;
     x->owner = nt;
 }
 
@@ -505,6 +521,8 @@ void kr_conn_closed_cb(uv_handle_t *h)
     free(c->wbuf);
     kr_dlv_free(&c->dlv);
     free(c->parked);
+    for (uint32_t i = 0; i < c->rq_count; i++)
+        free(c->rq[(c->rq_head + i) & (c->rq_cap - 1)].bytes);
     free(c->rq);
     free(c);
 }
@@ -709,6 +727,19 @@ static size_t kr_conn_parse(struct kr_conn *c, const char *buf, size_t len)
             partial = true;
             break;
         }
+        if (!c->fe_chosen) {
+            /* the first byte decides the protocol on the main port: memcached requests never
+             * start with '*' */
+            c->fe_chosen = true;
+            if (buf[off] == '*')
+                c->fe = &kr_front_resp;
+        }
+        if (c->dlv.overflowed) {
+            /* the overflow answer, the same for every request of every protocol */
+            kr_conn_error(c, KR_ERR_QUEUE_OVERFLOW);
+            off = len;
+            break;
+        }
         size_t need = 0;
         ssize_t used = c->fe->request(c, buf + off, len - off, c->rq_count > 0, &need);
         if (used == KR_FE_NEED_MORE) {
@@ -822,7 +853,7 @@ static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->close_after_write)
         return; /* discard input after a final reply */
     if (c->poll_wait)
-        c->fe->answer(c); /* its reply goes before those of the new requests */
+        kr_conn_answer(c); /* its reply goes before those of the new requests */
     size_t n = (size_t)nread;
     if (c->in_len == 0 && kr_conn_can_parse(c)) {
         /* fast path: parse straight from the shared read buffer */

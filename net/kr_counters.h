@@ -50,6 +50,14 @@
     X(cluster_resyncs, COUNTER,                                                                   \
       "subscribers told to resync because the cluster link may have lost messages for them")
 
+/* Names of the counters (kr_conn_count): KR_NTC_<name>, in the order of the list. */
+enum kr_nt_counter {
+#define KR_NT_ENUM(name, kind, help) KR_NTC_##name,
+    KR_NT_COUNTERS(KR_NT_ENUM)
+#undef KR_NT_ENUM
+    KR_NTC_COUNT
+};
+
 struct kr_nt_stats {
 #define KR_NT_FIELD(name, kind, help) uint64_t name;
     KR_NT_COUNTERS(KR_NT_FIELD)

@@ -361,8 +361,8 @@ void kr_dlv_deliver(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_event *ev,
         return;
     }
     struct kr_cq_entry e = {.msg = m, .topics = kr_topicset_from_word(ev->mask), .pend = pend};
-    if (!pend && !replay && x->direct && d->q.count == 0 && !d->retro_active &&
-        x->direct(x, d, m, &e.topics)) {
+    if (!pend && !replay && x->push && d->q.count == 0 && !d->retro_active &&
+        x->push(x, d, m, &e.topics)) {
         /* written out at once: nothing before it was waiting, so order is kept */
         KR_DLV_ADD(x->ctr.deliveries_queued, 1);
         kr_topicset_release(&e.topics, kr_msg_ntopics(m));

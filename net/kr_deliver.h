@@ -124,7 +124,7 @@ struct kr_dlv_ctx {
      * message, no retroactive subscribe waiting, nothing queued before it, not overflowed):
      * return true when it was written out at once (then it is not queued; the delivery
      * layer keeps and releases the message reference and topic set), false to queue it. */
-    bool (*direct)(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m,
+    bool (*push)(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m,
                    const struct kr_topicset *topics);
     void *owner; /* the net thread, for the callbacks */
 };
@@ -132,7 +132,7 @@ struct kr_dlv_ctx {
 /* A live delivery (KR_EV_DELIVER, replay false) or a replayed one (KR_EV_REPLAY) for client
  * `d`, or for a client that is gone (d NULL): takes over the event's message reference and
  * topic set. A complete live delivery to a client with nothing queued is offered to
- * x->direct first (counted in deliveries_queued either way). Owning net thread. */
+ * x->push first (counted in deliveries_queued either way). Owning net thread. */
 void kr_dlv_deliver(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_event *ev, bool replay);
 /* A shard's KR_EV_END for multi-shard message m, with the deliveries it made: returns true
  * when it was the last shard's (then *fanout is the deliveries summed over the shards and

@@ -69,7 +69,7 @@ static void kr_conn_drain_check(struct kr_conn *c)
     if (c->closing || c->close_after_write || !kr_conn_queue_final_empty(c))
         return;
     if (c->poll_wait)
-        c->fe->answer(c); /* END, and the close (kr_conn_drain_replied) */
+        kr_conn_answer(c); /* END, and the close (kr_conn_drain_replied) */
     c->close_after_write = true;
     kr_conn_pause(c);
     kr_conn_block(c); /* written and closed after this loop iteration */

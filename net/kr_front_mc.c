@@ -1,127 +1,141 @@
 /* The memcached text protocol frontend: parses each request and runs it through the
- * protocol-independent operations of kr_cmd.c (subscribe,
- * unsubscribe, publish, register, retro_subscribe, get messages, stats, version, quit) and
- * how its replies and the `get messages` deliveries are formatted. Net thread only. */
-#include "kr_net_int.h"
+ * rule book's operations (kr_cmd_*: subscribe, unsubscribe, publish, register,
+ * retro_subscribe), answers get messages, stats, version and quit, and formats its replies,
+ * refusals and the `get messages` deliveries. It sees its connections only through the
+ * frontend boundary (kr_frontend.h). Net thread only. */
+#include "kr_frontend.h"
 
-#include <arpa/inet.h>
-#include <assert.h>
 #include <ck_pr.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pthread.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
-#include <urcu/list.h>
-#include <urcu/urcu-memb.h>
-#include <uv.h>
-#include <xxhash.h>
-#ifdef KR_HAVE_JEMALLOC
-#include <jemalloc/jemalloc.h>
-#endif
 
-static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, uint16_t type);
-static void kr_req_publish(struct kr_conn *c, const struct kr_request *req);
-static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes);
-static void kr_req_get_messages(struct kr_conn *c, bool may_wait);
-static void kr_req_stats_emit(void *arg, const char *line, size_t len);
-static void kr_req_stats(struct kr_conn *c);
+#include "kr_cfg.h"
+#include "kr_net.h"
+#include "kr_proto.h"
+#include "kr_queue.h"
+#include "kr_util.h"
 
 /* ---------------------------------------------------------------- requests */
 
+/* The memcached reply to a refusal of the rule book (every error closes the connection). */
+static const char *kr_mc_refusal(int rc)
+{
+    switch (rc) {
+    case KR_CMD_TOO_LARGE:
+    case KR_CMD_TOO_MANY:
+        return "SERVER_ERROR object too large\r\n";
+    default: /* KR_CMD_BAD_TOPIC, KR_CMD_RESERVED */
+        return "CLIENT_ERROR bad topic\r\n";
+    }
+}
+
+/* The topics of a space-separated list, in the net thread's argument scratch. */
+static uint32_t kr_mc_topics(struct kr_conn *c, const char *data, size_t len, const char ***topics,
+                             uint32_t **lens)
+{
+    uint32_t n = kr_proto_count_topics(data, len), k = 0;
+    kr_cmd_args(c, n, topics, lens);
+    size_t pos = 0, tl;
+    const char *t;
+    while (kr_proto_next_topic(data, len, &pos, &t, &tl)) {
+        (*topics)[k] = t;
+        (*lens)[k++] = (uint32_t)tl;
+    }
+    return k;
+}
+
 /* subscribe, unsubscribe and retro_subscribe: the data block is the topic list (after the
  * horizon line for retro_subscribe). */
-static void kr_req_subscribe(struct kr_conn *c, const struct kr_request *req, uint16_t type)
+static void kr_mc_subscribe(struct kr_conn *c, const struct kr_request *req, enum kr_sub_op op)
 {
-    struct kr_nt *nt = c->nt;
-    struct kr_server *srv = nt->srv;
+    struct kr_cmd_sub sub = {.op = op, .ns = KR_NS_PLAIN, .noreply = req->noreply != 0};
     const char *data = req->data;
     size_t data_len = req->data_len;
-    uint64_t horizon = 0;
-    if (type == KR_EV_RETRO_SUBSCRIBE) {
-        int rc = kr_proto_parse_retro(req->data, req->data_len, srv->cfg->max_topic_bytes,
-                                      &horizon, &data, &data_len);
+    if (op == KR_SUB_RETRO) {
+        int rc = kr_proto_parse_retro(req->data, req->data_len, &sub.horizon_us, &data, &data_len);
         if (rc < 0) {
             kr_conn_fail(c, kr_proto_error_reply(rc));
             return;
         }
     }
-    int n = kr_proto_check_topics(data, data_len, srv->cfg->max_topic_bytes);
-    if (n < 0) {
-        kr_conn_fail(c, kr_proto_error_reply(n));
-        return;
-    }
-    kr_nt_args(nt, (uint32_t)n);
-    uint32_t k = 0;
-    size_t pos = 0, len;
-    const char *t;
-    while (kr_proto_next_topic(data, data_len, &pos, &t, &len)) {
-        nt->args[k] = t;
-        nt->arg_lens[k++] = (uint32_t)len;
-    }
-    kr_cmd_subscribe(c, type, horizon, k, nt->args, nt->arg_lens, req->noreply);
+    const char **topics;
+    uint32_t *lens;
+    sub.n = kr_mc_topics(c, data, data_len, &topics, &lens);
+    sub.topics = topics;
+    sub.lens = lens;
+    int rc = kr_cmd_subscribe(c, &sub);
+    if (rc < 0)
+        kr_conn_fail(c, kr_mc_refusal(rc));
 }
 
-/* One entry of a publish block. */
-static int kr_pub_entry(void *arg, const struct kr_pub_entry *e)
+/* One entry of a publish block as the rule book's entry (its topics in the scratch). */
+static void kr_mc_entry(struct kr_conn *c, const struct kr_pub_entry *pe, struct kr_cmd_entry *e)
+{
+    const char **topics;
+    uint32_t *lens;
+    e->ns = KR_NS_PLAIN;
+    e->n = kr_mc_topics(c, pe->topics, pe->topics_len, &topics, &lens);
+    e->topics = topics;
+    e->lens = lens;
+    e->payload = pe->payload;
+    e->payload_len = pe->payload_len > UINT32_MAX ? UINT32_MAX : (uint32_t)pe->payload_len;
+}
+
+/* The rules for each entry while the block is validated: nothing is published unless every
+ * entry passes. */
+static int kr_mc_entry_check(void *arg, const struct kr_pub_entry *pe)
 {
     struct kr_conn *c = arg;
-    struct kr_nt *nt = c->nt;
-    kr_nt_args(nt, e->ntopics);
-    uint32_t k = 0;
-    size_t pos = 0, len;
-    const char *t;
-    while (kr_proto_next_topic(e->topics, e->topics_len, &pos, &t, &len)) {
-        nt->args[k] = t;
-        nt->arg_lens[k++] = (uint32_t)len;
-    }
-    kr_cmd_publish(c, k, nt->args, nt->arg_lens, e->payload, (uint32_t)e->payload_len);
-    return 0;
+    struct kr_cmd_entry e;
+    kr_mc_entry(c, pe, &e);
+    if (pe->payload_len > UINT32_MAX)
+        return KR_CMD_TOO_LARGE;
+    return kr_cmd_entry_check(c, &e);
 }
 
-static void kr_req_publish(struct kr_conn *c, const struct kr_request *req)
+static int kr_mc_entry_publish(void *arg, const struct kr_pub_entry *pe)
 {
-    struct kr_nt *nt = c->nt;
-    KR_ST_INC(nt, publish_requests, 1);
+    struct kr_conn *c = arg;
+    struct kr_cmd_entry e;
+    kr_mc_entry(c, pe, &e);
+    return kr_cmd_publish(c, &e, false);
+}
+
+static void kr_mc_publish(struct kr_conn *c, const struct kr_request *req)
+{
+    kr_conn_count(c, KR_NTC_publish_requests, 1);
     size_t nentries = 0;
-    /* the codec validates the whole block before handing over any entry, so a bad block
-     * publishes nothing */
-    int rc = kr_proto_parse_publish(req->data, req->data_len, &nt->srv->lim, kr_pub_entry, c, &nentries);
-    if (rc < 0) {
-        kr_conn_fail(c, kr_proto_error_reply(rc));
+    /* the codec validates the whole block (and the rules every entry) before handing over
+     * any entry, so a bad block publishes nothing */
+    int rc = kr_proto_parse_publish(req->data, req->data_len, kr_mc_entry_check,
+                                    kr_mc_entry_publish, c, &nentries);
+    if (rc != 0) {
+        kr_conn_fail(c, rc == KR_PERR_BAD_PUBLISH ? kr_proto_error_reply(rc) : kr_mc_refusal(rc));
         return;
     }
     kr_cmd_published(c, req->noreply);
 }
 
 /* Answer a poll with the n complete entries at the head of the queue (`END` when n is 0). */
-static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
+static void kr_mc_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
 {
-    struct kr_nt *nt = c->nt;
     if (n == 0) {
         kr_out_str(c, "END\r\n");
         kr_conn_drain_replied(c);
         return;
     }
-    kr_out_reserve(c, 17 + 20 + 2 + bytes + 5);
-    memcpy(c->out + c->out_len, "VALUE messages 0 ", 17);
-    c->out_len += 17;
-    c->out_len += kr_u64_dec(c->out + c->out_len, bytes - 2);
-    memcpy(c->out + c->out_len, "\r\n", 2);
-    c->out_len += 2;
+    char *start = kr_out_room(c, 17 + 20 + 2 + bytes + 5), *o = start;
+    memcpy(o, "VALUE messages 0 ", 17);
+    o += 17;
+    o += kr_u64_dec(o, bytes - 2);
+    memcpy(o, "\r\n", 2);
+    o += 2;
     for (uint32_t k = 0; k < n; k++) {
-        struct kr_cq_entry *e = kr_dlv_head(&c->dlv);
+        struct kr_cq_entry *e = kr_conn_head(c);
         struct kr_msg *m = e->msg;
         uint32_t ntop = kr_msg_ntopics(m), plen, tlen;
         const char *payload = kr_msg_payload(m, &plen);
-        char *o = c->out + c->out_len;
         memcpy(o, "MESSAGE ", 8);
         o += 8;
         for (uint32_t i = 0; i < ntop; i++) {
@@ -139,50 +153,38 @@ static void kr_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
         o += plen;
         *o++ = '\r';
         *o++ = '\n';
-        c->out_len = (size_t)(o - c->out);
-        kr_dlv_pop(&nt->dlv, &c->dlv);
+        kr_conn_pop(c);
     }
-    kr_out_add(c, "END\r\n", 5);
-    KR_ST_INC(nt, messages_delivered, n);
+    memcpy(o, "END\r\n", 5);
+    o += 5;
+    kr_out_commit(c, (size_t)(o - start));
+    kr_conn_count(c, KR_NTC_messages_delivered, n);
     kr_conn_drain_replied(c);
 }
 
 /* `get messages`. `may_wait`: nothing follows the request in the client's input, so an empty
- * answer may wait for a message (see "waiting polls" above). */
-static void kr_req_get_messages(struct kr_conn *c, bool may_wait)
+ * answer may wait for a message (kr_conn_hold_answer). */
+static void kr_mc_get_messages(struct kr_conn *c, bool may_wait)
 {
-    struct kr_nt *nt = c->nt;
-    KR_ST_INC(nt, cmd_get, 1);
-    c->last_poll_ms = kr_now_ms();
-    if (c->dlv.overflowed) {
-        kr_conn_error(c, KR_ERR_QUEUE_OVERFLOW);
-        return;
-    }
+    kr_conn_count(c, KR_NTC_cmd_get, 1);
+    kr_conn_polled(c);
     uint64_t bytes;
     uint32_t n = kr_conn_ready_entries(c, &bytes);
-    if (n == 0 && may_wait && !c->close_after_write) {
+    if (n == 0 && may_wait && !kr_conn_closing_words(c)) {
         /* nothing queued yet: answered after this loop iteration took what the shards sent
-         * meanwhile (kr_nt_check_cb), or when a message arrives within poll_wait_ms */
-        if (nt->live.poll_wait_ms)
-            KR_ST_INC(nt, polls_waited, 1);
-        kr_poll_hold(c, nt->live.poll_wait_ms);
+         * meanwhile, or when a message arrives within poll_wait_ms */
+        kr_conn_hold_answer(c);
         return;
     }
-    kr_poll_reply(c, n, bytes);
+    kr_mc_poll_reply(c, n, bytes);
 }
 
-/* Answer a waiting poll now with whatever is complete in the queue, or with the overflow
- * error (kr_frontend.answer). The caller then runs kr_conn_process (stashed input, flush). */
-static void kr_poll_finish(struct kr_conn *c)
+/* Answer a waiting poll now with whatever is complete in the queue (kr_frontend.answer). */
+static void kr_mc_answer(struct kr_conn *c)
 {
-    kr_poll_unwait(c);
-    if (c->dlv.overflowed) {
-        kr_conn_error(c, KR_ERR_QUEUE_OVERFLOW);
-        return;
-    }
     uint64_t bytes;
     uint32_t n = kr_conn_ready_entries(c, &bytes);
-    kr_poll_reply(c, n, bytes);
+    kr_mc_poll_reply(c, n, bytes);
 }
 
 /* ---------------------------------------------------------------- stats lines */
@@ -232,71 +234,66 @@ void kr_server_stats(struct kr_server *s, kr_server_emit_cb emit, void *arg)
     kr_server_figures(s, kr_stat_figure, &sf);
 }
 
-static void kr_req_stats_emit(void *arg, const char *line, size_t len)
+static void kr_mc_stats_emit(void *arg, const char *line, size_t len)
 {
     struct kr_conn *c = arg;
     kr_out_add(c, line, len);
     kr_out_add(c, "\r\n", 2);
 }
 
-static void kr_req_stats(struct kr_conn *c)
+static void kr_mc_stats(struct kr_conn *c)
 {
-    kr_server_stats(c->nt->srv, kr_req_stats_emit, c);
+    kr_server_stats(kr_conn_server(c), kr_mc_stats_emit, c);
     kr_out_str(c, "END\r\n");
 }
 
 /* Handle one parsed request; `last`: nothing follows it in the client's input yet. */
-static void kr_conn_request(struct kr_conn *c, const struct kr_request *req, bool last)
+static void kr_mc_run(struct kr_conn *c, const struct kr_request *req, bool last)
 {
-    struct kr_nt *nt = c->nt;
-    if (c->dlv.overflowed) {
-        kr_conn_error(c, KR_ERR_QUEUE_OVERFLOW);
-        return;
-    }
     switch (req->type) {
     case KR_REQ_SUBSCRIBE:
-        KR_ST_INC(nt, cmd_set, 1);
-        kr_req_subscribe(c, req, KR_EV_SUBSCRIBE);
+        kr_conn_count(c, KR_NTC_cmd_set, 1);
+        kr_mc_subscribe(c, req, KR_SUB_SUBSCRIBE);
         break;
     case KR_REQ_UNSUBSCRIBE:
-        KR_ST_INC(nt, cmd_set, 1);
-        kr_req_subscribe(c, req, KR_EV_UNSUBSCRIBE);
+        kr_conn_count(c, KR_NTC_cmd_set, 1);
+        kr_mc_subscribe(c, req, KR_SUB_UNSUBSCRIBE);
         break;
     case KR_REQ_PUBLISH:
-        KR_ST_INC(nt, cmd_set, 1);
-        kr_req_publish(c, req);
+        kr_conn_count(c, KR_NTC_cmd_set, 1);
+        kr_mc_publish(c, req);
         break;
     case KR_REQ_REGISTER:
-        KR_ST_INC(nt, cmd_set, 1);
+        kr_conn_count(c, KR_NTC_cmd_set, 1);
         kr_cmd_register(c, req->noreply);
         break;
     case KR_REQ_RETRO_SUBSCRIBE:
-        KR_ST_INC(nt, cmd_set, 1);
-        kr_req_subscribe(c, req, KR_EV_RETRO_SUBSCRIBE);
+        kr_conn_count(c, KR_NTC_cmd_set, 1);
+        kr_mc_subscribe(c, req, KR_SUB_RETRO);
         break;
     case KR_REQ_GET_MESSAGES:
-        kr_req_get_messages(c, last);
+        kr_mc_get_messages(c, last);
         break;
     case KR_REQ_QUIT:
-        c->close_after_write = true;
+        kr_conn_close_after_reply(c);
         break;
     case KR_REQ_VERSION: /* load-balancer health checks see the drain here */
-        kr_out_str(c, ck_pr_load_int(&nt->srv->draining) ? "VERSION " KR_VERSION " draining\r\n"
-                                                          : "VERSION " KR_VERSION "\r\n");
+        kr_out_str(c, kr_server_draining(kr_conn_server(c)) ? "VERSION " KR_VERSION " draining\r\n"
+                                                             : "VERSION " KR_VERSION "\r\n");
         break;
     case KR_REQ_STATS:
-        kr_req_stats(c);
+        kr_mc_stats(c);
         break;
     }
 }
 
 /* Requests that may be answered out of the router's ack order are those whose reply waits
  * in the reply ring; anything else waits until every earlier reply is out. */
-static bool kr_req_pipelinable(const struct kr_conn *c, const struct kr_request *req)
+static bool kr_mc_pipelinable(const struct kr_conn *c, const struct kr_request *req)
 {
     switch (req->type) {
     case KR_REQ_SUBSCRIBE:
-        return c->horizon_us == 0; /* a retroactive one runs alone */
+        return !kr_cmd_subscribe_runs_alone(c); /* a retroactive one runs alone */
     case KR_REQ_UNSUBSCRIBE:
     case KR_REQ_PUBLISH:
         return true;
@@ -310,17 +307,12 @@ static bool kr_req_pipelinable(const struct kr_conn *c, const struct kr_request 
 static ssize_t kr_mc_request(struct kr_conn *c, const char *buf, size_t len, bool pipelined,
                              size_t *need)
 {
-    if (!c->fe_chosen) {
-        /* the first byte decides the protocol: memcached requests never start with '*' */
-        c->fe_chosen = true;
-        if (buf[0] == '*') {
-            c->fe = &kr_front_resp;
-            return kr_front_resp.request(c, buf, len, pipelined, need);
-        }
-    }
+    const struct kr_cfg *cfg = kr_conn_cfg(c);
+    const struct kr_proto_limits lim = {.max_request_bytes = cfg->max_request_bytes,
+                                        .max_line_bytes = cfg->max_line_bytes};
     struct kr_request req;
     size_t used = 0;
-    int rc = kr_proto_parse(buf, len, &c->nt->srv->lim, &req, &used);
+    int rc = kr_proto_parse(buf, len, &lim, &req, &used);
     if (rc == KR_PROTO_NEED_MORE) {
         *need = used;
         return KR_FE_NEED_MORE;
@@ -329,15 +321,15 @@ static ssize_t kr_mc_request(struct kr_conn *c, const char *buf, size_t len, boo
         kr_conn_fail(c, kr_proto_error_reply(rc));
         return KR_FE_FAILED;
     }
-    if (pipelined && !kr_req_pipelinable(c, &req))
+    if (pipelined && !kr_mc_pipelinable(c, &req))
         return KR_FE_LATER;
-    kr_conn_request(c, &req, used == len);
+    kr_mc_run(c, &req, used == len);
     return (ssize_t)used;
 }
 
-static void kr_mc_reply(struct kr_conn *c, enum kr_reply_kind kind)
+static void kr_mc_reply(struct kr_conn *c, const struct kr_reply *r)
 {
-    kr_out_str(c, kind == KR_REPLY_NOT_FOUND ? "NOT_FOUND\r\n" : "STORED\r\n");
+    kr_out_str(c, r->kind == KR_REPLY_NOT_FOUND ? "NOT_FOUND\r\n" : "STORED\r\n");
 }
 
 static const char *kr_mc_error_line(enum kr_error_kind kind)
@@ -358,6 +350,6 @@ const struct kr_frontend kr_front_mc = {
     .request = kr_mc_request,
     .reply = kr_mc_reply,
     .error_line = kr_mc_error_line,
-    .queued = kr_poll_wake,   /* a waiting poll is answered after this loop iteration */
-    .answer = kr_poll_finish,
+    .queued = kr_conn_wake_answer, /* a waiting poll is answered after this loop iteration */
+    .answer = kr_mc_answer,
 };

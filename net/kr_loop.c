@@ -144,6 +144,18 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
         }
         break;
     }
+    case KR_EV_PUBLISHED: { /* a shard's receivers of a counted publish (RESP PUBLISH) */
+        struct kr_conn *c = kr_nt_conn(nt, ev->conn);
+        struct kr_reply_wait *w = c ? kr_rq_at(c, ev->aux) : NULL;
+        if (w && w->count && w->acks_left) {
+            w->receivers += ev->mask;
+            if (--w->acks_left == 0) {
+                kr_rq_emit(c);
+                kr_conn_block(c); /* flushed and resumed after this loop iteration */
+            }
+        }
+        break;
+    }
     case KR_EV_ACK: {
         uint32_t reqno = ((struct kr_router_cmd *)ev->ptr)->pad;
         free(ev->ptr);
@@ -180,10 +192,10 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
 }
 
 /* Take everything the shards sent (up to a budget), round-robin over the shards. */
-void kr_nt_drain(struct kr_nt *nt)
+void kr_nt_take_events(struct kr_nt *nt)
 {
     struct kr_router *r = nt->srv->router;
-    uint32_t nshards = kr_router_nshards(r), budget = KR_DRAIN_BUDGET;
+    uint32_t nshards = kr_router_nshards(r), budget = KR_TAKE_BUDGET;
     bool more = true;
     while (more && budget) {
         more = false;
@@ -229,7 +241,7 @@ void kr_nt_wake_cb(uv_async_t *a)
         return;
     }
     kr_net_reqq_serve(nt->srv, nt->idx); /* admin requests, if any */
-    kr_nt_drain(nt);
+    kr_nt_take_events(nt);
 }
 
 /* Answer the waiting polls that got something. One whose messages are all parts of
@@ -249,7 +261,7 @@ static void kr_nt_answer_ready(struct kr_nt *nt)
             kr_pw_push(&nt->ready, c);
             continue;
         }
-        c->fe->answer(c);
+        kr_conn_answer(c);
         kr_conn_process(c);
     }
 }
@@ -261,7 +273,7 @@ static struct kr_conn *kr_nt_answer_held(struct kr_nt *nt, uint64_t now, uint64_
 {
     struct kr_conn *c;
     while ((c = kr_pw_first(&nt->held)) && now - c->poll_since_ms >= wait) {
-        c->fe->answer(c);
+        kr_conn_answer(c);
         kr_conn_process(c);
     }
     return c;
@@ -314,7 +326,7 @@ void kr_nt_check_cb(uv_check_t *h)
     /* polls that found nothing: first take what the shards sent during this iteration, so a
      * poll sees every delivery already in the mailboxes when it was answered */
     if (nt->held.count || nt->ready.count)
-        kr_nt_drain(nt);
+        kr_nt_take_events(nt);
     if (nt->ready.count)
         kr_nt_answer_ready(nt);
     if (nt->held.count && nt->live.poll_wait_ms == 0)

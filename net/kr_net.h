@@ -8,6 +8,8 @@
 #ifndef KR_NET_H
 #define KR_NET_H
 
+#include "kr_counters.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -43,6 +45,10 @@ uint64_t kr_server_net_clients(const struct kr_server *s, uint32_t net);
 uint64_t kr_server_clients(const struct kr_server *s);
 /* Seconds since kr_server_start. Any thread. */
 uint64_t kr_server_uptime(const struct kr_server *s);
+/* One net-thread counter (kr_counters.h) summed over the net threads (relaxed loads), and
+ * the allocator's bytes allocated at the last kr_server_refresh_stats. Any thread. */
+uint64_t kr_server_counter(const struct kr_server *s, enum kr_nt_counter k);
+uint64_t kr_server_memory_allocated(const struct kr_server *s);
 
 /* One figure of the server: a counter, a gauge, or a text (version, allocator). */
 enum kr_figure_kind { KR_FIG_COUNTER, KR_FIG_GAUGE, KR_FIG_TEXT };

@@ -71,8 +71,7 @@ void kr_net_stop_listening(struct kr_server *s, uint32_t net);
  * except the counters in `st` (relaxed atomic stores, read by any thread). */
 
 #define KR_READ_BUF (64 * 1024)
-#define KR_DRAIN_BUDGET 16384     /* events taken from the shards per wake-up before yielding */
-#define KR_OUT_HIGH (4u << 20)    /* stop reading a client whose unsent replies exceed this */
+#define KR_TAKE_BUDGET 16384     /* events taken from the shards per wake-up before yielding */
 #define KR_DRAIN_PAD UINT32_MAX   /* kr_router_cmd.pad of a drain barrier (not a request number) */
 #define KR_DEST_LINK UINT32_MAX   /* kr_conn_send's destination: the cluster link, not a shard */
 #define KR_DRAIN_FLUSH_PAD (UINT32_MAX - 1) /* ... of the drain's first barrier (kr_net_drain_flush) */
@@ -104,6 +103,10 @@ struct kr_reply_wait {
     bool noreply;
     bool retro;     /* a retroactive subscribe: answers STORED or NOT_FOUND */
     bool sent_gate; /* a publish with parked events */
+    bool count;     /* a publish that answers its receivers (KR_EV_PUBLISHED sums them) */
+    uint64_t receivers;
+    char *bytes;    /* the reply the frontend formatted when the request ran (owned), or NULL */
+    size_t len;
 };
 
 #define KR_MAX_PIPELINED 1024 /* replies a client may have waiting on the router */
@@ -253,10 +256,20 @@ struct kr_nt {
     uint32_t *topic_lens;
     uint64_t *topic_hashes; /* kr_topic_hash of each */
     uint32_t topics_cap;
-    /* scratch for a frontend's topic list (kr_nt_args) */
+    /* scratch for a frontend's topic list (kr_cmd_args) */
     const char **args;
     uint32_t *arg_lens;
     uint32_t args_cap;
+    /* scratch of the rule book (kr_cmd.c): shard channels' routed names, and the table that
+     * drops repeated topics of a large entry */
+    char *ns_buf;
+    uint32_t ns_buf_cap;
+    const char **ns_names;
+    uint32_t ns_names_cap;
+    uint32_t *ns_lens;
+    uint32_t ns_lens_cap;
+    uint32_t *dedup;
+    uint32_t dedup_cap;
     struct kr_log_ratelimit rl_errors;
     struct kr_log_ratelimit rl_accept;
     struct kr_log_ratelimit rl_refused;
@@ -327,7 +340,8 @@ void kr_conn_fail(struct kr_conn *c, const char *reply);
 void kr_conn_error(struct kr_conn *c, enum kr_error_kind kind);
 void kr_poll_hold(struct kr_conn *c, uint64_t wait_ms);
 struct kr_reply_wait *kr_rq_at(struct kr_conn *c, uint32_t reqno);
-uint32_t kr_rq_push(struct kr_conn *c, uint32_t acks, bool noreply, bool retro, bool gate);
+/* Queue a reply that waits (the ring takes over w->bytes); returns its request number. */
+uint32_t kr_rq_push(struct kr_conn *c, const struct kr_reply_wait *w);
 void kr_rq_emit(struct kr_conn *c);
 struct kr_conn *kr_nt_conn(struct kr_nt *nt, uint64_t id);
 void kr_conn_block(struct kr_conn *c);
@@ -336,6 +350,9 @@ void kr_pw_unlink(struct kr_pw_list *l, struct kr_conn *c);
 struct kr_conn *kr_pw_first(struct kr_pw_list *l);
 void kr_poll_unwait(struct kr_conn *c);
 void kr_poll_wake(struct kr_conn *c);
+/* Answer c now (kr_frontend.answer, after taking it off the wait lists): its queue's
+ * overflow error instead, or nothing once its last words were said. Net thread. */
+void kr_conn_answer(struct kr_conn *c);
 void kr_conn_closed_cb(uv_handle_t *h);
 bool kr_nt_send_ctl(struct kr_nt *nt);
 void kr_conn_close(struct kr_conn *c);
@@ -344,25 +361,7 @@ void kr_conn_resume(struct kr_conn *c);
 void kr_conn_send(struct kr_conn *c, uint32_t shard, const struct kr_event *ev);
 bool kr_conn_can_parse(struct kr_conn *c);
 void kr_conn_process(struct kr_conn *c);
-/* ---- kr_cmd.c: the protocol-independent operations a frontend runs (net thread) */
-/* Room for n topics in the net thread's argument scratch (nt->args, nt->arg_lens). */
-void kr_nt_args(struct kr_nt *nt, uint32_t n);
-/* Subscribe (KR_EV_SUBSCRIBE), unsubscribe or retroactively subscribe (KR_EV_RETRO_SUBSCRIBE,
- * `horizon_us`) the n validated topics; the first subscribe after kr_cmd_register is
- * retroactive. The one subscription path of every frontend (the frontend keeps only its own
- * reply formatting and, for RESP, its channel set). Its reply (fe->reply, DONE or NOT_FOUND) comes in request order once every
- * shard acknowledged, unless noreply. */
-void kr_cmd_subscribe(struct kr_conn *c, uint16_t type, uint64_t horizon_us, uint32_t n,
-                      const char *const *topics, const uint32_t *lens, bool noreply);
-/* Publish one entry to n validated topics (repeats are dropped): one message, one event per
- * owning shard. */
-void kr_cmd_publish(struct kr_conn *c, uint32_t n, const char *const *topics,
-                    const uint32_t *lens, const char *payload, uint32_t payload_len);
-/* The reply of a publish request, after its entries: DONE in request order. */
-void kr_cmd_published(struct kr_conn *c, bool noreply);
-/* Record the horizon "now" for the next subscribe; DONE. */
-void kr_cmd_register(struct kr_conn *c, bool noreply);
-
+/* ---- kr_cmd.c: the rule book (declared in kr_frontend.h) */
 /* ---- kr_front_mc.c */
 /* ---- kr_conn.c: the connection side of delivery assembly (kr_deliver.h) */
 void kr_nt_dlv_init(struct kr_nt *nt);
@@ -373,7 +372,7 @@ void kr_conn_overflow(struct kr_conn *c);
 /* ---- kr_loop.c */
 void kr_net_live(const struct kr_server *s, struct kr_net_live *out);
 void kr_nt_refresh_live(struct kr_nt *nt);
-void kr_nt_drain(struct kr_nt *nt);
+void kr_nt_take_events(struct kr_nt *nt);
 void kr_nt_wake_cb(uv_async_t *a);
 void kr_nt_poll_timer_cb(uv_timer_t *t);
 void kr_nt_turn_cb(uv_idle_t *h);

@@ -226,23 +226,13 @@ int kr_proto_next_topic(const char *s, size_t len, size_t *pos, const char **tok
     return 1;
 }
 
-int kr_proto_check_topics(const char *s, size_t len, uint32_t max_topic_bytes)
+uint32_t kr_proto_count_topics(const char *s, size_t len)
 {
     size_t pos = 0, tl;
     const char *t;
-    int n = 0;
-    while (kr_proto_next_topic(s, len, &pos, &t, &tl)) {
-        if (tl > max_topic_bytes)
-            return KR_PERR_BAD_TOPIC;
-        for (size_t i = 0; i < tl; i++) {
-            unsigned char c = (unsigned char)t[i];
-            if (c == '\r' || c == '\n' || c == '\0')
-                return KR_PERR_BAD_TOPIC;
-        }
-        if (n == INT_MAX)
-            return KR_PERR_BAD_TOPIC;
+    uint32_t n = 0;
+    while (kr_proto_next_topic(s, len, &pos, &t, &tl))
         n++;
-    }
     return n;
 }
 
@@ -265,9 +255,8 @@ static int kr_proto_find_crlf(const char *s, size_t len, size_t from, size_t *cr
 }
 
 /* Parse and validate the publish entry at block[pos..len); *next is where the next starts. */
-static int kr_proto_pub_entry(const char *b, size_t len, size_t pos,
-                              const struct kr_proto_limits *lim, struct kr_pub_entry *e,
-                              size_t *next)
+static int kr_proto_pub_entry(const char *b, size_t len, size_t pos, kr_proto_entry_cb check,
+                              void *ctx, struct kr_pub_entry *e, size_t *next)
 {
     static const char prefix[] = "MESSAGE ";
     const size_t plen_prefix = sizeof(prefix) - 1;
@@ -290,12 +279,16 @@ static int kr_proto_pub_entry(const char *b, size_t len, size_t pos,
         return KR_PERR_BAD_PUBLISH;
 
     size_t topics_len = sp ? (size_t)(sp - b) - start : 0;
-    int nt = kr_proto_check_topics(b + start, topics_len, lim->max_topic_bytes);
-    if (nt < 0)
-        return nt;
-    if (payload_len > lim->max_message_bytes)
-        return KR_PERR_TOO_LARGE;
-
+    e->topics = b + start;
+    e->topics_len = topics_len;
+    e->ntopics = kr_proto_count_topics(b + start, topics_len);
+    e->payload = NULL;
+    e->payload_len = payload_len > SIZE_MAX ? SIZE_MAX : (size_t)payload_len;
+    if (check) { /* the caller's rules, before the payload's framing (it is not read yet) */
+        int rc = check(ctx, e);
+        if (rc != 0)
+            return rc;
+    }
     size_t p = cr + 2;
     size_t avail = len - p;
     if (payload_len > avail || avail - (size_t)payload_len < 2)
@@ -304,16 +297,13 @@ static int kr_proto_pub_entry(const char *b, size_t len, size_t pos,
     if (b[pend] != '\r' || b[pend + 1] != '\n')
         return KR_PERR_BAD_PUBLISH;
 
-    e->topics = b + start;
-    e->topics_len = topics_len;
-    e->ntopics = (uint32_t)nt;
     e->payload = b + p;
     e->payload_len = (size_t)payload_len;
     *next = pend + 2;
     return 0;
 }
 
-int kr_proto_parse_publish(const char *block, size_t len, const struct kr_proto_limits *lim,
+int kr_proto_parse_publish(const char *block, size_t len, kr_proto_entry_cb check,
                            kr_proto_entry_cb cb, void *ctx, size_t *nentries)
 {
     struct kr_pub_entry e;
@@ -323,8 +313,8 @@ int kr_proto_parse_publish(const char *block, size_t len, const struct kr_proto_
     if (nentries)
         *nentries = 0;
     while (pos < len) {
-        rc = kr_proto_pub_entry(block, len, pos, lim, &e, &next);
-        if (rc < 0)
+        rc = kr_proto_pub_entry(block, len, pos, check, ctx, &e, &next);
+        if (rc != 0)
             return rc;
         n++;
         pos = next;
@@ -332,7 +322,7 @@ int kr_proto_parse_publish(const char *block, size_t len, const struct kr_proto_
     if (cb) {
         size_t k = 0;
         for (pos = 0; pos < len; pos = next) {
-            rc = kr_proto_pub_entry(block, len, pos, lim, &e, &next);
+            rc = kr_proto_pub_entry(block, len, pos, NULL, NULL, &e, &next);
             if (rc < 0) /* impossible: validated above */
                 return rc;
             k++;
@@ -349,8 +339,7 @@ int kr_proto_parse_publish(const char *block, size_t len, const struct kr_proto_
     return 0;
 }
 
-int kr_proto_parse_retro(const char *block, size_t len, uint32_t max_topic_bytes,
-                         uint64_t *horizon_us, const char **topics, size_t *topics_len)
+int kr_proto_parse_retro(const char *block, size_t len, uint64_t *horizon_us, const char **topics, size_t *topics_len)
 {
     static const uint32_t scale[] = {100000, 10000, 1000, 100, 10, 1};
     const uint64_t max_sec = UINT64_MAX / 1000000;
@@ -386,8 +375,6 @@ int kr_proto_parse_retro(const char *block, size_t len, uint32_t max_topic_bytes
 
     const char *t = block + i + 2;
     size_t tl = len - i - 2;
-    if (kr_proto_check_topics(t, tl, max_topic_bytes) < 0)
-        return KR_PERR_BAD_TOPIC;
     *horizon_us = sec * 1000000 + us;
     *topics = t;
     *topics_len = tl;

@@ -11,9 +11,7 @@
 
 struct kr_proto_limits {
     uint64_t max_request_bytes; /* largest <bytes> of a set */
-    uint64_t max_message_bytes; /* largest payload of one publish entry */
     uint32_t max_line_bytes;    /* longest command line, "\r\n" included */
-    uint32_t max_topic_bytes;   /* longest topic */
 };
 
 enum kr_req_type {
@@ -69,9 +67,9 @@ const char *kr_proto_error_reply(int err);
  * cursor (start it at 0). Does not validate. */
 int kr_proto_next_topic(const char *s, size_t len, size_t *pos, const char **tok, size_t *toklen);
 
-/* Validate a space-separated topic list: every token 1..max_topic_bytes bytes with no
- * '\r', '\n' or NUL. Returns the number of topics (>= 0) or KR_PERR_BAD_TOPIC. */
-int kr_proto_check_topics(const char *s, size_t len, uint32_t max_topic_bytes);
+/* The number of topics in a space-separated list (empty tokens skipped). Topics are not
+ * validated here: the rules are the rule book's (kr_cmd_sub_check, kr_cmd_entry_check). */
+uint32_t kr_proto_count_topics(const char *s, size_t len);
 
 /* One entry of a publish block. */
 struct kr_pub_entry {
@@ -86,17 +84,20 @@ struct kr_pub_entry {
  * stop (that value is returned by kr_proto_parse_publish). */
 typedef int (*kr_proto_entry_cb)(void *ctx, const struct kr_pub_entry *entry);
 
-/* Parse a whole publish block. The block is validated completely before the callback runs
- * at all, so on any error nothing has been handed to it: returns KR_PERR_BAD_PUBLISH,
- * KR_PERR_BAD_TOPIC or KR_PERR_TOO_LARGE (payload over max_message_bytes). On success
- * returns 0 and sets *nentries (cb may be NULL to validate only). An empty block is valid. */
-int kr_proto_parse_publish(const char *block, size_t len, const struct kr_proto_limits *lim,
+/* Parse a whole publish block. The block is validated completely before `cb` runs at all,
+ * so on any error nothing has been handed to it. `check` (optional) is the caller's rules:
+ * called for each entry during that validation, as soon as its line is read and before its
+ * payload's framing is (e->payload is NULL then, e->payload_len the announced length); a
+ * non-zero return stops the parse and is returned. Returns KR_PERR_BAD_PUBLISH for a
+ * malformed block, check's or cb's non-zero value, or 0 with *nentries set (cb may be NULL
+ * to validate only). An empty block is valid. */
+int kr_proto_parse_publish(const char *block, size_t len, kr_proto_entry_cb check,
                            kr_proto_entry_cb cb, void *ctx, size_t *nentries);
 
 /* Parse a retro_subscribe block "<horizon>\r\n<topics>": horizon in Unix seconds, integer or
  * with a decimal fraction (kept to the microsecond). Returns 0 with *horizon_us set and the
- * topics span, KR_PERR_BAD_FORMAT for a malformed horizon, or KR_PERR_BAD_TOPIC. */
-int kr_proto_parse_retro(const char *block, size_t len, uint32_t max_topic_bytes,
-                         uint64_t *horizon_us, const char **topics, size_t *topics_len);
+ * topics span (not validated), or KR_PERR_BAD_FORMAT for a malformed horizon. */
+int kr_proto_parse_retro(const char *block, size_t len, uint64_t *horizon_us,
+                         const char **topics, size_t *topics_len);
 
 #endif

@@ -15,7 +15,7 @@
  *   Redis (Redis cuts the message at the NUL).
  * - More than max_args arguments on an inline line is "too big inline request".
  *
- * Each scan is linear: the resume state in struct kr_resp_req records where the current
+ * Each scan is linear: the resume state in struct kr_resp_parser records where the current
  * line's terminator search stopped and which arguments are already stored, so a request
  * arriving in many small reads is not rescanned from its start on every read. */
 #include "kr_resp.h"
@@ -25,12 +25,12 @@
 #include <limits.h>
 #include <string.h>
 
-void kr_resp_req_init(struct kr_resp_req *req)
+void kr_resp_parser_init(struct kr_resp_parser *req)
 {
     memset(req, 0, sizeof(*req));
 }
 
-static void kr_resp_reset_state(struct kr_resp_req *req)
+static void kr_resp_reset_state(struct kr_resp_parser *req)
 {
     req->nargs = 0;
     req->done = 0;
@@ -85,7 +85,7 @@ static int kr_resp_ll(const char *s, size_t n, long long *out)
  * KR_RESP_OK with *at = its offset, KR_RESP_NEED_MORE, or too_big when the line has more
  * than max bytes before its terminator. */
 static int kr_resp_find(const char *buf, size_t len, size_t start, char t, uint32_t max,
-                        int too_big, struct kr_resp_req *req, size_t *at)
+                        int too_big, struct kr_resp_parser *req, size_t *at)
 {
     size_t limit = (size_t)max + 1 > len - start ? len : start + (size_t)max + 1;
     size_t from = req->scan > start ? req->scan : start;
@@ -239,7 +239,7 @@ size_t kr_resp_unquote(const char *raw, size_t n, char *out)
 
 static int kr_resp_parse_inline(const char *buf, size_t len, const struct kr_resp_limits *lim,
                                 struct kr_resp_arg *argv, size_t argv_cap,
-                                struct kr_resp_req *req, size_t *consumed)
+                                struct kr_resp_parser *req, size_t *consumed)
 {
     size_t nl;
     int rc = kr_resp_find(buf, len, 0, '\n', lim->max_inline_bytes,
@@ -298,7 +298,7 @@ static int kr_resp_parse_inline(const char *buf, size_t len, const struct kr_res
 
 static int kr_resp_parse_multibulk(const char *buf, size_t len, const struct kr_resp_limits *lim,
                                    struct kr_resp_arg *argv, size_t argv_cap,
-                                   struct kr_resp_req *req, size_t *consumed)
+                                   struct kr_resp_parser *req, size_t *consumed)
 {
     size_t cr;
     long long ll;
@@ -386,7 +386,7 @@ static int kr_resp_parse_multibulk(const char *buf, size_t len, const struct kr_
 }
 
 int kr_resp_parse(const char *buf, size_t len, const struct kr_resp_limits *lim,
-                  struct kr_resp_arg *argv, size_t argv_cap, struct kr_resp_req *req,
+                  struct kr_resp_arg *argv, size_t argv_cap, struct kr_resp_parser *req,
                   size_t *consumed)
 {
     *consumed = 0;

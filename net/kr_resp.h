@@ -3,7 +3,7 @@
  *
  * Everything here is pure: no allocation, no I/O, no globals. Parse results point into the
  * caller's buffer; formatters write into the caller's buffer. Any thread may call any
- * function (a struct kr_resp_req belongs to the one thread that parses a connection). */
+ * function (a struct kr_resp_parser belongs to the one thread that parses a connection). */
 #ifndef KR_RESP_H
 #define KR_RESP_H
 
@@ -23,11 +23,11 @@ struct kr_resp_arg {
     size_t len;
 };
 
-/* A request being parsed. Zero it (kr_resp_req_init) before the first call on a connection;
+/* A request being parsed. Zero it (kr_resp_parser_init) before the first call on a connection;
  * afterwards the parser keeps it ready for the next request by itself. Between calls that
  * return KR_RESP_NEED_MORE or KR_RESP_ARGV_FULL it remembers how far the request has been
  * checked, so a request arriving in many reads is scanned once, not once per read. */
-struct kr_resp_req {
+struct kr_resp_parser {
     /* results */
     size_t argc;         /* OK: arguments in argv (0: an empty request, skip it as Redis
                             does); ARGV_FULL: the number of entries argv must hold */
@@ -59,7 +59,7 @@ enum kr_resp_status {
 };
 
 /* Make *req ready for the first request of a connection. Any thread. */
-void kr_resp_req_init(struct kr_resp_req *req);
+void kr_resp_parser_init(struct kr_resp_parser *req);
 
 /* Parse one request from the front of buf[0..len): a multibulk request when buf[0] is '*',
  * else an inline command line. argv[0..argv_cap) receives the arguments.
@@ -78,7 +78,7 @@ void kr_resp_req_init(struct kr_resp_req *req);
  * request; counts are Redis integers (no '+', no leading zeros, no spaces).
  * Any thread (the one owning req). */
 int kr_resp_parse(const char *buf, size_t len, const struct kr_resp_limits *lim,
-                  struct kr_resp_arg *argv, size_t argv_cap, struct kr_resp_req *req,
+                  struct kr_resp_arg *argv, size_t argv_cap, struct kr_resp_parser *req,
                   size_t *consumed);
 
 /* Decode one inline argument (as Redis's sdssplitargs does: "..." with \n \r \t \b \a \xHH

@@ -44,9 +44,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
     s->cfg = cfg;
     s->nnet = cfg->num_net_threads;
     s->lim.max_request_bytes = cfg->max_request_bytes;
-    s->lim.max_message_bytes = cfg->max_message_bytes;
     s->lim.max_line_bytes = cfg->max_line_bytes;
-    s->lim.max_topic_bytes = cfg->max_topic_bytes;
     int arc = kr_acl_parse(cfg->allow_from, &s->acl, err, errlen);
     if (arc < 0) {
         free(s);
@@ -387,4 +385,17 @@ int kr_server_drain_flushed(const struct kr_server *s)
 int kr_server_draining(const struct kr_server *s)
 {
     return ck_pr_load_int(&s->draining);
+}
+
+uint64_t kr_server_counter(const struct kr_server *s, enum kr_nt_counter k)
+{
+    uint64_t sum = 0;
+    for (uint32_t i = 0; i < s->nnet; i++)
+        sum += ck_pr_load_64((uint64_t *)&s->nts[i]->st + k);
+    return sum;
+}
+
+uint64_t kr_server_memory_allocated(const struct kr_server *s)
+{
+    return ck_pr_load_64((uint64_t *)&s->mem[0]);
 }

@@ -309,7 +309,8 @@ static void kr_shard_retro(struct kr_shard *sh, struct kr_event *ev)
     kr_shard_emit(sh, KR_CONN_NET(ev->conn), &ack);
 }
 
-static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
+/* Route message m to its subscribers here; returns how many connections it reached. */
+static uint32_t kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
 {
     struct kr_router *r = sh->r;
     uint32_t ntopics = kr_msg_ntopics(m);
@@ -394,6 +395,7 @@ static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
     ck_pr_store_64(&sh->routed, sh->routed + 1);
     ck_pr_store_64(&sh->deliveries, sh->deliveries + fanout);
     kr_history_add(sh, m); /* takes over the reference the PUBLISH event carried */
+    return fanout;
 }
 
 /* KR_EV_RESYNC: every subscriber of these topics is kicked, once. */
@@ -445,9 +447,15 @@ static void kr_shard_interest_flush(struct kr_shard *sh)
 static void kr_shard_handle(struct kr_shard *sh, struct kr_event *ev)
 {
     switch (ev->type) {
-    case KR_EV_PUBLISH:
-        kr_shard_publish(sh, ev->ptr);
+    case KR_EV_PUBLISH: {
+        uint32_t fanout = kr_shard_publish(sh, ev->ptr);
+        if (ev->mask & KR_PUBLISH_COUNT) {
+            struct kr_event ans = {.type = KR_EV_PUBLISHED, .src = (uint16_t)sh->idx,
+                                   .aux = ev->aux, .conn = ev->conn, .mask = fanout};
+            kr_shard_emit(sh, KR_CONN_NET(ev->conn), &ans);
+        }
         break;
+    }
     case KR_EV_SUBSCRIBE:
     case KR_EV_UNSUBSCRIBE: {
         struct kr_router_cmd *c = ev->ptr;

@@ -9,7 +9,8 @@
  *   net -> shard  KR_EV_SUBSCRIBE / KR_EV_UNSUBSCRIBE (ptr = struct kr_router_cmd, conn);
  *                 the shard answers KR_EV_ACK (conn, ptr = the same cmd, to be freed by the
  *                 net thread).
- *                 KR_EV_PUBLISH (ptr = struct kr_msg, one reference handed over).
+ *                 KR_EV_PUBLISH (ptr = struct kr_msg, one reference handed over; with
+ *                 mask & KR_PUBLISH_COUNT the shard answers KR_EV_PUBLISHED, below).
  *                 KR_EV_RETRO_SUBSCRIBE (ptr = cmd with horizon_us, conn): subscribe, and in
  *                 the same step replay every stored message on those topics published
  *                 strictly after the horizon (KR_EV_REPLAY events, oldest first), then ACK
@@ -29,6 +30,9 @@
  *                 the publisher's net thread logs it with the client's address.
  *                 KR_EV_KICK (conn): the client may have missed messages (the cluster link
  *                 lost some, see below); its net thread treats it as a queue overflow.
+ *                 KR_EV_PUBLISHED (conn = publisher, aux = the PUBLISH event's aux, mask =
+ *                 connections this shard delivered the message to): the answer to a
+ *                 PUBLISH with KR_PUBLISH_COUNT, sent after its deliveries.
  *
  * With opts.interest set, index opts.interest_net is a consumer that follows which topics
  * have subscribers (the cluster link):
@@ -63,7 +67,13 @@ enum kr_router_event {
     KR_EV_INTEREST,
     KR_EV_RESYNC,
     KR_EV_KICK,
+    KR_EV_PUBLISHED,
 };
+
+/* KR_EV_PUBLISH's mask bit asking the shard for its receivers: after the fanout it answers
+ * KR_EV_PUBLISHED to the publisher's net thread (conn = publisher, aux = the event's aux,
+ * mask = the connections it delivered to). */
+#define KR_PUBLISH_COUNT UINT64_C(1)
 
 /* A subscribe/unsubscribe command for one shard: the topics of one request that this shard
  * owns, stored back to back. Allocated by the net thread with kr_router_cmd_new, travels

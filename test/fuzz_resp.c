@@ -103,7 +103,7 @@ static size_t kr_fuzz_decode(const char *r, size_t n, char *out)
 }
 
 static void kr_fuzz_capture(struct kr_fuzz_res *r, int rc, size_t consumed,
-                            const struct kr_resp_req *req, const struct kr_resp_arg *argv,
+                            const struct kr_resp_parser *req, const struct kr_resp_arg *argv,
                             size_t argv_cap, const char *b, size_t n,
                             const struct kr_resp_limits *lim)
 {
@@ -167,10 +167,10 @@ static struct kr_fuzz_res kr_fuzz_parse(const char *s, size_t n, const struct kr
 {
     struct kr_fuzz_res r;
     struct kr_resp_arg argv[KR_FUZZ_MAX_ARGS];
-    struct kr_resp_req req;
+    struct kr_resp_parser req;
     size_t consumed = 0xdeadbeef;
     char *b = kr_fuzz_dup(s, n);
-    kr_resp_req_init(&req);
+    kr_resp_parser_init(&req);
     int rc = kr_resp_parse(b, n, lim, argv, argv_cap, &req, &consumed);
     kr_fuzz_capture(&r, rc, consumed, &req, argv, argv_cap, b, n, lim);
     free(b);
@@ -211,9 +211,9 @@ static void kr_fuzz_prefixes(const char *s, size_t n, const struct kr_resp_limit
 
     /* one state resumed over every prefix, each in a new copy, agrees with the fresh parse */
     struct kr_resp_arg argv[KR_FUZZ_MAX_ARGS];
-    struct kr_resp_req req;
+    struct kr_resp_parser req;
     size_t consumed;
-    kr_resp_req_init(&req);
+    kr_resp_parser_init(&req);
     for (size_t k = 0; k <= n; k++) {
         char *b = kr_fuzz_dup(s, k);
         int rc = kr_resp_parse(b, k, lim, argv, argv_cap, &req, &consumed);
@@ -237,9 +237,9 @@ static size_t kr_fuzz_stream(const char *s, size_t n, size_t chunk,
                              const struct kr_resp_limits *lim, struct kr_fuzz_res *out)
 {
     struct kr_resp_arg argv[KR_FUZZ_MAX_ARGS];
-    struct kr_resp_req req;
+    struct kr_resp_parser req;
     size_t have = 0, off = 0, nr = 0, cap = 1;
-    kr_resp_req_init(&req);
+    kr_resp_parser_init(&req);
     while (have < n) {
         have = have + chunk > n ? n : have + chunk;
         while (off < have) {

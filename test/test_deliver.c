@@ -544,14 +544,14 @@ Test(cq, insert_in_the_middle_keeps_order_across_wrap)
 /* ---------------------------------------------------------------- written out at once */
 
 static struct {
-    bool accept;     /* what the direct callback answers */
+    bool accept;     /* what the push callback answers */
     uint32_t calls;  /* how often it was asked */
     struct kr_msg *got[8];
     uint64_t words[8];
     uint32_t refs[8]; /* the message's references while the callback ran */
 } D;
 
-static bool direct_cb(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m,
+static bool push_cb(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m,
                       const struct kr_topicset *topics)
 {
     (void)x;
@@ -567,18 +567,18 @@ static bool direct_cb(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m,
     return D.accept;
 }
 
-static struct kr_dlv_ctx ctx_direct(bool accept)
+static struct kr_dlv_ctx ctx_push(bool accept)
 {
     struct kr_dlv_ctx x = ctx_make(100, 1 << 20);
     memset(&D, 0, sizeof(D));
     D.accept = accept;
-    x.direct = direct_cb;
+    x.push = push_cb;
     return x;
 }
 
-Test(deliver, direct_takes_complete_deliveries_and_releases_them)
+Test(deliver, push_takes_complete_deliveries_and_releases_them)
 {
-    struct kr_dlv_ctx x = ctx_direct(true);
+    struct kr_dlv_ctx x = ctx_push(true);
     struct kr_dlv d = {0};
     struct kr_msg *m = msg(5, 10, 2, 1, "payload");
     deliver(&x, &d, m, 2u, false);
@@ -597,9 +597,9 @@ Test(deliver, direct_takes_complete_deliveries_and_releases_them)
     kr_dlv_free(&d);
 }
 
-Test(deliver, direct_refused_queues_and_later_deliveries_queue_behind)
+Test(deliver, push_refused_queues_and_later_deliveries_queue_behind)
 {
-    struct kr_dlv_ctx x = ctx_direct(false);
+    struct kr_dlv_ctx x = ctx_push(false);
     struct kr_dlv d = {0};
     struct kr_msg *a = msg(5, 10, 1, 1, "a"), *b = msg(5, 11, 1, 1, "b");
     deliver(&x, &d, a, 1u, false);
@@ -621,9 +621,9 @@ Test(deliver, direct_refused_queues_and_later_deliveries_queue_behind)
     kr_dlv_free(&d);
 }
 
-Test(deliver, direct_never_for_multi_shard_retro_replay_or_overflowed)
+Test(deliver, push_never_for_multi_shard_retro_replay_or_overflowed)
 {
-    struct kr_dlv_ctx x = ctx_direct(true);
+    struct kr_dlv_ctx x = ctx_push(true);
     struct kr_dlv d = {0};
     /* a multi-shard message still needs the merge: queued, never written at once */
     struct kr_msg *multi = msg(5, 10, 2, 2, "mm");

@@ -47,7 +47,7 @@ struct res {
     size_t lens[CAP];
 };
 
-static void capture(struct res *r, int rc, size_t consumed, const struct kr_resp_req *req,
+static void capture(struct res *r, int rc, size_t consumed, const struct kr_resp_parser *req,
                     const struct kr_resp_arg *argv, const char *base, size_t n)
 {
     memset(r, 0, sizeof(*r));
@@ -88,11 +88,11 @@ static void capture(struct res *r, int rc, size_t consumed, const struct kr_resp
 static struct res parse_fresh(const char *in, size_t n, size_t cap)
 {
     struct kr_resp_arg argv[CAP];
-    struct kr_resp_req req;
+    struct kr_resp_parser req;
     struct res r;
     size_t consumed = 12345;
     char *b = dup_exact(in, n);
-    kr_resp_req_init(&req);
+    kr_resp_parser_init(&req);
     int rc = kr_resp_parse(b, n, &lim, argv, cap, &req, &consumed);
     capture(&r, rc, consumed, &req, argv, b, n);
     free(b);
@@ -118,9 +118,9 @@ static int same(const struct res *a, const struct res *b)
 static size_t feed(const char *in, size_t n, size_t chunk, struct res *out, size_t max)
 {
     struct kr_resp_arg argv[CAP];
-    struct kr_resp_req req;
+    struct kr_resp_parser req;
     size_t have = 0, off = 0, nr = 0, cap = 1;
-    kr_resp_req_init(&req);
+    kr_resp_parser_init(&req);
     while (have < n) {
         have = have + chunk > n ? n : have + chunk;
         while (off < have) {
@@ -246,10 +246,10 @@ static void check_args(const struct res *r, const struct valid_case *vc, size_t 
 static struct res parse_resumed(const char *in, size_t n, size_t step_from)
 {
     struct kr_resp_arg argv[CAP];
-    struct kr_resp_req req;
+    struct kr_resp_parser req;
     struct res r;
     size_t consumed;
-    kr_resp_req_init(&req);
+    kr_resp_parser_init(&req);
     for (size_t k = step_from; k < n; k++) {
         char *b = dup_exact(in, k);
         int rc = kr_resp_parse(b, k, &lim, argv, CAP, &req, &consumed);
@@ -280,9 +280,9 @@ static void check_valid(const struct valid_case *vc, size_t idx)
     /* two reads split at every offset (resumed), and byte by byte (resumed) */
     for (size_t k = 0; k < vc->n; k++) {
         struct kr_resp_arg argv[CAP];
-        struct kr_resp_req req;
+        struct kr_resp_parser req;
         size_t consumed;
-        kr_resp_req_init(&req);
+        kr_resp_parser_init(&req);
         char *b = dup_exact(vc->in, k);
         cr_assert_eq(kr_resp_parse(b, k, &lim, argv, CAP, &req, &consumed), KR_RESP_NEED_MORE);
         free(b);
@@ -322,9 +322,9 @@ Test(parse, args_point_into_the_callers_buffer)
 {
     static const char in[] = "*2\r\n$3\r\nabc\r\n$2\r\nde\r\n";
     struct kr_resp_arg argv[2];
-    struct kr_resp_req req;
+    struct kr_resp_parser req;
     size_t consumed;
-    kr_resp_req_init(&req);
+    kr_resp_parser_init(&req);
     cr_assert_eq(kr_resp_parse(in, sizeof(in) - 1, &lim, argv, 2, &req, &consumed), KR_RESP_OK);
     cr_assert_eq(consumed, sizeof(in) - 1);
     cr_assert_eq(req.argc, 2);
@@ -537,13 +537,13 @@ Test(limits, argument_count_at_and_past_max_args)
     struct kr_resp_limits big = lim;
     big.max_args = 1024 * 1024;
     struct kr_resp_arg argv[1];
-    struct kr_resp_req req;
+    struct kr_resp_parser req;
     size_t consumed;
-    kr_resp_req_init(&req);
+    kr_resp_parser_init(&req);
     cr_assert_eq(kr_resp_parse(S("*1048576\r\n"), &big, argv, 1, &req, &consumed),
                  KR_RESP_ARGV_FULL);
     cr_assert_eq(req.argc, 1048576);
-    kr_resp_req_init(&req);
+    kr_resp_parser_init(&req);
     cr_assert_eq(kr_resp_parse(S("*1048577\r\n"), &big, argv, 1, &req, &consumed),
                  KR_RESP_ERR_MBULK_LEN);
     /* inline: eight words pass, nine are too big */
@@ -626,9 +626,9 @@ Test(argv, too_small_argv_is_reported_with_the_count_and_resumes)
 {
     static const char in[] = "*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n";
     struct kr_resp_arg argv[3];
-    struct kr_resp_req req;
+    struct kr_resp_parser req;
     size_t consumed = 99;
-    kr_resp_req_init(&req);
+    kr_resp_parser_init(&req);
     cr_assert_eq(kr_resp_parse(in, 6, &lim, argv, 2, &req, &consumed), KR_RESP_ARGV_FULL);
     cr_assert_eq(req.argc, 3);
     cr_assert_eq(consumed, 0);
@@ -638,7 +638,7 @@ Test(argv, too_small_argv_is_reported_with_the_count_and_resumes)
     cr_assert_eq(consumed, sizeof(in) - 1);
     cr_assert(argv[2].len == 1 && argv[2].p[0] == 'c');
     /* an empty argv is enough for an empty request */
-    kr_resp_req_init(&req);
+    kr_resp_parser_init(&req);
     cr_assert_eq(kr_resp_parse(S("*0\r\n"), &lim, NULL, 0, &req, &consumed), KR_RESP_OK);
     cr_assert_eq(req.argc, 0);
     cr_assert_eq(kr_resp_parse(S("\r\n"), &lim, NULL, 0, &req, &consumed), KR_RESP_OK);
@@ -648,9 +648,9 @@ Test(argv, inline_request_with_more_words_than_argv)
 {
     static const char in[] = "SUBSCRIBE a b c\r\n";
     struct kr_resp_arg argv[4];
-    struct kr_resp_req req;
+    struct kr_resp_parser req;
     size_t consumed;
-    kr_resp_req_init(&req);
+    kr_resp_parser_init(&req);
     cr_assert_eq(kr_resp_parse(S(in), &lim, argv, 1, &req, &consumed), KR_RESP_ARGV_FULL);
     cr_assert_eq(req.argc, 4);
     cr_assert_eq(kr_resp_parse(S(in), &lim, argv, 4, &req, &consumed), KR_RESP_OK);
@@ -664,10 +664,10 @@ Test(argv, moved_buffer_rebases_stored_arguments)
 {
     static const char in[] = "*2\r\n$3\r\nabc\r\n$3\r\ndef\r\n";
     struct kr_resp_arg argv[2];
-    struct kr_resp_req req;
+    struct kr_resp_parser req;
     size_t consumed;
     char *a = dup_exact(in, 16), *b = dup_exact(in, sizeof(in) - 1);
-    kr_resp_req_init(&req);
+    kr_resp_parser_init(&req);
     cr_assert_eq(kr_resp_parse(a, 16, &lim, argv, 2, &req, &consumed), KR_RESP_NEED_MORE);
     cr_assert_eq(argv[0].p, a + 8);
     free(a);
@@ -683,11 +683,11 @@ Test(unquote, in_place_decoding)
 {
     char line[] = "SET \"a\\x41\\n\" 'b\\'c' plain";
     struct kr_resp_arg argv[4];
-    struct kr_resp_req req;
+    struct kr_resp_parser req;
     size_t consumed;
     char in[64];
     size_t n = (size_t)snprintf(in, sizeof(in), "%s\r\n", line);
-    kr_resp_req_init(&req);
+    kr_resp_parser_init(&req);
     cr_assert_eq(kr_resp_parse(in, n, &lim, argv, 4, &req, &consumed), KR_RESP_OK);
     cr_assert_eq(req.argc, 4);
     cr_assert(req.quoted);

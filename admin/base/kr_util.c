@@ -52,6 +52,22 @@ void *kr_xrealloc(void *p, size_t n)
     return q;
 }
 
+void *kr_grow(void *arr, uint32_t *cap, uint32_t need, size_t size, uint32_t min)
+{
+    if (need <= *cap)
+        return arr;
+    uint64_t ncap = *cap ? *cap : (min ? min : 1);
+    while (ncap < need)
+        ncap *= 2;
+    if (ncap > UINT32_MAX)
+        ncap = UINT32_MAX;
+    if (ncap > SIZE_MAX / size)
+        kr_oom(SIZE_MAX);
+    arr = kr_xrealloc(arr, (size_t)ncap * size);
+    *cap = (uint32_t)ncap;
+    return arr;
+}
+
 int kr_errf(char *err, size_t errlen, int rc, const char *fmt, ...)
 {
     if (err && errlen) {

@@ -13,6 +13,13 @@
 void *kr_xmalloc(size_t n);
 void *kr_xcalloc(size_t n, size_t size);
 void *kr_xrealloc(void *p, size_t n);
+/* Grow an array to hold at least `need` elements of `size` bytes: *cap doubles (from
+ * `min` when 0) until it is enough and the array is reallocated (the contents kept);
+ * nothing happens when *cap already suffices. Returns the (possibly moved) array. Aborts on
+ * out of memory. Any thread owning the array. */
+void *kr_grow(void *arr, uint32_t *cap, uint32_t need, size_t size, uint32_t min);
+/* kr_grow for an array `arr` with uint32_t capacity field `cap`: KR_GROW(a, a_cap, n). */
+#define KR_GROW(arr, cap, need) ((arr) = kr_grow((arr), &(cap), (need), sizeof(*(arr)), 16))
 
 /* Format an error message into err (when err is non-NULL and errlen > 0) and return rc:
  * the "return 0 or -errno with a message" convention in one call. Any thread. */
