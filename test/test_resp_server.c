@@ -634,6 +634,10 @@ static void redis_cli_case(const char *proto_flag)
     char *pub_argv[] = {"/usr/bin/redis-cli", "-p", port, "publish", "clit", "from-cli", NULL};
     cr_assert_eq(wait_exit(spawn(pub_argv, pout)), 0);
     cr_assert(file_has(pout, "1\n"), "redis-cli publish printed: %s", buf);
+    /* the receivers: 0 with none */
+    char *none_argv[] = {"/usr/bin/redis-cli", "-p", port, "publish", "clit-nobody", "x", NULL};
+    cr_assert_eq(wait_exit(spawn(none_argv, pout)), 0);
+    cr_assert(file_has(pout, "0\n"), "redis-cli publish printed: %s", buf);
     cr_assert(file_has(out, "message\nclit\nfrom-cli\n"), "redis-cli subscribe printed: %s", buf);
     /* from a memcached-protocol publisher */
     int mc = kr_it_connect(srv.port);

@@ -32,6 +32,29 @@ for _ in range(100):
         break
 assert got and got["type"] == "message" and got["data"] == b"hello", got
 assert pub.pubsub_numsub("pyt") == [(b"pyt", 1)], pub.pubsub_numsub("pyt")
+# PUBLISH answers the receivers (0 with none, 2 with two), as Redis does
+assert pub.publish("py-nobody", "x") == 0
+sub2 = redis.Redis(host="127.0.0.1", port=port)
+ps2 = sub2.pubsub()
+ps2.subscribe("pyt")
+m = None
+for _ in range(100):
+    m = ps2.get_message(timeout=0.1)
+    if m:
+        break
+assert m and m["type"] == "subscribe", m
+assert pub.publish("pyt", "two") == 2
+# shard channels are their own namespace: nobody holds the shard channel "pyt"
+assert pub.execute_command("SPUBLISH", "pyt", "s") == 0
+assert pub.execute_command("PUBSUB", "SHARDNUMSUB", "pyt") == [b"pyt", 0]
+# the limits of the memcached protocol hold here too: refused, named, the connection open
+try:
+    pub.publish("pyt", "x" * (1024 * 1024 + 1))
+    raise AssertionError("a publish over max_message_bytes was accepted")
+except redis.exceptions.ResponseError as e:
+    assert "max_message_bytes" in str(e), str(e)
+assert pub.ping() is True
+ps2.close()
 ps.unsubscribe("pyt")
 ps.close()
 print("OK")

@@ -16,6 +16,17 @@ setTimeout(() => fail("timed out"), 10000).unref();
   if (r !== 1) fail("publish reply " + r);
   const [ch, msg] = await got;
   if (ch !== "nodet" || msg !== "from-node") fail("message " + ch + " " + msg);
+  // the receivers, as Redis counts them; shard channels apart; the limits named
+  if ((await pub.publish("node-nobody", "x")) !== 0) fail("publish to nobody");
+  if ((await pub.call("SPUBLISH", "nodet", "s")) !== 0) fail("spublish reached a plain subscriber");
+  let refused = null;
+  try {
+    await pub.publish("nodet", "x".repeat(1024 * 1024 + 1));
+  } catch (e) {
+    refused = String(e);
+  }
+  if (!refused || !refused.includes("max_message_bytes")) fail("large publish: " + refused);
+  if ((await pub.ping()) !== "PONG") fail("ping after the refusal");
   await sub.unsubscribe("nodet");
   sub.disconnect();
   pub.disconnect();
