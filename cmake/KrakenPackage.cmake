@@ -44,7 +44,7 @@ add_custom_target(kraken-man ALL DEPENDS ${KR_MAN_PAGE} ${KR_BENCH_MAN_PAGE})
 # The man page names every key and subcommand of --help and is warning-free roff (a test of
 # the suite; KR_BUILD_TESTS is declared after this file is included, hence the default).
 if(NOT DEFINED KR_BUILD_TESTS OR KR_BUILD_TESTS)
-  add_test(NAME man_page COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test/man_page_test.sh
+  add_test(NAME man_page COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test/scripts/man_page_test.sh
                                  $<TARGET_FILE:kraken>)
 endif()
 

@@ -16,10 +16,10 @@ if [ -n "$missing" ]; then
   # shellcheck disable=SC2086
   apt-get install -y -qq --no-install-recommends $missing
 fi
-# The Node Redis client the RESP tests run (ioredis, pinned by test/node/package-lock.json),
+# The Node Redis client the RESP tests run (ioredis, pinned by test/clients/node/package-lock.json),
 # where Node.js is installed (without it that test says it is skipped).
 here=$(cd "$(dirname "$0")/.." && pwd)
-if command -v npm >/dev/null 2>&1 && [ ! -f "$here/test/node/node_modules/ioredis/package.json" ]; then
-  echo "installing test/node (npm ci)"
-  (cd "$here/test/node" && npm ci --no-audit --no-fund --silent)
+if command -v npm >/dev/null 2>&1 && [ ! -f "$here/test/clients/node/node_modules/ioredis/package.json" ]; then
+  echo "installing test/clients/node (npm ci)"
+  (cd "$here/test/clients/node" && npm ci --no-audit --no-fund --silent)
 fi

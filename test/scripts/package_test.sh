@@ -12,9 +12,9 @@
 # already there, so that purging cannot remove anything it did not create: the machine is
 # left as it was found. Every wait is bounded.
 #
-# Usage: test/package_test.sh [--build-dir DIR]   (default: build-pkg, configured here)
+# Usage: test/scripts/package_test.sh [--build-dir DIR]   (default: build-pkg, configured here)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 root=$PWD
 build="$root/build-pkg"
 while [ $# -gt 0 ]; do

@@ -3,7 +3,7 @@
 # client connections open, load / in headless Chromium and check the DOM after the page's
 # first refreshes shows the live figures (the connection count the server has, the state,
 # the version). Exit 77 (skipped) with a message when Chromium is not installed.
-#   test/test_status_page.sh [--screenshot FILE]
+#   test/scripts/test_status_page.sh [--screenshot FILE]
 set -euo pipefail
 bin=${KRAKEN_BIN:?KRAKEN_BIN must name the server binary}
 shot=""

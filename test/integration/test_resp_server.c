@@ -702,7 +702,7 @@ Test(resp_server, redis_py_resp3)
     redis_py_case("3");
 }
 
-/* ioredis (npm, pinned in test/node/package-lock.json; `npm ci` in test/node installs it). */
+/* ioredis (npm, pinned in test/clients/node/package-lock.json; `npm ci` in test/clients/node installs it). */
 Test(resp_server, ioredis)
 {
     if (!have_exe("/usr/bin/node"))
@@ -710,10 +710,10 @@ Test(resp_server, ioredis)
     const char *src = getenv("KRAKEN_SOURCE_DIR");
     cr_assert_not_null(src);
     char script[512], mod[512], port[16], out[256];
-    snprintf(script, sizeof(script), "%s/test/node/ioredis_check.js", src);
-    snprintf(mod, sizeof(mod), "%s/test/node/node_modules/ioredis/package.json", src);
+    snprintf(script, sizeof(script), "%s/test/clients/node/ioredis_check.js", src);
+    snprintf(mod, sizeof(mod), "%s/test/clients/node/node_modules/ioredis/package.json", src);
     struct stat st;
-    cr_assert_eq(stat(mod, &st), 0, "ioredis is not installed: run `npm ci` in %s/test/node", src);
+    cr_assert_eq(stat(mod, &st), 0, "ioredis is not installed: run `npm ci` in %s/test/clients/node", src);
     snprintf(port, sizeof(port), "%u", srv.port);
     snprintf(out, sizeof(out), "%s.node", srv.log_path);
     char *argv[] = {"/usr/bin/node", script, port, NULL};
