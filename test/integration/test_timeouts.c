@@ -13,17 +13,11 @@
 
 #include "kr_itest.h"
 
-static struct kr_it_server srv;
 static char buf[1 << 16];
-
-static void stop(void)
-{
-    kr_it_stop(&srv);
-}
 
 static long long stat_now(const char *name)
 {
-    int fd = kr_it_connect(srv.port);
+    int fd = kr_it_connect(kr_it_srv.port);
     kr_it_sends(fd, "stats\r\n");
     kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
     close(fd);
@@ -51,11 +45,12 @@ static const char publish[] = "set publish 0 0 16\r\nMESSAGE b 1\r\n1\r\n\r\n";
 
 /* Regression: every byte received counted as activity, so a client trickling one byte of
  * a request every 100 ms was never closed by client_idle_timeout_ms. */
-Test(timeouts, trickled_request_does_not_reset_the_idle_timer, .fini = stop, .timeout = 60)
+Test(timeouts, trickled_request_does_not_reset_the_idle_timer, .fini = kr_it_fixture_stop,
+     .timeout = 60)
 {
     const char *args[] = {"--client_idle_timeout_ms", "500", NULL};
-    kr_it_start(&srv, args);
-    int fd = kr_it_connect(srv.port);
+    kr_it_fixture_start(args);
+    int fd = kr_it_connect(kr_it_srv.port);
     const char *req = "set publish 0 0 100\r\n";
     int closed = 0;
     size_t i = 0;
@@ -74,12 +69,13 @@ Test(timeouts, trickled_request_does_not_reset_the_idle_timer, .fini = stop, .ti
     close(fd);
 }
 
-Test(timeouts, half_a_request_is_closed_after_request_timeout, .fini = stop, .timeout = 60)
+Test(timeouts, half_a_request_is_closed_after_request_timeout, .fini = kr_it_fixture_stop,
+     .timeout = 60)
 {
     const char *args[] = {"--request_timeout_ms", "300", NULL};
-    kr_it_start(&srv, args);
+    kr_it_fixture_start(args);
     /* a data block cut in half, and a command line without its end */
-    int a = kr_it_connect(srv.port), b = kr_it_connect(srv.port);
+    int a = kr_it_connect(kr_it_srv.port), b = kr_it_connect(kr_it_srv.port);
     kr_it_sends(a, "set publish 0 0 100\r\nMESSAGE t 10\r\n01234");
     kr_it_sends(b, "set subscr");
     int ca = 0, cb = 0;
@@ -91,17 +87,18 @@ Test(timeouts, half_a_request_is_closed_after_request_timeout, .fini = stop, .ti
     cr_assert(cb, "the client with half a command line is still open");
     cr_assert_eq(stat_now("request_timeouts"), 2);
     cr_assert_eq(stat_now("messages_published"), 0);
-    cr_assert(kr_it_wait_log(&srv, "request incomplete"), "no log line for the timeout");
+    cr_assert(kr_it_wait_log(&kr_it_srv, "request incomplete"), "no log line for the timeout");
     close(a);
     close(b);
 }
 
-Test(timeouts, regular_complete_requests_are_not_closed, .fini = stop, .timeout = 60)
+Test(timeouts, regular_complete_requests_are_not_closed, .fini = kr_it_fixture_stop,
+     .timeout = 60)
 {
     const char *args[] = {"--request_timeout_ms", "300", "--client_idle_timeout_ms", "1000",
                           "--poll_wait_ms", "600", NULL};
-    kr_it_start(&srv, args);
-    int fd = kr_it_connect(srv.port);
+    kr_it_fixture_start(args);
+    int fd = kr_it_connect(kr_it_srv.port);
     /* 2 s of requests every 100 ms, each split in two writes 50 ms apart */
     size_t half = sizeof(publish) / 2;
     for (int i = 0; i < 20; i++) {
@@ -122,14 +119,15 @@ Test(timeouts, regular_complete_requests_are_not_closed, .fini = stop, .timeout 
     close(fd);
 }
 
-Test(timeouts, request_timeout_is_live, .fini = stop, .timeout = 60)
+Test(timeouts, request_timeout_is_live, .fini = kr_it_fixture_stop,
+     .timeout = 60)
 {
-    kr_it_start(&srv, NULL); /* the default, 30 s */
-    int adm = kr_it_connect_unix(srv.admin_path);
+    kr_it_fixture_start(NULL); /* the default, 30 s */
+    int adm = kr_it_connect_unix(kr_it_srv.admin_path);
     kr_it_admin(adm, "config set request_timeout_ms 200", buf, sizeof(buf));
     cr_assert_str_eq(buf, "CONFIG request_timeout_ms 200\nEND\n");
     close(adm);
-    int fd = kr_it_connect(srv.port);
+    int fd = kr_it_connect(kr_it_srv.port);
     kr_it_sends(fd, "set publish 0 0 16\r\nMESS");
     int closed = 0;
     for (int k = 0; k < 100 && !closed; k++)
