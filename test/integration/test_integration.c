@@ -77,12 +77,8 @@ Test(proto, publish_and_poll_exact_bytes)
     cr_assert_str_eq(out, "MESSAGE a 2\r\nm1\r\n");
     /* and the whole reply byte for byte, from PROTOCOL.md */
     kr_it_publish(pub, "a", "m1", 2);
-    for (int i = 0; i < 500; i++) {
-        kr_it_get(sub, buf, sizeof(buf));
-        if (strcmp(buf, "END\r\n") != 0)
-            break;
-        kr_it_sleep_ms(5);
-    }
+    kr_it_wait_stat(kr_it_srv.port, "queued_messages", KR_IT_EQ, 1);
+    kr_it_get(sub, buf, sizeof(buf));
     cr_assert_str_eq(buf, "VALUE messages 0 15\r\nMESSAGE a 2\r\nm1\r\nEND\r\n");
     kr_it_get(sub, buf, sizeof(buf));
     cr_assert_str_eq(buf, "END\r\n", "a poll drains the queue");
@@ -237,14 +233,8 @@ Test(proto, unsubscribe_unknown_topics_is_fine_and_queued_messages_stay)
     int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(sub, "u umark");
     kr_it_publish(pub, "u", "before", 6);
-    /* wait until it is queued server-side: stats queued_messages */
-    for (int i = 0; i < 500; i++) {
-        kr_it_sends(pub, "stats\r\n");
-        kr_it_read_until(pub, buf, sizeof(buf), "END\r\n");
-        if (strstr(buf, "STAT queued_messages 1\r\n"))
-            break;
-        kr_it_sleep_ms(5);
-    }
+    /* wait until it is queued server-side */
+    kr_it_wait_stat(kr_it_srv.port, "queued_messages", KR_IT_EQ, 1);
     kr_it_sends(sub, "set unsubscribe 0 0 9\r\nu unknown\r\n");
     kr_it_expect(sub, "STORED\r\n");
     kr_it_publish(pub, "u", "after", 5);
@@ -667,9 +657,8 @@ Test(logging, fanout_warnings_count_multi_shard_messages)
     cr_assert(kr_it_wait_log(&kr_it_srv, "fanned out to "), "fanout warning expected");
     cr_assert_eq(kr_it_stat_fd(pub, "fanout_warnings"), 1, "one warning, counted once");
     kr_it_publish(pub, "t1", "y", 1); /* one shard */
-    for (int i = 0; i < 500 && kr_it_stat_fd(pub, "fanout_warnings") < 2; i++)
-        kr_it_sleep_ms(5);
-    cr_assert_eq(kr_it_stat_fd(pub, "fanout_warnings"), 2, "single-shard warnings count too");
+    /* single-shard warnings count too */
+    kr_it_wait_stat(kr_it_srv.port, "fanout_warnings", KR_IT_EQ, 2);
     close(a);
     close(b);
     close(pub);

@@ -237,9 +237,7 @@ Test(poll_reply, subscribers_that_poll_without_reading_cost_references_not_copie
         kr_it_expect(pub, "STORED\r\n");
     }
     /* every delivery is queued */
-    for (int i = 0; i < 1000 && kr_it_stat(kr_it_srv.port, "queued_messages") < (unsigned long long)NSUB * NMSG; i++)
-        kr_it_sleep_ms(10);
-    cr_assert_eq(kr_it_stat(kr_it_srv.port, "queued_messages"), (unsigned long long)NSUB * NMSG);
+    kr_it_wait_stat(kr_it_srv.port, "queued_messages", KR_IT_EQ, NSUB * NMSG);
     /* each subscriber pipelines many polls and reads nothing */
     static char polls[PIPELINED * 14];
     for (int k = 0; k < PIPELINED; k++)
@@ -308,8 +306,7 @@ Test(poll_reply, a_reply_holds_at_most_max_poll_reply_bytes_and_at_least_one_ent
     kr_it_expect(pub, "STORED\r\n");
     publish_batch(pub, 1, 20, 100, "t"); /* 20 entries of 117 reply bytes each */
     kr_it_expect(pub, "STORED\r\n");
-    for (int i = 0; i < 1000 && kr_it_stat(kr_it_srv.port, "queued_messages") < 21; i++)
-        kr_it_sleep_ms(10);
+    kr_it_wait_stat(kr_it_srv.port, "queued_messages", KR_IT_EQ, 21);
     kr_it_sends(sub.fd, "get messages\r\n");
     cr_assert_eq(conn_wait(&sub), R_VALUE);
     cr_assert_eq(sub.nseq, 1, "the large entry goes alone");
@@ -534,9 +531,7 @@ Test(drain, a_client_still_holding_messages_at_the_deadline_is_told)
     int pub = kr_it_connect(kr_it_srv.port);
     publish_batch(pub, 0, 5, 20, "h");
     kr_it_expect(pub, "STORED\r\n");
-    for (int i = 0; i < 1000 && kr_it_stat(kr_it_srv.port, "queued_messages") < 10; i++)
-        kr_it_sleep_ms(10);
-    cr_assert_eq(kr_it_stat(kr_it_srv.port, "queued_messages"), 10);
+    kr_it_wait_stat(kr_it_srv.port, "queued_messages", KR_IT_EQ, 10);
     kill(kr_it_srv.pid, SIGTERM);
     /* the poller polls until it is closed: it gets all five, then EOF, no error */
     for (int k = 0; k < 1000 && !poller.eof; k++) {
