@@ -94,19 +94,6 @@ static char *line_of(const char *text, const char *prefix)
     return line;
 }
 
-/* Wait (bounded) until process pid exited with status 0, without reaping it. */
-static bool exited_by_itself(pid_t pid)
-{
-    for (int i = 0; i < 1500; i++) {
-        siginfo_t si;
-        memset(&si, 0, sizeof(si));
-        if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == pid)
-            return si.si_code == CLD_EXITED && si.si_status == 0;
-        kr_it_sleep_ms(10);
-    }
-    return false;
-}
-
 
 /* connect() to 127.0.0.1:port: 0 when accepted, else -errno. */
 static int try_connect(uint16_t port, int *out_fd)
@@ -813,7 +800,7 @@ Test(cli, drain_subcommand_ends_the_server)
     kr_it_expect_closed(c);
     close(c);
     /* the server exits by itself once its clients are closed (kr_it_stop reaps it) */
-    cr_assert(exited_by_itself(kr_it_srv.pid));
+    cr_assert(kr_it_exited_0(&kr_it_srv));
 }
 
 Test(cli, stop_subcommand_drains_and_waits)
@@ -827,7 +814,7 @@ Test(cli, stop_subcommand_drains_and_waits)
              (int)kr_it_srv.pid);
     cr_assert(strncmp(out, want, strlen(want)) == 0, "%s", out);
     cr_assert_not_null(strstr(out, "\nkraken stopped\n"), "%s", out);
-    cr_assert(exited_by_itself(kr_it_srv.pid), "exited before stop returned");
+    cr_assert(kr_it_exited_0(&kr_it_srv), "exited before stop returned");
     struct stat st;
     cr_assert_neq(stat(kr_it_srv.admin_path, &st), 0, "the admin socket is removed");
     kr_it_expect_closed(c);
@@ -1009,7 +996,7 @@ Test(drain, sigterm_fails_health_checks_stops_accepting_keeps_queues_then_exits)
     }
     close(pub);
     close(afd);
-    cr_assert(exited_by_itself(kr_it_srv.pid), "exit 0 after the drain");
+    cr_assert(kr_it_exited_0(&kr_it_srv), "exit 0 after the drain");
     cr_assert(kr_it_log_contains(&kr_it_srv, "drain finished"));
     char *log = NULL;
     {
@@ -1071,7 +1058,7 @@ Test(drain, admin_drain_and_health_port)
     kr_it_expect_closed(c);
     close(c);
     close(afd);
-    cr_assert(exited_by_itself(kr_it_srv.pid));
+    cr_assert(kr_it_exited_0(&kr_it_srv));
     cr_assert(kr_it_log_contains(&kr_it_srv, "draining (admin drain)"));
     kr_it_fixture_stop();
 }
@@ -1107,7 +1094,7 @@ Test(drain, systemd_is_told_ready_status_and_stopping)
     cr_assert_not_null(strstr(msg, "STATUS=draining: 1 clients"), "%s", msg);
     kr_it_expect_closed(c);
     close(c);
-    cr_assert(exited_by_itself(kr_it_srv.pid));
+    cr_assert(kr_it_exited_0(&kr_it_srv));
     kr_it_fixture_stop();
     close(nfd);
     unlink(path);

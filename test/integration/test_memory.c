@@ -423,7 +423,6 @@ Test(drain, no_subscriber_is_closed_holding_messages_without_being_told)
     uint32_t sent = 0, acked = 0, acked_at_sigterm = 0;
     bool pub_waiting = false, termed = false;
     uint64_t next_pub = t0, term_at = t0 + 1200;
-    int status = -1;
     /* bounded: every step waits at most 5 ms, the whole run ends when every connection
      * ended or after 6000 steps */
     for (int step = 0; step < 6000; step++) {
@@ -479,16 +478,7 @@ Test(drain, no_subscriber_is_closed_holding_messages_without_being_told)
             break;
     }
     cr_assert(termed);
-    for (int i = 0; i < 1000; i++) {
-        int st;
-        if (waitpid(kr_it_srv.pid, &st, WNOHANG) == kr_it_srv.pid) {
-            status = st;
-            break;
-        }
-        kr_it_sleep_ms(10);
-    }
-    cr_assert(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
-              "the server did not exit cleanly after the drain (status %d)", status);
+    cr_assert(kr_it_exited_0(&kr_it_srv), "the server did not exit cleanly after the drain");
     int told = 0;
     for (int i = 0; i < NSUB; i++) {
         struct conn *c = &subs[i];
@@ -509,10 +499,7 @@ Test(drain, no_subscriber_is_closed_holding_messages_without_being_told)
     for (int i = 0; i < NSUB; i++)
         conn_free(&subs[i]);
     conn_free(&pub);
-    char path[200];
-    unlink(kr_it_srv.log_path);
-    snprintf(path, sizeof(path), "%s.err", kr_it_srv.log_path);
-    unlink(path);
+    kr_it_fixture_stop(); /* reaps it (exit status 0), removes its files */
 }
 
 /* A client still holding messages at the drain's deadline (it never polls) is told
@@ -549,22 +536,10 @@ Test(drain, a_client_still_holding_messages_at_the_deadline_is_told)
     kr_it_expect_closed(holder);
     kr_it_expect_closed(empty);
     cr_assert(kr_it_wait_log(&kr_it_srv, "told SERVER_ERROR shutting down"));
-    int status = -1;
-    for (int i = 0; i < 1000; i++) {
-        int st;
-        if (waitpid(kr_it_srv.pid, &st, WNOHANG) == kr_it_srv.pid) {
-            status = st;
-            break;
-        }
-        kr_it_sleep_ms(10);
-    }
-    cr_assert(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
+    cr_assert(kr_it_exited_0(&kr_it_srv), "the server did not exit cleanly after the drain");
     close(holder);
     close(empty);
     close(pub);
     conn_free(&poller);
-    char path[200];
-    unlink(kr_it_srv.log_path);
-    snprintf(path, sizeof(path), "%s.err", kr_it_srv.log_path);
-    unlink(path);
+    kr_it_fixture_stop(); /* reaps it (exit status 0), removes its files */
 }
