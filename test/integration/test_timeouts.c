@@ -15,19 +15,6 @@
 
 static char buf[1 << 16];
 
-static long long stat_now(const char *name)
-{
-    int fd = kr_it_connect(kr_it_srv.port);
-    kr_it_sends(fd, "stats\r\n");
-    kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
-    close(fd);
-    char key[96];
-    snprintf(key, sizeof(key), "STAT %s ", name);
-    const char *p = strstr(buf, key);
-    cr_assert_not_null(p, "no %s in stats", name);
-    return strtoll(p + strlen(key), NULL, 10);
-}
-
 /* Wait up to ms for the server to close fd; 1 when it did (EOF or reset), 0 when it is
  * still open. Any bytes it sends first fail the test. */
 static int closed_within(int fd, int ms)
@@ -65,7 +52,7 @@ Test(timeouts, trickled_request_does_not_reset_the_idle_timer, .fini = kr_it_fix
         closed = closed_within(fd, 100);
     cr_assert(closed, "the trickling client is still open after %zu bytes", i);
     cr_assert_lt(i, strlen(req), "the whole line was accepted before the close");
-    cr_assert_eq(stat_now("idle_timeouts"), 1);
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "idle_timeouts"), 1);
     close(fd);
 }
 
@@ -85,8 +72,8 @@ Test(timeouts, half_a_request_is_closed_after_request_timeout, .fini = kr_it_fix
     }
     cr_assert(ca, "the client with half a data block is still open");
     cr_assert(cb, "the client with half a command line is still open");
-    cr_assert_eq(stat_now("request_timeouts"), 2);
-    cr_assert_eq(stat_now("messages_published"), 0);
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "request_timeouts"), 2);
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "messages_published"), 0);
     cr_assert(kr_it_wait_log(&kr_it_srv, "request incomplete"), "no log line for the timeout");
     close(a);
     close(b);
@@ -114,8 +101,8 @@ Test(timeouts, regular_complete_requests_are_not_closed, .fini = kr_it_fixture_s
     kr_it_sends(fd, "version\r\n");
     kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
     cr_assert(strncmp(buf, "VERSION ", 8) == 0, "got %s", buf);
-    cr_assert_eq(stat_now("request_timeouts"), 0);
-    cr_assert_eq(stat_now("idle_timeouts"), 0);
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "request_timeouts"), 0);
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "idle_timeouts"), 0);
     close(fd);
 }
 
@@ -133,6 +120,6 @@ Test(timeouts, request_timeout_is_live, .fini = kr_it_fixture_stop,
     for (int k = 0; k < 100 && !closed; k++)
         closed = closed_within(fd, 50);
     cr_assert(closed, "still open with request_timeout_ms 200");
-    cr_assert_eq(stat_now("request_timeouts"), 1);
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "request_timeouts"), 1);
     close(fd);
 }
