@@ -19,6 +19,10 @@ set(KR_CONF_DIR "/etc/kraken" CACHE PATH "where kraken.conf is installed")
 # .invalid domain (RFC 2606), well-formed for dpkg and lintian but never delivered.
 set(KR_DEB_MAINTAINER "Kraken maintainers <maintainers@kraken.invalid>" CACHE STRING
     "Maintainer field of the Debian package and its changelog")
+# build directories configured before carry the former placeholder, which lintian rejects
+if(KR_DEB_MAINTAINER STREQUAL "Kraken maintainers <kraken@localhost>")
+  set_property(CACHE KR_DEB_MAINTAINER PROPERTY VALUE "Kraken maintainers <maintainers@kraken.invalid>")
+endif()
 
 # --- the man page: generated from the option table by the binary itself -------------------
 # kraken --help-man prints roff; gzip -n keeps the file free of a time stamp (reproducible).

@@ -31,7 +31,7 @@ void kr_it_stop(struct kr_it_server *s);
  *     KR_IT_FIXTURE(start_two_shards, "--num_router_shards", "2");
  *     TestSuite(suite, .init = start_two_shards, .fini = kr_it_fixture_stop);
  *     Test(suite, x) { int fd = kr_it_connect(kr_it_srv.port); ... }
- * With no options: KR_IT_FIXTURE(start_default). */
+ * With no options: KR_IT_FIXTURE(start_default). The test's own thread calls these. */
 extern struct kr_it_server kr_it_srv;
 void kr_it_fixture_start(const char *const *extra);
 void kr_it_fixture_stop(void);
@@ -45,7 +45,8 @@ void kr_it_fixture_stop(void);
  * that says so (a `stats` counter, an admin figure, a metric, a process's RSS), with a
  * bounded number of reads (KR_IT_WAIT_TRIES, KR_IT_WAIT_MS apart): no wall-clock limit is
  * asserted, and a figure that never gets there fails the test saying which figure, what
- * was wanted and what was last seen, at the caller's file and line. */
+ * was wanted and what was last seen, at the caller's file and line. For the test's own
+ * thread (a reader may be called from it only). */
 #define KR_IT_WAIT_TRIES 3000
 #define KR_IT_WAIT_MS 10
 enum kr_it_cmp { KR_IT_EQ, KR_IT_GE, KR_IT_LE };
