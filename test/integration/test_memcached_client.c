@@ -8,25 +8,15 @@
 
 #include "kr_itest.h"
 
-static struct kr_it_server srv;
 
-static void start(void)
-{
-    const char *args[] = {"--num_router_shards", "2", "--num_net_threads", "2", NULL};
-    kr_it_start(&srv, args);
-}
+KR_IT_FIXTURE(start, "--num_router_shards", "2", "--num_net_threads", "2");
 
-static void stop(void)
-{
-    kr_it_stop(&srv);
-}
-
-TestSuite(libmemcached, .init = start, .fini = stop, .timeout = 60);
+TestSuite(libmemcached, .init = start, .fini = kr_it_fixture_stop, .timeout = 60);
 
 static memcached_st *client(void)
 {
     char conf[128];
-    snprintf(conf, sizeof(conf), "--SERVER=127.0.0.1:%u", srv.port);
+    snprintf(conf, sizeof(conf), "--SERVER=127.0.0.1:%u", kr_it_srv.port);
     memcached_st *mc = memcached(conf, strlen(conf));
     cr_assert_not_null(mc);
     return mc;

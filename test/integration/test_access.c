@@ -120,8 +120,8 @@ static uint16_t local_port(int fd)
 
 Test(keepalive, client_sockets_probe_after_tcp_keepalive_s)
 {
-    if (system("ss -V >/dev/null 2>&1") != 0)
-        cr_skip_test("ss (iproute2) is not installed");
+    cr_assert_eq(system("ss -V >/dev/null 2>&1"), 0,
+                 "ss is not installed (Debian package iproute2; sh cmake/deps.sh installs it)");
     struct kr_it_server srv;
     const char *args[] = {"--tcp_keepalive_s", "7", NULL};
     kr_it_start(&srv, args);

@@ -18,14 +18,6 @@
 
 #define TB_BENCH_MS 60000 /* one bench run, everything included */
 
-static struct kr_it_server srv;
-
-static void tb_sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static long tb_ms_since(const struct timespec *t0)
 {
     struct timespec t;
@@ -41,15 +33,7 @@ static void tb_start(const char *const *extra)
     for (int i = 0; extra && extra[i] && argc < 39; i++)
         argv[argc++] = extra[i];
     argv[argc] = NULL;
-    kr_it_start(&srv, argv);
-}
-
-static void tb_stop(void)
-{
-    if (srv.pid <= 0)
-        return;
-    kr_it_stop(&srv);
-    srv.pid = 0;
+    kr_it_fixture_start(argv);
 }
 
 static void tb_start_default(void)
@@ -65,7 +49,7 @@ static int tb_bench(const char *const *args, char *out, size_t outcap, char *err
     const char *bin = getenv("KRAKEN_BENCH_BIN");
     cr_assert_not_null(bin, "KRAKEN_BENCH_BIN must name kraken-bench");
     char port[16];
-    snprintf(port, sizeof(port), "%u", srv.port);
+    snprintf(port, sizeof(port), "%u", kr_it_srv.port);
     const char *argv[64];
     int argc = 0, has_port = 0;
     argv[argc++] = bin;
@@ -140,7 +124,7 @@ static int tb_bench(const char *const *args, char *out, size_t outcap, char *err
             waitpid(pid, &st, 0);
             cr_assert_fail("kraken-bench did not finish within %d ms", TB_BENCH_MS);
         }
-        tb_sleep_ms(10);
+        kr_it_sleep_ms(10);
     }
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
@@ -179,7 +163,7 @@ static void tb_assert_clean(const char *json)
     cr_assert_eq(tb_num(json, "errors"), 0, "%s", json);
 }
 
-TestSuite(bench_it, .init = tb_start_default, .fini = tb_stop, .timeout = 300);
+TestSuite(bench_it, .init = tb_start_default, .fini = kr_it_fixture_stop, .timeout = 300);
 
 Test(bench_it, fanout)
 {
@@ -238,7 +222,7 @@ Test(bench_it, churn)
 Test(bench_it, conns_with_server_rss)
 {
     char pid[16];
-    snprintf(pid, sizeof(pid), "%d", (int)srv.pid);
+    snprintf(pid, sizeof(pid), "%d", (int)kr_it_srv.pid);
     const char *a[] = {"--scenario", "conns", "--conns", "300", "--topics-per-sub", "2",
                        "--duration", "0.5", "--server-pid", pid, NULL};
     int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
@@ -270,7 +254,7 @@ Test(bench_it, retro_replays_everything)
 
 static void tb_start_short_history(void)
 {
-    tb_stop(); /* the suite's server, when the suite's init ran first */
+    kr_it_fixture_stop(); /* the suite's server, when the suite's init ran first */
     /* one net thread: the publishes and the later retroactive subscribes reach each shard
      * through the same ring, in order (with two, a subscribe could overtake publishes still
      * queued towards the shard, which then still held the horizon: a flaky STORED) */
@@ -369,10 +353,10 @@ Test(bench_cross, nats_fanout_across_two_routed_servers, .fini = tb_nats_stop, .
 }
 
 /* A subscriber server nobody listens on: a clear connection error, exit 3. */
-Test(bench_cross, sub_port_refused_is_a_clear_error, .init = tb_start_default, .fini = tb_stop)
+Test(bench_cross, sub_port_refused_is_a_clear_error, .init = tb_start_default, .fini = kr_it_fixture_stop)
 {
     char pport[16], sport[16];
-    snprintf(pport, sizeof(pport), "%u", srv.port);
+    snprintf(pport, sizeof(pport), "%u", kr_it_srv.port);
     snprintf(sport, sizeof(sport), "%u", kr_it_free_port());
     const char *a[] = {"--port", pport, "--sub-port", sport, "--subs", "2", "--pubs", "1",
                        "--duration", "1", NULL};
@@ -386,7 +370,7 @@ Test(bench_cross, sub_port_refused_is_a_clear_error, .init = tb_start_default, .
 /* The probe path of each protocol against one Kraken server (forced with --probe; Kraken's
  * subscribers poll for their probe, RESP ones get it pushed): clean accounting, the probes
  * neither delivered nor counted as publishes. */
-Test(bench_cross, probes_over_kraken_and_resp, .init = tb_start_default, .fini = tb_stop)
+Test(bench_cross, probes_over_kraken_and_resp, .init = tb_start_default, .fini = kr_it_fixture_stop)
 {
     const char *protos[] = {"kraken", "redis"};
     for (int i = 0; i < 2; i++) {

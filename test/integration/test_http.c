@@ -3,6 +3,7 @@
  * here), metric values moving as a client publishes, GET/HEAD only, bounded requests and
  * connections, allow_from, and the drain turning /healthz to 503. */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <ctype.h>
 #include <errno.h>
 #include <poll.h>
@@ -208,6 +209,38 @@ static double metric(const char *name)
     return strtod(p + strlen(want), NULL);
 }
 
+/* The sample `name` of a fresh /metrics scrape of the HTTP port *(uint16_t *)port (a
+ * figure to wait for; the body stays in `body` for metric()). */
+static long long metric_figure(const void *port, const char *name)
+{
+    struct resp r;
+    http_get(*(const uint16_t *)port, "/metrics", &r);
+    cr_assert_eq(r.status, 200);
+    return (long long)metric(name);
+}
+
+/* The status /healthz answers on the HTTP port *(uint16_t *)port (a figure to wait for). */
+static long long healthz_status(const void *port, const char *name)
+{
+    struct resp r;
+    http_get(*(const uint16_t *)port, "/healthz", &r);
+    return r.status;
+}
+
+/* The descriptors the server holds open, from /proc/PID/fd (a figure to wait for). */
+static long long server_fds(const void *server, const char *name)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)((const struct kr_it_server *)server)->pid);
+    DIR *d = opendir(path);
+    cr_assert_not_null(d, "%s", path);
+    long long n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
 static void start_http(struct kr_it_server *srv, uint16_t *port, const char *const *more)
 {
     static char hp[16];
@@ -349,15 +382,11 @@ Test(http, values_move_as_clients_publish)
         kr_it_publish(p, "news", "hello", 5);
     kr_it_publish(p, "sport", "x", 1);
 
-    /* STORED means handed to the router: the deliveries land shortly after (bounded wait) */
-    for (int i = 0; i < 500; i++) {
-        http_get(hp, "/metrics", &r);
-        cr_assert_eq(r.status, 200);
-        if (metric("kraken_client_queue_messages_sum") == 7 &&
-            metric("kraken_fanout_warnings_total") == 3)
-            break;
-        kr_it_sleep_ms(10);
-    }
+    /* STORED means handed to the router: the deliveries land shortly after */
+    kr_it_wait_figure(metric_figure, &hp, "kraken_client_queue_messages_sum", KR_IT_EQ, 7);
+    kr_it_wait_figure(metric_figure, &hp, "kraken_fanout_warnings_total", KR_IT_EQ, 3);
+    http_get(hp, "/metrics", &r);
+    cr_assert_eq(r.status, 200);
     prom_parse(body);
     cr_assert_eq(metric("kraken_messages_published_total"), pub0 + 4);
     cr_assert_eq(metric("kraken_curr_connections"), 3);
@@ -465,15 +494,19 @@ Test(http, connection_limit_holds)
     uint16_t hp;
     const char *more[] = {"--http_max_connections", "2", NULL};
     start_http(&srv, &hp, more);
+    long long fds = server_fds(&srv, NULL);
     int a = kr_it_connect(hp), b = kr_it_connect(hp);
-    /* both are accepted (a request on each proves it is in the server's hands) */
+    /* both are accepted: the server holds two more descriptors (each has begun a request) */
     kr_it_sends(a, "GET /healthz HTTP/1.1\r\nHost: x\r\n");
     kr_it_sends(b, "GET /healthz HTTP/1.1\r\nHost: x\r\n");
-    kr_it_sleep_ms(200);
+    kr_it_wait_figure(server_fds, &srv, "the server's open descriptors", KR_IT_EQ, fds + 2);
     int c = kr_it_connect(hp); /* the kernel completes the handshake; the server waits */
     kr_it_sends(c, "GET /healthz HTTP/1.0\r\n\r\n");
+    /* (the HTTP listener answers `Connection: close`, so no request on a or b can be ordered
+     * after c's as a marker: this negative check alone waits a fixed time) */
     struct pollfd pf = {.fd = c, .events = POLLIN};
     cr_assert_eq(poll(&pf, 1, 300), 0, "a third connection was served over the limit of 2");
+    cr_assert_eq(server_fds(&srv, NULL), fds + 2, "a third connection was accepted");
     close(a); /* a slot frees up: the waiting one is served */
     char raw[512];
     size_t n = kr_it_read_until(c, raw, sizeof(raw), "ok\n");
@@ -523,16 +556,7 @@ Test(http, metrics_reuses_closed_client_descriptors)
     }
     for (int i = 0; i < N; i++)
         close(fds[i]);
-    int ufd = kr_it_connect_unix(srv.admin_path);
-    bool gone = false;
-    for (int i = 0; i < 1000 && !gone; i++) {
-        kr_it_admin(ufd, "stats", body, sizeof(body));
-        gone = strstr(body, "STAT curr_connections 0\n") != NULL;
-        if (!gone)
-            kr_it_sleep_ms(10);
-    }
-    close(ufd);
-    cr_assert(gone, "the server closed the clients: %s", body);
+    kr_it_wait_admin_stat(&srv, "curr_connections", KR_IT_EQ, 0); /* the server closed them */
     /* each scrape's connection and its /proc/self/fd take reused numbers */
     struct resp r;
     for (int i = 0; i < N; i++) {
@@ -560,14 +584,9 @@ Test(http, drain_turns_healthz_503)
     http_get(hp, "/healthz", &r);
     cr_assert_eq(r.status, 200);
     cr_assert_eq(kill(srv.pid, SIGTERM), 0);
-    int status = 0;
-    for (int i = 0; i < 250 && status != 503; i++) {
-        http_get(hp, "/healthz", &r);
-        status = r.status;
-        if (status != 503)
-            kr_it_sleep_ms(20);
-    }
-    cr_assert_eq(status, 503, "/healthz while draining");
+    kr_it_wait_figure(healthz_status, &hp, "/healthz status while draining", KR_IT_EQ, 503);
+    http_get(hp, "/healthz", &r);
+    cr_assert_eq(r.status, 503, "/healthz while draining");
     cr_assert_str_eq(body, "draining\n");
     cr_assert_str_eq(r.ctype, "text/plain; charset=utf-8");
     http_get(hp, "/metrics", &r);

@@ -48,16 +48,8 @@ static void node_start(struct cluster *c, int i, int on, const char *const *extr
  * all. */
 static void wait_peers(struct cluster *c, int want)
 {
-    for (int i = 0; i < c->nnodes; i++) {
-        unsigned long long peers = 0;
-        for (int k = 0; k < 300 && peers < (unsigned long long)want; k++) {
-            peers = kr_it_stat(c->node[i].port, "cluster_peers");
-            if (peers < (unsigned long long)want)
-                kr_it_sleep_ms(20);
-        }
-        cr_assert_geq(peers, (unsigned long long)want, "node %d hears from %d other nodes", i,
-                      want);
-    }
+    for (int i = 0; i < c->nnodes; i++)
+        kr_it_wait_stat(c->node[i].port, "cluster_peers", KR_IT_GE, want);
 }
 
 static void cluster_up(struct cluster *c, int nodes, const char *const *extra)
@@ -326,20 +318,21 @@ Test(cluster, interest_is_released_a_linger_after_the_last_subscriber)
     cluster_up(&c, 2, NULL);
     uint16_t port = c.node[1].port;
     unsigned long long base = kr_it_stat(port, "cluster_subjects");
-    int a = kr_it_connect(port), b = kr_it_connect(port);
+    int a = kr_it_connect(port), b = kr_it_connect(port), m = kr_it_connect(port);
     kr_it_subscribe(a, "flap");
     kr_it_subscribe(b, "flap");
-    cr_assert_eq(kr_it_stat(port, "cluster_subjects"), base + 1, "one subscription per topic");
+    kr_it_subscribe(m, "flapmarker"); /* m alone holds it */
+    cr_assert_eq(kr_it_stat(port, "cluster_subjects"), base + 2, "one subscription per topic");
+    /* a leaves (the server has seen it go once a, b, m and the stats client are three) */
+    kr_it_wait_stat(port, "curr_connections", KR_IT_EQ, 4);
     close(a);
-    kr_it_sleep_ms(600); /* past the 300 ms linger: b still holds it */
-    cr_assert_eq(kr_it_stat(port, "cluster_subjects"), base + 1);
+    kr_it_wait_stat(port, "curr_connections", KR_IT_EQ, 3);
+    /* then m: once m's topic is released, a linger that a's leaving would have started has
+     * run out as well, and b still holds flap */
+    close(m);
+    kr_it_wait_stat(port, "cluster_subjects", KR_IT_EQ, base + 1);
     close(b);
-    unsigned long long now = base + 1;
-    for (int k = 0; k < 200 && now != base; k++) {
-        kr_it_sleep_ms(20);
-        now = kr_it_stat(port, "cluster_subjects");
-    }
-    cr_assert_eq(now, base, "released after the linger");
+    kr_it_wait_stat(port, "cluster_subjects", KR_IT_EQ, base); /* released after the linger */
     cluster_down(&c);
 }
 
@@ -394,12 +387,7 @@ Test(cluster, no_server_at_start)
     size_t len = 0;
     cr_assert_eq(kr_it_collect(b, 1, buf, sizeof(buf), &len), 1);
     kr_it_nats_restart(nats, 1, 0);
-    unsigned long long linked = 0;
-    for (int k = 0; k < 500 && !linked; k++) {
-        kr_it_sleep_ms(20);
-        linked = kr_it_stat(srv.port, "cluster_connected");
-    }
-    cr_assert_eq(linked, 1, "linked once the server answers");
+    kr_it_wait_stat(srv.port, "cluster_connected", KR_IT_EQ, 1); /* once the server answers */
     /* b may have missed what other nodes published while unlinked: it is told */
     cr_assert(wait_told(b, false), "told to resync once linked");
     close(a);
@@ -527,12 +515,7 @@ Test(cluster, kraken_node_killed_others_keep_order_and_go_on)
     cr_assert_geq(f.next, 2000, "everything acknowledged before the kill and forwarded");
     /* node 2 and node 1 go on */
     one_delivery(&c, 1, 2, "later");
-    unsigned long long peers = 2;
-    for (int k = 0; k < 400 && peers != 1; k++) {
-        kr_it_sleep_ms(20);
-        peers = kr_it_stat(c.node[1].port, "cluster_peers");
-    }
-    cr_assert_eq(peers, 1, "node 1 saw node 0 leave");
+    kr_it_wait_stat(c.node[1].port, "cluster_peers", KR_IT_EQ, 1); /* node 0 left */
     cr_assert(kr_it_wait_log(&c.node[1], "it left"));
     close(sub);
     unlink(c.node[0].log_path);
@@ -564,12 +547,8 @@ Test(cluster, reconnect_buffer_overflow_is_announced_and_subscribers_told)
     size_t len = 0;
     cr_assert_eq(kr_it_collect(sub, 1, buf, sizeof(buf), &len), 1); /* p0-0 */
     kr_it_nats_stop(&c.nats[0]);
-    unsigned long long conn = 1;
-    for (int k = 0; k < 300 && conn; k++) {
-        kr_it_sleep_ms(10);
-        conn = kr_it_stat(c.node[0].port, "cluster_connected");
-    }
-    cr_assert_eq(conn, 0, "the publisher's node saw its server go");
+    /* the publisher's node saw its server go */
+    kr_it_wait_stat(c.node[0].port, "cluster_connected", KR_IT_EQ, 0);
     char payload[2048];
     memset(payload, 'x', sizeof(payload) - 1);
     payload[sizeof(payload) - 1] = 0;
@@ -752,13 +731,7 @@ Test(cluster, lost_notice_for_every_topic_past_the_tracked_window)
     kr_it_send(pub, big, used);
     for (int k = 0; k < NTOP; k++)
         kr_it_expect(pub, "STORED\r\n");
-    unsigned long long out = 0;
-    for (int k = 0; k < 500 && out < NTOP; k++) {
-        out = kr_it_stat(c.node[0].port, "cluster_msgs_out");
-        if (out < NTOP)
-            kr_it_sleep_ms(20);
-    }
-    cr_assert_geq(out, NTOP, "forwarded");
+    kr_it_wait_stat(c.node[0].port, "cluster_msgs_out", KR_IT_GE, NTOP); /* forwarded */
     kr_it_nats_kill(&c.nats[0]);
     cr_assert(wait_told(watch, false), "the other node's subscriber was told");
     cr_assert_geq(kr_it_stat(c.node[1].port, "cluster_resyncs_received"), 1);

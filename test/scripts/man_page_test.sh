@@ -2,7 +2,7 @@
 # The man page printed by `kraken --help-man` (the build's kraken.1) names every key that
 # `kraken --help` lists, says which keys are live exactly as the option table does, and is
 # roff that man/groff format without a warning.
-# Usage: test/man_page_test.sh KRAKEN_BINARY
+# Usage: test/scripts/man_page_test.sh KRAKEN_BINARY
 set -eu
 bin=$1
 tmp=$(mktemp -d /tmp/kraken-man-test.XXXXXX)

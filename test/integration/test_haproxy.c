@@ -197,6 +197,12 @@ static int subscribed_clients(const struct kr_it_server *s)
     return n;
 }
 
+/* subscribed_clients as a figure to wait for. */
+static long long subscribed_figure(const void *server, const char *name)
+{
+    return subscribed_clients(server);
+}
+
 static void teardown(void)
 {
     haproxy_stop();
@@ -250,10 +256,9 @@ Test(haproxy, drained_node_is_marked_down_and_its_clients_move, .fini = teardown
         cr_assert_eq(node[i], k2.pid, "a reconnecting client reaches the node still up");
         kr_it_subscribe(c[i], "ha");
     }
-    int n = 0;
-    for (int i = 0; i < 500 && (n = subscribed_clients(&k2)) != NCLIENTS; i++)
-        kr_it_sleep_ms(10);
-    cr_assert_eq(n, NCLIENTS, "every client is on k2");
+    /* every client is on k2 */
+    kr_it_wait_figure(subscribed_figure, &k2, "clients with one subscription on k2", KR_IT_EQ,
+                      NCLIENTS);
 
     /* messages flow through haproxy on the node that is left */
     kr_it_publish(c[0], "ha", "after", 5);

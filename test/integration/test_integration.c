@@ -9,25 +9,15 @@
 
 #include "kr_itest.h"
 
-static struct kr_it_server srv;
 static char buf[1 << 20];
 
-static void start_default(void)
-{
-    const char *args[] = {"--num_router_shards", "4", "--num_net_threads", "2", NULL};
-    kr_it_start(&srv, args);
-}
+KR_IT_FIXTURE(start_default, "--num_router_shards", "4", "--num_net_threads", "2");
 
-static void stop(void)
-{
-    kr_it_stop(&srv);
-}
-
-TestSuite(proto, .init = start_default, .fini = stop, .timeout = 120);
+TestSuite(proto, .init = start_default, .fini = kr_it_fixture_stop, .timeout = 120);
 
 Test(proto, version_reply)
 {
-    int fd = kr_it_connect(srv.port);
+    int fd = kr_it_connect(kr_it_srv.port);
     kr_it_sends(fd, "version\r\n");
     kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
     cr_assert(strncmp(buf, "VERSION ", 8) == 0 && strlen(buf) > 10, "got %s", buf);
@@ -36,7 +26,7 @@ Test(proto, version_reply)
 
 Test(proto, stats_uses_memcached_names)
 {
-    int fd = kr_it_connect(srv.port);
+    int fd = kr_it_connect(kr_it_srv.port);
     kr_it_sends(fd, "stats\r\n");
     kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
     const char *names[] = {"STAT pid ", "STAT uptime ", "STAT version ", "STAT curr_connections 1\r\n",
@@ -60,7 +50,7 @@ Test(proto, stats_uses_memcached_names)
 
 Test(proto, quit_closes_silently)
 {
-    int fd = kr_it_connect(srv.port);
+    int fd = kr_it_connect(kr_it_srv.port);
     kr_it_sends(fd, "quit\r\n");
     kr_it_expect_closed(fd);
     close(fd);
@@ -68,7 +58,7 @@ Test(proto, quit_closes_silently)
 
 Test(proto, empty_queue_answers_end)
 {
-    int fd = kr_it_connect(srv.port);
+    int fd = kr_it_connect(kr_it_srv.port);
     kr_it_get(fd, buf, sizeof(buf));
     cr_assert_str_eq(buf, "END\r\n");
     close(fd);
@@ -76,7 +66,7 @@ Test(proto, empty_queue_answers_end)
 
 Test(proto, publish_and_poll_exact_bytes)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_sends(sub, "set subscribe 0 0 1\r\na\r\n");
     kr_it_expect(sub, "STORED\r\n");
     kr_it_sends(pub, "set publish 0 0 17\r\nMESSAGE a 2\r\nm1\r\n\r\n");
@@ -87,12 +77,8 @@ Test(proto, publish_and_poll_exact_bytes)
     cr_assert_str_eq(out, "MESSAGE a 2\r\nm1\r\n");
     /* and the whole reply byte for byte, from PROTOCOL.md */
     kr_it_publish(pub, "a", "m1", 2);
-    for (int i = 0; i < 500; i++) {
-        kr_it_get(sub, buf, sizeof(buf));
-        if (strcmp(buf, "END\r\n") != 0)
-            break;
-        kr_it_sleep_ms(5);
-    }
+    kr_it_wait_stat(kr_it_srv.port, "queued_messages", KR_IT_EQ, 1);
+    kr_it_get(sub, buf, sizeof(buf));
     cr_assert_str_eq(buf, "VALUE messages 0 15\r\nMESSAGE a 2\r\nm1\r\nEND\r\n");
     kr_it_get(sub, buf, sizeof(buf));
     cr_assert_str_eq(buf, "END\r\n", "a poll drains the queue");
@@ -102,7 +88,7 @@ Test(proto, publish_and_poll_exact_bytes)
 
 Test(proto, publisher_never_gets_its_own_message)
 {
-    int a = kr_it_connect(srv.port), b = kr_it_connect(srv.port);
+    int a = kr_it_connect(kr_it_srv.port), b = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(a, "t");
     kr_it_subscribe(b, "t");
     kr_it_publish(a, "t", "mine", 4);
@@ -118,7 +104,7 @@ Test(proto, publisher_never_gets_its_own_message)
 
 Test(proto, lists_every_matched_topic_once_in_publish_order_across_shards)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     /* with 4 shards these ten topics spread over several shards */
     kr_it_subscribe(sub, "t9 t1 t3 t5 t7 ");
     kr_it_publish(pub, "t1 t2 t3 t4 t5 t6 t7 t8 t9 t0", "x", 1);
@@ -134,7 +120,7 @@ Test(proto, lists_every_matched_topic_once_in_publish_order_across_shards)
 
 Test(proto, repeated_topic_in_entry_listed_once)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(sub, "r");
     kr_it_publish(pub, "r r r", "p", 1);
     char out[256];
@@ -147,7 +133,7 @@ Test(proto, repeated_topic_in_entry_listed_once)
 
 Test(proto, noreply_suppresses_stored)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_sends(sub, "set subscribe 0 0 1 noreply\r\nn\r\n");
     kr_it_sends(sub, "version\r\n");
     kr_it_read_until(sub, buf, sizeof(buf), "\r\n");
@@ -165,7 +151,7 @@ Test(proto, noreply_suppresses_stored)
 
 Test(proto, pipelined_requests_answer_in_order)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_sends(sub, "set subscribe 0 0 3\r\np q\r\nversion\r\nset unsubscribe 0 0 1\r\nq\r\nget messages\r\n");
     kr_it_read_until(sub, buf, sizeof(buf), "END\r\n");
     cr_assert(strncmp(buf, "STORED\r\nVERSION ", 16) == 0, "got %s", buf);
@@ -183,7 +169,7 @@ Test(proto, pipelined_requests_answer_in_order)
 
 Test(proto, requests_split_byte_by_byte)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     const char *s = "set subscribe 0 0 5\r\nsplit\r\n";
     for (size_t i = 0; s[i]; i++) {
         kr_it_send(sub, s + i, 1);
@@ -204,7 +190,7 @@ Test(proto, requests_split_byte_by_byte)
 
 Test(proto, binary_and_empty_payloads_and_several_entries)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(sub, "bin");
     /* entries: 3-byte payload with NUL and CRLF, an empty payload */
     const char block[] = "MESSAGE bin 4\r\n\0\r\nz\r\nMESSAGE bin 0\r\n\r\n";
@@ -228,7 +214,7 @@ Test(proto, binary_and_empty_payloads_and_several_entries)
 
 Test(proto, trailing_and_double_spaces_are_ignored)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(sub, "sp1  sp2 ");
     kr_it_sends(sub, "stats\r\n");
     kr_it_read_until(sub, buf, sizeof(buf), "END\r\n");
@@ -244,17 +230,11 @@ Test(proto, trailing_and_double_spaces_are_ignored)
 
 Test(proto, unsubscribe_unknown_topics_is_fine_and_queued_messages_stay)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(sub, "u umark");
     kr_it_publish(pub, "u", "before", 6);
-    /* wait until it is queued server-side: stats queued_messages */
-    for (int i = 0; i < 500; i++) {
-        kr_it_sends(pub, "stats\r\n");
-        kr_it_read_until(pub, buf, sizeof(buf), "END\r\n");
-        if (strstr(buf, "STAT queued_messages 1\r\n"))
-            break;
-        kr_it_sleep_ms(5);
-    }
+    /* wait until it is queued server-side */
+    kr_it_wait_stat(kr_it_srv.port, "queued_messages", KR_IT_EQ, 1);
     kr_it_sends(sub, "set unsubscribe 0 0 9\r\nu unknown\r\n");
     kr_it_expect(sub, "STORED\r\n");
     kr_it_publish(pub, "u", "after", 5);
@@ -273,19 +253,19 @@ Test(proto, unsubscribe_unknown_topics_is_fine_and_queued_messages_stay)
 
 static void expect_error_and_close(const char *request, size_t len, const char *reply)
 {
-    int fd = kr_it_connect(srv.port);
+    int fd = kr_it_connect(kr_it_srv.port);
     kr_it_send(fd, request, len);
     kr_it_expect(fd, reply);
     kr_it_expect_closed(fd);
     close(fd);
     /* the server is fine for everybody else */
-    fd = kr_it_connect(srv.port);
+    fd = kr_it_connect(kr_it_srv.port);
     kr_it_sends(fd, "version\r\n");
     kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
     cr_assert(strncmp(buf, "VERSION", 7) == 0);
     close(fd);
 }
-TestSuite(errors, .init = start_default, .fini = stop, .timeout = 120);
+TestSuite(errors, .init = start_default, .fini = kr_it_fixture_stop, .timeout = 120);
 
 #define EXPECT_ERROR(req, reply) expect_error_and_close(req, sizeof(req) - 1, reply)
 
@@ -330,7 +310,7 @@ Test(errors, request_too_large_without_reading_block)
 
 Test(proto, bad_publish_block_publishes_nothing)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(sub, "bp");
     /* first entry valid, second malformed: neither may be published */
     const char block[] = "MESSAGE bp 1\r\nA\r\nMESSAGE bp 9\r\nB\r\n";
@@ -342,7 +322,7 @@ Test(proto, bad_publish_block_publishes_nothing)
     kr_it_expect(pub, "CLIENT_ERROR bad publish block\r\n");
     kr_it_expect_closed(pub);
     close(pub);
-    pub = kr_it_connect(srv.port);
+    pub = kr_it_connect(kr_it_srv.port);
     kr_it_publish(pub, "bp", "ok", 2); /* a marker behind it */
     char out[256];
     size_t olen;
@@ -357,37 +337,37 @@ Test(proto, bad_publish_block_publishes_nothing)
 Test(limits, message_too_large)
 {
     const char *args[] = {"--max_message_bytes", "4", "--num_net_threads", "1", NULL};
-    kr_it_start(&srv, args);
-    int fd = kr_it_connect(srv.port);
+    kr_it_fixture_start(args);
+    int fd = kr_it_connect(kr_it_srv.port);
     kr_it_sends(fd, "set publish 0 0 20\r\nMESSAGE a 5\r\n12345\r\n\r\n");
     kr_it_expect(fd, "SERVER_ERROR object too large\r\n");
     kr_it_expect_closed(fd);
     close(fd);
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
 }
 
 Test(limits, topic_too_long)
 {
     const char *args[] = {"--max_topic_bytes", "3", NULL};
-    kr_it_start(&srv, args);
-    int fd = kr_it_connect(srv.port);
+    kr_it_fixture_start(args);
+    int fd = kr_it_connect(kr_it_srv.port);
     kr_it_sends(fd, "set subscribe 0 0 8\r\nabc abcd\r\n");
     kr_it_expect(fd, "CLIENT_ERROR bad topic\r\n");
     kr_it_expect_closed(fd);
     close(fd);
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
 }
 
 Test(limits, too_many_clients)
 {
     const char *args[] = {"--max_tcp_clients", "2", NULL};
-    kr_it_start(&srv, args);
-    int a = kr_it_connect(srv.port), b = kr_it_connect(srv.port);
+    kr_it_fixture_start(args);
+    int a = kr_it_connect(kr_it_srv.port), b = kr_it_connect(kr_it_srv.port);
     kr_it_sends(a, "version\r\n");
     kr_it_read_until(a, buf, sizeof(buf), "\r\n");
     kr_it_sends(b, "version\r\n");
     kr_it_read_until(b, buf, sizeof(buf), "\r\n");
-    int c = kr_it_connect(srv.port);
+    int c = kr_it_connect(kr_it_srv.port);
     kr_it_expect(c, "SERVER_ERROR Too many clients\r\n");
     kr_it_expect_closed(c);
     close(c);
@@ -395,7 +375,7 @@ Test(limits, too_many_clients)
     /* a slot frees up: a new client gets in (bounded retries while the close lands) */
     int ok = 0;
     for (int i = 0; i < 100 && !ok; i++) {
-        int d = kr_it_connect(srv.port);
+        int d = kr_it_connect(kr_it_srv.port);
         kr_it_sends(d, "version\r\n");
         kr_it_read_until(d, buf, sizeof(buf), "\r\n");
         ok = strncmp(buf, "VERSION", 7) == 0;
@@ -408,19 +388,19 @@ Test(limits, too_many_clients)
     kr_it_read_until(a, buf, sizeof(buf), "END\r\n");
     cr_assert_null(strstr(buf, "STAT rejected_connections 0\r\n"));
     close(a);
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
 }
 
 Test(limits, queue_overflow_is_reported_then_closed)
 {
     const char *args[] = {"--max_queued_messages", "3", NULL};
-    kr_it_start(&srv, args);
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port), other = kr_it_connect(srv.port);
+    kr_it_fixture_start(args);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port), other = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(sub, "o");
     kr_it_subscribe(other, "o");
     for (int i = 0; i < 5; i++)
         kr_it_publish(pub, "o", "m", 1);
-    cr_assert(kr_it_wait_log(&srv, "queue overflow"), "overflow must be logged");
+    cr_assert(kr_it_wait_log(&kr_it_srv, "queue overflow"), "overflow must be logged");
     kr_it_get(sub, buf, sizeof(buf));
     cr_assert_str_eq(buf, "SERVER_ERROR queue overflow\r\n");
     kr_it_expect_closed(sub);
@@ -431,17 +411,17 @@ Test(limits, queue_overflow_is_reported_then_closed)
     cr_assert_null(strstr(buf, "STAT queue_overflows 0\r\n"), "%s", buf);
     close(other);
     close(pub);
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
 }
 
 Test(limits, idle_clients_are_closed)
 {
     const char *args[] = {"--client_idle_timeout_ms", "200", NULL};
-    kr_it_start(&srv, args);
-    int fd = kr_it_connect(srv.port);
+    kr_it_fixture_start(args);
+    int fd = kr_it_connect(kr_it_srv.port);
     kr_it_expect_closed(fd); /* the read timeout (10 s) bounds the wait */
     close(fd);
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
 }
 
 /* The idle sweep looks at a bounded share of the slots per tick and rotates: with more
@@ -449,21 +429,21 @@ Test(limits, idle_clients_are_closed)
 Test(limits, idle_sweep_reaches_every_connection_in_turn)
 {
     const char *args[] = {"--client_idle_timeout_ms", "300", "--num_net_threads", "1", NULL};
-    kr_it_start(&srv, args);
+    kr_it_fixture_start(args);
     enum { N = 600 };
     static int fds[N];
     for (int i = 0; i < N; i++)
-        fds[i] = kr_it_connect(srv.port);
+        fds[i] = kr_it_connect(kr_it_srv.port);
     for (int i = 0; i < N; i++)
         kr_it_expect_closed(fds[i]); /* each wait is bounded by the read timeout */
     for (int i = 0; i < N; i++)
         close(fds[i]);
-    int fd = kr_it_connect(srv.port);
+    int fd = kr_it_connect(kr_it_srv.port);
     kr_it_sends(fd, "stats\r\n");
     kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
     cr_assert_not_null(strstr(buf, "STAT idle_timeouts 600\r\n"), "%s", buf);
     close(fd);
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
 }
 
 /* ------------------------------------------------------------------ concurrency */
@@ -495,16 +475,16 @@ static void *publisher(void *p)
 Test(concurrency, many_publishers_and_subscribers_exactly_once_in_order_per_topic)
 {
     const char *args[] = {"--num_router_shards", "3", "--num_net_threads", "2", NULL};
-    kr_it_start(&srv, args);
+    kr_it_fixture_start(args);
     int subs[NSUB];
     for (int s = 0; s < NSUB; s++) {
-        subs[s] = kr_it_connect(srv.port);
+        subs[s] = kr_it_connect(kr_it_srv.port);
         kr_it_subscribe(subs[s], "c0 c1 c2 c3 c4");
     }
     pthread_t th[NPUB];
     struct pub_arg pa[NPUB];
     for (int p = 0; p < NPUB; p++) {
-        pa[p].port = srv.port;
+        pa[p].port = kr_it_srv.port;
         pa[p].id = p;
         pthread_create(&th[p], NULL, publisher, &pa[p]);
     }
@@ -549,30 +529,30 @@ Test(concurrency, many_publishers_and_subscribers_exactly_once_in_order_per_topi
     free(out);
     for (int s = 0; s < NSUB; s++)
         close(subs[s]);
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
 }
 
 Test(logging, fanout_and_topic_count_warnings)
 {
     const char *args[] = {"--router_min_fanout_to_warn", "2", "--router_min_publish_to_topics_to_warn", "3", NULL};
-    kr_it_start(&srv, args);
-    int a = kr_it_connect(srv.port), b = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_fixture_start(args);
+    int a = kr_it_connect(kr_it_srv.port), b = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(a, "fan");
     kr_it_subscribe(b, "fan");
     kr_it_publish(pub, "fan", "x", 1);
-    cr_assert(kr_it_wait_log(&srv, "fanned out to 2 clients"), "fanout warning expected");
-    cr_assert(kr_it_log_contains(&srv, "127.0.0.1:"), "warning names the publisher's address");
+    cr_assert(kr_it_wait_log(&kr_it_srv, "fanned out to 2 clients"), "fanout warning expected");
+    cr_assert(kr_it_log_contains(&kr_it_srv, "127.0.0.1:"), "warning names the publisher's address");
     kr_it_publish(pub, "k1 k2 k3", "y", 1);
-    cr_assert(kr_it_wait_log(&srv, "publish to 3 topics"), "topic-count warning expected");
+    cr_assert(kr_it_wait_log(&kr_it_srv, "publish to 3 topics"), "topic-count warning expected");
     close(a);
     close(b);
     close(pub);
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
 }
 
 Test(proto, pipelined_subscriptions_answer_in_order_then_a_held_error)
 {
-    int fd = kr_it_connect(srv.port);
+    int fd = kr_it_connect(kr_it_srv.port);
     /* the error's reply must wait until the three earlier requests are answered */
     kr_it_sends(fd, "set subscribe 0 0 5\r\np1 p2\r\nset publish 0 0 0\r\n\r\n"
                     "set unsubscribe 0 0 2\r\np1\r\nset subscribe 0 0 3\r\na\rb\r\n");
@@ -583,7 +563,7 @@ Test(proto, pipelined_subscriptions_answer_in_order_then_a_held_error)
 
 Test(proto, many_pipelined_subscribes_then_poll)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     char req[64 * 40] = "";
     size_t len = 0;
     for (int i = 0; i < 40; i++)
@@ -606,7 +586,7 @@ Test(proto, full_rings_slow_the_publisher_and_lose_nothing)
      * events wait for ring space and the shard may park deliveries; all must arrive once,
      * in order */
     enum { N = 30000 };
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(sub, "full");
     size_t cap = (size_t)N * 32, len = 0;
     char *block = malloc(cap);
@@ -651,16 +631,16 @@ Test(proto, full_rings_slow_the_publisher_and_lose_nothing)
  * ("...; closing0"). */
 Test(logging, error_line_without_suppressed_count_ends_in_closing)
 {
-    kr_it_start(&srv, NULL);
-    int fd = kr_it_connect(srv.port);
+    kr_it_fixture_start(NULL);
+    int fd = kr_it_connect(kr_it_srv.port);
     kr_it_sends(fd, "flush_all\r\n");
     kr_it_expect(fd, "ERROR\r\n");
     kr_it_expect_closed(fd);
     close(fd);
-    cr_assert(kr_it_wait_log(&srv, "ERROR; closing"), "the error is logged");
-    cr_assert(!kr_it_log_contains(&srv, "closing0"), "no zero suppressed count");
-    cr_assert(!kr_it_log_contains(&srv, "(suppressed 0"), "no zero suppressed count");
-    kr_it_stop(&srv);
+    cr_assert(kr_it_wait_log(&kr_it_srv, "ERROR; closing"), "the error is logged");
+    cr_assert(!kr_it_log_contains(&kr_it_srv, "closing0"), "no zero suppressed count");
+    cr_assert(!kr_it_log_contains(&kr_it_srv, "(suppressed 0"), "no zero suppressed count");
+    kr_it_fixture_stop();
 }
 
 /* Regression: `STAT fanout_warnings` counted only the warnings of messages on one shard; the
@@ -668,20 +648,19 @@ Test(logging, error_line_without_suppressed_count_ends_in_closing)
 Test(logging, fanout_warnings_count_multi_shard_messages)
 {
     const char *args[] = {"--num_router_shards", "4", "--router_min_fanout_to_warn", "2", NULL};
-    kr_it_start(&srv, args);
-    int a = kr_it_connect(srv.port), b = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_fixture_start(args);
+    int a = kr_it_connect(kr_it_srv.port), b = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     /* t1..t6 span several of the 4 shards (test_poll_wait relies on it too) */
     kr_it_subscribe(a, "t1 t2 t3 t4 t5 t6");
     kr_it_subscribe(b, "t1 t2 t3 t4 t5 t6");
     kr_it_publish(pub, "t1 t2 t3 t4 t5 t6", "x", 1);
-    cr_assert(kr_it_wait_log(&srv, "fanned out to "), "fanout warning expected");
+    cr_assert(kr_it_wait_log(&kr_it_srv, "fanned out to "), "fanout warning expected");
     cr_assert_eq(kr_it_stat_fd(pub, "fanout_warnings"), 1, "one warning, counted once");
     kr_it_publish(pub, "t1", "y", 1); /* one shard */
-    for (int i = 0; i < 500 && kr_it_stat_fd(pub, "fanout_warnings") < 2; i++)
-        kr_it_sleep_ms(5);
-    cr_assert_eq(kr_it_stat_fd(pub, "fanout_warnings"), 2, "single-shard warnings count too");
+    /* single-shard warnings count too */
+    kr_it_wait_stat(kr_it_srv.port, "fanout_warnings", KR_IT_EQ, 2);
     close(a);
     close(b);
     close(pub);
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
 }

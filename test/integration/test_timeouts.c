@@ -13,26 +13,7 @@
 
 #include "kr_itest.h"
 
-static struct kr_it_server srv;
 static char buf[1 << 16];
-
-static void stop(void)
-{
-    kr_it_stop(&srv);
-}
-
-static long long stat_now(const char *name)
-{
-    int fd = kr_it_connect(srv.port);
-    kr_it_sends(fd, "stats\r\n");
-    kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
-    close(fd);
-    char key[96];
-    snprintf(key, sizeof(key), "STAT %s ", name);
-    const char *p = strstr(buf, key);
-    cr_assert_not_null(p, "no %s in stats", name);
-    return strtoll(p + strlen(key), NULL, 10);
-}
 
 /* Wait up to ms for the server to close fd; 1 when it did (EOF or reset), 0 when it is
  * still open. Any bytes it sends first fail the test. */
@@ -51,11 +32,12 @@ static const char publish[] = "set publish 0 0 16\r\nMESSAGE b 1\r\n1\r\n\r\n";
 
 /* Regression: every byte received counted as activity, so a client trickling one byte of
  * a request every 100 ms was never closed by client_idle_timeout_ms. */
-Test(timeouts, trickled_request_does_not_reset_the_idle_timer, .fini = stop, .timeout = 60)
+Test(timeouts, trickled_request_does_not_reset_the_idle_timer, .fini = kr_it_fixture_stop,
+     .timeout = 60)
 {
     const char *args[] = {"--client_idle_timeout_ms", "500", NULL};
-    kr_it_start(&srv, args);
-    int fd = kr_it_connect(srv.port);
+    kr_it_fixture_start(args);
+    int fd = kr_it_connect(kr_it_srv.port);
     const char *req = "set publish 0 0 100\r\n";
     int closed = 0;
     size_t i = 0;
@@ -70,16 +52,17 @@ Test(timeouts, trickled_request_does_not_reset_the_idle_timer, .fini = stop, .ti
         closed = closed_within(fd, 100);
     cr_assert(closed, "the trickling client is still open after %zu bytes", i);
     cr_assert_lt(i, strlen(req), "the whole line was accepted before the close");
-    cr_assert_eq(stat_now("idle_timeouts"), 1);
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "idle_timeouts"), 1);
     close(fd);
 }
 
-Test(timeouts, half_a_request_is_closed_after_request_timeout, .fini = stop, .timeout = 60)
+Test(timeouts, half_a_request_is_closed_after_request_timeout, .fini = kr_it_fixture_stop,
+     .timeout = 60)
 {
     const char *args[] = {"--request_timeout_ms", "300", NULL};
-    kr_it_start(&srv, args);
+    kr_it_fixture_start(args);
     /* a data block cut in half, and a command line without its end */
-    int a = kr_it_connect(srv.port), b = kr_it_connect(srv.port);
+    int a = kr_it_connect(kr_it_srv.port), b = kr_it_connect(kr_it_srv.port);
     kr_it_sends(a, "set publish 0 0 100\r\nMESSAGE t 10\r\n01234");
     kr_it_sends(b, "set subscr");
     int ca = 0, cb = 0;
@@ -89,19 +72,20 @@ Test(timeouts, half_a_request_is_closed_after_request_timeout, .fini = stop, .ti
     }
     cr_assert(ca, "the client with half a data block is still open");
     cr_assert(cb, "the client with half a command line is still open");
-    cr_assert_eq(stat_now("request_timeouts"), 2);
-    cr_assert_eq(stat_now("messages_published"), 0);
-    cr_assert(kr_it_wait_log(&srv, "request incomplete"), "no log line for the timeout");
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "request_timeouts"), 2);
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "messages_published"), 0);
+    cr_assert(kr_it_wait_log(&kr_it_srv, "request incomplete"), "no log line for the timeout");
     close(a);
     close(b);
 }
 
-Test(timeouts, regular_complete_requests_are_not_closed, .fini = stop, .timeout = 60)
+Test(timeouts, regular_complete_requests_are_not_closed, .fini = kr_it_fixture_stop,
+     .timeout = 60)
 {
     const char *args[] = {"--request_timeout_ms", "300", "--client_idle_timeout_ms", "1000",
                           "--poll_wait_ms", "600", NULL};
-    kr_it_start(&srv, args);
-    int fd = kr_it_connect(srv.port);
+    kr_it_fixture_start(args);
+    int fd = kr_it_connect(kr_it_srv.port);
     /* 2 s of requests every 100 ms, each split in two writes 50 ms apart */
     size_t half = sizeof(publish) / 2;
     for (int i = 0; i < 20; i++) {
@@ -117,24 +101,25 @@ Test(timeouts, regular_complete_requests_are_not_closed, .fini = stop, .timeout 
     kr_it_sends(fd, "version\r\n");
     kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
     cr_assert(strncmp(buf, "VERSION ", 8) == 0, "got %s", buf);
-    cr_assert_eq(stat_now("request_timeouts"), 0);
-    cr_assert_eq(stat_now("idle_timeouts"), 0);
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "request_timeouts"), 0);
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "idle_timeouts"), 0);
     close(fd);
 }
 
-Test(timeouts, request_timeout_is_live, .fini = stop, .timeout = 60)
+Test(timeouts, request_timeout_is_live, .fini = kr_it_fixture_stop,
+     .timeout = 60)
 {
-    kr_it_start(&srv, NULL); /* the default, 30 s */
-    int adm = kr_it_connect_unix(srv.admin_path);
+    kr_it_fixture_start(NULL); /* the default, 30 s */
+    int adm = kr_it_connect_unix(kr_it_srv.admin_path);
     kr_it_admin(adm, "config set request_timeout_ms 200", buf, sizeof(buf));
     cr_assert_str_eq(buf, "CONFIG request_timeout_ms 200\nEND\n");
     close(adm);
-    int fd = kr_it_connect(srv.port);
+    int fd = kr_it_connect(kr_it_srv.port);
     kr_it_sends(fd, "set publish 0 0 16\r\nMESS");
     int closed = 0;
     for (int k = 0; k < 100 && !closed; k++)
         closed = closed_within(fd, 50);
     cr_assert(closed, "still open with request_timeout_ms 200");
-    cr_assert_eq(stat_now("request_timeouts"), 1);
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "request_timeouts"), 1);
     close(fd);
 }

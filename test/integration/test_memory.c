@@ -18,13 +18,12 @@
 
 #include "kr_itest.h"
 
-static struct kr_it_server srv;
 
 /* The server's resident set in bytes (VmRSS). */
 static uint64_t server_rss(void)
 {
     char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)srv.pid);
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)kr_it_srv.pid);
     FILE *f = fopen(path, "r");
     cr_assert_not_null(f, "%s", path);
     uint64_t kb = 0;
@@ -224,23 +223,21 @@ Test(poll_reply, subscribers_that_poll_without_reading_cost_references_not_copie
     snprintf(asan, sizeof(asan), "%s%squarantine_size_mb=1:thread_local_quarantine_size_kb=64",
              aprev ? aprev : "", aprev && aprev[0] ? ":" : "");
     setenv("ASAN_OPTIONS", asan, 1);
-    kr_it_start(&srv, args);
+    kr_it_fixture_start(args);
     enum { NSUB = 6, NMSG = 320, SIZE = 100 * 1000, PER_REQ = 8, PIPELINED = 64 };
     struct conn subs[NSUB];
     for (int i = 0; i < NSUB; i++) {
-        conn_init(&subs[i], kr_it_connect(srv.port));
+        conn_init(&subs[i], kr_it_connect(kr_it_srv.port));
         kr_it_subscribe(subs[i].fd, "big");
     }
     uint64_t base = server_rss();
-    int pub = kr_it_connect(srv.port);
+    int pub = kr_it_connect(kr_it_srv.port);
     for (uint32_t i = 0; i < NMSG; i += PER_REQ) {
         publish_batch(pub, i, PER_REQ, SIZE, "big");
         kr_it_expect(pub, "STORED\r\n");
     }
     /* every delivery is queued */
-    for (int i = 0; i < 1000 && kr_it_stat(srv.port, "queued_messages") < (unsigned long long)NSUB * NMSG; i++)
-        kr_it_sleep_ms(10);
-    cr_assert_eq(kr_it_stat(srv.port, "queued_messages"), (unsigned long long)NSUB * NMSG);
+    kr_it_wait_stat(kr_it_srv.port, "queued_messages", KR_IT_EQ, NSUB * NMSG);
     /* each subscriber pipelines many polls and reads nothing */
     static char polls[PIPELINED * 14];
     for (int k = 0; k < PIPELINED; k++)
@@ -250,7 +247,7 @@ Test(poll_reply, subscribers_that_poll_without_reading_cost_references_not_copie
     /* wait until the server stopped answering them: cmd_get unchanged for 20 looks */
     unsigned long long gets = 0, prev = ~0ull;
     for (int i = 0, still = 0; i < 1000 && still < 20; i++) {
-        gets = kr_it_stat(srv.port, "cmd_get");
+        gets = kr_it_stat(kr_it_srv.port, "cmd_get");
         still = gets == prev && gets >= NSUB ? still + 1 : 0;
         prev = gets;
         kr_it_sleep_ms(10);
@@ -274,7 +271,7 @@ Test(poll_reply, subscribers_that_poll_without_reading_cost_references_not_copie
     cr_log_info("poll replies: RSS grew by %llu bytes for %llu bytes published to %d "
                 "subscribers, %llu polls answered before they read",
                 (unsigned long long)grown, (unsigned long long)published, NSUB, gets);
-    cr_assert_leq(kr_it_stat(srv.port, "output_bytes"), NSUB * (6ull << 20));
+    cr_assert_leq(kr_it_stat(kr_it_srv.port, "output_bytes"), NSUB * (6ull << 20));
     /* then each reads everything: every message exactly once, in order */
     for (int i = 0; i < NSUB; i++) {
         struct conn *c = &subs[i];
@@ -292,7 +289,7 @@ Test(poll_reply, subscribers_that_poll_without_reading_cost_references_not_copie
         conn_free(c);
     }
     close(pub);
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
 }
 
 /* A reply holds at most max_poll_reply_bytes of entries, and at least one entry even when
@@ -300,17 +297,16 @@ Test(poll_reply, subscribers_that_poll_without_reading_cost_references_not_copie
 Test(poll_reply, a_reply_holds_at_most_max_poll_reply_bytes_and_at_least_one_entry)
 {
     const char *args[] = {"--max_poll_reply_bytes", "1000", NULL};
-    kr_it_start(&srv, args);
+    kr_it_fixture_start(args);
     struct conn sub;
-    conn_init(&sub, kr_it_connect(srv.port));
+    conn_init(&sub, kr_it_connect(kr_it_srv.port));
     kr_it_subscribe(sub.fd, "t");
-    int pub = kr_it_connect(srv.port);
+    int pub = kr_it_connect(kr_it_srv.port);
     publish_batch(pub, 0, 1, 5000, "t"); /* one entry larger than the bound */
     kr_it_expect(pub, "STORED\r\n");
     publish_batch(pub, 1, 20, 100, "t"); /* 20 entries of 117 reply bytes each */
     kr_it_expect(pub, "STORED\r\n");
-    for (int i = 0; i < 1000 && kr_it_stat(srv.port, "queued_messages") < 21; i++)
-        kr_it_sleep_ms(10);
+    kr_it_wait_stat(kr_it_srv.port, "queued_messages", KR_IT_EQ, 21);
     kr_it_sends(sub.fd, "get messages\r\n");
     cr_assert_eq(conn_wait(&sub), R_VALUE);
     cr_assert_eq(sub.nseq, 1, "the large entry goes alone");
@@ -325,7 +321,7 @@ Test(poll_reply, a_reply_holds_at_most_max_poll_reply_bytes_and_at_least_one_ent
     assert_prefix(&sub, "subscriber", 0);
     conn_free(&sub);
     close(pub);
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
 }
 
 /* ---------------------------------------------------------------- max_memory */
@@ -337,18 +333,18 @@ Test(max_memory, largest_queues_overflow_first_pollers_and_publishers_go_on)
 {
     const char *args[] = {"--num_net_threads", "2", "--num_router_shards", "2",
                           "--max_memory", "8m", "--messages_stored_per_router_shard", "1", NULL};
-    kr_it_start(&srv, args);
+    kr_it_fixture_start(args);
     enum { NIDLE = 3, NMSG = 3000, SIZE = 4000, PER_REQ = 10 };
     int idle[NIDLE];
     for (int i = 0; i < NIDLE; i++) {
-        idle[i] = kr_it_connect(srv.port);
+        idle[i] = kr_it_connect(kr_it_srv.port);
         kr_it_subscribe(idle[i], "t");
     }
     struct conn poller;
-    conn_init(&poller, kr_it_connect(srv.port));
+    conn_init(&poller, kr_it_connect(kr_it_srv.port));
     kr_it_subscribe(poller.fd, "t");
-    int pub = kr_it_connect(srv.port);
-    cr_assert_eq(kr_it_stat(srv.port, "max_memory"), 8ull << 20);
+    int pub = kr_it_connect(kr_it_srv.port);
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "max_memory"), 8ull << 20);
     unsigned long long peak = 0;
     for (uint32_t i = 0; i < NMSG; i += PER_REQ) {
         publish_batch(pub, i, PER_REQ, SIZE, "t");
@@ -363,7 +359,7 @@ Test(max_memory, largest_queues_overflow_first_pollers_and_publishers_go_on)
         }
         cr_assert_eq(poller.nseq, i + PER_REQ);
         if (i % 200 == 0) {
-            unsigned long long used = kr_it_stat(srv.port, "memory_used");
+            unsigned long long used = kr_it_stat(kr_it_srv.port, "memory_used");
             peak = used > peak ? used : peak;
         }
     }
@@ -372,14 +368,14 @@ Test(max_memory, largest_queues_overflow_first_pollers_and_publishers_go_on)
      * each) and a batch */
     cr_log_info("max_memory 8 MiB: memory_used peaked at %llu in the samples", peak);
     cr_assert_leq(peak, (8ull << 20) + (2ull << 20), "memory_used reached %llu", peak);
-    cr_assert_leq(kr_it_stat(srv.port, "memory_used"), (8ull << 20) + (2ull << 20));
+    cr_assert_leq(kr_it_stat(kr_it_srv.port, "memory_used"), (8ull << 20) + (2ull << 20));
     for (int i = 0; i < NIDLE; i++) {
         kr_it_expect(idle[i], "SERVER_ERROR queue overflow\r\n");
         kr_it_expect_closed(idle[i]);
         close(idle[i]);
     }
-    cr_assert_eq(kr_it_stat(srv.port, "memory_overflows"), NIDLE);
-    cr_assert(kr_it_wait_log(&srv, "over max_memory"));
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "memory_overflows"), NIDLE);
+    cr_assert(kr_it_wait_log(&kr_it_srv, "over max_memory"));
     /* the poller is still served */
     publish_batch(pub, NMSG, 1, SIZE, "t");
     kr_it_expect(pub, "STORED\r\n");
@@ -391,7 +387,7 @@ Test(max_memory, largest_queues_overflow_first_pollers_and_publishers_go_on)
     cr_assert_eq(poller.nseq, NMSG + 1);
     conn_free(&poller);
     close(pub);
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
 }
 
 /* ---------------------------------------------------------------- drain */
@@ -412,22 +408,21 @@ Test(drain, no_subscriber_is_closed_holding_messages_without_being_told)
 {
     const char *args[] = {"--num_net_threads", "2", "--num_router_shards", "2",
                           "--drain_timeout_ms", "2000", NULL};
-    kr_it_start(&srv, args);
+    kr_it_fixture_start(args);
     enum { NSUB = 6, PERIOD_MS = 300, PUB_MS = 3 };
     struct conn subs[NSUB], pub;
     bool waiting[NSUB] = {0};
     uint64_t next_poll[NSUB];
     uint64_t t0 = now_ms();
     for (int i = 0; i < NSUB; i++) {
-        conn_init(&subs[i], kr_it_connect(srv.port));
+        conn_init(&subs[i], kr_it_connect(kr_it_srv.port));
         kr_it_subscribe(subs[i].fd, "d");
         next_poll[i] = t0 + (uint64_t)(i * PERIOD_MS / NSUB); /* staggered */
     }
-    conn_init(&pub, kr_it_connect(srv.port));
+    conn_init(&pub, kr_it_connect(kr_it_srv.port));
     uint32_t sent = 0, acked = 0, acked_at_sigterm = 0;
     bool pub_waiting = false, termed = false;
     uint64_t next_pub = t0, term_at = t0 + 1200;
-    int status = -1;
     /* bounded: every step waits at most 5 ms, the whole run ends when every connection
      * ended or after 6000 steps */
     for (int step = 0; step < 6000; step++) {
@@ -435,7 +430,7 @@ Test(drain, no_subscriber_is_closed_holding_messages_without_being_told)
         if (!termed && now >= term_at) {
             acked_at_sigterm = acked; /* messages 0 .. acked-1 were acknowledged */
             cr_assert_gt(acked_at_sigterm, 0);
-            kill(srv.pid, SIGTERM);
+            kill(kr_it_srv.pid, SIGTERM);
             termed = true;
         }
         if (!pub.eof && !pub_waiting && now >= next_pub) {
@@ -483,16 +478,7 @@ Test(drain, no_subscriber_is_closed_holding_messages_without_being_told)
             break;
     }
     cr_assert(termed);
-    for (int i = 0; i < 1000; i++) {
-        int st;
-        if (waitpid(srv.pid, &st, WNOHANG) == srv.pid) {
-            status = st;
-            break;
-        }
-        kr_it_sleep_ms(10);
-    }
-    cr_assert(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
-              "the server did not exit cleanly after the drain (status %d)", status);
+    cr_assert(kr_it_exited_0(&kr_it_srv), "the server did not exit cleanly after the drain");
     int told = 0;
     for (int i = 0; i < NSUB; i++) {
         struct conn *c = &subs[i];
@@ -513,10 +499,7 @@ Test(drain, no_subscriber_is_closed_holding_messages_without_being_told)
     for (int i = 0; i < NSUB; i++)
         conn_free(&subs[i]);
     conn_free(&pub);
-    char path[200];
-    unlink(srv.log_path);
-    snprintf(path, sizeof(path), "%s.err", srv.log_path);
-    unlink(path);
+    kr_it_fixture_stop(); /* reaps it (exit status 0), removes its files */
 }
 
 /* A client still holding messages at the drain's deadline (it never polls) is told
@@ -525,20 +508,18 @@ Test(drain, no_subscriber_is_closed_holding_messages_without_being_told)
 Test(drain, a_client_still_holding_messages_at_the_deadline_is_told)
 {
     const char *args[] = {"--drain_timeout_ms", "300", NULL};
-    kr_it_start(&srv, args);
-    int holder = kr_it_connect(srv.port), empty = kr_it_connect(srv.port);
+    kr_it_fixture_start(args);
+    int holder = kr_it_connect(kr_it_srv.port), empty = kr_it_connect(kr_it_srv.port);
     struct conn poller;
-    conn_init(&poller, kr_it_connect(srv.port));
+    conn_init(&poller, kr_it_connect(kr_it_srv.port));
     kr_it_subscribe(holder, "h");
     kr_it_subscribe(empty, "e");
     kr_it_subscribe(poller.fd, "h");
-    int pub = kr_it_connect(srv.port);
+    int pub = kr_it_connect(kr_it_srv.port);
     publish_batch(pub, 0, 5, 20, "h");
     kr_it_expect(pub, "STORED\r\n");
-    for (int i = 0; i < 1000 && kr_it_stat(srv.port, "queued_messages") < 10; i++)
-        kr_it_sleep_ms(10);
-    cr_assert_eq(kr_it_stat(srv.port, "queued_messages"), 10);
-    kill(srv.pid, SIGTERM);
+    kr_it_wait_stat(kr_it_srv.port, "queued_messages", KR_IT_EQ, 10);
+    kill(kr_it_srv.pid, SIGTERM);
     /* the poller polls until it is closed: it gets all five, then EOF, no error */
     for (int k = 0; k < 1000 && !poller.eof; k++) {
         if (send(poller.fd, "get messages\r\n", 14, MSG_NOSIGNAL) != 14)
@@ -554,23 +535,11 @@ Test(drain, a_client_still_holding_messages_at_the_deadline_is_told)
     kr_it_expect(holder, "SERVER_ERROR shutting down\r\n");
     kr_it_expect_closed(holder);
     kr_it_expect_closed(empty);
-    cr_assert(kr_it_wait_log(&srv, "told SERVER_ERROR shutting down"));
-    int status = -1;
-    for (int i = 0; i < 1000; i++) {
-        int st;
-        if (waitpid(srv.pid, &st, WNOHANG) == srv.pid) {
-            status = st;
-            break;
-        }
-        kr_it_sleep_ms(10);
-    }
-    cr_assert(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
+    cr_assert(kr_it_wait_log(&kr_it_srv, "told SERVER_ERROR shutting down"));
+    cr_assert(kr_it_exited_0(&kr_it_srv), "the server did not exit cleanly after the drain");
     close(holder);
     close(empty);
     close(pub);
     conn_free(&poller);
-    char path[200];
-    unlink(srv.log_path);
-    snprintf(path, sizeof(path), "%s.err", srv.log_path);
-    unlink(path);
+    kr_it_fixture_stop(); /* reaps it (exit status 0), removes its files */
 }

@@ -22,20 +22,10 @@
 
 #include "kr_itest.h"
 
-static struct kr_it_server srv;
 static char buf[1 << 22];
 static char out[1 << 16];
 
-static void start_default(void)
-{
-    const char *args[] = {"--num_router_shards", "3", "--num_net_threads", "2", NULL};
-    kr_it_start(&srv, args);
-}
-
-static void stop(void)
-{
-    kr_it_stop(&srv);
-}
+KR_IT_FIXTURE(start_default, "--num_router_shards", "3", "--num_net_threads", "2");
 
 /* Count the lines of `text` that start with `prefix`. */
 static int count_lines(const char *text, const char *prefix)
@@ -53,6 +43,17 @@ static int count_lines(const char *text, const char *prefix)
     return n;
 }
 
+/* `clients=` of the admin socket's `status` line (a figure to wait for). */
+static long long status_clients(const void *server, const char *name)
+{
+    static char st[4096];
+    int fd = kr_it_connect_unix(((const struct kr_it_server *)server)->admin_path);
+    kr_it_admin(fd, "status", st, sizeof(st));
+    close(fd);
+    const char *p = strstr(st, " clients=");
+    return p ? strtoll(p + strlen(" clients="), NULL, 10) : -1;
+}
+
 /* The client id the server gave the connection that sent `stats` just before: the admin
  * socket lists every connection; the test keeps at most a few, identified by peer port. */
 static unsigned long long client_id_of(int fd)
@@ -62,7 +63,7 @@ static unsigned long long client_id_of(int fd)
     cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
     char peer[64];
     snprintf(peer, sizeof(peer), "peer=127.0.0.1:%u ", ntohs(a.sin_port));
-    int afd = kr_it_connect_unix(srv.admin_path);
+    int afd = kr_it_connect_unix(kr_it_srv.admin_path);
     for (int i = 0; i < 200; i++) {
         kr_it_admin(afd, "dump_queues", buf, sizeof(buf));
         char *p = strstr(buf, peer);
@@ -91,19 +92,6 @@ static char *line_of(const char *text, const char *prefix)
     size_t n = strcspn(p, "\n");
     snprintf(line, sizeof(line), "%.*s", (int)n, p);
     return line;
-}
-
-/* Wait (bounded) until process pid exited with status 0, without reaping it. */
-static bool exited_by_itself(pid_t pid)
-{
-    for (int i = 0; i < 1500; i++) {
-        siginfo_t si;
-        memset(&si, 0, sizeof(si));
-        if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == pid)
-            return si.si_code == CLD_EXITED && si.si_status == 0;
-        kr_it_sleep_ms(10);
-    }
-    return false;
 }
 
 
@@ -139,15 +127,15 @@ static void health_line(uint16_t port, char *line, size_t cap)
 
 /* ---------------------------------------------------------------- the line protocol */
 
-TestSuite(admin, .init = start_default, .fini = stop, .timeout = 120);
+TestSuite(admin, .init = start_default, .fini = kr_it_fixture_stop, .timeout = 120);
 
 Test(admin, socket_is_private_and_answers_help_and_status)
 {
     struct stat st;
-    cr_assert_eq(stat(srv.admin_path, &st), 0);
+    cr_assert_eq(stat(kr_it_srv.admin_path, &st), 0);
     cr_assert(S_ISSOCK(st.st_mode));
     cr_assert_eq(st.st_mode & 0777, 0600, "mode %o", st.st_mode & 0777);
-    int fd = kr_it_connect_unix(srv.admin_path);
+    int fd = kr_it_connect_unix(kr_it_srv.admin_path);
     kr_it_admin(fd, "help", buf, sizeof(buf));
     const char *cmds[] = {"log_level", "dump_queues", "dump_queue_topics", "dump_topics",
                           "stats", "config get", "config set", "drain", "status"};
@@ -159,16 +147,16 @@ Test(admin, socket_is_private_and_answers_help_and_status)
     cr_assert(strstr(buf, "\nEND\n"), "%s", buf);
     kr_it_admin(fd, "status", buf, sizeof(buf));
     char want[128];
-    snprintf(want, sizeof(want), "STATUS running pid=%d version=", (int)srv.pid);
+    snprintf(want, sizeof(want), "STATUS running pid=%d version=", (int)kr_it_srv.pid);
     cr_assert(strncmp(buf, want, strlen(want)) == 0, "%s", buf);
-    snprintf(want, sizeof(want), " listen=127.0.0.1:%u clients=0 ", srv.port);
+    snprintf(want, sizeof(want), " listen=127.0.0.1:%u clients=0 ", kr_it_srv.port);
     cr_assert_not_null(strstr(buf, want), "%s", buf);
     close(fd);
 }
 
 Test(admin, pipelined_commands_answer_in_order)
 {
-    int fd = kr_it_connect_unix(srv.admin_path);
+    int fd = kr_it_connect_unix(kr_it_srv.admin_path);
     kr_it_sends(fd, "status\r\nlog_level\n\nbogus\ndump_queues\nconfig get log_level\nstats\n");
     size_t len = 0;
     for (int i = 0; i < 500 && count_lines(buf, "END") + count_lines(buf, "ERROR") < 6; i++) {
@@ -190,9 +178,9 @@ Test(admin, pipelined_commands_answer_in_order)
 
 Test(admin, bad_input_gets_a_clear_error_and_harms_nothing)
 {
-    int client = kr_it_connect(srv.port);
+    int client = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(client, "keep");
-    int fd = kr_it_connect_unix(srv.admin_path);
+    int fd = kr_it_connect_unix(kr_it_srv.admin_path);
     struct {
         const char *cmd, *want;
     } cases[] = {
@@ -242,12 +230,12 @@ Test(admin, bad_input_gets_a_clear_error_and_harms_nothing)
     kr_it_expect_closed(fd);
     close(fd);
 
-    int pub = kr_it_connect(srv.port);
+    int pub = kr_it_connect(kr_it_srv.port);
     kr_it_publish(pub, "keep", "still", 5);
     char msgs[128];
     size_t olen;
     cr_assert_eq(kr_it_collect(client, 1, msgs, sizeof(msgs), &olen), 1);
-    fd = kr_it_connect_unix(srv.admin_path);
+    fd = kr_it_connect_unix(kr_it_srv.admin_path);
     kr_it_admin(fd, "status", buf, sizeof(buf));
     cr_assert(strncmp(buf, "STATUS running", 14) == 0, "%s", buf);
     close(fd);
@@ -257,17 +245,17 @@ Test(admin, bad_input_gets_a_clear_error_and_harms_nothing)
 
 Test(admin, quit_and_the_connection_limit)
 {
-    int fd = kr_it_connect_unix(srv.admin_path);
+    int fd = kr_it_connect_unix(kr_it_srv.admin_path);
     kr_it_sends(fd, "quit\n");
     kr_it_expect_closed(fd);
     close(fd);
     /* 64 admin connections at once; the next one is told and closed */
     int many[64];
     for (int i = 0; i < 64; i++) {
-        many[i] = kr_it_connect_unix(srv.admin_path);
+        many[i] = kr_it_connect_unix(kr_it_srv.admin_path);
         kr_it_admin(many[i], "log_level", buf, sizeof(buf)); /* each one is being served */
     }
-    fd = kr_it_connect_unix(srv.admin_path);
+    fd = kr_it_connect_unix(kr_it_srv.admin_path);
     kr_it_read_until(fd, buf, sizeof(buf), "\n");
     cr_assert_str_eq(buf, "ERROR too many admin connections (at most 64)\n");
     kr_it_expect_closed(fd);
@@ -275,7 +263,7 @@ Test(admin, quit_and_the_connection_limit)
     for (int i = 0; i < 64; i++)
         close(many[i]);
     for (int i = 0; i < 500; i++) { /* the server notices the closes */
-        fd = kr_it_connect_unix(srv.admin_path);
+        fd = kr_it_connect_unix(kr_it_srv.admin_path);
         kr_it_sends(fd, "status\n");
         kr_it_read_until(fd, buf, sizeof(buf), "\n");
         close(fd);
@@ -288,7 +276,7 @@ Test(admin, quit_and_the_connection_limit)
 
 Test(admin, stats_config_get_and_log_level)
 {
-    int fd = kr_it_connect_unix(srv.admin_path);
+    int fd = kr_it_connect_unix(kr_it_srv.admin_path);
     kr_it_admin(fd, "stats", buf, sizeof(buf));
     const char *names[] = {"STAT pid ", "STAT curr_connections 0\n", "STAT topics 0\n",
                            "STAT draining 0\n", "STAT admin_connections 1\n"};
@@ -308,7 +296,7 @@ Test(admin, stats_config_get_and_log_level)
     cr_assert_str_eq(buf, "LOG_LEVEL warn\nEND\n");
     kr_it_admin(fd, "config get log_level", buf, sizeof(buf));
     cr_assert_str_eq(buf, "CONFIG log_level warn\nEND\n");
-    cr_assert(kr_it_wait_log(&srv, "log level changed from info to warn (admin socket)"));
+    cr_assert(kr_it_wait_log(&kr_it_srv, "log level changed from info to warn (admin socket)"));
     close(fd);
 }
 
@@ -316,18 +304,17 @@ Test(admin, stats_config_get_and_log_level)
  * a shorter idle timeout closes an idle client, a lower fanout threshold makes a warning. */
 Test(admin, live_config_changes_take_effect_on_running_threads)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(sub, "q");
-    int other = kr_it_connect(srv.port);
+    int other = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(other, "q");
-    int fd = kr_it_connect_unix(srv.admin_path);
+    int fd = kr_it_connect_unix(kr_it_srv.admin_path);
     kr_it_admin(fd, "config set max_queued_messages 3", buf, sizeof(buf));
     cr_assert_str_eq(buf, "CONFIG max_queued_messages 3\nEND\n");
     for (int i = 0; i < 5; i++)
         kr_it_publish(pub, "q", "m", 1);
     /* the overflow is reported on the next request, then the connection closes */
-    for (int i = 0; i < 500 && !kr_it_log_contains(&srv, "queue overflow"); i++)
-        kr_it_sleep_ms(10);
+    cr_assert(kr_it_wait_log(&kr_it_srv, "queue overflow"));
     kr_it_sends(sub, "get messages\r\n");
     kr_it_read_until(sub, buf, sizeof(buf), "\r\n");
     cr_assert_str_eq(buf, "SERVER_ERROR queue overflow\r\n");
@@ -336,10 +323,10 @@ Test(admin, live_config_changes_take_effect_on_running_threads)
 
     kr_it_admin(fd, "config set router_min_fanout_to_warn 2", buf, sizeof(buf));
     cr_assert_str_eq(buf, "CONFIG router_min_fanout_to_warn 2\nEND\n");
-    int sub2 = kr_it_connect(srv.port);
+    int sub2 = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(sub2, "q");
     kr_it_publish(pub, "q", "fan", 3);
-    cr_assert(kr_it_wait_log(&srv, "fanned out to 2 clients"), "the shard saw the new threshold");
+    cr_assert(kr_it_wait_log(&kr_it_srv, "fanned out to 2 clients"), "the shard saw the new threshold");
 
     kr_it_admin(fd, "config set client_idle_timeout_ms 300", buf, sizeof(buf));
     cr_assert_str_eq(buf, "CONFIG client_idle_timeout_ms 300\nEND\n");
@@ -347,20 +334,20 @@ Test(admin, live_config_changes_take_effect_on_running_threads)
     close(other);
     close(sub2);
     close(pub);
-    cr_assert(kr_it_log_contains(&srv, "configuration: client_idle_timeout_ms changed from "
+    cr_assert(kr_it_log_contains(&kr_it_srv, "configuration: client_idle_timeout_ms changed from "
                                        "3600000 to 300 (admin socket)"));
     close(fd);
 }
 
 Test(admin, dump_queues_and_dump_queue_topics)
 {
-    int a = kr_it_connect(srv.port), b = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int a = kr_it_connect(kr_it_srv.port), b = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(a, "t1 t2 t3");
     kr_it_subscribe(b, "t2");
     kr_it_publish(pub, "t1 t2", "hello", 5);
     kr_it_publish(pub, "t3", "x", 1);
     unsigned long long ida = client_id_of(a), idb = client_id_of(b);
-    int fd = kr_it_connect_unix(srv.admin_path);
+    int fd = kr_it_connect_unix(kr_it_srv.admin_path);
     char want[256];
     /* a holds both messages once they arrived */
     snprintf(want, sizeof(want), "CLIENT id=%llu peer=127.0.0.1:", ida);
@@ -422,12 +409,12 @@ Test(admin, dump_topics_most_subscribed_first_with_limit)
 {
     int c[4];
     for (int i = 0; i < 4; i++)
-        c[i] = kr_it_connect(srv.port);
+        c[i] = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(c[0], "four three two one");
     kr_it_subscribe(c[1], "four three two");
     kr_it_subscribe(c[2], "four three");
     kr_it_subscribe(c[3], "four");
-    int fd = kr_it_connect_unix(srv.admin_path);
+    int fd = kr_it_connect_unix(kr_it_srv.admin_path);
     kr_it_admin(fd, "dump_topics", buf, sizeof(buf));
     cr_assert_str_eq(buf, "TOPIC 4 four\nTOPIC 3 three\nTOPIC 2 two\nTOPIC 1 one\nEND\n");
     kr_it_admin(fd, "dump_topics 2", buf, sizeof(buf));
@@ -447,7 +434,7 @@ Test(admin, dump_topics_streams_a_large_table_in_order, .timeout = 240)
     size_t len = 0;
     for (int i = 0; i < ntop; i++)
         len += (size_t)snprintf(topics + len, cap - len, "%st%d", i ? " " : "", i);
-    int a = kr_it_connect(srv.port), b = kr_it_connect(srv.port);
+    int a = kr_it_connect(kr_it_srv.port), b = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(a, topics);
     len = 0;
     for (int i = 0; i < nhot; i++)
@@ -455,7 +442,7 @@ Test(admin, dump_topics_streams_a_large_table_in_order, .timeout = 240)
     kr_it_subscribe(b, topics);
     free(topics);
 
-    int fd = kr_it_connect_unix(srv.admin_path);
+    int fd = kr_it_connect_unix(kr_it_srv.admin_path);
     size_t n = kr_it_admin(fd, "dump_topics", buf, sizeof(buf));
     cr_assert_gt(n, 64 * 1024, "more than one chunk");
     cr_assert_eq(count_lines(buf, "TOPIC "), ntop);
@@ -472,7 +459,7 @@ Test(admin, dump_topics_streams_a_large_table_in_order, .timeout = 240)
     cr_assert_null(strstr(hit + 1, "TOPIC 1 t12345\n"));
 
     /* a client that goes away in the middle of a dump harms nothing */
-    int gone = kr_it_connect_unix(srv.admin_path);
+    int gone = kr_it_connect_unix(kr_it_srv.admin_path);
     kr_it_sends(gone, "dump_topics\n");
     recv(gone, buf, 1000, 0);
     close(gone);
@@ -546,13 +533,16 @@ static long thread_cpu_ticks(pid_t pid, const char *name)
     return ticks;
 }
 
-/* Wait (bounded) until process pid has `want` threads named `name`; returns the count. */
-static int wait_threads(pid_t pid, const char *name, int want)
+/* The server's threads named `name` (a figure to wait for). */
+static long long server_threads(const void *server, const char *name)
 {
-    int n = -1;
-    for (int i = 0; i < 1000 && (n = count_threads(pid, name)) != want; i++)
-        kr_it_sleep_ms(10);
-    return n;
+    return count_threads(((const struct kr_it_server *)server)->pid, name);
+}
+
+/* Wait (bounded) until the server has `want` threads named `name`; returns the count. */
+static int wait_threads(const struct kr_it_server *s, const char *name, int want)
+{
+    return (int)kr_it_wait_figure(server_threads, s, name, KR_IT_EQ, want);
 }
 
 /* A dump whose client stops reading, then leaves: the worker waits for room (its output is
@@ -563,7 +553,7 @@ Test(admin, dump_whose_client_leaves_midway_ends_its_worker, .timeout = 240)
     const int batches = 4, per = 50000;
     size_t cap = (size_t)per * 16;
     char *topics = malloc(cap);
-    int sub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port);
     for (int b = 0; b < batches; b++) {
         size_t len = 0;
         for (int i = 0; i < per; i++)
@@ -572,31 +562,31 @@ Test(admin, dump_whose_client_leaves_midway_ends_its_worker, .timeout = 240)
         kr_it_subscribe(sub, topics);
     }
     free(topics);
-    int fd = kr_it_connect_unix(srv.admin_path);
+    int fd = kr_it_connect_unix(kr_it_srv.admin_path);
     kr_it_admin(fd, "stats", buf, sizeof(buf));
     cr_assert_not_null(strstr(buf, "STAT topics 200000\n"), "%s", buf);
 
     /* 1: reads a little, then closes; 2: closes without reading anything */
     for (int round = 0; round < 2; round++) {
-        int gone = kr_it_connect_unix(srv.admin_path);
+        int gone = kr_it_connect_unix(kr_it_srv.admin_path);
         kr_it_sends(gone, "dump_topics\n");
-        cr_assert_eq(wait_threads(srv.pid, "kr-admin-dump", 1), 1, "no dump worker running");
+        cr_assert_eq(wait_threads(&kr_it_srv, "kr-admin-dump", 1), 1, "no dump worker running");
         if (round == 0)
             cr_assert_gt(recv(gone, buf, 1000, 0), 0);
         /* about 3.4 MB of output, at most ~1.5 MB in flight plus the socket's buffer: the
          * worker comes to wait for room, using no CPU while it waits */
         long t0 = -1, t1 = -1;
         for (int i = 0; i < 100; i++) {
-            t0 = thread_cpu_ticks(srv.pid, "kr-admin-dump");
+            t0 = thread_cpu_ticks(kr_it_srv.pid, "kr-admin-dump");
             kr_it_sleep_ms(200);
-            t1 = thread_cpu_ticks(srv.pid, "kr-admin-dump");
+            t1 = thread_cpu_ticks(kr_it_srv.pid, "kr-admin-dump");
             if (t0 >= 0 && t1 == t0)
                 break;
         }
         cr_assert(t0 >= 0 && t1 == t0, "the dump worker did not come to wait (%ld, %ld ticks)",
                   t0, t1);
         close(gone);
-        cr_assert_eq(wait_threads(srv.pid, "kr-admin-dump", 0), 0,
+        cr_assert_eq(wait_threads(&kr_it_srv, "kr-admin-dump", 0), 0,
                      "the dump worker did not end after its client left");
     }
     kr_it_admin(fd, "status", buf, sizeof(buf));
@@ -613,18 +603,18 @@ Test(admin, dump_whose_client_leaves_midway_ends_its_worker, .timeout = 240)
 
 /* ---------------------------------------------------------------- subcommands */
 
-TestSuite(cli, .init = start_default, .fini = stop, .timeout = 120);
+TestSuite(cli, .init = start_default, .fini = kr_it_fixture_stop, .timeout = 120);
 
 #define CLI(s, ...) kr_it_cli(s, out, sizeof(out), (const char *[]){__VA_ARGS__, NULL})
 
 Test(cli, status_and_errors_when_not_running)
 {
-    int rc = CLI(&srv, "status");
+    int rc = CLI(&kr_it_srv, "status");
     cr_assert_eq(rc, 0, "%s", out);
     char want[128];
-    snprintf(want, sizeof(want), "kraken is running: pid %d, version ", (int)srv.pid);
+    snprintf(want, sizeof(want), "kraken is running: pid %d, version ", (int)kr_it_srv.pid);
     cr_assert(strncmp(out, want, strlen(want)) == 0, "%s", out);
-    snprintf(want, sizeof(want), "listening on 127.0.0.1:%u, 0 clients", srv.port);
+    snprintf(want, sizeof(want), "listening on 127.0.0.1:%u, 0 clients", kr_it_srv.port);
     cr_assert_not_null(strstr(out, want), "%s", out);
 
     rc = CLI(NULL, "status", "--admin_socket", "/tmp/kraken-no-such-dir/admin.sock");
@@ -633,7 +623,7 @@ Test(cli, status_and_errors_when_not_running)
                                    "/tmp/kraken-no-such-dir/admin.sock"), "%s", out);
     /* a stale socket file: nothing answers */
     char stale[160];
-    snprintf(stale, sizeof(stale), "%s.stale", srv.log_path);
+    snprintf(stale, sizeof(stale), "%s.stale", kr_it_srv.log_path);
     int sfd = socket(AF_UNIX, SOCK_STREAM, 0);
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     strcpy(sa.sun_path, stale);
@@ -677,29 +667,29 @@ static void *publisher_main(void *arg)
 
 Test(cli, change_log_level_is_seen_in_the_log_while_clients_publish)
 {
-    int sub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(sub, "lvl");
-    struct publisher pubs[2] = {{srv.port, 400, 0}, {srv.port, 400, 0}};
+    struct publisher pubs[2] = {{kr_it_srv.port, 400, 0}, {kr_it_srv.port, 400, 0}};
     pthread_t th[2];
     for (int i = 0; i < 2; i++)
         cr_assert_eq(pthread_create(&th[i], NULL, publisher_main, &pubs[i]), 0);
 
     /* at info, a new connection is not logged (that is a debug line) */
-    int c1 = kr_it_connect(srv.port);
+    int c1 = kr_it_connect(kr_it_srv.port);
     kr_it_sends(c1, "version\r\n");
     kr_it_read_until(c1, buf, sizeof(buf), "\r\n");
-    cr_assert(!kr_it_log_contains(&srv, " connected (id "));
+    cr_assert(!kr_it_log_contains(&kr_it_srv, " connected (id "));
 
-    int rc = CLI(&srv, "change_log_level", "debug");
+    int rc = CLI(&kr_it_srv, "change_log_level", "debug");
     cr_assert_eq(rc, 0, "%s", out);
     cr_assert_str_eq(out, "log level is now debug\n");
-    cr_assert(kr_it_wait_log(&srv, "log level changed from info to debug (admin socket)"));
-    int c2 = kr_it_connect(srv.port);
-    cr_assert(kr_it_wait_log(&srv, " connected (id "), "debug lines appear at once");
+    cr_assert(kr_it_wait_log(&kr_it_srv, "log level changed from info to debug (admin socket)"));
+    int c2 = kr_it_connect(kr_it_srv.port);
+    cr_assert(kr_it_wait_log(&kr_it_srv, " connected (id "), "debug lines appear at once");
 
-    rc = CLI(&srv, "change_log_level", "error");
+    rc = CLI(&kr_it_srv, "change_log_level", "error");
     cr_assert_eq(rc, 0, "%s", out);
-    cr_assert(kr_it_wait_log(&srv, "log level changed from debug to error (admin socket)"));
+    cr_assert(kr_it_wait_log(&kr_it_srv, "log level changed from debug to error (admin socket)"));
     for (int i = 0; i < 2; i++)
         pthread_join(th[i], NULL);
     cr_assert_eq(pubs[0].stored + pubs[1].stored, 800, "every publish was stored");
@@ -709,11 +699,11 @@ Test(cli, change_log_level_is_seen_in_the_log_while_clients_publish)
     cr_assert_eq(kr_it_collect(sub, 800, msgs, 1 << 16, &olen), 800);
     free(msgs);
 
-    rc = CLI(&srv, "change_log_level", "loud");
+    rc = CLI(&kr_it_srv, "change_log_level", "loud");
     cr_assert_eq(rc, 2, "%s", out);
     cr_assert_not_null(strstr(out, "usage: kraken change_log_level <debug|info|warn|error>"),
                        "%s", out);
-    rc = CLI(&srv, "change_log_level");
+    rc = CLI(&kr_it_srv, "change_log_level");
     cr_assert_eq(rc, 2, "%s", out);
     close(c1);
     close(c2);
@@ -722,35 +712,35 @@ Test(cli, change_log_level_is_seen_in_the_log_while_clients_publish)
 
 Test(cli, dumps)
 {
-    int a = kr_it_connect(srv.port), b = kr_it_connect(srv.port);
+    int a = kr_it_connect(kr_it_srv.port), b = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(a, "x y");
     kr_it_subscribe(b, "y");
     unsigned long long ida = client_id_of(a);
-    int rc = CLI(&srv, "dump_queues");
+    int rc = CLI(&kr_it_srv, "dump_queues");
     cr_assert_eq(rc, 0, "%s", out);
     cr_assert_eq(count_lines(out, "CLIENT id="), 2, "%s", out);
     cr_assert_null(strstr(out, "END"), "the terminator is not printed:\n%s", out);
     char id[32];
     snprintf(id, sizeof(id), "%llu", ida);
-    rc = CLI(&srv, "dump_queue_topics", id);
+    rc = CLI(&kr_it_srv, "dump_queue_topics", id);
     cr_assert_eq(rc, 0, "%s", out);
     cr_assert_eq(count_lines(out, "TOPIC "), 2, "%s", out);
     cr_assert(strstr(out, "TOPIC x\n") && strstr(out, "TOPIC y\n"), "%s", out);
-    rc = CLI(&srv, "dump_topics");
+    rc = CLI(&kr_it_srv, "dump_topics");
     cr_assert_eq(rc, 0, "%s", out);
     cr_assert_str_eq(out, "TOPIC 2 y\nTOPIC 1 x\n");
-    rc = CLI(&srv, "dump_topics", "1");
+    rc = CLI(&kr_it_srv, "dump_topics", "1");
     cr_assert_eq(rc, 0, "%s", out);
     cr_assert_str_eq(out, "TOPIC 2 y\n");
 
-    rc = CLI(&srv, "dump_queue_topics", "99");
+    rc = CLI(&kr_it_srv, "dump_queue_topics", "99");
     cr_assert_eq(rc, 1, "%s", out);
     cr_assert_not_null(strstr(out, "kraken: unknown client id 99"), "%s", out);
-    rc = CLI(&srv, "dump_queue_topics");
+    rc = CLI(&kr_it_srv, "dump_queue_topics");
     cr_assert_eq(rc, 2, "%s", out);
-    rc = CLI(&srv, "dump_topics", "1", "2");
+    rc = CLI(&kr_it_srv, "dump_topics", "1", "2");
     cr_assert_eq(rc, 2, "%s", out);
-    rc = CLI(&srv, "dump_queues", "extra");
+    rc = CLI(&kr_it_srv, "dump_queues", "extra");
     cr_assert_eq(rc, 2, "%s", out);
     close(a);
     close(b);
@@ -758,18 +748,18 @@ Test(cli, dumps)
 
 Test(cli, admin_subcommand_and_unknown_subcommand)
 {
-    int rc = CLI(&srv, "admin", "config", "get", "num_net_threads");
+    int rc = CLI(&kr_it_srv, "admin", "config", "get", "num_net_threads");
     cr_assert_eq(rc, 0, "%s", out);
     cr_assert_str_eq(out, "CONFIG num_net_threads 2\n");
-    rc = CLI(&srv, "admin", "config", "set", "drain_timeout_ms", "1500");
+    rc = CLI(&kr_it_srv, "admin", "config", "set", "drain_timeout_ms", "1500");
     cr_assert_eq(rc, 0, "%s", out);
     cr_assert_str_eq(out, "CONFIG drain_timeout_ms 1500\n");
-    rc = CLI(&srv, "admin", "frobnicate");
+    rc = CLI(&kr_it_srv, "admin", "frobnicate");
     cr_assert_eq(rc, 1, "%s", out);
     cr_assert_str_eq(out, "kraken: unknown command 'frobnicate' (try 'help')\n");
-    rc = CLI(&srv, "admin");
+    rc = CLI(&kr_it_srv, "admin");
     cr_assert_eq(rc, 2, "%s", out);
-    rc = CLI(&srv, "frobnicate");
+    rc = CLI(&kr_it_srv, "frobnicate");
     cr_assert_eq(rc, 2, "%s", out);
     cr_assert_not_null(strstr(out, "unknown subcommand 'frobnicate'"), "%s", out);
 }
@@ -778,13 +768,13 @@ Test(cli, admin_subcommand_and_unknown_subcommand)
 Test(cli, options_from_an_erlang_config_find_the_server)
 {
     char base[160], path[200];
-    snprintf(base, sizeof(base), "%s.erl", srv.log_path);
+    snprintf(base, sizeof(base), "%s.erl", kr_it_srv.log_path);
     snprintf(path, sizeof(path), "%s.config", base);
     FILE *f = fopen(path, "w");
     cr_assert_not_null(f);
     fprintf(f, "%%%% as deployed\n[{kraken, [{admin_socket, \"%s\"}, {num_router_shards, 8}]},\n"
                " {lager, [{handlers, []}]}].\n",
-            srv.admin_path);
+            kr_it_srv.admin_path);
     fclose(f);
     int rc = CLI(NULL, "status", "-config", base); /* without the .config extension */
     cr_assert_eq(rc, 0, "%s", out);
@@ -793,7 +783,7 @@ Test(cli, options_from_an_erlang_config_find_the_server)
                        out);
     f = fopen(path, "w");
     fprintf(f, "[{kraken, [{admin_socket, \"%s\"},\n {num_router_shards, many}]}].\n",
-            srv.admin_path);
+            kr_it_srv.admin_path);
     fclose(f);
     rc = CLI(NULL, "status", "-config", path);
     cr_assert_eq(rc, 2, "%s", out);
@@ -803,33 +793,33 @@ Test(cli, options_from_an_erlang_config_find_the_server)
 
 Test(cli, drain_subcommand_ends_the_server)
 {
-    int c = kr_it_connect(srv.port);
-    int rc = CLI(&srv, "drain");
+    int c = kr_it_connect(kr_it_srv.port);
+    int rc = CLI(&kr_it_srv, "drain");
     cr_assert_eq(rc, 0, "%s", out);
     cr_assert(strncmp(out, "DRAINING clients=1 drain_timeout_ms=3000", 40) == 0, "%s", out);
     kr_it_expect_closed(c);
     close(c);
     /* the server exits by itself once its clients are closed (kr_it_stop reaps it) */
-    cr_assert(exited_by_itself(srv.pid));
+    cr_assert(kr_it_exited_0(&kr_it_srv));
 }
 
 Test(cli, stop_subcommand_drains_and_waits)
 {
-    int c = kr_it_connect(srv.port);
+    int c = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(c, "s");
-    int rc = CLI(&srv, "stop");
+    int rc = CLI(&kr_it_srv, "stop");
     cr_assert_eq(rc, 0, "%s", out);
     char want[128];
     snprintf(want, sizeof(want), "stopping kraken (pid %d): closing 1 clients over at most 3000 ms",
-             (int)srv.pid);
+             (int)kr_it_srv.pid);
     cr_assert(strncmp(out, want, strlen(want)) == 0, "%s", out);
     cr_assert_not_null(strstr(out, "\nkraken stopped\n"), "%s", out);
-    cr_assert(exited_by_itself(srv.pid), "exited before stop returned");
+    cr_assert(kr_it_exited_0(&kr_it_srv), "exited before stop returned");
     struct stat st;
-    cr_assert_neq(stat(srv.admin_path, &st), 0, "the admin socket is removed");
+    cr_assert_neq(stat(kr_it_srv.admin_path, &st), 0, "the admin socket is removed");
     kr_it_expect_closed(c);
     close(c);
-    rc = CLI(&srv, "stop");
+    rc = CLI(&kr_it_srv, "stop");
     cr_assert_eq(rc, 3, "%s", out);
     cr_assert_not_null(strstr(out, "kraken is not running"), "%s", out);
 }
@@ -952,29 +942,23 @@ Test(drain, sigterm_fails_health_checks_stops_accepting_keeps_queues_then_exits)
     snprintf(hp, sizeof(hp), "%u", hport);
     const char *args[] = {"--num_net_threads", "2", "--health_port", hp, "--drain_timeout_ms",
                           "10000", NULL};
-    kr_it_start(&srv, args);
+    kr_it_fixture_start(args);
     health_line(hport, buf, sizeof(buf));
     cr_assert_str_eq(buf, "ok\n");
     enum { N = 40 };
     int c[N];
-    int pub = kr_it_connect(srv.port);
+    int pub = kr_it_connect(kr_it_srv.port);
     for (int i = 0; i < N; i++) {
-        c[i] = kr_it_connect(srv.port);
+        c[i] = kr_it_connect(kr_it_srv.port);
         kr_it_subscribe(c[i], "d");
     }
     kr_it_publish(pub, "d", "queued", 6);
     /* every subscriber has it queued before the drain starts */
-    int afd = kr_it_connect_unix(srv.admin_path);
-    for (int i = 0; i < 500; i++) {
-        kr_it_admin(afd, "stats", buf, sizeof(buf));
-        if (strstr(buf, "STAT queued_messages 40\n"))
-            break;
-        kr_it_sleep_ms(10);
-    }
-    cr_assert_not_null(strstr(buf, "STAT queued_messages 40\n"), "%s", buf);
+    int afd = kr_it_connect_unix(kr_it_srv.admin_path);
+    kr_it_wait_admin_stat(&kr_it_srv, "queued_messages", KR_IT_EQ, 40);
 
-    kill(srv.pid, SIGTERM);
-    cr_assert(kr_it_wait_log(&srv, "draining (SIGTERM)"));
+    kill(kr_it_srv.pid, SIGTERM);
+    cr_assert(kr_it_wait_log(&kr_it_srv, "draining (SIGTERM)"));
     /* health checks fail at once: the health port says so, `version` says so */
     health_line(hport, buf, sizeof(buf));
     cr_assert_str_eq(buf, "draining\n");
@@ -986,7 +970,7 @@ Test(drain, sigterm_fails_health_checks_stops_accepting_keeps_queues_then_exits)
     cr_assert(strncmp(buf, "STATUS draining ", 16) == 0, "%s", buf);
     /* no new connections */
     int rc = 0;
-    for (int i = 0; i < 200 && (rc = try_connect(srv.port, NULL)) == 0; i++)
+    for (int i = 0; i < 200 && (rc = try_connect(kr_it_srv.port, NULL)) == 0; i++)
         kr_it_sleep_ms(10); /* each net thread closes its listener when it gets the request */
     cr_assert_eq(rc, -ECONNREFUSED, "connect: %s", strerror(-rc));
     /* queued messages stay pollable until a client's turn to be closed comes */
@@ -1012,11 +996,11 @@ Test(drain, sigterm_fails_health_checks_stops_accepting_keeps_queues_then_exits)
     }
     close(pub);
     close(afd);
-    cr_assert(exited_by_itself(srv.pid), "exit 0 after the drain");
-    cr_assert(kr_it_log_contains(&srv, "drain finished"));
+    cr_assert(kr_it_exited_0(&kr_it_srv), "exit 0 after the drain");
+    cr_assert(kr_it_log_contains(&kr_it_srv, "drain finished"));
     char *log = NULL;
     {
-        FILE *f = fopen(srv.log_path, "r");
+        FILE *f = fopen(kr_it_srv.log_path, "r");
         cr_assert_not_null(f);
         log = malloc(1 << 20);
         size_t n = fread(log, 1, (1 << 20) - 1, f);
@@ -1028,21 +1012,21 @@ Test(drain, sigterm_fails_health_checks_stops_accepting_keeps_queues_then_exits)
         batches++;
     free(log);
     cr_assert_geq(batches, 2, "clients are closed in spread-out batches");
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
 }
 
 Test(drain, second_sigterm_exits_at_once)
 {
     const char *args[] = {"--drain_timeout_ms", "600000", NULL};
-    kr_it_start(&srv, args);
+    kr_it_fixture_start(args);
     int c[30];
     for (int i = 0; i < 30; i++)
-        c[i] = kr_it_connect(srv.port);
-    kill(srv.pid, SIGTERM);
-    cr_assert(kr_it_wait_log(&srv, "draining (SIGTERM)"));
+        c[i] = kr_it_connect(kr_it_srv.port);
+    kill(kr_it_srv.pid, SIGTERM);
+    cr_assert(kr_it_wait_log(&kr_it_srv, "draining (SIGTERM)"));
     /* with a 10-minute drain, kr_it_stop's bounded wait only passes if the second SIGTERM
      * ends the process right away */
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
     for (int i = 0; i < 30; i++)
         close(c[i]);
 }
@@ -1053,7 +1037,7 @@ Test(drain, admin_drain_and_health_port)
     char hp[16];
     snprintf(hp, sizeof(hp), "%u", hport);
     const char *args[] = {"--health_port", hp, NULL};
-    kr_it_start(&srv, args);
+    kr_it_fixture_start(args);
     health_line(hport, buf, sizeof(buf));
     cr_assert_str_eq(buf, "ok\n");
     /* a checker that sends something and closes is fine too */
@@ -1063,14 +1047,10 @@ Test(drain, admin_drain_and_health_port)
     kr_it_read_until(fd, buf, sizeof(buf), "\n");
     cr_assert_str_eq(buf, "ok\n");
     close(fd);
-    int c = kr_it_connect(srv.port);
-    int afd = kr_it_connect_unix(srv.admin_path);
-    for (int i = 0; i < 500; i++) { /* accepted by its net thread */
-        kr_it_admin(afd, "status", buf, sizeof(buf));
-        if (strstr(buf, " clients=1 "))
-            break;
-        kr_it_sleep_ms(10);
-    }
+    int c = kr_it_connect(kr_it_srv.port);
+    int afd = kr_it_connect_unix(kr_it_srv.admin_path);
+    /* accepted by its net thread */
+    kr_it_wait_figure(status_clients, &kr_it_srv, "clients", KR_IT_EQ, 1);
     kr_it_admin(afd, "drain", buf, sizeof(buf));
     cr_assert_str_eq(buf, "DRAINING clients=1 drain_timeout_ms=3000\nEND\n");
     health_line(hport, buf, sizeof(buf));
@@ -1078,9 +1058,9 @@ Test(drain, admin_drain_and_health_port)
     kr_it_expect_closed(c);
     close(c);
     close(afd);
-    cr_assert(exited_by_itself(srv.pid));
-    cr_assert(kr_it_log_contains(&srv, "draining (admin drain)"));
-    kr_it_stop(&srv);
+    cr_assert(kr_it_exited_0(&kr_it_srv));
+    cr_assert(kr_it_log_contains(&kr_it_srv, "draining (admin drain)"));
+    kr_it_fixture_stop();
 }
 
 Test(drain, systemd_is_told_ready_status_and_stopping)
@@ -1095,7 +1075,7 @@ Test(drain, systemd_is_told_ready_status_and_stopping)
     struct timeval tv = {10, 0};
     setsockopt(nfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     setenv("NOTIFY_SOCKET", path, 1);
-    kr_it_start(&srv, NULL);
+    kr_it_fixture_start(NULL);
     unsetenv("NOTIFY_SOCKET");
     char msg[512];
     ssize_t n = recv(nfd, msg, sizeof(msg) - 1, 0);
@@ -1103,16 +1083,10 @@ Test(drain, systemd_is_told_ready_status_and_stopping)
     msg[n] = 0;
     cr_assert_not_null(strstr(msg, "READY=1"), "%s", msg);
     cr_assert_not_null(strstr(msg, "STATUS=serving"), "%s", msg);
-    int c = kr_it_connect(srv.port);
-    int afd = kr_it_connect_unix(srv.admin_path);
-    for (int i = 0; i < 500; i++) { /* accepted by its net thread */
-        kr_it_admin(afd, "status", buf, sizeof(buf));
-        if (strstr(buf, " clients=1 "))
-            break;
-        kr_it_sleep_ms(10);
-    }
-    close(afd);
-    kill(srv.pid, SIGTERM);
+    int c = kr_it_connect(kr_it_srv.port);
+    /* accepted by its net thread */
+    kr_it_wait_figure(status_clients, &kr_it_srv, "clients", KR_IT_EQ, 1);
+    kill(kr_it_srv.pid, SIGTERM);
     n = recv(nfd, msg, sizeof(msg) - 1, 0);
     cr_assert_gt(n, 0);
     msg[n] = 0;
@@ -1120,24 +1094,24 @@ Test(drain, systemd_is_told_ready_status_and_stopping)
     cr_assert_not_null(strstr(msg, "STATUS=draining: 1 clients"), "%s", msg);
     kr_it_expect_closed(c);
     close(c);
-    cr_assert(exited_by_itself(srv.pid));
-    kr_it_stop(&srv);
+    cr_assert(kr_it_exited_0(&kr_it_srv));
+    kr_it_fixture_stop();
     close(nfd);
     unlink(path);
 }
 
 Test(drain, sighup_reopens_the_log_file)
 {
-    kr_it_start(&srv, NULL);
+    kr_it_fixture_start(NULL);
     char moved[120];
-    snprintf(moved, sizeof(moved), "%.110s.1", srv.log_path);
-    cr_assert_eq(rename(srv.log_path, moved), 0);
-    kill(srv.pid, SIGHUP);
-    cr_assert(kr_it_wait_log(&srv, "SIGHUP: log file reopened"), "a new file at the old path");
-    struct kr_it_server old = srv;
+    snprintf(moved, sizeof(moved), "%.110s.1", kr_it_srv.log_path);
+    cr_assert_eq(rename(kr_it_srv.log_path, moved), 0);
+    kill(kr_it_srv.pid, SIGHUP);
+    cr_assert(kr_it_wait_log(&kr_it_srv, "SIGHUP: log file reopened"), "a new file at the old path");
+    struct kr_it_server old = kr_it_srv;
     snprintf(old.log_path, sizeof(old.log_path), "%s", moved);
     cr_assert(kr_it_log_contains(&old, "listening on"));
     cr_assert(!kr_it_log_contains(&old, "SIGHUP"));
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
     unlink(moved);
 }

@@ -2,16 +2,16 @@
 # The status page in a real browser: start the server with the HTTP listener, hold three
 # client connections open, load / in headless Chromium and check the DOM after the page's
 # first refreshes shows the live figures (the connection count the server has, the state,
-# the version). Exit 77 (skipped) with a message when Chromium is not installed.
-#   test/test_status_page.sh [--screenshot FILE]
+# the version). Fails, saying so, when Chromium is not installed (sh cmake/deps.sh installs it).
+#   test/scripts/test_status_page.sh [--screenshot FILE]
 set -euo pipefail
 bin=${KRAKEN_BIN:?KRAKEN_BIN must name the server binary}
 shot=""
 [ "${1:-}" = "--screenshot" ] && shot=$2
 chromium=$(command -v chromium || command -v chromium-browser || true)
 if [ -z "$chromium" ]; then
-    echo "SKIP: chromium is not installed (apt-get install chromium) - the status page was not tested"
-    exit 77
+    echo "FAIL: chromium is not installed (Debian package chromium; sh cmake/deps.sh installs it)"
+    exit 1
 fi
 tmp=$(mktemp -d /tmp/kraken-page.XXXXXX)
 pid=""

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The Debian package, end to end: build it (cpack -G DEB) from a RelWithDebInfo build,
-# install it with dpkg -i, check the files, the conffile and the kraken user, start the
-# installed server with the installed configuration as the kraken user (in the foreground,
-# a child of this script, on a free loopback port given on the command line), check that it
+# check its copyright file (made from LICENSE) and that lintian reports no error, install
+# it with dpkg -i, check the files, the conffile and the kraken user, start the installed
+# server with the installed configuration as the kraken user (in the foreground, a child
+# of this script, on a free loopback port given on the command line), check that it
 # answers `version` and `stats` over TCP and `kraken status` over its admin socket, check
 # that the installed man page names every key `kraken --help` lists, stop the server by its
 # PID (SIGTERM: it drains and exits 0), then `dpkg --purge` and check that every packaged
@@ -12,15 +13,15 @@
 # already there, so that purging cannot remove anything it did not create: the machine is
 # left as it was found. Every wait is bounded.
 #
-# Usage: test/package_test.sh [--build-dir DIR]   (default: build-pkg, configured here)
+# Usage: test/scripts/package_test.sh [--build-dir DIR]   (default: build-pkg, configured here)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 root=$PWD
 build="$root/build-pkg"
 while [ $# -gt 0 ]; do
     case "$1" in
     --build-dir) build=$2; shift 2 ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "package_test: unknown option '$1'" >&2; exit 2 ;;
     esac
 done
@@ -71,6 +72,23 @@ for lib in libuv1 liburcu8 libjemalloc2 libinih1 libxxhash0 adduser; do
 done
 dpkg-deb -c "$deb" >"$tmp/contents"
 step "$(basename "$deb"): $(wc -l <"$tmp/contents") entries"
+grep -q ' \./usr/share/doc/kraken/copyright$' "$tmp/contents" || fail "the package has no copyright file"
+dpkg-deb --fsys-tarfile "$deb" | tar -xOf - ./usr/share/doc/kraken/copyright >"$tmp/copyright"
+grep -q '^Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/$' "$tmp/copyright" &&
+    grep -q '^License: Expat$' "$tmp/copyright" ||
+    fail "the copyright file is not the machine-readable one made from LICENSE"
+
+# --- lintian: no error (warnings are printed, not fatal) ------------------------------------
+if ! command -v lintian >/dev/null; then
+    step "installing lintian"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends lintian; } >"$tmp/apt.log" 2>&1 ||
+        { cat "$tmp/apt.log" >&2; fail "could not install lintian"; }
+fi
+lintian --tag-display-limit 0 "$deb" >"$tmp/lintian" 2>&1 || true
+grep -E '^[EW]: ' "$tmp/lintian" || true
+grep -q '^E: ' "$tmp/lintian" && fail "lintian reports errors (above)"
+step "lintian: no errors, $(grep -c '^W: ' "$tmp/lintian" || true) warnings"
 
 # --- install --------------------------------------------------------------------------------
 step "dpkg -i"

@@ -17,21 +17,12 @@
 
 #include "kr_itest.h"
 
-static struct kr_it_server srv;
 static char buf[1 << 16];
 
-/* One net thread: the flooders and the victim share it, the worst case for fairness. */
-static void start_one_thread(void)
-{
-    /* a waiting poll (poll_wait_ms) answers the round trip as soon as the message is queued */
-    const char *args[] = {"--num_net_threads", "1", "--num_router_shards", "2", "--poll_wait_ms", "5000", NULL};
-    kr_it_start(&srv, args);
-}
-
-static void stop(void)
-{
-    kr_it_stop(&srv);
-}
+/* One net thread: the flooders and the victim share it, the worst case for fairness. A
+ * waiting poll (poll_wait_ms) answers the round trip as soon as the message is queued. */
+KR_IT_FIXTURE(start_one_thread, "--num_net_threads", "1", "--num_router_shards", "2",
+              "--poll_wait_ms", "5000");
 
 /* The value of `STAT <name>` in a stats reply, or -1 when the reply has no such line. */
 static long long stat_in(const char *reply, const char *name)
@@ -50,7 +41,7 @@ static void stats_into(int fd, char *out, size_t cap)
 
 static long long stat_now(const char *name)
 {
-    int fd = kr_it_connect(srv.port);
+    int fd = kr_it_connect(kr_it_srv.port);
     stats_into(fd, buf, sizeof(buf));
     close(fd);
     return stat_in(buf, name);
@@ -72,7 +63,7 @@ struct flooder {
 static void flooder_init(struct flooder *f, size_t nreq, bool reads)
 {
     memset(f, 0, sizeof(*f));
-    f->fd = kr_it_connect(srv.port);
+    f->fd = kr_it_connect(kr_it_srv.port);
     f->nreq = nreq;
     f->req_len = nreq * 7;
     f->req = malloc(f->req_len);
@@ -140,7 +131,7 @@ static void round_trip(int pub, int sub, int i)
 #define KR_FLOOD_REQUESTS (64 * 1024) /* 448 KiB of `stats` per flooder, ~70 MiB of replies */
 #define KR_VICTIM_ROUNDS 200          /* round trips the victim must complete meanwhile */
 
-TestSuite(amplify, .init = start_one_thread, .fini = stop, .timeout = 300);
+TestSuite(amplify, .init = start_one_thread, .fini = kr_it_fixture_stop, .timeout = 300);
 
 /* Regression: a stats request cost tens of microseconds (the allocator's statistics were
  * merged on the net thread per request) and a connection's whole read (thousands of
@@ -148,7 +139,7 @@ TestSuite(amplify, .init = start_one_thread, .fini = stop, .timeout = 300);
  * every client on their net thread. */
 Test(amplify, pipelined_stats_floods_do_not_starve_other_clients)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(sub, "victim");
     struct flooder fl[KR_NFLOOD];
     for (int i = 0; i < KR_NFLOOD; i++)
@@ -205,7 +196,7 @@ static double now_s(void)
  * series has a sanity bound a thousand times what it takes. */
 Test(amplify, server_answers_at_once_after_flooders_leave)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(sub, "victim");
     struct flooder fl[KR_NLEAVE];
     for (int i = 0; i < KR_NLEAVE; i++) {
@@ -223,10 +214,7 @@ Test(amplify, server_answers_at_once_after_flooders_leave)
     close(sub);
     close(pub);
     /* the flooders' connections are gone */
-    long long curr = -1;
-    for (int k = 0; k < 500 && (curr = stat_now("curr_connections")) != 1; k++)
-        kr_it_sleep_ms(10);
-    cr_assert_eq(curr, 1, "curr_connections %lld", curr);
+    kr_it_wait_stat(kr_it_srv.port, "curr_connections", KR_IT_EQ, 1);
 }
 
 /* Regression: a client that pipelines stats and never reads made the server build every
@@ -235,7 +223,7 @@ Test(amplify, server_answers_at_once_after_flooders_leave)
  * server holds per such client stays near one turn's replies plus the socket's buffers. */
 Test(amplify, a_client_that_does_not_read_its_stats_is_bounded)
 {
-    int fd = kr_it_connect(srv.port);
+    int fd = kr_it_connect(kr_it_srv.port);
     stats_into(fd, buf, sizeof(buf));
     long long before = stat_in(buf, "jemalloc_allocated");
     long long written0 = stat_in(buf, "bytes_written");
@@ -263,12 +251,9 @@ Test(amplify, a_client_that_does_not_read_its_stats_is_bounded)
         return;
     }
     /* the allocator figures after a refresh that follows the flood */
-    long long refreshes = stat_now("stats_refreshes"), r = refreshes;
-    for (int k = 0; k < 500 && r == refreshes && r >= 0; k++) {
-        kr_it_sleep_ms(10);
-        r = stat_now("stats_refreshes");
-    }
-    cr_assert(r > refreshes || r < 0, "the allocator figures were not refreshed");
+    long long refreshes = stat_now("stats_refreshes");
+    cr_assert_geq(refreshes, 0, "jemalloc figures without stats_refreshes");
+    kr_it_wait_stat(kr_it_srv.port, "stats_refreshes", KR_IT_GE, refreshes + 1);
     long long after = stat_now("jemalloc_allocated");
     long long grown = after - before;
     cr_log_info("%d clients not reading: the server wrote %lld bytes, holds %lld more bytes",
@@ -284,7 +269,7 @@ Test(amplify, a_client_that_does_not_read_its_stats_is_bounded)
  * requests in between show the same figures, and those figures are sane. */
 Test(amplify, stats_show_cached_allocator_figures)
 {
-    int fd = kr_it_connect(srv.port), sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int fd = kr_it_connect(kr_it_srv.port), sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     stats_into(fd, buf, sizeof(buf));
     if (!strstr(buf, "STAT allocator jemalloc\r\n")) {
         cr_assert_not_null(strstr(buf, "STAT allocator libc\r\n"), "%s", buf);
@@ -319,13 +304,9 @@ Test(amplify, stats_show_cached_allocator_figures)
     cr_assert(al > 0 && ac >= al && re > 0 && ma >= ac,
               "allocated %lld active %lld resident %lld mapped %lld", al, ac, re, ma);
     /* and they are refreshed: within a few refresh intervals the count moves on */
-    long long r0 = stat_in(b, "stats_refreshes"), r = r0;
-    for (int k = 0; k < 500 && r == r0; k++) {
-        kr_it_sleep_ms(10);
-        stats_into(fd, b, sizeof(b));
-        r = stat_in(b, "stats_refreshes");
-    }
-    cr_assert_gt(r, r0, "stats_refreshes stayed at %lld", r0);
+    long long r0 = stat_in(b, "stats_refreshes");
+    kr_it_wait_stat(kr_it_srv.port, "stats_refreshes", KR_IT_GE, r0 + 1);
+    stats_into(fd, b, sizeof(b));
     long long ut = stat_in(b, "rusage_user");
     cr_assert_geq(ut, 0, "no rusage_user in:\n%s", b);
     cr_assert_gt(stat_in(b, "pid"), 0);

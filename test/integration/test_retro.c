@@ -10,25 +10,15 @@
 
 #include "kr_itest.h"
 
-static struct kr_it_server srv;
 static char buf[1 << 20];
 
-static void start(void)
-{
-    const char *args[] = {"--num_router_shards", "3", "--num_net_threads", "2", NULL};
-    kr_it_start(&srv, args);
-}
+KR_IT_FIXTURE(start, "--num_router_shards", "3", "--num_net_threads", "2");
 
-static void stop(void)
-{
-    kr_it_stop(&srv);
-}
-
-TestSuite(retro, .init = start, .fini = stop, .timeout = 120);
+TestSuite(retro, .init = start, .fini = kr_it_fixture_stop, .timeout = 120);
 
 Test(retro, register_then_subscribe_replays_what_was_published_after)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_publish(pub, "ra", "before", 6);
     kr_it_sends(sub, "set register 0 0 0\r\n\r\n");
     kr_it_expect(sub, "STORED\r\n");
@@ -54,7 +44,7 @@ Test(retro, register_then_subscribe_replays_what_was_published_after)
 
 Test(retro, retro_subscribe_with_fraction_merges_topics_across_shards)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     struct timeval tv;
     gettimeofday(&tv, NULL);
     kr_it_sleep_ms(2);
@@ -82,13 +72,13 @@ Test(retro, retro_subscribe_with_fraction_merges_topics_across_shards)
 
 Test(retro, own_messages_are_not_replayed)
 {
-    int c = kr_it_connect(srv.port);
+    int c = kr_it_connect(kr_it_srv.port);
     kr_it_sends(c, "set register 0 0 0\r\n\r\n");
     kr_it_expect(c, "STORED\r\n");
     kr_it_publish(c, "own", "self", 4);
     kr_it_subscribe(c, "own");
     /* a replay is queued before STORED, so before a marker published after it */
-    int other = kr_it_connect(srv.port);
+    int other = kr_it_connect(kr_it_srv.port);
     kr_it_publish(other, "own", "mark", 4);
     char out[256];
     size_t olen;
@@ -100,7 +90,7 @@ Test(retro, own_messages_are_not_replayed)
 
 Test(retro, bad_horizon_is_a_bad_data_chunk)
 {
-    int c = kr_it_connect(srv.port);
+    int c = kr_it_connect(kr_it_srv.port);
     kr_it_sends(c, "set retro_subscribe 0 0 7\r\n-5\r\nabc\r\n");
     kr_it_expect(c, "CLIENT_ERROR bad data chunk\r\n");
     kr_it_expect_closed(c);
@@ -109,7 +99,7 @@ Test(retro, bad_horizon_is_a_bad_data_chunk)
 
 Test(retro, horizon_before_start_is_not_found_but_subscribed)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_sends(sub, "set retro_subscribe 0 0 6\r\n1\r\nold\r\n");
     kr_it_expect(sub, "NOT_FOUND\r\n");
     kr_it_publish(pub, "old", "live", 4);
@@ -130,7 +120,7 @@ Test(retro, horizon_before_start_is_not_found_but_subscribed)
  * fanout skips messages older than a subscription's horizon. It is now taken as now. */
 Test(retro, future_horizon_is_taken_as_now)
 {
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_publish(pub, "fut1 fut2", "old", 3);
     struct timeval tv;
     gettimeofday(&tv, NULL);
@@ -145,10 +135,11 @@ Test(retro, future_horizon_is_taken_as_now)
     cr_assert_eq(kr_it_collect(sub, 1, out, sizeof(out), &olen), 1,
                  "a publish after STORED must be delivered");
     cr_assert_str_eq(out, "MESSAGE fut2 3\r\nnew\r\n", "nothing older is replayed");
-    kr_it_sleep_ms(20);
-    kr_it_get(sub, buf, sizeof(buf));
-    cr_assert_str_eq(buf, "END\r\n");
-    cr_assert_eq(kr_it_stat(srv.port, "retro_future_horizons"), 1);
+    /* a late replay would come before a marker the same publisher sends after "new" */
+    kr_it_publish(pub, "fut2", "marker", 6);
+    cr_assert_eq(kr_it_collect(sub, 1, out, sizeof(out), &olen), 1);
+    cr_assert_str_eq(out, "MESSAGE fut2 6\r\nmarker\r\n", "the marker comes next");
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "retro_future_horizons"), 1);
     close(sub);
     close(pub);
 }
@@ -157,23 +148,21 @@ Test(retro_small, overflowed_history_gives_not_found)
 {
     /* its own server: a history of 4 messages per shard */
     const char *args[] = {"--num_router_shards", "1", "--messages_stored_per_router_shard", "4", NULL};
-    kr_it_start(&srv, args);
-    int sub = kr_it_connect(srv.port), pub = kr_it_connect(srv.port);
+    kr_it_fixture_start(args);
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
     kr_it_sends(sub, "set register 0 0 0\r\n\r\n");
     kr_it_expect(sub, "STORED\r\n");
     for (int i = 0; i < 3; i++)
         kr_it_publish(pub, "h", "m", 1);
     /* still within the window */
-    int sub2 = kr_it_connect(srv.port);
+    int sub2 = kr_it_connect(kr_it_srv.port);
     kr_it_sends(sub2, "set register 0 0 0\r\n\r\n");
     kr_it_expect(sub2, "STORED\r\n");
     for (int i = 0; i < 6; i++)
         kr_it_publish(pub, "h", "n", 1);
     /* STORED means handed to the router; the subscribes below may come through another net
      * thread's ring, so wait until the shard has routed (and evicted) all nine */
-    for (int i = 0; i < 1000 && kr_it_stat(srv.port, "messages_routed") < 9; i++)
-        kr_it_sleep_ms(2);
-    cr_assert_eq(kr_it_stat(srv.port, "messages_routed"), 9);
+    kr_it_wait_stat(kr_it_srv.port, "messages_routed", KR_IT_EQ, 9);
     /* sub registered before 9 publishes: the 4-message window cannot cover it */
     kr_it_sends(sub, "set subscribe 0 0 1\r\nh\r\n");
     kr_it_expect(sub, "NOT_FOUND\r\n");
@@ -187,7 +176,7 @@ Test(retro_small, overflowed_history_gives_not_found)
     kr_it_sends(sub2, "set subscribe 0 0 1\r\nh\r\n");
     kr_it_expect(sub2, "NOT_FOUND\r\n");
     /* a fresh register is covered */
-    int sub3 = kr_it_connect(srv.port);
+    int sub3 = kr_it_connect(kr_it_srv.port);
     kr_it_sends(sub3, "set register 0 0 0\r\n\r\n");
     kr_it_expect(sub3, "STORED\r\n");
     kr_it_publish(pub, "h", "z", 1);
@@ -200,7 +189,7 @@ Test(retro_small, overflowed_history_gives_not_found)
     close(sub2);
     close(sub3);
     close(pub);
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
 }
 
 /* ------------------------------------------------------------------ race */
@@ -229,16 +218,45 @@ static void *race_pub(void *p)
     return NULL;
 }
 
+/* How far every racing publisher got past a point: the fewest messages any of them has had
+ * acknowledged since `base` (a figure to wait for). */
+struct race_progress {
+    struct racer *rs;
+    int base[RACE_PUBS];
+};
+
+static long long race_min_progress(const void *arg, const char *name)
+{
+    const struct race_progress *rp = arg;
+    long long least = RACE_MAX;
+    for (int i = 0; i < RACE_PUBS; i++) {
+        long long n = ck_pr_load_int(&rp->rs[i].acked) - rp->base[i];
+        least = n < least ? n : least;
+    }
+    return least;
+}
+
+/* Note where each publisher is now and wait until each has had `more` further publishes
+ * acknowledged. */
+static void race_wait_progress(struct racer *rs, int more)
+{
+    struct race_progress rp = {.rs = rs};
+    for (int i = 0; i < RACE_PUBS; i++)
+        rp.base[i] = ck_pr_load_int(&rs[i].acked);
+    kr_it_wait_figure(race_min_progress, &rp, "acknowledged publishes of the slowest racer",
+                      KR_IT_GE, more);
+}
+
 Test(retro, racing_publishers_no_loss_no_duplicates)
 {
     struct racer rs[RACE_PUBS];
     pthread_t th[RACE_PUBS];
     for (int i = 0; i < RACE_PUBS; i++) {
-        rs[i] = (struct racer){.port = srv.port, .id = i, .acked = -1};
+        rs[i] = (struct racer){.port = kr_it_srv.port, .id = i, .acked = -1};
         pthread_create(&th[i], NULL, race_pub, &rs[i]);
     }
-    kr_it_sleep_ms(100); /* publishers running flat out */
-    int sub = kr_it_connect(srv.port);
+    race_wait_progress(rs, 50); /* publishers running flat out */
+    int sub = kr_it_connect(kr_it_srv.port);
     int before[RACE_PUBS];
     for (int i = 0; i < RACE_PUBS; i++)
         before[i] = ck_pr_load_int(&rs[i].acked);
@@ -247,9 +265,9 @@ Test(retro, racing_publishers_no_loss_no_duplicates)
     int after[RACE_PUBS];
     for (int i = 0; i < RACE_PUBS; i++)
         after[i] = ck_pr_load_int(&rs[i].acked);
-    kr_it_sleep_ms(20);
+    race_wait_progress(rs, 20); /* published after the register: they must be replayed */
     kr_it_subscribe(sub, "race3 race1 race2");
-    kr_it_sleep_ms(100);
+    race_wait_progress(rs, 50); /* and live after the subscribe */
     for (int i = 0; i < RACE_PUBS; i++)
         ck_pr_store_int(&rs[i].stop, 1);
     int total = 0, last[RACE_PUBS];
@@ -318,25 +336,23 @@ Test(retro, racing_publishers_no_loss_no_duplicates)
 Test(retro_bytes, history_stays_under_history_max_bytes_and_not_found_stays_exact)
 {
     const char *args[] = {"--num_router_shards", "1", "--history_max_bytes", "64k", NULL};
-    kr_it_start(&srv, args);
+    kr_it_fixture_start(args);
     static char payload[BIG_PAYLOAD];
     memset(payload, 'p', sizeof(payload));
-    int pub = kr_it_connect(srv.port), old = kr_it_connect(srv.port);
+    int pub = kr_it_connect(kr_it_srv.port), old = kr_it_connect(kr_it_srv.port);
     kr_it_sends(old, "set register 0 0 0\r\n\r\n");
     kr_it_expect(old, "STORED\r\n");
     for (int i = 0; i < 100; i++) {
         kr_it_publish(pub, "nobody", payload, sizeof(payload));
         if (i % 10 == 9) {
-            unsigned long long hb = kr_it_stat(srv.port, "history_bytes");
+            unsigned long long hb = kr_it_stat(kr_it_srv.port, "history_bytes");
             cr_assert_leq(hb, HIST_BOUND, "after %d publishes history_bytes is %llu", i + 1, hb);
         }
     }
     /* every publish was routed: the window is full, and still within the bound */
-    for (int i = 0; i < 1000 && kr_it_stat(srv.port, "messages_routed") < 100; i++)
-        kr_it_sleep_ms(2);
-    cr_assert_eq(kr_it_stat(srv.port, "messages_routed"), 100);
-    unsigned long long hb = kr_it_stat(srv.port, "history_bytes");
-    unsigned long long hm = kr_it_stat(srv.port, "history_messages");
+    kr_it_wait_stat(kr_it_srv.port, "messages_routed", KR_IT_EQ, 100);
+    unsigned long long hb = kr_it_stat(kr_it_srv.port, "history_bytes");
+    unsigned long long hm = kr_it_stat(kr_it_srv.port, "history_messages");
     cr_assert_leq(hb, HIST_BOUND);
     cr_assert_gt(hb, HIST_BOUND - 2 * BIG_PAYLOAD, "the window is used: %llu bytes", hb);
     cr_assert_lt(hm, 8, "held %llu messages of 8 KiB in 64 KiB", hm);
@@ -345,7 +361,7 @@ Test(retro_bytes, history_stays_under_history_max_bytes_and_not_found_stays_exac
     kr_it_sends(old, "set subscribe 0 0 6\r\nnobody\r\n");
     kr_it_expect(old, "NOT_FOUND\r\n");
     /* a recent horizon is covered and replays what followed it */
-    int recent = kr_it_connect(srv.port);
+    int recent = kr_it_connect(kr_it_srv.port);
     kr_it_sends(recent, "set register 0 0 0\r\n\r\n");
     kr_it_expect(recent, "STORED\r\n");
     kr_it_publish(pub, "nobody", payload, sizeof(payload));
@@ -360,9 +376,9 @@ Test(retro_bytes, history_stays_under_history_max_bytes_and_not_found_stays_exac
     /* the NOT_FOUND subscriber gets the same two live, and nothing older */
     cr_assert_eq(kr_it_collect(old, 2, out, sizeof(out), &olen), 2);
     cr_assert_eq(olen, strlen("MESSAGE nobody 8192\r\n") + BIG_PAYLOAD + 2 + 24);
-    cr_assert_eq(kr_it_stat(srv.port, "retro_not_found"), 1);
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "retro_not_found"), 1);
     close(pub);
     close(old);
     close(recent);
-    kr_it_stop(&srv);
+    kr_it_fixture_stop();
 }

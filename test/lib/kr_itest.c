@@ -176,6 +176,7 @@ void kr_it_stop(struct kr_it_server *s)
             unlink(errpath);
             unlink(s->log_path);
             unlink(s->admin_path); /* the server removes it; a crash would not */
+            s->pid = 0;
             return;
         }
         kr_it_sleep_ms(10);
@@ -995,4 +996,60 @@ unsigned long long kr_it_admin_stat(const struct kr_it_server *s, const char *na
     char *p = strstr(buf, want);
     cr_assert_not_null(p, "no %s in stats:\n%s", name, buf);
     return strtoull(p + strlen(want), NULL, 10);
+}
+
+/* ------------------------------------------------------------------ the suite fixture */
+
+struct kr_it_server kr_it_srv;
+
+void kr_it_fixture_start(const char *const *extra)
+{
+    kr_it_start(&kr_it_srv, extra);
+}
+
+void kr_it_fixture_stop(void)
+{
+    if (kr_it_srv.pid > 0)
+        kr_it_stop(&kr_it_srv);
+}
+
+/* ------------------------------------------------------------------ waiting for a figure */
+
+static int kr_it_cmp_holds(long long v, enum kr_it_cmp cmp, long long want)
+{
+    switch (cmp) {
+    case KR_IT_EQ:
+        return v == want;
+    case KR_IT_GE:
+        return v >= want;
+    case KR_IT_LE:
+        return v <= want;
+    }
+    return 0;
+}
+
+long long kr_it_wait_figure_at(const char *file, int line, kr_it_figure_fn *read,
+                               const void *arg, const char *name, enum kr_it_cmp cmp,
+                               long long want)
+{
+    static const char *const op[] = {[KR_IT_EQ] = "==", [KR_IT_GE] = ">=", [KR_IT_LE] = "<="};
+    long long v = read(arg, name);
+    for (int i = 1; i < KR_IT_WAIT_TRIES && !kr_it_cmp_holds(v, cmp, want); i++) {
+        kr_it_sleep_ms(KR_IT_WAIT_MS);
+        v = read(arg, name);
+    }
+    cr_assert(kr_it_cmp_holds(v, cmp, want),
+              "%s:%d: waited for %s %s %lld; last seen %lld (after %d reads %d ms apart)", file,
+              line, name, op[cmp], want, v, KR_IT_WAIT_TRIES, KR_IT_WAIT_MS);
+    return v;
+}
+
+long long kr_it_stat_figure(const void *port, const char *name)
+{
+    return (long long)kr_it_stat(*(const uint16_t *)port, name);
+}
+
+long long kr_it_admin_stat_figure(const void *server, const char *name)
+{
+    return (long long)kr_it_admin_stat(server, name);
 }

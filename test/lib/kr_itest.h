@@ -20,8 +20,56 @@ struct kr_it_server {
 void kr_it_start(struct kr_it_server *s, const char *const *extra);
 /* kr_it_start with the server's open-file limit (soft and hard) set to `nofile`. */
 void kr_it_start_nofile(struct kr_it_server *s, const char *const *extra, unsigned nofile);
-/* SIGTERM, wait (bounded), assert a clean exit 0, remove the log. */
+/* SIGTERM, wait (bounded), assert a clean exit 0, remove the log; s->pid becomes 0. */
 void kr_it_stop(struct kr_it_server *s);
+
+/* The server fixture of a suite (or a test): one server per test process, kr_it_srv.
+ * KR_IT_FIXTURE(name, options...) defines a Criterion `.init` function `name` that starts
+ * kr_it_srv with the options (kr_it_start: ephemeral loopback port, ...); kr_it_fixture_stop
+ * is the matching `.fini`: it stops the server by its PID and asserts its exit status 0
+ * (kr_it_stop), and does nothing when the test already stopped it. For example:
+ *     KR_IT_FIXTURE(start_two_shards, "--num_router_shards", "2");
+ *     TestSuite(suite, .init = start_two_shards, .fini = kr_it_fixture_stop);
+ *     Test(suite, x) { int fd = kr_it_connect(kr_it_srv.port); ... }
+ * With no options: KR_IT_FIXTURE(start_default). The test's own thread calls these. */
+extern struct kr_it_server kr_it_srv;
+void kr_it_fixture_start(const char *const *extra);
+void kr_it_fixture_stop(void);
+#define KR_IT_FIXTURE(name, ...)                                                              \
+    static void name(void)                                                                    \
+    {                                                                                         \
+        kr_it_fixture_start((const char *const[]){__VA_ARGS__ __VA_OPT__(, ) NULL});          \
+    }
+
+/* Waiting for a figure. A test that must see the server reach a state waits for the figure
+ * that says so (a `stats` counter, an admin figure, a metric, a process's RSS), with a
+ * bounded number of reads (KR_IT_WAIT_TRIES, KR_IT_WAIT_MS apart): no wall-clock limit is
+ * asserted, and a figure that never gets there fails the test saying which figure, what
+ * was wanted and what was last seen, at the caller's file and line. For the test's own
+ * thread (a reader may be called from it only). */
+#define KR_IT_WAIT_TRIES 3000
+#define KR_IT_WAIT_MS 10
+enum kr_it_cmp { KR_IT_EQ, KR_IT_GE, KR_IT_LE };
+/* Read one figure: `arg` and `name` as the waiter was given them. */
+typedef long long kr_it_figure_fn(const void *arg, const char *name);
+/* Wait until read(arg, name) compares with `want` as `cmp` says; returns the last value
+ * read (which then satisfies it). Fails the test otherwise. */
+#define kr_it_wait_figure(read, arg, name, cmp, want)                                          \
+    kr_it_wait_figure_at(__FILE__, __LINE__, (read), (arg), (name), (cmp), (want))
+long long kr_it_wait_figure_at(const char *file, int line, kr_it_figure_fn *read,
+                               const void *arg, const char *name, enum kr_it_cmp cmp,
+                               long long want);
+/* The same for `STAT <name>` of a `stats` on a new client connection to 127.0.0.1:port. */
+#define kr_it_wait_stat(port, name, cmp, want)                                                 \
+    ((unsigned long long)kr_it_wait_figure(kr_it_stat_figure, &(uint16_t){(port)}, (name),     \
+                                           (cmp), (long long)(want)))
+/* The same for `STAT <name>` of the server's admin socket (kr_it_admin_stat). */
+#define kr_it_wait_admin_stat(s, name, cmp, want)                                              \
+    ((unsigned long long)kr_it_wait_figure(kr_it_admin_stat_figure, (s), (name), (cmp),        \
+                                           (long long)(want)))
+/* The readers of those two: arg is a uint16_t port, a struct kr_it_server. */
+long long kr_it_stat_figure(const void *port, const char *name);
+long long kr_it_admin_stat_figure(const void *server, const char *name);
 /* Wait (bounded) until the server exits by itself; 1 when it exited with status 0. It is
  * left unreaped (kr_it_stop's SIGTERM then finds a zombie and reaps it). */
 int kr_it_exited_0(const struct kr_it_server *s);
