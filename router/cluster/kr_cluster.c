@@ -82,11 +82,6 @@ struct kr_cl_item { /* from libnats' threads to the link thread */
     char data[];    /* H: name; L: the topics' pairs */
 };
 
-struct kr_cl_vec { /* events parked towards one net thread */
-    struct kr_event *buf;
-    uint32_t n, cap;
-};
-
 struct kr_cl_recent { /* the topics forwarded in one window */
     uint64_t *slots;  /* topic hashes, open addressing (0 = empty) */
     uint32_t n;
@@ -129,8 +124,10 @@ struct kr_cluster {
     struct kr_mailbox **in;   /* [nnet] net -> link */
     struct kr_mailbox **out;  /* [nnet] link -> net */
     uint8_t *in_dirty;        /* [nnet] net n pushed since its flush (net n only) */
-    struct kr_cl_vec *parked; /* [nnet] answers waiting for ring space */
-    uint8_t *wake_out;        /* [nnet] pushed towards net n in this pass */
+    /* answers towards the net threads: in order per net thread, parked while a ring is
+     * full, each net thread woken once per pass */
+    struct kr_outbox_sink out_sink;
+    struct kr_outbox outbox;
     struct kr_cl_topic **buckets;
     size_t nbuckets, ntopics;
     struct kr_cl_topic **lq; /* lingering topics, by deadline (constant linger: append order) */
@@ -524,44 +521,6 @@ static void kr_cl_lingers(struct kr_cluster *cl, uint64_t now)
 
 /* ---------------------------------------------------------------- towards the net threads */
 
-static void kr_cl_to_net(struct kr_cluster *cl, uint32_t net, const struct kr_event *ev)
-{
-    struct kr_cl_vec *v = &cl->parked[net];
-    cl->wake_out[net] = 1;
-    if (v->n == 0 && kr_mailbox_push(cl->out[net], ev))
-        return;
-    if (v->n == v->cap) {
-        v->cap = v->cap ? v->cap * 2 : 64;
-        v->buf = kr_xrealloc(v->buf, v->cap * sizeof(*v->buf));
-    }
-    v->buf[v->n++] = *ev;
-}
-
-static void kr_cl_unpark(struct kr_cluster *cl)
-{
-    for (uint32_t n = 0; n < cl->o.nnet; n++) {
-        struct kr_cl_vec *v = &cl->parked[n];
-        uint32_t i = 0;
-        while (i < v->n && kr_mailbox_push(cl->out[n], &v->buf[i]))
-            i++;
-        if (i) {
-            memmove(v->buf, v->buf + i, (v->n - i) * sizeof(*v->buf));
-            v->n -= i;
-            cl->wake_out[n] = 1;
-        }
-    }
-}
-
-static void kr_cl_wake_nets(struct kr_cluster *cl)
-{
-    for (uint32_t n = 0; n < cl->o.nnet; n++) {
-        if (cl->wake_out[n]) {
-            cl->wake_out[n] = 0;
-            cl->o.wake_net(cl->o.wake_arg, n);
-        }
-    }
-}
-
 /* Answer a subscribe request's barrier. */
 static void kr_cl_answer(struct kr_cluster *cl, struct kr_event *req)
 {
@@ -577,7 +536,7 @@ static void kr_cl_answer(struct kr_cluster *cl, struct kr_event *req)
     }
     struct kr_event ack = {.type = KR_EV_ACK, .src = (uint16_t)cl->o.ctl_idx, .aux = req->type,
                            .conn = req->conn, .ptr = c, .mask = not_found};
-    kr_cl_to_net(cl, KR_CONN_NET(req->conn), &ack);
+    kr_outbox_push(&cl->outbox, KR_CONN_NET(req->conn), &ack);
 }
 
 /* ---------------------------------------------------------------- probes and peers */
@@ -1133,8 +1092,8 @@ static void kr_cl_run(struct kr_cluster *cl)
         }
     }
     kr_cl_probe_check(cl);
-    kr_cl_unpark(cl);
-    kr_cl_wake_nets(cl);
+    kr_outbox_unpark(&cl->outbox);
+    kr_outbox_wake(&cl->outbox);
     if (!budget)
         uv_async_send(&cl->wake);
 }
@@ -1291,12 +1250,13 @@ int kr_cluster_create(const struct kr_cluster_opts *o, struct kr_cluster **out, 
     cl->in = kr_xcalloc(o->nnet, sizeof(*cl->in));
     cl->out = kr_xcalloc(o->nnet, sizeof(*cl->out));
     cl->in_dirty = kr_xcalloc(o->nnet, 64); /* one cache line each */
-    cl->parked = kr_xcalloc(o->nnet, sizeof(*cl->parked));
-    cl->wake_out = kr_xcalloc(o->nnet, 1);
     for (uint32_t n = 0; n < o->nnet; n++) {
         cl->in[n] = kr_mailbox_create(cap);
         cl->out[n] = kr_mailbox_create(cap);
     }
+    cl->out_sink = (struct kr_outbox_sink){.ndest = o->nnet, .mb = cl->out, .wake = o->wake_net,
+                                           .arg = o->wake_arg};
+    kr_outbox_init(&cl->outbox, &cl->out_sink, KR_OUTBOX_PER_DEST);
     for (int k = 0; k < 2; k++) {
         cl->recent[k].slots = kr_xcalloc(KR_CL_RECENT_SLOTS, sizeof(uint64_t));
         cl->recent[k].pairs = kr_xmalloc(KR_CL_RECENT_BYTES);
@@ -1411,6 +1371,13 @@ static void kr_cl_release(struct kr_event *ev)
         free(ev->ptr);
 }
 
+static void kr_cl_release_parked(void *arg, uint32_t net, struct kr_event *ev)
+{
+    (void)arg;
+    (void)net;
+    kr_cl_release(ev);
+}
+
 static void kr_cl_close_walk(uv_handle_t *h, void *arg)
 {
     (void)arg;
@@ -1428,9 +1395,9 @@ void kr_cluster_destroy(struct kr_cluster *cl)
             kr_cl_release(&ev);
         while (kr_mailbox_pop(cl->out[n], &ev))
             kr_cl_release(&ev);
-        for (uint32_t i = 0; i < cl->parked[n].n; i++)
-            kr_cl_release(&cl->parked[n].buf[i]);
-        free(cl->parked[n].buf);
+    }
+    kr_outbox_destroy(&cl->outbox, kr_cl_release_parked, NULL);
+    for (uint32_t n = 0; n < cl->o.nnet; n++) {
         kr_mailbox_destroy(cl->in[n]);
         kr_mailbox_destroy(cl->out[n]);
     }
@@ -1459,8 +1426,6 @@ void kr_cluster_destroy(struct kr_cluster *cl)
     free(cl->in);
     free(cl->out);
     free(cl->in_dirty);
-    free(cl->parked);
-    free(cl->wake_out);
     free(cl->buckets);
     free(cl->lq);
     free(cl->pend);
