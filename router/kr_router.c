@@ -48,6 +48,17 @@ struct kr_topics_req {
     char buf[];
 };
 
+/* The SHARD rows of KR_ROUTER_COUNTERS (kr_router.h). */
+struct kr_shard_counters {
+#define KR_SHARD_FIELD_SHARD(name) uint64_t name;
+#define KR_SHARD_FIELD_TABLE(name)
+#define KR_SHARD_FIELD(name, kind, source, figure, help) KR_SHARD_FIELD_##source(name)
+    KR_ROUTER_COUNTERS(KR_SHARD_FIELD)
+#undef KR_SHARD_FIELD
+#undef KR_SHARD_FIELD_TABLE
+#undef KR_SHARD_FIELD_SHARD
+};
+
 struct kr_shard {
     struct kr_router *r;
     uint32_t idx;
@@ -74,14 +85,11 @@ struct kr_shard {
     struct kr_history hist;
     struct kr_router_cmd *interest; /* topic transitions of the event being handled */
     bool interest_on;
-    /* statistics: written by the shard only */
-    uint64_t routed;
-    uint64_t deliveries;
-    uint64_t overflow_events;
-    uint64_t hist_count;
-    uint64_t hist_bytes;
-    uint64_t retro_not_found;
+    struct kr_shard_counters st; /* written by the shard only (relaxed stores) */
 } __attribute__((aligned(64)));
+
+#define KR_SH_SET(sh, f, v) ck_pr_store_64(&(sh)->st.f, (v))
+#define KR_SH_INC(sh, f, n) KR_SH_SET(sh, f, (sh)->st.f + (n))
 
 /* Set by a shard while it holds too many parked events (read by the net threads on each
  * publish, written by the shard on changes only; a cache line each). */
@@ -211,8 +219,8 @@ static void kr_history_add(struct kr_shard *sh, struct kr_msg *m)
     uint64_t max_bytes = sh->r->o.history_bytes;
     while (max_bytes && h->bytes > max_bytes && h->count)
         kr_history_evict(h);
-    ck_pr_store_64(&sh->hist_count, h->count);
-    ck_pr_store_64(&sh->hist_bytes, h->bytes);
+    KR_SH_SET(sh, history_messages, h->count);
+    KR_SH_SET(sh, history_bytes, h->bytes);
 }
 
 /* Subscribe, then replay the history on the requested topics after the horizon: one step
@@ -234,7 +242,7 @@ static void kr_shard_retro(struct kr_shard *sh, struct kr_event *ev)
     uint64_t status = 0;
     if (c->horizon_us < h->start_us || c->horizon_us < h->evicted_max_us) {
         status = 1;
-        ck_pr_store_64(&sh->retro_not_found, sh->retro_not_found + 1);
+        KR_SH_INC(sh, retro_not_found, 1);
     } else {
         for (uint32_t k = 0; k < h->count; k++) {
             struct kr_msg *m = h->msgs[(h->head + k) % h->cap];
@@ -352,8 +360,8 @@ static void kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
                               .aux = fanout, .conn = publisher, .ptr = m};
         kr_shard_emit(sh, KR_CONN_NET(publisher), &ev);
     }
-    ck_pr_store_64(&sh->routed, sh->routed + 1);
-    ck_pr_store_64(&sh->deliveries, sh->deliveries + fanout);
+    KR_SH_INC(sh, messages_routed, 1);
+    KR_SH_INC(sh, deliveries, fanout);
     kr_history_add(sh, m); /* takes over the reference the PUBLISH event carried */
 }
 
@@ -566,7 +574,7 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
         }
         sh->sink = (struct kr_outbox_sink){.ndest = r->o.nnet, .mb = sh->out,
                                            .wake = r->o.wake_net, .arg = r->o.wake_arg,
-                                           .parks = &sh->overflow_events};
+                                           .parks = &sh->st.overflow_events};
         kr_outbox_init(&sh->ob, &sh->sink, KR_OUTBOX_PER_DEST);
     }
     return r;
@@ -706,19 +714,29 @@ bool kr_router_recv(struct kr_router *r, uint32_t net, uint32_t shard, struct kr
     return kr_mailbox_pop(r->shards[shard].out[net], ev);
 }
 
+/* The TABLE rows of KR_ROUTER_COUNTERS: the shard's topic table's own counts. */
+static uint64_t kr_shard_table_topics(const struct kr_shard *sh)
+{
+    return kr_topics_count(sh->topics);
+}
+
+static uint64_t kr_shard_table_subscriptions(const struct kr_shard *sh)
+{
+    return kr_topics_subscriptions(sh->topics);
+}
+
 void kr_router_stats(const struct kr_router *r, struct kr_router_stats *out)
 {
     memset(out, 0, sizeof(*out));
     for (uint32_t s = 0; s < r->o.nshards; s++) {
         struct kr_shard *sh = &r->shards[s];
-        out->topics += kr_topics_count(sh->topics);
-        out->subscriptions += kr_topics_subscriptions(sh->topics);
-        out->messages_routed += ck_pr_load_64(&sh->routed);
-        out->deliveries += ck_pr_load_64(&sh->deliveries);
-        out->overflow_events += ck_pr_load_64(&sh->overflow_events);
-        out->history_messages += ck_pr_load_64(&sh->hist_count);
-        out->history_bytes += ck_pr_load_64(&sh->hist_bytes);
-        out->retro_not_found += ck_pr_load_64(&sh->retro_not_found);
+#define KR_RT_SUM_SHARD(name) out->name += ck_pr_load_64(&sh->st.name);
+#define KR_RT_SUM_TABLE(name) out->name += kr_shard_table_##name(sh);
+#define KR_RT_SUM(name, kind, source, figure, help) KR_RT_SUM_##source(name)
+        KR_ROUTER_COUNTERS(KR_RT_SUM)
+#undef KR_RT_SUM
+#undef KR_RT_SUM_TABLE
+#undef KR_RT_SUM_SHARD
     }
 }
 

@@ -95,9 +95,10 @@ struct kr_cl_origin {
 };
 
 struct kr_cl_counters {
-    uint64_t connected, reconnects, subjects, peers, msgs_out, copies_out, msgs_in, duplicates,
-        lost_forwards, resyncs_sent, resyncs_received, resync_topics, barriers, barrier_us,
-        barrier_timeouts, bad_bodies, slow_consumers;
+    uint64_t connected; /* 1 while linked (a state, not a counter) */
+#define KR_CL_FIELD(name, kind, micro, help) uint64_t name;
+    KR_CLUSTER_COUNTERS(KR_CL_FIELD)
+#undef KR_CL_FIELD
 };
 
 struct kr_cluster {
@@ -300,7 +301,7 @@ static void kr_cl_on_entry(natsConnection *nc, natsSubscription *sub, natsMsg *m
     struct kr_cl_body b;
     if (kr_cl_decode(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &b) != 0 ||
         b.kind != 'E') {
-        KR_CL_INC(cl, bad_bodies, 1);
+        KR_CL_INC(cl, bad_messages, 1);
         natsMsg_Destroy(msg);
         return;
     }
@@ -359,7 +360,7 @@ static void kr_cl_on_ctl(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     struct kr_cl_body b;
     if (kr_cl_decode(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &b) != 0 ||
         b.kind == 'E') {
-        KR_CL_INC(cl, bad_bodies, 1);
+        KR_CL_INC(cl, bad_messages, 1);
         natsMsg_Destroy(msg);
         return;
     }
@@ -608,7 +609,7 @@ static void kr_cl_probe_check(struct kr_cluster *cl)
     for (size_t i = 0; i < cl->nwaits; i++) {
         struct kr_cl_wait *w = &cl->waits[i];
         if (w->probe <= cl->probe_done) {
-            KR_CL_INC(cl, barrier_us, (now - w->since_ms) * 1000);
+            KR_CL_INC(cl, barrier_time, (now - w->since_ms) * 1000);
             kr_cl_answer(cl, &w->ev);
         } else {
             cl->waits[keep++] = *w;
@@ -1486,22 +1487,7 @@ void kr_cluster_stats(struct kr_cluster *cl, struct kr_cluster_stats *out)
         natsConnection_GetConnectedUrl(cl->nc, out->server, sizeof(out->server));
     snprintf(out->node, sizeof(out->node), "%s", cl->name);
     out->origin = cl->origin;
-#define KR_CL_LOAD(f) out->f = ck_pr_load_64((uint64_t *)&c->f)
-    KR_CL_LOAD(reconnects);
-    KR_CL_LOAD(subjects);
-    KR_CL_LOAD(peers);
-    KR_CL_LOAD(msgs_out);
-    KR_CL_LOAD(copies_out);
-    KR_CL_LOAD(msgs_in);
-    KR_CL_LOAD(duplicates);
-    KR_CL_LOAD(lost_forwards);
-    KR_CL_LOAD(resyncs_sent);
-    KR_CL_LOAD(resyncs_received);
-    KR_CL_LOAD(resync_topics);
-    KR_CL_LOAD(barriers);
-    KR_CL_LOAD(barrier_us);
-    KR_CL_LOAD(barrier_timeouts);
-    KR_CL_LOAD(bad_bodies);
-    KR_CL_LOAD(slow_consumers);
+#define KR_CL_LOAD(name, kind, micro, help) out->name = ck_pr_load_64((uint64_t *)&c->name);
+    KR_CLUSTER_COUNTERS(KR_CL_LOAD)
 #undef KR_CL_LOAD
 }
