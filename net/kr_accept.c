@@ -211,6 +211,7 @@ static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_stora
     }
     struct kr_conn *c = kr_xcalloc(1, sizeof(*c));
     c->nt = nt;
+    kr_outbox_init(&c->ob, &nt->conn_sink, KR_OUTBOX_ALL); /* allocates nothing */
     c->fe = fe;
     c->fe_chosen = fe != &kr_front_mc; /* the main port decides by the first byte */
     uv_tcp_init(&nt->loop, &c->h);

@@ -394,8 +394,9 @@ int kr_cmd_publish(struct kr_conn *c, const struct kr_cmd_entry *e, bool count)
 
 void kr_cmd_published(struct kr_conn *c, bool noreply)
 {
-    if (c->nparked || c->rq_count)
-        kr_rq_push(c, &(struct kr_reply_wait){.noreply = noreply, .sent_gate = c->nparked > 0});
+    uint32_t parked = kr_conn_nparked(c);
+    if (parked || c->rq_count)
+        kr_rq_push(c, &(struct kr_reply_wait){.noreply = noreply, .sent_gate = parked > 0});
     else if (!noreply)
         c->fe->reply(c, &(struct kr_reply){.kind = KR_REPLY_DONE});
 }

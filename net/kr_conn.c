@@ -28,11 +28,10 @@
 static void kr_conn_out_account(struct kr_conn *c);
 static void kr_conn_write_cb(uv_write_t *req, int status);
 static void kr_conn_release_parked(struct kr_conn *c);
+static bool kr_nt_send_to(void *arg, uint32_t dest, const struct kr_event *ev);
 static void kr_nt_send_disconnect(struct kr_nt *nt, uint64_t id);
 static void kr_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void kr_conn_stash(struct kr_conn *c, const char *p, size_t n);
-static bool kr_conn_send_parked(struct kr_conn *c);
-static void kr_conn_park(struct kr_conn *c, uint32_t shard, const struct kr_event *ev);
 static bool kr_conn_unpark(struct kr_conn *c);
 static bool kr_conn_out_full(const struct kr_conn *c);
 static size_t kr_conn_parse(struct kr_conn *c, const char *buf, size_t len);
@@ -520,55 +519,70 @@ void kr_conn_closed_cb(uv_handle_t *h)
     free(c->out);
     free(c->wbuf);
     kr_dlv_free(&c->dlv);
-    free(c->parked);
+    kr_outbox_destroy(&c->ob, NULL, NULL); /* emptied by kr_conn_close */
     for (uint32_t i = 0; i < c->rq_count; i++)
         free(c->rq[(c->rq_head + i) & (c->rq_cap - 1)].bytes);
     free(c->rq);
     free(c);
 }
 
-static void kr_conn_release_parked(struct kr_conn *c)
+static void kr_conn_release_event(void *arg, uint32_t dest, struct kr_event *ev)
 {
-    for (uint32_t i = 0; i < c->nparked; i++) {
-        struct kr_event *ev = &c->parked[i].ev;
-        if (ev->type == KR_EV_PUBLISH)
-            kr_msg_unref(ev->ptr);
-        else if (ev->type == KR_EV_SUBSCRIBE || ev->type == KR_EV_UNSUBSCRIBE)
-            free(ev->ptr);
-    }
-    c->nparked = 0;
+    (void)arg;
+    (void)dest;
+    if (ev->type == KR_EV_PUBLISH)
+        kr_msg_unref(ev->ptr);
+    else if (ev->type == KR_EV_SUBSCRIBE || ev->type == KR_EV_UNSUBSCRIBE)
+        free(ev->ptr);
 }
 
-/* Send the net thread's parked control events in order; true when none is left. */
-bool kr_nt_send_ctl(struct kr_nt *nt)
+static void kr_conn_release_parked(struct kr_conn *c)
 {
-    uint32_t i = 0;
-    while (i < nt->nctl && kr_router_send(nt->srv->router, nt->idx, nt->ctl[i].shard, &nt->ctl[i].ev))
-        i++;
-    if (i) {
-        memmove(nt->ctl, nt->ctl + i, (nt->nctl - i) * sizeof(*nt->ctl));
-        nt->nctl -= i;
-    }
-    return nt->nctl == 0;
+    kr_outbox_clear(&c->ob, kr_conn_release_event, NULL);
+}
+
+void kr_nt_outbox_init(struct kr_nt *nt)
+{
+    /* the destinations are the shards and KR_DEST_LINK: one order, no wake-ups (the loop's
+     * check callback wakes what it pushed to: kr_router_flush, kr_cluster_flush), so an
+     * outbox never indexes by destination */
+    uint32_t nshards = kr_router_nshards(nt->srv->router);
+    nt->conn_sink = (struct kr_outbox_sink){.ndest = nshards, .send = kr_nt_send_to, .arg = nt,
+                                            .parks = &nt->st.ring_full_waits};
+    nt->ctl_sink = (struct kr_outbox_sink){.ndest = nshards, .send = kr_nt_send_to, .arg = nt};
+    kr_outbox_init(&nt->ctl, &nt->ctl_sink, KR_OUTBOX_ALL);
+}
+
+static void kr_nt_release_ctl(void *arg, uint32_t dest, struct kr_event *ev)
+{
+    (void)arg;
+    (void)dest;
+    if (ev->type == KR_EV_UNSUBSCRIBE) /* drain barriers never sent */
+        free(ev->ptr);
+}
+
+void kr_nt_outbox_destroy(struct kr_nt *nt)
+{
+    kr_outbox_destroy(&nt->ctl, kr_nt_release_ctl, NULL);
+}
+
+void kr_nt_ctl_push(struct kr_nt *nt, uint32_t shard, const struct kr_event *ev)
+{
+    kr_outbox_push(&nt->ctl, shard, ev);
+}
+
+bool kr_nt_ctl_unpark(struct kr_nt *nt)
+{
+    return kr_outbox_unpark(&nt->ctl);
 }
 
 /* Tell every shard to forget the client. Never lost: when a ring is full the event waits
  * on the net thread and is retried after each loop iteration. */
 static void kr_nt_send_disconnect(struct kr_nt *nt, uint64_t id)
 {
-    struct kr_router *r = nt->srv->router;
     struct kr_event ev = {.type = KR_EV_DISCONNECT, .src = (uint16_t)nt->idx, .conn = id};
-    for (uint32_t s = 0; s < kr_router_nshards(r); s++) {
-        if (nt->nctl == 0 && kr_router_send(r, nt->idx, s, &ev))
-            continue;
-        if (nt->nctl == nt->ctl_cap) {
-            nt->ctl_cap = nt->ctl_cap ? nt->ctl_cap * 2 : 64;
-            nt->ctl = kr_xrealloc(nt->ctl, nt->ctl_cap * sizeof(*nt->ctl));
-        }
-        nt->ctl[nt->nctl].shard = s;
-        nt->ctl[nt->nctl].ev = ev;
-        nt->nctl++;
-    }
+    for (uint32_t s = 0; s < kr_router_nshards(nt->srv->router); s++)
+        kr_nt_ctl_push(nt, s, &ev);
 }
 
 void kr_conn_close(struct kr_conn *c)
@@ -637,54 +651,33 @@ static void kr_conn_stash(struct kr_conn *c, const char *p, size_t n)
 
 /* ---------------------------------------------------------------- router hand-off */
 
-/* Hand parked events to the shards in order. Returns true when all went. */
-/* To a shard, or (KR_DEST_LINK) to the cluster link. */
-static bool kr_nt_send_to(struct kr_nt *nt, uint32_t dest, const struct kr_event *ev)
+/* To a shard, or (KR_DEST_LINK) to the cluster link: the send of the net thread's outboxes. */
+static bool kr_nt_send_to(void *arg, uint32_t dest, const struct kr_event *ev)
 {
+    struct kr_nt *nt = arg;
     if (dest == KR_DEST_LINK)
         return kr_cluster_send(nt->srv->cluster, nt->idx, ev);
     return kr_router_send(nt->srv->router, nt->idx, dest, ev);
 }
 
-static bool kr_conn_send_parked(struct kr_conn *c)
-{
-    struct kr_nt *nt = c->nt;
-    uint32_t i = 0;
-    while (i < c->nparked && kr_nt_send_to(nt, c->parked[i].shard, &c->parked[i].ev))
-        i++;
-    if (i) {
-        memmove(c->parked, c->parked + i, (c->nparked - i) * sizeof(*c->parked));
-        c->nparked -= i;
-    }
-    return c->nparked == 0;
-}
-
-static void kr_conn_park(struct kr_conn *c, uint32_t shard, const struct kr_event *ev)
-{
-    KR_ST_INC(c->nt, ring_full_waits, 1);
-    if (c->nparked == c->parked_cap) {
-        c->parked_cap = c->parked_cap ? c->parked_cap * 2 : 8;
-        c->parked = kr_xrealloc(c->parked, c->parked_cap * sizeof(*c->parked));
-    }
-    c->parked[c->nparked].shard = shard;
-    c->parked[c->nparked].ev = *ev;
-    c->nparked++;
-}
-
-/* Send now when nothing is parked ahead of it and the ring has room, else park it. */
+/* Send now when nothing is parked ahead of it and the ring has room, else park it (counted
+ * in ring_full_waits). */
 void kr_conn_send(struct kr_conn *c, uint32_t shard, const struct kr_event *ev)
 {
-    if (c->nparked == 0 && kr_nt_send_to(c->nt, shard, ev))
-        return;
-    kr_conn_park(c, shard, ev);
+    kr_outbox_push(&c->ob, shard, ev);
+}
+
+uint32_t kr_conn_nparked(const struct kr_conn *c)
+{
+    return kr_outbox_parked(&c->ob);
 }
 
 /* Hand parked events to the shards; when all went, the publish that waited is answered. */
 static bool kr_conn_unpark(struct kr_conn *c)
 {
-    if (!c->nparked)
+    if (!kr_conn_nparked(c))
         return true;
-    if (!kr_conn_send_parked(c))
+    if (!kr_outbox_unpark(&c->ob))
         return false;
     if (c->rq_count) /* only the newest request can have parked events */
         c->rq[(c->rq_head + c->rq_count - 1) & (c->rq_cap - 1)].sent_gate = false;
@@ -695,7 +688,7 @@ static bool kr_conn_unpark(struct kr_conn *c)
 /* May the next request be parsed now? */
 bool kr_conn_can_parse(struct kr_conn *c)
 {
-    return !c->closing && !c->close_after_write && !c->nparked && !c->dlv.retro_active &&
+    return !c->closing && !c->close_after_write && !kr_conn_nparked(c) && !c->dlv.retro_active &&
            !c->deferred_err && !c->poll_wait && c->rq_count < KR_MAX_PIPELINED &&
            kr_conn_out_pending(c) < KR_OUT_HIGH; /* a reader that lags gets no more replies */
 }
@@ -808,11 +801,11 @@ void kr_conn_process(struct kr_conn *c)
     }
     if (c->closing)
         return;
-    if (c->nparked)
+    if (kr_conn_nparked(c))
         kr_conn_block(c);
     /* keep reading while replies wait on the router or for a turn, up to a bounded amount
      * of input */
-    bool stuck = c->nparked || (!kr_conn_can_parse(c) && c->in_len >= 256 * 1024) ||
+    bool stuck = kr_conn_nparked(c) || (!kr_conn_can_parse(c) && c->in_len >= 256 * 1024) ||
                  ((c->rq_count || c->turn_over) && c->in_len >= 256 * 1024);
     bool out_full = kr_conn_out_full(c);
     if (stuck || out_full || c->close_after_write)

@@ -25,7 +25,6 @@
 #include <jemalloc/jemalloc.h>
 #endif
 
-static void kr_nt_send_ctl_event(struct kr_nt *nt, uint32_t shard, const struct kr_event *ev);
 static void kr_conn_drain_check(struct kr_conn *c);
 static void kr_conn_drain_reach(struct kr_conn *c);
 
@@ -47,21 +46,6 @@ void kr_conn_drain_replied(struct kr_conn *c)
  * (kr_net_drain_deadline) a client still holding messages, or whose barrier is not
  * complete, is sent `SERVER_ERROR shutting down` and closed: never closed silently with
  * messages. */
-
-/* Send a control event to a shard in order with the thread's earlier ones (parked on the
- * net thread while the ring is full). */
-static void kr_nt_send_ctl_event(struct kr_nt *nt, uint32_t shard, const struct kr_event *ev)
-{
-    if (nt->nctl == 0 && kr_router_send(nt->srv->router, nt->idx, shard, ev))
-        return;
-    if (nt->nctl == nt->ctl_cap) {
-        nt->ctl_cap = nt->ctl_cap ? nt->ctl_cap * 2 : 64;
-        nt->ctl = kr_xrealloc(nt->ctl, nt->ctl_cap * sizeof(*nt->ctl));
-    }
-    nt->ctl[nt->nctl].shard = shard;
-    nt->ctl[nt->nctl].ev = *ev;
-    nt->nctl++;
-}
 
 /* The queue of a client the drain reached is final: close it when it is empty. */
 static void kr_conn_drain_check(struct kr_conn *c)
@@ -99,13 +83,13 @@ static void kr_conn_drain_reach(struct kr_conn *c)
     c->drain_acks = nshards;
     struct kr_event ev = {.type = KR_EV_DISCONNECT, .src = (uint16_t)nt->idx, .conn = c->id};
     for (uint32_t s = 0; s < nshards; s++)
-        kr_nt_send_ctl_event(nt, s, &ev);
+        kr_nt_ctl_push(nt, s, &ev);
     for (uint32_t s = 0; s < nshards; s++) {
         struct kr_router_cmd *cmd = kr_router_cmd_new(0);
         cmd->pad = KR_DRAIN_PAD;
         struct kr_event b = {.type = KR_EV_UNSUBSCRIBE, .src = (uint16_t)nt->idx, .conn = c->id,
                              .ptr = cmd};
-        kr_nt_send_ctl_event(nt, s, &b);
+        kr_nt_ctl_push(nt, s, &b);
     }
 }
 
@@ -122,7 +106,7 @@ void kr_net_drain_flush(struct kr_server *s, uint32_t net)
         cmd->pad = KR_DRAIN_FLUSH_PAD;
         struct kr_event b = {.type = KR_EV_UNSUBSCRIBE, .src = (uint16_t)net,
                              .conn = kr_conn_id_make(net, 0, 0), .ptr = cmd};
-        kr_nt_send_ctl_event(nt, sh, &b);
+        kr_nt_ctl_push(nt, sh, &b);
     }
 }
 

@@ -319,8 +319,8 @@ void kr_nt_check_cb(uv_check_t *h)
 {
     struct kr_nt *nt = h->data;
     kr_nt_refresh_live(nt);
-    if (nt->nctl)
-        kr_nt_send_ctl(nt);
+    if (kr_outbox_parked(&nt->ctl))
+        kr_nt_ctl_unpark(nt);
     if (nt->blocked_head)
         kr_nt_unblock_all(nt);
     /* polls that found nothing: first take what the shards sent during this iteration, so a
@@ -348,8 +348,8 @@ void kr_nt_sweep_cb(uv_timer_t *t)
     kr_net_live(nt->srv, &lv);
     uint64_t timeout = lv.client_idle_timeout_ms, rto = lv.request_timeout_ms;
     uint64_t now = kr_now_ms();
-    if (nt->nctl)
-        kr_nt_send_ctl(nt);
+    if (kr_outbox_parked(&nt->ctl))
+        kr_nt_ctl_unpark(nt);
     if (nt->blocked_head)
         kr_nt_unblock_all(nt);
     kr_nt_memory_check(nt);

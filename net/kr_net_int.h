@@ -89,12 +89,6 @@ struct kr_server;
 struct kr_nt;
 struct kr_mem_cand;
 
-/* An event a connection could not hand to a shard yet (ring full). */
-struct kr_parked {
-    uint32_t shard;
-    struct kr_event ev;
-};
-
 /* A request whose reply waits on the router: subscribe-like requests wait for every shard's
  * acknowledgement, a publish whose events did not all fit in the rings waits until they
  * are sent. Replies go out in request order. */
@@ -149,10 +143,9 @@ struct kr_conn {
     uv_write_t wreq;
     /* deliveries (kr_deliver.h): queue, incomplete entries, retro staging, overflow */
     struct kr_dlv dlv;
-    /* requests waiting on the router */
-    struct kr_parked *parked;
-    uint32_t nparked;
-    uint32_t parked_cap;
+    /* requests waiting on the router: events for the shards (or KR_DEST_LINK) in one
+     * order, parked while a ring is full (kr_conn_send; nt->conn_sink) */
+    struct kr_outbox ob;
     struct kr_reply_wait *rq; /* ring of replies waiting on the router */
     uint32_t rq_head;
     uint32_t rq_count;
@@ -248,9 +241,12 @@ struct kr_nt {
     uint32_t *free_slots;
     uint32_t nfree;
     struct kr_conn *blocked_head; /* clients to look at again after this iteration */
-    struct kr_parked *ctl;        /* control events waiting for ring space */
-    uint32_t nctl;
-    uint32_t ctl_cap;
+    /* towards the shards, through kr_nt_send_to: the connections' events (each
+     * connection's outbox; parks counted in ring_full_waits) and the thread's own control
+     * events (disconnects, drain barriers: kr_nt_ctl_push), each in one order */
+    struct kr_outbox_sink conn_sink;
+    struct kr_outbox_sink ctl_sink;
+    struct kr_outbox ctl;
     /* scratch for building messages */
     const char **topics;
     uint32_t *topic_lens;
@@ -354,11 +350,22 @@ void kr_poll_wake(struct kr_conn *c);
  * overflow error instead, or nothing once its last words were said. Net thread. */
 void kr_conn_answer(struct kr_conn *c);
 void kr_conn_closed_cb(uv_handle_t *h);
-bool kr_nt_send_ctl(struct kr_nt *nt);
+/* The net thread's outboxes: set up once the router exists (control thread, before the
+ * net thread runs); freed after it stopped (control thread; a drain barrier never sent is
+ * freed). */
+void kr_nt_outbox_init(struct kr_nt *nt);
+void kr_nt_outbox_destroy(struct kr_nt *nt);
+/* A control event to shard `shard`, in order with the thread's earlier ones (parked while
+ * the ring is full). Net thread. */
+void kr_nt_ctl_push(struct kr_nt *nt, uint32_t shard, const struct kr_event *ev);
+/* Send the parked control events in order; true when none is left. Net thread. */
+bool kr_nt_ctl_unpark(struct kr_nt *nt);
 void kr_conn_close(struct kr_conn *c);
 void kr_conn_pause(struct kr_conn *c);
 void kr_conn_resume(struct kr_conn *c);
 void kr_conn_send(struct kr_conn *c, uint32_t shard, const struct kr_event *ev);
+/* Events of c still parked in its outbox (waiting for ring space). Net thread. */
+uint32_t kr_conn_nparked(const struct kr_conn *c);
 bool kr_conn_can_parse(struct kr_conn *c);
 void kr_conn_process(struct kr_conn *c);
 /* ---- kr_cmd.c: the rule book (declared in kr_frontend.h) */

@@ -129,6 +129,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
     }
     for (uint32_t i = 0; i < s->nnet; i++) {
         struct kr_nt *nt = s->nts[i];
+        kr_nt_outbox_init(nt);
         uv_loop_init(&nt->loop);
         uv_async_init(&nt->loop, &nt->wake, kr_nt_wake_cb);
         nt->wake.data = nt;
@@ -249,10 +250,7 @@ void kr_server_destroy(struct kr_server *s)
         free(nt->topic_hashes);
         free(nt->args);
         free(nt->arg_lens);
-        for (uint32_t k = 0; k < nt->nctl; k++) /* drain barriers never sent */
-            if (nt->ctl[k].ev.type == KR_EV_UNSUBSCRIBE)
-                free(nt->ctl[k].ev.ptr);
-        free(nt->ctl);
+        kr_nt_outbox_destroy(nt);
         free(nt->mem_cand);
         free(nt->turns);
         free(nt);

@@ -102,18 +102,12 @@ void kr_server_figures(struct kr_server *srv, kr_server_figure_cb cb, void *arg)
 #define KR_NT_FIG(name, kind, help) kr_fig(cb, arg, #name, KR_FIG_##kind, help, sum.name);
     KR_NT_COUNTERS(KR_NT_FIG)
 #undef KR_NT_FIG
-    /* the router's */
-    kr_fig(cb, arg, "messages_routed", C, "publish events processed, per shard", rs.messages_routed);
-    kr_fig(cb, arg, "deliveries", C, "deliveries the shards made", rs.deliveries);
-    kr_fig(cb, arg, "topics", G, "topics with at least one subscriber", rs.topics);
-    kr_fig(cb, arg, "subscriptions", G, "(topic, client) subscriptions", rs.subscriptions);
-    kr_fig(cb, arg, "shard_overflow_events", C,
-           "events a shard parked because its ring towards a net thread was full",
-           rs.overflow_events);
-    kr_fig(cb, arg, "history_messages", G, "messages held for retroactive subscriptions",
-           rs.history_messages);
-    kr_fig(cb, arg, "history_bytes", G, "bytes of the messages held for retroactive subscriptions",
-           rs.history_bytes);
+    /* the router's (KR_ROUTER_COUNTERS) */
+#define KR_RT_FIG(name, kind, source, figure, help)                                               \
+    if (figure[0])                                                                                \
+        kr_fig(cb, arg, figure, KR_FIG_##kind, help, rs.name);
+    KR_ROUTER_COUNTERS(KR_RT_FIG)
+#undef KR_RT_FIG
     /* memory */
     kr_fig(cb, arg, "memory_used", G, "what max_memory bounds: queued, unsent and history bytes",
            kr_server_memory_used(srv, NULL));
@@ -134,38 +128,15 @@ void kr_server_figures(struct kr_server *srv, kr_server_figure_cb cb, void *arg)
         kr_fig_text(cb, arg, "cluster_server", "the NATS server the link is connected to",
                     cs.server[0] ? cs.server : "-");
     }
-    kr_fig(cb, arg, "cluster_reconnects", C, "reconnections of the cluster link", cs.reconnects);
-    kr_fig(cb, arg, "cluster_subjects", G, "topic subscriptions the link holds in the cluster",
-           cs.subjects);
-    kr_fig(cb, arg, "cluster_peers", G, "other nodes heard from in the last seconds", cs.peers);
-    kr_fig(cb, arg, "cluster_msgs_out", C, "entries forwarded to the cluster", cs.msgs_out);
-    kr_fig(cb, arg, "cluster_copies_out", C,
-           "NATS messages the forwarded entries took (one per distinct topic)", cs.copies_out);
-    kr_fig(cb, arg, "cluster_msgs_in", C, "entries from other nodes fanned out here", cs.msgs_in);
-    kr_fig(cb, arg, "cluster_duplicates", C,
-           "further copies of an entry already received from the cluster, dropped", cs.duplicates);
-    kr_fig(cb, arg, "cluster_lost_forwards", C,
-           "copies that could not be forwarded (link down and its buffer full)", cs.lost_forwards);
-    kr_fig(cb, arg, "cluster_resyncs_sent", C, "lost-forward notices sent to the other nodes",
-           cs.resyncs_sent);
-    kr_fig(cb, arg, "cluster_resyncs_received", C, "lost-forward notices from other nodes",
-           cs.resyncs_received);
-    kr_fig(cb, arg, "cluster_resync_topics", C,
-           "topics whose local subscribers were told to resync", cs.resync_topics);
-    kr_fig(cb, arg, "cluster_barriers", C,
-           "subscribe requests that waited for the cluster to hold their interest", cs.barriers);
-    struct kr_figure bw = {.name = "cluster_barrier_time", .kind = C, .micro = 1,
-                           .help = "total time subscribe requests waited for the cluster",
-                           .value = cs.barrier_us};
-    cb(arg, &bw);
-    kr_fig(cb, arg, "cluster_barrier_timeouts", C, "probes a node did not answer in time",
-           cs.barrier_timeouts);
-    kr_fig(cb, arg, "cluster_bad_messages", C, "messages from the cluster that did not decode",
-           cs.bad_bodies);
-    kr_fig(cb, arg, "cluster_slow_consumers", C,
-           "times a topic's entries from the cluster outran the shards past cluster_max_pending "
-           "(dropped by the cluster, its subscribers told)",
-           cs.slow_consumers);
+    /* ... and its counters (KR_CLUSTER_COUNTERS) */
+#define KR_CL_FIG(n_, k_, us_, h_)                                                                \
+    {                                                                                             \
+        struct kr_figure f = {.name = "cluster_" #n_, .kind = KR_FIG_##k_, .micro = us_,         \
+                              .help = h_, .value = cs.n_};                                        \
+        cb(arg, &f);                                                                              \
+    }
+    KR_CLUSTER_COUNTERS(KR_CL_FIG)
+#undef KR_CL_FIG
 }
 
 void kr_server_refresh_stats(struct kr_server *srv)

@@ -6,6 +6,9 @@
  *    events, copied by value (no allocation per event).
  *  - struct kr_waiter: the sleep/wake-up of a consumer thread (eventfd) with a "sleeping"
  *    flag so producers only make a syscall when the consumer really sleeps.
+ *  - struct kr_outbox: the sending side of a set of mailboxes, owned by one producer thread:
+ *    every event goes out in order or waits in a local FIFO while its mailbox is full, and
+ *    each destination is woken once per batch.
  *  - struct kr_topicset: the matched topics of one delivery (bits in one word up to 64
  *    topics, else an owned bitmap), passed from a shard to a net thread in an event.
  *  - struct kr_reqq: requests from any thread to the thread that owns some state (off the
@@ -181,6 +184,140 @@ bool kr_mailbox_pop(struct kr_mailbox *mb, struct kr_event *ev);
 /* Events currently queued (approximate from any other thread). */
 uint32_t kr_mailbox_depth(const struct kr_mailbox *mb);
 uint32_t kr_mailbox_capacity(const struct kr_mailbox *mb);
+
+/* ---------------------------------------------------------------- outboxes
+ *
+ * Push in order or park: the one place that knows how a producer hands events to mailboxes
+ * that may be full. An outbox belongs to one producer thread (a shard towards the net
+ * threads, the cluster link towards the net threads, a connection or a net thread towards
+ * the shards) and is used by that thread only.
+ *
+ *  - kr_outbox_push sends an event to destination `dest` at once when nothing waits ahead
+ *    of it and the mailbox takes it; otherwise the event is parked in a local FIFO, behind
+ *    whatever waits already, so the destination sees events in push order.
+ *  - kr_outbox_unpark sends parked events, oldest first, as long as their mailboxes take
+ *    them (called when the consumers may have made room: after each batch, on a timer).
+ *  - with a wake callback, every destination that received something since the last
+ *    kr_outbox_wake is woken once by it: one wake-up per destination per batch.
+ *
+ * Order is kept per destination (KR_OUTBOX_PER_DEST: one FIFO per destination, so a slow
+ * consumer does not hold up the others) or across every destination (KR_OUTBOX_ALL: one
+ * FIFO; once anything is parked every later event waits behind it, the order a connection
+ * needs for the events of one request). The hot path is one test of the FIFO's count and
+ * the mailbox push: no allocation, no atomic beyond the ring's own, no syscall. Parking
+ * allocates only to grow the FIFO (amortized; aborts on out of memory). */
+
+/* An event waiting in an outbox, with its destination. */
+struct kr_outbox_parked {
+    uint32_t dest;
+    struct kr_event ev;
+};
+
+/* A FIFO of parked events (a ring buffer that doubles when full). */
+struct kr_outbox_fifo {
+    struct kr_outbox_parked *buf;
+    uint32_t head;
+    uint32_t count;
+    uint32_t cap;
+};
+
+/* How an outbox sends, and whom it tells: set up once by the producer, shared by all of
+ * its outboxes (e.g. every connection of a net thread), read-only afterwards. */
+struct kr_outbox_sink {
+    uint32_t ndest;                /* destinations 0..ndest-1 */
+    struct kr_mailbox *const *mb;  /* [ndest]: an event for dest goes into mb[dest]; NULL:
+                                      through `send` instead */
+    /* Hand ev to dest; false when it cannot take it now (full, congested). Producer thread. */
+    bool (*send)(void *arg, uint32_t dest, const struct kr_event *ev);
+    /* Wake dest after events went into its mailbox; NULL when the producer wakes its
+     * destinations some other way. Called by kr_outbox_wake. */
+    void (*wake)(void *arg, uint32_t dest);
+    void *arg;                     /* for send and wake */
+    uint64_t *parks;               /* NULL, or a counter of events ever parked: written by
+                                      the producer only (relaxed stores), read by any thread */
+};
+
+enum kr_outbox_order {
+    KR_OUTBOX_PER_DEST, /* order per destination: one FIFO each */
+    KR_OUTBOX_ALL,      /* one order across every destination: one FIFO */
+};
+
+struct kr_outbox {
+    const struct kr_outbox_sink *sink;
+    struct kr_outbox_fifo *lanes; /* [ndest], KR_OUTBOX_PER_DEST only */
+    struct kr_outbox_fifo one;    /* the FIFO of a KR_OUTBOX_ALL outbox */
+    uint8_t *pending;             /* [ndest], with sink->wake: received since the last wake */
+    uint32_t nparked;             /* events parked now, over every FIFO */
+    bool per_dest;
+};
+
+/* Set up an outbox over `sink` (which must outlive it). KR_OUTBOX_ALL without a wake
+ * callback allocates nothing (a zeroed outbox with only `sink` set is the same). Aborts on
+ * out of memory. The producer thread, or any thread before the outbox is used. */
+void kr_outbox_init(struct kr_outbox *ob, const struct kr_outbox_sink *sink,
+                    enum kr_outbox_order order);
+/* Release every parked event through release(arg, dest, ev) in order (NULL: they hold
+ * nothing), then free the outbox's memory. The producer thread, or any thread once the
+ * producer stopped. */
+void kr_outbox_destroy(struct kr_outbox *ob,
+                       void (*release)(void *arg, uint32_t dest, struct kr_event *ev),
+                       void *arg);
+/* Release every parked event as kr_outbox_destroy does, and keep the outbox usable (a
+ * connection that closes while events wait). Producer thread. */
+void kr_outbox_clear(struct kr_outbox *ob,
+                     void (*release)(void *arg, uint32_t dest, struct kr_event *ev),
+                     void *arg);
+
+/* Out of line: park ev behind what waits for its FIFO. Use kr_outbox_push. */
+void kr_outbox_park_(struct kr_outbox *ob, struct kr_outbox_fifo *f, uint32_t dest,
+                     const struct kr_event *ev);
+
+static inline struct kr_outbox_fifo *kr_outbox_fifo_(struct kr_outbox *ob, uint32_t dest)
+{
+    return ob->per_dest ? &ob->lanes[dest] : &ob->one;
+}
+
+static inline bool kr_outbox_send_(const struct kr_outbox_sink *s, uint32_t dest,
+                                   const struct kr_event *ev)
+{
+    return s->mb ? kr_mailbox_push(s->mb[dest], ev) : s->send(s->arg, dest, ev);
+}
+
+/* Send a copy of *ev to `dest` now if nothing is parked ahead of it (for this destination,
+ * or for any with KR_OUTBOX_ALL) and the mailbox takes it: returns true. Else park it
+ * behind the others (counted in sink->parks) and return false: it goes out with a later
+ * kr_outbox_unpark. Either way the event now belongs to the outbox's side. Producer
+ * thread. */
+static inline bool kr_outbox_push(struct kr_outbox *ob, uint32_t dest, const struct kr_event *ev)
+{
+    struct kr_outbox_fifo *f = kr_outbox_fifo_(ob, dest);
+    if (f->count == 0 && kr_outbox_send_(ob->sink, dest, ev)) {
+        if (ob->pending)
+            ob->pending[dest] = 1;
+        return true;
+    }
+    kr_outbox_park_(ob, f, dest, ev);
+    return false;
+}
+
+/* Send parked events oldest first while their mailboxes take them (per FIFO: the first
+ * refusal stops that FIFO). Returns true when nothing is parked any more. Producer
+ * thread. */
+bool kr_outbox_unpark(struct kr_outbox *ob);
+
+/* Call sink->wake once for every destination that received events since the last call.
+ * Producer thread, once per batch. */
+void kr_outbox_wake(struct kr_outbox *ob);
+
+/* Mark every destination to be woken by the next kr_outbox_wake (e.g. a consumer may wait
+ * for a change that came with no event). Producer thread. */
+void kr_outbox_wake_all(struct kr_outbox *ob);
+
+/* Events parked now. Producer thread. */
+static inline uint32_t kr_outbox_parked(const struct kr_outbox *ob)
+{
+    return ob->nparked;
+}
 
 /* ---------------------------------------------------------------- waiter */
 

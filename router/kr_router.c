@@ -24,15 +24,6 @@
  * subscribers stays bounded by about this many deliveries. */
 #define KR_SHARD_PARK_RINGS 4
 
-/* Events a shard could not push because the ring towards a net thread was full, kept in
- * order until the ring has room again. */
-struct kr_fifo {
-    struct kr_event *buf;
-    uint32_t head;
-    uint32_t count;
-    uint32_t cap;
-};
-
 /* The most recent messages that touched a shard, oldest first, for retroactive
  * subscriptions. Each holds a reference to the shared message buffer (no copies). */
 struct kr_history {
@@ -57,6 +48,17 @@ struct kr_topics_req {
     char buf[];
 };
 
+/* The SHARD rows of KR_ROUTER_COUNTERS (kr_router.h). */
+struct kr_shard_counters {
+#define KR_SHARD_FIELD_SHARD(name) uint64_t name;
+#define KR_SHARD_FIELD_TABLE(name)
+#define KR_SHARD_FIELD(name, kind, source, figure, help) KR_SHARD_FIELD_##source(name)
+    KR_ROUTER_COUNTERS(KR_SHARD_FIELD)
+#undef KR_SHARD_FIELD
+#undef KR_SHARD_FIELD_TABLE
+#undef KR_SHARD_FIELD_SHARD
+};
+
 struct kr_shard {
     struct kr_router *r;
     uint32_t idx;
@@ -67,10 +69,11 @@ struct kr_shard {
     struct kr_topics *topics;
     struct kr_mailbox **in;  /* [nnet] net -> shard */
     struct kr_mailbox **out; /* [nnet] shard -> net */
-    struct kr_fifo *fifo;    /* [nnet] overflow towards each net thread */
-    uint32_t nparked;        /* events in all of fifo */
+    /* towards the net threads: in order per net thread, parked while a ring is full
+     * (counted in overflow_events), each woken once per batch (r->o.wake_net) */
+    struct kr_outbox_sink sink;
+    struct kr_outbox ob;
     uint32_t first_in;       /* ring served first this round (rotates: no ring starves) */
-    uint8_t *wake;           /* [nnet] pushed towards net n since its last wake-up */
     uint64_t stamp;          /* fanout generation (one per routed message) */
     struct kr_sconn **touched;
     uint32_t ntouched;
@@ -82,14 +85,11 @@ struct kr_shard {
     struct kr_history hist;
     struct kr_router_cmd *interest; /* topic transitions of the event being handled */
     bool interest_on;
-    /* statistics: written by the shard only */
-    uint64_t routed;
-    uint64_t deliveries;
-    uint64_t overflow_events;
-    uint64_t hist_count;
-    uint64_t hist_bytes;
-    uint64_t retro_not_found;
+    struct kr_shard_counters st; /* written by the shard only (relaxed stores) */
 } __attribute__((aligned(64)));
+
+#define KR_SH_SET(sh, f, v) ck_pr_store_64(&(sh)->st.f, (v))
+#define KR_SH_INC(sh, f, n) KR_SH_SET(sh, f, (sh)->st.f + (n))
 
 /* Set by a shard while it holds too many parked events (read by the net threads on each
  * publish, written by the shard on changes only; a cache line each). */
@@ -165,41 +165,9 @@ uint32_t kr_router_shard_of_hash(const struct kr_router *r, uint64_t hash)
 }
 
 /* Push an event towards net thread n, keeping order behind anything already parked. */
-static void kr_shard_emit(struct kr_shard *sh, uint32_t n, const struct kr_event *ev)
+static inline void kr_shard_emit(struct kr_shard *sh, uint32_t n, const struct kr_event *ev)
 {
-    struct kr_fifo *f = &sh->fifo[n];
-    if (f->count == 0 && kr_mailbox_push(sh->out[n], ev)) {
-        sh->wake[n] = 1;
-        return;
-    }
-    if (f->count == f->cap) {
-        uint32_t ncap = f->cap ? f->cap * 2 : 1024;
-        struct kr_event *nb = kr_xcalloc(ncap, sizeof(*nb));
-        for (uint32_t i = 0; i < f->count; i++)
-            nb[i] = f->buf[(f->head + i) % f->cap];
-        free(f->buf);
-        f->buf = nb;
-        f->head = 0;
-        f->cap = ncap;
-    }
-    f->buf[(f->head + f->count) % f->cap] = *ev;
-    f->count++;
-    sh->nparked++;
-    ck_pr_store_64(&sh->overflow_events, sh->overflow_events + 1);
-}
-
-/* Move parked events into the rings as space allows. */
-static void kr_shard_flush_fifos(struct kr_shard *sh)
-{
-    for (uint32_t n = 0; n < sh->r->o.nnet && sh->nparked; n++) {
-        struct kr_fifo *f = &sh->fifo[n];
-        while (f->count && kr_mailbox_push(sh->out[n], &f->buf[f->head])) {
-            f->head = (f->head + 1) % f->cap;
-            f->count--;
-            sh->nparked--;
-            sh->wake[n] = 1;
-        }
-    }
+    kr_outbox_push(&sh->ob, n, ev);
 }
 
 /* Raise the congestion flag at park_max parked events, lower it below half of that. When
@@ -209,12 +177,13 @@ static void kr_shard_congestion(struct kr_shard *sh, uint32_t park_max)
 {
     int *flag = &sh->r->congested[sh->idx].on;
     int on = ck_pr_load_int(flag);
-    int want = sh->nparked >= park_max ? 1 : sh->nparked < park_max / 2 ? 0 : on;
+    uint32_t parked = kr_outbox_parked(&sh->ob);
+    int want = parked >= park_max ? 1 : parked < park_max / 2 ? 0 : on;
     if (want == on)
         return;
     ck_pr_store_int(flag, want);
     if (!want)
-        memset(sh->wake, 1, sh->r->o.nnet);
+        kr_outbox_wake_all(&sh->ob);
 }
 
 /* Drop the oldest held message, remembering the newest publish time ever dropped: a
@@ -250,8 +219,8 @@ static void kr_history_add(struct kr_shard *sh, struct kr_msg *m)
     uint64_t max_bytes = sh->r->o.history_bytes;
     while (max_bytes && h->bytes > max_bytes && h->count)
         kr_history_evict(h);
-    ck_pr_store_64(&sh->hist_count, h->count);
-    ck_pr_store_64(&sh->hist_bytes, h->bytes);
+    KR_SH_SET(sh, history_messages, h->count);
+    KR_SH_SET(sh, history_bytes, h->bytes);
 }
 
 /* Subscribe, then replay the history on the requested topics after the horizon: one step
@@ -273,7 +242,7 @@ static void kr_shard_retro(struct kr_shard *sh, struct kr_event *ev)
     uint64_t status = 0;
     if (c->horizon_us < h->start_us || c->horizon_us < h->evicted_max_us) {
         status = 1;
-        ck_pr_store_64(&sh->retro_not_found, sh->retro_not_found + 1);
+        KR_SH_INC(sh, retro_not_found, 1);
     } else {
         for (uint32_t k = 0; k < h->count; k++) {
             struct kr_msg *m = h->msgs[(h->head + k) % h->cap];
@@ -392,8 +361,8 @@ static uint32_t kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
                               .aux = fanout, .conn = publisher, .ptr = m};
         kr_shard_emit(sh, KR_CONN_NET(publisher), &ev);
     }
-    ck_pr_store_64(&sh->routed, sh->routed + 1);
-    ck_pr_store_64(&sh->deliveries, sh->deliveries + fanout);
+    KR_SH_INC(sh, messages_routed, 1);
+    KR_SH_INC(sh, deliveries, fanout);
     kr_history_add(sh, m); /* takes over the reference the PUBLISH event carried */
     return fanout;
 }
@@ -487,16 +456,6 @@ static void kr_shard_handle(struct kr_shard *sh, struct kr_event *ev)
     }
 }
 
-static void kr_shard_wake_nets(struct kr_shard *sh)
-{
-    for (uint32_t n = 0; n < sh->r->o.nnet; n++) {
-        if (sh->wake[n]) {
-            sh->wake[n] = 0;
-            sh->r->o.wake_net(sh->r->o.wake_arg, n);
-        }
-    }
-}
-
 static void kr_shard_pin(struct kr_shard *sh)
 {
     cpu_set_t allowed, one;
@@ -549,12 +508,12 @@ static void *kr_shard_main(void *arg)
 
     while (!ck_pr_load_int(&r->stop)) {
         kr_reqq_serve(sh->reqq, sh);
-        kr_shard_flush_fifos(sh);
+        kr_outbox_unpark(&sh->ob);
         uint32_t work = 0;
-        for (uint32_t i = 0; i < r->o.nnet && sh->nparked < park_max; i++) {
+        for (uint32_t i = 0; i < r->o.nnet && kr_outbox_parked(&sh->ob) < park_max; i++) {
             uint32_t n = (sh->first_in + i) % r->o.nnet;
             struct kr_event ev;
-            for (uint32_t k = 0; k < KR_SHARD_BATCH && sh->nparked < park_max &&
+            for (uint32_t k = 0; k < KR_SHARD_BATCH && kr_outbox_parked(&sh->ob) < park_max &&
                                  kr_mailbox_pop(sh->in[n], &ev);
                  k++) {
                 kr_shard_handle(sh, &ev);
@@ -564,19 +523,19 @@ static void *kr_shard_main(void *arg)
         }
         sh->first_in = (sh->first_in + 1) % r->o.nnet;
         kr_shard_congestion(sh, park_max);
-        kr_shard_wake_nets(sh);
+        kr_outbox_wake(&sh->ob);
         if (work)
             continue;
         kr_waiter_prepare(&sh->waiter);
         bool ready = ck_pr_load_int(&r->stop) || kr_reqq_pending(sh->reqq);
-        for (uint32_t n = 0; n < r->o.nnet && !ready && sh->nparked < park_max; n++)
+        for (uint32_t n = 0; n < r->o.nnet && !ready && kr_outbox_parked(&sh->ob) < park_max; n++)
             ready = kr_mailbox_depth(sh->in[n]) > 0;
         if (ready) {
             kr_waiter_cancel(&sh->waiter);
             continue;
         }
         /* With events parked, retry soon: the net thread frees ring space as it drains. */
-        kr_waiter_sleep(&sh->waiter, sh->nparked ? 1 : -1);
+        kr_waiter_sleep(&sh->waiter, kr_outbox_parked(&sh->ob) ? 1 : -1);
     }
     urcu_memb_unregister_thread();
     return NULL;
@@ -617,12 +576,14 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
         sh->hist.msgs = kr_xcalloc(r->o.history ? r->o.history : 1, sizeof(struct kr_msg *));
         sh->in = kr_xcalloc(r->o.nnet, sizeof(*sh->in));
         sh->out = kr_xcalloc(r->o.nnet, sizeof(*sh->out));
-        sh->fifo = kr_xcalloc(r->o.nnet, sizeof(*sh->fifo));
-        sh->wake = kr_xcalloc(r->o.nnet, 1);
         for (uint32_t n = 0; n < r->o.nnet; n++) {
             sh->in[n] = kr_mailbox_create(r->o.mailbox_capacity);
             sh->out[n] = kr_mailbox_create(r->o.mailbox_capacity);
         }
+        sh->sink = (struct kr_outbox_sink){.ndest = r->o.nnet, .mb = sh->out,
+                                           .wake = r->o.wake_net, .arg = r->o.wake_arg,
+                                           .parks = &sh->st.overflow_events};
+        kr_outbox_init(&sh->ob, &sh->sink, KR_OUTBOX_PER_DEST);
     }
     return r;
 }
@@ -688,6 +649,13 @@ static void kr_router_release_event(struct kr_event *ev)
     }
 }
 
+static void kr_router_release_parked(void *arg, uint32_t net, struct kr_event *ev)
+{
+    (void)arg;
+    (void)net;
+    kr_router_release_event(ev);
+}
+
 void kr_router_destroy(struct kr_router *r)
 {
     if (!r)
@@ -701,10 +669,9 @@ void kr_router_destroy(struct kr_router *r)
                 kr_router_release_event(&ev);
             while (kr_mailbox_pop(sh->out[n], &ev))
                 kr_router_release_event(&ev);
-            struct kr_fifo *f = &sh->fifo[n];
-            for (uint32_t i = 0; i < f->count; i++)
-                kr_router_release_event(&f->buf[(f->head + i) % f->cap]);
-            free(f->buf);
+        }
+        kr_outbox_destroy(&sh->ob, kr_router_release_parked, NULL);
+        for (uint32_t n = 0; n < r->o.nnet; n++) {
             kr_mailbox_destroy(sh->in[n]);
             kr_mailbox_destroy(sh->out[n]);
         }
@@ -716,8 +683,6 @@ void kr_router_destroy(struct kr_router *r)
         kr_waiter_destroy(&sh->waiter);
         free(sh->in);
         free(sh->out);
-        free(sh->fifo);
-        free(sh->wake);
         free(sh->touched);
         free(sh->interest);
     }
@@ -757,19 +722,29 @@ bool kr_router_recv(struct kr_router *r, uint32_t net, uint32_t shard, struct kr
     return kr_mailbox_pop(r->shards[shard].out[net], ev);
 }
 
+/* The TABLE rows of KR_ROUTER_COUNTERS: the shard's topic table's own counts. */
+static uint64_t kr_shard_table_topics(const struct kr_shard *sh)
+{
+    return kr_topics_count(sh->topics);
+}
+
+static uint64_t kr_shard_table_subscriptions(const struct kr_shard *sh)
+{
+    return kr_topics_subscriptions(sh->topics);
+}
+
 void kr_router_stats(const struct kr_router *r, struct kr_router_stats *out)
 {
     memset(out, 0, sizeof(*out));
     for (uint32_t s = 0; s < r->o.nshards; s++) {
         struct kr_shard *sh = &r->shards[s];
-        out->topics += kr_topics_count(sh->topics);
-        out->subscriptions += kr_topics_subscriptions(sh->topics);
-        out->messages_routed += ck_pr_load_64(&sh->routed);
-        out->deliveries += ck_pr_load_64(&sh->deliveries);
-        out->overflow_events += ck_pr_load_64(&sh->overflow_events);
-        out->history_messages += ck_pr_load_64(&sh->hist_count);
-        out->history_bytes += ck_pr_load_64(&sh->hist_bytes);
-        out->retro_not_found += ck_pr_load_64(&sh->retro_not_found);
+#define KR_RT_SUM_SHARD(name) out->name += ck_pr_load_64(&sh->st.name);
+#define KR_RT_SUM_TABLE(name) out->name += kr_shard_table_##name(sh);
+#define KR_RT_SUM(name, kind, source, figure, help) KR_RT_SUM_##source(name)
+        KR_ROUTER_COUNTERS(KR_RT_SUM)
+#undef KR_RT_SUM
+#undef KR_RT_SUM_TABLE
+#undef KR_RT_SUM_SHARD
     }
 }
 

@@ -157,16 +157,33 @@ struct kr_router_cmd *kr_router_cmd_add(struct kr_router_cmd *c, const char *top
 int kr_router_cmd_next(const struct kr_router_cmd *c, uint32_t *pos, const char **topic,
                        uint32_t *len);
 
+/* The router's statistics, declared once. This list makes struct kr_router_stats, the
+ * per-shard counters (SHARD rows: written by their shard only, relaxed stores), the sum over
+ * the shards (kr_router_stats; TABLE rows are the topic tables' own counts, read then) and
+ * the printed figures (net/kr_stats.c: `stats`, /metrics, /api/server), in this order.
+ *
+ * X(name, kind, source, figure, help): kind is COUNTER (only grows) or GAUGE; source SHARD
+ * or TABLE; figure the printed name, "" for none (the shards' retro_not_found: the net
+ * threads' figure of that name counts the requests). */
+#define KR_ROUTER_COUNTERS(X)                                                                     \
+    X(messages_routed, COUNTER, SHARD, "messages_routed", "publish events processed, per shard") \
+    X(deliveries, COUNTER, SHARD, "deliveries", "deliveries the shards made")                     \
+    X(topics, GAUGE, TABLE, "topics", "topics with at least one subscriber")                      \
+    X(subscriptions, GAUGE, TABLE, "subscriptions", "(topic, client) subscriptions")              \
+    X(overflow_events, COUNTER, SHARD, "shard_overflow_events",                                   \
+      "events a shard parked because its ring towards a net thread was full")                     \
+    X(history_messages, GAUGE, SHARD, "history_messages",                                         \
+      "messages held for retroactive subscriptions")                                              \
+    X(history_bytes, GAUGE, SHARD, "history_bytes",                                               \
+      "bytes of the messages held for retroactive subscriptions")                                 \
+    X(retro_not_found, COUNTER, SHARD, "",                                                        \
+      "shard answers: the history does not reach back to a retroactive horizon")
+
 /* Statistics summed over shards (relaxed reads of per-shard counters). Any thread. */
 struct kr_router_stats {
-    uint64_t topics;          /* topics with at least one subscriber */
-    uint64_t subscriptions;   /* (topic, client) pairs */
-    uint64_t messages_routed; /* publish events processed (per shard) */
-    uint64_t deliveries;      /* deliveries made */
-    uint64_t overflow_events; /* events parked in shard-local FIFOs because a ring was full */
-    uint64_t history_messages; /* messages held for retroactive subscriptions */
-    uint64_t history_bytes;    /* bytes of the message buffers they hold */
-    uint64_t retro_not_found;  /* shard answers "history does not reach back" */
+#define KR_ROUTER_STATS_FIELD(name, kind, source, figure, help) uint64_t name;
+    KR_ROUTER_COUNTERS(KR_ROUTER_STATS_FIELD)
+#undef KR_ROUTER_STATS_FIELD
 };
 void kr_router_stats(const struct kr_router *r, struct kr_router_stats *out);
 

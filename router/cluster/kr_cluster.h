@@ -72,27 +72,43 @@ bool kr_cluster_recv(struct kr_cluster *cl, uint32_t net, struct kr_event *ev);
 /* The publisher id of entries injected from the cluster (no local connection has it). */
 uint64_t kr_cluster_publisher(const struct kr_cluster *cl);
 
+/* The link's counters, declared once. This list makes the link's own counters (each written
+ * by one thread with relaxed stores), the fields of struct kr_cluster_stats, their copy
+ * (kr_cluster_stats) and the printed figures `cluster_<name>` (net/kr_stats.c: `stats`,
+ * /metrics, /api/server), in this order.
+ *
+ * X(name, kind, micro, help): kind is COUNTER (only grows) or GAUGE; micro 1 for a count of
+ * microseconds printed as seconds with a fraction. */
+#define KR_CLUSTER_COUNTERS(X)                                                                    \
+    X(reconnects, COUNTER, 0, "reconnections of the cluster link")                                \
+    X(subjects, GAUGE, 0, "topic subscriptions the link holds in the cluster")                    \
+    X(peers, GAUGE, 0, "other nodes heard from in the last seconds")                              \
+    X(msgs_out, COUNTER, 0, "entries forwarded to the cluster")                                   \
+    X(copies_out, COUNTER, 0, "NATS messages the forwarded entries took (one per distinct topic)") \
+    X(msgs_in, COUNTER, 0, "entries from other nodes fanned out here")                            \
+    X(duplicates, COUNTER, 0,                                                                     \
+      "further copies of an entry already received from the cluster, dropped")                    \
+    X(lost_forwards, COUNTER, 0,                                                                  \
+      "copies that could not be forwarded (link down and its buffer full)")                       \
+    X(resyncs_sent, COUNTER, 0, "lost-forward notices sent to the other nodes")                   \
+    X(resyncs_received, COUNTER, 0, "lost-forward notices from other nodes")                      \
+    X(resync_topics, COUNTER, 0, "topics whose local subscribers were told to resync")            \
+    X(barriers, COUNTER, 0, "subscribe requests that waited for the cluster to hold their interest") \
+    X(barrier_time, COUNTER, 1, "total time subscribe requests waited for the cluster")           \
+    X(barrier_timeouts, COUNTER, 0, "probes a node did not answer in time")                       \
+    X(bad_messages, COUNTER, 0, "messages from the cluster that did not decode")                  \
+    X(slow_consumers, COUNTER, 0,                                                                 \
+      "times a topic's entries from the cluster outran the shards past cluster_max_pending "      \
+      "(dropped by the cluster, its subscribers told)")
+
 struct kr_cluster_stats {
     bool connected;
     char server[128];          /* the NATS server the link is connected to, or "" */
     char node[64];             /* this node's name */
     uint64_t origin;           /* this node's origin id (random per start) */
-    uint64_t reconnects;
-    uint64_t subjects;         /* topic subscriptions held */
-    uint64_t peers;            /* other nodes heard from in the last few seconds */
-    uint64_t msgs_out;         /* entries forwarded */
-    uint64_t copies_out;       /* NATS messages they took (one per distinct topic) */
-    uint64_t msgs_in;          /* entries received and fanned out locally */
-    uint64_t duplicates;       /* further copies of an entry already received, dropped */
-    uint64_t lost_forwards;    /* copies libnats refused (reconnect buffer full, closed) */
-    uint64_t resyncs_sent;     /* lost-forwards notices published */
-    uint64_t resyncs_received; /* notices from other nodes */
-    uint64_t resync_topics;    /* topics whose local subscribers were told to resync */
-    uint64_t barriers;         /* subscribe requests that waited for the cluster */
-    uint64_t barrier_us;       /* total time they waited */
-    uint64_t barrier_timeouts; /* probes that some node did not answer in time */
-    uint64_t bad_bodies;       /* messages from the cluster that did not decode */
-    uint64_t slow_consumers;   /* topics whose entries outran the shards (cluster_max_pending) */
+#define KR_CLUSTER_STATS_FIELD(name, kind, micro, help) uint64_t name;
+    KR_CLUSTER_COUNTERS(KR_CLUSTER_STATS_FIELD)
+#undef KR_CLUSTER_STATS_FIELD
 };
 /* Relaxed reads of the link's counters. Any thread. */
 void kr_cluster_stats(struct kr_cluster *cl, struct kr_cluster_stats *out);

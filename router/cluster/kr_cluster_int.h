@@ -1,0 +1,236 @@
+/* Internals of the cluster link shared by its files (not part of the module's interface:
+ * that is kr_cluster.h). The link's code is split by the thread that runs it:
+ *
+ *  - kr_cluster.c (the control thread): options, create, start, stop, destroy; and the few
+ *    calls the net threads make (kr_cluster_send / _flush / _recv) and the stats (any thread).
+ *  - kr_cluster_link.c (the link thread, its own libuv loop): the loop's callbacks, the
+ *    topic -> NATS subscription map and its lingers, subscribe barriers and their answers
+ *    towards the net threads, interest from the shards, forwarding entries to the cluster.
+ *  - kr_cluster_peers.c (the link thread): probes, peers and heartbeats, the items libnats'
+ *    threads queued, lost forwards (the recent windows and the notices), resyncs.
+ *  - kr_cluster_deliver.c (libnats' threads): the one message-delivery thread
+ *    (nats_SetMessageDeliveryPoolSize(1), every subscription on the global pool, so
+ *    messages are handled in the order they arrived) decodes entries, drops duplicates by
+ *    origin and sequence, injects the rest into the shards on in_idx, answers probes and
+ *    hands the other control messages to the link thread through a small mutex-protected
+ *    list of items (control traffic only: heartbeats, probe answers, lost notices); the
+ *    connection callbacks, on libnats' own threads, only queue an item.
+ *
+ * struct kr_cluster's fields are grouped by the thread that owns them (see the comments in
+ * it); each declaration below says which thread calls it. */
+#ifndef KR_CLUSTER_INT_H
+#define KR_CLUSTER_INT_H
+
+#include <ck_pr.h>
+#include <nats/nats.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+#include <uv.h>
+
+#include "kr_cluster.h"
+
+#define KR_CL_TICK_MS 100
+#define KR_CL_HB_MS 1000          /* heartbeat period */
+#define KR_CL_PEER_DEAD_MS 3500   /* a node not heard from this long has left */
+#define KR_CL_PROBE_TIMEOUT_MS 30000 /* interest floods take the routes seconds */
+#define KR_CL_BATCH 16384         /* events (a block counts its topics) per pass */
+#define KR_CL_DROPS_PER_TICK 4096 /* lingering subscriptions dropped per tick at most */
+#define KR_CL_MAX_ORIGINS 256     /* origins the duplicate filter remembers */
+#define KR_CL_LOST_CHUNK (256 * 1024)
+/* Topics forwarded lately, announced as possibly lost when the link reconnects (what was
+ * written to a server that died, or sat in it, is gone). Two windows of this length rotate,
+ * so what is announced covers at least this long before the reconnect: the time the link
+ * takes to notice a server that went silent (pings: 5 s, 4 unanswered). */
+#define KR_CL_RECENT_MS 25000
+#define KR_CL_RECENT_SLOTS (1u << 17) /* hashes per window (half full at most) */
+#define KR_CL_RECENT_BYTES (4u << 20) /* topic bytes per window; past either: "every topic" */
+
+struct kr_cl_topic {
+    struct kr_cl_topic *next; /* hash chain */
+    uint64_t hash;
+    natsSubscription *sub;
+    uint64_t since_us;        /* in force (and covered) since; 0 = waiting for its probe */
+    uint64_t probe;           /* the probe that puts it in force */
+    uint64_t linger_until_ms; /* dropped then unless a local subscriber came back */
+    bool shard_on;            /* the owning shard has subscribers */
+    bool in_lq;
+    uint32_t len;
+    char name[];
+};
+
+struct kr_cl_wait { /* a subscribe request waiting for a probe */
+    struct kr_event ev;
+    uint64_t probe;
+    uint64_t since_ms;
+};
+
+struct kr_cl_peer {
+    uint64_t origin;
+    uint64_t first_ms, last_ms;
+    uint64_t acked; /* highest probe it answered */
+    char name[64];
+};
+
+struct kr_cl_item { /* from libnats' threads to the link thread */
+    struct kr_cl_item *next;
+    char kind;      /* 'H', 'A', 'L' bodies; 'd' disconnected, 'r' reconnected, 'c' connected */
+    uint64_t origin;
+    uint64_t seq;
+    size_t len;
+    char data[];    /* H: name; L: the topics' pairs */
+};
+
+struct kr_cl_recent { /* the topics forwarded in one window */
+    uint64_t *slots;  /* topic hashes, open addressing (0 = empty) */
+    uint32_t n;
+    bool overflow;    /* more than the window holds: every topic */
+    char *pairs;      /* the topics, as a lost notice's pairs */
+    size_t len;
+};
+
+struct kr_cl_origin {
+    uint64_t origin, seq, last_ms;
+};
+
+struct kr_cl_counters {
+    uint64_t connected; /* 1 while linked (a state, not a counter) */
+#define KR_CL_FIELD(name, kind, micro, help) uint64_t name;
+    KR_CLUSTER_COUNTERS(KR_CL_FIELD)
+#undef KR_CL_FIELD
+};
+
+struct kr_cluster {
+    /* set by the control thread before the threads start, read-only afterwards (nc: the
+     * libnats connection, thread-safe) */
+    struct kr_cluster_opts o;
+    const struct kr_cfg *cfg;
+    char prefix[KR_CFG_STR_MAX];
+    size_t prefix_len;
+    char name[64];
+    uint64_t origin;
+    uint64_t pub_id;
+    natsOptions *nopts;
+    natsConnection *nc;
+    natsSubscription *ctl_subs[4];
+    char subj_hb[KR_CFG_STR_MAX + 16], subj_probe[KR_CFG_STR_MAX + 16],
+        subj_lost[KR_CFG_STR_MAX + 16], subj_self[KR_CFG_STR_MAX + 32];
+    int stopping; /* set by kr_cluster_stop; read by the link and delivery threads */
+
+    /* link thread */
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_timer_t tick;
+    uv_thread_t thread;
+    bool started;
+    struct kr_mailbox **in;   /* [nnet] net -> link */
+    struct kr_mailbox **out;  /* [nnet] link -> net */
+    uint8_t *in_dirty;        /* [nnet] net n pushed since its flush (net n only) */
+    /* answers towards the net threads: in order per net thread, parked while a ring is
+     * full, each net thread woken once per pass */
+    struct kr_outbox_sink out_sink;
+    struct kr_outbox outbox;
+    struct kr_cl_topic **buckets;
+    size_t nbuckets, ntopics;
+    struct kr_cl_topic **lq; /* lingering topics, by deadline (constant linger: append order) */
+    size_t lq_head, lq_n, lq_cap;
+    struct kr_cl_topic **pend; /* topics waiting for probe_sent (in flight) or the next */
+    size_t npend, pend_cap;
+    struct kr_cl_wait *waits;
+    size_t nwaits, waits_cap;
+    uint64_t probe_sent;     /* last probe number sent (0 = none) */
+    uint64_t probe_done;     /* every probe up to this one is answered */
+    uint64_t probe_sent_ms;
+    bool need_probe;         /* topics were subscribed after the last probe sent */
+    bool connected;
+    uint64_t last_hb_ms;
+    uint64_t start_ms;
+    struct kr_cl_peer *peers;
+    uint32_t npeers, peers_cap;
+    char *ebuf;              /* encoded entry */
+    size_t ebuf_cap;
+    char *sbuf;              /* a subject */
+    size_t sbuf_cap;
+    char *lost;              /* lost-forwards notice being collected (pairs) */
+    size_t lost_len, lost_cap;
+    uint32_t lost_n;
+    uint64_t seq;            /* entries forwarded */
+    struct kr_cl_recent recent[2]; /* [cur] fills, the other is the window before */
+    uint32_t recent_cur;
+    uint64_t recent_since_ms;
+    bool lost_all;           /* a lost notice for every topic is due */
+
+    /* from libnats' threads */
+    pthread_mutex_t mu;
+    struct kr_cl_item *ihead, *itail;
+
+    /* the delivery thread */
+    struct kr_cl_origin origins[KR_CL_MAX_ORIGINS];
+    uint32_t norigins;
+    const char **d_topics;
+    uint32_t *d_lens;
+    uint64_t *d_hashes;
+    uint32_t d_cap;
+
+    struct kr_cl_counters st; /* relaxed stores by their one writer */
+};
+
+/* Add n to counter f (KR_CLUSTER_COUNTERS). Each counter's one writer thread. */
+#define KR_CL_INC(cl, f, n) ck_pr_store_64(&(cl)->st.f, (cl)->st.f + (n))
+
+/* Milliseconds of the monotonic clock. Any thread. */
+static inline uint64_t kr_cl_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ---------------------------------------------------------------- kr_cluster_deliver.c */
+
+/* libnats' connection callbacks: queue an item for the link thread and wake it. libnats'
+ * threads (set up by the control thread's kr_cl_options). */
+void kr_cl_disconnected_cb(natsConnection *nc, void *closure);
+void kr_cl_reconnected_cb(natsConnection *nc, void *closure);
+void kr_cl_connected_cb(natsConnection *nc, void *closure);
+void kr_cl_error_cb(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure);
+/* A topic's entry from another node: decoded, filtered and injected into the shards. The
+ * delivery thread (subscribed by the link thread's kr_cl_hold). */
+void kr_cl_on_entry(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
+/* A control message (heartbeat, probe, probe answer, lost notice). The delivery thread
+ * (subscribed by the control thread's kr_cluster_create). */
+void kr_cl_on_ctl(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
+
+/* ---------------------------------------------------------------- kr_cluster_link.c */
+
+/* The loop's wake-up and tick callbacks, and the thread's main. The link thread (the
+ * handles are set up by the control thread before it starts). */
+void kr_cl_wake_cb(uv_async_t *a);
+void kr_cl_tick_cb(uv_timer_t *t);
+void kr_cl_main(void *arg);
+/* The topic's entry, or NULL. Link thread. */
+struct kr_cl_topic *kr_cl_find(struct kr_cluster *cl, const char *t, uint32_t len, uint64_t h);
+/* Answer a subscribe request's barrier towards its net thread. Link thread. */
+void kr_cl_answer(struct kr_cluster *cl, struct kr_event *req);
+
+/* ---------------------------------------------------------------- kr_cluster_peers.c */
+
+/* Complete the probe in flight once every known node answered (then its topics are in
+ * force and the requests that waited for it answered); send the next one when due. Link
+ * thread. */
+void kr_cl_probe_check(struct kr_cluster *cl);
+/* Forget the nodes not heard from for KR_CL_PEER_DEAD_MS. Link thread. */
+void kr_cl_peers_expire(struct kr_cluster *cl, uint64_t now);
+/* Publish this node's heartbeat when one is due. Link thread. */
+void kr_cl_heartbeat(struct kr_cluster *cl, uint64_t now);
+/* Handle the items libnats' threads queued. Link thread. */
+void kr_cl_items(struct kr_cluster *cl, uint64_t now);
+/* Remember a copy libnats refused, for the lost notice after the reconnect. Link thread. */
+void kr_cl_lost_add(struct kr_cluster *cl, const char *t, uint32_t len);
+/* Record a topic forwarded in the current recent window; rotate the windows when due.
+ * Link thread. */
+void kr_cl_recent_add(struct kr_cluster *cl, const char *t, uint32_t len, uint64_t h);
+void kr_cl_recent_rotate(struct kr_cluster *cl, uint64_t now);
+
+#endif

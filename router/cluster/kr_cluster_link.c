@@ -1,0 +1,335 @@
+/* The cluster link thread (see kr_cluster_int.h): its libuv loop's callbacks, the topic ->
+ * NATS subscription map and its lingers, the subscribe barriers and their answers towards
+ * the net threads (a kr_outbox), the interest the shards report, and forwarding local
+ * entries to the cluster. Everything here runs on the link thread. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kr_cluster_int.h"
+#include "kr_cluster_wire.h"
+#include "kr_log.h"
+#include "kr_util.h"
+
+/* ---------------------------------------------------------------- the topic map (link) */
+
+struct kr_cl_topic *kr_cl_find(struct kr_cluster *cl, const char *t, uint32_t len, uint64_t h)
+{
+    for (struct kr_cl_topic *e = cl->buckets[h & (cl->nbuckets - 1)]; e; e = e->next)
+        if (e->hash == h && e->len == len && memcmp(e->name, t, len) == 0)
+            return e;
+    return NULL;
+}
+
+static void kr_cl_grow(struct kr_cluster *cl)
+{
+    size_t nb = cl->nbuckets * 2;
+    struct kr_cl_topic **b = kr_xcalloc(nb, sizeof(*b));
+    for (size_t i = 0; i < cl->nbuckets; i++) {
+        struct kr_cl_topic *e = cl->buckets[i];
+        while (e) {
+            struct kr_cl_topic *next = e->next;
+            e->next = b[e->hash & (nb - 1)];
+            b[e->hash & (nb - 1)] = e;
+            e = next;
+        }
+    }
+    free(cl->buckets);
+    cl->buckets = b;
+    cl->nbuckets = nb;
+}
+
+static void kr_cl_linger(struct kr_cluster *cl, struct kr_cl_topic *e)
+{
+    e->linger_until_ms = kr_cl_now_ms() + cl->cfg->cluster_linger_ms;
+    if (e->in_lq)
+        return;
+    if (cl->lq_n == cl->lq_cap) {
+        size_t ncap = cl->lq_cap ? cl->lq_cap * 2 : 1024;
+        struct kr_cl_topic **nq = kr_xcalloc(ncap, sizeof(*nq));
+        for (size_t i = 0; i < cl->lq_n; i++)
+            nq[i] = cl->lq[(cl->lq_head + i) % cl->lq_cap];
+        free(cl->lq);
+        cl->lq = nq;
+        cl->lq_head = 0;
+        cl->lq_cap = ncap;
+    }
+    cl->lq[(cl->lq_head + cl->lq_n) % cl->lq_cap] = e;
+    cl->lq_n++;
+    e->in_lq = true;
+}
+
+/* The topic's entry; a new one gets its NATS subscription and waits for the next probe. */
+static struct kr_cl_topic *kr_cl_hold(struct kr_cluster *cl, const char *t, uint32_t len)
+{
+    uint64_t h = kr_topic_hash(t, len);
+    struct kr_cl_topic *e = kr_cl_find(cl, t, len, h);
+    if (e)
+        return e;
+    e = kr_xcalloc(1, sizeof(*e) + len);
+    e->hash = h;
+    e->len = len;
+    memcpy(e->name, t, len);
+    size_t need = kr_cl_subject_max(cl->prefix_len, len);
+    if (need > cl->sbuf_cap) {
+        cl->sbuf_cap = need;
+        cl->sbuf = kr_xrealloc(cl->sbuf, need);
+    }
+    kr_cl_subject(cl->sbuf, cl->sbuf_cap, cl->prefix, t, len);
+    natsStatus s = natsConnection_Subscribe(&e->sub, cl->nc, cl->sbuf, kr_cl_on_entry, cl);
+    if (s == NATS_OK) /* bounded: past it, NATS_SLOW_CONSUMER (kr_cl_error_cb) */
+        natsSubscription_SetPendingLimits(e->sub, (int)cl->cfg->cluster_max_pending, -1);
+    else
+        KR_WARN("cluster: cannot subscribe to %s: %s", cl->sbuf, natsStatus_GetText(s));
+    e->probe = cl->probe_sent + 1;
+    cl->need_probe = true;
+    if (cl->npend == cl->pend_cap) {
+        cl->pend_cap = cl->pend_cap ? cl->pend_cap * 2 : 256;
+        cl->pend = kr_xrealloc(cl->pend, cl->pend_cap * sizeof(*cl->pend));
+    }
+    cl->pend[cl->npend++] = e;
+    e->next = cl->buckets[h & (cl->nbuckets - 1)];
+    cl->buckets[h & (cl->nbuckets - 1)] = e;
+    cl->ntopics++;
+    if (cl->ntopics > cl->nbuckets)
+        kr_cl_grow(cl);
+    ck_pr_store_64(&cl->st.subjects, cl->ntopics);
+    return e;
+}
+
+static void kr_cl_drop(struct kr_cluster *cl, struct kr_cl_topic *e)
+{
+    struct kr_cl_topic **pp = &cl->buckets[e->hash & (cl->nbuckets - 1)];
+    while (*pp != e)
+        pp = &(*pp)->next;
+    *pp = e->next;
+    if (e->sub) {
+        natsSubscription_Unsubscribe(e->sub);
+        natsSubscription_Destroy(e->sub);
+    }
+    free(e);
+    cl->ntopics--;
+    ck_pr_store_64(&cl->st.subjects, cl->ntopics);
+}
+
+/* Drop the topics whose linger ran out with no local subscriber back. */
+static void kr_cl_lingers(struct kr_cluster *cl, uint64_t now)
+{
+    /* bounded per tick: a million topics leaving at once must not stall the link (its
+     * heartbeats, the probes) nor flood its NATS server with unsubscribes */
+    uint32_t drops = 0;
+    while (cl->lq_n && drops < KR_CL_DROPS_PER_TICK) {
+        struct kr_cl_topic *e = cl->lq[cl->lq_head];
+        if (!e->shard_on && e->linger_until_ms > now)
+            break; /* deadlines are in append order */
+        cl->lq_head = (cl->lq_head + 1) % cl->lq_cap;
+        cl->lq_n--;
+        e->in_lq = false;
+        if (e->shard_on)
+            continue;
+        if (e->since_us == 0) { /* its probe is still out: look again later */
+            kr_cl_linger(cl, e);
+            continue;
+        }
+        kr_cl_drop(cl, e);
+        drops++;
+    }
+}
+
+/* ---------------------------------------------------------------- towards the net threads */
+
+/* Answer a subscribe request's barrier. */
+void kr_cl_answer(struct kr_cluster *cl, struct kr_event *req)
+{
+    struct kr_router_cmd *c = req->ptr;
+    uint64_t not_found = 0;
+    if (req->type == KR_EV_RETRO_SUBSCRIBE) {
+        uint32_t pos = 0, len;
+        const char *t;
+        while (!not_found && kr_router_cmd_next(c, &pos, &t, &len)) {
+            struct kr_cl_topic *e = kr_cl_find(cl, t, len, kr_topic_hash(t, len));
+            not_found = !e || e->since_us == 0 || e->since_us > c->horizon_us;
+        }
+    }
+    struct kr_event ack = {.type = KR_EV_ACK, .src = (uint16_t)cl->o.ctl_idx, .aux = req->type,
+                           .conn = req->conn, .ptr = c, .mask = not_found};
+    kr_outbox_push(&cl->outbox, KR_CONN_NET(req->conn), &ack);
+}
+
+/* ---------------------------------------------------------------- forwards, barriers, interest */
+
+static void kr_cl_forward(struct kr_cluster *cl, struct kr_msg *m)
+{
+    uint32_t ntopics = kr_msg_ntopics(m), plen;
+    const char *payload = kr_msg_payload(m, &plen);
+    size_t need = KR_CL_ENTRY_HEADER + (size_t)plen;
+    for (uint32_t i = 0; i < ntopics; i++) {
+        uint32_t l;
+        kr_msg_topic(m, i, &l);
+        need += 4 + l;
+    }
+    if (need > cl->ebuf_cap) {
+        cl->ebuf_cap = need * 2;
+        cl->ebuf = kr_xrealloc(cl->ebuf, cl->ebuf_cap);
+    }
+    /* the message holds its topics one by one: header, pairs, payload */
+    kr_cl_entry_header(cl->ebuf, cl->origin, ++cl->seq, ntopics);
+    char *p = cl->ebuf + KR_CL_ENTRY_HEADER;
+    for (uint32_t i = 0; i < ntopics; i++) {
+        uint32_t l;
+        const char *t = kr_msg_topic(m, i, &l);
+        p += kr_cl_pair(p, t, l);
+    }
+    memcpy(p, payload, plen);
+    p += plen;
+    for (uint32_t i = 0; i < ntopics; i++) {
+        uint32_t l;
+        const char *t = kr_msg_topic(m, i, &l);
+        size_t sneed = kr_cl_subject_max(cl->prefix_len, l);
+        if (sneed > cl->sbuf_cap) {
+            cl->sbuf_cap = sneed;
+            cl->sbuf = kr_xrealloc(cl->sbuf, sneed);
+        }
+        kr_cl_subject(cl->sbuf, cl->sbuf_cap, cl->prefix, t, l);
+        kr_cl_recent_add(cl, t, l, kr_msg_topic_hash(m, i));
+        natsStatus s = natsConnection_Publish(cl->nc, cl->sbuf, cl->ebuf, (int)(p - cl->ebuf));
+        if (s != NATS_OK) {
+            KR_CL_INC(cl, lost_forwards, 1);
+            kr_cl_lost_add(cl, t, l);
+        }
+    }
+    KR_CL_INC(cl, msgs_out, 1);
+    KR_CL_INC(cl, copies_out, ntopics);
+}
+
+static void kr_cl_barrier(struct kr_cluster *cl, const struct kr_event *ev)
+{
+    struct kr_router_cmd *c = ev->ptr;
+    uint64_t wait = 0;
+    uint32_t pos = 0, len;
+    const char *t;
+    while (kr_router_cmd_next(c, &pos, &t, &len)) {
+        struct kr_cl_topic *e = kr_cl_hold(cl, t, len);
+        if (!e->shard_on)
+            kr_cl_linger(cl, e); /* dropped later if its subscribe never lands */
+        if (e->since_us == 0 && e->probe > wait)
+            wait = e->probe;
+    }
+    /* Unlinked (a degraded start, a reconnect): the local subscription is in force and the
+     * cluster's will be once linked; answered now rather than held for an unknown time.
+     * Linking up resyncs every subscriber of a held topic (kr_cl_items), so what it may miss
+     * meanwhile is never lost silently. A retroactive horizon is not covered (NOT_FOUND). */
+    if (wait == 0 || !cl->connected) {
+        kr_cl_answer(cl, (struct kr_event *)ev);
+        return;
+    }
+    KR_CL_INC(cl, barriers, 1);
+    if (cl->nwaits == cl->waits_cap) {
+        cl->waits_cap = cl->waits_cap ? cl->waits_cap * 2 : 64;
+        cl->waits = kr_xrealloc(cl->waits, cl->waits_cap * sizeof(*cl->waits));
+    }
+    cl->waits[cl->nwaits++] = (struct kr_cl_wait){.ev = *ev, .probe = wait,
+                                                  .since_ms = kr_cl_now_ms()};
+}
+
+static void kr_cl_interest(struct kr_cluster *cl, struct kr_event *ev)
+{
+    struct kr_router_cmd *c = ev->ptr;
+    uint32_t pos = 0, len;
+    const char *t;
+    while (kr_router_cmd_next(c, &pos, &t, &len)) {
+        if (ev->mask) {
+            struct kr_cl_topic *e = kr_cl_hold(cl, t, len);
+            e->shard_on = true;
+            e->linger_until_ms = 0;
+        } else {
+            struct kr_cl_topic *e = kr_cl_find(cl, t, len, kr_topic_hash(t, len));
+            if (e) {
+                e->shard_on = false;
+                kr_cl_linger(cl, e);
+            }
+        }
+    }
+    free(c);
+}
+
+/* ---------------------------------------------------------------- the loop */
+
+/* One pass over everything that arrived. */
+static void kr_cl_run(struct kr_cluster *cl)
+{
+    uint64_t now = kr_cl_now_ms();
+    kr_cl_items(cl, now);
+    struct kr_router *r = cl->o.router;
+    uint32_t nshards = kr_router_nshards(r), budget = KR_CL_BATCH;
+    struct kr_event ev;
+    for (uint32_t s = 0; s < nshards; s++) {
+        while (budget && kr_router_recv(r, cl->o.ctl_idx, s, &ev)) {
+            budget--;
+            switch (ev.type) {
+            case KR_EV_INTEREST:
+                budget -= budget > ((struct kr_router_cmd *)ev.ptr)->ntopics
+                              ? ((struct kr_router_cmd *)ev.ptr)->ntopics
+                              : budget;
+                kr_cl_interest(cl, &ev);
+                break;
+            case KR_EV_FANOUT_WARN:
+                KR_DEBUG("cluster: an entry from another node fanned out to %u clients", ev.aux);
+                kr_msg_unref(ev.ptr);
+                break;
+            default:
+                KR_ERROR("cluster: unexpected event %u from shard %u", ev.type, s);
+                abort();
+            }
+        }
+    }
+    for (uint32_t n = 0; n < cl->o.nnet; n++) {
+        while (budget && kr_mailbox_pop(cl->in[n], &ev)) {
+            budget--;
+            if (ev.type == KR_EV_PUBLISH) {
+                kr_cl_forward(cl, ev.ptr);
+                kr_msg_unref(ev.ptr);
+            } else {
+                uint32_t nt = ((struct kr_router_cmd *)ev.ptr)->ntopics;
+                budget -= budget > nt ? nt : budget;
+                kr_cl_barrier(cl, &ev);
+            }
+        }
+    }
+    kr_cl_probe_check(cl);
+    kr_outbox_unpark(&cl->outbox);
+    kr_outbox_wake(&cl->outbox);
+    if (!budget)
+        uv_async_send(&cl->wake);
+}
+
+void kr_cl_wake_cb(uv_async_t *a)
+{
+    struct kr_cluster *cl = a->data;
+    if (ck_pr_load_int(&cl->stopping)) {
+        uv_stop(&cl->loop);
+        return;
+    }
+    kr_cl_run(cl);
+}
+
+void kr_cl_tick_cb(uv_timer_t *t)
+{
+    struct kr_cluster *cl = t->data;
+    uint64_t now = kr_cl_now_ms();
+    kr_cl_peers_expire(cl, now);
+    kr_cl_heartbeat(cl, now);
+    kr_cl_lingers(cl, now);
+    kr_cl_recent_rotate(cl, now);
+    kr_cl_run(cl);
+}
+
+void kr_cl_main(void *arg)
+{
+    struct kr_cluster *cl = arg;
+    pthread_setname_np(pthread_self(), "kr-cluster");
+    uv_run(&cl->loop, UV_RUN_DEFAULT);
+}
