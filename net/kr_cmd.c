@@ -161,6 +161,21 @@ static void kr_cmd_done(struct kr_conn *c, const struct kr_reply_wait *w)
 
 /* ---------------------------------------------------------------- subscribe */
 
+/* A connection opts in to resync notices by subscribing to __kraken__:resync, and out by
+ * unsubscribing from it. */
+static void kr_cmd_resync_opt(struct kr_conn *c, const struct kr_cmd_sub *sub)
+{
+    if (sub->ns != KR_NS_PLAIN)
+        return;
+    for (uint32_t i = 0; i < sub->n; i++) {
+        if (sub->lens[i] == sizeof(KR_RESYNC_TOPIC) - 1 &&
+            memcmp(sub->topics[i], KR_RESYNC_TOPIC, sub->lens[i]) == 0) {
+            c->dlv.resync = sub->op != KR_SUB_UNSUBSCRIBE;
+            return;
+        }
+    }
+}
+
 bool kr_cmd_subscribe_runs_alone(const struct kr_conn *c)
 {
     return c->horizon_us != 0;
@@ -252,6 +267,7 @@ int kr_cmd_subscribe(struct kr_conn *c, const struct kr_cmd_sub *sub)
     }
     if (type != KR_EV_UNSUBSCRIBE)
         c->subscribed = true;
+    kr_cmd_resync_opt(c, sub);
     if (w.retro)
         kr_dlv_retro_begin(&c->dlv);
     return KR_CMD_OK;

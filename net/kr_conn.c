@@ -462,6 +462,25 @@ static void kr_dlv_overflow_cb(struct kr_dlv_ctx *x, struct kr_dlv *d, uint32_t 
     c->fe->queued(c); /* a waiting poll (or the pushes) is answered with the error */
 }
 
+static void kr_dlv_collapsed_cb(struct kr_dlv_ctx *x, struct kr_dlv *d, uint32_t count,
+                                uint32_t ntopics)
+{
+    struct kr_nt *nt = x->owner;
+    struct kr_conn *c = KR_DLV_CONN(d);
+    uint64_t suppressed = 0;
+    if (kr_log_enabled(KR_LOG_WARN) &&
+        kr_log_ratelimit(&nt->rl_overflow, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed)) {
+        char named[32];
+        if (ntopics)
+            snprintf(named, sizeof(named), "%u topics", ntopics);
+        else
+            snprintf(named, sizeof(named), "every topic (*)");
+        KR_WARN("client %s (id %llu): its queue would overflow; %u messages replaced by a resync "
+                "notice naming %s; it stays connected (suppressed %llu similar)",
+                c->peer, (unsigned long long)c->id, count, named, (unsigned long long)suppressed);
+    }
+}
+
 static void kr_dlv_mem_check_cb(struct kr_dlv_ctx *x)
 {
     kr_nt_memory_check(x->owner);
@@ -480,6 +499,11 @@ void kr_nt_dlv_init(struct kr_nt *nt)
     x->ctr.deliveries_queued = &nt->st.deliveries_queued;
     x->ctr.queue_overflows = &nt->st.queue_overflows;
     x->ctr.messages_replayed = &nt->st.messages_replayed;
+    x->ctr.resync_notices = &nt->st.resync_notices;
+    x->ctr.resync_topics = &nt->st.resync_topics;
+    x->ctr.queue_collapses = &nt->st.queue_collapses;
+    x->resync_max_topics = nt->srv->cfg->resync_max_topics;
+    x->collapsed = kr_dlv_collapsed_cb;
     x->mem_check = kr_dlv_mem_check_cb;
     x->queued = kr_dlv_queued_cb;
     x->overflow = kr_dlv_overflow_cb;

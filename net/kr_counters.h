@@ -32,6 +32,11 @@
     X(queued_messages, GAUGE, "entries waiting in client queues")                                 \
     X(queued_bytes, GAUGE, "reply bytes of the entries waiting in client queues")                 \
     X(queue_overflows, COUNTER, "client queues discarded (the client is told and closed)")        \
+    X(queue_collapses, COUNTER,                                                                   \
+      "queues of clients subscribed to __kraken__:resync replaced by a resync notice instead")     \
+    X(resync_notices, COUNTER, "resync notices queued for clients (__kraken__:resync)")            \
+    X(resync_topics, COUNTER,                                                                     \
+      "topics named by resync notices (a * notice counts the entries it replaced)")              \
     X(memory_overflows, COUNTER, "client queues discarded because memory_used was over max_memory") \
     X(output_bytes, GAUGE, "reply bytes not yet written to the sockets")                          \
     X(drain_errors, COUNTER, "clients told SERVER_ERROR shutting down at the drain deadline")     \

@@ -217,8 +217,211 @@ void kr_dlv_retro_begin(struct kr_dlv *d)
 
 /* ---------------------------------------------------------------- deliveries */
 
+/* ---------------------------------------------------------------- resync notices */
+
+/* The distinct topics a notice names (pointing into the messages of the entries it
+ * replaces, so built before they are released), or `all` past `max`. */
+struct kr_names {
+    const char **p;
+    uint32_t *len;
+    uint64_t *h;
+    uint32_t n, cap;
+    uint32_t *tab; /* open addressing: index + 1, 0 = empty */
+    uint32_t tab_cap;
+    uint32_t max;
+    bool all;
+};
+
+static void kr_names_add(struct kr_names *nm, const char *p, uint32_t len)
+{
+    if (nm->all || len == 0)
+        return;
+    if (len == 1 && p[0] == '*') {
+        nm->all = true;
+        return;
+    }
+    uint64_t h = kr_topic_hash(p, len);
+    if (nm->tab_cap && (nm->n + 1) * 2 <= nm->tab_cap) {
+        uint32_t b = (uint32_t)h & (nm->tab_cap - 1);
+        while (nm->tab[b]) {
+            uint32_t i = nm->tab[b] - 1;
+            if (nm->h[i] == h && nm->len[i] == len && memcmp(nm->p[i], p, len) == 0)
+                return;
+            b = (b + 1) & (nm->tab_cap - 1);
+        }
+    } else {
+        /* (re)build the table at twice the names' count */
+        uint32_t cap = nm->tab_cap ? nm->tab_cap * 2 : 32;
+        free(nm->tab);
+        nm->tab = kr_xcalloc(cap, sizeof(*nm->tab));
+        nm->tab_cap = cap;
+        for (uint32_t i = 0; i < nm->n; i++) {
+            uint32_t b = (uint32_t)nm->h[i] & (cap - 1);
+            while (nm->tab[b])
+                b = (b + 1) & (cap - 1);
+            nm->tab[b] = i + 1;
+        }
+        kr_names_add(nm, p, len); /* looked up again in the new table */
+        return;
+    }
+    if (nm->n == nm->max) {
+        nm->all = true;
+        return;
+    }
+    KR_GROW(nm->p, nm->cap, nm->n + 1);
+    nm->len = kr_xrealloc(nm->len, nm->cap * sizeof(*nm->len));
+    nm->h = kr_xrealloc(nm->h, nm->cap * sizeof(*nm->h));
+    nm->p[nm->n] = p;
+    nm->len[nm->n] = len;
+    nm->h[nm->n] = h;
+    uint32_t b = (uint32_t)h & (nm->tab_cap - 1);
+    while (nm->tab[b])
+        b = (b + 1) & (nm->tab_cap - 1);
+    nm->tab[b] = ++nm->n;
+}
+
+static bool kr_is_notice(const struct kr_msg *m)
+{
+    uint32_t tl;
+    const char *t = kr_msg_topic(m, 0, &tl);
+    return kr_msg_ntopics(m) == 1 && tl == sizeof(KR_RESYNC_TOPIC) - 1 &&
+           memcmp(t, KR_RESYNC_TOPIC, tl) == 0;
+}
+
+/* The topics an entry names: its matched topics, or an earlier notice's list. */
+static void kr_names_entry(struct kr_names *nm, const struct kr_cq_entry *e)
+{
+    uint32_t nt = kr_msg_ntopics(e->msg), len;
+    if (kr_is_notice(e->msg)) {
+        const char *p = kr_msg_payload(e->msg, &len), *end = p + len;
+        while (p < end) {
+            const char *sp = memchr(p, ' ', (size_t)(end - p));
+            const char *stop = sp ? sp : end;
+            kr_names_add(nm, p, (uint32_t)(stop - p));
+            p = stop + 1;
+        }
+        return;
+    }
+    for (uint32_t i = 0; i < nt; i++) {
+        if (kr_topicset_has(&e->topics, nt, i)) {
+            const char *t = kr_msg_topic(e->msg, i, &len);
+            kr_names_add(nm, t, len);
+        }
+    }
+}
+
+/* The notice message naming nm's topics (or `*`). */
+static struct kr_msg *kr_names_notice(const struct kr_names *nm)
+{
+    size_t len = 0;
+    for (uint32_t i = 0; i < nm->n; i++)
+        len += nm->len[i] + 1;
+    char *payload = kr_xmalloc(len ? len : 1);
+    size_t at = 0;
+    if (nm->all || nm->n == 0) {
+        payload[0] = '*';
+        at = 1;
+    } else {
+        for (uint32_t i = 0; i < nm->n; i++) {
+            if (i)
+                payload[at++] = ' ';
+            memcpy(payload + at, nm->p[i], nm->len[i]);
+            at += nm->len[i];
+        }
+    }
+    const char *topic = KR_RESYNC_TOPIC;
+    uint32_t tl = sizeof(KR_RESYNC_TOPIC) - 1;
+    struct kr_msg *m = kr_msg_create(0, kr_msg_clock_us(), 1, &topic, &tl, payload,
+                                     (uint32_t)at, 0);
+    kr_msg_set_nshards(m, 1);
+    free(payload);
+    return m;
+}
+
+static void kr_names_free(struct kr_names *nm)
+{
+    free(nm->p);
+    free(nm->len);
+    free(nm->h);
+    free(nm->tab);
+}
+
+/* Queue notice m at the tail (no limit applies: it replaces what was over them). */
+static void kr_dlv_push_notice(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m)
+{
+    struct kr_cq_entry e = {.msg = m};
+    kr_topicset_init(&e.topics, 1);
+    kr_topicset_set(&e.topics, 1, 0);
+    e.reply_bytes = kr_entry_bytes(&e);
+    kr_cq_push(&d->q, &e);
+    KR_DLV_ADD(x->ctr.queued_messages, 1);
+    KR_DLV_ADD(x->ctr.queued_bytes, e.reply_bytes);
+    KR_DLV_ADD(x->ctr.resync_notices, 1);
+    x->queued(x, d);
+}
+
+/* Replace d's queue (and `extra`, an entry that did not fit) by one notice naming their
+ * topics. The retroactive staging, if any, is kept. */
+static void kr_dlv_collapse(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_cq_entry *extra)
+{
+    struct kr_names nm = {.max = x->resync_max_topics ? x->resync_max_topics : 1};
+    uint32_t count = d->q.count;
+    for (uint32_t i = 0; i < d->q.count; i++)
+        kr_names_entry(&nm, kr_cq_at(&d->q, i));
+    if (extra) {
+        kr_names_entry(&nm, extra);
+        count++;
+    }
+    struct kr_msg *m = kr_names_notice(&nm);
+    uint32_t named = nm.all ? 0 : nm.n;
+    kr_names_free(&nm);
+    if (extra)
+        kr_entry_release(extra);
+    KR_DLV_SUB(x->ctr.queued_messages, d->q.count);
+    KR_DLV_SUB(x->ctr.queued_bytes, d->q.bytes);
+    d->seq_head += d->q.count;
+    kr_cq_clear(&d->q);
+    d->ninc = 0;
+    KR_DLV_ADD(x->ctr.queue_collapses, 1);
+    KR_DLV_ADD(x->ctr.resync_topics, named ? named : count);
+    kr_dlv_push_notice(x, d, m);
+    if (x->collapsed)
+        x->collapsed(x, d, count, named);
+}
+
+void kr_dlv_notice(struct kr_dlv_ctx *x, struct kr_dlv *d, const char *topic, uint32_t len)
+{
+    struct kr_names nm = {.max = x->resync_max_topics ? x->resync_max_topics : 1};
+    struct kr_cq_entry *tail = d->q.count ? kr_cq_at(&d->q, d->q.count - 1) : NULL;
+    bool fold = tail && kr_is_notice(tail->msg);
+    if (fold)
+        kr_names_entry(&nm, tail);
+    if (topic)
+        kr_names_add(&nm, topic, len);
+    else
+        nm.all = true;
+    struct kr_msg *m = kr_names_notice(&nm);
+    kr_names_free(&nm);
+    KR_DLV_ADD(x->ctr.resync_topics, topic ? 1 : 0);
+    if (fold) { /* the unread notice at the tail names this topic too now */
+        uint32_t bytes = tail->reply_bytes;
+        kr_msg_unref(tail->msg);
+        tail->msg = m;
+        tail->reply_bytes = kr_entry_bytes(tail);
+        d->q.bytes += tail->reply_bytes - bytes;
+        KR_DLV_ADD(x->ctr.queued_bytes, tail->reply_bytes - bytes);
+        x->queued(x, d);
+        return;
+    }
+    kr_dlv_push_notice(x, d, m);
+}
+
 void kr_dlv_overflow(struct kr_dlv_ctx *x, struct kr_dlv *d)
 {
+    if (d->resync) {
+        kr_dlv_collapse(x, d, NULL);
+        return;
+    }
     KR_DLV_ADD(x->ctr.queue_overflows, 1);
     uint32_t count = d->q.count;
     uint64_t bytes = d->q.bytes;
@@ -275,6 +478,10 @@ static void kr_dlv_enqueue(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_cq_
     e->reply_bytes = kr_entry_bytes(e);
     if (d->q.count + 1 > x->max_queued_messages ||
         d->q.bytes + e->reply_bytes > x->max_queued_bytes) {
+        if (d->resync) {
+            kr_dlv_collapse(x, d, e);
+            return;
+        }
         kr_entry_release(e);
         kr_dlv_overflow(x, d);
         return;

@@ -92,6 +92,8 @@ struct kr_dlv {
     uint32_t nstage;
     uint32_t stage_cap;
     bool retro_active;    /* a retroactive subscribe is waiting for its shards */
+    bool resync;          /* opted in to resync notices (__kraken__:resync): an overflow
+                             collapses the queue into one notice instead of closing */
     bool retro_not_found; /* some shard's history did not reach back */
     bool overflowed;      /* the queue was discarded; later deliveries are dropped */
 };
@@ -103,12 +105,20 @@ struct kr_dlv_counters {
     uint64_t *deliveries_queued;
     uint64_t *queue_overflows;
     uint64_t *messages_replayed;
+    uint64_t *resync_notices;
+    uint64_t *resync_topics;
+    uint64_t *queue_collapses;
 };
+
+/* The topic of resync notices, and the payload that names every topic. */
+#define KR_RESYNC_TOPIC "__kraken__:resync"
+#define KR_RESYNC_ALL "*"
 
 struct kr_dlv_ctx {
     uint32_t net;                 /* net thread index: the message slot used */
     uint64_t max_queued_messages; /* a client's queue overflows beyond these */
     uint64_t max_queued_bytes;
+    uint32_t resync_max_topics;   /* a notice names at most this many topics, else `*` */
     struct kr_dlv_counters ctr;
     /* max_memory: queued bytes added since the last check; mem_check is called (and is
      * expected to reset mem_grown) when it reaches mem_step */
@@ -120,6 +130,9 @@ struct kr_dlv_ctx {
     /* d's queue overflowed and was discarded: it held `count` entries, `bytes` bytes. Called
      * after d->overflowed was set. */
     void (*overflow)(struct kr_dlv_ctx *x, struct kr_dlv *d, uint32_t count, uint64_t bytes);
+    /* Optional. d's queue (it opted in to resync notices) would have overflowed: its
+     * `count` entries were replaced by one notice naming `ntopics` topics (0: `*`). */
+    void (*collapsed)(struct kr_dlv_ctx *x, struct kr_dlv *d, uint32_t count, uint32_t ntopics);
     /* Optional (NULL: every delivery is queued). A complete live delivery (single-shard
      * message, no retroactive subscribe waiting, nothing queued before it, not overflowed):
      * return true when it was written out at once (then it is not queued; the delivery
@@ -154,9 +167,17 @@ uint32_t kr_dlv_ready(struct kr_dlv *d, uint64_t max_bytes, uint64_t *bytes);
  * message reference and topic set). Owning net thread. */
 struct kr_cq_entry *kr_dlv_head(struct kr_dlv *d);
 void kr_dlv_pop(struct kr_dlv_ctx *x, struct kr_dlv *d);
-/* Discard d's queue for an overflow (by its limits or max_memory): counts it, clears the
- * queue, sets d->overflowed and calls x->overflow. Owning net thread. */
+/* An overflow of d's queue (by its limits or max_memory). A client that opted in to resync
+ * notices (d->resync) keeps its subscriptions and its connection: its queued entries are
+ * replaced by one notice on KR_RESYNC_TOPIC naming their topics (up to resync_max_topics,
+ * else `*`; an unread earlier notice is folded in), counted, and x->collapsed is called.
+ * Any other client's queue is discarded: counted, d->overflowed set and x->overflow called.
+ * Owning net thread. */
 void kr_dlv_overflow(struct kr_dlv_ctx *x, struct kr_dlv *d);
+/* Tell d that it may have missed messages on `topic` (len bytes; NULL: on any of its
+ * topics): a resync notice naming it is queued, folded into an unread notice at the tail of
+ * the queue when there is one. Only for a client with d->resync. Owning net thread. */
+void kr_dlv_notice(struct kr_dlv_ctx *x, struct kr_dlv *d, const char *topic, uint32_t len);
 /* Release everything queued or staged for d (the storage stays for reuse). Owning net
  * thread. */
 void kr_dlv_clear(struct kr_dlv_ctx *x, struct kr_dlv *d);

@@ -136,11 +136,15 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
         kr_nt_fanout_warn(nt, ev->ptr, ev->aux);
         kr_msg_unref(ev->ptr);
         break;
-    case KR_EV_KICK: { /* the cluster link may have lost messages for it: told, then closed */
+    case KR_EV_KICK: { /* the cluster link may have lost messages for it: told (a resync
+                        * notice, or the overflow error and the close) */
         struct kr_conn *c = kr_nt_conn(nt, ev->conn);
         if (c && !c->dlv.overflowed && !c->closing) {
             KR_ST_INC(nt, cluster_resyncs, 1);
-            kr_conn_overflow(c);
+            if (c->dlv.resync) /* opted in: told which topics, stays connected */
+                kr_dlv_notice(&nt->dlv, &c->dlv, NULL, 0);
+            else
+                kr_conn_overflow(c);
         }
         break;
     }

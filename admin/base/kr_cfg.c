@@ -105,6 +105,10 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
                "and disconnected)"),
     KR_CFG_OPT(max_queued_bytes, KR_CFG_U64, KR_CFG_LIVE | KR_CFG_SIZE, 1, KR_TIB, "64m",
                "bytes waiting for one client before its queue overflows"),
+    KR_CFG_OPT(resync_max_topics, KR_CFG_U32, 0, 1, 1000000, "1000",
+               "a client subscribed to __kraken__:resync whose queue would overflow keeps its "
+               "connection: the queue is replaced by one notice naming its topics, up to this "
+               "many (else the notice is *, every topic)"),
     KR_CFG_OPT(max_poll_reply_bytes, KR_CFG_U64, KR_CFG_LIVE | KR_CFG_SIZE, 1, KR_GIB, "1m",
                "entry bytes one `get messages` reply holds at most (always at least one "
                "entry); the rest stays queued for the next poll"),
