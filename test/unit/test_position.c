@@ -12,6 +12,9 @@
 #include <xxhash.h>
 
 #include "kr_position.h"
+#include "kr_proto.h" /* the memcached codec bounds a resume block's token by the same figure */
+
+_Static_assert(KR_PROTO_TOKEN_MAX == KR_POS_TOKEN_MAX, "resume block token bound");
 
 static int decode_copy(const char *tok, size_t len, struct kr_pos *out)
 {
