@@ -1,5 +1,5 @@
 /* The Kraken wire protocol codec: memcached text framing plus the data blocks of
- * `publish`, `subscribe` and `retro_subscribe`. See kr_proto.h for the contract.
+ * `publish`, `subscribe`, `retro_subscribe` and `resume`. See kr_proto.h for the contract.
  *
  * Pure code: no allocation, no I/O, no globals. Every scan is linear (memchr for line and
  * token boundaries); nothing is ever rescanned more than a constant number of times.
@@ -81,6 +81,8 @@ static size_t kr_proto_tokenize(const char *s, size_t n, struct kr_proto_tok *to
 static int kr_proto_set_key(const struct kr_proto_tok *key)
 {
     switch (key->n) {
+    case 6:
+        return KR_TOK_IS(key, "resume") ? KR_REQ_RESUME : 0;
     case 7:
         return KR_TOK_IS(key, "publish") ? KR_REQ_PUBLISH : 0;
     case 8:
@@ -169,8 +171,13 @@ int kr_proto_parse(const char *buf, size_t len, const struct kr_proto_limits *li
 
     *consumed = line_end;
     enum kr_req_type type;
-    if (nt == 2 && KR_TOK_IS(&tok[0], "get") && KR_TOK_IS(&tok[1], "messages"))
+    int get = nt >= 2 && KR_TOK_IS(&tok[0], "get");
+    if (get && nt == 2 && KR_TOK_IS(&tok[1], "messages"))
         type = KR_REQ_GET_MESSAGES;
+    else if (get && nt == 3 && KR_TOK_IS(&tok[1], "messages") && KR_TOK_IS(&tok[2], "position"))
+        type = KR_REQ_GET_MESSAGES_POSITION;
+    else if (get && nt == 2 && KR_TOK_IS(&tok[1], "position"))
+        type = KR_REQ_GET_POSITION;
     else if (nt == 1 && KR_TOK_IS(&tok[0], "quit"))
         type = KR_REQ_QUIT;
     else if (nt == 1 && KR_TOK_IS(&tok[0], "version"))
@@ -204,6 +211,8 @@ const char *kr_proto_error_reply(int err)
         return "CLIENT_ERROR line too long\r\n";
     case KR_PERR_TOO_LARGE:
         return "SERVER_ERROR object too large\r\n";
+    case KR_PERR_BAD_POSITION:
+        return "CLIENT_ERROR bad position\r\n";
     default:
         return "ERROR\r\n"; /* not an error code of this module */
     }
@@ -378,5 +387,27 @@ int kr_proto_parse_retro(const char *block, size_t len, uint64_t *horizon_us, co
     *horizon_us = sec * 1000000 + us;
     *topics = t;
     *topics_len = tl;
+    return 0;
+}
+
+int kr_proto_parse_resume(const char *block, size_t len, const char **token, size_t *token_len,
+                          const char **topics, size_t *topics_len)
+{
+    size_t i = 0;
+    /* the token: printable bytes, no space, up to the "\r" of the first "\r\n" */
+    while (i < len && i <= KR_PROTO_TOKEN_MAX) {
+        unsigned char c = (unsigned char)block[i];
+        if (c < 0x21 || c > 0x7e)
+            break;
+        i++;
+    }
+    if (i == 0 || i > KR_PROTO_TOKEN_MAX)
+        return KR_PERR_BAD_FORMAT;
+    if (len - i < 2 || block[i] != '\r' || block[i + 1] != '\n')
+        return KR_PERR_BAD_FORMAT;
+    *token = block;
+    *token_len = i;
+    *topics = block + i + 2;
+    *topics_len = len - i - 2;
     return 0;
 }

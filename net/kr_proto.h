@@ -1,5 +1,6 @@
 /* The Kraken wire protocol (memcached text framing): a pure, incremental request parser
- * and the parsers for the data blocks of `publish`, `subscribe` and `retro_subscribe`.
+ * and the parsers for the data blocks of `publish`, `subscribe`, `retro_subscribe` and
+ * `resume`.
  *
  * Everything here is pure: no allocation, no I/O, no globals. Results point into the
  * caller's buffer. Any thread may call any function. */
@@ -24,6 +25,9 @@ enum kr_req_type {
     KR_REQ_QUIT,
     KR_REQ_VERSION,
     KR_REQ_STATS,
+    KR_REQ_GET_MESSAGES_POSITION, /* get messages position (the poll, then the position) */
+    KR_REQ_GET_POSITION,          /* get position */
+    KR_REQ_RESUME,                /* set resume: data block "<token>\r\n<topics>" */
 };
 
 struct kr_request {
@@ -44,10 +48,20 @@ enum kr_proto_status {
     KR_PERR_BAD_TOPIC = -5,      /* "CLIENT_ERROR bad topic" */
     KR_PERR_LINE_TOO_LONG = -6,  /* "CLIENT_ERROR line too long" */
     KR_PERR_TOO_LARGE = -7,      /* "SERVER_ERROR object too large" */
-    KR_PERR_BAD_FORMAT = -8,     /* "CLIENT_ERROR bad data chunk" for a malformed retro block */
+    KR_PERR_BAD_FORMAT = -8,     /* "CLIENT_ERROR bad data chunk" for a malformed retro or
+                                  * resume block */
+    KR_PERR_BAD_POSITION = -9,   /* "CLIENT_ERROR bad position": for the caller, when the
+                                  * token of a resume block does not decode (kr_position.h);
+                                  * never returned by this codec */
 };
 
-/* Parse one request from the front of buf[0..len).
+/* The longest position token a resume block may carry (KR_POS_TOKEN_MAX of kr_position.h,
+ * repeated here so the codec depends on nothing). */
+#define KR_PROTO_TOKEN_MAX 512
+
+/* Parse one request from the front of buf[0..len). The get keys are `messages`,
+ * `messages position` (memcached's multi-get, exactly those two keys in that order) and
+ * `position`; any other combination is an unknown get key.
  * - KR_PROTO_OK: *req is filled, *consumed = bytes the request used (line, block and the
  *   block's "\r\n").
  * - KR_PROTO_NEED_MORE: nothing consumed; *consumed = total bytes the request needs when the
@@ -99,5 +113,15 @@ int kr_proto_parse_publish(const char *block, size_t len, kr_proto_entry_cb chec
  * topics span (not validated), or KR_PERR_BAD_FORMAT for a malformed horizon. */
 int kr_proto_parse_retro(const char *block, size_t len, uint64_t *horizon_us,
                          const char **topics, size_t *topics_len);
+
+/* Split a resume block "<token>\r\n<topics>" at its first "\r\n". Returns 0 with the token
+ * span (1..KR_PROTO_TOKEN_MAX bytes, each 0x21..0x7e) and the topics span (everything after
+ * the "\r\n", possibly empty; not validated: the topics are the rule book's), or
+ * KR_PERR_BAD_FORMAT when there is no "\r\n", the token line is empty or longer than
+ * KR_PROTO_TOKEN_MAX, or it has a byte outside 0x21..0x7e. Whether the token is a valid
+ * position is checked elsewhere (kr_pos_decode). Looks at no more than the first
+ * KR_PROTO_TOKEN_MAX + 2 bytes to find the split. */
+int kr_proto_parse_resume(const char *block, size_t len, const char **token, size_t *token_len,
+                          const char **topics, size_t *topics_len);
 
 #endif

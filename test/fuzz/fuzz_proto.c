@@ -7,8 +7,11 @@
  *   answer;
  * - as a stream, whole and in chunks of several sizes (1 = byte by byte), which must yield
  *   the same sequence of requests and the same final error;
- * - to the publish, topic-list and retro block parsers, checking their results against
- *   each other and against simple independent re-checks. The codec applies no publish rule
+ * - to the publish, topic-list, retro and resume block parsers, checking their results
+ *   against each other and against simple independent re-checks; the resume block is also
+ *   framed as a `set resume` request, which must hand it back unchanged.
+ * Every get request accepted is re-checked against its command line independently (the
+ * keys `messages`, `messages position` or `position`, nothing else). The codec applies no publish rule
  *   (topic validity, payload size): those are the caller's, handed in as the `check` of
  *   kr_proto_parse_publish, so the publish block is parsed with a fuzz-local check applying
  *   the rules of the limits table, with a recording check that applies none, and with no
@@ -53,6 +56,53 @@ static char *kr_fuzz_dup(const char *s, size_t n)
     return p;
 }
 
+/* The space-separated words of s[0..n), at most max (returns max + 1 when there are more). */
+static size_t kr_fuzz_words(const char *s, size_t n, const char **w, size_t *wl, size_t max)
+{
+    size_t nw = 0, i = 0;
+    while (i < n) {
+        if (s[i] == ' ') {
+            i++;
+            continue;
+        }
+        size_t j = i;
+        while (j < n && s[j] != ' ')
+            j++;
+        if (nw == max)
+            return max + 1;
+        w[nw] = s + i;
+        wl[nw] = j - i;
+        nw++;
+        i = j;
+    }
+    return nw;
+}
+
+static int kr_fuzz_word_is(const char *w, size_t wl, const char *lit)
+{
+    return wl == strlen(lit) && memcmp(w, lit, wl) == 0;
+}
+
+/* An accepted request without a data block: its line, re-read independently, names it. */
+static void kr_fuzz_check_get(const char *line, size_t consumed, int type)
+{
+    const char *w[4];
+    size_t wl[4];
+    if (type != KR_REQ_GET_MESSAGES && type != KR_REQ_GET_MESSAGES_POSITION &&
+        type != KR_REQ_GET_POSITION)
+        return;
+    KR_FUZZ_CHECK(consumed >= 2 && memcmp(line + consumed - 2, "\r\n", 2) == 0);
+    size_t nw = kr_fuzz_words(line, consumed - 2, w, wl, 3);
+    KR_FUZZ_CHECK(nw >= 2 && nw <= 3 && kr_fuzz_word_is(w[0], wl[0], "get"));
+    if (type == KR_REQ_GET_MESSAGES)
+        KR_FUZZ_CHECK(nw == 2 && kr_fuzz_word_is(w[1], wl[1], "messages"));
+    else if (type == KR_REQ_GET_POSITION)
+        KR_FUZZ_CHECK(nw == 2 && kr_fuzz_word_is(w[1], wl[1], "position"));
+    else
+        KR_FUZZ_CHECK(nw == 3 && kr_fuzz_word_is(w[1], wl[1], "messages") &&
+                      kr_fuzz_word_is(w[2], wl[2], "position"));
+}
+
 /* One parse result, with the data block as an offset so results of copies compare. */
 struct kr_fuzz_res {
     int rc;
@@ -75,7 +125,8 @@ static struct kr_fuzz_res kr_fuzz_parse(const char *s, size_t n, const struct kr
         r.noreply = req.noreply;
         r.has_data = req.data != NULL;
         KR_FUZZ_CHECK(r.noreply == 0 || r.noreply == 1);
-        KR_FUZZ_CHECK(r.type >= KR_REQ_SUBSCRIBE && r.type <= KR_REQ_STATS);
+        KR_FUZZ_CHECK(r.type >= KR_REQ_SUBSCRIBE && r.type <= KR_REQ_RESUME);
+        kr_fuzz_check_get(b, r.consumed, r.type);
         if (req.data) {
             KR_FUZZ_CHECK(req.data > b && req.data + req.data_len + 2 == b + r.consumed);
             KR_FUZZ_CHECK(memcmp(req.data + req.data_len, "\r\n", 2) == 0);
@@ -466,6 +517,66 @@ static void kr_fuzz_retro(const char *s, size_t n)
     free(b);
 }
 
+/* Independent shape check of a resume block: the token line's length when the block starts
+ * with 1..KR_PROTO_TOKEN_MAX bytes of 0x21..0x7e followed by "\r\n", else 0. */
+static size_t kr_fuzz_resume_shape(const char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n && (unsigned char)s[i] >= 0x21 && (unsigned char)s[i] <= 0x7e)
+        i++;
+    if (i == 0 || i > KR_PROTO_TOKEN_MAX || n - i < 2 || s[i] != '\r' || s[i + 1] != '\n')
+        return 0;
+    return i;
+}
+
+static void kr_fuzz_resume(const char *s, size_t n, const struct kr_proto_limits *lim)
+{
+    char *b = kr_fuzz_dup(s, n);
+    const char *tok = NULL, *t = NULL;
+    size_t tokl = 12345, tl = 12345;
+    int rc = kr_proto_parse_resume(b, n, &tok, &tokl, &t, &tl);
+    size_t shape = kr_fuzz_resume_shape(b, n);
+    KR_FUZZ_CHECK(rc == 0 || rc == KR_PERR_BAD_FORMAT);
+    KR_FUZZ_CHECK((rc == 0) == (shape != 0));
+    if (rc == 0) {
+        KR_FUZZ_CHECK(tok == b && tokl == shape);
+        KR_FUZZ_CHECK(t == b + shape + 2 && tl == n - shape - 2);
+        /* the topics play no part: the token line alone, or with any prefix of the topics,
+         * gives the same token */
+        size_t cut = shape + 2 + (tl ? (size_t)(unsigned char)b[0] % (tl + 1) : 0);
+        char *hl = kr_fuzz_dup(b, cut);
+        const char *tok2 = NULL, *t2 = NULL;
+        size_t tokl2 = 0, tl2 = 12345;
+        KR_FUZZ_CHECK(kr_proto_parse_resume(hl, cut, &tok2, &tokl2, &t2, &tl2) == 0);
+        KR_FUZZ_CHECK(tok2 == hl && tokl2 == tokl && t2 == hl + shape + 2 &&
+                      tl2 == cut - shape - 2);
+        free(hl);
+    }
+
+    /* framed as "set resume 0 0 <n>\r\n<block>\r\n": handed back as the data block */
+    char line[64];
+    int ll = snprintf(line, sizeof(line), "set resume 0 0 %zu\r\n", n);
+    KR_FUZZ_CHECK(ll > 0 && (size_t)ll < sizeof(line));
+    size_t total = (size_t)ll + n + 2;
+    char *req = malloc(total);
+    KR_FUZZ_CHECK(req != NULL);
+    memcpy(req, line, (size_t)ll);
+    if (n)
+        memcpy(req + ll, b, n);
+    memcpy(req + ll + n, "\r\n", 2);
+    struct kr_request r;
+    size_t used = 0;
+    int prc = kr_proto_parse(req, total, lim, &r, &used);
+    if ((size_t)ll <= lim->max_line_bytes && n <= lim->max_request_bytes) {
+        KR_FUZZ_CHECK(prc == KR_PROTO_OK && used == total && r.type == KR_REQ_RESUME);
+        KR_FUZZ_CHECK(r.noreply == 0 && r.data == req + ll && r.data_len == n);
+    } else {
+        KR_FUZZ_CHECK(prc == KR_PERR_LINE_TOO_LONG || prc == KR_PERR_TOO_LARGE);
+    }
+    free(req);
+    free(b);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size == 0)
@@ -485,5 +596,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int bad;
     (void)kr_fuzz_topics(s, n, fl->max_topic_bytes, &bad);
     kr_fuzz_retro(s, n);
+    kr_fuzz_resume(s, n, lim);
     return 0;
 }

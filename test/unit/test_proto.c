@@ -1,5 +1,5 @@
-/* Unit tests of the protocol codec: request framing, publish / subscribe / retro_subscribe
- * blocks and the error replies.
+/* Unit tests of the protocol codec: request framing, publish / subscribe / retro_subscribe /
+ * resume blocks and the error replies.
  *
  * Every parse in the helpers below runs over an exactly-sized heap copy of its input, so the
  * address sanitizer catches any read past what the parser was given. */
@@ -166,6 +166,16 @@ static const struct valid_case valid_cases[] = {
     /* blocks are opaque to the framing: any bytes, "\r\n" and NUL included */
     V("set publish 0 0 20\r\nMESSAGE a 5\r\n\r\n\0\n\r\r\n\r\n", KR_REQ_PUBLISH, 0, 20),
     V("set subscribe 0 0 5\r\n\r\n\r\n\r\r\n", KR_REQ_SUBSCRIBE, 0, 5),
+    /* continuity: positions and resume */
+    V("get messages position\r\n", KR_REQ_GET_MESSAGES_POSITION, 0, NODATA),
+    V(" get  messages   position  \r\n", KR_REQ_GET_MESSAGES_POSITION, 0, NODATA),
+    V("get position\r\n", KR_REQ_GET_POSITION, 0, NODATA),
+    V("get   position \r\n", KR_REQ_GET_POSITION, 0, NODATA),
+    V("set resume 0 0 22\r\np1.ATkwAAAAAAAA\r\na b c\r\n", KR_REQ_RESUME, 0, 22),
+    V("set resume 0 0 17 noreply\r\np1.ATkwAAAAAAAA\r\n\r\n", KR_REQ_RESUME, 1, 17),
+    /* the framing does not look inside a resume block: a bad one is the block parser's */
+    V("set resume 0 0 3\r\na b\r\n", KR_REQ_RESUME, 0, 3),
+    V("set resume 0 0 0\r\n\r\n", KR_REQ_RESUME, 0, 0),
     /* memcached-style leniency about spaces between command-line tokens */
     V("  set  subscribe   0  0  3   noreply  \r\nabc\r\n", KR_REQ_SUBSCRIBE, 1, 3),
     /* <flags> and <exptime> are any token; <bytes> may have leading zeros */
@@ -293,7 +303,7 @@ Test(parse, set_each_key)
     } keys[] = {
         {"subscribe", KR_REQ_SUBSCRIBE},   {"unsubscribe", KR_REQ_UNSUBSCRIBE},
         {"publish", KR_REQ_PUBLISH},       {"register", KR_REQ_REGISTER},
-        {"retro_subscribe", KR_REQ_RETRO_SUBSCRIBE},
+        {"retro_subscribe", KR_REQ_RETRO_SUBSCRIBE}, {"resume", KR_REQ_RESUME},
     };
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
         for (int nr = 0; nr < 2; nr++) {
@@ -593,6 +603,30 @@ static const struct err_case err_cases[] = {
     E("stats detail on\r\n", KR_PERR_UNKNOWN, 17),
     E("get mess\rages\r\n", KR_PERR_UNKNOWN, 15),
     E("get messages\0\r\n", KR_PERR_UNKNOWN, 15),
+    /* get keys of continuity: exactly "messages position" or "position" */
+    E("get position messages\r\n", KR_PERR_UNKNOWN, 23),
+    E("get messages position position\r\n", KR_PERR_UNKNOWN, 32),
+    E("get messages messages position\r\n", KR_PERR_UNKNOWN, 32),
+    E("get position position\r\n", KR_PERR_UNKNOWN, 23),
+    E("get messages Position\r\n", KR_PERR_UNKNOWN, 23),
+    E("get Position\r\n", KR_PERR_UNKNOWN, 14),
+    E("get positions\r\n", KR_PERR_UNKNOWN, 15),
+    E("get position noreply\r\n", KR_PERR_UNKNOWN, 22),
+    E("get messages position noreply\r\n", KR_PERR_UNKNOWN, 31),
+    E("get messages position x y\r\n", KR_PERR_UNKNOWN, 27),
+    E("get messages,position\r\n", KR_PERR_UNKNOWN, 23),
+    E("gets messages position\r\n", KR_PERR_UNKNOWN, 24),
+    E("get foo position\r\n", KR_PERR_UNKNOWN, 18),
+    E("position\r\n", KR_PERR_UNKNOWN, 10),
+    E("get messages position\n", KR_PERR_BAD_LINE, 22),
+    E("get position\n", KR_PERR_BAD_LINE, 13),
+    /* set resume: framed like every set */
+    E("set Resume 0 0 3\r\nabc\r\n", KR_PERR_UNKNOWN, 23),
+    E("set resumes 0 0 3\r\nabc\r\n", KR_PERR_UNKNOWN, 24),
+    E("set resume 0 0\r\n", KR_PERR_BAD_LINE, 16),
+    E("set resume 0 0 3 noreply x\r\n", KR_PERR_BAD_LINE, 28),
+    E("set resume 0 0 4097\r\n", KR_PERR_TOO_LARGE, 21),
+    E("set resume 0 0 3\r\nabcd\r\n", KR_PERR_BAD_CHUNK, 23),
     /* unknown set key: "ERROR" only after its block and terminator arrived */
     E("set foo 0 0 3\r\nabc\r\n", KR_PERR_UNKNOWN, 20),
     E("set Subscribe 0 0 3\r\nabc\r\n", KR_PERR_UNKNOWN, 26),
@@ -827,6 +861,7 @@ Test(parse, error_replies_are_exact)
     cr_assert_str_eq(kr_proto_error_reply(KR_PERR_LINE_TOO_LONG),
                      "CLIENT_ERROR line too long\r\n");
     cr_assert_str_eq(kr_proto_error_reply(KR_PERR_TOO_LARGE), "SERVER_ERROR object too large\r\n");
+    cr_assert_str_eq(kr_proto_error_reply(KR_PERR_BAD_POSITION), "CLIENT_ERROR bad position\r\n");
     /* never NULL, even for codes that are not errors */
     cr_assert_str_eq(kr_proto_error_reply(0), "ERROR\r\n");
     cr_assert_str_eq(kr_proto_error_reply(-1000), "ERROR\r\n");
@@ -1609,4 +1644,170 @@ Test(retro, malformed_horizon_is_bad_format_whatever_the_topics)
         cr_assert_eq(parse_retro(bad[i].in, bad[i].n, &h, &t, &tl), KR_PERR_BAD_FORMAT,
                      "case %zu", i);
     }
+}
+
+/* ------------------------------------------------------------------ resume blocks */
+
+static int parse_resume(const char *s, size_t n, const char **tok, size_t *tokl, const char **t,
+                        size_t *tl)
+{
+    char *b = dup_exact(s, n);
+    *tok = NULL;
+    *t = NULL;
+    int rc = kr_proto_parse_resume(b, n, tok, tokl, t, tl);
+    if (rc == 0) {
+        cr_assert(*tok == b && *tokl > 0 && *tokl <= KR_PROTO_TOKEN_MAX);
+        cr_assert(*t == b + *tokl + 2 && *t + *tl == b + n);
+        *tok = s + (*tok - b);
+        *t = s + (*t - b);
+    } else {
+        cr_assert_eq(rc, KR_PERR_BAD_FORMAT);
+    }
+    free(b);
+    return rc;
+}
+
+static void assert_resume(const char *in, size_t n, const char *want_tok, const char *want_t,
+                          size_t want_tl)
+{
+    const char *tok, *t;
+    size_t tokl, tl;
+    cr_assert_eq(parse_resume(in, n, &tok, &tokl, &t, &tl), 0, "%.*s", (int)n, in);
+    cr_assert_eq(tokl, strlen(want_tok));
+    cr_assert(memcmp(tok, want_tok, tokl) == 0);
+    cr_assert_eq(tl, want_tl);
+    cr_assert(memcmp(t, want_t, tl) == 0);
+}
+
+Test(resume, token_and_topics)
+{
+    assert_resume(S("p1.ATkwAAAAAAAA\r\na b c"), "p1.ATkwAAAAAAAA", S("a b c"));
+    assert_resume(S("x\r\nt"), "x", S("t"));
+    /* the topics may be empty, spaced, or anything: not validated here */
+    assert_resume(S("tok\r\n"), "tok", S(""));
+    assert_resume(S("tok\r\n  a  b "), "tok", S("  a  b "));
+    assert_resume(S("tok\r\n\r\n"), "tok", S("\r\n"));
+    assert_resume(S("tok\r\na\0b\r\nc\rd\ne"), "tok", S("a\0b\r\nc\rd\ne"));
+    assert_resume(S("tok\r\n__kraken__:resync"), "tok", S("__kraken__:resync"));
+    /* every printable byte may be in a token: the codec does not decode it */
+    char all[0x7e - 0x21 + 1 + 3];
+    size_t n = 0;
+    for (int c = 0x21; c <= 0x7e; c++)
+        all[n++] = (char)c;
+    memcpy(all + n, "\r\nz", 3);
+    const char *tok, *t;
+    size_t tokl, tl;
+    cr_assert_eq(parse_resume(all, n + 3, &tok, &tokl, &t, &tl), 0);
+    cr_assert_eq(tokl, n);
+    cr_assert_eq(tl, 1);
+}
+
+Test(resume, malformed_token_line_is_bad_format)
+{
+    static const struct {
+        const char *in;
+        size_t n;
+    } bad[] = {
+        {S("")},           {S("tok")},          {S("tok\r")},      {S("tok\n")},
+        {S("tok\na b")},   {S("\r\na b")},      {S("\r\n")},       {S(" tok\r\na")},
+        {S("tok \r\na")},  {S("t k\r\na")},     {S("t\tk\r\na")},  {S("t\0k\r\na")},
+        {S("tok\r\r\na")}, {S("t\rk\r\na")},    {S("t\x7fk\r\na")}, {S("t\x80k\r\na")},
+        {S("t\xffk\r\na")}, {S("tok\n\r\na")},  {S("tok\r a")},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *tok, *t;
+        size_t tokl, tl;
+        cr_assert_eq(parse_resume(bad[i].in, bad[i].n, &tok, &tokl, &t, &tl), KR_PERR_BAD_FORMAT,
+                     "case %zu", i);
+    }
+}
+
+Test(resume, every_byte_value_in_the_token)
+{
+    for (int c = 0; c < 256; c++) {
+        char in[] = "ab?cd\r\nt";
+        in[2] = (char)c;
+        const char *tok, *t;
+        size_t tokl, tl;
+        int rc = parse_resume(in, sizeof(in) - 1, &tok, &tokl, &t, &tl);
+        if (c >= 0x21 && c <= 0x7e)
+            cr_assert_eq(rc, 0, "byte 0x%02x", c);
+        else
+            cr_assert_eq(rc, KR_PERR_BAD_FORMAT, "byte 0x%02x", c);
+    }
+}
+
+Test(resume, token_length_limit)
+{
+    char in[KR_PROTO_TOKEN_MAX + 8];
+    const char *tok, *t;
+    size_t tokl, tl;
+    for (size_t len = KR_PROTO_TOKEN_MAX - 1; len <= KR_PROTO_TOKEN_MAX + 2; len++) {
+        memset(in, 'A', len);
+        memcpy(in + len, "\r\nab", 4);
+        int rc = parse_resume(in, len + 4, &tok, &tokl, &t, &tl);
+        if (len <= KR_PROTO_TOKEN_MAX) {
+            cr_assert_eq(rc, 0, "token of %zu bytes", len);
+            cr_assert_eq(tokl, len);
+            cr_assert_eq(tl, 2);
+        } else {
+            cr_assert_eq(rc, KR_PERR_BAD_FORMAT, "token of %zu bytes", len);
+        }
+    }
+    /* a long line with no "\r\n" at all */
+    char big[4096];
+    memset(big, 'A', sizeof(big));
+    cr_assert_eq(parse_resume(big, sizeof(big), &tok, &tokl, &t, &tl), KR_PERR_BAD_FORMAT);
+}
+
+Test(resume, split_at_every_byte)
+{
+    /* each prefix of a valid block: refused until the "\r\n" is whole, then the same token
+     * with the topics that arrived */
+    static const char in[] = "p1.ATkwAAAAAAAA\r\nalpha beta gamma";
+    const size_t n = sizeof(in) - 1, tokn = 15;
+    for (size_t k = 0; k <= n; k++) {
+        const char *tok, *t;
+        size_t tokl, tl;
+        int rc = parse_resume(in, k, &tok, &tokl, &t, &tl);
+        if (k < tokn + 2) {
+            cr_assert_eq(rc, KR_PERR_BAD_FORMAT, "prefix %zu", k);
+        } else {
+            cr_assert_eq(rc, 0, "prefix %zu", k);
+            cr_assert_eq(tokl, tokn);
+            cr_assert_eq(tl, k - tokn - 2);
+        }
+    }
+}
+
+Test(resume, request_then_block)
+{
+    static const char in[] = "set resume 0 0 22\r\np1.ATkwAAAAAAAA\r\na b c\r\n";
+    struct kr_request req;
+    parse_ok(in, sizeof(in) - 1, &req);
+    cr_assert_eq(req.type, KR_REQ_RESUME);
+    cr_assert_eq(req.noreply, 0);
+    const char *tok, *t;
+    size_t tokl, tl;
+    cr_assert_eq(kr_proto_parse_resume(req.data, req.data_len, &tok, &tokl, &t, &tl), 0);
+    cr_assert_eq(tokl, 15);
+    cr_assert(memcmp(tok, "p1.ATkwAAAAAAAA", 15) == 0);
+    cr_assert_eq(tl, 5);
+    cr_assert(memcmp(t, "a b c", 5) == 0);
+    cr_assert_eq(kr_proto_count_topics(t, tl), 3);
+}
+
+Test(parse, get_messages_position_and_get_position)
+{
+    struct kr_request req;
+    parse_ok(S("get messages position\r\n"), &req);
+    cr_assert_eq(req.type, KR_REQ_GET_MESSAGES_POSITION);
+    cr_assert_eq(req.noreply, 0);
+    cr_assert_null(req.data);
+    parse_ok(S("get position\r\n"), &req);
+    cr_assert_eq(req.type, KR_REQ_GET_POSITION);
+    cr_assert_null(req.data);
+    /* a plain poll is unchanged */
+    parse_ok(S("get messages\r\n"), &req);
+    cr_assert_eq(req.type, KR_REQ_GET_MESSAGES);
 }
