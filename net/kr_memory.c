@@ -126,10 +126,7 @@ void kr_nt_memory_check(struct kr_nt *nt)
             largest = b;
         if (!over || (c->close_after_write && !c->writing))
             continue; /* on its way out */
-        if (ncand == nt->mem_cand_cap) {
-            nt->mem_cand_cap = nt->mem_cand_cap ? nt->mem_cand_cap * 2 : 64;
-            nt->mem_cand = kr_xrealloc(nt->mem_cand, nt->mem_cand_cap * sizeof(*nt->mem_cand));
-        }
+        KR_GROW_MIN(nt->mem_cand, nt->mem_cand_cap, ncand + 1, 64);
         nt->mem_cand[ncand++] = (struct kr_mem_cand){.c = c, .bytes = b};
     }
     ck_pr_store_64(&nt->mem_largest, largest);
