@@ -35,17 +35,12 @@ void kr_net_live(const struct kr_server *s, struct kr_net_live *out)
     const struct kr_cfg *c = kr_cfg_live();
     if (!c)
         c = s->cfg; /* no snapshot published: the start configuration */
-    out->max_queued_messages = c->max_queued_messages;
-    out->max_queued_bytes = c->max_queued_bytes;
-    out->client_idle_timeout_ms = c->client_idle_timeout_ms;
-    out->request_timeout_ms = c->request_timeout_ms;
-    out->poll_wait_ms = c->poll_wait_ms;
-    out->max_poll_reply_bytes = c->max_poll_reply_bytes;
-    out->max_memory = c->max_memory;
-    out->max_tcp_clients = c->max_tcp_clients;
-    out->tcp_keepalive_s = c->tcp_keepalive_s;
-    out->fanout_warn = c->router_min_fanout_to_warn;
-    out->topics_warn = c->router_min_publish_to_topics_to_warn;
+#define KR_NET_LIVE_COPY(type, name, cfg_field)                                          \
+    _Static_assert(__builtin_types_compatible_p(type, __typeof__(c->cfg_field)),         \
+                   "KR_NET_LIVE: " #name " has the type of kr_cfg." #cfg_field);         \
+    out->name = c->cfg_field;
+    KR_NET_LIVE(KR_NET_LIVE_COPY)
+#undef KR_NET_LIVE_COPY
     urcu_memb_read_unlock();
 }
 

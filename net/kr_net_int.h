@@ -192,20 +192,29 @@ struct kr_pw_list {
 };
 
 
-/* The settings that may change while the server runs (admin `config set`), read from the
- * RCU-published configuration snapshot. */
+/* The settings that may change while the server runs (admin `config set`) that the net
+ * threads read, declared once: X(type, name, cfg_field) is a field of struct kr_net_live
+ * and the member of struct kr_cfg it is copied from (kr_net_live, which checks the types
+ * agree). A new live setting the net threads read is one line here, beside its
+ * KR_CFG_LIVE entry in the option table (kr_cfg.c) and its member of struct kr_cfg. */
+#define KR_NET_LIVE(X)                                                    \
+    X(uint64_t, max_queued_messages, max_queued_messages)                 \
+    X(uint64_t, max_queued_bytes, max_queued_bytes)                       \
+    X(uint64_t, client_idle_timeout_ms, client_idle_timeout_ms)           \
+    X(uint64_t, request_timeout_ms, request_timeout_ms)                   \
+    X(uint64_t, poll_wait_ms, poll_wait_ms)                               \
+    X(uint64_t, max_poll_reply_bytes, max_poll_reply_bytes)               \
+    X(uint64_t, max_memory, max_memory)                                   \
+    X(uint32_t, max_tcp_clients, max_tcp_clients)                         \
+    X(uint32_t, tcp_keepalive_s, tcp_keepalive_s)                         \
+    X(uint32_t, fanout_warn, router_min_fanout_to_warn)                   \
+    X(uint32_t, topics_warn, router_min_publish_to_topics_to_warn)
+
+/* The net thread's copy of them, read from the RCU-published configuration snapshot. */
 struct kr_net_live {
-    uint64_t max_queued_messages;
-    uint64_t max_queued_bytes;
-    uint64_t client_idle_timeout_ms;
-    uint64_t request_timeout_ms;
-    uint64_t poll_wait_ms;
-    uint64_t max_poll_reply_bytes;
-    uint64_t max_memory;
-    uint32_t max_tcp_clients;
-    uint32_t tcp_keepalive_s;
-    uint32_t fanout_warn;
-    uint32_t topics_warn;
+#define KR_NET_LIVE_FIELD(type, name, cfg_field) type name;
+    KR_NET_LIVE(KR_NET_LIVE_FIELD)
+#undef KR_NET_LIVE_FIELD
 };
 
 struct kr_nt {
