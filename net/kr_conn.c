@@ -3,27 +3,13 @@
  * turns, and the hand-off of events to the router shards. Net thread only. */
 #include "kr_net_int.h"
 
-#include <arpa/inet.h>
 #include <ck_pr.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pthread.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 #include <urcu/list.h>
-#include <urcu/urcu-memb.h>
 #include <uv.h>
-#include <xxhash.h>
-#ifdef KR_HAVE_JEMALLOC
-#include <jemalloc/jemalloc.h>
-#endif
 
 static void kr_conn_out_account(struct kr_conn *c);
 static void kr_conn_write_cb(uv_write_t *req, int status);

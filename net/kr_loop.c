@@ -2,27 +2,14 @@
  * wake-up, check, turn, waiting-poll and sweep callbacks, fanout warnings. Net thread only. */
 #include "kr_net_int.h"
 
-#include <arpa/inet.h>
 #include <ck_pr.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
-#include <urcu/list.h>
 #include <urcu/urcu-memb.h>
 #include <uv.h>
-#include <xxhash.h>
-#ifdef KR_HAVE_JEMALLOC
-#include <jemalloc/jemalloc.h>
-#endif
 
 static void kr_nt_fanout_warn(struct kr_nt *nt, struct kr_msg *m, uint32_t fanout);
 static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev);

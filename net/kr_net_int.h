@@ -6,15 +6,15 @@
 #ifndef KR_NET_INT_H
 #define KR_NET_INT_H
 
-#include <stdint.h>
-
-#include "kr_net.h"
 #include <ck_pr.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <sys/socket.h>
+#include <time.h>
 #include <urcu/list.h>
 #include <uv.h>
+
+#include "kr_net.h"
 
 #include "kr_acl.h"
 #include "kr_cluster.h"
