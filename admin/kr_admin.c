@@ -185,10 +185,7 @@ __attribute__((format(printf, 2, 3))) static void kr_admin_outf(struct kr_admin_
             o->len += (size_t)n;
             return;
         }
-        o->cap = (o->cap ? o->cap * 2 : 1024) + (size_t)n;
-        o->buf = realloc(o->buf, o->cap);
-        if (!o->buf)
-            abort();
+        KR_GROW_MIN(o->buf, o->cap, o->len + (size_t)n + 1, 1024);
     }
 }
 

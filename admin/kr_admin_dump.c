@@ -409,19 +409,8 @@ static int kr_dump_band_cb(void *arg, const char *topic, uint32_t len, uint32_t 
         return 0;
     if (w->nents >= 4 * (size_t)KR_DUMP_BAND)
         return 0; /* the table grew a lot since it was counted: keep memory bounded */
-    if (w->nents == w->ents_cap) {
-        w->ents_cap = w->ents_cap ? w->ents_cap * 2 : 1024;
-        w->ents = realloc(w->ents, w->ents_cap * sizeof(*w->ents));
-        if (!w->ents)
-            abort();
-    }
-    if (w->names_len + len > w->names_cap) {
-        while (w->names_len + len > w->names_cap)
-            w->names_cap = w->names_cap ? w->names_cap * 2 : 65536;
-        w->names = realloc(w->names, w->names_cap);
-        if (!w->names)
-            abort();
-    }
+    KR_GROW_MIN(w->ents, w->ents_cap, w->nents + 1, 1024);
+    KR_GROW_MIN(w->names, w->names_cap, w->names_len + len, 65536);
     memcpy(w->names + w->names_len, topic, len);
     w->ents[w->nents++] = (struct kr_dump_entry){nsubs, len, w->names_len};
     w->names_len += len;

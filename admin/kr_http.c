@@ -60,13 +60,7 @@ struct kr_sb {
 
 static void kr_sb_reserve(struct kr_sb *b, size_t n)
 {
-    if (b->len + n + 1 <= b->cap)
-        return;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + n + 1)
-        cap *= 2;
-    b->p = kr_xrealloc(b->p, cap);
-    b->cap = cap;
+    KR_GROW_MIN(b->p, b->cap, b->len + n + 1, 4096);
 }
 
 static void kr_sb_add(struct kr_sb *b, const char *s, size_t n)

@@ -10,20 +10,11 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
-#include <urcu/list.h>
-#include <urcu/urcu-memb.h>
 #include <uv.h>
-#include <xxhash.h>
-#ifdef KR_HAVE_JEMALLOC
-#include <jemalloc/jemalloc.h>
-#endif
 
 static void kr_addr_name(const struct sockaddr_storage *ss, char *out, size_t outlen);
 static const char *kr_suppressed_note(uint64_t n, char *buf, size_t len);

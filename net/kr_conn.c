@@ -3,27 +3,13 @@
  * turns, and the hand-off of events to the router shards. Net thread only. */
 #include "kr_net_int.h"
 
-#include <arpa/inet.h>
 #include <ck_pr.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pthread.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 #include <urcu/list.h>
-#include <urcu/urcu-memb.h>
 #include <uv.h>
-#include <xxhash.h>
-#ifdef KR_HAVE_JEMALLOC
-#include <jemalloc/jemalloc.h>
-#endif
 
 static void kr_conn_out_account(struct kr_conn *c);
 static void kr_conn_write_cb(uv_write_t *req, int status);
@@ -42,13 +28,7 @@ static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 void kr_out_reserve(struct kr_conn *c, size_t n)
 {
-    if (c->out_len + n > c->out_cap) {
-        size_t cap = c->out_cap ? c->out_cap : 256;
-        while (cap < c->out_len + n)
-            cap *= 2;
-        c->out = kr_xrealloc(c->out, cap);
-        c->out_cap = cap;
-    }
+    KR_GROW_MIN(c->out, c->out_cap, c->out_len + n, 256);
 }
 
 void kr_out_add(struct kr_conn *c, const void *p, size_t n)
@@ -69,10 +49,7 @@ void kr_out_ref(struct kr_conn *c, const char *p, uint32_t n, struct kr_msg *m)
         kr_out_add(c, p, n);
         return;
     }
-    if (c->nrefs == c->refs_cap) {
-        c->refs_cap = c->refs_cap ? c->refs_cap * 2 : 16;
-        c->refs = kr_xrealloc(c->refs, c->refs_cap * sizeof(*c->refs));
-    }
+    KR_GROW(c->refs, c->refs_cap, c->nrefs + 1);
     kr_msg_ref(m, 1);
     c->refs[c->nrefs++] = (struct kr_out_ref){.at = c->out_len, .p = p, .len = n, .m = m};
     c->refs_bytes += n;
@@ -662,13 +639,7 @@ void kr_conn_resume(struct kr_conn *c)
 /* Append bytes to the connection's unparsed input. */
 static void kr_conn_stash(struct kr_conn *c, const char *p, size_t n)
 {
-    if (c->in_len + n > c->in_cap) {
-        size_t cap = c->in_cap ? c->in_cap : 1024;
-        while (cap < c->in_len + n)
-            cap *= 2;
-        c->in = kr_xrealloc(c->in, cap);
-        c->in_cap = cap;
-    }
+    KR_GROW_MIN(c->in, c->in_cap, c->in_len + n, 1024);
     memcpy(c->in + c->in_len, p, n);
     c->in_len += n;
 }
@@ -795,10 +766,7 @@ static void kr_conn_yield(struct kr_conn *c)
     struct kr_nt *nt = c->nt;
     if (c->on_turns)
         return;
-    if (nt->nturns == nt->turns_cap) {
-        nt->turns_cap = nt->turns_cap ? nt->turns_cap * 2 : 64;
-        nt->turns = kr_xrealloc(nt->turns, nt->turns_cap * sizeof(*nt->turns));
-    }
+    KR_GROW_MIN(nt->turns, nt->turns_cap, nt->nturns + 1, 64);
     nt->turns[nt->nturns++] = c->id;
     c->on_turns = true;
     if (nt->nturns == 1)

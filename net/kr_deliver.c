@@ -506,10 +506,7 @@ static void kr_dlv_enqueue(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_cq_
                     d->inc[i].seq++;
     }
     if (e->pend) {
-        if (d->ninc == d->inc_cap) {
-            d->inc_cap = d->inc_cap ? d->inc_cap * 2 : 4;
-            d->inc = kr_xrealloc(d->inc, d->inc_cap * sizeof(*d->inc));
-        }
+        KR_GROW_MIN(d->inc, d->inc_cap, d->ninc + 1, 4);
         d->inc[d->ninc].msg = e->msg;
         d->inc[d->ninc].seq = d->seq_head + pos;
         d->ninc++;
@@ -547,10 +544,7 @@ static struct kr_cq_entry *kr_dlv_find_incomplete(struct kr_dlv *d, struct kr_ms
 
 static void kr_dlv_stage(struct kr_dlv *d, const struct kr_cq_entry *e, bool replay)
 {
-    if (d->nstage == d->stage_cap) {
-        d->stage_cap = d->stage_cap ? d->stage_cap * 2 : 16;
-        d->stage = kr_xrealloc(d->stage, d->stage_cap * sizeof(*d->stage));
-    }
+    KR_GROW(d->stage, d->stage_cap, d->nstage + 1);
     d->stage[d->nstage].e = *e;
     d->stage[d->nstage].replay = replay;
     d->stage[d->nstage].order = d->nstage;

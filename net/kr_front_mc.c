@@ -5,9 +5,6 @@
  * frontend boundary (kr_frontend.h). Net thread only. */
 #include "kr_frontend.h"
 
-#include <ck_pr.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "kr_cfg.h"

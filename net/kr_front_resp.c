@@ -43,13 +43,7 @@ struct kr_rs_state *kr_rs(struct kr_conn *c)
 
 void kr_rs_sb_reserve(struct kr_rs_state *s, size_t n)
 {
-    if (s->sb_len + n > s->sb_cap) {
-        size_t cap = s->sb_cap ? s->sb_cap : 256;
-        while (cap < s->sb_len + n)
-            cap *= 2;
-        s->sb = kr_xrealloc(s->sb, cap);
-        s->sb_cap = cap;
-    }
+    KR_GROW_MIN(s->sb, s->sb_cap, s->sb_len + n, 256);
 }
 
 static char *kr_rs_room(struct kr_rs_out *o, size_t n)
@@ -252,11 +246,7 @@ static ssize_t kr_rs_request(struct kr_conn *c, const char *buf, size_t len, boo
         rc = kr_resp_parse(buf, len, &lim, s->argv, s->argv_cap, &s->parser, &used);
         if (rc != KR_RESP_ARGV_FULL)
             break;
-        size_t ncap = s->argv_cap;
-        while (ncap < s->parser.argc)
-            ncap *= 2;
-        s->argv = kr_xrealloc(s->argv, ncap * sizeof(*s->argv));
-        s->argv_cap = ncap;
+        KR_GROW(s->argv, s->argv_cap, s->parser.argc);
     }
     if (rc == KR_RESP_NEED_MORE) {
         *need = used;

@@ -2,27 +2,14 @@
  * wake-up, check, turn, waiting-poll and sweep callbacks, fanout warnings. Net thread only. */
 #include "kr_net_int.h"
 
-#include <arpa/inet.h>
 #include <ck_pr.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
-#include <urcu/list.h>
 #include <urcu/urcu-memb.h>
 #include <uv.h>
-#include <xxhash.h>
-#ifdef KR_HAVE_JEMALLOC
-#include <jemalloc/jemalloc.h>
-#endif
 
 static void kr_nt_fanout_warn(struct kr_nt *nt, struct kr_msg *m, uint32_t fanout);
 static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev);
@@ -35,17 +22,12 @@ void kr_net_live(const struct kr_server *s, struct kr_net_live *out)
     const struct kr_cfg *c = kr_cfg_live();
     if (!c)
         c = s->cfg; /* no snapshot published: the start configuration */
-    out->max_queued_messages = c->max_queued_messages;
-    out->max_queued_bytes = c->max_queued_bytes;
-    out->client_idle_timeout_ms = c->client_idle_timeout_ms;
-    out->request_timeout_ms = c->request_timeout_ms;
-    out->poll_wait_ms = c->poll_wait_ms;
-    out->max_poll_reply_bytes = c->max_poll_reply_bytes;
-    out->max_memory = c->max_memory;
-    out->max_tcp_clients = c->max_tcp_clients;
-    out->tcp_keepalive_s = c->tcp_keepalive_s;
-    out->fanout_warn = c->router_min_fanout_to_warn;
-    out->topics_warn = c->router_min_publish_to_topics_to_warn;
+#define KR_NET_LIVE_COPY(type, name, cfg_field)                                          \
+    _Static_assert(__builtin_types_compatible_p(type, __typeof__(c->cfg_field)),         \
+                   "KR_NET_LIVE: " #name " has the type of kr_cfg." #cfg_field);         \
+    out->name = c->cfg_field;
+    KR_NET_LIVE(KR_NET_LIVE_COPY)
+#undef KR_NET_LIVE_COPY
     urcu_memb_read_unlock();
 }
 

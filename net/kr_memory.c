@@ -2,27 +2,8 @@
  * overflows its own largest clients when over it. Net thread only. */
 #include "kr_net_int.h"
 
-#include <arpa/inet.h>
 #include <ck_pr.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <pthread.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
-#include <urcu/list.h>
-#include <urcu/urcu-memb.h>
-#include <uv.h>
-#include <xxhash.h>
-#ifdef KR_HAVE_JEMALLOC
-#include <jemalloc/jemalloc.h>
-#endif
 
 static int kr_mem_cand_cmp(const void *a, const void *b);
 static uint64_t kr_conn_memory_overflow(struct kr_conn *c);
@@ -126,10 +107,7 @@ void kr_nt_memory_check(struct kr_nt *nt)
             largest = b;
         if (!over || (c->close_after_write && !c->writing))
             continue; /* on its way out */
-        if (ncand == nt->mem_cand_cap) {
-            nt->mem_cand_cap = nt->mem_cand_cap ? nt->mem_cand_cap * 2 : 64;
-            nt->mem_cand = kr_xrealloc(nt->mem_cand, nt->mem_cand_cap * sizeof(*nt->mem_cand));
-        }
+        KR_GROW_MIN(nt->mem_cand, nt->mem_cand_cap, ncand + 1, 64);
         nt->mem_cand[ncand++] = (struct kr_mem_cand){.c = c, .bytes = b};
     }
     ck_pr_store_64(&nt->mem_largest, largest);

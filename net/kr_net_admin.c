@@ -8,8 +8,6 @@
  * an asker that stops waiting leaves it to the queue, which frees it once served. The hot
  * path only pays one relaxed load per wake-up (kr_reqq_serve's `pending` check). */
 #include <errno.h>
-#include <stdbool.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 

@@ -1,18 +1,20 @@
-/* Internals of the net module shared by kr_net.c and kr_net_admin.c (the requests other
- * threads make to net threads: connection lists, drain). Not part of the module's public
- * interface (that is kr_net.h). */
+/* Internals of the net module shared by its files (kr_server.c, kr_loop.c, kr_accept.c,
+ * kr_conn.c, kr_conn_api.c, kr_cmd.c, kr_drain.c, kr_memory.c, kr_stats.c, kr_net_admin.c):
+ * the requests other threads make to net threads, the net threads' shared types
+ * and the functions the files share. Not part of the module's public interface (that is
+ * kr_net.h). */
 #ifndef KR_NET_INT_H
 #define KR_NET_INT_H
 
-#include <stdint.h>
-
-#include "kr_net.h"
 #include <ck_pr.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <sys/socket.h>
+#include <time.h>
 #include <urcu/list.h>
 #include <uv.h>
+
+#include "kr_net.h"
 
 #include "kr_acl.h"
 #include "kr_cluster.h"
@@ -31,6 +33,8 @@ struct kr_net_reqq;
 /* One kr_reqq (queue/kr_queue.h) for each of the `nnet` net threads of `s`; a submit wakes
  * the net thread with kr_net_wake. Aborts on out of memory. Control thread. */
 struct kr_net_reqq *kr_net_reqq_create(struct kr_server *s, uint32_t nnet);
+/* Free the queues (after kr_net_reqq_shutdown, or when the server's creation failed).
+ * Control thread. */
 void kr_net_reqq_destroy(struct kr_net_reqq *q);
 /* Serve the requests queued for net thread `net` (kr_reqq_serve: one relaxed load when
  * there are none). Net thread `net`, from its wake-up callback. */
@@ -39,8 +43,10 @@ void kr_net_reqq_serve(struct kr_server *s, uint32_t net);
  * every net thread's queue). Control thread, after the net threads stopped. */
 void kr_net_reqq_shutdown(struct kr_server *s);
 
-/* ------------------------------------------------ kr_net.c: what the requests run */
+/* ------------------------------------------------ kr_server.c, kr_drain.c, kr_accept.c:
+ * what the requests run */
 
+/* The server's request queues (kr_net_admin.c). Any thread. */
 struct kr_net_reqq *kr_net_server_reqq(struct kr_server *s);
 /* Wake net thread `net` (uv_async_send). Any thread. */
 void kr_net_wake(struct kr_server *s, uint32_t net);
@@ -192,20 +198,29 @@ struct kr_pw_list {
 };
 
 
-/* The settings that may change while the server runs (admin `config set`), read from the
- * RCU-published configuration snapshot. */
+/* The settings that may change while the server runs (admin `config set`) that the net
+ * threads read, declared once: X(type, name, cfg_field) is a field of struct kr_net_live
+ * and the member of struct kr_cfg it is copied from (kr_net_live, which checks the types
+ * agree). A new live setting the net threads read is one line here, beside its
+ * KR_CFG_LIVE entry in the option table (kr_cfg.c) and its member of struct kr_cfg. */
+#define KR_NET_LIVE(X)                                                    \
+    X(uint64_t, max_queued_messages, max_queued_messages)                 \
+    X(uint64_t, max_queued_bytes, max_queued_bytes)                       \
+    X(uint64_t, client_idle_timeout_ms, client_idle_timeout_ms)           \
+    X(uint64_t, request_timeout_ms, request_timeout_ms)                   \
+    X(uint64_t, poll_wait_ms, poll_wait_ms)                               \
+    X(uint64_t, max_poll_reply_bytes, max_poll_reply_bytes)               \
+    X(uint64_t, max_memory, max_memory)                                   \
+    X(uint32_t, max_tcp_clients, max_tcp_clients)                         \
+    X(uint32_t, tcp_keepalive_s, tcp_keepalive_s)                         \
+    X(uint32_t, fanout_warn, router_min_fanout_to_warn)                   \
+    X(uint32_t, topics_warn, router_min_publish_to_topics_to_warn)
+
+/* The net thread's copy of them, read from the RCU-published configuration snapshot. */
 struct kr_net_live {
-    uint64_t max_queued_messages;
-    uint64_t max_queued_bytes;
-    uint64_t client_idle_timeout_ms;
-    uint64_t request_timeout_ms;
-    uint64_t poll_wait_ms;
-    uint64_t max_poll_reply_bytes;
-    uint64_t max_memory;
-    uint32_t max_tcp_clients;
-    uint32_t tcp_keepalive_s;
-    uint32_t fanout_warn;
-    uint32_t topics_warn;
+#define KR_NET_LIVE_FIELD(type, name, cfg_field) type name;
+    KR_NET_LIVE(KR_NET_LIVE_FIELD)
+#undef KR_NET_LIVE_FIELD
 };
 
 struct kr_nt {
@@ -322,33 +337,54 @@ struct kr_server {
 
 /* ------------------------------------------------ functions shared between the files */
 
-/* ---- kr_conn.c */
+/* ---- kr_conn.c: output, replies, waits, the connection's life */
+/* Room for n more reply bytes in c's output buffer. Net thread. */
 void kr_out_reserve(struct kr_conn *c, size_t n);
+/* Append n bytes (copied) to c's output. Net thread. */
 void kr_out_add(struct kr_conn *c, const void *p, size_t n);
+/* Append a NUL-terminated string (copied) to c's output. Net thread. */
 void kr_out_str(struct kr_conn *c, const char *s);
 /* Append n bytes of message m's payload p by reference (one message reference held until
  * the bytes are written: a writev sends them from the shared buffer); copied instead once
  * KR_OUT_MAX_REFS are pending. Net thread. */
 void kr_out_ref(struct kr_conn *c, const char *p, uint32_t n, struct kr_msg *m);
+/* Reply bytes of c not yet written to its socket. Net thread. */
 size_t kr_conn_out_pending(const struct kr_conn *c);
+/* Start writing c's pending output. Net thread. */
 void kr_conn_flush(struct kr_conn *c);
+/* Reply with an error line, count and log it, and close once the reply is out. Net thread. */
 void kr_conn_fail(struct kr_conn *c, const char *reply);
+/* The frontend's last words for `kind` (queue overflow, the drain's deadline), then the
+ * close: after the replies that wait on the router, if any. Net thread. */
 void kr_conn_error(struct kr_conn *c, enum kr_error_kind kind);
+/* Hold c's empty poll until a message arrives or wait_ms passed (0: answered after this
+ * loop iteration). Net thread. */
 void kr_poll_hold(struct kr_conn *c, uint64_t wait_ms);
+/* The waiting reply of request number `reqno`, or NULL. Net thread. */
 struct kr_reply_wait *kr_rq_at(struct kr_conn *c, uint32_t reqno);
-/* Queue a reply that waits (the ring takes over w->bytes); returns its request number. */
+/* Queue a reply that waits (the ring takes over w->bytes); returns its request number.
+ * Net thread. */
 uint32_t kr_rq_push(struct kr_conn *c, const struct kr_reply_wait *w);
+/* Send every waiting reply at the head that is ready, then a held error. Net thread. */
 void kr_rq_emit(struct kr_conn *c);
+/* Net thread nt's open connection `id`, or NULL. Net thread nt (or the control thread once
+ * it stopped). */
 struct kr_conn *kr_nt_conn(struct kr_nt *nt, uint64_t id);
+/* Put c on the list of clients looked at again after this loop iteration. Net thread. */
 void kr_conn_block(struct kr_conn *c);
+/* The list of waiting polls: append c, unlink c, the oldest (or NULL). Net thread. */
 void kr_pw_push(struct kr_pw_list *l, struct kr_conn *c);
 void kr_pw_unlink(struct kr_pw_list *l, struct kr_conn *c);
 struct kr_conn *kr_pw_first(struct kr_pw_list *l);
+/* Take c off whichever poll wait list it is on, without answering. Net thread. */
 void kr_poll_unwait(struct kr_conn *c);
+/* Something arrived for c's held poll: answer it after this loop iteration. Net thread. */
 void kr_poll_wake(struct kr_conn *c);
 /* Answer c now (kr_frontend.answer, after taking it off the wait lists): its queue's
  * overflow error instead, or nothing once its last words were said. Net thread. */
 void kr_conn_answer(struct kr_conn *c);
+/* uv_close callback of a connection's handle: frees the connection. Net thread (or the
+ * control thread running the stopped net thread's loop). */
 void kr_conn_closed_cb(uv_handle_t *h);
 /* The net thread's outboxes: set up once the router exists (control thread, before the
  * net thread runs); freed after it stopped (control thread; a drain barrier never sent is
@@ -360,45 +396,75 @@ void kr_nt_outbox_destroy(struct kr_nt *nt);
 void kr_nt_ctl_push(struct kr_nt *nt, uint32_t shard, const struct kr_event *ev);
 /* Send the parked control events in order; true when none is left. Net thread. */
 bool kr_nt_ctl_unpark(struct kr_nt *nt);
+/* Close c: its queue and parked events released, unsubscribed everywhere when it
+ * subscribed. Net thread (or the control thread once the net thread stopped). */
 void kr_conn_close(struct kr_conn *c);
+/* Stop / restart reading c's socket (backpressure, waits). Net thread. */
 void kr_conn_pause(struct kr_conn *c);
 void kr_conn_resume(struct kr_conn *c);
+/* Send ev to shard `shard` (or KR_DEST_LINK) now when nothing of c is parked ahead of it and
+ * the ring has room, else park it (counted in ring_full_waits). Net thread. */
 void kr_conn_send(struct kr_conn *c, uint32_t shard, const struct kr_event *ev);
 /* Events of c still parked in its outbox (waiting for ring space). Net thread. */
 uint32_t kr_conn_nparked(const struct kr_conn *c);
+/* May c's next request be parsed now? Net thread. */
 bool kr_conn_can_parse(struct kr_conn *c);
+/* Work through c's stashed input; after reads and whenever a wait ends. Net thread. */
 void kr_conn_process(struct kr_conn *c);
-/* ---- kr_cmd.c: the rule book (declared in kr_frontend.h) */
-/* ---- kr_front_mc.c */
 /* ---- kr_conn.c: the connection side of delivery assembly (kr_deliver.h) */
+/* Set up the net thread's delivery context (limits from nt->live). Control thread, before
+ * the net thread runs. */
 void kr_nt_dlv_init(struct kr_nt *nt);
+/* Release everything queued for c. Net thread. */
 void kr_conn_queue_clear(struct kr_conn *c);
+/* Entries of c's queue a poll may deliver now (their reply bytes in *bytes). Net thread. */
 uint32_t kr_conn_ready_entries(struct kr_conn *c, uint64_t *bytes);
+/* Is c's queue empty with nothing more to come? Net thread. */
 bool kr_conn_queue_final_empty(const struct kr_conn *c);
+/* Discard c's queue for an overflow (the client is told). Net thread. */
 void kr_conn_overflow(struct kr_conn *c);
 /* ---- kr_loop.c */
+/* Copy the live settings (KR_NET_LIVE) from the current snapshot, or the start
+ * configuration when none was published. Any thread registered with urcu-memb. */
 void kr_net_live(const struct kr_server *s, struct kr_net_live *out);
+/* Refresh nt->live when a new snapshot was published (one relaxed load otherwise). Net
+ * thread. */
 void kr_nt_refresh_live(struct kr_nt *nt);
+/* Take what the shards sent, up to KR_TAKE_BUDGET events. Net thread. */
 void kr_nt_take_events(struct kr_nt *nt);
+/* The net thread's libuv callbacks: wake-up, poll timer, turn, check, sweep. Net thread. */
 void kr_nt_wake_cb(uv_async_t *a);
 void kr_nt_poll_timer_cb(uv_timer_t *t);
 void kr_nt_turn_cb(uv_idle_t *h);
 void kr_nt_check_cb(uv_check_t *h);
 void kr_nt_sweep_cb(uv_timer_t *t);
+/* The net thread's body (uv_thread_create's entry; arg is its struct kr_nt). */
 void kr_nt_main(void *arg);
+/* uv_walk callback closing every handle of a loop. Control thread, after the net thread
+ * stopped. */
 void kr_nt_close_walk(uv_handle_t *h, void *arg);
 /* ---- kr_memory.c */
+/* Bytes max_memory counts now (relaxed loads; the history part in *history). Any thread. */
 uint64_t kr_server_memory_used(struct kr_server *s, uint64_t *history);
+/* When memory_used is over max_memory, overflow this thread's largest clients until its
+ * share of the excess is freed (kr_memory.c). Net thread. */
 void kr_nt_memory_check(struct kr_nt *nt);
 /* ---- kr_accept.c */
+/* Open the spare descriptor (/dev/null) kept for refusing clients when descriptors run
+ * out. Control thread before the net thread runs, then the net thread under accept_mu. */
 void kr_nt_reserve_open(struct kr_nt *nt);
+/* The listener is readable: accept up to KR_ACCEPT_BATCH connections. Net thread. */
 void kr_nt_accept_cb(uv_poll_t *h, int status, int events);
+/* Open one SO_REUSEPORT listening socket on `port` (*bound: the port it got); 0 or
+ * -errno with a message. Control thread. */
 int kr_listen_socket(const struct kr_cfg *cfg, uint16_t port, uint16_t *bound, char *err,
-                            size_t errlen);
-/* ---- kr_server.c */
+                     size_t errlen);
 /* ---- kr_drain.c */
+/* A poll of a client the drain reached was answered: the reply that empties its final
+ * queue is its last one. Net thread. */
 void kr_conn_drain_replied(struct kr_conn *c);
+/* One shard acknowledged the drain barrier of c; after the last, c's final polls. Net
+ * thread. */
 void kr_conn_drain_acked(struct kr_conn *c);
-/* ---- kr_stats.c */
 
 #endif

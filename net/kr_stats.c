@@ -3,24 +3,11 @@
  * with urcu-memb; kr_server_refresh_stats: the control thread. */
 #include "kr_net_int.h"
 
-#include <arpa/inet.h>
 #include <ck_pr.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <pthread.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
-#include <urcu/list.h>
-#include <urcu/urcu-memb.h>
-#include <uv.h>
-#include <xxhash.h>
 #ifdef KR_HAVE_JEMALLOC
 #include <jemalloc/jemalloc.h>
 #endif

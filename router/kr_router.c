@@ -308,10 +308,7 @@ static uint32_t kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
             if (*kr_sconn_stamp(c) != stamp) {
                 *kr_sconn_stamp(c) = stamp;
                 kr_topicset_init(&set, ntopics);
-                if (sh->ntouched == sh->touched_cap) {
-                    sh->touched_cap = sh->touched_cap ? sh->touched_cap * 2 : 64;
-                    sh->touched = kr_xrealloc(sh->touched, sh->touched_cap * sizeof(*sh->touched));
-                }
+                KR_GROW_MIN(sh->touched, sh->touched_cap, sh->ntouched + 1, 64);
                 sh->touched[sh->ntouched++] = c;
             } else {
                 set = kr_topicset_from_word(*word);

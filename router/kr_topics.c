@@ -171,10 +171,7 @@ static struct kr_sub *kr_sub_find(struct kr_topic *tp, struct kr_sconn *c)
 
 static void kr_vec_push(struct kr_sub ***v, uint32_t *n, uint32_t *cap, struct kr_sub *s)
 {
-    if (*n == *cap) {
-        *cap = *cap ? *cap * 2 : 2;
-        *v = kr_xrealloc(*v, *cap * sizeof(**v));
-    }
+    KR_GROW_MIN(*v, *cap, *n + 1, 2);
     (*v)[(*n)++] = s;
 }
 

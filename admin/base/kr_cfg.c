@@ -656,12 +656,7 @@ static int kr_cfg_load_eterm_file(struct kr_cfg *cfg, FILE *f, const char *path,
     char *text = kr_xcalloc(cap, 1);
     memcpy(text, head, nhead);
     for (;;) {
-        if (len == cap) {
-            cap *= 2;
-            text = realloc(text, cap);
-            if (!text)
-                abort();
-        }
+        KR_GROW(text, cap, len + 1);
         size_t n = fread(text + len, 1, cap - len, f);
         len += n;
         if (n == 0 || len >= max)
@@ -1142,10 +1137,7 @@ void kr_cfg_print_man(FILE *out, const char *prog, const char *version,
         char *nl = strchr(p, '\n');
         if (nl)
             *nl = '\0';
-        if (nlines == cap) {
-            cap *= 2;
-            lines = kr_xrealloc(lines, cap * sizeof(*lines));
-        }
+        KR_GROW(lines, cap, nlines + 1);
         lines[nlines++] = p;
         p = nl ? nl + 1 : NULL;
     }

@@ -96,10 +96,7 @@ static struct kr_et *kr_et_new(enum kr_et_type type, int line)
 
 static void kr_et_add(struct kr_et *t, struct kr_et *item)
 {
-    if (t->n == t->cap) {
-        t->cap = t->cap ? t->cap * 2 : 4;
-        t->items = kr_xrealloc(t->items, t->cap * sizeof(*t->items));
-    }
+    KR_GROW_MIN(t->items, t->cap, t->n + 1, 4);
     t->items[t->n++] = item;
 }
 

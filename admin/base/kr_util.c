@@ -52,19 +52,21 @@ void *kr_xrealloc(void *p, size_t n)
     return q;
 }
 
-void *kr_grow(void *arr, uint32_t *cap, uint32_t need, size_t size, uint32_t min)
+void *kr_grow(void *arr, size_t *cap, size_t need, size_t size, size_t min, size_t max)
 {
     if (need <= *cap)
         return arr;
-    uint64_t ncap = *cap ? *cap : (min ? min : 1);
+    if (need > max) /* more elements than the capacity field can count */
+        kr_oom(SIZE_MAX);
+    size_t ncap = *cap ? *cap : (min ? min : 1);
     while (ncap < need)
-        ncap *= 2;
-    if (ncap > UINT32_MAX)
-        ncap = UINT32_MAX;
+        ncap = ncap > max / 2 ? max : ncap * 2;
+    if (ncap > max)
+        ncap = max;
     if (ncap > SIZE_MAX / size)
         kr_oom(SIZE_MAX);
-    arr = kr_xrealloc(arr, (size_t)ncap * size);
-    *cap = (uint32_t)ncap;
+    arr = kr_xrealloc(arr, ncap * size);
+    *cap = ncap;
     return arr;
 }
 

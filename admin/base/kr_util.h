@@ -13,13 +13,30 @@
 void *kr_xmalloc(size_t n);
 void *kr_xcalloc(size_t n, size_t size);
 void *kr_xrealloc(void *p, size_t n);
-/* Grow an array to hold at least `need` elements of `size` bytes: *cap doubles (from
- * `min` when 0) until it is enough and the array is reallocated (the contents kept);
- * nothing happens when *cap already suffices. Returns the (possibly moved) array. Aborts on
- * out of memory. Any thread owning the array. */
-void *kr_grow(void *arr, uint32_t *cap, uint32_t need, size_t size, uint32_t min);
-/* kr_grow for an array `arr` with uint32_t capacity field `cap`: KR_GROW(a, a_cap, n). */
-#define KR_GROW(arr, cap, need) ((arr) = kr_grow((arr), &(cap), (need), sizeof(*(arr)), 16))
+/* Grow an array to hold at least `need` elements of `size` bytes: *cap doubles (from `min`,
+ * or 1, when 0) until it is enough, capped at `max` elements, and the array is reallocated
+ * (the contents kept); nothing happens when *cap already suffices, and it never shrinks.
+ * Returns the (possibly moved) array. Aborts on out of memory, and when `need` exceeds
+ * `max`. Use it through KR_GROW / KR_GROW_MIN. Any thread owning the array. */
+void *kr_grow(void *arr, size_t *cap, size_t need, size_t size, size_t min, size_t max);
+/* Make the array `arr` (any element type) hold at least `need` elements, its capacity in the
+ * unsigned field `cap` (uint32_t, size_t, ...; counted in elements, so in bytes for a char
+ * buffer): KR_GROW_MIN(c->out, c->out_cap, c->out_len + n, 256). The first allocation gets
+ * `min` elements (KR_GROW: 16), each growth doubles. `arr` and `cap` are lvalues evaluated
+ * more than once; `need` is evaluated once. Evaluates to the array. Any thread owning it. */
+#define KR_GROW_MIN(arr, cap, need, min)                                                    \
+    __extension__({                                                                         \
+        _Static_assert((__typeof__(cap))-1 > 0, "KR_GROW: the capacity must be unsigned");  \
+        size_t kr_grow_need_ = (need);                                                      \
+        if (kr_grow_need_ > (cap)) {                                                        \
+            size_t kr_grow_cap_ = (cap);                                                    \
+            (arr) = kr_grow((arr), &kr_grow_cap_, kr_grow_need_, sizeof(*(arr)), (min),     \
+                            (size_t)(__typeof__(cap))-1);                                   \
+            (cap) = (__typeof__(cap))kr_grow_cap_;                                          \
+        }                                                                                   \
+        (arr);                                                                              \
+    })
+#define KR_GROW(arr, cap, need) KR_GROW_MIN(arr, cap, need, 16)
 
 /* Format an error message into err (when err is non-NULL and errlen > 0) and return rc:
  * the "return 0 or -errno with a message" convention in one call. Any thread. */

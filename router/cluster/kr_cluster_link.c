@@ -86,10 +86,7 @@ static struct kr_cl_topic *kr_cl_hold(struct kr_cluster *cl, const char *t, uint
         KR_WARN("cluster: cannot subscribe to %s: %s", cl->sbuf, natsStatus_GetText(s));
     e->probe = cl->probe_sent + 1;
     cl->need_probe = true;
-    if (cl->npend == cl->pend_cap) {
-        cl->pend_cap = cl->pend_cap ? cl->pend_cap * 2 : 256;
-        cl->pend = kr_xrealloc(cl->pend, cl->pend_cap * sizeof(*cl->pend));
-    }
+    KR_GROW_MIN(cl->pend, cl->pend_cap, cl->npend + 1, 256);
     cl->pend[cl->npend++] = e;
     e->next = cl->buckets[h & (cl->nbuckets - 1)];
     cl->buckets[h & (cl->nbuckets - 1)] = e;
@@ -171,10 +168,7 @@ static void kr_cl_forward(struct kr_cluster *cl, struct kr_msg *m)
         kr_msg_topic(m, i, &l);
         need += 4 + l;
     }
-    if (need > cl->ebuf_cap) {
-        cl->ebuf_cap = need * 2;
-        cl->ebuf = kr_xrealloc(cl->ebuf, cl->ebuf_cap);
-    }
+    KR_GROW_MIN(cl->ebuf, cl->ebuf_cap, need, 1024);
     /* the message holds its topics one by one: header, pairs, payload */
     kr_cl_entry_header(cl->ebuf, cl->origin, ++cl->seq, ntopics);
     char *p = cl->ebuf + KR_CL_ENTRY_HEADER;
@@ -227,10 +221,7 @@ static void kr_cl_barrier(struct kr_cluster *cl, const struct kr_event *ev)
         return;
     }
     KR_CL_INC(cl, barriers, 1);
-    if (cl->nwaits == cl->waits_cap) {
-        cl->waits_cap = cl->waits_cap ? cl->waits_cap * 2 : 64;
-        cl->waits = kr_xrealloc(cl->waits, cl->waits_cap * sizeof(*cl->waits));
-    }
+    KR_GROW_MIN(cl->waits, cl->waits_cap, cl->nwaits + 1, 64);
     cl->waits[cl->nwaits++] = (struct kr_cl_wait){.ev = *ev, .probe = wait,
                                                   .since_ms = kr_cl_now_ms()};
 }

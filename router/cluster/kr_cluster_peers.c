@@ -102,10 +102,7 @@ static struct kr_cl_peer *kr_cl_peer(struct kr_cluster *cl, uint64_t origin, uin
             cl->peers[i].last_ms = now;
             return &cl->peers[i];
         }
-    if (cl->npeers == cl->peers_cap) {
-        cl->peers_cap = cl->peers_cap ? cl->peers_cap * 2 : 8;
-        cl->peers = kr_xrealloc(cl->peers, cl->peers_cap * sizeof(*cl->peers));
-    }
+    KR_GROW_MIN(cl->peers, cl->peers_cap, cl->npeers + 1, 8);
     struct kr_cl_peer *p = &cl->peers[cl->npeers++];
     memset(p, 0, sizeof(*p));
     p->origin = origin;
@@ -192,10 +189,7 @@ void kr_cl_lost_add(struct kr_cluster *cl, const char *t, uint32_t len)
         cl->lost_n = 0;
         return;
     }
-    if (cl->lost_len + 4 + len > cl->lost_cap) {
-        cl->lost_cap = (cl->lost_cap + 4 + len) * 2;
-        cl->lost = kr_xrealloc(cl->lost, cl->lost_cap);
-    }
+    KR_GROW_MIN(cl->lost, cl->lost_cap, cl->lost_len + 4 + len, 256);
     cl->lost_len += kr_cl_pair(cl->lost + cl->lost_len, t, len);
     cl->lost_n++;
 }
