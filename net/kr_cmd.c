@@ -5,6 +5,7 @@
  * wait on them (kr_rq_push), which the frontend formats (kr_frontend.reply). Net thread
  * only. */
 #include "kr_net_int.h"
+#include "kr_position.h"
 
 #include <assert.h>
 #include <stdio.h>
@@ -91,6 +92,9 @@ const char *kr_cmd_refusal(const struct kr_conn *c, int rc, char *buf, size_t ca
         snprintf(buf, cap, "message too large (max_message_bytes %llu)",
                  (unsigned long long)cfg->max_message_bytes);
         break;
+    case KR_CMD_BAD_POSITION:
+        snprintf(buf, cap, "bad position");
+        break;
     case KR_CMD_TOO_MANY:
         snprintf(buf, cap, "too many topics in one request (max_request_bytes %llu)",
                  (unsigned long long)cfg->max_request_bytes);
@@ -161,6 +165,9 @@ static void kr_cmd_done(struct kr_conn *c, const struct kr_reply_wait *w)
 
 /* ---------------------------------------------------------------- subscribe */
 
+static int kr_cmd_route_sub(struct kr_conn *c, const struct kr_cmd_sub *sub, uint16_t type,
+                            uint64_t horizon, const uint64_t *since);
+
 /* A connection opts in to resync notices by subscribing to __kraken__:resync, and out by
  * unsubscribing from it. */
 static void kr_cmd_resync_opt(struct kr_conn *c, const struct kr_cmd_sub *sub)
@@ -169,10 +176,12 @@ static void kr_cmd_resync_opt(struct kr_conn *c, const struct kr_cmd_sub *sub)
         return;
     for (uint32_t i = 0; i < sub->n; i++) {
         if (sub->lens[i] == sizeof(KR_RESYNC_TOPIC) - 1 &&
-            memcmp(sub->topics[i], KR_RESYNC_TOPIC, sub->lens[i]) == 0) {
+            memcmp(sub->topics[i], KR_RESYNC_TOPIC, sub->lens[i]) == 0)
             c->dlv.resync = sub->op != KR_SUB_UNSUBSCRIBE;
-            return;
-        }
+        /* __kraken__:position: positions are kept from now on */
+        if (sub->op != KR_SUB_UNSUBSCRIBE && sub->lens[i] == sizeof(KR_POSITION_TOPIC) - 1 &&
+            memcmp(sub->topics[i], KR_POSITION_TOPIC, sub->lens[i]) == 0)
+            kr_cmd_track_position(c);
     }
 }
 
@@ -186,7 +195,6 @@ bool kr_cmd_subscribe_runs_alone(const struct kr_conn *c)
 int kr_cmd_subscribe(struct kr_conn *c, const struct kr_cmd_sub *sub)
 {
     struct kr_nt *nt = c->nt;
-    struct kr_server *srv = nt->srv;
     int rc = kr_cmd_sub_check(c, sub);
     if (rc < 0)
         return rc;
@@ -213,7 +221,20 @@ int kr_cmd_subscribe(struct kr_conn *c, const struct kr_cmd_sub *sub)
         KR_ST_INC(nt, unsubscribe_requests, 1);
     else
         KR_ST_INC(nt, subscribe_requests, 1);
-    struct kr_reply_wait w = {.noreply = sub->noreply, .retro = type == KR_EV_RETRO_SUBSCRIBE};
+    return kr_cmd_route_sub(c, sub, type, horizon, NULL);
+}
+
+/* Send a subscribe-like request's topics to their shards (type: KR_EV_SUBSCRIBE,
+ * KR_EV_UNSUBSCRIBE, KR_EV_RETRO_SUBSCRIBE from horizon, or KR_EV_RESUME from since[s] per
+ * shard) and, but for an unsubscribe, the cluster's barrier; queue the reply that waits on
+ * their acknowledgements. */
+static int kr_cmd_route_sub(struct kr_conn *c, const struct kr_cmd_sub *sub, uint16_t type,
+                            uint64_t horizon, const uint64_t *since)
+{
+    struct kr_nt *nt = c->nt;
+    struct kr_server *srv = nt->srv;
+    bool staged = type == KR_EV_RETRO_SUBSCRIBE || type == KR_EV_RESUME;
+    struct kr_reply_wait w = {.noreply = sub->noreply, .retro = staged};
     if (sub->reply) {
         w.bytes = kr_xmalloc(sub->reply_len ? sub->reply_len : 1);
         memcpy(w.bytes, sub->reply, sub->reply_len);
@@ -237,6 +258,7 @@ int kr_cmd_subscribe(struct kr_conn *c, const struct kr_cmd_sub *sub)
         if (!cmds[s]) {
             cmds[s] = kr_router_cmd_new((uint32_t)(total / nshards + 64));
             cmds[s]->horizon_us = horizon;
+            cmds[s]->since_seq = since ? since[s] : 0;
         }
         cmds[s] = kr_router_cmd_add(cmds[s], topics[i], lens[i]);
     }
@@ -262,15 +284,85 @@ int kr_cmd_subscribe(struct kr_conn *c, const struct kr_cmd_sub *sub)
     }
     if (barrier) {
         barrier->pad = reqno;
-        struct kr_event ev = {.type = type, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = barrier};
+        /* the link holds interest the same way for a resume */
+        struct kr_event ev = {.type = type == KR_EV_RESUME ? KR_EV_SUBSCRIBE : type,
+                              .src = (uint16_t)nt->idx, .conn = c->id, .ptr = barrier};
         kr_conn_send(c, KR_DEST_LINK, &ev);
     }
     if (type != KR_EV_UNSUBSCRIBE)
         c->subscribed = true;
     kr_cmd_resync_opt(c, sub);
-    if (w.retro)
+    if (staged)
         kr_dlv_retro_begin(&c->dlv);
     return KR_CMD_OK;
+}
+
+/* ---------------------------------------------------------------- continuity */
+
+void kr_cmd_track_position(struct kr_conn *c)
+{
+    kr_dlv_track_position(&c->nt->dlv, &c->dlv);
+}
+
+size_t kr_cmd_position(struct kr_conn *c, char *buf, size_t cap)
+{
+    size_t n = kr_cmd_position_now(c, buf, cap);
+    if (n)
+        return n;
+    if (c->last_token && c->last_token_len <= cap) {
+        memcpy(buf, c->last_token, c->last_token_len);
+        return c->last_token_len;
+    }
+    return 0;
+}
+
+size_t kr_cmd_position_now(struct kr_conn *c, char *buf, size_t cap)
+{
+    struct kr_nt *nt = c->nt;
+    kr_cmd_track_position(c);
+    struct kr_pos p = {.node = nt->srv->node_id, .nshards = nt->dlv.nshards};
+    size_t n = 0;
+    if (!c->dlv.retro_active && kr_dlv_position(&nt->dlv, &c->dlv, nt->seen, p.seq))
+        n = kr_pos_encode(&p, buf, cap);
+    if (n) { /* the last exact one, for when there is none for a moment */
+        if (!c->last_token)
+            c->last_token = kr_xmalloc(KR_POS_TOKEN_MAX + 1);
+        memcpy(c->last_token, buf, n);
+        c->last_token_len = (uint16_t)n;
+    }
+    return n;
+}
+
+int kr_cmd_resume(struct kr_conn *c, const char *token, size_t token_len,
+                  const struct kr_cmd_sub *sub0)
+{
+    struct kr_nt *nt = c->nt;
+    struct kr_pos pos;
+    if (kr_pos_decode(token, token_len, &pos) < 0)
+        return KR_CMD_BAD_POSITION;
+    struct kr_cmd_sub sub = *sub0;
+    sub.op = KR_SUB_SUBSCRIBE;
+    int rc = kr_cmd_sub_check(c, &sub);
+    if (rc < 0)
+        return rc;
+    KR_ST_INC(nt, resume_requests, 1);
+    KR_ST_INC(nt, subscribe_requests, 1);
+    c->horizon_us = 0; /* a resume is the retroactive step itself */
+    c->dlv.resync = true; /* resuming opts in to resync notices */
+    kr_cmd_track_position(c);
+    uint64_t since[64];
+    uint32_t nshards = nt->dlv.nshards;
+    bool ours = pos.node == nt->srv->node_id && pos.nshards == nshards;
+    for (uint32_t s = 0; s < nshards && s < 64; s++)
+        since[s] = ours ? pos.seq[s] : UINT64_MAX; /* UINT64_MAX: subscribe only */
+    if (!ours) {
+        /* a token of another node or an earlier start: this node cannot replay it, so
+         * every topic is told to resync (before anything live, once subscribed) */
+        KR_ST_INC(nt, resume_foreign, 1);
+        for (uint32_t i = 0; i < sub.n; i++)
+            kr_dlv_resync_later(&c->dlv, sub.topics[i], sub.lens[i]);
+    }
+    return kr_cmd_route_sub(c, &sub, KR_EV_RESUME, 0, since);
 }
 
 /* ---------------------------------------------------------------- publish */

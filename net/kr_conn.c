@@ -524,6 +524,7 @@ void kr_conn_closed_cb(uv_handle_t *h)
     for (uint32_t i = 0; i < c->rq_count; i++)
         free(c->rq[(c->rq_head + i) & (c->rq_cap - 1)].bytes);
     free(c->rq);
+    free(c->last_token);
     free(c);
 }
 

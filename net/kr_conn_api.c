@@ -121,3 +121,16 @@ bool kr_conn_has_queued(const struct kr_conn *c)
 {
     return c->dlv.q.count > 0;
 }
+
+uint32_t kr_conn_ready_positioned(struct kr_conn *c, uint64_t *bytes)
+{
+    struct kr_nt *nt = c->nt;
+    kr_cmd_track_position(c);
+    return kr_dlv_ready_positioned(&nt->dlv, &c->dlv, nt->live.max_poll_reply_bytes, nt->seen,
+                                   bytes);
+}
+
+uint64_t kr_conn_position_interval_ms(const struct kr_conn *c)
+{
+    return c->nt->srv->cfg->position_interval_ms;
+}

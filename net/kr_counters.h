@@ -48,7 +48,10 @@
     X(retro_requests, COUNTER, "retroactive subscribe requests")                                   \
     X(retro_not_found, COUNTER, "retroactive subscribes answered NOT_FOUND")                      \
     X(retro_future_horizons, COUNTER, "retroactive horizons in the future, taken as now")         \
-    X(messages_replayed, COUNTER, "entries replayed by retroactive subscribes")                   \
+    X(messages_replayed, COUNTER, "entries replayed by retroactive subscribes and resumes")       \
+    X(resume_requests, COUNTER, "resume requests (a position token and topics)")                  \
+    X(resume_foreign, COUNTER,                                                                    \
+      "resumes of a token of another node or an earlier start (every topic told to resync)")     \
     X(protocol_errors, COUNTER, "requests answered with an error (the connection is closed)")     \
     X(idle_timeouts, COUNTER, "connections closed after client_idle_timeout_ms")                  \
     X(request_timeouts, COUNTER, "connections closed with a request incomplete after request_timeout_ms") \

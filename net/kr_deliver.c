@@ -135,6 +135,10 @@ void kr_dlv_clear(struct kr_dlv_ctx *x, struct kr_dlv *d)
 
 void kr_dlv_free(struct kr_dlv *d)
 {
+    free(d->handed);
+    d->handed = NULL;
+    free(d->pending);
+    d->pending = NULL;
     free(d->inc);
     d->inc = NULL;
     d->inc_cap = 0;
@@ -192,10 +196,26 @@ struct kr_cq_entry *kr_dlv_head(struct kr_dlv *d)
     return kr_cq_at(&d->q, 0);
 }
 
+/* Raise d->handed to the parts of entry e (its matched topics' sequences). */
+static void kr_dlv_handed(struct kr_dlv *d, struct kr_msg *m, const struct kr_topicset *ts)
+{
+    uint32_t nt = kr_msg_ntopics(m);
+    for (uint32_t i = 0; i < nt; i++) {
+        if (!kr_topicset_has(ts, nt, i))
+            continue;
+        uint32_t shard;
+        uint64_t seq = kr_msg_seq(m, i, &shard);
+        if (seq && seq > d->handed[shard])
+            d->handed[shard] = seq;
+    }
+}
+
 void kr_dlv_pop(struct kr_dlv_ctx *x, struct kr_dlv *d)
 {
     struct kr_cq_entry *e = kr_cq_at(&d->q, 0);
     uint32_t bytes = e->reply_bytes;
+    if (d->handed)
+        kr_dlv_handed(d, e->msg, &e->topics);
     kr_topicset_release(&e->topics, kr_msg_ntopics(e->msg));
     kr_msg_unref(e->msg); /* complete (kr_dlv_ready handed it out): no pend record */
     kr_cq_pop(&d->q);
@@ -566,6 +586,8 @@ void kr_dlv_deliver(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_event *ev,
         x->push(x, d, m, &e.topics)) {
         /* written out at once: nothing before it was waiting, so order is kept */
         KR_DLV_ADD(x->ctr.deliveries_queued, 1);
+        if (d->handed)
+            kr_dlv_handed(d, m, &e.topics);
         kr_topicset_release(&e.topics, kr_msg_ntopics(m));
         kr_msg_unref(m);
         return;
@@ -614,6 +636,21 @@ static uint32_t kr_dlv_ptr_hash(const struct kr_msg *m)
 void kr_dlv_retro_done(struct kr_dlv_ctx *x, struct kr_dlv *d)
 {
     d->retro_active = false;
+    if (d->pending_n) { /* a resume's uncovered topics: told before the replayed messages */
+        struct kr_names nm = {.max = x->resync_max_topics ? x->resync_max_topics : 1};
+        const char *p = d->pending, *end = d->pending + d->pending_len;
+        while (p < end) {
+            const char *sp = memchr(p, ' ', (size_t)(end - p));
+            const char *stop = sp ? sp : end;
+            kr_names_add(&nm, p, (uint32_t)(stop - p));
+            p = stop + 1;
+        }
+        struct kr_msg *m = kr_names_notice(&nm);
+        KR_DLV_ADD(x->ctr.resync_topics, nm.all ? d->pending_n : nm.n);
+        kr_names_free(&nm);
+        d->pending_len = d->pending_n = 0;
+        kr_dlv_push_notice(x, d, m);
+    }
     if (d->nstage == 0)
         return;
     qsort(d->stage, d->nstage, sizeof(*d->stage), kr_staged_cmp);
@@ -666,4 +703,151 @@ void kr_dlv_retro_done(struct kr_dlv_ctx *x, struct kr_dlv *d)
         }
         kr_dlv_enqueue(x, d, e);
     }
+}
+
+/* ---------------------------------------------------------------- positions */
+
+void kr_dlv_track_position(struct kr_dlv_ctx *x, struct kr_dlv *d)
+{
+    if (!d->handed)
+        d->handed = kr_xcalloc(x->nshards ? x->nshards : 1, sizeof(*d->handed));
+}
+
+/* Fold the parts of entry e into the lowest (lo) and highest (hi) sequence per shard. */
+static void kr_parts_minmax(const struct kr_cq_entry *e, uint64_t *lo, uint64_t *hi)
+{
+    uint32_t nt = kr_msg_ntopics(e->msg);
+    for (uint32_t i = 0; i < nt; i++) {
+        if (!kr_topicset_has(&e->topics, nt, i))
+            continue;
+        uint32_t shard;
+        uint64_t seq = kr_msg_seq(e->msg, i, &shard);
+        if (!seq)
+            continue;
+        if (lo && seq < lo[shard])
+            lo[shard] = seq;
+        if (hi && seq > hi[shard])
+            hi[shard] = seq;
+    }
+}
+
+/* Per shard, over the entries from index `from` on and the staging: the lowest part still
+ * queued (lo, UINT64_MAX when none) and the highest part received (hi). */
+static void kr_dlv_pending(const struct kr_dlv_ctx *x, const struct kr_dlv *d, uint32_t from,
+                           uint64_t *lo, uint64_t *hi)
+{
+    for (uint32_t s = 0; s < x->nshards; s++) {
+        lo[s] = UINT64_MAX;
+        hi[s] = 0;
+    }
+    for (uint32_t i = from; i < d->q.count; i++)
+        kr_parts_minmax(kr_cq_at((struct kr_cq *)&d->q, i), lo, hi);
+    for (uint32_t i = 0; i < d->nstage; i++)
+        kr_parts_minmax(&d->stage[i].e, lo, hi);
+}
+
+bool kr_dlv_position(const struct kr_dlv_ctx *x, const struct kr_dlv *d, const uint64_t *seen,
+                     uint64_t *pos)
+{
+    uint64_t lo[64], hi[64];
+    if (!d->handed || x->nshards > 64)
+        return false;
+    kr_dlv_pending(x, d, 0, lo, hi);
+    for (uint32_t s = 0; s < x->nshards; s++) {
+        uint64_t through = seen[s];
+        if (hi[s] > through)
+            through = hi[s];
+        if (d->handed[s] > through)
+            through = d->handed[s];
+        if (lo[s] != UINT64_MAX && lo[s] - 1 < through)
+            through = lo[s] - 1;
+        if (d->handed[s] > through)
+            return false;
+    }
+    for (uint32_t s = 0; s < x->nshards; s++) {
+        uint64_t through = seen[s];
+        if (hi[s] > through)
+            through = hi[s];
+        if (d->handed[s] > through)
+            through = d->handed[s];
+        if (lo[s] != UINT64_MAX && lo[s] - 1 < through)
+            through = lo[s] - 1;
+        pos[s] = through;
+    }
+    return true;
+}
+
+uint32_t kr_dlv_ready_positioned(const struct kr_dlv_ctx *x, struct kr_dlv *d, uint64_t max,
+                                 const uint64_t *seen, uint64_t *bytes)
+{
+    uint32_t n = kr_dlv_ready(d, max, bytes);
+    uint64_t lo[64], hi[64], top[64];
+    (void)seen;
+    if (!d->handed || x->nshards > 64)
+        return n;
+    for (int iter = 0; iter < 64; iter++) {
+        /* the highest part handed out after this reply, and the lowest one left queued */
+        for (uint32_t s = 0; s < x->nshards; s++)
+            top[s] = d->handed[s];
+        for (uint32_t i = 0; i < n; i++)
+            kr_parts_minmax(kr_cq_at(&d->q, i), NULL, top);
+        kr_dlv_pending(x, d, n, lo, hi);
+        uint32_t bad = UINT32_MAX;
+        for (uint32_t s = 0; s < x->nshards && bad == UINT32_MAX; s++)
+            if (lo[s] != UINT64_MAX && top[s] >= lo[s])
+                bad = s;
+        if (bad == UINT32_MAX)
+            break;
+        /* a queued part of shard `bad` is below one handed out: hand out everything up to
+         * and including the first such entry when they are complete, else stop before the
+         * first handed-out entry above it */
+        uint32_t j = n;
+        bool complete = true;
+        for (; j < d->q.count; j++) {
+            struct kr_cq_entry *e = kr_cq_at(&d->q, j);
+            if (!kr_entry_complete(e))
+                complete = false;
+            uint64_t elo[64];
+            for (uint32_t s = 0; s < x->nshards; s++)
+                elo[s] = UINT64_MAX;
+            kr_parts_minmax(e, elo, NULL);
+            if (elo[bad] < top[bad])
+                break;
+        }
+        if (j < d->q.count && complete) {
+            n = j + 1;
+            continue;
+        }
+        uint32_t i = 0;
+        for (; i < n; i++) {
+            uint64_t ehi[64] = {0};
+            kr_parts_minmax(kr_cq_at(&d->q, i), NULL, ehi);
+            if (ehi[bad] >= lo[bad])
+                break;
+        }
+        if (i == n)
+            break; /* handed out by an earlier reply: no cut mends it */
+        n = i;
+    }
+    *bytes = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        struct kr_cq_entry *e = kr_cq_at(&d->q, i);
+        e->reply_bytes = kr_entry_bytes(e);
+        *bytes += e->reply_bytes;
+    }
+    return n;
+}
+
+void kr_dlv_resync_later(struct kr_dlv *d, const char *topic, uint32_t len)
+{
+    uint32_t need = d->pending_len + len + 1;
+    if (need > d->pending_cap) {
+        d->pending_cap = need * 2;
+        d->pending = kr_xrealloc(d->pending, d->pending_cap);
+    }
+    if (d->pending_len)
+        d->pending[d->pending_len++] = ' ';
+    memcpy(d->pending + d->pending_len, topic, len);
+    d->pending_len += len;
+    d->pending_n++;
 }

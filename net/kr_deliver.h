@@ -94,6 +94,13 @@ struct kr_dlv {
     bool retro_active;    /* a retroactive subscribe is waiting for its shards */
     bool resync;          /* opted in to resync notices (__kraken__:resync): an overflow
                              collapses the queue into one notice instead of closing */
+    /* positions (NULL until the client asks for one): per router shard, the highest
+     * sequence of a message part handed out to the client (kr_dlv_pop, x->push) */
+    uint64_t *handed;
+    /* topics a resume could not replay exactly: one notice naming them goes out before the
+     * replayed messages (kr_dlv_retro_done); names separated by spaces */
+    char *pending;
+    uint32_t pending_len, pending_cap, pending_n;
     bool retro_not_found; /* some shard's history did not reach back */
     bool overflowed;      /* the queue was discarded; later deliveries are dropped */
 };
@@ -113,12 +120,15 @@ struct kr_dlv_counters {
 /* The topic of resync notices, and the payload that names every topic. */
 #define KR_RESYNC_TOPIC "__kraken__:resync"
 #define KR_RESYNC_ALL "*"
+/* The channel a RESP client subscribes to for position messages. */
+#define KR_POSITION_TOPIC "__kraken__:position"
 
 struct kr_dlv_ctx {
     uint32_t net;                 /* net thread index: the message slot used */
     uint64_t max_queued_messages; /* a client's queue overflows beyond these */
     uint64_t max_queued_bytes;
     uint32_t resync_max_topics;   /* a notice names at most this many topics, else `*` */
+    uint32_t nshards;             /* router shards (the length of positions) */
     struct kr_dlv_counters ctr;
     /* max_memory: queued bytes added since the last check; mem_check is called (and is
      * expected to reset mem_grown) when it reaches mem_step */
@@ -174,6 +184,25 @@ void kr_dlv_pop(struct kr_dlv_ctx *x, struct kr_dlv *d);
  * Any other client's queue is discarded: counted, d->overflowed set and x->overflow called.
  * Owning net thread. */
 void kr_dlv_overflow(struct kr_dlv_ctx *x, struct kr_dlv *d);
+/* Start keeping d's position (kr_dlv_position); nothing when it is kept already. */
+void kr_dlv_track_position(struct kr_dlv_ctx *x, struct kr_dlv *d);
+/* d's position: per shard s (x->nshards of them), into pos[s], the highest sequence such
+ * that every part of a message that shard numbered up to it for d was handed out, and
+ * none above it. `seen` is the net thread's frontier per shard (KR_EV_FRONTIER). Returns
+ * false when no such position exists now (a part was handed out above one of the same
+ * shard that is still queued: pushes can do that for a moment); pos is then unchanged.
+ * Owning net thread. */
+bool kr_dlv_position(const struct kr_dlv_ctx *x, const struct kr_dlv *d, const uint64_t *seen,
+                     uint64_t *pos);
+/* For a client that keeps a position: how many complete entries at the head to hand out in
+ * one reply (kr_dlv_ready's count, then extended over entries that a position after them
+ * needs, or cut before one that would leave a queued part of the same shard behind it),
+ * so that the position after the reply exists; *bytes as kr_dlv_ready. Owning net thread. */
+uint32_t kr_dlv_ready_positioned(const struct kr_dlv_ctx *x, struct kr_dlv *d, uint64_t max,
+                                 const uint64_t *seen, uint64_t *bytes);
+/* A topic (len bytes) a resume cannot replay exactly: named by the notice that
+ * kr_dlv_retro_done queues first. Owning net thread. */
+void kr_dlv_resync_later(struct kr_dlv *d, const char *topic, uint32_t len);
 /* Tell d that it may have missed messages on `topic` (len bytes; NULL: on any of its
  * topics): a resync notice naming it is queued, folded into an unread notice at the tail of
  * the queue when there is one. Only for a client with d->resync. Owning net thread. */

@@ -114,74 +114,130 @@ static void kr_mc_publish(struct kr_conn *c, const struct kr_request *req)
     kr_cmd_published(c, req->noreply);
 }
 
-/* Answer a poll with the n complete entries at the head of the queue (`END` when n is 0). */
-static void kr_mc_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes)
+/* A poll that waits for a message and then gives a position (`get messages position`)
+ * says so in the frontend's per-connection state: the memcached frontend keeps no other. */
+#define KR_MC_HELD_POSITION ((void *)(uintptr_t)1)
+
+/* `VALUE position 0 <k>\r\n<token>\r\n` when the connection has a position. */
+static void kr_mc_position_value(struct kr_conn *c)
 {
-    if (n == 0) {
-        kr_out_str(c, "END\r\n");
-        kr_conn_drain_replied(c);
+    char tok[KR_PROTO_TOKEN_MAX + 1];
+    size_t n = kr_cmd_position(c, tok, sizeof(tok));
+    if (!n)
         return;
-    }
-    char *start = kr_out_room(c, 17 + 20 + 2 + bytes + 5), *o = start;
-    memcpy(o, "VALUE messages 0 ", 17);
+    char *o = kr_out_room(c, 17 + 20 + 4 + n), *start = o;
+    memcpy(o, "VALUE position 0 ", 17);
     o += 17;
-    o += kr_u64_dec(o, bytes - 2);
+    o += kr_u64_dec(o, n);
     memcpy(o, "\r\n", 2);
     o += 2;
-    for (uint32_t k = 0; k < n; k++) {
-        struct kr_cq_entry *e = kr_conn_head(c);
-        struct kr_msg *m = e->msg;
-        uint32_t ntop = kr_msg_ntopics(m), plen, tlen;
-        const char *payload = kr_msg_payload(m, &plen);
-        memcpy(o, "MESSAGE ", 8);
-        o += 8;
-        for (uint32_t i = 0; i < ntop; i++) {
-            if (kr_topicset_has(&e->topics, ntop, i)) {
-                const char *t = kr_msg_topic(m, i, &tlen);
-                memcpy(o, t, tlen);
-                o += tlen;
-                *o++ = ' ';
-            }
-        }
-        o += kr_u64_dec(o, plen);
-        *o++ = '\r';
-        *o++ = '\n';
-        memcpy(o, payload, plen);
-        o += plen;
-        *o++ = '\r';
-        *o++ = '\n';
-        kr_conn_pop(c);
-    }
-    memcpy(o, "END\r\n", 5);
-    o += 5;
+    memcpy(o, tok, n);
+    o += n;
+    memcpy(o, "\r\n", 2);
+    o += 2;
     kr_out_commit(c, (size_t)(o - start));
-    kr_conn_count(c, KR_NTC_messages_delivered, n);
+}
+
+/* Answer a poll with the n complete entries at the head of the queue, then the position
+ * after them when asked, then `END`. */
+static void kr_mc_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes, bool position)
+{
+    if (n) {
+        char *start = kr_out_room(c, 17 + 20 + 2 + bytes), *o = start;
+        memcpy(o, "VALUE messages 0 ", 17);
+        o += 17;
+        o += kr_u64_dec(o, bytes - 2);
+        memcpy(o, "\r\n", 2);
+        o += 2;
+        for (uint32_t k = 0; k < n; k++) {
+            struct kr_cq_entry *e = kr_conn_head(c);
+            struct kr_msg *m = e->msg;
+            uint32_t ntop = kr_msg_ntopics(m), plen, tlen;
+            const char *payload = kr_msg_payload(m, &plen);
+            memcpy(o, "MESSAGE ", 8);
+            o += 8;
+            for (uint32_t i = 0; i < ntop; i++) {
+                if (kr_topicset_has(&e->topics, ntop, i)) {
+                    const char *t = kr_msg_topic(m, i, &tlen);
+                    memcpy(o, t, tlen);
+                    o += tlen;
+                    *o++ = ' ';
+                }
+            }
+            o += kr_u64_dec(o, plen);
+            *o++ = '\r';
+            *o++ = '\n';
+            memcpy(o, payload, plen);
+            o += plen;
+            *o++ = '\r';
+            *o++ = '\n';
+            kr_conn_pop(c);
+        }
+        /* the last entry's "\r\n" ends the value: its count was bytes - 2 */
+        kr_out_commit(c, (size_t)(o - start));
+        kr_conn_count(c, KR_NTC_messages_delivered, n);
+    }
+    if (position)
+        kr_mc_position_value(c);
+    kr_out_add(c, "END\r\n", 5);
     kr_conn_drain_replied(c);
 }
 
-/* `get messages`. `may_wait`: nothing follows the request in the client's input, so an empty
- * answer may wait for a message (kr_conn_hold_answer). */
-static void kr_mc_get_messages(struct kr_conn *c, bool may_wait)
+/* How many entries a poll hands out now (see kr_conn_ready_positioned). */
+static uint32_t kr_mc_ready(struct kr_conn *c, bool position, uint64_t *bytes)
+{
+    return position ? kr_conn_ready_positioned(c, bytes) : kr_conn_ready_entries(c, bytes);
+}
+
+/* `get messages` (and `get messages position`). `may_wait`: nothing follows the request in
+ * the client's input, so an empty answer may wait for a message (kr_conn_hold_answer). */
+static void kr_mc_get_messages(struct kr_conn *c, bool may_wait, bool position)
 {
     kr_conn_count(c, KR_NTC_cmd_get, 1);
     kr_conn_polled(c);
     uint64_t bytes;
-    uint32_t n = kr_conn_ready_entries(c, &bytes);
+    uint32_t n = kr_mc_ready(c, position, &bytes);
     if (n == 0 && may_wait && !kr_conn_closing_words(c)) {
         /* nothing queued yet: answered after this loop iteration took what the shards sent
          * meanwhile, or when a message arrives within poll_wait_ms */
+        kr_conn_set_fe_state(c, position ? KR_MC_HELD_POSITION : NULL);
         kr_conn_hold_answer(c);
         return;
     }
-    kr_mc_poll_reply(c, n, bytes);
+    kr_mc_poll_reply(c, n, bytes, position);
 }
 
 /* Answer a waiting poll now with whatever is complete in the queue (kr_frontend.answer). */
 static void kr_mc_answer(struct kr_conn *c)
 {
+    bool position = kr_conn_fe_state(c) == KR_MC_HELD_POSITION;
+    kr_conn_set_fe_state(c, NULL);
     uint64_t bytes;
-    uint32_t n = kr_conn_ready_entries(c, &bytes);
-    kr_mc_poll_reply(c, n, bytes);
+    uint32_t n = kr_mc_ready(c, position, &bytes);
+    kr_mc_poll_reply(c, n, bytes, position);
+}
+
+/* `set resume`: "<token>\r\n<topics>". */
+static void kr_mc_resume(struct kr_conn *c, const struct kr_request *req)
+{
+    const char *token, *data;
+    size_t token_len, data_len;
+    int rc = kr_proto_parse_resume(req->data, req->data_len, &token, &token_len, &data, &data_len);
+    if (rc < 0) {
+        kr_conn_fail(c, kr_proto_error_reply(rc));
+        return;
+    }
+    const char **topics;
+    uint32_t *lens;
+    struct kr_cmd_sub sub = {.op = KR_SUB_SUBSCRIBE, .ns = KR_NS_PLAIN, .noreply = req->noreply != 0};
+    sub.n = kr_mc_topics(c, data, data_len, &topics, &lens);
+    sub.topics = topics;
+    sub.lens = lens;
+    rc = kr_cmd_resume(c, token, token_len, &sub);
+    if (rc == KR_CMD_BAD_POSITION)
+        kr_conn_fail(c, kr_proto_error_reply(KR_PERR_BAD_POSITION));
+    else if (rc < 0)
+        kr_conn_fail(c, kr_mc_refusal(rc));
 }
 
 /* ---------------------------------------------------------------- stats lines */
@@ -269,7 +325,19 @@ static void kr_mc_run(struct kr_conn *c, const struct kr_request *req, bool last
         kr_mc_subscribe(c, req, KR_SUB_RETRO);
         break;
     case KR_REQ_GET_MESSAGES:
-        kr_mc_get_messages(c, last);
+        kr_mc_get_messages(c, last, false);
+        break;
+    case KR_REQ_GET_MESSAGES_POSITION:
+        kr_mc_get_messages(c, last, true);
+        break;
+    case KR_REQ_GET_POSITION:
+        kr_conn_count(c, KR_NTC_cmd_get, 1);
+        kr_mc_position_value(c);
+        kr_out_add(c, "END\r\n", 5);
+        break;
+    case KR_REQ_RESUME:
+        kr_conn_count(c, KR_NTC_cmd_set, 1);
+        kr_mc_resume(c, req);
         break;
     case KR_REQ_QUIT:
         kr_conn_close_after_reply(c);

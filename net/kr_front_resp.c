@@ -11,7 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <xxhash.h>
+
 #include "kr_cfg.h"
+#include "kr_position.h"
 #include "kr_queue.h"
 #include "kr_util.h"
 
@@ -169,6 +172,7 @@ static const struct kr_rs_cmd kr_rs_cmds[] = {
     {"KRAKEN.PUBLISH", -3, F_PIPE, &kr_rs_plain, kr_rs_cmd_publish},
     {"KRAKEN.REGISTER", 1, 0, NULL, kr_rs_cmd_register},
     {"KRAKEN.RETRO_SUBSCRIBE", -3, 0, &kr_rs_plain, kr_rs_cmd_retro},
+    {"KRAKEN.RESUME", -3, F_SUB, &kr_rs_plain, kr_rs_cmd_resume},
     /* connection commands (kr_resp_conncmd.c) */
     {"PING", -1, F_SUB, NULL, kr_rs_cmd_ping},
     {"ECHO", 2, 0, NULL, kr_rs_cmd_echo},
@@ -367,6 +371,31 @@ static void kr_rs_frame(struct kr_conn *c, struct kr_rs_state *s, struct kr_msg 
     }
 }
 
+/* A `message __kraken__:position <token>` frame with the position after what was written,
+ * when the client subscribed to it, something was written since the last one (or `due`),
+ * and an exact position exists now (one per write, between entries). */
+static void kr_rs_position_message(struct kr_conn *c, struct kr_rs_state *s, bool due)
+{
+    if (!s->want_position || (!s->pos_dirty && !due))
+        return;
+    char tok[KR_POS_TOKEN_MAX + 1];
+    size_t n = kr_cmd_position_now(c, tok, sizeof(tok));
+    if (!n)
+        return; /* not exact at this moment: after a later write */
+    uint64_t h = XXH3_64bits(tok, n);
+    s->pos_dirty = false;
+    if (h == s->pos_sent_hash)
+        return;
+    s->pos_sent_hash = h;
+    s->pos_sent_ms = kr_now_ms();
+    size_t tl = sizeof(KR_POSITION_TOPIC) - 1, cap = tl + 96 + n;
+    char *o = kr_out_room(c, cap);
+    size_t hl = kr_resp_fmt_message_head(o, cap, s->proto, "message", KR_POSITION_TOPIC, tl, n);
+    memcpy(o + hl, tok, n);
+    memcpy(o + hl + n, "\r\n", 2);
+    kr_out_commit(c, hl + n + 2);
+}
+
 /* Write the complete entries at the head of the queue as message frames, one per matched
  * channel, until the output holds KR_OUT_HIGH (the rest waits for kr_rs_writable, and an
  * unread queue overflows by its limits). */
@@ -382,7 +411,9 @@ static void kr_rs_answer(struct kr_conn *c)
             kr_conn_pop(c);
         }
         kr_conn_count(c, KR_NTC_messages_delivered, n);
+        s->pos_dirty = true;
     }
+    kr_rs_position_message(c, s, false);
     if (kr_conn_out_pending(c) < KR_OUT_HIGH && kr_conn_has_queued(c)) {
         /* the head is a multi-shard message whose other parts are still on their way: look
          * again after the next loop iteration (the shards' END events complete it) */
@@ -399,8 +430,10 @@ static bool kr_rs_push(struct kr_conn *c, struct kr_msg *m, const struct kr_topi
 {
     if (kr_conn_closing_words(c) || kr_conn_out_pending(c) >= KR_OUT_HIGH)
         return false;
-    kr_rs_frame(c, kr_rs(c), m, topics);
+    struct kr_rs_state *s = kr_rs(c);
+    kr_rs_frame(c, s, m, topics);
     kr_conn_count(c, KR_NTC_messages_delivered, 1);
+    s->pos_dirty = true; /* the position follows in the answer after this loop iteration */
     kr_rs_queued(c);
     return true;
 }
@@ -416,6 +449,20 @@ static void kr_rs_writable(struct kr_conn *c)
     uint64_t bytes;
     if (kr_conn_ready_entries(c, &bytes))
         kr_rs_queued(c);
+}
+
+/* While its position moves without messages for it, a position subscriber hears of it
+ * every position_interval_ms. */
+static void kr_rs_tick(struct kr_conn *c, uint64_t now)
+{
+    struct kr_rs_state *s = kr_conn_fe_state(c);
+    if (!s || !s->want_position || now - s->pos_sent_ms < kr_conn_position_interval_ms(c))
+        return;
+    if (kr_conn_closing_words(c) || kr_conn_out_pending(c) >= KR_OUT_HIGH)
+        return;
+    kr_rs_position_message(c, s, true);
+    s->pos_sent_ms = now; /* looked at now, whether it moved or not */
+    kr_conn_answer_later(c); /* flushed after this loop iteration */
 }
 
 static void kr_rs_close(struct kr_conn *c)
@@ -454,4 +501,5 @@ const struct kr_frontend kr_front_resp = {
     .push = kr_rs_push,
     .writable = kr_rs_writable,
     .close = kr_rs_close,
+    .tick = kr_rs_tick,
 };

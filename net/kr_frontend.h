@@ -94,6 +94,9 @@ struct kr_frontend {
     void (*writable)(struct kr_conn *c);
     /* Optional. The connection is being freed: release the frontend's state. */
     void (*close)(struct kr_conn *c);
+    /* Optional. About once a second (the net thread's sweep visits each connection once
+     * per KR_SWEEP_TICKS ticks), `now` in milliseconds (kr_now_ms). */
+    void (*tick)(struct kr_conn *c, uint64_t now_ms);
 };
 
 /* The memcached text protocol (kr_front_mc.c). */
@@ -139,6 +142,8 @@ size_t kr_conn_out_pending(const struct kr_conn *c);
 /* A protocol error: `reply` (with its "\r\n") is the last thing sent, after the replies
  * that wait on the router; the connection is closed. Counted and logged. */
 void kr_conn_fail(struct kr_conn *c, const char *reply);
+/* The live setting position_interval_ms. */
+uint64_t kr_conn_position_interval_ms(const struct kr_conn *c);
 /* Close after what is in the output (QUIT). */
 void kr_conn_close_after_reply(struct kr_conn *c);
 /* The connection's last words were said or are waiting (an error, QUIT): nothing more is
@@ -187,6 +192,7 @@ enum kr_cmd_rc {
     KR_CMD_RESERVED = -2,  /* a __kraken__: name this request may not use */
     KR_CMD_TOO_LARGE = -3, /* a payload over max_message_bytes */
     KR_CMD_TOO_MANY = -4,  /* topics of one entry or request over max_request_bytes */
+    KR_CMD_BAD_POSITION = -5, /* a resume's token is not a position (bad format or checksum) */
 };
 
 /* Namespaces: plain topics (the memcached protocol, RESP SUBSCRIBE/PUBLISH) and RESP shard
@@ -262,6 +268,28 @@ void kr_cmd_published(struct kr_conn *c, bool noreply);
 void kr_cmd_register(struct kr_conn *c, bool noreply);
 /* Forget a recorded horizon (RESP RESET). */
 void kr_cmd_unregister(struct kr_conn *c);
+/* Continuity (PROTOCOL.md): positions and resume. */
+/* Keep the connection's position from now on (asking for one, or subscribing to
+ * __kraken__:position, opts in). */
+void kr_cmd_track_position(struct kr_conn *c);
+/* The connection's position token into buf (cap >= KR_POS_TOKEN_MAX + 1 of kr_position.h):
+ * what it was handed so far, exactly; when no exact position exists at this moment (a push
+ * ahead of a part still on its way, a resume in progress) the last one given. Returns its
+ * length, or 0 when there is none yet. Opts in. */
+size_t kr_cmd_position(struct kr_conn *c, char *buf, size_t cap);
+/* The same, but only an exact position of this moment (0 when none). */
+size_t kr_cmd_position_now(struct kr_conn *c, char *buf, size_t cap);
+/* Resume from a position token on the topics of `s` (subscribed as by kr_cmd_subscribe):
+ * every message on them after the token, oldest first, each once, then live; a topic the
+ * history cannot replay exactly gets a resync notice instead (all of them for a token of
+ * another node or an earlier start), queued before the replayed messages. Answered like a
+ * subscribe. Opts the connection in to resync notices and positions. Returns
+ * KR_CMD_BAD_POSITION for a malformed token, another refusal, or KR_CMD_OK. */
+int kr_cmd_resume(struct kr_conn *c, const char *token, size_t token_len,
+                  const struct kr_cmd_sub *s);
+/* A poll that gives a position: how many complete entries its reply hands out (so that an
+ * exact position follows them), and in *bytes what they add to a memcached reply. */
+uint32_t kr_conn_ready_positioned(struct kr_conn *c, uint64_t *bytes);
 /* Scratch room for n topics on this net thread, reused by every request. */
 void kr_cmd_args(struct kr_conn *c, uint32_t n, const char ***topics, uint32_t **lens);
 

@@ -130,6 +130,10 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
         }
         break;
     }
+    case KR_EV_FRONTIER: /* a shard's numbering so far: everything up to it was sent here */
+        if (ev->mask > nt->seen[ev->src])
+            nt->seen[ev->src] = ev->mask;
+        break;
     case KR_EV_PUBLISHED: { /* a shard's receivers of a counted publish (RESP PUBLISH) */
         struct kr_conn *c = kr_nt_conn(nt, ev->conn);
         struct kr_reply_wait *w = c ? kr_rq_at(c, ev->aux) : NULL;
@@ -143,8 +147,16 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
         break;
     }
     case KR_EV_ACK: {
-        uint32_t reqno = ((struct kr_router_cmd *)ev->ptr)->pad;
-        free(ev->ptr);
+        struct kr_router_cmd *cmd = ev->ptr;
+        uint32_t reqno = cmd->pad;
+        struct kr_conn *rc = ev->aux == KR_EV_RESUME ? kr_nt_conn(nt, ev->conn) : NULL;
+        if (rc && cmd->resync) { /* a resume's topics the history cannot replay exactly */
+            uint32_t pos = 0, len;
+            const char *t;
+            while (kr_router_cmd_next(cmd->resync, &pos, &t, &len))
+                kr_dlv_resync_later(&rc->dlv, t, len);
+        }
+        kr_router_cmd_free(cmd);
         if (reqno == KR_DRAIN_FLUSH_PAD) { /* the drain's first barrier */
             ck_pr_dec_int(&nt->srv->drain_flush_left);
             break;
@@ -339,8 +351,6 @@ void kr_nt_sweep_cb(uv_timer_t *t)
     if (nt->blocked_head)
         kr_nt_unblock_all(nt);
     kr_nt_memory_check(nt);
-    if (!timeout && !rto)
-        return;
     /* a bounded share of the slots per tick, from where the last tick stopped (as Redis's
      * clientsCron): every connection is looked at once per KR_SWEEP_TICKS ticks, and a tick
      * costs the same whatever the number of connections */
@@ -358,6 +368,8 @@ void kr_nt_sweep_cb(uv_timer_t *t)
         struct kr_conn *c = nt->slots[i];
         if (!c || c->closing)
             continue;
+        if (c->fe->tick)
+            c->fe->tick(c, now);
         if (timeout && now - c->last_active_ms >= timeout) {
             KR_ST_INC(nt, idle_timeouts, 1);
             KR_DEBUG("client %s (id %llu): idle for %llu ms; closing", c->peer,

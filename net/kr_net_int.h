@@ -158,6 +158,9 @@ struct kr_conn {
     uint32_t rq_cap;
     uint32_t rq_base;          /* request number of the ring's head */
     const char *deferred_err;  /* error reply held until earlier replies are out */
+    /* continuity: the last exact position token given (NULL until one was) */
+    char *last_token;
+    uint16_t last_token_len;
     /* retroactive subscriptions */
     uint64_t horizon_us;      /* set by `register`, used by the next subscribe (0 = none) */
     /* state */
@@ -298,6 +301,9 @@ struct kr_nt {
     uint32_t mem_cand_cap;
     struct kr_log_ratelimit rl_timeouts;
     struct kr_nt_stats st;
+    /* per router shard, the highest sequence whose deliveries to this thread were all
+     * taken (KR_EV_FRONTIER, and the parts of what arrived): a position's upper bound */
+    uint64_t *seen;
     char readbuf[KR_READ_BUF];
 };
 
@@ -330,6 +336,7 @@ struct kr_server {
     pthread_mutex_t warn_mu;
     struct kr_net_warning warnings[KR_NET_WARNINGS];
     uint64_t nwarnings; /* ever recorded; the newest is at (nwarnings - 1) % KR_NET_WARNINGS */
+    uint64_t node_id;   /* this start of the node, named by its position tokens */
 };
 
 #define KR_ST_INC(nt, field, n) ck_pr_store_64(&(nt)->st.field, (nt)->st.field + (n))

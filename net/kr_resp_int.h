@@ -50,6 +50,11 @@ struct kr_rs_state {
     uint32_t tab_cap; /* power of two */
     uint32_t nentries;
     uint32_t nsubs[2]; /* channels per namespace (enum kr_ns): the confirmations' counts */
+    /* continuity: position messages (subscribed to __kraken__:position) */
+    bool want_position;
+    bool pos_dirty;        /* messages were written since the last position message */
+    uint64_t pos_sent_ms;  /* when the last one went (kr_now_ms) */
+    uint64_t pos_sent_hash; /* and a hash of its token, not to repeat it */
     /* scratch: a reply being formatted */
     char *sb;
     size_t sb_len, sb_cap;
@@ -131,6 +136,8 @@ void kr_rs_cmd_patterns(struct kr_conn *c, struct kr_rs_state *s, const struct k
                         size_t argc, const struct kr_rs_cmd *cmd);
 void kr_rs_cmd_register(struct kr_conn *c, struct kr_rs_state *s, const struct kr_resp_arg *argv,
                         size_t argc, const struct kr_rs_cmd *cmd);
+void kr_rs_cmd_resume(struct kr_conn *c, struct kr_rs_state *s, const struct kr_resp_arg *argv,
+                      size_t argc, const struct kr_rs_cmd *cmd);
 void kr_rs_cmd_retro(struct kr_conn *c, struct kr_rs_state *s, const struct kr_resp_arg *argv,
                      size_t argc, const struct kr_rs_cmd *cmd);
 /* Unsubscribe every channel of both kinds without confirmations (RESET). */

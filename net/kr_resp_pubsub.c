@@ -8,6 +8,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "kr_position.h"
 #include "kr_util.h"
 
 /* ---------------------------------------------------------------- channel set */
@@ -66,6 +67,8 @@ static bool kr_rs_add(struct kr_rs_state *s, enum kr_ns ns, const char *p, size_
     *pp = ch;
     s->nentries++;
     s->nsubs[ns]++;
+    if (ns == KR_NS_PLAIN && n == sizeof(KR_POSITION_TOPIC) - 1 && memcmp(p, KR_POSITION_TOPIC, n) == 0)
+        s->want_position = true;
     return true;
 }
 
@@ -76,6 +79,9 @@ static void kr_rs_unlink(struct kr_rs_state *s, struct kr_rs_chan *ch)
     *pp = ch->next;
     s->nentries--;
     s->nsubs[ch->ns]--;
+    if (ch->ns == KR_NS_PLAIN && ch->len == sizeof(KR_POSITION_TOPIC) - 1 &&
+        memcmp(ch->name, KR_POSITION_TOPIC, ch->len) == 0)
+        s->want_position = false;
 }
 
 void kr_rs_channels_free(struct kr_rs_state *s)
@@ -92,6 +98,7 @@ void kr_rs_channels_free(struct kr_rs_state *s)
     s->tab = NULL;
     s->tab_cap = s->nentries = 0;
     s->nsubs[0] = s->nsubs[1] = 0;
+    s->want_position = false;
 }
 
 /* ---------------------------------------------------------------- subscribe */
@@ -165,6 +172,47 @@ void kr_rs_cmd_retro(struct kr_conn *c, struct kr_rs_state *s, const struct kr_r
     }
     /* counted, and a horizon in the future taken as now, by kr_cmd_subscribe */
     kr_rs_subscribe(c, s, argv, 2, argc, cmd->kind, KR_SUB_RETRO, h ? h : 1);
+}
+
+/* KRAKEN.RESUME token topic [topic ...]: confirmed like SUBSCRIBE, plus __kraken__:resync
+ * when it was not held (resuming opts in to resync notices); the rule book resumes. */
+void kr_rs_cmd_resume(struct kr_conn *c, struct kr_rs_state *s, const struct kr_resp_arg *argv,
+                      size_t argc, const struct kr_rs_cmd *cmd)
+{
+    (void)cmd;
+    struct kr_rs_out o = {c, s, false};
+    uint32_t n = (uint32_t)(argc - 2);
+    const char **topics;
+    uint32_t *lens;
+    kr_cmd_args(c, n, &topics, &lens);
+    for (uint32_t i = 0; i < n; i++) {
+        topics[i] = argv[2 + i].p;
+        lens[i] = (uint32_t)argv[2 + i].len;
+    }
+    struct kr_cmd_sub sub = {.op = KR_SUB_SUBSCRIBE, .ns = KR_NS_PLAIN, .n = n, .topics = topics,
+                             .lens = lens};
+    struct kr_pos pos;
+    int rc = kr_pos_decode(argv[1].p, argv[1].len, &pos) < 0 ? KR_CMD_BAD_POSITION
+                                                              : kr_cmd_sub_check(c, &sub);
+    if (rc < 0) {
+        kr_rs_refused(&o, rc);
+        return;
+    }
+    o.to_sb = true;
+    s->sb_len = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        kr_rs_add(s, KR_NS_PLAIN, topics[i], lens[i]);
+        kr_rs_count(&o, kr_rs_plain.subscribe, topics[i], lens[i], s->nsubs[KR_NS_PLAIN]);
+    }
+    if (kr_rs_add(s, KR_NS_PLAIN, KR_RESYNC_TOPIC, sizeof(KR_RESYNC_TOPIC) - 1))
+        kr_rs_count(&o, kr_rs_plain.subscribe, KR_RESYNC_TOPIC, sizeof(KR_RESYNC_TOPIC) - 1,
+                    s->nsubs[KR_NS_PLAIN]);
+    sub.reply = s->sb;
+    sub.reply_len = s->sb_len;
+    rc = kr_cmd_resume(c, argv[1].p, argv[1].len, &sub);
+    s->sb_len = 0;
+    (void)rc; /* checked above */
+    kr_conn_emit_replies(c);
 }
 
 /* ---------------------------------------------------------------- unsubscribe */

@@ -3,6 +3,8 @@
  * each). */
 #include "kr_net_int.h"
 
+#include <sys/random.h>
+
 #include <ck_pr.h>
 #include <errno.h>
 #include <stdio.h>
@@ -23,6 +25,20 @@ static void kr_server_wake_net(void *arg, uint32_t net)
         uv_async_send(&s->nts[net]->wake);
     else if (s->cluster) /* the link's index (its delivery thread's is never woken) */
         kr_cluster_wake(s->cluster);
+}
+
+/* A random non-zero 64-bit id (the node's start id on a single node). */
+static uint64_t kr_server_random_id(void)
+{
+    uint64_t v = 0;
+    while (v == 0) {
+        if (getrandom(&v, sizeof(v), 0) != (ssize_t)sizeof(v)) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            v = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^ ((uint64_t)getpid() << 32);
+        }
+    }
+    return v;
 }
 
 int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err, size_t errlen)
@@ -96,6 +112,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         .nnet = s->nnet + (cluster ? 2 : 0),
         .nend = s->nnet,
         .interest = cluster,
+        .frontier = true, /* positions need the shards' numbering */
         .interest_net = s->nnet + 1,
         .mailbox_capacity = 8192,
         .fanout_warn = cfg->router_min_fanout_to_warn,
@@ -115,8 +132,13 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         if (rc < 0)
             return rc; /* process exits on this path */
     }
+    /* the node's start id, named by every position token it issues: in a cluster the
+     * link's origin id (other nodes find the node by it), else random */
+    s->node_id = s->cluster ? kr_cluster_publisher(s->cluster) : kr_server_random_id();
     for (uint32_t i = 0; i < s->nnet; i++) {
         struct kr_nt *nt = s->nts[i];
+        nt->seen = kr_xcalloc(cfg->num_router_shards, sizeof(*nt->seen));
+        nt->dlv.nshards = cfg->num_router_shards;
         kr_nt_outbox_init(nt);
         uv_loop_init(&nt->loop);
         uv_async_init(&nt->loop, &nt->wake, kr_nt_wake_cb);
@@ -238,6 +260,11 @@ void kr_server_destroy(struct kr_server *s)
         free(nt->topic_hashes);
         free(nt->args);
         free(nt->arg_lens);
+        free(nt->ns_buf);
+        free(nt->ns_names);
+        free(nt->ns_lens);
+        free(nt->dedup);
+        free(nt->seen);
         kr_nt_outbox_destroy(nt);
         free(nt->mem_cand);
         free(nt->turns);

@@ -27,7 +27,7 @@ struct kr_msg {
     uint32_t nshards;
     uint32_t nslots;
     uint32_t size;
-    /* then: void *slots[nslots]; uint64_t topic_hash[ntopics];
+    /* then: void *slots[nslots]; uint64_t topic_hash[ntopics]; uint64_t topic_seq[ntopics];
      * uint32_t topic_off[ntopics + 1]; topic bytes; payload */
     char data[];
 };
@@ -42,16 +42,22 @@ static inline uint64_t *kr_msg_hashes(const struct kr_msg *m)
     return (uint64_t *)(uintptr_t)(m->data + m->nslots * sizeof(void *));
 }
 
+static inline uint64_t *kr_msg_seqs(const struct kr_msg *m)
+{
+    return (uint64_t *)(uintptr_t)(m->data + m->nslots * sizeof(void *) +
+                                   m->ntopics * sizeof(uint64_t));
+}
+
 static inline uint32_t *kr_msg_offs(const struct kr_msg *m)
 {
     return (uint32_t *)(uintptr_t)(m->data + m->nslots * sizeof(void *) +
-                                   m->ntopics * sizeof(uint64_t));
+                                   2 * m->ntopics * sizeof(uint64_t));
 }
 
 static inline char *kr_msg_bytes(const struct kr_msg *m)
 {
     return (char *)(uintptr_t)(m->data + m->nslots * sizeof(void *) +
-                               m->ntopics * sizeof(uint64_t) +
+                               2 * m->ntopics * sizeof(uint64_t) +
                                (m->ntopics + 1) * sizeof(uint32_t));
 }
 
@@ -76,8 +82,9 @@ struct kr_msg *kr_msg_create_hashed(uint64_t publisher, uint64_t time_us, uint32
     size_t tbytes = 0;
     for (uint32_t i = 0; i < ntopics; i++)
         tbytes += topic_lens[i];
-    size_t size = sizeof(struct kr_msg) + nslots * sizeof(void *) + ntopics * sizeof(uint64_t) +
-                  (ntopics + 1) * sizeof(uint32_t) + tbytes + payload_len;
+    size_t size = sizeof(struct kr_msg) + nslots * sizeof(void *) +
+                  2 * ntopics * sizeof(uint64_t) + (ntopics + 1) * sizeof(uint32_t) + tbytes +
+                  payload_len;
     struct kr_msg *m = kr_xmalloc(size);
     m->refs = 1;
     m->ntopics = ntopics;
@@ -91,6 +98,7 @@ struct kr_msg *kr_msg_create_hashed(uint64_t publisher, uint64_t time_us, uint32
         memset(kr_msg_slots(m), 0, nslots * sizeof(void *));
     uint32_t *offs = kr_msg_offs(m);
     uint64_t *hashes = kr_msg_hashes(m);
+    memset(kr_msg_seqs(m), 0, ntopics * sizeof(uint64_t));
     char *b = kr_msg_bytes(m);
     uint32_t off = 0;
     for (uint32_t i = 0; i < ntopics; i++) {
@@ -103,6 +111,19 @@ struct kr_msg *kr_msg_create_hashed(uint64_t publisher, uint64_t time_us, uint32
     if (payload_len)
         memcpy(b + off, payload, payload_len);
     return m;
+}
+
+void kr_msg_set_seq(struct kr_msg *m, uint32_t i, uint32_t shard, uint64_t seq)
+{
+    kr_msg_seqs(m)[i] = ((uint64_t)shard << KR_SEQ_SHARD_SHIFT) | (seq & KR_SEQ_MASK);
+}
+
+uint64_t kr_msg_seq(const struct kr_msg *m, uint32_t i, uint32_t *shard)
+{
+    uint64_t v = kr_msg_seqs(m)[i];
+    if (shard)
+        *shard = (uint32_t)(v >> KR_SEQ_SHARD_SHIFT);
+    return v & KR_SEQ_MASK;
 }
 
 void kr_msg_ref(struct kr_msg *m, uint32_t n)

@@ -62,6 +62,15 @@ uint64_t kr_msg_topic_hash(const struct kr_msg *m, uint32_t i);
 const char *kr_msg_payload(const struct kr_msg *m, uint32_t *len);
 /* Bytes held by the message buffer (for memory accounting). */
 size_t kr_msg_size(const struct kr_msg *m);
+/* Sequence numbers. Each router shard numbers the messages it routes (1, 2, ...: the
+ * node's positions are made of them); the shard that owns topic i records its number for
+ * this message with kr_msg_set_seq before it hands the message to anyone, and a thread that
+ * received a delivery of topic i from that shard reads it (0: not routed yet). The shard
+ * index travels with it. Sequences are below 2^56. */
+#define KR_SEQ_SHARD_SHIFT 56
+#define KR_SEQ_MASK ((UINT64_C(1) << KR_SEQ_SHARD_SHIFT) - 1)
+void kr_msg_set_seq(struct kr_msg *m, uint32_t i, uint32_t shard, uint64_t seq);
+uint64_t kr_msg_seq(const struct kr_msg *m, uint32_t i, uint32_t *shard);
 /* Number of distinct shards the topics map to; set once by the publisher's thread before
  * the message is shared. */
 void kr_msg_set_nshards(struct kr_msg *m, uint32_t nshards);

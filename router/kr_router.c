@@ -14,6 +14,7 @@
 
 #include "kr_cfg.h"
 #include "kr_log.h"
+#include "kr_evicted.h"
 #include "kr_topics.h"
 
 #define KR_SHARD_BATCH 256 /* events taken from one ring before looking at the next */
@@ -59,9 +60,14 @@ struct kr_shard_counters {
 #undef KR_SHARD_FIELD_SHARD
 };
 
+#define KR_FRONTIER_EVERY 4096 /* messages routed between two KR_EV_FRONTIER at most */
+
 struct kr_shard {
     struct kr_router *r;
     uint32_t idx;
+    uint64_t seq;           /* the last sequence number given to a routed message */
+    uint64_t frontier_sent; /* the last one announced to the net threads (KR_EV_FRONTIER) */
+    struct kr_evicted *evicted; /* newest sequence evicted from the history, per hashed topic */
     struct kr_reqq *reqq;       /* requests from other threads, served once per iteration */
     pthread_t thread;
     bool started;
@@ -117,6 +123,8 @@ struct kr_router_cmd *kr_router_cmd_new(uint32_t cap_hint)
     c->cap = cap_hint;
     c->pad = 0;
     c->horizon_us = 0;
+    c->since_seq = 0;
+    c->resync = NULL;
     return c;
 }
 
@@ -133,6 +141,14 @@ struct kr_router_cmd *kr_router_cmd_add(struct kr_router_cmd *c, const char *top
     c->used = need;
     c->ntopics++;
     return c;
+}
+
+void kr_router_cmd_free(struct kr_router_cmd *c)
+{
+    if (!c)
+        return;
+    free(c->resync);
+    free(c);
 }
 
 int kr_router_cmd_next(const struct kr_router_cmd *c, uint32_t *pos, const char **topic,
@@ -188,9 +204,31 @@ static void kr_shard_congestion(struct kr_shard *sh, uint32_t park_max)
 
 /* Drop the oldest held message, remembering the newest publish time ever dropped: a
  * horizon before it can no longer be served (NOT_FOUND), whichever bound evicted it. */
-static void kr_history_evict(struct kr_history *h)
+/* This shard's sequence for message m (the number it recorded on its topics), 0 if none. */
+static uint64_t kr_shard_seq_of(const struct kr_shard *sh, const struct kr_msg *m)
 {
+    uint32_t nt = kr_msg_ntopics(m);
+    for (uint32_t i = 0; i < nt; i++) {
+        uint32_t shard;
+        uint64_t seq = kr_msg_seq(m, i, &shard);
+        if (seq && shard == sh->idx)
+            return seq;
+    }
+    return 0;
+}
+
+static void kr_history_evict(struct kr_shard *sh)
+{
+    struct kr_history *h = &sh->hist;
     struct kr_msg *old = h->msgs[h->head];
+    /* the eviction sketch remembers, per hashed topic, the newest sequence evicted */
+    uint32_t nt = kr_msg_ntopics(old);
+    for (uint32_t i = 0; i < nt; i++) {
+        uint32_t shard;
+        uint64_t seq = kr_msg_seq(old, i, &shard);
+        if (seq && shard == sh->idx)
+            kr_evicted_note(sh->evicted, kr_msg_topic_hash(old, i), seq);
+    }
     uint64_t t = kr_msg_time_us(old);
     if (t > h->evicted_max_us)
         h->evicted_max_us = t;
@@ -212,13 +250,13 @@ static void kr_history_add(struct kr_shard *sh, struct kr_msg *m)
         return;
     }
     if (h->count == h->cap)
-        kr_history_evict(h);
+        kr_history_evict(sh);
     h->msgs[(h->head + h->count) % h->cap] = m;
     h->count++;
     h->bytes += kr_msg_size(m);
     uint64_t max_bytes = sh->r->o.history_bytes;
     while (max_bytes && h->bytes > max_bytes && h->count)
-        kr_history_evict(h);
+        kr_history_evict(sh);
     KR_SH_SET(sh, history_messages, h->count);
     KR_SH_SET(sh, history_bytes, h->bytes);
 }
@@ -278,6 +316,83 @@ static void kr_shard_retro(struct kr_shard *sh, struct kr_event *ev)
     kr_shard_emit(sh, KR_CONN_NET(ev->conn), &ack);
 }
 
+/* KR_EV_RESUME: subscribe the topics and replay, oldest first, what this shard numbered
+ * after the client's position on them; a topic whose messages after it the history may
+ * have evicted (the sketch's bound is above the position) is listed in c->resync and
+ * replays nothing (never a partial replay). One step, like a retroactive subscribe: no
+ * message is both replayed and delivered live. */
+static void kr_shard_resume(struct kr_shard *sh, struct kr_event *ev)
+{
+    struct kr_router *r = sh->r;
+    struct kr_router_cmd *c = ev->ptr;
+    struct kr_history *h = &sh->hist;
+    uint64_t stamp = ++sh->retro_stamp, since = c->since_seq;
+    bool behind = since < sh->seq; /* else nothing was routed here since the position */
+    uint32_t pos = 0, len;
+    const char *t;
+    while (kr_router_cmd_next(c, &pos, &t, &len)) {
+        kr_topics_subscribe(sh->topics, t, len, ev->conn, 0);
+        if (!behind)
+            continue;
+        uint64_t th = kr_topic_hash(t, len);
+        if (kr_evicted_bound(sh->evicted, th) > since) {
+            if (!c->resync)
+                c->resync = kr_router_cmd_new(len + 64);
+            c->resync = kr_router_cmd_add(c->resync, t, len);
+            continue;
+        }
+        struct kr_topic *tp = kr_topics_find_hashed(sh->topics, t, len, th);
+        if (tp)
+            *kr_topic_stamp(tp) = stamp;
+    }
+    for (uint32_t k = 0; behind && k < h->count; k++) {
+        struct kr_msg *m = h->msgs[(h->head + k) % h->cap];
+        if (kr_shard_seq_of(sh, m) <= since || kr_msg_publisher(m) == ev->conn)
+            continue;
+        uint32_t ntopics = kr_msg_ntopics(m);
+        struct kr_topicset set;
+        bool any = false;
+        for (uint32_t i = 0; i < ntopics; i++) {
+            uint32_t tl, shard;
+            const char *tt = kr_msg_topic(m, i, &tl);
+            if (!kr_msg_seq(m, i, &shard) || shard != sh->idx)
+                continue;
+            struct kr_topic *tp = kr_topics_find_hashed(sh->topics, tt, tl, kr_msg_topic_hash(m, i));
+            if (!tp || *kr_topic_stamp(tp) != stamp)
+                continue;
+            if (!any)
+                kr_topicset_init(&set, ntopics);
+            any = true;
+            kr_topicset_set(&set, ntopics, i);
+        }
+        if (!any)
+            continue;
+        kr_msg_ref(m, 1);
+        struct kr_event rep = {.type = KR_EV_REPLAY, .src = (uint16_t)sh->idx, .conn = ev->conn,
+                               .ptr = m, .mask = kr_topicset_word(set)};
+        kr_shard_emit(sh, KR_CONN_NET(ev->conn), &rep);
+    }
+    (void)r;
+    struct kr_event ack = {.type = KR_EV_ACK, .src = (uint16_t)sh->idx, .aux = ev->type,
+                           .conn = ev->conn, .ptr = c};
+    kr_shard_emit(sh, KR_CONN_NET(ev->conn), &ack);
+}
+
+/* Tell every net thread how far this shard has numbered (KR_EV_FRONTIER): what it sent
+ * them before covers every message up to it. */
+static void kr_shard_frontier(struct kr_shard *sh)
+{
+    if (!sh->r->o.frontier) {
+        sh->frontier_sent = sh->seq;
+        return;
+    }
+    for (uint32_t n = 0; n < sh->r->o.nend; n++) {
+        struct kr_event ev = {.type = KR_EV_FRONTIER, .src = (uint16_t)sh->idx, .mask = sh->seq};
+        kr_shard_emit(sh, n, &ev);
+    }
+    sh->frontier_sent = sh->seq;
+}
+
 /* Route message m to its subscribers here; returns how many connections it reached. */
 static uint32_t kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
 {
@@ -286,6 +401,7 @@ static uint32_t kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
     uint64_t publisher = kr_msg_publisher(m);
     uint64_t time_us = kr_msg_time_us(m);
     uint64_t stamp = ++sh->stamp;
+    uint64_t seq = ++sh->seq;
 
     sh->ntouched = 0;
     for (uint32_t i = 0; i < ntopics; i++) {
@@ -294,6 +410,7 @@ static uint32_t kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
         uint64_t h = kr_msg_topic_hash(m, i); /* hashed once, by the publisher's thread */
         if (r->o.nshards > 1 && kr_router_shard_of_hash(r, h) != sh->idx)
             continue;
+        kr_msg_set_seq(m, i, sh->idx, seq); /* before anyone else sees this shard's part */
         struct kr_topic *tp = kr_topics_find_hashed(sh->topics, t, len, h);
         if (!tp)
             continue;
@@ -361,6 +478,8 @@ static uint32_t kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
     KR_SH_INC(sh, messages_routed, 1);
     KR_SH_INC(sh, deliveries, fanout);
     kr_history_add(sh, m); /* takes over the reference the PUBLISH event carried */
+    if (seq - sh->frontier_sent >= KR_FRONTIER_EVERY)
+        kr_shard_frontier(sh);
     return fanout;
 }
 
@@ -440,6 +559,9 @@ static void kr_shard_handle(struct kr_shard *sh, struct kr_event *ev)
     }
     case KR_EV_RETRO_SUBSCRIBE:
         kr_shard_retro(sh, ev);
+        break;
+    case KR_EV_RESUME:
+        kr_shard_resume(sh, ev);
         break;
     case KR_EV_DISCONNECT:
         kr_topics_drop_conn(sh->topics, ev->conn);
@@ -523,6 +645,10 @@ static void *kr_shard_main(void *arg)
         kr_outbox_wake(&sh->ob);
         if (work)
             continue;
+        if (sh->seq != sh->frontier_sent) { /* idle: how far it got, before sleeping */
+            kr_shard_frontier(sh);
+            kr_outbox_wake(&sh->ob);
+        }
         kr_waiter_prepare(&sh->waiter);
         bool ready = ck_pr_load_int(&r->stop) || kr_reqq_pending(sh->reqq);
         for (uint32_t n = 0; n < r->o.nnet && !ready && kr_outbox_parked(&sh->ob) < park_max; n++)
@@ -569,6 +695,7 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
         if (r->o.interest)
             kr_topics_set_hook(sh->topics, kr_shard_interest_hook, sh);
         sh->reqq = kr_reqq_create(kr_shard_wake, &sh->waiter);
+        sh->evicted = kr_evicted_create(KR_EVICTED_LOG2_DEFAULT);
         sh->hist.cap = r->o.history;
         sh->hist.msgs = kr_xcalloc(r->o.history ? r->o.history : 1, sizeof(struct kr_msg *));
         sh->in = kr_xcalloc(r->o.nnet, sizeof(*sh->in));
@@ -636,10 +763,11 @@ static void kr_router_release_event(struct kr_event *ev)
     case KR_EV_SUBSCRIBE:
     case KR_EV_UNSUBSCRIBE:
     case KR_EV_RETRO_SUBSCRIBE:
+    case KR_EV_RESUME:
     case KR_EV_ACK:
     case KR_EV_INTEREST:
     case KR_EV_RESYNC:
-        free(ev->ptr);
+        kr_router_cmd_free(ev->ptr);
         break;
     default:
         break;
@@ -675,6 +803,7 @@ void kr_router_destroy(struct kr_router *r)
         for (uint32_t k = 0; k < sh->hist.count; k++)
             kr_msg_unref(sh->hist.msgs[(sh->hist.head + k) % sh->hist.cap]);
         free(sh->hist.msgs);
+        kr_evicted_destroy(sh->evicted);
         kr_topics_destroy(sh->topics);
         kr_reqq_destroy(sh->reqq);
         kr_waiter_destroy(&sh->waiter);

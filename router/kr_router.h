@@ -16,6 +16,12 @@
  *                 strictly after the horizon (KR_EV_REPLAY events, oldest first), then ACK
  *                 with mask = 0, or mask = 1 (and no replay) when this shard's history no
  *                 longer reaches back to the horizon.
+ *                 KR_EV_RESUME (ptr = cmd with since_seq, conn): subscribe, and in the same
+ *                 step replay (KR_EV_REPLAY, oldest first) every stored message on those
+ *                 topics this shard numbered above since_seq, except on topics whose
+ *                 messages above since_seq the history may have evicted (the eviction
+ *                 sketch says so): those are listed in cmd->resync instead, and nothing of
+ *                 theirs is replayed; then ACK (aux = KR_EV_RESUME).
  *                 KR_EV_DISCONNECT (conn): drop every subscription of the client.
  *   shard -> net  KR_EV_DELIVER (conn, ptr = message with one reference handed over,
  *                 mask = matched-topic bits, or for messages of more than 64 topics a
@@ -30,6 +36,10 @@
  *                 the publisher's net thread logs it with the client's address.
  *                 KR_EV_KICK (conn): the client may have missed messages (the cluster link
  *                 lost some, see below); its net thread treats it as a queue overflow.
+ *                 KR_EV_FRONTIER (mask = the last sequence this shard numbered): every
+ *                 delivery of a message numbered up to it was sent before this event; sent
+ *                 to every net thread when the shard goes idle and every 4096 messages,
+ *                 with opts.frontier set.
  *                 KR_EV_PUBLISHED (conn = publisher, aux = the PUBLISH event's aux, mask =
  *                 connections this shard delivered the message to): the answer to a
  *                 PUBLISH with KR_PUBLISH_COUNT, sent after its deliveries.
@@ -68,6 +78,8 @@ enum kr_router_event {
     KR_EV_RESYNC,
     KR_EV_KICK,
     KR_EV_PUBLISHED,
+    KR_EV_RESUME,
+    KR_EV_FRONTIER,
 };
 
 /* KR_EV_PUBLISH's mask bit asking the shard for its receivers: after the fanout it answers
@@ -84,6 +96,10 @@ struct kr_router_cmd {
     uint32_t cap;   /* bytes available in data */
     uint32_t pad;
     uint64_t horizon_us; /* KR_EV_RETRO_SUBSCRIBE only */
+    uint64_t since_seq;  /* KR_EV_RESUME only: this shard's sequence in the client's position */
+    struct kr_router_cmd *resync; /* KR_EV_RESUME's ACK: the topics the history cannot replay
+                                     exactly (a block of its own, freed with this one by
+                                     kr_router_cmd_free), or NULL */
     char data[];    /* repeated: uint32_t len; bytes */
 };
 
@@ -115,6 +131,7 @@ struct kr_router_opts {
                                       byte bound, only the count) */
     bool pin_cpus;                 /* pin shard i to CPU i % ncpus */
     uint32_t nend;                 /* indexes below this get KR_EV_END (0: all of nnet) */
+    bool frontier;                 /* send KR_EV_FRONTIER to the net threads (positions) */
     bool interest;                 /* send KR_EV_INTEREST to interest_net */
     uint32_t interest_net;
     /* Wake net thread `net` after events were pushed towards it. Called from shard threads;
@@ -153,6 +170,8 @@ bool kr_router_recv(struct kr_router *r, uint32_t net, uint32_t shard, struct kr
 /* Command blocks. kr_router_cmd_add aborts on out of memory. Net threads. */
 struct kr_router_cmd *kr_router_cmd_new(uint32_t cap_hint);
 struct kr_router_cmd *kr_router_cmd_add(struct kr_router_cmd *c, const char *topic, uint32_t len);
+/* Free a command block and what it carries (cmd->resync). Any thread owning it. */
+void kr_router_cmd_free(struct kr_router_cmd *c);
 /* Iterate: *pos starts at 0; returns 0 at the end. Any thread owning the command. */
 int kr_router_cmd_next(const struct kr_router_cmd *c, uint32_t *pos, const char **topic,
                        uint32_t *len);

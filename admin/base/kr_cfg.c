@@ -109,6 +109,10 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
                "a client subscribed to __kraken__:resync whose queue would overflow keeps its "
                "connection: the queue is replaced by one notice naming its topics, up to this "
                "many (else the notice is *, every topic)"),
+    KR_CFG_OPT(position_interval_ms, KR_CFG_U64, 0, 1000, 3600000, "1000",
+               "a RESP client subscribed to __kraken__:position gets its position after the "
+               "messages pushed to it, and at least this often while its position moves "
+               "without messages for it (checked once a second)"),
     KR_CFG_OPT(max_poll_reply_bytes, KR_CFG_U64, KR_CFG_LIVE | KR_CFG_SIZE, 1, KR_GIB, "1m",
                "entry bytes one `get messages` reply holds at most (always at least one "
                "entry); the rest stays queued for the next poll"),

@@ -38,6 +38,7 @@ struct kr_cfg {
     uint64_t max_queued_messages;            /* 100000 */
     uint64_t max_queued_bytes;               /* 64 MiB */
     uint32_t resync_max_topics;              /* 1000: topics one resync notice names, else * */
+    uint64_t position_interval_ms;           /* 1000: __kraken__:position while idle */
     uint64_t max_poll_reply_bytes;           /* 1 MiB: entries one `get messages` reply holds
                                                 (at least one entry, whatever its size) */
     uint64_t max_memory;                     /* half the physical memory (0 = no bound):

@@ -1,0 +1,216 @@
+/* Positions and resume on the same node (PROTOCOL.md, Continuity): `get messages position`
+ * gives the position after exactly what the reply handed out; `set resume` /
+ * KRAKEN.RESUME from it replays every message on the named topics after it, oldest first,
+ * each once, then live; a topic the history cannot replay exactly gets a resync notice
+ * instead (all of them for a token of another start); a malformed token is refused. Raw
+ * bytes against the real server. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kr_itest.h"
+
+static char buf[1 << 16];
+
+KR_IT_FIXTURE(start_small_history, "--num_router_shards", "3", "--num_net_threads", "2",
+              "--messages_stored_per_router_shard", "8", "--max_poll_reply_bytes", "40");
+TestSuite(resume, .init = start_small_history, .fini = kr_it_fixture_stop);
+
+/* The token of a reply that ends with `VALUE position 0 <k>\r\n<token>\r\nEND\r\n`. */
+static void token_of(const char *reply, char *tok, size_t cap)
+{
+    const char *v = strstr(reply, "VALUE position 0 ");
+    cr_assert(v, "no position in %s", reply);
+    unsigned k = 0;
+    cr_assert_eq(sscanf(v, "VALUE position 0 %u", &k), 1);
+    const char *t = strstr(v, "\r\n") + 2;
+    cr_assert(k > 0 && k < cap && strlen(t) >= k + 2 + 5, "%s", reply);
+    memcpy(tok, t, k);
+    tok[k] = 0;
+    cr_assert_str_eq(t + k, "\r\nEND\r\n");
+}
+
+/* `get messages position` until `want` entries were handed out; their text (MESSAGE lines
+ * and payloads) into out, the last position into tok. Bounded. */
+static void poll_position(int fd, size_t want, char *out, size_t cap, char *tok, size_t tokcap)
+{
+    size_t got = 0, len = 0;
+    out[0] = 0;
+    for (int i = 0; i < 2000 && (got < want || tok[0] == 0); i++) {
+        kr_it_sends(fd, "get messages position\r\n");
+        kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
+        token_of(buf, tok, tokcap);
+        const char *e = strstr(buf, "VALUE messages 0 ");
+        if (e) {
+            const char *body = strstr(e, "\r\n") + 2, *end = strstr(buf, "VALUE position 0 ");
+            for (const char *p = body; (p = strstr(p, "MESSAGE ")) && p < end; p += 8)
+                got++;
+            size_t n = (size_t)(end - body);
+            cr_assert(len + n < cap);
+            memcpy(out + len, body, n);
+            len += n;
+            out[len] = 0;
+        }
+        if (got < want)
+            kr_it_sleep_ms(5);
+    }
+    cr_assert_eq(got, want, "handed out %zu entries, wanted %zu: %s", got, want, out);
+}
+
+static void resume_mc(int fd, const char *tok, const char *topics, const char *expect)
+{
+    char req[1024];
+    snprintf(req, sizeof(req), "set resume 0 0 %zu\r\n%s\r\n%s\r\n", strlen(tok) + 2 + strlen(topics),
+             tok, topics);
+    kr_it_sends(fd, req);
+    kr_it_expect(fd, expect);
+}
+
+/* Everything after the position, once, oldest first, then live; nothing before it. */
+Test(resume, memcached_resume_replays_exactly_what_came_after_the_position)
+{
+    int a = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
+    kr_it_subscribe(a, "ma mb");
+    kr_it_publish(pub, "ma", "m1", 2);
+    kr_it_publish(pub, "mb", "m2", 2);
+    char got[4096], tok[600] = {0};
+    poll_position(a, 2, got, sizeof(got), tok, sizeof(tok));
+    cr_assert(strstr(got, "MESSAGE ma 2\r\nm1\r\n") && strstr(got, "MESSAGE mb 2\r\nm2\r\n"), "%s", got);
+    /* after the position: three more, one on a topic the client does not name */
+    kr_it_publish(pub, "ma", "m3", 2);
+    kr_it_publish(pub, "mb", "m4", 2);
+    kr_it_publish(pub, "mc", "m5", 2);
+    kr_it_wait_stat(kr_it_srv.port, "deliveries_queued", KR_IT_GE, 4);
+    close(a);
+    int b = kr_it_connect(kr_it_srv.port);
+    resume_mc(b, tok, "ma mb", "STORED\r\n");
+    kr_it_publish(pub, "ma", "m6", 2); /* live after the resume */
+    char rest[4096], tok2[600] = {0};
+    poll_position(b, 3, rest, sizeof(rest), tok2, sizeof(tok2));
+    cr_assert_str_eq(rest, "MESSAGE ma 2\r\nm3\r\nMESSAGE mb 2\r\nm4\r\nMESSAGE ma 2\r\nm6\r\n");
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "resume_requests"), 1);
+    close(b);
+    close(pub);
+}
+
+/* A reply cut by max_poll_reply_bytes (40 here: one entry per reply) gives the position
+ * after its last entry: resuming from it yields the rest, each once. */
+Test(resume, a_cut_reply_gives_the_position_after_its_last_entry)
+{
+    int a = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
+    kr_it_subscribe(a, "cut");
+    for (int i = 0; i < 4; i++) { /* 28 reply bytes each: one per 40-byte reply */
+        char p[16];
+        snprintf(p, sizeof(p), "c%dxxxxxxxx", i);
+        kr_it_publish(pub, "cut", p, 10);
+    }
+    kr_it_wait_stat(kr_it_srv.port, "deliveries_queued", KR_IT_GE, 4);
+    char got[4096], tok[600] = {0};
+    poll_position(a, 1, got, sizeof(got), tok, sizeof(tok));
+    cr_assert_str_eq(got, "MESSAGE cut 10\r\nc0xxxxxxxx\r\n");
+    close(a);
+    int b = kr_it_connect(kr_it_srv.port);
+    resume_mc(b, tok, "cut", "STORED\r\n");
+    char rest[4096], tok2[600] = {0};
+    poll_position(b, 3, rest, sizeof(rest), tok2, sizeof(tok2));
+    cr_assert_str_eq(rest, "MESSAGE cut 10\r\nc1xxxxxxxx\r\nMESSAGE cut 10\r\nc2xxxxxxxx\r\n"
+                           "MESSAGE cut 10\r\nc3xxxxxxxx\r\n");
+    close(b);
+    close(pub);
+}
+
+/* A topic whose messages after the position left the history (8 per shard here) is told to
+ * resync, before the replay of the others; a quiet topic is neither told nor replayed. */
+Test(resume, what_the_history_evicted_is_a_resync_notice_per_topic)
+{
+    int a = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
+    kr_it_subscribe(a, "ev busy quiet");
+    kr_it_publish(pub, "ev", "e0", 2);
+    char got[4096], tok[600] = {0};
+    poll_position(a, 1, got, sizeof(got), tok, sizeof(tok));
+    close(a);
+    kr_it_publish(pub, "ev", "e1", 2);
+    for (int i = 0; i < 90; i++) { /* about 30 per shard: e1 leaves its shard's history */
+        char t[16];
+        snprintf(t, sizeof(t), "busy%d", i);
+        kr_it_publish(pub, t, "bb", 2);
+    }
+    int b = kr_it_connect(kr_it_srv.port);
+    kr_it_wait_stat(kr_it_srv.port, "messages_routed", KR_IT_GE, 92);
+    resume_mc(b, tok, "ev quiet", "STORED\r\n");
+    char rest[4096], tok2[600] = {0};
+    poll_position(b, 1, rest, sizeof(rest), tok2, sizeof(tok2));
+    cr_assert_str_eq(rest, "MESSAGE __kraken__:resync 2\r\nev\r\n");
+    close(b);
+    close(pub);
+}
+
+/* A malformed token is refused; a token of an earlier start of the node makes every named
+ * topic resync (not an error). */
+Test(resume, bad_tokens_and_tokens_of_another_start)
+{
+    int fd = kr_it_connect(kr_it_srv.port);
+    resume_mc(fd, "p1.AAAA", "x", "CLIENT_ERROR bad position\r\n");
+    kr_it_expect_closed(fd);
+    close(fd);
+    fd = kr_it_connect(kr_it_srv.port);
+    kr_it_resp_cmd(fd, "KRAKEN.RESUME", "not-a-token", "x", NULL);
+    kr_it_expect(fd, "-ERR bad position\r\n");
+    kr_it_resp_cmd(fd, "PING", NULL);
+    kr_it_expect(fd, "+PONG\r\n");
+    close(fd);
+    /* a token of this start, then a second server (another start) is asked to resume it */
+    int a = kr_it_connect(kr_it_srv.port);
+    kr_it_subscribe(a, "other");
+    char got[4096], tok[600] = {0};
+    poll_position(a, 0, got, sizeof(got), tok, sizeof(tok));
+    close(a);
+    struct kr_it_server two;
+    kr_it_start(&two, (const char *const[]){"--num_router_shards", "3", NULL});
+    int b = kr_it_connect(two.port);
+    resume_mc(b, tok, "other another", "STORED\r\n");
+    char rest[4096], tok2[600] = {0};
+    poll_position(b, 1, rest, sizeof(rest), tok2, sizeof(tok2));
+    cr_assert_str_eq(rest, "MESSAGE __kraken__:resync 13\r\nother another\r\n");
+    cr_assert_eq(kr_it_stat(two.port, "resume_foreign"), 1);
+    close(b);
+    kr_it_stop(&two);
+}
+
+/* RESP: a subscriber of __kraken__:position gets its position after the messages pushed to
+ * it; KRAKEN.RESUME from it on another connection confirms like SUBSCRIBE (and
+ * __kraken__:resync), then replays what came after. */
+Test(resume, resp_position_messages_and_resume)
+{
+    int a = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
+    kr_it_resp_cmd(a, "SUBSCRIBE", "rp", "__kraken__:position", NULL);
+    kr_it_expect(a, "*3\r\n$9\r\nsubscribe\r\n$2\r\nrp\r\n:1\r\n"
+                    "*3\r\n$9\r\nsubscribe\r\n$19\r\n__kraken__:position\r\n:2\r\n");
+    kr_it_resp_cmd(pub, "PUBLISH", "rp", "r1", NULL);
+    kr_it_expect(pub, ":1\r\n");
+    kr_it_expect(a, "*3\r\n$7\r\nmessage\r\n$2\r\nrp\r\n$2\r\nr1\r\n");
+    kr_it_expect(a, "*3\r\n$7\r\nmessage\r\n$19\r\n__kraken__:position\r\n$");
+    kr_it_read_until(a, buf, sizeof(buf), "\r\n");
+    unsigned k = 0;
+    cr_assert_eq(sscanf(buf, "%u", &k), 1);
+    char tok[600];
+    cr_assert(k > 0 && k < sizeof(tok));
+    kr_it_read_until(a, buf, sizeof(buf), "\r\n");
+    memcpy(tok, buf, k);
+    tok[k] = 0;
+    close(a);
+    kr_it_resp_cmd(pub, "PUBLISH", "rp", "r2", NULL);
+    kr_it_read_until(pub, buf, sizeof(buf), "\r\n"); /* 1 or 0: a's close races it */
+    cr_assert(strcmp(buf, ":0\r\n") == 0 || strcmp(buf, ":1\r\n") == 0, "%s", buf);
+    int b = kr_it_connect(kr_it_srv.port);
+    kr_it_resp_cmd(b, "KRAKEN.RESUME", tok, "rp", NULL);
+    kr_it_expect(b, "*3\r\n$9\r\nsubscribe\r\n$2\r\nrp\r\n:1\r\n"
+                    "*3\r\n$9\r\nsubscribe\r\n$17\r\n__kraken__:resync\r\n:2\r\n"
+                    "*3\r\n$7\r\nmessage\r\n$2\r\nrp\r\n$2\r\nr2\r\n");
+    kr_it_resp_cmd(pub, "PUBLISH", "rp", "r3", NULL);
+    kr_it_expect(pub, ":1\r\n");
+    kr_it_expect(b, "*3\r\n$7\r\nmessage\r\n$2\r\nrp\r\n$2\r\nr3\r\n");
+    close(b);
+    close(pub);
+}
