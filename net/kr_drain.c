@@ -10,8 +10,11 @@ static void kr_conn_drain_reach(struct kr_conn *c);
  * queue is its last one. */
 void kr_conn_drain_replied(struct kr_conn *c)
 {
-    if (kr_conn_queue_final_empty(c))
+    if (kr_conn_queue_final_empty(c) && !c->close_after_write) {
+        if (c->fe->drained)
+            c->fe->drained(c); /* its last words, e.g. its final position */
         c->close_after_write = true;
+    }
 }
 
 /* ---------------------------------------------------------------- drain
@@ -32,6 +35,8 @@ static void kr_conn_drain_check(struct kr_conn *c)
         return;
     if (c->poll_wait)
         kr_conn_answer(c); /* END, and the close (kr_conn_drain_replied) */
+    if (!c->close_after_write && c->fe->drained)
+        c->fe->drained(c); /* its last words, e.g. its final position */
     c->close_after_write = true;
     kr_conn_pause(c);
     kr_conn_block(c); /* written and closed after this loop iteration */

@@ -465,6 +465,17 @@ static void kr_rs_tick(struct kr_conn *c, uint64_t now)
     kr_conn_answer_later(c); /* flushed after this loop iteration */
 }
 
+/* The drain reached the connection and nothing more is queued for it: a position
+ * subscriber gets its final position before the close. */
+static void kr_rs_drained(struct kr_conn *c)
+{
+    struct kr_rs_state *s = kr_conn_fe_state(c);
+    if (s && s->want_position) {
+        s->pos_sent_hash = 0; /* the final one is sent even when it did not move */
+        kr_rs_position_message(c, s, true);
+    }
+}
+
 static void kr_rs_close(struct kr_conn *c)
 {
     struct kr_rs_state *s = kr_conn_fe_state(c);
@@ -502,4 +513,5 @@ const struct kr_frontend kr_front_resp = {
     .writable = kr_rs_writable,
     .close = kr_rs_close,
     .tick = kr_rs_tick,
+    .drained = kr_rs_drained,
 };

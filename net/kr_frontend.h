@@ -94,6 +94,9 @@ struct kr_frontend {
     void (*writable)(struct kr_conn *c);
     /* Optional. The connection is being freed: release the frontend's state. */
     void (*close)(struct kr_conn *c);
+    /* Optional. The drain closes the connection after what is in the output: its last
+     * words (RESP: the final position of a __kraken__:position subscriber). */
+    void (*drained)(struct kr_conn *c);
     /* Optional. About once a second (the net thread's sweep visits each connection once
      * per KR_SWEEP_TICKS ticks), `now` in milliseconds (kr_now_ms). */
     void (*tick)(struct kr_conn *c, uint64_t now_ms);

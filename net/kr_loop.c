@@ -121,13 +121,21 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
     case KR_EV_KICK: { /* the cluster link may have lost messages for it: told (a resync
                         * notice, or the overflow error and the close) */
         struct kr_conn *c = kr_nt_conn(nt, ev->conn);
+        struct kr_router_cmd *named = ev->ptr;
         if (c && !c->dlv.overflowed && !c->closing) {
             KR_ST_INC(nt, cluster_resyncs, 1);
-            if (c->dlv.resync) /* opted in: told which topics, stays connected */
-                kr_dlv_notice(&nt->dlv, &c->dlv, NULL, 0);
-            else
+            if (c->dlv.resync) { /* opted in: told which topics, stays connected */
+                uint32_t pos = 0, len;
+                const char *t;
+                while (named && kr_router_cmd_next(named, &pos, &t, &len))
+                    kr_dlv_notice(&nt->dlv, &c->dlv, t, len);
+                if (!named)
+                    kr_dlv_notice(&nt->dlv, &c->dlv, NULL, 0);
+            } else {
                 kr_conn_overflow(c);
+            }
         }
+        kr_router_cmd_free(named);
         break;
     }
     case KR_EV_FRONTIER: /* a shard's numbering so far: everything up to it was sent here */

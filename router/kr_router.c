@@ -489,19 +489,36 @@ static void kr_shard_resync(struct kr_shard *sh, struct kr_router_cmd *c)
     uint64_t stamp = ++sh->stamp; /* the fanout's per-client stamps mark who was kicked */
     uint32_t pos = 0, len;
     const char *t;
+    sh->ntouched = 0;
+    /* each client's topics of this request gather in a block of its own (kept in the
+     * client's fanout word meanwhile): one KICK per client, naming them */
     while (kr_router_cmd_next(c, &pos, &t, &len)) {
         struct kr_topic *tp = kr_topics_find(sh->topics, t, len);
         uint32_t nsubs = tp ? kr_topic_nsubs(tp) : 0;
         for (uint32_t j = 0; j < nsubs; j++) {
             struct kr_sconn *sc = kr_topic_sub(tp, j, NULL);
-            if (*kr_sconn_stamp(sc) == stamp)
-                continue;
-            *kr_sconn_stamp(sc) = stamp;
-            struct kr_event k = {.type = KR_EV_KICK, .src = (uint16_t)sh->idx,
-                                 .conn = kr_sconn_id(sc)};
-            kr_shard_emit(sh, KR_CONN_NET(k.conn), &k);
+            struct kr_router_cmd *named = NULL;
+            if (*kr_sconn_stamp(sc) != stamp) {
+                *kr_sconn_stamp(sc) = stamp;
+                KR_GROW(sh->touched, sh->touched_cap, sh->ntouched + 1);
+                sh->touched[sh->ntouched++] = sc;
+                named = kr_router_cmd_new(len + 64);
+            } else {
+                named = (struct kr_router_cmd *)(uintptr_t)*kr_sconn_word(sc);
+            }
+            named = kr_router_cmd_add(named, t, len);
+            *kr_sconn_word(sc) = (uint64_t)(uintptr_t)named;
         }
     }
+    for (uint32_t k = 0; k < sh->ntouched; k++) {
+        struct kr_sconn *sc = sh->touched[k];
+        struct kr_event ev = {.type = KR_EV_KICK, .src = (uint16_t)sh->idx,
+                              .conn = kr_sconn_id(sc),
+                              .ptr = (void *)(uintptr_t)*kr_sconn_word(sc)};
+        *kr_sconn_word(sc) = 0;
+        kr_shard_emit(sh, KR_CONN_NET(ev.conn), &ev);
+    }
+    sh->ntouched = 0;
     free(c);
 }
 
@@ -767,6 +784,7 @@ static void kr_router_release_event(struct kr_event *ev)
     case KR_EV_ACK:
     case KR_EV_INTEREST:
     case KR_EV_RESYNC:
+    case KR_EV_KICK:
         kr_router_cmd_free(ev->ptr);
         break;
     default:

@@ -34,8 +34,10 @@
  *                 KR_EV_FANOUT_WARN (conn = publisher, ptr = message with a reference,
  *                 aux = fanout): the single shard of a message reached the warning threshold;
  *                 the publisher's net thread logs it with the client's address.
- *                 KR_EV_KICK (conn): the client may have missed messages (the cluster link
- *                 lost some, see below); its net thread treats it as a queue overflow.
+ *                 KR_EV_KICK (conn, ptr = command block naming the topics, freed by the
+ *                 receiver): the client may have missed messages on them (the cluster link
+ *                 lost some, see below); its net thread tells it (a resync notice naming
+ *                 them, or as a queue overflow).
  *                 KR_EV_FRONTIER (mask = the last sequence this shard numbered): every
  *                 delivery of a message numbered up to it was sent before this event; sent
  *                 to every net thread when the shard goes idle and every 4096 messages,

@@ -126,6 +126,30 @@ static bool wait_told(int fd, bool entries)
     return false;
 }
 
+/* Poll (bounded) until a resync notice naming `topic` arrives (entries before it are read
+ * and skipped); the connection must stay open all along. */
+static bool wait_notice(int fd, const char *topic)
+{
+    static char buf[1 << 20];
+    char want[128];
+    snprintf(want, sizeof(want), "MESSAGE __kraken__:resync ");
+    for (int k = 0; k < 500; k++) {
+        kr_it_sends(fd, "get messages\r\n");
+        size_t n = kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
+        cr_assert(n > 0 && !strstr(buf, "SERVER_ERROR"), "told and closed: %s", buf);
+        if (strncmp(buf, "VALUE ", 6) == 0) {
+            n += kr_it_read_until(fd, buf + n, sizeof(buf) - n, "END\r\n");
+            const char *at = strstr(buf, want);
+            if (at && strstr(at, topic))
+                return true;
+            continue;
+        }
+        cr_assert(strcmp(buf, "END\r\n") == 0, "%s", buf);
+        kr_it_sleep_ms(20);
+    }
+    return false;
+}
+
 /* A fresh subscriber on node `sn` gets what a fresh publisher on node `pn` publishes. */
 static void one_delivery(struct cluster *c, int sn, int pn, const char *topic)
 {
@@ -560,6 +584,60 @@ Test(cluster, reconnect_buffer_overflow_is_announced_and_subscribers_told)
     cr_assert(wait_told(sub, true), "the subscriber on the other node was told");
     cr_assert_geq(kr_it_stat(c.node[0].port, "cluster_resyncs_sent"), 1);
     cr_assert_geq(kr_it_stat(c.node[1].port, "cluster_resyncs_received"), 1);
+    close(sub);
+    close(pub);
+    cluster_down(&c);
+}
+
+/* The same fault, told to a subscriber that opted in to resync notices: a notice naming the
+ * topic, and it stays connected and subscribed. */
+Test(cluster, lost_forwards_are_a_resync_notice_for_an_opted_in_subscriber)
+{
+    struct cluster c;
+    memset(&c, 0, sizeof(c));
+    kr_it_nats_cluster_start(c.nats, 2);
+    c.nnodes = 2;
+    char u0[64], u1[64];
+    kr_it_nats_url(&c.nats[0], u0, sizeof(u0));
+    kr_it_nats_url(&c.nats[1], u1, sizeof(u1));
+    const char *a0[] = {"--cluster_nats_url", u0, "--cluster_node_name", "pubnode",
+                        "--cluster_reconnect_buf_bytes", "64k", NULL};
+    const char *a1[] = {"--cluster_nats_url", u1, "--cluster_node_name", "subnode", NULL};
+    kr_it_start(&c.node[0], a0);
+    kr_it_start(&c.node[1], a1);
+    wait_peers(&c, 1);
+    int sub = kr_it_connect(c.node[1].port), pub = kr_it_connect(c.node[0].port);
+    kr_it_subscribe(sub, "burst __kraken__:resync");
+    publish(pub, "burst", "p0-0");
+    static char buf[1 << 16];
+    size_t len = 0;
+    cr_assert_eq(kr_it_collect(sub, 1, buf, sizeof(buf), &len), 1); /* p0-0 */
+    kr_it_nats_stop(&c.nats[0]);
+    kr_it_wait_stat(c.node[0].port, "cluster_connected", KR_IT_EQ, 0);
+    char payload[2048];
+    memset(payload, 'x', sizeof(payload) - 1);
+    payload[sizeof(payload) - 1] = 0;
+    for (int k = 0; k < 100; k++) /* 200 KiB: past the 64 KiB buffer */
+        publish(pub, "burst", payload);
+    cr_assert_gt(kr_it_stat(c.node[0].port, "cluster_lost_forwards"), 0);
+    kr_it_nats_restart(c.nats, 2, 0);
+    cr_assert(wait_notice(sub, "burst"), "the subscriber was told to resync burst");
+    cr_assert_geq(kr_it_stat(c.node[1].port, "resync_notices"), 1);
+    /* still subscribed and connected: a later publish arrives */
+    publish(pub, "burst", "after");
+    bool seen = false;
+    for (int k = 0; k < 500 && !seen; k++) {
+        kr_it_sends(sub, "get messages\r\n");
+        size_t n = kr_it_read_until(sub, buf, sizeof(buf), "\r\n");
+        cr_assert(n > 0 && !strstr(buf, "SERVER_ERROR"), "%s", buf);
+        if (strncmp(buf, "VALUE ", 6) == 0) {
+            kr_it_read_until(sub, buf + n, sizeof(buf) - n, "END\r\n");
+            seen = strstr(buf, "MESSAGE burst 5\r\nafter\r\n") != NULL;
+        } else {
+            kr_it_sleep_ms(20);
+        }
+    }
+    cr_assert(seen, "the next message was delivered");
     close(sub);
     close(pub);
     cluster_down(&c);

@@ -6,7 +6,9 @@
  * bytes against the real server. */
 #include <criterion/criterion.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "kr_itest.h"
@@ -56,6 +58,51 @@ static void poll_position(int fd, size_t want, char *out, size_t cap, char *tok,
             kr_it_sleep_ms(5);
     }
     cr_assert_eq(got, want, "handed out %zu entries, wanted %zu: %s", got, want, out);
+}
+
+/* Read one RESP2 `message` frame: its channel and payload (NUL-terminated). */
+static void read_message(int fd, char *ch, size_t chcap, char *payload, size_t pcap)
+{
+    kr_it_expect(fd, "*3\r\n$7\r\nmessage\r\n$");
+    char line[32];
+    kr_it_read_until(fd, line, sizeof(line), "\r\n");
+    size_t cl = strtoul(line, NULL, 10);
+    cr_assert(cl + 3 < chcap);
+    kr_it_read_until(fd, ch, cl + 3, "\r\n");
+    ch[cl] = 0;
+    kr_it_expect(fd, "$");
+    kr_it_read_until(fd, line, sizeof(line), "\r\n");
+    size_t pl = strtoul(line, NULL, 10);
+    cr_assert(pl + 3 < pcap);
+    size_t got = 0;
+    while (got < pl + 2) {
+        ssize_t k = recv(fd, payload + got, pl + 2 - got, 0);
+        cr_assert(k > 0);
+        got += (size_t)k;
+    }
+    payload[pl] = 0;
+}
+
+/* The next message on `want` (position messages before it are skipped: one may come at
+ * any time while the position moves); its payload must be `payload`. Returns the last
+ * position token seen before it in tok (empty when none). */
+static void expect_message(int fd, const char *want, const char *payload, char *tok, size_t tokcap)
+{
+    char ch[256], pl[1024];
+    if (tok)
+        tok[0] = 0;
+    for (int i = 0; i < 100; i++) {
+        read_message(fd, ch, sizeof(ch), pl, sizeof(pl));
+        if (strcmp(ch, "__kraken__:position") == 0) {
+            if (tok)
+                snprintf(tok, tokcap, "%s", pl);
+            continue;
+        }
+        cr_assert_str_eq(ch, want);
+        cr_assert_str_eq(pl, payload);
+        return;
+    }
+    cr_assert_fail("no message on %s", want);
 }
 
 static void resume_mc(int fd, const char *tok, const char *topics, const char *expect)
@@ -189,16 +236,11 @@ Test(resume, resp_position_messages_and_resume)
                     "*3\r\n$9\r\nsubscribe\r\n$19\r\n__kraken__:position\r\n:2\r\n");
     kr_it_resp_cmd(pub, "PUBLISH", "rp", "r1", NULL);
     kr_it_expect(pub, ":1\r\n");
-    kr_it_expect(a, "*3\r\n$7\r\nmessage\r\n$2\r\nrp\r\n$2\r\nr1\r\n");
-    kr_it_expect(a, "*3\r\n$7\r\nmessage\r\n$19\r\n__kraken__:position\r\n$");
-    kr_it_read_until(a, buf, sizeof(buf), "\r\n");
-    unsigned k = 0;
-    cr_assert_eq(sscanf(buf, "%u", &k), 1);
-    char tok[600];
-    cr_assert(k > 0 && k < sizeof(tok));
-    kr_it_read_until(a, buf, sizeof(buf), "\r\n");
-    memcpy(tok, buf, k);
-    tok[k] = 0;
+    expect_message(a, "rp", "r1", NULL, 0);
+    /* the position after it follows */
+    char ch[64], tok[600];
+    read_message(a, ch, sizeof(ch), tok, sizeof(tok));
+    cr_assert_str_eq(ch, "__kraken__:position");
     close(a);
     kr_it_resp_cmd(pub, "PUBLISH", "rp", "r2", NULL);
     kr_it_read_until(pub, buf, sizeof(buf), "\r\n"); /* 1 or 0: a's close races it */
@@ -213,4 +255,55 @@ Test(resume, resp_position_messages_and_resume)
     kr_it_expect(b, "*3\r\n$7\r\nmessage\r\n$2\r\nrp\r\n$2\r\nr3\r\n");
     close(b);
     close(pub);
+}
+
+/* The drain hands each opted-in client its final position before it closes it: a RESP
+ * subscriber of __kraken__:position gets one after its last message, and a memcached
+ * client polling with positions gets one in its last reply. Resuming from them replays
+ * nothing that was already delivered. */
+Test(resume, the_drain_hands_the_final_position)
+{
+    int r = kr_it_connect(kr_it_srv.port), m = kr_it_connect(kr_it_srv.port),
+        pub = kr_it_connect(kr_it_srv.port);
+    kr_it_resp_cmd(r, "SUBSCRIBE", "dr", "__kraken__:position", NULL);
+    kr_it_expect(r, "*3\r\n$9\r\nsubscribe\r\n$2\r\ndr\r\n:1\r\n"
+                    "*3\r\n$9\r\nsubscribe\r\n$19\r\n__kraken__:position\r\n:2\r\n");
+    kr_it_subscribe(m, "dm");
+    char got[4096], tok[600] = {0};
+    poll_position(m, 0, got, sizeof(got), tok, sizeof(tok));
+    kr_it_publish(pub, "dm", "d1", 2);
+    int rpub = kr_it_connect(kr_it_srv.port);
+    kr_it_resp_cmd(rpub, "PUBLISH", "dr", "r1", NULL);
+    kr_it_expect(rpub, ":1\r\n");
+    expect_message(r, "dr", "r1", NULL, 0);
+    close(pub);
+    close(rpub);
+    char out[4096];
+    cr_assert_eq(kr_it_cli(&kr_it_srv, out, sizeof(out), (const char *[]){"drain", NULL}), 0, "%s", out);
+    /* RESP: whatever position messages came, the last thing before the close is one */
+    static char all[1 << 16];
+    size_t n = 0;
+    for (int i = 0; i < 10000 && n < sizeof(all) - 1; i++) {
+        ssize_t k = recv(r, all + n, sizeof(all) - 1 - n, 0);
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+    }
+    all[n] = 0;
+    const char *last = NULL;
+    for (const char *p = all; (p = strstr(p, "$19\r\n__kraken__:position\r\n")); p++)
+        last = p;
+    cr_assert(last, "no position before the close: %s", all);
+    const char *len_at = last + strlen("$19\r\n__kraken__:position\r\n$");
+    size_t k = strtoul(len_at, NULL, 10);
+    const char *tok_at = strstr(len_at, "\r\n") + 2;
+    cr_assert(k > 0 && tok_at + k + 2 == all + n, "the final position is not the last frame: %s", all);
+    /* memcached: its poll gets d1 and the position after it, then the close */
+    kr_it_sends(m, "get messages position\r\n");
+    kr_it_read_until(m, buf, sizeof(buf), "END\r\n");
+    cr_assert(strstr(buf, "MESSAGE dm 2\r\nd1\r\n") && strstr(buf, "VALUE position 0 "), "%s", buf);
+    kr_it_expect_closed(m);
+    close(m);
+    close(r);
+    cr_assert(kr_it_exited_0(&kr_it_srv));
 }

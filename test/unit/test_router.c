@@ -875,6 +875,15 @@ Test(cluster_side, resync_kicks_each_subscriber_of_the_topics_once)
             }
         }
         cr_assert_eq(ev.type, KR_EV_KICK);
+        /* the kick names the client's topics of the request */
+        struct kr_router_cmd *named = ev.ptr;
+        cr_assert_not_null(named);
+        cr_assert_geq(named->ntopics, 1);
+        uint32_t npos = 0, nlen;
+        const char *nt0;
+        while (kr_router_cmd_next(named, &npos, &nt0, &nlen))
+            cr_assert(nlen == 2 && nt0[0] == 't', "named %.*s", (int)nlen, nt0);
+        kr_router_cmd_free(named);
         if (ev.conn == a)
             kicks_a++;
         else if (ev.conn == b)
