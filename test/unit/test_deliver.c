@@ -663,3 +663,145 @@ Test(deliver, push_never_for_multi_shard_retro_replay_or_overflowed)
     kr_dlv_clear(&x, &d);
     kr_dlv_free(&d);
 }
+
+/* ---------------------------------------------------------------- positions */
+
+static uint64_t resync_notices, resync_topics, queue_collapses;
+
+static struct kr_dlv_ctx ctx_pos(uint32_t nshards, uint64_t max_msgs)
+{
+    struct kr_dlv_ctx x = ctx_make(max_msgs, UINT64_MAX);
+    x.nshards = nshards;
+    x.resync_max_topics = 2;
+    resync_notices = resync_topics = queue_collapses = 0;
+    x.ctr.resync_notices = &resync_notices;
+    x.ctr.resync_topics = &resync_topics;
+    x.ctr.queue_collapses = &queue_collapses;
+    return x;
+}
+
+/* Hand out (pop) the n entries at the head. */
+static void hand_out(struct kr_dlv_ctx *x, struct kr_dlv *d, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        kr_dlv_pop(x, d);
+}
+
+Test(position, follows_what_was_handed_out_and_the_frontier)
+{
+    struct kr_dlv_ctx x = ctx_pos(2, 100);
+    struct kr_dlv d = {0};
+    kr_dlv_track_position(&x, &d);
+    uint64_t seen[2] = {3, 7}, pos[2];
+    cr_assert(kr_dlv_position(&x, &d, seen, pos));
+    cr_assert(pos[0] == 3 && pos[1] == 7, "nothing queued: the frontier");
+    struct kr_msg *m = msg(9, 1, 1, 1, "a");
+    kr_msg_set_seq(m, 0, 0, 5); /* shard 0 numbered it 5 */
+    deliver(&x, &d, m, 1, false);
+    cr_assert(kr_dlv_position(&x, &d, seen, pos));
+    cr_assert_eq(pos[0], 4, "queued at 5: the position stops before it");
+    hand_out(&x, &d, 1);
+    cr_assert(kr_dlv_position(&x, &d, seen, pos));
+    cr_assert_eq(pos[0], 5, "handed out: the position covers it (beyond the frontier seen)");
+    cr_assert_eq(pos[1], 7);
+    kr_msg_unref(m);
+    kr_dlv_clear(&x, &d);
+    kr_dlv_free(&d);
+}
+
+/* A multi-shard entry completed after a later part of one of its shards arrived: a reply
+ * that hands it out must also hand out that part's entry (or the position after it would
+ * claim the later one, or replay the earlier). */
+Test(position, a_cut_is_extended_over_an_earlier_part_of_the_same_shard)
+{
+    struct kr_dlv_ctx x = ctx_pos(2, 100);
+    struct kr_dlv d = {0};
+    kr_dlv_track_position(&x, &d);
+    struct kr_msg *e = msg(1, 10, 2, 2, "eeeeeeeeee"), *f = msg(2, 11, 3, 1, "ffffffffff");
+    kr_msg_set_seq(e, 0, 0, 10); /* e: shard 0 part first */
+    deliver(&x, &d, e, 1, false);
+    kr_msg_set_seq(f, 2, 1, 15); /* f: shard 1 numbered it 15, before e's shard 1 part */
+    deliver(&x, &d, f, 4, false);
+    kr_msg_set_seq(e, 1, 1, 20);
+    deliver(&x, &d, e, 2, false);
+    end(&x, e, 1);
+    end(&x, e, 1);
+    uint64_t seen[2] = {10, 20}, bytes, pos[2];
+    cr_assert_eq(ready(&d), 2);
+    /* a reply budget of one entry would hand out e (shard 1 at 20) and leave f (15) */
+    uint32_t n = kr_dlv_ready_positioned(&x, &d, 1, seen, &bytes);
+    cr_assert_eq(n, 2, "extended over f");
+    hand_out(&x, &d, n);
+    cr_assert(kr_dlv_position(&x, &d, seen, pos));
+    cr_assert(pos[0] == 10 && pos[1] == 20);
+    kr_msg_unref(e);
+    kr_msg_unref(f);
+    kr_dlv_free(&d);
+}
+
+/* The same with the earlier part's entry still incomplete: the reply stops before e. */
+Test(position, a_cut_stops_before_an_entry_ahead_of_an_incomplete_one)
+{
+    struct kr_dlv_ctx x = ctx_pos(2, 100);
+    struct kr_dlv d = {0};
+    kr_dlv_track_position(&x, &d);
+    struct kr_msg *e = msg(1, 10, 2, 2, "e"), *g = msg(2, 11, 2, 2, "g");
+    kr_msg_set_seq(e, 0, 0, 10);
+    deliver(&x, &d, e, 1, false);
+    kr_msg_set_seq(g, 1, 1, 15); /* g: its shard 1 part (15) first, shard 0 part to come */
+    deliver(&x, &d, g, 2, false);
+    kr_msg_set_seq(e, 1, 1, 20);
+    deliver(&x, &d, e, 2, false);
+    end(&x, e, 1);
+    end(&x, e, 1);
+    end(&x, g, 1); /* one of g's two ENDs */
+    uint64_t seen[2] = {10, 20}, bytes, pos[2];
+    cr_assert_eq(ready(&d), 1, "e is complete, g is not");
+    cr_assert_eq(kr_dlv_ready_positioned(&x, &d, UINT64_MAX, seen, &bytes), 0);
+    cr_assert(kr_dlv_position(&x, &d, seen, pos));
+    cr_assert(pos[1] == 14, "below g's part: %llu", (unsigned long long)pos[1]);
+    kr_dlv_clear(&x, &d);
+    kr_dlv_free(&d);
+    kr_msg_unref(e);
+    kr_msg_unref(g);
+}
+
+/* An overflow of a client that opted in: one notice naming the topics (then `*` past
+ * resync_max_topics), the position past what it replaced. */
+Test(position, collapse_replaces_the_queue_by_one_notice)
+{
+    struct kr_dlv_ctx x = ctx_pos(1, 3);
+    struct kr_dlv d = {.resync = true};
+    kr_dlv_track_position(&x, &d);
+    struct kr_msg *m[4];
+    for (int i = 0; i < 4; i++) {
+        m[i] = msg(1, (uint64_t)(10 + i), 1, 1, "p");
+        kr_msg_set_seq(m[i], 0, 0, (uint64_t)(100 + i));
+        deliver(&x, &d, m[i], 1, false);
+    }
+    cr_assert_eq(queue_collapses, 1);
+    cr_assert_eq(T.queue_overflows, 0);
+    cr_assert_eq(d.q.count, 1);
+    cr_assert(!d.overflowed);
+    char buf[64];
+    struct kr_msg *n = head_topics(&d, buf, sizeof(buf));
+    cr_assert_str_eq(buf, "__kraken__:resync ");
+    uint32_t plen;
+    const char *p = kr_msg_payload(n, &plen);
+    cr_assert_eq(plen, 2);
+    cr_assert(memcmp(p, "t0", 2) == 0);
+    uint64_t seen[1] = {103}, pos[1];
+    cr_assert(kr_dlv_position(&x, &d, seen, pos));
+    cr_assert_eq(pos[0], 103, "the notice covers what it replaced");
+    /* a notice for two more topics folds into the unread one: past 2 topics, `*` */
+    kr_dlv_notice(&x, &d, "a", 1);
+    kr_dlv_notice(&x, &d, "b", 1);
+    cr_assert_eq(d.q.count, 1);
+    n = kr_dlv_head(&d)->msg;
+    p = kr_msg_payload(n, &plen);
+    cr_assert(plen == 1 && p[0] == '*', "%.*s", (int)plen, p);
+    for (int i = 0; i < 4; i++)
+        kr_msg_unref(m[i]);
+    kr_dlv_clear(&x, &d);
+    kr_dlv_free(&d);
+}
