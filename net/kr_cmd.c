@@ -264,6 +264,15 @@ static int kr_cmd_route_sub(struct kr_conn *c, const struct kr_cmd_sub *sub, uin
     }
     for (uint32_t s = 0; s < nshards; s++)
         w.acks_left += cmds[s] != NULL;
+    if (type == KR_EV_RESUME) { /* the request's replay bounds, shared by its shards */
+        const struct kr_cfg *cfg = srv->cfg;
+        for (uint32_t s = 0; s < nshards; s++) {
+            if (!cmds[s])
+                continue;
+            cmds[s]->max_entries = cfg->resume_max_entries / w.acks_left + 1;
+            cmds[s]->max_bytes = cfg->resume_max_bytes / w.acks_left + 1;
+        }
+    }
     /* in a cluster, a subscribe is answered once the cluster holds its interest too: the
      * link's barrier is one more acknowledgement, with every topic of the request */
     struct kr_router_cmd *barrier = NULL;

@@ -124,6 +124,8 @@ struct kr_router_cmd *kr_router_cmd_new(uint32_t cap_hint)
     c->pad = 0;
     c->horizon_us = 0;
     c->since_seq = 0;
+    c->max_entries = 0;
+    c->max_bytes = 0;
     c->resync = NULL;
     return c;
 }
@@ -321,13 +323,60 @@ static void kr_shard_retro(struct kr_shard *sh, struct kr_event *ev)
  * have evicted (the sketch's bound is above the position) is listed in c->resync and
  * replays nothing (never a partial replay). One step, like a retroactive subscribe: no
  * message is both replayed and delivered live. */
+/* The requested topic (its index in the request) that message topic i of m is, when the
+ * shard owns it and the resume stamped it (stamps base .. base + n - 1), else -1. */
+static int64_t kr_resume_topic(struct kr_shard *sh, struct kr_msg *m, uint32_t i, uint64_t base,
+                               uint32_t n)
+{
+    uint32_t tl, shard;
+    const char *tt = kr_msg_topic(m, i, &tl);
+    if (!kr_msg_seq(m, i, &shard) || shard != sh->idx)
+        return -1;
+    struct kr_topic *tp = kr_topics_find_hashed(sh->topics, tt, tl, kr_msg_topic_hash(m, i));
+    if (!tp)
+        return -1;
+    uint64_t st = *kr_topic_stamp(tp);
+    return st >= base && st < base + n ? (int64_t)(st - base) : -1;
+}
+
+struct kr_resume_topic {
+    const char *t;
+    uint32_t len;
+    uint32_t idx;
+    uint64_t entries;
+    uint64_t bytes;
+    bool resync;
+};
+
+static int kr_resume_by_entries(const void *a, const void *b)
+{
+    const struct kr_resume_topic *x = a, *y = b;
+    return x->entries < y->entries ? 1 : x->entries > y->entries ? -1 : 0;
+}
+
+static void kr_resume_resync(struct kr_router_cmd *c, const char *t, uint32_t len)
+{
+    if (!c->resync)
+        c->resync = kr_router_cmd_new(len + 64);
+    c->resync = kr_router_cmd_add(c->resync, t, len);
+}
+
+/* KR_EV_RESUME: subscribe the topics and replay, oldest first, what this shard numbered
+ * after the client's position on them; a topic whose messages after it the history may
+ * have evicted (the sketch's bound is above the position) is listed in c->resync and
+ * replays nothing (never a partial replay), and so are the topics with the most messages
+ * while the replay would pass c->max_entries or c->max_bytes. One step, like a
+ * retroactive subscribe: no message is both replayed and delivered live. */
 static void kr_shard_resume(struct kr_shard *sh, struct kr_event *ev)
 {
-    struct kr_router *r = sh->r;
     struct kr_router_cmd *c = ev->ptr;
     struct kr_history *h = &sh->hist;
-    uint64_t stamp = ++sh->retro_stamp, since = c->since_seq;
+    uint64_t since = c->since_seq;
     bool behind = since < sh->seq; /* else nothing was routed here since the position */
+    uint32_t n = c->ntopics, k = 0;
+    struct kr_resume_topic *rt = behind ? kr_xcalloc(n ? n : 1, sizeof(*rt)) : NULL;
+    uint64_t base = sh->retro_stamp + 1; /* the request's topics get stamps base + index */
+    sh->retro_stamp += (uint64_t)n + 1;
     uint32_t pos = 0, len;
     const char *t;
     while (kr_router_cmd_next(c, &pos, &t, &len)) {
@@ -335,30 +384,72 @@ static void kr_shard_resume(struct kr_shard *sh, struct kr_event *ev)
         if (!behind)
             continue;
         uint64_t th = kr_topic_hash(t, len);
+        rt[k] = (struct kr_resume_topic){.t = t, .len = len, .idx = k};
         if (kr_evicted_bound(sh->evicted, th) > since) {
-            if (!c->resync)
-                c->resync = kr_router_cmd_new(len + 64);
-            c->resync = kr_router_cmd_add(c->resync, t, len);
-            continue;
+            rt[k].resync = true;
+        } else {
+            struct kr_topic *tp = kr_topics_find_hashed(sh->topics, t, len, th);
+            if (tp)
+                *kr_topic_stamp(tp) = base + k;
         }
-        struct kr_topic *tp = kr_topics_find_hashed(sh->topics, t, len, th);
-        if (tp)
-            *kr_topic_stamp(tp) = stamp;
+        k++;
     }
-    for (uint32_t k = 0; behind && k < h->count; k++) {
-        struct kr_msg *m = h->msgs[(h->head + k) % h->cap];
+    if (behind && (c->max_entries || c->max_bytes)) {
+        /* what each topic would replay; past the bounds, the topics with the most resync */
+        uint64_t entries = 0, bytes = 0;
+        for (uint32_t j = 0; j < h->count; j++) {
+            struct kr_msg *m = h->msgs[(h->head + j) % h->cap];
+            if (kr_shard_seq_of(sh, m) <= since || kr_msg_publisher(m) == ev->conn)
+                continue;
+            bool any = false;
+            for (uint32_t i = 0; i < kr_msg_ntopics(m); i++) {
+                int64_t x = kr_resume_topic(sh, m, i, base, k);
+                if (x < 0)
+                    continue;
+                rt[x].entries++;
+                rt[x].bytes += kr_msg_size(m);
+                any = true;
+            }
+            if (any) {
+                entries++;
+                bytes += kr_msg_size(m);
+            }
+        }
+        if ((c->max_entries && entries > c->max_entries) || (c->max_bytes && bytes > c->max_bytes)) {
+            struct kr_resume_topic *order = kr_xmalloc((k ? k : 1) * sizeof(*order));
+            memcpy(order, rt, k * sizeof(*order));
+            qsort(order, k, sizeof(*order), kr_resume_by_entries);
+            for (uint32_t j = 0; j < k; j++) {
+                if (!((c->max_entries && entries > c->max_entries) ||
+                      (c->max_bytes && bytes > c->max_bytes)))
+                    break;
+                if (order[j].resync || !order[j].entries)
+                    continue;
+                rt[order[j].idx].resync = true;
+                entries -= order[j].entries < entries ? order[j].entries : entries;
+                bytes -= order[j].bytes < bytes ? order[j].bytes : bytes;
+                KR_SH_INC(sh, resume_bounded, 1);
+            }
+            free(order);
+        }
+    }
+    for (uint32_t j = 0; j < k; j++) {
+        if (!rt[j].resync)
+            continue;
+        kr_resume_resync(c, rt[j].t, rt[j].len);
+        struct kr_topic *tp = kr_topics_find(sh->topics, rt[j].t, rt[j].len);
+        if (tp)
+            *kr_topic_stamp(tp) = 0; /* replays nothing */
+    }
+    for (uint32_t j = 0; behind && j < h->count; j++) {
+        struct kr_msg *m = h->msgs[(h->head + j) % h->cap];
         if (kr_shard_seq_of(sh, m) <= since || kr_msg_publisher(m) == ev->conn)
             continue;
         uint32_t ntopics = kr_msg_ntopics(m);
         struct kr_topicset set;
         bool any = false;
         for (uint32_t i = 0; i < ntopics; i++) {
-            uint32_t tl, shard;
-            const char *tt = kr_msg_topic(m, i, &tl);
-            if (!kr_msg_seq(m, i, &shard) || shard != sh->idx)
-                continue;
-            struct kr_topic *tp = kr_topics_find_hashed(sh->topics, tt, tl, kr_msg_topic_hash(m, i));
-            if (!tp || *kr_topic_stamp(tp) != stamp)
+            if (kr_resume_topic(sh, m, i, base, k) < 0)
                 continue;
             if (!any)
                 kr_topicset_init(&set, ntopics);
@@ -372,7 +463,7 @@ static void kr_shard_resume(struct kr_shard *sh, struct kr_event *ev)
                                .ptr = m, .mask = kr_topicset_word(set)};
         kr_shard_emit(sh, KR_CONN_NET(ev->conn), &rep);
     }
-    (void)r;
+    free(rt);
     struct kr_event ack = {.type = KR_EV_ACK, .src = (uint16_t)sh->idx, .aux = ev->type,
                            .conn = ev->conn, .ptr = c};
     kr_shard_emit(sh, KR_CONN_NET(ev->conn), &ack);

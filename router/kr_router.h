@@ -21,7 +21,9 @@
  *                 topics this shard numbered above since_seq, except on topics whose
  *                 messages above since_seq the history may have evicted (the eviction
  *                 sketch says so): those are listed in cmd->resync instead, and nothing of
- *                 theirs is replayed; then ACK (aux = KR_EV_RESUME).
+ *                 theirs is replayed; so are the topics with the most messages when the
+ *                 replay would pass cmd->max_entries or cmd->max_bytes; then ACK (aux =
+ *                 KR_EV_RESUME).
  *                 KR_EV_DISCONNECT (conn): drop every subscription of the client.
  *   shard -> net  KR_EV_DELIVER (conn, ptr = message with one reference handed over,
  *                 mask = matched-topic bits, or for messages of more than 64 topics a
@@ -99,6 +101,8 @@ struct kr_router_cmd {
     uint32_t pad;
     uint64_t horizon_us; /* KR_EV_RETRO_SUBSCRIBE only */
     uint64_t since_seq;  /* KR_EV_RESUME only: this shard's sequence in the client's position */
+    uint64_t max_entries; /* KR_EV_RESUME: replay at most this many messages here (0: no */
+    uint64_t max_bytes;   /* bound) and bytes; past them, the topics with the most go to resync */
     struct kr_router_cmd *resync; /* KR_EV_RESUME's ACK: the topics the history cannot replay
                                      exactly (a block of its own, freed with this one by
                                      kr_router_cmd_free), or NULL */
@@ -198,7 +202,10 @@ int kr_router_cmd_next(const struct kr_router_cmd *c, uint32_t *pos, const char 
     X(history_bytes, GAUGE, SHARD, "history_bytes",                                               \
       "bytes of the messages held for retroactive subscriptions")                                 \
     X(retro_not_found, COUNTER, SHARD, "",                                                        \
-      "shard answers: the history does not reach back to a retroactive horizon")
+      "shard answers: the history does not reach back to a retroactive horizon")                  \
+    X(resume_bounded, COUNTER, SHARD, "resume_bounded_topics",                                    \
+      "topics a resume told to resync instead of replaying them: the replay would have passed "   \
+      "resume_max_entries or resume_max_bytes")
 
 /* Statistics summed over shards (relaxed reads of per-shard counters). Any thread. */
 struct kr_router_stats {

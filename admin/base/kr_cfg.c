@@ -113,6 +113,11 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
                "a RESP client subscribed to __kraken__:position gets its position after the "
                "messages pushed to it, and at least this often while its position moves "
                "without messages for it (checked once a second)"),
+    KR_CFG_OPT(resume_max_entries, KR_CFG_U64, 0, 1, 1000000000, "100000",
+               "messages one resume replays at most; past it the topics with the most messages "
+               "get a resync notice instead of their replay"),
+    KR_CFG_OPT(resume_max_bytes, KR_CFG_U64, KR_CFG_SIZE, 1, KR_TIB, "64m",
+               "bytes of messages one resume replays at most (the same rule)"),
     KR_CFG_OPT(max_poll_reply_bytes, KR_CFG_U64, KR_CFG_LIVE | KR_CFG_SIZE, 1, KR_GIB, "1m",
                "entry bytes one `get messages` reply holds at most (always at least one "
                "entry); the rest stays queued for the next poll"),

@@ -307,3 +307,33 @@ Test(resume, the_drain_hands_the_final_position)
     close(r);
     cr_assert(kr_it_exited_0(&kr_it_srv));
 }
+
+/* A resume replays at most resume_max_entries messages: past it the topics with the most
+ * messages are told to resync instead (never replayed in part), the others replayed. */
+Test(resume, a_bounded_replay_tells_the_busiest_topics_to_resync)
+{
+    struct kr_it_server one;
+    kr_it_start(&one, (const char *const[]){"--num_router_shards", "1", "--resume_max_entries",
+                                           "5", NULL});
+    int a = kr_it_connect(one.port), pub = kr_it_connect(one.port);
+    kr_it_subscribe(a, "ba bb bc");
+    char got[4096], tok[600] = {0};
+    poll_position(a, 0, got, sizeof(got), tok, sizeof(tok));
+    close(a);
+    for (int i = 0; i < 10; i++)
+        kr_it_publish(pub, "ba", "a", 1);
+    kr_it_publish(pub, "bb", "b1", 2);
+    kr_it_publish(pub, "bb", "b2", 2);
+    kr_it_publish(pub, "bc", "c1", 2);
+    kr_it_wait_stat(one.port, "messages_routed", KR_IT_GE, 13);
+    int b = kr_it_connect(one.port);
+    resume_mc(b, tok, "ba bb bc", "STORED\r\n");
+    char rest[4096], tok2[600] = {0};
+    poll_position(b, 4, rest, sizeof(rest), tok2, sizeof(tok2));
+    cr_assert_str_eq(rest, "MESSAGE __kraken__:resync 2\r\nba\r\nMESSAGE bb 2\r\nb1\r\n"
+                           "MESSAGE bb 2\r\nb2\r\nMESSAGE bc 2\r\nc1\r\n");
+    cr_assert_eq(kr_it_stat(one.port, "resume_bounded_topics"), 1);
+    close(b);
+    close(pub);
+    kr_it_stop(&one);
+}
