@@ -3,7 +3,7 @@
 // on stock ioredis (5.x) and no Kraken library. See "Client examples" in docs/protocol.md.
 //
 //   npm install ioredis        (or NODE_PATH=test/clients/node/node_modules after `npm ci` there)
-//   node ioredis-resume.js 10.0.0.1:6379,10.0.0.2:6379 topic1 topic2
+//   node ioredis-resume.js 10.0.0.1:12355,10.0.0.2:12355 topic1 topic2
 //   (or KRAKEN_NODES=... KRAKEN_TOPICS="topic1 topic2" node ioredis-resume.js)
 //
 // How it works:
@@ -24,7 +24,7 @@
 "use strict";
 const Redis = require("ioredis");
 
-const nodes = (process.argv[2] || process.env.KRAKEN_NODES || "127.0.0.1:6379").split(",");
+const nodes = (process.argv[2] || process.env.KRAKEN_NODES || "127.0.0.1:12355").split(",");
 const topics = process.argv.length > 3 ? process.argv.slice(3)
   : (process.env.KRAKEN_TOPICS || "").split(" ").filter(Boolean);
 if (topics.length === 0) {

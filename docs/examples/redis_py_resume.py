@@ -4,7 +4,7 @@ on stock redis-py (4.3.4 and later, RESP2) and no Kraken library. See "Client ex
 docs/protocol.md.
 
     apt-get install python3-redis          (or: pip install redis)
-    python3 redis_py_resume.py 10.0.0.1:6379,10.0.0.2:6379 topic1 topic2
+    python3 redis_py_resume.py 10.0.0.1:12355,10.0.0.2:12355 topic1 topic2
     (or KRAKEN_NODES=... KRAKEN_TOPICS="topic1 topic2" python3 redis_py_resume.py)
 
 How it works:
@@ -36,7 +36,7 @@ import time
 import redis
 from redis.connection import Connection
 
-NODES = (sys.argv[1] if len(sys.argv) > 1 else os.environ.get("KRAKEN_NODES", "127.0.0.1:6379")).split(",")
+NODES = (sys.argv[1] if len(sys.argv) > 1 else os.environ.get("KRAKEN_NODES", "127.0.0.1:12355")).split(",")
 TOPICS = sys.argv[2:] or os.environ.get("KRAKEN_TOPICS", "").split()
 POSITION, RESYNC = "__kraken__:position", "__kraken__:resync"
 
