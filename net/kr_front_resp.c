@@ -373,10 +373,13 @@ static void kr_rs_frame(struct kr_conn *c, struct kr_rs_state *s, struct kr_msg 
 
 /* A `message __kraken__:position <token>` frame with the position after what was written,
  * when the client subscribed to it, something was written since the last one (or `due`),
- * and an exact position exists now (one per write, between entries). */
+ * and an exact position exists now (one per write, between entries). Not while replies wait
+ * on the router: the subscription to __kraken__:position counts from its parse, but no
+ * position may go out before the confirmations of a (KRAKEN.RESUME, SUBSCRIBE) request still
+ * in flight; a client (ioredis) would take it for their reply. */
 static void kr_rs_position_message(struct kr_conn *c, struct kr_rs_state *s, bool due)
 {
-    if (!s->want_position || (!s->pos_dirty && !due))
+    if (!s->want_position || kr_conn_replies_waiting(c) || (!s->pos_dirty && !due))
         return;
     char tok[KR_POS_TOKEN_MAX + 1];
     size_t n = kr_cmd_position_now(c, tok, sizeof(tok));
