@@ -33,7 +33,8 @@ static void kb_usage(FILE *f)
         "\n"
         "Target:\n"
         "  --proto P            kraken (default; also called memcached: Kraken's memcached\n"
-        "                       text protocol), redis (RESP SUBSCRIBE/PUBLISH) or nats\n"
+        "                       text protocol), redis (also called resp: RESP\n"
+        "                       SUBSCRIBE/PUBLISH) or nats\n"
         "                       (SUB/PUB/MSG, PING/PONG as the barrier)\n"
         "  --host H             server address (default 127.0.0.1)\n"
         "  --port N             server port (default 12355, 6379 or 4222 per protocol)\n"
@@ -64,14 +65,16 @@ static void kb_usage(FILE *f)
         "             publish --messages messages (default 5000), then the registered\n"
         "             connections subscribe and count the replayed messages (defaults: 10 subs\n"
         "             x 10 of 100 topics, 1 pub). A NOT_FOUND or ERROR answer is reported.\n"
-        "  resume     Kraken only: latency's shape and rate; subscribers poll with `get\n"
-        "             messages position` and keep the last position token. At --cut-at\n"
-        "             every subscriber's connection is closed by the bench and reconnects\n"
-        "             after a random 0..--jitter-ms, then `set resume`s from its token\n"
-        "             (--resume-mode token) or subscribes again (scratch: every topic is to\n"
-        "             reload). Subscribers also subscribe __kraken__:resync, so a queue\n"
-        "             overflow is a notice, not a close. Reports the time from reconnect to\n"
-        "             the answer (p50, p99, max), messages replayed, topics resynced (a '*'\n"
+        "  resume     Kraken only: latency's shape and rate; subscribers keep their last\n"
+        "             position token (memcached: polls with `get messages position`; RESP:\n"
+        "             a subscription to __kraken__:position). At --cut-at every subscriber's\n"
+        "             connection is closed by the bench and reconnects after a random\n"
+        "             0..--jitter-ms, then resumes from its token (--resume-mode token:\n"
+        "             `set resume` or KRAKEN.RESUME, plus __kraken__:position again on RESP)\n"
+        "             or subscribes again (scratch: every topic is to reload). Subscribers\n"
+        "             also subscribe __kraken__:resync, so a queue overflow is a notice, not\n"
+        "             a close. Reports the time from reconnect to the answer (STORED, or the\n"
+        "             last confirmation) (p50, p99, max), messages replayed, topics resynced (a '*'\n"
         "             notice counts all of the subscriber's topics) and, exactly from the\n"
         "             bench's own records, duplicates and lost messages: acknowledged messages\n"
         "             on a subscriber's topics that it neither received nor was told about by\n"
@@ -521,6 +524,7 @@ int main(int argc, char **argv)
             return KB_EXIT_OK;
         case OPT_PROTO: {
             int v = strcmp(optarg, "memcached") == 0 ? KR_BENCH_PROTO_KRAKEN
+                    : strcmp(optarg, "resp") == 0    ? KR_BENCH_PROTO_REDIS
                                                      : kb_lookup(kb_proto_names, 3, optarg);
             if (v < 0)
                 return kb_bad("unknown --proto '%s' (kraken, redis or nats)", optarg);
@@ -682,9 +686,9 @@ int main(int argc, char **argv)
     case KR_BENCH_SC_RESUME:
         if (!set_rate)
             cfg.rate = 10000;
-        if (cfg.proto != KR_BENCH_PROTO_KRAKEN)
-            return kb_bad("the resume scenario needs --proto kraken (memcached): positions and "
-                          "resume are Kraken's own");
+        if (cfg.proto == KR_BENCH_PROTO_NATS)
+            return kb_bad("the resume scenario needs --proto kraken (memcached) or redis (RESP) "
+                          "against Kraken: positions and resume are Kraken's own");
         if (cfg.cut_at_s < 0)
             cfg.cut_at_s = cfg.duration_s / 2;
         if (cfg.cut_at_s >= cfg.duration_s)

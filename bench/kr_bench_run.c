@@ -25,6 +25,8 @@
 #define KB_PING_BARRIER UINT32_MAX
 #define KB_RESYNC "__kraken__:resync"
 #define KB_RESYNC_LEN (sizeof(KB_RESYNC) - 1)
+#define KB_POSITION "__kraken__:position"
+#define KB_POSITION_LEN (sizeof(KB_POSITION) - 1)
 #define KB_MAX_TOKEN 512
 _Static_assert(KR_BENCH_MAX_BATCH <= 65536, "batch array lives on the stack");
 
@@ -503,6 +505,12 @@ static void kb_send_subscribe(struct kb_conn *c)
             kr_bench_buf_add(&c->out, "\r\n", 2);
         }
         c->acks_wanted = k + (plen ? 1 : 0);
+        if (run->cfg.scenario == KR_BENCH_SC_RESUME) {
+            /* the position after the messages pushed: a second SUBSCRIBE, confirmed too */
+            static const char pos_sub[] = "*2\r\n$9\r\nSUBSCRIBE\r\n$19\r\n" KB_POSITION "\r\n";
+            kr_bench_buf_add(&c->out, pos_sub, sizeof(pos_sub) - 1);
+            c->acks_wanted++;
+        }
         break;
     }
     case KR_BENCH_PROTO_NATS:
@@ -835,6 +843,16 @@ static void kb_sub_message(struct kb_conn *c, const char *topic, size_t tlen, co
         kb_resync_notice(c, payload, plen);
         return;
     }
+    if (c->token && tlen == KB_POSITION_LEN && memcmp(topic, KB_POSITION, tlen) == 0) {
+        /* RESP: the position after the messages pushed before it */
+        if (plen && plen <= KB_MAX_TOKEN) {
+            memcpy(c->token, payload, plen);
+            c->token_len = plen;
+        } else {
+            c->corrupt++;
+        }
+        return;
+    }
     if (run->probe_seen && kr_bench_probe_parse(topic, tlen, run->cfg.prefix, &who)) {
         /* an interest probe: not a delivery; late ones (after the first) are dropped */
         if (who != c->idx) {
@@ -902,7 +920,8 @@ static void kb_live_again(struct kb_conn *c)
         for (unsigned s = 0; s < run->k; s++)
             kb_notice_slot(c, s); /* every topic is to reload */
     kb_settle(c);
-    kb_poll(c);
+    if (run->cfg.proto == KR_BENCH_PROTO_KRAKEN)
+        kb_poll(c);
 }
 
 /* Returns bytes used, 0 for more, < 0 after failing the connection. */
@@ -1016,8 +1035,12 @@ static ssize_t kb_handle_redis(struct kb_conn *c, const char *buf, size_t len)
                 kb_ack(c, 1);
                 kb_pump(c);
             } else if (c->state == KB_CS_SUBSCRIBING) {
-                if (c->acks_wanted && --c->acks_wanted == 0)
-                    kb_after_ready_ack(c);
+                if (c->acks_wanted && --c->acks_wanted == 0) {
+                    if (c->was_cut)
+                        kb_live_again(c);
+                    else
+                        kb_after_ready_ack(c);
+                }
             }
             return n;
         }
@@ -1150,6 +1173,29 @@ static void kb_send_resume(struct kb_conn *c)
     c->t_req = kb_now();
     if (c->scratch) {
         kb_send_subscribe(c);
+        return;
+    }
+    if (run->cfg.proto == KR_BENCH_PROTO_REDIS) {
+        /* KRAKEN.RESUME <token> <topic> ...: a confirmation per topic and one for
+         * __kraken__:resync; then __kraken__:position again, confirmed too */
+        kr_bench_buf_add(&c->out, "*", 1);
+        kr_bench_buf_addu(&c->out, run->k + 2);
+        kr_bench_buf_adds(&c->out, "\r\n$13\r\nKRAKEN.RESUME\r\n$");
+        kr_bench_buf_addu(&c->out, c->token_len);
+        kr_bench_buf_add(&c->out, "\r\n", 2);
+        kr_bench_buf_add(&c->out, c->token, c->token_len);
+        kr_bench_buf_add(&c->out, "\r\n", 2);
+        for (unsigned i = 0; i < run->k; i++) {
+            uint32_t t = c->topics[i];
+            kr_bench_buf_add(&c->out, "$", 1);
+            kr_bench_buf_addu(&c->out, run->topic_len[t]);
+            kr_bench_buf_add(&c->out, "\r\n", 2);
+            kr_bench_buf_add(&c->out, run->topic[t], run->topic_len[t]);
+            kr_bench_buf_add(&c->out, "\r\n", 2);
+        }
+        static const char pos_sub[] = "*2\r\n$9\r\nSUBSCRIBE\r\n$19\r\n" KB_POSITION "\r\n";
+        kr_bench_buf_add(&c->out, pos_sub, sizeof(pos_sub) - 1);
+        c->acks_wanted = run->k + 2;
         return;
     }
     size_t bytes = c->token_len + 2;

@@ -307,6 +307,17 @@ Test(bench_it, resume_from_the_last_position)
     cr_assert(tb_str_is(out, "resume_mode", "token"), "%s", out);
 }
 
+/* The same over RESP: __kraken__:position messages carry the token, KRAKEN.RESUME resumes. */
+Test(bench_it, resume_over_resp)
+{
+    const char *a[] = {"--scenario", "resume", "--proto", "resp", "--subs", "20", "--topics",
+                       "100", "--topics-per-sub", "10", "--rate", "5000", "--duration", "2",
+                       "--jitter-ms", "200", NULL};
+    int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+    cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
+    tb_assert_resumed(out, 20);
+}
+
 /* From scratch nothing is replayed and every topic of every subscriber is to reload; what
  * was published while it was away is covered by that, so nothing counts as lost. */
 Test(bench_it, resume_from_scratch_reloads_every_topic)
