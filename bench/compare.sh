@@ -19,7 +19,8 @@ Options:
   --threads N         kraken-bench worker threads (default 2)
   --pipeline N        requests in flight per connection (default 64)
   --scenarios LIST    space-separated subset of: fanout broadcast latency churn conns
-                      (default: all five)
+                      resume (default: the first five; resume is Kraken's alone: Redis
+                      and NATS have no positions, so only Kraken rows run it)
   --servers LIST      space-separated subset of: kraken redis nats (default: all three)
   --conns N           connections of the conns scenario (default 10000)
   --kraken-batch N    also run Kraken's fanout and broadcast with N entries per publish
@@ -32,6 +33,7 @@ Options:
                       polled), batch (the same with --kraken-batch), resp (RESP, pushed)
                       (default: all three)
   --rate R            the latency scenario's fixed total publish rate (default 10000)
+  --resume-rate R     the resume scenario's fixed total publish rate (default 20000)
   --pin SCPU,BCPU     run each server under `taskset -c SCPU` and kraken-bench under
                       `taskset -c BCPU` (CPU lists as taskset takes them, e.g. 0,1 or
                       0-1,2-3), so the server and the load generator do not share a CPU;
@@ -65,6 +67,9 @@ Scenario shapes (the same for every server):
   latency    the fanout shape at a fixed --rate messages/s (default 10000)
   churn      100 connections subscribing and unsubscribing random topics of 1000
   conns      --conns idle connections subscribed to one topic each; server RSS growth
+  resume     1000 subscribers x 100 of 100000 topics, 4 publishers at --resume-rate; half-way
+             every subscriber is cut and reconnects after 0..500 ms: one row resumes from
+             its last position, one subscribes again from scratch (Kraken only)
 EOF
 }
 
@@ -84,6 +89,7 @@ cluster=0
 cluster_scenarios="fanout broadcast"
 kraken_rows="poll batch resp"
 rate=10000
+resume_rate=20000
 pin_server=()
 pin_bench=()
 raw=""
@@ -103,6 +109,7 @@ while [ $# -gt 0 ]; do
     --kraken-poll-wait) kraken_poll_wait=$2; shift 2 ;;
     --kraken-rows) kraken_rows=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
+    --resume-rate) resume_rate=$2; shift 2 ;;
     --pin)
         command -v taskset >/dev/null || { echo "compare.sh: --pin needs taskset (util-linux)" >&2; exit 2; }
         pin_server=(taskset -c "${2%%,*}")
@@ -252,6 +259,7 @@ scenario_args() {
     latency) echo "--scenario latency --subs 100 --pubs 4 --topics 1000 --topics-per-sub 10 --msg-size 64 --rate $rate" ;;
     churn) echo "--scenario churn --subs 100 --topics 1000" ;;
     conns) echo "--scenario conns --conns $nconns --topics 1000 --topics-per-sub 1" ;;
+    resume) echo "--scenario resume --subs 1000 --pubs 4 --topics 100000 --topics-per-sub 100 --msg-size 64 --rate $resume_rate" ;;
     *) echo "compare.sh: unknown scenario '$1'" >&2; return 1 ;;
     esac
 }
@@ -299,6 +307,10 @@ add_row() {
     local note=""
     case "$sc" in
     churn) note="$(field ops_rate "$json") ops/s" ;;
+    resume)
+        note="live again p50/p99/max $(field live_p50_ms "$json")/$(field live_p99_ms "$json")/$(field live_max_ms "$json") ms"
+        note="$note; replayed $(field replayed "$json"), resync topics $(field resync_topics "$json"), to reload $(field reload_topics "$json"), lost $(field lost "$json")"
+        ;;
     conns)
         note="$(field connections "$json") conns in $(field connect_s "$json") s"
         [ "$(field rss_per_conn_bytes "$json")" != -1 ] &&
@@ -525,6 +537,14 @@ fi
 for sc in $scenarios; do
     for srv in $servers; do
         server_args=""
+        if [ "$sc" = resume ]; then
+            # positions and resume are Kraken's own; Redis and NATS have nothing to compare
+            if [ "$srv" = kraken ]; then
+                run_one "kraken (resume)" kraken resume
+                run_one "kraken (from scratch)" kraken resume --resume-mode scratch
+            fi
+            continue
+        fi
         if [ "$srv" != kraken ] || [[ " $kraken_rows " == *" poll "* ]]; then
             run_one "$srv" "$srv" "$sc"
         fi

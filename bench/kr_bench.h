@@ -115,7 +115,8 @@ int kr_bench_probe_parse(const char *s, size_t len, const char *prefix, uint32_t
 enum kr_bench_kr_kind {
     KR_BENCH_KR_STORED = 1,
     KR_BENCH_KR_END,        /* `get messages` with nothing queued */
-    KR_BENCH_KR_VALUE,      /* `get messages` with entries (passed to the callback) */
+    KR_BENCH_KR_VALUE,      /* `get messages` with entries (passed to the callback) and/or
+                             * a position (`get messages position`) */
     KR_BENCH_KR_NOT_FOUND,
     KR_BENCH_KR_ERROR,      /* ERROR, CLIENT_ERROR ..., SERVER_ERROR ...: the server closes */
     KR_BENCH_KR_OTHER,      /* any other line (VERSION ..., STAT ...) */
@@ -126,6 +127,8 @@ struct kr_bench_kr_reply {
     const char *line; /* the first line, without "\r\n" */
     size_t line_len;
     size_t nmsgs;     /* VALUE: entries */
+    const char *pos;  /* VALUE: the token of a `VALUE position` block, else NULL */
+    size_t pos_len;
 };
 
 struct kr_bench_kr_msg {
@@ -139,7 +142,9 @@ struct kr_bench_kr_msg {
  * then returns that value. */
 typedef int (*kr_bench_kr_msg_fn)(void *ud, const struct kr_bench_kr_msg *m);
 
-/* Parse one reply at the front of buf[0..len). Returns the bytes it used (> 0) when a whole
+/* Parse one reply at the front of buf[0..len). A VALUE reply is one or more blocks then END:
+ * a block with the key "position" (`get messages position`) sets r->pos, any other key holds
+ * entries (at most one block of each). Returns the bytes it used (> 0) when a whole
  * reply is there, 0 when more bytes are needed (then *need, if non-NULL, is the total size
  * when already known from a VALUE line, else 0), -EPROTO on malformed input (a line longer
  * than 64 KiB without "\r\n" included), or the callback's non-zero value. Entries are passed

@@ -293,40 +293,73 @@ ssize_t kr_bench_kr_parse(const char *buf, size_t len, struct kr_bench_kr_reply 
              kr_bench_is_prefix(buf, ll, "SERVER_ERROR"))
         r->kind = KR_BENCH_KR_ERROR;
     else if (kr_bench_is_prefix(buf, ll, "VALUE ")) {
-        /* VALUE <key> <flags> <bytes> [<cas>] */
-        const char *tok[5];
-        size_t tl[5];
-        size_t nt = 0, i = 6;
-        while (i < ll && nt < 5) {
-            size_t s = i;
-            while (i < ll && buf[i] != ' ')
-                i++;
-            if (i == s)
+        /* one or more blocks `VALUE <key> <flags> <bytes> [<cas>]\r\n<data>\r\n`, then
+         * END: the key "position" carries a position token, any other key entries */
+        size_t off = 0, lend = ll;
+        const char *ent = NULL;
+        size_t ent_len = 0;
+        for (;;) {
+            const char *line = buf + off;
+            const char *tok[5];
+            size_t tl[5];
+            size_t nt = 0, i = 6;
+            while (i < lend && nt < 5) {
+                size_t s = i;
+                while (i < lend && line[i] != ' ')
+                    i++;
+                if (i == s)
+                    return -EPROTO;
+                tok[nt] = line + s;
+                tl[nt++] = i - s;
+                if (i < lend)
+                    i++;
+            }
+            uint64_t m;
+            if (nt < 3 || i < lend || kr_bench_parse_u64(tok[2], tl[2], &m) < 0)
                 return -EPROTO;
-            tok[nt] = buf + s;
-            tl[nt++] = i - s;
-            if (i < ll)
-                i++;
+            if (m > (UINT64_C(1) << 40))
+                return -EPROTO;
+            size_t data = off + lend + 2;
+            /* at least this block, its "\r\n" and an END */
+            size_t total = data + (size_t)m + 2 + 5;
+            if (len < total) {
+                if (need)
+                    *need = total;
+                return 0;
+            }
+            if (memcmp(buf + data + m, "\r\n", 2) != 0)
+                return -EPROTO;
+            if (tl[0] == 8 && memcmp(tok[0], "position", 8) == 0) {
+                if (r->pos)
+                    return -EPROTO;
+                r->pos = buf + data;
+                r->pos_len = (size_t)m;
+            } else {
+                if (ent)
+                    return -EPROTO;
+                ent = buf + data;
+                ent_len = (size_t)m;
+            }
+            off = data + (size_t)m + 2;
+            if (memcmp(buf + off, "END\r\n", 5) == 0) {
+                used = off + 5;
+                break;
+            }
+            ssize_t e = kr_bench_line_end(buf + off, len - off);
+            if (e == -2)
+                return -EPROTO;
+            if (e < 0)
+                return 0; /* the next block's size is not known yet */
+            lend = (size_t)e;
+            if (!kr_bench_is_prefix(buf + off, lend, "VALUE "))
+                return -EPROTO;
         }
-        uint64_t m;
-        if (nt < 3 || i < ll || kr_bench_parse_u64(tok[2], tl[2], &m) < 0)
-            return -EPROTO;
-        if (m > (UINT64_C(1) << 40))
-            return -EPROTO;
-        size_t total = used + (size_t)m + 2 + 5;
-        if (len < total) {
-            if (need)
-                *need = total;
-            return 0;
-        }
-        const char *tail = buf + used + m;
-        if (memcmp(tail, "\r\nEND\r\n", 7) != 0)
-            return -EPROTO;
         r->kind = KR_BENCH_KR_VALUE;
-        ssize_t rc = kr_bench_kr_entries(buf + used, (size_t)m + 2, &r->nmsgs, fn, ud);
-        if (rc)
-            return rc;
-        used = total;
+        if (ent) {
+            ssize_t rc = kr_bench_kr_entries(ent, ent_len + 2, &r->nmsgs, fn, ud);
+            if (rc)
+                return rc;
+        }
     } else
         r->kind = KR_BENCH_KR_OTHER;
     return (ssize_t)used;

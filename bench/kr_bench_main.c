@@ -16,8 +16,9 @@
 #define KB_EXIT_RUN 3
 
 static const char *const kb_proto_names[] = {"kraken", "redis", "nats"};
-static const char *const kb_scenario_names[] = {"fanout", "broadcast", "latency",
-                                                "churn",  "conns",     "retro"};
+static const char *const kb_scenario_names[] = {"fanout", "broadcast", "latency", "churn",
+                                                "conns",  "retro",     "resume"};
+static const char *const kb_resume_mode_names[] = {"token", "scratch"};
 
 static void kb_usage(FILE *f)
 {
@@ -31,7 +32,9 @@ static void kb_usage(FILE *f)
         "measured from publish to receipt.\n"
         "\n"
         "Target:\n"
-        "  --proto P            kraken (default), redis (RESP SUBSCRIBE/PUBLISH) or nats\n"
+        "  --proto P            kraken (default; also called memcached: Kraken's memcached\n"
+        "                       text protocol), redis (also called resp: RESP\n"
+        "                       SUBSCRIBE/PUBLISH) or nats\n"
         "                       (SUB/PUB/MSG, PING/PONG as the barrier)\n"
         "  --host H             server address (default 127.0.0.1)\n"
         "  --port N             server port (default 12355, 6379 or 4222 per protocol)\n"
@@ -62,6 +65,22 @@ static void kb_usage(FILE *f)
         "             publish --messages messages (default 5000), then the registered\n"
         "             connections subscribe and count the replayed messages (defaults: 10 subs\n"
         "             x 10 of 100 topics, 1 pub). A NOT_FOUND or ERROR answer is reported.\n"
+        "  resume     Kraken only: latency's shape and rate; subscribers keep their last\n"
+        "             position token (memcached: polls with `get messages position`; RESP:\n"
+        "             a subscription to __kraken__:position). At --cut-at every subscriber's\n"
+        "             connection is closed by the bench and reconnects after a random\n"
+        "             0..--jitter-ms, then resumes from its token (--resume-mode token:\n"
+        "             `set resume` or KRAKEN.RESUME, plus __kraken__:position again on RESP)\n"
+        "             or subscribes again (scratch: every topic is to reload). Subscribers\n"
+        "             also subscribe __kraken__:resync, so a queue overflow is a notice, not\n"
+        "             a close. Reports the time from reconnect to the answer (STORED, or\n"
+        "             the last confirmation): p50, p99, max; messages replayed; topics\n"
+        "             resynced (a '*' notice counts all of the subscriber's topics); and,\n"
+        "             exactly from the\n"
+        "             bench's own records, duplicates and lost messages: acknowledged messages\n"
+        "             on a subscriber's topics that it neither received nor was told about by\n"
+        "             a notice naming the topic (or '*') that followed them\n"
+        "             (defaults: 100 subs x 10 of 1000 topics, 4 pubs, 10000 msgs/s)\n"
         "\n"
         "Shape:\n"
         "  --subs N             subscriber connections (churn: churning connections)\n"
@@ -72,7 +91,11 @@ static void kb_usage(FILE *f)
         "  --conns N            idle connections of the conns scenario\n"
         "  --messages N         retro: messages to publish before the replay\n"
         "  --rate R             total publish rate in msgs/s (churn: ops/s); 0 = as fast as\n"
-        "                       the pipeline allows (default 0, latency: 10000)\n"
+        "                       the pipeline allows (default 0, latency and resume: 10000)\n"
+        "  --resume-mode M      resume: token (default) or scratch\n"
+        "  --jitter-ms N        resume: reconnect delay, uniform in 0..N ms (default 500)\n"
+        "  --cut-at S           resume: when the subscribers are cut, in seconds after the\n"
+        "                       timed phase starts (default: half of --duration)\n"
         "\n"
         "Engine:\n"
         "  --threads N          worker threads (default 2)\n"
@@ -203,6 +226,8 @@ static const char *kb_status(const struct kr_bench_result *r, int rc)
         return "error";
     if (r->loss || r->dups || r->order || r->corrupt || r->unexpected)
         return "accounting_errors";
+    if (r->cut > r->live_again)
+        return "connection_errors"; /* a cut subscriber never came back */
     if (r->errors)
         return "connection_errors";
     return "ok";
@@ -262,6 +287,21 @@ static void kb_print_json(const struct kr_bench_cfg *c, const struct kr_bench_re
             "\"replay_rate\":%.0f,",
             (unsigned long long)r->retro_subs, (unsigned long long)r->not_found,
             (unsigned long long)r->replayed, r->replay_s, kb_rate(r->replayed, r->replay_s));
+    if (c->scenario == KR_BENCH_SC_RESUME) {
+        kb_json_str(f, "resume_mode", kb_resume_mode_names[c->resume_mode]);
+        fprintf(f,
+                "\"jitter_ms\":%u,\"cut_at_s\":%.3f,\"cut\":%llu,\"live_again\":%llu,"
+                "\"live_p50_ms\":%.3f,\"live_p99_ms\":%.3f,\"live_max_ms\":%.3f,"
+                "\"resync_notices\":%llu,\"resync_topics\":%llu,\"reload_topics\":%llu,"
+                "\"covered\":%llu,\"lost\":%llu,",
+                c->jitter_ms, c->cut_at_s, (unsigned long long)r->cut,
+                (unsigned long long)r->live_again,
+                (double)kr_bench_hist_quantile(&r->live, 0.5) / 1e6,
+                (double)kr_bench_hist_quantile(&r->live, 0.99) / 1e6, (double)r->live.max / 1e6,
+                (unsigned long long)r->resync_notices, (unsigned long long)r->resync_topics,
+                (unsigned long long)r->reload_topics, (unsigned long long)r->covered,
+                (unsigned long long)r->loss);
+    }
     kb_json_str(f, "error", r->error);
     fputs("\"version\":1}\n", f);
     fflush(f);
@@ -337,6 +377,22 @@ static void kb_print_summary(const struct kr_bench_cfg *c, const struct kr_bench
                     (unsigned long long)r->delivered, (unsigned long long)r->expected,
                     kb_rate(r->delivered_timed, r->run_s));
         }
+        if (c->scenario == KR_BENCH_SC_RESUME) {
+            fprintf(f, "  cut          %llu subscribers closed at %.2f s, back after 0..%u ms, %s\n",
+                    (unsigned long long)r->cut, c->cut_at_s, c->jitter_ms,
+                    c->resume_mode == KR_BENCH_RESUME_SCRATCH ? "subscribing again from scratch"
+                                                              : "resuming from their last position");
+            fprintf(f, "  live again   %llu of %llu, reconnect -> answer: p50 %s  p99 %s  max %s\n",
+                    (unsigned long long)r->live_again, (unsigned long long)r->cut,
+                    kb_fmt_ns(a, sizeof(a), kr_bench_hist_quantile(&r->live, 0.5)),
+                    kb_fmt_ns(b, sizeof(b), kr_bench_hist_quantile(&r->live, 0.99)),
+                    kb_fmt_ns(d, sizeof(d), r->live.max));
+            fprintf(f, "  continuity   %llu replayed; %llu resync notices naming %llu topics; %llu "
+                       "topics to reload; %llu messages covered by a notice; %llu lost\n",
+                    (unsigned long long)r->replayed, (unsigned long long)r->resync_notices,
+                    (unsigned long long)r->resync_topics, (unsigned long long)r->reload_topics,
+                    (unsigned long long)r->covered, (unsigned long long)r->loss);
+        }
         if (r->polls)
             fprintf(f, "  polls        %llu `get messages`, %.1f%% of them empty\n",
                     (unsigned long long)r->polls, 100.0 * (double)r->empty_polls / (double)r->polls);
@@ -346,7 +402,9 @@ static void kb_print_summary(const struct kr_bench_cfg *c, const struct kr_bench
     }
     if (r->lat.count)
         fprintf(f, "  latency      %s: p50 %s  p99 %s  p99.9 %s  max %s  (mean %s, n=%llu)\n",
-                c->scenario == KR_BENCH_SC_CHURN ? "request -> ack" : "publish -> receive",
+                c->scenario == KR_BENCH_SC_CHURN    ? "request -> ack"
+                : c->scenario == KR_BENCH_SC_RESUME ? "publish -> receive, live"
+                                                    : "publish -> receive",
                 kb_fmt_ns(a, sizeof(a), kr_bench_hist_quantile(&r->lat, 0.5)),
                 kb_fmt_ns(b, sizeof(b), kr_bench_hist_quantile(&r->lat, 0.99)),
                 kb_fmt_ns(d, sizeof(d), kr_bench_hist_quantile(&r->lat, 0.999)),
@@ -394,6 +452,9 @@ enum {
     OPT_SUB_PORT,
     OPT_PROBE,
     OPT_NO_PROBE,
+    OPT_RESUME_MODE,
+    OPT_JITTER_MS,
+    OPT_CUT_AT,
 };
 
 int main(int argc, char **argv)
@@ -427,6 +488,9 @@ int main(int argc, char **argv)
         {"probe", no_argument, NULL, OPT_PROBE},
         {"no-probe", no_argument, NULL, OPT_NO_PROBE},
         {"quiet", no_argument, NULL, OPT_QUIET},
+        {"resume-mode", required_argument, NULL, OPT_RESUME_MODE},
+        {"jitter-ms", required_argument, NULL, OPT_JITTER_MS},
+        {"cut-at", required_argument, NULL, OPT_CUT_AT},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -442,12 +506,14 @@ int main(int argc, char **argv)
         .connect_timeout_s = 60,
         .seed = 1,
         .progress = 1,
+        .jitter_ms = 500,
+        .cut_at_s = -1,
     };
     snprintf(cfg.host, sizeof(cfg.host), "127.0.0.1");
     snprintf(cfg.prefix, sizeof(cfg.prefix), "kb.");
     int json = 0, have_port = 0, probe = -1, have_sub_port = 0;
     int set_subs = 0, set_pubs = 0, set_topics = 0, set_tps = 0, set_rate = 0, set_conns = 0,
-        set_msgs = 0, set_batch = 0;
+        set_msgs = 0, set_batch = 0, set_resume = 0;
     unsigned long long u;
     double d;
     int ch;
@@ -458,16 +524,19 @@ int main(int argc, char **argv)
             kb_usage(stdout);
             return KB_EXIT_OK;
         case OPT_PROTO: {
-            int v = kb_lookup(kb_proto_names, 3, optarg);
+            int v = strcmp(optarg, "memcached") == 0 ? KR_BENCH_PROTO_KRAKEN
+                    : strcmp(optarg, "resp") == 0    ? KR_BENCH_PROTO_REDIS
+                                                     : kb_lookup(kb_proto_names, 3, optarg);
             if (v < 0)
                 return kb_bad("unknown --proto '%s' (kraken, redis or nats)", optarg);
             cfg.proto = (enum kr_bench_proto)v;
             break;
         }
         case OPT_SCENARIO: {
-            int v = kb_lookup(kb_scenario_names, 6, optarg);
+            int v = kb_lookup(kb_scenario_names, 7, optarg);
             if (v < 0)
-                return kb_bad("unknown --scenario '%s' (fanout, broadcast, latency, churn, conns, retro)",
+                return kb_bad("unknown --scenario '%s' (fanout, broadcast, latency, churn, conns, "
+                              "retro, resume)",
                               optarg);
             cfg.scenario = (enum kr_bench_scenario)v;
             break;
@@ -548,6 +617,26 @@ int main(int argc, char **argv)
                 return KB_EXIT_USAGE;
             cfg.connect_timeout_s = d;
             break;
+        case OPT_RESUME_MODE: {
+            int v = kb_lookup(kb_resume_mode_names, 2, optarg);
+            if (v < 0)
+                return kb_bad("unknown --resume-mode '%s' (token or scratch)", optarg);
+            cfg.resume_mode = (enum kr_bench_resume_mode)v;
+            set_resume = 1;
+            break;
+        }
+        case OPT_JITTER_MS:
+            if (kb_parse_uint("--jitter-ms", optarg, 0, 600000, &u) < 0)
+                return KB_EXIT_USAGE;
+            cfg.jitter_ms = (unsigned)u;
+            set_resume = 1;
+            break;
+        case OPT_CUT_AT:
+            if (kb_parse_double("--cut-at", optarg, 0, 86400, &d) < 0)
+                return KB_EXIT_USAGE;
+            cfg.cut_at_s = d;
+            set_resume = 1;
+            break;
         case OPT_JSON:
             json = 1;
             break;
@@ -595,9 +684,23 @@ int main(int argc, char **argv)
             return kb_bad("the retro scenario needs --proto kraken (register and replay are "
                           "Kraken's own)");
         break;
+    case KR_BENCH_SC_RESUME:
+        if (!set_rate)
+            cfg.rate = 10000;
+        if (cfg.proto == KR_BENCH_PROTO_NATS)
+            return kb_bad("the resume scenario needs --proto kraken (memcached) or redis (RESP) "
+                          "against Kraken: positions and resume are Kraken's own");
+        if (cfg.cut_at_s < 0)
+            cfg.cut_at_s = cfg.duration_s / 2;
+        if (cfg.cut_at_s >= cfg.duration_s)
+            return kb_bad("--cut-at %.3f is not inside --duration %.3f", cfg.cut_at_s,
+                          cfg.duration_s);
+        break;
     default:
         break;
     }
+    if (set_resume && cfg.scenario != KR_BENCH_SC_RESUME)
+        return kb_bad("--resume-mode, --jitter-ms and --cut-at belong to the resume scenario");
     if (!set_subs)
         cfg.subs = dsubs;
     if (!set_pubs)

@@ -23,6 +23,11 @@
 #define KB_MAX_CONNECTING 64     /* connects in progress per worker */
 #define KB_SETTLE_NS 1000000000u /* drain: counts unchanged this long = settled */
 #define KB_PING_BARRIER UINT32_MAX
+#define KB_RESYNC "__kraken__:resync"
+#define KB_RESYNC_LEN (sizeof(KB_RESYNC) - 1)
+#define KB_POSITION "__kraken__:position"
+#define KB_POSITION_LEN (sizeof(KB_POSITION) - 1)
+#define KB_MAX_TOKEN 512
 _Static_assert(KR_BENCH_MAX_BATCH <= 65536, "batch array lives on the stack");
 
 enum kb_phase {
@@ -47,7 +52,17 @@ enum kb_cstate {
     KB_CS_SUBSCRIBING, /* waiting for the subscribe acknowledgement(s) */
     KB_CS_REGISTERING, /* retro: waiting for `set register`'s STORED */
     KB_CS_READY,
+    KB_CS_CUT,  /* resume: closed by the bench, reconnecting after its jitter */
     KB_CS_DEAD,
+};
+
+/* resume: what one subscriber saw of one (topic, publisher) stream, exactly */
+struct kb_seen {
+    uint64_t *bits;        /* bit seq-1: received */
+    uint32_t nwords;
+    uint32_t pending : 1;  /* a notice on the topic, no message of this stream since */
+    uint64_t notice_ns;    /* when the last such notice arrived */
+    uint64_t covered_below; /* sequences below this are covered by a notice */
 };
 
 /* Fixed-capacity FIFO of 64-bit values. */
@@ -72,6 +87,9 @@ struct kb_conn {
      * its end, instead of one write() per reply */
     unsigned in_read : 1;
     unsigned draining : 1, retro_subscribed : 1, not_found : 1, churn_on : 1;
+    /* resume: closed by the bench (its close in progress); was cut; its resume answered or
+     * it failed after the cut (counted once in run->settled); from scratch */
+    unsigned cutting : 1, was_cut : 1, settled : 1, scratch : 1;
     struct kr_bench_buf in, out, wbuf;
     size_t rchunk;   /* read-buffer headroom */
     size_t need;     /* bytes the reply being read needs in total, when known */
@@ -94,6 +112,19 @@ struct kb_conn {
     /* interest probes: subscriber got its probe; publisher 0: probes published */
     unsigned probed : 1;
     uint64_t probes;
+    /* resume: the last position token, the reconnect timer, when the reconnect began and the
+     * resume was sent and answered; exact per-stream records; notices */
+    char *token;
+    size_t token_len;
+    uv_timer_t *jtimer;
+    uint64_t t_reconnect, t_req, t_live;
+    struct kb_seen *seen; /* [slot * pubs + pub] */
+    uint64_t replayed, notices, notice_topics, dups;
+    /* resume, publisher: topic and send time of each message in publish order; acknowledged */
+    uint32_t *log_topic;
+    uint64_t *log_sent;
+    size_t log_n, log_cap;
+    uint64_t acked_msgs;
     /* churn */
     uint32_t churn_topic;
     uint64_t churn_sid;
@@ -115,6 +146,8 @@ struct kb_worker {
     struct kb_conn **conns;
     size_t nconns, cap, next_connect, connecting;
     struct kr_bench_hist hist;
+    struct kr_bench_hist live; /* resume: reconnect -> answered */
+    int cut_done;
     _Atomic uint64_t published, delivered, ops, errors;
 };
 
@@ -133,6 +166,8 @@ struct kb_run {
     _Atomic int phase;
     _Atomic unsigned ready, done;
     _Atomic unsigned answered; /* retro: subscribers whose replay subscribe was answered */
+    _Atomic int cut;           /* resume: main -> workers, cut every subscriber now */
+    _Atomic unsigned settled;  /* resume: subscribers live again after the cut, or dead */
     _Atomic int fatal;
     _Atomic unsigned char *probe_seen; /* [nsubs]: written by the subscriber's worker */
     _Atomic unsigned probed;           /* subscribers whose probe arrived */
@@ -282,6 +317,15 @@ static void kb_retro_answered(struct kb_conn *c)
     atomic_fetch_add_explicit(&c->w->run->answered, 1, memory_order_release);
 }
 
+/* resume: a subscriber is settled once it is live again after the cut, or dead */
+static void kb_settle(struct kb_conn *c)
+{
+    if (c->settled || c->role != KB_SUB || c->w->run->cfg.scenario != KR_BENCH_SC_RESUME)
+        return;
+    c->settled = 1;
+    atomic_fetch_add_explicit(&c->w->run->settled, 1, memory_order_release);
+}
+
 static void kb_flush_counters(struct kb_conn *c)
 {
     struct kb_worker *w = c->w;
@@ -304,10 +348,12 @@ static void kb_conn_close(struct kb_conn *c)
     if (c->closing)
         return;
     c->closing = 1;
-    if (c->tcp_open)
+    if (c->tcp_open && !uv_is_closing((uv_handle_t *)&c->tcp))
         uv_close((uv_handle_t *)&c->tcp, kb_close_cb);
     if (c->timer)
         uv_close((uv_handle_t *)c->timer, kb_close_cb);
+    if (c->jtimer)
+        uv_close((uv_handle_t *)c->jtimer, kb_close_cb);
 }
 
 /* The connection broke (or the server said something fatal). Before the barrier this ends
@@ -331,6 +377,8 @@ static void kb_conn_fail(struct kb_conn *c, const char *fmt, ...)
     kb_flush_counters(c);
     kb_mark_done(c);
     kb_retro_answered(c);
+    if (c->w->cut_done)
+        kb_settle(c);
     kb_conn_close(c);
 }
 
@@ -344,7 +392,7 @@ static void kb_write_cb(uv_write_t *req, int status)
     c->writing = 0;
     c->wbuf.len = 0;
     if (status < 0) {
-        if (!c->closing)
+        if (!c->closing && !c->cutting)
             kb_conn_fail(c, "write to %s: %s", kb_hostport(c), uv_strerror(status));
         return;
     }
@@ -353,7 +401,8 @@ static void kb_write_cb(uv_write_t *req, int status)
 
 static void kb_flush(struct kb_conn *c)
 {
-    if (c->writing || c->in_read || !c->out.len || c->state == KB_CS_DEAD || c->closing)
+    if (c->writing || c->in_read || !c->out.len || c->state == KB_CS_DEAD || c->closing ||
+        c->cutting || c->state == KB_CS_CUT)
         return;
     /* Write straight away when the socket takes it all: uv_write would also re-arm the
      * epoll registration (one more syscall per request), which a load generator cannot
@@ -411,6 +460,8 @@ static void kb_send_subscribe(struct kb_conn *c)
     size_t plen = 0;
     if (run->cfg.probe && run->probe_seen)
         plen = kr_bench_probe_name(probe, sizeof(probe), run->cfg.prefix, c->idx);
+    else if (run->cfg.scenario == KR_BENCH_SC_RESUME)
+        plen = (size_t)snprintf(probe, sizeof(probe), "%s", KB_RESYNC); /* notices, not a close */
     switch (run->cfg.proto) {
     case KR_BENCH_PROTO_KRAKEN: {
         size_t bytes = 0;
@@ -454,6 +505,12 @@ static void kb_send_subscribe(struct kb_conn *c)
             kr_bench_buf_add(&c->out, "\r\n", 2);
         }
         c->acks_wanted = k + (plen ? 1 : 0);
+        if (run->cfg.scenario == KR_BENCH_SC_RESUME) {
+            /* the position after the messages pushed: a second SUBSCRIBE, confirmed too */
+            static const char pos_sub[] = "*2\r\n$9\r\nSUBSCRIBE\r\n$19\r\n" KB_POSITION "\r\n";
+            kr_bench_buf_add(&c->out, pos_sub, sizeof(pos_sub) - 1);
+            c->acks_wanted++;
+        }
         break;
     }
     case KR_BENCH_PROTO_NATS:
@@ -471,7 +528,10 @@ static void kb_poll(struct kb_conn *c)
     if (c->polling || c->state != KB_CS_READY || c->closing)
         return;
     c->polling = 1;
-    kr_bench_buf_add(&c->out, "get messages\r\n", 14);
+    if (c->w->run->cfg.scenario == KR_BENCH_SC_RESUME)
+        kr_bench_buf_adds(&c->out, "get messages position\r\n");
+    else
+        kr_bench_buf_add(&c->out, "get messages\r\n", 14);
     kb_flush(c);
 }
 
@@ -530,6 +590,22 @@ static void kb_check_done(struct kb_conn *c)
         kb_mark_done(c);
 }
 
+/* resume: a publisher remembers each message's topic and send time, in publish order */
+static void kb_pub_log(struct kb_conn *c, uint32_t t, uint64_t now)
+{
+    if (c->log_n == c->log_cap) {
+        c->log_cap = c->log_cap ? c->log_cap * 2 : 4096;
+        c->log_topic = realloc(c->log_topic, c->log_cap * sizeof(uint32_t));
+        c->log_sent = realloc(c->log_sent, c->log_cap * sizeof(uint64_t));
+        if (!c->log_topic || !c->log_sent) {
+            fprintf(stderr, "kraken-bench: out of memory\n");
+            abort();
+        }
+    }
+    c->log_topic[c->log_n] = t;
+    c->log_sent[c->log_n++] = now;
+}
+
 /* Publisher: keep up to --pipeline requests in flight while the run lasts. */
 static void kb_pub_pump(struct kb_conn *c)
 {
@@ -556,6 +632,8 @@ static void kb_pub_pump(struct kb_conn *c)
                 uint32_t t = tv[i];
                 st.topic = t;
                 st.seq = ++c->seq[t];
+                if (cfg->scenario == KR_BENCH_SC_RESUME)
+                    kb_pub_log(c, t, now);
                 char *p = kr_bench_kr_put_entry(&c->out, run->topic[t], run->topic_len[t], plen);
                 kr_bench_payload_write(p, plen, &st);
             }
@@ -564,6 +642,8 @@ static void kb_pub_pump(struct kb_conn *c)
             uint32_t t = (uint32_t)(kb_rand(&c->rng) % run->ntopics);
             st.topic = t;
             st.seq = ++c->seq[t];
+            if (cfg->scenario == KR_BENCH_SC_RESUME)
+                kb_pub_log(c, t, now);
             char *p = cfg->proto == KR_BENCH_PROTO_REDIS
                           ? kr_bench_resp_put_publish(&c->out, run->topic[t], run->topic_len[t], plen)
                           : kr_bench_nats_put_pub(&c->out, run->topic[t], run->topic_len[t], plen);
@@ -647,6 +727,7 @@ static void kb_ack(struct kb_conn *c, uint64_t count)
         c->inflight--;
         if (c->role == KB_PUB) {
             c->p_pub += v;
+            c->acked_msgs += v;
         } else {
             c->p_ops++;
             uint64_t now = c->now;
@@ -671,12 +752,107 @@ static int kb_topic_slot(const struct kb_conn *c, unsigned k, uint32_t t)
     return lo < k && c->topics[lo] == t ? (int)lo : -1;
 }
 
+/* resume: a notice (or a from-scratch resubscribe) covers what slot's topic saw before it */
+static void kb_notice_slot(struct kb_conn *c, unsigned slot)
+{
+    struct kb_run *run = c->w->run;
+    for (unsigned p = 0; p < run->npubs; p++) {
+        struct kb_seen *sn = &c->seen[(size_t)slot * run->npubs + p];
+        sn->pending = 1;
+        sn->notice_ns = c->now;
+    }
+}
+
+/* resume: a `__kraken__:resync` entry naming topics separated by spaces, or `*` */
+static void kb_resync_notice(struct kb_conn *c, const char *p, size_t len)
+{
+    struct kb_run *run = c->w->run;
+    size_t plen = strlen(run->cfg.prefix);
+    c->notices++;
+    if (len == 1 && p[0] == '*') {
+        for (unsigned s = 0; s < run->k; s++)
+            kb_notice_slot(c, s);
+        c->notice_topics += run->k;
+        return;
+    }
+    size_t i = 0;
+    while (i < len) {
+        size_t b = i;
+        while (i < len && p[i] != ' ')
+            i++;
+        const char *name = p + b;
+        size_t nl = i - b;
+        i++;
+        if (!nl)
+            continue;
+        uint64_t t = 0;
+        int ok = nl > plen && nl - plen <= 9 && memcmp(name, run->cfg.prefix, plen) == 0;
+        for (size_t j = plen; ok && j < nl; j++) {
+            if (name[j] < '0' || name[j] > '9')
+                ok = 0;
+            else
+                t = t * 10 + (uint64_t)(name[j] - '0');
+        }
+        int slot = ok && t < run->ntopics ? kb_topic_slot(c, run->k, (uint32_t)t) : -1;
+        if (slot < 0) {
+            c->unexpected++; /* a topic this subscriber does not hold */
+            continue;
+        }
+        kb_notice_slot(c, (unsigned)slot);
+        c->notice_topics++;
+    }
+}
+
+/* resume: record one arrival exactly; 1 when it is a duplicate */
+static int kb_seen_add(struct kb_seen *sn, uint64_t seq)
+{
+    uint64_t i = seq - 1;
+    if (i / 64 >= sn->nwords) {
+        uint32_t n = sn->nwords ? sn->nwords : 1;
+        while (i / 64 >= n)
+            n *= 2;
+        uint64_t *nb = realloc(sn->bits, n * sizeof(uint64_t));
+        if (!nb) {
+            fprintf(stderr, "kraken-bench: out of memory\n");
+            abort();
+        }
+        memset(nb + sn->nwords, 0, (n - sn->nwords) * sizeof(uint64_t));
+        sn->bits = nb;
+        sn->nwords = n;
+    }
+    uint64_t bit = UINT64_C(1) << (i % 64);
+    if (sn->pending) {
+        /* the first message of this stream after a notice: what came before is covered */
+        sn->pending = 0;
+        if (seq > sn->covered_below)
+            sn->covered_below = seq;
+    }
+    if (sn->bits[i / 64] & bit)
+        return 1;
+    sn->bits[i / 64] |= bit;
+    return 0;
+}
+
 static void kb_sub_message(struct kb_conn *c, const char *topic, size_t tlen, const char *payload,
                            size_t plen)
 {
     struct kb_run *run = c->w->run;
     struct kr_bench_stamp st;
     uint32_t who;
+    if (c->seen && tlen == KB_RESYNC_LEN && memcmp(topic, KB_RESYNC, tlen) == 0) {
+        kb_resync_notice(c, payload, plen);
+        return;
+    }
+    if (c->token && tlen == KB_POSITION_LEN && memcmp(topic, KB_POSITION, tlen) == 0) {
+        /* RESP: the position after the messages pushed before it */
+        if (plen && plen <= KB_MAX_TOKEN) {
+            memcpy(c->token, payload, plen);
+            c->token_len = plen;
+        } else {
+            c->corrupt++;
+        }
+        return;
+    }
     if (run->probe_seen && kr_bench_probe_parse(topic, tlen, run->cfg.prefix, &who)) {
         /* an interest probe: not a delivery; late ones (after the first) are dropped */
         if (who != c->idx) {
@@ -706,6 +882,13 @@ static void kb_sub_message(struct kb_conn *c, const char *topic, size_t tlen, co
         return;
     }
     kr_bench_stream_see(&c->streams[(size_t)slot * run->npubs + st.pub], st.seq);
+    if (c->seen) {
+        c->dups += (uint64_t)kb_seen_add(&c->seen[(size_t)slot * run->npubs + st.pub], st.seq);
+        if (c->was_cut && !c->scratch && st.sent_ns < c->t_req) {
+            c->replayed++; /* published before the resume was asked for */
+            return;
+        }
+    }
     if (run->cfg.scenario != KR_BENCH_SC_RETRO)
         kr_bench_hist_add(&c->w->hist, c->now > st.sent_ns ? c->now - st.sent_ns : 0);
 }
@@ -726,6 +909,21 @@ static void kb_after_ready_ack(struct kb_conn *c)
         kb_pump(c);
 }
 
+/* resume: the resume (or the resubscribe) of a cut subscriber was answered */
+static void kb_live_again(struct kb_conn *c)
+{
+    struct kb_run *run = c->w->run;
+    c->t_live = c->now;
+    kr_bench_hist_add(&c->w->live, c->now > c->t_reconnect ? c->now - c->t_reconnect : 0);
+    c->state = KB_CS_READY;
+    if (c->scratch)
+        for (unsigned s = 0; s < run->k; s++)
+            kb_notice_slot(c, s); /* every topic is to reload */
+    kb_settle(c);
+    if (run->cfg.proto == KR_BENCH_PROTO_KRAKEN)
+        kb_poll(c);
+}
+
 /* Returns bytes used, 0 for more, < 0 after failing the connection. */
 static ssize_t kb_handle_kraken(struct kb_conn *c, const char *buf, size_t len)
 {
@@ -740,7 +938,9 @@ static ssize_t kb_handle_kraken(struct kb_conn *c, const char *buf, size_t len)
     c->need = 0;
     switch (r.kind) {
     case KR_BENCH_KR_STORED:
-        if (c->state == KB_CS_SUBSCRIBING) {
+        if (c->state == KB_CS_SUBSCRIBING && c->was_cut) {
+            kb_live_again(c);
+        } else if (c->state == KB_CS_SUBSCRIBING) {
             if (run->cfg.scenario == KR_BENCH_SC_RETRO) {
                 c->state = KB_CS_READY;
                 kb_retro_answered(c);
@@ -777,7 +977,16 @@ static ssize_t kb_handle_kraken(struct kb_conn *c, const char *buf, size_t len)
             kb_conn_fail(c, "messages without a poll");
             return -1;
         }
-        kb_poll_again(c, r.kind == KR_BENCH_KR_END);
+        if (r.pos && c->token) {
+            if (r.pos_len > KB_MAX_TOKEN || !r.pos_len) {
+                kb_conn_fail(c, "a position token of %zu bytes", r.pos_len);
+                return -1;
+            }
+            memcpy(c->token, r.pos, r.pos_len);
+            c->token_len = r.pos_len;
+        }
+        /* empty: END, or (`get messages position`) only a position */
+        kb_poll_again(c, r.kind == KR_BENCH_KR_END || r.nmsgs == 0);
         break;
     case KR_BENCH_KR_ERROR:
         if (c->state == KB_CS_REGISTERING) {
@@ -826,8 +1035,12 @@ static ssize_t kb_handle_redis(struct kb_conn *c, const char *buf, size_t len)
                 kb_ack(c, 1);
                 kb_pump(c);
             } else if (c->state == KB_CS_SUBSCRIBING) {
-                if (c->acks_wanted && --c->acks_wanted == 0)
-                    kb_after_ready_ack(c);
+                if (c->acks_wanted && --c->acks_wanted == 0) {
+                    if (c->was_cut)
+                        kb_live_again(c);
+                    else
+                        kb_after_ready_ack(c);
+                }
             }
             return n;
         }
@@ -953,6 +1166,122 @@ static void kb_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 
 static void kb_worker_connect_more(struct kb_worker *w);
 
+/* resume: ask for everything after the last position (or, from scratch, subscribe again) */
+static void kb_send_resume(struct kb_conn *c)
+{
+    struct kb_run *run = c->w->run;
+    c->t_req = kb_now();
+    if (c->scratch) {
+        kb_send_subscribe(c);
+        return;
+    }
+    if (run->cfg.proto == KR_BENCH_PROTO_REDIS) {
+        /* KRAKEN.RESUME <token> <topic> ...: a confirmation per topic and one for
+         * __kraken__:resync; then __kraken__:position again, confirmed too */
+        kr_bench_buf_add(&c->out, "*", 1);
+        kr_bench_buf_addu(&c->out, run->k + 2);
+        kr_bench_buf_adds(&c->out, "\r\n$13\r\nKRAKEN.RESUME\r\n$");
+        kr_bench_buf_addu(&c->out, c->token_len);
+        kr_bench_buf_add(&c->out, "\r\n", 2);
+        kr_bench_buf_add(&c->out, c->token, c->token_len);
+        kr_bench_buf_add(&c->out, "\r\n", 2);
+        for (unsigned i = 0; i < run->k; i++) {
+            uint32_t t = c->topics[i];
+            kr_bench_buf_add(&c->out, "$", 1);
+            kr_bench_buf_addu(&c->out, run->topic_len[t]);
+            kr_bench_buf_add(&c->out, "\r\n", 2);
+            kr_bench_buf_add(&c->out, run->topic[t], run->topic_len[t]);
+            kr_bench_buf_add(&c->out, "\r\n", 2);
+        }
+        static const char pos_sub[] = "*2\r\n$9\r\nSUBSCRIBE\r\n$19\r\n" KB_POSITION "\r\n";
+        kr_bench_buf_add(&c->out, pos_sub, sizeof(pos_sub) - 1);
+        c->acks_wanted = run->k + 2;
+        return;
+    }
+    size_t bytes = c->token_len + 2;
+    for (unsigned i = 0; i < run->k; i++)
+        bytes += run->topic_len[c->topics[i]] + (i ? 1 : 0);
+    kr_bench_buf_adds(&c->out, "set resume 0 0 ");
+    kr_bench_buf_addu(&c->out, bytes);
+    kr_bench_buf_add(&c->out, "\r\n", 2);
+    kr_bench_buf_add(&c->out, c->token, c->token_len);
+    kr_bench_buf_add(&c->out, "\r\n", 2);
+    for (unsigned i = 0; i < run->k; i++) {
+        if (i)
+            kr_bench_buf_add(&c->out, " ", 1);
+        kr_bench_buf_add(&c->out, run->topic[c->topics[i]], run->topic_len[c->topics[i]]);
+    }
+    kr_bench_buf_add(&c->out, "\r\n", 2);
+}
+
+static void kb_connect_cb(uv_connect_t *req, int status);
+
+/* resume: the jitter is over, connect again */
+static void kb_jitter_cb(uv_timer_t *t)
+{
+    struct kb_conn *c = t->data;
+    struct kb_worker *w = c->w;
+    if (c->closing || w->phase >= KB_PH_STOP || c->state != KB_CS_CUT)
+        return;
+    int rc = uv_tcp_init(&w->loop, &c->tcp);
+    if (rc < 0) {
+        kb_conn_fail(c, "socket: %s", uv_strerror(rc));
+        return;
+    }
+    c->tcp_open = 1;
+    c->tcp.data = c;
+    c->creq.data = c;
+    c->state = KB_CS_CONNECTING;
+    c->t_reconnect = kb_now();
+    rc = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&w->run->sub_addr,
+                        kb_connect_cb);
+    if (rc < 0) {
+        kb_conn_fail(c, "cannot connect to %s: %s", kb_hostport(c), uv_strerror(rc));
+        return;
+    }
+    w->connecting++;
+}
+
+static void kb_cut_closed_cb(uv_handle_t *h)
+{
+    struct kb_conn *c = h->data;
+    struct kb_run *run = c->w->run;
+    /* the cancelled write's callback has run: the buffers are the bench's again */
+    c->cutting = 0;
+    c->writing = 0;
+    c->in.len = c->out.len = c->wbuf.len = 0;
+    c->need = 0;
+    if (c->closing || c->w->phase >= KB_PH_STOP)
+        return;
+    uint64_t j = run->cfg.jitter_ms ? kb_rand(&c->rng) % ((uint64_t)run->cfg.jitter_ms + 1) : 0;
+    uv_timer_start(c->jtimer, kb_jitter_cb, j, 0);
+}
+
+/* resume: the bench closes a subscriber's connection; it reconnects after its jitter */
+static void kb_cut(struct kb_conn *c)
+{
+    struct kb_run *run = c->w->run;
+    if (c->state != KB_CS_READY || c->closing) {
+        kb_settle(c); /* dead already: nothing to wait for */
+        return;
+    }
+    c->was_cut = 1;
+    c->cutting = 1;
+    c->polling = 0;
+    c->scratch = run->cfg.resume_mode == KR_BENCH_RESUME_SCRATCH || !c->token_len;
+    if (c->timer)
+        uv_timer_stop(c->timer);
+    if (!c->jtimer) {
+        c->jtimer = kb_calloc(1, sizeof(*c->jtimer));
+        uv_timer_init(&c->w->loop, c->jtimer);
+        c->jtimer->data = c;
+    }
+    c->state = KB_CS_CUT;
+    c->tcp_open = 0;
+    c->tcp.data = c;
+    uv_close((uv_handle_t *)&c->tcp, kb_cut_closed_cb);
+}
+
 static void kb_connect_cb(uv_connect_t *req, int status)
 {
     struct kb_conn *c = req->data;
@@ -978,7 +1307,11 @@ static void kb_connect_cb(uv_connect_t *req, int status)
         c->state = KB_CS_HELLO; /* INFO first */
         return;
     }
-    if (c->role == KB_SUB) {
+    if (c->role == KB_SUB && c->was_cut) {
+        c->state = KB_CS_SUBSCRIBING;
+        kb_send_resume(c);
+        kb_flush(c);
+    } else if (c->role == KB_SUB) {
         if (run->cfg.scenario == KR_BENCH_SC_RETRO) {
             c->state = KB_CS_REGISTERING;
             kr_bench_buf_adds(&c->out, "set register 0 0 0\r\n\r\n");
@@ -1158,6 +1491,12 @@ static void kb_async_cb(uv_async_t *a)
     int ph = atomic_load_explicit(&w->run->phase, memory_order_acquire);
     while (w->phase < ph)
         kb_worker_enter(w, w->phase + 1);
+    if (!w->cut_done && w->phase < KB_PH_STOP && atomic_load_explicit(&w->run->cut, memory_order_acquire)) {
+        w->cut_done = 1;
+        for (size_t i = 0; i < w->nconns; i++)
+            if (w->conns[i]->role == KB_SUB)
+                kb_cut(w->conns[i]);
+    }
 }
 
 static void kb_worker_main(void *arg)
@@ -1294,6 +1633,10 @@ static void kb_conn_init(struct kb_run *run, struct kb_conn *c, enum kb_role rol
         c->topics = run->sub_topics + (size_t)idx * run->k;
         if (run->npubs)
             c->streams = kb_calloc((size_t)run->k * run->npubs, sizeof(*c->streams));
+        if (cfg->scenario == KR_BENCH_SC_RESUME) {
+            c->seen = kb_calloc((size_t)run->k * (run->npubs ? run->npubs : 1), sizeof(*c->seen));
+            c->token = kb_calloc(1, KB_MAX_TOKEN + 1);
+        }
     } else if (role == KB_PUB) {
         c->seq = kb_calloc(run->ntopics, sizeof(uint64_t));
     }
@@ -1309,6 +1652,14 @@ static void kb_conn_free(struct kb_conn *c)
     free(c->seq);
     free(c->streams);
     free(c->timer);
+    free(c->jtimer);
+    if (c->seen)
+        for (size_t i = 0; i < (size_t)c->w->run->k * c->w->run->npubs; i++)
+            free(c->seen[i].bits);
+    free(c->seen);
+    free(c->token);
+    free(c->log_topic);
+    free(c->log_sent);
 }
 
 static void kb_sleep_ms(unsigned ms)
@@ -1404,6 +1755,102 @@ static uint64_t kb_expected_total(struct kb_run *run)
     return sum;
 }
 
+/* resume: per publisher, the send times of its acknowledged messages grouped by topic in
+ * sequence order (acknowledgements come in publish order, so on each topic the acknowledged
+ * messages are the sequences 1..n). Main thread, after the workers are joined. */
+struct kb_acked {
+    uint64_t **off;  /* [pub][topic .. topic + 1]: range in sent */
+    uint64_t **sent; /* [pub][...] */
+};
+
+static void kb_acked_build(struct kb_run *run, struct kb_acked *a)
+{
+    a->off = kb_calloc(run->npubs, sizeof(*a->off));
+    a->sent = kb_calloc(run->npubs, sizeof(*a->sent));
+    for (unsigned p = 0; p < run->npubs; p++) {
+        const struct kb_conn *c = &run->pubs[p];
+        size_t n = c->acked_msgs < c->log_n ? (size_t)c->acked_msgs : c->log_n;
+        uint64_t *off = kb_calloc((size_t)run->ntopics + 1, sizeof(uint64_t));
+        uint64_t *sent = kb_calloc(n, sizeof(uint64_t));
+        for (size_t i = 0; i < n; i++)
+            off[c->log_topic[i] + 1]++;
+        for (unsigned t = 0; t < run->ntopics; t++)
+            off[t + 1] += off[t];
+        uint64_t *cur = kb_calloc(run->ntopics, sizeof(uint64_t));
+        for (size_t i = 0; i < n; i++) {
+            uint32_t t = c->log_topic[i];
+            sent[off[t] + cur[t]++] = c->log_sent[i];
+        }
+        free(cur);
+        a->off[p] = off;
+        a->sent[p] = sent;
+    }
+}
+
+static void kb_acked_free(struct kb_run *run, struct kb_acked *a)
+{
+    for (unsigned p = 0; a->off && p < run->npubs; p++) {
+        free(a->off[p]);
+        free(a->sent[p]);
+    }
+    free(a->off);
+    free(a->sent);
+}
+
+/* resume: subscriber c's exact accounting. An acknowledged message on one of its topics that
+ * it did not receive is covered when a notice named the topic (or '*') after it: the first
+ * message of the same publisher on that topic received after the notice has the sequence f,
+ * and everything below f is covered (the server queues what is published after the notice
+ * after it, in order); when no message of that publisher followed the notice, what was sent
+ * before the notice arrived is covered. A from-scratch resubscribe counts as a '*' notice
+ * when it is answered. Everything else not received is lost. */
+static void kb_resume_account(struct kb_run *run, const struct kb_conn *c,
+                              const struct kb_acked *a, struct kr_bench_result *res)
+{
+    res->replayed += c->replayed;
+    res->resync_notices += c->notices;
+    res->resync_topics += c->notice_topics;
+    res->reload_topics += c->notice_topics + (c->was_cut && c->scratch ? run->k : 0);
+    res->dups += c->dups;
+    if (c->was_cut) {
+        res->cut++;
+        if (c->t_live)
+            res->live_again++;
+    }
+    for (unsigned s = 0; s < run->k; s++) {
+        uint32_t t = c->topics[s];
+        for (unsigned p = 0; p < run->npubs; p++) {
+            const struct kb_seen *sn = &c->seen[(size_t)s * run->npubs + p];
+            res->order += c->streams[(size_t)s * run->npubs + p].order;
+            uint64_t n = a->off[p][t + 1] - a->off[p][t];
+            const uint64_t *sent = a->sent[p] + a->off[p][t];
+            uint64_t cb = sn->covered_below;
+            if (sn->pending) {
+                uint64_t j = 0;
+                while (j < n && sent[j] < sn->notice_ns)
+                    j++;
+                if (j + 1 > cb)
+                    cb = j + 1;
+            }
+            for (uint64_t q = 1; q <= n; q++) {
+                uint64_t i = q - 1;
+                int got = i / 64 < sn->nwords && (sn->bits[i / 64] >> (i % 64) & 1);
+                if (got)
+                    continue;
+                if (q < cb)
+                    res->covered++;
+                else
+                    res->loss++;
+            }
+            /* received but never published */
+            uint64_t published = run->pubs[p].seq[t];
+            for (uint64_t i = published; i < (uint64_t)sn->nwords * 64; i++)
+                if (sn->bits[i / 64] >> (i % 64) & 1)
+                    res->unexpected++;
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ the run */
 
 int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res)
@@ -1413,6 +1860,7 @@ int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res)
     run->res = res;
     res->rss_before_kb = res->rss_after_kb = -1;
     kr_bench_hist_init(&res->lat);
+    kr_bench_hist_init(&res->live);
     uv_mutex_init(&run->err_lock);
     int ret = -1;
 
@@ -1470,6 +1918,7 @@ int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res)
         w->run = run;
         w->id = i;
         kr_bench_hist_init(&w->hist);
+        kr_bench_hist_init(&w->live);
         uv_loop_init(&w->loop);
         uv_async_init(&w->loop, &w->async, kb_async_cb);
         w->async.data = w;
@@ -1571,10 +2020,18 @@ int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res)
     pr.next = t0 + 1000000000u;
     kb_set_phase(run, KB_PH_RUN);
     uint64_t t_end = t0 + (uint64_t)(cfg->duration_s * 1e9);
+    uint64_t t_cut = cfg->scenario == KR_BENCH_SC_RESUME ? t0 + (uint64_t)(cfg->cut_at_s * 1e9)
+                                                         : UINT64_MAX;
     for (;;) {
         uint64_t now = kb_now();
         if (now >= t_end || kb_stop_requested)
             break;
+        if (now >= t_cut) {
+            t_cut = UINT64_MAX;
+            atomic_store_explicit(&run->cut, 1, memory_order_release);
+            for (unsigned i = 0; i < cfg->threads; i++)
+                uv_async_send(&run->workers[i].async);
+        }
         if (cfg->scenario == KR_BENCH_SC_RETRO &&
             atomic_load_explicit(&run->done, memory_order_acquire) >= run->npubs)
             break;
@@ -1611,6 +2068,10 @@ int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res)
             /* retro: wait for every subscriber's answer before judging the counts */
             int answered = cfg->scenario != KR_BENCH_SC_RETRO ||
                            atomic_load_explicit(&run->answered, memory_order_acquire) >= run->nsubs;
+            /* resume: every subscriber back (or dead) before the counts are judged */
+            if (cfg->scenario == KR_BENCH_SC_RESUME &&
+                atomic_load_explicit(&run->settled, memory_order_acquire) < run->nsubs)
+                answered = 0;
             if (del >= expected && answered)
                 break;
             if (del != last || !answered) {
@@ -1647,8 +2108,13 @@ out_join:
     res->ops = ops;
     if (run->npubs)
         res->probes = run->pubs[0].probes;
-    for (unsigned i = 0; i < cfg->threads; i++)
+    for (unsigned i = 0; i < cfg->threads; i++) {
         kr_bench_hist_merge(&res->lat, &run->workers[i].hist);
+        kr_bench_hist_merge(&res->live, &run->workers[i].live);
+    }
+    struct kb_acked acked = {0};
+    if (ret == 0 && cfg->scenario == KR_BENCH_SC_RESUME)
+        kb_acked_build(run, &acked);
     if (ret == 0) {
         uint64_t t_replay_first = UINT64_MAX, t_replay_last = 0;
         for (unsigned i = 0; i < run->nsubs; i++) {
@@ -1671,6 +2137,10 @@ out_join:
                     t_replay_last = c->t_last;
             }
             res->expected += kb_expected_for(run, c);
+            if (cfg->scenario == KR_BENCH_SC_RESUME) {
+                kb_resume_account(run, c, &acked, res);
+                continue;
+            }
             for (unsigned s = 0; s < run->k; s++)
                 for (unsigned p = 0; p < run->npubs; p++) {
                     const struct kr_bench_stream *st = &c->streams[(size_t)s * run->npubs + p];
@@ -1687,6 +2157,7 @@ out_join:
         if (t_replay_last > t_replay_first)
             res->replay_s = (double)(t_replay_last - t_replay_first) / 1e9;
     }
+    kb_acked_free(run, &acked);
     if (run->first_error[0])
         snprintf(res->error, sizeof(res->error), "%s", run->first_error);
     if (atomic_load(&run->fatal))

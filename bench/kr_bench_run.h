@@ -24,6 +24,13 @@ enum kr_bench_scenario {
     KR_BENCH_SC_CHURN,
     KR_BENCH_SC_CONNS,
     KR_BENCH_SC_RETRO,
+    KR_BENCH_SC_RESUME,
+};
+
+/* resume scenario: how a cut subscriber comes back */
+enum kr_bench_resume_mode {
+    KR_BENCH_RESUME_TOKEN,   /* resume from its last position token */
+    KR_BENCH_RESUME_SCRATCH, /* subscribe again from scratch: every topic is to reload */
 };
 
 #define KR_BENCH_MAX_BATCH 4096
@@ -52,6 +59,9 @@ struct kr_bench_cfg {
     double connect_timeout_s;
     double rate;             /* messages/s over all publishers (churn: ops/s); 0 = unlimited */
     uint64_t messages;       /* retro: messages published between register and subscribe */
+    enum kr_bench_resume_mode resume_mode;
+    unsigned jitter_ms;      /* resume: a cut subscriber reconnects after 0..jitter_ms */
+    double cut_at_s;         /* resume: when the subscribers are cut, from the timed phase's start */
     long server_pid;         /* conns: read this process's VmRSS; 0 = none */
     uint64_t seed;
     char prefix[64];         /* topic name prefix */
@@ -80,9 +90,22 @@ struct kr_bench_result {
     uint64_t polls, empty_polls; /* Kraken subscribers: `get messages` sent, answered END */
     uint64_t connections;
     long rss_before_kb, rss_after_kb; /* -1 when not measured */
-    uint64_t retro_subs, not_found, replayed;
+    uint64_t retro_subs, not_found;
+    uint64_t replayed; /* retro: messages replayed; resume: messages received after a resume
+                        * that were published before its request was sent */
     double replay_s;
-    struct kr_bench_hist lat; /* ns: publish -> receive (churn: request -> acknowledgement) */
+    struct kr_bench_hist lat; /* ns: publish -> receive (churn: request -> acknowledgement;
+                               * resume: live messages only, replayed ones are left out) */
+    /* resume scenario */
+    uint64_t cut;            /* subscribers cut */
+    uint64_t live_again;     /* cut subscribers whose resume (or resubscribe) was answered */
+    uint64_t resync_notices; /* __kraken__:resync entries received */
+    uint64_t resync_topics;  /* topics they named ('*': all of the subscriber's topics) */
+    uint64_t reload_topics;  /* topics a client must reload: resync_topics, plus every topic
+                              * of a subscriber that subscribed again from scratch */
+    uint64_t covered;        /* acknowledged messages not received but covered by a notice
+                              * (or a from-scratch resubscribe) on their topic */
+    struct kr_bench_hist live; /* ns: reconnect -> resume's STORED */
 };
 
 /* Run one benchmark. Returns 0 when it ran (check the result's counters), or -1 with

@@ -37,7 +37,10 @@ static ssize_t kr_parse_all(const char *buf, size_t len, struct kr_bench_buf *ou
                 cr_assert_gt(need, len - off, "need must exceed what is there");
             return (ssize_t)off;
         }
-        kr_bench_buf_addf(out, " <%d %.*s n=%zu>\n", (int)r.kind, (int)r.line_len, r.line, r.nmsgs);
+        kr_bench_buf_addf(out, " <%d %.*s n=%zu", (int)r.kind, (int)r.line_len, r.line, r.nmsgs);
+        if (r.pos)
+            kr_bench_buf_addf(out, " pos=%.*s", (int)r.pos_len, r.pos);
+        kr_bench_buf_adds(out, ">\n");
         off += (size_t)n;
     }
 }
@@ -186,6 +189,29 @@ Test(bench_kraken, value_with_many_entries_every_offset)
                   " [a b|xyz] [t.1|] [c|END\r\n\r\n] [long.topic.name|hello]"
                   " <3 VALUE messages 0 91 n=4>\n"
                   " <2 END n=0>\n");
+}
+
+/* `get messages position`: the entries, then `VALUE position 0 <k>`, then END; with no
+ * entries only the position. */
+Test(bench_kraken, position_after_the_entries_every_offset)
+{
+    static const char in[] = "VALUE messages 0 15\r\nMESSAGE a 2\r\nm1\r\n"
+                             "VALUE position 0 9\r\np1.AB-c~9\r\nEND\r\n"
+                             "VALUE position 0 4\r\nEND.\r\nEND\r\n"
+                             "VALUE messages 0 34\r\nMESSAGE __kraken__:resync 5\r\nkb.1*\r\n"
+                             "VALUE position 0 2\r\nq2\r\nEND\r\n";
+    expect_stream(kr_parse_all, in, sizeof(in) - 1,
+                  " [a|m1] <3 VALUE messages 0 15 n=1 pos=p1.AB-c~9>\n"
+                  " <3 VALUE position 0 4 n=0 pos=END.>\n"
+                  " [__kraken__:resync|kb.1*] <3 VALUE messages 0 34 n=1 pos=q2>\n");
+}
+
+Test(bench_kraken, position_blocks_malformed)
+{
+    /* two positions; a block that is neither VALUE nor END after the first */
+    expect_bad(kr_parse_all, "VALUE position 0 1\r\na\r\nVALUE position 0 1\r\nb\r\nEND\r\n");
+    expect_bad(kr_parse_all, "VALUE messages 0 15\r\nMESSAGE a 2\r\nm1\r\nSTORED\r\n");
+    expect_bad(kr_parse_all, "VALUE position 0 1\r\nab\r\nEND\r\n");
 }
 
 Test(bench_kraken, need_reports_the_whole_value_size)
