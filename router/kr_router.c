@@ -323,30 +323,75 @@ static void kr_shard_retro(struct kr_shard *sh, struct kr_event *ev)
  * have evicted (the sketch's bound is above the position) is listed in c->resync and
  * replays nothing (never a partial replay). One step, like a retroactive subscribe: no
  * message is both replayed and delivered live. */
-/* The requested topic (its index in the request) that message topic i of m is, when the
- * shard owns it and the resume stamped it (stamps base .. base + n - 1), else -1. */
-static int64_t kr_resume_topic(struct kr_shard *sh, struct kr_msg *m, uint32_t i, uint64_t base,
-                               uint32_t n)
-{
-    uint32_t tl, shard;
-    const char *tt = kr_msg_topic(m, i, &tl);
-    if (!kr_msg_seq(m, i, &shard) || shard != sh->idx)
-        return -1;
-    struct kr_topic *tp = kr_topics_find_hashed(sh->topics, tt, tl, kr_msg_topic_hash(m, i));
-    if (!tp)
-        return -1;
-    uint64_t st = *kr_topic_stamp(tp);
-    return st >= base && st < base + n ? (int64_t)(st - base) : -1;
-}
+/* A resume's topics by hash: open addressing over their indexes + 1 (0 = empty), so each
+ * stored message is matched against the request's own topics, not the shard's table. */
+struct kr_resume_set {
+    uint32_t *slot;
+    uint32_t cap; /* power of two, at least twice the topics */
+};
 
 struct kr_resume_topic {
     const char *t;
     uint32_t len;
     uint32_t idx;
+    uint64_t hash;
     uint64_t entries;
     uint64_t bytes;
     bool resync;
 };
+
+static void kr_resume_set_build(struct kr_resume_set *set, const struct kr_resume_topic *rt,
+                                uint32_t n)
+{
+    set->cap = 16;
+    while (set->cap < 2 * n)
+        set->cap *= 2;
+    set->slot = kr_xcalloc(set->cap, sizeof(*set->slot));
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t b = (uint32_t)rt[k].hash & (set->cap - 1);
+        while (set->slot[b])
+            b = (b + 1) & (set->cap - 1);
+        set->slot[b] = k + 1;
+    }
+}
+
+/* The requested topic (its index) that topic i of m is, when this shard numbered it there
+ * and the request names it and will replay it; else -1. */
+static int64_t kr_resume_match(const struct kr_shard *sh, const struct kr_resume_set *set,
+                               const struct kr_resume_topic *rt, struct kr_msg *m, uint32_t i)
+{
+    uint32_t shard, tl;
+    if (!kr_msg_seq(m, i, &shard) || shard != sh->idx)
+        return -1;
+    uint64_t h = kr_msg_topic_hash(m, i);
+    const char *t = NULL;
+    for (uint32_t b = (uint32_t)h & (set->cap - 1); set->slot[b]; b = (b + 1) & (set->cap - 1)) {
+        const struct kr_resume_topic *r = &rt[set->slot[b] - 1];
+        if (r->hash != h)
+            continue;
+        if (!t)
+            t = kr_msg_topic(m, i, &tl);
+        if (r->len == tl && memcmp(r->t, t, tl) == 0)
+            return r->resync ? -1 : (int64_t)r->idx;
+    }
+    return -1;
+}
+
+/* The first position in the history (from its head) of a message this shard numbered
+ * above `since`: the history is in the shard's numbering order, so a binary search. */
+static uint32_t kr_history_after(const struct kr_shard *sh, uint64_t since)
+{
+    const struct kr_history *h = &sh->hist;
+    uint32_t lo = 0, hi = h->count;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (kr_shard_seq_of(sh, h->msgs[(h->head + mid) % h->cap]) <= since)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
 
 static int kr_resume_by_entries(const void *a, const void *b)
 {
@@ -366,7 +411,9 @@ static void kr_resume_resync(struct kr_router_cmd *c, const char *t, uint32_t le
  * have evicted (the sketch's bound is above the position) is listed in c->resync and
  * replays nothing (never a partial replay), and so are the topics with the most messages
  * while the replay would pass c->max_entries or c->max_bytes. One step, like a
- * retroactive subscribe: no message is both replayed and delivered live. */
+ * retroactive subscribe: no message is both replayed and delivered live. Its cost is the
+ * messages after the position (found by binary search) times their topics, each looked up
+ * in the request's own topics. */
 static void kr_shard_resume(struct kr_shard *sh, struct kr_event *ev)
 {
     struct kr_router_cmd *c = ev->ptr;
@@ -375,8 +422,6 @@ static void kr_shard_resume(struct kr_shard *sh, struct kr_event *ev)
     bool behind = since < sh->seq; /* else nothing was routed here since the position */
     uint32_t n = c->ntopics, k = 0;
     struct kr_resume_topic *rt = behind ? kr_xcalloc(n ? n : 1, sizeof(*rt)) : NULL;
-    uint64_t base = sh->retro_stamp + 1; /* the request's topics get stamps base + index */
-    sh->retro_stamp += (uint64_t)n + 1;
     uint32_t pos = 0, len;
     const char *t;
     while (kr_router_cmd_next(c, &pos, &t, &len)) {
@@ -384,26 +429,29 @@ static void kr_shard_resume(struct kr_shard *sh, struct kr_event *ev)
         if (!behind)
             continue;
         uint64_t th = kr_topic_hash(t, len);
-        rt[k] = (struct kr_resume_topic){.t = t, .len = len, .idx = k};
-        if (kr_evicted_bound(sh->evicted, th) > since) {
-            rt[k].resync = true;
-        } else {
-            struct kr_topic *tp = kr_topics_find_hashed(sh->topics, t, len, th);
-            if (tp)
-                *kr_topic_stamp(tp) = base + k;
-        }
+        rt[k] = (struct kr_resume_topic){.t = t, .len = len, .idx = k, .hash = th,
+                                         .resync = kr_evicted_bound(sh->evicted, th) > since};
         k++;
     }
-    if (behind && (c->max_entries || c->max_bytes)) {
+    if (!behind) {
+        struct kr_event ack = {.type = KR_EV_ACK, .src = (uint16_t)sh->idx, .aux = ev->type,
+                               .conn = ev->conn, .ptr = c};
+        kr_shard_emit(sh, KR_CONN_NET(ev->conn), &ack);
+        return;
+    }
+    struct kr_resume_set set;
+    kr_resume_set_build(&set, rt, k);
+    uint32_t from = kr_history_after(sh, since);
+    if (c->max_entries || c->max_bytes) {
         /* what each topic would replay; past the bounds, the topics with the most resync */
         uint64_t entries = 0, bytes = 0;
-        for (uint32_t j = 0; j < h->count; j++) {
+        for (uint32_t j = from; j < h->count; j++) {
             struct kr_msg *m = h->msgs[(h->head + j) % h->cap];
-            if (kr_shard_seq_of(sh, m) <= since || kr_msg_publisher(m) == ev->conn)
+            if (kr_msg_publisher(m) == ev->conn)
                 continue;
             bool any = false;
             for (uint32_t i = 0; i < kr_msg_ntopics(m); i++) {
-                int64_t x = kr_resume_topic(sh, m, i, base, k);
+                int64_t x = kr_resume_match(sh, &set, rt, m, i);
                 if (x < 0)
                     continue;
                 rt[x].entries++;
@@ -433,36 +481,32 @@ static void kr_shard_resume(struct kr_shard *sh, struct kr_event *ev)
             free(order);
         }
     }
-    for (uint32_t j = 0; j < k; j++) {
-        if (!rt[j].resync)
-            continue;
-        kr_resume_resync(c, rt[j].t, rt[j].len);
-        struct kr_topic *tp = kr_topics_find(sh->topics, rt[j].t, rt[j].len);
-        if (tp)
-            *kr_topic_stamp(tp) = 0; /* replays nothing */
-    }
-    for (uint32_t j = 0; behind && j < h->count; j++) {
+    for (uint32_t j = 0; j < k; j++)
+        if (rt[j].resync)
+            kr_resume_resync(c, rt[j].t, rt[j].len);
+    for (uint32_t j = from; j < h->count; j++) {
         struct kr_msg *m = h->msgs[(h->head + j) % h->cap];
-        if (kr_shard_seq_of(sh, m) <= since || kr_msg_publisher(m) == ev->conn)
+        if (kr_msg_publisher(m) == ev->conn)
             continue;
         uint32_t ntopics = kr_msg_ntopics(m);
-        struct kr_topicset set;
+        struct kr_topicset ts;
         bool any = false;
         for (uint32_t i = 0; i < ntopics; i++) {
-            if (kr_resume_topic(sh, m, i, base, k) < 0)
+            if (kr_resume_match(sh, &set, rt, m, i) < 0)
                 continue;
             if (!any)
-                kr_topicset_init(&set, ntopics);
+                kr_topicset_init(&ts, ntopics);
             any = true;
-            kr_topicset_set(&set, ntopics, i);
+            kr_topicset_set(&ts, ntopics, i);
         }
         if (!any)
             continue;
         kr_msg_ref(m, 1);
         struct kr_event rep = {.type = KR_EV_REPLAY, .src = (uint16_t)sh->idx, .conn = ev->conn,
-                               .ptr = m, .mask = kr_topicset_word(set)};
+                               .ptr = m, .mask = kr_topicset_word(ts)};
         kr_shard_emit(sh, KR_CONN_NET(ev->conn), &rep);
     }
+    free(set.slot);
     free(rt);
     struct kr_event ack = {.type = KR_EV_ACK, .src = (uint16_t)sh->idx, .aux = ev->type,
                            .conn = ev->conn, .ptr = c};
