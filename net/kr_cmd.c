@@ -451,14 +451,17 @@ static void kr_cmd_warn_topics(struct kr_conn *c, uint32_t n)
     }
 }
 
-int kr_cmd_publish(struct kr_conn *c, const struct kr_cmd_entry *e, bool count)
+int kr_cmd_publish(struct kr_conn *c, const struct kr_cmd_entry *e, unsigned flags)
 {
     struct kr_nt *nt = c->nt;
     struct kr_server *srv = nt->srv;
     struct kr_router *r = srv->router;
-    int rc = kr_cmd_entry_check(c, e);
-    if (rc < 0)
-        return rc;
+    bool count = flags & KR_PUB_COUNT;
+    if (!(flags & KR_PUB_CHECKED)) {
+        int rc = kr_cmd_entry_check(c, e);
+        if (rc < 0)
+            return rc;
+    }
     const uint32_t *lens0;
     const char *const *topics0 = kr_cmd_routed(nt, e->ns, e->n, e->topics, e->lens, &lens0);
     uint32_t n = kr_cmd_distinct(nt, e->n, topics0, lens0);

@@ -96,7 +96,7 @@ static int kr_mc_entry_publish(void *arg, const struct kr_pub_entry *pe)
     struct kr_conn *c = arg;
     struct kr_cmd_entry e;
     kr_mc_entry(c, pe, &e);
-    return kr_cmd_publish(c, &e, false);
+    return kr_cmd_publish(c, &e, KR_PUB_CHECKED); /* kr_mc_entry_check ran on it */
 }
 
 static void kr_mc_publish(struct kr_conn *c, const struct kr_request *req)

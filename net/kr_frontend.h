@@ -259,11 +259,14 @@ struct kr_cmd_entry {
 /* Whether an entry passes the rules. */
 int kr_cmd_entry_check(const struct kr_conn *c, const struct kr_cmd_entry *e);
 /* Publish one entry: one message, one event per owning shard (and the cluster link).
- * `count`: the entry's own reply waits for the shards and gives the receivers
+ * With KR_PUB_COUNT the entry's own reply waits for the shards and gives the receivers
  * (KR_REPLY_RECEIVERS: this node's connections that received it, summed over the shards
  * involved); otherwise the caller answers with kr_cmd_published after its entries.
  * Returns a refusal (nothing published) or KR_CMD_OK. */
-int kr_cmd_publish(struct kr_conn *c, const struct kr_cmd_entry *e, bool count);
+int kr_cmd_publish(struct kr_conn *c, const struct kr_cmd_entry *e, unsigned flags);
+#define KR_PUB_COUNT 1u   /* the entry's own reply gives its receivers (RESP PUBLISH) */
+#define KR_PUB_CHECKED 2u /* the caller ran kr_cmd_entry_check on this very entry already (a
+                             memcached block is checked whole before any entry is published) */
 /* The reply of a publish request after its entries: DONE in request order. */
 void kr_cmd_published(struct kr_conn *c, bool noreply);
 /* Record the horizon "now" for the next subscribe; DONE (reply true: in request order

@@ -316,7 +316,7 @@ void kr_rs_cmd_publish(struct kr_conn *c, struct kr_rs_state *s, const struct kr
                                                                       : (uint32_t)payload->len};
     kr_conn_count(c, KR_NTC_publish_requests, 1);
     kr_conn_count(c, KR_NTC_cmd_set, 1);
-    int rc = kr_cmd_publish(c, &e, true);
+    int rc = kr_cmd_publish(c, &e, KR_PUB_COUNT);
     if (rc < 0) {
         kr_rs_refused(&o, rc);
         return;

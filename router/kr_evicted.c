@@ -15,8 +15,6 @@ struct kr_evicted {
  * finalizer so that each row sees an independent-looking index. */
 static const uint64_t kr_evicted_seed[KR_EVICTED_ROWS] = {
     0x9e3779b97f4a7c15ULL, 0xc2b2ae3d27d4eb4fULL, 0x165667b19e3779f9ULL,
-    0xd6e8feb86659fd93ULL, 0xff51afd7ed558ccdULL, 0xc4ceb9fe1a85ec53ULL,
-    0x27d4eb2f165667c5ULL, 0x94d049bb133111ebULL,
 };
 
 /* The 64-bit finalizer of MurmurHash3: a bijection whose every output bit depends on every

@@ -61,12 +61,14 @@ struct kr_shard_counters {
 };
 
 #define KR_FRONTIER_EVERY 4096 /* messages routed between two KR_EV_FRONTIER at most */
+#define KR_FRONTIER_IDLE_MS 50 /* an idle shard announces its frontier at most this often */
 
 struct kr_shard {
     struct kr_router *r;
     uint32_t idx;
     uint64_t seq;           /* the last sequence number given to a routed message */
     uint64_t frontier_sent; /* the last one announced to the net threads (KR_EV_FRONTIER) */
+    uint64_t frontier_ms;   /* when the last idle announcement went (kr_now_ms) */
     struct kr_evicted *evicted; /* newest sequence evicted from the history, per hashed topic */
     struct kr_reqq *reqq;       /* requests from other threads, served once per iteration */
     pthread_t thread;
@@ -797,9 +799,15 @@ static void *kr_shard_main(void *arg)
         kr_outbox_wake(&sh->ob);
         if (work)
             continue;
-        if (sh->seq != sh->frontier_sent) { /* idle: how far it got, before sleeping */
-            kr_shard_frontier(sh);
-            kr_outbox_wake(&sh->ob);
+        if (sh->seq != sh->frontier_sent && r->o.frontier) {
+            /* idle: how far it got, at most every KR_FRONTIER_IDLE_MS (it wakes every net
+             * thread; positions stay exact without it, it only keeps idle ones fresh) */
+            uint64_t now = kr_now_ms();
+            if (now - sh->frontier_ms >= KR_FRONTIER_IDLE_MS) {
+                sh->frontier_ms = now;
+                kr_shard_frontier(sh);
+                kr_outbox_wake(&sh->ob);
+            }
         }
         kr_waiter_prepare(&sh->waiter);
         bool ready = ck_pr_load_int(&r->stop) || kr_reqq_pending(sh->reqq);
