@@ -749,31 +749,24 @@ static void kr_dlv_pending(const struct kr_dlv_ctx *x, const struct kr_dlv *d, u
 bool kr_dlv_position(const struct kr_dlv_ctx *x, const struct kr_dlv *d, const uint64_t *seen,
                      uint64_t *pos)
 {
-    uint64_t lo[64], hi[64];
+    uint64_t lo[64], hi[64], through[64];
     if (!d->handed || x->nshards > 64)
         return false;
     kr_dlv_pending(x, d, 0, lo, hi);
     for (uint32_t s = 0; s < x->nshards; s++) {
-        uint64_t through = seen[s];
-        if (hi[s] > through)
-            through = hi[s];
-        if (d->handed[s] > through)
-            through = d->handed[s];
-        if (lo[s] != UINT64_MAX && lo[s] - 1 < through)
-            through = lo[s] - 1;
-        if (d->handed[s] > through)
-            return false;
+        /* received (the frontier, what was handed, what is queued) ... */
+        through[s] = seen[s];
+        if (hi[s] > through[s])
+            through[s] = hi[s];
+        if (d->handed[s] > through[s])
+            through[s] = d->handed[s];
+        /* ... up to the lowest part still queued */
+        if (lo[s] != UINT64_MAX && lo[s] - 1 < through[s])
+            through[s] = lo[s] - 1;
+        if (d->handed[s] > through[s])
+            return false; /* a part was handed out above one still queued */
     }
-    for (uint32_t s = 0; s < x->nshards; s++) {
-        uint64_t through = seen[s];
-        if (hi[s] > through)
-            through = hi[s];
-        if (d->handed[s] > through)
-            through = d->handed[s];
-        if (lo[s] != UINT64_MAX && lo[s] - 1 < through)
-            through = lo[s] - 1;
-        pos[s] = through;
-    }
+    memcpy(pos, through, x->nshards * sizeof(*pos));
     return true;
 }
 

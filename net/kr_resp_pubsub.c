@@ -103,6 +103,18 @@ void kr_rs_channels_free(struct kr_rs_state *s)
 
 /* ---------------------------------------------------------------- subscribe */
 
+/* The arguments argv[from..from + n) as the rule book's topic list (the net thread's
+ * scratch, kr_cmd_args). */
+static void kr_rs_topics(struct kr_conn *c, const struct kr_resp_arg *argv, size_t from,
+                         uint32_t n, const char ***topics, uint32_t **lens)
+{
+    kr_cmd_args(c, n, topics, lens);
+    for (uint32_t i = 0; i < n; i++) {
+        (*topics)[i] = argv[from + i].p;
+        (*lens)[i] = (uint32_t)argv[from + i].len;
+    }
+}
+
 /* (S)SUBSCRIBE or KRAKEN.RETRO_SUBSCRIBE (op KR_SUB_RETRO, horizon) of argv[first..argc):
  * the rule book checks the channels and subscribes; the confirmations are formatted here,
  * with this connection's counts, and go out once the subscriptions are in force. */
@@ -114,11 +126,7 @@ static void kr_rs_subscribe(struct kr_conn *c, struct kr_rs_state *s, const stru
     uint32_t n = (uint32_t)(argc - first), k = 0;
     const char **topics;
     uint32_t *lens;
-    kr_cmd_args(c, n, &topics, &lens);
-    for (size_t i = first; i < argc; i++) {
-        topics[i - first] = argv[i].p;
-        lens[i - first] = (uint32_t)argv[i].len;
-    }
+    kr_rs_topics(c, argv, first, n, &topics, &lens);
     struct kr_cmd_sub sub = {.op = op, .ns = kind->ns, .horizon_us = horizon, .n = n,
                              .topics = topics, .lens = lens};
     int rc = kr_cmd_sub_check(c, &sub);
@@ -184,11 +192,7 @@ void kr_rs_cmd_resume(struct kr_conn *c, struct kr_rs_state *s, const struct kr_
     uint32_t n = (uint32_t)(argc - 2);
     const char **topics;
     uint32_t *lens;
-    kr_cmd_args(c, n, &topics, &lens);
-    for (uint32_t i = 0; i < n; i++) {
-        topics[i] = argv[2 + i].p;
-        lens[i] = (uint32_t)argv[2 + i].len;
-    }
+    kr_rs_topics(c, argv, 2, n, &topics, &lens);
     struct kr_cmd_sub sub = {.op = KR_SUB_SUBSCRIBE, .ns = KR_NS_PLAIN, .n = n, .topics = topics,
                              .lens = lens};
     struct kr_pos pos;
@@ -304,11 +308,7 @@ void kr_rs_cmd_publish(struct kr_conn *c, struct kr_rs_state *s, const struct kr
     uint32_t n = (uint32_t)(argc - 2);
     const char **topics;
     uint32_t *lens;
-    kr_cmd_args(c, n, &topics, &lens);
-    for (uint32_t i = 0; i < n; i++) {
-        topics[i] = argv[1 + i].p;
-        lens[i] = (uint32_t)argv[1 + i].len;
-    }
+    kr_rs_topics(c, argv, 1, n, &topics, &lens);
     const struct kr_resp_arg *payload = &argv[argc - 1];
     struct kr_cmd_entry e = {.ns = cmd->kind->ns, .n = n, .topics = topics, .lens = lens,
                              .payload = payload->p,

@@ -547,39 +547,46 @@ Test(cluster, kraken_node_killed_others_keep_order_and_go_on)
 }
 
 /* The publisher node's only NATS server goes away while it publishes: libnats' reconnect
- * buffer (64 KiB here) overflows; after the reconnect the node announces the lost topic and
- * the other node's subscriber of it is told. */
-Test(cluster, reconnect_buffer_overflow_is_announced_and_subscribers_told)
+ * buffer (64 KiB here) overflows, and the server comes back. A subscriber of `topics` on
+ * the other node has received p0-0 before; the caller checks how it is told. */
+static void lost_forwards(struct cluster *c, const char *topics, int *sub, int *pub)
 {
-    struct cluster c;
-    memset(&c, 0, sizeof(c));
-    kr_it_nats_cluster_start(c.nats, 2);
-    c.nnodes = 2;
+    memset(c, 0, sizeof(*c));
+    kr_it_nats_cluster_start(c->nats, 2);
+    c->nnodes = 2;
     char u0[64], u1[64];
-    kr_it_nats_url(&c.nats[0], u0, sizeof(u0));
-    kr_it_nats_url(&c.nats[1], u1, sizeof(u1));
+    kr_it_nats_url(&c->nats[0], u0, sizeof(u0));
+    kr_it_nats_url(&c->nats[1], u1, sizeof(u1));
     const char *a0[] = {"--cluster_nats_url", u0, "--cluster_node_name", "pubnode",
                         "--cluster_reconnect_buf_bytes", "64k", NULL};
     const char *a1[] = {"--cluster_nats_url", u1, "--cluster_node_name", "subnode", NULL};
-    kr_it_start(&c.node[0], a0);
-    kr_it_start(&c.node[1], a1);
-    wait_peers(&c, 1);
-    int sub = kr_it_connect(c.node[1].port), pub = kr_it_connect(c.node[0].port);
-    kr_it_subscribe(sub, "burst");
-    publish(pub, "burst", "p0-0");
+    kr_it_start(&c->node[0], a0);
+    kr_it_start(&c->node[1], a1);
+    wait_peers(c, 1);
+    *sub = kr_it_connect(c->node[1].port);
+    *pub = kr_it_connect(c->node[0].port);
+    kr_it_subscribe(*sub, topics);
+    publish(*pub, "burst", "p0-0");
     static char buf[1 << 16];
     size_t len = 0;
-    cr_assert_eq(kr_it_collect(sub, 1, buf, sizeof(buf), &len), 1); /* p0-0 */
-    kr_it_nats_stop(&c.nats[0]);
+    cr_assert_eq(kr_it_collect(*sub, 1, buf, sizeof(buf), &len), 1); /* p0-0 */
+    kr_it_nats_stop(&c->nats[0]);
     /* the publisher's node saw its server go */
-    kr_it_wait_stat(c.node[0].port, "cluster_connected", KR_IT_EQ, 0);
+    kr_it_wait_stat(c->node[0].port, "cluster_connected", KR_IT_EQ, 0);
     char payload[2048];
     memset(payload, 'x', sizeof(payload) - 1);
     payload[sizeof(payload) - 1] = 0;
     for (int k = 0; k < 100; k++) /* 200 KiB: past the 64 KiB buffer */
-        publish(pub, "burst", payload);
-    cr_assert_gt(kr_it_stat(c.node[0].port, "cluster_lost_forwards"), 0);
-    kr_it_nats_restart(c.nats, 2, 0);
+        publish(*pub, "burst", payload);
+    cr_assert_gt(kr_it_stat(c->node[0].port, "cluster_lost_forwards"), 0);
+    kr_it_nats_restart(c->nats, 2, 0);
+}
+
+Test(cluster, reconnect_buffer_overflow_is_announced_and_subscribers_told)
+{
+    struct cluster c;
+    int sub, pub;
+    lost_forwards(&c, "burst", &sub, &pub);
     /* what libnats' buffer held is delivered after the reconnect, then the notice */
     cr_assert(wait_told(sub, true), "the subscriber on the other node was told");
     cr_assert_geq(kr_it_stat(c.node[0].port, "cluster_resyncs_sent"), 1);
@@ -594,37 +601,13 @@ Test(cluster, reconnect_buffer_overflow_is_announced_and_subscribers_told)
 Test(cluster, lost_forwards_are_a_resync_notice_for_an_opted_in_subscriber)
 {
     struct cluster c;
-    memset(&c, 0, sizeof(c));
-    kr_it_nats_cluster_start(c.nats, 2);
-    c.nnodes = 2;
-    char u0[64], u1[64];
-    kr_it_nats_url(&c.nats[0], u0, sizeof(u0));
-    kr_it_nats_url(&c.nats[1], u1, sizeof(u1));
-    const char *a0[] = {"--cluster_nats_url", u0, "--cluster_node_name", "pubnode",
-                        "--cluster_reconnect_buf_bytes", "64k", NULL};
-    const char *a1[] = {"--cluster_nats_url", u1, "--cluster_node_name", "subnode", NULL};
-    kr_it_start(&c.node[0], a0);
-    kr_it_start(&c.node[1], a1);
-    wait_peers(&c, 1);
-    int sub = kr_it_connect(c.node[1].port), pub = kr_it_connect(c.node[0].port);
-    kr_it_subscribe(sub, "burst __kraken__:resync");
-    publish(pub, "burst", "p0-0");
-    static char buf[1 << 16];
-    size_t len = 0;
-    cr_assert_eq(kr_it_collect(sub, 1, buf, sizeof(buf), &len), 1); /* p0-0 */
-    kr_it_nats_stop(&c.nats[0]);
-    kr_it_wait_stat(c.node[0].port, "cluster_connected", KR_IT_EQ, 0);
-    char payload[2048];
-    memset(payload, 'x', sizeof(payload) - 1);
-    payload[sizeof(payload) - 1] = 0;
-    for (int k = 0; k < 100; k++) /* 200 KiB: past the 64 KiB buffer */
-        publish(pub, "burst", payload);
-    cr_assert_gt(kr_it_stat(c.node[0].port, "cluster_lost_forwards"), 0);
-    kr_it_nats_restart(c.nats, 2, 0);
+    int sub, pub;
+    lost_forwards(&c, "burst __kraken__:resync", &sub, &pub);
     cr_assert(wait_notice(sub, "burst"), "the subscriber was told to resync burst");
     cr_assert_geq(kr_it_stat(c.node[1].port, "resync_notices"), 1);
     /* still subscribed and connected: a later publish arrives */
     publish(pub, "burst", "after");
+    static char buf[1 << 16];
     bool seen = false;
     for (int k = 0; k < 500 && !seen; k++) {
         kr_it_sends(sub, "get messages\r\n");
