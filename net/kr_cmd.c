@@ -342,6 +342,57 @@ size_t kr_cmd_position_now(struct kr_conn *c, char *buf, size_t cap)
     return n;
 }
 
+/* This net thread's share of resume_max_active. */
+static uint32_t kr_cmd_resume_slots(const struct kr_nt *nt)
+{
+    uint64_t per = nt->srv->cfg->resume_max_active / nt->srv->nnet;
+    return per ? (uint32_t)per : 1;
+}
+
+bool kr_cmd_resume_admit(struct kr_conn *c)
+{
+    struct kr_nt *nt = c->nt;
+    if (c->resuming || nt->resumes_active < kr_cmd_resume_slots(nt))
+        return true;
+    if (!c->resume_waiting) { /* in line, once */
+        if (nt->resume_wait_n == nt->resume_wait_cap) {
+            uint32_t ncap = nt->resume_wait_cap ? nt->resume_wait_cap * 2 : 64;
+            uint64_t *n = kr_xmalloc(ncap * sizeof(*n));
+            for (uint32_t i = 0; i < nt->resume_wait_n; i++)
+                n[i] = nt->resume_wait[(nt->resume_wait_head + i) % nt->resume_wait_cap];
+            free(nt->resume_wait);
+            nt->resume_wait = n;
+            nt->resume_wait_cap = ncap;
+            nt->resume_wait_head = 0;
+        }
+        nt->resume_wait[(nt->resume_wait_head + nt->resume_wait_n++) % nt->resume_wait_cap] = c->id;
+        c->resume_waiting = true;
+        KR_ST_INC(nt, resumes_waited, 1);
+    }
+    return false;
+}
+
+void kr_cmd_resume_done(struct kr_conn *c)
+{
+    struct kr_nt *nt = c->nt;
+    if (!c->resuming)
+        return;
+    c->resuming = false;
+    nt->resumes_active--;
+    /* the oldest waiting resume whose connection is still open goes next */
+    while (nt->resume_wait_n) {
+        uint64_t id = nt->resume_wait[nt->resume_wait_head];
+        nt->resume_wait_head = (nt->resume_wait_head + 1) % nt->resume_wait_cap;
+        nt->resume_wait_n--;
+        struct kr_conn *w = kr_nt_conn(nt, id);
+        if (!w)
+            continue;
+        w->resume_waiting = false;
+        kr_conn_block(w); /* processed again after this loop iteration */
+        break;
+    }
+}
+
 int kr_cmd_resume(struct kr_conn *c, const char *token, size_t token_len,
                   const struct kr_cmd_sub *sub0)
 {
@@ -356,6 +407,10 @@ int kr_cmd_resume(struct kr_conn *c, const char *token, size_t token_len,
         return rc;
     KR_ST_INC(nt, resume_requests, 1);
     KR_ST_INC(nt, subscribe_requests, 1);
+    if (!c->resuming) { /* its slot (kr_cmd_resume_admit let it run) */
+        c->resuming = true;
+        nt->resumes_active++;
+    }
     c->horizon_us = 0; /* a resume is the retroactive step itself */
     c->dlv.resync = true; /* resuming opts in to resync notices */
     kr_cmd_track_position(c);

@@ -592,6 +592,7 @@ void kr_conn_close(struct kr_conn *c)
     if (c->closing)
         return;
     struct kr_nt *nt = c->nt;
+    kr_cmd_resume_done(c); /* a resume in progress gives its slot back */
     c->closing = true;
     kr_conn_out_account(c); /* its unsent bytes no longer count */
     kr_poll_unwait(c);

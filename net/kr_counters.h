@@ -50,6 +50,7 @@
     X(retro_future_horizons, COUNTER, "retroactive horizons in the future, taken as now")         \
     X(messages_replayed, COUNTER, "entries replayed by retroactive subscribes and resumes")       \
     X(resume_requests, COUNTER, "resume requests (a position token and topics)")                  \
+    X(resumes_waited, COUNTER, "resumes that waited for one in progress (resume_max_active)")   \
     X(resume_foreign, COUNTER,                                                                    \
       "resumes of a token of another node or an earlier start (every topic told to resync)")     \
     X(protocol_errors, COUNTER, "requests answered with an error (the connection is closed)")     \

@@ -388,6 +388,8 @@ static ssize_t kr_mc_request(struct kr_conn *c, const char *buf, size_t len, boo
     }
     if (pipelined && !kr_mc_pipelinable(c, &req))
         return KR_FE_LATER;
+    if (req.type == KR_REQ_RESUME && !kr_cmd_resume_admit(c))
+        return KR_FE_LATER; /* its turn comes when a resume in progress finishes */
     kr_mc_run(c, &req, used == len);
     return (ssize_t)used;
 }

@@ -274,6 +274,8 @@ static ssize_t kr_rs_request(struct kr_conn *c, const char *buf, size_t len, boo
     const struct kr_rs_cmd *cmd = kr_rs_lookup(&s->argv[0]);
     if (pipelined && !(cmd && (cmd->flags & KR_RS_F_PIPELINE)))
         return KR_FE_LATER;
+    if (cmd && cmd->fn == kr_rs_cmd_resume && !kr_cmd_resume_admit(c))
+        return KR_FE_LATER; /* its turn comes when a resume in progress finishes */
     kr_rs_run(c, s, cmd, s->argv, argc);
     return (ssize_t)used;
 }

@@ -293,6 +293,10 @@ size_t kr_cmd_position_now(struct kr_conn *c, char *buf, size_t cap);
  * KR_CMD_BAD_POSITION for a malformed token, another refusal, or KR_CMD_OK. */
 int kr_cmd_resume(struct kr_conn *c, const char *token, size_t token_len,
                   const struct kr_cmd_sub *s);
+/* May a resume run now? At most resume_max_active resumes are in progress on the node
+ * (shared by its net threads); past it the request waits (the frontend answers
+ * KR_FE_LATER; the connection is processed again when a slot frees, oldest first). */
+bool kr_cmd_resume_admit(struct kr_conn *c);
 /* A poll that gives a position: how many complete entries its reply hands out (so that an
  * exact position follows them), and in *bytes what they add to a memcached reply. */
 uint32_t kr_conn_ready_positioned(struct kr_conn *c, uint64_t *bytes);

@@ -184,6 +184,7 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
                     if (c->dlv.retro_not_found)
                         KR_ST_INC(nt, retro_not_found, 1);
                     kr_dlv_retro_done(&nt->dlv, &c->dlv);
+                    kr_cmd_resume_done(c); /* a resume's slot goes to the next one */
                 }
                 kr_rq_emit(c);
                 kr_conn_block(c); /* flushed and resumed after this loop iteration */

@@ -158,6 +158,8 @@ struct kr_conn {
     uint32_t rq_cap;
     uint32_t rq_base;          /* request number of the ring's head */
     const char *deferred_err;  /* error reply held until earlier replies are out */
+    bool resuming;       /* holds one of its net thread's resume slots (kr_cmd_resume) */
+    bool resume_waiting; /* on its net thread's list of resumes waiting for a slot */
     /* continuity: the last exact position token given (NULL until one was) */
     char *last_token;
     uint16_t last_token_len;
@@ -304,6 +306,11 @@ struct kr_nt {
     /* per router shard, the highest sequence whose deliveries to this thread were all
      * taken (KR_EV_FRONTIER, and the parts of what arrived): a position's upper bound */
     uint64_t *seen;
+    /* resumes in progress on this thread, and the connections whose resume waits for one
+     * to finish (ids, oldest first): resume_max_active is shared by the net threads */
+    uint32_t resumes_active;
+    uint64_t *resume_wait;
+    uint32_t resume_wait_head, resume_wait_n, resume_wait_cap;
     char readbuf[KR_READ_BUF];
 };
 
@@ -418,6 +425,10 @@ uint32_t kr_conn_nparked(const struct kr_conn *c);
 bool kr_conn_can_parse(struct kr_conn *c);
 /* Work through c's stashed input; after reads and whenever a wait ends. Net thread. */
 void kr_conn_process(struct kr_conn *c);
+/* ---- kr_cmd.c: the rule book's internals (its operations are in kr_frontend.h) */
+/* c's resume finished (or c closes with one in progress): its slot goes to the oldest
+ * waiting resume, whose connection is processed again. Net thread. */
+void kr_cmd_resume_done(struct kr_conn *c);
 /* ---- kr_conn.c: the connection side of delivery assembly (kr_deliver.h) */
 /* Set up the net thread's delivery context (limits from nt->live). Control thread, before
  * the net thread runs. */

@@ -265,6 +265,7 @@ void kr_server_destroy(struct kr_server *s)
         free(nt->ns_lens);
         free(nt->dedup);
         free(nt->seen);
+        free(nt->resume_wait);
         kr_nt_outbox_destroy(nt);
         free(nt->mem_cand);
         free(nt->turns);

@@ -118,6 +118,9 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
                "get a resync notice instead of their replay"),
     KR_CFG_OPT(resume_max_bytes, KR_CFG_U64, KR_CFG_SIZE, 1, KR_TIB, "64m",
                "bytes of messages one resume replays at most (the same rule)"),
+    KR_CFG_OPT(resume_max_active, KR_CFG_U64, 0, 1, 1000000, "256",
+               "resumes in progress on the node at most (shared evenly by the net threads); "
+               "more wait their turn, so a reconnect storm does not stall live traffic"),
     KR_CFG_OPT(max_poll_reply_bytes, KR_CFG_U64, KR_CFG_LIVE | KR_CFG_SIZE, 1, KR_GIB, "1m",
                "entry bytes one `get messages` reply holds at most (always at least one "
                "entry); the rest stays queued for the next poll"),

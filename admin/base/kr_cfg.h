@@ -41,6 +41,7 @@ struct kr_cfg {
     uint64_t position_interval_ms;           /* 1000: __kraken__:position while idle */
     uint64_t resume_max_entries;             /* 100000: messages one resume replays at most */
     uint64_t resume_max_bytes;               /* 64 MiB: their bytes at most */
+    uint64_t resume_max_active;              /* 256: resumes in progress on the node at most */
     uint64_t max_poll_reply_bytes;           /* 1 MiB: entries one `get messages` reply holds
                                                 (at least one entry, whatever its size) */
     uint64_t max_memory;                     /* half the physical memory (0 = no bound):

@@ -337,3 +337,38 @@ Test(resume, a_bounded_replay_tells_the_busiest_topics_to_resync)
     close(pub);
     kr_it_stop(&one);
 }
+
+/* At most resume_max_active resumes are in progress (here 1 on one net thread): the others
+ * wait their turn and each is then served whole. */
+Test(resume, resumes_past_the_active_bound_wait_their_turn)
+{
+    struct kr_it_server one;
+    kr_it_start(&one, (const char *const[]){"--num_net_threads", "1", "--resume_max_active",
+                                           "1", NULL});
+    int a = kr_it_connect(one.port), pub = kr_it_connect(one.port);
+    kr_it_subscribe(a, "w1 w2");
+    char got[4096], tok[600] = {0};
+    poll_position(a, 0, got, sizeof(got), tok, sizeof(tok));
+    close(a);
+    for (int i = 0; i < 300; i++) /* something to replay: resumes take a while */
+        kr_it_publish(pub, i % 2 ? "w1" : "w2", "ww", 2);
+    kr_it_wait_stat(one.port, "messages_routed", KR_IT_GE, 300);
+    enum { N = 40 };
+    int fd[N];
+    char req[1024];
+    snprintf(req, sizeof(req), "set resume 0 0 %zu\r\n%s\r\nw1 w2\r\n", strlen(tok) + 2 + 5, tok);
+    for (int i = 0; i < N; i++)
+        fd[i] = kr_it_connect(one.port);
+    for (int i = 0; i < N; i++) /* all at once */
+        kr_it_sends(fd[i], req);
+    for (int i = 0; i < N; i++) {
+        kr_it_expect(fd[i], "STORED\r\n");
+        char rest[1 << 15], t2[600] = {0};
+        poll_position(fd[i], 300, rest, sizeof(rest), t2, sizeof(t2));
+        close(fd[i]);
+    }
+    cr_assert_eq(kr_it_stat(one.port, "resume_requests"), N);
+    cr_assert_geq(kr_it_stat(one.port, "resumes_waited"), 1, "no resume waited for another");
+    close(pub);
+    kr_it_stop(&one);
+}
