@@ -549,10 +549,14 @@ int kr_cmd_publish(struct kr_conn *c, const struct kr_cmd_entry *e, unsigned fla
     kr_msg_set_nshards(m, involved);
     if (involved > 1 || srv->cluster)
         kr_msg_ref(m, involved - 1 + (srv->cluster != NULL));
+    /* with cluster_publish_ack flushed the reply also waits for the link's flush */
+    if (srv->publish_flushed)
+        c->link_sent++;
     /* a counted publish's reply waits for every involved shard's count (KR_EV_PUBLISHED) */
     uint32_t reqno = 0;
     if (count)
-        reqno = kr_rq_push(c, &(struct kr_reply_wait){.acks_left = involved, .count = true});
+        reqno = kr_rq_push(c, &(struct kr_reply_wait){.acks_left = involved, .count = true,
+                                                      .link_need = c->link_sent});
     for (uint32_t s = 0; s < nshards; s++) {
         if (!((shardset >> s) & 1))
             continue;
@@ -561,7 +565,8 @@ int kr_cmd_publish(struct kr_conn *c, const struct kr_cmd_entry *e, unsigned fla
         kr_conn_send(c, s, &ev);
     }
     if (srv->cluster) { /* forwarded to the other nodes, after the local fanout's events */
-        struct kr_event ev = {.type = KR_EV_PUBLISH, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = m};
+        struct kr_event ev = {.type = KR_EV_PUBLISH, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = m,
+                              .mask = srv->publish_flushed ? KR_PUBLISH_FLUSHED : 0};
         kr_conn_send(c, KR_DEST_LINK, &ev);
     }
     return KR_CMD_OK;
@@ -570,8 +575,9 @@ int kr_cmd_publish(struct kr_conn *c, const struct kr_cmd_entry *e, unsigned fla
 void kr_cmd_published(struct kr_conn *c, bool noreply)
 {
     uint32_t parked = kr_conn_nparked(c);
-    if (parked || c->rq_count)
-        kr_rq_push(c, &(struct kr_reply_wait){.noreply = noreply, .sent_gate = parked > 0});
+    if (parked || c->rq_count || c->link_acked < c->link_sent)
+        kr_rq_push(c, &(struct kr_reply_wait){.noreply = noreply, .sent_gate = parked > 0,
+                                              .link_need = c->link_sent});
     else if (!noreply)
         c->fe->reply(c, &(struct kr_reply){.kind = KR_REPLY_DONE});
 }

@@ -281,7 +281,7 @@ void kr_rq_emit(struct kr_conn *c)
 {
     while (c->rq_count) {
         struct kr_reply_wait *w = &c->rq[c->rq_head];
-        if (w->acks_left || w->sent_gate)
+        if (w->acks_left || w->sent_gate || c->link_acked < w->link_need)
             break;
         struct kr_reply r = {.kind = KR_REPLY_DONE, .bytes = w->bytes, .len = w->len};
         if (w->count) {

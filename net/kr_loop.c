@@ -138,6 +138,15 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
         kr_router_cmd_free(named);
         break;
     }
+    case KR_EV_FORWARDED: { /* a flushed publish's entry is in the NATS server's hands */
+        struct kr_conn *c = kr_nt_conn(nt, ev->conn);
+        if (c) {
+            c->link_acked++;
+            kr_rq_emit(c);
+            kr_conn_block(c); /* flushed and resumed after this loop iteration */
+        }
+        break;
+    }
     case KR_EV_FRONTIER: /* a shard's numbering so far: everything up to it was sent here */
         if (ev->mask > nt->seen[ev->src])
             nt->seen[ev->src] = ev->mask;

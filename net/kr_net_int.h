@@ -104,6 +104,8 @@ struct kr_reply_wait {
     bool retro;     /* a retroactive subscribe: answers STORED or NOT_FOUND */
     bool sent_gate; /* a publish with parked events */
     bool count;     /* a publish that answers its receivers (KR_EV_PUBLISHED sums them) */
+    uint64_t link_need; /* cluster_publish_ack flushed: answered once this many of the
+                           connection's forwarded entries are in the NATS server's hands */
     uint64_t receivers;
     char *bytes;    /* the reply the frontend formatted when the request ran (owned), or NULL */
     size_t len;
@@ -159,6 +161,8 @@ struct kr_conn {
     uint32_t rq_base;          /* request number of the ring's head */
     const char *deferred_err;  /* error reply held until earlier replies are out */
     bool resuming;       /* holds one of its net thread's resume slots (kr_cmd_resume) */
+    /* cluster_publish_ack flushed: entries sent to the link, and those it confirmed */
+    uint64_t link_sent, link_acked;
     bool resume_waiting; /* on its net thread's list of resumes waiting for a slot */
     /* continuity: the last exact position token given (NULL until one was) */
     char *last_token;
@@ -344,6 +348,7 @@ struct kr_server {
     struct kr_net_warning warnings[KR_NET_WARNINGS];
     uint64_t nwarnings; /* ever recorded; the newest is at (nwarnings - 1) % KR_NET_WARNINGS */
     uint64_t node_id;   /* this start of the node, named by its position tokens */
+    bool publish_flushed; /* cluster_publish_ack flushed */
 };
 
 #define KR_ST_INC(nt, field, n) ck_pr_store_64(&(nt)->st.field, (nt)->st.field + (n))

@@ -135,6 +135,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
     /* the node's start id, named by every position token it issues: in a cluster the
      * link's origin id (other nodes find the node by it), else random */
     s->node_id = s->cluster ? kr_cluster_publisher(s->cluster) : kr_server_random_id();
+    s->publish_flushed = s->cluster && strcmp(cfg->cluster_publish_ack, "flushed") == 0;
     for (uint32_t i = 0; i < s->nnet; i++) {
         struct kr_nt *nt = s->nts[i];
         nt->seen = kr_xcalloc(cfg->num_router_shards, sizeof(*nt->seen));

@@ -84,12 +84,16 @@ enum kr_router_event {
     KR_EV_PUBLISHED,
     KR_EV_RESUME,
     KR_EV_FRONTIER,
+    KR_EV_FORWARDED,
 };
 
 /* KR_EV_PUBLISH's mask bit asking the shard for its receivers: after the fanout it answers
  * KR_EV_PUBLISHED to the publisher's net thread (conn = publisher, aux = the event's aux,
  * mask = the connections it delivered to). */
 #define KR_PUBLISH_COUNT UINT64_C(1)
+/* KR_EV_PUBLISH's mask bit asking the cluster link to answer KR_EV_FORWARDED (conn = the
+ * publisher) once the entry is in its NATS server's hands (cluster_publish_ack flushed). */
+#define KR_PUBLISH_FLUSHED UINT64_C(2)
 
 /* A subscribe/unsubscribe command for one shard: the topics of one request that this shard
  * owns, stored back to back. Allocated by the net thread with kr_router_cmd_new, travels

@@ -197,6 +197,10 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
     KR_CFG_OPT(cluster_start_degraded, KR_CFG_U32, 0, 0, 1, "0",
                "1 = start serving local clients when no NATS server answers, and keep trying; "
                "0 = exit non-zero"),
+    KR_CFG_OPT(cluster_publish_ack, KR_CFG_STR, 0, 0, 0, "local",
+               "local: a publish answers STORED once handed to the router; flushed: once its "
+               "entry is also in this node's NATS server's hands (a node that dies cannot have "
+               "acknowledged entries no other node sees or is told about)"),
     KR_CFG_OPT(cluster_linger_ms, KR_CFG_U64, 0, 0, 3600000, "2000",
                "a topic's cluster subscription is dropped this long after its last local "
                "subscriber left"),

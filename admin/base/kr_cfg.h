@@ -72,6 +72,8 @@ struct kr_cfg {
     /* the cluster link (router/cluster/kr_cluster.h); empty cluster_nats_url = one node */
     char cluster_nats_url[KR_CFG_STR_MAX];   /* "": comma-separated nats://host:port list */
     char cluster_node_name[KR_CFG_STR_MAX];  /* "": host name and client port */
+    char cluster_publish_ack[KR_CFG_STR_MAX]; /* local (STORED when handed to the router) or
+                                                 flushed (once in the NATS server's hands) */
     char cluster_subject_prefix[KR_CFG_STR_MAX]; /* "kraken" */
     char cluster_user[KR_CFG_STR_MAX];       /* "" */
     char cluster_password[KR_CFG_STR_MAX];   /* "" */

@@ -128,6 +128,13 @@ int kr_cluster_create(const struct kr_cluster_opts *o, struct kr_cluster **out, 
         gethostname(host, sizeof(host) - 1);
         snprintf(cl->name, sizeof(cl->name), "%s:%u", host, o->client_port);
     }
+    if (strcmp(o->cfg->cluster_publish_ack, "local") != 0 &&
+        strcmp(o->cfg->cluster_publish_ack, "flushed") != 0) {
+        free(cl);
+        return kr_errf(err, errlen, -EINVAL,
+                       "cluster_publish_ack must be local or flushed (got '%s')",
+                       o->cfg->cluster_publish_ack);
+    }
     cl->origin = kr_cl_random64();
     cl->pub_id = kr_conn_id_make(o->ctl_idx, 0, 0);
     snprintf(cl->subj_hb, sizeof(cl->subj_hb), "%s.ctl.hb", cl->prefix);
@@ -321,6 +328,7 @@ void kr_cluster_destroy(struct kr_cluster *cl)
     free(cl->lq);
     free(cl->pend);
     free(cl->waits);
+    free(cl->acks);
     free(cl->peers);
     free(cl->ebuf);
     free(cl->sbuf);

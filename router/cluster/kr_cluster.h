@@ -97,6 +97,8 @@ uint64_t kr_cluster_publisher(const struct kr_cluster *cl);
     X(barrier_time, COUNTER, 1, "total time subscribe requests waited for the cluster")           \
     X(barrier_timeouts, COUNTER, 0, "probes a node did not answer in time")                       \
     X(bad_messages, COUNTER, 0, "messages from the cluster that did not decode")                  \
+    X(flushes, COUNTER, 0,                                                                        \
+      "flushes to the NATS server that publishes waited for (cluster_publish_ack flushed)")       \
     X(slow_consumers, COUNTER, 0,                                                                 \
       "times a topic's entries from the cluster outran the shards past cluster_max_pending "      \
       "(dropped by the cluster, its subscribers told)")

@@ -36,6 +36,7 @@
 #define KR_CL_PEER_DEAD_MS 3500   /* a node not heard from this long has left */
 #define KR_CL_PROBE_TIMEOUT_MS 30000 /* interest floods take the routes seconds */
 #define KR_CL_BATCH 16384         /* events (a block counts its topics) per pass */
+#define KR_CL_FLUSH_TIMEOUT_MS 1000 /* a flush for cluster_publish_ack flushed waits this long */
 #define KR_CL_DROPS_PER_TICK 4096 /* lingering subscriptions dropped per tick at most */
 #define KR_CL_MAX_ORIGINS 256     /* origins the duplicate filter remembers */
 #define KR_CL_LOST_CHUNK (256 * 1024)
@@ -139,6 +140,10 @@ struct kr_cluster {
     size_t npend, pend_cap;
     struct kr_cl_wait *waits;
     size_t nwaits, waits_cap;
+    /* cluster_publish_ack flushed: publishers of forwarded entries waiting for the next
+     * successful flush (KR_EV_FORWARDED each, in order) */
+    uint64_t *acks;
+    size_t nacks, acks_cap;
     uint64_t probe_sent;     /* last probe number sent (0 = none) */
     uint64_t probe_done;     /* every probe up to this one is answered */
     uint64_t probe_sent_ms;

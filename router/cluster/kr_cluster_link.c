@@ -247,6 +247,26 @@ static void kr_cl_interest(struct kr_cluster *cl, struct kr_event *ev)
     free(c);
 }
 
+/* ---------------------------------------------------------------- flushed publishes */
+
+/* cluster_publish_ack flushed: once the NATS server has everything written so far (a
+ * flush's PING answered), the publishers waiting are answered. While the link is down
+ * they wait (the tick retries); what libnats could not buffer is announced lost anyway. */
+static void kr_cl_flush_acks(struct kr_cluster *cl)
+{
+    if (!cl->nacks || natsConnection_Status(cl->nc) != NATS_CONN_STATUS_CONNECTED)
+        return;
+    if (natsConnection_FlushTimeout(cl->nc, KR_CL_FLUSH_TIMEOUT_MS) != NATS_OK)
+        return; /* tried again at the next pass or tick */
+    KR_CL_INC(cl, flushes, 1);
+    for (size_t i = 0; i < cl->nacks; i++) {
+        struct kr_event ev = {.type = KR_EV_FORWARDED, .src = (uint16_t)cl->o.ctl_idx,
+                              .conn = cl->acks[i]};
+        kr_outbox_push(&cl->outbox, KR_CONN_NET(ev.conn), &ev);
+    }
+    cl->nacks = 0;
+}
+
 /* ---------------------------------------------------------------- the loop */
 
 /* One pass over everything that arrived. */
@@ -283,6 +303,10 @@ static void kr_cl_run(struct kr_cluster *cl)
             if (ev.type == KR_EV_PUBLISH) {
                 kr_cl_forward(cl, ev.ptr);
                 kr_msg_unref(ev.ptr);
+                if (ev.mask & KR_PUBLISH_FLUSHED) { /* answered after the next flush */
+                    KR_GROW_MIN(cl->acks, cl->acks_cap, cl->nacks + 1, 256);
+                    cl->acks[cl->nacks++] = ev.conn;
+                }
             } else {
                 uint32_t nt = ((struct kr_router_cmd *)ev.ptr)->ntopics;
                 budget -= budget > nt ? nt : budget;
@@ -290,6 +314,7 @@ static void kr_cl_run(struct kr_cluster *cl)
             }
         }
     }
+    kr_cl_flush_acks(cl);
     kr_cl_probe_check(cl);
     kr_outbox_unpark(&cl->outbox);
     kr_outbox_wake(&cl->outbox);

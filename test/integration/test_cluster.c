@@ -800,3 +800,59 @@ Test(cluster, lost_notice_for_every_topic_past_the_tracked_window)
     close(pub);
     cluster_down(&c);
 }
+
+/* cluster_publish_ack flushed: every entry a publisher got STORED for is in its NATS
+ * server's hands, so a node killed right after the last STORED loses none of them: the
+ * subscriber on another node gets every one, in order, once. */
+Test(cluster, flushed_acknowledgements_survive_a_killed_publisher_node)
+{
+    struct cluster c;
+    cluster_up(&c, 2, (const char *const[]){"--cluster_publish_ack", "flushed", NULL});
+    int sub = kr_it_connect(c.node[1].port);
+    kr_it_subscribe(sub, "load");
+    int pub = kr_it_connect(c.node[0].port);
+    enum { N = 3000 };
+    static char big[1 << 20];
+    size_t used = 0;
+    for (long k = 0; k < N; k++) { /* pipelined, each request one entry */
+        char payload[32], e[96];
+        snprintf(payload, sizeof(payload), "p0-%ld", k);
+        int el = snprintf(e, sizeof(e), "MESSAGE load %zu\r\n%s\r\n", strlen(payload), payload);
+        used += (size_t)snprintf(big + used, sizeof(big) - used, "set publish 0 0 %d\r\n%s\r\n",
+                                 el, e);
+    }
+    kr_it_send(pub, big, used);
+    for (long k = 0; k < N; k++)
+        kr_it_expect(pub, "STORED\r\n");
+    kill(c.node[0].pid, SIGKILL); /* right after the last STORED */
+    waitpid(c.node[0].pid, NULL, 0);
+    c.node[0].pid = 0;
+    close(pub);
+    struct faultcheck f = {0};
+    poll_until(sub, N, &f);
+    cr_assert_not(f.told);
+    cr_assert_eq(f.dups, 0);
+    cr_assert_eq(f.gaps, 0);
+    cr_assert_eq(f.next, N, "every acknowledged entry arrived (%ld of %d)", f.next, N);
+    cr_assert_geq(kr_it_stat(c.node[1].port, "cluster_msgs_in"), N);
+    close(sub);
+    unlink(c.node[0].log_path);
+    cluster_down(&c);
+}
+
+/* A value other than local or flushed is refused at start, naming the key. */
+Test(cluster, cluster_publish_ack_other_values_are_refused)
+{
+    struct kr_it_nats n[NN];
+    kr_it_nats_cluster_start(n, 1);
+    char url[64], out[4096];
+    kr_it_nats_url(&n[0], url, sizeof(url));
+    struct kr_it_server s;
+    memset(&s, 0, sizeof(s));
+    int rc = kr_it_cli(NULL, out, sizeof(out),
+                       (const char *[]){"run", "--tcp_server_port", "0", "--cluster_nats_url", url,
+                                        "--cluster_publish_ack", "sometimes", NULL});
+    cr_assert_neq(rc, 0);
+    cr_assert(strstr(out, "cluster_publish_ack must be local or flushed"), "%s", out);
+    kr_it_nats_cluster_stop(n, 1);
+}
