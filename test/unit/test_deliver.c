@@ -736,6 +736,7 @@ Test(position, a_cut_is_extended_over_an_earlier_part_of_the_same_shard)
     cr_assert(pos[0] == 10 && pos[1] == 20);
     kr_msg_unref(e);
     kr_msg_unref(f);
+    kr_dlv_clear(&x, &d);
     kr_dlv_free(&d);
 }
 
