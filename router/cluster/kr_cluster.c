@@ -142,6 +142,7 @@ int kr_cluster_create(const struct kr_cluster_opts *o, struct kr_cluster **out, 
     snprintf(cl->subj_lost, sizeof(cl->subj_lost), "%s.ctl.lost", cl->prefix);
     snprintf(cl->subj_self, sizeof(cl->subj_self), "%s.node.%016" PRIx64, cl->prefix, cl->origin);
     pthread_mutex_init(&cl->mu, NULL);
+    pthread_mutex_init(&cl->win_mu, NULL);
     cl->nbuckets = 1024;
     cl->buckets = kr_xcalloc(cl->nbuckets, sizeof(*cl->buckets));
     uint32_t cap = o->mailbox_capacity ? o->mailbox_capacity : 8192;
@@ -230,6 +231,14 @@ void kr_cluster_stop(struct kr_cluster *cl)
         uv_async_send(&cl->wake);
         uv_thread_join(&cl->thread);
         cl->started = false;
+    }
+    /* Say it leaves (everything it acknowledged was written before, in order), so the other
+     * nodes do not take it for a silent peer and tell their subscribers to resync. */
+    if (cl->nc && natsConnection_Status(cl->nc) == NATS_CONN_STATUS_CONNECTED) {
+        char body[32];
+        size_t bl = kr_cl_ctl_encode(body, 'G', cl->origin, 0);
+        natsConnection_Publish(cl->nc, cl->subj_hb, body, (int)bl);
+        natsConnection_FlushTimeout(cl->nc, 1000);
     }
     /* Drain: libnats unsubscribes, hands what its delivery thread still holds to the
      * callbacks (which drop it now), then closes; a plain close would leave those messages
@@ -321,6 +330,17 @@ void kr_cluster_destroy(struct kr_cluster *cl)
     if (cl->nopts)
         natsOptions_Destroy(cl->nopts);
     pthread_mutex_destroy(&cl->mu);
+    pthread_mutex_destroy(&cl->win_mu);
+    for (uint32_t i = 0; i < cl->norigins; i++) {
+        struct kr_cl_win *w = cl->origins[i].win;
+        if (!w)
+            continue;
+        for (int k = 0; k < 2; k++) {
+            free(w->w[k].slots);
+            free(w->w[k].pairs);
+        }
+        free(w);
+    }
     free(cl->in);
     free(cl->out);
     free(cl->in_dirty);

@@ -99,6 +99,8 @@ uint64_t kr_cluster_publisher(const struct kr_cluster *cl);
     X(bad_messages, COUNTER, 0, "messages from the cluster that did not decode")                  \
     X(flushes, COUNTER, 0,                                                                        \
       "flushes to the NATS server that publishes waited for (cluster_publish_ack flushed)")       \
+    X(peer_silences, COUNTER, 0,                                                                  \
+      "other nodes that went silent without saying they left (their recent topics told)")       \
     X(slow_consumers, COUNTER, 0,                                                                 \
       "times a topic's entries from the cluster outran the shards past cluster_max_pending "      \
       "(dropped by the cluster, its subscribers told)")

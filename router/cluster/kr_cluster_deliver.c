@@ -79,14 +79,16 @@ void kr_cl_error_cb(natsConnection *nc, natsSubscription *sub, natsStatus err, v
 /* Drop copies of an entry already handled: per origin, the highest sequence seen. An origin
  * publishes an entry's copies one after the other and its messages reach this connection
  * in order, so any copy at or below the mark is a duplicate. */
-static bool kr_cl_is_duplicate(struct kr_cluster *cl, uint64_t origin, uint64_t seq)
+static bool kr_cl_is_duplicate(struct kr_cluster *cl, uint64_t origin, uint64_t seq,
+                               struct kr_cl_origin **from)
 {
     uint64_t now = kr_cl_now_ms();
     struct kr_cl_origin *o = NULL;
     for (uint32_t i = 0; i < cl->norigins && !o; i++)
         if (cl->origins[i].origin == origin)
             o = &cl->origins[i];
-    if (!o) {
+    if (!o) { /* a new origin's record: under win_mu, which the link thread reads them with */
+        pthread_mutex_lock(&cl->win_mu);
         if (cl->norigins < KR_CL_MAX_ORIGINS) {
             o = &cl->origins[cl->norigins++];
         } else { /* forget the origin heard from least recently */
@@ -96,9 +98,14 @@ static bool kr_cl_is_duplicate(struct kr_cluster *cl, uint64_t origin, uint64_t 
                     o = &cl->origins[i];
         }
         o->origin = origin;
+        if (o->win) /* a forgotten origin's windows too */
+            for (int k = 0; k < 2; k++)
+                kr_cl_window_clear(&o->win->w[k], KR_CL_PEER_SLOTS);
+        pthread_mutex_unlock(&cl->win_mu);
         o->seq = 0;
     }
     o->last_ms = now;
+    *from = o;
     if (seq <= o->seq)
         return true;
     o->seq = seq;
@@ -123,6 +130,32 @@ static void kr_cl_inject(struct kr_cluster *cl, uint32_t shard, const struct kr_
     }
 }
 
+/* Remember the n topics of the entry being handled (cl->d_topics ...) as forwarded here by
+ * origin o lately (its two windows; allocated at its first entry). */
+static void kr_cl_window_note(struct kr_cluster *cl, struct kr_cl_origin *o, uint32_t n)
+{
+    uint64_t now = kr_cl_now_ms();
+    pthread_mutex_lock(&cl->win_mu);
+    if (!o->win) {
+        o->win = kr_xcalloc(1, sizeof(*o->win));
+        for (int k = 0; k < 2; k++) {
+            o->win->w[k].slots = kr_xcalloc(KR_CL_PEER_SLOTS, sizeof(uint64_t));
+            o->win->w[k].pairs = kr_xmalloc(KR_CL_PEER_BYTES);
+        }
+        o->win->since_ms = now;
+    }
+    struct kr_cl_win *w = o->win;
+    if (now >= w->since_ms + KR_CL_RECENT_MS / 2) { /* the older half is forgotten */
+        w->cur ^= 1;
+        kr_cl_window_clear(&w->w[w->cur], KR_CL_PEER_SLOTS);
+        w->since_ms = now;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        kr_cl_window_add(&w->w[w->cur], KR_CL_PEER_SLOTS, KR_CL_PEER_BYTES, cl->d_topics[i],
+                         cl->d_lens[i], cl->d_hashes[i]);
+    pthread_mutex_unlock(&cl->win_mu);
+}
+
 void kr_cl_on_entry(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     (void)nc;
@@ -135,7 +168,8 @@ void kr_cl_on_entry(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
         natsMsg_Destroy(msg);
         return;
     }
-    if (b.origin == cl->origin || kr_cl_is_duplicate(cl, b.origin, b.seq) ||
+    struct kr_cl_origin *from = NULL;
+    if (b.origin == cl->origin || kr_cl_is_duplicate(cl, b.origin, b.seq, &from) ||
         ck_pr_load_int(&cl->stopping)) {
         if (b.origin != cl->origin)
             KR_CL_INC(cl, duplicates, 1);
@@ -168,6 +202,7 @@ void kr_cl_on_entry(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
     struct kr_msg *m = kr_msg_create_hashed(cl->pub_id, kr_msg_clock_us(), n, cl->d_topics,
                                             cl->d_lens, cl->d_hashes, b.payload, b.payload_len,
                                             involved > 1 ? cl->o.nnet : 0);
+    kr_cl_window_note(cl, from, n); /* the topics point into msg: before it goes */
     natsMsg_Destroy(msg);
     kr_msg_set_nshards(m, involved);
     if (involved > 1)
@@ -216,6 +251,9 @@ void kr_cl_on_ctl(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void 
             break;
         case 'R':
             kr_cl_item_push(cl, 'R', b.origin, 0, NULL, 0);
+            break;
+        case 'G':
+            kr_cl_item_push(cl, 'G', b.origin, 0, NULL, 0);
             break;
         default:
             break;

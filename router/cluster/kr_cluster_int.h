@@ -47,6 +47,8 @@
 #define KR_CL_RECENT_MS 25000
 #define KR_CL_RECENT_SLOTS (1u << 17) /* hashes per window (half full at most) */
 #define KR_CL_RECENT_BYTES (4u << 20) /* topic bytes per window; past either: "every topic" */
+#define KR_CL_PEER_SLOTS (1u << 15)   /* the same for the topics one other node forwarded here */
+#define KR_CL_PEER_BYTES (1u << 20)
 
 struct kr_cl_topic {
     struct kr_cl_topic *next; /* hash chain */
@@ -91,8 +93,18 @@ struct kr_cl_recent { /* the topics forwarded in one window */
     size_t len;
 };
 
+/* The topics one other node forwarded here lately (two windows of KR_CL_RECENT_MS / 2):
+ * when that node goes silent without saying it left, their local subscribers are told.
+ * Filled by the libnats delivery thread, taken by the link thread; under win_mu. */
+struct kr_cl_win {
+    struct kr_cl_recent w[2];
+    int cur;
+    uint64_t since_ms;
+};
+
 struct kr_cl_origin {
     uint64_t origin, seq, last_ms;
+    struct kr_cl_win *win; /* NULL until its first entry (allocated then) */
 };
 
 struct kr_cl_counters {
@@ -173,6 +185,7 @@ struct kr_cluster {
     /* the delivery thread */
     struct kr_cl_origin origins[KR_CL_MAX_ORIGINS];
     uint32_t norigins;
+    pthread_mutex_t win_mu; /* the origins' windows (struct kr_cl_win) */
     const char **d_topics;
     uint32_t *d_lens;
     uint64_t *d_hashes;
@@ -236,6 +249,14 @@ void kr_cl_lost_add(struct kr_cluster *cl, const char *t, uint32_t len);
 /* Record a topic forwarded in the current recent window; rotate the windows when due.
  * Link thread. */
 void kr_cl_recent_add(struct kr_cluster *cl, const char *t, uint32_t len, uint64_t h);
+/* Add a topic to window w of `slots` hash slots and `bytes` of pairs. Any thread owning w. */
+void kr_cl_window_add(struct kr_cl_recent *w, uint32_t slots, size_t bytes, const char *t,
+                      uint32_t len, uint64_t h);
+/* Forget what window w of `slots` slots holds. Any thread owning w. */
+void kr_cl_window_clear(struct kr_cl_recent *w, uint32_t slots);
+/* Peer `origin` went silent (or said it left: `told` false): take the topics it forwarded
+ * here lately and, when it did not say it left, tell their local subscribers. Link thread. */
+void kr_cl_peer_gone(struct kr_cluster *cl, uint64_t origin, bool silent);
 void kr_cl_recent_rotate(struct kr_cluster *cl, uint64_t now);
 
 #endif

@@ -118,7 +118,9 @@ void kr_cl_peers_expire(struct kr_cluster *cl, uint64_t now)
         if (now > cl->peers[i].last_ms + KR_CL_PEER_DEAD_MS) {
             KR_WARN("cluster: node %s (%016" PRIx64 ") not heard from for %d ms: it left",
                     cl->peers[i].name, cl->peers[i].origin, KR_CL_PEER_DEAD_MS);
+            uint64_t origin = cl->peers[i].origin;
             cl->peers[i] = cl->peers[--cl->npeers];
+            kr_cl_peer_gone(cl, origin, true); /* it did not say so: a silent peer */
         } else {
             i++;
         }
@@ -245,19 +247,19 @@ static void kr_cl_lost_announce(struct kr_cluster *cl)
 /* ---------------------------------------------------------------- recent forwards */
 
 
-void kr_cl_recent_add(struct kr_cluster *cl, const char *t, uint32_t len, uint64_t h)
+void kr_cl_window_add(struct kr_cl_recent *w, uint32_t slots, size_t bytes, const char *t,
+                      uint32_t len, uint64_t h)
 {
-    struct kr_cl_recent *w = &cl->recent[cl->recent_cur];
     if (w->overflow)
         return;
     h |= 1; /* 0 marks an empty slot */
-    uint32_t i = (uint32_t)h & (KR_CL_RECENT_SLOTS - 1);
+    uint32_t i = (uint32_t)h & (slots - 1);
     while (w->slots[i]) {
         if (w->slots[i] == h)
             return; /* already in (or a hash twin: announced with the other, harmless) */
-        i = (i + 1) & (KR_CL_RECENT_SLOTS - 1);
+        i = (i + 1) & (slots - 1);
     }
-    if (w->n >= KR_CL_RECENT_SLOTS / 2 || w->len + 4 + len > KR_CL_RECENT_BYTES) {
+    if (w->n >= slots / 2 || w->len + 4 + len > bytes) {
         w->overflow = true;
         return;
     }
@@ -266,13 +268,64 @@ void kr_cl_recent_add(struct kr_cluster *cl, const char *t, uint32_t len, uint64
     w->len += kr_cl_pair(w->pairs + w->len, t, len);
 }
 
-static void kr_cl_recent_clear(struct kr_cl_recent *w)
+void kr_cl_window_clear(struct kr_cl_recent *w, uint32_t slots)
 {
     if (w->n)
-        memset(w->slots, 0, KR_CL_RECENT_SLOTS * sizeof(*w->slots));
+        memset(w->slots, 0, slots * sizeof(*w->slots));
     w->n = 0;
     w->len = 0;
     w->overflow = false;
+}
+
+void kr_cl_recent_add(struct kr_cluster *cl, const char *t, uint32_t len, uint64_t h)
+{
+    kr_cl_window_add(&cl->recent[cl->recent_cur], KR_CL_RECENT_SLOTS, KR_CL_RECENT_BYTES, t,
+                     len, h);
+}
+
+static void kr_cl_recent_clear(struct kr_cl_recent *w)
+{
+    kr_cl_window_clear(w, KR_CL_RECENT_SLOTS);
+}
+
+void kr_cl_peer_gone(struct kr_cluster *cl, uint64_t origin, bool silent)
+{
+    /* take its windows' topics (a copy: the delivery thread goes on filling others) */
+    char *pairs = NULL;
+    size_t len = 0;
+    uint32_t n = 0;
+    bool all = false;
+    pthread_mutex_lock(&cl->win_mu);
+    for (uint32_t i = 0; i < cl->norigins; i++) {
+        struct kr_cl_origin *o = &cl->origins[i];
+        if (o->origin != origin || !o->win)
+            continue;
+        for (int k = 0; k < 2; k++) {
+            struct kr_cl_recent *w = &o->win->w[k];
+            all = all || w->overflow;
+            if (silent && w->len) {
+                pairs = kr_xrealloc(pairs, len + w->len);
+                memcpy(pairs + len, w->pairs, w->len);
+                len += w->len;
+                n += w->n;
+            }
+            kr_cl_window_clear(w, KR_CL_PEER_SLOTS);
+        }
+    }
+    pthread_mutex_unlock(&cl->win_mu);
+    if (silent && (all || n)) {
+        KR_CL_INC(cl, peer_silences, 1);
+        KR_WARN("cluster: node %016" PRIx64 " went silent without saying it left; the local "
+                "subscribers of %s it forwarded here lately are told to resync",
+                origin, all ? "every topic (too many)" : "the topics");
+        if (all)
+            kr_cl_resync(cl, NULL, 0, 0);
+        else
+            kr_cl_resync(cl, pairs, len, n);
+    } else if (silent) {
+        KR_CL_INC(cl, peer_silences, 1);
+    }
+    free(pairs);
 }
 
 /* Every half of KR_CL_RECENT_MS: the older window is forgotten and refilled. */
@@ -339,6 +392,17 @@ void kr_cl_items(struct kr_cluster *cl, uint64_t now)
                 p->acked = it->seq;
             break;
         }
+        case 'G': /* a node that leaves says so: not a silent peer */
+            for (uint32_t i = 0; i < cl->npeers; i++) {
+                if (cl->peers[i].origin != it->origin)
+                    continue;
+                KR_INFO("cluster: node %s (%016" PRIx64 ") left", cl->peers[i].name, it->origin);
+                cl->peers[i] = cl->peers[--cl->npeers];
+                ck_pr_store_64(&cl->st.peers, cl->npeers);
+                break;
+            }
+            kr_cl_peer_gone(cl, it->origin, false);
+            break;
         case 'R':
             KR_CL_INC(cl, resyncs_received, 1);
             KR_WARN("cluster: node %016" PRIx64 " may have lost forwards on any topic; every "

@@ -206,6 +206,7 @@ int kr_cl_decode(const char *body, size_t len, struct kr_cl_body *out)
     case 'P':
     case 'A':
     case 'R':
+    case 'G':
         if (len != 18)
             return -EINVAL;
         out->seq = kr_get64(body + 10);

@@ -16,6 +16,8 @@
  *           'A' 1 | origin u64 | probe u64                  answer to a probe (to its origin)
  *           'L' 1 | origin u64 | ntopics u32 | (len u32, bytes)*   lost forwards
  *           'R' 1 | origin u64 | 0 u64                      lost forwards on any topic
+ *           'G' 1 | origin u64 | 0 u64                      the node leaves (its drain ended):
+ *                                                           not a silent peer
  * Any thread. */
 #ifndef KR_CLUSTER_WIRE_H
 #define KR_CLUSTER_WIRE_H
@@ -48,7 +50,7 @@ void kr_cl_entry_encode(char *out, uint64_t origin, uint64_t seq, uint32_t ntopi
 
 /* A decoded entry or control body: pointers into the body. */
 struct kr_cl_body {
-    char kind; /* 'E', 'H', 'P', 'A', 'L', 'R' */
+    char kind; /* 'E', 'H', 'P', 'A', 'L', 'R', 'G' */
     uint64_t origin;
     uint64_t seq;      /* E: sequence; P, A: the probe */
     uint32_t ntopics;  /* E, L */

@@ -129,6 +129,11 @@ Test(cluster_wire, control_bodies)
     cr_assert_eq(kr_cl_decode(buf, n, &b), 0);
     cr_assert_eq(b.kind, 'R');
     cr_assert_eq(b.origin, 5);
+    n = kr_cl_ctl_encode(buf, 'G', 6, 0); /* a node that leaves says so */
+    cr_assert_eq(kr_cl_decode(buf, n, &b), 0);
+    cr_assert_eq(b.kind, 'G');
+    cr_assert_eq(b.origin, 6);
+    cr_assert_eq(kr_cl_decode(buf, n - 1, &b), -EINVAL);
     n = kr_cl_hb_encode(buf, sizeof(buf), 8, "node-1");
     cr_assert_eq(kr_cl_decode(buf, n, &b), 0);
     cr_assert_eq(b.kind, 'H');
