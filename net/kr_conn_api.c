@@ -126,8 +126,7 @@ uint32_t kr_conn_ready_positioned(struct kr_conn *c, uint64_t *bytes)
 {
     struct kr_nt *nt = c->nt;
     kr_cmd_track_position(c);
-    return kr_dlv_ready_positioned(&nt->dlv, &c->dlv, nt->live.max_poll_reply_bytes, nt->seen,
-                                   bytes);
+    return kr_dlv_ready_positioned(&nt->dlv, &c->dlv, nt->live.max_poll_reply_bytes, bytes);
 }
 
 uint64_t kr_conn_position_interval_ms(const struct kr_conn *c)

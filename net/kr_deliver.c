@@ -256,7 +256,7 @@ static void kr_names_add(struct kr_names *nm, const char *p, uint32_t len)
 {
     if (nm->all || len == 0)
         return;
-    if (len == 1 && p[0] == '*') {
+    if (len == sizeof(KR_RESYNC_ALL) - 1 && memcmp(p, KR_RESYNC_ALL, len) == 0) {
         nm->all = true;
         return;
     }
@@ -339,8 +339,8 @@ static struct kr_msg *kr_names_notice(const struct kr_names *nm)
     char *payload = kr_xmalloc(len ? len : 1);
     size_t at = 0;
     if (nm->all || nm->n == 0) {
-        payload[0] = '*';
-        at = 1;
+        memcpy(payload, KR_RESYNC_ALL, sizeof(KR_RESYNC_ALL) - 1);
+        at = sizeof(KR_RESYNC_ALL) - 1;
     } else {
         for (uint32_t i = 0; i < nm->n; i++) {
             if (i)
@@ -771,11 +771,10 @@ bool kr_dlv_position(const struct kr_dlv_ctx *x, const struct kr_dlv *d, const u
 }
 
 uint32_t kr_dlv_ready_positioned(const struct kr_dlv_ctx *x, struct kr_dlv *d, uint64_t max,
-                                 const uint64_t *seen, uint64_t *bytes)
+                                 uint64_t *bytes)
 {
     uint32_t n = kr_dlv_ready(d, max, bytes);
     uint64_t lo[64], hi[64], top[64];
-    (void)seen;
     if (!d->handed || x->nshards > 64)
         return n;
     for (int iter = 0; iter < 64; iter++) {

@@ -199,7 +199,7 @@ bool kr_dlv_position(const struct kr_dlv_ctx *x, const struct kr_dlv *d, const u
  * needs, or cut before one that would leave a queued part of the same shard behind it),
  * so that the position after the reply exists; *bytes as kr_dlv_ready. Owning net thread. */
 uint32_t kr_dlv_ready_positioned(const struct kr_dlv_ctx *x, struct kr_dlv *d, uint64_t max,
-                                 const uint64_t *seen, uint64_t *bytes);
+                                 uint64_t *bytes);
 /* A topic (len bytes) a resume cannot replay exactly: named by the notice that
  * kr_dlv_retro_done queues first. Owning net thread. */
 void kr_dlv_resync_later(struct kr_dlv *d, const char *topic, uint32_t len);

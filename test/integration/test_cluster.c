@@ -76,6 +76,22 @@ static void publish(int fd, const char *topics, const char *payload)
     kr_it_publish(fd, topics, payload, strlen(payload));
 }
 
+/* Send publish requests of one entry each on `load`, payloads p0-<from> .. p0-<to - 1>,
+ * pipelined in one write (the answers are not read here). */
+static void publish_pipelined(int fd, long from, long to)
+{
+    static char big[1 << 20];
+    size_t used = 0;
+    for (long k = from; k < to; k++) {
+        char payload[32], e[96];
+        snprintf(payload, sizeof(payload), "p0-%ld", k);
+        int el = snprintf(e, sizeof(e), "MESSAGE load %zu\r\n%s\r\n", strlen(payload), payload);
+        used += (size_t)snprintf(big + used, sizeof(big) - used, "set publish 0 0 %d\r\n%s\r\n",
+                                 el, e);
+    }
+    kr_it_send(fd, big, used);
+}
+
 /* Parse `get messages` entries: calls back with topics and payload of each. */
 typedef void (*entry_cb)(void *arg, const char *topics, size_t tlen, const char *payload,
                          size_t plen);
@@ -517,16 +533,7 @@ Test(cluster, kraken_node_killed_others_keep_order_and_go_on)
         publish(pub, "load", payload);
     }
     /* and without waiting for the answers: pipelined when the node dies */
-    static char big[1 << 20];
-    size_t used = 0;
-    for (long k = 2000; k < 12000; k++) {
-        char e[96];
-        snprintf(payload, sizeof(payload), "p0-%ld", k);
-        int el = snprintf(e, sizeof(e), "MESSAGE load %zu\r\n%s\r\n", strlen(payload), payload);
-        used += (size_t)snprintf(big + used, sizeof(big) - used, "set publish 0 0 %d\r\n%s\r\n",
-                                 el, e);
-    }
-    kr_it_send(pub, big, used);
+    publish_pipelined(pub, 2000, 12000);
     kill(c.node[0].pid, SIGKILL);
     waitpid(c.node[0].pid, NULL, 0);
     c.node[0].pid = 0;
@@ -827,16 +834,7 @@ Test(cluster, flushed_acknowledgements_survive_a_killed_publisher_node)
     kr_it_subscribe(sub, "load");
     int pub = kr_it_connect(c.node[0].port);
     enum { N = 3000 };
-    static char big[1 << 20];
-    size_t used = 0;
-    for (long k = 0; k < N; k++) { /* pipelined, each request one entry */
-        char payload[32], e[96];
-        snprintf(payload, sizeof(payload), "p0-%ld", k);
-        int el = snprintf(e, sizeof(e), "MESSAGE load %zu\r\n%s\r\n", strlen(payload), payload);
-        used += (size_t)snprintf(big + used, sizeof(big) - used, "set publish 0 0 %d\r\n%s\r\n",
-                                 el, e);
-    }
-    kr_it_send(pub, big, used);
+    publish_pipelined(pub, 0, N);
     for (long k = 0; k < N; k++)
         kr_it_expect(pub, "STORED\r\n");
     kill(c.node[0].pid, SIGKILL); /* right after the last STORED */
@@ -862,8 +860,6 @@ Test(cluster, cluster_publish_ack_other_values_are_refused)
     kr_it_nats_cluster_start(n, 1);
     char url[64], out[4096];
     kr_it_nats_url(&n[0], url, sizeof(url));
-    struct kr_it_server s;
-    memset(&s, 0, sizeof(s));
     int rc = kr_it_cli(NULL, out, sizeof(out),
                        (const char *[]){"run", "--tcp_server_port", "0", "--cluster_nats_url", url,
                                         "--cluster_publish_ack", "sometimes", NULL});

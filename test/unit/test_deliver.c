@@ -729,7 +729,7 @@ Test(position, a_cut_is_extended_over_an_earlier_part_of_the_same_shard)
     uint64_t seen[2] = {10, 20}, bytes, pos[2];
     cr_assert_eq(ready(&d), 2);
     /* a reply budget of one entry would hand out e (shard 1 at 20) and leave f (15) */
-    uint32_t n = kr_dlv_ready_positioned(&x, &d, 1, seen, &bytes);
+    uint32_t n = kr_dlv_ready_positioned(&x, &d, 1, &bytes);
     cr_assert_eq(n, 2, "extended over f");
     hand_out(&x, &d, n);
     cr_assert(kr_dlv_position(&x, &d, seen, pos));
@@ -758,7 +758,7 @@ Test(position, a_cut_stops_before_an_entry_ahead_of_an_incomplete_one)
     end(&x, g, 1); /* one of g's two ENDs */
     uint64_t seen[2] = {10, 20}, bytes, pos[2];
     cr_assert_eq(ready(&d), 1, "e is complete, g is not");
-    cr_assert_eq(kr_dlv_ready_positioned(&x, &d, UINT64_MAX, seen, &bytes), 0);
+    cr_assert_eq(kr_dlv_ready_positioned(&x, &d, UINT64_MAX, &bytes), 0);
     cr_assert(kr_dlv_position(&x, &d, seen, pos));
     cr_assert(pos[1] == 14, "below g's part: %llu", (unsigned long long)pos[1]);
     kr_dlv_clear(&x, &d);
