@@ -197,6 +197,7 @@ int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, ui
         tp->len = len;
         memcpy(tp->name, topic, len);
         cds_lfht_node_init(&tp->node);
+        KR_TSAN_RELEASE(tp); /* published by the table (liburcu's barriers TSan cannot see) */
         cds_lfht_add(t->topics, hash, &tp->node);
         ck_pr_store_64(&t->ntopics, t->ntopics + 1);
         if (t->hook)
@@ -207,6 +208,7 @@ int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, ui
         memset(c, 0, sizeof(*c));
         c->id = conn;
         cds_lfht_node_init(&c->node);
+        KR_TSAN_RELEASE(c);
         cds_lfht_add(t->conns, kr_conn_hash(conn), &c->node);
     }
     struct kr_sub *s = kr_xrealloc(NULL, sizeof(*s));
@@ -321,6 +323,7 @@ void kr_topics_walk(struct kr_topics *t, kr_topics_walk_cb cb, void *arg)
     urcu_memb_read_lock();
     cds_lfht_for_each_entry(t->topics, &it, tp, node)
     {
+        KR_TSAN_ACQUIRE(tp); /* its creation by the shard (see kr_topics_subscribe) */
         if (cb(arg, tp->name, tp->len, ck_pr_load_32(&tp->nsubs)))
             break;
     }
@@ -331,6 +334,8 @@ uint32_t kr_topics_conn_nsubs(struct kr_topics *t, uint64_t conn)
 {
     urcu_memb_read_lock();
     struct kr_sconn *c = kr_conns_lookup(t, conn);
+    if (c)
+        KR_TSAN_ACQUIRE(c);
     uint32_t n = c ? ck_pr_load_32(&c->nsubs) : 0;
     urcu_memb_read_unlock();
     return n;
