@@ -337,8 +337,11 @@ static void kr_admin_cmd_drain(struct kr_admin_conn *c, bool stop)
     bool already = a->draining;
     struct kr_admin_out o = {0};
     if (stop)
-        kr_admin_outf(&o, "STOPPING pid=%d clients=%" PRIu64 " drain_timeout_ms=%" PRIu64 "\n",
-                      (int)getpid(), kr_server_clients(a->srv), kr_admin_drain_timeout());
+        kr_admin_outf(&o,
+                      "STOPPING pid=%d clients=%" PRIu64 " drain_timeout_ms=%" PRIu64
+                      " resume_window_ms=%" PRIu64 "\n",
+                      (int)getpid(), kr_server_clients(a->srv), kr_admin_drain_timeout(),
+                      kr_server_resume_window_ms(a->srv));
     else
         kr_admin_outf(&o, "DRAINING clients=%" PRIu64 " drain_timeout_ms=%" PRIu64 "%s\n",
                       kr_server_clients(a->srv), kr_admin_drain_timeout(),
@@ -976,11 +979,30 @@ static void kr_admin_unlink(struct kr_admin *a)
 
 /* ---------------------------------------------------------------- drain */
 
+static void kr_admin_window_end(uv_timer_t *t)
+{
+    struct kr_admin *a = t->data;
+    KR_INFO("drain: resume window over; exiting");
+    if (a->on_exit)
+        a->on_exit(a->arg);
+}
+
 static void kr_admin_drain_finish(struct kr_admin *a, const char *how)
 {
     uv_timer_stop(&a->drain_timer);
-    KR_INFO("drain finished (%s) after %" PRIu64 " ms; %" PRIu64 " clients left; exiting", how,
-            kr_now_ms() - a->drain_started_ms, kr_server_clients(a->srv));
+    uint64_t window = kr_server_resume_window_ms(a->srv);
+    KR_INFO("drain finished (%s) after %" PRIu64 " ms; %" PRIu64 " clients left; %s", how,
+            kr_now_ms() - a->drain_started_ms, kr_server_clients(a->srv),
+            window ? "answering resumes" : "exiting");
+    if (window) {
+        /* its clients resume on other nodes, which ask this one for what they missed */
+        KR_INFO("drain: keeping the history and the cluster interest of this node's topics "
+                "and answering other nodes' resumes of its tokens for %" PRIu64
+                " ms (drain_resume_window_ms), then exiting",
+                window);
+        uv_timer_start(&a->drain_timer, kr_admin_window_end, window, 0);
+        return;
+    }
     if (a->on_exit)
         a->on_exit(a->arg);
 }

@@ -323,7 +323,8 @@ static int kr_cli_stop(const struct kr_cfg *cfg)
     int fd;
     int rc = kr_admin_connect(cfg->admin_socket);
     pid_t pid = 0;
-    uint64_t drain_ms = cfg->drain_timeout_ms;
+    uint64_t drain_ms = cfg->drain_timeout_ms +
+                        (cfg->cluster_nats_url[0] ? cfg->drain_resume_window_ms : 0);
     if (rc < 0) {
         pid = kr_cli_pid_from_file(cfg);
         if (!pid || rc == -EACCES) {
@@ -353,6 +354,8 @@ static int kr_cli_stop(const struct kr_cfg *cfg)
         char buf[64];
         pid = (pid_t)atoi(kr_cli_field(f.line, "pid", buf, sizeof(buf)));
         drain_ms = strtoull(kr_cli_field(f.line, "drain_timeout_ms", buf, sizeof(buf)), NULL, 10);
+        /* a cluster node answers resumes of its tokens for a while after its drain */
+        drain_ms += strtoull(kr_cli_field(f.line, "resume_window_ms", buf, sizeof(buf)), NULL, 10);
         printf("stopping kraken (pid %d): closing %s clients over at most %" PRIu64 " ms\n",
                (int)pid, kr_cli_field(f.line, "clients", buf, sizeof(buf)), drain_ms);
     }

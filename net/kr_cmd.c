@@ -166,7 +166,8 @@ static void kr_cmd_done(struct kr_conn *c, const struct kr_reply_wait *w)
 /* ---------------------------------------------------------------- subscribe */
 
 static int kr_cmd_route_sub(struct kr_conn *c, const struct kr_cmd_sub *sub, uint16_t type,
-                            uint64_t horizon, const uint64_t *since);
+                            uint64_t horizon, const uint64_t *since,
+                            struct kr_resume_remote *remote);
 
 /* A connection opts in to resync notices by subscribing to __kraken__:resync, and out by
  * unsubscribing from it. */
@@ -221,7 +222,7 @@ int kr_cmd_subscribe(struct kr_conn *c, const struct kr_cmd_sub *sub)
         KR_ST_INC(nt, unsubscribe_requests, 1);
     else
         KR_ST_INC(nt, subscribe_requests, 1);
-    return kr_cmd_route_sub(c, sub, type, horizon, NULL);
+    return kr_cmd_route_sub(c, sub, type, horizon, NULL, NULL);
 }
 
 /* Send a subscribe-like request's topics to their shards (type: KR_EV_SUBSCRIBE,
@@ -229,7 +230,8 @@ int kr_cmd_subscribe(struct kr_conn *c, const struct kr_cmd_sub *sub)
  * shard) and, but for an unsubscribe, the cluster's barrier; queue the reply that waits on
  * their acknowledgements. */
 static int kr_cmd_route_sub(struct kr_conn *c, const struct kr_cmd_sub *sub, uint16_t type,
-                            uint64_t horizon, const uint64_t *since)
+                            uint64_t horizon, const uint64_t *since,
+                            struct kr_resume_remote *remote)
 {
     struct kr_nt *nt = c->nt;
     struct kr_server *srv = nt->srv;
@@ -243,6 +245,7 @@ static int kr_cmd_route_sub(struct kr_conn *c, const struct kr_cmd_sub *sub, uin
     uint32_t n = sub->n;
     if (n == 0) {
         w.retro = false;
+        free(remote);
         kr_cmd_done(c, &w);
         return KR_CMD_OK;
     }
@@ -293,11 +296,16 @@ static int kr_cmd_route_sub(struct kr_conn *c, const struct kr_cmd_sub *sub, uin
     }
     if (barrier) {
         barrier->pad = reqno;
-        /* the link holds interest the same way for a resume */
-        struct kr_event ev = {.type = type == KR_EV_RESUME ? KR_EV_SUBSCRIBE : type,
+        /* the link holds interest the same way for a resume; one of another node's token
+         * then asks that node (the block carries the position, and brings the answer) */
+        barrier->remote = remote;
+        remote = NULL;
+        struct kr_event ev = {.type = type != KR_EV_RESUME ? type
+                                      : barrier->remote ? KR_EV_RESUME : KR_EV_SUBSCRIBE,
                               .src = (uint16_t)nt->idx, .conn = c->id, .ptr = barrier};
         kr_conn_send(c, KR_DEST_LINK, &ev);
     }
+    free(remote);
     if (type != KR_EV_UNSUBSCRIBE)
         c->subscribed = true;
     kr_cmd_resync_opt(c, sub);
@@ -417,16 +425,26 @@ int kr_cmd_resume(struct kr_conn *c, const char *token, size_t token_len,
     uint64_t since[64];
     uint32_t nshards = nt->dlv.nshards;
     bool ours = pos.node == nt->srv->node_id && pos.nshards == nshards;
+    /* a token of another node of the cluster: that node is asked (the cluster link, once
+     * the subscriptions are in force), and the answer merged with what arrives meanwhile */
+    bool elsewhere = !ours && nt->srv->cluster && pos.node != nt->srv->node_id;
     for (uint32_t s = 0; s < nshards && s < 64; s++)
         since[s] = ours ? pos.seq[s] : UINT64_MAX; /* UINT64_MAX: subscribe only */
-    if (!ours) {
+    struct kr_resume_remote *remote = NULL;
+    if (elsewhere) {
+        remote = kr_xcalloc(1, sizeof(*remote));
+        remote->node = pos.node;
+        remote->nshards = pos.nshards;
+        memcpy(remote->seq, pos.seq, sizeof(remote->seq));
+        KR_ST_INC(nt, resume_moved, 1);
+    } else if (!ours) {
         /* a token of another node or an earlier start: this node cannot replay it, so
          * every topic is told to resync (before anything live, once subscribed) */
         KR_ST_INC(nt, resume_foreign, 1);
         for (uint32_t i = 0; i < sub.n; i++)
             kr_dlv_resync_later(&c->dlv, sub.topics[i], sub.lens[i]);
     }
-    return kr_cmd_route_sub(c, &sub, KR_EV_RESUME, 0, since);
+    return kr_cmd_route_sub(c, &sub, KR_EV_RESUME, 0, since, remote);
 }
 
 /* ---------------------------------------------------------------- publish */

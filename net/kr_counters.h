@@ -51,6 +51,8 @@
     X(messages_replayed, COUNTER, "entries replayed by retroactive subscribes and resumes")       \
     X(resume_requests, COUNTER, "resume requests (a position token and topics)")                  \
     X(resumes_waited, COUNTER, "resumes that waited for one in progress (resume_max_active)")   \
+    X(resume_moved, COUNTER,                                                                      \
+      "resumes of a token another node of the cluster issued (that node is asked)")             \
     X(resume_foreign, COUNTER,                                                                    \
       "resumes of a token of another node or an earlier start (every topic told to resync)")     \
     X(protocol_errors, COUNTER, "requests answered with an error (the connection is closed)")     \

@@ -633,6 +633,73 @@ static uint32_t kr_dlv_ptr_hash(const struct kr_msg *m)
     return (uint32_t)((((uintptr_t)m >> 4) * UINT64_C(0x9E3779B97F4A7C15)) >> 32);
 }
 
+void kr_dlv_replay_remote(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m)
+{
+    uint32_t nt = kr_msg_ntopics(m);
+    struct kr_topicset ts;
+    kr_topicset_init(&ts, nt);
+    for (uint32_t i = 0; i < nt; i++)
+        kr_topicset_set(&ts, nt, i);
+    struct kr_event ev = {.ptr = m, .mask = kr_topicset_word(ts)};
+    if (d)
+        d->remote_replay = true;
+    kr_dlv_deliver(x, d, &ev, true);
+}
+
+/* A message's name across the cluster: its origin (this node's id for 0) and origin
+ * sequence; false when it has none yet (not forwarded: no other node has it). */
+static bool kr_dlv_origin_key(const struct kr_dlv_ctx *x, const struct kr_msg *m, uint64_t *o,
+                              uint64_t *s)
+{
+    *o = kr_msg_origin(m, s);
+    if (!*o)
+        *o = x->self_origin;
+    return *s != 0;
+}
+
+/* The staging of a resume another node replayed (sorted: replays first): a live delivery
+ * of a replayed message (same origin and origin sequence) takes the replayed copy's place,
+ * so it is queued once, in publish order, and later parts of it from other shards still
+ * join it. Emptied slots get msg NULL. */
+static void kr_dlv_dedup_remote(const struct kr_dlv_ctx *x, struct kr_dlv *d)
+{
+    uint32_t cap = 16;
+    while (cap < d->nstage * 2)
+        cap <<= 1;
+    struct kr_okey {
+        uint64_t o, s;
+        uint32_t i;
+    } *map = kr_xmalloc(cap * sizeof(*map));
+    for (uint32_t b = 0; b < cap; b++)
+        map[b].i = UINT32_MAX;
+    for (uint32_t i = 0; i < d->nstage; i++) {
+        uint64_t o, sq;
+        if (!d->stage[i].replay || !kr_dlv_origin_key(x, d->stage[i].e.msg, &o, &sq))
+            continue;
+        uint32_t b = (uint32_t)((o ^ sq) * UINT64_C(0x9E3779B97F4A7C15) >> 32) & (cap - 1);
+        while (map[b].i != UINT32_MAX)
+            b = (b + 1) & (cap - 1);
+        map[b] = (struct kr_okey){o, sq, i};
+    }
+    for (uint32_t i = 0; i < d->nstage; i++) {
+        uint64_t o, sq;
+        if (d->stage[i].replay || !kr_dlv_origin_key(x, d->stage[i].e.msg, &o, &sq))
+            continue;
+        uint32_t b = (uint32_t)((o ^ sq) * UINT64_C(0x9E3779B97F4A7C15) >> 32) & (cap - 1);
+        while (map[b].i != UINT32_MAX && (map[b].o != o || map[b].s != sq))
+            b = (b + 1) & (cap - 1);
+        if (map[b].i == UINT32_MAX)
+            continue;
+        struct kr_cq_entry *into = &d->stage[map[b].i].e;
+        kr_entry_release(into);
+        *into = d->stage[i].e;
+        d->stage[i].e.msg = NULL;
+        map[b].i = UINT32_MAX - 1; /* taken: a second live copy stays where it is */
+        map[b].o = map[b].s = 0;
+    }
+    free(map);
+}
+
 void kr_dlv_retro_done(struct kr_dlv_ctx *x, struct kr_dlv *d)
 {
     d->retro_active = false;
@@ -654,6 +721,9 @@ void kr_dlv_retro_done(struct kr_dlv_ctx *x, struct kr_dlv *d)
     if (d->nstage == 0)
         return;
     qsort(d->stage, d->nstage, sizeof(*d->stage), kr_staged_cmp);
+    if (d->remote_replay)
+        kr_dlv_dedup_remote(x, d);
+    d->remote_replay = false;
     /* message -> position in the output, open addressing on the pointer */
     uint32_t cap = 16;
     while (cap < d->nstage * 2)
@@ -663,6 +733,8 @@ void kr_dlv_retro_done(struct kr_dlv_ctx *x, struct kr_dlv *d)
     uint32_t nout = 0;
     for (uint32_t i = 0; i < d->nstage; i++) {
         struct kr_staged *st = &d->stage[i];
+        if (!st->e.msg) /* taken by its replayed copy's slot */
+            continue;
         if (st->replay && d->retro_not_found) {
             kr_entry_release(&st->e);
             continue;

@@ -102,6 +102,7 @@ struct kr_dlv {
     char *pending;
     uint32_t pending_len, pending_cap, pending_n;
     bool retro_not_found; /* some shard's history did not reach back */
+    bool remote_replay;   /* another node replayed messages for the resume being staged */
     bool overflowed;      /* the queue was discarded; later deliveries are dropped */
 };
 
@@ -129,6 +130,7 @@ struct kr_dlv_ctx {
     uint64_t max_queued_bytes;
     uint32_t resync_max_topics;   /* a notice names at most this many topics, else `*` */
     uint32_t nshards;             /* router shards (the length of positions) */
+    uint64_t self_origin;         /* this node's origin id (see kr_msg_origin) */
     struct kr_dlv_counters ctr;
     /* max_memory: queued bytes added since the last check; mem_check is called (and is
      * expected to reset mem_grown) when it reaches mem_step */
@@ -164,6 +166,11 @@ void kr_dlv_deliver(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_event *ev,
 bool kr_dlv_end(struct kr_dlv_ctx *x, struct kr_msg *m, uint32_t shard_fanout, uint32_t *fanout);
 /* A retroactive subscribe was sent: stage deliveries until kr_dlv_retro_done. */
 void kr_dlv_retro_begin(struct kr_dlv *d);
+/* A message another node replayed for a resume of its token (origin and origin sequence
+ * stamped, kr_msg_origin; every topic of it resumed): staged as a replay, taking over the
+ * reference. kr_dlv_retro_done puts the live delivery of the same message (by origin and
+ * origin sequence) in its place, so each message is queued once. Owning net thread. */
+void kr_dlv_replay_remote(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m);
 /* Every shard answered the retroactive subscribe: queue the replayed messages oldest first,
  * each once (parts from several shards merged, and merged with live deliveries of the same
  * message; none when some shard's history did not reach back), then the live deliveries

@@ -167,6 +167,11 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
         struct kr_router_cmd *cmd = ev->ptr;
         uint32_t reqno = cmd->pad;
         struct kr_conn *rc = ev->aux == KR_EV_RESUME ? kr_nt_conn(nt, ev->conn) : NULL;
+        if (rc && cmd->remote) { /* what another node replayed for it */
+            for (uint32_t i = 0; i < cmd->remote->nmsgs; i++)
+                kr_dlv_replay_remote(&nt->dlv, &rc->dlv, cmd->remote->msgs[i]);
+            cmd->remote->nmsgs = 0; /* the references went with them */
+        }
         if (rc && cmd->resync) { /* a resume's topics the history cannot replay exactly */
             uint32_t pos = 0, len;
             const char *t;

@@ -43,6 +43,10 @@ struct kr_router *kr_server_router(struct kr_server *s);
 /* Open client connections of net thread `net`, or of all (relaxed reads). Any thread. */
 uint64_t kr_server_net_clients(const struct kr_server *s, uint32_t net);
 uint64_t kr_server_clients(const struct kr_server *s);
+/* How long a drained node keeps answering resumes of its tokens before it exits: the
+ * configured drain_resume_window_ms in a cluster, 0 for a single node (nobody can ask it).
+ * Any thread. */
+uint64_t kr_server_resume_window_ms(const struct kr_server *s);
 /* Seconds since kr_server_start. Any thread. */
 uint64_t kr_server_uptime(const struct kr_server *s);
 /* One net-thread counter (kr_counters.h) summed over the net threads (relaxed loads), and

@@ -123,23 +123,25 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         .wake_arg = s,
     };
     s->router = kr_router_create(&ro);
+    /* the node's start id, named by every position token it issues; in a cluster also the
+     * link's origin id, by which other nodes ask this one to resume its tokens */
+    s->node_id = kr_server_random_id();
     if (cluster) {
         struct kr_cluster_opts co = {.cfg = cfg, .router = s->router, .nnet = s->nnet,
                                      .in_idx = s->nnet, .ctl_idx = s->nnet + 1,
                                      .mailbox_capacity = 8192, .client_port = port,
+                                     .origin = s->node_id,
                                      .wake_net = kr_server_wake_net, .wake_arg = s};
         int rc = kr_cluster_create(&co, &s->cluster, err, errlen);
         if (rc < 0)
             return rc; /* process exits on this path */
     }
-    /* the node's start id, named by every position token it issues: in a cluster the
-     * link's origin id (other nodes find the node by it), else random */
-    s->node_id = s->cluster ? kr_cluster_publisher(s->cluster) : kr_server_random_id();
     s->publish_flushed = s->cluster && strcmp(cfg->cluster_publish_ack, "flushed") == 0;
     for (uint32_t i = 0; i < s->nnet; i++) {
         struct kr_nt *nt = s->nts[i];
         nt->seen = kr_xcalloc(cfg->num_router_shards, sizeof(*nt->seen));
         nt->dlv.nshards = cfg->num_router_shards;
+        nt->dlv.self_origin = s->node_id;
         kr_nt_outbox_init(nt);
         uv_loop_init(&nt->loop);
         uv_async_init(&nt->loop, &nt->wake, kr_nt_wake_cb);
@@ -387,6 +389,8 @@ void kr_server_drain(struct kr_server *s)
         return;
     ck_pr_store_int(&s->drain_flush_left, (int)(s->nnet * kr_router_nshards(s->router)));
     ck_pr_store_int(&s->draining, 1);
+    if (s->cluster && s->cfg->drain_resume_window_ms)
+        kr_router_hold_topics(s->router); /* answers resumes elsewhere until it exits */
     kr_server_stop_listening(s);
     if (kr_server_drain_flush(s) < 0)
         ck_pr_store_int(&s->drain_flush_left, 0); /* the net threads stopped: nothing to wait for */
@@ -395,6 +399,11 @@ void kr_server_drain(struct kr_server *s)
 int kr_server_drain_flushed(const struct kr_server *s)
 {
     return ck_pr_load_int((int *)&s->drain_flush_left) <= 0;
+}
+
+uint64_t kr_server_resume_window_ms(const struct kr_server *s)
+{
+    return s->cluster ? s->cfg->drain_resume_window_ms : 0;
 }
 
 int kr_server_draining(const struct kr_server *s)

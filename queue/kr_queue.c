@@ -27,6 +27,8 @@ struct kr_msg {
     uint32_t nshards;
     uint32_t nslots;
     uint32_t size;
+    uint64_t origin; /* the node that published it (0: this node), see kr_msg_origin */
+    uint64_t oseq;   /* its origin's sequence for it (0: not forwarded yet) */
     /* then: void *slots[nslots]; uint64_t topic_hash[ntopics]; uint64_t topic_seq[ntopics];
      * uint32_t topic_off[ntopics + 1]; topic bytes; payload */
     char data[];
@@ -94,6 +96,8 @@ struct kr_msg *kr_msg_create_hashed(uint64_t publisher, uint64_t time_us, uint32
     m->nshards = 1;
     m->nslots = nslots;
     m->size = (uint32_t)(size > UINT32_MAX ? UINT32_MAX : size);
+    m->origin = 0;
+    m->oseq = 0;
     if (nslots)
         memset(kr_msg_slots(m), 0, nslots * sizeof(void *));
     uint32_t *offs = kr_msg_offs(m);
@@ -124,6 +128,23 @@ uint64_t kr_msg_seq(const struct kr_msg *m, uint32_t i, uint32_t *shard)
     if (shard)
         *shard = (uint32_t)(v >> KR_SEQ_SHARD_SHIFT);
     return v & KR_SEQ_MASK;
+}
+
+void kr_msg_set_origin(struct kr_msg *m, uint64_t origin, uint64_t oseq)
+{
+    m->origin = origin;
+    m->oseq = oseq;
+}
+
+void kr_msg_stamp_oseq(struct kr_msg *m, uint64_t oseq)
+{
+    ck_pr_store_64(&m->oseq, oseq);
+}
+
+uint64_t kr_msg_origin(const struct kr_msg *m, uint64_t *oseq)
+{
+    *oseq = ck_pr_load_64((uint64_t *)&m->oseq);
+    return m->origin;
 }
 
 void kr_msg_ref(struct kr_msg *m, uint32_t n)

@@ -71,6 +71,16 @@ size_t kr_msg_size(const struct kr_msg *m);
 #define KR_SEQ_MASK ((UINT64_C(1) << KR_SEQ_SHARD_SHIFT) - 1)
 void kr_msg_set_seq(struct kr_msg *m, uint32_t i, uint32_t shard, uint64_t seq);
 uint64_t kr_msg_seq(const struct kr_msg *m, uint32_t i, uint32_t *shard);
+/* Origin and origin sequence: what names a message across the nodes of a cluster (the
+ * cluster link's entries carry them). A message another node published gets both at
+ * creation (kr_msg_set_origin, before it is shared: the thread that creates it). One
+ * published on this node has origin 0 ("this node") and gets its sequence when the cluster
+ * link forwards it (kr_msg_stamp_oseq: the link thread, an atomic store); kr_msg_origin
+ * returns the origin and, in *oseq, the sequence (0: not forwarded yet). Any thread holding
+ * a reference may read them. */
+void kr_msg_set_origin(struct kr_msg *m, uint64_t origin, uint64_t oseq);
+void kr_msg_stamp_oseq(struct kr_msg *m, uint64_t oseq);
+uint64_t kr_msg_origin(const struct kr_msg *m, uint64_t *oseq);
 /* Number of distinct shards the topics map to; set once by the publisher's thread before
  * the message is shared. */
 void kr_msg_set_nshards(struct kr_msg *m, uint32_t nshards);

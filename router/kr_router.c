@@ -93,6 +93,7 @@ struct kr_shard {
     struct kr_history hist;
     struct kr_router_cmd *interest; /* topic transitions of the event being handled */
     bool interest_on;
+    bool holding; /* kr_router_hold_topics reached this shard */
     struct kr_shard_counters st; /* written by the shard only (relaxed stores) */
 } __attribute__((aligned(64)));
 
@@ -111,6 +112,7 @@ struct kr_router {
     struct kr_congestion *congested; /* [nshards] */
     uint8_t *dirty; /* [nnet * nshards]: net n pushed to shard s since its last flush */
     int stop;
+    int hold; /* kr_router_hold_topics */
 };
 
 static void kr_shard_interest_flush(struct kr_shard *sh);
@@ -147,11 +149,27 @@ struct kr_router_cmd *kr_router_cmd_add(struct kr_router_cmd *c, const char *top
     return c;
 }
 
+void kr_router_hold_topics(struct kr_router *r)
+{
+    ck_pr_store_int(&r->hold, 1);
+}
+
+static void kr_resume_remote_free(struct kr_resume_remote *x)
+{
+    if (!x)
+        return;
+    for (uint32_t i = 0; i < x->nmsgs; i++)
+        kr_msg_unref(x->msgs[i]);
+    free(x->msgs);
+    free(x);
+}
+
 void kr_router_cmd_free(struct kr_router_cmd *c)
 {
     if (!c)
         return;
     free(c->resync);
+    kr_resume_remote_free(c->remote);
     free(c);
 }
 
@@ -420,25 +438,40 @@ static void kr_shard_resume(struct kr_shard *sh, struct kr_event *ev)
 {
     struct kr_router_cmd *c = ev->ptr;
     struct kr_history *h = &sh->hist;
-    uint64_t since = c->since_seq;
+    bool serve = ev->type == KR_EV_HISTORY; /* another node asks: answer ev->src, no subscribe */
+    uint32_t dest = serve ? ev->src : KR_CONN_NET(ev->conn);
+    /* in a cluster, what other nodes published is here only while the topic is held */
+    uint64_t since = c->since_seq; /* UINT64_MAX: subscribe only (replayed elsewhere) */
+    bool clustered = sh->r->o.interest && since != UINT64_MAX;
     bool behind = since < sh->seq; /* else nothing was routed here since the position */
     uint32_t n = c->ntopics, k = 0;
-    struct kr_resume_topic *rt = behind ? kr_xcalloc(n ? n : 1, sizeof(*rt)) : NULL;
+    struct kr_resume_topic *rt = behind || clustered ? kr_xcalloc(n ? n : 1, sizeof(*rt)) : NULL;
     uint32_t pos = 0, len;
     const char *t;
     while (kr_router_cmd_next(c, &pos, &t, &len)) {
-        kr_topics_subscribe(sh->topics, t, len, ev->conn, 0);
-        if (!behind)
-            continue;
         uint64_t th = kr_topic_hash(t, len);
+        bool held = true;
+        if (clustered) { /* held continuously since the position (before this subscribe) */
+            struct kr_topic *tp = kr_topics_find_hashed(sh->topics, t, len, th);
+            held = tp && kr_topic_held(tp) <= since;
+        }
+        if (!serve)
+            kr_topics_subscribe(sh->topics, t, len, ev->conn, 0);
+        if (!rt)
+            continue;
         rt[k] = (struct kr_resume_topic){.t = t, .len = len, .idx = k, .hash = th,
-                                         .resync = kr_evicted_bound(sh->evicted, th) > since};
+                                         .resync = !held ||
+                                                   kr_evicted_bound(sh->evicted, th) > since};
         k++;
     }
-    if (!behind) {
+    if (!behind) { /* nothing to replay: only the topics not held are told */
+        for (uint32_t j = 0; j < k; j++)
+            if (rt[j].resync)
+                kr_resume_resync(c, rt[j].t, rt[j].len);
+        free(rt);
         struct kr_event ack = {.type = KR_EV_ACK, .src = (uint16_t)sh->idx, .aux = ev->type,
                                .conn = ev->conn, .ptr = c};
-        kr_shard_emit(sh, KR_CONN_NET(ev->conn), &ack);
+        kr_shard_emit(sh, dest, &ack);
         return;
     }
     struct kr_resume_set set;
@@ -449,7 +482,7 @@ static void kr_shard_resume(struct kr_shard *sh, struct kr_event *ev)
         uint64_t entries = 0, bytes = 0;
         for (uint32_t j = from; j < h->count; j++) {
             struct kr_msg *m = h->msgs[(h->head + j) % h->cap];
-            if (kr_msg_publisher(m) == ev->conn)
+            if (!serve && kr_msg_publisher(m) == ev->conn)
                 continue;
             bool any = false;
             for (uint32_t i = 0; i < kr_msg_ntopics(m); i++) {
@@ -488,7 +521,7 @@ static void kr_shard_resume(struct kr_shard *sh, struct kr_event *ev)
             kr_resume_resync(c, rt[j].t, rt[j].len);
     for (uint32_t j = from; j < h->count; j++) {
         struct kr_msg *m = h->msgs[(h->head + j) % h->cap];
-        if (kr_msg_publisher(m) == ev->conn)
+        if (!serve && kr_msg_publisher(m) == ev->conn)
             continue;
         uint32_t ntopics = kr_msg_ntopics(m);
         struct kr_topicset ts;
@@ -506,13 +539,13 @@ static void kr_shard_resume(struct kr_shard *sh, struct kr_event *ev)
         kr_msg_ref(m, 1);
         struct kr_event rep = {.type = KR_EV_REPLAY, .src = (uint16_t)sh->idx, .conn = ev->conn,
                                .ptr = m, .mask = kr_topicset_word(ts)};
-        kr_shard_emit(sh, KR_CONN_NET(ev->conn), &rep);
+        kr_shard_emit(sh, dest, &rep);
     }
     free(set.slot);
     free(rt);
     struct kr_event ack = {.type = KR_EV_ACK, .src = (uint16_t)sh->idx, .aux = ev->type,
                            .conn = ev->conn, .ptr = c};
-    kr_shard_emit(sh, KR_CONN_NET(ev->conn), &ack);
+    kr_shard_emit(sh, dest, &ack);
 }
 
 /* Tell every net thread how far this shard has numbered (KR_EV_FRONTIER): what it sent
@@ -624,12 +657,16 @@ static uint32_t kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
 static void kr_shard_resync(struct kr_shard *sh, struct kr_router_cmd *c)
 {
     uint64_t stamp = ++sh->stamp; /* the fanout's per-client stamps mark who was kicked */
+    /* the history lacks what was lost too: a resume from a position before this point must
+     * not replay these topics in part (a number of its own, noted as if evicted) */
+    uint64_t fault = ++sh->seq;
     uint32_t pos = 0, len;
     const char *t;
     sh->ntouched = 0;
     /* each client's topics of this request gather in a block of its own (kept in the
      * client's fanout word meanwhile): one KICK per client, naming them */
     while (kr_router_cmd_next(c, &pos, &t, &len)) {
+        kr_evicted_note(sh->evicted, kr_topic_hash(t, len), fault);
         struct kr_topic *tp = kr_topics_find(sh->topics, t, len);
         uint32_t nsubs = tp ? kr_topic_nsubs(tp) : 0;
         for (uint32_t j = 0; j < nsubs; j++) {
@@ -683,8 +720,34 @@ static void kr_shard_interest_flush(struct kr_shard *sh)
     kr_shard_emit(sh, sh->r->o.interest_net, &ev);
 }
 
+/* KR_EV_DROPPED: the cluster link no longer holds these topics' interest. A topic kept empty
+ * goes; one that got a subscriber again meanwhile missed what the cluster routed in between
+ * (its interest is taken again behind a new barrier): noted like a loss. */
+static void kr_shard_dropped(struct kr_shard *sh, struct kr_router_cmd *c)
+{
+    uint32_t pos = 0, len;
+    const char *t;
+    uint64_t gap = 0;
+    while (kr_router_cmd_next(c, &pos, &t, &len)) {
+        if (kr_topics_forget(sh->topics, t, len) || !kr_topics_find(sh->topics, t, len))
+            continue;
+        if (!gap)
+            gap = ++sh->seq;
+        kr_evicted_note(sh->evicted, kr_topic_hash(t, len), gap);
+    }
+    free(c);
+}
+
 static void kr_shard_handle(struct kr_shard *sh, struct kr_event *ev)
 {
+    if (ev->type != KR_EV_PUBLISH) {
+        /* topics getting a first subscriber here are held from this point on */
+        kr_topics_set_clock(sh->topics, sh->seq);
+        if (!sh->holding && ck_pr_load_int(&sh->r->hold)) {
+            sh->holding = true;
+            kr_topics_set_empty(sh->topics, KR_TOPICS_HOLD);
+        }
+    }
     switch (ev->type) {
     case KR_EV_PUBLISH: {
         uint32_t fanout = kr_shard_publish(sh, ev->ptr);
@@ -715,7 +778,11 @@ static void kr_shard_handle(struct kr_shard *sh, struct kr_event *ev)
         kr_shard_retro(sh, ev);
         break;
     case KR_EV_RESUME:
+    case KR_EV_HISTORY:
         kr_shard_resume(sh, ev);
+        break;
+    case KR_EV_DROPPED:
+        kr_shard_dropped(sh, ev->ptr);
         break;
     case KR_EV_DISCONNECT:
         kr_topics_drop_conn(sh->topics, ev->conn);
@@ -852,8 +919,12 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
             abort();
         }
         sh->topics = kr_topics_create();
-        if (r->o.interest)
+        if (r->o.interest) {
             kr_topics_set_hook(sh->topics, kr_shard_interest_hook, sh);
+            /* an emptied topic is still held while the link lingers on its interest: it
+             * goes when the link drops that (KR_EV_DROPPED) */
+            kr_topics_set_empty(sh->topics, KR_TOPICS_KEEP);
+        }
         sh->reqq = kr_reqq_create(kr_shard_wake, &sh->waiter);
         sh->evicted = kr_evicted_create(KR_EVICTED_LOG2_DEFAULT);
         sh->hist.cap = r->o.history;
@@ -924,9 +995,11 @@ static void kr_router_release_event(struct kr_event *ev)
     case KR_EV_UNSUBSCRIBE:
     case KR_EV_RETRO_SUBSCRIBE:
     case KR_EV_RESUME:
+    case KR_EV_HISTORY:
     case KR_EV_ACK:
     case KR_EV_INTEREST:
     case KR_EV_RESYNC:
+    case KR_EV_DROPPED:
     case KR_EV_KICK:
         kr_router_cmd_free(ev->ptr);
         break;

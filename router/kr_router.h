@@ -25,6 +25,12 @@
  *                 replay would pass cmd->max_entries or cmd->max_bytes; then ACK (aux =
  *                 KR_EV_RESUME).
  *                 KR_EV_DISCONNECT (conn): drop every subscription of the client.
+ *                 In a cluster (opts.interest), "the history can replay a topic exactly"
+ *                 also needs the topic held here continuously since the position (what
+ *                 other nodes published is here only while this node holds the interest):
+ *                 an emptied topic stays held while the link lingers on it and goes at
+ *                 KR_EV_DROPPED; a kick (KR_EV_RESYNC) or a gap in the interest is noted as
+ *                 if the history had evicted the topic there.
  *   shard -> net  KR_EV_DELIVER (conn, ptr = message with one reference handed over,
  *                 mask = matched-topic bits, or for messages of more than 64 topics a
  *                 malloc'ed bitmap in `mask` the net thread frees).
@@ -55,6 +61,12 @@
  *                 since one shard owns a topic); the receiver frees the block.
  *   it -> shard   KR_EV_RESYNC (ptr = command block with topics, freed by the shard): every
  *                 subscriber of these topics is sent KR_EV_KICK.
+ *                 KR_EV_DROPPED (ptr = command block, freed by the shard): the link no
+ *                 longer holds these topics' interest (see KR_EV_DISCONNECT).
+ *                 KR_EV_HISTORY (ptr = cmd with since_seq and the bounds, conn = the
+ *                 asker's tag): another node resumes a token of this one. Like
+ *                 KR_EV_RESUME without the subscribe: the REPLAY events and the ACK (aux =
+ *                 KR_EV_HISTORY, cmd->resync) go back to the sender's index.
  * Indexes at or past opts.nend (when set) are not net threads: they get no KR_EV_END.
  */
 #ifndef KR_ROUTER_H
@@ -85,6 +97,8 @@ enum kr_router_event {
     KR_EV_RESUME,
     KR_EV_FRONTIER,
     KR_EV_FORWARDED,
+    KR_EV_HISTORY,
+    KR_EV_DROPPED,
 };
 
 /* KR_EV_PUBLISH's mask bit asking the shard for its receivers: after the fanout it answers
@@ -110,7 +124,22 @@ struct kr_router_cmd {
     struct kr_router_cmd *resync; /* KR_EV_RESUME's ACK: the topics the history cannot replay
                                      exactly (a block of its own, freed with this one by
                                      kr_router_cmd_free), or NULL */
+    struct kr_resume_remote *remote; /* a resume of another node's token, or NULL (freed
+                                        with the block) */
     char data[];    /* repeated: uint32_t len; bytes */
+};
+
+/* A resume of a token another node of the cluster issued, carried by the resume's barrier
+ * block (net thread -> cluster link -> net thread): the token's position going out, what
+ * that node replayed coming back. */
+struct kr_resume_remote {
+    uint64_t node;     /* the token's node (its cluster origin) */
+    uint32_t nshards;
+    uint64_t seq[64];
+    /* the answer: messages oldest first, each holding only the resumed topics it matched,
+     * with their origin and origin sequence (kr_msg_origin); one reference each */
+    struct kr_msg **msgs;
+    uint32_t nmsgs, cap;
 };
 
 /* Client ids, encoded and decoded only here: the owning net thread in the top 8 bits, the
@@ -176,6 +205,11 @@ bool kr_router_send(struct kr_router *r, uint32_t net, uint32_t shard, const str
 void kr_router_flush(struct kr_router *r, uint32_t net);
 /* Pop the next event from shard `shard` to net thread `net`. Net thread `net` only. */
 bool kr_router_recv(struct kr_router *r, uint32_t net, uint32_t shard, struct kr_event *ev);
+
+/* From now on the shards keep the topics of clients that leave, with their cluster
+ * interest (KR_TOPICS_HOLD): a draining cluster node answers resumes until it exits. Any
+ * thread. */
+void kr_router_hold_topics(struct kr_router *r);
 
 /* Command blocks. kr_router_cmd_add aborts on out of memory. Net threads. */
 struct kr_router_cmd *kr_router_cmd_new(uint32_t cap_hint);

@@ -24,6 +24,7 @@ struct kr_topic {
     struct cds_lfht_node node;
     struct rcu_head rcu;
     uint64_t stamp;
+    uint64_t held; /* the owner's clock when the topic got its first subscriber */
     uint32_t nsubs;
     uint32_t cap;
     struct kr_sub **subs;
@@ -49,6 +50,8 @@ struct kr_topics {
     uint64_t nsubscriptions;
     kr_topics_hook_cb hook; /* a topic got its first subscriber or lost its last */
     void *hook_arg;
+    uint64_t clock; /* recorded by topics getting their first subscriber (kr_topic_held) */
+    enum kr_topics_empty empty; /* what becomes of a topic that lost its last subscriber */
 };
 
 static inline unsigned long kr_topics_hash(const char *s, uint32_t len)
@@ -199,6 +202,9 @@ int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, ui
         cds_lfht_node_init(&tp->node);
         KR_TSAN_RELEASE(tp); /* published by the table (liburcu's barriers TSan cannot see) */
         cds_lfht_add(t->topics, hash, &tp->node);
+    }
+    if (tp->nsubs == 0) { /* its first subscriber (a kept empty topic comes back) */
+        tp->held = t->clock;
         ck_pr_store_64(&t->ntopics, t->ntopics + 1);
         if (t->hook)
             t->hook(t->hook_arg, topic, len, true);
@@ -226,6 +232,12 @@ out:
     return ret;
 }
 
+static void kr_topic_delete(struct kr_topics *t, struct kr_topic *tp)
+{
+    cds_lfht_del(t->topics, &tp->node);
+    urcu_memb_call_rcu(&tp->rcu, kr_topic_free_rcu);
+}
+
 /* Unlink one subscription from both sides; frees emptied topics and clients after a grace
  * period. Caller holds the read lock. */
 static void kr_sub_remove(struct kr_topics *t, struct kr_sub *s)
@@ -241,11 +253,11 @@ static void kr_sub_remove(struct kr_topics *t, struct kr_sub *s)
     free(s);
     ck_pr_store_64(&t->nsubscriptions, t->nsubscriptions - 1);
     if (tp->nsubs == 0) {
-        if (t->hook)
-            t->hook(t->hook_arg, tp->name, tp->len, false);
-        cds_lfht_del(t->topics, &tp->node);
-        urcu_memb_call_rcu(&tp->rcu, kr_topic_free_rcu);
         ck_pr_store_64(&t->ntopics, t->ntopics - 1);
+        if (t->hook && t->empty != KR_TOPICS_HOLD)
+            t->hook(t->hook_arg, tp->name, tp->len, false);
+        if (t->empty == KR_TOPICS_DELETE)
+            kr_topic_delete(t, tp);
     }
     if (c->nsubs == 0) {
         cds_lfht_del(t->conns, &c->node);
@@ -300,6 +312,20 @@ struct kr_topic *kr_topics_find_hashed(struct kr_topics *t, const char *topic, u
 
 uint32_t kr_topic_nsubs(const struct kr_topic *tp) { return tp->nsubs; }
 uint64_t *kr_topic_stamp(struct kr_topic *tp) { return &tp->stamp; }
+uint64_t kr_topic_held(const struct kr_topic *tp) { return tp->held; }
+void kr_topics_set_clock(struct kr_topics *t, uint64_t clock) { t->clock = clock; }
+void kr_topics_set_empty(struct kr_topics *t, enum kr_topics_empty what) { t->empty = what; }
+
+bool kr_topics_forget(struct kr_topics *t, const char *topic, uint32_t len)
+{
+    urcu_memb_read_lock();
+    struct kr_topic *tp = kr_topics_lookup(t, topic, len, kr_topics_hash(topic, len));
+    bool gone = tp && tp->nsubs == 0 && t->empty == KR_TOPICS_KEEP;
+    if (gone)
+        kr_topic_delete(t, tp);
+    urcu_memb_read_unlock();
+    return gone;
+}
 struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i, uint64_t *since_us)
 {
     const struct kr_sub *s = tp->subs[i];
@@ -324,7 +350,8 @@ void kr_topics_walk(struct kr_topics *t, kr_topics_walk_cb cb, void *arg)
     cds_lfht_for_each_entry(t->topics, &it, tp, node)
     {
         KR_TSAN_ACQUIRE(tp); /* its creation by the shard (see kr_topics_subscribe) */
-        if (cb(arg, tp->name, tp->len, ck_pr_load_32(&tp->nsubs)))
+        uint32_t nsubs = ck_pr_load_32(&tp->nsubs);
+        if (nsubs && cb(arg, tp->name, tp->len, nsubs)) /* kept empty topics are not listed */
             break;
     }
     urcu_memb_read_unlock();

@@ -51,6 +51,26 @@ struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i, uint64_t *s
 /* A stamp the owner may set on a topic (marks the topics of one retroactive request). */
 uint64_t *kr_topic_stamp(struct kr_topic *tp);
 
+/* Continuity. A topic records the owner's clock (kr_topics_set_clock: the shard's last
+ * sequence number) when it gets its first subscriber: kr_topic_held. While it stays in the
+ * table it was held ever since (with subscribers, or kept empty, see below). Owner only. */
+void kr_topics_set_clock(struct kr_topics *t, uint64_t clock);
+uint64_t kr_topic_held(const struct kr_topic *tp);
+
+/* What becomes of a topic that loses its last subscriber (the hook is called with on =
+ * false but for KR_TOPICS_HOLD; with on = true when it gets a subscriber again):
+ *   KR_TOPICS_DELETE  it leaves the table (the default);
+ *   KR_TOPICS_KEEP    it stays, empty, until kr_topics_forget (a cluster node: while the
+ *                     cluster link lingers on its interest, the topic is still held);
+ *   KR_TOPICS_HOLD    it stays and the hook is not told (a draining node keeps its topics'
+ *                     interest and answers resumes of them until it exits).
+ * Empty topics are not counted (kr_topics_count) nor walked. Owner only. */
+enum kr_topics_empty { KR_TOPICS_DELETE = 0, KR_TOPICS_KEEP, KR_TOPICS_HOLD };
+void kr_topics_set_empty(struct kr_topics *t, enum kr_topics_empty what);
+/* Under KR_TOPICS_KEEP: remove the topic if it is in the table with no subscriber; returns
+ * whether it did. Owner only. */
+bool kr_topics_forget(struct kr_topics *t, const char *topic, uint32_t len);
+
 uint64_t kr_sconn_id(const struct kr_sconn *c);
 /* Per-client scratch for the fanout of one message (owner only): a stamp telling whether
  * the words belong to the message being routed, and a pointer-sized word the router uses. */

@@ -204,6 +204,13 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
     KR_CFG_OPT(cluster_linger_ms, KR_CFG_U64, 0, 0, 3600000, "2000",
                "a topic's cluster subscription is dropped this long after its last local "
                "subscriber left"),
+    KR_CFG_OPT(cluster_resume_timeout_ms, KR_CFG_U64, 0, 1, 600000, "2000",
+               "a resume of a token another node issued waits this long for that node's answer; "
+               "then its topics are told to resync"),
+    KR_CFG_OPT(drain_resume_window_ms, KR_CFG_U64, 0, 0, 3600000, "30000",
+               "in a cluster, a drained node keeps its history and its topics' interest and "
+               "answers other nodes' resumes of its tokens this long after its last client "
+               "left, then exits (0: exit at once)"),
     KR_CFG_OPT(cluster_max_pending, KR_CFG_U32, 0, 1, 100000000, "65536",
                "entries received from the cluster for one topic that may wait for the shards; "
                "past it the cluster drops them and that topic's local subscribers are told to "

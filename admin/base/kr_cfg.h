@@ -86,6 +86,10 @@ struct kr_cfg {
     uint32_t cluster_start_degraded;         /* 0: 1 = start even when no NATS server answers */
     uint64_t cluster_linger_ms;              /* 2000: a topic's cluster interest outlives its
                                                 last local subscriber by this long */
+    uint64_t cluster_resume_timeout_ms;      /* 2000: a resume of another node's token waits
+                                                this long for that node's answer */
+    uint64_t drain_resume_window_ms;         /* 30000: a drained cluster node answers resumes
+                                                of its tokens this long before it exits */
     uint64_t cluster_reconnect_buf_bytes;    /* 8 MiB: forwards libnats holds while it
                                                 reconnects */
     uint32_t cluster_max_pending;            /* 65536: entries from the cluster waiting for

@@ -135,7 +135,7 @@ int kr_cluster_create(const struct kr_cluster_opts *o, struct kr_cluster **out, 
                        "cluster_publish_ack must be local or flushed (got '%s')",
                        o->cfg->cluster_publish_ack);
     }
-    cl->origin = kr_cl_random64();
+    cl->origin = o->origin ? o->origin : kr_cl_random64();
     cl->pub_id = kr_conn_id_make(o->ctl_idx, 0, 0);
     snprintf(cl->subj_hb, sizeof(cl->subj_hb), "%s.ctl.hb", cl->prefix);
     snprintf(cl->subj_probe, sizeof(cl->subj_probe), "%s.ctl.probe", cl->prefix);
@@ -347,6 +347,7 @@ void kr_cluster_destroy(struct kr_cluster *cl)
     free(cl->buckets);
     free(cl->lq);
     free(cl->pend);
+    kr_cl_resume_free(cl);
     free(cl->waits);
     free(cl->acks);
     free(cl->peers);

@@ -39,6 +39,8 @@ struct kr_cluster_opts {
     uint32_t ctl_idx;          /* router index of the link thread */
     uint32_t mailbox_capacity; /* events per ring */
     uint16_t client_port;      /* for the default node name */
+    uint64_t origin;           /* this node's origin id: the start id its position tokens
+                                  carry, so another node asks it (0: a random one) */
     /* Wake net thread `net` after the link pushed towards it. Link thread. */
     void (*wake_net)(void *arg, uint32_t net);
     void *wake_arg;
@@ -101,6 +103,12 @@ uint64_t kr_cluster_publisher(const struct kr_cluster *cl);
       "flushes to the NATS server that publishes waited for (cluster_publish_ack flushed)")       \
     X(peer_silences, COUNTER, 0,                                                                  \
       "other nodes that went silent without saying they left (their recent topics told)")       \
+    X(resumes_asked, COUNTER, 0, "resumes of other nodes' tokens (asked of the issuing node)")   \
+    X(resume_unanswered, COUNTER, 0,                                                              \
+      "of those, answered by nobody (node unknown or silent past cluster_resume_timeout_ms): "   \
+      "every topic told to resync")                                                               \
+    X(resume_replayed, COUNTER, 0, "messages other nodes replayed for resumes here")             \
+    X(resumes_served, COUNTER, 0, "resumes of this node's tokens answered for other nodes")      \
     X(slow_consumers, COUNTER, 0,                                                                 \
       "times a topic's entries from the cluster outran the shards past cluster_max_pending "      \
       "(dropped by the cluster, its subscribers told)")

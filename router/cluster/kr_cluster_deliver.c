@@ -222,9 +222,19 @@ void kr_cl_on_ctl(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void 
 {
     (void)sub;
     struct kr_cluster *cl = closure;
+    const char *data = natsMsg_GetData(msg);
+    size_t dlen = (size_t)natsMsg_GetDataLength(msg);
+    if (dlen && (data[0] == 'Q' || data[0] == 'S')) { /* a resume between nodes */
+        struct kr_cl_resume r;
+        if (kr_cl_resume_decode(data, dlen, &r) != 0)
+            KR_CL_INC(cl, bad_messages, 1);
+        else if (r.origin != cl->origin)
+            kr_cl_item_push(cl, r.kind == 'Q' ? 'q' : 'a', r.origin, 0, data, dlen);
+        natsMsg_Destroy(msg);
+        return;
+    }
     struct kr_cl_body b;
-    if (kr_cl_decode(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &b) != 0 ||
-        b.kind == 'E') {
+    if (kr_cl_decode(data, dlen, &b) != 0 || b.kind == 'E') {
         KR_CL_INC(cl, bad_messages, 1);
         natsMsg_Destroy(msg);
         return;

@@ -8,6 +8,9 @@
  *    towards the net threads, interest from the shards, forwarding entries to the cluster.
  *  - kr_cluster_peers.c (the link thread): probes, peers and heartbeats, the items libnats'
  *    threads queued, lost forwards (the recent windows and the notices), resyncs.
+ *  - kr_cluster_resume.c (the link thread): resumes of other nodes' tokens (asking them over
+ *    their node subject, merging the answer into the resume's barrier) and of this node's
+ *    tokens by other nodes (the shards' history, answered in chunks).
  *  - kr_cluster_deliver.c (libnats' threads): the one message-delivery thread
  *    (nats_SetMessageDeliveryPoolSize(1), every subscription on the global pool, so
  *    messages are handled in the order they arrived) decodes entries, drops duplicates by
@@ -78,11 +81,39 @@ struct kr_cl_peer {
 
 struct kr_cl_item { /* from libnats' threads to the link thread */
     struct kr_cl_item *next;
-    char kind;      /* 'H', 'A', 'L' bodies; 'd' disconnected, 'r' reconnected, 'c' connected */
+    char kind;      /* 'H', 'A', 'L' bodies; 'q' a 'Q' body, 'a' an 'S' body; 'S' a slow
+                       consumer's subject; 'd' disconnected, 'r' reconnected, 'c' connected */
     uint64_t origin;
     uint64_t seq;
     size_t len;
     char data[];    /* H: name; L: the topics' pairs */
+};
+
+struct kr_cl_ask { /* a resume of another node's token waiting for that node's answer */
+    struct kr_event ev;   /* the barrier request (ptr: its block, with ->remote) */
+    uint64_t tag;
+    uint64_t deadline_ms; /* cluster_resume_timeout_ms */
+};
+
+struct kr_cl_part { /* a shard's part of a message another node's resume gets */
+    struct kr_msg *msg;
+    struct kr_topicset topics;
+};
+
+struct kr_cl_serve { /* another node's resume of this node's token, being served */
+    uint64_t tag;        /* the HISTORY events' conn */
+    uint64_t asker, asker_tag;
+    uint64_t started_ms;
+    uint32_t acks_left;  /* shards yet to answer */
+    bool complete;       /* every shard answered: waits only for origin sequences */
+    struct kr_cl_part *parts;
+    uint32_t nparts, parts_cap;
+    char *unc;           /* uncovered topics, as pairs */
+    size_t unc_len, unc_cap;
+    uint32_t nunc;
+    char *topics;        /* every topic asked, as pairs */
+    size_t topics_len;
+    uint32_t ntopics;
 };
 
 struct kr_cl_recent { /* the topics forwarded in one window */
@@ -177,6 +208,16 @@ struct kr_cluster {
     uint32_t recent_cur;
     uint64_t recent_since_ms;
     bool lost_all;           /* a lost notice for every topic is due */
+    struct kr_cl_ask *asks;  /* resumes of other nodes' tokens, waiting for their answer */
+    size_t nasks, asks_cap;
+    uint64_t ask_tag;
+    struct kr_cl_serve *serves; /* resumes of this node's tokens being served */
+    size_t nserves, serves_cap;
+    uint64_t serve_tag;
+    struct kr_cl_item *serve_wait, *serve_wait_tail; /* past resume_max_active, in order */
+    const char **r_topics;   /* a replayed message's topics */
+    uint32_t *r_lens;
+    uint32_t r_cap;
 
     /* from libnats' threads */
     pthread_mutex_t mu;
@@ -229,8 +270,29 @@ void kr_cl_tick_cb(uv_timer_t *t);
 void kr_cl_main(void *arg);
 /* The topic's entry, or NULL. Link thread. */
 struct kr_cl_topic *kr_cl_find(struct kr_cluster *cl, const char *t, uint32_t len, uint64_t h);
-/* Answer a subscribe request's barrier towards its net thread. Link thread. */
+/* Answer a subscribe request's barrier towards its net thread (a resume of another node's
+ * token asks that node first: kr_cl_resume_ask). Link thread. */
 void kr_cl_answer(struct kr_cluster *cl, struct kr_event *req);
+/* Push an event to shard `shard` on the link's index, waiting while its ring is full. Link
+ * thread. */
+void kr_cl_to_shard(struct kr_cluster *cl, uint32_t shard, struct kr_event *ev);
+
+/* ---------------------------------------------------------------- kr_cluster_resume.c */
+
+/* A resume of another node's token whose barrier is complete: ask that node (or, when it
+ * cannot be asked, answer at once with every topic uncovered). Link thread. */
+void kr_cl_resume_ask(struct kr_cluster *cl, struct kr_event *req);
+/* A chunk of an answer to one of this node's asks ('S' body in the item). Link thread. */
+void kr_cl_answer_item(struct kr_cluster *cl, const struct kr_cl_item *it);
+/* Another node's resume request ('Q' body in the item). Link thread. */
+void kr_cl_serve_item(struct kr_cluster *cl, const struct kr_cl_item *it);
+/* A shard's KR_EV_REPLAY or KR_EV_ACK (aux KR_EV_HISTORY) for a request being served.
+ * Link thread. */
+void kr_cl_history_event(struct kr_cluster *cl, struct kr_event *ev);
+/* Asks past their deadline; served answers waiting for origin sequences. Link thread. */
+void kr_cl_resume_tick(struct kr_cluster *cl, uint64_t now);
+/* Release what the asks and serves hold. Control thread, once the link thread stopped. */
+void kr_cl_resume_free(struct kr_cluster *cl);
 
 /* ---------------------------------------------------------------- kr_cluster_peers.c */
 

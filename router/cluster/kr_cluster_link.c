@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kr_cluster_int.h"
@@ -97,6 +98,17 @@ static struct kr_cl_topic *kr_cl_hold(struct kr_cluster *cl, const char *t, uint
     return e;
 }
 
+void kr_cl_to_shard(struct kr_cluster *cl, uint32_t shard, struct kr_event *ev)
+{
+    struct kr_router *r = cl->o.router;
+    /* on the link's own index: the delivery thread uses in_idx */
+    while (!kr_router_send(r, cl->o.ctl_idx, shard, ev)) {
+        kr_router_flush(r, cl->o.ctl_idx);
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 static void kr_cl_drop(struct kr_cluster *cl, struct kr_cl_topic *e)
 {
     struct kr_cl_topic **pp = &cl->buckets[e->hash & (cl->nbuckets - 1)];
@@ -118,6 +130,8 @@ static void kr_cl_lingers(struct kr_cluster *cl, uint64_t now)
     /* bounded per tick: a million topics leaving at once must not stall the link (its
      * heartbeats, the probes) nor flood its NATS server with unsubscribes */
     uint32_t drops = 0;
+    struct kr_router *r = cl->o.router;
+    struct kr_router_cmd *dropped[64] = {0}; /* told to the shards: the topics are not held */
     while (cl->lq_n && drops < KR_CL_DROPS_PER_TICK) {
         struct kr_cl_topic *e = cl->lq[cl->lq_head];
         if (!e->shard_on && e->linger_until_ms > now)
@@ -131,9 +145,22 @@ static void kr_cl_lingers(struct kr_cluster *cl, uint64_t now)
             kr_cl_linger(cl, e);
             continue;
         }
+        uint32_t s = kr_router_shard_of_hash(r, e->hash);
+        if (!dropped[s])
+            dropped[s] = kr_router_cmd_new(256);
+        dropped[s] = kr_router_cmd_add(dropped[s], e->name, e->len);
         kr_cl_drop(cl, e);
         drops++;
     }
+    for (uint32_t s = 0; s < kr_router_nshards(r) && drops; s++) {
+        if (!dropped[s])
+            continue;
+        struct kr_event ev = {.type = KR_EV_DROPPED, .src = (uint16_t)cl->o.ctl_idx,
+                              .ptr = dropped[s]};
+        kr_cl_to_shard(cl, s, &ev);
+    }
+    if (drops)
+        kr_router_flush(r, cl->o.ctl_idx);
 }
 
 /* ---------------------------------------------------------------- towards the net threads */
@@ -142,6 +169,10 @@ static void kr_cl_lingers(struct kr_cluster *cl, uint64_t now)
 void kr_cl_answer(struct kr_cluster *cl, struct kr_event *req)
 {
     struct kr_router_cmd *c = req->ptr;
+    if (req->type == KR_EV_RESUME && c->remote) { /* in force: now ask the token's node */
+        kr_cl_resume_ask(cl, req);
+        return;
+    }
     uint64_t not_found = 0;
     if (req->type == KR_EV_RETRO_SUBSCRIBE) {
         uint32_t pos = 0, len;
@@ -171,6 +202,7 @@ static void kr_cl_forward(struct kr_cluster *cl, struct kr_msg *m)
     KR_GROW_MIN(cl->ebuf, cl->ebuf_cap, need, 1024);
     /* the message holds its topics one by one: header, pairs, payload */
     kr_cl_entry_header(cl->ebuf, cl->origin, ++cl->seq, ntopics);
+    kr_msg_stamp_oseq(m, cl->seq); /* what names it on every node (resumes elsewhere) */
     char *p = cl->ebuf + KR_CL_ENTRY_HEADER;
     for (uint32_t i = 0; i < ntopics; i++) {
         uint32_t l;
@@ -291,6 +323,10 @@ static void kr_cl_run(struct kr_cluster *cl)
                 KR_DEBUG("cluster: an entry from another node fanned out to %u clients", ev.aux);
                 kr_msg_unref(ev.ptr);
                 break;
+            case KR_EV_REPLAY: /* serving another node's resume */
+            case KR_EV_ACK:
+                kr_cl_history_event(cl, &ev);
+                break;
             default:
                 KR_ERROR("cluster: unexpected event %u from shard %u", ev.type, s);
                 abort();
@@ -316,6 +352,7 @@ static void kr_cl_run(struct kr_cluster *cl)
     }
     kr_cl_flush_acks(cl);
     kr_cl_probe_check(cl);
+    kr_cl_resume_tick(cl, kr_cl_now_ms()); /* after the forwards: their origin sequences */
     kr_outbox_unpark(&cl->outbox);
     kr_outbox_wake(&cl->outbox);
     if (!budget)

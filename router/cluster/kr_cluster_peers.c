@@ -166,12 +166,7 @@ static void kr_cl_resync(struct kr_cluster *cl, const char *pairs, size_t plen, 
         if (!cmds[s])
             continue;
         struct kr_event ev = {.type = KR_EV_RESYNC, .src = (uint16_t)cl->o.ctl_idx, .ptr = cmds[s]};
-        /* on the link's own index: the delivery thread uses in_idx */
-        while (!kr_router_send(r, cl->o.ctl_idx, s, &ev)) {
-            kr_router_flush(r, cl->o.ctl_idx);
-            struct timespec ts = {0, 100000};
-            nanosleep(&ts, NULL);
-        }
+        kr_cl_to_shard(cl, s, &ev);
     }
     kr_router_flush(r, cl->o.ctl_idx);
     KR_CL_INC(cl, resync_topics, ntopics);
@@ -392,6 +387,12 @@ void kr_cl_items(struct kr_cluster *cl, uint64_t now)
                 p->acked = it->seq;
             break;
         }
+        case 'q': /* another node resumes a token of this one ('Q' body) */
+            kr_cl_serve_item(cl, it);
+            break;
+        case 'a': /* an answer to one of this node's resumes ('S' body) */
+            kr_cl_answer_item(cl, it);
+            break;
         case 'G': /* a node that leaves says so: not a silent peer */
             for (uint32_t i = 0; i < cl->npeers; i++) {
                 if (cl->peers[i].origin != it->origin)

@@ -270,3 +270,169 @@ size_t kr_cl_pair(char *out, const char *topic, uint32_t len)
     memcpy(out + 4, topic, len);
     return 4 + (size_t)len;
 }
+
+/* ---------------------------------------------------------------- resume between nodes */
+
+size_t kr_cl_ask_size(uint32_t nshards, size_t pairs_len)
+{
+    return KR_CL_ASK_HEADER + 8 * (size_t)nshards + 4 + pairs_len;
+}
+
+size_t kr_cl_ask_encode(char *out, uint64_t origin, uint64_t tag, uint32_t nshards,
+                        const uint64_t *seq, uint32_t ntopics, const char *pairs,
+                        size_t pairs_len)
+{
+    out[0] = 'Q';
+    out[1] = KR_CL_VERSION;
+    kr_put64(out + 2, origin);
+    kr_put64(out + 10, tag);
+    kr_put32(out + 18, nshards);
+    char *p = out + KR_CL_ASK_HEADER;
+    for (uint32_t s = 0; s < nshards; s++, p += 8)
+        kr_put64(p, seq[s]);
+    kr_put32(p, ntopics);
+    p += 4;
+    if (pairs_len)
+        memcpy(p, pairs, pairs_len);
+    return (size_t)(p - out) + pairs_len;
+}
+
+void kr_cl_ans_header(char *out, uint64_t origin, uint64_t tag, uint32_t flags,
+                      uint32_t nentries)
+{
+    out[0] = 'S';
+    out[1] = KR_CL_VERSION;
+    kr_put64(out + 2, origin);
+    kr_put64(out + 10, tag);
+    kr_put32(out + 18, flags);
+    kr_put32(out + 22, nentries);
+    kr_put32(out + 26, 0); /* reserved */
+}
+
+size_t kr_cl_replayed_size(size_t pairs_len, uint32_t payload_len)
+{
+    return 20 + pairs_len + 4 + (size_t)payload_len;
+}
+
+size_t kr_cl_replayed_header(char *out, uint64_t origin, uint64_t oseq, uint32_t ntopics)
+{
+    kr_put64(out, origin);
+    kr_put64(out + 8, oseq);
+    kr_put32(out + 16, ntopics);
+    return 20;
+}
+
+size_t kr_cl_replayed_payload(char *out, const char *payload, uint32_t payload_len)
+{
+    kr_put32(out, payload_len);
+    if (payload_len)
+        memcpy(out + 4, payload, payload_len);
+    return 4 + (size_t)payload_len;
+}
+
+size_t kr_cl_ans_trailer(char *out, uint32_t nuncovered)
+{
+    kr_put32(out, nuncovered);
+    return 4;
+}
+
+/* One replayed message at p (avail bytes): its size, or -1 when it does not fit or has no
+ * topic. */
+static long kr_cl_replayed_walk(const char *p, size_t avail, struct kr_cl_replayed *e)
+{
+    if (avail < 20)
+        return -1;
+    e->origin = kr_get64(p);
+    e->oseq = kr_get64(p + 8);
+    e->ntopics = kr_get32(p + 16);
+    if (e->ntopics == 0 || e->ntopics > (avail - 20) / 4)
+        return -1;
+    long used = kr_cl_pairs(p + 20, avail - 20, e->ntopics);
+    if (used < 0 || avail - 20 - (size_t)used < 4)
+        return -1;
+    e->pairs = p + 20;
+    e->pairs_len = (size_t)used;
+    size_t off = 20 + (size_t)used;
+    e->payload_len = kr_get32(p + off);
+    off += 4;
+    if (avail - off < e->payload_len)
+        return -1;
+    e->payload = p + off;
+    return (long)(off + e->payload_len);
+}
+
+int kr_cl_resume_decode(const char *body, size_t len, struct kr_cl_resume *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (len < 10 || body[1] != KR_CL_VERSION)
+        return -EINVAL;
+    out->kind = body[0];
+    out->origin = kr_get64(body + 2);
+    size_t off;
+    if (out->kind == 'Q') {
+        if (len < KR_CL_ASK_HEADER)
+            return -EINVAL;
+        out->tag = kr_get64(body + 10);
+        out->nshards = kr_get32(body + 18);
+        if (out->nshards == 0 || out->nshards > KR_CL_MAX_SHARDS ||
+            len - KR_CL_ASK_HEADER < 8 * (size_t)out->nshards + 4)
+            return -EINVAL;
+        off = KR_CL_ASK_HEADER;
+        for (uint32_t s = 0; s < out->nshards; s++, off += 8)
+            out->seq[s] = kr_get64(body + off);
+    } else if (out->kind == 'S') {
+        if (len < KR_CL_ANS_HEADER)
+            return -EINVAL;
+        out->tag = kr_get64(body + 10);
+        out->flags = kr_get32(body + 18);
+        out->nentries = kr_get32(body + 22);
+        off = KR_CL_ANS_HEADER;
+        out->entries = body + off;
+        if (out->nentries > (len - off) / 24)
+            return -EINVAL;
+        for (uint32_t i = 0; i < out->nentries; i++) {
+            struct kr_cl_replayed e;
+            long used = kr_cl_replayed_walk(body + off, len - off, &e);
+            if (used < 0)
+                return -EINVAL;
+            off += (size_t)used;
+        }
+        out->entries_len = (size_t)(body + off - out->entries);
+        if (len - off < 4)
+            return -EINVAL;
+    } else {
+        return -EINVAL;
+    }
+    out->ntopics = kr_get32(body + off);
+    off += 4;
+    if (out->ntopics > (len - off) / 4)
+        return -EINVAL;
+    long used = kr_cl_pairs(body + off, len - off, out->ntopics);
+    if (used < 0 || (size_t)used != len - off)
+        return -EINVAL;
+    out->pairs = body + off;
+    out->pairs_len = (size_t)used;
+    return 0;
+}
+
+bool kr_cl_next_replayed(const struct kr_cl_resume *r, size_t *pos, struct kr_cl_replayed *e)
+{
+    if (*pos >= r->entries_len)
+        return false;
+    long used = kr_cl_replayed_walk(r->entries + *pos, r->entries_len - *pos, e);
+    if (used < 0)
+        return false; /* kr_cl_resume_decode validated them: not reached */
+    *pos += (size_t)used;
+    return true;
+}
+
+bool kr_cl_next_pair(const char *pairs, size_t pairs_len, size_t *pos, const char **topic,
+                     uint32_t *len)
+{
+    if (*pos + 4 > pairs_len)
+        return false;
+    *len = kr_get32(pairs + *pos);
+    *topic = pairs + *pos + 4;
+    *pos += 4 + *len;
+    return true;
+}

@@ -18,6 +18,16 @@
  *           'R' 1 | origin u64 | 0 u64                      lost forwards on any topic
  *           'G' 1 | origin u64 | 0 u64                      the node leaves (its drain ended):
  *                                                           not a silent peer
+ *   resume  'Q' 1 | origin u64 | tag u64 | nshards u32 | seq u64 * nshards | ntopics u32 |
+ *               (len u32, bytes)*                          resume these topics from this
+ *                                                          position of the receiver's (to
+ *                                                          the receiver's node subject)
+ *           'S' 1 | origin u64 | tag u64 | flags u32 | nentries u32 | replayed* |
+ *               nuncovered u32 | (len u32, bytes)*         its answer (to the asker's), in
+ *                                                          chunks, flags KR_CL_ANS_LAST on the
+ *                                                          last; the topics not covered
+ *           replayed: origin u64 | oseq u64 | ntopics u32 | (len u32, bytes)* |
+ *               payload_len u32 | payload               a message, its resumed topics only
  * Any thread. */
 #ifndef KR_CLUSTER_WIRE_H
 #define KR_CLUSTER_WIRE_H
@@ -76,5 +86,62 @@ size_t kr_cl_hb_encode(char *out, size_t cap, uint64_t origin, const char *name)
 #define KR_CL_LOST_HEADER 14
 void kr_cl_lost_header(char *out, uint64_t origin, uint32_t ntopics);
 size_t kr_cl_pair(char *out, const char *topic, uint32_t len);
+
+/* ---------------------------------------------------------------- resume between nodes */
+
+#define KR_CL_ASK_HEADER 22 /* 'Q' .. nshards */
+#define KR_CL_ANS_HEADER 30 /* 'S' .. nentries */
+#define KR_CL_ANS_LAST 1u   /* flags: the answer's last chunk */
+#define KR_CL_MAX_SHARDS 64
+
+/* A decoded 'Q' or 'S' body: pointers into it. */
+struct kr_cl_resume {
+    char kind;           /* 'Q' or 'S' */
+    uint64_t origin;     /* the sender */
+    uint64_t tag;        /* the asker's tag for the request, echoed by the answer */
+    uint32_t nshards;    /* Q: the position's shards and sequences */
+    uint64_t seq[KR_CL_MAX_SHARDS];
+    uint32_t flags;      /* S */
+    uint32_t nentries;   /* S: the replayed messages */
+    const char *entries;
+    size_t entries_len;
+    uint32_t ntopics;    /* Q: the topics to resume; S: the topics not covered */
+    const char *pairs;
+    size_t pairs_len;
+};
+/* One replayed message of an 'S' body. */
+struct kr_cl_replayed {
+    uint64_t origin, oseq;
+    uint32_t ntopics;
+    const char *pairs;
+    size_t pairs_len;
+    const char *payload;
+    uint32_t payload_len;
+};
+
+/* Bytes a 'Q' body takes, and its encoding (pairs as kr_cl_pair wrote them); returns the
+ * bytes written. nshards at most KR_CL_MAX_SHARDS. */
+size_t kr_cl_ask_size(uint32_t nshards, size_t pairs_len);
+size_t kr_cl_ask_encode(char *out, uint64_t origin, uint64_t tag, uint32_t nshards,
+                        const uint64_t *seq, uint32_t ntopics, const char *pairs,
+                        size_t pairs_len);
+/* An 'S' body is built in pieces: the header (KR_CL_ANS_HEADER bytes), the replayed
+ * messages, then the uncovered topics' count (4 bytes, kr_cl_ans_trailer) and pairs. */
+void kr_cl_ans_header(char *out, uint64_t origin, uint64_t tag, uint32_t flags,
+                      uint32_t nentries);
+/* Bytes one replayed message takes (pairs_len: its kr_cl_pair bytes), and its encoding:
+ * its header, then the caller writes the pairs, then kr_cl_replayed_payload. */
+size_t kr_cl_replayed_size(size_t pairs_len, uint32_t payload_len);
+size_t kr_cl_replayed_header(char *out, uint64_t origin, uint64_t oseq, uint32_t ntopics);
+size_t kr_cl_replayed_payload(char *out, const char *payload, uint32_t payload_len);
+size_t kr_cl_ans_trailer(char *out, uint32_t nuncovered);
+/* Decode and validate a 'Q' or 'S' body (every count and length within the body, nshards
+ * 1..KR_CL_MAX_SHARDS, every replayed message with at least one topic): 0, or -EINVAL. */
+int kr_cl_resume_decode(const char *body, size_t len, struct kr_cl_resume *out);
+/* Iterate the replayed messages of a decoded 'S' body: *pos starts at 0; false at the end. */
+bool kr_cl_next_replayed(const struct kr_cl_resume *r, size_t *pos, struct kr_cl_replayed *e);
+/* Iterate the pairs of a decoded body (Q: topics, S: uncovered) or of a replayed message. */
+bool kr_cl_next_pair(const char *pairs, size_t pairs_len, size_t *pos, const char **topic,
+                     uint32_t *len);
 
 #endif

@@ -1,0 +1,457 @@
+/* Resuming another node's token, on the link thread (see kr_cluster_int.h).
+ *
+ * Asking (this node resumes a token another node issued). The resume's barrier block
+ * (KR_EV_RESUME, with ->remote holding the token's position) waits for its probe like any
+ * subscribe: from then on every entry published on its topics reaches this node, and the
+ * net thread stages what arrives for the client. Then the link asks the token's node over
+ * its node subject ('Q'); the answer ('S', in chunks) carries the messages after the token
+ * on those topics, each with its origin and origin sequence, and the topics it cannot
+ * replay exactly. The block goes back to the net thread in the barrier's ACK with the
+ * messages in ->remote and the uncovered topics in ->resync; the net thread merges them
+ * with what it staged, each message once (by origin and origin sequence). A node that is
+ * not a known peer, or does not answer within cluster_resume_timeout_ms: every topic is
+ * uncovered (a resync notice).
+ *
+ * Serving (another node resumes a token of this one). The request's topics go to their
+ * shards (KR_EV_HISTORY, like a resume without the subscribe), whose REPLAY events and ACKs
+ * come back on the link's index; once every shard answered, the parts of a message that
+ * spans shards are merged, the messages put in publish order, and the answer published in
+ * chunks. A message published here has its origin sequence once the link forwarded it (it
+ * takes the same path as every publish): the answer waits for that, a moment. At most
+ * resume_max_active requests are served at once, the rest wait in arrival order. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kr_cluster_int.h"
+#include "kr_cluster_wire.h"
+#include "kr_log.h"
+#include "kr_util.h"
+
+#define KR_CL_ANS_CHUNK (256 * 1024) /* bytes of an answer's chunk (NATS max_payload: 1 MiB) */
+#define KR_CL_STAMP_WAIT_MS 1000    /* a served message's origin sequence is awaited this long */
+
+/* ---------------------------------------------------------------- asking */
+
+static bool kr_cl_is_peer(const struct kr_cluster *cl, uint64_t origin)
+{
+    for (uint32_t i = 0; i < cl->npeers; i++)
+        if (cl->peers[i].origin == origin)
+            return true;
+    return false;
+}
+
+/* Answer the ask's resume towards its net thread; `all` makes every topic uncovered (and
+ * drops what was received). */
+static void kr_cl_ask_done(struct kr_cluster *cl, struct kr_cl_ask *a, bool all)
+{
+    struct kr_router_cmd *c = a->ev.ptr;
+    if (all) {
+        struct kr_resume_remote *x = c->remote;
+        for (uint32_t i = 0; i < x->nmsgs; i++)
+            kr_msg_unref(x->msgs[i]);
+        x->nmsgs = 0;
+        free(c->resync);
+        c->resync = NULL;
+        uint32_t pos = 0, len;
+        const char *t;
+        while (kr_router_cmd_next(c, &pos, &t, &len)) {
+            if (!c->resync)
+                c->resync = kr_router_cmd_new(c->used + 64);
+            c->resync = kr_router_cmd_add(c->resync, t, len);
+        }
+    }
+    struct kr_event ack = {.type = KR_EV_ACK, .src = (uint16_t)cl->o.ctl_idx,
+                           .aux = KR_EV_RESUME, .conn = a->ev.conn, .ptr = c};
+    kr_outbox_push(&cl->outbox, KR_CONN_NET(a->ev.conn), &ack);
+}
+
+void kr_cl_resume_ask(struct kr_cluster *cl, struct kr_event *req)
+{
+    struct kr_router_cmd *c = req->ptr;
+    struct kr_resume_remote *x = c->remote;
+    KR_CL_INC(cl, resumes_asked, 1);
+    struct kr_cl_ask a = {.ev = *req, .tag = ++cl->ask_tag,
+                          .deadline_ms = kr_cl_now_ms() + cl->cfg->cluster_resume_timeout_ms};
+    /* the question: the position, then the topics as pairs */
+    size_t pairs = 0;
+    uint32_t pos = 0, len;
+    const char *t;
+    while (kr_router_cmd_next(c, &pos, &t, &len))
+        pairs += 4 + len;
+    bool ok = cl->connected && kr_cl_is_peer(cl, x->node) && x->nshards <= KR_CL_MAX_SHARDS;
+    if (ok) {
+        size_t need = kr_cl_ask_size(x->nshards, pairs);
+        char *body = kr_xmalloc(need), *p = body + kr_cl_ask_size(x->nshards, 0);
+        pos = 0;
+        while (kr_router_cmd_next(c, &pos, &t, &len))
+            p += kr_cl_pair(p, t, len);
+        kr_cl_ask_encode(body, cl->origin, a.tag, x->nshards, x->seq, c->ntopics,
+                         body + kr_cl_ask_size(x->nshards, 0), pairs);
+        char subj[KR_CFG_STR_MAX + 32];
+        snprintf(subj, sizeof(subj), "%s.node.%016" PRIx64, cl->prefix, x->node);
+        ok = natsConnection_Publish(cl->nc, subj, body, (int)need) == NATS_OK;
+        free(body);
+    }
+    if (!ok) { /* nobody to ask: every topic is told to resync */
+        KR_CL_INC(cl, resume_unanswered, 1);
+        kr_cl_ask_done(cl, &a, true);
+        return;
+    }
+    KR_GROW_MIN(cl->asks, cl->asks_cap, cl->nasks + 1, 16);
+    cl->asks[cl->nasks++] = a;
+}
+
+/* One chunk of an answer ('S', decoded in the item by the delivery thread's check). */
+static void kr_cl_ask_chunk(struct kr_cluster *cl, const char *body, size_t len)
+{
+    struct kr_cl_resume r;
+    if (kr_cl_resume_decode(body, len, &r) != 0 || r.kind != 'S')
+        return;
+    size_t i = 0;
+    while (i < cl->nasks && cl->asks[i].tag != r.tag)
+        i++;
+    if (i == cl->nasks)
+        return; /* timed out already (its topics were told), or not ours */
+    struct kr_cl_ask *a = &cl->asks[i];
+    struct kr_router_cmd *c = a->ev.ptr;
+    struct kr_resume_remote *x = c->remote;
+    size_t pos = 0;
+    struct kr_cl_replayed e;
+    while (kr_cl_next_replayed(&r, &pos, &e)) {
+        if (e.ntopics > cl->r_cap) {
+            cl->r_cap = e.ntopics;
+            cl->r_topics = kr_xrealloc(cl->r_topics, e.ntopics * sizeof(*cl->r_topics));
+            cl->r_lens = kr_xrealloc(cl->r_lens, e.ntopics * sizeof(*cl->r_lens));
+        }
+        uint32_t n = 0;
+        size_t pp = 0;
+        const char *t;
+        uint32_t tl;
+        while (n < e.ntopics && kr_cl_next_pair(e.pairs, e.pairs_len, &pp, &t, &tl)) {
+            cl->r_topics[n] = t;
+            cl->r_lens[n++] = tl;
+        }
+        struct kr_msg *m = kr_msg_create(cl->pub_id, kr_msg_clock_us(), n, cl->r_topics,
+                                         cl->r_lens, e.payload, e.payload_len, 0);
+        kr_msg_set_origin(m, e.origin, e.oseq);
+        KR_GROW_MIN(x->msgs, x->cap, x->nmsgs + 1, 64);
+        x->msgs[x->nmsgs++] = m;
+        KR_CL_INC(cl, resume_replayed, 1);
+    }
+    pos = 0;
+    const char *t;
+    uint32_t tl;
+    while (kr_cl_next_pair(r.pairs, r.pairs_len, &pos, &t, &tl)) {
+        if (!c->resync)
+            c->resync = kr_router_cmd_new(tl + 64);
+        c->resync = kr_router_cmd_add(c->resync, t, tl);
+    }
+    if (!(r.flags & KR_CL_ANS_LAST))
+        return;
+    kr_cl_ask_done(cl, a, false);
+    cl->asks[i] = cl->asks[--cl->nasks];
+}
+
+/* ---------------------------------------------------------------- serving */
+
+static void kr_cl_serve_begin(struct kr_cluster *cl, const struct kr_cl_item *it);
+
+/* Publish the answer to serve s: chunks of at most KR_CL_ANS_CHUNK bytes (one message
+ * alone may pass it), the uncovered topics in the last. `all`: nothing replayed, every
+ * topic uncovered. */
+static void kr_cl_serve_send(struct kr_cluster *cl, struct kr_cl_serve *s, bool all)
+{
+    char subj[KR_CFG_STR_MAX + 32];
+    snprintf(subj, sizeof(subj), "%s.node.%016" PRIx64, cl->prefix, s->asker);
+    char *buf = NULL;
+    size_t cap = 0, used = KR_CL_ANS_HEADER;
+    uint32_t n = 0;
+    KR_GROW_MIN(buf, cap, used, KR_CL_ANS_CHUNK);
+    for (uint32_t i = 0; !all && i < s->nparts; i++) {
+        struct kr_msg *m = s->parts[i].msg;
+        uint32_t nt = kr_msg_ntopics(m), plen, nmatch = 0;
+        size_t pairs = 0;
+        for (uint32_t k = 0; k < nt; k++) {
+            if (!kr_topicset_has(&s->parts[i].topics, nt, k))
+                continue;
+            uint32_t tl;
+            kr_msg_topic(m, k, &tl);
+            pairs += 4 + tl;
+            nmatch++;
+        }
+        const char *payload = kr_msg_payload(m, &plen);
+        size_t sz = kr_cl_replayed_size(pairs, plen);
+        if (n && used + sz > KR_CL_ANS_CHUNK) { /* this chunk is full: out it goes */
+            kr_cl_ans_header(buf, cl->origin, s->asker_tag, 0, n);
+            kr_cl_ans_trailer(buf + used, 0);
+            natsConnection_Publish(cl->nc, subj, buf, (int)(used + 4));
+            used = KR_CL_ANS_HEADER;
+            n = 0;
+        }
+        KR_GROW_MIN(buf, cap, used + sz + 4, KR_CL_ANS_CHUNK);
+        uint64_t oseq, origin = kr_msg_origin(m, &oseq);
+        char *p = buf + used;
+        p += kr_cl_replayed_header(p, origin ? origin : cl->origin, oseq, nmatch);
+        for (uint32_t k = 0; k < nt; k++) {
+            if (!kr_topicset_has(&s->parts[i].topics, nt, k))
+                continue;
+            uint32_t tl;
+            const char *t = kr_msg_topic(m, k, &tl);
+            p += kr_cl_pair(p, t, tl);
+        }
+        p += kr_cl_replayed_payload(p, payload, plen);
+        used = (size_t)(p - buf);
+        n++;
+    }
+    /* the last chunk: the uncovered topics (every one asked, with `all`) */
+    const char *unc = all ? s->topics : s->unc;
+    size_t unc_len = all ? s->topics_len : s->unc_len;
+    uint32_t nunc = all ? s->ntopics : s->nunc;
+    KR_GROW_MIN(buf, cap, used + 4 + unc_len, KR_CL_ANS_CHUNK);
+    kr_cl_ans_header(buf, cl->origin, s->asker_tag, KR_CL_ANS_LAST, n);
+    kr_cl_ans_trailer(buf + used, nunc);
+    if (unc_len)
+        memcpy(buf + used + 4, unc, unc_len);
+    if (natsConnection_Publish(cl->nc, subj, buf, (int)(used + 4 + unc_len)) != NATS_OK)
+        KR_WARN("cluster: the answer to a resume of node %016" PRIx64 " could not be sent; it "
+                "will tell its client to resync", s->asker);
+    free(buf);
+}
+
+static int kr_cl_part_cmp(const void *a, const void *b)
+{
+    const struct kr_cl_part *x = a, *y = b;
+    uint64_t tx = kr_msg_time_us(x->msg), ty = kr_msg_time_us(y->msg);
+    if (tx != ty)
+        return tx < ty ? -1 : 1;
+    return (uintptr_t)x->msg < (uintptr_t)y->msg ? -1 : (uintptr_t)x->msg > (uintptr_t)y->msg;
+}
+
+static void kr_cl_serve_free(struct kr_cl_serve *s)
+{
+    for (uint32_t i = 0; i < s->nparts; i++) {
+        kr_topicset_release(&s->parts[i].topics, kr_msg_ntopics(s->parts[i].msg));
+        kr_msg_unref(s->parts[i].msg);
+    }
+    free(s->parts);
+    free(s->unc);
+    free(s->topics);
+}
+
+/* Serve s is complete once every message in it has its origin sequence (those published
+ * here get it when the link forwards them): then answered and removed. Returns whether it
+ * was. */
+static bool kr_cl_serve_try(struct kr_cluster *cl, size_t idx, uint64_t now)
+{
+    struct kr_cl_serve *s = &cl->serves[idx];
+    bool stamped = true;
+    for (uint32_t i = 0; i < s->nparts && stamped; i++) {
+        uint64_t oseq;
+        kr_msg_origin(s->parts[i].msg, &oseq);
+        stamped = oseq != 0;
+    }
+    bool late = !stamped && now >= s->started_ms + KR_CL_STAMP_WAIT_MS;
+    if (!stamped && !late)
+        return false;
+    if (late)
+        KR_WARN("cluster: a resume of node %016" PRIx64 " waited for entries this node had "
+                "not forwarded yet; every topic it asked for is told to resync", s->asker);
+    kr_cl_serve_send(cl, s, late);
+    KR_CL_INC(cl, resumes_served, 1);
+    kr_cl_serve_free(s);
+    cl->serves[idx] = cl->serves[--cl->nserves];
+    /* the next one waiting takes the slot */
+    if (cl->serve_wait) {
+        struct kr_cl_item *it = cl->serve_wait;
+        cl->serve_wait = it->next;
+        if (!cl->serve_wait)
+            cl->serve_wait_tail = NULL;
+        kr_cl_serve_begin(cl, it);
+        free(it);
+    }
+    return true;
+}
+
+/* Every shard answered serve s: merge the parts of each message, oldest first. */
+static void kr_cl_serve_complete(struct kr_cluster *cl, size_t idx)
+{
+    struct kr_cl_serve *s = &cl->serves[idx];
+    qsort(s->parts, s->nparts, sizeof(*s->parts), kr_cl_part_cmp);
+    uint32_t out = 0;
+    for (uint32_t i = 0; i < s->nparts; i++) {
+        if (out && s->parts[out - 1].msg == s->parts[i].msg) {
+            kr_topicset_merge(&s->parts[out - 1].topics, &s->parts[i].topics,
+                              kr_msg_ntopics(s->parts[i].msg));
+            kr_msg_unref(s->parts[i].msg);
+            continue;
+        }
+        s->parts[out++] = s->parts[i];
+    }
+    s->nparts = out;
+    s->complete = true;
+    kr_cl_serve_try(cl, idx, kr_cl_now_ms());
+}
+
+static void kr_cl_serve_begin(struct kr_cluster *cl, const struct kr_cl_item *it)
+{
+    struct kr_cl_resume r;
+    if (kr_cl_resume_decode(it->data, it->len, &r) != 0 || r.kind != 'Q')
+        return;
+    KR_GROW_MIN(cl->serves, cl->serves_cap, cl->nserves + 1, 16);
+    struct kr_cl_serve *s = &cl->serves[cl->nserves++];
+    memset(s, 0, sizeof(*s));
+    s->tag = ++cl->serve_tag;
+    s->asker = r.origin;
+    s->asker_tag = r.tag;
+    s->started_ms = kr_cl_now_ms();
+    s->topics = kr_xmalloc(r.pairs_len ? r.pairs_len : 1);
+    memcpy(s->topics, r.pairs, r.pairs_len);
+    s->topics_len = r.pairs_len;
+    s->ntopics = r.ntopics;
+    struct kr_router *rt = cl->o.router;
+    uint32_t nshards = kr_router_nshards(rt);
+    if (r.nshards != nshards || r.ntopics == 0) { /* not a position of this start */
+        s->complete = true;
+        kr_cl_serve_send(cl, s, r.ntopics != 0);
+        KR_CL_INC(cl, resumes_served, 1);
+        kr_cl_serve_free(s);
+        cl->nserves--;
+        return;
+    }
+    struct kr_router_cmd *cmds[KR_CL_MAX_SHARDS] = {0};
+    size_t pos = 0;
+    const char *t;
+    uint32_t len;
+    while (kr_cl_next_pair(r.pairs, r.pairs_len, &pos, &t, &len)) {
+        uint32_t sh = kr_router_shard_of(rt, t, len);
+        if (!cmds[sh]) {
+            cmds[sh] = kr_router_cmd_new(256);
+            cmds[sh]->since_seq = r.seq[sh];
+        }
+        cmds[sh] = kr_router_cmd_add(cmds[sh], t, len);
+    }
+    for (uint32_t sh = 0; sh < nshards; sh++)
+        s->acks_left += cmds[sh] != NULL;
+    for (uint32_t sh = 0; sh < nshards; sh++) {
+        if (!cmds[sh])
+            continue;
+        /* the request's replay bounds, shared by its shards (as for a resume here) */
+        cmds[sh]->max_entries = cl->cfg->resume_max_entries / s->acks_left + 1;
+        cmds[sh]->max_bytes = cl->cfg->resume_max_bytes / s->acks_left + 1;
+        struct kr_event ev = {.type = KR_EV_HISTORY, .src = (uint16_t)cl->o.ctl_idx,
+                              .conn = s->tag, .ptr = cmds[sh]};
+        kr_cl_to_shard(cl, sh, &ev);
+    }
+    kr_router_flush(rt, cl->o.ctl_idx);
+}
+
+/* A resume request from another node ('Q'): served now, or in line (a copy of the item)
+ * behind resume_max_active others. */
+void kr_cl_serve_item(struct kr_cluster *cl, const struct kr_cl_item *item)
+{
+    uint64_t max = cl->cfg->resume_max_active ? cl->cfg->resume_max_active : 1;
+    if (cl->nserves < max) {
+        kr_cl_serve_begin(cl, item);
+        return;
+    }
+    struct kr_cl_item *it = kr_xmalloc(sizeof(*it) + item->len);
+    memcpy(it, item, sizeof(*it) + item->len);
+    it->next = NULL;
+    if (cl->serve_wait_tail)
+        cl->serve_wait_tail->next = it;
+    else
+        cl->serve_wait = it;
+    cl->serve_wait_tail = it;
+}
+
+void kr_cl_answer_item(struct kr_cluster *cl, const struct kr_cl_item *it)
+{
+    kr_cl_ask_chunk(cl, it->data, it->len);
+}
+
+static struct kr_cl_serve *kr_cl_serve_find(struct kr_cluster *cl, uint64_t tag, size_t *idx)
+{
+    for (size_t i = 0; i < cl->nserves; i++)
+        if (cl->serves[i].tag == tag) {
+            *idx = i;
+            return &cl->serves[i];
+        }
+    return NULL;
+}
+
+void kr_cl_history_event(struct kr_cluster *cl, struct kr_event *ev)
+{
+    size_t idx = 0;
+    struct kr_cl_serve *s = kr_cl_serve_find(cl, ev->conn, &idx);
+    if (ev->type == KR_EV_REPLAY) {
+        struct kr_topicset ts = kr_topicset_from_word(ev->mask);
+        if (!s) {
+            kr_topicset_release(&ts, kr_msg_ntopics(ev->ptr));
+            kr_msg_unref(ev->ptr);
+            return;
+        }
+        KR_GROW_MIN(s->parts, s->parts_cap, s->nparts + 1, 64);
+        s->parts[s->nparts++] = (struct kr_cl_part){.msg = ev->ptr, .topics = ts};
+        return;
+    }
+    /* the ACK: this shard's uncovered topics */
+    struct kr_router_cmd *c = ev->ptr;
+    if (s && c->resync) {
+        uint32_t pos = 0, len;
+        const char *t;
+        while (kr_router_cmd_next(c->resync, &pos, &t, &len)) {
+            KR_GROW_MIN(s->unc, s->unc_cap, s->unc_len + 4 + len, 256);
+            s->unc_len += kr_cl_pair(s->unc + s->unc_len, t, len);
+            s->nunc++;
+        }
+    }
+    kr_router_cmd_free(c);
+    if (s && --s->acks_left == 0)
+        kr_cl_serve_complete(cl, idx);
+}
+
+void kr_cl_resume_tick(struct kr_cluster *cl, uint64_t now)
+{
+    for (size_t i = 0; i < cl->nasks;) {
+        if (now < cl->asks[i].deadline_ms) {
+            i++;
+            continue;
+        }
+        KR_CL_INC(cl, resume_unanswered, 1);
+        uint64_t suppressed = 0;
+        static struct kr_log_ratelimit rl;
+        if (kr_log_enabled(KR_LOG_WARN) && kr_log_ratelimit(&rl, 10, 10000, &suppressed))
+            KR_WARN("cluster: node %016" PRIx64 " did not answer a resume within "
+                    "cluster_resume_timeout_ms; its topics are told to resync (suppressed %llu "
+                    "similar)",
+                    ((struct kr_router_cmd *)cl->asks[i].ev.ptr)->remote->node,
+                    (unsigned long long)suppressed);
+        kr_cl_ask_done(cl, &cl->asks[i], true);
+        cl->asks[i] = cl->asks[--cl->nasks];
+    }
+    for (size_t i = 0; i < cl->nserves;) {
+        if (cl->serves[i].complete && kr_cl_serve_try(cl, i, now))
+            continue; /* i now holds another one */
+        i++;
+    }
+}
+
+void kr_cl_resume_free(struct kr_cluster *cl)
+{
+    for (size_t i = 0; i < cl->nasks; i++)
+        kr_router_cmd_free(cl->asks[i].ev.ptr);
+    free(cl->asks);
+    for (size_t i = 0; i < cl->nserves; i++)
+        kr_cl_serve_free(&cl->serves[i]);
+    free(cl->serves);
+    while (cl->serve_wait) {
+        struct kr_cl_item *it = cl->serve_wait;
+        cl->serve_wait = it->next;
+        free(it);
+    }
+    free(cl->r_topics);
+    free(cl->r_lens);
+}
