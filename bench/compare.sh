@@ -402,6 +402,7 @@ start_kraken_node() {
     "$kraken_bin" run --listen_ip 127.0.0.1 --tcp_server_port 0 --log_file "$log" \
         --admin_socket "$tmp/kraken-node$n-admin.sock" --poll_wait_ms "$kraken_poll_wait" \
         --cluster_nats_url "nats://127.0.0.1:$np" --cluster_node_name "node$n" \
+        --drain_resume_window_ms "${drain_window_ms:-0}" \
         >"$tmp/kraken-node$n.out" 2>&1 &
     local pid=$!
     cluster_pids+=($pid)

@@ -131,6 +131,7 @@ struct kr_router_cmd *kr_router_cmd_new(uint32_t cap_hint)
     c->max_entries = 0;
     c->max_bytes = 0;
     c->resync = NULL;
+    c->remote = NULL;
     return c;
 }
 

@@ -35,9 +35,10 @@ static void node_start(struct cluster *c, int i, int on, const char *const *extr
         strncat(urls, one, sizeof(urls) - strlen(urls) - 1);
     }
     snprintf(name, sizeof(name), "node%d", i);
+    /* stopped at once by SIGTERM (a test of moving between nodes sets a window of its own) */
     const char *args[32] = {"--cluster_nats_url", urls, "--cluster_node_name", name,
-                            "--cluster_linger_ms", "300"};
-    int n = 6;
+                            "--cluster_linger_ms", "300", "--drain_resume_window_ms", "0"};
+    int n = 8;
     for (int k = 0; extra && extra[k] && n < 30; k++)
         args[n++] = extra[k];
     args[n] = NULL;
@@ -403,7 +404,8 @@ Test(cluster, no_server_at_start)
     uint16_t dead = kr_it_free_port();
     char url[64];
     snprintf(url, sizeof(url), "nats://127.0.0.1:%u", dead);
-    const char *args[] = {"run", "--tcp_server_port", "0", "--cluster_nats_url", url,
+    const char *args[] = {"run", "--tcp_server_port", "0", "--cluster_nats_url", url, "--drain_resume_window_ms", "0",
+                          
                           "--admin_socket", "/tmp/kr_it_cluster_nosrv.sock", NULL};
     char out[4096];
     int rc = kr_it_cli(NULL, out, sizeof(out), args);
@@ -417,7 +419,8 @@ Test(cluster, no_server_at_start)
     kr_it_nats_stop(&nats[0]);
     kr_it_nats_url(&nats[0], url, sizeof(url));
     struct kr_it_server srv;
-    const char *extra[] = {"--cluster_nats_url", url, "--cluster_start_degraded", "1", NULL};
+    const char *extra[] = {"--cluster_nats_url", url, "--drain_resume_window_ms", "0",
+                           "--cluster_start_degraded", "1", NULL};
     kr_it_start(&srv, extra);
     cr_assert_eq(kr_it_stat(srv.port, "cluster_connected"), 0);
     int a = kr_it_connect(srv.port), b = kr_it_connect(srv.port);
@@ -579,9 +582,11 @@ static void lost_forwards(struct cluster *c, const char *topics, int *sub, int *
     char u0[64], u1[64];
     kr_it_nats_url(&c->nats[0], u0, sizeof(u0));
     kr_it_nats_url(&c->nats[1], u1, sizeof(u1));
-    const char *a0[] = {"--cluster_nats_url", u0, "--cluster_node_name", "pubnode",
+    const char *a0[] = {"--cluster_nats_url", u0, "--drain_resume_window_ms", "0",
+                        "--cluster_node_name", "pubnode",
                         "--cluster_reconnect_buf_bytes", "64k", NULL};
-    const char *a1[] = {"--cluster_nats_url", u1, "--cluster_node_name", "subnode", NULL};
+    const char *a1[] = {"--cluster_nats_url", u1, "--drain_resume_window_ms", "0",
+                        "--cluster_node_name", "subnode", NULL};
     kr_it_start(&c->node[0], a0);
     kr_it_start(&c->node[1], a1);
     wait_peers(c, 1);
@@ -696,7 +701,8 @@ Test(cluster, api_server_shows_the_link)
     kr_it_nats_url(&nats[0], url, sizeof(url));
     uint16_t http = kr_it_free_port();
     snprintf(hp, sizeof(hp), "%u", http);
-    const char *extra[] = {"--cluster_nats_url", url, "--cluster_node_name", "solo",
+    const char *extra[] = {"--cluster_nats_url", url, "--drain_resume_window_ms", "0",
+                           "--cluster_node_name", "solo",
                            "--http_port", hp, NULL};
     struct kr_it_server srv;
     kr_it_start(&srv, extra);
@@ -775,13 +781,15 @@ Test(cluster, credentials)
     kr_it_nats_cluster_start_auth(nats, 1, "kraken", "s3cret");
     char url[64];
     kr_it_nats_url(&nats[0], url, sizeof(url));
-    const char *good[] = {"--cluster_nats_url", url, "--cluster_user", "kraken",
+    const char *good[] = {"--cluster_nats_url", url, "--drain_resume_window_ms", "0",
+                          "--cluster_user", "kraken",
                           "--cluster_password", "s3cret", NULL};
     struct kr_it_server srv;
     kr_it_start(&srv, good);
     cr_assert_eq(kr_it_stat(srv.port, "cluster_connected"), 1);
     kr_it_stop(&srv);
-    const char *bad[] = {"run", "--tcp_server_port", "0", "--cluster_nats_url", url,
+    const char *bad[] = {"run", "--tcp_server_port", "0", "--cluster_nats_url", url, "--drain_resume_window_ms", "0",
+                         
                          "--cluster_user", "kraken", "--cluster_password", "wrong",
                          "--admin_socket", "/tmp/kr_it_cluster_badpass.sock", NULL};
     char out[4096];
@@ -861,7 +869,8 @@ Test(cluster, cluster_publish_ack_other_values_are_refused)
     char url[64], out[4096];
     kr_it_nats_url(&n[0], url, sizeof(url));
     int rc = kr_it_cli(NULL, out, sizeof(out),
-                       (const char *[]){"run", "--tcp_server_port", "0", "--cluster_nats_url", url,
+                       (const char *[]){"run", "--tcp_server_port", "0", "--cluster_nats_url", url, "--drain_resume_window_ms", "0",
+                                        
                                         "--cluster_publish_ack", "sometimes", NULL});
     cr_assert_neq(rc, 0);
     cr_assert(strstr(out, "cluster_publish_ack must be local or flushed"), "%s", out);
