@@ -202,6 +202,7 @@ void kr_cl_on_entry(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
     struct kr_msg *m = kr_msg_create_hashed(cl->pub_id, kr_msg_clock_us(), n, cl->d_topics,
                                             cl->d_lens, cl->d_hashes, b.payload, b.payload_len,
                                             involved > 1 ? cl->o.nnet : 0);
+    kr_msg_set_origin(m, b.origin, b.seq); /* its name on every node (resumes elsewhere) */
     kr_cl_window_note(cl, from, n); /* the topics point into msg: before it goes */
     natsMsg_Destroy(msg);
     kr_msg_set_nshards(m, involved);

@@ -914,3 +914,117 @@ Test(cluster, a_silent_peer_makes_its_recent_topics_resync_and_a_leaving_one_doe
     unlink(c.node[0].log_path);
     cluster_down(&c);
 }
+
+/* ---------------------------------------------------------------- moving between nodes */
+
+/* A position node 0 issued resumes on node 1: node 1 subscribes, asks node 0 for what came
+ * after the position and merges it with what arrives live. Each message once, oldest
+ * first, then live; nothing from before the position; no notice. */
+Test(cluster, a_position_resumes_exactly_on_another_node)
+{
+    struct cluster c;
+    const char *extra[] = {"--cluster_linger_ms", "60000", NULL};
+    cluster_up(&c, 2, extra);
+    int a = kr_it_connect(c.node[0].port);
+    kr_it_subscribe(a, "mva mvb");
+    int p0 = kr_it_connect(c.node[0].port), p1 = kr_it_connect(c.node[1].port);
+    publish(p1, "mva", "m1"); /* from node 1: forwarded to node 0 */
+    publish(p0, "mvb", "m2");
+    char got[4096], tok[600] = {0};
+    kr_it_poll_position(a, 2, got, sizeof(got), tok, sizeof(tok));
+    close(a);
+    /* while the client is away: on both nodes, and one on a topic it does not name */
+    publish(p1, "mva", "m3");
+    publish(p0, "mvb", "m4");
+    publish(p0, "mvc", "m5");
+    kr_it_wait_stat(c.node[0].port, "messages_routed", KR_IT_GE, 5);
+    int b = kr_it_connect(c.node[1].port);
+    kr_it_resume_mc(b, tok, "mva mvb", "STORED\r\n");
+    publish(p0, "mva", "m6"); /* live, from the old node */
+    char rest[4096], tok2[600] = {0};
+    kr_it_poll_position(b, 3, rest, sizeof(rest), tok2, sizeof(tok2));
+    /* m3 and m4 were published on two nodes: either may come first, each once; m6 after */
+    cr_assert(strcmp(rest, "MESSAGE mva 2\r\nm3\r\nMESSAGE mvb 2\r\nm4\r\nMESSAGE mva 2\r\nm6\r\n") == 0 ||
+                  strcmp(rest, "MESSAGE mvb 2\r\nm4\r\nMESSAGE mva 2\r\nm3\r\nMESSAGE mva 2\r\nm6\r\n") == 0,
+              "%s", rest);
+    publish(p1, "mvb", "m7"); /* live, on the new node */
+    kr_it_poll_position(b, 1, rest, sizeof(rest), tok2, sizeof(tok2));
+    cr_assert_str_eq(rest, "MESSAGE mvb 2\r\nm7\r\n");
+    cr_assert_eq(kr_it_stat(c.node[1].port, "resume_moved"), 1);
+    cr_assert_eq(kr_it_stat(c.node[1].port, "cluster_resumes_asked"), 1);
+    cr_assert_eq(kr_it_stat(c.node[1].port, "cluster_resume_replayed"), 2);
+    cr_assert_eq(kr_it_stat(c.node[1].port, "resync_notices"), 0);
+    cr_assert_eq(kr_it_stat(c.node[0].port, "cluster_resumes_served"), 1);
+    close(b);
+    close(p0);
+    close(p1);
+    cluster_down(&c);
+}
+
+/* A drained node keeps its topics' interest and history for drain_resume_window_ms and
+ * answers resumes of the positions it handed out; then it exits 0. A client moving from it
+ * this way reloads nothing. */
+Test(cluster, a_drained_node_answers_resumes_then_exits)
+{
+    struct cluster c;
+    const char *extra[] = {"--drain_resume_window_ms", "3000", NULL};
+    cluster_up(&c, 2, extra);
+    int a = kr_it_connect(c.node[0].port), p1 = kr_it_connect(c.node[1].port);
+    kr_it_subscribe(a, "dra drb");
+    publish(p1, "dra", "d1");
+    char got[4096], tok[600] = {0};
+    kr_it_poll_position(a, 1, got, sizeof(got), tok, sizeof(tok));
+    char out[4096];
+    cr_assert_eq(kr_it_cli(&c.node[0], out, sizeof(out), (const char *[]){"drain", NULL}), 0, "%s",
+                 out);
+    /* nothing was queued for it: it is closed, its last poll's position is its final one */
+    kr_it_expect_closed(a);
+    close(a);
+    /* published while the client moves: the drained node still holds the interest */
+    publish(p1, "dra", "d2");
+    publish(p1, "drb", "d3");
+    kr_it_wait_admin_stat(&c.node[0], "messages_routed", KR_IT_GE, 3);
+    int b = kr_it_connect(c.node[1].port);
+    kr_it_resume_mc(b, tok, "dra drb", "STORED\r\n");
+    char rest[4096], tok2[600] = {0};
+    kr_it_poll_position(b, 2, rest, sizeof(rest), tok2, sizeof(tok2));
+    cr_assert_str_eq(rest, "MESSAGE dra 2\r\nd2\r\nMESSAGE drb 2\r\nd3\r\n");
+    cr_assert_eq(kr_it_stat(c.node[1].port, "resync_notices"), 0);
+    /* the window over, it leaves by saying so: not a silent peer */
+    cr_assert(kr_it_exited_0(&c.node[0]));
+    c.node[0].pid = 0;
+    kr_it_wait_stat(c.node[1].port, "cluster_peers", KR_IT_EQ, 0);
+    cr_assert_eq(kr_it_stat(c.node[1].port, "cluster_peer_silences"), 0);
+    close(b);
+    close(p1);
+    cluster_down(&c);
+}
+
+/* The node that issued a position was killed: nobody answers within
+ * cluster_resume_timeout_ms, so every resumed topic gets a resync notice (not an error,
+ * not a partial replay), and the client is live from then on. */
+Test(cluster, a_resume_nobody_answers_is_a_resync_notice)
+{
+    struct cluster c;
+    const char *extra[] = {"--cluster_resume_timeout_ms", "300", NULL};
+    cluster_up(&c, 2, extra);
+    int a = kr_it_connect(c.node[0].port);
+    kr_it_subscribe(a, "kla klb");
+    char got[4096], tok[600] = {0};
+    kr_it_poll_position(a, 0, got, sizeof(got), tok, sizeof(tok));
+    kill(c.node[0].pid, SIGKILL);
+    waitpid(c.node[0].pid, NULL, 0);
+    c.node[0].pid = 0;
+    close(a);
+    int b = kr_it_connect(c.node[1].port), p1 = kr_it_connect(c.node[1].port);
+    kr_it_resume_mc(b, tok, "kla klb", "STORED\r\n");
+    publish(p1, "klb", "live");
+    char rest[4096], tok2[600] = {0};
+    kr_it_poll_position(b, 2, rest, sizeof(rest), tok2, sizeof(tok2));
+    cr_assert_str_eq(rest, "MESSAGE __kraken__:resync 7\r\nkla klb\r\nMESSAGE klb 4\r\nlive\r\n");
+    cr_assert_eq(kr_it_stat(c.node[1].port, "cluster_resume_unanswered"), 1);
+    close(b);
+    close(p1);
+    unlink(c.node[0].log_path);
+    cluster_down(&c);
+}

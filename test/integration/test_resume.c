@@ -19,47 +19,6 @@ KR_IT_FIXTURE(start_small_history, "--num_router_shards", "3", "--num_net_thread
               "--messages_stored_per_router_shard", "8", "--max_poll_reply_bytes", "40");
 TestSuite(resume, .init = start_small_history, .fini = kr_it_fixture_stop);
 
-/* The token of a reply that ends with `VALUE position 0 <k>\r\n<token>\r\nEND\r\n`. */
-static void token_of(const char *reply, char *tok, size_t cap)
-{
-    const char *v = strstr(reply, "VALUE position 0 ");
-    cr_assert(v, "no position in %s", reply);
-    unsigned k = 0;
-    cr_assert_eq(sscanf(v, "VALUE position 0 %u", &k), 1);
-    const char *t = strstr(v, "\r\n") + 2;
-    cr_assert(k > 0 && k < cap && strlen(t) >= k + 2 + 5, "%s", reply);
-    memcpy(tok, t, k);
-    tok[k] = 0;
-    cr_assert_str_eq(t + k, "\r\nEND\r\n");
-}
-
-/* `get messages position` until `want` entries were handed out; their text (MESSAGE lines
- * and payloads) into out, the last position into tok. Bounded. */
-static void poll_position(int fd, size_t want, char *out, size_t cap, char *tok, size_t tokcap)
-{
-    size_t got = 0, len = 0;
-    out[0] = 0;
-    for (int i = 0; i < 2000 && (got < want || tok[0] == 0); i++) {
-        kr_it_sends(fd, "get messages position\r\n");
-        kr_it_read_until(fd, buf, sizeof(buf), "END\r\n");
-        token_of(buf, tok, tokcap);
-        const char *e = strstr(buf, "VALUE messages 0 ");
-        if (e) {
-            const char *body = strstr(e, "\r\n") + 2, *end = strstr(buf, "VALUE position 0 ");
-            for (const char *p = body; (p = strstr(p, "MESSAGE ")) && p < end; p += 8)
-                got++;
-            size_t n = (size_t)(end - body);
-            cr_assert(len + n < cap);
-            memcpy(out + len, body, n);
-            len += n;
-            out[len] = 0;
-        }
-        if (got < want)
-            kr_it_sleep_ms(5);
-    }
-    cr_assert_eq(got, want, "handed out %zu entries, wanted %zu: %s", got, want, out);
-}
-
 /* Read one RESP2 `message` frame: its channel and payload (NUL-terminated). */
 static void read_message(int fd, char *ch, size_t chcap, char *payload, size_t pcap)
 {
@@ -105,15 +64,6 @@ static void expect_message(int fd, const char *want, const char *payload, char *
     cr_assert_fail("no message on %s", want);
 }
 
-static void resume_mc(int fd, const char *tok, const char *topics, const char *expect)
-{
-    char req[1024];
-    snprintf(req, sizeof(req), "set resume 0 0 %zu\r\n%s\r\n%s\r\n", strlen(tok) + 2 + strlen(topics),
-             tok, topics);
-    kr_it_sends(fd, req);
-    kr_it_expect(fd, expect);
-}
-
 /* Everything after the position, once, oldest first, then live; nothing before it. */
 Test(resume, memcached_resume_replays_exactly_what_came_after_the_position)
 {
@@ -122,7 +72,7 @@ Test(resume, memcached_resume_replays_exactly_what_came_after_the_position)
     kr_it_publish(pub, "ma", "m1", 2);
     kr_it_publish(pub, "mb", "m2", 2);
     char got[4096], tok[600] = {0};
-    poll_position(a, 2, got, sizeof(got), tok, sizeof(tok));
+    kr_it_poll_position(a, 2, got, sizeof(got), tok, sizeof(tok));
     cr_assert(strstr(got, "MESSAGE ma 2\r\nm1\r\n") && strstr(got, "MESSAGE mb 2\r\nm2\r\n"), "%s", got);
     /* after the position: three more, one on a topic the client does not name */
     kr_it_publish(pub, "ma", "m3", 2);
@@ -131,10 +81,10 @@ Test(resume, memcached_resume_replays_exactly_what_came_after_the_position)
     kr_it_wait_stat(kr_it_srv.port, "deliveries_queued", KR_IT_GE, 4);
     close(a);
     int b = kr_it_connect(kr_it_srv.port);
-    resume_mc(b, tok, "ma mb", "STORED\r\n");
+    kr_it_resume_mc(b, tok, "ma mb", "STORED\r\n");
     kr_it_publish(pub, "ma", "m6", 2); /* live after the resume */
     char rest[4096], tok2[600] = {0};
-    poll_position(b, 3, rest, sizeof(rest), tok2, sizeof(tok2));
+    kr_it_poll_position(b, 3, rest, sizeof(rest), tok2, sizeof(tok2));
     cr_assert_str_eq(rest, "MESSAGE ma 2\r\nm3\r\nMESSAGE mb 2\r\nm4\r\nMESSAGE ma 2\r\nm6\r\n");
     cr_assert_eq(kr_it_stat(kr_it_srv.port, "resume_requests"), 1);
     close(b);
@@ -154,13 +104,13 @@ Test(resume, a_cut_reply_gives_the_position_after_its_last_entry)
     }
     kr_it_wait_stat(kr_it_srv.port, "deliveries_queued", KR_IT_GE, 4);
     char got[4096], tok[600] = {0};
-    poll_position(a, 1, got, sizeof(got), tok, sizeof(tok));
+    kr_it_poll_position(a, 1, got, sizeof(got), tok, sizeof(tok));
     cr_assert_str_eq(got, "MESSAGE cut 10\r\nc0xxxxxxxx\r\n");
     close(a);
     int b = kr_it_connect(kr_it_srv.port);
-    resume_mc(b, tok, "cut", "STORED\r\n");
+    kr_it_resume_mc(b, tok, "cut", "STORED\r\n");
     char rest[4096], tok2[600] = {0};
-    poll_position(b, 3, rest, sizeof(rest), tok2, sizeof(tok2));
+    kr_it_poll_position(b, 3, rest, sizeof(rest), tok2, sizeof(tok2));
     cr_assert_str_eq(rest, "MESSAGE cut 10\r\nc1xxxxxxxx\r\nMESSAGE cut 10\r\nc2xxxxxxxx\r\n"
                            "MESSAGE cut 10\r\nc3xxxxxxxx\r\n");
     close(b);
@@ -175,7 +125,7 @@ Test(resume, what_the_history_evicted_is_a_resync_notice_per_topic)
     kr_it_subscribe(a, "ev busy quiet");
     kr_it_publish(pub, "ev", "e0", 2);
     char got[4096], tok[600] = {0};
-    poll_position(a, 1, got, sizeof(got), tok, sizeof(tok));
+    kr_it_poll_position(a, 1, got, sizeof(got), tok, sizeof(tok));
     close(a);
     kr_it_publish(pub, "ev", "e1", 2);
     for (int i = 0; i < 90; i++) { /* about 30 per shard: e1 leaves its shard's history */
@@ -185,9 +135,9 @@ Test(resume, what_the_history_evicted_is_a_resync_notice_per_topic)
     }
     int b = kr_it_connect(kr_it_srv.port);
     kr_it_wait_stat(kr_it_srv.port, "messages_routed", KR_IT_GE, 92);
-    resume_mc(b, tok, "ev quiet", "STORED\r\n");
+    kr_it_resume_mc(b, tok, "ev quiet", "STORED\r\n");
     char rest[4096], tok2[600] = {0};
-    poll_position(b, 1, rest, sizeof(rest), tok2, sizeof(tok2));
+    kr_it_poll_position(b, 1, rest, sizeof(rest), tok2, sizeof(tok2));
     cr_assert_str_eq(rest, "MESSAGE __kraken__:resync 2\r\nev\r\n");
     close(b);
     close(pub);
@@ -198,7 +148,7 @@ Test(resume, what_the_history_evicted_is_a_resync_notice_per_topic)
 Test(resume, bad_tokens_and_tokens_of_another_start)
 {
     int fd = kr_it_connect(kr_it_srv.port);
-    resume_mc(fd, "p1.AAAA", "x", "CLIENT_ERROR bad position\r\n");
+    kr_it_resume_mc(fd, "p1.AAAA", "x", "CLIENT_ERROR bad position\r\n");
     kr_it_expect_closed(fd);
     close(fd);
     fd = kr_it_connect(kr_it_srv.port);
@@ -211,14 +161,14 @@ Test(resume, bad_tokens_and_tokens_of_another_start)
     int a = kr_it_connect(kr_it_srv.port);
     kr_it_subscribe(a, "other");
     char got[4096], tok[600] = {0};
-    poll_position(a, 0, got, sizeof(got), tok, sizeof(tok));
+    kr_it_poll_position(a, 0, got, sizeof(got), tok, sizeof(tok));
     close(a);
     struct kr_it_server two;
     kr_it_start(&two, (const char *const[]){"--num_router_shards", "3", NULL});
     int b = kr_it_connect(two.port);
-    resume_mc(b, tok, "other another", "STORED\r\n");
+    kr_it_resume_mc(b, tok, "other another", "STORED\r\n");
     char rest[4096], tok2[600] = {0};
-    poll_position(b, 1, rest, sizeof(rest), tok2, sizeof(tok2));
+    kr_it_poll_position(b, 1, rest, sizeof(rest), tok2, sizeof(tok2));
     cr_assert_str_eq(rest, "MESSAGE __kraken__:resync 13\r\nother another\r\n");
     cr_assert_eq(kr_it_stat(two.port, "resume_foreign"), 1);
     close(b);
@@ -270,7 +220,7 @@ Test(resume, the_drain_hands_the_final_position)
                     "*3\r\n$9\r\nsubscribe\r\n$19\r\n__kraken__:position\r\n:2\r\n");
     kr_it_subscribe(m, "dm");
     char got[4096], tok[600] = {0};
-    poll_position(m, 0, got, sizeof(got), tok, sizeof(tok));
+    kr_it_poll_position(m, 0, got, sizeof(got), tok, sizeof(tok));
     kr_it_publish(pub, "dm", "d1", 2);
     int rpub = kr_it_connect(kr_it_srv.port);
     kr_it_resp_cmd(rpub, "PUBLISH", "dr", "r1", NULL);
@@ -318,7 +268,7 @@ Test(resume, a_bounded_replay_tells_the_busiest_topics_to_resync)
     int a = kr_it_connect(one.port), pub = kr_it_connect(one.port);
     kr_it_subscribe(a, "ba bb bc");
     char got[4096], tok[600] = {0};
-    poll_position(a, 0, got, sizeof(got), tok, sizeof(tok));
+    kr_it_poll_position(a, 0, got, sizeof(got), tok, sizeof(tok));
     close(a);
     for (int i = 0; i < 10; i++)
         kr_it_publish(pub, "ba", "a", 1);
@@ -327,9 +277,9 @@ Test(resume, a_bounded_replay_tells_the_busiest_topics_to_resync)
     kr_it_publish(pub, "bc", "c1", 2);
     kr_it_wait_stat(one.port, "messages_routed", KR_IT_GE, 13);
     int b = kr_it_connect(one.port);
-    resume_mc(b, tok, "ba bb bc", "STORED\r\n");
+    kr_it_resume_mc(b, tok, "ba bb bc", "STORED\r\n");
     char rest[4096], tok2[600] = {0};
-    poll_position(b, 4, rest, sizeof(rest), tok2, sizeof(tok2));
+    kr_it_poll_position(b, 4, rest, sizeof(rest), tok2, sizeof(tok2));
     cr_assert_str_eq(rest, "MESSAGE __kraken__:resync 2\r\nba\r\nMESSAGE bb 2\r\nb1\r\n"
                            "MESSAGE bb 2\r\nb2\r\nMESSAGE bc 2\r\nc1\r\n");
     cr_assert_eq(kr_it_stat(one.port, "resume_bounded_topics"), 1);
@@ -348,7 +298,7 @@ Test(resume, resumes_past_the_active_bound_wait_their_turn)
     int a = kr_it_connect(one.port), pub = kr_it_connect(one.port);
     kr_it_subscribe(a, "w1 w2");
     char got[4096], tok[600] = {0};
-    poll_position(a, 0, got, sizeof(got), tok, sizeof(tok));
+    kr_it_poll_position(a, 0, got, sizeof(got), tok, sizeof(tok));
     close(a);
     for (int i = 0; i < 300; i++) /* something to replay: resumes take a while */
         kr_it_publish(pub, i % 2 ? "w1" : "w2", "ww", 2);
@@ -364,7 +314,7 @@ Test(resume, resumes_past_the_active_bound_wait_their_turn)
     for (int i = 0; i < N; i++) {
         kr_it_expect(fd[i], "STORED\r\n");
         char rest[1 << 15], t2[600] = {0};
-        poll_position(fd[i], 300, rest, sizeof(rest), t2, sizeof(t2));
+        kr_it_poll_position(fd[i], 300, rest, sizeof(rest), t2, sizeof(t2));
         close(fd[i]);
     }
     cr_assert_eq(kr_it_stat(one.port, "resume_requests"), N);

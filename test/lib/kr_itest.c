@@ -1053,3 +1053,57 @@ long long kr_it_admin_stat_figure(const void *server, const char *name)
 {
     return (long long)kr_it_admin_stat(server, name);
 }
+
+/* ---------------------------------------------------------------- positions */
+
+/* The token of a reply that ends with `VALUE position 0 <k>\r\n<token>\r\nEND\r\n`. */
+void kr_it_token_of(const char *reply, char *tok, size_t cap)
+{
+    const char *v = strstr(reply, "VALUE position 0 ");
+    cr_assert(v, "no position in %s", reply);
+    unsigned k = 0;
+    cr_assert_eq(sscanf(v, "VALUE position 0 %u", &k), 1);
+    const char *t = strstr(v, "\r\n") + 2;
+    cr_assert(k > 0 && k < cap && strlen(t) >= k + 2 + 5, "%s", reply);
+    memcpy(tok, t, k);
+    tok[k] = 0;
+    cr_assert_str_eq(t + k, "\r\nEND\r\n");
+}
+
+/* `get messages position` until `want` entries were handed out; their text (MESSAGE lines
+ * and payloads) into out, the last position into tok. Bounded. */
+void kr_it_poll_position(int fd, size_t want, char *out, size_t cap, char *tok, size_t tokcap)
+{
+    static char pbuf[1 << 16];
+    size_t got = 0, len = 0;
+    out[0] = 0;
+    for (int i = 0; i < 2000 && (got < want || tok[0] == 0); i++) {
+        kr_it_sends(fd, "get messages position\r\n");
+        kr_it_read_until(fd, pbuf, sizeof(pbuf), "END\r\n");
+        kr_it_token_of(pbuf, tok, tokcap);
+        const char *e = strstr(pbuf, "VALUE messages 0 ");
+        if (e) {
+            const char *body = strstr(e, "\r\n") + 2, *end = strstr(pbuf, "VALUE position 0 ");
+            for (const char *p = body; (p = strstr(p, "MESSAGE ")) && p < end; p += 8)
+                got++;
+            size_t n = (size_t)(end - body);
+            cr_assert(len + n < cap);
+            memcpy(out + len, body, n);
+            len += n;
+            out[len] = 0;
+        }
+        if (got < want)
+            kr_it_sleep_ms(5);
+    }
+    cr_assert_eq(got, want, "handed out %zu entries, wanted %zu: %s", got, want, out);
+}
+
+void kr_it_resume_mc(int fd, const char *tok, const char *topics, const char *expect)
+{
+    char req[1024];
+    snprintf(req, sizeof(req), "set resume 0 0 %zu\r\n%s\r\n%s\r\n", strlen(tok) + 2 + strlen(topics),
+             tok, topics);
+    kr_it_sends(fd, req);
+    kr_it_expect(fd, expect);
+}
+

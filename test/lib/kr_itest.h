@@ -104,6 +104,14 @@ void kr_it_resp_cmd(int fd, const char *a0, ...);
 void kr_it_subscribe(int fd, const char *topics);
 /* Publish one entry and wait for STORED. */
 void kr_it_publish(int fd, const char *topics, const char *payload, size_t plen);
+/* Positions (memcached protocol). The token of a reply that ends with `VALUE position 0
+ * <k>\r\n<token>\r\nEND\r\n` (asserts the shape). */
+void kr_it_token_of(const char *reply, char *tok, size_t cap);
+/* `get messages position` until `want` entries were handed out (bounded); their text
+ * (MESSAGE lines and payloads) into out, the last position into tok. */
+void kr_it_poll_position(int fd, size_t want, char *out, size_t cap, char *tok, size_t tokcap);
+/* `set resume` of tok on the topics (separated by spaces); the reply must be `expect`. */
+void kr_it_resume_mc(int fd, const char *tok, const char *topics, const char *expect);
 /* Start a non-blocking connect to 127.0.0.1:port: the socket, or -errno. */
 int kr_it_connect_nb(uint16_t port);
 /* CPU time (user + system) a process used so far, in milliseconds, from /proc; -1 when
