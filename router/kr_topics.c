@@ -198,13 +198,13 @@ int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, ui
         tp = kr_xrealloc(NULL, sizeof(*tp) + len);
         memset(tp, 0, sizeof(*tp));
         tp->len = len;
+        tp->held = t->clock; /* a kept topic that gets a subscriber again was held meanwhile */
         memcpy(tp->name, topic, len);
         cds_lfht_node_init(&tp->node);
         KR_TSAN_RELEASE(tp); /* published by the table (liburcu's barriers TSan cannot see) */
         cds_lfht_add(t->topics, hash, &tp->node);
     }
     if (tp->nsubs == 0) { /* its first subscriber (a kept empty topic comes back) */
-        tp->held = t->clock;
         ck_pr_store_64(&t->ntopics, t->ntopics + 1);
         if (t->hook)
             t->hook(t->hook_arg, topic, len, true);
@@ -320,7 +320,7 @@ bool kr_topics_forget(struct kr_topics *t, const char *topic, uint32_t len)
 {
     urcu_memb_read_lock();
     struct kr_topic *tp = kr_topics_lookup(t, topic, len, kr_topics_hash(topic, len));
-    bool gone = tp && tp->nsubs == 0 && t->empty == KR_TOPICS_KEEP;
+    bool gone = tp && tp->nsubs == 0;
     if (gone)
         kr_topic_delete(t, tp);
     urcu_memb_read_unlock();

@@ -67,8 +67,8 @@ uint64_t kr_topic_held(const struct kr_topic *tp);
  * Empty topics are not counted (kr_topics_count) nor walked. Owner only. */
 enum kr_topics_empty { KR_TOPICS_DELETE = 0, KR_TOPICS_KEEP, KR_TOPICS_HOLD };
 void kr_topics_set_empty(struct kr_topics *t, enum kr_topics_empty what);
-/* Under KR_TOPICS_KEEP: remove the topic if it is in the table with no subscriber; returns
- * whether it did. Owner only. */
+/* Remove the topic if it is in the table with no subscriber (kept or held: its cluster
+ * interest was dropped); returns whether it did. Owner only. */
 bool kr_topics_forget(struct kr_topics *t, const char *topic, uint32_t len);
 
 uint64_t kr_sconn_id(const struct kr_sconn *c);

@@ -152,3 +152,92 @@ Test(cluster_wire, control_bodies)
     buf[0] = 'Q';
     cr_assert_eq(kr_cl_decode(buf, used, &b), -EINVAL);
 }
+
+/* ---------------------------------------------------------------- resume between nodes */
+
+/* A resume request: position and topics round trip; every truncation and a shard count
+ * out of range are refused. */
+Test(cluster_wire, resume_request_round_trip_and_every_truncation)
+{
+    char pairs[64];
+    size_t pl = kr_cl_pair(pairs, "alpha", 5);
+    pl += kr_cl_pair(pairs + pl, "", 0);
+    uint64_t seq[3] = {10, 0, UINT64_MAX};
+    size_t n = kr_cl_ask_size(3, pl);
+    char *buf = malloc(n);
+    cr_assert_eq(kr_cl_ask_encode(buf, 0xabcdull, 77, 3, seq, 2, pairs, pl), n);
+    struct kr_cl_resume r;
+    cr_assert_eq(kr_cl_resume_decode(buf, n, &r), 0);
+    cr_assert_eq(r.kind, 'Q');
+    cr_assert_eq(r.origin, 0xabcdull);
+    cr_assert_eq(r.tag, 77);
+    cr_assert_eq(r.nshards, 3);
+    cr_assert(r.seq[0] == 10 && r.seq[1] == 0 && r.seq[2] == UINT64_MAX);
+    cr_assert_eq(r.ntopics, 2);
+    size_t pos = 0;
+    const char *t;
+    uint32_t l;
+    cr_assert(kr_cl_next_pair(r.pairs, r.pairs_len, &pos, &t, &l));
+    cr_assert(l == 5 && memcmp(t, "alpha", 5) == 0);
+    cr_assert(kr_cl_next_pair(r.pairs, r.pairs_len, &pos, &t, &l));
+    cr_assert_eq(l, 0);
+    cr_assert_not(kr_cl_next_pair(r.pairs, r.pairs_len, &pos, &t, &l));
+    for (size_t cut = 0; cut < n; cut++)
+        cr_assert_eq(kr_cl_resume_decode(buf, cut, &r), -EINVAL, "cut at %zu", cut);
+    buf[18] = 0; /* no shard */
+    cr_assert_eq(kr_cl_resume_decode(buf, n, &r), -EINVAL);
+    buf[18] = 65; /* more than KR_CL_MAX_SHARDS */
+    cr_assert_eq(kr_cl_resume_decode(buf, n, &r), -EINVAL);
+    free(buf);
+}
+
+/* An answer chunk: replayed messages (origin, origin sequence, topics, payload) and the
+ * uncovered topics round trip; a message without a topic, a count past the end and every
+ * truncation are refused. */
+Test(cluster_wire, resume_answer_round_trip_and_every_truncation)
+{
+    char buf[512];
+    size_t used = KR_CL_ANS_HEADER;
+    used += kr_cl_replayed_header(buf + used, 5, 100, 2);
+    used += kr_cl_pair(buf + used, "t1", 2);
+    used += kr_cl_pair(buf + used, "t2", 2);
+    used += kr_cl_replayed_payload(buf + used, "hello", 5);
+    size_t second = used;
+    used += kr_cl_replayed_header(buf + used, 6, 7, 1);
+    used += kr_cl_pair(buf + used, "t3", 2);
+    used += kr_cl_replayed_payload(buf + used, "", 0);
+    cr_assert_eq(used - second, kr_cl_replayed_size(6, 0));
+    used += kr_cl_ans_trailer(buf + used, 1);
+    used += kr_cl_pair(buf + used, "lost", 4);
+    kr_cl_ans_header(buf, 9, 77, KR_CL_ANS_LAST, 2);
+    struct kr_cl_resume r;
+    cr_assert_eq(kr_cl_resume_decode(buf, used, &r), 0);
+    cr_assert_eq(r.kind, 'S');
+    cr_assert(r.origin == 9 && r.tag == 77 && r.flags == KR_CL_ANS_LAST);
+    cr_assert_eq(r.nentries, 2);
+    size_t pos = 0, pp;
+    struct kr_cl_replayed e;
+    const char *t;
+    uint32_t l;
+    cr_assert(kr_cl_next_replayed(&r, &pos, &e));
+    cr_assert(e.origin == 5 && e.oseq == 100 && e.ntopics == 2);
+    cr_assert(e.payload_len == 5 && memcmp(e.payload, "hello", 5) == 0);
+    pp = 0;
+    cr_assert(kr_cl_next_pair(e.pairs, e.pairs_len, &pp, &t, &l) && l == 2 && t[1] == '1');
+    cr_assert(kr_cl_next_pair(e.pairs, e.pairs_len, &pp, &t, &l) && l == 2 && t[1] == '2');
+    cr_assert_not(kr_cl_next_pair(e.pairs, e.pairs_len, &pp, &t, &l));
+    cr_assert(kr_cl_next_replayed(&r, &pos, &e));
+    cr_assert(e.origin == 6 && e.oseq == 7 && e.ntopics == 1 && e.payload_len == 0);
+    cr_assert_not(kr_cl_next_replayed(&r, &pos, &e));
+    cr_assert_eq(r.ntopics, 1);
+    pp = 0;
+    cr_assert(kr_cl_next_pair(r.pairs, r.pairs_len, &pp, &t, &l) && l == 4 &&
+              memcmp(t, "lost", 4) == 0);
+    for (size_t cut = 0; cut < used; cut++)
+        cr_assert_eq(kr_cl_resume_decode(buf, cut, &r), -EINVAL, "cut at %zu", cut);
+    kr_cl_ans_header(buf, 9, 77, 0, 3); /* a count past the messages */
+    cr_assert_eq(kr_cl_resume_decode(buf, used, &r), -EINVAL);
+    kr_cl_ans_header(buf, 9, 77, 0, 2);
+    buf[second + 16] = 0; /* a message without a topic */
+    cr_assert_eq(kr_cl_resume_decode(buf, used, &r), -EINVAL);
+}

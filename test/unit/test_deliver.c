@@ -427,6 +427,56 @@ Test(deliver, retro_not_found_discards_replays_keeps_live)
     kr_dlv_free(&d);
 }
 
+/* Another node's replay for a resume: the live delivery of a message it also replayed
+ * (same origin and origin sequence; one published here counts as this node's origin) takes
+ * the replayed copy's place, so it is queued once, in the replay's order, with the live
+ * delivery's topics; a live message the replay lacks comes after the replay. */
+Test(deliver, a_remote_replay_merges_with_live_copies_by_origin_and_sequence)
+{
+    struct kr_dlv_ctx x = ctx_make(100, 1 << 20);
+    x.self_origin = 0x5e1f;
+    struct kr_dlv d = {0};
+    /* the other node's answer: a (from origin 7), b (published here), c (origin 7) */
+    struct kr_msg *ra = msg(1, 10, 1, 1, "a"), *rb = msg(1, 11, 1, 1, "b"),
+                  *rc = msg(1, 12, 1, 1, "c");
+    kr_msg_set_origin(ra, 7, 1);
+    kr_msg_set_origin(rb, 0x5e1f, 40);
+    kr_msg_set_origin(rc, 7, 2);
+    /* what arrived live meanwhile: c (from origin 7), b (this node's, forwarded as 40), and
+     * d, newer than the answer */
+    struct kr_msg *lc = msg(2, 20, 2, 1, "c"), *lb = msg(2, 21, 1, 1, "b"),
+                  *ld = msg(2, 22, 1, 1, "d");
+    kr_msg_set_origin(lc, 7, 2);
+    kr_msg_stamp_oseq(lb, 40);
+    kr_msg_set_origin(ld, 7, 3);
+    kr_dlv_retro_begin(&d);
+    deliver(&x, &d, lc, 3u, false); /* live, on both of its topics */
+    deliver(&x, &d, lb, 1u, false);
+    deliver(&x, &d, ld, 1u, false);
+    kr_dlv_replay_remote(&x, &d, ra);
+    kr_dlv_replay_remote(&x, &d, rb);
+    kr_dlv_replay_remote(&x, &d, rc);
+    cr_assert_eq(d.nstage, 6);
+    kr_dlv_retro_done(&x, &d);
+    cr_assert_eq(d.q.count, 4, "each message once");
+    struct kr_msg *want[] = {ra, lb, lc, ld};
+    const char *topics[] = {"t0 ", "t0 ", "t0 t1 ", "t0 "};
+    char buf[64];
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(head_topics(&d, buf, sizeof(buf)), want[i], "position %d", i);
+        cr_assert_str_eq(buf, topics[i], "position %d", i);
+        kr_dlv_pop(&x, &d);
+    }
+    cr_assert_eq(T.messages_replayed, 3);
+    cr_assert_eq(kr_msg_refs(lb), 1, "the delivered live copies were released");
+    cr_assert_eq(kr_msg_refs(lc), 1);
+    kr_msg_unref(lb);
+    kr_msg_unref(lc);
+    kr_msg_unref(ld); /* the replayed copies went with the replay: rb and rc are freed */
+    kr_dlv_clear(&x, &d);
+    kr_dlv_free(&d);
+}
+
 Test(deliver, clear_releases_everything)
 {
     struct kr_dlv_ctx x = ctx_make(100, 1 << 20);

@@ -121,3 +121,68 @@ Test(topics, walk_sees_every_topic)
     cr_assert_eq(acc[0], 3000);
     cr_assert_eq(acc[1], 3000);
 }
+
+/* Continuity: what becomes of emptied topics, and the clock a topic is held since. */
+static int hook_on, hook_off;
+static void count_hook(void *arg, const char *topic, uint32_t len, bool on)
+{
+    (void)arg;
+    (void)topic;
+    (void)len;
+    if (on)
+        hook_on++;
+    else
+        hook_off++;
+}
+
+/* KR_TOPICS_KEEP (a cluster node): an emptied topic stays, uncounted and unwalked, holding
+ * its clock; the hook hears it emptied and filled again; kr_topics_forget removes it only
+ * while empty. */
+Test(topics, kept_empty_topics_hold_their_clock_until_forgotten)
+{
+    kr_topics_set_hook(t, count_hook, NULL);
+    kr_topics_set_empty(t, KR_TOPICS_KEEP);
+    kr_topics_set_clock(t, 10);
+    kr_topics_subscribe(t, "k", 1, 1, 0);
+    kr_topics_set_clock(t, 20);
+    cr_assert_eq(kr_topic_held(kr_topics_find(t, "k", 1)), 10);
+    kr_topics_unsubscribe(t, "k", 1, 1);
+    cr_assert_eq(hook_off, 1);
+    cr_assert_eq(kr_topics_count(t), 0, "an empty topic is not counted");
+    uint64_t acc[2] = {0, 0};
+    kr_topics_walk(t, count_cb, acc);
+    cr_assert_eq(acc[0], 0, "nor walked");
+    struct kr_topic *tp = kr_topics_find(t, "k", 1);
+    cr_assert_not_null(tp, "but kept");
+    cr_assert_eq(kr_topic_held(tp), 10, "with the clock of its first subscriber");
+    /* a subscriber again: the hook hears it, the clock stays (it was held throughout) */
+    kr_topics_subscribe(t, "k", 1, 2, 0);
+    cr_assert_eq(hook_on, 2);
+    cr_assert_eq(kr_topic_held(kr_topics_find(t, "k", 1)), 10);
+    cr_assert_not(kr_topics_forget(t, "k", 1), "not while it has a subscriber");
+    kr_topics_drop_conn(t, 2);
+    cr_assert(kr_topics_forget(t, "k", 1));
+    cr_assert_null(kr_topics_find(t, "k", 1));
+    /* back after it was forgotten: held from the new clock */
+    kr_topics_subscribe(t, "k", 1, 3, 0);
+    cr_assert_eq(kr_topic_held(kr_topics_find(t, "k", 1)), 20);
+    kr_topics_set_hook(t, NULL, NULL);
+}
+
+/* KR_TOPICS_HOLD (a draining cluster node): emptied topics stay and the hook is not told,
+ * so the cluster interest stays too; kr_topics_forget still removes an empty one (its
+ * interest was dropped). */
+Test(topics, held_topics_stay_without_telling_the_hook)
+{
+    kr_topics_set_hook(t, count_hook, NULL);
+    kr_topics_set_empty(t, KR_TOPICS_HOLD);
+    kr_topics_subscribe(t, "h1", 2, 1, 0);
+    kr_topics_subscribe(t, "h2", 2, 1, 0);
+    cr_assert_eq(kr_topics_drop_conn(t, 1), 2);
+    cr_assert_eq(hook_off, 0);
+    cr_assert_not_null(kr_topics_find(t, "h1", 2));
+    cr_assert_not_null(kr_topics_find(t, "h2", 2));
+    cr_assert(kr_topics_forget(t, "h2", 2));
+    cr_assert_null(kr_topics_find(t, "h2", 2));
+    kr_topics_set_hook(t, NULL, NULL);
+}
