@@ -942,3 +942,103 @@ Test(cluster_side, end_goes_only_to_net_threads)
     }
     stop();
 }
+
+/* ---------------------------------------------------------------- another node resumes */
+
+/* The next event to `net` that is not about interest. */
+static void next_answer(uint32_t net, struct kr_event *ev)
+{
+    for (;;) {
+        cr_assert(next_event(net, ev), "no answer");
+        if (ev->type != KR_EV_INTEREST)
+            return;
+        kr_router_cmd_free(ev->ptr);
+    }
+}
+
+/* Another node asks for what came after `since` on `topics` (KR_EV_HISTORY from the link's
+ * index 2): the payloads replayed, in order, into got, and the uncovered topics into unc. */
+static void history(uint64_t since, const char *topics, char *got, char *unc)
+{
+    struct kr_router_cmd *cmd = kr_router_cmd_new(64);
+    char copy[128];
+    snprintf(copy, sizeof(copy), "%s", topics);
+    for (char *save = NULL, *t = strtok_r(copy, " ", &save); t; t = strtok_r(NULL, " ", &save))
+        cmd = kr_router_cmd_add(cmd, t, (uint32_t)strlen(t));
+    cmd->since_seq = since;
+    struct kr_event ev = {.type = KR_EV_HISTORY, .src = 2, .conn = 77, .ptr = cmd};
+    cr_assert(kr_router_send(r, 2, 0, &ev));
+    kr_router_flush(r, 2);
+    got[0] = unc[0] = 0;
+    next_answer(2, &ev);
+    while (ev.type == KR_EV_REPLAY) {
+        cr_assert_eq(ev.conn, 77, "the asker's tag");
+        uint32_t pl;
+        const char *p = kr_msg_payload(ev.ptr, &pl);
+        strncat(got, p, pl);
+        strcat(got, " ");
+        kr_msg_unref(ev.ptr);
+        next_answer(2, &ev);
+    }
+    cr_assert_eq(ev.type, KR_EV_ACK);
+    cr_assert_eq(ev.aux, KR_EV_HISTORY);
+    struct kr_router_cmd *c = ev.ptr;
+    uint32_t pos = 0, len;
+    const char *t;
+    while (c->resync && kr_router_cmd_next(c->resync, &pos, &t, &len)) {
+        strncat(unc, t, len);
+        strcat(unc, " ");
+    }
+    kr_router_cmd_free(c);
+}
+
+static void link_send(uint16_t type, const char *topic)
+{
+    struct kr_router_cmd *cmd = kr_router_cmd_add(kr_router_cmd_new(16), topic, (uint32_t)strlen(topic));
+    struct kr_event ev = {.type = type, .src = 2, .ptr = cmd};
+    cr_assert(kr_router_send(r, 2, 0, &ev));
+    kr_router_flush(r, 2);
+}
+
+/* A cluster shard serves another node's resume from its history: the messages after the
+ * position on topics held since before it, the others uncovered; a kick notes its topics as
+ * lost there; an emptied topic stays held until the link drops its interest. */
+Test(cluster_side, history_serves_what_was_held_and_not_lost)
+{
+    struct kr_router_opts o = {.nshards = 1, .nnet = 3, .mailbox_capacity = 64, .nend = 2,
+                               .interest = true, .interest_net = 2, .history = 16,
+                               .wake_net = wake_net};
+    r = kr_router_create(&o);
+    cr_assert_eq(kr_router_start(r), 0);
+    uint64_t a = conn_id(0, 1), pub = conn_id(1, 1);
+    const char *ta[] = {"h1", "h2"};
+    subscribe(a, ta, 2); /* held from sequence 0 */
+    const char *t1[] = {"h1"}, *t2[] = {"h2"};
+    kr_msg_unref(publish(pub, t1, 1)); /* seq 1 */
+    kr_msg_unref(publish(pub, t2, 1)); /* seq 2 */
+    kr_msg_unref(publish(pub, t1, 1)); /* seq 3 */
+    for (int i = 0; i < 3; i++) { /* routed: delivered to a */
+        struct kr_event ev;
+        cr_assert(next_event(0, &ev));
+        cr_assert_eq(ev.type, KR_EV_DELIVER);
+        kr_msg_unref(ev.ptr);
+    }
+    char got[256], unc[256];
+    /* h3 was never held here: what other nodes published on it never came */
+    history(1, "h1 h2 h3", got, unc);
+    cr_assert_str_eq(got, "hi hi ", "seq 2 and 3");
+    cr_assert_str_eq(unc, "h3 ");
+    /* the link lost h1's entries: a position before that cannot replay h1 */
+    link_send(KR_EV_RESYNC, "h1");
+    history(3, "h1 h2", got, unc);
+    cr_assert_str_eq(got, "");
+    cr_assert_str_eq(unc, "h1 ");
+    /* the client leaves: its topics stay held (the link lingers) until the link drops h2 */
+    unsubscribe_all(a);
+    history(3, "h1 h2", got, unc);
+    cr_assert_str_eq(unc, "h1 ");
+    link_send(KR_EV_DROPPED, "h2");
+    history(3, "h2", got, unc);
+    cr_assert_str_eq(unc, "h2 ", "its interest was dropped: not held any more");
+    stop();
+}
