@@ -1028,3 +1028,35 @@ Test(cluster, a_resume_nobody_answers_is_a_resync_notice)
     unlink(c.node[0].log_path);
     cluster_down(&c);
 }
+
+/* In a cluster, what other nodes publish on a topic reaches a node only while it holds the
+ * topic's interest: a resume on the same node of a position from before the interest was
+ * dropped (the linger ran out) cannot replay that topic exactly, and says so; a topic
+ * still held (another subscriber kept it) replays exactly. */
+Test(cluster, a_resume_across_a_dropped_interest_is_a_resync_notice)
+{
+    struct cluster c;
+    cluster_up(&c, 2, NULL); /* cluster_linger_ms 300 */
+    int a = kr_it_connect(c.node[0].port), keep = kr_it_connect(c.node[0].port);
+    kr_it_subscribe(a, "gone kept");
+    kr_it_subscribe(keep, "kept");
+    char got[4096], tok[600] = {0};
+    kr_it_poll_position(a, 0, got, sizeof(got), tok, sizeof(tok));
+    close(a);
+    /* `gone` lost its last subscriber: its interest goes a linger later */
+    kr_it_wait_stat(c.node[0].port, "cluster_subjects", KR_IT_EQ, 1);
+    int p1 = kr_it_connect(c.node[1].port);
+    publish(p1, "gone", "missed"); /* never reaches node 0 */
+    publish(p1, "kept", "k1");
+    size_t len = 0;
+    cr_assert_eq(kr_it_collect(keep, 1, got, sizeof(got), &len), 1);
+    int b = kr_it_connect(c.node[0].port);
+    kr_it_resume_mc(b, tok, "gone kept", "STORED\r\n");
+    char rest[4096], tok2[600] = {0};
+    kr_it_poll_position(b, 2, rest, sizeof(rest), tok2, sizeof(tok2));
+    cr_assert_str_eq(rest, "MESSAGE __kraken__:resync 4\r\ngone\r\nMESSAGE kept 2\r\nk1\r\n");
+    close(b);
+    close(keep);
+    close(p1);
+    cluster_down(&c);
+}
