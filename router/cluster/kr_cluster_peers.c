@@ -15,6 +15,8 @@
 #include "kr_log.h"
 #include "kr_util.h"
 
+static void kr_cl_resync(struct kr_cluster *cl, const char *pairs, size_t plen, uint32_t np);
+
 /* ---------------------------------------------------------------- probes and peers */
 
 /* Publish the probe in flight (again after a reconnect: libnats sent the subscriptions
@@ -52,7 +54,7 @@ void kr_cl_probe_check(struct kr_cluster *cl)
      * the start, a node may not know every other yet */
     if (!cl->connected || now - cl->start_ms < KR_CL_HB_MS + 500)
         return;
-    bool complete = true;
+    bool complete = true, timed_out = false;
     for (uint32_t i = 0; i < cl->npeers && complete; i++)
         if (cl->peers[i].first_ms <= cl->probe_sent_ms && cl->peers[i].acked < cl->probe_sent)
             complete = false;
@@ -66,20 +68,33 @@ void kr_cl_probe_check(struct kr_cluster *cl)
                     (unsigned long long)cl->probe_sent, KR_CL_PROBE_TIMEOUT_MS,
                     (unsigned long long)suppressed);
         complete = true;
+        timed_out = true;
     }
     if (!complete)
         return;
     cl->probe_done = cl->probe_sent;
     uint64_t now_us = kr_msg_clock_us();
     size_t keep = 0;
+    char *told = NULL; /* a timed-out probe's topics, as pairs: their subscribers are told */
+    size_t told_len = 0, told_cap = 0;
+    uint32_t ntold = 0;
     for (size_t i = 0; i < cl->npend; i++) {
         struct kr_cl_topic *e = cl->pend[i];
-        if (e->probe <= cl->probe_done)
+        if (e->probe <= cl->probe_done) {
             e->since_us = now_us;
-        else
+            if (timed_out) {
+                KR_GROW_MIN(told, told_cap, told_len + 4 + e->len, 256);
+                told_len += kr_cl_pair(told + told_len, e->name, e->len);
+                ntold++;
+            }
+        } else {
             cl->pend[keep++] = e;
+        }
     }
     cl->npend = keep;
+    if (ntold) /* a node may not hold their interest yet: what it forwards may be lost */
+        kr_cl_resync(cl, told, told_len, ntold);
+    free(told);
     keep = 0;
     for (size_t i = 0; i < cl->nwaits; i++) {
         struct kr_cl_wait *w = &cl->waits[i];
