@@ -1060,3 +1060,48 @@ Test(cluster, a_resume_across_a_dropped_interest_is_a_resync_notice)
     close(p1);
     cluster_down(&c);
 }
+
+/* A resume is untrusted input: one client resuming another node's token over and over, on
+ * many topics, costs each node bounded work (every request answered, the asks served in
+ * turn) and the others' traffic goes on. */
+Test(cluster, resumes_of_another_nodes_token_in_a_loop_are_answered_and_bounded)
+{
+    struct cluster c;
+    cluster_up(&c, 2, NULL);
+    char topics[2048];
+    size_t tl = 0;
+    for (int i = 0; i < 64; i++)
+        tl += (size_t)snprintf(topics + tl, sizeof(topics) - tl, "%slp%d", i ? " " : "", i);
+    int a = kr_it_connect(c.node[0].port);
+    kr_it_subscribe(a, topics); /* held on node 0: a resume of them is covered */
+    char got[4096], tok[600] = {0};
+    kr_it_poll_position(a, 0, got, sizeof(got), tok, sizeof(tok));
+    /* 100 resumes of those 64 topics, pipelined in one write */
+    static char req[1 << 20];
+    size_t used = 0;
+    for (int k = 0; k < 100; k++) {
+        used += (size_t)snprintf(req + used, sizeof(req) - used,
+                                 "set resume 0 0 %zu\r\n%s\r\n%s\r\n", strlen(tok) + 2 + tl, tok,
+                                 topics);
+    }
+    int b = kr_it_connect(c.node[1].port);
+    kr_it_send(b, req, used);
+    for (int k = 0; k < 100; k++)
+        kr_it_expect(b, "STORED\r\n");
+    cr_assert_eq(kr_it_stat(c.node[1].port, "cluster_resumes_asked"), 100);
+    cr_assert_eq(kr_it_stat(c.node[0].port, "cluster_resumes_served"), 100);
+    /* nothing was published: no notice, nothing replayed; live traffic goes on */
+    int p0 = kr_it_connect(c.node[0].port);
+    publish(p0, "lp0", "still");
+    size_t len = 0;
+    cr_assert_eq(kr_it_collect(a, 1, got, sizeof(got), &len), 1);
+    cr_assert(strstr(got, "MESSAGE lp0 5\r\nstill\r\n"), "%s", got);
+    len = 0;
+    cr_assert_eq(kr_it_collect(b, 1, got, sizeof(got), &len), 1);
+    cr_assert(strstr(got, "still"), "%s", got);
+    cr_assert_eq(kr_it_stat(c.node[1].port, "resync_notices"), 0);
+    close(a);
+    close(b);
+    close(p0);
+    cluster_down(&c);
+}
