@@ -127,7 +127,7 @@ static size_t parse_entries(const char *buf, size_t len, entry_cb cb, void *arg)
 static bool wait_told(int fd, bool entries)
 {
     static char buf[1 << 20];
-    for (int k = 0; k < 500; k++) {
+    for (int k = 0; k < 1500; k++) { /* 30 s: a sanitizer build reconnects slowly */
         kr_it_sends(fd, "get messages\r\n");
         size_t n = kr_it_read_until(fd, buf, sizeof(buf), "\r\n");
         if (strstr(buf, "SERVER_ERROR"))
