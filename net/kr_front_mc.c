@@ -139,21 +139,26 @@ static void kr_mc_position_value(struct kr_conn *c)
 }
 
 /* Answer a poll with the n complete entries at the head of the queue, then the position
- * after them when asked, then `END`. */
+ * after them when asked, then `END`. A payload of KR_OUT_SHARE_MIN bytes or more is written
+ * from the shared message (a reference), a smaller one copied. */
 static void kr_mc_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes, bool position)
 {
     if (n) {
-        char *start = kr_out_room(c, 17 + 20 + 2 + bytes), *o = start;
+        char *start = kr_out_room(c, 17 + 20 + 2), *o = start;
         memcpy(o, "VALUE messages 0 ", 17);
         o += 17;
         o += kr_u64_dec(o, bytes - 2);
         memcpy(o, "\r\n", 2);
         o += 2;
+        kr_out_commit(c, (size_t)(o - start));
         for (uint32_t k = 0; k < n; k++) {
             struct kr_cq_entry *e = kr_conn_head(c);
             struct kr_msg *m = e->msg;
             uint32_t ntop = kr_msg_ntopics(m), plen, tlen;
             const char *payload = kr_msg_payload(m, &plen);
+            bool share = plen >= KR_OUT_SHARE_MIN;
+            /* reply_bytes is this entry's whole share of the reply (kr_conn_ready_*) */
+            o = start = kr_out_room(c, e->reply_bytes - (share ? plen + 2 : 0));
             memcpy(o, "MESSAGE ", 8);
             o += 8;
             for (uint32_t i = 0; i < ntop; i++) {
@@ -167,14 +172,20 @@ static void kr_mc_poll_reply(struct kr_conn *c, uint32_t n, uint64_t bytes, bool
             o += kr_u64_dec(o, plen);
             *o++ = '\r';
             *o++ = '\n';
-            memcpy(o, payload, plen);
-            o += plen;
-            *o++ = '\r';
-            *o++ = '\n';
+            if (share) {
+                kr_out_commit(c, (size_t)(o - start));
+                kr_out_ref(c, payload, plen, m);
+                kr_out_add(c, "\r\n", 2);
+            } else {
+                memcpy(o, payload, plen);
+                o += plen;
+                *o++ = '\r';
+                *o++ = '\n';
+                kr_out_commit(c, (size_t)(o - start));
+            }
             kr_conn_pop(c);
         }
         /* the last entry's "\r\n" ends the value: its count was bytes - 2 */
-        kr_out_commit(c, (size_t)(o - start));
         kr_conn_count(c, KR_NTC_messages_delivered, n);
     }
     if (position)

@@ -19,10 +19,6 @@
 #include "kr_util.h"
 
 #define KR_RS_MAX_ARGS (1024u * 1024u)
-/* Payloads of at least this many bytes are pushed by reference to the shared message (one
- * writev per connection) instead of copied into its output; smaller ones are copied, which
- * costs less than the reference count and the iovec (docs/benchmarks.md). */
-#define KR_RS_SHARE_MIN 2048u
 
 const struct kr_rs_kind kr_rs_plain = {KR_NS_PLAIN, "subscribe", "unsubscribe", "message"};
 const struct kr_rs_kind kr_rs_shard = {KR_NS_SHARD, "ssubscribe", "sunsubscribe", "smessage"};
@@ -314,7 +310,7 @@ static _Thread_local struct {
     uint32_t topic;
     uint8_t proto;
     uint32_t len;
-    char buf[KR_RS_SHARE_MIN + 160];
+    char buf[KR_OUT_SHARE_MIN + 160];
 } kr_rs_last;
 
 /* The frame kind and channel name of a routed topic: shard channels are routed under
@@ -342,7 +338,7 @@ static void kr_rs_frame(struct kr_conn *c, struct kr_rs_state *s, struct kr_msg 
         const char *t = kr_msg_topic(m, i, &tlen);
         const struct kr_rs_kind *kind = kr_rs_topic_kind(&t, &tlen);
         size_t cap = tlen + 96;
-        bool share = plen >= KR_RS_SHARE_MIN;
+        bool share = plen >= KR_OUT_SHARE_MIN;
         if (!share && cap + plen + 2 <= sizeof(kr_rs_last.buf)) {
             if (kr_rs_last.m != m || kr_rs_last.time_us != kr_msg_time_us(m) ||
                 kr_rs_last.topic != i || kr_rs_last.proto != s->proto) {

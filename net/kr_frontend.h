@@ -135,6 +135,11 @@ void kr_out_str(struct kr_conn *c, const char *s);
  * the bytes are written: a writev sends them from the shared buffer); copied instead once
  * too many are pending. */
 void kr_out_ref(struct kr_conn *c, const char *p, uint32_t n, struct kr_msg *m);
+/* Payloads of at least this many bytes are written by reference to the shared message (one
+ * writev per connection, kr_out_ref) instead of copied into the output; smaller ones are
+ * copied, which costs less than the reference count and the iovec (docs/benchmarks.md).
+ * Both frontends use it. */
+#define KR_OUT_SHARE_MIN 2048u
 /* Bytes not yet written to the socket. */
 size_t kr_conn_out_pending(const struct kr_conn *c);
 /* Output above this waits for the socket before more deliveries are written. */

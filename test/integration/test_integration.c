@@ -212,6 +212,36 @@ Test(proto, binary_and_empty_payloads_and_several_entries)
     close(pub);
 }
 
+/* A poll reply mixes payloads written from the shared message (KR_OUT_SHARE_MIN bytes and
+ * more, by reference) with copied ones, at the threshold and on both sides of it: the
+ * reply is byte for byte what was published. */
+Test(proto, poll_replies_with_large_payloads_are_exact)
+{
+    int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
+    kr_it_subscribe(sub, "lg");
+    static char want[1 << 21];
+    size_t wl = 0;
+    const uint32_t sizes[] = {2047, 2048, 5, 300000, 0, 65536, 1};
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        static char payload[300000];
+        for (uint32_t i = 0; i < sizes[k]; i++)
+            payload[i] = (char)('a' + (i * 7 + k) % 26);
+        kr_it_publish(pub, "lg", payload, sizes[k]);
+        wl += (size_t)snprintf(want + wl, sizeof(want) - wl, "MESSAGE lg %u\r\n", sizes[k]);
+        memcpy(want + wl, payload, sizes[k]);
+        wl += sizes[k];
+        memcpy(want + wl, "\r\n", 2);
+        wl += 2;
+    }
+    static char out[1 << 21];
+    size_t olen = 0;
+    cr_assert_eq(kr_it_collect(sub, 7, out, sizeof(out), &olen), 7);
+    cr_assert_eq(olen, wl);
+    cr_assert(memcmp(out, want, wl) == 0, "the entries differ from what was published");
+    close(sub);
+    close(pub);
+}
+
 Test(proto, trailing_and_double_spaces_are_ignored)
 {
     int sub = kr_it_connect(kr_it_srv.port), pub = kr_it_connect(kr_it_srv.port);
