@@ -359,3 +359,54 @@ size_t kr_topics_conn_topics(struct kr_topics *t, uint64_t conn, uint32_t *curso
     urcu_memb_read_unlock();
     return used;
 }
+
+/* The split-ordered list behind a cds_lfht holds one dummy node per bucket among the entries,
+ * in bit-reversed hash order; a node's `next` carries liburcu's flags in its low bits
+ * (documented in rculfhash.h: REMOVAL_OWNER_FLAG | BUCKET_FLAG | REMOVED_FLAG, bits 2..0).
+ * A chain is the run of entries between two bucket nodes. The bucket nodes before the first
+ * entry are not seen, but the number of buckets is a power of two and the odd ones (the last
+ * half in index order) are spread evenly through the list, so the highest index seen gives it. */
+#define KR_LFHT_FLAGS 7UL
+#define KR_LFHT_REMOVED 1UL
+#define KR_LFHT_BUCKET 2UL
+
+static unsigned long kr_bit_reverse(unsigned long v)
+{
+    unsigned long r = 0;
+    for (unsigned i = 0; i < sizeof(v) * 8; i++, v >>= 1)
+        r = (r << 1) | (v & 1);
+    return r;
+}
+
+void kr_topics_table_stats(struct kr_topics *t, enum kr_topics_table which,
+                           struct kr_topics_table_stats *out)
+{
+    struct cds_lfht *ht = which == KR_TOPICS_TABLE_CONNS ? t->conns : t->topics;
+    memset(out, 0, sizeof(*out));
+    struct cds_lfht_iter it;
+    unsigned long max_bucket = 0;
+    uint64_t run = 0;
+    urcu_memb_read_lock();
+    cds_lfht_first(ht, &it);
+    struct cds_lfht_node *n = cds_lfht_iter_get_node(&it);
+    while (n) {
+        uintptr_t next = (uintptr_t)rcu_dereference(n->next);
+        if (next & KR_LFHT_BUCKET) {
+            unsigned long b = kr_bit_reverse(n->reverse_hash);
+            if (b > max_bucket)
+                max_bucket = b;
+            run = 0;
+        } else if (!(next & KR_LFHT_REMOVED)) {
+            out->nodes++;
+            if (++run > out->max_chain)
+                out->max_chain = run;
+        }
+        n = (struct cds_lfht_node *)(next & ~KR_LFHT_FLAGS);
+    }
+    urcu_memb_read_unlock();
+    if (out->nodes) {
+        out->buckets = 1;
+        while (out->buckets <= max_bucket)
+            out->buckets <<= 1;
+    }
+}
