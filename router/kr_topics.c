@@ -53,7 +53,7 @@ struct kr_sconn {
  * liburcu 0.13 can lose that hand-off for good (the launcher marks the resize initiated
  * after queueing it, so a worker that already finished leaves the mark set and no later
  * resize is ever queued): a shard stayed at 2048 buckets with chains of 300 under a
- * million topics. cds_lfht_resize runs on the calling thread (a grow of 8192 buckets or
+ * million topics. cds_lfht_resize runs on the calling thread (a grow to 16384 buckets or
  * more populates the new buckets with short-lived helper threads it joins) and a shrink
  * waits for RCU grace periods, so it is called outside any read-side critical section. */
 #define KR_TABLE_MAX_LOAD 2
