@@ -17,7 +17,7 @@
 
 static const char *const kb_proto_names[] = {"kraken", "redis", "nats"};
 static const char *const kb_scenario_names[] = {"fanout", "broadcast", "latency", "churn",
-                                                "conns",  "retro",     "resume"};
+                                                "conns",  "retro",     "resume",  "storm"};
 static const char *const kb_resume_mode_names[] = {"token", "scratch"};
 
 static void kb_usage(FILE *f)
@@ -81,6 +81,16 @@ static void kb_usage(FILE *f)
         "             on a subscriber's topics that it neither received nor was told about by\n"
         "             a notice naming the topic (or '*') that followed them\n"
         "             (defaults: 100 subs x 10 of 1000 topics, 4 pubs, 10000 msgs/s)\n"
+        "  storm      Kraken only: subscribe storms of new topics (names the server has not\n"
+        "             seen: each run tags them). (a) One connection subscribes --topics new\n"
+        "             topics in one request: time from sending to STORED and topics/s,\n"
+        "             then the time to unsubscribe them all in one request. (b) --subs\n"
+        "             connections, connected first, each send one request of\n"
+        "             --topics-per-sub new topics at the same moment: time from that moment\n"
+        "             to each STORED (p50, p99, max) and topics/s over all. --subs 0 skips\n"
+        "             (b). (defaults: 100000 topics; 100 subs x 1000 topics.) One request\n"
+        "             must fit the server's max_request_bytes (16 MiB by default, about 1M\n"
+        "             topics of the default prefix); a refusal is reported with the size\n"
         "\n"
         "Shape:\n"
         "  --subs N             subscriber connections (churn: churning connections)\n"
@@ -302,15 +312,69 @@ static void kb_print_json(const struct kr_bench_cfg *c, const struct kr_bench_re
                 (unsigned long long)r->reload_topics, (unsigned long long)r->covered,
                 (unsigned long long)r->loss);
     }
+    if (c->scenario == KR_BENCH_SC_STORM) {
+        fprintf(f,
+                "\"storm_topics\":%llu,\"storm_bytes\":%llu,\"storm_one_s\":%.6f,"
+                "\"storm_one_rate\":%.0f,\"storm_unsub_s\":%.6f,\"storm_conns\":%llu,"
+                "\"storm_topics_per_conn\":%u,\"storm_answered\":%llu,\"storm_all_s\":%.6f,"
+                "\"storm_all_rate\":%.0f,\"storm_p50_ms\":%.3f,\"storm_p99_ms\":%.3f,"
+                "\"storm_max_ms\":%.3f,",
+                (unsigned long long)r->storm_topics, (unsigned long long)r->storm_bytes,
+                r->storm_one_s, kb_rate(r->storm_topics, r->storm_one_s), r->storm_unsub_s,
+                (unsigned long long)r->storm_conns, c->topics_per_sub,
+                (unsigned long long)r->storm.count, r->storm_all_s,
+                kb_rate(r->storm.count * c->topics_per_sub, r->storm_all_s),
+                (double)kr_bench_hist_quantile(&r->storm, 0.5) / 1e6,
+                (double)kr_bench_hist_quantile(&r->storm, 0.99) / 1e6, (double)r->storm.max / 1e6);
+    }
     kb_json_str(f, "error", r->error);
     fputs("\"version\":1}\n", f);
     fflush(f);
+}
+
+static void kb_print_storm(const struct kr_bench_cfg *c, const struct kr_bench_result *r, int rc)
+{
+    FILE *f = stdout;
+    char a[32], b[32], d[32];
+    fprintf(f, "  setup        (a) one request of %u new topics; (b) %u connections x %u new "
+               "topics at once\n",
+            c->topics, c->subs, c->topics_per_sub);
+    if (r->storm_one_s > 0) {
+        fprintf(f, "  one request  %llu topics (%.1f MB) STORED in %s: %.0f topics/s\n",
+                (unsigned long long)r->storm_topics, (double)r->storm_bytes / 1e6,
+                kb_fmt_ns(a, sizeof(a), (uint64_t)(r->storm_one_s * 1e9)),
+                kb_rate(r->storm_topics, r->storm_one_s));
+        if (r->storm_unsub_s > 0)
+            fprintf(f, "               all unsubscribed in one request in %s: %.0f topics/s\n",
+                    kb_fmt_ns(a, sizeof(a), (uint64_t)(r->storm_unsub_s * 1e9)),
+                    kb_rate(r->storm_topics, r->storm_unsub_s));
+    }
+    if (r->storm.count) {
+        fprintf(f, "  at once      %llu of %llu connections STORED, the last after %s: %.0f "
+                   "topics/s\n",
+                (unsigned long long)r->storm.count, (unsigned long long)r->storm_conns,
+                kb_fmt_ns(a, sizeof(a), (uint64_t)(r->storm_all_s * 1e9)),
+                kb_rate(r->storm.count * c->topics_per_sub, r->storm_all_s));
+        fprintf(f, "               start -> STORED per connection: p50 %s  p99 %s  max %s\n",
+                kb_fmt_ns(a, sizeof(a), kr_bench_hist_quantile(&r->storm, 0.5)),
+                kb_fmt_ns(b, sizeof(b), kr_bench_hist_quantile(&r->storm, 0.99)),
+                kb_fmt_ns(d, sizeof(d), r->storm.max));
+    }
+    fprintf(f, "  errors       %llu connection errors%s%s\n", (unsigned long long)r->errors,
+            r->error[0] ? "; first: " : "", r->error);
+    fprintf(f, "  result       %s\n", rc < 0 ? "FAILED" : "OK");
 }
 
 static void kb_print_summary(const struct kr_bench_cfg *c, const struct kr_bench_result *r, int rc)
 {
     FILE *f = stdout;
     char a[32], b[32], d[32], e[32], m[32];
+    if (c->scenario == KR_BENCH_SC_STORM) {
+        fprintf(f, "kraken-bench: storm scenario against %s at %s:%u\n", kb_proto_names[c->proto],
+                c->host, c->port);
+        kb_print_storm(c, r, rc);
+        return;
+    }
     fprintf(f, "kraken-bench: %s scenario against %s at %s:%u (threads %u, pipeline %u", 
             kb_scenario_names[c->scenario], kb_proto_names[c->proto], c->host, c->port, c->threads,
             c->pipeline);
@@ -533,10 +597,10 @@ int main(int argc, char **argv)
             break;
         }
         case OPT_SCENARIO: {
-            int v = kb_lookup(kb_scenario_names, 7, optarg);
+            int v = kb_lookup(kb_scenario_names, 8, optarg);
             if (v < 0)
                 return kb_bad("unknown --scenario '%s' (fanout, broadcast, latency, churn, conns, "
-                              "retro, resume)",
+                              "retro, resume, storm)",
                               optarg);
             cfg.scenario = (enum kr_bench_scenario)v;
             break;
@@ -684,6 +748,16 @@ int main(int argc, char **argv)
             return kb_bad("the retro scenario needs --proto kraken (register and replay are "
                           "Kraken's own)");
         break;
+    case KR_BENCH_SC_STORM:
+        dsubs = 100;
+        dtopics = 100000;
+        dtps = 1000;
+        if (cfg.proto != KR_BENCH_PROTO_KRAKEN)
+            return kb_bad("the storm scenario needs --proto kraken (one `set subscribe` of many "
+                          "topics)");
+        if (set_pubs || set_rate || set_msgs || set_batch || set_conns)
+            return kb_bad("the storm scenario takes --topics, --subs and --topics-per-sub only");
+        break;
     case KR_BENCH_SC_RESUME:
         if (!set_rate)
             cfg.rate = 10000;
@@ -717,7 +791,7 @@ int main(int argc, char **argv)
     cfg.probe = probe >= 0 ? probe : split;
     if (set_batch && cfg.proto != KR_BENCH_PROTO_KRAKEN && cfg.batch != 1)
         return kb_bad("--batch is Kraken only (Redis and NATS publish one message per command)");
-    if (cfg.topics_per_sub > cfg.topics)
+    if (cfg.topics_per_sub > cfg.topics && cfg.scenario != KR_BENCH_SC_STORM)
         return kb_bad("--topics-per-sub %u exceeds --topics %u", cfg.topics_per_sub, cfg.topics);
     uint64_t nsubs = cfg.scenario == KR_BENCH_SC_CONNS ? cfg.conns : cfg.subs;
     if (cfg.scenario != KR_BENCH_SC_CHURN && nsubs * cfg.topics_per_sub > UINT64_C(100000000))

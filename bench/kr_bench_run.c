@@ -1855,6 +1855,12 @@ static void kb_resume_account(struct kb_run *run, const struct kb_conn *c,
 
 int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res)
 {
+    if (cfg->scenario == KR_BENCH_SC_STORM) {
+        res->rss_before_kb = res->rss_after_kb = -1;
+        kr_bench_hist_init(&res->lat);
+        kr_bench_hist_init(&res->live);
+        return kr_bench_storm(cfg, res);
+    }
     struct kb_run *run = kb_calloc(1, sizeof(*run));
     run->cfg = *cfg;
     run->res = res;

@@ -25,6 +25,7 @@ enum kr_bench_scenario {
     KR_BENCH_SC_CONNS,
     KR_BENCH_SC_RETRO,
     KR_BENCH_SC_RESUME,
+    KR_BENCH_SC_STORM,
 };
 
 /* resume scenario: how a cut subscriber comes back */
@@ -106,12 +107,24 @@ struct kr_bench_result {
     uint64_t covered;        /* acknowledged messages not received but covered by a notice
                               * (or a from-scratch resubscribe) on their topic */
     struct kr_bench_hist live; /* ns: reconnect -> resume's STORED */
+    /* storm scenario */
+    uint64_t storm_topics;      /* (a) new topics in the one request */
+    uint64_t storm_bytes;       /* (a) the request's size */
+    double storm_one_s;         /* (a) first byte sent -> STORED */
+    double storm_unsub_s;       /* (a) unsubscribing them all in one request -> STORED */
+    uint64_t storm_conns;       /* (b) connections subscribing at once */
+    double storm_all_s;         /* (b) start -> the last STORED */
+    struct kr_bench_hist storm; /* (b) ns: start -> each connection's STORED */
 };
 
 /* Run one benchmark. Returns 0 when it ran (check the result's counters), or -1 with
  * res->error set when it could not (connection refused, the barrier never completed, ...).
  * Main thread only; not reentrant. */
 int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res);
+
+/* The storm scenario (see --help): called by kr_bench_run. Returns 0 when every request was
+ * answered STORED, or -1 with res->error set. Main thread only. */
+int kr_bench_storm(const struct kr_bench_cfg *cfg, struct kr_bench_result *res);
 
 /* Ask a running kr_bench_run to end its timed phase early (async-signal-safe). */
 void kr_bench_request_stop(void);

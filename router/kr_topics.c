@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <urcu/urcu-memb.h>
 #include <urcu/rculfhash.h>
 #include <xxhash.h>
@@ -43,13 +44,38 @@ struct kr_sconn {
     struct kr_sub **subs;
 };
 
+/* One of the two hash tables with the figures its owner resizes it by.
+ *
+ * The owner resizes its tables itself, in step with its own inserts and removals: a table
+ * grows when its entries pass KR_TABLE_MAX_LOAD per bucket and shrinks when they fall under
+ * one per KR_TABLE_SHRINK_LOAD buckets, landing at 2 to 4 buckets per entry either way (so
+ * a grow and a shrink are far apart). liburcu's CDS_LFHT_AUTO_RESIZE is not used: it lets
+ * chains reach 8 entries before it reacts, then hands the resize to a worker thread, and
+ * liburcu 0.13 can lose that hand-off for good (the launcher marks the resize initiated
+ * after queueing it, so a worker that already finished leaves the mark set and no later
+ * resize is ever queued): a shard stayed at 2048 buckets with chains of 300 under a
+ * million topics. cds_lfht_resize runs on the calling thread (a grow to 16384 buckets or
+ * more populates the new buckets with short-lived helper threads it joins) and a shrink
+ * waits for RCU grace periods, so it is called outside any read-side critical section. */
+#define KR_TABLE_MAX_LOAD 2
+#define KR_TABLE_SHRINK_LOAD 16
+
+struct kr_table {
+    struct cds_lfht *ht;
+    uint64_t nodes;              /* entries; written by the owner only, read by anyone */
+    unsigned long buckets;       /* the size last given to the table */
+    unsigned long min_buckets;   /* never smaller than this (the creation size) */
+    uint64_t resizes;            /* how many resizes, and their time */
+    uint64_t resize_ns;
+};
+
 struct kr_topics {
-    struct cds_lfht *topics;
-    struct cds_lfht *conns;
-    uint64_t ntopics;
+    struct kr_table topics;
+    struct kr_table conns;
     uint64_t nsubscriptions;
     kr_topics_hook_cb hook; /* a topic got its first subscriber or lost its last */
     void *hook_arg;
+    uint64_t ntopics; /* topics with subscribers (kept empty ones are in the table only) */
     uint64_t clock; /* recorded by topics getting their first subscriber (kr_topic_held) */
     enum kr_topics_empty empty; /* what becomes of a topic that lost its last subscriber */
 };
@@ -82,15 +108,60 @@ static int kr_conn_match(struct cds_lfht_node *node, const void *key)
     return c->id == *(const uint64_t *)key;
 }
 
+static void kr_table_init(struct kr_table *tb, unsigned long min_buckets)
+{
+    /* no flags: no automatic resize (see struct kr_table), no per-CPU counting either (the
+     * owner counts entries itself) */
+    tb->ht = cds_lfht_new_flavor(min_buckets, min_buckets, 0, 0, &urcu_memb_flavor, NULL);
+    if (!tb->ht)
+        abort();
+    tb->buckets = min_buckets;
+    tb->min_buckets = min_buckets;
+}
+
+static unsigned long kr_pow2_at_least(uint64_t n)
+{
+    unsigned long p = 1;
+    while (p < n)
+        p <<= 1;
+    return p;
+}
+
+/* Resize the table if its load left [1/KR_TABLE_SHRINK_LOAD, KR_TABLE_MAX_LOAD]. The owner,
+ * registered with urcu-memb, outside any read-side critical section. */
+static void kr_table_fit(struct kr_table *tb)
+{
+    unsigned long want;
+    if (tb->nodes > (uint64_t)KR_TABLE_MAX_LOAD * tb->buckets)
+        want = kr_pow2_at_least(tb->nodes) * 2; /* 2 to 4 buckets per entry */
+    else if (tb->buckets > tb->min_buckets && tb->nodes < tb->buckets / KR_TABLE_SHRINK_LOAD)
+        want = kr_pow2_at_least(tb->nodes) * 2;
+    else
+        return;
+    if (want < tb->min_buckets)
+        want = tb->min_buckets;
+    if (want == tb->buckets)
+        return;
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    cds_lfht_resize(tb->ht, want);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    tb->buckets = want;
+    tb->resizes++;
+    tb->resize_ns += (uint64_t)(b.tv_sec - a.tv_sec) * 1000000000u + (uint64_t)b.tv_nsec -
+                     (uint64_t)a.tv_nsec;
+}
+
+static void kr_table_count(struct kr_table *tb, int delta)
+{
+    ck_pr_store_64(&tb->nodes, tb->nodes + (uint64_t)(int64_t)delta);
+}
+
 struct kr_topics *kr_topics_create(void)
 {
     struct kr_topics *t = kr_xcalloc(1, sizeof(*t));
-    t->topics = cds_lfht_new_flavor(1024, 1024, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
-                                    &urcu_memb_flavor, NULL);
-    t->conns = cds_lfht_new_flavor(256, 256, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
-                                   &urcu_memb_flavor, NULL);
-    if (!t->topics || !t->conns)
-        abort();
+    kr_table_init(&t->topics, 1024);
+    kr_table_init(&t->conns, 256);
     return t;
 }
 
@@ -115,27 +186,27 @@ void kr_topics_destroy(struct kr_topics *t)
     struct cds_lfht_iter it;
     struct cds_lfht_node *n;
     urcu_memb_read_lock();
-    cds_lfht_first(t->topics, &it);
+    cds_lfht_first(t->topics.ht, &it);
     while ((n = cds_lfht_iter_get_node(&it)) != NULL) {
         struct kr_topic *tp = caa_container_of(n, struct kr_topic, node);
-        cds_lfht_next(t->topics, &it);
-        cds_lfht_del(t->topics, n);
+        cds_lfht_next(t->topics.ht, &it);
+        cds_lfht_del(t->topics.ht, n);
         for (uint32_t i = 0; i < tp->nsubs; i++)
             free(tp->subs[i]);
         free(tp->subs);
         free(tp);
     }
-    cds_lfht_first(t->conns, &it);
+    cds_lfht_first(t->conns.ht, &it);
     while ((n = cds_lfht_iter_get_node(&it)) != NULL) {
         struct kr_sconn *c = caa_container_of(n, struct kr_sconn, node);
-        cds_lfht_next(t->conns, &it);
-        cds_lfht_del(t->conns, n);
+        cds_lfht_next(t->conns.ht, &it);
+        cds_lfht_del(t->conns.ht, n);
         free(c->subs);
         free(c);
     }
     urcu_memb_read_unlock();
-    cds_lfht_destroy(t->topics, NULL);
-    cds_lfht_destroy(t->conns, NULL);
+    cds_lfht_destroy(t->topics.ht, NULL);
+    cds_lfht_destroy(t->conns.ht, NULL);
     free(t);
 }
 
@@ -144,7 +215,7 @@ static struct kr_topic *kr_topics_lookup(struct kr_topics *t, const char *s, uin
 {
     struct kr_topic_key key = {s, len};
     struct cds_lfht_iter it;
-    cds_lfht_lookup(t->topics, hash, kr_topic_match, &key, &it);
+    cds_lfht_lookup(t->topics.ht, hash, kr_topic_match, &key, &it);
     struct cds_lfht_node *n = cds_lfht_iter_get_node(&it);
     return n ? caa_container_of(n, struct kr_topic, node) : NULL;
 }
@@ -152,7 +223,7 @@ static struct kr_topic *kr_topics_lookup(struct kr_topics *t, const char *s, uin
 static struct kr_sconn *kr_conns_lookup(struct kr_topics *t, uint64_t id)
 {
     struct cds_lfht_iter it;
-    cds_lfht_lookup(t->conns, kr_conn_hash(id), kr_conn_match, &id, &it);
+    cds_lfht_lookup(t->conns.ht, kr_conn_hash(id), kr_conn_match, &id, &it);
     struct cds_lfht_node *n = cds_lfht_iter_get_node(&it);
     return n ? caa_container_of(n, struct kr_sconn, node) : NULL;
 }
@@ -202,7 +273,8 @@ int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, ui
         memcpy(tp->name, topic, len);
         cds_lfht_node_init(&tp->node);
         KR_TSAN_RELEASE(tp); /* published by the table (liburcu's barriers TSan cannot see) */
-        cds_lfht_add(t->topics, hash, &tp->node);
+        cds_lfht_add(t->topics.ht, hash, &tp->node);
+        kr_table_count(&t->topics, 1);
     }
     if (tp->nsubs == 0) { /* its first subscriber (a kept empty topic comes back) */
         ck_pr_store_64(&t->ntopics, t->ntopics + 1);
@@ -215,7 +287,8 @@ int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, ui
         c->id = conn;
         cds_lfht_node_init(&c->node);
         KR_TSAN_RELEASE(c);
-        cds_lfht_add(t->conns, kr_conn_hash(conn), &c->node);
+        cds_lfht_add(t->conns.ht, kr_conn_hash(conn), &c->node);
+        kr_table_count(&t->conns, 1);
     }
     struct kr_sub *s = kr_xrealloc(NULL, sizeof(*s));
     s->topic = tp;
@@ -229,13 +302,18 @@ int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, ui
     ret = 1;
 out:
     urcu_memb_read_unlock();
+    if (ret) {
+        kr_table_fit(&t->topics);
+        kr_table_fit(&t->conns);
+    }
     return ret;
 }
 
 static void kr_topic_delete(struct kr_topics *t, struct kr_topic *tp)
 {
-    cds_lfht_del(t->topics, &tp->node);
+    cds_lfht_del(t->topics.ht, &tp->node);
     urcu_memb_call_rcu(&tp->rcu, kr_topic_free_rcu);
+    kr_table_count(&t->topics, -1);
 }
 
 /* Unlink one subscription from both sides; frees emptied topics and clients after a grace
@@ -260,8 +338,9 @@ static void kr_sub_remove(struct kr_topics *t, struct kr_sub *s)
             kr_topic_delete(t, tp);
     }
     if (c->nsubs == 0) {
-        cds_lfht_del(t->conns, &c->node);
+        cds_lfht_del(t->conns.ht, &c->node);
         urcu_memb_call_rcu(&c->rcu, kr_sconn_free_rcu);
+        kr_table_count(&t->conns, -1);
     }
 }
 
@@ -277,6 +356,10 @@ int kr_topics_unsubscribe(struct kr_topics *t, const char *topic, uint32_t len, 
         ret = 1;
     }
     urcu_memb_read_unlock();
+    if (ret) {
+        kr_table_fit(&t->topics);
+        kr_table_fit(&t->conns);
+    }
     return ret;
 }
 
@@ -292,6 +375,10 @@ uint32_t kr_topics_drop_conn(struct kr_topics *t, uint64_t conn)
             kr_sub_remove(t, c->subs[left - 1]);
     }
     urcu_memb_read_unlock();
+    if (n) {
+        kr_table_fit(&t->topics);
+        kr_table_fit(&t->conns);
+    }
     return n;
 }
 
@@ -324,6 +411,8 @@ bool kr_topics_forget(struct kr_topics *t, const char *topic, uint32_t len)
     if (gone)
         kr_topic_delete(t, tp);
     urcu_memb_read_unlock();
+    if (gone)
+        kr_table_fit(&t->topics);
     return gone;
 }
 struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i, uint64_t *since_us)
@@ -336,7 +425,10 @@ struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i, uint64_t *s
 uint64_t kr_sconn_id(const struct kr_sconn *c) { return c->id; }
 uint64_t *kr_sconn_stamp(struct kr_sconn *c) { return &c->stamp; }
 uint64_t *kr_sconn_word(struct kr_sconn *c) { return &c->word; }
-uint64_t kr_topics_count(const struct kr_topics *t) { return ck_pr_load_64((uint64_t *)&t->ntopics); }
+uint64_t kr_topics_count(const struct kr_topics *t)
+{
+    return ck_pr_load_64((uint64_t *)&t->ntopics);
+}
 uint64_t kr_topics_subscriptions(const struct kr_topics *t)
 {
     return ck_pr_load_64((uint64_t *)&t->nsubscriptions);
@@ -347,7 +439,7 @@ void kr_topics_walk(struct kr_topics *t, kr_topics_walk_cb cb, void *arg)
     struct cds_lfht_iter it;
     struct kr_topic *tp;
     urcu_memb_read_lock();
-    cds_lfht_for_each_entry(t->topics, &it, tp, node)
+    cds_lfht_for_each_entry(t->topics.ht, &it, tp, node)
     {
         KR_TSAN_ACQUIRE(tp); /* its creation by the shard (see kr_topics_subscribe) */
         uint32_t nsubs = ck_pr_load_32(&tp->nsubs);
@@ -385,4 +477,58 @@ size_t kr_topics_conn_topics(struct kr_topics *t, uint64_t conn, uint32_t *curso
     }
     urcu_memb_read_unlock();
     return used;
+}
+
+/* The split-ordered list behind a cds_lfht holds one dummy node per bucket among the entries,
+ * in bit-reversed hash order; a node's `next` carries liburcu's flags in its low bits
+ * (documented in rculfhash.h: REMOVAL_OWNER_FLAG | BUCKET_FLAG | REMOVED_FLAG, bits 2..0).
+ * A chain is the run of entries between two bucket nodes. The bucket nodes before the first
+ * entry are not seen, but the number of buckets is a power of two and the odd ones (the last
+ * half in index order) are spread evenly through the list, so the highest index seen gives it. */
+#define KR_LFHT_FLAGS 7UL
+#define KR_LFHT_REMOVED 1UL
+#define KR_LFHT_BUCKET 2UL
+
+static unsigned long kr_bit_reverse(unsigned long v)
+{
+    unsigned long r = 0;
+    for (unsigned i = 0; i < sizeof(v) * 8; i++, v >>= 1)
+        r = (r << 1) | (v & 1);
+    return r;
+}
+
+void kr_topics_table_stats(struct kr_topics *t, enum kr_topics_table which,
+                           struct kr_topics_table_stats *out)
+{
+    const struct kr_table *tb = which == KR_TOPICS_TABLE_CONNS ? &t->conns : &t->topics;
+    struct cds_lfht *ht = tb->ht;
+    memset(out, 0, sizeof(*out));
+    out->resizes = tb->resizes;
+    out->resize_ns = tb->resize_ns;
+    struct cds_lfht_iter it;
+    unsigned long max_bucket = 0;
+    uint64_t run = 0;
+    urcu_memb_read_lock();
+    cds_lfht_first(ht, &it);
+    struct cds_lfht_node *n = cds_lfht_iter_get_node(&it);
+    while (n) {
+        uintptr_t next = (uintptr_t)rcu_dereference(n->next);
+        if (next & KR_LFHT_BUCKET) {
+            unsigned long b = kr_bit_reverse(n->reverse_hash);
+            if (b > max_bucket)
+                max_bucket = b;
+            run = 0;
+        } else if (!(next & KR_LFHT_REMOVED)) {
+            out->nodes++;
+            if (++run > out->max_chain)
+                out->max_chain = run;
+        }
+        n = (struct cds_lfht_node *)(next & ~KR_LFHT_FLAGS);
+    }
+    urcu_memb_read_unlock();
+    if (out->nodes) {
+        out->buckets = 1;
+        while (out->buckets <= max_bucket)
+            out->buckets <<= 1;
+    }
 }

@@ -96,4 +96,20 @@ uint32_t kr_topics_conn_nsubs(struct kr_topics *t, uint64_t conn);
 size_t kr_topics_conn_topics(struct kr_topics *t, uint64_t conn, uint32_t *cursor, char *buf,
                              size_t cap);
 
+/* Shape of one of the two hash tables, for tests and diagnostics: how many entries (topics,
+ * or clients), how many hash buckets, the longest bucket chain (entries a lookup may walk
+ * past), and how many resizes the owner made with their total time. Buckets are counted from
+ * the list itself, so an empty table reports 0. Walks the whole table: O(entries). Owner
+ * only (the resizes it reports on are the owner's). */
+struct kr_topics_table_stats {
+    uint64_t nodes;
+    uint64_t buckets;
+    uint64_t max_chain;
+    uint64_t resizes;
+    uint64_t resize_ns;
+};
+enum kr_topics_table { KR_TOPICS_TABLE_TOPICS, KR_TOPICS_TABLE_CONNS };
+void kr_topics_table_stats(struct kr_topics *t, enum kr_topics_table which,
+                           struct kr_topics_table_stats *out);
+
 #endif

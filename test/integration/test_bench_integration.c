@@ -372,6 +372,56 @@ Test(bench_it, connection_refused_is_a_clear_error)
     cr_assert(tb_str_is(out, "status", "error"), "%s", out);
 }
 
+/* Subscribe storms: one request of many new topics, then many connections at once. The
+ * server answers every request STORED and, once the bench unsubscribed and closed, holds
+ * none of the topics any more. */
+Test(bench_it, storm_subscribes_new_topics)
+{
+    const char *a[] = {"--scenario", "storm", "--topics", "20000", "--subs", "20",
+                       "--topics-per-sub", "500", NULL};
+    int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+    cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
+    cr_assert(tb_str_is(out, "status", "ok"), "%s", out);
+    cr_assert_eq(tb_num(out, "storm_topics"), 20000, "%s", out);
+    cr_assert_gt(tb_num(out, "storm_bytes"), 20000 * 2, "%s", out);
+    cr_assert_gt(tb_num(out, "storm_one_s"), 0, "%s", out);
+    cr_assert_gt(tb_num(out, "storm_unsub_s"), 0, "%s", out);
+    cr_assert_eq(tb_num(out, "storm_conns"), 20, "%s", out);
+    cr_assert_eq(tb_num(out, "storm_answered"), 20, "%s", out);
+    cr_assert_gt(tb_num(out, "storm_all_s"), 0, "%s", out);
+    cr_assert_leq(tb_num(out, "storm_p50_ms"), tb_num(out, "storm_max_ms"), "%s", out);
+    cr_assert_eq(tb_num(out, "errors"), 0, "%s", out);
+    cr_assert_eq(tb_num(out, "connections"), 21, "%s", out);
+    /* the one request's topics were unsubscribed; the 20 connections' go with their close */
+    for (int i = 0; i < 500 && kr_it_stat(kr_it_srv.port, "topics") != 0; i++)
+        kr_it_sleep_ms(10);
+    cr_assert_eq(kr_it_stat(kr_it_srv.port, "topics"), 0);
+    /* a second run against the same server: its topics are tagged anew */
+    const char *b[] = {"--scenario", "storm", "--topics", "3000", "--subs", "1",
+                       "--topics-per-sub", "3000", NULL};
+    rc = tb_bench(b, out, sizeof(out), err, sizeof(err));
+    cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
+    cr_assert_eq(tb_num(out, "storm_answered"), 1, "%s", out);
+}
+
+static void tb_start_small_requests(void)
+{
+    kr_it_fixture_stop();
+    const char *extra[] = {"-kraken", "max_request_bytes", "65536", NULL};
+    tb_start(extra);
+}
+
+/* A storm larger than the server's max_request_bytes: the refusal and the setting to raise
+ * are reported, exit 3. */
+Test(bench_it, storm_over_max_request_bytes_is_a_clear_error, .init = tb_start_small_requests)
+{
+    const char *a[] = {"--scenario", "storm", "--topics", "100000", "--subs", "0", NULL};
+    int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+    cr_assert_eq(rc, 3, "exit %d\n%s\n%s", rc, out, err);
+    cr_assert(strstr(err, "max_request_bytes"), "stderr: %s", err);
+    cr_assert(tb_str_is(out, "status", "error"), "%s", out);
+}
+
 Test(bench_it, bad_options_exit_2)
 {
     const char *bad[][4] = {
@@ -384,6 +434,8 @@ Test(bench_it, bad_options_exit_2)
         {"--scenario", "resume", "--proto", "nats"},
         {"--jitter-ms", "5", NULL},
         {"--scenario", "resume", "--resume-mode", "later"},
+        {"--scenario", "storm", "--proto", "redis"},
+        {"--scenario", "storm", "--pubs", "2"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         const char *a[6] = {bad[i][0], bad[i][1], bad[i][2], bad[i][3], NULL, NULL};

@@ -186,3 +186,167 @@ Test(topics, held_topics_stay_without_telling_the_hook)
     cr_assert_null(kr_topics_find(t, "h2", 2));
     kr_topics_set_hook(t, NULL, NULL);
 }
+
+/* ------------------------------------------------------------ table growth (issue "Closer
+ * to the wire", item 3): a storm of new topics must keep bucket chains short, whatever the
+ * scheduler does with other threads. Before, the tables grew through liburcu's automatic
+ * resize: it waits until entries reach 8 per bucket, then asks a background worker, and a
+ * lost hand-off could leave a table at 2048 buckets for good (chains of hundreds). */
+
+#include <ck_pr.h>
+#include <pthread.h>
+
+/* A thread keeping a CPU busy while the owner works (what other work on the machine does);
+ * it stops when told, or after a bounded number of rounds. */
+static int hog_stop;
+static void *hog_main(void *arg)
+{
+    (void)arg;
+    volatile uint64_t x = 0;
+    for (uint64_t i = 0; i < (1ULL << 36) && !ck_pr_load_int(&hog_stop); i++)
+        x++;
+    return NULL;
+}
+
+#define KR_TEST_MAX_LOAD 2  /* entries per bucket on average, at most */
+#define KR_TEST_MAX_CHAIN 24 /* longest chain (a loaded bucket; average 2 makes 24 absurd) */
+
+static void assert_table_shape(enum kr_topics_table which, uint64_t expect_nodes, const char *when)
+{
+    struct kr_topics_table_stats st;
+    kr_topics_table_stats(t, which, &st);
+    cr_assert_eq(st.nodes, expect_nodes, "%s: %llu entries", when, (unsigned long long)st.nodes);
+    cr_assert_leq(st.nodes, KR_TEST_MAX_LOAD * st.buckets,
+                  "%s: %llu entries in %llu buckets (longest chain %llu)", when,
+                  (unsigned long long)st.nodes, (unsigned long long)st.buckets,
+                  (unsigned long long)st.max_chain);
+    cr_assert_leq(st.max_chain, KR_TEST_MAX_CHAIN, "%s: longest chain %llu in %llu buckets", when,
+                  (unsigned long long)st.max_chain, (unsigned long long)st.buckets);
+}
+
+Test(topics, storm_of_new_topics_keeps_chains_short_under_cpu_hog, .timeout = 120)
+{
+    enum { N = 300000, CHECK_EVERY = 20000 };
+    pthread_t hogs[2];
+    ck_pr_store_int(&hog_stop, 0);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pthread_create(&hogs[i], NULL, hog_main, NULL), 0);
+    char name[32];
+    int added = 0;
+    for (int i = 1; i <= N; i++) {
+        int n = snprintf(name, sizeof(name), "storm-%d", i);
+        added += kr_topics_subscribe(t, name, (uint32_t)n, 1, 0);
+        if (i % CHECK_EVERY == 0 || i == N)
+            assert_table_shape(KR_TOPICS_TABLE_TOPICS, (uint64_t)i, "growing");
+    }
+    cr_assert_eq(added, N);
+    ck_pr_store_int(&hog_stop, 1);
+    for (int i = 0; i < 2; i++)
+        pthread_join(hogs[i], NULL);
+    cr_assert_eq(kr_topics_count(t), N);
+    /* every topic is found again */
+    for (int i = 1; i <= N; i += 997) {
+        int n = snprintf(name, sizeof(name), "storm-%d", i);
+        cr_assert_not_null(kr_topics_find(t, name, (uint32_t)n), "%s", name);
+    }
+}
+
+Test(topics, many_clients_keep_the_clients_table_short, .timeout = 120)
+{
+    enum { N = 100000, CHECK_EVERY = 10000 };
+    for (uint64_t c = 1; c <= N; c++) {
+        cr_assert_eq(kr_topics_subscribe(t, "shared", 6, c, 0), 1);
+        if (c % CHECK_EVERY == 0)
+            assert_table_shape(KR_TOPICS_TABLE_CONNS, c, "clients growing");
+    }
+    for (uint64_t c = 1; c <= N; c++)
+        cr_assert_eq(kr_topics_drop_conn(t, c), 1);
+    struct kr_topics_table_stats st;
+    kr_topics_table_stats(t, KR_TOPICS_TABLE_CONNS, &st);
+    cr_assert_eq(st.nodes, 0);
+    cr_assert_eq(kr_topics_count(t), 0);
+}
+
+/* The table shrinks when most topics leave (one client dropping them all at once, or one by
+ * one), so an emptied table is not left with its storm-time buckets; what stays is found. */
+Test(topics, table_shrinks_after_topics_leave, .timeout = 120)
+{
+    enum { N = 200000, KEEP = 1000 };
+    char name[32];
+    for (int i = 0; i < N; i++) {
+        int n = snprintf(name, sizeof(name), "leave-%d", i);
+        kr_topics_subscribe(t, name, (uint32_t)n, i < KEEP ? 2 : 3, 0);
+    }
+    struct kr_topics_table_stats big;
+    kr_topics_table_stats(t, KR_TOPICS_TABLE_TOPICS, &big);
+    cr_assert_eq(kr_topics_drop_conn(t, 3), N - KEEP);
+    struct kr_topics_table_stats st;
+    kr_topics_table_stats(t, KR_TOPICS_TABLE_TOPICS, &st);
+    cr_assert_eq(st.nodes, KEEP);
+    cr_assert_lt(st.buckets, big.buckets / 16, "%llu buckets left for %d topics (were %llu)",
+                 (unsigned long long)st.buckets, KEEP, (unsigned long long)big.buckets);
+    for (int i = 0; i < KEEP; i++) {
+        snprintf(name, sizeof(name), "leave-%d", i);
+        cr_assert(has_sub(name, 2), "%s", name);
+    }
+    /* one by one now: grow again, then unsubscribe each */
+    for (int i = 0; i < N; i++) {
+        int n = snprintf(name, sizeof(name), "again-%d", i);
+        kr_topics_subscribe(t, name, (uint32_t)n, 4, 0);
+    }
+    for (int i = 0; i < N; i++) {
+        int n = snprintf(name, sizeof(name), "again-%d", i);
+        cr_assert_eq(kr_topics_unsubscribe(t, name, (uint32_t)n, 4), 1);
+    }
+    kr_topics_table_stats(t, KR_TOPICS_TABLE_TOPICS, &st);
+    cr_assert_eq(st.nodes, KEEP);
+    cr_assert_lt(st.buckets, big.buckets / 16, "%llu buckets left after unsubscribes",
+                 (unsigned long long)st.buckets);
+}
+
+/* RCU readers (admin walks) keep working on another thread while the owner grows and shrinks
+ * the table: every walk sees at least the topics that never leave. */
+struct walker {
+    int stop;
+    uint64_t walks;
+    uint64_t short_walks;
+};
+
+static void *walker_main(void *arg)
+{
+    struct walker *w = arg;
+    urcu_memb_register_thread();
+    for (int i = 0; i < 100000 && !ck_pr_load_int(&w->stop); i++) {
+        uint64_t acc[2] = {0, 0};
+        kr_topics_walk(t, count_cb, acc);
+        if (acc[0] < 100)
+            w->short_walks++;
+        w->walks++;
+    }
+    urcu_memb_unregister_thread();
+    return NULL;
+}
+
+Test(topics, walks_run_while_the_table_grows_and_shrinks, .timeout = 120)
+{
+    char name[32];
+    for (int i = 0; i < 100; i++) {
+        int n = snprintf(name, sizeof(name), "stay-%d", i);
+        kr_topics_subscribe(t, name, (uint32_t)n, 1, 0);
+    }
+    struct walker w = {0};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, walker_main, &w), 0);
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 100000; i++) {
+            int n = snprintf(name, sizeof(name), "tide-%d", i);
+            kr_topics_subscribe(t, name, (uint32_t)n, 2, 0);
+        }
+        cr_assert_eq(kr_topics_drop_conn(t, 2), 100000);
+    }
+    ck_pr_store_int(&w.stop, 1);
+    pthread_join(th, NULL);
+    cr_assert_gt(w.walks, 0);
+    cr_assert_eq(w.short_walks, 0, "%llu walks missed topics", (unsigned long long)w.short_walks);
+    assert_table_shape(KR_TOPICS_TABLE_TOPICS, 100, "after the tides");
+}
