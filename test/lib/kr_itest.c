@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -580,9 +581,11 @@ static void kr_it_nats_spawn(struct kr_it_nats *v, int n, int which)
         if (i == which)
             continue;
         rl += (size_t)snprintf(routes + rl, sizeof(routes) - rl, "%snats-route://127.0.0.1:%u",
-                               rl ? "," : "", v[i].cport);
+                               rl ? "," : "", v[i].rport ? v[i].rport : v[i].cport);
     }
-    const char *argv[24];
+    char advertise[32];
+    snprintf(advertise, sizeof(advertise), "127.0.0.1:%u", one->rport);
+    const char *argv[26];
     int argc = 0;
     argv[argc++] = bin;
     argv[argc++] = "-a";
@@ -599,6 +602,10 @@ static void kr_it_nats_spawn(struct kr_it_nats *v, int n, int which)
     argv[argc++] = cluster_url;
     argv[argc++] = "--cluster_name";
     argv[argc++] = one->cluster;
+    if (one->rport) {
+        argv[argc++] = "--cluster_advertise";
+        argv[argc++] = advertise;
+    }
     if (one->user[0]) {
         argv[argc++] = "--user";
         argv[argc++] = one->user;
@@ -666,7 +673,36 @@ void kr_it_nats_cluster_start_auth(struct kr_it_nats *v, int n, const char *user
     kr_it_nats_pass = "";
 }
 
+static void kr_it_nats_cluster_start_px(struct kr_it_nats *v, int n, struct kr_it_proxy **px);
+
 void kr_it_nats_cluster_start(struct kr_it_nats *v, int n)
+{
+    kr_it_nats_cluster_start_px(v, n, NULL);
+}
+
+void kr_it_nats_cluster_start_proxied(struct kr_it_nats *v, int n, struct kr_it_proxy **px)
+{
+    cr_assert_not_null(px);
+    kr_it_nats_cluster_start_px(v, n, px);
+}
+
+/* A proxy in front of 127.0.0.1:target listening on a port not in used[0..n) (bounded). */
+static struct kr_it_proxy *kr_it_proxy_start_not(uint16_t target, const uint16_t *used, int n)
+{
+    for (int tries = 0; tries < 100; tries++) {
+        struct kr_it_proxy *p = kr_it_proxy_start(target);
+        int dup = 0;
+        for (int i = 0; i < n; i++)
+            dup |= used[i] == kr_it_proxy_port(p);
+        if (!dup)
+            return p;
+        kr_it_proxy_stop(p);
+    }
+    cr_assert_fail("no distinct free loopback port for a proxy");
+    return NULL;
+}
+
+static void kr_it_nats_cluster_start_px(struct kr_it_nats *v, int n, struct kr_it_proxy **px)
 {
     static unsigned clusters;
     cr_assert(n >= 1 && n <= KR_IT_NATS_MAX, "1..%d NATS servers, not %d", KR_IT_NATS_MAX, n);
@@ -674,7 +710,7 @@ void kr_it_nats_cluster_start(struct kr_it_nats *v, int n)
     char cname[48];
     snprintf(cname, sizeof(cname), "kr-it-%d-%u", (int)getpid(), clusters++);
     for (int attempt = 0; attempt < 5; attempt++) {
-        uint16_t used[3 * KR_IT_NATS_MAX];
+        uint16_t used[4 * KR_IT_NATS_MAX];
         int nused = 0;
         memset(v, 0, sizeof(*v) * (size_t)n);
         for (int i = 0; i < n; i++) {
@@ -696,6 +732,11 @@ void kr_it_nats_cluster_start(struct kr_it_nats *v, int n)
             one->mport = kr_it_free_port_not(used, nused);
             used[nused++] = one->mport;
         }
+        for (int i = 0; px && i < n; i++) {
+            px[i] = kr_it_proxy_start_not(v[i].cport, used, nused);
+            v[i].rport = kr_it_proxy_port(px[i]);
+            used[nused++] = v[i].rport;
+        }
         int lost_race = 0;
         for (int i = 0; i < n && !lost_race; i++) {
             kr_it_nats_spawn(v, n, i);
@@ -703,6 +744,10 @@ void kr_it_nats_cluster_start(struct kr_it_nats *v, int n)
         }
         if (lost_race) {
             kr_it_nats_cluster_stop(v, n); /* and again on other ports */
+            for (int i = 0; px && i < n; i++) {
+                kr_it_proxy_stop(px[i]);
+                px[i] = NULL;
+            }
             continue;
         }
         cr_assert(kr_it_nats_wait_routes(v, n, n - 1),
@@ -1107,3 +1152,269 @@ void kr_it_resume_mc(int fd, const char *tok, const char *topics, const char *ex
     kr_it_expect(fd, expect);
 }
 
+
+/* ------------------------------------------------------------------ TCP proxy */
+
+/* One forwarded connection: fd[0] accepted, fd[1] towards the target; buf[i] holds bytes
+ * read from fd[i] not yet written to fd[1 - i], at [off[i], len[i]). fd[0] < 0: unused. */
+struct kr_it_proxy_pair {
+    int fd[2];
+    char *buf[2];
+    size_t off[2], len[2];
+};
+
+struct kr_it_proxy {
+    pthread_t thread;
+    int lfd;    /* listening socket */
+    int ctl[2]; /* control socketpair: [0] the test's end, [1] the proxy thread's */
+    uint16_t port, target;
+    bool cut;   /* proxy thread only */
+    struct kr_it_proxy_pair pair[KR_IT_PROXY_PAIRS];
+    unsigned forwarded, refused, open; /* written by the proxy thread, read by any (atomics) */
+};
+
+static void kr_it_proxy_count(unsigned *c, int d)
+{
+    __atomic_add_fetch(c, (unsigned)d, __ATOMIC_RELAXED);
+}
+
+static void kr_it_proxy_close_pair(struct kr_it_proxy *p, struct kr_it_proxy_pair *q)
+{
+    if (q->fd[0] < 0)
+        return;
+    for (int i = 0; i < 2; i++) {
+        /* RST rather than FIN: the peer sees the connection gone, as a broken network says */
+        struct linger lg = {1, 0};
+        setsockopt(q->fd[i], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        close(q->fd[i]);
+        q->fd[i] = -1;
+        q->off[i] = q->len[i] = 0;
+    }
+    kr_it_proxy_count(&p->open, -1);
+}
+
+static void kr_it_proxy_refuse(struct kr_it_proxy *p, int fd)
+{
+    struct linger lg = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    close(fd);
+    kr_it_proxy_count(&p->refused, 1);
+}
+
+/* Accept what waits (at most a round's worth): forward it, or refuse it. */
+static void kr_it_proxy_accept(struct kr_it_proxy *p)
+{
+    for (int k = 0; k < KR_IT_PROXY_PAIRS + 4; k++) {
+        int fd = accept4(p->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return; /* EAGAIN: nothing more now */
+        struct kr_it_proxy_pair *q = NULL;
+        for (int i = 0; i < KR_IT_PROXY_PAIRS && !q; i++)
+            if (p->pair[i].fd[0] < 0)
+                q = &p->pair[i];
+        if (p->cut || !q) {
+            kr_it_proxy_refuse(p, fd);
+            continue;
+        }
+        /* a loopback connect completes or fails at once */
+        int tfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(p->target)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (tfd < 0 || connect(tfd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+            if (tfd >= 0)
+                close(tfd);
+            kr_it_proxy_refuse(p, fd);
+            continue;
+        }
+        fcntl(tfd, F_SETFL, fcntl(tfd, F_GETFL) | O_NONBLOCK);
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        setsockopt(tfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        q->fd[0] = fd;
+        q->fd[1] = tfd;
+        kr_it_proxy_count(&p->forwarded, 1);
+        kr_it_proxy_count(&p->open, 1);
+    }
+}
+
+/* Move bytes for side `i` of q as its poll events allow; 0, or -1 when the pair must close. */
+static int kr_it_proxy_io(struct kr_it_proxy_pair *q, int i, short revents)
+{
+    /* read from fd[i] into buf[i] while there is room */
+    if ((revents & (POLLIN | POLLHUP | POLLERR)) && q->len[i] < KR_IT_PROXY_BUF) {
+        if (q->off[i] && q->len[i] == q->off[i])
+            q->off[i] = q->len[i] = 0;
+        ssize_t r = recv(q->fd[i], q->buf[i] + q->len[i], KR_IT_PROXY_BUF - q->len[i], 0);
+        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+            return -1;
+        if (r > 0)
+            q->len[i] += (size_t)r;
+    }
+    /* write what buf[1 - i] holds to fd[i] */
+    int o = 1 - i;
+    if ((revents & POLLOUT) && q->len[o] > q->off[o]) {
+        ssize_t w = send(q->fd[i], q->buf[o] + q->off[o], q->len[o] - q->off[o], MSG_NOSIGNAL);
+        if (w < 0 && errno != EAGAIN && errno != EINTR)
+            return -1;
+        if (w > 0)
+            q->off[o] += (size_t)w;
+        if (q->off[o] == q->len[o])
+            q->off[o] = q->len[o] = 0;
+        else if (q->len[o] == KR_IT_PROXY_BUF) { /* full: make room at the end */
+            memmove(q->buf[o], q->buf[o] + q->off[o], q->len[o] - q->off[o]);
+            q->len[o] -= q->off[o];
+            q->off[o] = 0;
+        }
+    }
+    if ((revents & (POLLERR | POLLNVAL)) && !(revents & POLLIN))
+        return -1;
+    return 0;
+}
+
+static void *kr_it_proxy_main(void *arg)
+{
+    struct kr_it_proxy *p = arg;
+    struct pollfd pf[2 + 2 * KR_IT_PROXY_PAIRS];
+    int who[2 + 2 * KR_IT_PROXY_PAIRS]; /* pair * 2 + side, for pf[2..] */
+    for (;;) {
+        int n = 0;
+        pf[n++] = (struct pollfd){.fd = p->ctl[1], .events = POLLIN};
+        pf[n++] = (struct pollfd){.fd = p->lfd, .events = POLLIN};
+        for (int k = 0; k < KR_IT_PROXY_PAIRS; k++) {
+            struct kr_it_proxy_pair *q = &p->pair[k];
+            if (q->fd[0] < 0)
+                continue;
+            for (int i = 0; i < 2; i++) {
+                short ev = 0;
+                if (q->len[i] < KR_IT_PROXY_BUF)
+                    ev |= POLLIN;
+                if (q->len[1 - i] > q->off[1 - i])
+                    ev |= POLLOUT;
+                who[n] = k * 2 + i;
+                pf[n++] = (struct pollfd){.fd = q->fd[i], .events = ev};
+            }
+        }
+        if (poll(pf, (nfds_t)n, 100) < 0)
+            continue; /* EINTR */
+        for (int j = 2; j < n; j++) {
+            struct kr_it_proxy_pair *q = &p->pair[who[j] / 2];
+            int i = who[j] % 2;
+            if (!pf[j].revents || q->fd[i] != pf[j].fd)
+                continue; /* closed meanwhile in this round */
+            if (kr_it_proxy_io(q, i, pf[j].revents) != 0)
+                kr_it_proxy_close_pair(p, q);
+        }
+        if (pf[1].revents & POLLIN)
+            kr_it_proxy_accept(p);
+        if (pf[0].revents & (POLLIN | POLLHUP)) {
+            char cmd = 0;
+            if (read(p->ctl[1], &cmd, 1) != 1)
+                cmd = 's'; /* the test's end is gone */
+            if (cmd == 'c' || cmd == 's') {
+                p->cut = true;
+                for (int k = 0; k < KR_IT_PROXY_PAIRS; k++)
+                    kr_it_proxy_close_pair(p, &p->pair[k]);
+            } else if (cmd == 'h') {
+                p->cut = false;
+            }
+            ssize_t w = write(p->ctl[1], &cmd, 1); /* carried out */
+            (void)w;
+            if (cmd == 's')
+                return NULL;
+        }
+    }
+}
+
+/* Hand the proxy thread a command and wait (bounded) until it has carried it out. */
+static void kr_it_proxy_cmd(struct kr_it_proxy *p, char cmd)
+{
+    cr_assert_eq(write(p->ctl[0], &cmd, 1), 1, "proxy control: %s", strerror(errno));
+    struct pollfd pf = {.fd = p->ctl[0], .events = POLLIN};
+    cr_assert_eq(poll(&pf, 1, KR_IT_TIMEOUT_S * 1000), 1, "the proxy did not carry out '%c'", cmd);
+    char ack = 0;
+    cr_assert(read(p->ctl[0], &ack, 1) == 1 && ack == cmd, "proxy control: bad answer");
+}
+
+struct kr_it_proxy *kr_it_proxy_start(uint16_t target)
+{
+    struct kr_it_proxy *p = calloc(1, sizeof(*p));
+    cr_assert_not_null(p);
+    p->target = target;
+    for (int k = 0; k < KR_IT_PROXY_PAIRS; k++) {
+        struct kr_it_proxy_pair *q = &p->pair[k];
+        q->fd[0] = q->fd[1] = -1;
+        for (int i = 0; i < 2; i++) {
+            q->buf[i] = malloc(KR_IT_PROXY_BUF);
+            cr_assert_not_null(q->buf[i]);
+        }
+    }
+    p->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    cr_assert_geq(p->lfd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(p->lfd, (struct sockaddr *)&a, sizeof(a)), 0, "proxy bind: %s",
+                 strerror(errno));
+    cr_assert_eq(listen(p->lfd, 16), 0);
+    socklen_t len = sizeof(a);
+    getsockname(p->lfd, (struct sockaddr *)&a, &len);
+    p->port = ntohs(a.sin_port);
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p->ctl), 0);
+    cr_assert_eq(pthread_create(&p->thread, NULL, kr_it_proxy_main, p), 0);
+    return p;
+}
+
+uint16_t kr_it_proxy_port(const struct kr_it_proxy *p)
+{
+    return p->port;
+}
+
+void kr_it_proxy_cut(struct kr_it_proxy *p)
+{
+    kr_it_proxy_cmd(p, 'c');
+}
+
+void kr_it_proxy_heal(struct kr_it_proxy *p)
+{
+    kr_it_proxy_cmd(p, 'h');
+}
+
+unsigned kr_it_proxy_forwarded(const struct kr_it_proxy *p)
+{
+    return __atomic_load_n(&p->forwarded, __ATOMIC_RELAXED);
+}
+
+unsigned kr_it_proxy_refused(const struct kr_it_proxy *p)
+{
+    return __atomic_load_n(&p->refused, __ATOMIC_RELAXED);
+}
+
+unsigned kr_it_proxy_open(const struct kr_it_proxy *p)
+{
+    return __atomic_load_n(&p->open, __ATOMIC_RELAXED);
+}
+
+long long kr_it_proxy_figure(const void *proxy, const char *name)
+{
+    const struct kr_it_proxy *p = proxy;
+    if (strcmp(name, "forwarded") == 0)
+        return kr_it_proxy_forwarded(p);
+    if (strcmp(name, "refused") == 0)
+        return kr_it_proxy_refused(p);
+    cr_assert_str_eq(name, "open", "no proxy figure %s", name);
+    return kr_it_proxy_open(p);
+}
+
+void kr_it_proxy_stop(struct kr_it_proxy *p)
+{
+    if (!p)
+        return;
+    kr_it_proxy_cmd(p, 's');
+    pthread_join(p->thread, NULL);
+    close(p->lfd);
+    close(p->ctl[0]);
+    close(p->ctl[1]);
+    for (int k = 0; k < KR_IT_PROXY_PAIRS; k++)
+        for (int i = 0; i < 2; i++)
+            free(p->pair[k].buf[i]);
+    free(p);
+}

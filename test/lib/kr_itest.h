@@ -158,6 +158,8 @@ struct kr_it_nats {
     char name[32];    /* server name: kr-it-nats-<index> */
     char cluster[48]; /* cluster name shared by the servers of one cluster */
     char user[32], pass[32]; /* client authorization (--user/--pass), "" = none */
+    uint16_t rport;   /* the route port the other servers solicit and this one advertises
+                         (--cluster_advertise): a proxy's in front of cport, or 0 = cport */
 };
 
 /* Start n (1..KR_IT_NATS_MAX) servers as one cluster into v[0..n) and wait until the full
@@ -166,6 +168,14 @@ struct kr_it_nats {
 void kr_it_nats_cluster_start(struct kr_it_nats *v, int n);
 /* The same with client authorization: clients must give `user` and `pass`. */
 void kr_it_nats_cluster_start_auth(struct kr_it_nats *v, int n, const char *user, const char *pass);
+/* kr_it_nats_cluster_start with every route through a TCP proxy (kr_it_proxy below), so a
+ * test can cut the routes between live servers: px[i] is started in front of server i's
+ * route port; every other server solicits px[i]'s port, and server i advertises it
+ * (--cluster_advertise) instead of its own, so no server learns another's real route port
+ * by gossip and reconnects around the proxy. Stop the proxies (kr_it_proxy_stop) after the
+ * cluster. */
+struct kr_it_proxy;
+void kr_it_nats_cluster_start_proxied(struct kr_it_nats *v, int n, struct kr_it_proxy **px);
 /* Stop every running server of the cluster (as kr_it_nats_stop) and remove the logs. */
 void kr_it_nats_cluster_stop(struct kr_it_nats *v, int n);
 /* SIGTERM one server, wait for it to exit (bounded), SIGKILL when it does not. */
@@ -209,5 +219,40 @@ struct kr_it_natsc_msg {
 /* Wait up to timeout_ms for the next MSG (a server PING on the way is answered with PONG;
  * +OK is skipped; -ERR fails the test). 1 with *m filled, 0 when nothing came in time. */
 int kr_it_natsc_next(int fd, int timeout_ms, struct kr_it_natsc_msg *m);
+
+/* ------------------------------------------------------------------------------------------
+ * A TCP forwarding proxy on loopback, to cut a connection between two live processes (a
+ * route between NATS servers) without stopping either. One thread per proxy runs a poll()
+ * loop over its listening socket, a control socket and the forwarded pairs: at most
+ * KR_IT_PROXY_PAIRS connections at once (more are closed at once), KR_IT_PROXY_BUF bytes
+ * buffered each way per connection (a full buffer stops reading the other side), every poll
+ * bounded (100 ms) so the thread always sees a stop. Each accepted connection is forwarded
+ * to a new connection to 127.0.0.1:<target>; when either side closes, both are closed.
+ * The control calls below are for the test's own thread: each hands its command to the
+ * proxy thread and waits (bounded) until it has been carried out; they assert on failure. */
+#define KR_IT_PROXY_PAIRS 16
+#define KR_IT_PROXY_BUF (256 * 1024)
+/* Listen on 127.0.0.1:<ephemeral> and forward to 127.0.0.1:target (which need not listen
+ * yet: a connection that cannot reach it is closed). The caller owns the proxy. */
+struct kr_it_proxy *kr_it_proxy_start(uint16_t target);
+/* The port the proxy listens on. Any thread. */
+uint16_t kr_it_proxy_port(const struct kr_it_proxy *p);
+/* Cut: close every forwarded connection (both sides) and, until kr_it_proxy_heal, close
+ * every new one as soon as it is accepted (its peer sees EOF before any byte). On return
+ * no forwarded connection is open. */
+void kr_it_proxy_cut(struct kr_it_proxy *p);
+/* Heal: forward new connections again. */
+void kr_it_proxy_heal(struct kr_it_proxy *p);
+/* Counters since start: connections forwarded, connections refused (accepted while cut, or
+ * over KR_IT_PROXY_PAIRS, or target unreachable), forwarded connections open now. Any
+ * thread. */
+unsigned kr_it_proxy_forwarded(const struct kr_it_proxy *p);
+unsigned kr_it_proxy_refused(const struct kr_it_proxy *p);
+unsigned kr_it_proxy_open(const struct kr_it_proxy *p);
+/* Readers for kr_it_wait_figure: arg is the proxy, name one of "forwarded", "refused",
+ * "open". */
+long long kr_it_proxy_figure(const void *proxy, const char *name);
+/* Stop the thread, close everything, free the proxy. NULL is ignored. */
+void kr_it_proxy_stop(struct kr_it_proxy *p);
 
 #endif
