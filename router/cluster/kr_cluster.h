@@ -103,6 +103,8 @@ uint64_t kr_cluster_publisher(const struct kr_cluster *cl);
       "flushes to the NATS server that publishes waited for (cluster_publish_ack flushed)")       \
     X(peer_silences, COUNTER, 0,                                                                  \
       "other nodes that went silent without saying they left (their recent topics told)")       \
+    X(peer_returns, COUNTER, 0,                                                                   \
+      "nodes taken for silent that were heard again (cut off, not dead: every held topic told)") \
     X(resumes_asked, COUNTER, 0, "resumes of other nodes' tokens (asked of the issuing node)")   \
     X(resume_unanswered, COUNTER, 0,                                                              \
       "of those, answered by nobody (node unknown or silent past cluster_resume_timeout_ms): "   \

@@ -42,6 +42,7 @@
 #define KR_CL_FLUSH_TIMEOUT_MS 1000 /* a flush for cluster_publish_ack flushed waits this long */
 #define KR_CL_DROPS_PER_TICK 4096 /* lingering subscriptions dropped per tick at most */
 #define KR_CL_MAX_ORIGINS 256     /* origins the duplicate filter remembers */
+#define KR_CL_MAX_SILENT 64       /* nodes taken for silent that are remembered */
 #define KR_CL_LOST_CHUNK (256 * 1024)
 /* Topics forwarded lately, announced as possibly lost when the link reconnects (what was
  * written to a server that died, or sat in it, is gone). Two windows of this length rotate,
@@ -196,6 +197,8 @@ struct kr_cluster {
     uint64_t start_ms;
     struct kr_cl_peer *peers;
     uint32_t npeers, peers_cap;
+    uint64_t silent[KR_CL_MAX_SILENT]; /* peers taken for silent, oldest first */
+    uint32_t nsilent;
     char *ebuf;              /* encoded entry */
     size_t ebuf_cap;
     char *sbuf;              /* a subject */

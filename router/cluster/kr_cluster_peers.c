@@ -117,6 +117,19 @@ static struct kr_cl_peer *kr_cl_peer(struct kr_cluster *cl, uint64_t origin, uin
             cl->peers[i].last_ms = now;
             return &cl->peers[i];
         }
+    /* one taken for silent is back (a partition between NATS servers healed): what it
+     * published meanwhile never came here, on any topic */
+    for (uint32_t i = 0; i < cl->nsilent; i++) {
+        if (cl->silent[i] != origin)
+            continue;
+        cl->silent[i] = cl->silent[--cl->nsilent];
+        KR_CL_INC(cl, peer_returns, 1);
+        KR_WARN("cluster: node %016" PRIx64 " is back after a silence; what it published "
+                "meanwhile did not come here: every local subscriber of the %zu topics held is "
+                "told to resync", origin, cl->ntopics);
+        kr_cl_resync(cl, NULL, 0, 0);
+        break;
+    }
     KR_GROW_MIN(cl->peers, cl->peers_cap, cl->npeers + 1, 8);
     struct kr_cl_peer *p = &cl->peers[cl->npeers++];
     memset(p, 0, sizeof(*p));
@@ -300,6 +313,11 @@ static void kr_cl_recent_clear(struct kr_cl_recent *w)
 
 void kr_cl_peer_gone(struct kr_cluster *cl, uint64_t origin, bool silent)
 {
+    if (silent) { /* remembered: if it comes back, it was cut off, not dead */
+        if (cl->nsilent == KR_CL_MAX_SILENT) /* the oldest is forgotten */
+            memmove(cl->silent, cl->silent + 1, (KR_CL_MAX_SILENT - 1) * sizeof(*cl->silent));
+        cl->silent[cl->nsilent < KR_CL_MAX_SILENT ? cl->nsilent++ : KR_CL_MAX_SILENT - 1] = origin;
+    }
     /* take its windows' topics (a copy: the delivery thread goes on filling others) */
     char *pairs = NULL;
     size_t len = 0;

@@ -135,7 +135,9 @@ static void expect_entry(int fd, const char *entry)
  * subscriber to resync exactly the topics the other node forwarded to it lately: not a
  * topic nobody forwarded, not one published locally. The servers retry the route through
  * the proxies only (refused while cut: the route stays down, nothing goes around the
- * proxies). Healed, the route and the peers come back, and entries cross again. */
+ * proxies). Healed, the route and the peers come back; each node tells its subscribers of
+ * every held topic (what the other published meanwhile never came), and entries cross
+ * again. */
 Test(partition, a_cut_route_makes_each_side_resync_what_the_other_forwarded, .init = setup,
      .fini = teardown)
 {
@@ -191,10 +193,19 @@ Test(partition, a_cut_route_makes_each_side_resync_what_the_other_forwarded, .in
     kr_it_publish(pub0, "quiet0", "m0", 2);
     expect_entry(sub0, "MESSAGE quiet0 2\r\nm0\r\n");
 
+    /* published on one side while cut: it never crosses */
+    kr_it_publish(pub0, "from0a", "cut", 3);
+
     heal();
     wait_routes(1);
     for (int i = 0; i < NS; i++)
         kr_it_wait_stat(node[i].port, "cluster_peers", KR_IT_EQ, 1);
+    /* each side hears a peer it took for silent again: what that one published meanwhile
+     * (the `cut` entry) did not come, so every held topic is told, once */
+    for (int i = 0; i < NS; i++)
+        kr_it_wait_stat(node[i].port, "cluster_peer_returns", KR_IT_EQ, 1);
+    wait_notices(sub1, "from0a from0b quiet1 local1", told, sizeof(told));
+    wait_notices(sub0, "from1 quiet0", told, sizeof(told));
     /* a subscribe's barrier is answered by the other node through the route, after the
      * subscriptions the servers exchanged when it came back: the old topics are in force */
     kr_it_subscribe(sub1, "healed1");
