@@ -4,23 +4,32 @@
 //
 //   npm install ioredis        (or NODE_PATH=test/clients/node/node_modules after `npm ci` there)
 //   node ioredis-resume.js 10.0.0.1:12355,10.0.0.2:12355 topic1 topic2
-//   (or KRAKEN_NODES=... KRAKEN_TOPICS="topic1 topic2" node ioredis-resume.js)
+//   (or KRAKEN_NODES=10.0.0.1:12355,10.0.0.2:12355 KRAKEN_TOPICS="topic1 topic2" node ioredis-resume.js)
+//
+// The nodes: the first argument (or KRAKEN_NODES), host:port separated by commas, any nodes
+// of one Kraken cluster (or one single node). It connects to the first one; when a
+// connection is lost or refused it moves on to the next one of the list (round the list),
+// after a jittered backoff. Give each instance the list in its own order to spread them.
 //
 // How it works:
 // - It subscribes to its topics, to __kraken__:resync (loss is then told per topic, and the
 //   connection stays open) and to __kraken__:position (the server sends a position token
-//   after the messages it pushes, and about once a second while it is idle).
+//   after the messages it pushes, and about once a second while it is idle; a draining
+//   node sends a last one before it closes the connection).
 // - It keeps the last token. When the connection drops it reconnects, with jittered
-//   exponential backoff, to any of the nodes, and sends KRAKEN.RESUME <token> <topics>: the
-//   server replays every message published on those topics after the token, oldest first,
-//   then live traffic. A topic it cannot replay exactly gets a resync notice instead.
+//   exponential backoff, to the next node of the list, and sends KRAKEN.RESUME <token>
+//   <topics>: the server replays every message published on those topics after the token,
+//   oldest first, then live traffic. The token may be another node's: the new node asks
+//   that one for what came after it (a drained node keeps answering for
+//   drain_resume_window_ms). A topic it cannot replay exactly gets a resync notice instead.
 // - onMessage(topic, payload) is called once per message; onResync(topics) per notice, with
 //   a list of topics to reload, or "*" for all of them.
 //
-// Not yet: resuming on ANOTHER node. A token names the node that issued it; today any other
-// node answers with a resync notice for every topic (nothing is lost, but the application
-// reloads everything). Resuming on the same node (a dropped connection, a network blip) is
-// exact. To see a resume by hand: `kill -USR2 <pid>` drops the connection.
+// Resuming is exact on the same node (a dropped connection, a network blip) and on another
+// node of the cluster while the token's node runs or drains (a deploy moves its clients this
+// way and nothing is reloaded); a token of a node that was killed, or that left more than
+// drain_resume_window_ms ago, gets a resync notice for every topic. To see a resume by
+// hand: `kill -USR2 <pid>` drops the connection (it then moves to the next node).
 "use strict";
 const Redis = require("ioredis");
 
@@ -46,6 +55,7 @@ let since = new Map();   // topic -> messages handed to onMessage after that tok
 let skip = new Map();    // topic -> replayed messages still to drop (already handed over)
 let attempt = 0;         // failed attempts in a row (the backoff's exponent)
 let conn = null;         // the current connection, if any
+let next = 0;            // the index in nodes of the node to connect to next
 
 // ioredis refuses commands it does not know once a connection is subscribed. KRAKEN.RESUME
 // is answered like SUBSCRIBE (a confirmation per topic, plus one for __kraken__:resync, i.e.
@@ -58,7 +68,9 @@ function backoff() {
 }
 
 function connect() {
-  const node = nodes[Math.floor(Math.random() * nodes.length)];
+  // The first node first; after a loss or a refusal the next one, round the list.
+  const node = nodes[next];
+  next = (next + 1) % nodes.length;
   const [host, port] = node.split(":");
   // Reconnecting and resubscribing are done here, not by ioredis: after a loss a plain
   // SUBSCRIBE would silently skip what was published meanwhile.
@@ -75,7 +87,7 @@ function connect() {
     conn = null;
     r.disconnect();
     const wait = Math.round(backoff());
-    console.log(`lost ${node} (${why}), reconnecting in ${wait} ms`);
+    console.log(`lost ${node} (${why}), reconnecting to ${nodes[next]} in ${wait} ms`);
     setTimeout(connect, wait);
   };
   r.on("error", (e) => console.log(`error ${node}: ${e.message}`));

@@ -5,16 +5,24 @@ docs/protocol.md.
 
     apt-get install python3-redis          (or: pip install redis)
     python3 redis_py_resume.py 10.0.0.1:12355,10.0.0.2:12355 topic1 topic2
-    (or KRAKEN_NODES=... KRAKEN_TOPICS="topic1 topic2" python3 redis_py_resume.py)
+    (or KRAKEN_NODES=10.0.0.1:12355,10.0.0.2:12355 KRAKEN_TOPICS="topic1 topic2" python3 redis_py_resume.py)
+
+The nodes: the first argument (or KRAKEN_NODES), host:port separated by commas, any nodes of
+one Kraken cluster (or one single node). It connects to the first one; when a connection is
+lost or refused it moves on to the next one of the list (round the list), after a jittered
+backoff. Give each instance the list in its own order to spread them.
 
 How it works:
 - It subscribes to its topics, to __kraken__:resync (loss is then told per topic, and the
   connection stays open) and to __kraken__:position (the server sends a position token
-  after the messages it pushes, and about once a second while it is idle).
+  after the messages it pushes, and about once a second while it is idle; a draining node
+  sends a last one before it closes the connection).
 - It keeps the last token. When the connection drops it reconnects, with jittered
-  exponential backoff, to any of the nodes, and sends KRAKEN.RESUME <token> <topics>: the
-  server replays every message published on those topics after the token, oldest first,
-  then live traffic. A topic it cannot replay exactly gets a resync notice instead.
+  exponential backoff, to the next node of the list, and sends KRAKEN.RESUME <token>
+  <topics>: the server replays every message published on those topics after the token,
+  oldest first, then live traffic. The token may be another node's: the new node asks that
+  one for what came after it (a drained node keeps answering for drain_resume_window_ms).
+  A topic it cannot replay exactly gets a resync notice instead.
 - on_message(topic, payload) is called once per message; on_resync(topics) per notice,
   with a list of topics to reload, or "*" for all of them.
 
@@ -22,10 +30,11 @@ redis-py's PubSub object resubscribes by itself after a reconnect (a plain SUBSC
 would silently skip what was published meanwhile), so this drives one redis-py Connection
 directly: send_command, then read_response for each push.
 
-Not yet: resuming on ANOTHER node. A token names the node that issued it; today any other
-node answers with a resync notice for every topic (nothing is lost, but the application
-reloads everything). Resuming on the same node (a dropped connection, a network blip) is
-exact. To see a resume by hand: `kill -USR2 <pid>` drops the connection.
+Resuming is exact on the same node (a dropped connection, a network blip) and on another
+node of the cluster while the token's node runs or drains (a deploy moves its clients this
+way and nothing is reloaded); a token of a node that was killed, or that left more than
+drain_resume_window_ms ago, gets a resync notice for every topic. To see a resume by hand:
+`kill -USR2 <pid>` drops the connection (it then moves to the next node).
 """
 import os
 import random
@@ -121,13 +130,15 @@ def main():
         sys.exit("usage: redis_py_resume.py host:port[,host:port...] topic [topic...]")
     signal.signal(signal.SIGUSR2, on_usr2)
     attempt = 0
+    i = 0  # the first node first; after a loss or a refusal the next one, round the list
     while True:
-        if session(random.choice(NODES)):
+        if session(NODES[i]):
             attempt = 0  # it was connected: start the backoff over
+        i = (i + 1) % len(NODES)
         # Full jitter: a random wait up to 100 ms * 2^attempt, at most 10 s.
         wait = random.uniform(0, min(10.0, 0.1 * 2 ** attempt))
         attempt += 1
-        print(f"reconnecting in {int(wait * 1000)} ms", flush=True)
+        print(f"reconnecting to {NODES[i]} in {int(wait * 1000)} ms", flush=True)
         time.sleep(wait)
 
 
