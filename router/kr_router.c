@@ -439,8 +439,10 @@ static void kr_shard_resume(struct kr_shard *sh, struct kr_event *ev)
 {
     struct kr_router_cmd *c = ev->ptr;
     struct kr_history *h = &sh->hist;
-    bool serve = ev->type == KR_EV_HISTORY; /* another node asks: answer ev->src, no subscribe */
-    uint32_t dest = serve ? ev->src : KR_CONN_NET(ev->conn);
+    /* another node asks (through the cluster's delivery thread): no subscribe, and the
+     * answers go to the link */
+    bool serve = ev->type == KR_EV_HISTORY;
+    uint32_t dest = serve ? sh->r->o.interest_net : KR_CONN_NET(ev->conn);
     /* in a cluster, what other nodes published is here only while the topic is held */
     uint64_t since = c->since_seq; /* UINT64_MAX: subscribe only (replayed elsewhere) */
     bool clustered = sh->r->o.interest && since != UINT64_MAX;

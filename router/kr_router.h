@@ -64,9 +64,10 @@
  *                 KR_EV_DROPPED (ptr = command block, freed by the shard): the link no
  *                 longer holds these topics' interest (see KR_EV_DISCONNECT).
  *                 KR_EV_HISTORY (ptr = cmd with since_seq and the bounds, conn = the
- *                 asker's tag): another node resumes a token of this one. Like
- *                 KR_EV_RESUME without the subscribe: the REPLAY events and the ACK (aux =
- *                 KR_EV_HISTORY, cmd->resync) go back to the sender's index.
+ *                 asker's tag; from any index, the cluster's delivery thread in the
+ *                 server): another node resumes a token of this one. Like KR_EV_RESUME
+ *                 without the subscribe: the REPLAY events and the ACK (aux =
+ *                 KR_EV_HISTORY, cmd->resync) go to interest_net.
  * Indexes at or past opts.nend (when set) are not net threads: they get no KR_EV_END.
  */
 #ifndef KR_ROUTER_H

@@ -122,7 +122,7 @@ static void kr_cl_inject(struct kr_cluster *cl, uint32_t shard, const struct kr_
             if (ev->type == KR_EV_PUBLISH)
                 kr_msg_unref(ev->ptr);
             else
-                free(ev->ptr);
+                kr_router_cmd_free(ev->ptr);
             return;
         }
         struct timespec ts = {0, spins < 100 ? 20000 : 200000};
@@ -219,6 +219,47 @@ void kr_cl_on_entry(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
     KR_CL_INC(cl, msgs_in, 1);
 }
 
+/* Another node resumes a token of this one ('Q'): its shards are asked here, on in_idx,
+ * behind every entry this thread injected before: what the asker forwarded before it asked
+ * (on the same NATS connection, so received here first) is in the history the shards
+ * answer from. The link learns of the request first (an item with the tag and the number
+ * of shards asked), then gets their answers on its own index. */
+static void kr_cl_serve_ask(struct kr_cluster *cl, const struct kr_cl_resume *r, const char *body,
+                            size_t len)
+{
+    struct kr_router *rt = cl->o.router;
+    uint32_t nshards = kr_router_nshards(rt), asked = 0;
+    struct kr_router_cmd *cmds[KR_CL_MAX_SHARDS] = {0};
+    if (r->nshards == nshards) { /* else not a position of this start: nothing covered */
+        size_t pos = 0;
+        const char *t;
+        uint32_t tl;
+        while (kr_cl_next_pair(r->pairs, r->pairs_len, &pos, &t, &tl)) {
+            uint32_t sh = kr_router_shard_of(rt, t, tl);
+            if (!cmds[sh]) {
+                cmds[sh] = kr_router_cmd_new(256);
+                cmds[sh]->since_seq = r->seq[sh];
+                asked++;
+            }
+            cmds[sh] = kr_router_cmd_add(cmds[sh], t, tl);
+        }
+    }
+    uint64_t tag = ++cl->d_serve_tag;
+    /* the item's seq: the tag (high 32 bits) and the shards asked (low 32) */
+    kr_cl_item_push(cl, 'q', r->origin, (tag << 32) | asked, body, len);
+    for (uint32_t sh = 0; sh < nshards; sh++) {
+        if (!cmds[sh])
+            continue;
+        /* the request's replay bounds, shared by its shards (as for a resume here) */
+        cmds[sh]->max_entries = cl->cfg->resume_max_entries / asked + 1;
+        cmds[sh]->max_bytes = cl->cfg->resume_max_bytes / asked + 1;
+        struct kr_event ev = {.type = KR_EV_HISTORY, .src = (uint16_t)cl->o.in_idx, .conn = tag,
+                              .ptr = cmds[sh]};
+        kr_cl_inject(cl, sh, &ev);
+    }
+    kr_router_flush(rt, cl->o.in_idx);
+}
+
 void kr_cl_on_ctl(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     (void)sub;
@@ -229,8 +270,10 @@ void kr_cl_on_ctl(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void 
         struct kr_cl_resume r;
         if (kr_cl_resume_decode(data, dlen, &r) != 0)
             KR_CL_INC(cl, bad_messages, 1);
+        else if (r.origin != cl->origin && r.kind == 'Q')
+            kr_cl_serve_ask(cl, &r, data, dlen);
         else if (r.origin != cl->origin)
-            kr_cl_item_push(cl, r.kind == 'Q' ? 'q' : 'a', r.origin, 0, data, dlen);
+            kr_cl_item_push(cl, 'a', r.origin, 0, data, dlen);
         natsMsg_Destroy(msg);
         return;
     }

@@ -217,7 +217,6 @@ struct kr_cluster {
     struct kr_cl_serve *serves; /* resumes of this node's tokens being served */
     size_t nserves, serves_cap;
     uint64_t serve_tag;
-    struct kr_cl_item *serve_wait, *serve_wait_tail; /* past resume_max_active, in order */
     const char **r_topics;   /* a replayed message's topics */
     uint32_t *r_lens;
     uint32_t r_cap;
@@ -230,6 +229,7 @@ struct kr_cluster {
     struct kr_cl_origin origins[KR_CL_MAX_ORIGINS];
     uint32_t norigins;
     pthread_mutex_t win_mu; /* the origins' windows (struct kr_cl_win) */
+    uint64_t d_serve_tag;  /* resumes of this node's tokens asked of the shards */
     const char **d_topics;
     uint32_t *d_lens;
     uint64_t *d_hashes;
@@ -287,7 +287,8 @@ void kr_cl_to_shard(struct kr_cluster *cl, uint32_t shard, struct kr_event *ev);
 void kr_cl_resume_ask(struct kr_cluster *cl, struct kr_event *req);
 /* A chunk of an answer to one of this node's asks ('S' body in the item). Link thread. */
 void kr_cl_answer_item(struct kr_cluster *cl, const struct kr_cl_item *it);
-/* Another node's resume request ('Q' body in the item). Link thread. */
+/* Another node's resume request ('Q' body in the item; its seq: the tag the delivery thread
+ * gave it, high 32 bits, and how many shards it asked, low 32). Link thread. */
 void kr_cl_serve_item(struct kr_cluster *cl, const struct kr_cl_item *it);
 /* A shard's KR_EV_REPLAY or KR_EV_ACK (aux KR_EV_HISTORY) for a request being served.
  * Link thread. */

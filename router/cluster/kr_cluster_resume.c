@@ -16,9 +16,11 @@
  * shards (KR_EV_HISTORY, like a resume without the subscribe), whose REPLAY events and ACKs
  * come back on the link's index; once every shard answered, the parts of a message that
  * spans shards are merged, the messages put in publish order, and the answer published in
- * chunks. A message published here has its origin sequence once the link forwarded it (it
- * takes the same path as every publish): the answer waits for that, a moment. At most
- * resume_max_active requests are served at once, the rest wait in arrival order. */
+ * chunks. The delivery thread asks the shards (kr_cl_serve_ask), behind the entries it
+ * injected before the request: what the asking node forwarded before it asked is in the
+ * history answered from. A message published here has its origin sequence once the link
+ * forwarded it (it takes the same path as every publish): the answer waits for that, a
+ * moment. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -157,7 +159,6 @@ static void kr_cl_ask_chunk(struct kr_cluster *cl, const char *body, size_t len)
 
 /* ---------------------------------------------------------------- serving */
 
-static void kr_cl_serve_begin(struct kr_cluster *cl, const struct kr_cl_item *it);
 
 /* Publish the answer to serve s: chunks of at most KR_CL_ANS_CHUNK bytes (one message
  * alone may pass it), the uncovered topics in the last. `all`: nothing replayed, every
@@ -263,15 +264,6 @@ static bool kr_cl_serve_try(struct kr_cluster *cl, size_t idx, uint64_t now)
     KR_CL_INC(cl, resumes_served, 1);
     kr_cl_serve_free(s);
     cl->serves[idx] = cl->serves[--cl->nserves];
-    /* the next one waiting takes the slot */
-    if (cl->serve_wait) {
-        struct kr_cl_item *it = cl->serve_wait;
-        cl->serve_wait = it->next;
-        if (!cl->serve_wait)
-            cl->serve_wait_tail = NULL;
-        kr_cl_serve_begin(cl, it);
-        free(it);
-    }
     return true;
 }
 
@@ -295,7 +287,10 @@ static void kr_cl_serve_complete(struct kr_cluster *cl, size_t idx)
     kr_cl_serve_try(cl, idx, kr_cl_now_ms());
 }
 
-static void kr_cl_serve_begin(struct kr_cluster *cl, const struct kr_cl_item *it)
+/* A resume request from another node ('Q' body in the item): the delivery thread asked the
+ * shards already (kr_cl_serve_ask: the item's seq holds the tag in its high 32 bits and how
+ * many shards were asked in the low 32); their answers are collected under the tag. */
+void kr_cl_serve_item(struct kr_cluster *cl, const struct kr_cl_item *it)
 {
     struct kr_cl_resume r;
     if (kr_cl_resume_decode(it->data, it->len, &r) != 0 || r.kind != 'Q')
@@ -303,7 +298,8 @@ static void kr_cl_serve_begin(struct kr_cluster *cl, const struct kr_cl_item *it
     KR_GROW_MIN(cl->serves, cl->serves_cap, cl->nserves + 1, 16);
     struct kr_cl_serve *s = &cl->serves[cl->nserves++];
     memset(s, 0, sizeof(*s));
-    s->tag = ++cl->serve_tag;
+    s->tag = it->seq >> 32;
+    s->acks_left = (uint32_t)it->seq;
     s->asker = r.origin;
     s->asker_tag = r.tag;
     s->started_ms = kr_cl_now_ms();
@@ -311,60 +307,12 @@ static void kr_cl_serve_begin(struct kr_cluster *cl, const struct kr_cl_item *it
     memcpy(s->topics, r.pairs, r.pairs_len);
     s->topics_len = r.pairs_len;
     s->ntopics = r.ntopics;
-    struct kr_router *rt = cl->o.router;
-    uint32_t nshards = kr_router_nshards(rt);
-    if (r.nshards != nshards || r.ntopics == 0) { /* not a position of this start */
-        s->complete = true;
+    if (s->acks_left == 0) { /* not a position of this start (or no topic): nothing covered */
         kr_cl_serve_send(cl, s, r.ntopics != 0);
         KR_CL_INC(cl, resumes_served, 1);
         kr_cl_serve_free(s);
         cl->nserves--;
-        return;
     }
-    struct kr_router_cmd *cmds[KR_CL_MAX_SHARDS] = {0};
-    size_t pos = 0;
-    const char *t;
-    uint32_t len;
-    while (kr_cl_next_pair(r.pairs, r.pairs_len, &pos, &t, &len)) {
-        uint32_t sh = kr_router_shard_of(rt, t, len);
-        if (!cmds[sh]) {
-            cmds[sh] = kr_router_cmd_new(256);
-            cmds[sh]->since_seq = r.seq[sh];
-        }
-        cmds[sh] = kr_router_cmd_add(cmds[sh], t, len);
-    }
-    for (uint32_t sh = 0; sh < nshards; sh++)
-        s->acks_left += cmds[sh] != NULL;
-    for (uint32_t sh = 0; sh < nshards; sh++) {
-        if (!cmds[sh])
-            continue;
-        /* the request's replay bounds, shared by its shards (as for a resume here) */
-        cmds[sh]->max_entries = cl->cfg->resume_max_entries / s->acks_left + 1;
-        cmds[sh]->max_bytes = cl->cfg->resume_max_bytes / s->acks_left + 1;
-        struct kr_event ev = {.type = KR_EV_HISTORY, .src = (uint16_t)cl->o.ctl_idx,
-                              .conn = s->tag, .ptr = cmds[sh]};
-        kr_cl_to_shard(cl, sh, &ev);
-    }
-    kr_router_flush(rt, cl->o.ctl_idx);
-}
-
-/* A resume request from another node ('Q'): served now, or in line (a copy of the item)
- * behind resume_max_active others. */
-void kr_cl_serve_item(struct kr_cluster *cl, const struct kr_cl_item *item)
-{
-    uint64_t max = cl->cfg->resume_max_active ? cl->cfg->resume_max_active : 1;
-    if (cl->nserves < max) {
-        kr_cl_serve_begin(cl, item);
-        return;
-    }
-    struct kr_cl_item *it = kr_xmalloc(sizeof(*it) + item->len);
-    memcpy(it, item, sizeof(*it) + item->len);
-    it->next = NULL;
-    if (cl->serve_wait_tail)
-        cl->serve_wait_tail->next = it;
-    else
-        cl->serve_wait = it;
-    cl->serve_wait_tail = it;
 }
 
 void kr_cl_answer_item(struct kr_cluster *cl, const struct kr_cl_item *it)
@@ -386,6 +334,10 @@ void kr_cl_history_event(struct kr_cluster *cl, struct kr_event *ev)
 {
     size_t idx = 0;
     struct kr_cl_serve *s = kr_cl_serve_find(cl, ev->conn, &idx);
+    if (!s) { /* its item was queued before the shards were asked: take it now */
+        kr_cl_items(cl, kr_cl_now_ms());
+        s = kr_cl_serve_find(cl, ev->conn, &idx);
+    }
     if (ev->type == KR_EV_REPLAY) {
         struct kr_topicset ts = kr_topicset_from_word(ev->mask);
         if (!s) {
@@ -447,11 +399,6 @@ void kr_cl_resume_free(struct kr_cluster *cl)
     for (size_t i = 0; i < cl->nserves; i++)
         kr_cl_serve_free(&cl->serves[i]);
     free(cl->serves);
-    while (cl->serve_wait) {
-        struct kr_cl_item *it = cl->serve_wait;
-        cl->serve_wait = it->next;
-        free(it);
-    }
     free(cl->r_topics);
     free(cl->r_lens);
 }
