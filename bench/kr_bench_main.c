@@ -114,6 +114,9 @@ static void kb_usage(FILE *f)
         "                       not the bench, closes the subscribers, which then move. The\n"
         "                       node must be in a cluster with the move target and keep\n"
         "                       answering resumes (drain_resume_window_ms) until they are done\n"
+        "  --show-lost N        resume: describe up to N lost messages on stderr (subscriber,\n"
+        "                       topic, publisher, sequence, and when it was sent, the subscriber\n"
+        "                       closed, its resume sent and answered, in ms from the cut)\n"
         "\n"
         "Engine:\n"
         "  --threads N          worker threads (default 2)\n"
@@ -504,6 +507,7 @@ enum {
     OPT_MOVE_HOST,
     OPT_MOVE_PORT,
     OPT_DRAIN_ADMIN,
+    OPT_SHOW_LOST,
 };
 
 int main(int argc, char **argv)
@@ -543,6 +547,7 @@ int main(int argc, char **argv)
         {"move-host", required_argument, NULL, OPT_MOVE_HOST},
         {"move-port", required_argument, NULL, OPT_MOVE_PORT},
         {"drain-admin", required_argument, NULL, OPT_DRAIN_ADMIN},
+        {"show-lost", required_argument, NULL, OPT_SHOW_LOST},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -708,6 +713,12 @@ int main(int argc, char **argv)
             snprintf(cfg.drain_admin, sizeof(cfg.drain_admin), "%s", optarg);
             set_resume = 1;
             break;
+        case OPT_SHOW_LOST:
+            if (kb_parse_uint("--show-lost", optarg, 0, 1000000, &u) < 0)
+                return KB_EXIT_USAGE;
+            cfg.show_lost = (unsigned)u;
+            set_resume = 1;
+            break;
         case OPT_JSON:
             json = 1;
             break;
@@ -772,7 +783,7 @@ int main(int argc, char **argv)
     }
     if (set_resume && cfg.scenario != KR_BENCH_SC_RESUME)
         return kb_bad("--resume-mode, --jitter-ms, --cut-at, --move-host, --move-port and "
-                      "--drain-admin belong to the resume scenario");
+                      "--drain-admin, --show-lost belong to the resume scenario");
     if (!set_subs)
         cfg.subs = dsubs;
     if (!set_pubs)

@@ -1943,10 +1943,27 @@ static void kb_resume_account(struct kb_run *run, const struct kb_conn *c,
                 int got = i / 64 < sn->nwords && (sn->bits[i / 64] >> (i % 64) & 1);
                 if (got)
                     continue;
-                if (q < cb)
+                if (q < cb) {
                     res->covered++;
-                else
-                    res->loss++;
+                    continue;
+                }
+                res->loss++;
+                if (res->loss <= run->cfg.show_lost) {
+                    /* times in ms from the cut (or the drain request) */
+                    double t0 = (double)run->t_drain_sent;
+#define KB_MS(t) ((t) ? ((double)(t) - t0) / 1e6 : -1.0)
+                    fprintf(stderr,
+                            "kraken-bench: lost: subscriber %u topic %s publisher %u seq %llu "
+                            "(of %llu acknowledged) sent %.1f ms; subscriber closed %.1f, "
+                            "resume sent %.1f, answered %.1f ms%s; received on this stream: "
+                            "%llu, covered below %llu, notice pending %u at %.1f ms\n",
+                            c->idx, run->topic[t], p, (unsigned long long)q,
+                            (unsigned long long)n, KB_MS(sent[i]), KB_MS(c->t_closed),
+                            KB_MS(c->t_req), KB_MS(c->t_live), c->scratch ? " (from scratch)" : "",
+                            (unsigned long long)c->streams[(size_t)s * run->npubs + p].received,
+                            (unsigned long long)cb, sn->pending, KB_MS(sn->notice_ns));
+#undef KB_MS
+                }
             }
             /* received but never published */
             uint64_t published = run->pubs[p].seq[t];

@@ -70,6 +70,7 @@ struct kr_bench_cfg {
     uint64_t seed;
     char prefix[64];         /* topic name prefix */
     int progress;            /* print a line each second on stderr */
+    unsigned show_lost;      /* resume: describe up to this many lost messages on stderr */
 };
 
 struct kr_bench_result {
