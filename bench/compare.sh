@@ -50,7 +50,17 @@ Options:
   --cluster-only      the cross-node rows alone
   --cluster-scenarios LIST
                       scenarios of the cross-node rows (default: fanout broadcast; any of
-                      fanout broadcast latency)
+                      fanout broadcast latency resume). resume across nodes: the resume
+                      shape with the subscribers on node 2 and the publishers on node 1;
+                      at a quarter of --duration kraken-bench sends `drain` to node 2's
+                      admin socket, and every subscriber node 2 closes resumes on node 1
+                      with node 2's token after 0..500 ms (rows: token and from scratch,
+                      memcached and RESP as --kraken-rows has poll and resp)
+  --drain-ms MS       resume across nodes: node 2's drain_timeout_ms (default 10000, the
+                      server's default: the drain reaches the clients over 7.5 s)
+  --resume-window MS  resume across nodes: node 2's drain_resume_window_ms (default
+                      60000: it answers node 1's resume requests that long after its
+                      last client left)
   --raw FILE          append every run's JSON line to FILE (kraken-bench --json, with a
                       "label" field added first: the row's name in the table)
   --charts DIR        write one PNG chart per scenario into DIR with bench/chart.sh
@@ -90,6 +100,8 @@ cluster_scenarios="fanout broadcast"
 kraken_rows="poll batch resp"
 rate=10000
 resume_rate=20000
+drain_ms=10000
+resume_window=60000
 pin_server=()
 pin_bench=()
 raw=""
@@ -110,6 +122,8 @@ while [ $# -gt 0 ]; do
     --kraken-rows) kraken_rows=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --resume-rate) resume_rate=$2; shift 2 ;;
+    --drain-ms) drain_ms=$2; shift 2 ;;
+    --resume-window) resume_window=$2; shift 2 ;;
     --pin)
         command -v taskset >/dev/null || { echo "compare.sh: --pin needs taskset (util-linux)" >&2; exit 2; }
         pin_server=(taskset -c "${2%%,*}")
@@ -310,6 +324,9 @@ add_row() {
     resume)
         note="live again p50/p99/max $(field live_p50_ms "$json")/$(field live_p99_ms "$json")/$(field live_max_ms "$json") ms"
         note="$note; replayed $(field replayed "$json"), resync topics $(field resync_topics "$json"), to reload $(field reload_topics "$json"), lost $(field lost "$json")"
+        if [ "$(field drain "$json")" = true ]; then
+            note="$note; close->live p50/p99/max $(field away_p50_ms "$json")/$(field away_p99_ms "$json")/$(field away_max_ms "$json") ms, all live $(field all_live_s "$json") s after the drain, never closed $(field stayed "$json")"
+        fi
         ;;
     conns)
         note="$(field connections "$json") conns in $(field connect_s "$json") s"
@@ -326,12 +343,13 @@ add_row() {
 # --- cross-node runs (--cluster) -------------------------------------------------------------
 # Two nats-servers routed to each other (client and route port each, free loopback ports),
 # and for the Kraken rows two Kraken nodes, node 1 linked to server 1 and node 2 to server 2.
-# Their PIDs are in cluster_pids; stop_cluster ends them by PID.
+# Their PIDs are in cluster_pids; stop_cluster ends them by PID, with SIGINT: a Kraken node
+# stops at once (no drain, no drain_resume_window_ms), nats-server shuts down.
 cluster_pids=()
 stop_cluster() {
     local p
     for p in ${cluster_pids[@]+"${cluster_pids[@]}"}; do
-        kill "$p" 2>/dev/null || true
+        kill -INT "$p" 2>/dev/null || true
     done
     for p in ${cluster_pids[@]+"${cluster_pids[@]}"}; do
         wait "$p" 2>/dev/null || true
@@ -395,14 +413,16 @@ start_nats_pair() {
     return 1
 }
 
-# start_kraken_node N NATS_PORT: sets node_port; the node's own log and admin socket
+# start_kraken_node N NATS_PORT [kraken args...]: sets node_port; the node's own log and
+# admin socket ($tmp/kraken-nodeN-admin.sock)
 start_kraken_node() {
     local n=$1 np=$2 log="$tmp/kraken-node$1.log"
+    shift 2
     : >"$log"
     "$kraken_bin" run --listen_ip 127.0.0.1 --tcp_server_port 0 --log_file "$log" \
         --admin_socket "$tmp/kraken-node$n-admin.sock" --poll_wait_ms "$kraken_poll_wait" \
         --cluster_nats_url "nats://127.0.0.1:$np" --cluster_node_name "node$n" \
-        --drain_resume_window_ms "${drain_window_ms:-0}" \
+        --max_tcp_clients 5000 --drain_resume_window_ms 0 "$@" \
         >"$tmp/kraken-node$n.out" 2>&1 &
     local pid=$!
     cluster_pids+=($pid)
@@ -465,9 +485,69 @@ run_cross() {
     done
 }
 
+# run_drain_cross LABEL PROTO [kraken-bench args...]: the resume shape across two Kraken nodes
+# over two routed nats-servers; subscribers on node 2, publishers on node 1; at a quarter of
+# the run kraken-bench drains node 2 through its admin socket and the subscribers move to
+# node 1 (node 2 keeps answering resumes for --resume-window ms after its last client left)
+run_drain_cross() {
+    local label=$1 proto=$2 sc=resume
+    shift 2
+    local args
+    args=$(scenario_args "$sc")
+    if ! start_nats_pair; then
+        stop_cluster
+        rows+=("$sc|$label|failed: the nats-servers did not start")
+        return
+    fi
+    node_error=""
+    if ! start_kraken_node 1 "$nats1_port"; then
+        stop_cluster
+        rows+=("$sc|$label|failed: node 1 did not start: $node_error")
+        return
+    fi
+    local pub_port=$node_port
+    if ! start_kraken_node 2 "$nats2_port" --drain_timeout_ms "$drain_ms" \
+        --drain_resume_window_ms "$resume_window"; then
+        stop_cluster
+        rows+=("$sc|$label|failed: node 2 did not start: $node_error")
+        return
+    fi
+    local sub_port=$node_port
+    local cut_at
+    cut_at=$(awk -v d="$duration" 'BEGIN { printf "%.3f", d / 4 }')
+    local settle
+    settle=$(awk -v m="$drain_ms" 'BEGIN { printf "%.0f", m / 1000 + 15 }')
+    echo "== $sc: $label (publishers on node 1, port $pub_port; subscribers on node 2, port $sub_port, drained at $cut_at s)" >&2
+    local json rc=0
+    # shellcheck disable=SC2086
+    json=$("$bench_bin" --proto "$proto" --port "$pub_port" --sub-port "$sub_port" $args \
+        --drain-admin "$tmp/kraken-node2-admin.sock" --cut-at "$cut_at" --drain-timeout "$settle" \
+        --duration "$duration" --threads "$threads" --pipeline "$pipeline" --connect-timeout 60 \
+        --json --quiet "$@" ${extra[@]+"${extra[@]}"}) || rc=$?
+    stop_cluster
+    add_row "$label" "$sc" "$json" "$rc"
+    local f
+    for f in "$tmp/nats1.log" "$tmp/nats2.log"; do
+        if grep -q "Slow Consumer" "$f"; then
+            rows[${#rows[@]}-1]+=" [$(basename "$f" .log): $(grep -c "Slow Consumer" "$f") slow consumer events]"
+        fi
+    done
+}
+
 run_cluster_rows() {
     local sc
     for sc in $cluster_scenarios; do
+        if [ "$sc" = resume ]; then
+            if [[ " $kraken_rows " == *" poll "* ]]; then
+                run_drain_cross "kraken drain node2->1 token" kraken
+                run_drain_cross "kraken drain node2->1 scratch" kraken --resume-mode scratch
+            fi
+            if [[ " $kraken_rows " == *" resp "* ]]; then
+                run_drain_cross "kraken resp drain 2->1 token" redis
+                run_drain_cross "kraken resp drain 2->1 scratch" redis --resume-mode scratch
+            fi
+            continue
+        fi
         run_cross "kraken pub node1 sub node2" kraken "$sc"
         run_cross "nats pub srv1 sub srv2" nats "$sc"
     done

@@ -80,7 +80,17 @@ static void kb_usage(FILE *f)
         "             bench's own records, duplicates and lost messages: acknowledged messages\n"
         "             on a subscriber's topics that it neither received nor was told about by\n"
         "             a notice naming the topic (or '*') that followed them\n"
-        "             (defaults: 100 subs x 10 of 1000 topics, 4 pubs, 10000 msgs/s)\n"
+        "             (defaults: 100 subs x 10 of 1000 topics, 4 pubs, 10000 msgs/s).\n"
+        "             Across two nodes of a cluster, with a drain: subscribers on one node\n"
+        "             (--sub-port), publishers on the other (--port), and --drain-admin PATH:\n"
+        "             at --cut-at the bench sends `drain` to that admin socket (the\n"
+        "             subscribers' node) instead of cutting; each subscriber the node closes\n"
+        "             (memcached: after its last poll reply; RESP: after its last\n"
+        "             __kraken__:position message) waits its jitter and resumes, with the\n"
+        "             token of the drained node, on --move-host/--move-port (default: --host/\n"
+        "             --port). Also reported: close -> answer per subscriber (jitter\n"
+        "             included), drain -> last subscriber live, and the subscribers the\n"
+        "             drain never closed\n"
         "  storm      Kraken only: subscribe storms of new topics (names the server has not\n"
         "             seen: each run tags them). (a) One connection subscribes --topics new\n"
         "             topics in one request: time from sending to STORED and topics/s,\n"
@@ -90,7 +100,7 @@ static void kb_usage(FILE *f)
         "             to each STORED (p50, p99, max) and topics/s over all. --subs 0 skips\n"
         "             (b). (defaults: 100000 topics; 100 subs x 1000 topics.) One request\n"
         "             must fit the server's max_request_bytes (16 MiB by default, about 1M\n"
-        "             topics of the default prefix); a refusal is reported with the size\n"
+        "             topics of the default prefix); a refusal is reported with its size\n"
         "\n"
         "Shape:\n"
         "  --subs N             subscriber connections (churn: churning connections)\n"
@@ -106,6 +116,17 @@ static void kb_usage(FILE *f)
         "  --jitter-ms N        resume: reconnect delay, uniform in 0..N ms (default 500)\n"
         "  --cut-at S           resume: when the subscribers are cut, in seconds after the\n"
         "                       timed phase starts (default: half of --duration)\n"
+        "  --move-host H        resume: cut subscribers reconnect to this server instead of\n"
+        "  --move-port N        the one they left (default: where they were; with\n"
+        "                       --drain-admin: --host/--port, the publishers' node)\n"
+        "  --drain-admin PATH   resume: at --cut-at, connect to the Unix socket PATH (the admin\n"
+        "                       socket of the subscribers' node) and send `drain`; the node,\n"
+        "                       not the bench, closes the subscribers, which then move. The\n"
+        "                       node must be in a cluster with the move target and keep\n"
+        "                       answering resumes (drain_resume_window_ms) until they are done\n"
+        "  --show-lost N        resume: describe up to N lost messages on stderr (subscriber,\n"
+        "                       topic, publisher, sequence, and when it was sent, the subscriber\n"
+        "                       closed, its resume sent and answered, in ms from the cut)\n"
         "\n"
         "Engine:\n"
         "  --threads N          worker threads (default 2)\n"
@@ -238,6 +259,8 @@ static const char *kb_status(const struct kr_bench_result *r, int rc)
         return "accounting_errors";
     if (r->cut > r->live_again)
         return "connection_errors"; /* a cut subscriber never came back */
+    if (r->stayed)
+        return "connection_errors"; /* the drain never closed some subscribers */
     if (r->errors)
         return "connection_errors";
     return "ok";
@@ -311,6 +334,17 @@ static void kb_print_json(const struct kr_bench_cfg *c, const struct kr_bench_re
                 (unsigned long long)r->resync_notices, (unsigned long long)r->resync_topics,
                 (unsigned long long)r->reload_topics, (unsigned long long)r->covered,
                 (unsigned long long)r->loss);
+        kb_json_str(f, "move_host", c->move_host);
+        fprintf(f, "\"move_port\":%u,\"drain\":%s,", c->move_port,
+                c->drain_admin[0] ? "true" : "false");
+        kb_json_str(f, "drain_reply", r->drain_reply);
+        fprintf(f,
+                "\"stayed\":%llu,\"away_p50_ms\":%.3f,\"away_p99_ms\":%.3f,"
+                "\"away_max_ms\":%.3f,\"all_live_s\":%.3f,",
+                (unsigned long long)r->stayed,
+                (double)kr_bench_hist_quantile(&r->away, 0.5) / 1e6,
+                (double)kr_bench_hist_quantile(&r->away, 0.99) / 1e6, (double)r->away.max / 1e6,
+                r->all_live_s);
     }
     if (c->scenario == KR_BENCH_SC_STORM) {
         fprintf(f,
@@ -442,15 +476,30 @@ static void kb_print_summary(const struct kr_bench_cfg *c, const struct kr_bench
                     kb_rate(r->delivered_timed, r->run_s));
         }
         if (c->scenario == KR_BENCH_SC_RESUME) {
-            fprintf(f, "  cut          %llu subscribers closed at %.2f s, back after 0..%u ms, %s\n",
-                    (unsigned long long)r->cut, c->cut_at_s, c->jitter_ms,
-                    c->resume_mode == KR_BENCH_RESUME_SCRATCH ? "subscribing again from scratch"
-                                                              : "resuming from their last position");
+            if (c->drain_admin[0])
+                fprintf(f, "  drain        at %.2f s via %s ('%s'): %llu subscribers closed by the "
+                           "node (%llu never), moved to %s:%u after 0..%u ms, %s\n",
+                        c->cut_at_s, c->drain_admin, r->drain_reply, (unsigned long long)r->cut,
+                        (unsigned long long)r->stayed, c->move_host, c->move_port, c->jitter_ms,
+                        c->resume_mode == KR_BENCH_RESUME_SCRATCH ? "subscribing again from scratch"
+                                                                  : "resuming from their last position");
+            else
+                fprintf(f, "  cut          %llu subscribers closed at %.2f s, back%s after 0..%u ms, %s\n",
+                        (unsigned long long)r->cut, c->cut_at_s, c->move_port ? " elsewhere" : "",
+                        c->jitter_ms,
+                        c->resume_mode == KR_BENCH_RESUME_SCRATCH ? "subscribing again from scratch"
+                                                                  : "resuming from their last position");
             fprintf(f, "  live again   %llu of %llu, reconnect -> answer: p50 %s  p99 %s  max %s\n",
                     (unsigned long long)r->live_again, (unsigned long long)r->cut,
                     kb_fmt_ns(a, sizeof(a), kr_bench_hist_quantile(&r->live, 0.5)),
                     kb_fmt_ns(b, sizeof(b), kr_bench_hist_quantile(&r->live, 0.99)),
                     kb_fmt_ns(d, sizeof(d), r->live.max));
+            fprintf(f, "  away         close -> answer (jitter included): p50 %s  p99 %s  max %s; "
+                       "the last one live %.3f s after the %s\n",
+                    kb_fmt_ns(a, sizeof(a), kr_bench_hist_quantile(&r->away, 0.5)),
+                    kb_fmt_ns(b, sizeof(b), kr_bench_hist_quantile(&r->away, 0.99)),
+                    kb_fmt_ns(d, sizeof(d), r->away.max), r->all_live_s,
+                    c->drain_admin[0] ? "drain" : "cut");
             fprintf(f, "  continuity   %llu replayed; %llu resync notices naming %llu topics; %llu "
                        "topics to reload; %llu messages covered by a notice; %llu lost\n",
                     (unsigned long long)r->replayed, (unsigned long long)r->resync_notices,
@@ -519,6 +568,10 @@ enum {
     OPT_RESUME_MODE,
     OPT_JITTER_MS,
     OPT_CUT_AT,
+    OPT_MOVE_HOST,
+    OPT_MOVE_PORT,
+    OPT_DRAIN_ADMIN,
+    OPT_SHOW_LOST,
 };
 
 int main(int argc, char **argv)
@@ -555,6 +608,10 @@ int main(int argc, char **argv)
         {"resume-mode", required_argument, NULL, OPT_RESUME_MODE},
         {"jitter-ms", required_argument, NULL, OPT_JITTER_MS},
         {"cut-at", required_argument, NULL, OPT_CUT_AT},
+        {"move-host", required_argument, NULL, OPT_MOVE_HOST},
+        {"move-port", required_argument, NULL, OPT_MOVE_PORT},
+        {"drain-admin", required_argument, NULL, OPT_DRAIN_ADMIN},
+        {"show-lost", required_argument, NULL, OPT_SHOW_LOST},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -701,6 +758,31 @@ int main(int argc, char **argv)
             cfg.cut_at_s = d;
             set_resume = 1;
             break;
+        case OPT_MOVE_HOST:
+            if (!*optarg || strlen(optarg) >= sizeof(cfg.move_host))
+                return kb_bad("bad --move-host '%s'", optarg);
+            snprintf(cfg.move_host, sizeof(cfg.move_host), "%s", optarg);
+            set_resume = 1;
+            break;
+        case OPT_MOVE_PORT:
+            if (kb_parse_uint("--move-port", optarg, 1, 65535, &u) < 0)
+                return KB_EXIT_USAGE;
+            cfg.move_port = (unsigned)u;
+            set_resume = 1;
+            break;
+        case OPT_DRAIN_ADMIN:
+            if (!*optarg || strlen(optarg) >= sizeof(cfg.drain_admin))
+                return kb_bad("bad --drain-admin '%s' (a Unix socket path of at most %zu bytes)",
+                              optarg, sizeof(cfg.drain_admin) - 1);
+            snprintf(cfg.drain_admin, sizeof(cfg.drain_admin), "%s", optarg);
+            set_resume = 1;
+            break;
+        case OPT_SHOW_LOST:
+            if (kb_parse_uint("--show-lost", optarg, 0, 1000000, &u) < 0)
+                return KB_EXIT_USAGE;
+            cfg.show_lost = (unsigned)u;
+            set_resume = 1;
+            break;
         case OPT_JSON:
             json = 1;
             break;
@@ -774,7 +856,8 @@ int main(int argc, char **argv)
         break;
     }
     if (set_resume && cfg.scenario != KR_BENCH_SC_RESUME)
-        return kb_bad("--resume-mode, --jitter-ms and --cut-at belong to the resume scenario");
+        return kb_bad("--resume-mode, --jitter-ms, --cut-at, --move-host, --move-port and "
+                      "--drain-admin, --show-lost belong to the resume scenario");
     if (!set_subs)
         cfg.subs = dsubs;
     if (!set_pubs)
@@ -789,6 +872,21 @@ int main(int argc, char **argv)
     int split = (cfg.sub_host[0] && strcmp(cfg.sub_host, cfg.host) != 0) ||
                 (have_sub_port && cfg.sub_port != cfg.port);
     cfg.probe = probe >= 0 ? probe : split;
+    /* resume: where cut (or drained) subscribers go; with a drain, never back to the node
+     * that closed them */
+    if (cfg.move_host[0] || cfg.move_port || cfg.drain_admin[0]) {
+        if (!cfg.move_host[0])
+            snprintf(cfg.move_host, sizeof(cfg.move_host), "%s", cfg.host);
+        if (!cfg.move_port)
+            cfg.move_port = cfg.port;
+        const char *sh = cfg.sub_host[0] ? cfg.sub_host : cfg.host;
+        unsigned sp = cfg.sub_port ? cfg.sub_port : cfg.port;
+        if (cfg.drain_admin[0] && strcmp(cfg.move_host, sh) == 0 && cfg.move_port == sp)
+            return kb_bad("--drain-admin drains the subscribers' node (%s:%u): they must move "
+                          "elsewhere (--sub-port for the drained node, --port or --move-port "
+                          "for the other)",
+                          sh, sp);
+    }
     if (set_batch && cfg.proto != KR_BENCH_PROTO_KRAKEN && cfg.batch != 1)
         return kb_bad("--batch is Kraken only (Redis and NATS publish one message per command)");
     if (cfg.topics_per_sub > cfg.topics && cfg.scenario != KR_BENCH_SC_STORM)

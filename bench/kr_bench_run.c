@@ -15,7 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "kr_bench_run.h"
@@ -118,6 +121,7 @@ struct kb_conn {
     size_t token_len;
     uv_timer_t *jtimer;
     uint64_t t_reconnect, t_req, t_live;
+    uint64_t t_closed; /* when the bench cut it, or the server closed it (a drain) */
     struct kb_seen *seen; /* [slot * pubs + pub] */
     uint64_t replayed, notices, notice_topics, dups;
     /* resume, publisher: topic and send time of each message in publish order; acknowledged */
@@ -147,6 +151,7 @@ struct kb_worker {
     size_t nconns, cap, next_connect, connecting;
     struct kr_bench_hist hist;
     struct kr_bench_hist live; /* resume: reconnect -> answered */
+    struct kr_bench_hist away; /* resume: closed -> answered */
     int cut_done;
     _Atomic uint64_t published, delivered, ops, errors;
 };
@@ -155,7 +160,11 @@ struct kb_run {
     struct kr_bench_cfg cfg;
     struct kr_bench_result *res;
     struct sockaddr_storage addr, sub_addr; /* publishers (and churn), subscribers */
-    char hostport[300], sub_hostport[300];
+    struct sockaddr_storage move_addr;      /* resume: where cut subscribers go (moving) */
+    char hostport[300], sub_hostport[300], move_hostport[300];
+    int moving;                             /* resume: cut subscribers reconnect elsewhere */
+    int drain;                              /* resume: the node drains them (--drain-admin) */
+    uint64_t t_drain_sent;
     unsigned ntopics, k, nsubs, npubs, nchurn;
     char **topic;        /* names */
     size_t *topic_len;
@@ -290,10 +299,14 @@ static const char *kb_role_name(enum kb_role r)
     return r == KB_SUB ? "subscriber" : r == KB_PUB ? "publisher" : "churn connection";
 }
 
-/* Where this connection goes: subscribers to --sub-host/--sub-port, the rest to --host/--port. */
+/* Where this connection goes: subscribers to --sub-host/--sub-port (once cut, when moving,
+ * to --move-host/--move-port), the rest to --host/--port. */
 static const char *kb_hostport(const struct kb_conn *c)
 {
-    return c->role == KB_SUB ? c->w->run->sub_hostport : c->w->run->hostport;
+    const struct kb_run *run = c->w->run;
+    if (c->role != KB_SUB)
+        return run->hostport;
+    return c->was_cut && run->moving ? run->move_hostport : run->sub_hostport;
 }
 
 static void kb_close_cb(uv_handle_t *h)
@@ -377,10 +390,12 @@ static void kb_conn_fail(struct kb_conn *c, const char *fmt, ...)
     kb_flush_counters(c);
     kb_mark_done(c);
     kb_retro_answered(c);
-    if (c->w->cut_done)
+    if (c->w->cut_done || atomic_load_explicit(&run->cut, memory_order_acquire))
         kb_settle(c);
     kb_conn_close(c);
 }
+
+static int kb_server_gone(struct kb_conn *c);
 
 /* ------------------------------------------------------------------ writing */
 
@@ -392,7 +407,7 @@ static void kb_write_cb(uv_write_t *req, int status)
     c->writing = 0;
     c->wbuf.len = 0;
     if (status < 0) {
-        if (!c->closing && !c->cutting)
+        if (!c->closing && !c->cutting && !kb_server_gone(c))
             kb_conn_fail(c, "write to %s: %s", kb_hostport(c), uv_strerror(status));
         return;
     }
@@ -414,7 +429,8 @@ static void kb_flush(struct kb_conn *c)
         return;
     }
     if (n < 0 && n != UV_EAGAIN) {
-        kb_conn_fail(c, "write to %s: %s", kb_hostport(c), uv_strerror(n));
+        if (!kb_server_gone(c))
+            kb_conn_fail(c, "write to %s: %s", kb_hostport(c), uv_strerror(n));
         return;
     }
     size_t done = n > 0 ? (size_t)n : 0;
@@ -428,7 +444,8 @@ static void kb_flush(struct kb_conn *c)
     int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, kb_write_cb);
     if (rc < 0) {
         c->writing = 0;
-        kb_conn_fail(c, "write: %s", uv_strerror(rc));
+        if (!kb_server_gone(c))
+            kb_conn_fail(c, "write: %s", uv_strerror(rc));
     }
 }
 
@@ -915,6 +932,7 @@ static void kb_live_again(struct kb_conn *c)
     struct kb_run *run = c->w->run;
     c->t_live = c->now;
     kr_bench_hist_add(&c->w->live, c->now > c->t_reconnect ? c->now - c->t_reconnect : 0);
+    kr_bench_hist_add(&c->w->away, c->now > c->t_closed ? c->now - c->t_closed : 0);
     c->state = KB_CS_READY;
     if (c->scratch)
         for (unsigned s = 0; s < run->k; s++)
@@ -1129,7 +1147,7 @@ static void kb_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     (void)b;
     struct kb_conn *c = s->data;
     if (nread < 0) {
-        if (!c->closing) {
+        if (!c->closing && !kb_server_gone(c)) {
             if (nread == UV_EOF)
                 kb_conn_fail(c, "the server closed the connection");
             else
@@ -1233,8 +1251,8 @@ static void kb_jitter_cb(uv_timer_t *t)
     c->creq.data = c;
     c->state = KB_CS_CONNECTING;
     c->t_reconnect = kb_now();
-    rc = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&w->run->sub_addr,
-                        kb_connect_cb);
+    const struct sockaddr_storage *to = w->run->moving ? &w->run->move_addr : &w->run->sub_addr;
+    rc = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)to, kb_connect_cb);
     if (rc < 0) {
         kb_conn_fail(c, "cannot connect to %s: %s", kb_hostport(c), uv_strerror(rc));
         return;
@@ -1257,14 +1275,12 @@ static void kb_cut_closed_cb(uv_handle_t *h)
     uv_timer_start(c->jtimer, kb_jitter_cb, j, 0);
 }
 
-/* resume: the bench closes a subscriber's connection; it reconnects after its jitter */
-static void kb_cut(struct kb_conn *c)
+/* resume: close a subscriber's connection (the bench's cut, or what is left of it after
+ * the server closed it); it reconnects after its jitter */
+static void kb_cut_start(struct kb_conn *c)
 {
     struct kb_run *run = c->w->run;
-    if (c->state != KB_CS_READY || c->closing) {
-        kb_settle(c); /* dead already: nothing to wait for */
-        return;
-    }
+    c->t_closed = kb_now();
     c->was_cut = 1;
     c->cutting = 1;
     c->polling = 0;
@@ -1279,7 +1295,34 @@ static void kb_cut(struct kb_conn *c)
     c->state = KB_CS_CUT;
     c->tcp_open = 0;
     c->tcp.data = c;
+    uv_read_stop((uv_stream_t *)&c->tcp);
     uv_close((uv_handle_t *)&c->tcp, kb_cut_closed_cb);
+}
+
+/* resume: the bench closes a subscriber's connection; it reconnects after its jitter */
+static void kb_cut(struct kb_conn *c)
+{
+    if (c->state != KB_CS_READY || c->closing) {
+        kb_settle(c); /* dead already: nothing to wait for */
+        return;
+    }
+    kb_cut_start(c);
+}
+
+/* resume with --drain-admin: once the drain was asked for, a subscriber whose connection the
+ * server ends (EOF, a reset, a failed write) has been drained: it moves to the other node
+ * with its last position. 1 when that is what happened, 0 when it is a plain failure. A
+ * partial reply in the read buffer is dropped: its entries were not handed over, and the
+ * token (of the last whole reply) does not cover them, so the resume replays them. */
+static int kb_server_gone(struct kb_conn *c)
+{
+    struct kb_run *run = c->w->run;
+    if (!run->drain || c->role != KB_SUB || c->was_cut || c->closing || c->cutting ||
+        c->state != KB_CS_READY || c->w->phase >= KB_PH_STOP ||
+        !atomic_load_explicit(&run->cut, memory_order_acquire))
+        return 0;
+    kb_cut_start(c);
+    return 1;
 }
 
 static void kb_connect_cb(uv_connect_t *req, int status)
@@ -1493,7 +1536,8 @@ static void kb_async_cb(uv_async_t *a)
         kb_worker_enter(w, w->phase + 1);
     if (!w->cut_done && w->phase < KB_PH_STOP && atomic_load_explicit(&w->run->cut, memory_order_acquire)) {
         w->cut_done = 1;
-        for (size_t i = 0; i < w->nconns; i++)
+        /* with a drain the server closes them, one batch after another (kb_server_gone) */
+        for (size_t i = 0; i < w->nconns && !w->run->drain; i++)
             if (w->conns[i]->role == KB_SUB)
                 kb_cut(w->conns[i]);
     }
@@ -1538,9 +1582,71 @@ static int kb_resolve(struct kb_run *run)
     if (kb_resolve_one(run, cfg->host, cfg->port, &run->addr, run->hostport,
                        sizeof(run->hostport)) < 0)
         return -1;
-    return kb_resolve_one(run, cfg->sub_host[0] ? cfg->sub_host : cfg->host,
-                          cfg->sub_port ? cfg->sub_port : cfg->port, &run->sub_addr,
-                          run->sub_hostport, sizeof(run->sub_hostport));
+    if (kb_resolve_one(run, cfg->sub_host[0] ? cfg->sub_host : cfg->host,
+                       cfg->sub_port ? cfg->sub_port : cfg->port, &run->sub_addr,
+                       run->sub_hostport, sizeof(run->sub_hostport)) < 0)
+        return -1;
+    if (!run->moving)
+        return 0;
+    return kb_resolve_one(run, cfg->move_host[0] ? cfg->move_host : cfg->host,
+                          cfg->move_port ? cfg->move_port : cfg->port, &run->move_addr,
+                          run->move_hostport, sizeof(run->move_hostport));
+}
+
+/* resume with --drain-admin: `drain` on the subscribers' node's admin socket (one request
+ * line, a reply of data lines ending with END or ERROR <reason>). Main thread; blocks at
+ * most a few seconds. 0, or -1 with the reason in the run's errors. The reply's first line
+ * is kept in res->drain_reply. */
+static int kb_admin_drain(struct kb_run *run)
+{
+    const char *path = run->cfg.drain_admin;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        kb_note_error(run, 0, "drain: socket: %s", strerror(errno));
+        return -1;
+    }
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (const struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        kb_note_error(run, 0, "drain: cannot connect to the admin socket %s: %s", path,
+                      strerror(errno));
+        close(fd);
+        return -1;
+    }
+    static const char req[] = "drain\n";
+    if (write(fd, req, sizeof(req) - 1) != (ssize_t)(sizeof(req) - 1)) {
+        kb_note_error(run, 0, "drain: write to %s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    char buf[4096];
+    size_t len = 0;
+    int rc = -1;
+    for (int rounds = 0; rounds < 64 && len < sizeof(buf) - 1; rounds++) {
+        ssize_t n = read(fd, buf + len, sizeof(buf) - 1 - len);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        buf[len] = 0;
+        if (strncmp(buf, "ERROR", 5) == 0 || strstr(buf, "\nERROR")) {
+            break;
+        }
+        if (strncmp(buf, "END\n", 4) == 0 || strstr(buf, "\nEND\n")) {
+            rc = 0;
+            break;
+        }
+    }
+    close(fd);
+    buf[len] = 0;
+    size_t first = strcspn(buf, "\n");
+    snprintf(run->res->drain_reply, sizeof(run->res->drain_reply), "%.*s", (int)first, buf);
+    if (rc < 0)
+        kb_note_error(run, 0, "drain: the admin socket %s answered '%s'", path,
+                      len ? run->res->drain_reply : "(nothing)");
+    return rc;
 }
 
 static int kb_raise_nofile(struct kb_run *run, uint64_t need)
@@ -1837,10 +1943,27 @@ static void kb_resume_account(struct kb_run *run, const struct kb_conn *c,
                 int got = i / 64 < sn->nwords && (sn->bits[i / 64] >> (i % 64) & 1);
                 if (got)
                     continue;
-                if (q < cb)
+                if (q < cb) {
                     res->covered++;
-                else
-                    res->loss++;
+                    continue;
+                }
+                res->loss++;
+                if (res->loss <= run->cfg.show_lost) {
+                    /* times in ms from the cut (or the drain request) */
+                    double t0 = (double)run->t_drain_sent;
+#define KB_MS(t) ((t) ? ((double)(t) - t0) / 1e6 : -1.0)
+                    fprintf(stderr,
+                            "kraken-bench: lost: subscriber %u topic %s publisher %u seq %llu "
+                            "(of %llu acknowledged) sent %.1f ms; subscriber closed %.1f, "
+                            "resume sent %.1f, answered %.1f ms%s; received on this stream: "
+                            "%llu, covered below %llu, notice pending %u at %.1f ms\n",
+                            c->idx, run->topic[t], p, (unsigned long long)q,
+                            (unsigned long long)n, KB_MS(sent[i]), KB_MS(c->t_closed),
+                            KB_MS(c->t_req), KB_MS(c->t_live), c->scratch ? " (from scratch)" : "",
+                            (unsigned long long)c->streams[(size_t)s * run->npubs + p].received,
+                            (unsigned long long)cb, sn->pending, KB_MS(sn->notice_ns));
+#undef KB_MS
+                }
             }
             /* received but never published */
             uint64_t published = run->pubs[p].seq[t];
@@ -1867,6 +1990,7 @@ int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res)
     res->rss_before_kb = res->rss_after_kb = -1;
     kr_bench_hist_init(&res->lat);
     kr_bench_hist_init(&res->live);
+    kr_bench_hist_init(&res->away);
     uv_mutex_init(&run->err_lock);
     int ret = -1;
 
@@ -1886,6 +2010,8 @@ int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res)
     run->ntopics = cfg->topics;
     run->k = cfg->scenario == KR_BENCH_SC_CHURN ? 0 : cfg->topics_per_sub;
     run->nats_chunk = cfg->pipeline / 2 ? cfg->pipeline / 2 : 1;
+    run->drain = cfg->scenario == KR_BENCH_SC_RESUME && cfg->drain_admin[0];
+    run->moving = cfg->scenario == KR_BENCH_SC_RESUME && (cfg->move_port || cfg->move_host[0]);
     unsigned nrate = cfg->scenario == KR_BENCH_SC_CHURN ? run->nchurn : run->npubs;
     run->per_conn_rate = cfg->rate > 0 && nrate ? cfg->rate / nrate : 0;
     uint64_t nconn = (uint64_t)run->nsubs + run->npubs + run->nchurn;
@@ -1925,6 +2051,7 @@ int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res)
         w->id = i;
         kr_bench_hist_init(&w->hist);
         kr_bench_hist_init(&w->live);
+        kr_bench_hist_init(&w->away);
         uv_loop_init(&w->loop);
         uv_async_init(&w->loop, &w->async, kb_async_cb);
         w->async.data = w;
@@ -2034,9 +2161,13 @@ int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res)
             break;
         if (now >= t_cut) {
             t_cut = UINT64_MAX;
+            /* with a drain, the workers know before the node closes anyone */
+            run->t_drain_sent = now;
             atomic_store_explicit(&run->cut, 1, memory_order_release);
             for (unsigned i = 0; i < cfg->threads; i++)
                 uv_async_send(&run->workers[i].async);
+            if (run->drain)
+                kb_admin_drain(run);
         }
         if (cfg->scenario == KR_BENCH_SC_RETRO &&
             atomic_load_explicit(&run->done, memory_order_acquire) >= run->npubs)
@@ -2117,6 +2248,7 @@ out_join:
     for (unsigned i = 0; i < cfg->threads; i++) {
         kr_bench_hist_merge(&res->lat, &run->workers[i].hist);
         kr_bench_hist_merge(&res->live, &run->workers[i].live);
+        kr_bench_hist_merge(&res->away, &run->workers[i].away);
     }
     struct kb_acked acked = {0};
     if (ret == 0 && cfg->scenario == KR_BENCH_SC_RESUME)
@@ -2145,6 +2277,11 @@ out_join:
             res->expected += kb_expected_for(run, c);
             if (cfg->scenario == KR_BENCH_SC_RESUME) {
                 kb_resume_account(run, c, &acked, res);
+                if (run->drain && !c->was_cut)
+                    res->stayed++; /* the drain never closed it */
+                if (c->t_live && run->t_drain_sent && c->t_live > run->t_drain_sent &&
+                    (double)(c->t_live - run->t_drain_sent) / 1e9 > res->all_live_s)
+                    res->all_live_s = (double)(c->t_live - run->t_drain_sent) / 1e9;
                 continue;
             }
             for (unsigned s = 0; s < run->k; s++)

@@ -63,10 +63,15 @@ struct kr_bench_cfg {
     enum kr_bench_resume_mode resume_mode;
     unsigned jitter_ms;      /* resume: a cut subscriber reconnects after 0..jitter_ms */
     double cut_at_s;         /* resume: when the subscribers are cut, from the timed phase's start */
+    char move_host[256];     /* resume: a cut subscriber reconnects here ("" = where it was) */
+    unsigned move_port;      /* 0 = where it was */
+    char drain_admin[108];   /* resume: at cut_at_s, send `drain` to this admin socket (the
+                              * subscribers' node) instead of cutting; "" = the bench cuts */
     long server_pid;         /* conns: read this process's VmRSS; 0 = none */
     uint64_t seed;
     char prefix[64];         /* topic name prefix */
     int progress;            /* print a line each second on stderr */
+    unsigned show_lost;      /* resume: describe up to this many lost messages on stderr */
 };
 
 struct kr_bench_result {
@@ -115,6 +120,12 @@ struct kr_bench_result {
     uint64_t storm_conns;       /* (b) connections subscribing at once */
     double storm_all_s;         /* (b) start -> the last STORED */
     struct kr_bench_hist storm; /* (b) ns: start -> each connection's STORED */
+    /* resume with --drain-admin: the node's answer to `drain`, subscribers it never closed,
+     * close -> live again per subscriber (jitter included), drain sent -> last one live */
+    char drain_reply[160];
+    uint64_t stayed;
+    struct kr_bench_hist away;
+    double all_live_s;
 };
 
 /* Run one benchmark. Returns 0 when it ran (check the result's counters), or -1 with

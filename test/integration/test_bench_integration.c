@@ -436,6 +436,8 @@ Test(bench_it, bad_options_exit_2)
         {"--scenario", "resume", "--resume-mode", "later"},
         {"--scenario", "storm", "--proto", "redis"},
         {"--scenario", "storm", "--pubs", "2"},
+        {"--move-port", "4000", NULL},                      /* resume only */
+        {"--scenario", "resume", "--drain-admin", "/x.sock"}, /* nowhere to move to */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         const char *a[6] = {bad[i][0], bad[i][1], bad[i][2], bad[i][3], NULL, NULL};
@@ -519,4 +521,73 @@ Test(bench_cross, probes_over_kraken_and_resp, .init = tb_start_default, .fini =
     cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
     cr_assert(strstr(out, "\"probe\":false"), "%s", out);
     cr_assert_eq(tb_num(out, "probes"), 0, "%s", out);
+}
+
+/* Resume across two nodes, with a drain: subscribers on node A, publishers on node B (each
+ * node on its own NATS server of a routed pair). Mid-run kraken-bench drains A through its
+ * admin socket; A closes every subscriber (memcached: after its last poll reply; RESP: after
+ * a last __kraken__:position), each one resumes on B with A's token, and B asks A (still
+ * answering: drain_resume_window_ms) for what came after it. Nothing acknowledged may be
+ * lost or delivered twice; resuming, nothing is resynced and the replay is not empty (B
+ * really got the missed messages from A); from scratch every topic is to reload. */
+static struct kr_it_server tb_node_a, tb_node_b;
+
+static void tb_nodes_stop(void)
+{
+    if (tb_node_a.pid)
+        kr_it_stop(&tb_node_a);
+    if (tb_node_b.pid)
+        kr_it_stop(&tb_node_b);
+    kr_it_nats_cluster_stop(tb_nats, 2);
+}
+
+static void tb_node_start(struct kr_it_server *s, const struct kr_it_nats *on, const char *name,
+                          const char *window)
+{
+    char url[64];
+    kr_it_nats_url(on, url, sizeof(url));
+    const char *args[] = {"--cluster_nats_url", url, "--cluster_node_name", name,
+                          "--drain_resume_window_ms", window, "--drain_timeout_ms", "1000",
+                          "--poll_wait_ms", "20", NULL};
+    kr_it_start(s, args);
+}
+
+Test(bench_cross, resume_across_two_nodes_with_a_drain, .fini = tb_nodes_stop, .timeout = 300)
+{
+    kr_it_nats_cluster_start(tb_nats, 2);
+    tb_node_start(&tb_node_b, &tb_nats[0], "node-b", "0");
+    static const struct {
+        const char *proto, *mode;
+    } runs[] = {{"memcached", "token"}, {"resp", "token"}, {"memcached", "scratch"}};
+    for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
+        /* a fresh node A each time: a drained node leaves once its window is over (or at
+         * the next SIGTERM) */
+        tb_node_start(&tb_node_a, &tb_nats[1], "node-a", "30000");
+        kr_it_wait_stat(tb_node_a.port, "cluster_peers", KR_IT_GE, 1);
+        kr_it_wait_stat(tb_node_b.port, "cluster_peers", KR_IT_GE, 1);
+        char pport[16], sport[16];
+        snprintf(pport, sizeof(pport), "%u", tb_node_b.port);
+        snprintf(sport, sizeof(sport), "%u", tb_node_a.port);
+        const char *a[] = {"--scenario", "resume", "--proto", runs[i].proto, "--resume-mode",
+                           runs[i].mode, "--port", pport, "--sub-port", sport, "--drain-admin",
+                           tb_node_a.admin_path, "--subs", "20", "--pubs", "2", "--topics",
+                           "100", "--topics-per-sub", "5", "--rate", "2000", "--duration", "3",
+                           "--cut-at", "0.5", "--jitter-ms", "200", NULL};
+        int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
+        cr_assert_eq(rc, 0, "%s %s: exit %d\n%s\n%s", runs[i].proto, runs[i].mode, rc, out, err);
+        tb_assert_resumed(out, 20);
+        cr_assert(strstr(out, "\"drain\":true"), "%s", out);
+        cr_assert_eq(tb_num(out, "stayed"), 0, "%s", out);
+        cr_assert_eq(tb_num(out, "move_port"), tb_node_b.port, "%s", out);
+        cr_assert(strstr(out, "\"drain_reply\":\"DRAINING clients="), "%s", out);
+        cr_assert(kr_it_log_contains(&tb_node_a, "drain finished"), "node A did not drain");
+        if (strcmp(runs[i].mode, "token") == 0) {
+            cr_assert_eq(tb_num(out, "resync_topics"), 0, "%s", out);
+            cr_assert_eq(tb_num(out, "reload_topics"), 0, "%s", out);
+            cr_assert_gt(tb_num(out, "replayed"), 0, "nothing replayed from node A: %s", out);
+        } else {
+            cr_assert_eq(tb_num(out, "reload_topics"), 20 * 5, "%s", out);
+        }
+        kr_it_stop(&tb_node_a);
+    }
 }
