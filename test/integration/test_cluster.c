@@ -1105,3 +1105,55 @@ Test(cluster, resumes_of_another_nodes_token_in_a_loop_are_answered_and_bounded)
     close(p0);
     cluster_down(&c);
 }
+
+/* RESP: a client subscribed to __kraken__:position first resumes the token of a node that
+ * was killed: nobody answers, so it is told to resync the topic, and it is live from then
+ * on (live messages were once held back for good behind the unanswered resume). */
+Test(cluster, resp_resume_of_a_killed_nodes_token_after_position_goes_live)
+{
+    struct cluster c;
+    const char *extra[] = {"--cluster_resume_timeout_ms", "300", NULL};
+    cluster_up(&c, 2, extra);
+    int a = kr_it_connect(c.node[0].port);
+    kr_it_subscribe(a, "rk");
+    char got[4096], tok[600] = {0};
+    kr_it_poll_position(a, 0, got, sizeof(got), tok, sizeof(tok));
+    kill(c.node[0].pid, SIGKILL);
+    waitpid(c.node[0].pid, NULL, 0);
+    c.node[0].pid = 0;
+    close(a);
+    int r = kr_it_connect(c.node[1].port);
+    kr_it_resp_cmd(r, "SUBSCRIBE", "__kraken__:position", NULL);
+    kr_it_expect(r, "*3\r\n$9\r\nsubscribe\r\n$19\r\n__kraken__:position\r\n:1\r\n");
+    kr_it_resp_cmd(r, "KRAKEN.RESUME", tok, "rk", NULL);
+    int p1 = kr_it_connect(c.node[1].port);
+    kr_it_wait_stat(c.node[1].port, "cluster_resumes_asked", KR_IT_EQ, 1);
+    publish(p1, "rk", "v0"); /* while the resume waits: staged */
+    kr_it_expect(r, "*3\r\n$9\r\nsubscribe\r\n$2\r\nrk\r\n:2\r\n"
+                    "*3\r\n$9\r\nsubscribe\r\n$17\r\n__kraken__:resync\r\n:3\r\n");
+    char ch[64], pl[1024];
+    for (int i = 0; i < 100; i++) { /* position messages may come first */
+        kr_it_resp_read_message(r, ch, sizeof(ch), pl, sizeof(pl));
+        if (strcmp(ch, "__kraken__:position") != 0)
+            break;
+    }
+    cr_assert_str_eq(ch, "__kraken__:resync");
+    cr_assert_str_eq(pl, "rk");
+    for (int k = 0; k < 3; k++) {
+        char v[8];
+        snprintf(v, sizeof(v), "v%d", k);
+        if (k)
+            publish(p1, "rk", v);
+        for (int i = 0; i < 100; i++) {
+            kr_it_resp_read_message(r, ch, sizeof(ch), pl, sizeof(pl));
+            if (strcmp(ch, "__kraken__:position") != 0)
+                break;
+        }
+        cr_assert_str_eq(ch, "rk");
+        cr_assert_str_eq(pl, v);
+    }
+    close(r);
+    close(p1);
+    unlink(c.node[0].log_path);
+    cluster_down(&c);
+}

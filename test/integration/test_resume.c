@@ -19,29 +19,6 @@ KR_IT_FIXTURE(start_small_history, "--num_router_shards", "3", "--num_net_thread
               "--messages_stored_per_router_shard", "8", "--max_poll_reply_bytes", "40");
 TestSuite(resume, .init = start_small_history, .fini = kr_it_fixture_stop);
 
-/* Read one RESP2 `message` frame: its channel and payload (NUL-terminated). */
-static void read_message(int fd, char *ch, size_t chcap, char *payload, size_t pcap)
-{
-    kr_it_expect(fd, "*3\r\n$7\r\nmessage\r\n$");
-    char line[32];
-    kr_it_read_until(fd, line, sizeof(line), "\r\n");
-    size_t cl = strtoul(line, NULL, 10);
-    cr_assert(cl + 3 < chcap);
-    kr_it_read_until(fd, ch, cl + 3, "\r\n");
-    ch[cl] = 0;
-    kr_it_expect(fd, "$");
-    kr_it_read_until(fd, line, sizeof(line), "\r\n");
-    size_t pl = strtoul(line, NULL, 10);
-    cr_assert(pl + 3 < pcap);
-    size_t got = 0;
-    while (got < pl + 2) {
-        ssize_t k = recv(fd, payload + got, pl + 2 - got, 0);
-        cr_assert(k > 0);
-        got += (size_t)k;
-    }
-    payload[pl] = 0;
-}
-
 /* The next message on `want` (position messages before it are skipped: one may come at
  * any time while the position moves); its payload must be `payload`. Returns the last
  * position token seen before it in tok (empty when none). */
@@ -51,7 +28,7 @@ static void expect_message(int fd, const char *want, const char *payload, char *
     if (tok)
         tok[0] = 0;
     for (int i = 0; i < 100; i++) {
-        read_message(fd, ch, sizeof(ch), pl, sizeof(pl));
+        kr_it_resp_read_message(fd, ch, sizeof(ch), pl, sizeof(pl));
         if (strcmp(ch, "__kraken__:position") == 0) {
             if (tok)
                 snprintf(tok, tokcap, "%s", pl);
@@ -189,7 +166,7 @@ Test(resume, resp_position_messages_and_resume)
     expect_message(a, "rp", "r1", NULL, 0);
     /* the position after it follows */
     char ch[64], tok[600];
-    read_message(a, ch, sizeof(ch), tok, sizeof(tok));
+    kr_it_resp_read_message(a, ch, sizeof(ch), tok, sizeof(tok));
     cr_assert_str_eq(ch, "__kraken__:position");
     close(a);
     kr_it_resp_cmd(pub, "PUBLISH", "rp", "r2", NULL);

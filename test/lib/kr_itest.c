@@ -1418,3 +1418,27 @@ void kr_it_proxy_stop(struct kr_it_proxy *p)
             free(p->pair[k].buf[i]);
     free(p);
 }
+
+/* Read one RESP2 `message` frame: its channel and payload (NUL-terminated). */
+void kr_it_resp_read_message(int fd, char *ch, size_t chcap, char *payload, size_t pcap)
+{
+    kr_it_expect(fd, "*3\r\n$7\r\nmessage\r\n$");
+    char line[32];
+    kr_it_read_until(fd, line, sizeof(line), "\r\n");
+    size_t cl = strtoul(line, NULL, 10);
+    cr_assert(cl + 3 < chcap);
+    kr_it_read_until(fd, ch, cl + 3, "\r\n");
+    ch[cl] = 0;
+    kr_it_expect(fd, "$");
+    kr_it_read_until(fd, line, sizeof(line), "\r\n");
+    size_t pl = strtoul(line, NULL, 10);
+    cr_assert(pl + 3 < pcap);
+    size_t got = 0;
+    while (got < pl + 2) {
+        ssize_t k = recv(fd, payload + got, pl + 2 - got, 0);
+        cr_assert(k > 0);
+        got += (size_t)k;
+    }
+    payload[pl] = 0;
+}
+

@@ -112,6 +112,8 @@ void kr_it_token_of(const char *reply, char *tok, size_t cap);
 void kr_it_poll_position(int fd, size_t want, char *out, size_t cap, char *tok, size_t tokcap);
 /* `set resume` of tok on the topics (separated by spaces); the reply must be `expect`. */
 void kr_it_resume_mc(int fd, const char *tok, const char *topics, const char *expect);
+/* Read one RESP2 `message` frame: its channel and payload (NUL-terminated). */
+void kr_it_resp_read_message(int fd, char *ch, size_t chcap, char *payload, size_t pcap);
 /* Start a non-blocking connect to 127.0.0.1:port: the socket, or -errno. */
 int kr_it_connect_nb(uint16_t port);
 /* CPU time (user + system) a process used so far, in milliseconds, from /proc; -1 when
