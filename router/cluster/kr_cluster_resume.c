@@ -271,7 +271,8 @@ static bool kr_cl_serve_try(struct kr_cluster *cl, size_t idx, uint64_t now)
 static void kr_cl_serve_complete(struct kr_cluster *cl, size_t idx)
 {
     struct kr_cl_serve *s = &cl->serves[idx];
-    qsort(s->parts, s->nparts, sizeof(*s->parts), kr_cl_part_cmp);
+    if (s->nparts > 1) /* (none: no array at all) */
+        qsort(s->parts, s->nparts, sizeof(*s->parts), kr_cl_part_cmp);
     uint32_t out = 0;
     for (uint32_t i = 0; i < s->nparts; i++) {
         if (out && s->parts[out - 1].msg == s->parts[i].msg) {
