@@ -63,6 +63,19 @@ struct kr_shard_counters {
 #define KR_FRONTIER_EVERY 4096 /* messages routed between two KR_EV_FRONTIER at most */
 #define KR_FRONTIER_IDLE_MS 50 /* an idle shard announces its frontier at most this often */
 
+/* KR_EV_DELIVER_BATCH's block: one message's deliveries to the subscribers one net thread
+ * serves, each carrying one message reference and its topic set (kr_topicset word). The
+ * receiving side hands them out one by one (kr_router_recv). */
+struct kr_batch {
+    struct kr_msg *m;
+    uint32_t n;    /* deliveries */
+    uint32_t next; /* the next one kr_router_recv hands out */
+    struct {
+        uint64_t conn;
+        uint64_t word;
+    } d[];
+};
+
 struct kr_shard {
     struct kr_router *r;
     uint32_t idx;
@@ -86,6 +99,10 @@ struct kr_shard {
     struct kr_sconn **touched;
     uint32_t ntouched;
     uint32_t touched_cap;
+    uint32_t *per_net;          /* [nnet] subscribers of the message being routed, per net */
+    struct kr_batch **batch;    /* [nnet] its batch towards that net thread (2 or more) */
+    uint32_t *nets;             /* the net threads it reaches, and how many */
+    uint32_t nnets;
     uint64_t retro_stamp;
     uint32_t fanout_warn; /* cached from the live configuration */
     bool live_read;
@@ -111,6 +128,7 @@ struct kr_router {
     struct kr_shard *shards;
     struct kr_congestion *congested; /* [nshards] */
     uint8_t *dirty; /* [nnet * nshards]: net n pushed to shard s since its last flush */
+    struct kr_batch **cursor; /* [nnet * nshards]: the batch net n is handing out from s */
     int stop;
     int hold; /* kr_router_hold_topics */
 };
@@ -566,6 +584,54 @@ static void kr_shard_frontier(struct kr_shard *sh)
     sh->frontier_sent = sh->seq;
 }
 
+/* The fanout's deliveries (sh->touched[0..fanout), each with its topic set in its word,
+ * one message reference each already taken): one event per net thread, KR_EV_DELIVER for a
+ * lone subscriber there, else one KR_EV_DELIVER_BATCH listing them all (a ring slot per net
+ * thread, not per subscriber). In the order of the touched list within each net thread. */
+static void kr_shard_deliver(struct kr_shard *sh, struct kr_msg *m, uint32_t fanout)
+{
+    sh->nnets = 0;
+    for (uint32_t k = 0; k < fanout; k++) {
+        uint32_t n = KR_CONN_NET(kr_sconn_id(sh->touched[k]));
+        if (sh->per_net[n]++ == 0)
+            sh->nets[sh->nnets++] = n;
+    }
+    for (uint32_t j = 0; j < sh->nnets; j++) {
+        uint32_t n = sh->nets[j];
+        if (sh->per_net[n] < 2)
+            continue;
+        struct kr_batch *b = kr_xmalloc(sizeof(*b) + sh->per_net[n] * sizeof(b->d[0]));
+        b->m = m;
+        b->n = 0;
+        b->next = 0;
+        sh->batch[n] = b;
+    }
+    for (uint32_t k = 0; k < fanout; k++) {
+        struct kr_sconn *c = sh->touched[k];
+        uint64_t id = kr_sconn_id(c);
+        uint32_t n = KR_CONN_NET(id);
+        if (sh->per_net[n] >= 2) {
+            struct kr_batch *b = sh->batch[n];
+            b->d[b->n].conn = id;
+            b->d[b->n++].word = *kr_sconn_word(c);
+            continue;
+        }
+        struct kr_event ev = {.type = KR_EV_DELIVER, .src = (uint16_t)sh->idx, .conn = id,
+                              .ptr = m, .mask = *kr_sconn_word(c)};
+        kr_shard_emit(sh, n, &ev);
+    }
+    for (uint32_t j = 0; j < sh->nnets; j++) {
+        uint32_t n = sh->nets[j];
+        if (sh->per_net[n] >= 2) {
+            struct kr_event ev = {.type = KR_EV_DELIVER_BATCH, .src = (uint16_t)sh->idx,
+                                  .aux = sh->batch[n]->n, .ptr = sh->batch[n]};
+            kr_shard_emit(sh, n, &ev);
+            sh->batch[n] = NULL;
+        }
+        sh->per_net[n] = 0;
+    }
+}
+
 /* Route message m to its subscribers here; returns how many connections it reached. */
 static uint32_t kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
 {
@@ -629,13 +695,7 @@ static uint32_t kr_shard_publish(struct kr_shard *sh, struct kr_msg *m)
     uint32_t refs = fanout + (multi ? r->o.nend : 0) + (warn ? 1 : 0);
     if (refs)
         kr_msg_ref(m, refs);
-    for (uint32_t k = 0; k < fanout; k++) {
-        struct kr_sconn *c = sh->touched[k];
-        uint64_t id = kr_sconn_id(c);
-        struct kr_event ev = {.type = KR_EV_DELIVER, .src = (uint16_t)sh->idx, .conn = id,
-                              .ptr = m, .mask = *kr_sconn_word(c)};
-        kr_shard_emit(sh, KR_CONN_NET(id), &ev);
-    }
+    kr_shard_deliver(sh, m, fanout);
     if (multi) {
         for (uint32_t n = 0; n < r->o.nend; n++) {
             struct kr_event ev = {.type = KR_EV_END, .src = (uint16_t)sh->idx, .aux = fanout,
@@ -913,6 +973,7 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
         abort();
     memset(r->congested, 0, sizeof(struct kr_congestion) * r->o.nshards);
     r->dirty = kr_xcalloc((size_t)r->o.nnet * r->o.nshards, 1);
+    r->cursor = kr_xcalloc((size_t)r->o.nnet * r->o.nshards, sizeof(*r->cursor));
     for (uint32_t s = 0; s < r->o.nshards; s++) {
         struct kr_shard *sh = &r->shards[s];
         sh->r = r;
@@ -933,6 +994,9 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
         sh->hist.cap = r->o.history;
         sh->hist.msgs = kr_xcalloc(r->o.history ? r->o.history : 1, sizeof(struct kr_msg *));
         sh->in = kr_xcalloc(r->o.nnet, sizeof(*sh->in));
+        sh->per_net = kr_xcalloc(r->o.nnet, sizeof(*sh->per_net));
+        sh->batch = kr_xcalloc(r->o.nnet, sizeof(*sh->batch));
+        sh->nets = kr_xcalloc(r->o.nnet, sizeof(*sh->nets));
         sh->out = kr_xcalloc(r->o.nnet, sizeof(*sh->out));
         for (uint32_t n = 0; n < r->o.nnet; n++) {
             sh->in[n] = kr_mailbox_create(r->o.mailbox_capacity);
@@ -978,6 +1042,18 @@ void kr_router_stop(struct kr_router *r)
 }
 
 /* Release what an undelivered event holds. */
+/* Release what a batch still holds (the deliveries not handed out) and the block. */
+static void kr_batch_release(struct kr_batch *b)
+{
+    uint32_t nt = kr_msg_ntopics(b->m);
+    for (uint32_t i = b->next; i < b->n; i++) {
+        struct kr_topicset set = kr_topicset_from_word(b->d[i].word);
+        kr_topicset_release(&set, nt);
+        kr_msg_unref(b->m);
+    }
+    free(b);
+}
+
 static void kr_router_release_event(struct kr_event *ev)
 {
     switch (ev->type) {
@@ -985,6 +1061,9 @@ static void kr_router_release_event(struct kr_event *ev)
     case KR_EV_END:
     case KR_EV_FANOUT_WARN:
         kr_msg_unref(ev->ptr);
+        break;
+    case KR_EV_DELIVER_BATCH:
+        kr_batch_release(ev->ptr);
         break;
     case KR_EV_DELIVER:
     case KR_EV_REPLAY:
@@ -1048,7 +1127,14 @@ void kr_router_destroy(struct kr_router *r)
         free(sh->out);
         free(sh->touched);
         free(sh->interest);
+        free(sh->per_net);
+        free(sh->batch);
+        free(sh->nets);
     }
+    for (size_t i = 0; i < (size_t)r->o.nnet * r->o.nshards; i++)
+        if (r->cursor[i]) /* a batch a net thread was handing out when it stopped */
+            kr_batch_release(r->cursor[i]);
+    free(r->cursor);
     urcu_memb_barrier(); /* run pending call_rcu frees */
     urcu_memb_unregister_thread();
     free(r->shards);
@@ -1082,7 +1168,23 @@ void kr_router_flush(struct kr_router *r, uint32_t net)
 
 bool kr_router_recv(struct kr_router *r, uint32_t net, uint32_t shard, struct kr_event *ev)
 {
-    return kr_mailbox_pop(r->shards[shard].out[net], ev);
+    struct kr_batch **cur = &r->cursor[(size_t)net * r->o.nshards + shard];
+    if (!*cur) {
+        if (!kr_mailbox_pop(r->shards[shard].out[net], ev))
+            return false;
+        if (ev->type != KR_EV_DELIVER_BATCH)
+            return true;
+        *cur = ev->ptr;
+    }
+    /* one delivery of the batch, as the KR_EV_DELIVER it stands for */
+    struct kr_batch *b = *cur;
+    *ev = (struct kr_event){.type = KR_EV_DELIVER, .src = (uint16_t)shard,
+                            .conn = b->d[b->next].conn, .ptr = b->m, .mask = b->d[b->next].word};
+    if (++b->next == b->n) {
+        free(b);
+        *cur = NULL;
+    }
+    return true;
 }
 
 /* The TABLE rows of KR_ROUTER_COUNTERS: the shard's topic table's own counts. */

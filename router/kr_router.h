@@ -33,7 +33,11 @@
  *                 if the history had evicted the topic there.
  *   shard -> net  KR_EV_DELIVER (conn, ptr = message with one reference handed over,
  *                 mask = matched-topic bits, or for messages of more than 64 topics a
- *                 malloc'ed bitmap in `mask` the net thread frees).
+ *                 malloc'ed bitmap in `mask` the net thread frees). A message's deliveries
+ *                 to two or more subscribers of one net thread travel as one
+ *                 KR_EV_DELIVER_BATCH (one ring slot per net thread, not per subscriber);
+ *                 kr_router_recv hands them out one by one as the KR_EV_DELIVER events they
+ *                 stand for, so a receiver never sees a batch.
  *                 KR_EV_END (ptr = message, one reference; aux = deliveries made by this
  *                 shard): sent to every net thread after a shard finished a message whose
  *                 topics span several shards (kr_msg_nshards() > 1), after its deliveries.
@@ -100,6 +104,7 @@ enum kr_router_event {
     KR_EV_FORWARDED,
     KR_EV_HISTORY,
     KR_EV_DROPPED,
+    KR_EV_DELIVER_BATCH,
 };
 
 /* KR_EV_PUBLISH's mask bit asking the shard for its receivers: after the fanout it answers
@@ -204,7 +209,8 @@ bool kr_router_send(struct kr_router *r, uint32_t net, uint32_t shard, const str
 /* Wake every shard that net thread `net` pushed to since its last flush. Net thread `net`
  * only; call once per batch. */
 void kr_router_flush(struct kr_router *r, uint32_t net);
-/* Pop the next event from shard `shard` to net thread `net`. Net thread `net` only. */
+/* Pop the next event from shard `shard` to net thread `net` (a batch's deliveries one by
+ * one, as KR_EV_DELIVER). Net thread `net` only. */
 bool kr_router_recv(struct kr_router *r, uint32_t net, uint32_t shard, struct kr_event *ev);
 
 /* From now on the shards keep the topics of clients that leave, with their cluster
