@@ -282,9 +282,15 @@ static int kr_cmd_route_sub(struct kr_conn *c, const struct kr_cmd_sub *sub, uin
     if (srv->cluster && type != KR_EV_UNSUBSCRIBE) {
         barrier = kr_router_cmd_new((uint32_t)(total + 4 * n + 16));
         barrier->horizon_us = horizon;
-        for (uint32_t i = 0; i < n; i++)
-            barrier = kr_router_cmd_add(barrier, topics[i], lens[i]);
-        w.acks_left++;
+        for (uint32_t i = 0; i < n; i++) /* the defined reserved names are this node's own */
+            if (!kr_cmd_defined_name(topics[i], lens[i]))
+                barrier = kr_router_cmd_add(barrier, topics[i], lens[i]);
+        if (barrier->ntopics || remote) {
+            w.acks_left++;
+        } else { /* only __kraken__:position / :resync: nothing for the cluster to hold */
+            kr_router_cmd_free(barrier);
+            barrier = NULL;
+        }
     }
     uint32_t reqno = kr_rq_push(c, &w);
     for (uint32_t s = 0; s < nshards; s++) {

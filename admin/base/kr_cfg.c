@@ -204,6 +204,10 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
     KR_CFG_OPT(cluster_linger_ms, KR_CFG_U64, 0, 0, 3600000, "2000",
                "a topic's cluster subscription is dropped this long after its last local "
                "subscriber left"),
+    KR_CFG_OPT(cluster_send_asap, KR_CFG_U32, 0, 0, 1, "0",
+               "1: the cluster link writes each forwarded entry to its NATS server at once "
+               "(lower cross-node latency, more writes); 0: libnats buffers them and its "
+               "flusher thread writes them (more throughput)"),
     KR_CFG_OPT(cluster_resume_timeout_ms, KR_CFG_U64, 0, 1, 600000, "2000",
                "a resume of a token another node issued waits this long for that node's answer; "
                "then its topics are told to resync"),

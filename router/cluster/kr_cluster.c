@@ -49,6 +49,8 @@ static int kr_cl_options(struct kr_cluster *cl, char *err, size_t errlen)
         s = natsOptions_SetName(cl->nopts, cl->name);
     if (s == NATS_OK)
         s = natsOptions_SetNoEcho(cl->nopts, true);
+    if (s == NATS_OK) /* each forward written at once: lower latency, fewer per write */
+        s = natsOptions_SetSendAsap(cl->nopts, cfg->cluster_send_asap != 0);
     if (s == NATS_OK) /* the first reachable server of the list, in order: the operator's */
         s = natsOptions_SetNoRandomize(cl->nopts, true);
     if (s == NATS_OK) /* only the servers listed, not those the cluster advertises */

@@ -291,7 +291,7 @@ Test(admin, stats_config_get_and_log_level)
         snprintf(want, sizeof(want), "CONFIG %s", keys[i]);
         cr_assert_not_null(strstr(buf, want), "missing '%s' in:\n%s", want, buf);
     }
-    cr_assert_eq(count_lines(buf, "CONFIG "), 56, "every key:\n%s", buf);
+    cr_assert_eq(count_lines(buf, "CONFIG "), 57, "every key:\n%s", buf);
     kr_it_admin(fd, "log_level warn", buf, sizeof(buf));
     cr_assert_str_eq(buf, "LOG_LEVEL warn\nEND\n");
     kr_it_admin(fd, "config get log_level", buf, sizeof(buf));

@@ -1106,14 +1106,14 @@ Test(cluster, resumes_of_another_nodes_token_in_a_loop_are_answered_and_bounded)
     cluster_down(&c);
 }
 
-/* RESP: a client subscribed to __kraken__:position first resumes the token of a node that
- * was killed: nobody answers, so it is told to resync the topic, and it is live from then
- * on (live messages were once held back for good behind the unanswered resume). */
+/* RESP: a client subscribed to __kraken__:position first (answered at once: the cluster
+ * holds nothing for the node's own channels) resumes the token of a node that was killed:
+ * nobody answers, so it is told to resync the topic, what was published meanwhile comes
+ * after the notice, and it is live from then on. */
 Test(cluster, resp_resume_of_a_killed_nodes_token_after_position_goes_live)
 {
     struct cluster c;
-    const char *extra[] = {"--cluster_resume_timeout_ms", "300", NULL};
-    cluster_up(&c, 2, extra);
+    cluster_up(&c, 2, NULL);
     int a = kr_it_connect(c.node[0].port);
     kr_it_subscribe(a, "rk");
     char got[4096], tok[600] = {0};
@@ -1123,12 +1123,20 @@ Test(cluster, resp_resume_of_a_killed_nodes_token_after_position_goes_live)
     c.node[0].pid = 0;
     close(a);
     int r = kr_it_connect(c.node[1].port);
+    unsigned long long barriers = kr_it_stat(c.node[1].port, "cluster_barriers");
     kr_it_resp_cmd(r, "SUBSCRIBE", "__kraken__:position", NULL);
     kr_it_expect(r, "*3\r\n$9\r\nsubscribe\r\n$19\r\n__kraken__:position\r\n:1\r\n");
+    /* the node's own channel: the cluster holds nothing for it, no barrier waits for the
+     * killed node */
+    cr_assert_eq(kr_it_stat(c.node[1].port, "cluster_barriers"), barriers);
     kr_it_resp_cmd(r, "KRAKEN.RESUME", tok, "rk", NULL);
     int p1 = kr_it_connect(c.node[1].port);
     kr_it_wait_stat(c.node[1].port, "cluster_resumes_asked", KR_IT_EQ, 1);
     publish(p1, "rk", "v0"); /* while the resume waits: staged */
+    for (int k = 0; k < 200; k++) { /* more, while it waits for the killed node */
+        publish(p1, "rk2", "w");
+        kr_it_sleep_ms(10);
+    }
     kr_it_expect(r, "*3\r\n$9\r\nsubscribe\r\n$2\r\nrk\r\n:2\r\n"
                     "*3\r\n$9\r\nsubscribe\r\n$17\r\n__kraken__:resync\r\n:3\r\n");
     char ch[64], pl[1024];
@@ -1155,5 +1163,31 @@ Test(cluster, resp_resume_of_a_killed_nodes_token_after_position_goes_live)
     close(r);
     close(p1);
     unlink(c.node[0].log_path);
+    cluster_down(&c);
+}
+
+/* cluster_send_asap 1: each forward is written at once; entries still cross once and in
+ * order. */
+Test(cluster, send_asap_entries_cross_in_order)
+{
+    struct cluster c;
+    const char *extra[] = {"--cluster_send_asap", "1", NULL};
+    cluster_up(&c, 2, extra);
+    int sub = kr_it_connect(c.node[1].port);
+    kr_it_subscribe(sub, "asap");
+    int pub = kr_it_connect(c.node[0].port);
+    for (int k = 0; k < 20; k++) {
+        char v[8];
+        snprintf(v, sizeof(v), "a%02d", k);
+        publish(pub, "asap", v);
+    }
+    static char got[1 << 16], want[4096];
+    size_t len = 0, wl = 0;
+    for (int k = 0; k < 20; k++)
+        wl += (size_t)snprintf(want + wl, sizeof(want) - wl, "MESSAGE asap 3\r\na%02d\r\n", k);
+    cr_assert_eq(kr_it_collect(sub, 20, got, sizeof(got), &len), 20);
+    cr_assert_str_eq(got, want);
+    close(sub);
+    close(pub);
     cluster_down(&c);
 }
