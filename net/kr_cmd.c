@@ -442,6 +442,8 @@ int kr_cmd_resume(struct kr_conn *c, const char *token, size_t token_len,
         remote->node = pos.node;
         remote->nshards = pos.nshards;
         memcpy(remote->seq, pos.seq, sizeof(remote->seq));
+        /* entries created from here on reach this client live (the subscribe goes now) */
+        remote->sub_time_us = kr_msg_clock_us();
         KR_ST_INC(nt, resume_moved, 1);
     } else if (!ours) {
         /* a token of another node or an earlier start: this node cannot replay it, so

@@ -180,6 +180,8 @@ static void kr_resume_remote_free(struct kr_resume_remote *x)
     for (uint32_t i = 0; i < x->nmsgs; i++)
         kr_msg_unref(x->msgs[i]);
     free(x->msgs);
+    free(x->mark_origin);
+    free(x->mark_seq);
     free(x);
 }
 
@@ -783,6 +785,50 @@ static void kr_shard_interest_flush(struct kr_shard *sh)
     kr_shard_emit(sh, sh->r->o.interest_net, &ev);
 }
 
+/* KR_EV_CHECK (see kr_router.h): a message of another origin than this node and
+ * remote->node, on one of the topics, created between the cmd's since_seq (a publish time)
+ * and remote->sub_time_us, above the mark remote holds for its origin (0 without one)? */
+static void kr_shard_check(struct kr_shard *sh, struct kr_event *ev)
+{
+    struct kr_router_cmd *c = ev->ptr;
+    const struct kr_resume_remote *x = c->remote;
+    struct kr_history *h = &sh->hist;
+    uint32_t n = c->ntopics, k = 0;
+    struct kr_resume_topic *rt = kr_xcalloc(n ? n : 1, sizeof(*rt));
+    uint32_t pos = 0, len;
+    const char *t;
+    while (kr_router_cmd_next(c, &pos, &t, &len)) {
+        rt[k] = (struct kr_resume_topic){.t = t, .len = len, .idx = k,
+                                         .hash = kr_topic_hash(t, len)};
+        k++;
+    }
+    struct kr_resume_set set;
+    kr_resume_set_build(&set, rt, k);
+    uint64_t found = 0;
+    for (uint32_t j = 0; j < h->count && !found; j++) {
+        struct kr_msg *m = h->msgs[(h->head + j) % h->cap];
+        uint64_t tu = kr_msg_time_us(m);
+        if (tu < c->since_seq || tu >= x->sub_time_us)
+            continue;
+        uint64_t oseq, origin = kr_msg_origin(m, &oseq);
+        if (origin == 0 || origin == x->node)
+            continue; /* published here, or by the node that answered: it had those */
+        uint64_t mark = 0;
+        for (uint32_t i = 0; i < x->nmarks; i++)
+            if (x->mark_origin[i] == origin)
+                mark = x->mark_seq[i];
+        if (oseq <= mark)
+            continue;
+        for (uint32_t i = 0; i < kr_msg_ntopics(m) && !found; i++)
+            found = kr_resume_match(sh, &set, rt, m, i) >= 0;
+    }
+    free(set.slot);
+    free(rt);
+    struct kr_event ack = {.type = KR_EV_ACK, .src = (uint16_t)sh->idx, .aux = ev->type,
+                           .conn = ev->conn, .ptr = c, .mask = found};
+    kr_shard_emit(sh, sh->r->o.interest_net, &ack);
+}
+
 /* KR_EV_DROPPED: the cluster link no longer holds these topics' interest. A topic kept empty
  * goes; one that got a subscriber again meanwhile missed what the cluster routed in between
  * (its interest is taken again behind a new barrier): noted like a loss. */
@@ -846,6 +892,9 @@ static void kr_shard_handle(struct kr_shard *sh, struct kr_event *ev)
         break;
     case KR_EV_DROPPED:
         kr_shard_dropped(sh, ev->ptr);
+        break;
+    case KR_EV_CHECK:
+        kr_shard_check(sh, ev);
         break;
     case KR_EV_DISCONNECT:
         kr_topics_drop_conn(sh->topics, ev->conn);
@@ -1078,6 +1127,7 @@ static void kr_router_release_event(struct kr_event *ev)
     case KR_EV_RETRO_SUBSCRIBE:
     case KR_EV_RESUME:
     case KR_EV_HISTORY:
+    case KR_EV_CHECK:
     case KR_EV_ACK:
     case KR_EV_INTEREST:
     case KR_EV_RESYNC:

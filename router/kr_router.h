@@ -67,6 +67,13 @@
  *                 subscriber of these topics is sent KR_EV_KICK.
  *                 KR_EV_DROPPED (ptr = command block, freed by the shard): the link no
  *                 longer holds these topics' interest (see KR_EV_DISCONNECT).
+ *                 KR_EV_CHECK (ptr = cmd with ->remote, conn = the link's tag): does the
+ *                 history hold a message on these topics from a node other than this one
+ *                 and remote->node, created in [since_seq as a publish time,
+ *                 remote->sub_time_us), above remote's mark for its origin? The ACK (aux =
+ *                 KR_EV_CHECK, mask 1: yes) goes back to the link: an entry another node had
+ *                 not received when it answered a resume, that this node routed before the
+ *                 resumed client subscribed here.
  *                 KR_EV_HISTORY (ptr = cmd with since_seq and the bounds, conn = the
  *                 asker's tag; from any index, the cluster's delivery thread in the
  *                 server): another node resumes a token of this one. Like KR_EV_RESUME
@@ -105,6 +112,7 @@ enum kr_router_event {
     KR_EV_HISTORY,
     KR_EV_DROPPED,
     KR_EV_DELIVER_BATCH,
+    KR_EV_CHECK,
 };
 
 /* KR_EV_PUBLISH's mask bit asking the shard for its receivers: after the fanout it answers
@@ -142,6 +150,11 @@ struct kr_resume_remote {
     uint64_t node;     /* the token's node (its cluster origin) */
     uint32_t nshards;
     uint64_t seq[64];
+    uint64_t sub_time_us; /* publish clock when this node's subscribe was sent */
+    /* KR_EV_CHECK: what the token's node had received per origin (mark_origin[i] up to
+     * mark_seq[i]) when it answered */
+    uint64_t *mark_origin, *mark_seq;
+    uint32_t nmarks;
     /* the answer: messages oldest first, each holding only the resumed topics it matched,
      * with their origin and origin sequence (kr_msg_origin); one reference each */
     struct kr_msg **msgs;

@@ -245,8 +245,20 @@ static void kr_cl_serve_ask(struct kr_cluster *cl, const struct kr_cl_resume *r,
         }
     }
     uint64_t tag = ++cl->d_serve_tag;
-    /* the item's seq: the tag (high 32 bits) and the shards asked (low 32) */
-    kr_cl_item_push(cl, 'q', r->origin, (tag << 32) | asked, body, len);
+    /* the item's seq: the tag (high 32 bits) and the shards asked (low 32); its data: what
+     * this thread received from each origin so far (everything up to it is in the shards
+     * before they see the request), then the body */
+    uint32_t nmarks = cl->norigins;
+    size_t ilen = 4 + 16 * (size_t)nmarks + len;
+    char *data = kr_xmalloc(ilen);
+    memcpy(data, &nmarks, 4);
+    for (uint32_t i = 0; i < nmarks; i++) {
+        memcpy(data + 4 + 16 * (size_t)i, &cl->origins[i].origin, 8);
+        memcpy(data + 12 + 16 * (size_t)i, &cl->origins[i].seq, 8);
+    }
+    memcpy(data + 4 + 16 * (size_t)nmarks, body, len);
+    kr_cl_item_push(cl, 'q', r->origin, (tag << 32) | asked, data, ilen);
+    free(data);
     for (uint32_t sh = 0; sh < nshards; sh++) {
         if (!cmds[sh])
             continue;

@@ -94,6 +94,8 @@ struct kr_cl_ask { /* a resume of another node's token waiting for that node's a
     struct kr_event ev;   /* the barrier request (ptr: its block, with ->remote) */
     uint64_t tag;
     uint64_t deadline_ms; /* cluster_resume_timeout_ms */
+    uint32_t checks_left; /* answered: this node's shards still checking (kr_cl_ask_check) */
+    bool lost;            /* a shard found an entry the answer could not have held */
 };
 
 struct kr_cl_part { /* a shard's part of a message another node's resume gets */
@@ -115,6 +117,8 @@ struct kr_cl_serve { /* another node's resume of this node's token, being served
     char *topics;        /* every topic asked, as pairs */
     size_t topics_len;
     uint32_t ntopics;
+    uint64_t *mark_origin, *mark_seq; /* per origin, the highest sequence received when the */
+    uint32_t nmarks;                  /* shards were asked (the delivery thread's records) */
 };
 
 struct kr_cl_recent { /* the topics forwarded in one window */

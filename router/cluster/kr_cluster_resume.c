@@ -106,6 +106,81 @@ void kr_cl_resume_ask(struct kr_cluster *cl, struct kr_event *req)
     cl->asks[cl->nasks++] = a;
 }
 
+/* Send the asked topics to this node's shards as KR_EV_CHECK (see kr_router.h): entries of
+ * a third node they routed in the last KR_CL_RECENT_MS before the client subscribed here,
+ * above what the answering node had received from that node. */
+static void kr_cl_ask_check(struct kr_cluster *cl, struct kr_cl_ask *a)
+{
+    struct kr_router_cmd *c = a->ev.ptr;
+    const struct kr_resume_remote *x = c->remote;
+    struct kr_router *r = cl->o.router;
+    uint32_t nshards = kr_router_nshards(r);
+    struct kr_router_cmd *cmds[KR_CL_MAX_SHARDS] = {0};
+    uint64_t from = x->sub_time_us > KR_CL_RECENT_MS * 1000ull
+                        ? x->sub_time_us - KR_CL_RECENT_MS * 1000ull
+                        : 0;
+    uint32_t pos = 0, len;
+    const char *t;
+    a->checks_left = 0;
+    a->lost = false;
+    while (kr_router_cmd_next(c, &pos, &t, &len)) {
+        uint32_t s = kr_router_shard_of(r, t, len);
+        if (!cmds[s]) {
+            cmds[s] = kr_router_cmd_new(256);
+            cmds[s]->since_seq = from; /* a publish time, for this event */
+            struct kr_resume_remote *y = kr_xcalloc(1, sizeof(*y));
+            y->node = x->node;
+            y->sub_time_us = x->sub_time_us;
+            y->nmarks = x->nmarks;
+            y->mark_origin = kr_xmalloc((x->nmarks ? x->nmarks : 1) * sizeof(uint64_t));
+            y->mark_seq = kr_xmalloc((x->nmarks ? x->nmarks : 1) * sizeof(uint64_t));
+            memcpy(y->mark_origin, x->mark_origin, x->nmarks * sizeof(uint64_t));
+            memcpy(y->mark_seq, x->mark_seq, x->nmarks * sizeof(uint64_t));
+            cmds[s]->remote = y;
+            a->checks_left++;
+        }
+        cmds[s] = kr_router_cmd_add(cmds[s], t, len);
+    }
+    for (uint32_t s = 0; s < nshards; s++) {
+        if (!cmds[s])
+            continue;
+        struct kr_event ev = {.type = KR_EV_CHECK, .src = (uint16_t)cl->o.ctl_idx,
+                              .conn = a->tag, .ptr = cmds[s]};
+        kr_cl_to_shard(cl, s, &ev);
+    }
+    if (a->checks_left)
+        kr_router_flush(r, cl->o.ctl_idx);
+}
+
+/* A shard's answer to kr_cl_ask_check: once every shard answered, the resume is answered
+ * (every topic told when an entry was on its way to the answering node). */
+static void kr_cl_ask_checked(struct kr_cluster *cl, struct kr_event *ev)
+{
+    kr_router_cmd_free(ev->ptr);
+    size_t i = 0;
+    while (i < cl->nasks && cl->asks[i].tag != ev->conn)
+        i++;
+    if (i == cl->nasks || cl->asks[i].checks_left == 0)
+        return; /* timed out meanwhile */
+    struct kr_cl_ask *a = &cl->asks[i];
+    a->lost |= ev->mask != 0;
+    if (--a->checks_left)
+        return;
+    if (a->lost) {
+        KR_CL_INC(cl, resume_in_flight, 1);
+        uint64_t suppressed = 0;
+        static struct kr_log_ratelimit rl;
+        if (kr_log_enabled(KR_LOG_WARN) && kr_log_ratelimit(&rl, 10, 10000, &suppressed))
+            KR_WARN("cluster: a resume's answer from node %016" PRIx64 " missed an entry of a "
+                    "third node still on its way there; its topics are told to resync "
+                    "(suppressed %llu similar)",
+                    ((struct kr_router_cmd *)a->ev.ptr)->remote->node,
+                    (unsigned long long)suppressed);
+    }
+    kr_cl_ask_done(cl, a, a->lost);
+    cl->asks[i] = cl->asks[--cl->nasks];
+}
+
 /* One chunk of an answer ('S', decoded in the item by the delivery thread's check). */
 static void kr_cl_ask_chunk(struct kr_cluster *cl, const char *body, size_t len)
 {
@@ -153,8 +228,19 @@ static void kr_cl_ask_chunk(struct kr_cluster *cl, const char *body, size_t len)
     }
     if (!(r.flags & KR_CL_ANS_LAST))
         return;
-    kr_cl_ask_done(cl, a, false);
-    cl->asks[i] = cl->asks[--cl->nasks];
+    /* the answering node had everything this node forwarded before it asked; what a third
+     * node published may still have been on its way there: ask this node's shards whether
+     * they routed such an entry before the client subscribed here */
+    x->nmarks = r.nmarks;
+    x->mark_origin = kr_xmalloc((r.nmarks ? r.nmarks : 1) * sizeof(uint64_t));
+    x->mark_seq = kr_xmalloc((r.nmarks ? r.nmarks : 1) * sizeof(uint64_t));
+    for (uint32_t k = 0; k < r.nmarks; k++)
+        kr_cl_mark(&r, k, &x->mark_origin[k], &x->mark_seq[k]);
+    kr_cl_ask_check(cl, a);
+    if (a->checks_left == 0) {
+        kr_cl_ask_done(cl, a, false);
+        cl->asks[i] = cl->asks[--cl->nasks];
+    }
 }
 
 /* ---------------------------------------------------------------- serving */
@@ -187,12 +273,13 @@ static void kr_cl_serve_send(struct kr_cluster *cl, struct kr_cl_serve *s, bool 
         size_t sz = kr_cl_replayed_size(pairs, plen);
         if (n && used + sz > KR_CL_ANS_CHUNK) { /* this chunk is full: out it goes */
             kr_cl_ans_header(buf, cl->origin, s->asker_tag, 0, n);
-            kr_cl_ans_trailer(buf + used, 0);
-            natsConnection_Publish(cl->nc, subj, buf, (int)(used + 4));
+            size_t tail = kr_cl_ans_marks(buf + used, 0, NULL, NULL);
+            tail += kr_cl_ans_trailer(buf + used + tail, 0);
+            natsConnection_Publish(cl->nc, subj, buf, (int)(used + tail));
             used = KR_CL_ANS_HEADER;
             n = 0;
         }
-        KR_GROW_MIN(buf, cap, used + sz + 4, KR_CL_ANS_CHUNK);
+        KR_GROW_MIN(buf, cap, used + sz + 8, KR_CL_ANS_CHUNK);
         uint64_t oseq, origin = kr_msg_origin(m, &oseq);
         char *p = buf + used;
         p += kr_cl_replayed_header(p, origin ? origin : cl->origin, oseq, nmatch);
@@ -211,12 +298,15 @@ static void kr_cl_serve_send(struct kr_cluster *cl, struct kr_cl_serve *s, bool 
     const char *unc = all ? s->topics : s->unc;
     size_t unc_len = all ? s->topics_len : s->unc_len;
     uint32_t nunc = all ? s->ntopics : s->nunc;
-    KR_GROW_MIN(buf, cap, used + 4 + unc_len, KR_CL_ANS_CHUNK);
+    KR_GROW_MIN(buf, cap, used + 8 + 16 * (size_t)s->nmarks + unc_len, KR_CL_ANS_CHUNK);
     kr_cl_ans_header(buf, cl->origin, s->asker_tag, KR_CL_ANS_LAST, n);
-    kr_cl_ans_trailer(buf + used, nunc);
+    /* what this node had received from each origin when its shards were asked: the asker
+     * checks what it holds above that (kr_cl_ask_chunk) */
+    used += kr_cl_ans_marks(buf + used, s->nmarks, s->mark_origin, s->mark_seq);
+    used += kr_cl_ans_trailer(buf + used, nunc);
     if (unc_len)
-        memcpy(buf + used + 4, unc, unc_len);
-    if (natsConnection_Publish(cl->nc, subj, buf, (int)(used + 4 + unc_len)) != NATS_OK)
+        memcpy(buf + used, unc, unc_len);
+    if (natsConnection_Publish(cl->nc, subj, buf, (int)(used + unc_len)) != NATS_OK)
         KR_WARN("cluster: the answer to a resume of node %016" PRIx64 " could not be sent; it "
                 "will tell its client to resync", s->asker);
     free(buf);
@@ -240,6 +330,8 @@ static void kr_cl_serve_free(struct kr_cl_serve *s)
     free(s->parts);
     free(s->unc);
     free(s->topics);
+    free(s->mark_origin);
+    free(s->mark_seq);
 }
 
 /* Serve s is complete once every message in it has its origin sequence (those published
@@ -293,8 +385,12 @@ static void kr_cl_serve_complete(struct kr_cluster *cl, size_t idx)
  * many shards were asked in the low 32); their answers are collected under the tag. */
 void kr_cl_serve_item(struct kr_cluster *cl, const struct kr_cl_item *it)
 {
+    /* the item: nmarks u32, the marks (origin u64, seq u64, host order), then the body */
+    uint32_t nmarks;
+    memcpy(&nmarks, it->data, 4);
+    size_t off = 4 + 16 * (size_t)nmarks;
     struct kr_cl_resume r;
-    if (kr_cl_resume_decode(it->data, it->len, &r) != 0 || r.kind != 'Q')
+    if (kr_cl_resume_decode(it->data + off, it->len - off, &r) != 0 || r.kind != 'Q')
         return;
     KR_GROW_MIN(cl->serves, cl->serves_cap, cl->nserves + 1, 16);
     struct kr_cl_serve *s = &cl->serves[cl->nserves++];
@@ -308,6 +404,13 @@ void kr_cl_serve_item(struct kr_cluster *cl, const struct kr_cl_item *it)
     memcpy(s->topics, r.pairs, r.pairs_len);
     s->topics_len = r.pairs_len;
     s->ntopics = r.ntopics;
+    s->nmarks = nmarks;
+    s->mark_origin = kr_xmalloc((nmarks ? nmarks : 1) * sizeof(uint64_t));
+    s->mark_seq = kr_xmalloc((nmarks ? nmarks : 1) * sizeof(uint64_t));
+    for (uint32_t i = 0; i < nmarks; i++) {
+        memcpy(&s->mark_origin[i], it->data + 4 + 16 * (size_t)i, 8);
+        memcpy(&s->mark_seq[i], it->data + 12 + 16 * (size_t)i, 8);
+    }
     if (s->acks_left == 0) { /* not a position of this start (or no topic): nothing covered */
         kr_cl_serve_send(cl, s, r.ntopics != 0);
         KR_CL_INC(cl, resumes_served, 1);
@@ -333,6 +436,10 @@ static struct kr_cl_serve *kr_cl_serve_find(struct kr_cluster *cl, uint64_t tag,
 
 void kr_cl_history_event(struct kr_cluster *cl, struct kr_event *ev)
 {
+    if (ev->type == KR_EV_ACK && ev->aux == KR_EV_CHECK) { /* one of this node's resumes */
+        kr_cl_ask_checked(cl, ev);
+        return;
+    }
     size_t idx = 0;
     struct kr_cl_serve *s = kr_cl_serve_find(cl, ev->conn, &idx);
     if (!s) { /* its item was queued before the shards were asked: take it now */

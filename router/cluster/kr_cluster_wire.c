@@ -330,6 +330,22 @@ size_t kr_cl_replayed_payload(char *out, const char *payload, uint32_t payload_l
     return 4 + (size_t)payload_len;
 }
 
+size_t kr_cl_ans_marks(char *out, uint32_t n, const uint64_t *origins, const uint64_t *seqs)
+{
+    kr_put32(out, n);
+    for (uint32_t i = 0; i < n; i++) {
+        kr_put64(out + 4 + 16 * (size_t)i, origins[i]);
+        kr_put64(out + 12 + 16 * (size_t)i, seqs[i]);
+    }
+    return 4 + 16 * (size_t)n;
+}
+
+void kr_cl_mark(const struct kr_cl_resume *r, uint32_t i, uint64_t *origin, uint64_t *seq)
+{
+    *origin = kr_get64(r->marks + 16 * (size_t)i);
+    *seq = kr_get64(r->marks + 8 + 16 * (size_t)i);
+}
+
 size_t kr_cl_ans_trailer(char *out, uint32_t nuncovered)
 {
     kr_put32(out, nuncovered);
@@ -398,6 +414,14 @@ int kr_cl_resume_decode(const char *body, size_t len, struct kr_cl_resume *out)
             off += (size_t)used;
         }
         out->entries_len = (size_t)(body + off - out->entries);
+        if (len - off < 4)
+            return -EINVAL;
+        out->nmarks = kr_get32(body + off);
+        off += 4;
+        if (out->nmarks > (len - off) / 16)
+            return -EINVAL;
+        out->marks = body + off;
+        off += 16 * (size_t)out->nmarks;
         if (len - off < 4)
             return -EINVAL;
     } else {

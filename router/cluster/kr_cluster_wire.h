@@ -23,9 +23,13 @@
  *                                                          position of the receiver's (to
  *                                                          the receiver's node subject)
  *           'S' 1 | origin u64 | tag u64 | flags u32 | nentries u32 | replayed* |
+ *               nmarks u32 | (origin u64, seq u64)* |
  *               nuncovered u32 | (len u32, bytes)*         its answer (to the asker's), in
  *                                                          chunks, flags KR_CL_ANS_LAST on the
- *                                                          last; the topics not covered
+ *                                                          last; the highest sequence it had
+ *                                                          received per origin when its shards
+ *                                                          were asked (the last chunk); the
+ *                                                          topics not covered
  *           replayed: origin u64 | oseq u64 | ntopics u32 | (len u32, bytes)* |
  *               payload_len u32 | payload               a message, its resumed topics only
  * Any thread. */
@@ -105,6 +109,8 @@ struct kr_cl_resume {
     uint32_t nentries;   /* S: the replayed messages */
     const char *entries;
     size_t entries_len;
+    uint32_t nmarks;     /* S: (origin u64, seq u64) pairs, kr_cl_mark */
+    const char *marks;
     uint32_t ntopics;    /* Q: the topics to resume; S: the topics not covered */
     const char *pairs;
     size_t pairs_len;
@@ -126,7 +132,11 @@ size_t kr_cl_ask_encode(char *out, uint64_t origin, uint64_t tag, uint32_t nshar
                         const uint64_t *seq, uint32_t ntopics, const char *pairs,
                         size_t pairs_len);
 /* An 'S' body is built in pieces: the header (KR_CL_ANS_HEADER bytes), the replayed
- * messages, then the uncovered topics' count (4 bytes, kr_cl_ans_trailer) and pairs. */
+ * messages, the marks (kr_cl_ans_marks: 4 + 16 * n bytes), then the uncovered topics' count
+ * (4 bytes, kr_cl_ans_trailer) and pairs. */
+size_t kr_cl_ans_marks(char *out, uint32_t n, const uint64_t *origins, const uint64_t *seqs);
+/* Mark i of a decoded 'S' body (i < nmarks). */
+void kr_cl_mark(const struct kr_cl_resume *r, uint32_t i, uint64_t *origin, uint64_t *seq);
 void kr_cl_ans_header(char *out, uint64_t origin, uint64_t tag, uint32_t flags,
                       uint32_t nentries);
 /* Bytes one replayed message takes (pairs_len: its kr_cl_pair bytes), and its encoding:

@@ -69,6 +69,11 @@ static void kr_fuzz_resume(const char *body, size_t len)
         n++;
     }
     KR_FUZZ_CHECK(pos == r.entries_len && n == r.nentries);
+    KR_FUZZ_CHECK(r.marks >= body && r.marks + 16 * (size_t)r.nmarks <= body + len);
+    for (uint32_t i = 0; i < r.nmarks; i++) {
+        uint64_t o, q;
+        kr_cl_mark(&r, i, &o, &q);
+    }
 }
 
 static void kr_fuzz_body(const char *body, size_t len)

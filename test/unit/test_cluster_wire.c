@@ -207,6 +207,8 @@ Test(cluster_wire, resume_answer_round_trip_and_every_truncation)
     used += kr_cl_pair(buf + used, "t3", 2);
     used += kr_cl_replayed_payload(buf + used, "", 0);
     cr_assert_eq(used - second, kr_cl_replayed_size(6, 0));
+    const uint64_t mo[2] = {5, 0xfedcba9876543210ull}, ms[2] = {100, 3};
+    used += kr_cl_ans_marks(buf + used, 2, mo, ms);
     used += kr_cl_ans_trailer(buf + used, 1);
     used += kr_cl_pair(buf + used, "lost", 4);
     kr_cl_ans_header(buf, 9, 77, KR_CL_ANS_LAST, 2);
@@ -229,6 +231,10 @@ Test(cluster_wire, resume_answer_round_trip_and_every_truncation)
     cr_assert(kr_cl_next_replayed(&r, &pos, &e));
     cr_assert(e.origin == 6 && e.oseq == 7 && e.ntopics == 1 && e.payload_len == 0);
     cr_assert_not(kr_cl_next_replayed(&r, &pos, &e));
+    cr_assert_eq(r.nmarks, 2);
+    uint64_t o, q;
+    kr_cl_mark(&r, 1, &o, &q);
+    cr_assert(o == 0xfedcba9876543210ull && q == 3);
     cr_assert_eq(r.ntopics, 1);
     pp = 0;
     cr_assert(kr_cl_next_pair(r.pairs, r.pairs_len, &pp, &t, &l) && l == 4 &&

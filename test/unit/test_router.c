@@ -1042,3 +1042,75 @@ Test(cluster_side, history_serves_what_was_held_and_not_lost)
     cr_assert_str_eq(unc, "h2 ", "its interest was dropped: not held any more");
     stop();
 }
+
+/* The node a client moved to checks its own history for what the answering node could not
+ * have had: an entry of a third origin, routed here before the client subscribed (created
+ * before sub_time_us), above the answering node's mark for that origin. Entries published
+ * here, or by the answering node, or at or below the mark, or on other topics, do not
+ * count. */
+static uint64_t check(const char *topic, uint64_t node, uint64_t from_us, uint64_t sub_us,
+                      uint64_t mark_origin, uint64_t mark_seq)
+{
+    struct kr_router_cmd *cmd = kr_router_cmd_add(kr_router_cmd_new(16), topic,
+                                                  (uint32_t)strlen(topic));
+    cmd->since_seq = from_us;
+    struct kr_resume_remote *x = calloc(1, sizeof(*x));
+    x->node = node;
+    x->sub_time_us = sub_us;
+    x->nmarks = 1;
+    x->mark_origin = malloc(sizeof(uint64_t));
+    x->mark_seq = malloc(sizeof(uint64_t));
+    x->mark_origin[0] = mark_origin;
+    x->mark_seq[0] = mark_seq;
+    cmd->remote = x;
+    struct kr_event ev = {.type = KR_EV_CHECK, .src = 2, .conn = 9, .ptr = cmd};
+    cr_assert(kr_router_send(r, 2, 0, &ev));
+    kr_router_flush(r, 2);
+    next_answer(2, &ev);
+    cr_assert_eq(ev.type, KR_EV_ACK);
+    cr_assert_eq(ev.aux, KR_EV_CHECK);
+    cr_assert_eq(ev.conn, 9);
+    kr_router_cmd_free(ev.ptr);
+    return ev.mask;
+}
+
+static void publish_from(uint64_t pub, const char *topic, uint64_t time_us, uint64_t origin,
+                         uint64_t oseq)
+{
+    uint32_t len = (uint32_t)strlen(topic);
+    struct kr_msg *m = kr_msg_create(pub, time_us, 1, &topic, &len, "x", 1, 0);
+    kr_msg_set_origin(m, origin, oseq);
+    struct kr_event ev = {.type = KR_EV_PUBLISH, .conn = pub, .ptr = m};
+    cr_assert(kr_router_send(r, KR_CONN_NET(pub), 0, &ev));
+    kr_router_flush(r, KR_CONN_NET(pub));
+}
+
+Test(cluster_side, check_finds_a_third_nodes_entry_the_answer_could_not_hold)
+{
+    struct kr_router_opts o = {.nshards = 1, .nnet = 3, .mailbox_capacity = 64, .nend = 2,
+                               .interest = true, .interest_net = 2, .history = 16,
+                               .wake_net = wake_net};
+    r = kr_router_create(&o);
+    cr_assert_eq(kr_router_start(r), 0);
+    uint64_t pub = conn_id(1, 1), a = conn_id(0, 1);
+    const char *t[] = {"ck"};
+    subscribe(a, t, 1);
+    publish_from(pub, "ck", 100, 0, 0);  /* published here */
+    publish_from(pub, "ck", 110, 7, 5);  /* by the answering node 7 */
+    publish_from(pub, "ck", 120, 9, 40); /* by a third node 9, its sequence 40 */
+    publish_from(pub, "other", 130, 9, 41);
+    for (int i = 0; i < 3; i++) { /* routed: the deliveries on ck */
+        struct kr_event ev;
+        cr_assert(next_event(0, &ev));
+        cr_assert_eq(ev.type, KR_EV_DELIVER);
+        kr_msg_unref(ev.ptr);
+    }
+    cr_assert_eq(check("ck", 7, 0, 1000, 9, 39), 1, "9's entry 40: above its mark 39");
+    cr_assert_eq(check("ck", 7, 0, 1000, 9, 40), 0, "at the mark: the answer held it");
+    cr_assert_eq(check("ck", 7, 0, 115, 9, 0), 0, "created after the subscribe: live");
+    cr_assert_eq(check("ck", 7, 125, 1000, 9, 0), 0, "before the window");
+    cr_assert_eq(check("ck", 9, 0, 1000, 7, 0), 1,
+                 "7 is a third node when 9 answered (its entry 5 above no mark)");
+    cr_assert_eq(check("nothing", 7, 0, 1000, 9, 0), 0, "another topic");
+    stop();
+}
