@@ -30,7 +30,7 @@ struct kr_msg {
     uint64_t origin; /* the node that published it (0: this node), see kr_msg_origin */
     uint64_t oseq;   /* its origin's sequence for it (0: not forwarded yet) */
     /* then: void *slots[nslots]; uint64_t topic_hash[ntopics]; uint64_t topic_seq[ntopics];
-     * uint32_t topic_off[ntopics + 1]; topic bytes; payload */
+     * uint64_t topic_link[ntopics]; uint32_t topic_off[ntopics + 1]; topic bytes; payload */
     char data[];
 };
 
@@ -50,16 +50,22 @@ static inline uint64_t *kr_msg_seqs(const struct kr_msg *m)
                                    m->ntopics * sizeof(uint64_t));
 }
 
+static inline uint64_t *kr_msg_links(const struct kr_msg *m)
+{
+    return (uint64_t *)(uintptr_t)(m->data + m->nslots * sizeof(void *) +
+                                   2 * m->ntopics * sizeof(uint64_t));
+}
+
 static inline uint32_t *kr_msg_offs(const struct kr_msg *m)
 {
     return (uint32_t *)(uintptr_t)(m->data + m->nslots * sizeof(void *) +
-                                   2 * m->ntopics * sizeof(uint64_t));
+                                   3 * m->ntopics * sizeof(uint64_t));
 }
 
 static inline char *kr_msg_bytes(const struct kr_msg *m)
 {
     return (char *)(uintptr_t)(m->data + m->nslots * sizeof(void *) +
-                               2 * m->ntopics * sizeof(uint64_t) +
+                               3 * m->ntopics * sizeof(uint64_t) +
                                (m->ntopics + 1) * sizeof(uint32_t));
 }
 
@@ -85,7 +91,7 @@ struct kr_msg *kr_msg_create_hashed(uint64_t publisher, uint64_t time_us, uint32
     for (uint32_t i = 0; i < ntopics; i++)
         tbytes += topic_lens[i];
     size_t size = sizeof(struct kr_msg) + nslots * sizeof(void *) +
-                  2 * ntopics * sizeof(uint64_t) + (ntopics + 1) * sizeof(uint32_t) + tbytes +
+                  3 * ntopics * sizeof(uint64_t) + (ntopics + 1) * sizeof(uint32_t) + tbytes +
                   payload_len;
     struct kr_msg *m = kr_xmalloc(size);
     m->refs = 1;
@@ -102,7 +108,7 @@ struct kr_msg *kr_msg_create_hashed(uint64_t publisher, uint64_t time_us, uint32
         memset(kr_msg_slots(m), 0, nslots * sizeof(void *));
     uint32_t *offs = kr_msg_offs(m);
     uint64_t *hashes = kr_msg_hashes(m);
-    memset(kr_msg_seqs(m), 0, ntopics * sizeof(uint64_t));
+    memset(kr_msg_seqs(m), 0, 2 * ntopics * sizeof(uint64_t)); /* the sequences and links */
     char *b = kr_msg_bytes(m);
     uint32_t off = 0;
     for (uint32_t i = 0; i < ntopics; i++) {
@@ -145,6 +151,16 @@ uint64_t kr_msg_origin(const struct kr_msg *m, uint64_t *oseq)
 {
     *oseq = ck_pr_load_64((uint64_t *)&m->oseq);
     return m->origin;
+}
+
+void kr_msg_set_link(struct kr_msg *m, uint32_t i, uint64_t link)
+{
+    kr_msg_links(m)[i] = link;
+}
+
+uint64_t kr_msg_link(const struct kr_msg *m, uint32_t i)
+{
+    return kr_msg_links(m)[i];
 }
 
 void kr_msg_ref(struct kr_msg *m, uint32_t n)

@@ -71,6 +71,11 @@ size_t kr_msg_size(const struct kr_msg *m);
 #define KR_SEQ_MASK ((UINT64_C(1) << KR_SEQ_SHARD_SHIFT) - 1)
 void kr_msg_set_seq(struct kr_msg *m, uint32_t i, uint32_t shard, uint64_t seq);
 uint64_t kr_msg_seq(const struct kr_msg *m, uint32_t i, uint32_t *shard);
+/* A link per topic for the owning shard's own bookkeeping (its history's per-bucket chains,
+ * router/kr_router.c), written by that shard before it hands the message to anyone, like
+ * the sequence; 0 until then. */
+void kr_msg_set_link(struct kr_msg *m, uint32_t i, uint64_t link);
+uint64_t kr_msg_link(const struct kr_msg *m, uint32_t i);
 /* Origin and origin sequence: what names a message across the nodes of a cluster (the
  * cluster link's entries carry them). A message another node published gets both at
  * creation (kr_msg_set_origin, before it is shared: the thread that creates it). One

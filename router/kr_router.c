@@ -35,7 +35,23 @@ struct kr_history {
     uint64_t bytes;
     uint64_t evicted_max_us; /* newest publish time ever evicted */
     uint64_t start_us;       /* nothing before this was seen */
+    /* Per-bucket chains, so a resume visits only the messages of its own topics: a message
+     * added as the added-th (its absolute position) is linked from chain[b] (position + 1)
+     * for each bucket b its topics here hash to, and links, on the first of its topics in
+     * b (kr_msg_link), to the bucket's previous message. Newest first; a position below
+     * added - count has been evicted. */
+    uint64_t added;
+    uint64_t *chain; /* [chain_mask + 1] */
+    uint32_t chain_mask;
 };
+
+#define KR_CHAIN_LOG2 16 /* buckets of the history's chains: 512 KiB per shard */
+
+/* A topic hash's chain bucket (remixed: the shard choice used the same hash). */
+static inline uint32_t kr_chain_bucket(const struct kr_history *h, uint64_t th)
+{
+    return (uint32_t)((th * UINT64_C(0x9E3779B97F4A7C15)) >> 40) & h->chain_mask;
+}
 
 /* A question from another thread that only the shard may answer (it reads the shard's
  * private arrays): the topics of one client, copied into the request's own buffer so an
@@ -296,6 +312,19 @@ static void kr_history_add(struct kr_shard *sh, struct kr_msg *m)
         kr_history_evict(sh);
     h->msgs[(h->head + h->count) % h->cap] = m;
     h->count++;
+    /* link it into the chains of its topics' buckets (once per bucket) */
+    uint64_t me = ++h->added; /* its position + 1 */
+    uint32_t nt = kr_msg_ntopics(m);
+    for (uint32_t i = 0; i < nt; i++) {
+        uint32_t shard;
+        if (!kr_msg_seq(m, i, &shard) || shard != sh->idx)
+            continue;
+        uint32_t b = kr_chain_bucket(h, kr_msg_topic_hash(m, i));
+        if (h->chain[b] == me)
+            continue; /* an earlier topic of it is in this bucket: linked there */
+        kr_msg_set_link(m, i, h->chain[b]);
+        h->chain[b] = me;
+    }
     h->bytes += kr_msg_size(m);
     uint64_t max_bytes = sh->r->o.history_bytes;
     while (max_bytes && h->bytes > max_bytes && h->count)
@@ -418,20 +447,77 @@ static int64_t kr_resume_match(const struct kr_shard *sh, const struct kr_resume
     return -1;
 }
 
-/* The first position in the history (from its head) of a message this shard numbered
- * above `since`: the history is in the shard's numbering order, so a binary search. */
-static uint32_t kr_history_after(const struct kr_shard *sh, uint64_t since)
+/* The history indexes (from its head) of the messages on the requested topics (rt[0..n),
+ * those not told to resync) whose position is above `stop(h, msg)`'s answer: each topic's
+ * bucket chain walked from the newest back until a message `stop` says is older than
+ * wanted, or evicted. Sorted, each once, into *out (grown); returns how many. A message on
+ * another topic of the same bucket is listed too (the caller matches each message against
+ * its own topics). Costs the chain entries after the stop, not the history. */
+static uint32_t kr_history_collect(const struct kr_shard *sh, const struct kr_resume_topic *rt,
+                                   uint32_t n,
+                                   bool (*older)(const struct kr_shard *, const struct kr_msg *,
+                                                 uint64_t),
+                                   uint64_t bound, uint32_t **out, uint32_t *cap)
 {
     const struct kr_history *h = &sh->hist;
-    uint32_t lo = 0, hi = h->count;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (kr_shard_seq_of(sh, h->msgs[(h->head + mid) % h->cap]) <= since)
-            lo = mid + 1;
-        else
-            hi = mid;
+    uint32_t got = 0;
+    if (h->count == 0)
+        return 0;
+    uint64_t first = h->added - h->count + 1; /* the oldest held, as position + 1 */
+    for (uint32_t k = 0; k < n; k++) {
+        if (rt[k].resync)
+            continue;
+        uint32_t b = kr_chain_bucket(h, rt[k].hash);
+        uint64_t p = h->chain[b];
+        while (p >= first) {
+            uint32_t j = (uint32_t)(p - first);
+            const struct kr_msg *m = h->msgs[(h->head + j) % h->cap];
+            if (older(sh, m, bound))
+                break;
+            KR_GROW_MIN(*out, *cap, got + 1, 64);
+            (*out)[got++] = j;
+            /* on to the bucket's previous message: the link of m's first topic here */
+            uint64_t next = 0;
+            uint32_t nt = kr_msg_ntopics(m);
+            for (uint32_t i = 0; i < nt; i++) {
+                uint32_t shard;
+                if (kr_msg_seq(m, i, &shard) && shard == sh->idx &&
+                    kr_chain_bucket(h, kr_msg_topic_hash(m, i)) == b) {
+                    next = kr_msg_link(m, i);
+                    break;
+                }
+            }
+            p = next;
+        }
     }
-    return lo;
+    /* ascending, each once (two topics of a request may share a bucket, a message several
+     * buckets) */
+    for (uint32_t i = 1; i < got; i++) { /* insertion sort: the lists are short */
+        uint32_t v = (*out)[i], j = i;
+        while (j && (*out)[j - 1] > v) {
+            (*out)[j] = (*out)[j - 1];
+            j--;
+        }
+        (*out)[j] = v;
+    }
+    uint32_t u = 0;
+    for (uint32_t i = 0; i < got; i++)
+        if (u == 0 || (*out)[u - 1] != (*out)[i])
+            (*out)[u++] = (*out)[i];
+    return u;
+}
+
+/* kr_history_collect's stop for a resume: numbered here at or below the position. */
+static bool kr_older_than_seq(const struct kr_shard *sh, const struct kr_msg *m, uint64_t since)
+{
+    return kr_shard_seq_of(sh, m) <= since;
+}
+
+/* kr_history_collect's stop for KR_EV_CHECK: published before the window. */
+static bool kr_older_than_time(const struct kr_shard *sh, const struct kr_msg *m, uint64_t from)
+{
+    (void)sh;
+    return kr_msg_time_us(m) < from;
 }
 
 static int kr_resume_by_entries(const void *a, const void *b)
@@ -499,12 +585,14 @@ static void kr_shard_resume(struct kr_shard *sh, struct kr_event *ev)
     }
     struct kr_resume_set set;
     kr_resume_set_build(&set, rt, k);
-    uint32_t from = kr_history_after(sh, since);
+    /* the candidates: the messages after the position in the requested topics' chains */
+    uint32_t *cand = NULL, cand_cap = 0;
+    uint32_t ncand = kr_history_collect(sh, rt, k, kr_older_than_seq, since, &cand, &cand_cap);
     if (c->max_entries || c->max_bytes) {
         /* what each topic would replay; past the bounds, the topics with the most resync */
         uint64_t entries = 0, bytes = 0;
-        for (uint32_t j = from; j < h->count; j++) {
-            struct kr_msg *m = h->msgs[(h->head + j) % h->cap];
+        for (uint32_t q = 0; q < ncand; q++) {
+            struct kr_msg *m = h->msgs[(h->head + cand[q]) % h->cap];
             if (!serve && kr_msg_publisher(m) == ev->conn)
                 continue;
             bool any = false;
@@ -542,8 +630,8 @@ static void kr_shard_resume(struct kr_shard *sh, struct kr_event *ev)
     for (uint32_t j = 0; j < k; j++)
         if (rt[j].resync)
             kr_resume_resync(c, rt[j].t, rt[j].len);
-    for (uint32_t j = from; j < h->count; j++) {
-        struct kr_msg *m = h->msgs[(h->head + j) % h->cap];
+    for (uint32_t q = 0; q < ncand; q++) {
+        struct kr_msg *m = h->msgs[(h->head + cand[q]) % h->cap];
         if (!serve && kr_msg_publisher(m) == ev->conn)
             continue;
         uint32_t ntopics = kr_msg_ntopics(m);
@@ -564,6 +652,7 @@ static void kr_shard_resume(struct kr_shard *sh, struct kr_event *ev)
                                .ptr = m, .mask = kr_topicset_word(ts)};
         kr_shard_emit(sh, dest, &rep);
     }
+    free(cand);
     free(set.slot);
     free(rt);
     struct kr_event ack = {.type = KR_EV_ACK, .src = (uint16_t)sh->idx, .aux = ev->type,
@@ -805,8 +894,13 @@ static void kr_shard_check(struct kr_shard *sh, struct kr_event *ev)
     struct kr_resume_set set;
     kr_resume_set_build(&set, rt, k);
     uint64_t found = 0;
-    for (uint32_t j = 0; j < h->count && !found; j++) {
-        struct kr_msg *m = h->msgs[(h->head + j) % h->cap];
+    /* the candidates: the topics' chains back to the window's start (publish times follow
+     * the routing order to within the time two publishers race: a second of slack) */
+    uint32_t *cand = NULL, cand_cap = 0;
+    uint64_t from = c->since_seq > 1000000 ? c->since_seq - 1000000 : 0;
+    uint32_t ncand = kr_history_collect(sh, rt, k, kr_older_than_time, from, &cand, &cand_cap);
+    for (uint32_t q = 0; q < ncand && !found; q++) {
+        struct kr_msg *m = h->msgs[(h->head + cand[q]) % h->cap];
         uint64_t tu = kr_msg_time_us(m);
         if (tu < c->since_seq || tu >= x->sub_time_us)
             continue;
@@ -822,6 +916,7 @@ static void kr_shard_check(struct kr_shard *sh, struct kr_event *ev)
         for (uint32_t i = 0; i < kr_msg_ntopics(m) && !found; i++)
             found = kr_resume_match(sh, &set, rt, m, i) >= 0;
     }
+    free(cand);
     free(set.slot);
     free(rt);
     struct kr_event ack = {.type = KR_EV_ACK, .src = (uint16_t)sh->idx, .aux = ev->type,
@@ -1042,6 +1137,8 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
         sh->evicted = kr_evicted_create(KR_EVICTED_LOG2_DEFAULT);
         sh->hist.cap = r->o.history;
         sh->hist.msgs = kr_xcalloc(r->o.history ? r->o.history : 1, sizeof(struct kr_msg *));
+        sh->hist.chain_mask = r->o.history ? (1u << KR_CHAIN_LOG2) - 1 : 0;
+        sh->hist.chain = kr_xcalloc((size_t)sh->hist.chain_mask + 1, sizeof(uint64_t));
         sh->in = kr_xcalloc(r->o.nnet, sizeof(*sh->in));
         sh->per_net = kr_xcalloc(r->o.nnet, sizeof(*sh->per_net));
         sh->batch = kr_xcalloc(r->o.nnet, sizeof(*sh->batch));
@@ -1169,6 +1266,7 @@ void kr_router_destroy(struct kr_router *r)
         for (uint32_t k = 0; k < sh->hist.count; k++)
             kr_msg_unref(sh->hist.msgs[(sh->hist.head + k) % sh->hist.cap]);
         free(sh->hist.msgs);
+        free(sh->hist.chain);
         kr_evicted_destroy(sh->evicted);
         kr_topics_destroy(sh->topics);
         kr_reqq_destroy(sh->reqq);
