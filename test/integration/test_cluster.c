@@ -63,6 +63,14 @@ static void cluster_up(struct cluster *c, int nodes, const char *const *extra)
     wait_peers(c, nodes - 1);
 }
 
+/* SIGKILL node i (a crash: no drain, no goodbye) and reap it. */
+static void node_kill(struct cluster *c, int i)
+{
+    kill(c->node[i].pid, SIGKILL);
+    waitpid(c->node[i].pid, NULL, 0);
+    c->node[i].pid = 0;
+}
+
 static void cluster_down(struct cluster *c)
 {
     for (int i = 0; i < c->nnodes; i++)
@@ -537,9 +545,7 @@ Test(cluster, kraken_node_killed_others_keep_order_and_go_on)
     }
     /* and without waiting for the answers: pipelined when the node dies */
     publish_pipelined(pub, 2000, 12000);
-    kill(c.node[0].pid, SIGKILL);
-    waitpid(c.node[0].pid, NULL, 0);
-    c.node[0].pid = 0;
+    node_kill(&c, 0);
     close(pub);
     struct faultcheck f = {0};
     poll_until(sub, 12000, &f);
@@ -845,9 +851,7 @@ Test(cluster, flushed_acknowledgements_survive_a_killed_publisher_node)
     publish_pipelined(pub, 0, N);
     for (long k = 0; k < N; k++)
         kr_it_expect(pub, "STORED\r\n");
-    kill(c.node[0].pid, SIGKILL); /* right after the last STORED */
-    waitpid(c.node[0].pid, NULL, 0);
-    c.node[0].pid = 0;
+    node_kill(&c, 0); /* right after the last STORED */
     close(pub);
     struct faultcheck f = {0};
     poll_until(sub, N, &f);
@@ -898,9 +902,7 @@ Test(cluster, a_silent_peer_makes_its_recent_topics_resync_and_a_leaving_one_doe
     kr_it_stop(&c.node[2]);
     kr_it_wait_stat(c.node[1].port, "cluster_peers", KR_IT_EQ, 1);
     /* node 0 is killed: silent */
-    kill(c.node[0].pid, SIGKILL);
-    waitpid(c.node[0].pid, NULL, 0);
-    c.node[0].pid = 0;
+    node_kill(&c, 0);
     cr_assert(wait_notice(sub, "from0"), "the subscriber was told to resync from0");
     kr_it_wait_stat(c.node[1].port, "cluster_peer_silences", KR_IT_EQ, 1);
     /* the notice named from0 only: from2's node left by saying so, quiet saw nothing */
@@ -1012,9 +1014,7 @@ Test(cluster, a_resume_nobody_answers_is_a_resync_notice)
     kr_it_subscribe(a, "kla klb");
     char got[4096], tok[600] = {0};
     kr_it_poll_position(a, 0, got, sizeof(got), tok, sizeof(tok));
-    kill(c.node[0].pid, SIGKILL);
-    waitpid(c.node[0].pid, NULL, 0);
-    c.node[0].pid = 0;
+    node_kill(&c, 0);
     close(a);
     int b = kr_it_connect(c.node[1].port), p1 = kr_it_connect(c.node[1].port);
     kr_it_resume_mc(b, tok, "kla klb", "STORED\r\n");
@@ -1118,9 +1118,7 @@ Test(cluster, resp_resume_of_a_killed_nodes_token_after_position_goes_live)
     kr_it_subscribe(a, "rk");
     char got[4096], tok[600] = {0};
     kr_it_poll_position(a, 0, got, sizeof(got), tok, sizeof(tok));
-    kill(c.node[0].pid, SIGKILL);
-    waitpid(c.node[0].pid, NULL, 0);
-    c.node[0].pid = 0;
+    node_kill(&c, 0);
     close(a);
     int r = kr_it_connect(c.node[1].port);
     unsigned long long barriers = kr_it_stat(c.node[1].port, "cluster_barriers");
