@@ -261,20 +261,34 @@ static void kr_shard_congestion(struct kr_shard *sh, uint32_t park_max)
         kr_outbox_wake_all(&sh->ob);
 }
 
-/* Drop the oldest held message, remembering the newest publish time ever dropped: a
- * horizon before it can no longer be served (NOT_FOUND), whichever bound evicted it. */
+/* The sequence this shard recorded on topic i of m, 0 when it recorded none there. A
+ * message spanning shards is numbered by each of them at once, each on its own topics: a
+ * shard reads only the slots of topics it owns, never one another shard may be writing. */
+static uint64_t kr_shard_topic_seq(const struct kr_shard *sh, const struct kr_msg *m,
+                                   uint32_t i)
+{
+    const struct kr_router *r = sh->r;
+    if (r->o.nshards > 1 && kr_router_shard_of_hash(r, kr_msg_topic_hash(m, i)) != sh->idx)
+        return 0;
+    uint32_t shard;
+    uint64_t seq = kr_msg_seq(m, i, &shard);
+    return shard == sh->idx ? seq : 0;
+}
+
 /* This shard's sequence for message m (the number it recorded on its topics), 0 if none. */
 static uint64_t kr_shard_seq_of(const struct kr_shard *sh, const struct kr_msg *m)
 {
     uint32_t nt = kr_msg_ntopics(m);
     for (uint32_t i = 0; i < nt; i++) {
-        uint32_t shard;
-        uint64_t seq = kr_msg_seq(m, i, &shard);
-        if (seq && shard == sh->idx)
+        uint64_t seq = kr_shard_topic_seq(sh, m, i);
+        if (seq)
             return seq;
     }
     return 0;
 }
+
+/* Drop the oldest held message, remembering the newest publish time ever dropped: a
+ * horizon before it can no longer be served (NOT_FOUND), whichever bound evicted it. */
 
 static void kr_history_evict(struct kr_shard *sh)
 {
@@ -283,9 +297,8 @@ static void kr_history_evict(struct kr_shard *sh)
     /* the eviction sketch remembers, per hashed topic, the newest sequence evicted */
     uint32_t nt = kr_msg_ntopics(old);
     for (uint32_t i = 0; i < nt; i++) {
-        uint32_t shard;
-        uint64_t seq = kr_msg_seq(old, i, &shard);
-        if (seq && shard == sh->idx)
+        uint64_t seq = kr_shard_topic_seq(sh, old, i);
+        if (seq)
             kr_evicted_note(sh->evicted, kr_msg_topic_hash(old, i), seq);
     }
     uint64_t t = kr_msg_time_us(old);
@@ -316,8 +329,7 @@ static void kr_history_add(struct kr_shard *sh, struct kr_msg *m)
     uint64_t me = ++h->added; /* its position + 1 */
     uint32_t nt = kr_msg_ntopics(m);
     for (uint32_t i = 0; i < nt; i++) {
-        uint32_t shard;
-        if (!kr_msg_seq(m, i, &shard) || shard != sh->idx)
+        if (!kr_shard_topic_seq(sh, m, i))
             continue;
         uint32_t b = kr_chain_bucket(h, kr_msg_topic_hash(m, i));
         if (h->chain[b] == me)
@@ -430,8 +442,8 @@ static void kr_resume_set_build(struct kr_resume_set *set, const struct kr_resum
 static int64_t kr_resume_match(const struct kr_shard *sh, const struct kr_resume_set *set,
                                const struct kr_resume_topic *rt, struct kr_msg *m, uint32_t i)
 {
-    uint32_t shard, tl;
-    if (!kr_msg_seq(m, i, &shard) || shard != sh->idx)
+    uint32_t tl;
+    if (!kr_shard_topic_seq(sh, m, i))
         return -1;
     uint64_t h = kr_msg_topic_hash(m, i);
     const char *t = NULL;
@@ -480,8 +492,7 @@ static uint32_t kr_history_collect(const struct kr_shard *sh, const struct kr_re
             uint64_t next = 0;
             uint32_t nt = kr_msg_ntopics(m);
             for (uint32_t i = 0; i < nt; i++) {
-                uint32_t shard;
-                if (kr_msg_seq(m, i, &shard) && shard == sh->idx &&
+                if (kr_shard_topic_seq(sh, m, i) &&
                     kr_chain_bucket(h, kr_msg_topic_hash(m, i)) == b) {
                     next = kr_msg_link(m, i);
                     break;

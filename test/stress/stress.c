@@ -1,6 +1,9 @@
 /* Stress run of the lock-free parts for ThreadSanitizer (Criterion cannot run under TSan):
  * real shard threads, and plain threads playing net threads that subscribe, publish
- * multi-shard messages and consume deliveries through the mailboxes, checking counts.
+ * multi-shard messages and consume deliveries through the mailboxes, checking counts; each
+ * shard keeps a history, so messages spanning shards are numbered and linked by two
+ * shards at once (regression: a shard once read the other shard's number while it was
+ * written).
  * Bounded: a fixed number of messages; exits non-zero on any mismatch. */
 #include <ck_pr.h>
 #include <pthread.h>
@@ -158,7 +161,11 @@ static void *drain_main(void *arg)
 int main(void)
 {
     struct kr_router_opts o = {.nshards = NSHARDS, .nnet = NNET, .mailbox_capacity = 256,
-                               .fanout_warn = 4, .wake_net = wake_net};
+                               .fanout_warn = 4, .wake_net = wake_net,
+                               /* a small history: every multi-shard message is linked into
+                                * two shards' histories while both still number it, and
+                                * evicted while the other shard may still hold it */
+                               .history = 64};
     r = kr_router_create(&o);
     if (kr_router_start(r) != 0)
         fail("start");
