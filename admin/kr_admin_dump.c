@@ -236,9 +236,9 @@ static int kr_dump_client_line(struct kr_admin_job *j, const struct kr_net_conn_
     return kr_dump_printf(j,
                           "CLIENT id=%" PRIu64 " peer=%s subscriptions=%u queued_messages=%u"
                           " queued_bytes=%" PRIu64 " age_ms=%" PRIu64 " last_poll_ms=%s"
-                          " idle_ms=%" PRIu64 "\n",
+                          " idle_ms=%" PRIu64 " mem=%" PRIu64 "\n",
                           ci->id, ci->peer, nsubs, ci->queued_messages, ci->queued_bytes,
-                          ci->age_ms, poll, ci->idle_ms);
+                          ci->age_ms, poll, ci->idle_ms, ci->mem);
 }
 
 static int kr_dump_queues(struct kr_admin_job *j)

@@ -572,9 +572,9 @@ static int kr_http_api_conns(struct kr_http *h, struct MHD_Connection *c, struct
         kr_sb_json_cstr(b, ci->peer);
         kr_sb_printf(b,
                      ",\"queued_messages\":%u,\"queued_bytes\":%" PRIu64 ",\"age_ms\":%" PRIu64
-                     ",\"since_poll_ms\":%" PRId64 ",\"idle_ms\":%" PRIu64 "}",
+                     ",\"since_poll_ms\":%" PRId64 ",\"idle_ms\":%" PRIu64 ",\"mem\":%" PRIu64 "}",
                      ci->queued_messages, ci->queued_bytes, ci->age_ms, ci->since_poll_ms,
-                     ci->idle_ms);
+                     ci->idle_ms, ci->mem);
     }
     kr_sb_add(b, "]}\n", 3);
     free(t.v);

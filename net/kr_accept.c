@@ -40,21 +40,37 @@ static void kr_nt_listener_closed_cb(uv_handle_t *h);
  * are still waiting or the reserve could not be reopened, stops accepting for
  * KR_ACCEPT_PAUSE_MS; existing clients are served throughout. */
 
+/* Keep an accepted peer's address, compact. */
+void kr_peer_addr_set(struct kr_peer_addr *p, const struct sockaddr_storage *ss)
+{
+    memset(p, 0, sizeof(*p));
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        p->family = AF_INET;
+        p->port = ntohs(a->sin_port);
+        memcpy(p->addr, &a->sin_addr, sizeof(a->sin_addr));
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        p->family = AF_INET6;
+        p->port = ntohs(a->sin6_port);
+        memcpy(p->addr, &a->sin6_addr, sizeof(a->sin6_addr));
+    }
+}
+
+void kr_peer_addr_name(const struct kr_peer_addr *p, char *out, size_t outlen)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (p->family)
+        inet_ntop(p->family, p->addr, ip, sizeof(ip));
+    snprintf(out, outlen, "%s:%u", ip, (unsigned)p->port);
+}
+
 /* "ip:port" of a peer address. */
 static void kr_addr_name(const struct sockaddr_storage *ss, char *out, size_t outlen)
 {
-    char ip[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
-        port = ntohs(a->sin_port);
-    } else if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
-        port = ntohs(a->sin6_port);
-    }
-    snprintf(out, outlen, "%s:%d", ip, port);
+    struct kr_peer_addr p;
+    kr_peer_addr_set(&p, ss);
+    kr_peer_addr_name(&p, out, outlen);
 }
 
 /* " (suppressed N similar)" when N > 0, else "". */
@@ -234,10 +250,10 @@ static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_stora
     c->slot = slot;
     c->id = kr_conn_id_make(nt->idx, nt->gens[slot], slot);
     c->created_ms = c->last_active_ms = kr_now_ms();
-    kr_addr_name(ss, c->peer, sizeof(c->peer));
+    kr_peer_addr_set(&c->peer, ss);
     KR_ST_INC(nt, curr_connections, 1);
     KR_ST_INC(nt, total_connections, 1);
-    KR_DEBUG("client %s connected (id %llu, net thread %u)", c->peer, (unsigned long long)c->id, nt->idx);
+    KR_DEBUG("client %s connected (id %llu, net thread %u)", kr_conn_peer(c), (unsigned long long)c->id, nt->idx);
     kr_conn_resume(c);
 }
 

@@ -525,7 +525,7 @@ static void kr_cmd_warn_topics(struct kr_conn *c, uint32_t n)
         kr_log_ratelimit(&nt->rl_topics, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed)) {
         KR_WARN("publish to %u topics from %s (id %llu), first topics: %.*s%s%.*s%s%.*s "
                 "(suppressed %llu similar)",
-                n, c->peer, (unsigned long long)c->id, (int)nt->topic_lens[0], nt->topics[0],
+                n, kr_conn_peer(c), (unsigned long long)c->id, (int)nt->topic_lens[0], nt->topics[0],
                 n > 1 ? " " : "", n > 1 ? (int)nt->topic_lens[1] : 0, n > 1 ? nt->topics[1] : "",
                 n > 2 ? " " : "", n > 2 ? (int)nt->topic_lens[2] : 0, n > 2 ? nt->topics[2] : "",
                 (unsigned long long)suppressed);

@@ -191,9 +191,11 @@ void kr_conn_flush(struct kr_conn *c)
             c->out = NULL;
             c->out_len = 0;
             c->out_cap = 0;
-            c->wreq.data = c;
+            if (!c->wreq)
+                c->wreq = kr_xmalloc(sizeof(*c->wreq));
+            c->wreq->data = c;
             c->writing = true;
-            int rc = uv_write(&c->wreq, (uv_stream_t *)&c->h, &b, 1, kr_conn_write_cb);
+            int rc = uv_write(c->wreq, (uv_stream_t *)&c->h, &b, 1, kr_conn_write_cb);
             if (rc < 0) {
                 c->writing = false;
                 kr_conn_close(c);
@@ -225,7 +227,7 @@ void kr_conn_fail(struct kr_conn *c, const char *reply)
         char more[48] = "";
         if (suppressed)
             snprintf(more, sizeof(more), " (suppressed %llu similar)", (unsigned long long)suppressed);
-        KR_WARN("client %s (id %llu): %.*s; closing%s", c->peer, (unsigned long long)c->id,
+        KR_WARN("client %s (id %llu): %.*s; closing%s", kr_conn_peer(c), (unsigned long long)c->id,
                 (int)(n >= 2 ? n - 2 : n), reply, more);
     }
     if (c->rq_count) {
@@ -434,7 +436,7 @@ static void kr_dlv_overflow_cb(struct kr_dlv_ctx *x, struct kr_dlv *d, uint32_t 
         kr_log_ratelimit(&nt->rl_overflow, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
         KR_WARN("client %s (id %llu): queue overflow (%u messages, %llu bytes); discarding its "
                 "queue, it will be told and disconnected (suppressed %llu similar)",
-                c->peer, (unsigned long long)c->id, count, (unsigned long long)bytes,
+                kr_conn_peer(c), (unsigned long long)c->id, count, (unsigned long long)bytes,
                 (unsigned long long)suppressed);
     c->fe->queued(c); /* a waiting poll (or the pushes) is answered with the error */
 }
@@ -454,7 +456,7 @@ static void kr_dlv_collapsed_cb(struct kr_dlv_ctx *x, struct kr_dlv *d, uint32_t
             snprintf(named, sizeof(named), "every topic (*)");
         KR_WARN("client %s (id %llu): its queue would overflow; %u messages replaced by a resync "
                 "notice naming %s; it stays connected (suppressed %llu similar)",
-                c->peer, (unsigned long long)c->id, count, named, (unsigned long long)suppressed);
+                kr_conn_peer(c), (unsigned long long)c->id, count, named, (unsigned long long)suppressed);
     }
 }
 
@@ -504,6 +506,40 @@ bool kr_conn_queue_final_empty(const struct kr_conn *c)
     return c->drain == KR_DR_POLL && kr_dlv_empty(&c->dlv);
 }
 
+size_t kr_conn_mem(const struct kr_conn *c)
+{
+    return sizeof(*c) + c->in_cap + c->out_cap + (size_t)c->refs_cap * sizeof(*c->refs) +
+           c->wbuf_len + (c->wreq ? sizeof(*c->wreq) : 0) +
+           (size_t)c->rq_cap * sizeof(*c->rq) + c->last_token_len +
+           kr_dlv_mem(&c->dlv, c->nt->dlv.nshards) + (c->fe->mem ? c->fe->mem(c) : 0);
+}
+
+void kr_conn_trim(struct kr_conn *c)
+{
+    if (c->closing || c->writing || c->in_len || c->rq_count)
+        return;
+    free(c->in); /* kept after a request that arrived in pieces */
+    c->in = NULL;
+    c->in_cap = 0;
+    if (!c->out_len && !c->nrefs) {
+        free(c->out);
+        c->out = NULL;
+        c->out_cap = 0;
+        free(c->refs);
+        c->refs = NULL;
+        c->refs_cap = 0;
+    }
+    free(c->wreq);
+    c->wreq = NULL;
+    free(c->rq);
+    c->rq = NULL;
+    c->rq_cap = 0;
+    c->rq_head = 0;
+    kr_dlv_trim(&c->dlv);
+    if (c->fe->trim)
+        c->fe->trim(c);
+}
+
 void kr_conn_overflow(struct kr_conn *c)
 {
     kr_dlv_overflow(&c->nt->dlv, &c->dlv);
@@ -519,6 +555,7 @@ void kr_conn_closed_cb(uv_handle_t *h)
     free(c->refs);
     free(c->out);
     free(c->wbuf);
+    free(c->wreq);
     kr_dlv_free(&c->dlv);
     kr_outbox_destroy(&c->ob, NULL, NULL); /* emptied by kr_conn_close */
     for (uint32_t i = 0; i < c->rq_count; i++)

@@ -14,7 +14,9 @@ uint64_t kr_conn_id(const struct kr_conn *c)
 
 const char *kr_conn_peer(const struct kr_conn *c)
 {
-    return c->peer;
+    static __thread char name[64]; /* one per thread: valid until the thread's next call */
+    kr_peer_addr_name(&c->peer, name, sizeof(name));
+    return name;
 }
 
 uint64_t kr_conn_age_ms(const struct kr_conn *c)

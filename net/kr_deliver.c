@@ -147,6 +147,35 @@ void kr_dlv_free(struct kr_dlv *d)
     d->stage_cap = 0;
 }
 
+void kr_dlv_trim(struct kr_dlv *d)
+{
+    if (d->q.count == 0) {
+        free(d->q.ring);
+        d->q.ring = NULL;
+        d->q.cap = 0;
+        d->q.head = 0;
+        d->ninc = 0; /* records of incomplete entries are pruned lazily: with nothing queued,
+                        every one left is of an entry handed out since */
+    }
+    if (d->ninc == 0) {
+        free(d->inc);
+        d->inc = NULL;
+        d->inc_cap = 0;
+    }
+    if (d->nstage == 0 && !d->retro_active) {
+        free(d->stage);
+        d->stage = NULL;
+        d->stage_cap = 0;
+    }
+}
+
+size_t kr_dlv_mem(const struct kr_dlv *d, uint32_t nshards)
+{
+    return (size_t)d->q.cap * sizeof(*d->q.ring) + (size_t)d->inc_cap * sizeof(*d->inc) +
+           (size_t)d->stage_cap * sizeof(*d->stage) + (d->handed ? nshards * sizeof(uint64_t) : 0) +
+           d->pending_cap;
+}
+
 /* Bytes an entry adds to a `get messages` reply:
  * "MESSAGE " + each matched topic and a space + <len> "\r\n" <payload> "\r\n". */
 static uint32_t kr_entry_bytes(const struct kr_cq_entry *e)

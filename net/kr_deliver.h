@@ -219,6 +219,12 @@ void kr_dlv_notice(struct kr_dlv_ctx *x, struct kr_dlv *d, const char *topic, ui
 void kr_dlv_clear(struct kr_dlv_ctx *x, struct kr_dlv *d);
 /* Free d's storage (after kr_dlv_clear). Owning net thread. */
 void kr_dlv_free(struct kr_dlv *d);
+/* Release the arrays an empty queue does not need (the ring, the incomplete and staging
+ * arrays); they are made again by the next delivery. Owning net thread. */
+void kr_dlv_trim(struct kr_dlv *d);
+/* Bytes d's storage takes besides the struct itself (arrays by their capacity, not the
+ * messages they reference). Owning net thread. */
+size_t kr_dlv_mem(const struct kr_dlv *d, uint32_t nshards);
 /* Nothing queued, staged or awaited by a retroactive subscribe. */
 bool kr_dlv_empty(const struct kr_dlv *d);
 

@@ -54,7 +54,7 @@ void kr_conn_drain_acked(struct kr_conn *c)
 static void kr_conn_drain_reach(struct kr_conn *c)
 {
     struct kr_nt *nt = c->nt;
-    KR_DEBUG("client %s (id %llu): drain reached it (%u messages queued)", c->peer,
+    KR_DEBUG("client %s (id %llu): drain reached it (%u messages queued)", kr_conn_peer(c),
              (unsigned long long)c->id, c->dlv.q.count);
     if (!c->subscribed) {
         c->drain = KR_DR_POLL; /* nothing can arrive for it */
@@ -128,7 +128,7 @@ uint32_t kr_net_drain_deadline(struct kr_server *s, uint32_t net)
                 kr_log_ratelimit(&nt->rl_drain, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
                 KR_WARN("client %s (id %llu): drain deadline with %u messages queued (%s); told "
                         "SERVER_ERROR shutting down (suppressed %llu similar)",
-                        c->peer, (unsigned long long)c->id, c->dlv.q.count,
+                        kr_conn_peer(c), (unsigned long long)c->id, c->dlv.q.count,
                         c->drain == KR_DR_POLL ? "not polled" : "shards did not confirm",
                         (unsigned long long)suppressed);
             kr_conn_queue_clear(c);

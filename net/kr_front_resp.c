@@ -31,8 +31,6 @@ struct kr_rs_state *kr_rs(struct kr_conn *c)
         s->proto = 2;
         s->authed = kr_conn_cfg(c)->requirepass[0] == 0;
         kr_resp_parser_init(&s->parser);
-        s->argv_cap = 16;
-        s->argv = kr_xcalloc(s->argv_cap, sizeof(*s->argv));
         kr_conn_set_fe_state(c, s);
     }
     return s;
@@ -242,6 +240,10 @@ static ssize_t kr_rs_request(struct kr_conn *c, const char *buf, size_t len, boo
                                  .max_inline_bytes = 64 * 1024};
     size_t used = 0;
     int rc;
+    if (!s->argv) { /* made on the first request, released by kr_rs_trim */
+        s->argv_cap = 16;
+        s->argv = kr_xcalloc(s->argv_cap, sizeof(*s->argv));
+    }
     for (;;) {
         rc = kr_resp_parse(buf, len, &lim, s->argv, s->argv_cap, &s->parser, &used);
         if (rc != KR_RESP_ARGV_FULL)
@@ -477,6 +479,34 @@ static void kr_rs_drained(struct kr_conn *c)
     }
 }
 
+/* Quiet (nothing half-read: the parser holds no argument): the argument vector and the
+ * reply scratch go, the next request makes them again. */
+static void kr_rs_trim(struct kr_conn *c)
+{
+    struct kr_rs_state *s = kr_conn_fe_state(c);
+    if (!s || s->sb_len || s->parser.nargs || s->parser.done)
+        return;
+    free(s->argv);
+    s->argv = NULL;
+    s->argv_cap = 0;
+    free(s->sb);
+    s->sb = NULL;
+    s->sb_cap = 0;
+}
+
+static size_t kr_rs_mem(const struct kr_conn *c)
+{
+    const struct kr_rs_state *s = kr_conn_fe_state(c);
+    if (!s)
+        return 0;
+    size_t n = sizeof(*s) + s->argv_cap * sizeof(*s->argv) + s->sb_cap +
+               (size_t)s->tab_cap * sizeof(*s->tab) + (s->name ? strlen(s->name) + 1 : 0);
+    for (uint32_t b = 0; b < s->tab_cap; b++)
+        for (const struct kr_rs_chan *ch = s->tab[b]; ch; ch = ch->next)
+            n += sizeof(*ch) + ch->len;
+    return n;
+}
+
 static void kr_rs_close(struct kr_conn *c)
 {
     struct kr_rs_state *s = kr_conn_fe_state(c);
@@ -514,5 +544,7 @@ const struct kr_frontend kr_front_resp = {
     .writable = kr_rs_writable,
     .close = kr_rs_close,
     .tick = kr_rs_tick,
+    .trim = kr_rs_trim,
+    .mem = kr_rs_mem,
     .drained = kr_rs_drained,
 };

@@ -100,6 +100,12 @@ struct kr_frontend {
     /* Optional. About once a second (the net thread's sweep visits each connection once
      * per KR_SWEEP_TICKS ticks), `now` in milliseconds (kr_now_ms). */
     void (*tick)(struct kr_conn *c, uint64_t now_ms);
+    /* Optional. The connection has been quiet a while (no request for KR_TRIM_IDLE_MS,
+     * nothing half-read, no reply waiting): release scratch memory the next request can
+     * make again, so an idle connection stays small. */
+    void (*trim)(struct kr_conn *c);
+    /* Optional (NULL: none). Bytes the frontend's per-connection state takes. */
+    size_t (*mem)(const struct kr_conn *c);
 };
 
 /* The memcached text protocol (kr_front_mc.c). */
@@ -110,7 +116,13 @@ extern const struct kr_frontend kr_front_resp;
 /* ================================================================ the connection, read only */
 
 uint64_t kr_conn_id(const struct kr_conn *c);
+/* Its peer's "ip:port", in a buffer of the calling thread valid until that thread's next
+ * call. */
 const char *kr_conn_peer(const struct kr_conn *c);
+/* Bytes the connection's own state and buffers take on its net thread: the connection,
+ * its input, output, reply ring, delivery queue arrays and the frontend's state (not its
+ * subscriptions, nor the messages its queue references). */
+size_t kr_conn_mem(const struct kr_conn *c);
 /* Milliseconds since the connection was accepted. */
 uint64_t kr_conn_age_ms(const struct kr_conn *c);
 /* The server's configuration (immutable while it runs; live settings are elsewhere). */

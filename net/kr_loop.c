@@ -83,7 +83,7 @@ static void kr_nt_fanout_warn(struct kr_nt *nt, struct kr_msg *m, uint32_t fanou
     uint32_t ntop = kr_msg_ntopics(m), l0 = 0, l1 = 0;
     const char *t0 = ntop > 0 ? kr_msg_topic(m, 0, &l0) : "";
     const char *t1 = ntop > 1 ? kr_msg_topic(m, 1, &l1) : "";
-    const char *peer = pub ? pub->peer : "(disconnected)";
+    const char *peer = pub ? kr_conn_peer(pub) : "(disconnected)";
     kr_nt_warn_record(nt, peer, kr_msg_publisher(m), fanout, ntop, t0, l0, t1, l1, suppressed);
     if (!kr_log_enabled(KR_LOG_WARN))
         return;
@@ -393,9 +393,11 @@ void kr_nt_sweep_cb(uv_timer_t *t)
             continue;
         if (c->fe->tick)
             c->fe->tick(c, now);
+        if (now - c->last_active_ms >= KR_TRIM_IDLE_MS)
+            kr_conn_trim(c);
         if (timeout && now - c->last_active_ms >= timeout) {
             KR_ST_INC(nt, idle_timeouts, 1);
-            KR_DEBUG("client %s (id %llu): idle for %llu ms; closing", c->peer,
+            KR_DEBUG("client %s (id %llu): idle for %llu ms; closing", kr_conn_peer(c),
                      (unsigned long long)c->id, (unsigned long long)(now - c->last_active_ms));
             kr_conn_close(c);
         } else if (rto && c->partial_since_ms && now - c->partial_since_ms >= rto &&
@@ -407,7 +409,7 @@ void kr_nt_sweep_cb(uv_timer_t *t)
                 KR_WARN("client %s (id %llu): request incomplete %llu ms after its first bytes "
                         "(%zu bytes so far; request_timeout_ms %llu); closing (suppressed %llu "
                         "similar)",
-                        c->peer, (unsigned long long)c->id,
+                        kr_conn_peer(c), (unsigned long long)c->id,
                         (unsigned long long)(now - c->partial_since_ms), c->in_len,
                         (unsigned long long)rto, (unsigned long long)suppressed);
             kr_conn_close(c);

@@ -56,7 +56,7 @@ static uint64_t kr_conn_memory_overflow(struct kr_conn *c)
         KR_WARN("client %s (id %llu): over max_memory (%llu); discarding its queue (%u messages, "
                 "%llu bytes, %llu unsent), it will be told and disconnected (suppressed %llu "
                 "similar)",
-                c->peer, (unsigned long long)c->id, (unsigned long long)nt->live.max_memory,
+                kr_conn_peer(c), (unsigned long long)c->id, (unsigned long long)nt->live.max_memory,
                 c->dlv.q.count, (unsigned long long)c->dlv.q.bytes,
                 (unsigned long long)kr_conn_out_pending(c), (unsigned long long)suppressed);
     if (c->writing) {

@@ -105,6 +105,7 @@ struct kr_net_conn_info {
     uint64_t age_ms;          /* since accepted */
     int64_t since_poll_ms;    /* since the last `get messages`, -1 = never polled */
     uint64_t idle_ms;         /* since the last complete request */
+    uint64_t mem;             /* bytes of its own state and buffers (kr_conn_mem) */
 };
 
 /* Ask net thread `net` for up to `max` of its connections in slot order from *cursor on

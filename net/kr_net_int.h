@@ -88,6 +88,7 @@ void kr_net_stop_listening(struct kr_server *s, uint32_t net);
 #define KR_SWEEP_MS 100           /* the sweep timer's period */
 #define KR_SWEEP_TICKS 10         /* the sweep visits every connection once per this many ticks */
 #define KR_SWEEP_MIN 64           /* ... and at least this many slots per tick */
+#define KR_TRIM_IDLE_MS 1000      /* a connection without requests this long is trimmed */
 #define KR_ACCEPT_BATCH 64        /* connections accepted per listener wake-up */
 #define KR_ACCEPT_PAUSE_MS 100    /* accepting pauses this long when descriptors run out */
 
@@ -124,20 +125,32 @@ struct kr_out_ref {
     struct kr_msg *m;
 };
 
+/* A peer's address, compact: an idle connection is small (kr_conn_peer formats it). */
+struct kr_peer_addr {
+    uint16_t port;
+    uint8_t family; /* AF_INET, AF_INET6 or 0 (unknown) */
+    uint8_t addr[16];
+};
+
+/* Any thread. */
+void kr_peer_addr_set(struct kr_peer_addr *p, const struct sockaddr_storage *ss);
+/* "ip:port" (or "?:0" when unknown). Any thread. */
+void kr_peer_addr_name(const struct kr_peer_addr *p, char *out, size_t outlen);
+
+/* Laid out by size (eight-byte fields, then four, two and one) so that it has no holes:
+ * an idle connection is this struct, its subscriptions and little else. */
 struct kr_conn {
     uv_tcp_t h; /* first: handle.data is unused, the handle address is the connection */
     struct kr_nt *nt;
     uint64_t id;
-    uint32_t slot;
     const struct kr_frontend *fe; /* the connection's protocol */
     void *fe_state;               /* the frontend's per-connection state (NULL: none yet) */
-    bool fe_chosen;               /* the protocol was decided (first request, or listener) */
     /* input not parsed yet (NULL while everything arrived was consumed) */
     char *in;
     size_t in_len;
     size_t in_cap;
     size_t need; /* bytes the next request needs, when known */
-    /* output */
+    /* output (kr_conn_trim frees the buffers while the connection is quiet) */
     char *out;
     size_t out_len;
     size_t out_cap;
@@ -148,7 +161,7 @@ struct kr_conn {
     char *wbuf; /* buffer owned by the write in flight */
     size_t wbuf_len;
     size_t out_acct; /* unsent bytes counted in the thread's output_bytes */
-    uv_write_t wreq;
+    uv_write_t *wreq; /* the write request, made by the first write that waits */
     /* deliveries (kr_deliver.h): queue, incomplete entries, retro staging, overflow */
     struct kr_dlv dlv;
     /* requests waiting on the router: events for the shards (or KR_DEST_LINK) in one
@@ -160,38 +173,39 @@ struct kr_conn {
     uint32_t rq_cap;
     uint32_t rq_base;          /* request number of the ring's head */
     const char *deferred_err;  /* error reply held until earlier replies are out */
-    bool resuming;       /* holds one of its net thread's resume slots (kr_cmd_resume) */
     /* cluster_publish_ack flushed: entries sent to the link, and those it confirmed */
     uint64_t link_sent, link_acked;
-    bool resume_waiting; /* on its net thread's list of resumes waiting for a slot */
     /* continuity: the last exact position token given (NULL until one was) */
     char *last_token;
-    uint16_t last_token_len;
     /* retroactive subscriptions */
     uint64_t horizon_us;      /* set by `register`, used by the next subscribe (0 = none) */
+    uint64_t created_ms;
+    uint64_t last_active_ms;  /* last complete request (what the idle timeout counts) */
+    uint64_t partial_since_ms; /* arrival of the incomplete request's first bytes (0 = none) */
+    uint64_t last_poll_ms;
+    struct kr_conn *blocked_next;
+    /* a `get messages` that found nothing and waits for a message or poll_wait_ms */
+    uint64_t poll_since_ms; /* loop time the wait began */
+    struct cds_list_head pw_node; /* on nt->held or nt->ready */
+    uint32_t slot;
+    uint32_t nsubs_requests;
+    uint32_t drain_acks; /* the drain: shard acknowledgements the barrier still waits for */
+    struct kr_peer_addr peer; /* formatted on demand: kr_conn_peer */
+    uint16_t last_token_len;
+    uint8_t poll_wait;   /* KR_PW_NONE, or the list it is on: KR_PW_HELD, KR_PW_READY */
+    uint8_t drain;       /* KR_DR_NONE, KR_DR_BARRIER, KR_DR_POLL (see kr_net_close_some) */
+    bool fe_chosen;      /* the protocol was decided (first request, or listener) */
+    bool resuming;       /* holds one of its net thread's resume slots (kr_cmd_resume) */
+    bool resume_waiting; /* on its net thread's list of resumes waiting for a slot */
     /* state */
     bool closing;
     bool reading;
     bool writing;
     bool close_after_write;
-    bool blocked; /* on the net thread's blocked list */
+    bool blocked;    /* on the net thread's blocked list */
     bool subscribed; /* ever sent a subscription: shards must be told on close */
-    uint32_t nsubs_requests;
-    uint64_t created_ms;
-    uint64_t last_active_ms;  /* last complete request (what the idle timeout counts) */
-    uint64_t partial_since_ms; /* arrival of the incomplete request's first bytes (0 = none) */
-    bool turn_over;           /* stopped parsing to let others run; see kr_conn_parse */
-    bool on_turns;            /* on the net thread's turn list */
-    uint64_t last_poll_ms;
-    struct kr_conn *blocked_next;
-    /* a `get messages` that found nothing and waits for a message or poll_wait_ms */
-    uint8_t poll_wait;      /* KR_PW_NONE, or the list it is on: KR_PW_HELD, KR_PW_READY */
-    uint64_t poll_since_ms; /* loop time the wait began */
-    struct cds_list_head pw_node; /* on nt->held or nt->ready */
-    /* drain (see kr_net_close_some) */
-    uint8_t drain;       /* KR_DR_NONE, KR_DR_BARRIER, KR_DR_POLL */
-    uint32_t drain_acks; /* shard acknowledgements the barrier still waits for */
-    char peer[64];
+    bool turn_over;  /* stopped parsing to let others run; see kr_conn_parse */
+    bool on_turns;   /* on the net thread's turn list */
 };
 
 enum { KR_PW_NONE, KR_PW_HELD, KR_PW_READY };
@@ -446,6 +460,9 @@ uint32_t kr_conn_ready_entries(struct kr_conn *c, uint64_t *bytes);
 bool kr_conn_queue_final_empty(const struct kr_conn *c);
 /* Discard c's queue for an overflow (the client is told). Net thread. */
 void kr_conn_overflow(struct kr_conn *c);
+/* Release the buffers a quiet connection does not need (output, write request, reply
+ * ring, the frontend's scratch): the next request makes them again. Net thread. */
+void kr_conn_trim(struct kr_conn *c);
 /* ---- kr_loop.c */
 /* Copy the live settings (KR_NET_LIVE) from the current snapshot, or the start
  * configuration when none was published. Any thread registered with urcu-memb. */

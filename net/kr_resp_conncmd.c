@@ -390,11 +390,12 @@ void kr_rs_cmd_hello(struct kr_conn *c, struct kr_rs_state *s, const struct kr_r
 
 static void kr_rs_client_line(struct kr_conn *c, struct kr_rs_state *s, char *buf, size_t cap)
 {
-    snprintf(buf, cap, "id=%llu addr=%s name=%s age=%llu db=0 sub=%u psub=0 ssub=%u resp=%d lib-name= lib-ver=\n",
+    snprintf(buf, cap,
+             "id=%llu addr=%s name=%s age=%llu db=0 sub=%u psub=0 ssub=%u tot-mem=%zu resp=%d "
+             "lib-name= lib-ver=\n",
              (unsigned long long)kr_conn_id(c), kr_conn_peer(c), s->name ? s->name : "",
              (unsigned long long)(kr_conn_age_ms(c) / 1000), s->nsubs[KR_NS_PLAIN],
-             s->nsubs[KR_NS_SHARD],
-             s->proto);
+             s->nsubs[KR_NS_SHARD], kr_conn_mem(c), s->proto);
 }
 
 void kr_rs_cmd_client(struct kr_conn *c, struct kr_rs_state *s, const struct kr_resp_arg *argv,

@@ -339,12 +339,13 @@ static void kr_net_conn_fill(const struct kr_conn *c, uint64_t now, struct kr_ne
 {
     memset(out, 0, sizeof(*out));
     out->id = c->id;
-    memcpy(out->peer, c->peer, sizeof(out->peer));
+    snprintf(out->peer, sizeof(out->peer), "%s", kr_conn_peer(c));
     out->queued_messages = c->dlv.q.count;
     out->queued_bytes = c->dlv.q.bytes;
     out->age_ms = now - c->created_ms;
     out->since_poll_ms = c->last_poll_ms ? (int64_t)(now - c->last_poll_ms) : -1;
     out->idle_ms = now - c->last_active_ms;
+    out->mem = kr_conn_mem(c);
 }
 
 int kr_net_conn_next(struct kr_server *s, uint32_t net, uint32_t *slot,

@@ -366,6 +366,8 @@ Test(admin, dump_queues_and_dump_queue_topics)
     cr_assert_not_null(strstr(line, " last_poll_ms=never "), "%s", line);
     cr_assert_not_null(strstr(line, " age_ms="), "%s", line);
     cr_assert_not_null(strstr(line, " idle_ms="), "%s", line);
+    const char *mem = strstr(line, " mem=");
+    cr_assert(mem && strtoull(mem + 5, NULL, 10) > 0, "%s", line);
     snprintf(want, sizeof(want), "CLIENT id=%llu ", idb);
     line = line_of(buf, want);
     cr_assert_not_null(line, "%s", buf);

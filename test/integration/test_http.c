@@ -404,7 +404,8 @@ Test(http, values_move_as_clients_publish)
                                    "d['connections'][1]['queued_messages'] == 3 and "
                                    "d['connections'][0]['queued_bytes'] > "
                                    "d['connections'][1]['queued_bytes'] and "
-                                   "d['connections'][0]['peer'].startswith('127.0.0.1:')");
+                                   "d['connections'][0]['peer'].startswith('127.0.0.1:') and "
+                                   "all(c['mem'] > 0 for c in d['connections'])");
     http_get(hp, "/api/connections?offset=2&limit=5", &r);
     json_check("page 2", "d['total'] == 3 and len(d['connections']) == 1 and "
                          "d['connections'][0]['queued_messages'] == 0");

@@ -2,8 +2,10 @@
  * poll replies (max_poll_reply_bytes and the output high-water mark), the process-wide
  * max_memory, and the drain that never closes a client holding messages silently. The real
  * server on an ephemeral loopback port, raw bytes. Every wait is bounded; nothing is timed. */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -542,4 +544,117 @@ Test(drain, a_client_still_holding_messages_at_the_deadline_is_told)
     close(pub);
     conn_free(&poller);
     kr_it_fixture_stop(); /* reaps it (exit status 0), removes its files */
+}
+
+/* ---------------------------------------------------------------- idle connections
+ * A connection quiet for a second gives back its output buffer, write request, reply
+ * ring, empty delivery queue and (RESP) argument vector and reply scratch (kr_conn_trim):
+ * what it keeps is its own state, the `mem=` figure of `dump_queues`. */
+
+#define IDLE_N 20
+#define IDLE_TOPICS 5
+
+/* `peer=127.0.0.1:<port> ` of the local end of fd: how dump_queues names it. */
+static void idle_peer(int fd, char *out, size_t cap)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof(a);
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    snprintf(out, cap, "peer=127.0.0.1:%u ", ntohs(a.sin_port));
+}
+
+/* The mem= figure of fd's connection in a dump_queues reply (asserts it is listed). */
+static unsigned long long idle_mem_of(const char *dump, int fd)
+{
+    char peer[64];
+    idle_peer(fd, peer, sizeof(peer));
+    const char *line = strstr(dump, peer);
+    cr_assert_not_null(line, "%s not in: %s", peer, dump);
+    const char *m = strstr(line, " mem=");
+    const char *eol = strchr(line, '\n');
+    cr_assert(m && eol && m < eol, "no mem= in the line of %s", peer);
+    return strtoull(m + 5, NULL, 10);
+}
+
+/* The largest mem= figure of the connections in fds. */
+static unsigned long long idle_max_mem(const char *dump, const int *fds, int n)
+{
+    unsigned long long max = 0;
+    for (int i = 0; i < n; i++) {
+        unsigned long long m = idle_mem_of(dump, fds[i]);
+        max = m > max ? m : max;
+    }
+    return max;
+}
+
+/* Regression: an idle subscribed connection kept its input buffer after a request that
+ * arrived in pieces (1 KiB), the output buffer of its last reply, a ring of waiting
+ * replies, its polled queue's ring, stale records of multi-shard entries and, over RESP, a
+ * 16-argument vector and a reply scratch buffer: 1,472 bytes of its own for a memcached
+ * subscriber here and 2,246 for a RESP one without the trim, 736 and 998 with it. */
+Test(idle, connections_give_back_their_buffers_and_work_after, .fini = kr_it_fixture_stop)
+{
+    kr_it_fixture_start(NULL);
+    static char dump[1 << 16];
+    char topic[32], want[96], all[IDLE_TOPICS * 12] = "";
+    size_t alen = 0;
+    for (int t = 0; t < IDLE_TOPICS; t++)
+        alen += (size_t)snprintf(all + alen, sizeof(all) - alen, "%sidle.%d", t ? " " : "", t);
+    int mc[IDLE_N], resp[IDLE_N];
+    int pub = kr_it_connect(kr_it_srv.port);
+    for (int i = 0; i < IDLE_N; i++) {
+        snprintf(topic, sizeof(topic), "idle.%d", i % IDLE_TOPICS);
+        mc[i] = kr_it_connect(kr_it_srv.port);
+        kr_it_subscribe(mc[i], topic);
+        resp[i] = kr_it_connect(kr_it_srv.port);
+        kr_it_resp_cmd(resp[i], "SUBSCRIBE", topic, NULL);
+        snprintf(want, sizeof(want), "*3\r\n$9\r\nsubscribe\r\n$%zu\r\n%s\r\n:1\r\n",
+                 strlen(topic), topic);
+        kr_it_expect(resp[i], want);
+    }
+    /* one message each: the memcached subscribers poll it (their queues had a ring) */
+    kr_it_publish(pub, all, "first", 5);
+    for (int i = 0; i < IDLE_N; i++) {
+        char ch[64], payload[64];
+        kr_it_resp_read_message(resp[i], ch, sizeof(ch), payload, sizeof(payload));
+        cr_assert_str_eq(payload, "first");
+        kr_it_sends(mc[i], "get messages\r\n");
+        kr_it_read_until(mc[i], dump, sizeof(dump), "END\r\n");
+        cr_assert_not_null(strstr(dump, "first"), "%s", dump);
+    }
+    int afd = kr_it_connect_unix(kr_it_srv.admin_path);
+    unsigned long long mc_max = ~0ull, resp_max = ~0ull;
+    for (int tries = 0; tries < 500; tries++) { /* the trim comes within about 2 s */
+        kr_it_admin(afd, "dump_queues", dump, sizeof(dump));
+        mc_max = idle_max_mem(dump, mc, IDLE_N);
+        resp_max = idle_max_mem(dump, resp, IDLE_N);
+        if (mc_max <= 800 && resp_max <= 1024)
+            break;
+        kr_it_sleep_ms(10);
+    }
+    cr_log_info("an idle subscriber's own bytes: memcached %llu, RESP %llu", mc_max, resp_max);
+    cr_assert_leq(mc_max, 800, "memcached: %llu bytes kept by an idle connection", mc_max);
+    cr_assert_leq(resp_max, 1024, "RESP: %llu bytes kept by an idle connection", resp_max);
+    /* and they work as before: deliveries, polls, a pipeline, a request in two pieces */
+    kr_it_publish(pub, all, "again", 5);
+    for (int i = 0; i < IDLE_N; i++) {
+        char ch[64], payload[64];
+        kr_it_resp_read_message(resp[i], ch, sizeof(ch), payload, sizeof(payload));
+        snprintf(topic, sizeof(topic), "idle.%d", i % IDLE_TOPICS);
+        cr_assert_str_eq(ch, topic);
+        cr_assert_str_eq(payload, "again");
+        kr_it_sends(mc[i], "get messages\r\nget messages\r\n");
+        kr_it_read_until(mc[i], dump, sizeof(dump), "END\r\nEND\r\n");
+        cr_assert_not_null(strstr(dump, "again"), "%s", dump);
+    }
+    kr_it_sends(resp[0], "*2\r\n$4\r\nPING\r\n$2\r\nh");
+    kr_it_sleep_ms(20);
+    kr_it_sends(resp[0], "i\r\n");
+    kr_it_expect(resp[0], "*2\r\n$4\r\npong\r\n$2\r\nhi\r\n");
+    close(afd);
+    close(pub);
+    for (int i = 0; i < IDLE_N; i++) {
+        close(mc[i]);
+        close(resp[i]);
+    }
 }

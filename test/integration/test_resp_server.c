@@ -62,6 +62,8 @@ Test(resp_server, connection_commands_resp2)
     kr_it_resp_cmd(fd, "CLIENT", "INFO", NULL);
     kr_it_read_until(fd, buf, sizeof(buf), "\n\r\n");
     cr_assert(strstr(buf, " name=n1 ") && strstr(buf, " resp=2"), "CLIENT INFO: %s", buf);
+    const char *totmem = strstr(buf, " tot-mem=");
+    cr_assert(totmem && strtoull(totmem + 9, NULL, 10) > 0, "CLIENT INFO: %s", buf);
     kr_it_resp_cmd(fd, "COMMAND", "COUNT", NULL);
     kr_it_expect(fd, ":23\r\n");
     kr_it_resp_cmd(fd, "COMMAND", "DOCS", NULL);
