@@ -290,10 +290,10 @@ run_one() {
     # shellcheck disable=SC2086
     start_server "$server" ${server_args:-} || { rows+=("$sc|$label|server did not start"); return; }
     local dur=$duration
-    local more=()
+    local more=(--server-pid "$server_pid") # its CPU in the timed phase (conns: its RSS)
     if [ "$sc" = conns ]; then
         dur=$((duration < 5 ? duration : 5))
-        more=(--server-pid "$server_pid" --connect-timeout 120)
+        more+=(--connect-timeout 120)
     fi
     echo "== $sc: $label (port $server_port)" >&2
     local json rc=0
@@ -333,6 +333,10 @@ add_row() {
         [ "$(field rss_per_conn_bytes "$json")" != -1 ] &&
             note="$note; RSS +$(field rss_per_conn_bytes "$json") B/conn ($(field rss_before_kb "$json") -> $(field rss_after_kb "$json") KiB)"
         ;;
+    esac
+    case "$sc" in fanout | broadcast | churn)
+        [ "$(field per_server_cpu_s "$json")" != -1 ] &&
+            note="$note; server CPU $(field server_cpu_s "$json") s, $(field per_server_cpu_s "$json") per CPU-s" ;;
     esac
     [ "$(field status "$json")" != ok ] && note="$note [$(field status "$json"): $(field error "$json")]"
     case "$sc" in fanout | broadcast | latency) note="drain $(field drain_s "$json") s$note" ;; esac

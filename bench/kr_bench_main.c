@@ -148,8 +148,10 @@ static void kb_usage(FILE *f)
         "                       stop and subscribers keep receiving until the counts are\n"
         "                       complete or stop changing for 1 s (default 10)\n"
         "  --connect-timeout S  bound on connecting and subscribing (default 60)\n"
-        "  --server-pid PID     conns: process whose VmRSS (/proc/PID/status) is read before\n"
-        "                       connecting and at the end of the hold\n"
+        "  --server-pid PID     the server's process: its CPU time (/proc/PID/stat) over the\n"
+        "                       timed phase is reported with deliveries (churn: operations)\n"
+        "                       per CPU-second; conns: its VmRSS is read before connecting\n"
+        "                       and at the end of the hold\n"
         "  --seed N             topic assignment seed (default 1)\n"
         "  --prefix STR         topic name prefix (default \"kb.\")\n"
         "  --json               print one JSON line instead of the summary\n"
@@ -315,6 +317,10 @@ static void kb_print_json(const struct kr_bench_cfg *c, const struct kr_bench_re
         per_conn = (long)((r->rss_after_kb - r->rss_before_kb) * 1024.0 / (double)r->connections);
     fprintf(f, "\"rss_before_kb\":%ld,\"rss_after_kb\":%ld,\"rss_per_conn_bytes\":%ld,",
             r->rss_before_kb, r->rss_after_kb, per_conn);
+    /* the server's CPU in the timed phase, and what it did per CPU-second */
+    double work = c->scenario == KR_BENCH_SC_CHURN ? (double)r->ops_timed : (double)r->delivered_timed;
+    fprintf(f, "\"server_cpu_s\":%.3f,\"per_server_cpu_s\":%.0f,", r->server_cpu_s,
+            r->server_cpu_s > 0 ? work / r->server_cpu_s : -1.0);
     fprintf(f,
             "\"retro_subs\":%llu,\"not_found\":%llu,\"replayed\":%llu,\"replay_s\":%.3f,"
             "\"replay_rate\":%.0f,",
@@ -447,6 +453,13 @@ static void kb_print_summary(const struct kr_bench_cfg *c, const struct kr_bench
                 r->probe_s, (unsigned long long)r->probes);
     fprintf(f, "  run          %.2f s timed, then %.2f s drain%s\n", r->run_s, r->drain_s,
             r->drain_timed_out ? " (bound reached)" : "");
+    if (r->server_cpu_s > 0) {
+        int churn = c->scenario == KR_BENCH_SC_CHURN;
+        double work = churn ? (double)r->ops_timed : (double)r->delivered_timed;
+        fprintf(f, "  server CPU   %.2f s in the timed phase (%.0f %% of a CPU): %.0f %s per CPU-second\n",
+                r->server_cpu_s, 100.0 * r->server_cpu_s / r->run_s, work / r->server_cpu_s,
+                churn ? "operations" : "deliveries");
+    }
     if (c->scenario == KR_BENCH_SC_CHURN) {
         fprintf(f, "  churn        %llu ops acknowledged, %.0f ops/s\n", (unsigned long long)r->ops,
                 kb_rate(r->ops_timed, r->run_s));

@@ -271,6 +271,26 @@ long kr_bench_rss_kb(long pid)
     return kb;
 }
 
+double kr_bench_cpu_s(long pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    /* the fields after the command name, which is in parentheses and may hold anything */
+    const char *p = strrchr(buf, ')');
+    unsigned long long utime, stime;
+    if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+                     &stime) != 2)
+        return -1;
+    long hz = sysconf(_SC_CLK_TCK);
+    return hz > 0 ? (double)(utime + stime) / (double)hz : -1;
+}
+
 /* ------------------------------------------------------------------ errors */
 
 static void kb_note_error(struct kb_run *run, int fatal, const char *fmt, ...)
@@ -1980,6 +2000,7 @@ int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res)
 {
     if (cfg->scenario == KR_BENCH_SC_STORM) {
         res->rss_before_kb = res->rss_after_kb = -1;
+        res->server_cpu_s = -1;
         kr_bench_hist_init(&res->lat);
         kr_bench_hist_init(&res->live);
         return kr_bench_storm(cfg, res);
@@ -1988,6 +2009,7 @@ int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res)
     run->cfg = *cfg;
     run->res = res;
     res->rss_before_kb = res->rss_after_kb = -1;
+    res->server_cpu_s = -1;
     kr_bench_hist_init(&res->lat);
     kr_bench_hist_init(&res->live);
     kr_bench_hist_init(&res->away);
@@ -2152,6 +2174,7 @@ int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res)
     pr.t0 = t0;
     pr.next = t0 + 1000000000u;
     kb_set_phase(run, KB_PH_RUN);
+    double cpu0 = cfg->server_pid > 0 ? kr_bench_cpu_s(cfg->server_pid) : -1;
     uint64_t t_end = t0 + (uint64_t)(cfg->duration_s * 1e9);
     uint64_t t_cut = cfg->scenario == KR_BENCH_SC_RESUME ? t0 + (uint64_t)(cfg->cut_at_s * 1e9)
                                                          : UINT64_MAX;
@@ -2177,6 +2200,9 @@ int kr_bench_run(const struct kr_bench_cfg *cfg, struct kr_bench_result *res)
     }
     uint64_t t_drain = kb_now();
     res->run_s = (double)(t_drain - t0) / 1e9;
+    double cpu1 = cpu0 >= 0 ? kr_bench_cpu_s(cfg->server_pid) : -1;
+    if (cpu1 >= cpu0 && cpu0 >= 0)
+        res->server_cpu_s = cpu1 - cpu0;
     uint64_t err_now;
     kb_sums(run, &res->published_timed, &res->delivered_timed, &res->ops_timed, &err_now);
 

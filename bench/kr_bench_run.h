@@ -96,6 +96,8 @@ struct kr_bench_result {
     uint64_t polls, empty_polls; /* Kraken subscribers: `get messages` sent, answered END */
     uint64_t connections;
     long rss_before_kb, rss_after_kb; /* -1 when not measured */
+    double server_cpu_s; /* CPU time (user + system) the server used in the timed phase, from
+                            /proc/<--server-pid>/stat; -1 when not measured */
     uint64_t retro_subs, not_found;
     uint64_t replayed; /* retro: messages replayed; resume: messages received after a resume
                         * that were published before its request was sent */
@@ -142,5 +144,7 @@ void kr_bench_request_stop(void);
 
 /* VmRSS of a process in KiB from /proc/<pid>/status, or -1. */
 long kr_bench_rss_kb(long pid);
+/* CPU seconds (user + system) process pid used so far, from /proc; -1 when unreadable. */
+double kr_bench_cpu_s(long pid);
 
 #endif

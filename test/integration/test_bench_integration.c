@@ -173,6 +173,7 @@ Test(bench_it, fanout)
     cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
     tb_assert_clean(out);
     cr_assert_eq(tb_num(out, "connections"), 13);
+    cr_assert_eq(tb_num(out, "server_cpu_s"), -1, "not measured without --server-pid: %s", out);
     cr_assert_eq(tb_num(out, "lat_count"), tb_num(out, "delivered"), "%s", out);
 }
 
@@ -188,12 +189,18 @@ Test(bench_it, fanout_batched_paced_polls_big_messages)
 
 Test(bench_it, broadcast)
 {
-    const char *a[] = {"--scenario", "broadcast", "--subs", "20", "--duration", "1", NULL};
+    char pid[16];
+    snprintf(pid, sizeof(pid), "%d", (int)kr_it_srv.pid);
+    const char *a[] = {"--scenario", "broadcast", "--subs", "20", "--duration", "1",
+                       "--server-pid", pid, NULL};
     int rc = tb_bench(a, out, sizeof(out), err, sizeof(err));
     cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, out, err);
     tb_assert_clean(out);
     /* everyone is on the one topic: each message reaches all 20 */
     cr_assert_eq(tb_num(out, "expected"), 20 * tb_num(out, "published"), "%s", out);
+    /* the server's CPU over the timed phase, and the deliveries per CPU-second */
+    cr_assert_gt(tb_num(out, "server_cpu_s"), 0, "%s", out);
+    cr_assert_gt(tb_num(out, "per_server_cpu_s"), 0, "%s", out);
 }
 
 Test(bench_it, latency)
