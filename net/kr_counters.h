@@ -59,7 +59,12 @@
     X(idle_timeouts, COUNTER, "connections closed after client_idle_timeout_ms")                  \
     X(request_timeouts, COUNTER, "connections closed with a request incomplete after request_timeout_ms") \
     X(cluster_resyncs, COUNTER,                                                                   \
-      "subscribers told to resync because the cluster link may have lost messages for them")
+      "subscribers told to resync because the cluster link may have lost messages for them")     \
+    X(net_loop_iterations, COUNTER, "net thread loop iterations")                                 \
+    X(net_loop_over_1ms, COUNTER,                                                                 \
+      "net thread loop iterations that worked (not waited) for more than 1 ms")                  \
+    X(net_loop_over_10ms, COUNTER,                                                                \
+      "net thread loop iterations that worked (not waited) for more than 10 ms")
 
 /* Names of the counters (kr_conn_count): KR_NTC_<name>, in the order of the list. */
 enum kr_nt_counter {

@@ -357,6 +357,27 @@ void kr_nt_check_cb(uv_check_t *h)
         kr_cluster_flush(nt->srv->cluster, nt->idx);
 }
 
+/* Before the loop blocks: how long the iteration that ends here worked, not counting the
+ * time it waited in the poll (libuv's idle-time metric). Single slow deliveries are either
+ * a long iteration (counted) or a thread waiting for a CPU (not counted: then these stay
+ * at zero while the latency's tail grows). */
+void kr_nt_prepare_cb(uv_prepare_t *h)
+{
+    struct kr_nt *nt = h->data;
+    uint64_t now = uv_hrtime(), idle = uv_metrics_idle_time(&nt->loop);
+    if (nt->it_last_ns) {
+        uint64_t wall = now - nt->it_last_ns, waited = idle - nt->it_idle_ns;
+        uint64_t busy = wall > waited ? wall - waited : 0;
+        KR_ST_INC(nt, net_loop_iterations, 1);
+        if (busy > 1000000u)
+            KR_ST_INC(nt, net_loop_over_1ms, 1);
+        if (busy > 10000000u)
+            KR_ST_INC(nt, net_loop_over_10ms, 1);
+    }
+    nt->it_last_ns = now;
+    nt->it_idle_ns = idle;
+}
+
 /* Every sweep tick (KR_SWEEP_MS): retry what waits for ring space, check max_memory, then
  * look at a bounded share of the connections (see below) and close those idle for
  * client_idle_timeout_ms (no complete request) and those whose started request is not

@@ -264,6 +264,8 @@ struct kr_nt {
     uv_timer_t sweep;
     uint32_t sweep_cursor;     /* the slot the next sweep tick starts at */
     uv_check_t check;
+    uv_prepare_t prepare; /* times each loop iteration (kr_nt_prepare_cb) */
+    uint64_t it_last_ns, it_idle_ns; /* the previous iteration's end and the loop's idle time */
     uv_idle_t turn_idle;       /* active while connections wait for a turn */
     uint64_t *turns;           /* ids of the connections whose pipelined work continues */
     uint32_t nturns;
@@ -477,6 +479,7 @@ void kr_nt_wake_cb(uv_async_t *a);
 void kr_nt_poll_timer_cb(uv_timer_t *t);
 void kr_nt_turn_cb(uv_idle_t *h);
 void kr_nt_check_cb(uv_check_t *h);
+void kr_nt_prepare_cb(uv_prepare_t *h);
 void kr_nt_sweep_cb(uv_timer_t *t);
 /* The net thread's body (uv_thread_create's entry; arg is its struct kr_nt). */
 void kr_nt_main(void *arg);

@@ -144,11 +144,15 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         nt->dlv.self_origin = s->node_id;
         kr_nt_outbox_init(nt);
         uv_loop_init(&nt->loop);
+        uv_loop_configure(&nt->loop, UV_METRICS_IDLE_TIME); /* kr_nt_prepare_cb */
         uv_async_init(&nt->loop, &nt->wake, kr_nt_wake_cb);
         nt->wake.data = nt;
         uv_check_init(&nt->loop, &nt->check);
         nt->check.data = nt;
         uv_check_start(&nt->check, kr_nt_check_cb);
+        uv_prepare_init(&nt->loop, &nt->prepare);
+        nt->prepare.data = nt;
+        uv_prepare_start(&nt->prepare, kr_nt_prepare_cb);
         uv_idle_init(&nt->loop, &nt->turn_idle);
         nt->turn_idle.data = nt;
         uv_timer_init(&nt->loop, &nt->poll_timer);

@@ -1052,6 +1052,26 @@ static void kr_shard_wake(void *arg)
     kr_waiter_wake(arg);
 }
 
+/* A monotonic clock in nanoseconds (vDSO: no system call). */
+static uint64_t kr_shard_clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Count an iteration that took events, and how long it worked: single slow deliveries
+ * are either a long iteration (counted here) or a thread waiting for a CPU (not). */
+static void kr_shard_loop_timed(struct kr_shard *sh, uint64_t t0)
+{
+    uint64_t dt = kr_shard_clock_ns() - t0;
+    KR_SH_INC(sh, loop_iterations, 1);
+    if (dt > 1000000u)
+        KR_SH_INC(sh, loop_over_1ms, 1);
+    if (dt > 10000000u)
+        KR_SH_INC(sh, loop_over_10ms, 1);
+}
+
 static void *kr_shard_main(void *arg)
 {
     struct kr_shard *sh = arg;
@@ -1065,6 +1085,7 @@ static void *kr_shard_main(void *arg)
     const uint32_t park_max = r->o.mailbox_capacity * KR_SHARD_PARK_RINGS;
 
     while (!ck_pr_load_int(&r->stop)) {
+        uint64_t t0 = kr_shard_clock_ns();
         kr_reqq_serve(sh->reqq, sh);
         kr_outbox_unpark(&sh->ob);
         uint32_t work = 0;
@@ -1082,8 +1103,10 @@ static void *kr_shard_main(void *arg)
         sh->first_in = (sh->first_in + 1) % r->o.nnet;
         kr_shard_congestion(sh, park_max);
         kr_outbox_wake(&sh->ob);
-        if (work)
+        if (work) {
+            kr_shard_loop_timed(sh, t0);
             continue;
+        }
         if (sh->seq != sh->frontier_sent && r->o.frontier) {
             /* idle: how far it got, at most every KR_FRONTIER_IDLE_MS (it wakes every net
              * thread; positions stay exact without it, it only keeps idle ones fresh) */

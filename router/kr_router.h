@@ -263,7 +263,13 @@ int kr_router_cmd_next(const struct kr_router_cmd *c, uint32_t *pos, const char 
       "shard answers: the history does not reach back to a retroactive horizon")                  \
     X(resume_bounded, COUNTER, SHARD, "resume_bounded_topics",                                    \
       "topics a resume told to resync instead of replaying them: the replay would have passed "   \
-      "resume_max_entries or resume_max_bytes")
+      "resume_max_entries or resume_max_bytes")                                                   \
+    X(loop_iterations, COUNTER, SHARD, "shard_loop_iterations",                                   \
+      "shard loop iterations that took events")                                                   \
+    X(loop_over_1ms, COUNTER, SHARD, "shard_loop_over_1ms",                                       \
+      "shard loop iterations that worked for more than 1 ms")                                     \
+    X(loop_over_10ms, COUNTER, SHARD, "shard_loop_over_10ms",                                     \
+      "shard loop iterations that worked for more than 10 ms")
 
 /* Statistics summed over shards (relaxed reads of per-shard counters). Any thread. */
 struct kr_router_stats {

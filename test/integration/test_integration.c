@@ -48,6 +48,35 @@ Test(proto, stats_uses_memcached_names)
     close(fd);
 }
 
+/* The loop figures: iterations of the net threads and shards, and those that worked more
+ * than 1 ms. One request subscribing 200,000 new topics is one long iteration of the net
+ * thread that parses and routes it and of every shard that inserts its part (each at
+ * least tens of thousands of table inserts: far above a millisecond on any machine). */
+Test(proto, loop_figures_count_iterations_and_long_ones)
+{
+    unsigned long long net0 = kr_it_stat(kr_it_srv.port, "net_loop_over_1ms");
+    unsigned long long sh0 = kr_it_stat(kr_it_srv.port, "shard_loop_over_1ms");
+    cr_assert_gt(kr_it_stat(kr_it_srv.port, "net_loop_iterations"), 0);
+    enum { N = 200000 };
+    static char topics[N * 12];
+    size_t len = 0;
+    for (int i = 0; i < N; i++)
+        len += (size_t)snprintf(topics + len, sizeof(topics) - len, "%sloop.%d", i ? " " : "", i);
+    int fd = kr_it_connect(kr_it_srv.port);
+    char head[64];
+    snprintf(head, sizeof(head), "set subscribe 0 0 %zu\r\n", len);
+    kr_it_sends(fd, head);
+    kr_it_send(fd, topics, len);
+    kr_it_sends(fd, "\r\n");
+    kr_it_expect(fd, "STORED\r\n");
+    cr_assert_gt(kr_it_stat(kr_it_srv.port, "shard_loop_iterations"), 0);
+    cr_assert_gt(kr_it_stat(kr_it_srv.port, "shard_loop_over_1ms"), sh0);
+    cr_assert_gt(kr_it_stat(kr_it_srv.port, "net_loop_over_1ms"), net0);
+    cr_assert_leq(kr_it_stat(kr_it_srv.port, "net_loop_over_10ms"),
+                  kr_it_stat(kr_it_srv.port, "net_loop_over_1ms"));
+    close(fd);
+}
+
 Test(proto, quit_closes_silently)
 {
     int fd = kr_it_connect(kr_it_srv.port);
