@@ -62,9 +62,9 @@
       "subscribers told to resync because the cluster link may have lost messages for them")     \
     X(net_loop_iterations, COUNTER, "net thread loop iterations")                                 \
     X(net_loop_over_1ms, COUNTER,                                                                 \
-      "net thread loop iterations that worked (not waited) for more than 1 ms")                  \
+      "net thread loop iterations longer than 1 ms, not counting the wait for events")           \
     X(net_loop_over_10ms, COUNTER,                                                                \
-      "net thread loop iterations that worked (not waited) for more than 10 ms")
+      "net thread loop iterations longer than 10 ms, not counting the wait for events")
 
 /* Names of the counters (kr_conn_count): KR_NTC_<name>, in the order of the list. */
 enum kr_nt_counter {

@@ -2,6 +2,9 @@
  * wake-up, check, turn, waiting-poll and sweep callbacks, fanout warnings. Net thread only. */
 #include "kr_net_int.h"
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <ck_pr.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -357,10 +360,10 @@ void kr_nt_check_cb(uv_check_t *h)
         kr_cluster_flush(nt->srv->cluster, nt->idx);
 }
 
-/* Before the loop blocks: how long the iteration that ends here worked, not counting the
- * time it waited in the poll (libuv's idle-time metric). Single slow deliveries are either
- * a long iteration (counted) or a thread waiting for a CPU (not counted: then these stay
- * at zero while the latency's tail grows). */
+/* Before the loop blocks: how long the iteration that ends here lasted, not counting the
+ * time it waited for events in the poll (libuv's idle-time metric). Time the thread was
+ * preempted inside it counts: the scheduler figures of `stats` (net_threads_wait_ms) tell
+ * work from a wait for a CPU. */
 void kr_nt_prepare_cb(uv_prepare_t *h)
 {
     struct kr_nt *nt = h->data;
@@ -446,6 +449,7 @@ void kr_nt_main(void *arg)
     char name[16];
     snprintf(name, sizeof(name), "kr-net-%u", nt->idx);
     pthread_setname_np(pthread_self(), name);
+    ck_pr_store_int(&nt->tid, (int)syscall(SYS_gettid));
     urcu_memb_register_thread(); /* reads the live configuration snapshot */
     uv_run(&nt->loop, UV_RUN_DEFAULT);
     urcu_memb_unregister_thread();

@@ -265,6 +265,7 @@ struct kr_nt {
     uint32_t sweep_cursor;     /* the slot the next sweep tick starts at */
     uv_check_t check;
     uv_prepare_t prepare; /* times each loop iteration (kr_nt_prepare_cb) */
+    int tid;              /* the thread's kernel id (its /proc/self/task entry), 0 until it runs */
     uint64_t it_last_ns, it_idle_ns; /* the previous iteration's end and the loop's idle time */
     uv_idle_t turn_idle;       /* active while connections wait for a turn */
     uint64_t *turns;           /* ids of the connections whose pipelined work continues */
@@ -358,6 +359,10 @@ struct kr_server {
     uint64_t ru_utime_us;
     uint64_t ru_stime_us;
     uint64_t mem[4]; /* jemalloc stats.allocated, active, resident, mapped (kr_je_stats) */
+    /* per kind of thread (0: net threads, 1: shards), summed: nanoseconds on a CPU and
+     * nanoseconds ready to run but waiting for one (/proc/self/task/<tid>/schedstat) */
+    uint64_t sched_run_ns[2], sched_wait_ns[2];
+    uint64_t steal_ms; /* the machine's CPUs' steal time (/proc/stat), all CPUs */
     uint64_t stats_refreshes;
     /* recent fanout warnings (kr_loop.c), a ring under warn_mu: only warned messages */
     pthread_mutex_t warn_mu;

@@ -4,6 +4,7 @@
 #include "kr_net_int.h"
 
 #include <ck_pr.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -82,6 +83,24 @@ void kr_server_figures(struct kr_server *srv, kr_server_figure_cb cb, void *arg)
     ru.help = "CPU seconds in the kernel";
     ru.value = ck_pr_load_64(&srv->ru_stime_us);
     cb(arg, &ru);
+    /* where the threads' time went (kernel scheduler figures): on a CPU, or ready to run and
+     * waiting for one; and the machine's steal time (a virtual machine's CPUs taken by its
+     * host). A latency tail with waits growing and few long loop iterations is CPU
+     * contention, not work */
+    kr_fig(cb, arg, "net_threads_cpu_ms", C, "milliseconds the net threads ran on a CPU",
+           ck_pr_load_64(&srv->sched_run_ns[0]) / 1000000u);
+    kr_fig(cb, arg, "net_threads_wait_ms", C,
+           "milliseconds the net threads were ready to run but waited for a CPU",
+           ck_pr_load_64(&srv->sched_wait_ns[0]) / 1000000u);
+    kr_fig(cb, arg, "shard_threads_cpu_ms", C, "milliseconds the shard threads ran on a CPU",
+           ck_pr_load_64(&srv->sched_run_ns[1]) / 1000000u);
+    kr_fig(cb, arg, "shard_threads_wait_ms", C,
+           "milliseconds the shard threads were ready to run but waited for a CPU",
+           ck_pr_load_64(&srv->sched_wait_ns[1]) / 1000000u);
+    kr_fig(cb, arg, "cpu_steal_ms", C,
+           "milliseconds the machine's virtual CPUs waited for their host (/proc/stat steal, all "
+           "CPUs)",
+           ck_pr_load_64(&srv->steal_ms));
     kr_fig(cb, arg, "max_connections", G, "max_tcp_clients", lv.max_tcp_clients);
     kr_fig(cb, arg, "threads", G, "net threads", srv->nnet);
     kr_fig(cb, arg, "router_shards", G, "router shard threads", kr_router_nshards(srv->router));
@@ -126,8 +145,50 @@ void kr_server_figures(struct kr_server *srv, kr_server_figure_cb cb, void *arg)
 #undef KR_CL_FIG
 }
 
+/* Add thread tid's time on a CPU and time waiting for one (ns) to *run and *wait. */
+static void kr_sched_add(int tid, uint64_t *run, uint64_t *wait)
+{
+    if (tid <= 0)
+        return;
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/task/%d/schedstat", tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    unsigned long long r = 0, w = 0;
+    if (fscanf(f, "%llu %llu", &r, &w) == 2) {
+        *run += r;
+        *wait += w;
+    }
+    fclose(f);
+}
+
+/* The machine's steal time in milliseconds (the `cpu` line of /proc/stat), 0 if unknown. */
+static uint64_t kr_steal_ms(void)
+{
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return 0;
+    unsigned long long v[8] = {0};
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                   &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    long hz = sysconf(_SC_CLK_TCK);
+    return n == 8 && hz > 0 ? v[7] * 1000u / (uint64_t)hz : 0;
+}
+
 void kr_server_refresh_stats(struct kr_server *srv)
 {
+    uint64_t run[2] = {0, 0}, wait[2] = {0, 0};
+    for (uint32_t i = 0; i < srv->nnet; i++)
+        kr_sched_add(ck_pr_load_int(&srv->nts[i]->tid), &run[0], &wait[0]);
+    for (uint32_t i = 0; i < kr_router_nshards(srv->router); i++)
+        kr_sched_add(kr_router_shard_tid(srv->router, i), &run[1], &wait[1]);
+    for (int k = 0; k < 2; k++) {
+        ck_pr_store_64(&srv->sched_run_ns[k], run[k]);
+        ck_pr_store_64(&srv->sched_wait_ns[k], wait[k]);
+    }
+    ck_pr_store_64(&srv->steal_ms, kr_steal_ms());
     ck_pr_store_int(&srv->pid, (int)getpid());
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) == 0) {

@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 #include <urcu/urcu-memb.h>
 #include <xxhash.h>
 
@@ -95,6 +97,7 @@ struct kr_batch {
 struct kr_shard {
     struct kr_router *r;
     uint32_t idx;
+    int tid; /* its thread's id (kr_router_shard_tid), 0 until it runs */
     uint64_t seq;           /* the last sequence number given to a routed message */
     uint64_t frontier_sent; /* the last one announced to the net threads (KR_EV_FRONTIER) */
     uint64_t frontier_ms;   /* when the last idle announcement went (kr_now_ms) */
@@ -222,6 +225,11 @@ int kr_router_cmd_next(const struct kr_router_cmd *c, uint32_t *pos, const char 
 }
 
 /* ---------------------------------------------------------------- routing */
+
+int kr_router_shard_tid(const struct kr_router *r, uint32_t shard)
+{
+    return shard < r->o.nshards ? ck_pr_load_int((int *)&r->shards[shard].tid) : 0;
+}
 
 uint32_t kr_router_nshards(const struct kr_router *r)
 {
@@ -1060,8 +1068,8 @@ static uint64_t kr_shard_clock_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Count an iteration that took events, and how long it worked: single slow deliveries
- * are either a long iteration (counted here) or a thread waiting for a CPU (not). */
+/* Count an iteration that took events, and how long it lasted (preemption inside it
+ * included: the scheduler figures of `stats` tell the two apart). */
 static void kr_shard_loop_timed(struct kr_shard *sh, uint64_t t0)
 {
     uint64_t dt = kr_shard_clock_ns() - t0;
@@ -1079,6 +1087,7 @@ static void *kr_shard_main(void *arg)
     char name[16];
     snprintf(name, sizeof(name), "kr-shard-%u", sh->idx);
     pthread_setname_np(pthread_self(), name);
+    ck_pr_store_int(&sh->tid, (int)syscall(SYS_gettid));
     if (r->o.pin_cpus)
         kr_shard_pin(sh);
     urcu_memb_register_thread();

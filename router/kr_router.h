@@ -210,6 +210,9 @@ void kr_router_stop(struct kr_router *r);
 void kr_router_destroy(struct kr_router *r);
 
 uint32_t kr_router_nshards(const struct kr_router *r);
+/* The kernel's id of shard `shard`'s thread (for its /proc/self/task entry), 0 before it
+ * runs. Any thread. */
+int kr_router_shard_tid(const struct kr_router *r, uint32_t shard);
 /* The shard that owns `topic`, or the topic whose kr_topic_hash (kr_queue.h) is `hash`.
  * Any thread. */
 uint32_t kr_router_shard_of(const struct kr_router *r, const char *topic, size_t len);
@@ -267,9 +270,9 @@ int kr_router_cmd_next(const struct kr_router_cmd *c, uint32_t *pos, const char 
     X(loop_iterations, COUNTER, SHARD, "shard_loop_iterations",                                   \
       "shard loop iterations that took events")                                                   \
     X(loop_over_1ms, COUNTER, SHARD, "shard_loop_over_1ms",                                       \
-      "shard loop iterations that worked for more than 1 ms")                                     \
+      "shard loop iterations that took events and lasted more than 1 ms")                         \
     X(loop_over_10ms, COUNTER, SHARD, "shard_loop_over_10ms",                                     \
-      "shard loop iterations that worked for more than 10 ms")
+      "shard loop iterations that took events and lasted more than 10 ms")
 
 /* Statistics summed over shards (relaxed reads of per-shard counters). Any thread. */
 struct kr_router_stats {

@@ -48,7 +48,7 @@ Test(proto, stats_uses_memcached_names)
     close(fd);
 }
 
-/* The loop figures: iterations of the net threads and shards, and those that worked more
+/* The loop figures: iterations of the net threads and shards, and those that lasted more
  * than 1 ms. One request subscribing 200,000 new topics is one long iteration of the net
  * thread that parses and routes it and of every shard that inserts its part (each at
  * least tens of thousands of table inserts: far above a millisecond on any machine). */
@@ -74,6 +74,13 @@ Test(proto, loop_figures_count_iterations_and_long_ones)
     cr_assert_gt(kr_it_stat(kr_it_srv.port, "net_loop_over_1ms"), net0);
     cr_assert_leq(kr_it_stat(kr_it_srv.port, "net_loop_over_10ms"),
                   kr_it_stat(kr_it_srv.port, "net_loop_over_1ms"));
+    /* the scheduler's figures (refreshed once a second): the threads ran, and the figures
+     * of their waits and of the machine's steal time are there */
+    kr_it_wait_stat(kr_it_srv.port, "shard_threads_cpu_ms", KR_IT_GE, 1);
+    kr_it_wait_stat(kr_it_srv.port, "net_threads_cpu_ms", KR_IT_GE, 1);
+    kr_it_stat(kr_it_srv.port, "net_threads_wait_ms");
+    kr_it_stat(kr_it_srv.port, "shard_threads_wait_ms");
+    kr_it_stat(kr_it_srv.port, "cpu_steal_ms");
     close(fd);
 }
 
