@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "kr_bench.h"
+#include "kr_bench_proc.h"
 
 enum kr_bench_proto {
     KR_BENCH_PROTO_KRAKEN,
@@ -142,9 +143,5 @@ int kr_bench_storm(const struct kr_bench_cfg *cfg, struct kr_bench_result *res);
 /* Ask a running kr_bench_run to end its timed phase early (async-signal-safe). */
 void kr_bench_request_stop(void);
 
-/* VmRSS of a process in KiB from /proc/<pid>/status, or -1. */
-long kr_bench_rss_kb(long pid);
-/* CPU seconds (user + system) process pid used so far, from /proc; -1 when unreadable. */
-double kr_bench_cpu_s(long pid);
 
 #endif

@@ -1,6 +1,8 @@
 /* Integration-test helpers: see kr_itest.h. */
 #include "kr_itest.h"
 
+#include "kr_bench_proc.h"
+
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -463,23 +465,8 @@ int kr_it_connect_nb(uint16_t port)
 
 int kr_it_proc_cpu_ms(pid_t pid)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *p = strrchr(buf, ')'); /* the command name may hold spaces */
-    if (!p)
-        return -1;
-    unsigned long utime = 0, stime = 0;
-    /* after ") ": state(3) ... utime is field 14, stime 15 */
-    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2)
-        return -1;
-    long hz = sysconf(_SC_CLK_TCK);
-    return (int)((utime + stime) * 1000 / (unsigned long)(hz > 0 ? hz : 100));
+    double s = kr_bench_cpu_s((long)pid);
+    return s < 0 ? -1 : (int)(s * 1000);
 }
 
 long kr_it_file_size(const char *path)
