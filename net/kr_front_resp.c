@@ -499,12 +499,9 @@ static size_t kr_rs_mem(const struct kr_conn *c)
     const struct kr_rs_state *s = kr_conn_fe_state(c);
     if (!s)
         return 0;
-    size_t n = sizeof(*s) + s->argv_cap * sizeof(*s->argv) + s->sb_cap +
-               (size_t)s->tab_cap * sizeof(*s->tab) + (s->name ? strlen(s->name) + 1 : 0);
-    for (uint32_t b = 0; b < s->tab_cap; b++)
-        for (const struct kr_rs_chan *ch = s->tab[b]; ch; ch = ch->next)
-            n += sizeof(*ch) + ch->len;
-    return n;
+    return sizeof(*s) + s->argv_cap * sizeof(*s->argv) + s->sb_cap +
+           (size_t)s->tab_cap * sizeof(*s->tab) + s->chan_bytes +
+           (s->name ? strlen(s->name) + 1 : 0);
 }
 
 static void kr_rs_close(struct kr_conn *c)

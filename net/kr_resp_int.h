@@ -41,6 +41,9 @@ struct kr_rs_chan {
 struct kr_rs_state {
     int proto; /* 2 or 3 */
     bool authed;
+    /* continuity: position messages (subscribed to __kraken__:position) */
+    bool want_position;
+    bool pos_dirty;        /* messages were written since the last position message */
     char *name; /* CLIENT SETNAME (NULL: none) */
     struct kr_resp_parser parser;
     struct kr_resp_arg *argv;
@@ -50,10 +53,8 @@ struct kr_rs_state {
     uint32_t tab_cap; /* power of two */
     uint32_t nentries;
     uint32_t nsubs[2]; /* channels per namespace (enum kr_ns): the confirmations' counts */
-    /* continuity: position messages (subscribed to __kraken__:position) */
-    bool want_position;
-    bool pos_dirty;        /* messages were written since the last position message */
-    uint64_t pos_sent_ms;  /* when the last one went (kr_now_ms) */
+    uint64_t chan_bytes; /* bytes the set's entries take (kr_rs_mem) */
+    uint64_t pos_sent_ms;  /* when the last position message went (kr_now_ms) */
     uint64_t pos_sent_hash; /* and a hash of its token, not to repeat it */
     /* scratch: a reply being formatted */
     char *sb;

@@ -66,6 +66,7 @@ static bool kr_rs_add(struct kr_rs_state *s, enum kr_ns ns, const char *p, size_
     memcpy(ch->name, p, n);
     *pp = ch;
     s->nentries++;
+    s->chan_bytes += sizeof(*ch) + n;
     s->nsubs[ns]++;
     if (ns == KR_NS_PLAIN && n == sizeof(KR_POSITION_TOPIC) - 1 && memcmp(p, KR_POSITION_TOPIC, n) == 0)
         s->want_position = true;
@@ -78,6 +79,7 @@ static void kr_rs_unlink(struct kr_rs_state *s, struct kr_rs_chan *ch)
     struct kr_rs_chan **pp = kr_rs_slot(s, ch->ns, ch->name, ch->len, ch->hash);
     *pp = ch->next;
     s->nentries--;
+    s->chan_bytes -= sizeof(*ch) + ch->len;
     s->nsubs[ch->ns]--;
     if (ch->ns == KR_NS_PLAIN && ch->len == sizeof(KR_POSITION_TOPIC) - 1 &&
         memcmp(ch->name, KR_POSITION_TOPIC, ch->len) == 0)
@@ -98,6 +100,7 @@ void kr_rs_channels_free(struct kr_rs_state *s)
     s->tab = NULL;
     s->tab_cap = s->nentries = 0;
     s->nsubs[0] = s->nsubs[1] = 0;
+    s->chan_bytes = 0;
     s->want_position = false;
 }
 
