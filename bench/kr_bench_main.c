@@ -268,6 +268,16 @@ static const char *kb_status(const struct kr_bench_result *r, int rc)
     return "ok";
 }
 
+/* Deliveries (churn: acknowledged operations) of the timed phase per second of the
+ * server's CPU, -1 when its CPU was not measured (--server-pid). */
+static double kb_per_server_cpu_s(const struct kr_bench_cfg *c, const struct kr_bench_result *r)
+{
+    if (r->server_cpu_s <= 0)
+        return -1;
+    uint64_t work = c->scenario == KR_BENCH_SC_CHURN ? r->ops_timed : r->delivered_timed;
+    return (double)work / r->server_cpu_s;
+}
+
 static void kb_print_json(const struct kr_bench_cfg *c, const struct kr_bench_result *r, int rc)
 {
     FILE *f = stdout;
@@ -318,9 +328,8 @@ static void kb_print_json(const struct kr_bench_cfg *c, const struct kr_bench_re
     fprintf(f, "\"rss_before_kb\":%ld,\"rss_after_kb\":%ld,\"rss_per_conn_bytes\":%ld,",
             r->rss_before_kb, r->rss_after_kb, per_conn);
     /* the server's CPU in the timed phase, and what it did per CPU-second */
-    double work = c->scenario == KR_BENCH_SC_CHURN ? (double)r->ops_timed : (double)r->delivered_timed;
     fprintf(f, "\"server_cpu_s\":%.3f,\"per_server_cpu_s\":%.0f,", r->server_cpu_s,
-            r->server_cpu_s > 0 ? work / r->server_cpu_s : -1.0);
+            kb_per_server_cpu_s(c, r));
     fprintf(f,
             "\"retro_subs\":%llu,\"not_found\":%llu,\"replayed\":%llu,\"replay_s\":%.3f,"
             "\"replay_rate\":%.0f,",
@@ -453,13 +462,10 @@ static void kb_print_summary(const struct kr_bench_cfg *c, const struct kr_bench
                 r->probe_s, (unsigned long long)r->probes);
     fprintf(f, "  run          %.2f s timed, then %.2f s drain%s\n", r->run_s, r->drain_s,
             r->drain_timed_out ? " (bound reached)" : "");
-    if (r->server_cpu_s > 0) {
-        int churn = c->scenario == KR_BENCH_SC_CHURN;
-        double work = churn ? (double)r->ops_timed : (double)r->delivered_timed;
+    if (r->server_cpu_s > 0)
         fprintf(f, "  server CPU   %.2f s in the timed phase (%.0f %% of a CPU): %.0f %s per CPU-second\n",
-                r->server_cpu_s, 100.0 * r->server_cpu_s / r->run_s, work / r->server_cpu_s,
-                churn ? "operations" : "deliveries");
-    }
+                r->server_cpu_s, 100.0 * r->server_cpu_s / r->run_s, kb_per_server_cpu_s(c, r),
+                c->scenario == KR_BENCH_SC_CHURN ? "operations" : "deliveries");
     if (c->scenario == KR_BENCH_SC_CHURN) {
         fprintf(f, "  churn        %llu ops acknowledged, %.0f ops/s\n", (unsigned long long)r->ops,
                 kb_rate(r->ops_timed, r->run_s));

@@ -297,7 +297,6 @@ static uint64_t kr_shard_seq_of(const struct kr_shard *sh, const struct kr_msg *
 
 /* Drop the oldest held message, remembering the newest publish time ever dropped: a
  * horizon before it can no longer be served (NOT_FOUND), whichever bound evicted it. */
-
 static void kr_history_evict(struct kr_shard *sh)
 {
     struct kr_history *h = &sh->hist;
