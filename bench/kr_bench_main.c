@@ -146,7 +146,7 @@ static void kb_usage(FILE *f)
         "  --duration S         timed phase in seconds (default 10; decimals allowed)\n"
         "  --drain-timeout S    bound on the drain after the timed phase, where publishers\n"
         "                       stop and subscribers keep receiving until the counts are\n"
-        "                       complete or stop changing for 1 s (default 10)\n"
+        "                       complete or stop changing for 3 s (default 10)\n"
         "  --connect-timeout S  bound on connecting and subscribing (default 60)\n"
         "  --server-pid PID     the server's process: its CPU time (/proc/PID/stat) over the\n"
         "                       timed phase is reported with deliveries (churn: operations)\n"
