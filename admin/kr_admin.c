@@ -726,7 +726,7 @@ static void kr_admin_job_async_cb(uv_async_t *h)
 static void kr_admin_reqq_wake(void *arg)
 {
     struct kr_admin *a = arg;
-    uv_async_send(&a->job_async);
+    KR_ASYNC_SEND(&a->job_async);
 }
 
 /* ---------------------------------------------------------------- listening sockets

@@ -22,7 +22,7 @@ static void kr_server_wake_net(void *arg, uint32_t net)
 {
     struct kr_server *s = arg;
     if (net < s->nnet)
-        uv_async_send(&s->nts[net]->wake);
+        KR_ASYNC_SEND(&s->nts[net]->wake);
     else if (s->cluster) /* the link's index (its delivery thread's is never woken) */
         kr_cluster_wake(s->cluster);
 }
@@ -223,7 +223,7 @@ void kr_server_stop(struct kr_server *s)
 {
     for (uint32_t i = 0; i < s->nnet; i++) {
         ck_pr_store_8((uint8_t *)&s->nts[i]->stopping, 1);
-        uv_async_send(&s->nts[i]->wake);
+        KR_ASYNC_SEND(&s->nts[i]->wake);
     }
     for (uint32_t i = 0; i < s->nnet; i++)
         uv_thread_join(&s->nts[i]->thread);
@@ -336,7 +336,7 @@ uint64_t kr_server_uptime(const struct kr_server *s)
 
 void kr_net_wake(struct kr_server *s, uint32_t net)
 {
-    uv_async_send(&s->nts[net]->wake);
+    KR_ASYNC_SEND(&s->nts[net]->wake);
 }
 
 static void kr_net_conn_fill(const struct kr_conn *c, uint64_t now, struct kr_net_conn_info *out)

@@ -63,6 +63,16 @@ void __tsan_release(void *addr);
 #define KR_TSAN_ACQUIRE(p) ((void)0)
 #endif
 
+/* Wake another thread's libuv loop after handing it something (a ring entry, a flag): a
+ * full fence, then uv_async_send. uv_async_send first reads the handle's pending flag
+ * without a barrier and returns when it is set, trusting the loop to look again; without
+ * the fence the CPU may read that flag before the hand-off's store is visible (a store then
+ * a load may be reordered, on x86 too): the woken loop clears the flag, finds nothing, and
+ * sleeps, while the sender saw the flag still set and sent no wake-up. The hand-off then
+ * waits for the next, unrelated, wake-up (seen: deliveries held for seconds under load).
+ * For files that include uv.h. Any thread. */
+#define KR_ASYNC_SEND(async) (__atomic_thread_fence(__ATOMIC_SEQ_CST), uv_async_send(async))
+
 /* Monotonic milliseconds (CLOCK_MONOTONIC_COARSE). Any thread. */
 uint64_t kr_now_ms(void);
 

@@ -230,7 +230,7 @@ void kr_cluster_stop(struct kr_cluster *cl)
         return;
     ck_pr_store_int(&cl->stopping, 1);
     if (cl->started) {
-        uv_async_send(&cl->wake);
+        KR_ASYNC_SEND(&cl->wake);
         uv_thread_join(&cl->thread);
         cl->started = false;
     }
@@ -370,7 +370,7 @@ void kr_cluster_destroy(struct kr_cluster *cl)
 
 void kr_cluster_wake(struct kr_cluster *cl)
 {
-    uv_async_send(&cl->wake);
+    KR_ASYNC_SEND(&cl->wake);
 }
 
 bool kr_cluster_send(struct kr_cluster *cl, uint32_t net, const struct kr_event *ev)
@@ -385,7 +385,7 @@ void kr_cluster_flush(struct kr_cluster *cl, uint32_t net)
 {
     if (cl->in_dirty[(size_t)net * 64]) {
         cl->in_dirty[(size_t)net * 64] = 0;
-        uv_async_send(&cl->wake);
+        KR_ASYNC_SEND(&cl->wake);
     }
 }
 

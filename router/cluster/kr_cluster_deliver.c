@@ -34,7 +34,7 @@ static void kr_cl_item_push(struct kr_cluster *cl, char kind, uint64_t origin, u
         cl->ihead = it;
     cl->itail = it;
     pthread_mutex_unlock(&cl->mu);
-    uv_async_send(&cl->wake);
+    KR_ASYNC_SEND(&cl->wake);
 }
 
 void kr_cl_disconnected_cb(natsConnection *nc, void *closure)
