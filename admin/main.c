@@ -92,6 +92,11 @@ static void kr_main_stats_timer_cb(uv_timer_t *t)
     kr_server_refresh_stats(t->data);
 }
 
+static void kr_main_watch_timer_cb(uv_timer_t *t)
+{
+    kr_server_watch_shards(t->data);
+}
+
 static void kr_main_on_exit(void *arg)
 {
     struct kr_main *m = arg;
@@ -232,6 +237,11 @@ static int kr_main_run(const struct kr_cfg *cfg, int ready_fd)
     stats_timer.data = srv;
     uv_timer_start(&stats_timer, kr_main_stats_timer_cb, KR_NET_STATS_REFRESH_MS,
                    KR_NET_STATS_REFRESH_MS);
+    uv_timer_t watch_timer;
+    uv_timer_init(m.loop, &watch_timer);
+    watch_timer.data = srv;
+    uv_timer_start(&watch_timer, kr_main_watch_timer_cb, KR_NET_SHARD_WATCH_MS,
+                   KR_NET_SHARD_WATCH_MS);
     kr_admin_notify("READY=1\nSTATUS=serving");
     if (ready_fd >= 0) {
         char line[32];
@@ -248,6 +258,7 @@ static int kr_main_run(const struct kr_cfg *cfg, int ready_fd)
     for (int i = 0; i < 4; i++)
         uv_close((uv_handle_t *)&sigs[i], NULL);
     uv_close((uv_handle_t *)&stats_timer, NULL);
+    uv_close((uv_handle_t *)&watch_timer, NULL);
     uv_run(m.loop, UV_RUN_DEFAULT);
     kr_admin_destroy(m.admin);
     uv_loop_close(m.loop);

@@ -95,6 +95,11 @@ void kr_server_accept_unlock(struct kr_server *s);
  * one thread that is not a net thread. Control thread. */
 #define KR_NET_STATS_REFRESH_MS 1000
 void kr_server_refresh_stats(struct kr_server *s);
+/* Watch the shard threads (kr_router_watch: one pinned to a CPU that does not serve it is
+ * moved off it). Every KR_NET_SHARD_WATCH_MS from one thread that is not a net thread or a
+ * shard. Control thread. */
+#define KR_NET_SHARD_WATCH_MS 50
+void kr_server_watch_shards(struct kr_server *s);
 
 /* What the admin socket shows of one client connection (a copy made by its net thread). */
 struct kr_net_conn_info {

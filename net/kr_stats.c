@@ -177,6 +177,11 @@ static uint64_t kr_steal_ms(void)
     return n == 8 && hz > 0 ? v[7] * 1000u / (uint64_t)hz : 0;
 }
 
+void kr_server_watch_shards(struct kr_server *srv)
+{
+    kr_router_watch(srv->router, kr_now_ms());
+}
+
 void kr_server_refresh_stats(struct kr_server *srv)
 {
     uint64_t run[2] = {0, 0}, wait[2] = {0, 0};

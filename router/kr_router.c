@@ -17,6 +17,7 @@
 #include "kr_cfg.h"
 #include "kr_log.h"
 #include "kr_evicted.h"
+#include "kr_pin.h"
 #include "kr_topics.h"
 
 #define KR_SHARD_BATCH 256 /* events taken from one ring before looking at the next */
@@ -71,9 +72,11 @@ struct kr_topics_req {
 struct kr_shard_counters {
 #define KR_SHARD_FIELD_SHARD(name) uint64_t name;
 #define KR_SHARD_FIELD_TABLE(name)
+#define KR_SHARD_FIELD_PIN(name)
 #define KR_SHARD_FIELD(name, kind, source, figure, help) KR_SHARD_FIELD_##source(name)
     KR_ROUTER_COUNTERS(KR_SHARD_FIELD)
 #undef KR_SHARD_FIELD
+#undef KR_SHARD_FIELD_PIN
 #undef KR_SHARD_FIELD_TABLE
 #undef KR_SHARD_FIELD_SHARD
 };
@@ -148,6 +151,7 @@ struct kr_router {
     struct kr_congestion *congested; /* [nshards] */
     uint8_t *dirty; /* [nnet * nshards]: net n pushed to shard s since its last flush */
     struct kr_batch **cursor; /* [nnet * nshards]: the batch net n is handing out from s */
+    struct kr_pin *pin; /* the shards' CPU pins and the watch over them */
     int stop;
     int hold; /* kr_router_hold_topics */
 };
@@ -1021,29 +1025,6 @@ static void kr_shard_handle(struct kr_shard *sh, struct kr_event *ev)
     }
 }
 
-static void kr_shard_pin(struct kr_shard *sh)
-{
-    cpu_set_t allowed, one;
-    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
-        return;
-    int count = CPU_COUNT(&allowed);
-    if (count <= 0)
-        return;
-    int want = (int)(sh->idx % (uint32_t)count), seen = 0;
-    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
-        if (!CPU_ISSET(cpu, &allowed))
-            continue;
-        if (seen++ == want) {
-            CPU_ZERO(&one);
-            CPU_SET(cpu, &one);
-            int rc = pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
-            if (rc)
-                KR_WARN("shard %u: cannot pin to CPU %d: %s", sh->idx, cpu, strerror(rc));
-            return;
-        }
-    }
-}
-
 /* kr_router_client_topics, on the shard: the buffer belongs to the request, so filling it
  * is safe even if the asker stopped waiting. */
 static int kr_shard_topics_run(struct kr_req *req, void *owner)
@@ -1087,8 +1068,7 @@ static void *kr_shard_main(void *arg)
     snprintf(name, sizeof(name), "kr-shard-%u", sh->idx);
     pthread_setname_np(pthread_self(), name);
     ck_pr_store_int(&sh->tid, (int)syscall(SYS_gettid));
-    if (r->o.pin_cpus)
-        kr_shard_pin(sh);
+    kr_pin_self(r->pin, sh->idx);
     urcu_memb_register_thread();
     const uint32_t park_max = r->o.mailbox_capacity * KR_SHARD_PARK_RINGS;
 
@@ -1159,6 +1139,7 @@ struct kr_router *kr_router_create(const struct kr_router_opts *opts)
         abort();
     memset(r->congested, 0, sizeof(struct kr_congestion) * r->o.nshards);
     r->dirty = kr_xcalloc((size_t)r->o.nnet * r->o.nshards, 1);
+    r->pin = kr_pin_create(r->o.nshards, r->o.pin_cpus);
     r->cursor = kr_xcalloc((size_t)r->o.nnet * r->o.nshards, sizeof(*r->cursor));
     for (uint32_t s = 0; s < r->o.nshards; s++) {
         struct kr_shard *sh = &r->shards[s];
@@ -1330,6 +1311,7 @@ void kr_router_destroy(struct kr_router *r)
     free(r->shards);
     free(r->congested);
     free(r->dirty);
+    kr_pin_destroy(r->pin);
     free(r);
 }
 
@@ -1377,6 +1359,23 @@ bool kr_router_recv(struct kr_router *r, uint32_t net, uint32_t shard, struct kr
     return true;
 }
 
+void kr_router_watch(struct kr_router *r, uint64_t now_ms)
+{
+    for (uint32_t s = 0; s < r->o.nshards; s++) {
+        struct kr_shard *sh = &r->shards[s];
+        bool waiting = kr_reqq_pending(sh->reqq);
+        for (uint32_t n = 0; n < r->o.nnet && !waiting; n++)
+            waiting = kr_mailbox_depth(sh->in[n]) > 0;
+        kr_pin_watch(r->pin, s, waiting, now_ms);
+    }
+}
+
+/* The PIN rows of KR_ROUTER_COUNTERS: the watch's counts. */
+static uint64_t kr_shard_pin_cpu_stalls(const struct kr_shard *sh)
+{
+    return kr_pin_stalls(sh->r->pin, sh->idx);
+}
+
 /* The TABLE rows of KR_ROUTER_COUNTERS: the shard's topic table's own counts. */
 static uint64_t kr_shard_table_topics(const struct kr_shard *sh)
 {
@@ -1395,9 +1394,11 @@ void kr_router_stats(const struct kr_router *r, struct kr_router_stats *out)
         struct kr_shard *sh = &r->shards[s];
 #define KR_RT_SUM_SHARD(name) out->name += ck_pr_load_64(&sh->st.name);
 #define KR_RT_SUM_TABLE(name) out->name += kr_shard_table_##name(sh);
+#define KR_RT_SUM_PIN(name) out->name += kr_shard_pin_##name(sh);
 #define KR_RT_SUM(name, kind, source, figure, help) KR_RT_SUM_##source(name)
         KR_ROUTER_COUNTERS(KR_RT_SUM)
 #undef KR_RT_SUM
+#undef KR_RT_SUM_PIN
 #undef KR_RT_SUM_TABLE
 #undef KR_RT_SUM_SHARD
     }

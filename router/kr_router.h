@@ -187,7 +187,8 @@ struct kr_router_opts {
     uint64_t history_bytes;        /* history_max_bytes: bytes of message buffers each shard's
                                       history holds at most, oldest evicted first (0 = no
                                       byte bound, only the count) */
-    bool pin_cpus;                 /* pin shard i to CPU i % ncpus */
+    bool pin_cpus;                 /* pin shard i to CPU i % ncpus (kr_router_watch moves a
+                                      shard its CPU does not serve) */
     uint32_t nend;                 /* indexes below this get KR_EV_END (0: all of nnet) */
     bool frontier;                 /* send KR_EV_FRONTIER to the net threads (positions) */
     bool interest;                 /* send KR_EV_INTEREST to interest_net */
@@ -210,6 +211,11 @@ void kr_router_stop(struct kr_router *r);
 void kr_router_destroy(struct kr_router *r);
 
 uint32_t kr_router_nshards(const struct kr_router *r);
+/* Look at every shard once: one whose work waits while it gets no CPU time on the CPU it is
+ * pinned to is moved to the other CPUs for a while (router/kr_pin.h), counted in
+ * cpu_stalls and logged. `now_ms`: kr_now_ms(). One thread only (the control thread's
+ * timer, every few tens of milliseconds). */
+void kr_router_watch(struct kr_router *r, uint64_t now_ms);
 /* The kernel's id of shard `shard`'s thread (for its /proc/self/task entry), 0 before it
  * runs. Any thread. */
 int kr_router_shard_tid(const struct kr_router *r, uint32_t shard);
@@ -245,11 +251,12 @@ int kr_router_cmd_next(const struct kr_router_cmd *c, uint32_t *pos, const char 
 
 /* The router's statistics, declared once. This list makes struct kr_router_stats, the
  * per-shard counters (SHARD rows: written by their shard only, relaxed stores), the sum over
- * the shards (kr_router_stats; TABLE rows are the topic tables' own counts, read then) and
+ * the shards (kr_router_stats; TABLE rows are the topic tables' own counts, read then, PIN
+ * rows the CPU watch's, see kr_router_watch) and
  * the printed figures (net/kr_stats.c: `stats`, /metrics, /api/server), in this order.
  *
- * X(name, kind, source, figure, help): kind is COUNTER (only grows) or GAUGE; source SHARD
- * or TABLE; figure the printed name, "" for none (the shards' retro_not_found: the net
+ * X(name, kind, source, figure, help): kind is COUNTER (only grows) or GAUGE; source SHARD,
+ * TABLE or PIN; figure the printed name, "" for none (the shards' retro_not_found: the net
  * threads' figure of that name counts the requests). */
 #define KR_ROUTER_COUNTERS(X)                                                                     \
     X(messages_routed, COUNTER, SHARD, "messages_routed", "publish events processed, per shard") \
@@ -272,7 +279,10 @@ int kr_router_cmd_next(const struct kr_router_cmd *c, uint32_t *pos, const char 
     X(loop_over_1ms, COUNTER, SHARD, "shard_loop_over_1ms",                                       \
       "shard loop iterations that took events and lasted more than 1 ms")                         \
     X(loop_over_10ms, COUNTER, SHARD, "shard_loop_over_10ms",                                     \
-      "shard loop iterations that took events and lasted more than 10 ms")
+      "shard loop iterations that took events and lasted more than 10 ms")                        \
+    X(cpu_stalls, COUNTER, PIN, "shard_cpu_stalls",                                               \
+      "times a shard with work waiting got no CPU time for 200 ms on the CPU it is pinned to "    \
+      "(other work held it) and was moved to the other CPUs for 30 s")
 
 /* Statistics summed over shards (relaxed reads of per-shard counters). Any thread. */
 struct kr_router_stats {
