@@ -17,7 +17,6 @@
 #include <uv.h>
 
 static void kr_addr_name(const struct sockaddr_storage *ss, char *out, size_t outlen);
-static const char *kr_suppressed_note(uint64_t n, char *buf, size_t len);
 static void kr_reject_fd(int fd, const struct kr_frontend *fe);
 static void kr_nt_accept_pause_cb(uv_timer_t *t);
 static void kr_nt_accept_pause(struct kr_nt *nt);
@@ -73,15 +72,6 @@ static void kr_addr_name(const struct sockaddr_storage *ss, char *out, size_t ou
     kr_peer_addr_name(&p, out, outlen);
 }
 
-/* " (suppressed N similar)" when N > 0, else "". */
-static const char *kr_suppressed_note(uint64_t n, char *buf, size_t len)
-{
-    if (n == 0)
-        return "";
-    snprintf(buf, len, " (suppressed %llu similar)", (unsigned long long)n);
-    return buf;
-}
-
 /* Tell a connection we do not take that the server is full (in the listener's protocol,
  * `fe`), and close it. */
 static void kr_reject_fd(int fd, const struct kr_frontend *fe)
@@ -132,7 +122,7 @@ static bool kr_nt_acl_check(struct kr_nt *nt, int fd, const struct sockaddr_stor
         char peer[64], note[64];
         kr_addr_name(ss, peer, sizeof(peer));
         KR_WARN("refused a connection from %s: not in allow_from%s", peer,
-                kr_suppressed_note(suppressed, note, sizeof(note)));
+                kr_log_suppressed_note(suppressed, note, sizeof(note)));
     }
     return false;
 }
@@ -176,7 +166,7 @@ static void kr_nt_out_of_fds(struct kr_nt *nt, int err, int lfd, const struct kr
         KR_WARN("accept: out of file descriptors (%s): %u connection(s) answered SERVER_ERROR "
                 "Too many clients%s%s",
                 strerror(err), rejected, pause ? "; accepting again in 100 ms" : "",
-                kr_suppressed_note(suppressed, note, sizeof(note)));
+                kr_log_suppressed_note(suppressed, note, sizeof(note)));
     }
 }
 
@@ -212,7 +202,7 @@ static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_stora
         if (kr_log_ratelimit(&nt->rl_errors, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed)) {
             char note[64];
             KR_WARN("rejected a connection: max_tcp_clients (%u) reached%s", lv->max_tcp_clients,
-                    kr_suppressed_note(suppressed, note, sizeof(note)));
+                    kr_log_suppressed_note(suppressed, note, sizeof(note)));
         }
         return;
     }
@@ -269,7 +259,7 @@ void kr_nt_accept_cb(uv_poll_t *h, int status, int events)
     if (status < 0) {
         if (kr_log_ratelimit(&nt->rl_accept, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
             KR_WARN("listener: %s; accepting again in 100 ms%s", uv_strerror(status),
-                    kr_suppressed_note(suppressed, note, sizeof(note)));
+                    kr_log_suppressed_note(suppressed, note, sizeof(note)));
         kr_nt_accept_pause(nt);
         return;
     }
@@ -294,7 +284,7 @@ void kr_nt_accept_cb(uv_poll_t *h, int status, int events)
             /* ENOBUFS, ENOMEM, a firewall's EPERM, ...: never spin on it */
             if (kr_log_ratelimit(&nt->rl_accept, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
                 KR_WARN("accept failed: %s; accepting again in 100 ms%s", strerror(e),
-                        kr_suppressed_note(suppressed, note, sizeof(note)));
+                        kr_log_suppressed_note(suppressed, note, sizeof(note)));
             kr_nt_accept_pause(nt);
             return;
         }

@@ -173,17 +173,16 @@ void kr_pin_watch(struct kr_pin *p, uint32_t shard, bool waiting, uint64_t now_m
     uint64_t suppressed = 0;
     if (!kr_log_ratelimit_at(&p->rl, 10, 60000, now_ms, &suppressed))
         return;
+    char note[64];
+    const char *tail = kr_log_suppressed_note(suppressed, note, sizeof(note));
     if (rc == 0)
         KR_WARN("shard %u (pinned to CPU %d): work waited %llu ms while it got no time on CPU %d "
-                "(other work holds that CPU); moved it to the other CPUs for %u s "
-                "(suppressed %llu similar)",
-                shard, cpu, (unsigned long long)still, on, KR_PIN_AWAY_MS / 1000,
-                (unsigned long long)suppressed);
+                "(other work holds that CPU); moved it to the other CPUs for %u s%s",
+                shard, cpu, (unsigned long long)still, on, KR_PIN_AWAY_MS / 1000, tail);
     else
         KR_WARN("shard %u (pinned to CPU %d): work waited %llu ms while it got no time on CPU %d, "
-                "and it cannot be moved: %s (suppressed %llu similar)",
-                shard, cpu, (unsigned long long)still, on, strerror(-rc),
-                (unsigned long long)suppressed);
+                "and it cannot be moved: %s%s",
+                shard, cpu, (unsigned long long)still, on, strerror(-rc), tail);
 }
 
 uint64_t kr_pin_stalls(const struct kr_pin *p, uint32_t shard)

@@ -257,6 +257,14 @@ int kr_log_ratelimit_at(struct kr_log_ratelimit *rl, uint32_t burst, uint32_t in
     return 0;
 }
 
+const char *kr_log_suppressed_note(uint64_t n, char *buf, size_t len)
+{
+    if (n == 0)
+        return "";
+    snprintf(buf, len, " (suppressed %llu similar)", (unsigned long long)n);
+    return buf;
+}
+
 int kr_log_ratelimit(struct kr_log_ratelimit *rl, uint32_t burst, uint32_t interval_ms,
                      uint64_t *suppressed)
 {

@@ -72,5 +72,8 @@ int kr_log_ratelimit(struct kr_log_ratelimit *rl, uint32_t burst, uint32_t inter
  * Owning thread. */
 int kr_log_ratelimit_at(struct kr_log_ratelimit *rl, uint32_t burst, uint32_t interval_ms,
                         uint64_t now_ms, uint64_t *suppressed);
+/* " (suppressed N similar)" when n > 0 (formatted into buf, which is returned), else "":
+ * the tail of a rate-limited line. Any thread (buf is the caller's). */
+const char *kr_log_suppressed_note(uint64_t n, char *buf, size_t len);
 
 #endif

@@ -483,3 +483,11 @@ Test(log_clock, now_ms_is_monotonic)
     cr_assert_leq(b, after, "not ahead of CLOCK_MONOTONIC");
     cr_assert_geq(b + 50, before, "at most a tick behind it");
 }
+
+Test(log_ratelimit, suppressed_note_only_when_lines_were_suppressed)
+{
+    char buf[64];
+    cr_assert_str_eq(kr_log_suppressed_note(0, buf, sizeof(buf)), "");
+    cr_assert_str_eq(kr_log_suppressed_note(3, buf, sizeof(buf)), " (suppressed 3 similar)");
+    cr_assert_eq(kr_log_suppressed_note(3, buf, sizeof(buf)), buf);
+}
