@@ -927,8 +927,15 @@ static void kr_shard_check(struct kr_shard *sh, struct kr_event *ev)
         if (tu < c->since_seq || tu >= x->sub_time_us)
             continue;
         uint64_t oseq, origin = kr_msg_origin(m, &oseq);
-        if (origin == 0 || origin == x->node)
-            continue; /* published here, or by the node that answered: it had those */
+        if (origin == x->node)
+            continue; /* published by the node that answered: it had those */
+        if (origin == 0) {
+            /* published here: the answering node had it only if this node's forward reached
+             * it before it answered (the forward can still be on its way, or not sent yet) */
+            origin = x->self;
+            if (oseq == 0)
+                oseq = UINT64_MAX; /* not forwarded yet */
+        }
         uint64_t mark = 0;
         for (uint32_t i = 0; i < x->nmarks; i++)
             if (x->mark_origin[i] == origin)

@@ -68,12 +68,13 @@
  *                 KR_EV_DROPPED (ptr = command block, freed by the shard): the link no
  *                 longer holds these topics' interest (see KR_EV_DISCONNECT).
  *                 KR_EV_CHECK (ptr = cmd with ->remote, conn = the link's tag): does the
- *                 history hold a message on these topics from a node other than this one
- *                 and remote->node, created in [since_seq as a publish time,
- *                 remote->sub_time_us), above remote's mark for its origin? The ACK (aux =
- *                 KR_EV_CHECK, mask 1: yes) goes back to the link: an entry another node had
- *                 not received when it answered a resume, that this node routed before the
- *                 resumed client subscribed here.
+ *                 history hold a message on these topics from a node other than
+ *                 remote->node (this one included, as origin remote->self; one not
+ *                 forwarded yet counts as above any mark), created in [since_seq as a
+ *                 publish time, remote->sub_time_us), above remote's mark for its origin?
+ *                 The ACK (aux = KR_EV_CHECK, mask 1: yes) goes back to the link: an entry
+ *                 the answering node had not received when it answered a resume, that this
+ *                 node routed before the resumed client subscribed here.
  *                 KR_EV_HISTORY (ptr = cmd with since_seq and the bounds, conn = the
  *                 asker's tag; from any index, the cluster's delivery thread in the
  *                 server): another node resumes a token of this one. Like KR_EV_RESUME
@@ -151,6 +152,7 @@ struct kr_resume_remote {
     uint32_t nshards;
     uint64_t seq[64];
     uint64_t sub_time_us; /* publish clock when this node's subscribe was sent */
+    uint64_t self;        /* KR_EV_CHECK: this node's origin as the others know it */
     /* KR_EV_CHECK: what the token's node had received per origin (mark_origin[i] up to
      * mark_seq[i]) when it answered */
     uint64_t *mark_origin, *mark_seq;

@@ -111,8 +111,8 @@ uint64_t kr_cluster_publisher(const struct kr_cluster *cl);
       "every topic told to resync")                                                               \
     X(resume_replayed, COUNTER, 0, "messages other nodes replayed for resumes here")             \
     X(resume_in_flight, COUNTER, 0,                                                               \
-      "of those resumes, told to resync: a third node's entry was still on its way to the "      \
-      "answering node")                                                                           \
+      "of those resumes, told to resync: an entry of this node or a third was still on its "     \
+      "way to the answering node")                                                                \
     X(resumes_served, COUNTER, 0, "resumes of this node's tokens answered for other nodes")      \
     X(slow_consumers, COUNTER, 0,                                                                 \
       "times a topic's entries from the cluster outran the shards past cluster_max_pending "      \

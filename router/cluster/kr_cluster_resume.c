@@ -107,8 +107,9 @@ void kr_cl_resume_ask(struct kr_cluster *cl, struct kr_event *req)
 }
 
 /* Send the asked topics to this node's shards as KR_EV_CHECK (see kr_router.h): entries of
- * a third node they routed in the last KR_CL_RECENT_MS before the client subscribed here,
- * above what the answering node had received from that node. */
+ * a third node, or of this one, they routed in the last KR_CL_RECENT_MS before the client
+ * subscribed here, above what the answering node had received from that node (this node's
+ * own forward of an entry can reach the answering node after the question did). */
 static void kr_cl_ask_check(struct kr_cluster *cl, struct kr_cl_ask *a)
 {
     struct kr_router_cmd *c = a->ev.ptr;
@@ -131,6 +132,7 @@ static void kr_cl_ask_check(struct kr_cluster *cl, struct kr_cl_ask *a)
             struct kr_resume_remote *y = kr_xcalloc(1, sizeof(*y));
             y->node = x->node;
             y->sub_time_us = x->sub_time_us;
+            y->self = cl->origin;
             y->nmarks = x->nmarks;
             y->mark_origin = kr_xmalloc((x->nmarks ? x->nmarks : 1) * sizeof(uint64_t));
             y->mark_seq = kr_xmalloc((x->nmarks ? x->nmarks : 1) * sizeof(uint64_t));
@@ -170,12 +172,13 @@ static void kr_cl_ask_checked(struct kr_cluster *cl, struct kr_event *ev)
         KR_CL_INC(cl, resume_in_flight, 1);
         uint64_t suppressed = 0;
         static struct kr_log_ratelimit rl;
+        char note[64];
         if (kr_log_enabled(KR_LOG_WARN) && kr_log_ratelimit(&rl, 10, 10000, &suppressed))
-            KR_WARN("cluster: a resume's answer from node %016" PRIx64 " missed an entry of a "
-                    "third node still on its way there; its topics are told to resync "
-                    "(suppressed %llu similar)",
+            KR_WARN("cluster: a resume's answer from node %016" PRIx64 " missed an entry (of "
+                    "this node or a third) still on its way there; its topics are told to "
+                    "resync%s",
                     ((struct kr_router_cmd *)a->ev.ptr)->remote->node,
-                    (unsigned long long)suppressed);
+                    kr_log_suppressed_note(suppressed, note, sizeof(note)));
     }
     kr_cl_ask_done(cl, a, a->lost);
     cl->asks[i] = cl->asks[--cl->nasks];

@@ -1044,12 +1044,22 @@ Test(cluster_side, history_serves_what_was_held_and_not_lost)
 }
 
 /* The node a client moved to checks its own history for what the answering node could not
- * have had: an entry of a third origin, routed here before the client subscribed (created
- * before sub_time_us), above the answering node's mark for that origin. Entries published
- * here, or by the answering node, or at or below the mark, or on other topics, do not
- * count. */
+ * have had: an entry of a third origin, or of this node (origin SELF to the others),
+ * routed here before the client subscribed (created before sub_time_us), above the
+ * answering node's mark for that origin (one of this node's not forwarded yet: above any
+ * mark). Entries of the answering node, or at or below the mark, or on other topics, do
+ * not count. `self_mark`: the answering node's mark for this node. */
+#define SELF 55
+static uint64_t check_self(const char *topic, uint64_t node, uint64_t from_us, uint64_t sub_us,
+                           uint64_t mark_origin, uint64_t mark_seq, uint64_t self_mark);
 static uint64_t check(const char *topic, uint64_t node, uint64_t from_us, uint64_t sub_us,
                       uint64_t mark_origin, uint64_t mark_seq)
+{
+    return check_self(topic, node, from_us, sub_us, mark_origin, mark_seq, 1000);
+}
+
+static uint64_t check_self(const char *topic, uint64_t node, uint64_t from_us, uint64_t sub_us,
+                           uint64_t mark_origin, uint64_t mark_seq, uint64_t self_mark)
 {
     struct kr_router_cmd *cmd = kr_router_cmd_add(kr_router_cmd_new(16), topic,
                                                   (uint32_t)strlen(topic));
@@ -1057,11 +1067,14 @@ static uint64_t check(const char *topic, uint64_t node, uint64_t from_us, uint64
     struct kr_resume_remote *x = calloc(1, sizeof(*x));
     x->node = node;
     x->sub_time_us = sub_us;
-    x->nmarks = 1;
-    x->mark_origin = malloc(sizeof(uint64_t));
-    x->mark_seq = malloc(sizeof(uint64_t));
+    x->self = SELF;
+    x->nmarks = 2;
+    x->mark_origin = malloc(2 * sizeof(uint64_t));
+    x->mark_seq = malloc(2 * sizeof(uint64_t));
     x->mark_origin[0] = mark_origin;
     x->mark_seq[0] = mark_seq;
+    x->mark_origin[1] = SELF;
+    x->mark_seq[1] = self_mark;
     cmd->remote = x;
     struct kr_event ev = {.type = KR_EV_CHECK, .src = 2, .conn = 9, .ptr = cmd};
     cr_assert(kr_router_send(r, 2, 0, &ev));
@@ -1095,7 +1108,7 @@ Test(cluster_side, check_finds_a_third_nodes_entry_the_answer_could_not_hold)
     uint64_t pub = conn_id(1, 1), a = conn_id(0, 1);
     const char *t[] = {"ck"};
     subscribe(a, t, 1);
-    publish_from(pub, "ck", 100, 0, 0);  /* published here */
+    publish_from(pub, "ck", 100, 0, 3);  /* published here, forwarded as this node's 3 */
     publish_from(pub, "ck", 110, 7, 5);  /* by the answering node 7 */
     publish_from(pub, "ck", 120, 9, 40); /* by a third node 9, its sequence 40 */
     publish_from(pub, "other", 130, 9, 41);
@@ -1112,6 +1125,19 @@ Test(cluster_side, check_finds_a_third_nodes_entry_the_answer_could_not_hold)
     cr_assert_eq(check("ck", 9, 0, 1000, 7, 0), 1,
                  "7 is a third node when 9 answered (its entry 5 above no mark)");
     cr_assert_eq(check("nothing", 7, 0, 1000, 9, 0), 0, "another topic");
+    /* this node's own entries: the answering node had them only up to its mark for SELF */
+    cr_assert_eq(check_self("ck", 7, 0, 1000, 9, 40, 3), 0, "this node's 3: at the mark");
+    cr_assert_eq(check_self("ck", 7, 0, 1000, 9, 40, 2), 1,
+                 "this node's 3 above the mark 2: its forward came after the question");
+    cr_assert_eq(check_self("ck", 7, 101, 1000, 9, 40, 0), 0, "before the window");
+    publish_from(pub, "ck", 140, 0, 0); /* published here, not forwarded yet */
+    struct kr_event ev;
+    cr_assert(next_event(0, &ev));
+    cr_assert_eq(ev.type, KR_EV_DELIVER);
+    kr_msg_unref(ev.ptr);
+    cr_assert_eq(check_self("ck", 7, 0, 1000, 9, 40, 1000), 1,
+                 "not forwarded yet: above any mark");
+    cr_assert_eq(check_self("ck", 7, 0, 135, 9, 40, 1000), 0, "created after the subscribe");
     stop();
 }
 
