@@ -583,17 +583,21 @@ int kr_cmd_publish(struct kr_conn *c, const struct kr_cmd_entry *e, unsigned fla
     if (count)
         reqno = kr_rq_push(c, &(struct kr_reply_wait){.acks_left = involved, .count = true,
                                                       .link_need = c->link_sent});
+    /* Forwarded to the other nodes: handed to the link before any shard can route it, so
+     * a resume of another node's token, whose question waits for what the link was handed
+     * before it (kr_cl_asks_send), finds it in that node's answer if it was routed here
+     * before the client subscribed. */
+    if (srv->cluster) {
+        struct kr_event ev = {.type = KR_EV_PUBLISH, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = m,
+                              .mask = srv->publish_flushed ? KR_PUBLISH_FLUSHED : 0};
+        kr_conn_send(c, KR_DEST_LINK, &ev);
+    }
     for (uint32_t s = 0; s < nshards; s++) {
         if (!((shardset >> s) & 1))
             continue;
         struct kr_event ev = {.type = KR_EV_PUBLISH, .src = (uint16_t)nt->idx, .conn = c->id,
                               .ptr = m, .aux = reqno, .mask = count ? KR_PUBLISH_COUNT : 0};
         kr_conn_send(c, s, &ev);
-    }
-    if (srv->cluster) { /* forwarded to the other nodes, after the local fanout's events */
-        struct kr_event ev = {.type = KR_EV_PUBLISH, .src = (uint16_t)nt->idx, .conn = c->id, .ptr = m,
-                              .mask = srv->publish_flushed ? KR_PUBLISH_FLUSHED : 0};
-        kr_conn_send(c, KR_DEST_LINK, &ev);
     }
     return KR_CMD_OK;
 }

@@ -316,6 +316,16 @@ uint32_t kr_mailbox_depth(const struct kr_mailbox *mb)
     return ck_ring_size(&mb->ring);
 }
 
+uint32_t kr_mailbox_pushed(const struct kr_mailbox *mb)
+{
+    return ck_pr_load_uint(&mb->ring.p_tail);
+}
+
+uint32_t kr_mailbox_taken(const struct kr_mailbox *mb)
+{
+    return ck_pr_load_uint(&mb->ring.c_head);
+}
+
 uint32_t kr_mailbox_capacity(const struct kr_mailbox *mb)
 {
     return ck_ring_capacity(&mb->ring) - 1;

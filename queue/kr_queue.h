@@ -207,6 +207,11 @@ bool kr_mailbox_push(struct kr_mailbox *mb, const struct kr_event *ev);
 bool kr_mailbox_pop(struct kr_mailbox *mb, struct kr_event *ev);
 /* Events currently queued (approximate from any other thread). */
 uint32_t kr_mailbox_depth(const struct kr_mailbox *mb);
+/* Events ever pushed, and ever taken, modulo 2^32: "everything pushed before now has been
+ * taken" is (int32_t)(kr_mailbox_taken(mb) - pushed_then) >= 0. kr_mailbox_pushed: any
+ * thread (what the producer committed); kr_mailbox_taken: the consumer thread. */
+uint32_t kr_mailbox_pushed(const struct kr_mailbox *mb);
+uint32_t kr_mailbox_taken(const struct kr_mailbox *mb);
 uint32_t kr_mailbox_capacity(const struct kr_mailbox *mb);
 
 /* ---------------------------------------------------------------- outboxes

@@ -96,6 +96,9 @@ struct kr_cl_ask { /* a resume of another node's token waiting for that node's a
     uint64_t deadline_ms; /* cluster_resume_timeout_ms */
     uint32_t checks_left; /* answered: this node's shards still checking (kr_cl_ask_check) */
     bool lost;            /* a shard found an entry the answer could not have held */
+    bool sent;            /* the question went out */
+    uint32_t *wait;       /* [nnet]: each net thread's ring is taken up to here before the
+                             question goes (kr_cl_asks_send) */
 };
 
 struct kr_cl_part { /* a shard's part of a message another node's resume gets */
@@ -286,9 +289,14 @@ void kr_cl_to_shard(struct kr_cluster *cl, uint32_t shard, struct kr_event *ev);
 
 /* ---------------------------------------------------------------- kr_cluster_resume.c */
 
-/* A resume of another node's token whose barrier is complete: ask that node (or, when it
- * cannot be asked, answer at once with every topic uncovered). Link thread. */
+/* A resume of another node's token whose barrier is complete: ask that node once the link
+ * forwarded everything handed to it before now (kr_cl_asks_send), or, when it cannot be
+ * asked, answer at once with every topic uncovered. Link thread. */
 void kr_cl_resume_ask(struct kr_cluster *cl, struct kr_event *req);
+/* Publish the questions whose wait is over (every net thread's ring taken up to where it
+ * was when the resume was asked); true while some still wait. After each pass over the
+ * rings. Link thread. */
+bool kr_cl_asks_send(struct kr_cluster *cl);
 /* A chunk of an answer to one of this node's asks ('S' body in the item). Link thread. */
 void kr_cl_answer_item(struct kr_cluster *cl, const struct kr_cl_item *it);
 /* Another node's resume request ('Q' body in the item; its seq: the tag the delivery thread

@@ -352,11 +352,12 @@ static void kr_cl_run(struct kr_cluster *cl)
     }
     kr_cl_flush_acks(cl);
     kr_cl_probe_check(cl);
+    bool asks_wait = kr_cl_asks_send(cl); /* after the forwards they wait for */
     kr_cl_resume_tick(cl, kr_cl_now_ms()); /* after the forwards: their origin sequences */
     kr_outbox_unpark(&cl->outbox);
     kr_outbox_wake(&cl->outbox);
-    if (!budget)
-        uv_async_send(&cl->wake);
+    if (!budget || asks_wait)
+        uv_async_send(&cl->wake); /* come back: more to take, or a question to send */
 }
 
 void kr_cl_wake_cb(uv_async_t *a)

@@ -77,33 +77,72 @@ void kr_cl_resume_ask(struct kr_cluster *cl, struct kr_event *req)
     KR_CL_INC(cl, resumes_asked, 1);
     struct kr_cl_ask a = {.ev = *req, .tag = ++cl->ask_tag,
                           .deadline_ms = kr_cl_now_ms() + cl->cfg->cluster_resume_timeout_ms};
+    if (!cl->connected || !kr_cl_is_peer(cl, x->node) || x->nshards > KR_CL_MAX_SHARDS) {
+        KR_CL_INC(cl, resume_unanswered, 1); /* nobody to ask: every topic is told to resync */
+        kr_cl_ask_done(cl, &a, true);
+        return;
+    }
+    /* The question waits until this link forwarded every entry the net threads handed it
+     * before now: an entry this node routed before the client subscribed here was handed
+     * to the link before its shard saw it (kr_cmd_publish), so it reaches the asked node
+     * ahead of the question (one NATS connection keeps the order), and is in its answer. */
+    a.wait = kr_xmalloc((cl->o.nnet ? cl->o.nnet : 1) * sizeof(*a.wait));
+    for (uint32_t n = 0; n < cl->o.nnet; n++)
+        a.wait[n] = kr_mailbox_pushed(cl->in[n]);
+    KR_GROW_MIN(cl->asks, cl->asks_cap, cl->nasks + 1, 16);
+    cl->asks[cl->nasks++] = a;
+}
+
+/* Publish ask a's question ('Q' on the asked node's subject); false when it cannot go. */
+static bool kr_cl_ask_publish(struct kr_cluster *cl, const struct kr_cl_ask *a)
+{
+    struct kr_router_cmd *c = a->ev.ptr;
+    struct kr_resume_remote *x = c->remote;
     /* the question: the position, then the topics as pairs */
     size_t pairs = 0;
     uint32_t pos = 0, len;
     const char *t;
     while (kr_router_cmd_next(c, &pos, &t, &len))
         pairs += 4 + len;
-    bool ok = cl->connected && kr_cl_is_peer(cl, x->node) && x->nshards <= KR_CL_MAX_SHARDS;
-    if (ok) {
-        size_t need = kr_cl_ask_size(x->nshards, pairs);
-        char *body = kr_xmalloc(need), *p = body + kr_cl_ask_size(x->nshards, 0);
-        pos = 0;
-        while (kr_router_cmd_next(c, &pos, &t, &len))
-            p += kr_cl_pair(p, t, len);
-        kr_cl_ask_encode(body, cl->origin, a.tag, x->nshards, x->seq, c->ntopics,
-                         body + kr_cl_ask_size(x->nshards, 0), pairs);
-        char subj[KR_CFG_STR_MAX + 32];
-        snprintf(subj, sizeof(subj), "%s.node.%016" PRIx64, cl->prefix, x->node);
-        ok = natsConnection_Publish(cl->nc, subj, body, (int)need) == NATS_OK;
-        free(body);
+    size_t need = kr_cl_ask_size(x->nshards, pairs);
+    char *body = kr_xmalloc(need), *p = body + kr_cl_ask_size(x->nshards, 0);
+    pos = 0;
+    while (kr_router_cmd_next(c, &pos, &t, &len))
+        p += kr_cl_pair(p, t, len);
+    kr_cl_ask_encode(body, cl->origin, a->tag, x->nshards, x->seq, c->ntopics,
+                     body + kr_cl_ask_size(x->nshards, 0), pairs);
+    char subj[KR_CFG_STR_MAX + 32];
+    snprintf(subj, sizeof(subj), "%s.node.%016" PRIx64, cl->prefix, x->node);
+    bool ok = cl->connected && natsConnection_Publish(cl->nc, subj, body, (int)need) == NATS_OK;
+    free(body);
+    return ok;
+}
+
+bool kr_cl_asks_send(struct kr_cluster *cl)
+{
+    bool waiting = false;
+    for (size_t i = 0; i < cl->nasks;) {
+        struct kr_cl_ask *a = &cl->asks[i];
+        bool ready = !a->sent;
+        for (uint32_t n = 0; n < cl->o.nnet && ready; n++)
+            ready = (int32_t)(kr_mailbox_taken(cl->in[n]) - a->wait[n]) >= 0;
+        if (!ready) {
+            waiting |= !a->sent;
+            i++;
+            continue;
+        }
+        a->sent = true;
+        free(a->wait);
+        a->wait = NULL;
+        if (kr_cl_ask_publish(cl, a)) {
+            i++;
+            continue;
+        }
+        KR_CL_INC(cl, resume_unanswered, 1); /* the question could not go: every topic told */
+        kr_cl_ask_done(cl, a, true);
+        cl->asks[i] = cl->asks[--cl->nasks];
     }
-    if (!ok) { /* nobody to ask: every topic is told to resync */
-        KR_CL_INC(cl, resume_unanswered, 1);
-        kr_cl_ask_done(cl, &a, true);
-        return;
-    }
-    KR_GROW_MIN(cl->asks, cl->asks_cap, cl->nasks + 1, 16);
-    cl->asks[cl->nasks++] = a;
+    return waiting;
 }
 
 /* Send the asked topics to this node's shards as KR_EV_CHECK (see kr_router.h): entries of
@@ -232,8 +271,9 @@ static void kr_cl_ask_chunk(struct kr_cluster *cl, const char *body, size_t len)
     if (!(r.flags & KR_CL_ANS_LAST))
         return;
     /* the answering node had everything this node forwarded before it asked; what a third
-     * node published may still have been on its way there: ask this node's shards whether
-     * they routed such an entry before the client subscribed here */
+     * node published may still have been on its way there (and, should the order above
+     * ever fail, an entry of this node): ask this node's shards whether they routed such an
+     * entry before the client subscribed here */
     x->nmarks = r.nmarks;
     x->mark_origin = kr_xmalloc((r.nmarks ? r.nmarks : 1) * sizeof(uint64_t));
     x->mark_seq = kr_xmalloc((r.nmarks ? r.nmarks : 1) * sizeof(uint64_t));
@@ -486,13 +526,14 @@ void kr_cl_resume_tick(struct kr_cluster *cl, uint64_t now)
         KR_CL_INC(cl, resume_unanswered, 1);
         uint64_t suppressed = 0;
         static struct kr_log_ratelimit rl;
+        char note[64];
         if (kr_log_enabled(KR_LOG_WARN) && kr_log_ratelimit(&rl, 10, 10000, &suppressed))
             KR_WARN("cluster: node %016" PRIx64 " did not answer a resume within "
-                    "cluster_resume_timeout_ms; its topics are told to resync (suppressed %llu "
-                    "similar)",
+                    "cluster_resume_timeout_ms; its topics are told to resync%s",
                     ((struct kr_router_cmd *)cl->asks[i].ev.ptr)->remote->node,
-                    (unsigned long long)suppressed);
+                    kr_log_suppressed_note(suppressed, note, sizeof(note)));
         kr_cl_ask_done(cl, &cl->asks[i], true);
+        free(cl->asks[i].wait); /* timed out before its question went */
         cl->asks[i] = cl->asks[--cl->nasks];
     }
     for (size_t i = 0; i < cl->nserves;) {
@@ -504,8 +545,10 @@ void kr_cl_resume_tick(struct kr_cluster *cl, uint64_t now)
 
 void kr_cl_resume_free(struct kr_cluster *cl)
 {
-    for (size_t i = 0; i < cl->nasks; i++)
+    for (size_t i = 0; i < cl->nasks; i++) {
         kr_router_cmd_free(cl->asks[i].ev.ptr);
+        free(cl->asks[i].wait);
+    }
     free(cl->asks);
     for (size_t i = 0; i < cl->nserves; i++)
         kr_cl_serve_free(&cl->serves[i]);

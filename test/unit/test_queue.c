@@ -85,6 +85,31 @@ Test(mailbox, fifo_and_full)
     kr_mailbox_destroy(mb);
 }
 
+/* kr_mailbox_pushed / kr_mailbox_taken: "everything pushed before the snapshot was taken"
+ * holds exactly when the consumer got past the snapshot, across the index wrapping. */
+Test(mailbox, pushed_and_taken_counts_tell_when_a_snapshot_was_passed)
+{
+    struct kr_mailbox *mb = kr_mailbox_create(8);
+    uint32_t cap = kr_mailbox_capacity(mb);
+    struct kr_event ev = {0}, out;
+    cr_assert_eq(kr_mailbox_pushed(mb), 0);
+    cr_assert_eq(kr_mailbox_taken(mb), 0);
+    for (uint32_t round = 0; round < 5 * cap; round++) { /* many laps of the ring */
+        cr_assert(kr_mailbox_push(mb, &ev));
+        cr_assert(kr_mailbox_push(mb, &ev));
+        uint32_t snap = kr_mailbox_pushed(mb);
+        cr_assert_eq(snap - kr_mailbox_taken(mb), 2);
+        cr_assert(kr_mailbox_push(mb, &ev)); /* after the snapshot: not waited for */
+        cr_assert(kr_mailbox_pop(mb, &out));
+        cr_assert_lt((int32_t)(kr_mailbox_taken(mb) - snap), 0, "one of the two still queued");
+        cr_assert(kr_mailbox_pop(mb, &out));
+        cr_assert_geq((int32_t)(kr_mailbox_taken(mb) - snap), 0, "both taken");
+        cr_assert(kr_mailbox_pop(mb, &out));
+    }
+    cr_assert_eq(kr_mailbox_pushed(mb), kr_mailbox_taken(mb));
+    kr_mailbox_destroy(mb);
+}
+
 Test(mailbox, copies_every_field)
 {
     struct kr_mailbox *mb = kr_mailbox_create(4);
