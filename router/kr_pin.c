@@ -147,7 +147,7 @@ void kr_pin_watch(struct kr_pin *p, uint32_t shard, bool waiting, uint64_t now_m
     bool runnable = false;
     int on = -1;
     if (!kr_pin_sample(tid, &run, &runnable, &on) || !runnable) {
-        ps->still_since = 0; /* running, sleeping or blocked: not held off a CPU */
+        ps->still_since = 0; /* sleeping or blocked: not held off a CPU */
         return;
     }
     if (run != ps->last_run_ns || !ps->still_since) {
