@@ -239,6 +239,24 @@ static void kr_dlv_handed(struct kr_dlv *d, struct kr_msg *m, const struct kr_to
     }
 }
 
+void kr_dlv_release_later(struct kr_dlv_ctx *x)
+{
+    if (x->later_n)
+        kr_msg_unref_n(x->later_m, x->later_n);
+    x->later_m = NULL;
+    x->later_n = 0;
+}
+
+/* Give up a reference to m, dropped with the others of the same run of m. */
+static inline void kr_dlv_unref_later(struct kr_dlv_ctx *x, struct kr_msg *m)
+{
+    if (x->later_m != m) {
+        kr_dlv_release_later(x);
+        x->later_m = m;
+    }
+    x->later_n++;
+}
+
 void kr_dlv_pop(struct kr_dlv_ctx *x, struct kr_dlv *d)
 {
     struct kr_cq_entry *e = kr_cq_at(&d->q, 0);
@@ -246,7 +264,7 @@ void kr_dlv_pop(struct kr_dlv_ctx *x, struct kr_dlv *d)
     if (d->handed)
         kr_dlv_handed(d, e->msg, &e->topics);
     kr_topicset_release(&e->topics, kr_msg_ntopics(e->msg));
-    kr_msg_unref(e->msg); /* complete (kr_dlv_ready handed it out): no pend record */
+    kr_dlv_unref_later(x, e->msg); /* complete (kr_dlv_ready handed it out): no pend record */
     kr_cq_pop(&d->q);
     d->seq_head++;
     KR_DLV_SUB(x->ctr.queued_messages, 1);
@@ -618,7 +636,7 @@ void kr_dlv_deliver(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_event *ev,
         if (d->handed)
             kr_dlv_handed(d, m, &e.topics);
         kr_topicset_release(&e.topics, kr_msg_ntopics(m));
-        kr_msg_unref(m);
+        kr_dlv_unref_later(x, m);
         return;
     }
     if (pend)

@@ -83,7 +83,17 @@ struct kr_incomplete {
  * connection layer (counts for its figures and drain decisions); they are changed only
  * through the functions below (and kr_dlv_retro_begin / kr_dlv_retro_not_found). */
 struct kr_dlv {
+    /* first, what every delivery reads */
     struct kr_cq q;
+    bool retro_active;    /* a retroactive subscribe is waiting for its shards */
+    bool overflowed;      /* the queue was discarded; later deliveries are dropped */
+    bool resync;          /* opted in to resync notices (__kraken__:resync): an overflow
+                             collapses the queue into one notice instead of closing */
+    bool retro_not_found; /* some shard's history did not reach back */
+    bool remote_replay;   /* another node replayed messages for the resume being staged */
+    /* positions (NULL until the client asks for one): per router shard, the highest
+     * sequence of a message part handed out to the client (kr_dlv_pop, x->push) */
+    uint64_t *handed;
     uint64_t seq_head; /* sequence number of the queue head */
     struct kr_incomplete *inc;
     uint32_t ninc;
@@ -91,19 +101,10 @@ struct kr_dlv {
     struct kr_staged *stage; /* deliveries held while retro_active */
     uint32_t nstage;
     uint32_t stage_cap;
-    bool retro_active;    /* a retroactive subscribe is waiting for its shards */
-    bool resync;          /* opted in to resync notices (__kraken__:resync): an overflow
-                             collapses the queue into one notice instead of closing */
-    /* positions (NULL until the client asks for one): per router shard, the highest
-     * sequence of a message part handed out to the client (kr_dlv_pop, x->push) */
-    uint64_t *handed;
     /* topics a resume could not replay exactly: one notice naming them goes out before the
      * replayed messages (kr_dlv_retro_done); names separated by spaces */
     char *pending;
     uint32_t pending_len, pending_cap, pending_n;
-    bool retro_not_found; /* some shard's history did not reach back */
-    bool remote_replay;   /* another node replayed messages for the resume being staged */
-    bool overflowed;      /* the queue was discarded; later deliveries are dropped */
 };
 
 /* Counters a net thread publishes (relaxed atomic stores; any thread may load them). */
@@ -152,6 +153,11 @@ struct kr_dlv_ctx {
     bool (*push)(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m,
                    const struct kr_topicset *topics);
     void *owner; /* the net thread, for the callbacks */
+    /* message references a written-out delivery gave up and not dropped yet, all of one
+     * message: a fanout's deliveries on this thread come in a row, so they are dropped
+     * with one atomic operation instead of one each (kr_dlv_release_later) */
+    struct kr_msg *later_m;
+    uint32_t later_n;
 };
 
 /* A live delivery (KR_EV_DELIVER, replay false) or a replayed one (KR_EV_REPLAY) for client
@@ -184,6 +190,10 @@ uint32_t kr_dlv_ready(struct kr_dlv *d, uint64_t max_bytes, uint64_t *bytes);
  * message reference and topic set). Owning net thread. */
 struct kr_cq_entry *kr_dlv_head(struct kr_dlv *d);
 void kr_dlv_pop(struct kr_dlv_ctx *x, struct kr_dlv *d);
+/* Drop the message references written-out deliveries gave up (kept back so that one
+ * message's run of deliveries costs one atomic operation). Call it once the events at hand
+ * are handled and before the thread waits or stops. Owning net thread. */
+void kr_dlv_release_later(struct kr_dlv_ctx *x);
 /* An overflow of d's queue (by its limits or max_memory). A client that opted in to resync
  * notices (d->resync) keeps its subscriptions and its connection: its queued entries are
  * replaced by one notice on KR_RESYNC_TOPIC naming their topics (up to resync_max_topics,

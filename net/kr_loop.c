@@ -240,6 +240,7 @@ void kr_nt_take_events(struct kr_nt *nt)
             budget--;
         }
     }
+    kr_dlv_release_later(&nt->dlv);
     if (!budget)
         uv_async_send(&nt->wake); /* come back after serving I/O */
 }
@@ -367,6 +368,7 @@ void kr_nt_check_cb(uv_check_t *h)
 void kr_nt_prepare_cb(uv_prepare_t *h)
 {
     struct kr_nt *nt = h->data;
+    kr_dlv_release_later(&nt->dlv); /* what poll replies written this iteration gave up */
     uint64_t now = uv_hrtime(), idle = uv_metrics_idle_time(&nt->loop);
     if (nt->it_last_ns) {
         uint64_t wall = now - nt->it_last_ns, waited = idle - nt->it_idle_ns;
@@ -452,6 +454,7 @@ void kr_nt_main(void *arg)
     ck_pr_store_int(&nt->tid, (int)syscall(SYS_gettid));
     urcu_memb_register_thread(); /* reads the live configuration snapshot */
     uv_run(&nt->loop, UV_RUN_DEFAULT);
+    kr_dlv_release_later(&nt->dlv);
     urcu_memb_unregister_thread();
 }
 

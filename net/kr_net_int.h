@@ -141,15 +141,13 @@ void kr_peer_addr_name(const struct kr_peer_addr *p, char *out, size_t outlen);
  * an idle connection is this struct, its subscriptions and little else. */
 struct kr_conn {
     uv_tcp_t h; /* first: handle.data is unused, the handle address is the connection */
+    /* What a delivery reads and writes, together right after the handle (four cache lines
+     * from the handle's tail to the delivery state's head), so that a fanout to many
+     * connections touches few lines of each: */
     struct kr_nt *nt;
     uint64_t id;
     const struct kr_frontend *fe; /* the connection's protocol */
     void *fe_state;               /* the frontend's per-connection state (NULL: none yet) */
-    /* input not parsed yet (NULL while everything arrived was consumed) */
-    char *in;
-    size_t in_len;
-    size_t in_cap;
-    size_t need; /* bytes the next request needs, when known */
     /* output (kr_conn_trim frees the buffers while the connection is quiet) */
     char *out;
     size_t out_len;
@@ -158,12 +156,38 @@ struct kr_conn {
     uint32_t nrefs;
     uint32_t refs_cap;
     size_t refs_bytes; /* their payload bytes (unsent, besides out_len) */
-    char *wbuf; /* buffer owned by the write in flight */
-    size_t wbuf_len;
-    size_t out_acct; /* unsent bytes counted in the thread's output_bytes */
-    uv_write_t *wreq; /* the write request, made by the first write that waits */
+    size_t wbuf_len;   /* bytes of the write in flight (wbuf) */
+    const char *deferred_err;  /* error reply held until earlier replies are out */
+    /* state */
+    bool closing;
+    bool reading;
+    bool writing;
+    bool close_after_write;
+    bool blocked;    /* on the net thread's blocked list */
+    bool subscribed; /* ever sent a subscription: shards must be told on close */
+    bool turn_over;  /* stopped parsing to let others run; see kr_conn_parse */
+    bool on_turns;   /* on the net thread's turn list */
+    uint8_t poll_wait;   /* KR_PW_NONE, or the list it is on: KR_PW_HELD, KR_PW_READY */
+    uint8_t drain;       /* KR_DR_NONE, KR_DR_BARRIER, KR_DR_POLL (see kr_net_close_some) */
+    bool fe_chosen;      /* the protocol was decided (first request, or listener) */
+    bool resuming;       /* holds one of its net thread's resume slots (kr_cmd_resume) */
+    bool resume_waiting; /* on its net thread's list of resumes waiting for a slot */
+    uint16_t last_token_len;
+    /* a `get messages` that found nothing and waits for a message or poll_wait_ms, or an
+     * answer due after this loop iteration */
+    uint64_t poll_since_ms; /* loop time the wait began */
+    struct cds_list_head pw_node; /* on nt->held or nt->ready */
     /* deliveries (kr_deliver.h): queue, incomplete entries, retro staging, overflow */
     struct kr_dlv dlv;
+    /* The rest is read per request, not per delivery. */
+    char *wbuf; /* buffer owned by the write in flight */
+    size_t out_acct; /* unsent bytes counted in the thread's output_bytes */
+    uv_write_t *wreq; /* the write request, made by the first write that waits */
+    /* input not parsed yet (NULL while everything arrived was consumed) */
+    char *in;
+    size_t in_len;
+    size_t in_cap;
+    size_t need; /* bytes the next request needs, when known */
     /* requests waiting on the router: events for the shards (or KR_DEST_LINK) in one
      * order, parked while a ring is full (kr_conn_send; nt->conn_sink) */
     struct kr_outbox ob;
@@ -172,7 +196,6 @@ struct kr_conn {
     uint32_t rq_count;
     uint32_t rq_cap;
     uint32_t rq_base;          /* request number of the ring's head */
-    const char *deferred_err;  /* error reply held until earlier replies are out */
     /* cluster_publish_ack flushed: entries sent to the link, and those it confirmed */
     uint64_t link_sent, link_acked;
     /* continuity: the last exact position token given (NULL until one was) */
@@ -184,28 +207,10 @@ struct kr_conn {
     uint64_t partial_since_ms; /* arrival of the incomplete request's first bytes (0 = none) */
     uint64_t last_poll_ms;
     struct kr_conn *blocked_next;
-    /* a `get messages` that found nothing and waits for a message or poll_wait_ms */
-    uint64_t poll_since_ms; /* loop time the wait began */
-    struct cds_list_head pw_node; /* on nt->held or nt->ready */
     uint32_t slot;
     uint32_t nsubs_requests;
     uint32_t drain_acks; /* the drain: shard acknowledgements the barrier still waits for */
     struct kr_peer_addr peer; /* formatted on demand: kr_conn_peer */
-    uint16_t last_token_len;
-    uint8_t poll_wait;   /* KR_PW_NONE, or the list it is on: KR_PW_HELD, KR_PW_READY */
-    uint8_t drain;       /* KR_DR_NONE, KR_DR_BARRIER, KR_DR_POLL (see kr_net_close_some) */
-    bool fe_chosen;      /* the protocol was decided (first request, or listener) */
-    bool resuming;       /* holds one of its net thread's resume slots (kr_cmd_resume) */
-    bool resume_waiting; /* on its net thread's list of resumes waiting for a slot */
-    /* state */
-    bool closing;
-    bool reading;
-    bool writing;
-    bool close_after_write;
-    bool blocked;    /* on the net thread's blocked list */
-    bool subscribed; /* ever sent a subscription: shards must be told on close */
-    bool turn_over;  /* stopped parsing to let others run; see kr_conn_parse */
-    bool on_turns;   /* on the net thread's turn list */
 };
 
 enum { KR_PW_NONE, KR_PW_HELD, KR_PW_READY };

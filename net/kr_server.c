@@ -247,6 +247,7 @@ void kr_server_destroy(struct kr_server *s)
         }
         uv_walk(&nt->loop, kr_nt_close_walk, NULL);
         uv_run(&nt->loop, UV_RUN_DEFAULT);
+        kr_dlv_release_later(&nt->dlv);
         if (nt->listen_fd >= 0)
             close(nt->listen_fd); /* the poll handle does not own it */
         if (nt->resp_listen_fd >= 0)

@@ -168,6 +168,17 @@ void kr_msg_ref(struct kr_msg *m, uint32_t n)
     ck_pr_add_32(&m->refs, n);
 }
 
+/* The last reference is gone. */
+static void kr_msg_free(struct kr_msg *m)
+{
+    KR_TSAN_ACQUIRE(m);
+    /* a slot's record still attached (the server stopped before every shard reported):
+     * a plain block nothing else references once the message is gone (see kr_msg_slot) */
+    for (uint32_t i = 0; i < m->nslots; i++)
+        free(kr_msg_slots(m)[i]);
+    free(m);
+}
+
 void kr_msg_unref(struct kr_msg *m)
 {
     bool zero;
@@ -175,14 +186,15 @@ void kr_msg_unref(struct kr_msg *m)
      * free; ThreadSanitizer cannot see ck's atomics, so say it. */
     KR_TSAN_RELEASE(m);
     ck_pr_dec_32_zero(&m->refs, &zero);
-    if (!zero)
-        return;
-    KR_TSAN_ACQUIRE(m);
-    /* a slot's record still attached (the server stopped before every shard reported):
-     * a plain block nothing else references once the message is gone (see kr_msg_slot) */
-    for (uint32_t i = 0; i < m->nslots; i++)
-        free(kr_msg_slots(m)[i]);
-    free(m);
+    if (zero)
+        kr_msg_free(m);
+}
+
+void kr_msg_unref_n(struct kr_msg *m, uint32_t n)
+{
+    KR_TSAN_RELEASE(m);
+    if (ck_pr_faa_32(&m->refs, (uint32_t)-n) == n)
+        kr_msg_free(m);
 }
 
 uint32_t kr_msg_refs(const struct kr_msg *m) { return ck_pr_load_32(&m->refs); }

@@ -49,6 +49,9 @@ struct kr_msg *kr_msg_create_hashed(uint64_t publisher, uint64_t time_us, uint32
 void kr_msg_ref(struct kr_msg *m, uint32_t n);
 /* Drop one reference; frees the message with the last one. Any thread holding a reference. */
 void kr_msg_unref(struct kr_msg *m);
+/* Drop `n` references at once (n > 0; one atomic operation for them all); frees the
+ * message with the last one. Any thread holding those references. */
+void kr_msg_unref_n(struct kr_msg *m, uint32_t n);
 /* References currently held (a relaxed load: exact only while no other thread changes them;
  * for tests and assertions). Any thread holding a reference. */
 uint32_t kr_msg_refs(const struct kr_msg *m);

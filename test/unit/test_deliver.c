@@ -82,6 +82,14 @@ static struct kr_msg *msg(uint64_t pub, uint64_t time_us, uint32_t ntopics, uint
     return m;
 }
 
+/* Hand out the head entry, as a poll reply does, and end the net thread's turn (the
+ * references written-out entries gave up are dropped then: kr_dlv_release_later). */
+static void pop(struct kr_dlv_ctx *x, struct kr_dlv *d)
+{
+    kr_dlv_pop(x, d);
+    kr_dlv_release_later(x);
+}
+
 /* A shard's DELIVER (or REPLAY) of m matching topics `mask` (messages of at most 64 topics):
  * hands over a new reference. */
 static void deliver(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m, uint64_t mask,
@@ -91,6 +99,7 @@ static void deliver(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m, ui
     struct kr_event ev = {.type = replay ? KR_EV_REPLAY : KR_EV_DELIVER, .conn = 1, .ptr = m,
                           .mask = mask};
     kr_dlv_deliver(x, d, &ev, replay);
+    kr_dlv_release_later(x); /* the end of the net thread's turn */
 }
 
 /* The same for a message of more than 64 topics: a bitmap of the listed topics. */
@@ -106,6 +115,7 @@ static void deliver_big(struct kr_dlv_ctx *x, struct kr_dlv *d, struct kr_msg *m
     struct kr_event ev = {.type = KR_EV_DELIVER, .conn = 1, .ptr = m,
                           .mask = kr_topicset_word(set)};
     kr_dlv_deliver(x, d, &ev, false);
+    kr_dlv_release_later(x);
 }
 
 /* A shard's END of m (the caller's kr_nt_handle drops the event's reference: the test keeps
@@ -164,7 +174,7 @@ Test(deliver, single_shard_in_order)
     for (int i = 0; i < 3; i++) {
         cr_assert_eq(head_topics(&d, buf, sizeof(buf)), m[i], "entry %d in order", i);
         cr_assert_str_eq(buf, i % 2 ? "t1 " : "t0 ");
-        kr_dlv_pop(&x, &d);
+        pop(&x, &d);
         cr_assert_eq(kr_msg_refs(m[i]), 1, "the queue's reference is dropped by the pop");
     }
     cr_assert_eq(T.queued_messages, 0);
@@ -202,9 +212,9 @@ Test(deliver, multi_shard_parts_merge_and_complete_on_last_end)
     char buf[64];
     cr_assert_eq(head_topics(&d, buf, sizeof(buf)), m);
     cr_assert_str_eq(buf, "t0 t2 ", "every matched topic, in published order");
-    kr_dlv_pop(&x, &d);
+    pop(&x, &d);
     cr_assert_eq(head_topics(&d, buf, sizeof(buf)), behind);
-    kr_dlv_pop(&x, &d);
+    pop(&x, &d);
     cr_assert_eq(kr_msg_refs(m), 1);
     cr_assert_eq(kr_msg_refs(behind), 1);
     kr_msg_unref(m);
@@ -227,7 +237,7 @@ Test(deliver, multi_shard_bitmaps_of_more_than_64_topics_merge)
     char buf[128];
     head_topics(&d, buf, sizeof(buf));
     cr_assert_str_eq(buf, "t3 t70 t99 ");
-    kr_dlv_pop(&x, &d);
+    pop(&x, &d);
     cr_assert_eq(kr_msg_refs(m), 1);
     kr_msg_unref(m);
     kr_dlv_clear(&x, &d); /* the ring storage */
@@ -262,7 +272,7 @@ Test(deliver, per_publisher_order_around_incomplete_entries)
         cr_assert_eq(head_topics(&d, buf, sizeof(buf)), want[i], "position %d", i);
         if (want[i] == late)
             cr_assert_str_eq(buf, "t0 t1 ");
-        kr_dlv_pop(&x, &d);
+        pop(&x, &d);
     }
     struct kr_msg *all[] = {early, late, other, after};
     for (int i = 0; i < 4; i++) {
@@ -383,7 +393,7 @@ Test(deliver, retro_replays_sorted_merged_then_live)
     for (int i = 0; i < 4; i++) {
         cr_assert_eq(head_topics(&d, buf, sizeof(buf)), want[i], "position %d", i);
         cr_assert_str_eq(buf, topics[i], "position %d", i);
-        kr_dlv_pop(&x, &d);
+        pop(&x, &d);
         cr_assert_eq(kr_msg_refs(want[i]), 1);
         kr_msg_unref(want[i]);
     }
@@ -414,10 +424,10 @@ Test(deliver, retro_not_found_discards_replays_keeps_live)
     cr_assert(end(&x, r2, 1));
     cr_assert_eq(ready(&d), 2);
     char buf[64];
-    kr_dlv_pop(&x, &d);
+    pop(&x, &d);
     head_topics(&d, buf, sizeof(buf));
     cr_assert_str_eq(buf, "t1 ", "only the live part's topic");
-    kr_dlv_pop(&x, &d);
+    pop(&x, &d);
     cr_assert_eq(kr_msg_refs(r2), 1);
     cr_assert_eq(kr_msg_refs(live), 1);
     kr_msg_unref(r1);
@@ -465,7 +475,7 @@ Test(deliver, a_remote_replay_merges_with_live_copies_by_origin_and_sequence)
     for (int i = 0; i < 4; i++) {
         cr_assert_eq(head_topics(&d, buf, sizeof(buf)), want[i], "position %d", i);
         cr_assert_str_eq(buf, topics[i], "position %d", i);
-        kr_dlv_pop(&x, &d);
+        pop(&x, &d);
     }
     cr_assert_eq(T.messages_replayed, 3);
     cr_assert_eq(kr_msg_refs(lb), 1, "the delivered live copies were released");
@@ -626,6 +636,55 @@ static struct kr_dlv_ctx ctx_push(bool accept)
     return x;
 }
 
+/* A fanout's deliveries written out one after another give up their references with one
+ * atomic operation when the net thread's turn ends, not one each; a different message
+ * ends the run, and a poll reply's entries are released the same way. */
+Test(deliver, written_out_references_are_dropped_together_at_the_end_of_the_turn)
+{
+    struct kr_dlv_ctx x = ctx_push(true);
+    struct kr_dlv d[3];
+    memset(d, 0, sizeof(d));
+    struct kr_msg *a = msg(5, 10, 2, 1, "a"), *b = msg(5, 11, 2, 1, "b");
+    for (int i = 0; i < 3; i++) {
+        kr_msg_ref(a, 1);
+        struct kr_event ev = {.type = KR_EV_DELIVER, .conn = 1, .ptr = a, .mask = 1};
+        kr_dlv_deliver(&x, &d[i], &ev, false);
+    }
+    cr_assert_eq(D.calls, 3);
+    cr_assert_eq(kr_msg_refs(a), 4, "kept while the run of the same message goes on");
+    kr_msg_ref(b, 1);
+    struct kr_event ev = {.type = KR_EV_DELIVER, .conn = 1, .ptr = b, .mask = 1};
+    kr_dlv_deliver(&x, &d[0], &ev, false);
+    cr_assert_eq(kr_msg_refs(a), 1, "another message ends the run: dropped at once");
+    cr_assert_eq(kr_msg_refs(b), 2);
+    kr_dlv_release_later(&x);
+    cr_assert_eq(kr_msg_refs(b), 1, "the end of the turn drops the rest");
+    kr_dlv_release_later(&x);
+    cr_assert_eq(kr_msg_refs(b), 1, "nothing twice");
+    /* queued entries handed out by a poll reply */
+    D.accept = false;
+    for (int i = 0; i < 2; i++)
+        deliver(&x, &d[1], b, 1u, false);
+    cr_assert_eq(kr_msg_refs(b), 3);
+    kr_dlv_pop(&x, &d[1]);
+    kr_dlv_pop(&x, &d[1]);
+    cr_assert_eq(kr_msg_refs(b), 3, "held until the turn ends");
+    kr_dlv_release_later(&x);
+    cr_assert_eq(kr_msg_refs(b), 1);
+    /* the last reference given up frees the message then (ASan: no leak, no use after) */
+    kr_msg_ref(a, 1);
+    struct kr_event last = {.type = KR_EV_DELIVER, .conn = 1, .ptr = a, .mask = 1};
+    D.accept = true;
+    kr_msg_unref(a); /* the test's own: the delivery's is the last */
+    kr_dlv_deliver(&x, &d[2], &last, false);
+    kr_dlv_release_later(&x);
+    for (int i = 0; i < 3; i++) {
+        kr_dlv_clear(&x, &d[i]);
+        kr_dlv_free(&d[i]);
+    }
+    kr_msg_unref(b);
+}
+
 Test(deliver, push_takes_complete_deliveries_and_releases_them)
 {
     struct kr_dlv_ctx x = ctx_push(true);
@@ -661,9 +720,9 @@ Test(deliver, push_refused_queues_and_later_deliveries_queue_behind)
     cr_assert_eq(d.q.count, 2);
     char buf[64];
     cr_assert_eq(head_topics(&d, buf, sizeof(buf)), a);
-    kr_dlv_pop(&x, &d);
+    pop(&x, &d);
     cr_assert_eq(head_topics(&d, buf, sizeof(buf)), b);
-    kr_dlv_pop(&x, &d);
+    pop(&x, &d);
     cr_assert_eq(T.deliveries_queued, 2);
     kr_msg_unref(a);
     kr_msg_unref(b);
@@ -685,7 +744,7 @@ Test(deliver, push_never_for_multi_shard_retro_replay_or_overflowed)
     cr_assert_not(end(&x, multi, 1));
     cr_assert(end(&x, multi, 1));
     cr_assert_eq(ready(&d), 1);
-    kr_dlv_pop(&x, &d);
+    pop(&x, &d);
     kr_msg_unref(multi);
     /* during a retroactive subscribe everything is staged */
     struct kr_msg *r = msg(6, 5, 1, 1, "r"), *lv = msg(7, 20, 1, 1, "lv");
@@ -697,8 +756,8 @@ Test(deliver, push_never_for_multi_shard_retro_replay_or_overflowed)
     kr_dlv_retro_done(&x, &d);
     cr_assert_eq(d.q.count, 2, "replayed then live, queued");
     cr_assert_eq(ready(&d), 2);
-    kr_dlv_pop(&x, &d);
-    kr_dlv_pop(&x, &d);
+    pop(&x, &d);
+    pop(&x, &d);
     /* once drained, a single-shard live delivery goes straight out again */
     deliver(&x, &d, lv, 1u, false);
     cr_assert_eq(D.calls, 1);
@@ -734,7 +793,7 @@ static struct kr_dlv_ctx ctx_pos(uint32_t nshards, uint64_t max_msgs)
 static void hand_out(struct kr_dlv_ctx *x, struct kr_dlv *d, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++)
-        kr_dlv_pop(x, d);
+        pop(x, d);
 }
 
 Test(position, follows_what_was_handed_out_and_the_frontier)
