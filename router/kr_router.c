@@ -82,6 +82,7 @@ struct kr_shard_counters {
 };
 
 #define KR_FRONTIER_EVERY 4096 /* messages routed between two KR_EV_FRONTIER at most */
+#define KR_RETIRED_WAIT_MS 10 /* an idle shard's check for topics freed by RCU */
 #define KR_FRONTIER_IDLE_MS 50 /* an idle shard announces its frontier at most this often */
 
 /* KR_EV_DELIVER_BATCH's block: one message's deliveries to the subscribers one net thread
@@ -1098,6 +1099,7 @@ static void *kr_shard_main(void *arg)
         sh->first_in = (sh->first_in + 1) % r->o.nnet;
         kr_shard_congestion(sh, park_max);
         kr_outbox_wake(&sh->ob);
+        kr_topics_flush_retired(sh->topics); /* what this pass removed: one call_rcu */
         if (work) {
             kr_shard_loop_timed(sh, t0);
             continue;
@@ -1120,9 +1122,13 @@ static void *kr_shard_main(void *arg)
             kr_waiter_cancel(&sh->waiter);
             continue;
         }
-        /* With events parked, retry soon: the net thread frees ring space as it drains. */
-        kr_waiter_sleep(&sh->waiter, kr_outbox_parked(&sh->ob) ? 1 : -1);
+        /* With events parked, retry soon: the net thread frees ring space as it drains.
+         * With removed topics waiting for their grace period, come back to free them. */
+        kr_waiter_sleep(&sh->waiter, kr_outbox_parked(&sh->ob)              ? 1
+                                     : kr_topics_retired_waiting(sh->topics) ? KR_RETIRED_WAIT_MS
+                                                                            : -1);
     }
+    kr_topics_flush_retired(sh->topics);
     urcu_memb_unregister_thread();
     return NULL;
 }

@@ -18,8 +18,18 @@ struct kr_topic;
 struct kr_sconn;
 
 struct kr_topics *kr_topics_create(void);
-/* Free everything at once; no reader may be walking. */
+/* Free everything at once, after waiting for the grace periods of what was removed before
+ * (urcu_memb_barrier); no reader may be walking. Not in a read-side critical section. */
 void kr_topics_destroy(struct kr_topics *t);
+/* Hand the entries removed since the last call to RCU (one call_rcu for them all; a full
+ * batch of 256 goes by itself), and free those whose grace period has ended since (on this
+ * thread). Call it after a run of changes, e.g. once per loop iteration; until then those
+ * entries stay allocated. Owner only, registered with urcu-memb, outside a read-side
+ * critical section. */
+void kr_topics_flush_retired(struct kr_topics *t);
+/* Whether removed entries handed to RCU are not freed yet: the owner should come back
+ * (kr_topics_flush_retired) soon even with nothing else to do. Owner only. */
+bool kr_topics_retired_waiting(const struct kr_topics *t);
 
 /* Called by the owner's own calls below when a topic gets its first subscriber (on = true)
  * or loses its last (on = false), with the topic's bytes (valid during the call). */

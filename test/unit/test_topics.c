@@ -67,6 +67,38 @@ Test(topics, unsubscribe_removes_and_frees_empty_topics)
     cr_assert_eq(kr_topics_subscriptions(t), 0);
 }
 
+/* Removed topics and client records are freed in batches after a grace period (one
+ * call_rcu per batch): more removals than one batch holds, topics and clients mixed, the
+ * same names subscribed again before and after the flush; ASan checks every record is freed
+ * once and none is used after. */
+Test(topics, removals_are_freed_in_batches_after_a_grace_period)
+{
+    char name[32];
+    for (int round = 0; round < 2; round++) {
+        for (uint64_t c = 1; c <= 700; c++) {
+            int n = snprintf(name, sizeof(name), "topic-%llu", (unsigned long long)c);
+            cr_assert_eq(kr_topics_subscribe(t, name, (uint32_t)n, c, 0), 1);
+        }
+        cr_assert_eq(kr_topics_count(t), 700);
+        for (uint64_t c = 1; c <= 700; c++) { /* each removes a topic and a client */
+            int n = snprintf(name, sizeof(name), "topic-%llu", (unsigned long long)c);
+            cr_assert_eq(kr_topics_unsubscribe(t, name, (uint32_t)n, c), 1);
+            if (c == 300) /* again while its old record waits for the grace period */
+                cr_assert_eq(kr_topics_subscribe(t, name, (uint32_t)n, c, 0), 1);
+        }
+        cr_assert_eq(kr_topics_count(t), 1, "the one subscribed again");
+        cr_assert_eq(kr_topics_conn_nsubs(t, 300), 1);
+        cr_assert_eq(kr_topics_drop_conn(t, 300), 1);
+        cr_assert_eq(kr_topics_count(t), 0);
+        kr_topics_flush_retired(t);
+        cr_assert(kr_topics_retired_waiting(t), "handed to RCU, not freed yet");
+        urcu_memb_barrier(); /* the grace period ended: the batches came back */
+        cr_assert(kr_topics_retired_waiting(t), "freed by the owner, not by liburcu's thread");
+        kr_topics_flush_retired(t);
+        cr_assert_not(kr_topics_retired_waiting(t), "the owner's next flush freed them");
+    }
+}
+
 Test(topics, drop_conn_removes_everything_of_one_client)
 {
     char name[32];
