@@ -197,6 +197,13 @@ void kr_msg_unref_n(struct kr_msg *m, uint32_t n)
         kr_msg_free(m);
 }
 
+void kr_msg_prefetch(const struct kr_msg *m)
+{
+    __builtin_prefetch(m, 1); /* for writing: the reference count */
+    __builtin_prefetch(kr_msg_hashes(m)); /* the header's line when there are few slots */
+    __builtin_prefetch(kr_msg_hashes(m) + m->ntopics); /* the sequences */
+}
+
 uint32_t kr_msg_refs(const struct kr_msg *m) { return ck_pr_load_32(&m->refs); }
 uint64_t kr_msg_publisher(const struct kr_msg *m) { return m->publisher; }
 uint64_t kr_msg_time_us(const struct kr_msg *m) { return m->time_us; }

@@ -62,6 +62,11 @@ uint32_t kr_msg_ntopics(const struct kr_msg *m);
 const char *kr_msg_topic(const struct kr_msg *m, uint32_t i, uint32_t *len);
 /* kr_topic_hash of topic i, as stored at creation. */
 uint64_t kr_msg_topic_hash(const struct kr_msg *m, uint32_t i);
+/* Start loading the message's header (for writing: its reference count) and the first
+ * lines of its per-topic arrays (hashes, sequences) into the cache, for a holder that will
+ * need them soon (a hint). Any thread
+ * holding a reference. */
+void kr_msg_prefetch(const struct kr_msg *m);
 const char *kr_msg_payload(const struct kr_msg *m, uint32_t *len);
 /* Bytes held by the message buffer (for memory accounting). */
 size_t kr_msg_size(const struct kr_msg *m);

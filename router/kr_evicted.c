@@ -65,6 +65,12 @@ void kr_evicted_note(struct kr_evicted *e, uint64_t h, uint64_t seq)
     }
 }
 
+void kr_evicted_prefetch(const struct kr_evicted *e, uint64_t h)
+{
+    for (uint32_t r = 0; r < KR_EVICTED_ROWS; r++)
+        __builtin_prefetch(&e->cells[kr_evicted_cell(e, r, h)], 1);
+}
+
 uint64_t kr_evicted_bound(const struct kr_evicted *e, uint64_t h)
 {
     uint64_t b = UINT64_MAX;

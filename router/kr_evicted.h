@@ -41,6 +41,10 @@ void kr_evicted_destroy(struct kr_evicted *e);
 /* A message with sequence `seq` on the topic whose kr_topic_hash is `h` left the history.
  * Shard thread (its owner). */
 void kr_evicted_note(struct kr_evicted *e, uint64_t h, uint64_t seq);
+/* Start loading the buckets kr_evicted_note(e, h, ...) will update (a hint: the rows are
+ * far larger than the caches, so a note without it waits for three memory reads). Shard
+ * thread (its owner). */
+void kr_evicted_prefetch(const struct kr_evicted *e, uint64_t h);
 
 /* An upper bound of the highest sequence evicted on the topic with hash h (0: certainly
  * none): never below the truth; above it only on collisions in every row. Shard thread

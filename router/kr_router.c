@@ -82,6 +82,7 @@ struct kr_shard_counters {
 };
 
 #define KR_FRONTIER_EVERY 4096 /* messages routed between two KR_EV_FRONTIER at most */
+#define KR_EVICT_PREFETCH_TOPICS 8 /* topics of the next evicted message prefetched at most */
 #define KR_RETIRED_WAIT_MS 10 /* an idle shard's check for topics freed by RCU */
 #define KR_FRONTIER_IDLE_MS 50 /* an idle shard announces its frontier at most this often */
 
@@ -321,6 +322,16 @@ static void kr_history_evict(struct kr_shard *sh)
     h->msgs[h->head] = NULL;
     h->head = (h->head + 1) % h->cap;
     h->count--;
+    /* the next evictions, one per routed message once the window is full, read cold
+     * memory: start loading the sketch buckets of the next one's topics (its own lines were
+     * asked for by the previous eviction) and the one after it */
+    if (h->count > 0) {
+        const struct kr_msg *next = h->msgs[h->head];
+        for (uint32_t i = 0, n = kr_msg_ntopics(next); i < n && i < KR_EVICT_PREFETCH_TOPICS; i++)
+            kr_evicted_prefetch(sh->evicted, kr_msg_topic_hash(next, i));
+    }
+    if (h->count > 1)
+        kr_msg_prefetch(h->msgs[(h->head + 1) % h->cap]);
 }
 
 /* Hold `m` (taking over one reference), then evict oldest first while the window holds more
