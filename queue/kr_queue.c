@@ -199,9 +199,13 @@ void kr_msg_unref_n(struct kr_msg *m, uint32_t n)
 
 void kr_msg_prefetch(const struct kr_msg *m)
 {
-    __builtin_prefetch(m, 1); /* for writing: the reference count */
-    __builtin_prefetch(kr_msg_hashes(m)); /* the header's line when there are few slots */
-    __builtin_prefetch(kr_msg_hashes(m) + m->ntopics); /* the sequences */
+    /* the header (for writing: the reference count) and the two lines after it, where the
+     * topic hashes and sequences of a message of a few topics and slots lie; reading the
+     * header's counts to aim further would wait for the very line being asked for */
+    const char *p = (const char *)m;
+    __builtin_prefetch(p, 1);
+    __builtin_prefetch(p + 64);
+    __builtin_prefetch(p + 128);
 }
 
 uint32_t kr_msg_refs(const struct kr_msg *m) { return ck_pr_load_32(&m->refs); }
