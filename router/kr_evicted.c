@@ -8,8 +8,7 @@
 
 struct kr_evicted {
     uint32_t log2;    /* buckets per row: 2^log2 */
-    uint64_t *cells;  /* row r, bucket b at cells[(r << log2) | b] (kr_huge_alloc) */
-    size_t mapped;
+    uint64_t *cells;  /* row r, bucket b at cells[(r << log2) | b] */
 };
 
 /* One constant per row (odd, unrelated bit patterns), mixed into the hash before the
@@ -41,10 +40,7 @@ struct kr_evicted *kr_evicted_create(uint32_t log2_buckets)
     assert(log2_buckets >= KR_EVICTED_LOG2_MIN && log2_buckets <= KR_EVICTED_LOG2_MAX);
     struct kr_evicted *e = kr_xcalloc(1, sizeof(*e));
     e->log2 = log2_buckets;
-    /* read at random, one cell per row for every topic of every evicted message: on huge
-     * pages a cell costs a cache miss, not also a page walk (12 MiB by default) */
-    e->cells = kr_huge_alloc(((size_t)KR_EVICTED_ROWS << log2_buckets) * sizeof(*e->cells),
-                             &e->mapped);
+    e->cells = kr_xcalloc((size_t)KR_EVICTED_ROWS << log2_buckets, sizeof(*e->cells));
     return e;
 }
 
@@ -52,7 +48,7 @@ void kr_evicted_destroy(struct kr_evicted *e)
 {
     if (!e)
         return;
-    kr_huge_free(e->cells, e->mapped);
+    free(e->cells);
     free(e);
 }
 

@@ -12,7 +12,7 @@
  * Sizing. After n distinct topics were evicted with sequences above a token T, a topic
  * that was never evicted gets a bound above T with probability about
  * (1 - e^(-n / 2^log2_buckets))^KR_EVICTED_ROWS. The default, 3 rows of 2^19 buckets of
- * 8 bytes (12 MiB per shard, huge pages taken as touched), gives about 0.5 % for
+ * 8 bytes (12 MiB per shard, pages touched as used), gives about 0.5 % for
  * n = 100,000 (the unit test measures it). Every message the history evicts notes each of
  * its topics, so the rows are few: each note touches 3 buckets, three cache misses on the
  * routing path unless prefetched (kr_evicted_prefetch; 8 rows of 2^17, the same memory's

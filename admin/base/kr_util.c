@@ -3,7 +3,6 @@
 
 #include <stdarg.h>
 #include <stdio.h>
-#include <sys/mman.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
@@ -80,30 +79,4 @@ int kr_errf(char *err, size_t errlen, int rc, const char *fmt, ...)
         va_end(ap);
     }
     return rc;
-}
-
-#define KR_HUGE_PAGE ((size_t)2 << 20)
-
-void *kr_huge_alloc(size_t n, size_t *mapped)
-{
-    size_t len = (n + KR_HUGE_PAGE - 1) & ~(KR_HUGE_PAGE - 1);
-    /* map one huge page more, then trim both ends to a 2 MiB boundary */
-    char *p = mmap(NULL, len + KR_HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
-    if (p == MAP_FAILED)
-        kr_oom(len + KR_HUGE_PAGE);
-    char *a = (char *)(((uintptr_t)p + KR_HUGE_PAGE - 1) & ~(uintptr_t)(KR_HUGE_PAGE - 1));
-    if (a > p)
-        munmap(p, (size_t)(a - p));
-    if (a + len < p + len + KR_HUGE_PAGE)
-        munmap(a + len, (size_t)(p + len + KR_HUGE_PAGE - (a + len)));
-    (void)madvise(a, len, MADV_HUGEPAGE); /* a hint: without it (THP off) small pages serve */
-    *mapped = len;
-    return a;
-}
-
-void kr_huge_free(void *p, size_t mapped)
-{
-    if (p)
-        munmap(p, mapped);
 }

@@ -19,14 +19,6 @@ void *kr_xrealloc(void *p, size_t n);
  * Returns the (possibly moved) array. Aborts on out of memory, and when `need` exceeds
  * `max`. Use it through KR_GROW / KR_GROW_MIN. Any thread owning the array. */
 void *kr_grow(void *arr, size_t *cap, size_t need, size_t size, size_t min, size_t max);
-
-/* Zeroed memory of at least `n` bytes for a large table read at random (the history's
- * eviction sketch): mapped on its own, 2 MiB aligned and marked for transparent huge pages,
- * so that a random read costs one TLB entry per 2 MiB instead of a page walk per 4 KiB
- * page (the kernel may still give small pages). *mapped receives what kr_huge_free needs.
- * Aborts when the mapping fails. Any thread. */
-void *kr_huge_alloc(size_t n, size_t *mapped);
-void kr_huge_free(void *p, size_t mapped);
 /* Make the array `arr` (any element type) hold at least `need` elements, its capacity in the
  * unsigned field `cap` (uint32_t, size_t, ...; counted in elements, so in bytes for a char
  * buffer): KR_GROW_MIN(c->out, c->out_cap, c->out_len + n, 256). The first allocation gets
