@@ -145,6 +145,8 @@ void kr_dlv_free(struct kr_dlv *d)
     free(d->stage);
     d->stage = NULL;
     d->stage_cap = 0;
+    free(d->seen_cap);
+    d->seen_cap = NULL;
 }
 
 void kr_dlv_trim(struct kr_dlv *d)
@@ -832,6 +834,15 @@ void kr_dlv_track_position(struct kr_dlv_ctx *x, struct kr_dlv *d)
         d->handed = kr_xcalloc(x->nshards ? x->nshards : 1, sizeof(*d->handed));
 }
 
+void kr_dlv_cap_frontier(struct kr_dlv_ctx *x, struct kr_dlv *d, const uint64_t *seen)
+{
+    if (!d->handed || d->seen_cap)
+        return;
+    uint32_t n = x->nshards ? x->nshards : 1;
+    d->seen_cap = kr_xmalloc(n * sizeof(*d->seen_cap));
+    memcpy(d->seen_cap, seen, n * sizeof(*d->seen_cap));
+}
+
 /* Fold the parts of entry e into the lowest (lo) and highest (hi) sequence per shard. */
 static void kr_parts_minmax(const struct kr_cq_entry *e, uint64_t *lo, uint64_t *hi)
 {
@@ -875,6 +886,8 @@ bool kr_dlv_position(const struct kr_dlv_ctx *x, const struct kr_dlv *d, const u
     for (uint32_t s = 0; s < x->nshards; s++) {
         /* received (the frontier, what was handed, what is queued) ... */
         through[s] = seen[s];
+        if (d->seen_cap && d->seen_cap[s] < through[s])
+            through[s] = d->seen_cap[s]; /* unsubscribed by the drain since */
         if (hi[s] > through[s])
             through[s] = hi[s];
         if (d->handed[s] > through[s])

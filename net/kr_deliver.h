@@ -105,6 +105,9 @@ struct kr_dlv {
      * replayed messages (kr_dlv_retro_done); names separated by spaces */
     char *pending;
     uint32_t pending_len, pending_cap, pending_n;
+    /* the drain took its subscriptions away: frontiers seen after that (per shard) no
+     * longer speak for its topics, so its position stops at these (NULL: not capped) */
+    uint64_t *seen_cap;
 };
 
 /* Counters a net thread publishes (relaxed atomic stores; any thread may load them). */
@@ -203,6 +206,13 @@ void kr_dlv_release_later(struct kr_dlv_ctx *x);
 void kr_dlv_overflow(struct kr_dlv_ctx *x, struct kr_dlv *d);
 /* Start keeping d's position (kr_dlv_position); nothing when it is kept already. */
 void kr_dlv_track_position(struct kr_dlv_ctx *x, struct kr_dlv *d);
+/* The client's subscriptions are being taken from it by the server (the drain unsubscribes
+ * it everywhere before its last reply): from now on a shard's frontier may pass messages on
+ * its topics that it will never get, so its position counts the frontiers only up to
+ * `seen` (the net thread's frontier per shard now); what still arrives from before the
+ * unsubscribe counts as it is handed out. Nothing when d keeps no position. Owning net
+ * thread. */
+void kr_dlv_cap_frontier(struct kr_dlv_ctx *x, struct kr_dlv *d, const uint64_t *seen);
 /* d's position: per shard s (x->nshards of them), into pos[s], the highest sequence such
  * that every part of a message that shard numbered up to it for d was handed out, and
  * none above it. `seen` is the net thread's frontier per shard (KR_EV_FRONTIER). Returns

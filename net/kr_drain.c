@@ -62,6 +62,10 @@ static void kr_conn_drain_reach(struct kr_conn *c)
         return;
     }
     uint32_t nshards = kr_router_nshards(nt->srv->router);
+    /* the shards drop its subscriptions below: the frontiers they announce from then on
+     * pass messages on its topics it will not get, so its final position must not count
+     * them (a resume from it elsewhere would skip those messages) */
+    kr_dlv_cap_frontier(&nt->dlv, &c->dlv, nt->seen);
     c->drain = KR_DR_BARRIER;
     c->drain_acks = nshards;
     struct kr_event ev = {.type = KR_EV_DISCONNECT, .src = (uint16_t)nt->idx, .conn = c->id};

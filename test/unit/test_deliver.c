@@ -818,6 +818,45 @@ Test(position, follows_what_was_handed_out_and_the_frontier)
     kr_dlv_free(&d);
 }
 
+/* Regression: a drained client lost messages when it resumed on another node. The drain
+ * unsubscribes the client everywhere before its last reply; a shard's frontier announced
+ * after that passed messages on its topics that it never got, and its final position
+ * counted them, so the resume skipped them. Its position now counts the frontiers only up
+ * to where they were when its subscriptions were taken; what arrives from before still
+ * counts as it is handed out. */
+Test(position, frontiers_after_the_drain_took_its_subscriptions_do_not_count)
+{
+    struct kr_dlv_ctx x = ctx_pos(2, 100);
+    struct kr_dlv d = {0};
+    kr_dlv_track_position(&x, &d);
+    uint64_t seen[2] = {3, 7}, pos[2];
+    kr_dlv_cap_frontier(&x, &d, seen);
+    /* routed before the shard dropped its subscriptions: delivered, numbered 5 */
+    struct kr_msg *m = msg(9, 1, 1, 1, "a");
+    kr_msg_set_seq(m, 0, 0, 5);
+    deliver(&x, &d, m, 1, false);
+    /* then the shards went on: frontiers 12 and 20, past messages it will not get */
+    seen[0] = 12;
+    seen[1] = 20;
+    cr_assert(kr_dlv_position(&x, &d, seen, pos));
+    cr_assert_eq(pos[0], 4, "queued at 5: just before it, not at the later frontier");
+    hand_out(&x, &d, 1);
+    cr_assert(kr_dlv_position(&x, &d, seen, pos));
+    cr_assert_eq(pos[0], 5, "what it was handed counts");
+    cr_assert_eq(pos[1], 7, "the frontier as it was when its subscriptions were taken");
+    uint64_t later[2] = {30, 40};
+    kr_dlv_cap_frontier(&x, &d, later); /* a second call changes nothing */
+    cr_assert(kr_dlv_position(&x, &d, seen, pos));
+    cr_assert(pos[0] == 5 && pos[1] == 7);
+    /* a client that keeps no position: nothing to cap */
+    struct kr_dlv plain = {0};
+    kr_dlv_cap_frontier(&x, &plain, seen);
+    cr_assert_null(plain.seen_cap);
+    kr_msg_unref(m);
+    kr_dlv_clear(&x, &d);
+    kr_dlv_free(&d);
+}
+
 /* A multi-shard entry completed after a later part of one of its shards arrived: a reply
  * that hands it out must also hand out that part's entry (or the position after it would
  * claim the later one, or replay the earlier). */
