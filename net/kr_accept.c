@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
 #include <sys/socket.h>
@@ -22,7 +23,7 @@ static void kr_nt_accept_pause_cb(uv_timer_t *t);
 static void kr_nt_accept_pause(struct kr_nt *nt);
 static bool kr_nt_acl_check(struct kr_nt *nt, int fd, const struct sockaddr_storage *ss);
 static void kr_nt_out_of_fds(struct kr_nt *nt, int err, int lfd, const struct kr_frontend *fe);
-static void kr_conn_keepalive(struct kr_conn *c, uint32_t idle_s);
+static void kr_conn_keepalive(int fd, uint32_t idle_s);
 static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_storage *ss,
                            const struct kr_frontend *fe);
 static void kr_nt_listener_closed_cb(uv_handle_t *h);
@@ -172,14 +173,12 @@ static void kr_nt_out_of_fds(struct kr_nt *nt, int err, int lfd, const struct kr
 
 /* Keepalive probes after `idle_s` idle seconds, then every idle_s / 3 (at least 1 s), and
  * the connection is dropped after 3 unanswered probes (Redis's choice). */
-static void kr_conn_keepalive(struct kr_conn *c, uint32_t idle_s)
+static void kr_conn_keepalive(int fd, uint32_t idle_s)
 {
-    if (uv_tcp_keepalive(&c->h, 1, idle_s) != 0)
+    int on = 1, idle = (int)idle_s, intvl = idle_s / 3 ? (int)(idle_s / 3) : 1, cnt = 3;
+    if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) != 0)
         return;
-    uv_os_fd_t fd;
-    if (uv_fileno((uv_handle_t *)&c->h, &fd) != 0)
-        return;
-    int intvl = idle_s / 3 ? (int)(idle_s / 3) : 1, cnt = 3;
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 }
@@ -211,17 +210,17 @@ static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_stora
     kr_outbox_init(&c->ob, &nt->conn_sink, KR_OUTBOX_ALL); /* allocates nothing */
     c->fe = fe;
     c->fe_chosen = fe != &kr_front_mc; /* the main port decides by the first byte */
-    uv_tcp_init(&nt->loop, &c->h);
-    if (uv_tcp_open(&c->h, fd) != 0) {
-        close(fd); /* not taken over by the handle */
+    c->fd = fd;
+    if (uv_poll_init_socket(&nt->loop, &c->h, fd) != 0) {
+        close(fd); /* the handle was not set up: nothing else to release */
         ck_pr_dec_32(&srv->nconns);
-        c->closing = true;
-        uv_close((uv_handle_t *)&c->h, kr_conn_closed_cb);
+        free(c);
         return;
     }
-    uv_tcp_nodelay(&c->h, 1);
+    int on = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
     if (lv->tcp_keepalive_s)
-        kr_conn_keepalive(c, lv->tcp_keepalive_s);
+        kr_conn_keepalive(fd, lv->tcp_keepalive_s);
     if (nt->nfree == 0) {
         uint32_t ncap = nt->nslots ? nt->nslots * 2 : 256;
         nt->slots = kr_xrealloc(nt->slots, ncap * sizeof(*nt->slots));

@@ -188,7 +188,7 @@ static void kr_cmd_resync_opt(struct kr_conn *c, const struct kr_cmd_sub *sub)
 
 bool kr_cmd_subscribe_runs_alone(const struct kr_conn *c)
 {
-    return c->horizon_us != 0;
+    return c->rare && c->rare->horizon_us != 0;
 }
 
 /* Split the topics by owning shard, send one command to each, and answer once every shard
@@ -205,11 +205,11 @@ int kr_cmd_subscribe(struct kr_conn *c, const struct kr_cmd_sub *sub)
     uint64_t horizon = sub->horizon_us;
     if (type == KR_EV_RETRO_SUBSCRIBE) {
         KR_ST_INC(nt, retro_requests, 1);
-    } else if (type == KR_EV_SUBSCRIBE && c->horizon_us) {
+    } else if (type == KR_EV_SUBSCRIBE && c->rare && c->rare->horizon_us) {
         /* the first subscribe after `register` is retroactive */
         type = KR_EV_RETRO_SUBSCRIBE;
-        horizon = c->horizon_us;
-        c->horizon_us = 0;
+        horizon = c->rare->horizon_us;
+        c->rare->horizon_us = 0;
         KR_ST_INC(nt, retro_requests, 1);
     }
     if (type == KR_EV_RETRO_SUBSCRIBE && horizon > kr_msg_clock_us()) {
@@ -332,9 +332,10 @@ size_t kr_cmd_position(struct kr_conn *c, char *buf, size_t cap)
     size_t n = kr_cmd_position_now(c, buf, cap);
     if (n)
         return n;
-    if (c->last_token && c->last_token_len <= cap) {
-        memcpy(buf, c->last_token, c->last_token_len);
-        return c->last_token_len;
+    struct kr_conn_rare *r = c->rare;
+    if (r && r->last_token && r->last_token_len <= cap) {
+        memcpy(buf, r->last_token, r->last_token_len);
+        return r->last_token_len;
     }
     return 0;
 }
@@ -348,10 +349,11 @@ size_t kr_cmd_position_now(struct kr_conn *c, char *buf, size_t cap)
     if (!c->dlv.retro_active && kr_dlv_position(&nt->dlv, &c->dlv, nt->seen, p.seq))
         n = kr_pos_encode(&p, buf, cap);
     if (n) { /* the last exact one, for when there is none for a moment */
-        if (!c->last_token)
-            c->last_token = kr_xmalloc(KR_POS_TOKEN_MAX + 1);
-        memcpy(c->last_token, buf, n);
-        c->last_token_len = (uint16_t)n;
+        struct kr_conn_rare *r = kr_conn_rare(c);
+        if (!r->last_token)
+            r->last_token = kr_xmalloc(KR_POS_TOKEN_MAX + 1);
+        memcpy(r->last_token, buf, n);
+        r->last_token_len = (uint16_t)n;
     }
     return n;
 }
@@ -425,7 +427,8 @@ int kr_cmd_resume(struct kr_conn *c, const char *token, size_t token_len,
         c->resuming = true;
         nt->resumes_active++;
     }
-    c->horizon_us = 0; /* a resume is the retroactive step itself */
+    if (c->rare)
+        c->rare->horizon_us = 0; /* a resume is the retroactive step itself */
     c->dlv.resync = true; /* resuming opts in to resync notices */
     kr_cmd_track_position(c);
     uint64_t since[64];
@@ -577,12 +580,12 @@ int kr_cmd_publish(struct kr_conn *c, const struct kr_cmd_entry *e, unsigned fla
         kr_msg_ref(m, involved - 1 + (srv->cluster != NULL));
     /* with cluster_publish_ack flushed the reply also waits for the link's flush */
     if (srv->publish_flushed)
-        c->link_sent++;
+        kr_conn_rare(c)->link_sent++;
     /* a counted publish's reply waits for every involved shard's count (KR_EV_PUBLISHED) */
     uint32_t reqno = 0;
     if (count)
         reqno = kr_rq_push(c, &(struct kr_reply_wait){.acks_left = involved, .count = true,
-                                                      .link_need = c->link_sent});
+                                                      .link_need = kr_conn_link_sent(c)});
     /* Forwarded to the other nodes: handed to the link before any shard can route it, so
      * a resume of another node's token, whose question waits for what the link was handed
      * before it (kr_cl_asks_send), finds it in that node's answer if it was routed here
@@ -605,9 +608,9 @@ int kr_cmd_publish(struct kr_conn *c, const struct kr_cmd_entry *e, unsigned fla
 void kr_cmd_published(struct kr_conn *c, bool noreply)
 {
     uint32_t parked = kr_conn_nparked(c);
-    if (parked || c->rq_count || c->link_acked < c->link_sent)
+    if (parked || c->rq_count || kr_conn_link_acked(c) < kr_conn_link_sent(c))
         kr_rq_push(c, &(struct kr_reply_wait){.noreply = noreply, .sent_gate = parked > 0,
-                                              .link_need = c->link_sent});
+                                              .link_need = kr_conn_link_sent(c)});
     else if (!noreply)
         c->fe->reply(c, &(struct kr_reply){.kind = KR_REPLY_DONE});
 }
@@ -617,11 +620,12 @@ void kr_cmd_published(struct kr_conn *c, bool noreply)
 void kr_cmd_register(struct kr_conn *c, bool noreply)
 {
     KR_ST_INC(c->nt, register_requests, 1);
-    c->horizon_us = kr_msg_clock_us();
+    kr_conn_rare(c)->horizon_us = kr_msg_clock_us();
     kr_cmd_done(c, &(struct kr_reply_wait){.noreply = noreply});
 }
 
 void kr_cmd_unregister(struct kr_conn *c)
 {
-    c->horizon_us = 0;
+    if (c->rare)
+        c->rare->horizon_us = 0;
 }

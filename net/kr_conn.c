@@ -5,24 +5,31 @@
 
 #include <ck_pr.h>
 #include <stdio.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <urcu/list.h>
 #include <uv.h>
 
 static void kr_conn_out_account(struct kr_conn *c);
-static void kr_conn_write_cb(uv_write_t *req, int status);
+static void kr_conn_write_done(struct kr_conn *c);
 static void kr_conn_release_parked(struct kr_conn *c);
 static bool kr_nt_send_to(void *arg, uint32_t dest, const struct kr_event *ev);
 static void kr_nt_send_disconnect(struct kr_nt *nt, uint64_t id);
-static void kr_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void kr_conn_stash(struct kr_conn *c, const char *p, size_t n);
 static bool kr_conn_unpark(struct kr_conn *c);
 static bool kr_conn_out_full(const struct kr_conn *c);
 static size_t kr_conn_parse(struct kr_conn *c, const char *buf, size_t len);
 static void kr_conn_yield(struct kr_conn *c);
-static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void kr_conn_got(struct kr_conn *c, const char *buf, size_t n);
+static void kr_conn_io_cb(uv_poll_t *h, int status, int events);
+
+/* An idle client's connection is in jemalloc's 640-byte size class (docs/architecture.md,
+ * "Memory per connection"): what only some connections use goes in struct kr_conn_rare. */
+_Static_assert(sizeof(struct kr_conn) <= 640, "struct kr_conn outgrew its 640-byte class");
 
 /* ---------------------------------------------------------------- output */
 
@@ -120,20 +127,47 @@ size_t kr_conn_out_pending(const struct kr_conn *c)
     return c->out_len + c->refs_bytes + c->wbuf_len;
 }
 
-static void kr_conn_write_cb(uv_write_t *req, int status)
+/* Poll the socket for what the connection waits for now: readable while it reads, writable
+ * while a write waits. The handle is told only when that changes (each change is an epoll
+ * update). */
+static void kr_conn_watch(struct kr_conn *c)
 {
-    struct kr_conn *c = req->data;
+    uint8_t want = (c->reading ? UV_READABLE : 0) | (c->writing ? UV_WRITABLE : 0);
+    if (want == c->watching || c->closing)
+        return;
+    c->watching = want;
+    if (want)
+        uv_poll_start(&c->h, want, kr_conn_io_cb);
+    else
+        uv_poll_stop(&c->h);
+}
+
+/* Write what the socket takes of n pieces now: the bytes written (0: it takes nothing
+ * now), or -1 when the connection is broken. A closed peer never raises SIGPIPE. */
+static ssize_t kr_conn_sendv(struct kr_conn *c, const uv_buf_t *b, unsigned n)
+{
+    /* uv_buf_t is laid out as struct iovec on Unix (libuv's documented guarantee) */
+    struct msghdr mh = {.msg_iov = (struct iovec *)b, .msg_iovlen = n};
+    for (;;) {
+        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w >= 0)
+            return w;
+        if (errno == EINTR)
+            continue;
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS ? 0 : -1;
+    }
+}
+
+/* The write that waited was written out. */
+static void kr_conn_write_done(struct kr_conn *c)
+{
     free(c->wbuf);
     c->wbuf = NULL;
     c->wbuf_len = 0;
+    c->wbuf_off = 0;
     c->writing = false;
+    kr_conn_watch(c);
     kr_conn_out_account(c);
-    if (status < 0) {
-        kr_conn_close(c);
-        return;
-    }
-    if (c->closing)
-        return;
     kr_conn_flush(c);
     if (!c->closing && c->fe->writable)
         c->fe->writable(c);
@@ -141,13 +175,32 @@ static void kr_conn_write_cb(uv_write_t *req, int status)
         kr_conn_process(c); /* reading may have been paused on a big backlog */
 }
 
-/* Send what is buffered: try a direct write first, hand the rest to libuv. */
+/* The socket takes more of the write that waits. */
+static void kr_conn_on_writable(struct kr_conn *c)
+{
+    uv_buf_t b = uv_buf_init(c->wbuf + c->wbuf_off, (unsigned)c->wbuf_len);
+    ssize_t n = kr_conn_sendv(c, &b, 1);
+    if (n < 0) {
+        kr_conn_close(c);
+        return;
+    }
+    c->wbuf_off += (size_t)n;
+    c->wbuf_len -= (size_t)n;
+    KR_ST_INC(c->nt, bytes_written, (uint64_t)n);
+    if (c->wbuf_len)
+        kr_conn_out_account(c);
+    else
+        kr_conn_write_done(c);
+}
+
+/* Send what is buffered: write what the socket takes now, and keep the rest in one buffer
+ * that is written as the socket becomes writable (kr_conn_on_writable). */
 void kr_conn_flush(struct kr_conn *c)
 {
     if (c->closing)
         return;
     if (c->writing) {
-        kr_conn_out_account(c); /* replies added behind the write in flight */
+        kr_conn_out_account(c); /* replies added behind the write that waits */
         return;
     }
     bool tried = false; /* the socket took what it could already */
@@ -156,12 +209,12 @@ void kr_conn_flush(struct kr_conn *c)
         uv_buf_t pieces[2 * KR_OUT_MAX_REFS + 1];
         unsigned np = kr_out_pieces(c, pieces);
         size_t total = c->out_len + c->refs_bytes;
-        int n = uv_try_write((uv_stream_t *)&c->h, pieces, np);
-        if (n < 0 && n != UV_EAGAIN) {
+        ssize_t n = kr_conn_sendv(c, pieces, np);
+        if (n < 0) {
             kr_conn_close(c);
             return;
         }
-        size_t done = n > 0 ? (size_t)n : 0;
+        size_t done = (size_t)n;
         KR_ST_INC(c->nt, bytes_written, done);
         if (done < total) {
             kr_out_flatten(c, pieces, np, done); /* the rest goes the single-buffer way */
@@ -174,32 +227,24 @@ void kr_conn_flush(struct kr_conn *c)
     }
     if (c->out_len) {
         uv_buf_t b = uv_buf_init(c->out, (unsigned)c->out_len);
-        int n = tried ? 0 : uv_try_write((uv_stream_t *)&c->h, &b, 1);
-        if (n < 0 && n != UV_EAGAIN) {
+        ssize_t n = tried ? 0 : kr_conn_sendv(c, &b, 1);
+        if (n < 0) {
             kr_conn_close(c);
             return;
         }
-        size_t done = n > 0 ? (size_t)n : 0;
+        size_t done = (size_t)n;
         KR_ST_INC(c->nt, bytes_written, done);
         if (done < c->out_len) {
-            /* hand the buffer itself to the write; a new one collects later replies */
-            memmove(c->out, c->out + done, c->out_len - done);
+            /* the buffer itself becomes the write that waits; a new one collects later
+             * replies */
             c->wbuf = c->out;
+            c->wbuf_off = done;
             c->wbuf_len = c->out_len - done;
-            b = uv_buf_init(c->wbuf, (unsigned)(c->out_len - done));
-            KR_ST_INC(c->nt, bytes_written, c->out_len - done);
             c->out = NULL;
             c->out_len = 0;
             c->out_cap = 0;
-            if (!c->wreq)
-                c->wreq = kr_xmalloc(sizeof(*c->wreq));
-            c->wreq->data = c;
             c->writing = true;
-            int rc = uv_write(c->wreq, (uv_stream_t *)&c->h, &b, 1, kr_conn_write_cb);
-            if (rc < 0) {
-                c->writing = false;
-                kr_conn_close(c);
-            }
+            kr_conn_watch(c);
             kr_conn_out_account(c);
             return;
         }
@@ -283,7 +328,7 @@ void kr_rq_emit(struct kr_conn *c)
 {
     while (c->rq_count) {
         struct kr_reply_wait *w = &c->rq[c->rq_head];
-        if (w->acks_left || w->sent_gate || c->link_acked < w->link_need)
+        if (w->acks_left || w->sent_gate || kr_conn_link_acked(c) < w->link_need)
             break;
         struct kr_reply r = {.kind = KR_REPLY_DONE, .bytes = w->bytes, .len = w->len};
         if (w->count) {
@@ -509,8 +554,9 @@ bool kr_conn_queue_final_empty(const struct kr_conn *c)
 size_t kr_conn_mem(const struct kr_conn *c)
 {
     return sizeof(*c) + c->in_cap + c->out_cap + (size_t)c->refs_cap * sizeof(*c->refs) +
-           c->wbuf_len + (c->wreq ? sizeof(*c->wreq) : 0) +
-           (size_t)c->rq_cap * sizeof(*c->rq) + c->last_token_len +
+           c->wbuf_off + c->wbuf_len +
+           (size_t)c->rq_cap * sizeof(*c->rq) +
+           (c->rare ? sizeof(*c->rare) + c->rare->last_token_len : 0) +
            kr_dlv_mem(&c->dlv, c->nt->dlv.nshards) + (c->fe->mem ? c->fe->mem(c) : 0);
 }
 
@@ -529,8 +575,6 @@ void kr_conn_trim(struct kr_conn *c)
         c->refs = NULL;
         c->refs_cap = 0;
     }
-    free(c->wreq);
-    c->wreq = NULL;
     free(c->rq);
     c->rq = NULL;
     c->rq_cap = 0;
@@ -545,6 +589,23 @@ void kr_conn_overflow(struct kr_conn *c)
     kr_dlv_overflow(&c->nt->dlv, &c->dlv);
 }
 
+struct kr_conn_rare *kr_conn_rare(struct kr_conn *c)
+{
+    if (!c->rare)
+        c->rare = kr_xcalloc(1, sizeof(*c->rare));
+    return c->rare;
+}
+
+uint64_t kr_conn_link_acked(const struct kr_conn *c)
+{
+    return c->rare ? c->rare->link_acked : 0;
+}
+
+uint64_t kr_conn_link_sent(const struct kr_conn *c)
+{
+    return c->rare ? c->rare->link_sent : 0;
+}
+
 void kr_conn_closed_cb(uv_handle_t *h)
 {
     struct kr_conn *c = (struct kr_conn *)h;
@@ -555,13 +616,15 @@ void kr_conn_closed_cb(uv_handle_t *h)
     free(c->refs);
     free(c->out);
     free(c->wbuf);
-    free(c->wreq);
+    close(c->fd); /* after the handle stopped polling it */
     kr_dlv_free(&c->dlv);
     kr_outbox_destroy(&c->ob, NULL, NULL); /* emptied by kr_conn_close */
     for (uint32_t i = 0; i < c->rq_count; i++)
         free(c->rq[(c->rq_head + i) & (c->rq_cap - 1)].bytes);
     free(c->rq);
-    free(c->last_token);
+    if (c->rare)
+        free(c->rare->last_token);
+    free(c->rare);
     free(c);
 }
 
@@ -653,25 +716,19 @@ void kr_conn_close(struct kr_conn *c)
     uv_close((uv_handle_t *)&c->h, kr_conn_closed_cb);
 }
 
-static void kr_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    struct kr_conn *c = (struct kr_conn *)h;
-    *buf = uv_buf_init(c->nt->readbuf, sizeof(c->nt->readbuf));
-}
-
 void kr_conn_pause(struct kr_conn *c)
 {
     if (c->reading) {
-        uv_read_stop((uv_stream_t *)&c->h);
         c->reading = false;
+        kr_conn_watch(c);
     }
 }
 
 void kr_conn_resume(struct kr_conn *c)
 {
     if (!c->reading && !c->closing && !c->close_after_write) {
-        if (uv_read_start((uv_stream_t *)&c->h, kr_conn_alloc_cb, kr_conn_read_cb) == 0)
-            c->reading = true;
+        c->reading = true;
+        kr_conn_watch(c);
     }
 }
 
@@ -862,30 +919,52 @@ void kr_conn_process(struct kr_conn *c)
         kr_conn_yield(c);
 }
 
-static void kr_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+/* The socket is readable, writable, or failed (status < 0: the poll saw an error on it). */
+static void kr_conn_io_cb(uv_poll_t *h, int status, int events)
 {
-    struct kr_conn *c = (struct kr_conn *)s;
+    struct kr_conn *c = (struct kr_conn *)h;
     struct kr_nt *nt = c->nt;
-    kr_nt_refresh_live(nt);
-    if (nread < 0) {
+    if (status < 0) {
         kr_conn_close(c);
         return;
     }
-    if (nread == 0)
-        return;
-    KR_ST_INC(nt, bytes_read, (uint64_t)nread);
+    if ((events & UV_WRITABLE) && c->writing)
+        kr_conn_on_writable(c);
+    /* as long as it reads and the read buffer comes back full, a few reads in a row */
+    for (int i = 0; i < KR_READS_PER_WAKE && (events & UV_READABLE) && c->reading && !c->closing;
+         i++) {
+        ssize_t n = read(c->fd, nt->readbuf, sizeof(nt->readbuf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        if (n <= 0) { /* the peer closed, or the connection broke */
+            kr_conn_close(c);
+            break;
+        }
+        kr_conn_got(c, nt->readbuf, (size_t)n);
+        if ((size_t)n < sizeof(nt->readbuf))
+            break;
+    }
+}
+
+/* n bytes arrived on the connection (in the net thread's read buffer). */
+static void kr_conn_got(struct kr_conn *c, const char *buf, size_t n)
+{
+    struct kr_nt *nt = c->nt;
+    kr_nt_refresh_live(nt);
+    KR_ST_INC(nt, bytes_read, (uint64_t)n);
     if (c->close_after_write)
         return; /* discard input after a final reply */
     if (c->poll_wait)
         kr_conn_answer(c); /* its reply goes before those of the new requests */
-    size_t n = (size_t)nread;
     if (c->in_len == 0 && kr_conn_can_parse(c)) {
         /* fast path: parse straight from the shared read buffer */
-        size_t used = kr_conn_parse(c, buf->base, n);
+        size_t used = kr_conn_parse(c, buf, n);
         if (!c->closing && used < n && !c->close_after_write)
-            kr_conn_stash(c, buf->base + used, n - used);
+            kr_conn_stash(c, buf + used, n - used);
     } else {
-        kr_conn_stash(c, buf->base, n);
+        kr_conn_stash(c, buf, n);
     }
     kr_conn_process(c);
 }

@@ -44,7 +44,7 @@ static void kr_conn_drain_check(struct kr_conn *c)
 
 void kr_conn_drain_acked(struct kr_conn *c)
 {
-    if (c->drain != KR_DR_BARRIER || --c->drain_acks)
+    if (c->drain != KR_DR_BARRIER || --kr_conn_rare(c)->drain_acks)
         return;
     c->drain = KR_DR_POLL;
     kr_conn_drain_check(c);
@@ -67,7 +67,7 @@ static void kr_conn_drain_reach(struct kr_conn *c)
      * them (a resume from it elsewhere would skip those messages) */
     kr_dlv_cap_frontier(&nt->dlv, &c->dlv, nt->seen);
     c->drain = KR_DR_BARRIER;
-    c->drain_acks = nshards;
+    kr_conn_rare(c)->drain_acks = (uint16_t)nshards; /* at most 64 */
     struct kr_event ev = {.type = KR_EV_DISCONNECT, .src = (uint16_t)nt->idx, .conn = c->id};
     for (uint32_t s = 0; s < nshards; s++)
         kr_nt_ctl_push(nt, s, &ev);

@@ -144,7 +144,7 @@ static void kr_nt_handle(struct kr_nt *nt, struct kr_event *ev)
     case KR_EV_FORWARDED: { /* a flushed publish's entry is in the NATS server's hands */
         struct kr_conn *c = kr_nt_conn(nt, ev->conn);
         if (c) {
-            c->link_acked++;
+            kr_conn_rare(c)->link_acked++;
             kr_rq_emit(c);
             kr_conn_block(c); /* flushed and resumed after this loop iteration */
         }

@@ -77,6 +77,7 @@ void kr_net_stop_listening(struct kr_server *s, uint32_t net);
  * except the counters in `st` (relaxed atomic stores, read by any thread). */
 
 #define KR_READ_BUF (64 * 1024)
+#define KR_READS_PER_WAKE 8 /* reads of one connection per readiness while the buffer fills */
 #define KR_TAKE_BUDGET 16384     /* events taken from the shards per wake-up before yielding */
 #define KR_DRAIN_PAD UINT32_MAX   /* kr_router_cmd.pad of a drain barrier (not a request number) */
 #define KR_DEST_LINK UINT32_MAX   /* kr_conn_send's destination: the cluster link, not a shard */
@@ -139,8 +140,25 @@ void kr_peer_addr_name(const struct kr_peer_addr *p, char *out, size_t outlen);
 
 /* Laid out by size (eight-byte fields, then four, two and one) so that it has no holes:
  * an idle connection is this struct, its subscriptions and little else. */
+/* What few connections use, kept out of struct kr_conn (whose size decides the memory of
+ * every idle client): allocated by the first use (kr_conn_rare), freed with the
+ * connection. */
+struct kr_conn_rare {
+    /* retroactive subscriptions: set by `register`, used by the next subscribe (0 = none) */
+    uint64_t horizon_us;
+    /* cluster_publish_ack flushed: entries sent to the link, and those it confirmed */
+    uint64_t link_sent, link_acked;
+    /* continuity: the last exact position token given (NULL until one was) */
+    char *last_token;
+    uint16_t last_token_len;
+    uint16_t drain_acks; /* the drain: shard acknowledgements the barrier still waits for */
+};
+
 struct kr_conn {
-    uv_tcp_t h; /* first: handle.data is unused, the handle address is the connection */
+    /* first: handle.data is unused, the handle address is the connection. The socket's
+     * readiness only: the net thread reads and writes it itself (kr_conn_io_cb), which
+     * spares the 88 more bytes of a libuv TCP stream and its write requests. */
+    uv_poll_t h;
     /* What a delivery reads and writes, together right after the handle (four cache lines
      * from the handle's tail to the delivery state's head), so that a fanout to many
      * connections touches few lines of each: */
@@ -156,7 +174,7 @@ struct kr_conn {
     uint32_t nrefs;
     uint32_t refs_cap;
     size_t refs_bytes; /* their payload bytes (unsent, besides out_len) */
-    size_t wbuf_len;   /* bytes of the write in flight (wbuf) */
+    size_t wbuf_len;   /* bytes of the write in flight (wbuf) not written yet */
     const char *deferred_err;  /* error reply held until earlier replies are out */
     /* state */
     bool closing;
@@ -172,7 +190,9 @@ struct kr_conn {
     bool fe_chosen;      /* the protocol was decided (first request, or listener) */
     bool resuming;       /* holds one of its net thread's resume slots (kr_cmd_resume) */
     bool resume_waiting; /* on its net thread's list of resumes waiting for a slot */
-    uint16_t last_token_len;
+    uint8_t watching;    /* the readiness h polls for now (UV_READABLE, UV_WRITABLE) */
+    int fd;              /* the socket (closed with the handle: kr_conn_closed_cb) */
+    uint32_t slot;
     /* a `get messages` that found nothing and waits for a message or poll_wait_ms, or an
      * answer due after this loop iteration */
     uint64_t poll_since_ms; /* loop time the wait began */
@@ -180,9 +200,9 @@ struct kr_conn {
     /* deliveries (kr_deliver.h): queue, incomplete entries, retro staging, overflow */
     struct kr_dlv dlv;
     /* The rest is read per request, not per delivery. */
-    char *wbuf; /* buffer owned by the write in flight */
+    char *wbuf; /* buffer owned by the write that waits for the socket */
+    size_t wbuf_off; /* its bytes written so far */
     size_t out_acct; /* unsent bytes counted in the thread's output_bytes */
-    uv_write_t *wreq; /* the write request, made by the first write that waits */
     /* input not parsed yet (NULL while everything arrived was consumed) */
     char *in;
     size_t in_len;
@@ -196,20 +216,12 @@ struct kr_conn {
     uint32_t rq_count;
     uint32_t rq_cap;
     uint32_t rq_base;          /* request number of the ring's head */
-    /* cluster_publish_ack flushed: entries sent to the link, and those it confirmed */
-    uint64_t link_sent, link_acked;
-    /* continuity: the last exact position token given (NULL until one was) */
-    char *last_token;
-    /* retroactive subscriptions */
-    uint64_t horizon_us;      /* set by `register`, used by the next subscribe (0 = none) */
+    struct kr_conn_rare *rare; /* NULL until the connection needs it (kr_conn_rare) */
     uint64_t created_ms;
     uint64_t last_active_ms;  /* last complete request (what the idle timeout counts) */
     uint64_t partial_since_ms; /* arrival of the incomplete request's first bytes (0 = none) */
     uint64_t last_poll_ms;
     struct kr_conn *blocked_next;
-    uint32_t slot;
-    uint32_t nsubs_requests;
-    uint32_t drain_acks; /* the drain: shard acknowledgements the barrier still waits for */
     struct kr_peer_addr peer; /* formatted on demand: kr_conn_peer */
 };
 
@@ -430,6 +442,12 @@ void kr_poll_wake(struct kr_conn *c);
 void kr_conn_answer(struct kr_conn *c);
 /* uv_close callback of a connection's handle: frees the connection. Net thread (or the
  * control thread running the stopped net thread's loop). */
+/* The connection's rarely used state, allocated on the first call. Net thread. */
+struct kr_conn_rare *kr_conn_rare(struct kr_conn *c);
+/* Publishes of the connection the link confirmed, and those it was handed
+ * (cluster_publish_ack flushed; 0 and 0 until the first). Net thread. */
+uint64_t kr_conn_link_acked(const struct kr_conn *c);
+uint64_t kr_conn_link_sent(const struct kr_conn *c);
 void kr_conn_closed_cb(uv_handle_t *h);
 /* The net thread's outboxes: set up once the router exists (control thread, before the
  * net thread runs); freed after it stopped (control thread; a drain barrier never sent is

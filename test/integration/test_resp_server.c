@@ -406,6 +406,45 @@ Test(resp_server, large_payloads_pushed_intact_in_order)
     free(want);
 }
 
+/* The server writes its sockets itself: a subscriber whose socket is full holds a write
+ * that waits for it; when that subscriber resets its connection the write fails, the
+ * connection alone is closed and its unsent bytes stop counting, and the others go on. */
+Test(resp_server, a_subscriber_reset_while_its_write_waits_is_closed_alone)
+{
+    int gone = kr_it_connect(kr_it_srv.port), stay = kr_it_connect(kr_it_srv.port),
+        pub = kr_it_connect(kr_it_srv.port);
+    int small = 4096;
+    setsockopt(gone, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    kr_it_resp_cmd(gone, "SUBSCRIBE", "full", NULL);
+    kr_it_expect(gone, CONF("9\r\nsubscribe", "$4\r\nfull", "1"));
+    kr_it_resp_cmd(stay, "SUBSCRIBE", "live", NULL);
+    kr_it_expect(stay, CONF("9\r\nsubscribe", "$4\r\nlive", "1"));
+    enum { N = 64, LEN = 64 * 1024 };
+    static char req[LEN + 64];
+    int hl = snprintf(req, sizeof(req), "*3\r\n$7\r\nPUBLISH\r\n$4\r\nfull\r\n$%d\r\n", LEN);
+    memset(req + hl, 'x', LEN);
+    memcpy(req + hl + LEN, "\r\n", 2);
+    for (int i = 0; i < N; i++) {
+        kr_it_send(pub, req, (size_t)hl + LEN + 2);
+        kr_it_expect(pub, ":1\r\n");
+    }
+    /* 4 MiB the subscriber did not read: the sockets' buffers are full, and a write waits
+     * in the server */
+    kr_it_wait_stat(kr_it_srv.port, "output_bytes", KR_IT_GE, 16 * 1024);
+    unsigned long long conns = kr_it_stat(kr_it_srv.port, "curr_connections");
+    struct linger rst = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(gone, SOL_SOCKET, SO_LINGER, &rst, sizeof(rst));
+    close(gone);
+    kr_it_wait_stat(kr_it_srv.port, "curr_connections", KR_IT_EQ, conns - 1);
+    kr_it_wait_stat(kr_it_srv.port, "output_bytes", KR_IT_EQ, 0);
+    kr_it_wait_stat(kr_it_srv.port, "queued_bytes", KR_IT_EQ, 0);
+    kr_it_resp_cmd(pub, "PUBLISH", "live", "still", NULL);
+    kr_it_expect(pub, ":1\r\n");
+    kr_it_expect(stay, "*3\r\n$7\r\nmessage\r\n$4\r\nlive\r\n$5\r\nstill\r\n");
+    close(stay);
+    close(pub);
+}
+
 Test(resp_server, malformed_resp_closes)
 {
     int fd = kr_it_connect(kr_it_srv.port);
