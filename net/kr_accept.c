@@ -211,12 +211,6 @@ static void kr_nt_accepted(struct kr_nt *nt, int fd, const struct sockaddr_stora
     c->fe = fe;
     c->fe_chosen = fe != &kr_front_mc; /* the main port decides by the first byte */
     c->fd = fd;
-    if (uv_poll_init_socket(&nt->loop, &c->h, fd) != 0) {
-        close(fd); /* the handle was not set up: nothing else to release */
-        ck_pr_dec_32(&srv->nconns);
-        free(c);
-        return;
-    }
     int on = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
     if (lv->tcp_keepalive_s)

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -25,11 +26,11 @@ static bool kr_conn_out_full(const struct kr_conn *c);
 static size_t kr_conn_parse(struct kr_conn *c, const char *buf, size_t len);
 static void kr_conn_yield(struct kr_conn *c);
 static void kr_conn_got(struct kr_conn *c, const char *buf, size_t n);
-static void kr_conn_io_cb(uv_poll_t *h, int status, int events);
+static void kr_conn_io(struct kr_conn *c, uint32_t events);
 
-/* An idle client's connection is in jemalloc's 640-byte size class (docs/architecture.md,
+/* An idle client's connection is in jemalloc's 512-byte size class (docs/architecture.md,
  * "Memory per connection"): what only some connections use goes in struct kr_conn_rare. */
-_Static_assert(sizeof(struct kr_conn) <= 640, "struct kr_conn outgrew its 640-byte class");
+_Static_assert(sizeof(struct kr_conn) <= 512, "struct kr_conn outgrew its 512-byte class");
 
 /* ---------------------------------------------------------------- output */
 
@@ -127,19 +128,24 @@ size_t kr_conn_out_pending(const struct kr_conn *c)
     return c->out_len + c->refs_bytes + c->wbuf_len;
 }
 
-/* Poll the socket for what the connection waits for now: readable while it reads, writable
- * while a write waits. The handle is told only when that changes (each change is an epoll
- * update). */
+/* Watch the socket for what the connection waits for now: readable while it reads,
+ * writable while a write waits, nothing while it is paused. The epoll set is told only when
+ * that changes (one epoll_ctl). */
 static void kr_conn_watch(struct kr_conn *c)
 {
-    uint8_t want = (c->reading ? UV_READABLE : 0) | (c->writing ? UV_WRITABLE : 0);
+    uint8_t want = (c->reading ? EPOLLIN : 0) | (c->writing ? EPOLLOUT : 0);
     if (want == c->watching || c->closing)
         return;
+    struct epoll_event ev = {.events = want, .data.u64 = c->id};
+    int op = !c->watching ? EPOLL_CTL_ADD : want ? EPOLL_CTL_MOD : EPOLL_CTL_DEL;
+    if (epoll_ctl(c->nt->epfd, op, c->fd, &ev) != 0) {
+        /* out of kernel memory for the set: the client cannot be served */
+        KR_WARN("client %s (id %llu): epoll_ctl: %s; closing", kr_conn_peer(c),
+                (unsigned long long)c->id, strerror(errno));
+        kr_conn_close(c);
+        return;
+    }
     c->watching = want;
-    if (want)
-        uv_poll_start(&c->h, want, kr_conn_io_cb);
-    else
-        uv_poll_stop(&c->h);
 }
 
 /* Write what the socket takes of n pieces now: the bytes written (0: it takes nothing
@@ -606,9 +612,9 @@ uint64_t kr_conn_link_sent(const struct kr_conn *c)
     return c->rare ? c->rare->link_sent : 0;
 }
 
-void kr_conn_closed_cb(uv_handle_t *h)
+/* Free a closed connection. */
+static void kr_conn_free(struct kr_conn *c)
 {
-    struct kr_conn *c = (struct kr_conn *)h;
     if (c->fe->close)
         c->fe->close(c);
     free(c->in);
@@ -616,7 +622,6 @@ void kr_conn_closed_cb(uv_handle_t *h)
     free(c->refs);
     free(c->out);
     free(c->wbuf);
-    close(c->fd); /* after the handle stopped polling it */
     kr_dlv_free(&c->dlv);
     kr_outbox_destroy(&c->ob, NULL, NULL); /* emptied by kr_conn_close */
     for (uint32_t i = 0; i < c->rq_count; i++)
@@ -713,7 +718,18 @@ void kr_conn_close(struct kr_conn *c)
             *pp = c->blocked_next;
         c->blocked = false;
     }
-    uv_close((uv_handle_t *)&c->h, kr_conn_closed_cb);
+    close(c->fd); /* which also takes it out of the epoll set */
+    c->blocked_next = nt->closed; /* freed before the next poll: callers may still hold it */
+    nt->closed = c;
+}
+
+void kr_nt_free_closed(struct kr_nt *nt)
+{
+    while (nt->closed) {
+        struct kr_conn *c = nt->closed;
+        nt->closed = c->blocked_next;
+        kr_conn_free(c);
+    }
 }
 
 void kr_conn_pause(struct kr_conn *c)
@@ -919,19 +935,38 @@ void kr_conn_process(struct kr_conn *c)
         kr_conn_yield(c);
 }
 
-/* The socket is readable, writable, or failed (status < 0: the poll saw an error on it). */
-static void kr_conn_io_cb(uv_poll_t *h, int status, int events)
+void kr_nt_clients_cb(uv_poll_t *h, int status, int events)
 {
-    struct kr_conn *c = (struct kr_conn *)h;
+    struct kr_nt *nt = h->data;
+    (void)status; /* an epoll descriptor does not fail; its events say what is ready */
+    (void)events;
+    struct epoll_event evs[KR_EVENTS_PER_POLL];
+    int n;
+    do {
+        n = epoll_wait(nt->epfd, evs, KR_EVENTS_PER_POLL, 0);
+    } while (n < 0 && errno == EINTR);
+    for (int i = 0; i < n; i++) {
+        /* by id: a connection closed by an earlier event of the batch is not found */
+        struct kr_conn *c = kr_nt_conn(nt, evs[i].data.u64);
+        if (c)
+            kr_conn_io(c, evs[i].events);
+    }
+}
+
+/* The connection's socket is readable, writable, or failed. */
+static void kr_conn_io(struct kr_conn *c, uint32_t events)
+{
     struct kr_nt *nt = c->nt;
-    if (status < 0) {
+    if (events & EPOLLERR) { /* reset, or another error: nothing more can go through */
         kr_conn_close(c);
         return;
     }
-    if ((events & UV_WRITABLE) && c->writing)
+    if (events & EPOLLHUP) /* both ways closed: the read or write says how */
+        events |= c->watching;
+    if ((events & EPOLLOUT) && c->writing)
         kr_conn_on_writable(c);
     /* as long as it reads and the read buffer comes back full, a few reads in a row */
-    for (int i = 0; i < KR_READS_PER_WAKE && (events & UV_READABLE) && c->reading && !c->closing;
+    for (int i = 0; i < KR_READS_PER_WAKE && (events & EPOLLIN) && c->reading && !c->closing;
          i++) {
         ssize_t n = read(c->fd, nt->readbuf, sizeof(nt->readbuf));
         if (n < 0 && errno == EINTR)

@@ -369,6 +369,7 @@ void kr_nt_prepare_cb(uv_prepare_t *h)
 {
     struct kr_nt *nt = h->data;
     kr_dlv_release_later(&nt->dlv); /* what poll replies written this iteration gave up */
+    kr_nt_free_closed(nt);
     uint64_t now = uv_hrtime(), idle = uv_metrics_idle_time(&nt->loop);
     if (nt->it_last_ns) {
         uint64_t wall = now - nt->it_last_ns, waited = idle - nt->it_idle_ns;
@@ -455,6 +456,7 @@ void kr_nt_main(void *arg)
     urcu_memb_register_thread(); /* reads the live configuration snapshot */
     uv_run(&nt->loop, UV_RUN_DEFAULT);
     kr_dlv_release_later(&nt->dlv);
+    kr_nt_free_closed(nt);
     urcu_memb_unregister_thread();
 }
 

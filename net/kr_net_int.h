@@ -77,6 +77,7 @@ void kr_net_stop_listening(struct kr_server *s, uint32_t net);
  * except the counters in `st` (relaxed atomic stores, read by any thread). */
 
 #define KR_READ_BUF (64 * 1024)
+#define KR_EVENTS_PER_POLL 512 /* client socket events taken per kr_nt_clients_cb */
 #define KR_READS_PER_WAKE 8 /* reads of one connection per readiness while the buffer fills */
 #define KR_TAKE_BUDGET 16384     /* events taken from the shards per wake-up before yielding */
 #define KR_DRAIN_PAD UINT32_MAX   /* kr_router_cmd.pad of a drain barrier (not a request number) */
@@ -155,13 +156,10 @@ struct kr_conn_rare {
 };
 
 struct kr_conn {
-    /* first: handle.data is unused, the handle address is the connection. The socket's
-     * readiness only: the net thread reads and writes it itself (kr_conn_io_cb), which
-     * spares the 88 more bytes of a libuv TCP stream and its write requests. */
-    uv_poll_t h;
-    /* What a delivery reads and writes, together right after the handle (four cache lines
-     * from the handle's tail to the delivery state's head), so that a fanout to many
-     * connections touches few lines of each: */
+    /* What a delivery reads and writes first, together (the first cache lines up to the
+     * delivery state's head), so that a fanout to many connections touches few lines of
+     * each. The socket has no libuv handle: it is in its net thread's epoll set (nt->epfd),
+     * and the thread reads and writes it itself (kr_nt_clients_cb, kr_conn_io). */
     struct kr_nt *nt;
     uint64_t id;
     const struct kr_frontend *fe; /* the connection's protocol */
@@ -190,8 +188,8 @@ struct kr_conn {
     bool fe_chosen;      /* the protocol was decided (first request, or listener) */
     bool resuming;       /* holds one of its net thread's resume slots (kr_cmd_resume) */
     bool resume_waiting; /* on its net thread's list of resumes waiting for a slot */
-    uint8_t watching;    /* the readiness h polls for now (UV_READABLE, UV_WRITABLE) */
-    int fd;              /* the socket (closed with the handle: kr_conn_closed_cb) */
+    uint8_t watching;    /* the readiness the epoll set has for it now (EPOLLIN, EPOLLOUT) */
+    int fd;              /* the socket (closed by kr_conn_close) */
     uint32_t slot;
     /* a `get messages` that found nothing and waits for a message or poll_wait_ms, or an
      * answer due after this loop iteration */
@@ -221,6 +219,7 @@ struct kr_conn {
     uint64_t last_active_ms;  /* last complete request (what the idle timeout counts) */
     uint64_t partial_since_ms; /* arrival of the incomplete request's first bytes (0 = none) */
     uint64_t last_poll_ms;
+    /* on the net thread's blocked list; once closed, on its list of connections to free */
     struct kr_conn *blocked_next;
     struct kr_peer_addr peer; /* formatted on demand: kr_conn_peer */
 };
@@ -275,6 +274,9 @@ struct kr_nt {
     uv_timer_t accept_pause;   /* restarts the listener after descriptors ran out */
     int reserve_fd;            /* held open to free one descriptor when they run out, or -1 */
     bool listening;            /* the listener is open (not yet closed by a drain) */
+    int epfd;                  /* the clients' sockets (epoll; data.u64: the connection's id) */
+    uv_poll_t clients;         /* readiness of epfd: some client's socket is ready */
+    struct kr_conn *closed;    /* closed connections, freed before the next poll (kr_nt_free_closed) */
     uv_poll_t resp_listener;   /* readiness of resp_listen_fd (resp_port; unused when off) */
     int resp_listen_fd;        /* the RESP-only listening socket, or -1 (resp_port 0) */
     bool resp_listening;       /* resp_listener is open */
@@ -448,7 +450,12 @@ struct kr_conn_rare *kr_conn_rare(struct kr_conn *c);
  * (cluster_publish_ack flushed; 0 and 0 until the first). Net thread. */
 uint64_t kr_conn_link_acked(const struct kr_conn *c);
 uint64_t kr_conn_link_sent(const struct kr_conn *c);
-void kr_conn_closed_cb(uv_handle_t *h);
+/* Some client sockets of the thread are ready: handle a batch of their events. Net thread. */
+void kr_nt_clients_cb(uv_poll_t *h, int status, int events);
+/* Free the connections closed since the last call (none is referred to by then: a closed
+ * connection left every list and its slot; its memory outlives the callbacks that were
+ * running when it closed). Net thread, or the thread that stops it. */
+void kr_nt_free_closed(struct kr_nt *nt);
 /* The net thread's outboxes: set up once the router exists (control thread, before the
  * net thread runs); freed after it stopped (control thread; a drain barrier never sent is
  * freed). */

@@ -3,6 +3,7 @@
  * each). */
 #include "kr_net_int.h"
 
+#include <sys/epoll.h>
 #include <sys/random.h>
 
 #include <ck_pr.h>
@@ -69,6 +70,7 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         uint16_t bound = 0;
         int fd = kr_listen_socket(cfg, port, &bound, err, errlen);
         nt->resp_listen_fd = -1;
+        nt->epfd = -1;
         if (fd >= 0 && cfg->resp_port == bound) {
             /* SO_REUSEPORT would let both listeners share it and split the clients */
             snprintf(err, errlen, "resp_port %u is the client port (tcp_server_port)",
@@ -165,6 +167,14 @@ int kr_server_create(const struct kr_cfg *cfg, struct kr_server **out, char *err
         nt->accept_pause.data = nt;
         nt->reserve_fd = -1;
         kr_nt_reserve_open(nt);
+        nt->epfd = epoll_create1(EPOLL_CLOEXEC);
+        if (nt->epfd < 0) {
+            snprintf(err, errlen, "epoll_create1: %s", strerror(errno));
+            return -errno; /* process exits on this path */
+        }
+        uv_poll_init(&nt->loop, &nt->clients, nt->epfd);
+        nt->clients.data = nt;
+        uv_poll_start(&nt->clients, UV_READABLE, kr_nt_clients_cb);
         int rc = uv_poll_init(&nt->loop, &nt->listener, nt->listen_fd);
         nt->listener.data = nt;
         if (rc == 0)
@@ -245,9 +255,12 @@ void kr_server_destroy(struct kr_server *s)
                 kr_conn_close(c);
             }
         }
+        kr_nt_free_closed(nt);
         uv_walk(&nt->loop, kr_nt_close_walk, NULL);
         uv_run(&nt->loop, UV_RUN_DEFAULT);
         kr_dlv_release_later(&nt->dlv);
+        if (nt->epfd >= 0)
+            close(nt->epfd); /* the poll handle does not own it */
         if (nt->listen_fd >= 0)
             close(nt->listen_fd); /* the poll handle does not own it */
         if (nt->resp_listen_fd >= 0)
