@@ -409,6 +409,14 @@ void kr_out_str(struct kr_conn *c, const char *s);
 void kr_out_ref(struct kr_conn *c, const char *p, uint32_t n, struct kr_msg *m);
 /* Reply bytes of c not yet written to its socket. Net thread. */
 size_t kr_conn_out_pending(const struct kr_conn *c);
+/* Drop the output's message references. Net thread. */
+void kr_out_refs_release(struct kr_conn *c);
+/* Bring the net thread's output_bytes figure (part of max_memory's count) up to date with
+ * the connection's unsent bytes: what is buffered plus the write that waits. Net thread. */
+void kr_conn_out_account(struct kr_conn *c);
+/* n bytes arrived on the connection (in the net thread's read buffer): parse and run what
+ * is complete, keep the rest. Net thread. */
+void kr_conn_got(struct kr_conn *c, const char *buf, size_t n);
 /* Start writing c's pending output. Net thread. */
 void kr_conn_flush(struct kr_conn *c);
 /* Reply with an error line, count and log it, and close once the reply is out. Net thread. */

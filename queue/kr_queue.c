@@ -179,22 +179,18 @@ static void kr_msg_free(struct kr_msg *m)
     free(m);
 }
 
-void kr_msg_unref(struct kr_msg *m)
-{
-    bool zero;
-    /* The decrement orders this thread's reads of the message before the last holder's
-     * free; ThreadSanitizer cannot see ck's atomics, so say it. */
-    KR_TSAN_RELEASE(m);
-    ck_pr_dec_32_zero(&m->refs, &zero);
-    if (zero)
-        kr_msg_free(m);
-}
-
 void kr_msg_unref_n(struct kr_msg *m, uint32_t n)
 {
+    /* The subtraction orders this thread's reads of the message before the last holder's
+     * free; ThreadSanitizer cannot see ck's atomics, so say it. */
     KR_TSAN_RELEASE(m);
     if (ck_pr_faa_32(&m->refs, (uint32_t)-n) == n)
         kr_msg_free(m);
+}
+
+void kr_msg_unref(struct kr_msg *m)
+{
+    kr_msg_unref_n(m, 1);
 }
 
 void kr_msg_prefetch(const struct kr_msg *m)
