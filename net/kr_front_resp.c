@@ -23,6 +23,20 @@
 const struct kr_rs_kind kr_rs_plain = {KR_NS_PLAIN, "subscribe", "unsubscribe", "message"};
 const struct kr_rs_kind kr_rs_shard = {KR_NS_SHARD, "ssubscribe", "sunsubscribe", "smessage"};
 
+_Static_assert(sizeof(struct kr_rs_state) <= 128, "struct kr_rs_state outgrew its 128-byte class");
+
+struct kr_rs_extra *kr_rs_extra(struct kr_rs_state *s)
+{
+    if (!s->x)
+        s->x = kr_xcalloc(1, sizeof(*s->x));
+    return s->x;
+}
+
+const char *kr_rs_name(const struct kr_rs_state *s)
+{
+    return s->x ? s->x->name : NULL;
+}
+
 struct kr_rs_state *kr_rs(struct kr_conn *c)
 {
     struct kr_rs_state *s = kr_conn_fe_state(c);
@@ -387,10 +401,10 @@ static void kr_rs_position_message(struct kr_conn *c, struct kr_rs_state *s, boo
         return; /* not exact at this moment: after a later write */
     uint64_t h = XXH3_64bits(tok, n);
     s->pos_dirty = false;
-    if (h == s->pos_sent_hash)
+    if (h == s->x->pos_sent_hash)
         return;
-    s->pos_sent_hash = h;
-    s->pos_sent_ms = kr_now_ms();
+    s->x->pos_sent_hash = h;
+    s->x->pos_sent_ms = kr_now_ms();
     size_t tl = sizeof(KR_POSITION_TOPIC) - 1, cap = tl + 96 + n;
     char *o = kr_out_room(c, cap);
     size_t hl = kr_resp_fmt_message_head(o, cap, s->proto, "message", KR_POSITION_TOPIC, tl, n);
@@ -459,12 +473,12 @@ static void kr_rs_writable(struct kr_conn *c)
 static void kr_rs_tick(struct kr_conn *c, uint64_t now)
 {
     struct kr_rs_state *s = kr_conn_fe_state(c);
-    if (!s || !s->want_position || now - s->pos_sent_ms < kr_conn_position_interval_ms(c))
+    if (!s || !s->want_position || now - s->x->pos_sent_ms < kr_conn_position_interval_ms(c))
         return;
     if (kr_conn_closing_words(c) || kr_conn_out_pending(c) >= KR_OUT_HIGH)
         return;
     kr_rs_position_message(c, s, true);
-    s->pos_sent_ms = now; /* looked at now, whether it moved or not */
+    s->x->pos_sent_ms = now; /* looked at now, whether it moved or not */
     kr_conn_answer_later(c); /* flushed after this loop iteration */
 }
 
@@ -474,7 +488,7 @@ static void kr_rs_drained(struct kr_conn *c)
 {
     struct kr_rs_state *s = kr_conn_fe_state(c);
     if (s && s->want_position) {
-        s->pos_sent_hash = 0; /* the final one is sent even when it did not move */
+        s->x->pos_sent_hash = 0; /* the final one is sent even when it did not move */
         kr_rs_position_message(c, s, true);
     }
 }
@@ -499,9 +513,13 @@ static size_t kr_rs_mem(const struct kr_conn *c)
     const struct kr_rs_state *s = kr_conn_fe_state(c);
     if (!s)
         return 0;
-    return sizeof(*s) + s->argv_cap * sizeof(*s->argv) + s->sb_cap +
-           (size_t)s->tab_cap * sizeof(*s->tab) + s->chan_bytes +
-           (s->name ? strlen(s->name) + 1 : 0);
+    size_t chans = 0; /* a listing's figure: the set is walked, not counted on every change */
+    for (uint32_t b = 0; b < s->tab_cap; b++)
+        for (const struct kr_rs_chan *ch = s->tab[b]; ch; ch = ch->next)
+            chans += sizeof(*ch) + ch->len;
+    return sizeof(*s) + (size_t)s->argv_cap * sizeof(*s->argv) + s->sb_cap +
+           (size_t)s->tab_cap * sizeof(*s->tab) + chans +
+           (s->x ? sizeof(*s->x) + (s->x->name ? strlen(s->x->name) + 1 : 0) : 0);
 }
 
 static void kr_rs_close(struct kr_conn *c)
@@ -512,7 +530,9 @@ static void kr_rs_close(struct kr_conn *c)
     kr_rs_channels_free(s);
     free(s->argv);
     free(s->sb);
-    free(s->name);
+    if (s->x)
+        free(s->x->name);
+    free(s->x);
     free(s);
     kr_conn_set_fe_state(c, NULL);
 }

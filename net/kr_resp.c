@@ -290,7 +290,7 @@ static int kr_resp_parse_inline(const char *buf, size_t len, const struct kr_res
     }
     req->argc = argc;
     req->is_inline = 1;
-    req->quoted = any_quoted;
+    req->quoted = any_quoted != 0;
     *consumed = nl + 1;
     kr_resp_reset_state(req);
     return KR_RESP_OK;

@@ -31,16 +31,17 @@ struct kr_resp_parser {
     /* results */
     size_t argc;         /* OK: arguments in argv (0: an empty request, skip it as Redis
                             does); ARGV_FULL: the number of entries argv must hold */
-    int is_inline;       /* OK: the request was an inline command line */
-    int quoted;          /* OK, inline: some argument holds quotes; pass every argument
-                            through kr_resp_unquote before use */
-    unsigned char got;   /* KR_RESP_ERR_EXPECTED_DOLLAR: the byte found instead of '$' */
     /* private resume state */
     const char *base;    /* buf of the previous call (argv entries are rebased if it moved) */
     size_t nargs;        /* multibulk count read (0: header not read yet) */
     size_t done;         /* arguments already stored in argv */
     size_t pos;          /* offset of the next unread count line */
     size_t scan;         /* bytes of the current line already known to hold no terminator */
+    /* results, beside argc (bytes, not to make every RESP connection's state larger) */
+    uint8_t is_inline;   /* OK: the request was an inline command line */
+    uint8_t quoted;      /* OK, inline: some argument holds quotes; pass every argument
+                            through kr_resp_unquote before use */
+    unsigned char got;   /* KR_RESP_ERR_EXPECTED_DOLLAR: the byte found instead of '$' */
 };
 
 /* Return codes. Errors are negative; each has its Redis reply (kr_resp_error_reply). */

@@ -50,6 +50,23 @@ void kr_rs_cmd_quit(struct kr_conn *c, struct kr_rs_state *s, const struct kr_re
     kr_conn_close_after_reply(c);
 }
 
+/* Set the connection's name to p[0..n) (p == NULL: no name). */
+static void kr_rs_set_name(struct kr_rs_state *s, const char *p, size_t n)
+{
+    if (!p) {
+        if (s->x) {
+            free(s->x->name);
+            s->x->name = NULL;
+        }
+        return;
+    }
+    struct kr_rs_extra *x = kr_rs_extra(s);
+    free(x->name);
+    x->name = kr_xmalloc(n + 1);
+    memcpy(x->name, p, n);
+    x->name[n] = 0;
+}
+
 void kr_rs_cmd_reset(struct kr_conn *c, struct kr_rs_state *s, const struct kr_resp_arg *argv,
                      size_t argc, const struct kr_rs_cmd *cmd)
 {
@@ -57,8 +74,7 @@ void kr_rs_cmd_reset(struct kr_conn *c, struct kr_rs_state *s, const struct kr_r
     struct kr_rs_out o = {c, s, false};
     kr_rs_unsubscribe_all_quietly(c, s); /* RESET answers +RESET alone */
     s->proto = 2;
-    free(s->name);
-    s->name = NULL;
+    kr_rs_set_name(s, NULL, 0);
     kr_cmd_unregister(c);
     kr_rs_simple(&o, "RESET");
 }
@@ -354,8 +370,7 @@ void kr_rs_cmd_hello(struct kr_conn *c, struct kr_rs_state *s, const struct kr_r
             s->authed = true; /* without requirepass any credentials do, as in Redis */
             i += 2;
         } else if (kr_resp_cmd_is(argv[i].p, argv[i].len, "SETNAME") && i + 1 < argc) {
-            free(s->name);
-            s->name = strndup(argv[i + 1].p, argv[i + 1].len);
+            kr_rs_set_name(s, argv[i + 1].p, argv[i + 1].len);
             i++;
         } else {
             kr_rs_errf(&o, "ERR Syntax error in HELLO option '%.*s'",
@@ -370,7 +385,7 @@ void kr_rs_cmd_hello(struct kr_conn *c, struct kr_rs_state *s, const struct kr_r
                       "time");
         return;
     }
-    s->proto = proto;
+    s->proto = (uint8_t)proto;
     kr_rs_map(&o, 7);
     kr_rs_bulkz(&o, "server");
     kr_rs_bulkz(&o, "kraken");
@@ -393,7 +408,7 @@ static void kr_rs_client_line(struct kr_conn *c, struct kr_rs_state *s, char *bu
     snprintf(buf, cap,
              "id=%llu addr=%s name=%s age=%llu db=0 sub=%u psub=0 ssub=%u tot-mem=%zu resp=%d "
              "lib-name= lib-ver=\n",
-             (unsigned long long)kr_conn_id(c), kr_conn_peer(c), s->name ? s->name : "",
+             (unsigned long long)kr_conn_id(c), kr_conn_peer(c), kr_rs_name(s) ? kr_rs_name(s) : "",
              (unsigned long long)(kr_conn_age_ms(c) / 1000), s->nsubs[KR_NS_PLAIN],
              s->nsubs[KR_NS_SHARD], kr_conn_mem(c), s->proto);
 }
@@ -407,8 +422,8 @@ void kr_rs_cmd_client(struct kr_conn *c, struct kr_rs_state *s, const struct kr_
     if (kr_resp_cmd_is(sub->p, sub->len, "ID") && argc == 2) {
         kr_rs_int(&o, (int64_t)kr_conn_id(c));
     } else if (kr_resp_cmd_is(sub->p, sub->len, "GETNAME") && argc == 2) {
-        if (s->name)
-            kr_rs_bulkz(&o, s->name);
+        if (kr_rs_name(s))
+            kr_rs_bulkz(&o, kr_rs_name(s));
         else
             kr_rs_null(&o);
     } else if (kr_resp_cmd_is(sub->p, sub->len, "SETNAME") && argc == 3) {
@@ -418,8 +433,7 @@ void kr_rs_cmd_client(struct kr_conn *c, struct kr_rs_state *s, const struct kr_
                 return;
             }
         }
-        free(s->name);
-        s->name = argv[2].len ? strndup(argv[2].p, argv[2].len) : NULL;
+        kr_rs_set_name(s, argv[2].len ? argv[2].p : NULL, argv[2].len);
         kr_rs_simple(&o, "OK");
     } else if (kr_resp_cmd_is(sub->p, sub->len, "SETINFO") && argc == 4) {
         kr_rs_simple(&o, "OK");

@@ -38,28 +38,39 @@ struct kr_rs_chan {
 
 /* ---------------------------------------------------------------- the connection's state */
 
+/* What few RESP connections use, allocated by the first use (kr_rs_extra) and freed with
+ * the state. */
+struct kr_rs_extra {
+    char *name;             /* CLIENT SETNAME (NULL: none) */
+    uint64_t pos_sent_ms;   /* when the last position message went (kr_now_ms) */
+    uint64_t pos_sent_hash; /* and a hash of its token, not to repeat it */
+};
+
+/* 128 bytes, one jemalloc size class: every RESP connection has one (kr_front_resp.c
+ * asserts the size). */
 struct kr_rs_state {
-    int proto; /* 2 or 3 */
-    bool authed;
-    /* continuity: position messages (subscribed to __kraken__:position) */
-    bool want_position;
-    bool pos_dirty;        /* messages were written since the last position message */
-    char *name; /* CLIENT SETNAME (NULL: none) */
     struct kr_resp_parser parser;
     struct kr_resp_arg *argv;
-    size_t argv_cap;
-    /* subscribed channels, both namespaces */
-    struct kr_rs_chan **tab;
-    uint32_t tab_cap; /* power of two */
-    uint32_t nentries;
-    uint32_t nsubs[2]; /* channels per namespace (enum kr_ns): the confirmations' counts */
-    uint64_t chan_bytes; /* bytes the set's entries take (kr_rs_mem) */
-    uint64_t pos_sent_ms;  /* when the last position message went (kr_now_ms) */
-    uint64_t pos_sent_hash; /* and a hash of its token, not to repeat it */
+    struct kr_rs_chan **tab; /* subscribed channels, both namespaces */
+    struct kr_rs_extra *x;   /* NULL until needed; set while want_position */
     /* scratch: a reply being formatted */
     char *sb;
     size_t sb_len, sb_cap;
+    uint32_t argv_cap;
+    uint32_t tab_cap; /* power of two */
+    uint32_t nentries;
+    uint32_t nsubs[2]; /* channels per namespace (enum kr_ns): the confirmations' counts */
+    uint8_t proto;     /* 2 or 3 */
+    bool authed;
+    /* continuity: position messages (subscribed to __kraken__:position) */
+    bool want_position;
+    bool pos_dirty; /* messages were written since the last position message */
 };
+
+/* The state's rarely used part, allocated on the first call. Net thread. */
+struct kr_rs_extra *kr_rs_extra(struct kr_rs_state *s);
+/* The CLIENT SETNAME name, or NULL. Net thread. */
+const char *kr_rs_name(const struct kr_rs_state *s);
 
 /* The connection's state (created on first use). */
 struct kr_rs_state *kr_rs(struct kr_conn *c);

@@ -39,7 +39,7 @@ static struct kr_rs_chan *kr_rs_find(struct kr_rs_state *s, enum kr_ns ns, const
 static bool kr_rs_add(struct kr_rs_state *s, enum kr_ns ns, const char *p, size_t n)
 {
     if (s->nentries + 1 > s->tab_cap) {
-        uint32_t ncap = s->tab_cap ? s->tab_cap * 2 : 8;
+        uint32_t ncap = s->tab_cap ? s->tab_cap * 2 : 1; /* most clients hold a few */
         struct kr_rs_chan **nt = kr_xcalloc(ncap, sizeof(*nt));
         for (uint32_t i = 0; i < s->tab_cap; i++) {
             struct kr_rs_chan *ch = s->tab[i];
@@ -66,10 +66,12 @@ static bool kr_rs_add(struct kr_rs_state *s, enum kr_ns ns, const char *p, size_
     memcpy(ch->name, p, n);
     *pp = ch;
     s->nentries++;
-    s->chan_bytes += sizeof(*ch) + n;
     s->nsubs[ns]++;
-    if (ns == KR_NS_PLAIN && n == sizeof(KR_POSITION_TOPIC) - 1 && memcmp(p, KR_POSITION_TOPIC, n) == 0)
+    if (ns == KR_NS_PLAIN && n == sizeof(KR_POSITION_TOPIC) - 1 &&
+        memcmp(p, KR_POSITION_TOPIC, n) == 0) {
+        kr_rs_extra(s); /* where the position messages' state is */
         s->want_position = true;
+    }
     return true;
 }
 
@@ -79,7 +81,6 @@ static void kr_rs_unlink(struct kr_rs_state *s, struct kr_rs_chan *ch)
     struct kr_rs_chan **pp = kr_rs_slot(s, ch->ns, ch->name, ch->len, ch->hash);
     *pp = ch->next;
     s->nentries--;
-    s->chan_bytes -= sizeof(*ch) + ch->len;
     s->nsubs[ch->ns]--;
     if (ch->ns == KR_NS_PLAIN && ch->len == sizeof(KR_POSITION_TOPIC) - 1 &&
         memcmp(ch->name, KR_POSITION_TOPIC, ch->len) == 0)
@@ -100,7 +101,6 @@ void kr_rs_channels_free(struct kr_rs_state *s)
     s->tab = NULL;
     s->tab_cap = s->nentries = 0;
     s->nsubs[0] = s->nsubs[1] = 0;
-    s->chan_bytes = 0;
     s->want_position = false;
 }
 
