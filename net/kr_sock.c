@@ -124,9 +124,15 @@ static void kr_conn_watch(struct kr_conn *c)
     struct epoll_event ev = {.events = want, .data.u64 = c->id};
     int op = !c->watching ? EPOLL_CTL_ADD : want ? EPOLL_CTL_MOD : EPOLL_CTL_DEL;
     if (epoll_ctl(c->nt->epfd, op, c->fd, &ev) != 0) {
-        /* out of kernel memory for the set: the client cannot be served */
-        KR_WARN("client %s (id %llu): epoll_ctl: %s; closing", kr_conn_peer(c),
-                (unsigned long long)c->id, strerror(errno));
+        /* out of kernel memory or of fs.epoll.max_user_watches: the client cannot be
+         * served (logged rate-limited: a connection storm may meet the limit many times) */
+        int err = errno;
+        uint64_t suppressed = 0;
+        char note[64];
+        if (kr_log_ratelimit(&c->nt->rl_accept, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
+            KR_WARN("client %s (id %llu): epoll_ctl: %s; closing%s", kr_conn_peer(c),
+                    (unsigned long long)c->id, strerror(err),
+                    kr_log_suppressed_note(suppressed, note, sizeof(note)));
         kr_conn_close(c);
         return;
     }
