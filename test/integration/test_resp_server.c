@@ -87,6 +87,37 @@ Test(resp_server, connection_commands_resp2)
     close(fd);
 }
 
+/* The name lives apart from the connection's state (allocated by the first name): set by
+ * CLIENT SETNAME and HELLO SETNAME, shown by CLIENT INFO, cleared by an empty CLIENT SETNAME
+ * and by RESET, as in Redis. */
+Test(resp_server, client_names_set_shown_and_cleared)
+{
+    int fd = kr_it_connect(kr_it_srv.port);
+    kr_it_resp_cmd(fd, "CLIENT", "SETNAME", "first", NULL);
+    kr_it_expect(fd, "+OK\r\n");
+    kr_it_resp_cmd(fd, "CLIENT", "INFO", NULL);
+    size_t n = kr_it_read_until(fd, buf, sizeof(buf), "\n\r\n");
+    buf[n] = 0;
+    cr_assert(strstr(buf, " name=first "), "%s", buf);
+    kr_it_resp_cmd(fd, "CLIENT", "SETNAME", "", NULL);
+    kr_it_expect(fd, "+OK\r\n");
+    kr_it_resp_cmd(fd, "CLIENT", "GETNAME", NULL);
+    kr_it_expect(fd, "$-1\r\n");
+    kr_it_resp_cmd(fd, "HELLO", "2", "SETNAME", "second", NULL);
+    kr_it_read_until(fd, buf, sizeof(buf), "$7\r\nmodules\r\n*0\r\n");
+    kr_it_resp_cmd(fd, "CLIENT", "GETNAME", NULL);
+    kr_it_expect(fd, "$6\r\nsecond\r\n");
+    kr_it_resp_cmd(fd, "RESET", NULL);
+    kr_it_expect(fd, "+RESET\r\n");
+    kr_it_resp_cmd(fd, "CLIENT", "GETNAME", NULL);
+    kr_it_expect(fd, "$-1\r\n");
+    kr_it_resp_cmd(fd, "CLIENT", "INFO", NULL);
+    n = kr_it_read_until(fd, buf, sizeof(buf), "\n\r\n");
+    buf[n] = 0;
+    cr_assert(strstr(buf, " name= "), "%s", buf);
+    close(fd);
+}
+
 Test(resp_server, unknown_command_keeps_connection)
 {
     int fd = kr_it_connect(kr_it_srv.port);
