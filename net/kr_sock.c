@@ -297,11 +297,11 @@ void kr_nt_clients_cb(uv_poll_t *h, int status, int events)
 static void kr_conn_io(struct kr_conn *c, uint32_t events)
 {
     struct kr_nt *nt = c->nt;
-    if (events & EPOLLERR) { /* reset, or another error: nothing more can go through */
-        kr_conn_close(c);
-        return;
-    }
-    if (events & EPOLLHUP) /* both ways closed: the read or write says how */
+    /* A reset (EPOLLERR) or both ways closed (EPOLLHUP): what arrived before it is still read
+     * and run first, then the read (or the write) fails and closes the connection. A
+     * publisher that closes with replies unread resets its connection: closing at the event
+     * would drop the publishes it sent just before. */
+    if (events & (EPOLLERR | EPOLLHUP))
         events |= c->watching;
     if ((events & EPOLLOUT) && c->writing)
         kr_conn_on_writable(c);

@@ -476,6 +476,45 @@ Test(resp_server, a_subscriber_reset_while_its_write_waits_is_closed_alone)
     close(pub);
 }
 
+/* A publisher that sends its requests and resets the connection at once (a close with
+ * unread replies, or SO_LINGER 0, sends a reset): what arrived before the reset is still
+ * read and published, over both protocols, however the reset and the bytes come together
+ * in one readiness event. */
+Test(resp_server, requests_that_arrived_before_a_reset_are_still_run)
+{
+    int sub = kr_it_connect(kr_it_srv.port);
+    kr_it_resp_cmd(sub, "SUBSCRIBE", "rst", NULL);
+    kr_it_expect(sub, CONF("9\r\nsubscribe", "$3\r\nrst", "1"));
+    enum { ROUNDS = 20, N = 50 };
+    static char req[N * 64], want[N * 64];
+    for (int r = 0; r < ROUNDS; r++) {
+        bool mc = r % 2; /* memcached publishes, then RESP ones */
+        size_t rl = 0, wl = 0;
+        for (int i = 0; i < N; i++) {
+            char p[16];
+            int pl = snprintf(p, sizeof(p), "%d.%d", r, i);
+            if (mc) {
+                char block[48];
+                int bl = snprintf(block, sizeof(block), "MESSAGE rst %d\r\n%s\r\n", pl, p);
+                rl += (size_t)snprintf(req + rl, sizeof(req) - rl,
+                                       "set publish 0 0 %d noreply\r\n%s\r\n", bl, block);
+            } else {
+                rl += (size_t)snprintf(req + rl, sizeof(req) - rl,
+                                       "*3\r\n$7\r\nPUBLISH\r\n$3\r\nrst\r\n$%d\r\n%s\r\n", pl, p);
+            }
+            wl += (size_t)snprintf(want + wl, sizeof(want) - wl,
+                                   "*3\r\n$7\r\nmessage\r\n$3\r\nrst\r\n$%d\r\n%s\r\n", pl, p);
+        }
+        int pub = kr_it_connect(kr_it_srv.port);
+        kr_it_send(pub, req, rl);
+        struct linger rst = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(pub, SOL_SOCKET, SO_LINGER, &rst, sizeof(rst));
+        close(pub);
+        kr_it_expect(sub, want);
+    }
+    close(sub);
+}
+
 Test(resp_server, malformed_resp_closes)
 {
     int fd = kr_it_connect(kr_it_srv.port);
