@@ -278,8 +278,18 @@ void kr_conn_resume(struct kr_conn *c)
 void kr_nt_clients_cb(uv_poll_t *h, int status, int events)
 {
     struct kr_nt *nt = h->data;
-    (void)status; /* an epoll descriptor does not fail; its events say what is ready */
     (void)events;
+    if (status < 0) {
+        /* libuv stopped watching the set after an error it saw on it (an epoll descriptor is
+         * not known to report one): watch it again, or no client would be served */
+        uint64_t suppressed = 0;
+        char note[64];
+        if (kr_log_ratelimit(&nt->rl_accept, KR_WARN_BURST, KR_WARN_INTERVAL_MS, &suppressed))
+            KR_WARN("net thread %u: polling the clients' epoll set: %s; polling it again%s",
+                    nt->idx, uv_strerror(status),
+                    kr_log_suppressed_note(suppressed, note, sizeof(note)));
+        uv_poll_start(h, UV_READABLE, kr_nt_clients_cb);
+    }
     struct epoll_event evs[KR_EVENTS_PER_POLL];
     int n;
     do {
