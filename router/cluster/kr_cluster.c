@@ -49,8 +49,11 @@ static int kr_cl_options(struct kr_cluster *cl, char *err, size_t errlen)
         s = natsOptions_SetName(cl->nopts, cl->name);
     if (s == NATS_OK)
         s = natsOptions_SetNoEcho(cl->nopts, true);
-    if (s == NATS_OK) /* each forward written at once: lower latency, fewer per write */
-        s = natsOptions_SetSendAsap(cl->nopts, cfg->cluster_send_asap != 0);
+    /* no flusher thread: what is published is written at the link loop's next turn */
+    if (s == NATS_OK)
+        s = natsOptions_SetSendAsap(cl->nopts, true);
+    if (s == NATS_OK) /* no reader thread: the link thread reads and writes the socket */
+        s = kr_cl_io_options(cl);
     if (s == NATS_OK) /* the first reachable server of the list, in order: the operator's */
         s = natsOptions_SetNoRandomize(cl->nopts, true);
     if (s == NATS_OK) /* only the servers listed, not those the cluster advertises */
@@ -145,12 +148,19 @@ int kr_cluster_create(const struct kr_cluster_opts *o, struct kr_cluster **out, 
     snprintf(cl->subj_self, sizeof(cl->subj_self), "%s.node.%016" PRIx64, cl->prefix, cl->origin);
     pthread_mutex_init(&cl->mu, NULL);
     pthread_mutex_init(&cl->win_mu, NULL);
+    pthread_mutex_init(&cl->io.mu, NULL);
+    cl->io.want_fd = -1;
+    uv_sem_init(&cl->stop_sem, 0);
+    if (o->cfg->cluster_send_asap)
+        KR_WARN("cluster: cluster_send_asap has no effect any more: the link writes what it "
+                "forwards at its loop's next turn, all of it in one write");
     cl->nbuckets = 1024;
     cl->buckets = kr_xcalloc(cl->nbuckets, sizeof(*cl->buckets));
     uint32_t cap = o->mailbox_capacity ? o->mailbox_capacity : 8192;
     cl->in = kr_xcalloc(o->nnet, sizeof(*cl->in));
     cl->out = kr_xcalloc(o->nnet, sizeof(*cl->out));
     cl->in_dirty = kr_xcalloc(o->nnet, 64); /* one cache line each */
+    cl->in_full = kr_xcalloc(o->nnet, 64);
     for (uint32_t n = 0; n < o->nnet; n++) {
         cl->in[n] = kr_mailbox_create(cap);
         cl->out[n] = kr_mailbox_create(cap);
@@ -228,15 +238,17 @@ void kr_cluster_stop(struct kr_cluster *cl)
 {
     if (!cl)
         return;
+    /* The link thread ends its last pass and from then on only serves the NATS socket:
+     * the goodbye, the flush and the drain below are read and written by its loop. */
     ck_pr_store_int(&cl->stopping, 1);
     if (cl->started) {
         KR_ASYNC_SEND(&cl->wake);
-        uv_thread_join(&cl->thread);
-        cl->started = false;
+        uv_sem_wait(&cl->stop_sem);
     }
     /* Say it leaves (everything it acknowledged was written before, in order), so the other
-     * nodes do not take it for a silent peer and tell their subscribers to resync. */
-    if (cl->nc && natsConnection_Status(cl->nc) == NATS_CONN_STATUS_CONNECTED) {
+     * nodes do not take it for a silent peer and tell their subscribers to resync. Without
+     * the link thread nothing serves the socket: closed at once. */
+    if (cl->started && cl->nc && natsConnection_Status(cl->nc) == NATS_CONN_STATUS_CONNECTED) {
         char body[32];
         size_t bl = kr_cl_ctl_encode(body, 'G', cl->origin, 0);
         natsConnection_Publish(cl->nc, cl->subj_hb, body, (int)bl);
@@ -245,7 +257,7 @@ void kr_cluster_stop(struct kr_cluster *cl)
     /* Drain: libnats unsubscribes, hands what its delivery thread still holds to the
      * callbacks (which drop it now), then closes; a plain close would leave those messages
      * in the delivery pool's queue. Bounded; then closed in any case. */
-    if (cl->nc && natsConnection_Status(cl->nc) == NATS_CONN_STATUS_CONNECTED &&
+    if (cl->started && cl->nc && natsConnection_Status(cl->nc) == NATS_CONN_STATUS_CONNECTED &&
         natsConnection_DrainTimeout(cl->nc, 3000) == NATS_OK) {
         for (int i = 0; i < 400 && natsConnection_Status(cl->nc) != NATS_CONN_STATUS_CLOSED; i++) {
             struct timespec ts = {0, 10000000};
@@ -254,6 +266,18 @@ void kr_cluster_stop(struct kr_cluster *cl)
     }
     if (cl->nc)
         natsConnection_Close(cl->nc);
+    /* a flush on libuv's pool fails once the connection is closed: wait for it to return
+     * before the connection goes (bounded) */
+    for (int i = 0; i < 500 && ck_pr_load_int(&cl->flush_running); i++) {
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+    if (cl->started) {
+        ck_pr_store_int(&cl->quit, 1);
+        KR_ASYNC_SEND(&cl->wake);
+        uv_thread_join(&cl->thread);
+        cl->started = false;
+    }
     for (int i = 0; i < 4; i++)
         if (cl->ctl_subs[i]) {
             natsSubscription_Destroy(cl->ctl_subs[i]);
@@ -326,6 +350,7 @@ void kr_cluster_destroy(struct kr_cluster *cl)
         free(it);
         it = next;
     }
+    kr_cl_io_close(cl);
     uv_walk(&cl->loop, kr_cl_close_walk, NULL);
     uv_run(&cl->loop, UV_RUN_DEFAULT);
     uv_loop_close(&cl->loop);
@@ -333,6 +358,8 @@ void kr_cluster_destroy(struct kr_cluster *cl)
         natsOptions_Destroy(cl->nopts);
     pthread_mutex_destroy(&cl->mu);
     pthread_mutex_destroy(&cl->win_mu);
+    pthread_mutex_destroy(&cl->io.mu);
+    uv_sem_destroy(&cl->stop_sem);
     for (uint32_t i = 0; i < cl->norigins; i++) {
         struct kr_cl_win *w = cl->origins[i].win;
         if (!w)
@@ -346,6 +373,7 @@ void kr_cluster_destroy(struct kr_cluster *cl)
     free(cl->in);
     free(cl->out);
     free(cl->in_dirty);
+    free(cl->in_full);
     free(cl->buckets);
     free(cl->lq);
     free(cl->pend);
@@ -375,8 +403,15 @@ void kr_cluster_wake(struct kr_cluster *cl)
 
 bool kr_cluster_send(struct kr_cluster *cl, uint32_t net, const struct kr_event *ev)
 {
-    if (!kr_mailbox_push(cl->in[net], ev))
-        return false;
+    if (!kr_mailbox_push(cl->in[net], ev)) {
+        /* full: the link wakes this thread when it took from the ring (its parked
+         * events are retried then, not at the next sweep); tried once more after saying
+         * so, in case the link emptied the ring before it could see the flag */
+        ck_pr_store_int(&cl->in_full[(size_t)net * 16], 1);
+        ck_pr_fence_memory();
+        if (!kr_mailbox_push(cl->in[net], ev))
+            return false;
+    }
     cl->in_dirty[(size_t)net * 64] = 1;
     return true;
 }

@@ -114,6 +114,9 @@ uint64_t kr_cluster_publisher(const struct kr_cluster *cl);
       "of those resumes, told to resync: an entry of this node or a third was still on its "     \
       "way to the answering node")                                                                \
     X(resumes_served, COUNTER, 0, "resumes of this node's tokens answered for other nodes")      \
+    X(write_waits, COUNTER, 0,                                                                    \
+      "times the link stopped taking forwards while its NATS server had not taken 1 MiB "        \
+      "already buffered (resumed as the socket drains)")                                          \
     X(slow_consumers, COUNTER, 0,                                                                 \
       "times a topic's entries from the cluster outran the shards past cluster_max_pending "      \
       "(dropped by the cluster, its subscribers told)")

@@ -3,6 +3,9 @@
  *
  *  - kr_cluster.c (the control thread): options, create, start, stop, destroy; and the few
  *    calls the net threads make (kr_cluster_send / _flush / _recv) and the stats (any thread).
+ *  - kr_cluster_io.c (the link thread, and libnats' event-loop callbacks on any thread):
+ *    the NATS connection's socket on the link thread's loop. libnats has no reader or
+ *    flusher thread: the link thread reads and writes its socket.
  *  - kr_cluster_link.c (the link thread, its own libuv loop): the loop's callbacks, the
  *    topic -> NATS subscription map and its lingers, subscribe barriers and their answers
  *    towards the net threads, interest from the shards, forwarding entries to the cluster.
@@ -40,6 +43,11 @@
 #define KR_CL_PROBE_TIMEOUT_MS 30000 /* interest floods take the routes seconds */
 #define KR_CL_BATCH 16384         /* events (a block counts its topics) per pass */
 #define KR_CL_FLUSH_TIMEOUT_MS 1000 /* a flush for cluster_publish_ack flushed waits this long */
+/* The link writes what libnats buffered at the end of each pass, and within a pass each
+ * time this much is buffered; past KR_CL_BUFFERED_MAX (the socket does not take it) it
+ * forwards no more until the socket drained. */
+#define KR_CL_WRITE_BYTES (64 * 1024)
+#define KR_CL_BUFFERED_MAX (1024 * 1024)
 #define KR_CL_DROPS_PER_TICK 4096 /* lingering subscriptions dropped per tick at most */
 #define KR_CL_MAX_ORIGINS 256     /* origins the duplicate filter remembers */
 #define KR_CL_MAX_SILENT 64       /* nodes taken for silent that are remembered */
@@ -53,6 +61,20 @@
 #define KR_CL_RECENT_BYTES (4u << 20) /* topic bytes per window; past either: "every topic" */
 #define KR_CL_PEER_SLOTS (1u << 15)   /* the same for the topics one other node forwarded here */
 #define KR_CL_PEER_BYTES (1u << 20)
+
+/* The NATS socket as libnats wants it watched (kr_cluster_io.c). */
+struct kr_cl_io {
+    pthread_mutex_t mu;  /* the wanted state: any thread, from libnats' callbacks */
+    int want_fd;         /* -1: detached */
+    int want_events;     /* UV_READABLE | UV_WRITABLE */
+    uint64_t gen;        /* attaches and detaches so far */
+    bool dirty;          /* changed since the link thread last applied it */
+    /* link thread */
+    uv_poll_t *poll;     /* watching the socket of attach poll_gen, or NULL */
+    uint64_t poll_gen;
+    int poll_events;
+    bool w_armed;        /* a write was left over: watch for writability */
+};
 
 struct kr_cl_topic {
     struct kr_cl_topic *next; /* hash chain */
@@ -169,6 +191,10 @@ struct kr_cluster {
     char subj_hb[KR_CFG_STR_MAX + 16], subj_probe[KR_CFG_STR_MAX + 16],
         subj_lost[KR_CFG_STR_MAX + 16], subj_self[KR_CFG_STR_MAX + 32];
     int stopping; /* set by kr_cluster_stop; read by the link and delivery threads */
+    int quit;     /* set by kr_cluster_stop once the connection is closed: the loop ends */
+    uv_sem_t stop_sem; /* the link thread's last pass is over (after stopping) */
+    int flush_running; /* a flush for cluster_publish_ack flushed is on libuv's pool */
+    struct kr_cl_io io;
 
     /* link thread */
     uv_loop_t loop;
@@ -179,6 +205,9 @@ struct kr_cluster {
     struct kr_mailbox **in;   /* [nnet] net -> link */
     struct kr_mailbox **out;  /* [nnet] link -> net */
     uint8_t *in_dirty;        /* [nnet] net n pushed since its flush (net n only) */
+    int *in_full;             /* [nnet * 16] net n found its ring full: the link wakes it
+                                 once it took from that ring (set by net n, cleared by the
+                                 link) */
     /* answers towards the net threads: in order per net thread, parked while a ring is
      * full, each net thread woken once per pass */
     struct kr_outbox_sink out_sink;
@@ -195,6 +224,11 @@ struct kr_cluster {
      * successful flush (KR_EV_FORWARDED each, in order) */
     uint64_t *acks;
     size_t nacks, acks_cap;
+    uv_work_t flush_req; /* the flush in flight (on libuv's thread pool) */
+    size_t flush_n;      /* acks[0 .. flush_n) wait for it; 0: none in flight */
+    natsStatus flush_status;
+    bool stop_acked;
+    bool out_blocked; /* forwards wait for the socket to take what is buffered */
     uint64_t probe_sent;     /* last probe number sent (0 = none) */
     uint64_t probe_done;     /* every probe up to this one is answered */
     uint64_t probe_sent_ms;
@@ -270,6 +304,21 @@ void kr_cl_on_entry(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
 /* A control message (heartbeat, probe, probe answer, lost notice). The delivery thread
  * (subscribed by the control thread's kr_cluster_create). */
 void kr_cl_on_ctl(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
+
+/* ---------------------------------------------------------------- kr_cluster_io.c */
+
+/* Hand libnats the link thread's loop as its event loop. Control thread, on cl->nopts. */
+natsStatus kr_cl_io_options(struct kr_cluster *cl);
+/* Make the calling thread the link thread for the socket's changes. Link thread, first. */
+void kr_cl_io_own(struct kr_cluster *cl);
+/* Apply what libnats last asked to watch. Link thread (its wake-up). */
+void kr_cl_io_apply(struct kr_cluster *cl);
+/* Write what libnats buffered if it is at least `at_least` bytes (the link is connected);
+ * true when more than KR_CL_BUFFERED_MAX stays buffered: stop forwarding, set out_blocked,
+ * and the socket's drain wakes the link. Link thread. */
+bool kr_cl_io_flush(struct kr_cluster *cl, size_t at_least);
+/* Close the socket's handle, if any. Control thread, once the link thread is stopped. */
+void kr_cl_io_close(struct kr_cluster *cl);
 
 /* ---------------------------------------------------------------- kr_cluster_link.c */
 

@@ -283,20 +283,50 @@ static void kr_cl_interest(struct kr_cluster *cl, struct kr_event *ev)
 
 /* cluster_publish_ack flushed: once the NATS server has everything written so far (a
  * flush's PING answered), the publishers waiting are answered. While the link is down
- * they wait (the tick retries); what libnats could not buffer is announced lost anyway. */
-static void kr_cl_flush_acks(struct kr_cluster *cl)
+ * they wait (the tick retries); what libnats could not buffer is announced lost anyway.
+ * The flush waits for its PONG, which this thread's loop reads: it runs on libuv's thread
+ * pool, one at a time, and answers the publishers that were waiting when it started. */
+static void kr_cl_flush_work(uv_work_t *w)
 {
-    if (!cl->nacks || natsConnection_Status(cl->nc) != NATS_CONN_STATUS_CONNECTED)
-        return;
-    if (natsConnection_FlushTimeout(cl->nc, KR_CL_FLUSH_TIMEOUT_MS) != NATS_OK)
+    struct kr_cluster *cl = w->data;
+    cl->flush_status = natsConnection_FlushTimeout(cl->nc, KR_CL_FLUSH_TIMEOUT_MS);
+    ck_pr_store_int(&cl->flush_running, 0);
+}
+
+static void kr_cl_flush_done(uv_work_t *w, int status)
+{
+    struct kr_cluster *cl = w->data;
+    size_t n = cl->flush_n;
+    cl->flush_n = 0;
+    if (status < 0 || cl->flush_status != NATS_OK || ck_pr_load_int(&cl->stopping))
         return; /* tried again at the next pass or tick */
     KR_CL_INC(cl, flushes, 1);
-    for (size_t i = 0; i < cl->nacks; i++) {
+    for (size_t i = 0; i < n; i++) {
         struct kr_event ev = {.type = KR_EV_FORWARDED, .src = (uint16_t)cl->o.ctl_idx,
                               .conn = cl->acks[i]};
         kr_outbox_push(&cl->outbox, KR_CONN_NET(ev.conn), &ev);
     }
-    cl->nacks = 0;
+    memmove(cl->acks, cl->acks + n, (cl->nacks - n) * sizeof(*cl->acks));
+    cl->nacks -= n;
+    kr_outbox_unpark(&cl->outbox);
+    kr_outbox_wake(&cl->outbox);
+    if (cl->nacks) /* those that came meanwhile: the next flush */
+        uv_async_send(&cl->wake);
+}
+
+static void kr_cl_flush_acks(struct kr_cluster *cl)
+{
+    if (!cl->nacks || cl->flush_n || natsConnection_Status(cl->nc) != NATS_CONN_STATUS_CONNECTED)
+        return;
+    cl->flush_n = cl->nacks;
+    cl->flush_req.data = cl;
+    ck_pr_store_int(&cl->flush_running, 1);
+    int rc = uv_queue_work(&cl->loop, &cl->flush_req, kr_cl_flush_work, kr_cl_flush_done);
+    if (rc < 0) {
+        cl->flush_n = 0;
+        ck_pr_store_int(&cl->flush_running, 0);
+        KR_WARN("cluster: cannot start a flush: %s", uv_strerror(rc));
+    }
 }
 
 /* ---------------------------------------------------------------- the loop */
@@ -333,38 +363,73 @@ static void kr_cl_run(struct kr_cluster *cl)
             }
         }
     }
-    for (uint32_t n = 0; n < cl->o.nnet; n++) {
+    /* forwards are not taken while the NATS socket is full (kr_cl_io_flush) */
+    uint32_t since_write = 0;
+    for (uint32_t n = 0; n < cl->o.nnet && !cl->out_blocked; n++) {
+        uint32_t taken = 0;
         while (budget && kr_mailbox_pop(cl->in[n], &ev)) {
             budget--;
+            taken++;
             if (ev.type == KR_EV_PUBLISH) {
                 kr_cl_forward(cl, ev.ptr);
                 kr_msg_unref(ev.ptr);
+                if (++since_write == 64) {
+                    since_write = 0;
+                    cl->out_blocked = kr_cl_io_flush(cl, KR_CL_WRITE_BYTES);
+                    if (cl->out_blocked)
+                        KR_CL_INC(cl, write_waits, 1);
+                }
                 if (ev.mask & KR_PUBLISH_FLUSHED) { /* answered after the next flush */
                     KR_GROW_MIN(cl->acks, cl->acks_cap, cl->nacks + 1, 256);
                     cl->acks[cl->nacks++] = ev.conn;
                 }
+                if (cl->out_blocked)
+                    break;
             } else {
                 uint32_t nt = ((struct kr_router_cmd *)ev.ptr)->ntopics;
                 budget -= budget > nt ? nt : budget;
                 kr_cl_barrier(cl, &ev);
             }
         }
+        /* room made in a ring net thread n found full: it retries what it parked now */
+        ck_pr_fence_memory();
+        if (taken && ck_pr_load_int(&cl->in_full[(size_t)n * 16])) {
+            ck_pr_store_int(&cl->in_full[(size_t)n * 16], 0);
+            cl->o.wake_net(cl->o.wake_arg, n);
+        }
     }
     kr_cl_flush_acks(cl);
     kr_cl_probe_check(cl);
     bool asks_wait = kr_cl_asks_send(cl); /* after the forwards they wait for */
     kr_cl_resume_tick(cl, kr_cl_now_ms()); /* after the forwards: their origin sequences */
+    /* this pass's writes in one: no wait for the loop's next turn */
+    bool was_blocked = cl->out_blocked;
+    cl->out_blocked = kr_cl_io_flush(cl, 1);
+    if (cl->out_blocked && !was_blocked)
+        KR_CL_INC(cl, write_waits, 1);
     kr_outbox_unpark(&cl->outbox);
     kr_outbox_wake(&cl->outbox);
-    if (!budget || asks_wait)
-        uv_async_send(&cl->wake); /* come back: more to take, or a question to send */
+    /* come back: more to take, the socket took what blocked the forwards, or a question
+     * to send */
+    if ((!budget && !cl->out_blocked) || (was_blocked && !cl->out_blocked) || asks_wait)
+        uv_async_send(&cl->wake);
 }
 
 void kr_cl_wake_cb(uv_async_t *a)
 {
     struct kr_cluster *cl = a->data;
-    if (ck_pr_load_int(&cl->stopping)) {
+    if (ck_pr_load_int(&cl->quit)) {
         uv_stop(&cl->loop);
+        return;
+    }
+    kr_cl_io_apply(cl);
+    if (ck_pr_load_int(&cl->stopping)) { /* from now on the loop only serves the socket */
+        kr_cl_io_flush(cl, 1); /* what other threads published (the goodbye, a flush) */
+        if (!cl->stop_acked) {
+            cl->stop_acked = true;
+            uv_timer_stop(&cl->tick);
+            uv_sem_post(&cl->stop_sem);
+        }
         return;
     }
     kr_cl_run(cl);
@@ -373,6 +438,8 @@ void kr_cl_wake_cb(uv_async_t *a)
 void kr_cl_tick_cb(uv_timer_t *t)
 {
     struct kr_cluster *cl = t->data;
+    if (ck_pr_load_int(&cl->stopping))
+        return; /* the wake-up that follows says so */
     uint64_t now = kr_cl_now_ms();
     kr_cl_peers_expire(cl, now);
     kr_cl_heartbeat(cl, now);
@@ -385,5 +452,7 @@ void kr_cl_main(void *arg)
 {
     struct kr_cluster *cl = arg;
     pthread_setname_np(pthread_self(), "kr-cluster");
+    kr_cl_io_own(cl);
+    kr_cl_io_apply(cl); /* the connect's attach, made before the loop ran */
     uv_run(&cl->loop, UV_RUN_DEFAULT);
 }

@@ -917,6 +917,85 @@ Test(cluster, a_silent_peer_makes_its_recent_topics_resync_and_a_leaving_one_doe
     cluster_down(&c);
 }
 
+/* While its NATS server does not read (stopped with SIGSTOP for a second), a node's socket
+ * and then libnats' buffer fill: the link takes no more forwards (past 1 MiB buffered),
+ * the publisher's requests wait in the ring, and when the server reads again the link goes
+ * on by itself: every publish is answered and every entry forwarded. An early version
+ * kept waiting when the write that emptied the buffer was its own (not the socket's
+ * writability), and the publisher's replies stopped for good. */
+Test(cluster, forwards_wait_for_a_stalled_nats_server_and_go_on)
+{
+    struct cluster c;
+    cluster_up(&c, 2, NULL);
+    int pub = kr_it_connect(c.node[0].port);
+    long before = kr_it_stat(c.node[0].port, "cluster_msgs_out");
+    cr_assert_eq(kill(c.nats[0].pid, SIGSTOP), 0);
+    pid_t waker = fork();
+    cr_assert_geq(waker, 0);
+    if (waker == 0) { /* let the server read again after a second, whatever blocks below */
+        usleep(1000 * 1000);
+        kill(c.nats[0].pid, SIGCONT);
+        _exit(0);
+    }
+    enum { N = 150000, CHUNK = 15000, SUBS = 3000 };
+    for (long k = 0; k < N; k += CHUNK)
+        publish_pipelined(pub, k, k + CHUNK);
+    /* subscribes of new topics from other connections meanwhile: each wakes the link for
+     * a pass (its barrier), so a pass of the link's own runs while the socket drains */
+    int subs[2] = {kr_it_connect(c.node[0].port), kr_it_connect(c.node[0].port)};
+    static char req[SUBS * 48];
+    size_t rl = 0;
+    for (int k = 0; k < SUBS; k++) {
+        char t[24];
+        int tl = snprintf(t, sizeof(t), "storm%d", k);
+        rl += (size_t)snprintf(req + rl, sizeof(req) - rl, "set subscribe 0 0 %d\r\n%s\r\n", tl, t);
+    }
+    for (int s = 0; s < 2; s++)
+        kr_it_send(subs[s], req, rl);
+    for (long k = 0; k < N; k++)
+        kr_it_expect(pub, "STORED\r\n");
+    for (int s = 0; s < 2; s++) {
+        for (int k = 0; k < SUBS; k++)
+            kr_it_expect(subs[s], "STORED\r\n");
+        close(subs[s]);
+    }
+    cr_assert_eq(waitpid(waker, NULL, 0), waker);
+    kr_it_wait_stat(c.node[0].port, "cluster_msgs_out", KR_IT_GE, before + N);
+    cr_assert_geq(kr_it_stat(c.node[0].port, "cluster_write_waits"), 1); /* it did wait */
+    cr_assert_eq(kr_it_stat(c.node[0].port, "cluster_lost_forwards"), 0);
+    close(pub);
+    cluster_down(&c);
+}
+
+/* A node that stops drains its NATS connection at once: the link thread's loop, which now
+ * reads and writes the connection's socket, keeps writing while libnats drains (its
+ * unsubscribes and its flush). When the link wrote only while the connection was in the
+ * connected state, the drain's flush waited for its 3 s timeout and the log said
+ * "NATS error: Timeout". */
+Test(cluster, a_stopping_node_drains_its_nats_connection)
+{
+    struct cluster c;
+    cluster_up(&c, 2, NULL);
+    int sub = kr_it_connect(c.node[0].port);
+    kr_it_subscribe(sub, "drained");
+    close(sub);
+    kill(c.node[0].pid, SIGTERM);
+    int st = 0;
+    cr_assert_eq(waitpid(c.node[0].pid, &st, 0), c.node[0].pid);
+    c.node[0].pid = 0;
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
+    static char log[1 << 16];
+    FILE *f = fopen(c.node[0].log_path, "r");
+    cr_assert_not_null(f);
+    size_t n = fread(log, 1, sizeof(log) - 1, f);
+    fclose(f);
+    log[n] = 0;
+    cr_assert_not_null(strstr(log, "stopped"), "%s", log);
+    cr_assert_null(strstr(log, "NATS error"), "%s", log);
+    unlink(c.node[0].log_path);
+    cluster_down(&c);
+}
+
 /* ---------------------------------------------------------------- moving between nodes */
 
 /* A position node 0 issued resumes on node 1: node 1 subscribes, asks node 0 for what came
@@ -1164,13 +1243,15 @@ Test(cluster, resp_resume_of_a_killed_nodes_token_after_position_goes_live)
     cluster_down(&c);
 }
 
-/* cluster_send_asap 1: each forward is written at once; entries still cross once and in
- * order. */
-Test(cluster, send_asap_entries_cross_in_order)
+/* cluster_send_asap has no effect any more (the link writes what it forwards at its loop's
+ * next turn): a configuration that sets it still starts, is told so, and entries cross
+ * once and in order. */
+Test(cluster, send_asap_is_accepted_and_entries_cross_in_order)
 {
     struct cluster c;
     const char *extra[] = {"--cluster_send_asap", "1", NULL};
     cluster_up(&c, 2, extra);
+    cr_assert(kr_it_wait_log(&c.node[0], "cluster_send_asap has no effect any more"));
     int sub = kr_it_connect(c.node[1].port);
     kr_it_subscribe(sub, "asap");
     int pub = kr_it_connect(c.node[0].port);
