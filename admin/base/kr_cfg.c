@@ -205,9 +205,8 @@ static const struct kr_cfg_opt kr_cfg_opts[] = {
                "a topic's cluster subscription is dropped this long after its last local "
                "subscriber left"),
     KR_CFG_OPT(cluster_send_asap, KR_CFG_U32, 0, 0, 1, "0",
-               "1: the cluster link writes each forwarded entry to its NATS server at once "
-               "(lower cross-node latency, more writes); 0: libnats buffers them and its "
-               "flusher thread writes them (more throughput)"),
+               "no effect any more (accepted so existing configurations load): the cluster "
+               "link writes what it forwards at the end of each pass, in one write"),
     KR_CFG_OPT(cluster_resume_timeout_ms, KR_CFG_U64, 0, 1, 600000, "2000",
                "a resume of a token another node issued waits this long for that node's answer; "
                "then its topics are told to resync"),

@@ -86,8 +86,8 @@ struct kr_cfg {
     uint32_t cluster_start_degraded;         /* 0: 1 = start even when no NATS server answers */
     uint64_t cluster_linger_ms;              /* 2000: a topic's cluster interest outlives its
                                                 last local subscriber by this long */
-    uint32_t cluster_send_asap;              /* 0: 1 = each forward is written to the NATS
-                                                server at once (libnats' send-asap) */
+    uint32_t cluster_send_asap;              /* 0: no effect any more (the link writes its
+                                                forwards itself; a start that sets it warns) */
     uint64_t cluster_resume_timeout_ms;      /* 2000: a resume of another node's token waits
                                                 this long for that node's answer */
     uint64_t drain_resume_window_ms;         /* 30000: a drained cluster node answers resumes

@@ -45,8 +45,10 @@ static void kr_cl_io_cb(uv_poll_t *p, int status, int events)
         kr_cl_io_apply(cl);
         return;
     }
-    if (events & UV_READABLE)
+    if (events & UV_READABLE) {
         natsConnection_ProcessReadEvent(nc);
+        kr_cl_io_flush(cl, 1); /* what the read made libnats answer (a PONG) */
+    }
     /* the read may have detached the socket: libnats then skips the write */
     if (events & UV_WRITABLE) {
         natsConnection_ProcessWriteEvent(nc);
