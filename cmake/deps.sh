@@ -5,11 +5,11 @@
 # (apt-get) only when something is missing.
 set -eu
 # build: compiler, cmake, libraries; tests: Criterion, libmemcached, haproxy, redis-cli,
-# redis-py, nats-server, ss (iproute2), headless Chromium (the status page), Node.js and
-# npm (ioredis)
+# redis-py, nats-server, ss (iproute2), headless Chromium (the status page), openssl (a
+# certificate for the NATS TLS test), Node.js and npm (ioredis)
 pkgs="build-essential cmake pkg-config libuv1-dev libck-dev liburcu-dev libjemalloc-dev
 libinih-dev libxxhash-dev libcriterion-dev libmemcached-dev haproxy libmicrohttpd-dev redis-tools
-python3 python3-redis nats-server libnats-dev iproute2 chromium"
+python3 python3-redis nats-server libnats-dev iproute2 chromium openssl"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -806,6 +806,58 @@ Test(cluster, credentials)
     kr_it_nats_cluster_stop(nats, 1);
 }
 
+/* TLS to the NATS servers (cluster_tls, cluster_tls_ca_file): the link's loop reads and
+ * writes the TLS records (libnats on the link's event loop); 3000 entries cross from one
+ * node to another, each once and in order. The certificate (for 127.0.0.1) is made here
+ * with the openssl command. */
+Test(cluster, tls_entries_cross_in_order)
+{
+    char dir[] = "/tmp/kr_it_tls_XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char cert[96], key[96], cmd[512];
+    snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
+    snprintf(key, sizeof(key), "%s/key.pem", dir);
+    snprintf(cmd, sizeof(cmd),
+             "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 "
+             "-addext subjectAltName=IP:127.0.0.1 -keyout %s -out %s >/dev/null 2>&1",
+             key, cert);
+    cr_assert_eq(system(cmd), 0, "openssl could not make a certificate");
+    struct kr_it_nats nats[1];
+    kr_it_nats_cluster_start_tls(nats, 1, cert, key);
+    char url[64];
+    snprintf(url, sizeof(url), "tls://127.0.0.1:%u", nats[0].port);
+    const char *args[] = {"--cluster_nats_url", url, "--drain_resume_window_ms", "0",
+                          "--cluster_tls", "1", "--cluster_tls_ca_file", cert, NULL};
+    struct kr_it_server node[2];
+    for (int i = 0; i < 2; i++)
+        kr_it_start(&node[i], args);
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(kr_it_stat(node[i].port, "cluster_connected"), 1);
+        kr_it_wait_stat(node[i].port, "cluster_peers", KR_IT_EQ, 1);
+    }
+    int sub = kr_it_connect(node[1].port);
+    kr_it_subscribe(sub, "load");
+    int pub = kr_it_connect(node[0].port);
+    enum { N = 3000 };
+    publish_pipelined(pub, 0, N);
+    for (long k = 0; k < N; k++)
+        kr_it_expect(pub, "STORED\r\n");
+    struct faultcheck f = {0};
+    poll_until(sub, N, &f);
+    cr_assert_not(f.told);
+    cr_assert_eq(f.dups, 0);
+    cr_assert_eq(f.gaps, 0);
+    cr_assert_eq(f.next, N, "every entry arrived (%ld of %d)", f.next, N);
+    close(sub);
+    close(pub);
+    for (int i = 0; i < 2; i++)
+        kr_it_stop(&node[i]);
+    kr_it_nats_cluster_stop(nats, 1);
+    unlink(cert);
+    unlink(key);
+    rmdir(dir);
+}
+
 /* More distinct topics forwarded lately than the link tracks (65536 per window): when its
  * server dies, the node announces "every topic", and the other node tells every subscriber
  * of every topic it holds. */

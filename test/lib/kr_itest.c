@@ -572,7 +572,7 @@ static void kr_it_nats_spawn(struct kr_it_nats *v, int n, int which)
     }
     char advertise[32];
     snprintf(advertise, sizeof(advertise), "127.0.0.1:%u", one->rport);
-    const char *argv[26];
+    const char *argv[32];
     int argc = 0;
     argv[argc++] = bin;
     argv[argc++] = "-a";
@@ -598,6 +598,13 @@ static void kr_it_nats_spawn(struct kr_it_nats *v, int n, int which)
         argv[argc++] = one->user;
         argv[argc++] = "--pass";
         argv[argc++] = one->pass;
+    }
+    if (one->tls_cert[0]) {
+        argv[argc++] = "--tls";
+        argv[argc++] = "--tlscert";
+        argv[argc++] = one->tls_cert;
+        argv[argc++] = "--tlskey";
+        argv[argc++] = one->tls_key;
     }
     if (rl) {
         argv[argc++] = "--routes";
@@ -650,6 +657,16 @@ static int kr_it_nats_wait_up(struct kr_it_nats *one)
 }
 
 static const char *kr_it_nats_user = "", *kr_it_nats_pass = "";
+static const char *kr_it_nats_cert = "", *kr_it_nats_key = "";
+
+void kr_it_nats_cluster_start_tls(struct kr_it_nats *v, int n, const char *cert, const char *key)
+{
+    kr_it_nats_cert = cert;
+    kr_it_nats_key = key;
+    kr_it_nats_cluster_start(v, n);
+    kr_it_nats_cert = "";
+    kr_it_nats_key = "";
+}
 
 void kr_it_nats_cluster_start_auth(struct kr_it_nats *v, int n, const char *user, const char *pass)
 {
@@ -708,6 +725,8 @@ static void kr_it_nats_cluster_start_px(struct kr_it_nats *v, int n, struct kr_i
             snprintf(one->cluster, sizeof(one->cluster), "%s", cname);
             snprintf(one->user, sizeof(one->user), "%s", kr_it_nats_user);
             snprintf(one->pass, sizeof(one->pass), "%s", kr_it_nats_pass);
+            snprintf(one->tls_cert, sizeof(one->tls_cert), "%s", kr_it_nats_cert);
+            snprintf(one->tls_key, sizeof(one->tls_key), "%s", kr_it_nats_key);
             snprintf(one->log_path, sizeof(one->log_path), "/tmp/kraken-it-nats-XXXXXX");
             int lfd = mkstemp(one->log_path);
             cr_assert_geq(lfd, 0);

@@ -160,6 +160,7 @@ struct kr_it_nats {
     char name[32];    /* server name: kr-it-nats-<index> */
     char cluster[48]; /* cluster name shared by the servers of one cluster */
     char user[32], pass[32]; /* client authorization (--user/--pass), "" = none */
+    char tls_cert[128], tls_key[128]; /* clients connect with TLS (--tls), "" = plain */
     uint16_t rport;   /* the route port the other servers solicit and this one advertises
                          (--cluster_advertise): a proxy's in front of cport, or 0 = cport */
 };
@@ -170,6 +171,8 @@ struct kr_it_nats {
 void kr_it_nats_cluster_start(struct kr_it_nats *v, int n);
 /* The same with client authorization: clients must give `user` and `pass`. */
 void kr_it_nats_cluster_start_auth(struct kr_it_nats *v, int n, const char *user, const char *pass);
+/* The same with TLS for clients: the servers present `cert` (PEM) and its `key`. */
+void kr_it_nats_cluster_start_tls(struct kr_it_nats *v, int n, const char *cert, const char *key);
 /* kr_it_nats_cluster_start with every route through a TCP proxy (kr_it_proxy below), so a
  * test can cut the routes between live servers: px[i] is started in front of server i's
  * route port; every other server solicits px[i]'s port, and server i advertises it
