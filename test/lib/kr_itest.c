@@ -656,25 +656,30 @@ static int kr_it_nats_wait_up(struct kr_it_nats *one)
     return -ETIMEDOUT;
 }
 
+/* What the next kr_it_nats_cluster_start gives each server ("": none), set only around it
+ * by the variants below. */
 static const char *kr_it_nats_user = "", *kr_it_nats_pass = "";
 static const char *kr_it_nats_cert = "", *kr_it_nats_key = "";
 
-void kr_it_nats_cluster_start_tls(struct kr_it_nats *v, int n, const char *cert, const char *key)
+static void kr_it_nats_cluster_start_with(struct kr_it_nats *v, int n, const char *user,
+                                          const char *pass, const char *cert, const char *key)
 {
+    kr_it_nats_user = user;
+    kr_it_nats_pass = pass;
     kr_it_nats_cert = cert;
     kr_it_nats_key = key;
     kr_it_nats_cluster_start(v, n);
-    kr_it_nats_cert = "";
-    kr_it_nats_key = "";
+    kr_it_nats_user = kr_it_nats_pass = kr_it_nats_cert = kr_it_nats_key = "";
+}
+
+void kr_it_nats_cluster_start_tls(struct kr_it_nats *v, int n, const char *cert, const char *key)
+{
+    kr_it_nats_cluster_start_with(v, n, "", "", cert, key);
 }
 
 void kr_it_nats_cluster_start_auth(struct kr_it_nats *v, int n, const char *user, const char *pass)
 {
-    kr_it_nats_user = user;
-    kr_it_nats_pass = pass;
-    kr_it_nats_cluster_start(v, n);
-    kr_it_nats_user = "";
-    kr_it_nats_pass = "";
+    kr_it_nats_cluster_start_with(v, n, user, pass, "", "");
 }
 
 static void kr_it_nats_cluster_start_px(struct kr_it_nats *v, int n, struct kr_it_proxy **px);
