@@ -420,14 +420,17 @@ void kr_nt_sweep_cb(uv_timer_t *t)
             continue;
         if (c->fe->tick)
             c->fe->tick(c, now);
-        if (now - c->last_active_ms >= KR_TRIM_IDLE_MS)
+        /* the requests unblocked above (and a tick's answers) stamped their connections
+         * after `now` was read: those are not idle */
+        uint64_t idle = kr_ms_since(now, c->last_active_ms);
+        if (idle >= KR_TRIM_IDLE_MS)
             kr_conn_trim(c);
-        if (timeout && now - c->last_active_ms >= timeout) {
+        if (timeout && idle >= timeout) {
             KR_ST_INC(nt, idle_timeouts, 1);
             KR_DEBUG("client %s (id %llu): idle for %llu ms; closing", kr_conn_peer(c),
-                     (unsigned long long)c->id, (unsigned long long)(now - c->last_active_ms));
+                     (unsigned long long)c->id, (unsigned long long)idle);
             kr_conn_close(c);
-        } else if (rto && c->partial_since_ms && now - c->partial_since_ms >= rto &&
+        } else if (rto && c->partial_since_ms && kr_ms_since(now, c->partial_since_ms) >= rto &&
                    kr_conn_can_parse(c) && !c->turn_over) {
             KR_ST_INC(nt, request_timeouts, 1);
             uint64_t suppressed = 0;
@@ -437,7 +440,7 @@ void kr_nt_sweep_cb(uv_timer_t *t)
                         "(%zu bytes so far; request_timeout_ms %llu); closing (suppressed %llu "
                         "similar)",
                         kr_conn_peer(c), (unsigned long long)c->id,
-                        (unsigned long long)(now - c->partial_since_ms), c->in_len,
+                        (unsigned long long)kr_ms_since(now, c->partial_since_ms), c->in_len,
                         (unsigned long long)rto, (unsigned long long)suppressed);
             kr_conn_close(c);
         }

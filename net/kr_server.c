@@ -360,9 +360,9 @@ static void kr_net_conn_fill(const struct kr_conn *c, uint64_t now, struct kr_ne
     snprintf(out->peer, sizeof(out->peer), "%s", kr_conn_peer(c));
     out->queued_messages = c->dlv.q.count;
     out->queued_bytes = c->dlv.q.bytes;
-    out->age_ms = now - c->created_ms;
-    out->since_poll_ms = c->last_poll_ms ? (int64_t)(now - c->last_poll_ms) : -1;
-    out->idle_ms = now - c->last_active_ms;
+    out->age_ms = kr_ms_since(now, c->created_ms);
+    out->since_poll_ms = c->last_poll_ms ? (int64_t)kr_ms_since(now, c->last_poll_ms) : -1;
+    out->idle_ms = kr_ms_since(now, c->last_active_ms);
     out->mem = kr_conn_mem(c);
 }
 

@@ -76,6 +76,14 @@ void __tsan_release(void *addr);
 /* Monotonic milliseconds (CLOCK_MONOTONIC_COARSE). Any thread. */
 uint64_t kr_now_ms(void);
 
+/* Milliseconds from `then` to `now`; 0 when `then` is later, a stamp taken after `now` was
+ * read (a loop that reads the clock once and then does work that stamps connections).
+ * Any thread. */
+static inline uint64_t kr_ms_since(uint64_t now, uint64_t then)
+{
+    return now > then ? now - then : 0;
+}
+
 /* Write v in decimal at out (room for 20 bytes); returns the bytes written, without a
  * terminator. Any thread. */
 static inline size_t kr_u64_dec(char *out, uint64_t v)

@@ -1,4 +1,5 @@
-/* Unit tests of kr_util: the one growth helper (kr_grow, KR_GROW, KR_GROW_MIN). */
+/* Unit tests of kr_util: the one growth helper (kr_grow, KR_GROW, KR_GROW_MIN) and the
+ * elapsed-time helper (kr_ms_since). */
 #include <criterion/criterion.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -89,4 +90,21 @@ Test(grow, the_function_caps_at_the_field_maximum)
     char *a = kr_grow(NULL, &cap, 5, 1, 4, 6); /* 4 -> 8, held back to the maximum 6 */
     cr_assert_eq(cap, 6);
     free(a);
+}
+
+/* Regression: the net thread's sweep read the clock once, then unblocked parked requests
+ * (which stamp their connections with a later clock reading) and computed "idle" as
+ * now - last_active: the subtraction wrapped and busy connections were closed as idle for
+ * the default hour (seen as `idle_timeouts` under a pinned churn load). */
+Test(ms_since, a_stamp_taken_after_now_is_no_time)
+{
+    cr_assert_eq(kr_ms_since(1000, 1004), 0);
+    cr_assert_eq(kr_ms_since(1000, 1000), 0);
+    cr_assert_lt(kr_ms_since(5, UINT64_MAX), 3600000, "wrapped");
+}
+
+Test(ms_since, counts_forward)
+{
+    cr_assert_eq(kr_ms_since(1004, 1000), 4);
+    cr_assert_eq(kr_ms_since(UINT64_MAX, 0), UINT64_MAX);
 }
