@@ -473,7 +473,8 @@ static void kr_rs_writable(struct kr_conn *c)
 static void kr_rs_tick(struct kr_conn *c, uint64_t now)
 {
     struct kr_rs_state *s = kr_conn_fe_state(c);
-    if (!s || !s->want_position || now - s->x->pos_sent_ms < kr_conn_position_interval_ms(c))
+    if (!s || !s->want_position ||
+        kr_ms_since(now, s->x->pos_sent_ms) < kr_conn_position_interval_ms(c))
         return;
     if (kr_conn_closing_words(c) || kr_conn_out_pending(c) >= KR_OUT_HIGH)
         return;
