@@ -22,13 +22,24 @@ struct kr_sub {
     uint64_t since_us;  /* live deliveries only of messages published after this */
 };
 
+/* The subscriptions of a topic or of a client. The first is held in the record itself
+ * until a second comes: a topic or a client with one subscription, the common case of a
+ * subscribe/unsubscribe churn (records made and freed per operation), allocates no array.
+ * n is read by other threads (ck_pr_load_32); the rest is the owner's. */
+struct kr_subv {
+    uint32_t n;
+    uint32_t cap; /* 0: the one subscription is `one` */
+    union {
+        struct kr_sub **arr;
+        struct kr_sub *one;
+    };
+};
+
 struct kr_topic {
     struct cds_lfht_node node;
     uint64_t stamp;
     uint64_t held; /* the owner's clock when the topic got its first subscriber */
-    uint32_t nsubs;
-    uint32_t cap;
-    struct kr_sub **subs;
+    struct kr_subv subs;
     uint32_t len;
     char name[];
 };
@@ -38,10 +49,41 @@ struct kr_sconn {
     uint64_t id;
     uint64_t stamp;
     uint64_t word;
-    uint32_t nsubs;
-    uint32_t cap;
-    struct kr_sub **subs;
+    struct kr_subv subs;
 };
+
+static inline struct kr_sub **kr_subv_items(struct kr_subv *v)
+{
+    return v->cap ? v->arr : &v->one;
+}
+
+static inline struct kr_sub *kr_subv_at(const struct kr_subv *v, uint32_t i)
+{
+    return v->cap ? v->arr[i] : v->one;
+}
+
+static void kr_subv_push(struct kr_subv *v, struct kr_sub *s)
+{
+    if (v->cap == 0) {
+        if (v->n == 0) {
+            v->one = s;
+            v->n = 1;
+            return;
+        }
+        struct kr_sub *first = v->one;
+        v->arr = NULL;
+        KR_GROW_MIN(v->arr, v->cap, 2, 4);
+        v->arr[0] = first;
+    }
+    KR_GROW_MIN(v->arr, v->cap, v->n + 1, 4);
+    v->arr[v->n++] = s;
+}
+
+static void kr_subv_free(struct kr_subv *v)
+{
+    if (v->cap)
+        free(v->arr);
+}
 
 /* One of the two hash tables with the figures its owner resizes it by.
  *
@@ -200,11 +242,11 @@ static void kr_retired_free(struct kr_retired *b)
     for (uint32_t i = 0; i < b->n; i++) {
         if (b->items[i] & 1) {
             struct kr_sconn *c = (struct kr_sconn *)(b->items[i] & ~(uintptr_t)1);
-            free(c->subs);
+            kr_subv_free(&c->subs);
             free(c);
         } else {
             struct kr_topic *tp = (struct kr_topic *)b->items[i];
-            free(tp->subs);
+            kr_subv_free(&tp->subs);
             free(tp);
         }
     }
@@ -269,9 +311,9 @@ void kr_topics_destroy(struct kr_topics *t)
         struct kr_topic *tp = caa_container_of(n, struct kr_topic, node);
         cds_lfht_next(t->topics.ht, &it);
         cds_lfht_del(t->topics.ht, n);
-        for (uint32_t i = 0; i < tp->nsubs; i++)
-            free(tp->subs[i]);
-        free(tp->subs);
+        for (uint32_t i = 0; i < tp->subs.n; i++)
+            free(kr_subv_at(&tp->subs, i));
+        kr_subv_free(&tp->subs);
         free(tp);
     }
     cds_lfht_first(t->conns.ht, &it);
@@ -279,7 +321,7 @@ void kr_topics_destroy(struct kr_topics *t)
         struct kr_sconn *c = caa_container_of(n, struct kr_sconn, node);
         cds_lfht_next(t->conns.ht, &it);
         cds_lfht_del(t->conns.ht, n);
-        free(c->subs);
+        kr_subv_free(&c->subs);
         free(c);
     }
     urcu_memb_read_unlock();
@@ -309,22 +351,18 @@ static struct kr_sconn *kr_conns_lookup(struct kr_topics *t, uint64_t id)
 /* The subscription of (tp, c), scanning the shorter side. */
 static struct kr_sub *kr_sub_find(struct kr_topic *tp, struct kr_sconn *c)
 {
-    if (tp->nsubs <= c->nsubs) {
-        for (uint32_t i = 0; i < tp->nsubs; i++)
-            if (tp->subs[i]->conn == c)
-                return tp->subs[i];
+    if (tp->subs.n <= c->subs.n) {
+        struct kr_sub **v = kr_subv_items(&tp->subs);
+        for (uint32_t i = 0; i < tp->subs.n; i++)
+            if (v[i]->conn == c)
+                return v[i];
     } else {
-        for (uint32_t i = 0; i < c->nsubs; i++)
-            if (c->subs[i]->topic == tp)
-                return c->subs[i];
+        struct kr_sub **v = kr_subv_items(&c->subs);
+        for (uint32_t i = 0; i < c->subs.n; i++)
+            if (v[i]->topic == tp)
+                return v[i];
     }
     return NULL;
-}
-
-static void kr_vec_push(struct kr_sub ***v, uint32_t *n, uint32_t *cap, struct kr_sub *s)
-{
-    KR_GROW_MIN(*v, *cap, *n + 1, 2);
-    (*v)[(*n)++] = s;
 }
 
 void kr_topics_set_hook(struct kr_topics *t, kr_topics_hook_cb cb, void *arg)
@@ -354,7 +392,7 @@ int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, ui
         cds_lfht_add(t->topics.ht, hash, &tp->node);
         kr_table_count(&t->topics, 1);
     }
-    if (tp->nsubs == 0) { /* its first subscriber (a kept empty topic comes back) */
+    if (tp->subs.n == 0) { /* its first subscriber (a kept empty topic comes back) */
         ck_pr_store_64(&t->ntopics, t->ntopics + 1);
         if (t->hook)
             t->hook(t->hook_arg, topic, len, true);
@@ -371,11 +409,11 @@ int kr_topics_subscribe(struct kr_topics *t, const char *topic, uint32_t len, ui
     struct kr_sub *s = kr_xrealloc(NULL, sizeof(*s));
     s->topic = tp;
     s->conn = c;
-    s->topic_idx = tp->nsubs;
-    s->conn_idx = c->nsubs;
+    s->topic_idx = tp->subs.n;
+    s->conn_idx = c->subs.n;
     s->since_us = since_us;
-    kr_vec_push(&tp->subs, &tp->nsubs, &tp->cap, s);
-    kr_vec_push(&c->subs, &c->nsubs, &c->cap, s);
+    kr_subv_push(&tp->subs, s);
+    kr_subv_push(&c->subs, s);
     ck_pr_store_64(&t->nsubscriptions, t->nsubscriptions + 1);
     ret = 1;
 out:
@@ -400,22 +438,24 @@ static void kr_sub_remove(struct kr_topics *t, struct kr_sub *s)
 {
     struct kr_topic *tp = s->topic;
     struct kr_sconn *c = s->conn;
-    struct kr_sub *last = tp->subs[--tp->nsubs];
-    tp->subs[s->topic_idx] = last;
+    struct kr_sub **v = kr_subv_items(&tp->subs);
+    struct kr_sub *last = v[--tp->subs.n];
+    v[s->topic_idx] = last;
     last->topic_idx = s->topic_idx;
-    last = c->subs[--c->nsubs];
-    c->subs[s->conn_idx] = last;
+    v = kr_subv_items(&c->subs);
+    last = v[--c->subs.n];
+    v[s->conn_idx] = last;
     last->conn_idx = s->conn_idx;
     free(s);
     ck_pr_store_64(&t->nsubscriptions, t->nsubscriptions - 1);
-    if (tp->nsubs == 0) {
+    if (tp->subs.n == 0) {
         ck_pr_store_64(&t->ntopics, t->ntopics - 1);
         if (t->hook && t->empty != KR_TOPICS_HOLD)
             t->hook(t->hook_arg, tp->name, tp->len, false);
         if (t->empty == KR_TOPICS_DELETE)
             kr_topic_delete(t, tp);
     }
-    if (c->nsubs == 0) {
+    if (c->subs.n == 0) {
         cds_lfht_del(t->conns.ht, &c->node);
         kr_retire(t, c, true);
         kr_table_count(&t->conns, -1);
@@ -447,10 +487,11 @@ uint32_t kr_topics_drop_conn(struct kr_topics *t, uint64_t conn)
     urcu_memb_read_lock();
     struct kr_sconn *c = kr_conns_lookup(t, conn);
     if (c) {
-        n = c->nsubs;
-        /* The last removal frees c (after a grace period, so reading nsubs stays valid). */
+        n = c->subs.n;
+        /* The last removal frees c (after a grace period, so reading its subscriptions
+         * stays valid). */
         for (uint32_t left = n; left > 0; left--)
-            kr_sub_remove(t, c->subs[left - 1]);
+            kr_sub_remove(t, kr_subv_at(&c->subs, left - 1));
     }
     urcu_memb_read_unlock();
     if (n) {
@@ -475,7 +516,7 @@ struct kr_topic *kr_topics_find_hashed(struct kr_topics *t, const char *topic, u
     return tp;
 }
 
-uint32_t kr_topic_nsubs(const struct kr_topic *tp) { return tp->nsubs; }
+uint32_t kr_topic_nsubs(const struct kr_topic *tp) { return tp->subs.n; }
 uint64_t *kr_topic_stamp(struct kr_topic *tp) { return &tp->stamp; }
 uint64_t kr_topic_held(const struct kr_topic *tp) { return tp->held; }
 void kr_topics_set_clock(struct kr_topics *t, uint64_t clock) { t->clock = clock; }
@@ -485,7 +526,7 @@ bool kr_topics_forget(struct kr_topics *t, const char *topic, uint32_t len)
 {
     urcu_memb_read_lock();
     struct kr_topic *tp = kr_topics_lookup(t, topic, len, kr_topics_hash(topic, len));
-    bool gone = tp && tp->nsubs == 0;
+    bool gone = tp && tp->subs.n == 0;
     if (gone)
         kr_topic_delete(t, tp);
     urcu_memb_read_unlock();
@@ -495,7 +536,7 @@ bool kr_topics_forget(struct kr_topics *t, const char *topic, uint32_t len)
 }
 struct kr_sconn *kr_topic_sub(const struct kr_topic *tp, uint32_t i, uint64_t *since_us)
 {
-    const struct kr_sub *s = tp->subs[i];
+    const struct kr_sub *s = kr_subv_at(&tp->subs, i);
     if (since_us)
         *since_us = s->since_us;
     return s->conn;
@@ -520,7 +561,7 @@ void kr_topics_walk(struct kr_topics *t, kr_topics_walk_cb cb, void *arg)
     cds_lfht_for_each_entry(t->topics.ht, &it, tp, node)
     {
         KR_TSAN_ACQUIRE(tp); /* its creation by the shard (see kr_topics_subscribe) */
-        uint32_t nsubs = ck_pr_load_32(&tp->nsubs);
+        uint32_t nsubs = ck_pr_load_32(&tp->subs.n);
         if (nsubs && cb(arg, tp->name, tp->len, nsubs)) /* kept empty topics are not listed */
             break;
     }
@@ -533,7 +574,7 @@ uint32_t kr_topics_conn_nsubs(struct kr_topics *t, uint64_t conn)
     struct kr_sconn *c = kr_conns_lookup(t, conn);
     if (c)
         KR_TSAN_ACQUIRE(c);
-    uint32_t n = c ? ck_pr_load_32(&c->nsubs) : 0;
+    uint32_t n = c ? ck_pr_load_32(&c->subs.n) : 0;
     urcu_memb_read_unlock();
     return n;
 }
@@ -544,8 +585,8 @@ size_t kr_topics_conn_topics(struct kr_topics *t, uint64_t conn, uint32_t *curso
     size_t used = 0;
     urcu_memb_read_lock();
     struct kr_sconn *c = kr_conns_lookup(t, conn);
-    while (c && *cursor < c->nsubs) {
-        const struct kr_topic *tp = c->subs[*cursor]->topic;
+    while (c && *cursor < c->subs.n) {
+        const struct kr_topic *tp = kr_subv_at(&c->subs, *cursor)->topic;
         if (used + tp->len + 1 > cap)
             break;
         memcpy(buf + used, tp->name, tp->len);

@@ -131,6 +131,41 @@ Test(topics, swap_remove_keeps_other_subscribers)
     cr_assert_eq(kr_topics_count(t), 0);
 }
 
+/* A topic's and a client's first subscription is held in the record itself: the moves from
+ * one to two, back to one and to none, on both sides, keep every subscription reachable. */
+Test(topics, one_subscription_held_inline_then_many_then_one)
+{
+    cr_assert_eq(kr_topics_subscribe(t, "solo", 4, 1, 0), 1);
+    cr_assert(has_sub("solo", 1));
+    cr_assert_eq(kr_topics_subscribe(t, "solo", 4, 2, 0), 1); /* topic side: one -> array */
+    cr_assert_eq(kr_topics_subscribe(t, "solo", 4, 3, 0), 1);
+    cr_assert_eq(kr_topics_subscribe(t, "duo", 3, 1, 0), 1);  /* client 1: one -> array */
+    cr_assert_eq(kr_topic_nsubs(kr_topics_find(t, "solo", 4)), 3);
+    cr_assert_eq(kr_topics_conn_nsubs(t, 1), 2);
+    cr_assert_eq(kr_topics_unsubscribe(t, "solo", 4, 1), 1);
+    cr_assert(!has_sub("solo", 1) && has_sub("solo", 2) && has_sub("solo", 3));
+    cr_assert(has_sub("duo", 1), "client 1's other subscription survives");
+    cr_assert_eq(kr_topics_unsubscribe(t, "solo", 4, 3), 1);
+    cr_assert(has_sub("solo", 2));
+    char buf[64];
+    uint32_t cursor = 0;
+    size_t n = kr_topics_conn_topics(t, 1, &cursor, buf, sizeof(buf));
+    cr_assert_eq(n, 4);
+    cr_assert(memcmp(buf, "duo\n", 4) == 0);
+    cr_assert_eq(kr_topics_drop_conn(t, 1), 1);
+    cr_assert_eq(kr_topics_drop_conn(t, 2), 1);
+    cr_assert_eq(kr_topics_subscriptions(t), 0);
+    cr_assert_eq(kr_topics_count(t), 0);
+    /* and the churn shape: one client, one topic, made and freed again and again */
+    for (int i = 0; i < 1000; i++) {
+        cr_assert_eq(kr_topics_subscribe(t, "flip", 4, 7, 0), 1);
+        cr_assert(has_sub("flip", 7));
+        cr_assert_eq(kr_topics_unsubscribe(t, "flip", 4, 7), 1);
+        kr_topics_flush_retired(t);
+    }
+    cr_assert_eq(kr_topics_count(t), 0);
+}
+
 static int count_cb(void *arg, const char *topic, uint32_t len, uint32_t nsubs)
 {
     uint64_t *acc = arg;
