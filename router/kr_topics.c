@@ -70,12 +70,13 @@ static void kr_subv_push(struct kr_subv *v, struct kr_sub *s)
             v->n = 1;
             return;
         }
-        struct kr_sub *first = v->one;
+        struct kr_sub *first = v->one; /* the second: the one moves into the array */
         v->arr = NULL;
-        KR_GROW_MIN(v->arr, v->cap, 2, 4);
+        KR_GROW_MIN(v->arr, v->cap, v->n + 1, 4);
         v->arr[0] = first;
+    } else {
+        KR_GROW_MIN(v->arr, v->cap, v->n + 1, 4);
     }
-    KR_GROW_MIN(v->arr, v->cap, v->n + 1, 4);
     v->arr[v->n++] = s;
 }
 
